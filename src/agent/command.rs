@@ -1,0 +1,237 @@
+//! The command agent: a program run in the job's worktree with the prompt on stdin, a reduced environment,
+//! and a timeout that kills its whole process group. Its stdout is its final message; stderr lines go to the
+//! job log as they come.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::config::AgentProfile;
+use crate::queue::EnvLookup;
+
+/// Variables every agent may see, when the service has them. Everything else is withheld unless the
+/// profile lists it under `env`: the webhook secret, the GitHub token and the App key never reach an agent.
+const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM",
+];
+
+/// What an agent run produced.
+#[derive(Debug)]
+pub struct AgentOutcome {
+    pub status: Option<ExitStatus>,
+    /// stdout, up to the profile's `max_output` bytes.
+    pub message: String,
+    /// True when stdout was longer than `max_output` and was cut.
+    pub truncated: bool,
+    pub timed_out: bool,
+}
+
+impl AgentOutcome {
+    pub fn succeeded(&self) -> bool {
+        !self.timed_out && self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// Runs the profile's command. `vars` are the job's own variables (`NIGHTSHIFT_*`); `stderr` receives the
+/// agent's stderr line by line.
+pub async fn run(
+    profile: &AgentProfile,
+    worktree: &Path,
+    prompt: &str,
+    vars: &[(&str, String)],
+    service_env: &EnvLookup,
+    stderr: mpsc::UnboundedSender<String>,
+) -> Result<AgentOutcome> {
+    let (program, args) = profile
+        .command
+        .split_first()
+        .context("the agent profile has an empty command")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(worktree)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(profile.env.iter().map(String::as_str))
+    {
+        if let Some(value) = service_env(name) {
+            cmd.env(name, value);
+        }
+    }
+    for (name, value) in vars {
+        cmd.env(name, value);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start the agent `{}`", profile.command.join(" ")))?;
+    let pgid = child.id().map(|id| id as i32);
+
+    let mut stdin = child.stdin.take().context("agent stdin")?;
+    let prompt = prompt.to_owned();
+    let writer = tokio::spawn(async move {
+        // An agent that exits without reading its prompt closes the pipe; that is not our error.
+        let _ = stdin.write_all(prompt.as_bytes()).await;
+        let _ = stdin.shutdown().await;
+    });
+
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let cap = profile.max_output;
+    let reader = tokio::spawn(read_capped(stdout, cap));
+
+    let err_pipe = child.stderr.take().context("agent stderr")?;
+    let err_reader = tokio::spawn(async move {
+        let mut lines = BufReader::new(err_pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = stderr.send(line);
+        }
+    });
+
+    let (status, timed_out) = match tokio::time::timeout(profile.timeout, child.wait()).await {
+        Ok(status) => (Some(status?), false),
+        Err(_) => (None, true),
+    };
+    // Whether it finished or ran out of time, nothing it started may outlive the job.
+    if let Some(pgid) = pgid {
+        kill_group(pgid);
+    }
+    if timed_out {
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    }
+    writer.abort();
+    let (message, truncated) = reader.await.context("reading agent stdout")??;
+    let _ = err_reader.await;
+    Ok(AgentOutcome {
+        status,
+        message,
+        truncated,
+        timed_out,
+    })
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created with process_group(0); it
+    // touches no memory of ours.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+async fn read_capped(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    cap: usize,
+) -> Result<(String, bool)> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut truncated = false;
+    loop {
+        let n = pipe.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(kept.len());
+        if n > room {
+            truncated = true;
+        }
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    Ok((String::from_utf8_lossy(&kept).into_owned(), truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(script: &str, timeout: Duration) -> AgentProfile {
+        AgentProfile {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            timeout,
+            env: vec!["ALLOWED".into()],
+            max_output: 64,
+        }
+    }
+
+    async fn run_script(script: &str, timeout: Duration) -> (AgentOutcome, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let env = |name: &str| match name {
+            "PATH" => std::env::var("PATH").ok(),
+            "ALLOWED" => Some("yes".into()),
+            "NIGHTSHIFT_WEBHOOK_SECRET" | "SECRET" => Some("leak".into()),
+            _ => None,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let vars = [("NIGHTSHIFT_JOB_ID", "7".to_owned())];
+        let outcome = run(
+            &profile(script, timeout),
+            dir.path(),
+            "the prompt",
+            &vars,
+            &env,
+            tx,
+        )
+        .await
+        .unwrap();
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            lines.push(line);
+        }
+        (outcome, lines)
+    }
+
+    #[tokio::test]
+    async fn prompt_on_stdin_message_on_stdout_log_on_stderr() {
+        let (out, log) = run_script(
+            "read p; echo \"got $p\"; echo working >&2",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(out.succeeded());
+        assert_eq!(out.message, "got the prompt\n");
+        assert_eq!(log, ["working"]);
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_reduced_to_the_allow_list() {
+        let (out, _) = run_script(
+            "env | sort | grep -v '^PWD=\\|^SHLVL=\\|^_=\\|^PATH='",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(out.message, "ALLOWED=yes\nNIGHTSHIFT_JOB_ID=7\n");
+    }
+
+    #[tokio::test]
+    async fn output_beyond_the_cap_is_cut_and_noted() {
+        let (out, _) = run_script("yes x | head -c 1000", Duration::from_secs(10)).await;
+        assert!(out.truncated);
+        assert_eq!(out.message.len(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("grandchild-alive");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let (out, _) = run_script(&script, Duration::from_millis(300)).await;
+        assert!(out.timed_out && !out.succeeded());
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "the grandchild survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn a_failing_agent_reports_its_status() {
+        let (out, _) = run_script("exit 3", Duration::from_secs(10)).await;
+        assert_eq!(out.status.and_then(|s| s.code()), Some(3));
+        assert!(!out.succeeded());
+    }
+}

@@ -1,0 +1,5 @@
+//! Running a job's agent: the workspace it works in ([`workspace`]) and the agent process ([`command`]).
+
+pub mod command;
+pub mod git;
+pub mod workspace;

@@ -1,0 +1,319 @@
+//! Workspaces: one bare mirror per repository under the data dir, cloned once and fetched after (under a
+//! per-repository lock), and one `git worktree` per job at the exact commit, removed when the job ends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::Mutex;
+
+use super::git::{GitAuth, git};
+use crate::ids::{JobId, RepoName};
+
+pub struct Workspaces {
+    root: PathBuf,
+    locks: std::sync::Mutex<HashMap<RepoName, Arc<Mutex<()>>>>,
+}
+
+/// A job's worktree; call [`Worktree::remove`] when the job ends.
+pub struct Worktree {
+    pub path: PathBuf,
+    pub commit: String,
+    mirror: PathBuf,
+}
+
+/// Which commit a job works on.
+pub enum Checkout<'a> {
+    /// A branch of the repository (the default branch for issue events).
+    Branch(&'a str),
+    /// An exact commit (a pull request's head).
+    Commit(&'a str),
+}
+
+impl Workspaces {
+    pub fn new(data_dir: &Path) -> Workspaces {
+        Workspaces {
+            root: data_dir.to_owned(),
+            locks: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn mirror_path(&self, repo: &RepoName) -> PathBuf {
+        self.root
+            .join("mirrors")
+            .join(repo.owner())
+            .join(format!("{}.git", repo.name()))
+    }
+
+    fn lock(&self, repo: &RepoName) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(repo.clone()).or_default().clone()
+    }
+
+    /// Brings the mirror up to date and adds a worktree for `job` at the commit `checkout` names.
+    pub async fn prepare(
+        &self,
+        repo: &RepoName,
+        clone_url: &str,
+        checkout: Checkout<'_>,
+        job: JobId,
+        auth: &GitAuth,
+    ) -> Result<Worktree> {
+        let mirror = self.mirror_path(repo);
+        let path = self.root.join("worktrees").join(format!("job-{job}"));
+        let lock = self.lock(repo);
+        let _guard = lock.lock().await;
+        if mirror.join("HEAD").exists() {
+            git(
+                &mirror,
+                &["fetch", "--prune", "--quiet", clone_url, "+refs/*:refs/*"],
+                auth,
+            )
+            .await
+            .with_context(|| format!("fetching {repo}"))?;
+        } else {
+            let parent = mirror.parent().context("mirror path has no parent")?;
+            tokio::fs::create_dir_all(parent).await?;
+            let partial = mirror.with_extension("partial");
+            let _ = tokio::fs::remove_dir_all(&partial).await;
+            git(
+                parent,
+                &[
+                    "clone",
+                    "--mirror",
+                    "--quiet",
+                    clone_url,
+                    path_str(&partial)?,
+                ],
+                auth,
+            )
+            .await
+            .with_context(|| format!("cloning {repo}"))?;
+            // Renamed into place only when complete, so a crash mid-clone never leaves a broken mirror.
+            tokio::fs::rename(&partial, &mirror).await?;
+        }
+        let commit = match checkout {
+            Checkout::Commit(sha) => sha.to_owned(),
+            Checkout::Branch(branch) => {
+                let rev = format!("refs/heads/{branch}^{{commit}}");
+                git(&mirror, &["rev-parse", "--verify", &rev], &GitAuth::none())
+                    .await
+                    .with_context(|| format!("{repo} has no branch `{branch}`"))?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        // A worktree left behind by a run that died is replaced.
+        if path.exists() {
+            let _ = git(
+                &mirror,
+                &["worktree", "remove", "--force", path_str(&path)?],
+                &GitAuth::none(),
+            )
+            .await;
+            let _ = tokio::fs::remove_dir_all(&path).await;
+        }
+        git(&mirror, &["worktree", "prune"], &GitAuth::none()).await?;
+        tokio::fs::create_dir_all(path.parent().context("worktree path has no parent")?).await?;
+        git(
+            &mirror,
+            &[
+                "worktree",
+                "add",
+                "--detach",
+                "--force",
+                "--quiet",
+                path_str(&path)?,
+                &commit,
+            ],
+            &GitAuth::none(),
+        )
+        .await
+        .with_context(|| format!("checking out {commit} of {repo}"))?;
+        Ok(Worktree {
+            path,
+            commit,
+            mirror,
+        })
+    }
+}
+
+impl Worktree {
+    pub async fn remove(self) -> Result<()> {
+        git(
+            &self.mirror,
+            &["worktree", "remove", "--force", path_str(&self.path)?],
+            &GitAuth::none(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not valid UTF-8", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command as StdCommand;
+
+    fn sh(dir: &Path, args: &[&str]) -> String {
+        let out = StdCommand::new("git")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A bare "remote" with one commit on main, and the path of a scratch clone to push more with.
+    fn remote(dir: &Path) -> (PathBuf, PathBuf) {
+        let bare = dir.join("remote.git");
+        let work = dir.join("work");
+        sh(
+            dir,
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "--initial-branch=main",
+                bare.to_str().unwrap(),
+            ],
+        );
+        sh(
+            dir,
+            &[
+                "clone",
+                "--quiet",
+                bare.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
+        std::fs::write(work.join("README.md"), "one\n").unwrap();
+        sh(&work, &["add", "."]);
+        sh(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "one",
+            ],
+        );
+        sh(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        (bare, work)
+    }
+
+    #[tokio::test]
+    async fn worktrees_follow_the_remote_and_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, work) = remote(dir.path());
+        let spaces = Workspaces::new(&dir.path().join("data"));
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Branch("main"),
+                JobId(1),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(wt.path.join("README.md")).unwrap(),
+            "one\n"
+        );
+        let first = wt.commit.clone();
+        let path = wt.path.clone();
+        wt.remove().await.unwrap();
+        assert!(!path.exists());
+
+        std::fs::write(work.join("README.md"), "two\n").unwrap();
+        sh(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-am",
+                "two",
+            ],
+        );
+        sh(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Branch("main"),
+                JobId(2),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(wt.path.join("README.md")).unwrap(),
+            "two\n",
+            "the mirror was fetched"
+        );
+
+        let old = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Commit(&first),
+                JobId(3),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(old.path.join("README.md")).unwrap(),
+            "one\n",
+            "exact commit"
+        );
+        wt.remove().await.unwrap();
+        old.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_branch_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = Workspaces::new(&dir.path().join("data"));
+        let repo = RepoName::parse("o/r").unwrap();
+        let err = spaces
+            .prepare(
+                &repo,
+                bare.to_str().unwrap(),
+                Checkout::Branch("nope"),
+                JobId(1),
+                &GitAuth::none(),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("o/r has no branch `nope`"),
+            "{err:#}"
+        );
+    }
+}

@@ -1,0 +1,505 @@
+//! The service configuration: `nightshift.yml` plus `NIGHTSHIFT_*` environment variables, which override the
+//! file for secrets and deployment settings.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use octocrab::secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use crate::yaml::{self, Diagnostic, Diagnostics};
+
+/// The configuration file as written (`nightshift.yml`). Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// Address the webhook server listens on.
+    listen: Option<Spanned<String>>,
+    /// Store URL: `sqlite://PATH` (created if missing).
+    store: Option<String>,
+    /// Where repository mirrors and job worktrees live.
+    data_dir: Option<PathBuf>,
+    /// Folder of trigger files (`*.yml`, `*.yaml`).
+    triggers: Option<PathBuf>,
+    /// Folder of skills in the Agent Skills format.
+    skills: Option<PathBuf>,
+    /// How many jobs run at once.
+    workers: Option<Spanned<usize>>,
+    /// How long a claimed job stays ours without a heartbeat before another worker may take it over.
+    #[serde(default, deserialize_with = "opt_duration")]
+    job_lease: Option<Duration>,
+    /// How many times a job is started before it is given up (a crash mid-job counts as a start).
+    max_attempts: Option<u32>,
+    /// GitHub connection and credentials.
+    #[serde(default)]
+    github: GithubFile,
+    /// Named agent profiles that triggers refer to with `agent:`.
+    #[serde(default)]
+    agents: BTreeMap<String, Spanned<AgentProfile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GithubFile {
+    /// REST API base URL (GitHub Enterprise Server: `https://HOST/api/v3`).
+    api_url: Option<String>,
+    /// GitHub App id; with `private_key`, nightshift authenticates as the App and mints installation tokens.
+    app_id: Option<u64>,
+    /// Path to the App's private key (PEM).
+    private_key: Option<PathBuf>,
+    /// A token (PAT or installation token) to use instead of App authentication.
+    token: Option<String>,
+    /// Webhook secrets; a delivery signed with any of them is accepted, so a secret can be rotated.
+    #[serde(default)]
+    webhook_secrets: Vec<String>,
+}
+
+/// An agent profile: the program nightshift runs for a job.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentProfile {
+    /// argv of the agent; the rendered prompt arrives on stdin, the worktree is the working directory.
+    pub command: Vec<String>,
+    /// Wall-clock limit; the whole process group is killed when it runs out.
+    #[serde(default = "default_agent_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Names of service environment variables the agent may see (besides a small base allow-list).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The most bytes of stdout kept as the agent's final message; the rest is cut and the job notes it.
+    #[serde(default = "default_max_output")]
+    pub max_output: usize,
+}
+
+fn default_agent_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+fn default_max_output() -> usize {
+    1024 * 1024
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 3000))
+}
+
+fn default_store() -> String {
+    "sqlite://.nightshift/nightshift.db".to_owned()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".nightshift")
+}
+
+fn default_workers() -> usize {
+    4
+}
+
+fn default_job_lease() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. 90s, 10m, 1h"
+        ))
+    })
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// How nightshift authenticates to GitHub.
+#[derive(Clone, Debug)]
+pub enum GithubAuth {
+    /// As a GitHub App: a JWT signed with the private key, exchanged for installation tokens.
+    App {
+        app_id: u64,
+        private_key_pem: SecretString,
+    },
+    /// With one token for every repository.
+    Token(SecretString),
+    /// No credentials: outputs are recorded and logged, not delivered (a dry run, announced at start).
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct GithubConfig {
+    pub api_url: String,
+    pub auth: GithubAuth,
+    pub webhook_secrets: Vec<SecretString>,
+}
+
+/// The resolved configuration the service runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store: String,
+    pub data_dir: PathBuf,
+    pub triggers: PathBuf,
+    pub skills: PathBuf,
+    pub workers: usize,
+    pub job_lease: Duration,
+    pub max_attempts: u32,
+    pub github: GithubConfig,
+    pub agents: BTreeMap<String, AgentProfile>,
+}
+
+/// Where the configuration comes from: a file (optional when it is the default path) and the environment.
+pub struct ConfigSource<'a> {
+    pub path: &'a Path,
+    /// False when the path is the default one, so a missing file means "all defaults".
+    pub required: bool,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any) and the environment, and checks everything, reporting all problems at once.
+    pub fn load(source: &ConfigSource<'_>) -> Result<Config, Diagnostics> {
+        let path = source.path;
+        let file = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                yaml::from_str::<ConfigFile>(path, &text).map_err(|d| Diagnostics(vec![d]))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.required => {
+                ConfigFile::default()
+            }
+            Err(e) => {
+                return Err(Diagnostics(vec![Diagnostic::new(
+                    path,
+                    1,
+                    1,
+                    format!("cannot read the config file: {e}"),
+                )]));
+            }
+        };
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        resolve(file, path, &base, source.env)
+    }
+
+    /// The webhook secrets, or a clear error when there are none: nightshift never accepts unsigned deliveries.
+    pub fn require_webhook_secrets(&self) -> anyhow::Result<&[SecretString]> {
+        if self.github.webhook_secrets.is_empty() {
+            anyhow::bail!(
+                "no webhook secret configured: set NIGHTSHIFT_WEBHOOK_SECRET or github.webhook_secrets in the \
+                 config file (nightshift refuses unsigned webhooks)"
+            );
+        }
+        Ok(&self.github.webhook_secrets)
+    }
+}
+
+fn resolve(
+    file: ConfigFile,
+    path: &Path,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Diagnostics> {
+    let mut errors = Vec::new();
+    let env_error = |name: &str, message: String| Diagnostic::new(Path::new(name), 1, 1, message);
+    let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+    let listen = match env("NIGHTSHIFT_LISTEN") {
+        Some(v) => v.parse().unwrap_or_else(|e| {
+            errors.push(env_error(
+                "NIGHTSHIFT_LISTEN",
+                format!("`{v}` is not an address: {e}"),
+            ));
+            default_listen()
+        }),
+        None => match &file.listen {
+            Some(l) => l.value.parse().unwrap_or_else(|e| {
+                errors.push(
+                    Diagnostic::at(
+                        path,
+                        l.referenced,
+                        format!("`{}` is not an address: {e}", l.value),
+                    )
+                    .with_hint("write host:port, e.g. 0.0.0.0:3000"),
+                );
+                default_listen()
+            }),
+            None => default_listen(),
+        },
+    };
+
+    let workers = match &file.workers {
+        Some(w) if w.value == 0 => {
+            errors.push(Diagnostic::at(
+                path,
+                w.referenced,
+                "workers must be at least 1",
+            ));
+            1
+        }
+        Some(w) => w.value,
+        None => default_workers(),
+    };
+
+    let store = env("NIGHTSHIFT_STORE")
+        .or(file.store)
+        .unwrap_or_else(default_store);
+    let store = match store.strip_prefix("sqlite://") {
+        Some(p) if Path::new(p).is_relative() && !p.starts_with(':') => {
+            format!("sqlite://{}", rel(PathBuf::from(p)).display())
+        }
+        _ => store,
+    };
+
+    let github = file.github;
+    let api_url = env("NIGHTSHIFT_GITHUB_API_URL")
+        .or(github.api_url)
+        .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let webhook_secrets: Vec<SecretString> = match env("NIGHTSHIFT_WEBHOOK_SECRET") {
+        Some(v) => v
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(SecretString::from)
+            .collect(),
+        None => github
+            .webhook_secrets
+            .into_iter()
+            .map(SecretString::from)
+            .collect(),
+    };
+    let app_id = match env("NIGHTSHIFT_GITHUB_APP_ID") {
+        Some(v) => match v.trim().parse() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                errors.push(env_error(
+                    "NIGHTSHIFT_GITHUB_APP_ID",
+                    format!("`{v}` is not a number"),
+                ));
+                None
+            }
+        },
+        None => github.app_id,
+    };
+    let private_key = match env("NIGHTSHIFT_GITHUB_PRIVATE_KEY") {
+        Some(v) if v.trim_start().starts_with("-----BEGIN") => Some(Ok(v)),
+        Some(v) => {
+            Some(read_key(Path::new(&v)).map_err(|e| env_error("NIGHTSHIFT_GITHUB_PRIVATE_KEY", e)))
+        }
+        None => github.private_key.map(|p| {
+            read_key(&rel(p))
+                .map_err(|e| Diagnostic::new(path, 1, 1, format!("github.private_key: {e}")))
+        }),
+    };
+    let token = env("NIGHTSHIFT_GITHUB_TOKEN").or(github.token);
+    let auth = match (app_id, private_key, token) {
+        (Some(app_id), Some(Ok(pem)), _) => GithubAuth::App {
+            app_id,
+            private_key_pem: SecretString::from(pem),
+        },
+        (_, Some(Err(e)), _) => {
+            errors.push(e);
+            GithubAuth::None
+        }
+        (Some(_), None, _) => {
+            errors.push(
+                Diagnostic::new(
+                    path,
+                    1,
+                    1,
+                    "github.app_id is set but there is no private key",
+                )
+                .with_hint("set github.private_key or NIGHTSHIFT_GITHUB_PRIVATE_KEY (PEM or path)"),
+            );
+            GithubAuth::None
+        }
+        (None, Some(Ok(_)), _) => {
+            errors.push(
+                Diagnostic::new(
+                    path,
+                    1,
+                    1,
+                    "a GitHub App private key is set but there is no app id",
+                )
+                .with_hint("set github.app_id or NIGHTSHIFT_GITHUB_APP_ID"),
+            );
+            GithubAuth::None
+        }
+        (None, None, Some(token)) => GithubAuth::Token(SecretString::from(token)),
+        (None, None, None) => GithubAuth::None,
+    };
+
+    let mut agents = BTreeMap::new();
+    for (name, profile) in file.agents {
+        if profile.value.command.is_empty() {
+            errors.push(
+                Diagnostic::at(path, profile.referenced, format!("agent `{name}` has an empty command"))
+                    .with_hint("write the program and its arguments, e.g. command: [\"./agent.sh\", \"--fast\"]"),
+            );
+            continue;
+        }
+        let mut profile = profile.value;
+        // A relative program path means "next to the config file": the agent runs inside a worktree, where a
+        // relative path would not resolve.
+        if profile.command[0].contains('/') && Path::new(&profile.command[0]).is_relative() {
+            profile.command[0] = rel(PathBuf::from(&profile.command[0]))
+                .display()
+                .to_string();
+        }
+        agents.insert(name, profile);
+    }
+
+    if !errors.is_empty() {
+        return Err(Diagnostics(errors));
+    }
+    Ok(Config {
+        listen,
+        store,
+        data_dir: rel(file.data_dir.unwrap_or_else(default_data_dir)),
+        triggers: rel(file.triggers.unwrap_or_else(|| PathBuf::from("triggers"))),
+        skills: rel(file.skills.unwrap_or_else(|| PathBuf::from("skills"))),
+        workers,
+        job_lease: file.job_lease.unwrap_or_else(default_job_lease),
+        max_attempts: file
+            .max_attempts
+            .unwrap_or_else(default_max_attempts)
+            .max(1),
+        github: GithubConfig {
+            api_url,
+            auth,
+            webhook_secrets,
+        },
+        agents,
+    })
+}
+
+fn read_key(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read private key {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use octocrab::secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, Diagnostics> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nightshift.yml");
+        std::fs::write(&path, text).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |k: &str| env.get(k).cloned();
+        Config::load(&ConfigSource {
+            path: &path,
+            required: true,
+            env: &lookup,
+        })
+    }
+
+    #[test]
+    fn defaults_apply_when_the_file_is_missing_and_optional() {
+        let none = |_: &str| None;
+        let config = Config::load(&ConfigSource {
+            path: Path::new("/nonexistent/nightshift.yml"),
+            required: false,
+            env: &none,
+        })
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(config.workers, 4);
+        assert_eq!(config.github.api_url, "https://api.github.com");
+        assert!(config.store.starts_with("sqlite://"));
+        assert!(config.store.ends_with(".nightshift/nightshift.db"));
+        assert!(matches!(config.github.auth, GithubAuth::None));
+        assert!(config.require_webhook_secrets().is_err());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load(
+            "listen: 127.0.0.1:1\ngithub:\n  token: from-file\n  webhook_secrets: [a, b]\n",
+            &[
+                ("NIGHTSHIFT_LISTEN", "0.0.0.0:8080"),
+                ("NIGHTSHIFT_GITHUB_TOKEN", "from-env"),
+                ("NIGHTSHIFT_WEBHOOK_SECRET", "new\nold"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 8080);
+        let GithubAuth::Token(token) = &config.github.auth else {
+            panic!("token auth expected")
+        };
+        assert_eq!(token.expose_secret(), "from-env");
+        let secrets: Vec<_> = config
+            .github
+            .webhook_secrets
+            .iter()
+            .map(|s| s.expose_secret().to_owned())
+            .collect();
+        assert_eq!(secrets, ["new", "old"]);
+    }
+
+    #[test]
+    fn agent_profiles_parse_timeouts() {
+        let config = load(
+            "agents:\n  echo:\n    command: [cat]\n    timeout: 90s\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.agents["echo"].timeout, Duration::from_secs(90));
+        assert_eq!(config.agents["echo"].command, ["cat"]);
+    }
+
+    #[test]
+    fn bad_files_report_every_problem_with_positions() {
+        let errors = load(
+            "listen: nowhere\nworkers: 0\nagents:\n  x:\n    command: []\n",
+            &[],
+        )
+        .unwrap_err();
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 3, "{text}");
+        assert!(
+            text.contains("nightshift.yml:1:9: error: `nowhere` is not an address"),
+            "{text}"
+        );
+        assert!(
+            text.contains(":2:10: error: workers must be at least 1"),
+            "{text}"
+        );
+        assert!(text.contains("agent `x` has an empty command"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_a_hint() {
+        let errors = load("github:\n  webhook_secret: x\n", &[]).unwrap_err();
+        let text = errors.to_string();
+        assert!(
+            text.contains(":2:3: error: unknown field `webhook_secret`"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `webhook_secrets`?"), "{text}");
+    }
+
+    #[test]
+    fn app_id_without_key_is_an_error_not_a_panic() {
+        let errors = load("github:\n  app_id: 12\n", &[]).unwrap_err();
+        assert!(errors.to_string().contains("no private key"));
+        let errors =
+            load("", &[("NIGHTSHIFT_GITHUB_PRIVATE_KEY", "/nonexistent.pem")]).unwrap_err();
+        assert!(
+            errors.to_string().contains("NIGHTSHIFT_GITHUB_PRIVATE_KEY"),
+            "{errors}"
+        );
+    }
+}

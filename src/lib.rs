@@ -1,0 +1,27 @@
+//! nightshift: a self-hosted runner for AI coding agents on GitHub.
+//!
+//! The pipeline is visible in the module tree:
+//! [`source`] (signed webhooks) → [`store`] (durable deliveries and jobs) → [`trigger`] (which trigger files
+//! fire) → [`queue`] (leased jobs, workers) → [`agent`] (worktree and agent process) → [`sink`] (results back
+//! to GitHub through [`github`]).
+
+pub mod agent;
+pub mod config;
+pub mod github;
+pub mod ids;
+pub mod queue;
+pub mod server;
+pub mod sink;
+pub mod source;
+pub mod store;
+pub mod trigger;
+pub mod yaml;
+
+/// Current time as Unix milliseconds, the unit every timestamp in the store uses.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

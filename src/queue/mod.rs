@@ -1,0 +1,89 @@
+//! The durable queue between the webhook and the agents. [`dispatch`] matches stored deliveries against the
+//! triggers and queues jobs; [`worker`] claims jobs with a lease and runs them. Both wake at once when there
+//! is work (in-process notification) and also sweep on a timer, which picks up work left by a crash.
+
+pub mod dispatch;
+pub mod worker;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::agent::workspace::Workspaces;
+use crate::config::Config;
+use crate::github::GitHub;
+use crate::ids::{InstallationId, RepoName};
+use crate::source::event::{Event, Repository};
+use crate::store::Store;
+use crate::trigger::{OutputKind, Trigger, TriggerSet};
+
+/// A job as matched: everything needed to run it, frozen when its delivery was matched, so a later change of
+/// the trigger file does not change a queued job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub trigger: String,
+    pub agent: String,
+    pub prompt: String,
+    pub output: OutputKind,
+    pub event: String,
+    pub action: Option<String>,
+    pub repo: RepoName,
+    pub installation: Option<InstallationId>,
+    pub clone_url: String,
+    pub default_branch: String,
+    /// The pull request head to check out; the default branch when None.
+    pub head_sha: Option<String>,
+    /// The issue or pull request the event is about.
+    pub number: Option<u64>,
+    pub title: Option<String>,
+    pub is_pull_request: bool,
+}
+
+impl JobSpec {
+    pub fn new(
+        trigger: &Trigger,
+        event: &Event,
+        repository: &Repository,
+        prompt: String,
+    ) -> JobSpec {
+        let pr = event.pull_request.as_ref();
+        let issue = event.issue.as_ref();
+        JobSpec {
+            trigger: trigger.name.clone(),
+            agent: trigger.agent.clone(),
+            prompt,
+            output: trigger.output,
+            event: event.name.clone(),
+            action: event.action.clone(),
+            repo: repository.full_name.clone(),
+            installation: event.installation,
+            clone_url: repository.clone_url.clone(),
+            default_branch: repository.default_branch.clone(),
+            head_sha: pr.map(|p| p.head_sha.clone()),
+            number: event.number(),
+            title: pr
+                .map(|p| p.title.clone())
+                .or_else(|| issue.map(|i| i.title.clone())),
+            is_pull_request: pr.is_some() || issue.is_some_and(|i| i.is_pull_request),
+        }
+    }
+}
+
+/// Reads a variable of the service's environment.
+pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Everything the dispatcher and workers share.
+pub struct Pipeline {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub triggers: Arc<TriggerSet>,
+    pub github: Arc<GitHub>,
+    pub workspaces: Workspaces,
+    /// Rung when a delivery is stored.
+    pub deliveries_waiting: Notify,
+    /// Rung when a job is queued.
+    pub jobs_waiting: Notify,
+    /// The environment the service runs in; agents see an allow-listed part of it.
+    pub env: Box<EnvLookup>,
+}

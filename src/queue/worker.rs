@@ -1,0 +1,273 @@
+//! Workers: claim a job with a lease, keep the lease alive while it runs, run it (worktree → agent → sink),
+//! and record how it ended. A worker that dies leaves its lease to expire; another worker (after a restart,
+//! or on another replica) then runs the job again, and the idempotent sinks deliver its result once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::mpsc;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use super::{JobSpec, Pipeline};
+use crate::agent::command;
+use crate::agent::git::GitAuth;
+use crate::agent::workspace::Checkout;
+use crate::ids::JobId;
+use crate::sink::{self, SinkContext};
+use crate::store::{ClaimedJob, LogStream};
+use crate::trigger::OutputKind;
+
+pub async fn run(pipeline: Arc<Pipeline>, name: String) {
+    // Expired leases are found by this sweep; new jobs wake the worker at once.
+    let sweep = pipeline
+        .config
+        .job_lease
+        .min(Duration::from_secs(5))
+        .max(Duration::from_millis(200));
+    loop {
+        let notified = pipeline.jobs_waiting.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let claimed = pipeline
+            .store
+            .claim_job(
+                &name,
+                pipeline.config.job_lease,
+                pipeline.config.max_attempts,
+            )
+            .await;
+        match claimed {
+            Ok(Some(job)) => {
+                let span = info_span!("job", id = %job.id, trigger = %job.trigger, repo = %job.repo, delivery = %job.delivery_id, attempt = job.attempt);
+                run_leased(&pipeline, &name, job).instrument(span).await;
+            }
+            Ok(None) => {
+                let _ = tokio::time::timeout(sweep, notified).await;
+            }
+            Err(e) => {
+                warn!(worker = %name, "claiming a job failed: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Runs one job while a heartbeat renews its lease; stops the job if the lease is lost.
+async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
+    let id = job.id;
+    let lease = pipeline.config.job_lease;
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match pipeline.store.renew_lease(id, owner, lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => warn!("renewing the lease failed: {e:#}"),
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = run_job(pipeline, &job) => result,
+        () = heartbeat => {
+            warn!("lost the lease on the job; another worker has it now");
+            return;
+        }
+    };
+    let error = result.err().map(|e| format!("{e:#}"));
+    match &error {
+        None => info!("job succeeded"),
+        Some(e) => {
+            error!("job failed: {e}");
+            let _ = pipeline
+                .store
+                .append_log(id, LogStream::Nightshift, &[format!("failed: {e}")])
+                .await;
+        }
+    }
+    if let Err(e) = pipeline.store.finish_job(id, owner, error.as_deref()).await {
+        error!("recording the end of the job failed: {e:#}");
+    }
+}
+
+async fn note(pipeline: &Pipeline, job: JobId, line: String) {
+    info!("{line}");
+    if let Err(e) = pipeline
+        .store
+        .append_log(job, LogStream::Nightshift, &[line])
+        .await
+    {
+        warn!("writing the job log failed: {e:#}");
+    }
+}
+
+async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob) -> Result<()> {
+    let spec: JobSpec =
+        serde_json::from_str(&job.spec).context("the stored job spec does not parse")?;
+    let profile = pipeline.config.agents.get(&spec.agent).with_context(|| {
+        format!(
+            "agent profile `{}` is not in the service config",
+            spec.agent
+        )
+    })?;
+
+    let client = if pipeline.github.has_credentials() {
+        Some(pipeline.github.client(spec.installation).await?)
+    } else {
+        None
+    };
+    let auth = client
+        .as_ref()
+        .map(|c| GitAuth::token(c.token()))
+        .unwrap_or_else(GitAuth::none);
+    let checkout = match &spec.head_sha {
+        Some(sha) => Checkout::Commit(sha),
+        None => Checkout::Branch(&spec.default_branch),
+    };
+    let started = Instant::now();
+    let worktree = pipeline
+        .workspaces
+        .prepare(&spec.repo, &spec.clone_url, checkout, job.id, &auth)
+        .await?;
+    note(
+        pipeline,
+        job.id,
+        format!(
+            "worktree ready at {} ({} ms)",
+            worktree.commit,
+            started.elapsed().as_millis()
+        ),
+    )
+    .await;
+
+    let result = run_in_worktree(pipeline, job, &spec, profile, &worktree, client.as_ref()).await;
+    if let Err(e) = worktree.remove().await {
+        warn!("removing the worktree failed: {e:#}");
+    }
+    result
+}
+
+async fn run_in_worktree(
+    pipeline: &Arc<Pipeline>,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    profile: &crate::config::AgentProfile,
+    worktree: &crate::agent::workspace::Worktree,
+    client: Option<&crate::github::RepoClient>,
+) -> Result<()> {
+    let job_dir = pipeline
+        .config
+        .data_dir
+        .join("jobs")
+        .join(job.id.to_string());
+    tokio::fs::create_dir_all(&job_dir).await?;
+    let event_path = job_dir.join("event.json");
+    tokio::fs::write(
+        &event_path,
+        pipeline.store.delivery_payload(job.delivery).await?,
+    )
+    .await?;
+    let vars = [
+        ("NIGHTSHIFT_JOB_ID", job.id.to_string()),
+        ("NIGHTSHIFT_REPO", spec.repo.to_string()),
+        ("NIGHTSHIFT_EVENT", spec.event.clone()),
+        ("NIGHTSHIFT_ACTION", spec.action.clone().unwrap_or_default()),
+        ("NIGHTSHIFT_TRIGGER", spec.trigger.clone()),
+        ("NIGHTSHIFT_EVENT_PATH", event_path.display().to_string()),
+    ];
+
+    // stderr lines reach the job log as they come, in small batches.
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let store = pipeline.store.clone();
+    let job_id = job.id;
+    let logger = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            if let Err(e) = store.append_log(job_id, LogStream::Stderr, &batch).await {
+                warn!("writing the job log failed: {e:#}");
+            }
+        }
+    });
+
+    note(pipeline, job.id, format!("starting agent `{}`", spec.agent)).await;
+    let started = Instant::now();
+    let outcome = command::run(
+        profile,
+        &worktree.path,
+        &spec.prompt,
+        &vars,
+        &*pipeline.env,
+        tx,
+    )
+    .await;
+    let _ = logger.await;
+    let _ = tokio::fs::remove_dir_all(&job_dir).await;
+    let outcome = outcome?;
+    note(
+        pipeline,
+        job.id,
+        format!(
+            "agent ended: {} after {} ms",
+            match (outcome.timed_out, outcome.status) {
+                (true, _) => format!(
+                    "timed out ({})",
+                    humantime::format_duration(profile.timeout)
+                ),
+                (false, Some(status)) => status.to_string(),
+                (false, None) => "unknown status".to_owned(),
+            },
+            started.elapsed().as_millis()
+        ),
+    )
+    .await;
+    if outcome.truncated {
+        note(
+            pipeline,
+            job.id,
+            format!("the agent's output was cut at {} bytes", profile.max_output),
+        )
+        .await;
+    }
+    if !outcome.succeeded() {
+        if outcome.timed_out {
+            bail!(
+                "the agent ran out of time after {}",
+                humantime::format_duration(profile.timeout)
+            );
+        }
+        return Err(anyhow!(
+            "the agent failed ({}); its stderr is in the job log",
+            outcome.status.map(|s| s.to_string()).unwrap_or_default()
+        ));
+    }
+
+    let ctx = SinkContext {
+        job: job.id,
+        attempt: job.attempt,
+        spec,
+        store: &pipeline.store,
+        client,
+    };
+    let output = match spec.output {
+        OutputKind::Comment => {
+            sink::comment::deliver(&ctx, &outcome.message, outcome.truncated).await?
+        }
+        OutputKind::PullRequest => {
+            sink::pull_request::deliver(&ctx, worktree, &outcome.message).await?
+        }
+    };
+    note(
+        pipeline,
+        job.id,
+        format!(
+            "delivered {}: {}",
+            output.kind,
+            output.url.as_deref().unwrap_or("(dry run)")
+        ),
+    )
+    .await;
+    Ok(())
+}

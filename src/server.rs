@@ -1,0 +1,98 @@
+//! `nightshift serve`: the store, the dispatcher, the workers and the HTTP server, wired together.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::agent::workspace::Workspaces;
+use crate::config::Config;
+use crate::github::GitHub;
+use crate::queue::{Pipeline, dispatch, worker};
+use crate::source::webhook::{self, WebhookState};
+use crate::store;
+use crate::trigger::TriggerSet;
+
+/// Starts everything and serves until SIGINT or SIGTERM.
+pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
+    let started = Instant::now();
+    let secrets = config.require_webhook_secrets()?.to_vec();
+    let store = store::open(&config.store).await?;
+    let github = GitHub::new(&config.github)?;
+    if !github.has_credentials() {
+        warn!(
+            "no GitHub credentials: jobs run, but their results are only logged and recorded, not posted \
+             (set NIGHTSHIFT_GITHUB_TOKEN, or a GitHub App id and private key)"
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let pipeline = Arc::new(Pipeline {
+        workspaces: Workspaces::new(&config.data_dir),
+        triggers: Arc::new(triggers),
+        store,
+        github,
+        deliveries_waiting: Notify::new(),
+        jobs_waiting: Notify::new(),
+        env: Box::new(|name| std::env::var(name).ok()),
+        config,
+    });
+
+    tokio::spawn(dispatch::run(pipeline.clone()));
+    let instance = format!("{}-{}", hostname(), std::process::id());
+    for n in 0..pipeline.config.workers {
+        tokio::spawn(worker::run(pipeline.clone(), format!("{instance}-w{n}")));
+    }
+
+    let app = Router::new()
+        .merge(webhook::routes(Arc::new(WebhookState {
+            pipeline: pipeline.clone(),
+            secrets,
+        })))
+        .route("/healthz", get(|| async { "ok" }));
+    info!(
+        %address,
+        triggers = pipeline.triggers.triggers().len(),
+        workers = pipeline.config.workers,
+        store = %pipeline.config.store,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "nightshift".to_owned())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    info!("shutting down; running jobs are picked up again after their lease expires");
+}

@@ -1,0 +1,89 @@
+//! The comment sink: the agent's final message as a comment on the issue or pull request.
+
+use anyhow::{Context, Result};
+
+use super::{SinkContext, github_error, texts};
+use crate::store::{LogStream, Output};
+
+const KEY: &str = "comment";
+
+/// Posts the agent's message as the job's comment.
+pub async fn deliver(ctx: &SinkContext<'_>, message: &str, truncated: bool) -> Result<Output> {
+    let body = texts::agent_comment(&ctx.spec.trigger, ctx.job, message, truncated);
+    post(ctx, &body).await
+}
+
+/// Posts `body` as the job's one comment, unless a previous attempt already did.
+pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
+    if let Some(done) = ctx.store.find_output(ctx.job, KEY).await? {
+        return Ok(done);
+    }
+    let number = ctx.spec.number.context(
+        "this event is not about an issue or pull request, so there is nothing to comment on",
+    )?;
+    let repo = &ctx.spec.repo;
+    let Some(client) = ctx.client else {
+        let mut lines = vec![format!(
+            "dry run (no GitHub credentials): would comment on {repo}#{number}:"
+        )];
+        lines.extend(body.lines().map(str::to_owned));
+        ctx.store
+            .append_log(ctx.job, LogStream::Nightshift, &lines)
+            .await?;
+        tracing::info!(%repo, number, "dry run: comment not posted\n{body}");
+        let output = Output {
+            kind: "comment".into(),
+            key: KEY.into(),
+            url: None,
+        };
+        ctx.store.record_output(ctx.job, &output).await?;
+        return Ok(output);
+    };
+    let issues = client.api.issues(repo.owner(), repo.name());
+    // A previous attempt may have posted and died before recording it: look for our marker first.
+    let mut existing = None;
+    if ctx.attempt > 1 {
+        let marker = texts::marker(ctx.job);
+        let mut page = issues
+            .list_comments(number)
+            .per_page(100)
+            .send()
+            .await
+            .map_err(github_error)?;
+        loop {
+            if let Some(c) = page
+                .items
+                .iter()
+                .find(|c| c.body.as_deref().is_some_and(|b| b.contains(&marker)))
+            {
+                existing = Some(c.html_url.to_string());
+                break;
+            }
+            match client
+                .api
+                .get_page(&page.next)
+                .await
+                .map_err(github_error)?
+            {
+                Some(next) => page = next,
+                None => break,
+            }
+        }
+    }
+    let url = match existing {
+        Some(url) => url,
+        None => issues
+            .create_comment(number, body)
+            .await
+            .map_err(github_error)?
+            .html_url
+            .to_string(),
+    };
+    let output = Output {
+        kind: "comment".into(),
+        key: KEY.into(),
+        url: Some(url),
+    };
+    ctx.store.record_output(ctx.job, &output).await?;
+    Ok(output)
+}

@@ -1,0 +1,130 @@
+//! The pull request sink: the agent's changes committed by "nightshift", pushed to
+//! `nightshift/<trigger>/<number>` (never the default branch), and opened as a pull request that links the
+//! issue. When nothing changed, a comment says so instead.
+
+use anyhow::{Result, bail};
+use octocrab::params;
+
+use super::{SinkContext, comment, github_error, texts};
+use crate::agent::git::git;
+use crate::agent::workspace::Worktree;
+use crate::store::{LogStream, Output};
+
+const KEY: &str = "pull_request";
+const AUTHOR: [&str; 4] = [
+    "-c",
+    "user.name=nightshift",
+    "-c",
+    "user.email=nightshift@users.noreply.github.com",
+];
+
+/// The branch a trigger's changes for an issue or pull request go to.
+pub fn branch_name(trigger: &str, number: Option<u64>, job: crate::ids::JobId) -> String {
+    match number {
+        Some(n) => format!("nightshift/{trigger}/{n}"),
+        None => format!("nightshift/{trigger}/job-{job}"),
+    }
+}
+
+pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) -> Result<Output> {
+    if let Some(done) = ctx.store.find_output(ctx.job, KEY).await? {
+        return Ok(done);
+    }
+    let status = git(
+        &worktree.path,
+        &["status", "--porcelain"],
+        &Default::default(),
+    )
+    .await?;
+    if status.trim().is_empty() {
+        let body = texts::no_changes_comment(&ctx.spec.trigger, ctx.job, message);
+        return comment::post(ctx, &body).await;
+    }
+    let spec = ctx.spec;
+    let branch = branch_name(&spec.trigger, spec.number, ctx.job);
+    if branch == spec.default_branch {
+        bail!("refusing to push to the default branch `{branch}`");
+    }
+    let title = texts::pull_request_title(spec.title.as_deref(), spec.number);
+    let commit_message = texts::commit_message(&spec.trigger, &title, spec.number);
+    git(&worktree.path, &["add", "--all"], &Default::default()).await?;
+    let mut commit = AUTHOR.to_vec();
+    commit.extend(["commit", "--quiet", "--no-verify", "-m", &commit_message]);
+    git(&worktree.path, &commit, &Default::default()).await?;
+    let stat = git(
+        &worktree.path,
+        &["show", "--stat", "--format=", "HEAD"],
+        &Default::default(),
+    )
+    .await?;
+    ctx.store
+        .append_log(
+            ctx.job,
+            LogStream::Nightshift,
+            &stat.lines().map(str::to_owned).collect::<Vec<_>>(),
+        )
+        .await?;
+
+    let repo = &spec.repo;
+    let Some(client) = ctx.client else {
+        ctx.store
+            .append_log(
+                ctx.job,
+                LogStream::Nightshift,
+                &[format!("dry run (no GitHub credentials): would push {branch} and open a pull request on {repo}")],
+            )
+            .await?;
+        let output = Output {
+            kind: "pull_request".into(),
+            key: KEY.into(),
+            url: None,
+        };
+        ctx.store.record_output(ctx.job, &output).await?;
+        return Ok(output);
+    };
+
+    // The branch is ours alone: a retried job replaces what an earlier attempt pushed.
+    let refspec = format!("HEAD:refs/heads/{branch}");
+    git(
+        &worktree.path,
+        &["push", "--force", "--quiet", &spec.clone_url, &refspec],
+        &ctx.git_auth(),
+    )
+    .await?;
+
+    let pulls = client.api.pulls(repo.owner(), repo.name());
+    let head = format!("{}:{branch}", repo.owner());
+    let open = pulls
+        .list()
+        .state(params::State::Open)
+        .head(head)
+        .send()
+        .await
+        .map_err(github_error)?;
+    let url = match open.items.first() {
+        Some(pr) => pr.html_url.as_ref().map(|u| u.to_string()),
+        None => {
+            let body = texts::pull_request_body(
+                &spec.trigger,
+                ctx.job,
+                message,
+                spec.number,
+                !spec.is_pull_request,
+            );
+            let pr = pulls
+                .create(&title, &branch, &spec.default_branch)
+                .body(body)
+                .send()
+                .await
+                .map_err(github_error)?;
+            pr.html_url.map(|u| u.to_string())
+        }
+    };
+    let output = Output {
+        kind: "pull_request".into(),
+        key: KEY.into(),
+        url,
+    };
+    ctx.store.record_output(ctx.job, &output).await?;
+    Ok(output)
+}

@@ -1,0 +1,146 @@
+//! Every text nightshift posts to GitHub, in one place, covered by snapshot tests.
+
+use crate::ids::JobId;
+
+/// The hidden marker that identifies a job's comment, so a retried job finds what it already posted.
+pub fn marker(job: JobId) -> String {
+    format!("<!-- nightshift:job:{job} -->")
+}
+
+fn footer(trigger: &str, job: JobId) -> String {
+    format!(
+        "<sub>nightshift · trigger `{trigger}` · job {job}</sub>\n{}",
+        marker(job)
+    )
+}
+
+/// The agent's final message as a comment.
+pub fn agent_comment(trigger: &str, job: JobId, message: &str, truncated: bool) -> String {
+    let mut body = message.trim_end().to_owned();
+    if body.is_empty() {
+        body.push_str("_The agent finished without a message._");
+    }
+    if truncated {
+        body.push_str("\n\n_(The agent's message was longer than its output limit and was cut.)_");
+    }
+    format!("{body}\n\n{}", footer(trigger, job))
+}
+
+/// Said instead of a pull request when the agent changed no file.
+pub fn no_changes_comment(trigger: &str, job: JobId, message: &str) -> String {
+    let mut body = String::from("The agent made no changes, so there is no pull request.");
+    if !message.trim().is_empty() {
+        body.push_str("\n\nIts final message:\n\n");
+        body.push_str(&quote(message.trim_end()));
+    }
+    format!("{body}\n\n{}", footer(trigger, job))
+}
+
+pub fn pull_request_title(title: Option<&str>, number: Option<u64>) -> String {
+    match (title, number) {
+        (Some(title), Some(n)) if !title.trim().is_empty() => format!("{} (#{n})", title.trim()),
+        (_, Some(n)) => format!("Changes for #{n}"),
+        _ => "Changes from nightshift".to_owned(),
+    }
+}
+
+/// The pull request body: the agent's message, and a link to the issue it closes (or the pull request it
+/// follows up on).
+pub fn pull_request_body(
+    trigger: &str,
+    job: JobId,
+    message: &str,
+    number: Option<u64>,
+    is_issue: bool,
+) -> String {
+    let mut body = String::new();
+    match (number, is_issue) {
+        (Some(n), true) => body.push_str(&format!("Closes #{n}.\n\n")),
+        (Some(n), false) => body.push_str(&format!("Follow-up to #{n}.\n\n")),
+        (None, _) => {}
+    }
+    if !message.trim().is_empty() {
+        body.push_str(message.trim_end());
+        body.push_str("\n\n");
+    }
+    body.push_str(&footer(trigger, job));
+    body
+}
+
+pub fn commit_message(trigger: &str, title: &str, number: Option<u64>) -> String {
+    match number {
+        Some(n) => format!("{title}\n\nMade by nightshift (trigger {trigger}) for #{n}."),
+        None => format!("{title}\n\nMade by nightshift (trigger {trigger})."),
+    }
+}
+
+fn quote(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("> {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_comment() {
+        insta::assert_snapshot!(super::agent_comment("triage", JobId(12), "Looks like a duplicate of #3.\n", false), @r"
+        Looks like a duplicate of #3.
+
+        <sub>nightshift · trigger `triage` · job 12</sub>
+        <!-- nightshift:job:12 -->
+        ");
+    }
+
+    #[test]
+    fn agent_comment_cut_and_empty() {
+        insta::assert_snapshot!(super::agent_comment("triage", JobId(1), "", true), @r"
+        _The agent finished without a message._
+
+        _(The agent's message was longer than its output limit and was cut.)_
+
+        <sub>nightshift · trigger `triage` · job 1</sub>
+        <!-- nightshift:job:1 -->
+        ");
+    }
+
+    #[test]
+    fn no_changes() {
+        insta::assert_snapshot!(no_changes_comment("fix", JobId(4), "I could not reproduce it.\nSorry."), @r"
+        The agent made no changes, so there is no pull request.
+
+        Its final message:
+
+        > I could not reproduce it.
+        > Sorry.
+
+        <sub>nightshift · trigger `fix` · job 4</sub>
+        <!-- nightshift:job:4 -->
+        ");
+    }
+
+    #[test]
+    fn pull_request_texts() {
+        assert_eq!(
+            pull_request_title(Some("Spelling error in the README file"), Some(1)),
+            "Spelling error in the README file (#1)"
+        );
+        assert_eq!(pull_request_title(None, Some(2)), "Changes for #2");
+        insta::assert_snapshot!(pull_request_body("fix", JobId(9), "Fixed the typo.", Some(1), true), @r"
+        Closes #1.
+
+        Fixed the typo.
+
+        <sub>nightshift · trigger `fix` · job 9</sub>
+        <!-- nightshift:job:9 -->
+        ");
+        insta::assert_snapshot!(commit_message("fix", "Fix typo (#1)", Some(1)), @r"
+        Fix typo (#1)
+
+        Made by nightshift (trigger fix) for #1.
+        ");
+    }
+}

@@ -1,0 +1,4 @@
+//! Event sources. Today: GitHub webhooks ([`webhook`]), parsed at the edge into [`event::Event`].
+
+pub mod event;
+pub mod webhook;

@@ -1,0 +1,201 @@
+//! Durable state: webhook deliveries, jobs (state, attempts, lease), job log lines and outputs.
+//!
+//! One interface, [`Store`], chosen by URL in [`open`]. The SQLite implementation serves one process; the
+//! interface is what a Postgres implementation for several replicas satisfies too: every operation that must
+//! be atomic (claiming a job, recording a match) is one call here, never a read-then-write in the caller.
+
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+
+use crate::ids::{DeliveryId, JobId};
+
+pub use sqlite::SqliteStore;
+
+/// A verified delivery, as it will be stored.
+#[derive(Clone, Debug)]
+pub struct NewDelivery {
+    pub delivery_id: DeliveryId,
+    pub event: String,
+    pub action: Option<String>,
+    pub repo: Option<String>,
+    pub installation_id: Option<i64>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored now; the row id.
+    New(i64),
+    /// The same `X-GitHub-Delivery` was stored before; nothing was written.
+    Duplicate,
+}
+
+/// A stored delivery that triggers have not been matched against yet.
+#[derive(Clone, Debug)]
+pub struct StoredDelivery {
+    pub id: i64,
+    pub delivery_id: DeliveryId,
+    pub event: String,
+    pub payload: Vec<u8>,
+}
+
+/// A job produced by matching a delivery.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub trigger: String,
+    pub repo: String,
+    /// The rendered job (JSON), frozen at match time.
+    pub spec: String,
+    /// Set when the job could not even be prepared (e.g. its prompt failed to render): it is stored as
+    /// failed with this error, so the user can see why nothing ran.
+    pub error: Option<String>,
+}
+
+/// A job a worker holds a lease on.
+#[derive(Clone, Debug)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub delivery: i64,
+    pub delivery_id: DeliveryId,
+    pub trigger: String,
+    pub repo: String,
+    pub spec: String,
+    /// 1 on the first run; more when a previous run died (lease expired).
+    pub attempt: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            other => bail!("unknown job state `{other}` in the store"),
+        })
+    }
+}
+
+/// A job as stored (for inspection and tests).
+#[derive(Clone, Debug)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub delivery_id: DeliveryId,
+    pub trigger: String,
+    pub repo: String,
+    pub state: JobState,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStream {
+    /// nightshift's own notes about the job (what it did, why it failed).
+    Nightshift,
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Nightshift => "nightshift",
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub stream: String,
+    pub line: String,
+}
+
+/// Something a job delivered to GitHub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub kind: String,
+    pub key: String,
+    pub url: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a delivery and commits it. A repeated delivery id stores nothing and says so.
+    async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<Inserted>;
+
+    /// Deliveries not yet matched against triggers, oldest first.
+    async fn unmatched_deliveries(&self, limit: u32) -> Result<Vec<StoredDelivery>>;
+
+    /// In one transaction: creates the jobs (a job that already exists for this delivery and trigger is kept
+    /// as it is) and marks the delivery matched. Returns how many jobs were queued.
+    async fn record_match(&self, delivery: i64, jobs: &[NewJob]) -> Result<usize>;
+
+    /// Takes the oldest queued job, or a running job whose lease expired (its worker died), and leases it to
+    /// `owner`. Jobs whose lease expired after `max_attempts` starts are failed instead of taken.
+    async fn claim_job(
+        &self,
+        owner: &str,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Option<ClaimedJob>>;
+
+    /// Extends the lease; false when the job is no longer ours.
+    async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<bool>;
+
+    /// Ends a job we hold; false when the job is no longer ours (nothing is written then).
+    async fn finish_job(&self, job: JobId, owner: &str, error: Option<&str>) -> Result<bool>;
+
+    async fn append_log(&self, job: JobId, stream: LogStream, lines: &[String]) -> Result<()>;
+
+    async fn job_log(&self, job: JobId) -> Result<Vec<LogLine>>;
+
+    async fn delivery_payload(&self, delivery: i64) -> Result<Vec<u8>>;
+
+    async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>>;
+
+    async fn record_output(&self, job: JobId, output: &Output) -> Result<()>;
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>>;
+
+    async fn delivery_count(&self) -> Result<u64>;
+}
+
+/// Opens the store a URL names, creating and migrating it as needed.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(url)
+            .await
+            .with_context(|| format!("opening the store {url}"))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        bail!(
+            "this build of nightshift supports only SQLite stores (sqlite://PATH); Postgres is not available yet"
+        );
+    }
+    bail!("unknown store URL `{url}`: write sqlite://PATH")
+}

@@ -1,0 +1,504 @@
+//! The SQLite store: WAL journal, `synchronous = FULL` so a delivery acknowledged with 202 survives a power
+//! loss as well as a crash.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+
+use super::*;
+use crate::now_ms;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let file = options.get_filename();
+        if let Some(dir) = file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && file != Path::new(":memory:"))
+        {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_delivery(&self, d: &NewDelivery) -> Result<Inserted> {
+        let row = sqlx::query(
+            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (delivery_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&d.delivery_id.0)
+        .bind(&d.event)
+        .bind(&d.action)
+        .bind(&d.repo)
+        .bind(d.installation_id)
+        .bind(&d.payload)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Inserted::New(row.try_get("id")?),
+            None => Inserted::Duplicate,
+        })
+    }
+
+    async fn unmatched_deliveries(&self, limit: u32) -> Result<Vec<StoredDelivery>> {
+        let rows = sqlx::query(
+            "SELECT id, delivery_id, event, payload FROM deliveries WHERE matched_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredDelivery {
+                    id: row.try_get("id")?,
+                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
+                    event: row.try_get("event")?,
+                    payload: row.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_match(&self, delivery: i64, jobs: &[NewJob]) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut queued = 0;
+        for job in jobs {
+            let state = if job.error.is_some() {
+                "failed"
+            } else {
+                "queued"
+            };
+            let result = sqlx::query(
+                "INSERT INTO jobs (delivery_id, trigger_name, repo, spec, state, error, created_at, finished_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, CASE WHEN ? = 'failed' THEN ? END)
+                 ON CONFLICT (delivery_id, trigger_name) DO NOTHING",
+            )
+            .bind(delivery)
+            .bind(&job.trigger)
+            .bind(&job.repo)
+            .bind(&job.spec)
+            .bind(state)
+            .bind(&job.error)
+            .bind(now)
+            .bind(state)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if result.rows_affected() == 1 && job.error.is_none() {
+                queued += 1;
+            }
+        }
+        sqlx::query("UPDATE deliveries SET matched_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(delivery)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn claim_job(
+        &self,
+        owner: &str,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Option<ClaimedJob>> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE jobs SET state = 'failed', lease_owner = NULL, finished_at = ?1,
+                    error = 'the job was started ' || attempts || ' times and its worker stopped each time'
+             WHERE state = 'running' AND lease_expires_at < ?1 AND attempts >= ?2",
+        )
+        .bind(now)
+        .bind(max_attempts)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "UPDATE jobs
+             SET state = 'running', attempts = attempts + 1, lease_owner = ?1, lease_expires_at = ?2,
+                 started_at = ?3
+             WHERE id = (SELECT id FROM jobs
+                         WHERE state = 'queued' OR (state = 'running' AND lease_expires_at < ?3)
+                         ORDER BY id LIMIT 1)
+             RETURNING id, delivery_id, trigger_name, repo, spec, attempts,
+                       (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
+        )
+        .bind(owner)
+        .bind(now + ms(lease))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(ClaimedJob {
+                id: JobId(row.try_get("id")?),
+                delivery: row.try_get("delivery_id")?,
+                delivery_id: DeliveryId(row.try_get("guid")?),
+                trigger: row.try_get("trigger_name")?,
+                repo: row.try_get("repo")?,
+                spec: row.try_get("spec")?,
+                attempt: row.try_get::<i64, _>("attempts")? as u32,
+            })
+        })
+        .transpose()
+    }
+
+    async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<bool> {
+        let result = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+        )
+        .bind(now_ms() + ms(lease))
+        .bind(job.0)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn finish_job(&self, job: JobId, owner: &str, error: Option<&str>) -> Result<bool> {
+        let state = if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        let result = sqlx::query(
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ? AND lease_owner = ? AND state = 'running'",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(now_ms())
+        .bind(job.0)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn append_log(&self, job: JobId, stream: LogStream, lines: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        for line in lines {
+            sqlx::query("INSERT INTO job_logs (job_id, at, stream, line) VALUES (?, ?, ?, ?)")
+                .bind(job.0)
+                .bind(now)
+                .bind(stream.as_str())
+                .bind(line)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn job_log(&self, job: JobId) -> Result<Vec<LogLine>> {
+        let rows = sqlx::query("SELECT stream, line FROM job_logs WHERE job_id = ? ORDER BY id")
+            .bind(job.0)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(LogLine {
+                    stream: row.try_get("stream")?,
+                    line: row.try_get("line")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delivery_payload(&self, delivery: i64) -> Result<Vec<u8>> {
+        let row = sqlx::query("SELECT payload FROM deliveries WHERE id = ?")
+            .bind(delivery)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("payload")?)
+    }
+
+    async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>> {
+        let row = sqlx::query("SELECT kind, key, url FROM outputs WHERE job_id = ? AND key = ?")
+            .bind(job.0)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(Output {
+                kind: row.try_get("kind")?,
+                key: row.try_get("key")?,
+                url: row.try_get("url")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_output(&self, job: JobId, output: &Output) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO outputs (job_id, kind, key, url, created_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (job_id, key) DO UPDATE SET url = excluded.url",
+        )
+        .bind(job.0)
+        .bind(&output.kind)
+        .bind(&output.key)
+        .bind(&output.url)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(
+            "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, j.error
+             FROM jobs j JOIN deliveries d ON d.id = j.delivery_id ORDER BY j.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(JobRecord {
+                    id: JobId(row.try_get("id")?),
+                    delivery_id: DeliveryId(row.try_get("guid")?),
+                    trigger: row.try_get("trigger_name")?,
+                    repo: row.try_get("repo")?,
+                    state: JobState::parse(row.try_get("state")?)?,
+                    attempts: row.try_get::<i64, _>("attempts")? as u32,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delivery_count(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM deliveries")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sub/n.db", dir.path().display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        (dir, store)
+    }
+
+    fn delivery(id: &str) -> NewDelivery {
+        NewDelivery {
+            delivery_id: DeliveryId(id.to_owned()),
+            event: "issues".into(),
+            action: Some("opened".into()),
+            repo: Some("o/r".into()),
+            installation_id: Some(7),
+            payload: b"{}".to_vec(),
+        }
+    }
+
+    fn job(trigger: &str) -> NewJob {
+        NewJob {
+            trigger: trigger.into(),
+            repo: "o/r".into(),
+            spec: "{}".into(),
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_delivery_is_stored_once() {
+        let (_dir, store) = store().await;
+        assert!(matches!(
+            store.insert_delivery(&delivery("a")).await.unwrap(),
+            Inserted::New(_)
+        ));
+        assert_eq!(
+            store.insert_delivery(&delivery("a")).await.unwrap(),
+            Inserted::Duplicate
+        );
+        assert_eq!(store.delivery_count().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn matching_is_recorded_once_and_jobs_are_claimed_in_order() {
+        let (_dir, store) = store().await;
+        let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(store.unmatched_deliveries(10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .record_match(d, &[job("first"), job("second")])
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            store.record_match(d, &[job("first")]).await.unwrap(),
+            0,
+            "matching twice adds no job"
+        );
+        assert!(store.unmatched_deliveries(10).await.unwrap().is_empty());
+
+        let lease = Duration::from_secs(60);
+        let a = store.claim_job("w1", lease, 3).await.unwrap().unwrap();
+        let b = store.claim_job("w2", lease, 3).await.unwrap().unwrap();
+        assert_eq!(
+            (a.trigger.as_str(), b.trigger.as_str()),
+            ("first", "second")
+        );
+        assert_eq!(a.delivery_id.0, "a");
+        assert!(
+            store.claim_job("w3", lease, 3).await.unwrap().is_none(),
+            "leased jobs are not claimed twice"
+        );
+
+        assert!(
+            !store.finish_job(a.id, "w2", None).await.unwrap(),
+            "only the lease owner finishes a job"
+        );
+        assert!(store.finish_job(a.id, "w1", None).await.unwrap());
+        assert!(store.finish_job(b.id, "w2", Some("boom")).await.unwrap());
+        let jobs = store.jobs().await.unwrap();
+        assert_eq!(jobs[0].state, JobState::Succeeded);
+        assert_eq!(
+            (jobs[1].state, jobs[1].error.as_deref()),
+            (JobState::Failed, Some("boom"))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_until_attempts_run_out() {
+        let (_dir, store) = store().await;
+        let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+            panic!()
+        };
+        store.record_match(d, &[job("t")]).await.unwrap();
+        let short = Duration::from_millis(0);
+        let first = store.claim_job("dead", short, 2).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = store.claim_job("alive", short, 2).await.unwrap().unwrap();
+        assert_eq!((first.id, first.attempt, second.attempt), (second.id, 1, 2));
+        assert!(
+            !store.renew_lease(first.id, "dead", short).await.unwrap(),
+            "the dead worker lost its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(store.claim_job("third", short, 2).await.unwrap().is_none());
+        let jobs = store.jobs().await.unwrap();
+        assert_eq!(jobs[0].state, JobState::Failed);
+        assert!(
+            jobs[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("started 2 times")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_that_could_not_be_prepared_is_stored_failed() {
+        let (_dir, store) = store().await;
+        let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+            panic!()
+        };
+        let mut bad = job("t");
+        bad.error = Some("undefined value".into());
+        assert_eq!(store.record_match(d, &[bad]).await.unwrap(), 0);
+        assert!(
+            store
+                .claim_job("w", Duration::from_secs(1), 3)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.jobs().await.unwrap()[0].state, JobState::Failed);
+    }
+
+    #[tokio::test]
+    async fn logs_and_outputs_round_trip() {
+        let (_dir, store) = store().await;
+        let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+            panic!()
+        };
+        store.record_match(d, &[job("t")]).await.unwrap();
+        let j = store
+            .claim_job("w", Duration::from_secs(9), 3)
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .append_log(j.id, LogStream::Stderr, &["one".into(), "two".into()])
+            .await
+            .unwrap();
+        let log = store.job_log(j.id).await.unwrap();
+        assert_eq!(
+            log.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+        assert!(store.find_output(j.id, "comment").await.unwrap().is_none());
+        let out = Output {
+            kind: "comment".into(),
+            key: "comment".into(),
+            url: Some("u".into()),
+        };
+        store.record_output(j.id, &out).await.unwrap();
+        assert_eq!(store.find_output(j.id, "comment").await.unwrap(), Some(out));
+        assert_eq!(store.delivery_payload(d).await.unwrap(), b"{}");
+    }
+}
