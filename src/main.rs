@@ -1,6 +1,7 @@
 //! The `nightshift` binary: parses the command line and calls into the library.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match try_main(cli) {
         Ok(code) => code,
@@ -75,6 +77,7 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
     let agents: BTreeSet<String> = config.agents.keys().cloned().collect();
     match cli.command {
         Command::Serve => {
+            config.require_webhook_secrets()?;
             let loaded = load::load(std::slice::from_ref(&config.triggers), Some(&agents));
             if !loaded.diagnostics.is_empty() {
                 anyhow::bail!(

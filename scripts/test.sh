@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs nightshift's whole test suite: unit tests, and integration tests that run the real binary against real
+# git repositories, real SQLite, real agent processes and a fake GitHub. Installs what the tests need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+missing=()
+need git || missing+=(git)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --locked --all-targets

@@ -1,0 +1,99 @@
+//! The command line: `check` reports every problem with its position; `serve` refuses bad input clearly.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn nightshift(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nightshift"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("NIGHTSHIFT_WEBHOOK_SECRET")
+        .env_remove("NIGHTSHIFT_CONFIG")
+        .env_remove("NIGHTSHIFT_GITHUB_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_reports_every_problem_in_every_file_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let triggers = dir.path().join("triggers");
+    std::fs::create_dir(&triggers).unwrap();
+    std::fs::write(dir.path().join("nightshift.yml"), "agents:\n  reply: {command: [cat]}\n").unwrap();
+    std::fs::write(triggers.join("a.yml"), "on:\n  issues:\n    types: [opend]\nagent: replly\nprompt: x\n").unwrap();
+    std::fs::write(triggers.join("b.yml"), "on:\n  pull_request:\n    branchs: [main]\nagent: reply\nprompt: x\n").unwrap();
+    std::fs::write(triggers.join("good.yml"), "on: issues\nagent: reply\nprompt: x\n").unwrap();
+
+    let out = nightshift(dir.path(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let expected = "\
+triggers/a.yml:3:13: error: `opend` is not an activity type of `issues`
+  hint: did you mean `opened`?
+triggers/a.yml:4:8: error: agent `replly` is not a profile in the service config
+  hint: did you mean `reply`?
+triggers/b.yml:3:5: error: unknown field `branchs`, expected one of types, branches, branches-ignore
+  hint: did you mean `branches`?
+";
+    assert_eq!(stdout, expected);
+    assert!(text(&out.stderr).contains("3 problem(s) found"));
+
+    let out = nightshift(dir.path(), &["check", "triggers/good.yml"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("ok: 1 trigger(s)"));
+}
+
+#[test]
+fn the_projects_example_triggers_and_config_check_clean() {
+    let out = nightshift(&common::manifest_dir(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn serve_refuses_to_start_on_invalid_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("triggers")).unwrap();
+    std::fs::write(dir.path().join("triggers/x.yml"), "on: issues\nagent: nope\nprompt: x\n").unwrap();
+    let out = nightshift(dir.path(), &["serve"], &[("NIGHTSHIFT_WEBHOOK_SECRET", "s"), ("NIGHTSHIFT_LISTEN", "127.0.0.1:0")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+    assert!(stderr.contains("triggers/x.yml:2:8: error: agent `nope` is not a profile"), "{stderr}");
+}
+
+#[test]
+fn serve_without_a_webhook_secret_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nightshift(dir.path(), &["serve"], &[("NIGHTSHIFT_LISTEN", "127.0.0.1:0")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("error: no webhook secret configured: set NIGHTSHIFT_WEBHOOK_SECRET"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_bad_config_file_names_file_line_column_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nightshift.yml"), "workers: 2\nlisen: 0.0.0.0:80\n").unwrap();
+    let out = nightshift(dir.path(), &["serve"], &[("NIGHTSHIFT_WEBHOOK_SECRET", "s")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("nightshift.yml:2:1: error: unknown field `lisen`"), "{stderr}");
+    assert!(stderr.contains("hint: did you mean `listen`?"), "{stderr}");
+}
+
+#[test]
+fn an_explicit_config_file_that_is_missing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nightshift(dir.path(), &["--config", "missing.yml", "check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("missing.yml:1:1: error: cannot read the config file"));
+}

@@ -1,0 +1,373 @@
+//! A stateful fake of the GitHub REST API, built from GitHub's own OpenAPI description and response examples
+//! (tests/fixtures/openapi). It knows only the operations in that description; a request for anything else,
+//! a request body missing a field the schema requires, or a request without valid credentials is recorded as
+//! unexpected, and tests assert there were none.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Value, json};
+
+const OPERATIONS: &str = include_str!("../fixtures/openapi/operations.json");
+const EXAMPLES: &str = include_str!("../fixtures/openapi/response_examples.json");
+
+#[derive(Clone, Debug)]
+pub struct Comment {
+    pub id: u64,
+    pub repo: String,
+    pub number: u64,
+    pub body: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pull {
+    pub number: u64,
+    pub repo: String,
+    pub title: String,
+    pub head: String,
+    pub base: String,
+    pub body: String,
+}
+
+/// How the fake expects nightshift to authenticate.
+#[derive(Clone, Debug)]
+pub enum ExpectedAuth {
+    Token(String),
+    App { app_id: u64 },
+}
+
+#[derive(Default)]
+struct FakeState {
+    comments: Vec<Comment>,
+    pulls: Vec<Pull>,
+    installation_tokens: Vec<String>,
+    unexpected: Vec<String>,
+    calls: Vec<String>,
+    next_id: u64,
+}
+
+struct Operation {
+    id: String,
+    method: Method,
+    segments: Vec<String>,
+    required: Vec<String>,
+}
+
+struct Inner {
+    state: Mutex<FakeState>,
+    operations: Vec<Operation>,
+    examples: Value,
+    auth: ExpectedAuth,
+}
+
+#[derive(Clone)]
+pub struct FakeGitHub {
+    inner: Arc<Inner>,
+    pub url: String,
+}
+
+impl FakeGitHub {
+    pub async fn start(auth: ExpectedAuth) -> FakeGitHub {
+        let spec: Value = serde_json::from_str(OPERATIONS).unwrap();
+        let operations = spec["operations"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(id, op)| Operation {
+                id: id.clone(),
+                method: op["method"].as_str().unwrap().parse().unwrap(),
+                segments: op["path"].as_str().unwrap().split('/').map(str::to_owned).collect(),
+                required: op["requestBody"]["content"]["application/json"]["schema"]["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let examples: Value = serde_json::from_str(EXAMPLES).unwrap();
+        let inner = Arc::new(Inner {
+            state: Mutex::new(FakeState {
+                next_id: 100,
+                ..Default::default()
+            }),
+            operations,
+            examples: examples["examples"].clone(),
+            auth,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeGitHub {
+            inner,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    pub fn comments(&self) -> Vec<Comment> {
+        self.inner.state.lock().unwrap().comments.clone()
+    }
+
+    pub fn pulls(&self) -> Vec<Pull> {
+        self.inner.state.lock().unwrap().pulls.clone()
+    }
+
+    pub fn unexpected(&self) -> Vec<String> {
+        self.inner.state.lock().unwrap().unexpected.clone()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.inner.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn installation_tokens(&self) -> Vec<String> {
+        self.inner.state.lock().unwrap().installation_tokens.clone()
+    }
+
+    /// Adds a comment as if someone had posted it (for tests of what nightshift finds).
+    pub fn add_comment(&self, repo: &str, number: u64, body: &str) {
+        let mut state = self.inner.state.lock().unwrap();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.comments.push(Comment {
+            id,
+            repo: repo.to_owned(),
+            number,
+            body: body.to_owned(),
+        });
+    }
+
+    /// Waits until `pred` holds for the fake's state, or panics after `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&FakeGitHub) -> bool) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !pred(self) {
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}; calls seen: {:#?}", self.calls());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "message": message, "documentation_url": "https://docs.github.com/rest", "status": status.as_u16().to_string() })),
+    )
+        .into_response()
+}
+
+fn match_operation<'a>(ops: &'a [Operation], method: &Method, path: &str) -> Option<(&'a Operation, HashMap<String, String>)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    ops.iter().find_map(|op| {
+        if op.method != *method || op.segments.len() != parts.len() {
+            return None;
+        }
+        let mut params = HashMap::new();
+        for (seg, part) in op.segments.iter().zip(&parts) {
+            if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                params.insert(name.to_owned(), (*part).to_owned());
+            } else if seg != part {
+                return None;
+            }
+        }
+        Some((op, params))
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("token "))
+        .map(str::to_owned)
+}
+
+/// The app id a JWT claims to be issued by (`iss`), if it is a well-formed JWT.
+fn jwt_issuer(token: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (_header, claims, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
+    let claims: Value = serde_json::from_slice(&claims).ok()?;
+    match &claims["iss"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn rewrite_urls(value: &mut Value, from: &str, to: &str) {
+    match value {
+        Value::String(s) => *s = s.replace(from, to),
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_urls(v, from, to)),
+        Value::Object(map) => map.values_mut().for_each(|v| rewrite_urls(v, from, to)),
+        _ => {}
+    }
+}
+
+impl Inner {
+    fn example(&self, name: &str) -> Value {
+        self.examples[name]["value"].clone()
+    }
+
+    fn comment_json(&self, c: &Comment) -> Value {
+        let mut v = self.example("issue-comment");
+        rewrite_urls(&mut v, "octocat/Hello-World", &c.repo);
+        v["id"] = json!(c.id);
+        v["body"] = json!(c.body);
+        v["html_url"] = json!(format!("https://github.com/{}/issues/{}#issuecomment-{}", c.repo, c.number, c.id));
+        v["issue_url"] = json!(format!("https://api.github.com/repos/{}/issues/{}", c.repo, c.number));
+        v["user"]["login"] = json!("nightshift[bot]");
+        v["user"]["type"] = json!("Bot");
+        v
+    }
+
+    fn pull_json(&self, p: &Pull, example: &str) -> Value {
+        let mut v = self.example(example);
+        if let Value::Array(items) = v {
+            v = items.into_iter().next().unwrap();
+        }
+        rewrite_urls(&mut v, "octocat/Hello-World", &p.repo);
+        rewrite_urls(&mut v, "/1347", &format!("/{}", p.number));
+        v["number"] = json!(p.number);
+        v["title"] = json!(p.title);
+        v["body"] = json!(p.body);
+        v["state"] = json!("open");
+        v["locked"] = json!(false);
+        v["head"]["ref"] = json!(p.head);
+        v["head"]["label"] = json!(format!("{}:{}", p.repo.split('/').next().unwrap(), p.head));
+        v["base"]["ref"] = json!(p.base);
+        v
+    }
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    let call = format!("{method} {}", uri);
+    inner.state.lock().unwrap().calls.push(call.clone());
+    let unexpected = |why: String| {
+        inner.state.lock().unwrap().unexpected.push(format!("{call}: {why}"));
+    };
+    let Some((op, params)) = match_operation(&inner.operations, &method, &path) else {
+        unexpected("not an operation of the fake's OpenAPI description".into());
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+    for field in &op.required {
+        if body.get(field).is_none() {
+            unexpected(format!("body lacks required field `{field}`"));
+            return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("`{field}` is required"));
+        }
+    }
+
+    // Credentials: the App's JWT for minting installation tokens, a valid token for everything else.
+    let presented = bearer(&headers);
+    let authorized = match (&inner.auth, op.id.as_str()) {
+        (ExpectedAuth::App { app_id }, "apps/create-installation-access-token") => {
+            presented.as_deref().and_then(jwt_issuer) == Some(app_id.to_string())
+        }
+        (ExpectedAuth::App { .. }, _) => presented
+            .as_ref()
+            .is_some_and(|t| inner.state.lock().unwrap().installation_tokens.contains(t)),
+        (ExpectedAuth::Token(token), _) => presented.as_deref() == Some(token.as_str()),
+    };
+    if !authorized {
+        unexpected(format!("bad credentials ({presented:?})"));
+        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    }
+
+    let repo = || format!("{}/{}", params["owner"], params["repo"]);
+    match op.id.as_str() {
+        "apps/create-installation-access-token" => {
+            let mut state = inner.state.lock().unwrap();
+            let token = format!("ghs_fake{}_{}", params["installation_id"], state.installation_tokens.len());
+            state.installation_tokens.push(token.clone());
+            let mut v = inner.example("installation-token");
+            v["token"] = json!(token);
+            v["expires_at"] = json!(humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600)).to_string());
+            (StatusCode::CREATED, axum::Json(v)).into_response()
+        }
+        "issues/create-comment" => {
+            let Some(text) = body["body"].as_str() else {
+                unexpected("comment body is not a string".into());
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "body must be a string");
+            };
+            let comment = {
+                let mut state = inner.state.lock().unwrap();
+                state.next_id += 1;
+                let comment = Comment {
+                    id: state.next_id,
+                    repo: repo(),
+                    number: params["issue_number"].parse().unwrap(),
+                    body: text.to_owned(),
+                };
+                state.comments.push(comment.clone());
+                comment
+            };
+            (StatusCode::CREATED, axum::Json(inner.comment_json(&comment))).into_response()
+        }
+        "issues/list-comments" => {
+            let number: u64 = params["issue_number"].parse().unwrap();
+            let comments: Vec<Value> = inner
+                .state
+                .lock()
+                .unwrap()
+                .comments
+                .iter()
+                .filter(|c| c.repo == repo() && c.number == number)
+                .map(|c| inner.comment_json(c))
+                .collect();
+            axum::Json(Value::Array(comments)).into_response()
+        }
+        "pulls/list" => {
+            let query: HashMap<String, String> = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.replace("%3A", ":").replace("%2F", "/")))
+                .collect();
+            let pulls: Vec<Value> = inner
+                .state
+                .lock()
+                .unwrap()
+                .pulls
+                .iter()
+                .filter(|p| p.repo == repo())
+                .filter(|p| {
+                    query.get("head").is_none_or(|h| *h == format!("{}:{}", params["owner"], p.head))
+                })
+                .map(|p| inner.pull_json(p, "pull-request-simple-items"))
+                .collect();
+            axum::Json(Value::Array(pulls)).into_response()
+        }
+        "pulls/create" => {
+            let pull = {
+                let mut state = inner.state.lock().unwrap();
+                let number = 1000 + state.pulls.len() as u64 + 1;
+                let pull = Pull {
+                    number,
+                    repo: repo(),
+                    title: body["title"].as_str().unwrap_or_default().to_owned(),
+                    head: body["head"].as_str().unwrap_or_default().to_owned(),
+                    base: body["base"].as_str().unwrap_or_default().to_owned(),
+                    body: body["body"].as_str().unwrap_or_default().to_owned(),
+                };
+                state.pulls.push(pull.clone());
+                pull
+            };
+            (StatusCode::CREATED, axum::Json(inner.pull_json(&pull, "pull-request"))).into_response()
+        }
+        other => {
+            unexpected(format!("operation {other} is described but the fake does not implement it"));
+            error(StatusCode::NOT_IMPLEMENTED, "not implemented by the fake")
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The test harness: a real `nightshift serve` process, a real bare git repository as the "remote", the
+//! fake GitHub, signed deliveries of octokit's example payloads, and the real SQLite store to inspect.
+
+#![allow(dead_code)]
+
+pub mod fake_github;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use nightshift::store::{JobRecord, JobState, SqliteStore, Store};
+use serde_json::Value;
+use sha2::Sha256;
+
+pub use fake_github::{ExpectedAuth, FakeGitHub};
+
+pub const SECRET: &str = "It's a Secret to Everybody";
+pub const TOKEN: &str = "ghp_test_token";
+pub const APP_ID: u64 = 4242;
+pub const INSTALLATION: u64 = 77;
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(manifest_dir().join("tests/fixtures").join(path)).unwrap()
+}
+
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// How the service authenticates to the fake GitHub.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    Token,
+    App,
+}
+
+pub struct Spine {
+    pub dir: tempfile::TempDir,
+    pub github: FakeGitHub,
+    /// The bare repository every payload's `clone_url` points at.
+    pub remote: PathBuf,
+    /// Where the `wait` agent records its starts and waits for `release`.
+    pub gate: PathBuf,
+    pub config: PathBuf,
+    pub server: Option<Server>,
+    store: Option<SqliteStore>,
+}
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- nightshift log ----\n{}", self.log());
+        }
+    }
+}
+
+impl Spine {
+    /// A fresh world: a remote with one commit on `main`, the given trigger files, and a config using `auth`.
+    pub async fn new(auth: Auth, triggers: &[(&str, &str)]) -> Spine {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let remote = root.join("remote.git");
+        git(root, &["init", "--quiet", "--bare", "--initial-branch=main", remote.to_str().unwrap()]);
+        let seed = root.join("seed");
+        git(root, &["clone", "--quiet", remote.to_str().unwrap(), seed.to_str().unwrap()]);
+        std::fs::write(seed.join("README.md"), "# Hello-World\n").unwrap();
+        git(&seed, &["add", "."]);
+        git(&seed, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "first"]);
+        git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
+
+        let gate = root.join("gate");
+        std::fs::create_dir_all(&gate).unwrap();
+        let trigger_dir = root.join("triggers");
+        std::fs::create_dir_all(&trigger_dir).unwrap();
+        for (name, text) in triggers {
+            std::fs::write(trigger_dir.join(name), text).unwrap();
+        }
+
+        let github = FakeGitHub::start(match auth {
+            Auth::Token => ExpectedAuth::Token(TOKEN.into()),
+            Auth::App => ExpectedAuth::App { app_id: APP_ID },
+        })
+        .await;
+        let credentials = match auth {
+            Auth::Token => format!("  token: {TOKEN}\n"),
+            Auth::App => format!(
+                "  app_id: {APP_ID}\n  private_key: {}\n",
+                manifest_dir().join("tests/fixtures/test-app-key.pem").display()
+            ),
+        };
+        let agents = manifest_dir().join("tests/agents");
+        let config = root.join("nightshift.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:0\nstore: sqlite://{root}/state/nightshift.db\ndata_dir: {root}/data\n\
+                 triggers: {root}/triggers\nworkers: 2\njob_lease: 2s\n\
+                 github:\n  api_url: {api}\n{credentials}  webhook_secrets: [\"rotated-away\", \"{SECRET}\"]\n\
+                 agents:\n\
+                 \x20 reply: {{command: [{agents}/reply.sh], timeout: 30s}}\n\
+                 \x20 edit: {{command: [{agents}/edit.sh], timeout: 30s}}\n\
+                 \x20 wait: {{command: [{agents}/wait.sh, {gate}], timeout: 90s}}\n\
+                 \x20 env: {{command: [{agents}/env.sh], timeout: 30s}}\n",
+                root = root.display(),
+                api = github.url,
+                agents = agents.display(),
+                gate = gate.display(),
+            ),
+        )
+        .unwrap();
+        Spine {
+            dir,
+            github,
+            remote,
+            gate,
+            config,
+            server: None,
+            store: None,
+        }
+    }
+
+    /// Starts `nightshift serve` and waits until it is ready.
+    pub async fn start(&mut self) {
+        self.start_with_env(&[]).await;
+    }
+
+    pub async fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nightshift"));
+        cmd.args(["--config", self.config.to_str().unwrap(), "serve"])
+            .env_remove("NIGHTSHIFT_WEBHOOK_SECRET")
+            .env_remove("NIGHTSHIFT_GITHUB_TOKEN")
+            .env("RUST_LOG", "info,nightshift=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(" ready ") {
+                    let addr = line.split("address=").nth(1).and_then(|s| s.split_whitespace().next());
+                    if let (Some(tx), Some(addr)) = (tx.take(), addr) {
+                        let _ = tx.send(addr.to_owned());
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let addr = match addr {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("nightshift did not become ready:\n{}", log.lock().unwrap());
+            }
+        };
+        self.server = Some(Server {
+            child,
+            url: format!("http://{addr}"),
+            log,
+        });
+    }
+
+    /// Kills the service at once (SIGKILL): no shutdown, no cleanup.
+    pub fn kill(&mut self) {
+        self.server = None;
+    }
+
+    pub fn url(&self) -> String {
+        self.server.as_ref().expect("the server is running").url.clone()
+    }
+
+    /// An octokit example payload, pointed at our bare remote (and, for App auth, at our installation).
+    pub fn payload(&self, path: &str) -> Vec<u8> {
+        let mut value: Value = serde_json::from_slice(&fixture(&format!("webhooks/{path}"))).unwrap();
+        value["repository"]["clone_url"] = Value::String(self.remote.display().to_string());
+        value["repository"]["default_branch"] = Value::String("main".into());
+        value["installation"] = serde_json::json!({ "id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNzc=" });
+        serde_json::to_vec(&value).unwrap()
+    }
+
+    /// POSTs a delivery signed with the test secret.
+    pub async fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> reqwest::StatusCode {
+        self.post(
+            body,
+            &[
+                ("X-GitHub-Event", event),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", &sign(SECRET, body)),
+            ],
+        )
+        .await
+    }
+
+    pub async fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> reqwest::StatusCode {
+        let mut request = reqwest::Client::new()
+            .post(format!("{}/webhooks/github", self.url()))
+            .header("Content-Type", "application/json")
+            .body(body.to_vec());
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.send().await.unwrap().status()
+    }
+
+    pub async fn store(&mut self) -> &SqliteStore {
+        if self.store.is_none() {
+            let url = format!("sqlite://{}/state/nightshift.db", self.dir.path().display());
+            self.store = Some(SqliteStore::connect(&url).await.unwrap());
+        }
+        self.store.as_ref().unwrap()
+    }
+
+    pub async fn jobs(&mut self) -> Vec<JobRecord> {
+        self.store().await.jobs().await.unwrap()
+    }
+
+    /// Waits until there are `n` jobs and all have ended.
+    pub async fn wait_for_finished_jobs(&mut self, n: usize) -> Vec<JobRecord> {
+        for _ in 0..600 {
+            let jobs = self.jobs().await;
+            if jobs.len() == n && jobs.iter().all(|j| matches!(j.state, JobState::Succeeded | JobState::Failed)) {
+                return jobs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("jobs did not finish: {:#?}", self.jobs().await);
+    }
+
+    /// Fails the test if nightshift made a call the fake GitHub does not know or did not expect.
+    pub fn assert_no_unexpected_calls(&self) {
+        let unexpected = self.github.unexpected();
+        assert!(unexpected.is_empty(), "unexpected GitHub calls: {unexpected:#?}");
+    }
+}

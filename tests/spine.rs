@@ -1,0 +1,258 @@
+//! One real event, end to end: signed webhook → SQLite → trigger → job → git worktree → agent process →
+//! GitHub (the fake), through the real `nightshift` binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Auth, Spine, git, sign};
+use nightshift::store::{JobState, Store};
+
+const ISSUE_OPENED_COMMENT: (&str, &str) = (
+    "triage.yml",
+    "description: Answer new issues\n\
+     on:\n  issues:\n    types: [opened]\n\
+     agent: reply\n\
+     prompt: |\n  Triage issue #{{ event.issue.number }} in {{ repo }}: {{ event.issue.title }}\n\
+     output: comment\n",
+);
+
+const ISSUE_LABELED_PR: (&str, &str) = (
+    "fix.yml",
+    "on:\n  issues:\n    types: [labeled]\nagent: edit\nprompt: \"Fixed: {{ event.issue.title }}\"\noutput: pull_request\n",
+);
+
+#[tokio::test]
+async fn an_opened_issue_gets_the_agents_comment_through_a_github_app() {
+    let mut spine = Spine::new(Auth::App, &[ISSUE_OPENED_COMMENT]).await;
+    spine.start().await;
+    let body = spine.payload("issues/opened.json");
+    assert_eq!(spine.deliver("issues", "d-opened-1", &body).await, 202);
+
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    assert_eq!((jobs[0].trigger.as_str(), jobs[0].repo.as_str()), ("triage", "Codertocat/Hello-World"));
+
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    let comment = &comments[0];
+    assert_eq!((comment.repo.as_str(), comment.number), ("Codertocat/Hello-World", 1));
+    let job = jobs[0].id;
+    assert!(
+        comment.body.starts_with(&format!(
+            "Agent reply for Codertocat/Hello-World (job {job}, event issues.opened):\n\
+             Triage issue #1 in Codertocat/Hello-World: Spelling error in the README file\n"
+        )),
+        "{}",
+        comment.body
+    );
+    assert!(comment.body.contains(&format!("<!-- nightshift:job:{job} -->")));
+    assert_eq!(spine.github.installation_tokens().len(), 1, "one installation token, minted with the App JWT");
+    spine.assert_no_unexpected_calls();
+
+    // The agent's stderr is in the job log, as is what nightshift did.
+    let log = spine.store().await.job_log(job).await.unwrap();
+    assert!(log.iter().any(|l| l.stream == "stderr" && l.line == "reading the issue"), "{log:?}");
+    assert!(log.iter().any(|l| l.stream == "nightshift" && l.line.starts_with("delivered comment: https://github.com/")));
+    // The worktree is gone once the job ended.
+    let worktrees = spine.dir.path().join("data/worktrees");
+    assert_eq!(std::fs::read_dir(worktrees).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_labeled_issue_becomes_a_branch_and_a_pull_request() {
+    let mut spine = Spine::new(Auth::Token, &[ISSUE_LABELED_PR]).await;
+    spine.start().await;
+    let body = spine.payload("issues/labeled.json");
+    assert_eq!(spine.deliver("issues", "d-labeled-1", &body).await, 202);
+
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+
+    // The change is on nightshift's branch in the remote, committed by nightshift; main is untouched.
+    let branch = "nightshift/fix/1";
+    let readme = git(&spine.remote, &["show", &format!("{branch}:README.md")]);
+    assert_eq!(readme, "# Hello-World\nFixed: Spelling error in the README file");
+    assert_eq!(git(&spine.remote, &["log", "-1", "--format=%an <%ae>", branch]), "nightshift <nightshift@users.noreply.github.com>");
+    assert_eq!(git(&spine.remote, &["show", "main:README.md"]), "# Hello-World");
+
+    let pulls = spine.github.pulls();
+    assert_eq!(pulls.len(), 1);
+    assert_eq!((pulls[0].head.as_str(), pulls[0].base.as_str()), (branch, "main"));
+    assert_eq!(pulls[0].title, "Spelling error in the README file (#1)");
+    assert!(pulls[0].body.starts_with("Closes #1.\n\nAppended the requested line to README.md."), "{}", pulls[0].body);
+    assert!(spine.github.comments().is_empty());
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn an_agent_that_changes_nothing_gets_a_comment_instead_of_a_pull_request() {
+    let no_change = ("fix.yml", "on:\n  issues:\n    types: [labeled]\nagent: reply\nprompt: look\noutput: pull_request\n");
+    let mut spine = Spine::new(Auth::Token, &[no_change]).await;
+    spine.start().await;
+    assert_eq!(spine.deliver("issues", "d-1", &spine.payload("issues/labeled.json")).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    assert!(spine.github.pulls().is_empty());
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert!(comments[0].body.starts_with("The agent made no changes, so there is no pull request."));
+    assert!(git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(), "nothing was pushed");
+}
+
+#[tokio::test]
+async fn bad_deliveries_are_refused_and_nothing_is_stored() {
+    let mut spine = Spine::new(Auth::Token, &[ISSUE_OPENED_COMMENT]).await;
+    spine.start().await;
+    let body = spine.payload("issues/opened.json");
+    let good_sig = sign(common::SECRET, &body);
+    let wrong_sig = sign("not the secret", &body);
+
+    // Missing or wrong signature: 401.
+    assert_eq!(spine.post(&body, &[("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "a")]).await, 401);
+    let wrong = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "b"), ("X-Hub-Signature-256", wrong_sig.as_str())];
+    assert_eq!(spine.post(&body, &wrong).await, 401);
+    // Signed with the secret but altered afterwards: 401.
+    let mut altered = body.clone();
+    altered.push(b' ');
+    let altered_headers = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "c"), ("X-Hub-Signature-256", good_sig.as_str())];
+    assert_eq!(spine.post(&altered, &altered_headers).await, 401);
+    // Missing event or delivery headers: 400.
+    assert_eq!(spine.post(&body, &[("X-GitHub-Delivery", "d"), ("X-Hub-Signature-256", &good_sig)]).await, 400);
+    assert_eq!(spine.post(&body, &[("X-GitHub-Event", "issues"), ("X-Hub-Signature-256", &good_sig)]).await, 400);
+    // Signed, but not JSON: 400.
+    let text = b"hello".to_vec();
+    let text_headers = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "e"), ("X-Hub-Signature-256", &sign(common::SECRET, &text))];
+    assert_eq!(spine.post(&text, &text_headers).await, 400);
+    // Above GitHub's 25 MB maximum: 413.
+    let huge = vec![b' '; 25 * 1024 * 1024 + 1];
+    let huge_headers = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "f"), ("X-Hub-Signature-256", &sign(common::SECRET, &huge))];
+    assert_eq!(spine.post(&huge, &huge_headers).await, 413);
+
+    assert_eq!(spine.store().await.delivery_count().await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(spine.jobs().await.is_empty());
+    assert!(spine.github.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_repeated_delivery_makes_one_job_and_one_comment() {
+    let mut spine = Spine::new(Auth::Token, &[ISSUE_OPENED_COMMENT]).await;
+    spine.start().await;
+    let body = spine.payload("issues/opened.json");
+    assert_eq!(spine.deliver("issues", "same-guid", &body).await, 202);
+    assert_eq!(spine.deliver("issues", "same-guid", &body).await, 200);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded);
+    assert_eq!(spine.deliver("issues", "same-guid", &body).await, 200, "still a duplicate after the job ran");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(spine.jobs().await.len(), 1);
+    assert_eq!(spine.github.comments().len(), 1);
+    assert_eq!(spine.store().await.delivery_count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_event_no_trigger_uses_is_stored_and_acknowledged() {
+    let mut spine = Spine::new(Auth::Token, &[ISSUE_OPENED_COMMENT]).await;
+    spine.start().await;
+    let ping = common::fixture("webhooks/ping/default.json");
+    assert_eq!(spine.deliver("ping", "p-1", &ping).await, 202);
+    let closed = spine.payload("issues/reopened.json");
+    assert_eq!(spine.deliver("issues", "i-reopened", &closed).await, 202);
+    assert_eq!(spine.store().await.delivery_count().await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(spine.jobs().await.is_empty());
+    assert!(spine.github.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_job_interrupted_by_a_crash_completes_after_restart_with_one_comment() {
+    let waiting = ("triage.yml", "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n");
+    let mut spine = Spine::new(Auth::Token, &[waiting]).await;
+    spine.start().await;
+    assert_eq!(spine.deliver("issues", "crash-1", &spine.payload("issues/opened.json")).await, 202);
+
+    // The agent is running: kill the service outright, mid-job.
+    let started = spine.gate.join("started-1");
+    for _ in 0..300 {
+        if started.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.exists(), "the agent never started");
+    spine.kill();
+    std::fs::write(spine.gate.join("release"), "").unwrap();
+    assert!(spine.github.comments().is_empty());
+
+    // After a restart the job's lease runs out and it runs again, to completion.
+    spine.start().await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    assert_eq!(jobs[0].attempts, 2);
+    assert!(spine.gate.join("started-2").exists());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(comments[0].body.starts_with("finished after the release"));
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_retried_job_finds_the_comment_it_already_posted() {
+    // A crash between posting and recording the comment: the retry must find its marker and post nothing.
+    let waiting = ("triage.yml", "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n");
+    let mut spine = Spine::new(Auth::Token, &[waiting]).await;
+    spine.start().await;
+    assert_eq!(spine.deliver("issues", "crash-2", &spine.payload("issues/opened.json")).await, 202);
+    while !spine.gate.join("started-1").exists() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    spine.kill();
+    let job = spine.jobs().await[0].id;
+    spine.github.add_comment(
+        "Codertocat/Hello-World",
+        1,
+        &format!("posted before the crash\n<!-- nightshift:job:{job} -->"),
+    );
+    std::fs::write(spine.gate.join("release"), "").unwrap();
+    spine.start().await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(spine.github.calls().iter().any(|c| c.starts_with("GET /repos/Codertocat/Hello-World/issues/1/comments")));
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn agents_never_see_the_services_secrets() {
+    let dump = ("env.yml", "on:\n  issues:\n    types: [opened]\nagent: env\nprompt: hi\n");
+    let mut spine = Spine::new(Auth::Token, &[dump]).await;
+    spine
+        .start_with_env(&[("NIGHTSHIFT_GITHUB_TOKEN", common::TOKEN), ("SOME_SERVICE_PASSWORD", "hunter2")])
+        .await;
+    assert_eq!(spine.deliver("issues", "env-1", &spine.payload("issues/opened.json")).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let env = &spine.github.comments()[0].body;
+    for secret in [common::TOKEN, common::SECRET, "hunter2", "PRIVATE KEY"] {
+        assert!(!env.contains(secret), "the agent saw {secret:?}:\n{env}");
+    }
+    assert!(env.contains("NIGHTSHIFT_REPO=Codertocat/Hello-World"), "{env}");
+    assert!(env.contains("NIGHTSHIFT_EVENT=issues"), "{env}");
+}
+
+#[tokio::test]
+async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
+    let typo = ("typo.yml", "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: \"{{ event.isue.title }}\"\n");
+    let mut spine = Spine::new(Auth::Token, &[typo]).await;
+    spine.start().await;
+    assert_eq!(spine.deliver("issues", "t-1", &spine.payload("issues/opened.json")).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    let error = jobs[0].error.as_deref().unwrap();
+    assert!(error.contains("the prompt of trigger `typo` did not render"), "{error}");
+    assert!(error.contains("undefined"), "{error}");
+    assert!(spine.github.calls().is_empty());
+}
