@@ -209,7 +209,11 @@ fn resolve(
 ) -> Result<Config, Diagnostics> {
     let mut errors = Vec::new();
     let env_error = |name: &str, message: String| Diagnostic::new(Path::new(name), 1, 1, message);
-    let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    // Paths are made absolute here: agents and git run in other working directories.
+    let rel = |p: PathBuf| {
+        let p = if p.is_relative() { base.join(p) } else { p };
+        std::path::absolute(&p).unwrap_or(p)
+    };
 
     let listen = match env("NIGHTSHIFT_LISTEN") {
         Some(v) => v.parse().unwrap_or_else(|e| {

@@ -27,10 +27,26 @@ fn check_reports_every_problem_in_every_file_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let triggers = dir.path().join("triggers");
     std::fs::create_dir(&triggers).unwrap();
-    std::fs::write(dir.path().join("nightshift.yml"), "agents:\n  reply: {command: [cat]}\n").unwrap();
-    std::fs::write(triggers.join("a.yml"), "on:\n  issues:\n    types: [opend]\nagent: replly\nprompt: x\n").unwrap();
-    std::fs::write(triggers.join("b.yml"), "on:\n  pull_request:\n    branchs: [main]\nagent: reply\nprompt: x\n").unwrap();
-    std::fs::write(triggers.join("good.yml"), "on: issues\nagent: reply\nprompt: x\n").unwrap();
+    std::fs::write(
+        dir.path().join("nightshift.yml"),
+        "agents:\n  reply: {command: [cat]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("a.yml"),
+        "on:\n  issues:\n    types: [opend]\nagent: replly\nprompt: x\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("b.yml"),
+        "on:\n  pull_request:\n    branchs: [main]\nagent: reply\nprompt: x\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("good.yml"),
+        "on: issues\nagent: reply\nprompt: x\n",
+    )
+    .unwrap();
 
     let out = nightshift(dir.path(), &["check"], &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -54,39 +70,77 @@ triggers/b.yml:3:5: error: unknown field `branchs`, expected one of types, branc
 #[test]
 fn the_projects_example_triggers_and_config_check_clean() {
     let out = nightshift(&common::manifest_dir(), &["check"], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn serve_refuses_to_start_on_invalid_triggers() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("triggers")).unwrap();
-    std::fs::write(dir.path().join("triggers/x.yml"), "on: issues\nagent: nope\nprompt: x\n").unwrap();
-    let out = nightshift(dir.path(), &["serve"], &[("NIGHTSHIFT_WEBHOOK_SECRET", "s"), ("NIGHTSHIFT_LISTEN", "127.0.0.1:0")]);
+    std::fs::write(
+        dir.path().join("triggers/x.yml"),
+        "on: issues\nagent: nope\nprompt: x\n",
+    )
+    .unwrap();
+    let out = nightshift(
+        dir.path(),
+        &["serve"],
+        &[
+            ("NIGHTSHIFT_WEBHOOK_SECRET", "s"),
+            ("NIGHTSHIFT_LISTEN", "127.0.0.1:0"),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("refusing to start"), "{stderr}");
-    assert!(stderr.contains("triggers/x.yml:2:8: error: agent `nope` is not a profile"), "{stderr}");
+    assert!(
+        stderr.contains("triggers/x.yml:2:8: error: agent `nope` is not a profile"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn serve_without_a_webhook_secret_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = nightshift(dir.path(), &["serve"], &[("NIGHTSHIFT_LISTEN", "127.0.0.1:0")]);
+    let out = nightshift(
+        dir.path(),
+        &["serve"],
+        &[("NIGHTSHIFT_LISTEN", "127.0.0.1:0")],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("error: no webhook secret configured: set NIGHTSHIFT_WEBHOOK_SECRET"), "{stderr}");
+    assert!(
+        stderr.contains("error: no webhook secret configured: set NIGHTSHIFT_WEBHOOK_SECRET"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn a_bad_config_file_names_file_line_column_and_hint() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("nightshift.yml"), "workers: 2\nlisen: 0.0.0.0:80\n").unwrap();
-    let out = nightshift(dir.path(), &["serve"], &[("NIGHTSHIFT_WEBHOOK_SECRET", "s")]);
+    std::fs::write(
+        dir.path().join("nightshift.yml"),
+        "workers: 2\nlisen: 0.0.0.0:80\n",
+    )
+    .unwrap();
+    let out = nightshift(
+        dir.path(),
+        &["serve"],
+        &[("NIGHTSHIFT_WEBHOOK_SECRET", "s")],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("nightshift.yml:2:1: error: unknown field `lisen`"), "{stderr}");
+    assert!(
+        stderr.contains("nightshift.yml:2:1: error: unknown field `lisen`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: did you mean `listen`?"), "{stderr}");
 }
 

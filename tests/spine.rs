@@ -31,12 +31,18 @@ async fn an_opened_issue_gets_the_agents_comment_through_a_github_app() {
 
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
-    assert_eq!((jobs[0].trigger.as_str(), jobs[0].repo.as_str()), ("triage", "Codertocat/Hello-World"));
+    assert_eq!(
+        (jobs[0].trigger.as_str(), jobs[0].repo.as_str()),
+        ("triage", "Codertocat/Hello-World")
+    );
 
     let comments = spine.github.comments();
     assert_eq!(comments.len(), 1);
     let comment = &comments[0];
-    assert_eq!((comment.repo.as_str(), comment.number), ("Codertocat/Hello-World", 1));
+    assert_eq!(
+        (comment.repo.as_str(), comment.number),
+        ("Codertocat/Hello-World", 1)
+    );
     let job = jobs[0].id;
     assert!(
         comment.body.starts_with(&format!(
@@ -46,14 +52,27 @@ async fn an_opened_issue_gets_the_agents_comment_through_a_github_app() {
         "{}",
         comment.body
     );
-    assert!(comment.body.contains(&format!("<!-- nightshift:job:{job} -->")));
-    assert_eq!(spine.github.installation_tokens().len(), 1, "one installation token, minted with the App JWT");
+    assert!(
+        comment
+            .body
+            .contains(&format!("<!-- nightshift:job:{job} -->"))
+    );
+    assert_eq!(
+        spine.github.installation_tokens().len(),
+        1,
+        "one installation token, minted with the App JWT"
+    );
     spine.assert_no_unexpected_calls();
 
     // The agent's stderr is in the job log, as is what nightshift did.
     let log = spine.store().await.job_log(job).await.unwrap();
-    assert!(log.iter().any(|l| l.stream == "stderr" && l.line == "reading the issue"), "{log:?}");
-    assert!(log.iter().any(|l| l.stream == "nightshift" && l.line.starts_with("delivered comment: https://github.com/")));
+    assert!(
+        log.iter()
+            .any(|l| l.stream == "stderr" && l.line == "reading the issue"),
+        "{log:?}"
+    );
+    assert!(log.iter().any(|l| l.stream == "nightshift"
+        && l.line.starts_with("delivered comment: https://github.com/")));
     // The worktree is gone once the job ended.
     let worktrees = spine.dir.path().join("data/worktrees");
     assert_eq!(std::fs::read_dir(worktrees).unwrap().count(), 0);
@@ -72,32 +91,65 @@ async fn a_labeled_issue_becomes_a_branch_and_a_pull_request() {
     // The change is on nightshift's branch in the remote, committed by nightshift; main is untouched.
     let branch = "nightshift/fix/1";
     let readme = git(&spine.remote, &["show", &format!("{branch}:README.md")]);
-    assert_eq!(readme, "# Hello-World\nFixed: Spelling error in the README file");
-    assert_eq!(git(&spine.remote, &["log", "-1", "--format=%an <%ae>", branch]), "nightshift <nightshift@users.noreply.github.com>");
-    assert_eq!(git(&spine.remote, &["show", "main:README.md"]), "# Hello-World");
+    assert_eq!(
+        readme,
+        "# Hello-World\nFixed: Spelling error in the README file"
+    );
+    assert_eq!(
+        git(&spine.remote, &["log", "-1", "--format=%an <%ae>", branch]),
+        "nightshift <nightshift@users.noreply.github.com>"
+    );
+    assert_eq!(
+        git(&spine.remote, &["show", "main:README.md"]),
+        "# Hello-World"
+    );
 
     let pulls = spine.github.pulls();
     assert_eq!(pulls.len(), 1);
-    assert_eq!((pulls[0].head.as_str(), pulls[0].base.as_str()), (branch, "main"));
+    assert_eq!(
+        (pulls[0].head.as_str(), pulls[0].base.as_str()),
+        (branch, "main")
+    );
     assert_eq!(pulls[0].title, "Spelling error in the README file (#1)");
-    assert!(pulls[0].body.starts_with("Closes #1.\n\nAppended the requested line to README.md."), "{}", pulls[0].body);
+    assert!(
+        pulls[0]
+            .body
+            .starts_with("Closes #1.\n\nAppended the requested line to README.md."),
+        "{}",
+        pulls[0].body
+    );
     assert!(spine.github.comments().is_empty());
     spine.assert_no_unexpected_calls();
 }
 
 #[tokio::test]
 async fn an_agent_that_changes_nothing_gets_a_comment_instead_of_a_pull_request() {
-    let no_change = ("fix.yml", "on:\n  issues:\n    types: [labeled]\nagent: reply\nprompt: look\noutput: pull_request\n");
+    let no_change = (
+        "fix.yml",
+        "on:\n  issues:\n    types: [labeled]\nagent: reply\nprompt: look\noutput: pull_request\n",
+    );
     let mut spine = Spine::new(Auth::Token, &[no_change]).await;
     spine.start().await;
-    assert_eq!(spine.deliver("issues", "d-1", &spine.payload("issues/labeled.json")).await, 202);
+    assert_eq!(
+        spine
+            .deliver("issues", "d-1", &spine.payload("issues/labeled.json"))
+            .await,
+        202
+    );
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     assert!(spine.github.pulls().is_empty());
     let comments = spine.github.comments();
     assert_eq!(comments.len(), 1);
-    assert!(comments[0].body.starts_with("The agent made no changes, so there is no pull request."));
-    assert!(git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(), "nothing was pushed");
+    assert!(
+        comments[0]
+            .body
+            .starts_with("The agent made no changes, so there is no pull request.")
+    );
+    assert!(
+        git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
+        "nothing was pushed"
+    );
 }
 
 #[tokio::test]
@@ -109,24 +161,70 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
     let wrong_sig = sign("not the secret", &body);
 
     // Missing or wrong signature: 401.
-    assert_eq!(spine.post(&body, &[("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "a")]).await, 401);
-    let wrong = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "b"), ("X-Hub-Signature-256", wrong_sig.as_str())];
+    assert_eq!(
+        spine
+            .post(
+                &body,
+                &[("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "a")]
+            )
+            .await,
+        401
+    );
+    let wrong = [
+        ("X-GitHub-Event", "issues"),
+        ("X-GitHub-Delivery", "b"),
+        ("X-Hub-Signature-256", wrong_sig.as_str()),
+    ];
     assert_eq!(spine.post(&body, &wrong).await, 401);
     // Signed with the secret but altered afterwards: 401.
     let mut altered = body.clone();
     altered.push(b' ');
-    let altered_headers = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "c"), ("X-Hub-Signature-256", good_sig.as_str())];
+    let altered_headers = [
+        ("X-GitHub-Event", "issues"),
+        ("X-GitHub-Delivery", "c"),
+        ("X-Hub-Signature-256", good_sig.as_str()),
+    ];
     assert_eq!(spine.post(&altered, &altered_headers).await, 401);
     // Missing event or delivery headers: 400.
-    assert_eq!(spine.post(&body, &[("X-GitHub-Delivery", "d"), ("X-Hub-Signature-256", &good_sig)]).await, 400);
-    assert_eq!(spine.post(&body, &[("X-GitHub-Event", "issues"), ("X-Hub-Signature-256", &good_sig)]).await, 400);
+    assert_eq!(
+        spine
+            .post(
+                &body,
+                &[
+                    ("X-GitHub-Delivery", "d"),
+                    ("X-Hub-Signature-256", &good_sig)
+                ]
+            )
+            .await,
+        400
+    );
+    assert_eq!(
+        spine
+            .post(
+                &body,
+                &[
+                    ("X-GitHub-Event", "issues"),
+                    ("X-Hub-Signature-256", &good_sig)
+                ]
+            )
+            .await,
+        400
+    );
     // Signed, but not JSON: 400.
     let text = b"hello".to_vec();
-    let text_headers = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "e"), ("X-Hub-Signature-256", &sign(common::SECRET, &text))];
+    let text_headers = [
+        ("X-GitHub-Event", "issues"),
+        ("X-GitHub-Delivery", "e"),
+        ("X-Hub-Signature-256", &sign(common::SECRET, &text)),
+    ];
     assert_eq!(spine.post(&text, &text_headers).await, 400);
     // Above GitHub's 25 MB maximum: 413.
     let huge = vec![b' '; 25 * 1024 * 1024 + 1];
-    let huge_headers = [("X-GitHub-Event", "issues"), ("X-GitHub-Delivery", "f"), ("X-Hub-Signature-256", &sign(common::SECRET, &huge))];
+    let huge_headers = [
+        ("X-GitHub-Event", "issues"),
+        ("X-GitHub-Delivery", "f"),
+        ("X-Hub-Signature-256", &sign(common::SECRET, &huge)),
+    ];
     assert_eq!(spine.post(&huge, &huge_headers).await, 413);
 
     assert_eq!(spine.store().await.delivery_count().await.unwrap(), 0);
@@ -144,7 +242,11 @@ async fn a_repeated_delivery_makes_one_job_and_one_comment() {
     assert_eq!(spine.deliver("issues", "same-guid", &body).await, 200);
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded);
-    assert_eq!(spine.deliver("issues", "same-guid", &body).await, 200, "still a duplicate after the job ran");
+    assert_eq!(
+        spine.deliver("issues", "same-guid", &body).await,
+        200,
+        "still a duplicate after the job ran"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(spine.jobs().await.len(), 1);
     assert_eq!(spine.github.comments().len(), 1);
@@ -167,10 +269,18 @@ async fn an_event_no_trigger_uses_is_stored_and_acknowledged() {
 
 #[tokio::test]
 async fn a_job_interrupted_by_a_crash_completes_after_restart_with_one_comment() {
-    let waiting = ("triage.yml", "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n");
+    let waiting = (
+        "triage.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n",
+    );
     let mut spine = Spine::new(Auth::Token, &[waiting]).await;
     spine.start().await;
-    assert_eq!(spine.deliver("issues", "crash-1", &spine.payload("issues/opened.json")).await, 202);
+    assert_eq!(
+        spine
+            .deliver("issues", "crash-1", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
 
     // The agent is running: kill the service outright, mid-job.
     let started = spine.gate.join("started-1");
@@ -201,10 +311,18 @@ async fn a_job_interrupted_by_a_crash_completes_after_restart_with_one_comment()
 #[tokio::test]
 async fn a_retried_job_finds_the_comment_it_already_posted() {
     // A crash between posting and recording the comment: the retry must find its marker and post nothing.
-    let waiting = ("triage.yml", "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n");
+    let waiting = (
+        "triage.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n",
+    );
     let mut spine = Spine::new(Auth::Token, &[waiting]).await;
     spine.start().await;
-    assert_eq!(spine.deliver("issues", "crash-2", &spine.payload("issues/opened.json")).await, 202);
+    assert_eq!(
+        spine
+            .deliver("issues", "crash-2", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
     while !spine.gate.join("started-1").exists() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -221,38 +339,69 @@ async fn a_retried_job_finds_the_comment_it_already_posted() {
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let comments = spine.github.comments();
     assert_eq!(comments.len(), 1, "{comments:#?}");
-    assert!(spine.github.calls().iter().any(|c| c.starts_with("GET /repos/Codertocat/Hello-World/issues/1/comments")));
+    assert!(
+        spine
+            .github
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("GET /repos/Codertocat/Hello-World/issues/1/comments"))
+    );
     spine.assert_no_unexpected_calls();
 }
 
 #[tokio::test]
 async fn agents_never_see_the_services_secrets() {
-    let dump = ("env.yml", "on:\n  issues:\n    types: [opened]\nagent: env\nprompt: hi\n");
+    let dump = (
+        "env.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: env\nprompt: hi\n",
+    );
     let mut spine = Spine::new(Auth::Token, &[dump]).await;
     spine
-        .start_with_env(&[("NIGHTSHIFT_GITHUB_TOKEN", common::TOKEN), ("SOME_SERVICE_PASSWORD", "hunter2")])
+        .start_with_env(&[
+            ("NIGHTSHIFT_GITHUB_TOKEN", common::TOKEN),
+            ("SOME_SERVICE_PASSWORD", "hunter2"),
+        ])
         .await;
-    assert_eq!(spine.deliver("issues", "env-1", &spine.payload("issues/opened.json")).await, 202);
+    assert_eq!(
+        spine
+            .deliver("issues", "env-1", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let env = &spine.github.comments()[0].body;
     for secret in [common::TOKEN, common::SECRET, "hunter2", "PRIVATE KEY"] {
         assert!(!env.contains(secret), "the agent saw {secret:?}:\n{env}");
     }
-    assert!(env.contains("NIGHTSHIFT_REPO=Codertocat/Hello-World"), "{env}");
+    assert!(
+        env.contains("NIGHTSHIFT_REPO=Codertocat/Hello-World"),
+        "{env}"
+    );
     assert!(env.contains("NIGHTSHIFT_EVENT=issues"), "{env}");
 }
 
 #[tokio::test]
 async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
-    let typo = ("typo.yml", "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: \"{{ event.isue.title }}\"\n");
+    let typo = (
+        "typo.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: \"{{ event.isue.title }}\"\n",
+    );
     let mut spine = Spine::new(Auth::Token, &[typo]).await;
     spine.start().await;
-    assert_eq!(spine.deliver("issues", "t-1", &spine.payload("issues/opened.json")).await, 202);
+    assert_eq!(
+        spine
+            .deliver("issues", "t-1", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Failed);
     let error = jobs[0].error.as_deref().unwrap();
-    assert!(error.contains("the prompt of trigger `typo` did not render"), "{error}");
+    assert!(
+        error.contains("the prompt of trigger `typo` did not render"),
+        "{error}"
+    );
     assert!(error.contains("undefined"), "{error}");
     assert!(spine.github.calls().is_empty());
 }

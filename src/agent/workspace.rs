@@ -34,7 +34,7 @@ pub enum Checkout<'a> {
 impl Workspaces {
     pub fn new(data_dir: &Path) -> Workspaces {
         Workspaces {
-            root: data_dir.to_owned(),
+            root: std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned()),
             locks: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -74,7 +74,9 @@ impl Workspaces {
             .with_context(|| format!("fetching {repo}"))?;
         } else {
             let parent = mirror.parent().context("mirror path has no parent")?;
-            tokio::fs::create_dir_all(parent).await?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .with_context(|| format!("creating {}", parent.display()))?;
             let partial = mirror.with_extension("partial");
             let _ = tokio::fs::remove_dir_all(&partial).await;
             git(
@@ -91,7 +93,9 @@ impl Workspaces {
             .await
             .with_context(|| format!("cloning {repo}"))?;
             // Renamed into place only when complete, so a crash mid-clone never leaves a broken mirror.
-            tokio::fs::rename(&partial, &mirror).await?;
+            tokio::fs::rename(&partial, &mirror)
+                .await
+                .with_context(|| format!("moving the new mirror into {}", mirror.display()))?;
         }
         let commit = match checkout {
             Checkout::Commit(sha) => sha.to_owned(),

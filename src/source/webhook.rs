@@ -100,7 +100,13 @@ async fn receive(
     };
     match state.pipeline.store.insert_delivery(&new).await {
         Ok(Inserted::New(_)) => {
-            info!(delivery = %delivery, event, action = ?parsed.action, repo = ?new.repo, "delivery stored");
+            info!(
+                delivery = %delivery,
+                event,
+                action = parsed.action.as_deref().unwrap_or_default(),
+                repo = new.repo.as_deref().unwrap_or_default(),
+                "delivery stored"
+            );
             state.pipeline.deliveries_waiting.notify_waiters();
             reply(StatusCode::ACCEPTED, "stored")
         }

@@ -34,8 +34,11 @@ pub fn trigger_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
         } else if path.exists() {
             files.push(path.clone());
         } else {
-            return Err(Diagnostic::new(path, 1, 1, "no such file or folder")
-                .with_hint("create it, or point `triggers` in nightshift.yml at your trigger files"));
+            return Err(
+                Diagnostic::new(path, 1, 1, "no such file or folder").with_hint(
+                    "create it, or point `triggers` in nightshift.yml at your trigger files",
+                ),
+            );
         }
     }
     files.sort();

@@ -84,10 +84,19 @@ impl FakeGitHub {
             .map(|(id, op)| Operation {
                 id: id.clone(),
                 method: op["method"].as_str().unwrap().parse().unwrap(),
-                segments: op["path"].as_str().unwrap().split('/').map(str::to_owned).collect(),
+                segments: op["path"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .map(str::to_owned)
+                    .collect(),
                 required: op["requestBody"]["content"]["application/json"]["schema"]["required"]
                     .as_array()
-                    .map(|r| r.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             })
             .collect();
@@ -145,11 +154,19 @@ impl FakeGitHub {
     }
 
     /// Waits until `pred` holds for the fake's state, or panics after `timeout`.
-    pub async fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&FakeGitHub) -> bool) {
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&FakeGitHub) -> bool,
+    ) {
         let deadline = tokio::time::Instant::now() + timeout;
         while !pred(self) {
             if tokio::time::Instant::now() > deadline {
-                panic!("timed out waiting for {what}; calls seen: {:#?}", self.calls());
+                panic!(
+                    "timed out waiting for {what}; calls seen: {:#?}",
+                    self.calls()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -164,7 +181,11 @@ fn error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn match_operation<'a>(ops: &'a [Operation], method: &Method, path: &str) -> Option<(&'a Operation, HashMap<String, String>)> {
+fn match_operation<'a>(
+    ops: &'a [Operation],
+    method: &Method,
+    path: &str,
+) -> Option<(&'a Operation, HashMap<String, String>)> {
     let parts: Vec<&str> = path.split('/').collect();
     ops.iter().find_map(|op| {
         if op.method != *method || op.segments.len() != parts.len() {
@@ -194,7 +215,9 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 fn jwt_issuer(token: &str) -> Option<String> {
     let mut parts = token.split('.');
     let (_header, claims, _sig) = (parts.next()?, parts.next()?, parts.next()?);
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()?;
     let claims: Value = serde_json::from_slice(&claims).ok()?;
     match &claims["iss"] {
         Value::String(s) => Some(s.clone()),
@@ -222,8 +245,14 @@ impl Inner {
         rewrite_urls(&mut v, "octocat/Hello-World", &c.repo);
         v["id"] = json!(c.id);
         v["body"] = json!(c.body);
-        v["html_url"] = json!(format!("https://github.com/{}/issues/{}#issuecomment-{}", c.repo, c.number, c.id));
-        v["issue_url"] = json!(format!("https://api.github.com/repos/{}/issues/{}", c.repo, c.number));
+        v["html_url"] = json!(format!(
+            "https://github.com/{}/issues/{}#issuecomment-{}",
+            c.repo, c.number, c.id
+        ));
+        v["issue_url"] = json!(format!(
+            "https://api.github.com/repos/{}/issues/{}",
+            c.repo, c.number
+        ));
         v["user"]["login"] = json!("nightshift[bot]");
         v["user"]["type"] = json!("Bot");
         v
@@ -248,22 +277,40 @@ impl Inner {
     }
 }
 
-async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_owned();
     let call = format!("{method} {}", uri);
     inner.state.lock().unwrap().calls.push(call.clone());
     let unexpected = |why: String| {
-        inner.state.lock().unwrap().unexpected.push(format!("{call}: {why}"));
+        inner
+            .state
+            .lock()
+            .unwrap()
+            .unexpected
+            .push(format!("{call}: {why}"));
     };
     let Some((op, params)) = match_operation(&inner.operations, &method, &path) else {
         unexpected("not an operation of the fake's OpenAPI description".into());
         return error(StatusCode::NOT_FOUND, "Not Found");
     };
-    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
+    let body: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
     for field in &op.required {
         if body.get(field).is_none() {
             unexpected(format!("body lacks required field `{field}`"));
-            return error(StatusCode::UNPROCESSABLE_ENTITY, &format!("`{field}` is required"));
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("`{field}` is required"),
+            );
         }
     }
 
@@ -287,11 +334,18 @@ async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, heade
     match op.id.as_str() {
         "apps/create-installation-access-token" => {
             let mut state = inner.state.lock().unwrap();
-            let token = format!("ghs_fake{}_{}", params["installation_id"], state.installation_tokens.len());
+            let token = format!(
+                "ghs_fake{}_{}",
+                params["installation_id"],
+                state.installation_tokens.len()
+            );
             state.installation_tokens.push(token.clone());
             let mut v = inner.example("installation-token");
             v["token"] = json!(token);
-            v["expires_at"] = json!(humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600)).to_string());
+            v["expires_at"] = json!(
+                humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600))
+                    .to_string()
+            );
             (StatusCode::CREATED, axum::Json(v)).into_response()
         }
         "issues/create-comment" => {
@@ -311,7 +365,11 @@ async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, heade
                 state.comments.push(comment.clone());
                 comment
             };
-            (StatusCode::CREATED, axum::Json(inner.comment_json(&comment))).into_response()
+            (
+                StatusCode::CREATED,
+                axum::Json(inner.comment_json(&comment)),
+            )
+                .into_response()
         }
         "issues/list-comments" => {
             let number: u64 = params["issue_number"].parse().unwrap();
@@ -342,7 +400,9 @@ async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, heade
                 .iter()
                 .filter(|p| p.repo == repo())
                 .filter(|p| {
-                    query.get("head").is_none_or(|h| *h == format!("{}:{}", params["owner"], p.head))
+                    query
+                        .get("head")
+                        .is_none_or(|h| *h == format!("{}:{}", params["owner"], p.head))
                 })
                 .map(|p| inner.pull_json(p, "pull-request-simple-items"))
                 .collect();
@@ -363,10 +423,16 @@ async fn handle(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, heade
                 state.pulls.push(pull.clone());
                 pull
             };
-            (StatusCode::CREATED, axum::Json(inner.pull_json(&pull, "pull-request"))).into_response()
+            (
+                StatusCode::CREATED,
+                axum::Json(inner.pull_json(&pull, "pull-request")),
+            )
+                .into_response()
         }
         other => {
-            unexpected(format!("operation {other} is described but the fake does not implement it"));
+            unexpected(format!(
+                "operation {other} is described but the fake does not implement it"
+            ));
             error(StatusCode::NOT_IMPLEMENTED, "not implemented by the fake")
         }
     }

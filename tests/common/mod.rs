@@ -38,8 +38,16 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -90,12 +98,41 @@ impl Spine {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let remote = root.join("remote.git");
-        git(root, &["init", "--quiet", "--bare", "--initial-branch=main", remote.to_str().unwrap()]);
+        git(
+            root,
+            &[
+                "init",
+                "--quiet",
+                "--bare",
+                "--initial-branch=main",
+                remote.to_str().unwrap(),
+            ],
+        );
         let seed = root.join("seed");
-        git(root, &["clone", "--quiet", remote.to_str().unwrap(), seed.to_str().unwrap()]);
+        git(
+            root,
+            &[
+                "clone",
+                "--quiet",
+                remote.to_str().unwrap(),
+                seed.to_str().unwrap(),
+            ],
+        );
         std::fs::write(seed.join("README.md"), "# Hello-World\n").unwrap();
         git(&seed, &["add", "."]);
-        git(&seed, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "first"]);
+        git(
+            &seed,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "first",
+            ],
+        );
         git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
 
         let gate = root.join("gate");
@@ -115,7 +152,9 @@ impl Spine {
             Auth::Token => format!("  token: {TOKEN}\n"),
             Auth::App => format!(
                 "  app_id: {APP_ID}\n  private_key: {}\n",
-                manifest_dir().join("tests/fixtures/test-app-key.pem").display()
+                manifest_dir()
+                    .join("tests/fixtures/test-app-key.pem")
+                    .display()
             ),
         };
         let agents = manifest_dir().join("tests/agents");
@@ -175,7 +214,10 @@ impl Spine {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if line.contains(" ready ") {
-                    let addr = line.split("address=").nth(1).and_then(|s| s.split_whitespace().next());
+                    let addr = line
+                        .split("address=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next());
                     if let (Some(tx), Some(addr)) = (tx.take(), addr) {
                         let _ = tx.send(addr.to_owned());
                     }
@@ -209,12 +251,17 @@ impl Spine {
     }
 
     pub fn url(&self) -> String {
-        self.server.as_ref().expect("the server is running").url.clone()
+        self.server
+            .as_ref()
+            .expect("the server is running")
+            .url
+            .clone()
     }
 
     /// An octokit example payload, pointed at our bare remote (and, for App auth, at our installation).
     pub fn payload(&self, path: &str) -> Vec<u8> {
-        let mut value: Value = serde_json::from_slice(&fixture(&format!("webhooks/{path}"))).unwrap();
+        let mut value: Value =
+            serde_json::from_slice(&fixture(&format!("webhooks/{path}"))).unwrap();
         value["repository"]["clone_url"] = Value::String(self.remote.display().to_string());
         value["repository"]["default_branch"] = Value::String("main".into());
         value["installation"] = serde_json::json!({ "id": INSTALLATION, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uNzc=" });
@@ -261,7 +308,11 @@ impl Spine {
     pub async fn wait_for_finished_jobs(&mut self, n: usize) -> Vec<JobRecord> {
         for _ in 0..600 {
             let jobs = self.jobs().await;
-            if jobs.len() == n && jobs.iter().all(|j| matches!(j.state, JobState::Succeeded | JobState::Failed)) {
+            if jobs.len() == n
+                && jobs
+                    .iter()
+                    .all(|j| matches!(j.state, JobState::Succeeded | JobState::Failed))
+            {
                 return jobs;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -272,6 +323,9 @@ impl Spine {
     /// Fails the test if nightshift made a call the fake GitHub does not know or did not expect.
     pub fn assert_no_unexpected_calls(&self) {
         let unexpected = self.github.unexpected();
-        assert!(unexpected.is_empty(), "unexpected GitHub calls: {unexpected:#?}");
+        assert!(
+            unexpected.is_empty(),
+            "unexpected GitHub calls: {unexpected:#?}"
+        );
     }
 }
