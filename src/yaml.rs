@@ -41,10 +41,13 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Shown relative to the working directory when it is below it, as editors and terminals link it.
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let path = self.path.strip_prefix(&cwd).unwrap_or(&self.path);
         write!(
             f,
             "{}:{}:{}: error: {}",
-            self.path.display(),
+            path.display(),
             self.line,
             self.column,
             self.message

@@ -405,3 +405,126 @@ async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
     assert!(error.contains("undefined"), "{error}");
     assert!(spine.github.calls().is_empty());
 }
+
+#[tokio::test]
+async fn the_app_installation_token_is_minted_once_and_reused() {
+    let mut spine = Spine::new(Auth::App, &[ISSUE_OPENED_COMMENT]).await;
+    spine.start().await;
+    let body = spine.payload("issues/opened.json");
+    assert_eq!(spine.deliver("issues", "tok-1", &body).await, 202);
+    assert_eq!(spine.deliver("issues", "tok-2", &body).await, 202);
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{jobs:?}"
+    );
+    assert_eq!(spine.github.comments().len(), 2);
+    assert_eq!(
+        spine.github.installation_tokens().len(),
+        1,
+        "the cached token was reused"
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_pull_request_job_works_on_the_pull_requests_head_and_respects_branch_filters() {
+    let review = (
+        "review.yml",
+        "on:\n  pull_request:\n    branches: [main]\nagent: head\nprompt: review\noutput: comment\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[review]).await;
+    // The pull request's head: a commit on a feature branch of the remote.
+    let seed = spine.dir.path().join("seed");
+    git(&seed, &["checkout", "--quiet", "-b", "feature"]);
+    std::fs::write(
+        seed.join("README.md"),
+        "# Hello-World\nfrom the feature branch\n",
+    )
+    .unwrap();
+    git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "--quiet",
+            "-am",
+            "feature",
+        ],
+    );
+    git(&seed, &["push", "--quiet", "origin", "feature"]);
+    let head = git(&seed, &["rev-parse", "HEAD"]);
+    spine.start().await;
+
+    let payload = |base: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&spine.payload("pull_request/opened.json")).unwrap();
+        v["pull_request"]["head"]["sha"] = head.clone().into();
+        v["pull_request"]["base"]["ref"] = base.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    assert_eq!(
+        spine
+            .deliver("pull_request", "pr-dev", &payload("dev"))
+            .await,
+        202
+    );
+    assert_eq!(
+        spine
+            .deliver("pull_request", "pr-main", &payload("main"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(
+        jobs[0].delivery_id.0, "pr-main",
+        "a pull request into dev does not match branches [main]"
+    );
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert_eq!(comments[0].number, 2);
+    assert!(
+        comments[0].body.starts_with(&format!(
+            "HEAD {head}\n# Hello-World\nfrom the feature branch\n"
+        )),
+        "{}",
+        comments[0].body
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job() {
+    let mut spine = Spine::new(Auth::Token, &[ISSUE_OPENED_COMMENT]).await;
+    spine.start().await;
+    spine.github.fail_next("issues/create-comment", &[502]);
+    assert_eq!(
+        spine
+            .deliver("issues", "flaky", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    assert_eq!(spine.github.comments().len(), 1);
+
+    spine.github.fail_next("issues/create-comment", &[404]);
+    assert_eq!(
+        spine
+            .deliver("issues", "gone", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert_eq!(jobs[1].state, JobState::Failed);
+    let error = jobs[1].error.as_deref().unwrap();
+    assert!(
+        error.contains("posting the comment: GitHub answered 404"),
+        "{error}"
+    );
+    assert_eq!(spine.github.comments().len(), 1);
+}

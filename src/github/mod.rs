@@ -26,6 +26,9 @@ impl RepoClient {
     }
 }
 
+/// An installation's client, and a lock held while its token is minted.
+type Installation = (Octocrab, Mutex<()>);
+
 /// Hands out [`RepoClient`]s.
 pub struct GitHub {
     auth: Auth,
@@ -34,7 +37,8 @@ pub struct GitHub {
 enum Auth {
     App {
         app: Octocrab,
-        installations: Mutex<HashMap<InstallationId, Octocrab>>,
+        /// One client per installation, each with a lock so concurrent jobs mint its token once.
+        installations: Mutex<HashMap<InstallationId, Arc<Installation>>>,
     },
     Token(RepoClient),
     None,
@@ -89,28 +93,87 @@ impl GitHub {
                         "the event carries no installation id, so the GitHub App cannot act on its repository"
                     );
                 };
-                let crab = {
+                let entry = {
                     let mut cache = installations.lock().await;
                     match cache.get(&id) {
-                        Some(crab) => crab.clone(),
+                        Some(entry) => entry.clone(),
                         None => {
                             let crab = app
                                 .installation(OctoInstallationId(id.0))
                                 .context("preparing the installation client")?;
-                            cache.insert(id, crab.clone());
-                            crab
+                            let entry = Arc::new((crab, Mutex::new(())));
+                            cache.insert(id, entry.clone());
+                            entry
                         }
                     }
                 };
-                let token = crab
-                    .installation_token()
-                    .await
-                    .with_context(|| format!("getting an access token for installation {id}"))?;
+                let (crab, minting) = &*entry;
+                let token = {
+                    let _one_at_a_time = minting.lock().await;
+                    crab.installation_token()
+                        .await
+                        .with_context(|| format!("getting an access token for installation {id}"))?
+                };
+                let crab = crab.clone();
                 Ok(RepoClient { api: crab, token })
             }
             Auth::None => bail!(
                 "no GitHub credentials configured: set NIGHTSHIFT_GITHUB_TOKEN, or github.app_id with a private key"
             ),
+        }
+    }
+}
+
+/// Whether a failed GitHub call is worth repeating: rate limits, server errors and network failures are;
+/// a 4xx answer about the request itself is not.
+pub fn is_transient(e: &octocrab::Error) -> bool {
+    match e {
+        octocrab::Error::GitHub { source, .. } => {
+            let status = source.status_code.as_u16();
+            status == 429
+                || status >= 500
+                || (status == 403 && source.message.to_lowercase().contains("rate limit"))
+        }
+        octocrab::Error::Hyper { .. }
+        | octocrab::Error::Service { .. }
+        | octocrab::Error::Http { .. } => true,
+        _ => false,
+    }
+}
+
+/// An error from GitHub, worded for the job log.
+pub fn describe(e: octocrab::Error) -> anyhow::Error {
+    match e {
+        octocrab::Error::GitHub { source, .. } => {
+            anyhow::anyhow!("GitHub answered {}: {}", source.status_code, source.message)
+        }
+        other => anyhow::anyhow!("calling GitHub failed: {other}"),
+    }
+}
+
+/// The one retry helper for calls to GitHub: transient failures are tried again with backoff (0.5 s, 2 s,
+/// 8 s), anything else fails at once. `what` names the call in errors and logs.
+pub async fn with_retry<T, F, Fut>(what: &str, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = octocrab::Result<T>>,
+{
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt < 4 && is_transient(&e) => {
+                tracing::warn!(
+                    attempt,
+                    "{what}: {:#}; trying again in {delay:?}",
+                    describe(e)
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                attempt += 1;
+            }
+            Err(e) => return Err(describe(e).context(what.to_owned())),
         }
     }
 }

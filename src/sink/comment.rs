@@ -2,7 +2,8 @@
 
 use anyhow::{Context, Result};
 
-use super::{SinkContext, github_error, texts};
+use super::{SinkContext, texts};
+use crate::github::with_retry;
 use crate::store::{LogStream, Output};
 
 const KEY: &str = "comment";
@@ -44,12 +45,10 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
     let mut existing = None;
     if ctx.attempt > 1 {
         let marker = texts::marker(ctx.job);
-        let mut page = issues
-            .list_comments(number)
-            .per_page(100)
-            .send()
-            .await
-            .map_err(github_error)?;
+        let mut page = with_retry("listing the issue's comments", || {
+            issues.list_comments(number).per_page(100).send()
+        })
+        .await?;
         loop {
             if let Some(c) = page
                 .items
@@ -59,12 +58,11 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
                 existing = Some(c.html_url.to_string());
                 break;
             }
-            match client
-                .api
-                .get_page(&page.next)
-                .await
-                .map_err(github_error)?
-            {
+            let next = with_retry("listing the issue's comments", || {
+                client.api.get_page(&page.next)
+            })
+            .await?;
+            match next {
                 Some(next) => page = next,
                 None => break,
             }
@@ -72,12 +70,12 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
     }
     let url = match existing {
         Some(url) => url,
-        None => issues
-            .create_comment(number, body)
-            .await
-            .map_err(github_error)?
-            .html_url
-            .to_string(),
+        None => with_retry("posting the comment", || {
+            issues.create_comment(number, body)
+        })
+        .await?
+        .html_url
+        .to_string(),
     };
     let output = Output {
         kind: "comment".into(),

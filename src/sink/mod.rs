@@ -31,13 +31,3 @@ impl SinkContext<'_> {
             .unwrap_or_else(GitAuth::none)
     }
 }
-
-/// An error from GitHub, worded for the job log.
-pub fn github_error(e: octocrab::Error) -> anyhow::Error {
-    match e {
-        octocrab::Error::GitHub { source, .. } => {
-            anyhow::anyhow!("GitHub answered {}: {}", source.status_code, source.message)
-        }
-        other => anyhow::anyhow!("calling GitHub failed: {other}"),
-    }
-}

@@ -5,9 +5,10 @@
 use anyhow::{Result, bail};
 use octocrab::params;
 
-use super::{SinkContext, comment, github_error, texts};
+use super::{SinkContext, comment, texts};
 use crate::agent::git::git;
 use crate::agent::workspace::Worktree;
+use crate::github::with_retry;
 use crate::store::{LogStream, Output};
 
 const KEY: &str = "pull_request";
@@ -94,13 +95,14 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
 
     let pulls = client.api.pulls(repo.owner(), repo.name());
     let head = format!("{}:{branch}", repo.owner());
-    let open = pulls
-        .list()
-        .state(params::State::Open)
-        .head(head)
-        .send()
-        .await
-        .map_err(github_error)?;
+    let open = with_retry("looking for an open pull request", || {
+        pulls
+            .list()
+            .state(params::State::Open)
+            .head(head.clone())
+            .send()
+    })
+    .await?;
     let url = match open.items.first() {
         Some(pr) => pr.html_url.as_ref().map(|u| u.to_string()),
         None => {
@@ -111,12 +113,13 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
                 spec.number,
                 !spec.is_pull_request,
             );
-            let pr = pulls
-                .create(&title, &branch, &spec.default_branch)
-                .body(body)
-                .send()
-                .await
-                .map_err(github_error)?;
+            let pr = with_retry("opening the pull request", || {
+                pulls
+                    .create(&title, &branch, &spec.default_branch)
+                    .body(body.clone())
+                    .send()
+            })
+            .await?;
             pr.html_url.map(|u| u.to_string())
         }
     };

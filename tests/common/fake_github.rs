@@ -52,6 +52,8 @@ struct FakeState {
     unexpected: Vec<String>,
     calls: Vec<String>,
     next_id: u64,
+    /// Operation id → statuses to answer with, one per call, before behaving normally again.
+    failures: HashMap<String, Vec<u16>>,
 }
 
 struct Operation {
@@ -138,6 +140,15 @@ impl FakeGitHub {
 
     pub fn installation_tokens(&self) -> Vec<String> {
         self.inner.state.lock().unwrap().installation_tokens.clone()
+    }
+
+    /// Makes the next calls of `operation` (an OpenAPI operation id) fail with these statuses, in order.
+    pub fn fail_next(&self, operation: &str, statuses: &[u16]) {
+        let mut state = self.inner.state.lock().unwrap();
+        state.failures.insert(
+            operation.to_owned(),
+            statuses.iter().rev().copied().collect(),
+        );
     }
 
     /// Adds a comment as if someone had posted it (for tests of what nightshift finds).
@@ -328,6 +339,18 @@ async fn handle(
     if !authorized {
         unexpected(format!("bad credentials ({presented:?})"));
         return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    }
+
+    let injected = inner
+        .state
+        .lock()
+        .unwrap()
+        .failures
+        .get_mut(&op.id)
+        .and_then(Vec::pop);
+    if let Some(status) = injected {
+        let status = StatusCode::from_u16(status).unwrap();
+        return error(status, status.canonical_reason().unwrap_or("error"));
     }
 
     let repo = || format!("{}/{}", params["owner"], params["repo"]);
