@@ -56,7 +56,12 @@ for i in $(seq 1 "$N"); do
     -H "X-Hub-Signature-256: $sig" -H "Content-Type: application/json" \
     --data-binary "@$work/payload.json" "http://127.0.0.1:$port/webhooks/github"
   echo "$i $(date +%s%N)" >> "$work/acks"
-  while [ ! -s "$work/starts/$i" ]; do sleep 0.001; done
+  waited=0
+  while [ ! -s "$work/starts/$i" ]; do
+    sleep 0.001
+    waited=$((waited + 1))
+    if [ $waited -gt 20000 ]; then echo "delivery $i never started its agent:"; tail -5 "$work/log"; exit 1; fi
+  done
 done
 while read -r job ack; do
   echo $(( ($(cat "$work/starts/$job") - ack) / 1000 ))

@@ -21,6 +21,9 @@ pub struct Worktree {
     pub path: PathBuf,
     pub commit: String,
     mirror: PathBuf,
+    /// The repository's lock: git's worktree bookkeeping in the mirror is not safe to change concurrently
+    /// (removing the last worktree deletes the folder another `worktree add` is writing into).
+    lock: Arc<Mutex<()>>,
 }
 
 /// Which commit a job works on.
@@ -63,7 +66,7 @@ impl Workspaces {
         let mirror = self.mirror_path(repo);
         let path = self.root.join("worktrees").join(format!("job-{job}"));
         let lock = self.lock(repo);
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
         if mirror.join("HEAD").exists() {
             git(
                 &mirror,
@@ -135,16 +138,19 @@ impl Workspaces {
         )
         .await
         .with_context(|| format!("checking out {commit} of {repo}"))?;
+        drop(guard);
         Ok(Worktree {
             path,
             commit,
             mirror,
+            lock,
         })
     }
 }
 
 impl Worktree {
     pub async fn remove(self) -> Result<()> {
+        let _guard = self.lock.lock().await;
         git(
             &self.mirror,
             &["worktree", "remove", "--force", path_str(&self.path)?],
@@ -296,6 +302,33 @@ mod tests {
         );
         wt.remove().await.unwrap();
         old.remove().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_jobs_on_one_repository_each_get_their_worktree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = Arc::new(Workspaces::new(&dir.path().join("data")));
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap().to_owned();
+        let mut tasks = Vec::new();
+        for task in 0..8 {
+            let (spaces, repo, url) = (spaces.clone(), repo.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                for round in 0..6 {
+                    let job = JobId(task * 100 + round);
+                    let wt = spaces
+                        .prepare(&repo, &url, Checkout::Branch("main"), job, &GitAuth::none())
+                        .await?;
+                    assert!(wt.path.join("README.md").exists());
+                    wt.remove().await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]
