@@ -55,6 +55,9 @@ struct GithubFile {
     /// Webhook secrets; a delivery signed with any of them is accepted, so a secret can be rotated.
     #[serde(default)]
     webhook_secrets: Vec<String>,
+    /// nightshift's login on GitHub (a GitHub App's is `SLUG[bot]`); events it causes never fire triggers
+    /// unless they opt in. nightshift also recognises its own comments by their hidden marker.
+    bot_login: Option<String>,
 }
 
 /// An agent profile: the program nightshift runs for a job.
@@ -138,6 +141,7 @@ pub enum GithubAuth {
 #[derive(Clone, Debug)]
 pub struct GithubConfig {
     pub api_url: String,
+    pub bot_login: Option<String>,
     pub auth: GithubAuth,
     pub webhook_secrets: Vec<SecretString>,
 }
@@ -263,6 +267,7 @@ fn resolve(
     };
 
     let github = file.github;
+    let github_bot_login = github.bot_login.clone();
     let api_url = env("NIGHTSHIFT_GITHUB_API_URL")
         .or(github.api_url)
         .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
@@ -376,6 +381,7 @@ fn resolve(
             .max(1),
         github: GithubConfig {
             api_url,
+            bot_login: github_bot_login,
             auth,
             webhook_secrets,
         },

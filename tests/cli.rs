@@ -56,7 +56,7 @@ triggers/a.yml:3:13: error: `opend` is not an activity type of `issues`
   hint: did you mean `opened`?
 triggers/a.yml:4:8: error: agent `replly` is not a profile in the service config
   hint: did you mean `reply`?
-triggers/b.yml:3:5: error: unknown field `branchs`, expected one of types, branches, branches-ignore
+triggers/b.yml:3:5: error: unknown field `branchs`, expected one of types, branches, branches-ignore, tags, tags-ignore, paths, paths-ignore, labels, conclusions, workflows, command
   hint: did you mean `branches`?
 ";
     assert_eq!(stdout, expected);

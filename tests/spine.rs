@@ -383,15 +383,19 @@ async fn agents_never_see_the_services_secrets() {
 
 #[tokio::test]
 async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
-    let typo = (
-        "typo.yml",
-        "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: \"{{ event.isue.title }}\"\n",
+    // `check` proves the prompt against real payloads; a delivery can still lack a field it names.
+    let title = (
+        "title.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: \"{{ event.issue.title }}\"\n",
     );
-    let mut spine = Spine::new(Auth::Token, &[typo]).await;
+    let mut spine = Spine::new(Auth::Token, &[title]).await;
     spine.start().await;
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issues/opened.json")).unwrap();
+    payload["issue"].as_object_mut().unwrap().remove("title");
     assert_eq!(
         spine
-            .deliver("issues", "t-1", &spine.payload("issues/opened.json"))
+            .deliver("issues", "t-1", &serde_json::to_vec(&payload).unwrap())
             .await,
         202
     );
@@ -399,7 +403,7 @@ async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
     assert_eq!(jobs[0].state, JobState::Failed);
     let error = jobs[0].error.as_deref().unwrap();
     assert!(
-        error.contains("the prompt of trigger `typo` did not render"),
+        error.contains("the prompt of trigger `title` did not render"),
         "{error}"
     );
     assert!(error.contains("undefined"), "{error}");

@@ -7,8 +7,10 @@ use anyhow::Result;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Pipeline;
+use crate::github::with_retry;
 use crate::source::event::Event;
 use crate::store::{NewJob, StoredDelivery};
+use crate::trigger::{MAX_CHANGED_FILES, MatchInput};
 
 /// How often stored-but-unmatched deliveries are looked for without a wake-up (after a crash, or when
 /// another process stored them).
@@ -43,15 +45,66 @@ pub async fn drain(pipeline: &Pipeline) -> Result<usize> {
     Ok(batch.len())
 }
 
+/// What matching needs besides the payload: nightshift's own login, and a pull request's changed files when
+/// a trigger filters on paths (from the API: GitHub puts no file list in pull request payloads).
+async fn match_input(pipeline: &Pipeline, event: &Event) -> MatchInput {
+    let mut input = MatchInput {
+        bot_login: pipeline.config.github.bot_login.clone(),
+        changed_files: None,
+    };
+    if pipeline.triggers.needs_changed_files(event) {
+        match changed_files(pipeline, event).await {
+            Ok(files) => input.changed_files = Some(files),
+            Err(e) => warn!(
+                "the pull request's changed files are unknown, so path filters will not pass: {e:#}"
+            ),
+        }
+    }
+    input
+}
+
+async fn changed_files(pipeline: &Pipeline, event: &Event) -> Result<Vec<String>> {
+    let (Some(repo), Some(pr)) = (&event.repository, &event.pull_request) else {
+        anyhow::bail!("not a pull request event");
+    };
+    if !pipeline.github.has_credentials() {
+        anyhow::bail!("no GitHub credentials");
+    }
+    let client = pipeline.github.client(event.installation).await?;
+    let mut files = Vec::new();
+    for page in 1..=MAX_CHANGED_FILES.div_ceil(100) {
+        let route = format!(
+            "/repos/{}/pulls/{}/files?per_page=100&page={page}",
+            repo.full_name, pr.number
+        );
+        let batch: Vec<serde_json::Value> = with_retry("listing the pull request's files", || {
+            client.api.get(route.as_str(), None::<&()>)
+        })
+        .await?;
+        let done = batch.len() < 100;
+        files.extend(
+            batch
+                .iter()
+                .filter_map(|f| f["filename"].as_str().map(str::to_owned)),
+        );
+        if done {
+            break;
+        }
+    }
+    files.truncate(MAX_CHANGED_FILES);
+    Ok(files)
+}
+
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
     let jobs = match Event::parse(&delivery.event, &delivery.payload) {
         Ok(event) => {
             if let Some(r) = &event.repository {
                 tracing::Span::current().record("repo", tracing::field::display(&r.full_name));
             }
+            let input = match_input(pipeline, &event).await;
             pipeline
                 .triggers
-                .fired(&event)
+                .fired(&event, &input)
                 .into_iter()
                 .map(|(trigger, job)| {
                     let repo = event

@@ -258,6 +258,10 @@ async fn run_in_worktree(
         OutputKind::PullRequest => {
             sink::pull_request::deliver(&ctx, worktree, &outcome.message).await?
         }
+        OutputKind::Review | OutputKind::Issue | OutputKind::CheckRun => {
+            sink::github_object::deliver(&ctx, worktree, &outcome.message, outcome.truncated)
+                .await?
+        }
     };
     note(
         pipeline,

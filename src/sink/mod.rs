@@ -3,6 +3,7 @@
 //! delivered instead of delivering it twice.
 
 pub mod comment;
+pub mod github_object;
 pub mod pull_request;
 pub mod texts;
 

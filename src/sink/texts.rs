@@ -2,9 +2,13 @@
 
 use crate::ids::JobId;
 
-/// The hidden marker that identifies a job's comment, so a retried job finds what it already posted.
+/// The start of the hidden marker in everything nightshift posts: it tells nightshift's own comments from
+/// people's (so they never set off triggers) and lets a retried job find what it already posted.
+pub const MARKER_PREFIX: &str = "<!-- nightshift:job:";
+
+/// The hidden marker that identifies a job's comment.
 pub fn marker(job: JobId) -> String {
-    format!("<!-- nightshift:job:{job} -->")
+    format!("{MARKER_PREFIX}{job} -->")
 }
 
 fn footer(trigger: &str, job: JobId) -> String {
@@ -67,6 +71,26 @@ pub fn pull_request_body(
     body
 }
 
+/// The title of an issue the agent opens, when the trigger gives none.
+pub fn issue_title(trigger: &str, about: Option<&str>) -> String {
+    match about {
+        Some(t) if !t.trim().is_empty() => format!("{}: {}", trigger, t.trim()),
+        _ => format!("Report from nightshift: {trigger}"),
+    }
+}
+
+/// The body of an issue the agent opens.
+pub fn issue_body(trigger: &str, job: JobId, message: &str, number: Option<u64>) -> String {
+    let mut body = String::new();
+    if let Some(n) = number {
+        body.push_str(&format!("From #{n}.\n\n"));
+    }
+    body.push_str(message.trim_end());
+    body.push_str("\n\n");
+    body.push_str(&footer(trigger, job));
+    body
+}
+
 pub fn commit_message(trigger: &str, title: &str, number: Option<u64>) -> String {
     match number {
         Some(n) => format!("{title}\n\nMade by nightshift (trigger {trigger}) for #{n}."),
@@ -119,6 +143,20 @@ mod tests {
 
         <sub>nightshift · trigger `fix` · job 4</sub>
         <!-- nightshift:job:4 -->
+        ");
+    }
+
+    #[test]
+    fn issue_texts() {
+        assert_eq!(
+            issue_title("nightly-audit", None),
+            "Report from nightshift: nightly-audit"
+        );
+        insta::assert_snapshot!(issue_body("nightly-audit", JobId(3), "Two dependencies are out of date.", None), @r"
+        Two dependencies are out of date.
+
+        <sub>nightshift · trigger `nightly-audit` · job 3</sub>
+        <!-- nightshift:job:3 -->
         ");
     }
 

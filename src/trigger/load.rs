@@ -3,11 +3,17 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use serde_saphyr::Spanned;
+use minijinja::Environment;
+use serde_saphyr::{Location, Spanned};
 
-use super::model::{EventFilter, EventKind, TriggerFile};
+use super::model::{
+    ASSOCIATIONS, CONCLUSIONS, ConcurrencySpec, EventFilter, EventKind, OutputKind, OutputSpec,
+    TriggerFile,
+};
 use super::pattern::{Pattern, PatternList};
-use super::{Filter, Trigger, template};
+use super::schedule::Schedule;
+use super::{Concurrency, Filter, Trigger, samples, template};
+use crate::source::event::Event;
 use crate::yaml::{self, Diagnostic, did_you_mean};
 
 /// What loading produced: the triggers that are valid and the problems found in the others.
@@ -100,6 +106,88 @@ pub fn load(paths: &[PathBuf], agents: Option<&BTreeSet<String>>) -> Loaded {
     loaded
 }
 
+/// Collects the problems of one file.
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<Diagnostic>,
+    env: Environment<'static>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: Location, message: impl Into<String>, hint: Option<String>) {
+        let mut d = Diagnostic::at(self.path, at, message);
+        d.hint = hint;
+        self.errors.push(d);
+    }
+
+    fn patterns(
+        &mut self,
+        list: Option<Vec<Spanned<String>>>,
+        lowercase: bool,
+    ) -> Option<PatternList> {
+        let list = list?;
+        let before = self.errors.len();
+        let mut compiled = Vec::new();
+        for p in &list {
+            let source = if lowercase {
+                p.value.to_lowercase()
+            } else {
+                p.value.clone()
+            };
+            match Pattern::parse(&source) {
+                Ok(pattern) => compiled.push(pattern),
+                Err(e) => self.error(p.referenced, format!("bad pattern: {}", e.message), e.hint),
+            }
+        }
+        if list.is_empty() {
+            return None;
+        }
+        match PatternList::new(compiled) {
+            Ok(patterns) if self.errors.len() == before => Some(patterns),
+            Ok(_) => None,
+            Err(e) => {
+                self.error(list[0].referenced, e.message, e.hint);
+                None
+            }
+        }
+    }
+
+    fn names(
+        &mut self,
+        list: Option<Vec<Spanned<String>>>,
+        key: &str,
+        known: Option<&[&str]>,
+    ) -> Option<Vec<String>> {
+        let list = list?;
+        for item in &list {
+            if let Some(known) = known
+                && !known.contains(&item.value.as_str())
+            {
+                let hint = did_you_mean(&item.value, known.iter().copied())
+                    .or_else(|| Some(format!("one of: {}", known.join(", "))));
+                self.error(
+                    item.referenced,
+                    format!("`{}` is not one of the {key}", item.value),
+                    hint,
+                );
+            }
+        }
+        Some(list.into_iter().map(|i| i.value).collect())
+    }
+
+    fn template(&mut self, value: &Spanned<String>, what: &str) {
+        if let Err((line, message)) = template::check(&self.env, &value.value) {
+            let (l, c) = template_position(self.text, value, line);
+            self.errors.push(
+                Diagnostic::new(self.path, l, c, format!("the {what} is not a valid template: {message}")).with_hint(
+                    "templates use minijinja (Jinja2) syntax: {{ event.issue.title }}, {% if ... %}...{% endif %}",
+                ),
+            );
+        }
+    }
+}
+
 /// Parses and checks one trigger file, returning every problem found in it.
 pub fn load_one(
     path: &Path,
@@ -107,7 +195,12 @@ pub fn load_one(
     agents: Option<&BTreeSet<String>>,
 ) -> Result<Trigger, Vec<Diagnostic>> {
     let file: TriggerFile = yaml::from_str(path, text).map_err(|d| vec![d])?;
-    let mut errors = Vec::new();
+    let mut c = Checker {
+        path,
+        text,
+        errors: Vec::new(),
+        env: template::environment(),
+    };
 
     let name = path
         .file_stem()
@@ -117,161 +210,389 @@ pub fn load_one(
     if name.is_empty()
         || !name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
     {
-        errors.push(
+        c.errors.push(
             Diagnostic::new(path, 1, 1, format!("`{name}` cannot name a trigger"))
                 .with_hint("the file name names the trigger and its branches: use letters, digits, `-`, `_` and `.`"),
         );
     }
 
-    let mut events = HashMap::new();
-    if file.on.value.events.is_empty() {
-        errors.push(Diagnostic::at(
-            path,
-            file.on.referenced,
-            "`on` lists no event",
-        ));
+    let on_at = file.on.referenced;
+    let on = file.on.value;
+    if on.events.is_empty() && on.schedule.is_empty() {
+        c.error(on_at, "`on` lists no event", None);
     }
-    for (kind, filter) in file.on.value.events {
-        if let Some(filter) = check_filter(path, kind, filter, &mut errors) {
+    let mut events = HashMap::new();
+    for (kind, filter) in on.events {
+        if let Some(filter) = check_filter(&mut c, kind, filter) {
             events.insert(kind, filter);
         }
     }
+    let mut schedules = Vec::new();
+    for entry in &on.schedule {
+        match Schedule::parse(
+            &entry.cron.value,
+            entry.timezone.as_ref().map(|t| t.value.as_str()),
+        ) {
+            Ok(s) => schedules.push(s),
+            Err(e) => {
+                let tz = entry.timezone.as_ref();
+                match tz {
+                    Some(tz) if e.message.contains("time zone") => {
+                        c.error(tz.referenced, e.message, e.hint)
+                    }
+                    _ => {
+                        c.error(entry.cron.referenced, e.message, e.hint);
+                        // The cron was wrong; say so about the time zone too, if it is.
+                        if let Some(tz) = tz
+                            && let Err(e) = super::schedule::time_zone(&tz.value)
+                        {
+                            c.error(tz.referenced, e.message, e.hint);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !on.schedule.is_empty() && file.repos.is_none() {
+        c.error(
+            on_at,
+            "a schedule needs `repos`: a scheduled job has no event to say which repository it is for",
+            Some("add e.g. repos: [acme/api]".to_owned()),
+        );
+    }
+
+    let repos = file.repos.and_then(|list| {
+        for r in &list {
+            if !r.value.contains('/') {
+                c.error(
+                    r.referenced,
+                    format!("`{}` is not an owner/name pattern", r.value),
+                    Some("write e.g. acme/api or acme/*".into()),
+                );
+            }
+        }
+        c.patterns(Some(list), true)
+    });
+
+    if let Some(condition) = &file.condition
+        && let Err(e) = template::check_expression(&c.env, &condition.value)
+    {
+        c.error(
+            condition.referenced,
+            format!("`if` is not a valid expression: {e}"),
+            Some("`if` is a minijinja expression, e.g. `not event.pull_request.draft`".into()),
+        );
+    }
+
+    let output = file
+        .output
+        .map(|o| (o.referenced, o.value))
+        .unwrap_or((on_at, OutputSpec::default()));
+    check_output(&mut c, output.0, &output.1, !on.schedule.is_empty());
+    let output = output.1;
+
+    let from = match file.from {
+        None if output.kind.writes_code() => {
+            Some(vec!["OWNER".into(), "MEMBER".into(), "COLLABORATOR".into()])
+        }
+        None => None,
+        Some(list) if list.iter().any(|a| a.value == "anyone") => None,
+        Some(list) => {
+            let mut known = ASSOCIATIONS.to_vec();
+            known.push("anyone");
+            c.names(Some(list), "author associations", Some(&known))
+        }
+    };
 
     if let Some(agents) = agents
         && !agents.contains(&file.agent.value)
     {
-        let mut d = Diagnostic::at(
-            path,
+        let hint =
+            did_you_mean(&file.agent.value, agents.iter().map(String::as_str)).or_else(|| {
+                let defined = agents.iter().cloned().collect::<Vec<_>>().join(", ");
+                Some(format!(
+                    "profiles defined: {}",
+                    if defined.is_empty() { "none" } else { &defined }
+                ))
+            });
+        c.error(
             file.agent.referenced,
             format!(
                 "agent `{}` is not a profile in the service config",
                 file.agent.value
             ),
+            hint,
         );
-        d.hint = did_you_mean(&file.agent.value, agents.iter().map(String::as_str)).or_else(|| {
-            Some(format!(
-                "profiles defined: {}",
-                if agents.is_empty() {
-                    "none".to_owned()
-                } else {
-                    agents.iter().cloned().collect::<Vec<_>>().join(", ")
-                }
-            ))
+    }
+
+    c.template(&file.prompt, "prompt");
+    let concurrency = file.concurrency.map(
+        |ConcurrencySpec {
+             group,
+             cancel_in_progress,
+         }| {
+            c.template(&group, "concurrency group");
+            Concurrency {
+                group: group.value,
+                cancel_in_progress,
+            }
+        },
+    );
+    let timeout = file
+        .timeout
+        .and_then(|t| match humantime::parse_duration(&t.value) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                c.error(
+                    t.referenced,
+                    format!("`{}` is not a duration ({e})", t.value),
+                    Some("write e.g. 90s, 20m, 1h".into()),
+                );
+                None
+            }
         });
-        errors.push(d);
-    }
 
-    if let Err((line, message)) = template::check(&template::environment(), &file.prompt.value) {
-        let (l, c) = template_position(text, &file.prompt, line);
-        errors.push(
-            Diagnostic::new(path, l, c, format!("the prompt is not a valid template: {message}"))
-                .with_hint("templates use minijinja (Jinja2) syntax: {{ event.issue.title }}, {% if ... %}...{% endif %}"),
-        );
+    if c.errors.is_empty() {
+        let trigger = Trigger {
+            name,
+            path: path.to_owned(),
+            description: file.description,
+            events,
+            schedules,
+            repos,
+            condition: file.condition.as_ref().map(|s| s.value.clone()),
+            from,
+            from_self: file.from_self,
+            agent: file.agent.value.clone(),
+            skills: file.skills.map(|s| s.value),
+            prompt: file.prompt.value.clone(),
+            output,
+            concurrency,
+            timeout,
+        };
+        check_against_samples(&mut c, &trigger, &file.prompt, file.condition.as_ref());
+        if c.errors.is_empty() {
+            return Ok(trigger);
+        }
     }
-
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(Trigger {
-        name,
-        path: path.to_owned(),
-        description: file.description,
-        events,
-        agent: file.agent.value,
-        prompt: file.prompt.value,
-        output: file.output.map(|o| o.value).unwrap_or_default(),
-    })
+    Err(c.errors)
 }
 
-fn check_filter(
-    path: &Path,
-    kind: EventKind,
-    filter: EventFilter,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<Filter> {
-    let before = errors.len();
+fn check_output(c: &mut Checker<'_>, at: Location, output: &OutputSpec, scheduled: bool) {
+    let o = &output.options;
+    let kind = output.kind;
+    let misplaced = [
+        (
+            "title",
+            o.title.is_some(),
+            &[OutputKind::PullRequest, OutputKind::Issue][..],
+        ),
+        ("draft", o.draft.is_some(), &[OutputKind::PullRequest][..]),
+        (
+            "labels",
+            o.labels.is_some(),
+            &[OutputKind::PullRequest, OutputKind::Issue][..],
+        ),
+        ("name", o.name.is_some(), &[OutputKind::CheckRun][..]),
+    ];
+    for (key, set, allowed) in misplaced {
+        if set && !allowed.contains(&kind) {
+            let names: Vec<&str> = allowed.iter().map(|k| k.name()).collect();
+            c.error(
+                at,
+                format!("output option `{key}` does not apply to `{kind}`"),
+                Some(format!("it applies to {}", names.join(", "))),
+            );
+        }
+    }
+    if let Some(title) = &o.title
+        && let Err((_, message)) = template::check(&c.env, title)
+    {
+        c.error(
+            at,
+            format!("the output title is not a valid template: {message}"),
+            None,
+        );
+    }
+    if scheduled && matches!(kind, OutputKind::Comment | OutputKind::Review) {
+        c.error(
+            at,
+            format!(
+                "a scheduled job has no issue or pull request, so its output cannot be `{kind}`"
+            ),
+            Some("use output: issue, pull_request or check_run".into()),
+        );
+    }
+}
+
+fn check_filter(c: &mut Checker<'_>, kind: EventKind, filter: EventFilter) -> Option<Filter> {
+    let before = c.errors.len();
+    for (key, at) in filter.keys() {
+        if !kind.filters().contains(&key) {
+            let names: Vec<&str> = kind.filters().iter().map(|k| k.name()).collect();
+            let applies: Vec<&str> = EventKind::ALL
+                .iter()
+                .filter(|k| k.filters().contains(&key))
+                .map(|k| k.name())
+                .collect();
+            let hint = if names.is_empty() {
+                format!(
+                    "`{}` takes no filters; `{}` applies to {}",
+                    kind.name(),
+                    key.name(),
+                    applies.join(", ")
+                )
+            } else {
+                format!(
+                    "`{}` takes {}; `{}` applies to {}",
+                    kind.name(),
+                    names.join(", "),
+                    key.name(),
+                    applies.join(", ")
+                )
+            };
+            let message = format!("`{}` does not apply to `{}`", key.name(), kind.name());
+            match at {
+                Some(at) => c.error(at, message, Some(hint)),
+                None => c
+                    .errors
+                    .push(Diagnostic::new(c.path, 1, 1, message).with_hint(hint)),
+            }
+        }
+    }
+    for (a, b, key) in [
+        (
+            filter.branches.is_some(),
+            filter.branches_ignore.is_some(),
+            "branches",
+        ),
+        (filter.tags.is_some(), filter.tags_ignore.is_some(), "tags"),
+        (
+            filter.paths.is_some(),
+            filter.paths_ignore.is_some(),
+            "paths",
+        ),
+    ] {
+        if a && b {
+            c.errors.push(
+                Diagnostic::new(
+                    c.path,
+                    1,
+                    1,
+                    format!("`{}` has both `{key}` and `{key}-ignore`", kind.name()),
+                )
+                .with_hint(format!(
+                    "use `{key}` with `!pattern` entries to include and exclude"
+                )),
+            );
+        }
+    }
     let types = match filter.types {
         None => kind.default_types().iter().map(|s| s.to_string()).collect(),
         Some(types) => {
             for t in &types {
                 if !kind.activity_types().contains(&t.value.as_str()) {
-                    let mut d = Diagnostic::at(
-                        path,
+                    let hint = did_you_mean(&t.value, kind.activity_types().iter().copied())
+                        .or_else(|| Some(format!("one of: {}", kind.activity_types().join(", "))));
+                    c.error(
                         t.referenced,
                         format!("`{}` is not an activity type of `{}`", t.value, kind.name()),
+                        hint,
                     );
-                    d.hint = did_you_mean(&t.value, kind.activity_types().iter().copied())
-                        .or_else(|| Some(format!("one of: {}", kind.activity_types().join(", "))));
-                    errors.push(d);
                 }
             }
             types.into_iter().map(|t| t.value).collect()
         }
     };
-    let mut patterns = |list: Option<Vec<Spanned<String>>>, key: &str| -> Option<PatternList> {
-        let list = list?;
-        if kind != EventKind::PullRequest {
-            if let Some(first) = list.first() {
-                errors.push(
-                    Diagnostic::at(
-                        path,
-                        first.referenced,
-                        format!("`{key}` does not apply to `{}`", kind.name()),
-                    )
-                    .with_hint("branch filters apply to pull_request (its base branch)"),
-                );
-            }
-            return None;
+    let command = filter.command.map(|cmd| {
+        let valid = cmd.value.starts_with('/')
+            && cmd.value.len() > 1
+            && !cmd.value.contains(char::is_whitespace);
+        if !valid {
+            c.error(
+                cmd.referenced,
+                format!("`{}` is not a slash command", cmd.value),
+                Some("write it as one word that starts with `/`, e.g. /review".into()),
+            );
         }
-        let mut compiled = Vec::new();
-        for p in &list {
-            match Pattern::parse(&p.value) {
-                Ok(pattern) => compiled.push(pattern),
-                Err(e) => {
-                    let mut d =
-                        Diagnostic::at(path, p.referenced, format!("bad pattern: {}", e.message));
-                    d.hint = e.hint;
-                    errors.push(d);
-                }
-            }
-        }
-        match PatternList::new(compiled) {
-            Ok(list) => Some(list),
-            Err(e) => {
-                let at = list.first().map(|p| p.referenced);
-                let mut d = match at {
-                    Some(at) => Diagnostic::at(path, at, e.message),
-                    None => Diagnostic::new(path, 1, 1, e.message),
-                };
-                d.hint = e.hint;
-                errors.push(d);
-                None
-            }
-        }
-    };
-    let branches = patterns(filter.branches, "branches");
-    let branches_ignore = patterns(filter.branches_ignore, "branches-ignore");
-    if branches.is_some() && branches_ignore.is_some() {
-        errors.push(
-            Diagnostic::new(
-                path,
-                1,
-                1,
-                format!(
-                    "`{}` has both `branches` and `branches-ignore`",
-                    kind.name()
-                ),
-            )
-            .with_hint("use `branches` with `!pattern` entries to include and exclude"),
-        );
-    }
-    (errors.len() == before).then_some(Filter {
+        cmd.value.to_lowercase()
+    });
+    let built = Filter {
         types,
-        branches,
-        branches_ignore,
-    })
+        branches: c.patterns(filter.branches, false),
+        branches_ignore: c.patterns(filter.branches_ignore, false),
+        tags: c.patterns(filter.tags, false),
+        tags_ignore: c.patterns(filter.tags_ignore, false),
+        paths: c.patterns(filter.paths, false),
+        paths_ignore: c.patterns(filter.paths_ignore, false),
+        labels: c.names(filter.labels, "labels", None),
+        conclusions: c.names(filter.conclusions, "conclusions", Some(CONCLUSIONS)),
+        workflows: c.names(filter.workflows, "workflows", None),
+        command,
+    };
+    (c.errors.len() == before).then_some(built)
+}
+
+/// Renders the templates against a real payload of every event and type the trigger fires on, so a value
+/// that does not exist in that event (`event.pull_request` in an `issues` trigger) is caught now.
+fn check_against_samples(
+    c: &mut Checker<'_>,
+    trigger: &Trigger,
+    prompt: &Spanned<String>,
+    condition: Option<&Spanned<String>>,
+) {
+    let command = template::Command {
+        name: "/command".into(),
+        args: "arguments".into(),
+    };
+    for (kind, filter) in &trigger.events {
+        let mut seen = BTreeSet::new();
+        for (event, action, payload) in samples::SAMPLES {
+            let fires = *event == kind.name()
+                && (filter.types.is_empty() || filter.types.iter().any(|t| t == action));
+            if !fires || !seen.insert(*action) {
+                continue;
+            }
+            let Ok(parsed) = Event::parse(event, payload.as_bytes()) else {
+                continue;
+            };
+            let ctx = template::context(&parsed, filter.command.as_ref().map(|_| &command));
+            let shape = if action.is_empty() {
+                event.to_string()
+            } else {
+                format!("{event}.{action}")
+            };
+            if let Some(cond) = condition
+                && let Err(e) = template::is_true(&c.env, &cond.value, &ctx)
+            {
+                c.error(
+                    cond.referenced,
+                    format!("`if` fails for a `{shape}` event: {e}"),
+                    Some(guard_hint()),
+                );
+                return;
+            }
+            if let Err((line, e)) = template::render_at(&c.env, &prompt.value, &ctx) {
+                let (l, col) = template_position(c.text, prompt, line);
+                c.errors.push(
+                    Diagnostic::new(
+                        c.path,
+                        l,
+                        col,
+                        format!("the prompt fails for a `{shape}` event: {e}"),
+                    )
+                    .with_hint(guard_hint()),
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn guard_hint() -> String {
+    "that value is not in this event's payload; check the name, or guard it with `{% if event.x is defined %}`".into()
 }
 
 /// Where template line `line` of a YAML string value sits in the file: a block scalar (`|`, `>`) starts on
@@ -326,7 +647,8 @@ mod tests {
             t.events[&EventKind::Issues].types.len(),
             EventKind::Issues.activity_types().len()
         );
-        assert_eq!(t.output, super::super::OutputKind::Comment);
+        assert_eq!(t.output.kind, OutputKind::Comment);
+        assert_eq!(t.from, None, "comment triggers default to anyone");
     }
 
     #[test]
@@ -345,6 +667,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.events.len(), 2);
+    }
+
+    #[test]
+    fn writing_triggers_default_to_trusted_authors() {
+        let t = load_one(
+            Path::new("a.yml"),
+            "on: issues\nagent: x\nprompt: x\noutput: pull_request\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.from.unwrap(), ["OWNER", "MEMBER", "COLLABORATOR"]);
+        let t = load_one(
+            Path::new("a.yml"),
+            "on: issues\nagent: x\nprompt: x\noutput: pull_request\nfrom: [anyone]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.from, None);
     }
 
     #[test]
@@ -387,13 +727,31 @@ mod tests {
     }
 
     #[test]
+    fn values_missing_from_the_events_payload_are_caught() {
+        let found = errors(
+            "on:\n  issues:\n    types: [opened]\nagent: default\nprompt: |\n  ok {{ event.issue.title }}\n  {{ event.pull_request.title }}\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("triggers/t.yml:7:3: error: the prompt fails for a `issues.opened` event: undefined value"), "{}", found[0]);
+        assert!(errors("on:\n  issues:\n    types: [labeled]\nagent: default\nprompt: \"{{ event.label.name }}\"\n").is_empty());
+        let found = errors("on: issues\nagent: default\nprompt: x\nif: event.nope.x\n");
+        assert!(found[0].contains("`if` fails for a `issues."), "{found:?}");
+        assert!(errors("on: issues\nagent: default\nprompt: \"{% if event.label is defined %}{{ event.label.name }}{% endif %}\"\n").is_empty());
+    }
+
+    #[test]
     fn structural_mistakes_name_line_column_and_hint() {
         let found = errors("on:\n  issues:\n    typs: [opened]\nagent: default\nprompt: x\n");
-        assert_eq!(
-            found,
-            [
-                "triggers/t.yml:3:5: error: unknown field `typs`, expected one of types, branches, branches-ignore\n  hint: did you mean `types`?"
-            ]
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with("triggers/t.yml:3:5: error: unknown field `typs`"),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[0].ends_with("hint: did you mean `types`?"),
+            "{}",
+            found[0]
         );
         let found = errors("on:\n  issue:\nagent: default\nprompt: x\n");
         assert_eq!(found.len(), 1);
@@ -404,7 +762,7 @@ mod tests {
         );
         let found = errors("on: issues\nagent: default\nprompt: x\noutput: pr\n");
         assert!(
-            found[0].starts_with("triggers/t.yml:4:9: error: unknown variant `pr`"),
+            found[0].starts_with("triggers/t.yml:4:1: error: unknown variant `pr`"),
             "{}",
             found[0]
         );
@@ -413,13 +771,97 @@ mod tests {
     }
 
     #[test]
-    fn branch_filters_belong_to_pull_requests() {
+    fn filters_must_apply_to_their_event() {
         let found = errors("on:\n  issues:\n    branches: [main]\nagent: default\nprompt: x\n");
         assert_eq!(found.len(), 1);
         assert!(
-            found[0].contains("`branches` does not apply to `issues`"),
+            found[0]
+                .starts_with("triggers/t.yml:3:16: error: `branches` does not apply to `issues`"),
             "{}",
             found[0]
+        );
+        assert!(
+            found[0]
+                .contains("hint: `issues` takes types, labels; `branches` applies to pull_request"),
+            "{}",
+            found[0]
+        );
+        let found =
+            errors("on:\n  check_run:\n    conclusions: [failed]\nagent: default\nprompt: x\n");
+        assert!(
+            found[0].contains(
+                "`failed` is not one of the conclusions\n  hint: did you mean `failure`?"
+            ),
+            "{found:?}"
+        );
+        let found =
+            errors("on:\n  issue_comment:\n    command: review\nagent: default\nprompt: x\n");
+        assert!(
+            found[0].contains("`review` is not a slash command"),
+            "{found:?}"
+        );
+        let found = errors(
+            "on:\n  push:\n    paths: [a]\n    paths-ignore: [b]\nagent: default\nprompt: x\n",
+        );
+        assert!(
+            found[0].contains("has both `paths` and `paths-ignore`"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn schedules_check_cron_zone_repos_and_output() {
+        let found = errors(
+            "on:\n  schedule:\n    - cron: '0 25 * * *'\n      timezone: Mars/Base\nagent: default\nprompt: x\noutput: comment\n",
+        );
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(
+            found[0].starts_with(
+                "triggers/t.yml:3:13: error: cron `0 25 * * *`: field 2 (hour) `25` is not valid"
+            ),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[1].starts_with("triggers/t.yml:4:17: error: `Mars/Base` is not a time zone"),
+            "{}",
+            found[1]
+        );
+        assert!(found[2].contains("needs `repos`"), "{}", found[2]);
+        assert!(
+            found[3].contains(":7:9: error: a scheduled job has no issue or pull request"),
+            "{}",
+            found[3]
+        );
+        let ok = load_one(
+            Path::new("nightly.yml"),
+            "on:\n  schedule:\n    - cron: '0 3 * * 1-5'\n      timezone: Europe/Berlin\nrepos: [acme/api]\nagent: default\nprompt: x\noutput: issue\n",
+            Some(&agents()),
+        )
+        .unwrap();
+        assert_eq!(ok.schedules.len(), 1);
+    }
+
+    #[test]
+    fn output_options_must_fit_the_output() {
+        let found = errors(
+            "on: pull_request\nagent: default\nprompt: x\noutput:\n  type: comment\n  draft: true\n",
+        );
+        assert!(
+            found[0].starts_with(
+                "triggers/t.yml:5:3: error: output option `draft` does not apply to `comment`"
+            ),
+            "{found:?}"
+        );
+        let t = load_one(
+            Path::new("a.yml"),
+            "on: issues\nagent: x\nprompt: x\noutput:\n  type: pull_request\n  title: 'Fix #{{ event.issue.number }}'\n  draft: true\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.output.kind, t.output.options.draft),
+            (OutputKind::PullRequest, Some(true))
         );
     }
 

@@ -1,4 +1,5 @@
 //! Trigger files as written: the serde types. [`super::load`] turns them into checked [`super::Trigger`]s.
+//! Every field is documented here; `nightshift schema` publishes these types as a JSON Schema.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +8,7 @@ use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_saphyr::Spanned;
 
-/// A trigger file.
+/// A trigger file: when an event happens, run an agent with these instructions.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerFile {
@@ -15,13 +16,66 @@ pub struct TriggerFile {
     pub description: Option<String>,
     /// Which events fire it: an event name, a list of names, or a map of events to their filters.
     pub on: Spanned<On>,
+    /// Repositories (`owner/name` patterns, `!` excludes) the trigger applies to; all installed
+    /// repositories when left out. Schedules need it.
+    pub repos: Option<Vec<Spanned<String>>>,
+    /// A condition: a minijinja expression over `event`, `repo` and `command` that must be true.
+    #[serde(rename = "if")]
+    pub condition: Option<Spanned<String>>,
+    /// Who may set it off, by their association with the repository (OWNER, MEMBER, COLLABORATOR,
+    /// CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, MANNEQUIN, NONE), or `anyone`. Defaults to
+    /// OWNER, MEMBER, COLLABORATOR for triggers that write code (output pull_request), anyone otherwise.
+    pub from: Option<Vec<Spanned<String>>>,
+    /// Whether events caused by nightshift itself (its comments, its pull requests) may fire this trigger.
+    #[serde(default)]
+    pub from_self: bool,
     /// The agent profile (from nightshift.yml) that runs the job.
     pub agent: Spanned<String>,
-    /// The instructions, a minijinja template over `event` (the payload) and `repo` (`owner/name`).
+    /// Skills the agent gets: a list of names, or `auto` for all of them.
+    pub skills: Option<Spanned<Skills>>,
+    /// The instructions, a minijinja template over `event`, `repo` and `command`.
     pub prompt: Spanned<String>,
-    /// Where the agent's result goes.
-    #[serde(default)]
-    pub output: Option<Spanned<OutputKind>>,
+    /// Where the agent's result goes: a type name, or a map with `type` and its options.
+    pub output: Option<Spanned<OutputSpec>>,
+    /// At most one job of a group runs at a time.
+    pub concurrency: Option<ConcurrencySpec>,
+    /// Wall-clock limit for the agent, e.g. 20m (the profile's timeout when left out).
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `skills:` — named skills, or all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Skills {
+    Auto,
+    Named(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Skills {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Skills;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of skill names, or `auto`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Skills, E> {
+                match v {
+                    "auto" => Ok(Skills::Auto),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not a list of skills; write [{other}] or `auto`"
+                    ))),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skills, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(Skills::Named(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Where a job's result is delivered.
@@ -31,32 +85,177 @@ pub enum OutputKind {
     /// The agent's final message as a comment on the issue or pull request.
     #[default]
     Comment,
+    /// A pull request review: the message as its summary, with inline comments from `review.json`.
+    Review,
     /// The agent's changes committed to `nightshift/<trigger>/<number>` and opened as a pull request.
     PullRequest,
+    /// A new issue whose body is the agent's message.
+    Issue,
+    /// A check run on the commit, with the message as its summary.
+    CheckRun,
+}
+
+impl OutputKind {
+    pub const ALL: [OutputKind; 5] = [
+        OutputKind::Comment,
+        OutputKind::Review,
+        OutputKind::PullRequest,
+        OutputKind::Issue,
+        OutputKind::CheckRun,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputKind::Comment => "comment",
+            OutputKind::Review => "review",
+            OutputKind::PullRequest => "pull_request",
+            OutputKind::Issue => "issue",
+            OutputKind::CheckRun => "check_run",
+        }
+    }
+
+    /// Outputs that change code (and so default to trusted authors only).
+    pub fn writes_code(self) -> bool {
+        self == OutputKind::PullRequest
+    }
 }
 
 impl fmt::Display for OutputKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OutputKind::Comment => "comment",
-            OutputKind::PullRequest => "pull_request",
-        })
+        f.write_str(self.name())
     }
 }
 
+/// `output:` — a type, or a type with options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutputSpec {
+    pub kind: OutputKind,
+    pub options: OutputOptions,
+}
+
+/// Options of an output, each for the types named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputOptions {
+    /// pull_request, issue: the title (a template).
+    pub title: Option<String>,
+    /// pull_request: open it as a draft.
+    pub draft: Option<bool>,
+    /// pull_request, issue: labels to add.
+    pub labels: Option<Vec<String>>,
+    /// check_run: the check's name (the trigger's name by default).
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputMap {
+    #[serde(rename = "type")]
+    kind: OutputKind,
+    #[serde(flatten)]
+    options: OutputOptions,
+}
+
+impl<'de> Deserialize<'de> for OutputSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OutputSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an output type (comment, review, pull_request, issue, check_run) or a map with `type`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OutputSpec, E> {
+                let kind = OutputKind::deserialize(de::value::StrDeserializer::<E>::new(v))?;
+                Ok(OutputSpec {
+                    kind,
+                    options: OutputOptions::default(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OutputSpec, A::Error> {
+                let m = OutputMap::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(OutputSpec {
+                    kind: m.kind,
+                    options: m.options,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `concurrency:` — jobs of one group run one at a time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencySpec {
+    /// The group's name, a template (e.g. `pr-{{ repo }}-{{ event.pull_request.number }}`).
+    pub group: Spanned<String>,
+    /// Cancel the group's queued and running jobs when a new one is queued.
+    #[serde(default)]
+    pub cancel_in_progress: bool,
+}
+
 /// The events nightshift can be triggered by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Issues,
     IssueComment,
     PullRequest,
+    PullRequestReview,
+    PullRequestReviewComment,
+    CheckRun,
+    CheckSuite,
+    WorkflowRun,
+    Push,
+    Schedule,
+}
+
+/// The filters a trigger file may put under an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterKey {
+    Types,
+    Branches,
+    BranchesIgnore,
+    Tags,
+    TagsIgnore,
+    Paths,
+    PathsIgnore,
+    Labels,
+    Conclusions,
+    Workflows,
+    Command,
+}
+
+impl FilterKey {
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterKey::Types => "types",
+            FilterKey::Branches => "branches",
+            FilterKey::BranchesIgnore => "branches-ignore",
+            FilterKey::Tags => "tags",
+            FilterKey::TagsIgnore => "tags-ignore",
+            FilterKey::Paths => "paths",
+            FilterKey::PathsIgnore => "paths-ignore",
+            FilterKey::Labels => "labels",
+            FilterKey::Conclusions => "conclusions",
+            FilterKey::Workflows => "workflows",
+            FilterKey::Command => "command",
+        }
+    }
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 3] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Issues,
         EventKind::IssueComment,
         EventKind::PullRequest,
+        EventKind::PullRequestReview,
+        EventKind::PullRequestReviewComment,
+        EventKind::CheckRun,
+        EventKind::CheckSuite,
+        EventKind::WorkflowRun,
+        EventKind::Push,
+        EventKind::Schedule,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +263,13 @@ impl EventKind {
             EventKind::Issues => "issues",
             EventKind::IssueComment => "issue_comment",
             EventKind::PullRequest => "pull_request",
+            EventKind::PullRequestReview => "pull_request_review",
+            EventKind::PullRequestReviewComment => "pull_request_review_comment",
+            EventKind::CheckRun => "check_run",
+            EventKind::CheckSuite => "check_suite",
+            EventKind::WorkflowRun => "workflow_run",
+            EventKind::Push => "push",
+            EventKind::Schedule => "schedule",
         }
     }
 
@@ -71,7 +277,7 @@ impl EventKind {
         EventKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Every activity type (`action`) GitHub sends for the event.
+    /// Every activity type (`action`) GitHub sends for the event; empty for events without types.
     pub fn activity_types(self) -> &'static [&'static str] {
         match self {
             EventKind::Issues => &[
@@ -94,7 +300,9 @@ impl EventKind {
                 "typed",
                 "untyped",
             ],
-            EventKind::IssueComment => &["created", "edited", "deleted"],
+            EventKind::IssueComment | EventKind::PullRequestReviewComment => {
+                &["created", "edited", "deleted"]
+            }
             EventKind::PullRequest => &[
                 "assigned",
                 "unassigned",
@@ -118,6 +326,11 @@ impl EventKind {
                 "auto_merge_enabled",
                 "auto_merge_disabled",
             ],
+            EventKind::PullRequestReview => &["submitted", "edited", "dismissed"],
+            EventKind::CheckRun => &["created", "rerequested", "completed", "requested_action"],
+            EventKind::CheckSuite => &["completed", "requested", "rerequested"],
+            EventKind::WorkflowRun => &["completed", "requested", "in_progress"],
+            EventKind::Push | EventKind::Schedule => &[],
         }
     }
 
@@ -128,7 +341,58 @@ impl EventKind {
             other => other.activity_types(),
         }
     }
+
+    /// The filters that apply to this event.
+    pub fn filters(self) -> &'static [FilterKey] {
+        use FilterKey::*;
+        match self {
+            EventKind::Issues => &[Types, Labels],
+            EventKind::IssueComment => &[Types, Labels, Command],
+            EventKind::PullRequest => {
+                &[Types, Branches, BranchesIgnore, Paths, PathsIgnore, Labels]
+            }
+            EventKind::PullRequestReview | EventKind::PullRequestReviewComment => {
+                &[Types, Branches, BranchesIgnore]
+            }
+            EventKind::CheckRun | EventKind::CheckSuite => &[Types, Conclusions],
+            EventKind::WorkflowRun => &[Types, Branches, BranchesIgnore, Conclusions, Workflows],
+            EventKind::Push => &[
+                Branches,
+                BranchesIgnore,
+                Tags,
+                TagsIgnore,
+                Paths,
+                PathsIgnore,
+            ],
+            EventKind::Schedule => &[],
+        }
+    }
 }
+
+/// Conclusions a check run, check suite or workflow run can end with.
+pub const CONCLUSIONS: &[&str] = &[
+    "success",
+    "failure",
+    "neutral",
+    "cancelled",
+    "skipped",
+    "timed_out",
+    "action_required",
+    "stale",
+    "startup_failure",
+];
+
+/// Author associations GitHub reports.
+pub const ASSOCIATIONS: &[&str] = &[
+    "OWNER",
+    "MEMBER",
+    "COLLABORATOR",
+    "CONTRIBUTOR",
+    "FIRST_TIME_CONTRIBUTOR",
+    "FIRST_TIMER",
+    "MANNEQUIN",
+    "NONE",
+];
 
 /// Filters under one event.
 #[derive(Debug, Default, Deserialize)]
@@ -136,17 +400,76 @@ impl EventKind {
 pub struct EventFilter {
     /// Activity types (the payload's `action`) that fire the trigger.
     pub types: Option<Vec<Spanned<String>>>,
-    /// Base branches (pull_request only), GitHub filter patterns; `!` excludes.
+    /// Branches (pull request base, pushed branch, workflow run branch), GitHub filter patterns.
     pub branches: Option<Vec<Spanned<String>>>,
-    /// Base branches to skip (pull_request only).
+    /// Branches to skip.
     #[serde(rename = "branches-ignore")]
     pub branches_ignore: Option<Vec<Spanned<String>>>,
+    /// Pushed tags.
+    pub tags: Option<Vec<Spanned<String>>>,
+    /// Pushed tags to skip.
+    #[serde(rename = "tags-ignore")]
+    pub tags_ignore: Option<Vec<Spanned<String>>>,
+    /// Changed files: fires when at least one matches.
+    pub paths: Option<Vec<Spanned<String>>>,
+    /// Changed files to skip: skips when every changed file matches.
+    #[serde(rename = "paths-ignore")]
+    pub paths_ignore: Option<Vec<Spanned<String>>>,
+    /// Labels of the issue or pull request (for `labeled`, the label just added); any one fires it.
+    pub labels: Option<Vec<Spanned<String>>>,
+    /// Conclusions of the run or suite, e.g. [failure, timed_out].
+    pub conclusions: Option<Vec<Spanned<String>>>,
+    /// Names of the workflows whose runs fire it.
+    pub workflows: Option<Vec<Spanned<String>>>,
+    /// A slash command the comment must start with, e.g. `/review`.
+    pub command: Option<Spanned<String>>,
+}
+
+impl EventFilter {
+    /// The filter keys this filter sets, with where.
+    pub fn keys(&self) -> Vec<(FilterKey, Option<serde_saphyr::Location>)> {
+        let first =
+            |l: &Option<Vec<Spanned<String>>>| l.as_ref().map(|v| v.first().map(|s| s.referenced));
+        let mut keys = Vec::new();
+        let lists = [
+            (FilterKey::Types, &self.types),
+            (FilterKey::Branches, &self.branches),
+            (FilterKey::BranchesIgnore, &self.branches_ignore),
+            (FilterKey::Tags, &self.tags),
+            (FilterKey::TagsIgnore, &self.tags_ignore),
+            (FilterKey::Paths, &self.paths),
+            (FilterKey::PathsIgnore, &self.paths_ignore),
+            (FilterKey::Labels, &self.labels),
+            (FilterKey::Conclusions, &self.conclusions),
+            (FilterKey::Workflows, &self.workflows),
+        ];
+        for (key, list) in lists {
+            if let Some(at) = first(list) {
+                keys.push((key, at));
+            }
+        }
+        if let Some(c) = &self.command {
+            keys.push((FilterKey::Command, Some(c.referenced)));
+        }
+        keys
+    }
+}
+
+/// One `schedule:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// POSIX cron, 5 fields (minute hour day-of-month month day-of-week; 0 and 7 are Sunday).
+    pub cron: Spanned<String>,
+    /// IANA time zone the cron is read in (UTC when left out).
+    pub timezone: Option<Spanned<String>>,
 }
 
 /// The `on:` value, in any of its three shapes.
 #[derive(Debug, Default)]
 pub struct On {
     pub events: BTreeMap<EventKind, EventFilter>,
+    pub schedule: Vec<ScheduleSpec>,
 }
 
 fn unknown_event<E: de::Error>(name: &str) -> E {
@@ -158,6 +481,16 @@ fn unknown_event<E: de::Error>(name: &str) -> E {
         "unknown event `{name}`{hint}; nightshift triggers on {}",
         known.join(", ")
     ))
+}
+
+fn event_without_options<E: de::Error>(name: &str) -> Result<EventKind, E> {
+    match EventKind::from_name(name) {
+        Some(EventKind::Schedule) => Err(E::custom(
+            "`schedule` needs a list of crons: schedule: [{cron: \"0 3 * * 1-5\"}]",
+        )),
+        Some(kind) => Ok(kind),
+        None => Err(unknown_event(name)),
+    }
 }
 
 impl<'de> Deserialize<'de> for On {
@@ -174,17 +507,17 @@ impl<'de> Deserialize<'de> for On {
             }
 
             fn visit_str<E: de::Error>(self, name: &str) -> Result<On, E> {
-                let kind = EventKind::from_name(name).ok_or_else(|| unknown_event(name))?;
                 let mut on = On::default();
-                on.events.insert(kind, EventFilter::default());
+                on.events
+                    .insert(event_without_options(name)?, EventFilter::default());
                 Ok(on)
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<On, A::Error> {
                 let mut on = On::default();
                 while let Some(name) = seq.next_element::<String>()? {
-                    let kind = EventKind::from_name(&name).ok_or_else(|| unknown_event(&name))?;
-                    on.events.insert(kind, EventFilter::default());
+                    on.events
+                        .insert(event_without_options(&name)?, EventFilter::default());
                 }
                 Ok(on)
             }
@@ -193,6 +526,16 @@ impl<'de> Deserialize<'de> for On {
                 let mut on = On::default();
                 while let Some(name) = map.next_key::<String>()? {
                     let kind = EventKind::from_name(&name).ok_or_else(|| unknown_event(&name))?;
+                    if kind == EventKind::Schedule {
+                        if !on.schedule.is_empty() {
+                            return Err(de::Error::custom("`schedule` is listed twice"));
+                        }
+                        on.schedule = map.next_value()?;
+                        if on.schedule.is_empty() {
+                            return Err(de::Error::custom("`schedule` lists no cron"));
+                        }
+                        continue;
+                    }
                     let filter: Option<EventFilter> = map.next_value()?;
                     if on.events.insert(kind, filter.unwrap_or_default()).is_some() {
                         return Err(de::Error::custom(format!("event `{name}` is listed twice")));

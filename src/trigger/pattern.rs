@@ -243,6 +243,25 @@ impl PatternList {
     pub fn sources(&self) -> Vec<&str> {
         self.patterns.iter().map(Pattern::source).collect()
     }
+
+    /// The names the list matches, when it is a plain list of names (no wildcard, no `!`), so matching can
+    /// be an index lookup.
+    pub fn literals(&self) -> Option<Vec<String>> {
+        self.patterns
+            .iter()
+            .map(|p| {
+                let chars: Option<String> = p
+                    .tokens
+                    .iter()
+                    .map(|t| match t {
+                        Token::One(Atom::Char(c)) => Some(*c),
+                        _ => None,
+                    })
+                    .collect();
+                chars.filter(|_| !p.negated)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +414,17 @@ mod tests {
     fn escapes_make_special_characters_literal() {
         check(&["release\\+1"], &["release+1"], &["releasee1"]);
         check(&["a\\*"], &["a*"], &["ab"]);
+    }
+
+    #[test]
+    fn plain_names_are_literals_and_patterns_are_not() {
+        assert_eq!(
+            list(&["acme/api", "acme/web"]).literals(),
+            Some(vec!["acme/api".into(), "acme/web".into()])
+        );
+        assert_eq!(list(&["acme/*"]).literals(), None);
+        assert_eq!(list(&["acme/api", "!acme/web"]).literals(), None);
+        assert_eq!(list(&["a\\*b"]).literals(), Some(vec!["a*b".into()]));
     }
 
     #[test]

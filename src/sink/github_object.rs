@@ -1,0 +1,113 @@
+//! The sinks that create one GitHub object from the agent's message: a pull request review, an issue, or a
+//! check run. Each is recorded under its own key, so a retried job does not create it again.
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::{SinkContext, texts};
+use crate::agent::workspace::Worktree;
+use crate::github::with_retry;
+use crate::store::{LogStream, Output};
+use crate::trigger::OutputKind;
+
+/// GitHub's limit on a check run's summary.
+const CHECK_SUMMARY_MAX: usize = 65_535;
+
+pub async fn deliver(
+    ctx: &SinkContext<'_>,
+    worktree: &Worktree,
+    message: &str,
+    truncated: bool,
+) -> Result<Output> {
+    let kind = ctx.spec.output;
+    let key = kind.name();
+    if let Some(done) = ctx.store.find_output(ctx.job, key).await? {
+        return Ok(done);
+    }
+    let spec = ctx.spec;
+    let repo = &spec.repo;
+    let (route, body) = match kind {
+        OutputKind::Review => {
+            let number = spec
+                .number
+                .filter(|_| spec.is_pull_request)
+                .context("a review needs a pull request, and this event is not about one")?;
+            (
+                format!("/repos/{repo}/pulls/{number}/reviews"),
+                json!({
+                    "body": texts::agent_comment(&spec.trigger, ctx.job, message, truncated),
+                    "event": "COMMENT",
+                    "commit_id": worktree.commit,
+                }),
+            )
+        }
+        OutputKind::Issue => (
+            format!("/repos/{repo}/issues"),
+            json!({
+                "title": spec.output_title.clone().unwrap_or_else(|| texts::issue_title(&spec.trigger, spec.title.as_deref())),
+                "body": texts::issue_body(&spec.trigger, ctx.job, message, spec.number),
+                "labels": spec.labels,
+            }),
+        ),
+        OutputKind::CheckRun => {
+            let mut summary = message.trim_end().to_owned();
+            if summary.len() > CHECK_SUMMARY_MAX {
+                let mut cut = CHECK_SUMMARY_MAX - 100;
+                while !summary.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                summary.truncate(cut);
+                summary.push_str("\n\n_(cut at GitHub's limit)_");
+            }
+            let name = spec
+                .check_name
+                .clone()
+                .unwrap_or_else(|| spec.trigger.clone());
+            (
+                format!("/repos/{repo}/check-runs"),
+                json!({
+                    "name": name,
+                    "head_sha": worktree.commit,
+                    "status": "completed",
+                    "conclusion": "success",
+                    "external_id": texts::marker(ctx.job),
+                    "output": { "title": name, "summary": summary },
+                }),
+            )
+        }
+        OutputKind::Comment | OutputKind::PullRequest => {
+            unreachable!("delivered by their own sinks")
+        }
+    };
+    let Some(client) = ctx.client else {
+        let mut lines = vec![format!(
+            "dry run (no GitHub credentials): would POST {route}:"
+        )];
+        lines.extend(
+            serde_json::to_string_pretty(&body)?
+                .lines()
+                .map(str::to_owned),
+        );
+        ctx.store
+            .append_log(ctx.job, LogStream::Nightshift, &lines)
+            .await?;
+        let output = Output {
+            kind: key.into(),
+            key: key.into(),
+            url: None,
+        };
+        ctx.store.record_output(ctx.job, &output).await?;
+        return Ok(output);
+    };
+    let created: Value = with_retry(&format!("creating the {key}"), || {
+        client.api.post(route.as_str(), Some(&body))
+    })
+    .await?;
+    let output = Output {
+        kind: key.into(),
+        key: key.into(),
+        url: created["html_url"].as_str().map(str::to_owned),
+    };
+    ctx.store.record_output(ctx.job, &output).await?;
+    Ok(output)
+}
