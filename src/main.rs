@@ -5,10 +5,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nightshift::config::{Config, ConfigSource};
-use nightshift::trigger::{TriggerSet, load};
+use nightshift::source::event::Event;
+use nightshift::trigger::{MatchInput, TriggerSet, load};
 use nightshift::yaml::Diagnostics;
 
 #[derive(Parser)]
@@ -38,6 +39,26 @@ enum Command {
     Check {
         /// Files or folders to check (default: the configured triggers folder).
         paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of trigger files (for editors: yaml-language-server completes and checks with it).
+    Schema,
+    /// Show which triggers fire for an event payload, with their rendered prompts, and why the others do not.
+    Match {
+        /// The webhook payload (JSON), e.g. a delivery saved from GitHub's webhook log.
+        #[arg(long)]
+        event: PathBuf,
+        /// The event's name, as GitHub sends it in X-GitHub-Event (issues, pull_request, push, ...).
+        #[arg(long)]
+        event_name: String,
+        /// Trigger files or folder (default: the configured triggers folder).
+        #[arg(long)]
+        triggers: Option<PathBuf>,
+        /// A file the pull request changes, for `paths` filters (repeat it; push payloads carry their own).
+        #[arg(long = "changed-file")]
+        changed_files: Vec<String>,
+        /// Print the stable JSON shape: {"fired": [...], "skipped": [...]}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -90,6 +111,44 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                 config,
                 TriggerSet::new(loaded.triggers),
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Match {
+            event,
+            event_name,
+            triggers,
+            changed_files,
+            json,
+        } => {
+            let paths = vec![triggers.unwrap_or_else(|| config.triggers.clone())];
+            let loaded = load::load(&paths, Some(&agents));
+            for d in &loaded.diagnostics {
+                eprintln!("{d}");
+            }
+            if !loaded.diagnostics.is_empty() {
+                anyhow::bail!("the trigger files have problems; fix them first");
+            }
+            let payload =
+                std::fs::read(&event).with_context(|| format!("reading {}", event.display()))?;
+            let parsed = Event::parse(&event_name, &payload)
+                .with_context(|| format!("{} is not a webhook payload", event.display()))?;
+            let input = MatchInput {
+                changed_files: (!changed_files.is_empty()).then_some(changed_files),
+                bot_login: config.github.bot_login.clone(),
+            };
+            let report = TriggerSet::new(loaded.triggers).report(&parsed, &input);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&nightshift::trigger::model::schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { paths } => {

@@ -151,3 +151,124 @@ fn an_explicit_config_file_that_is_missing_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("missing.yml:1:1: error: cannot read the config file"));
 }
+
+#[test]
+fn every_broken_trigger_in_the_corpus_gets_its_exact_message() {
+    let root = common::manifest_dir();
+    let corpus = root.join("tests/corpus/broken");
+    let mut cases: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 20, "the corpus lost cases");
+    for case in cases {
+        let relative = case
+            .strip_prefix(&root)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let expected = std::fs::read_to_string(case.with_extension("expected")).unwrap();
+        let out = nightshift(&root, &["check", &relative], &[]);
+        assert_eq!(out.status.code(), Some(1), "{relative} passed the check");
+        assert_eq!(text(&out.stdout), expected, "{relative}");
+    }
+}
+
+#[test]
+fn match_shows_what_fires_and_why_the_rest_does_not_as_stable_json() {
+    let root = common::manifest_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&common::fixture("webhooks/issues/labeled.json")).unwrap();
+    payload["label"]["name"] = "agent:fix".into();
+    let event = dir.path().join("labeled.json");
+    std::fs::write(&event, serde_json::to_vec(&payload).unwrap()).unwrap();
+    let out = nightshift(
+        &root,
+        &[
+            "match",
+            "--event",
+            event.to_str().unwrap(),
+            "--event-name",
+            "issues",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fired = report["fired"].as_array().unwrap();
+    assert_eq!(fired.len(), 1, "{report:#}");
+    assert_eq!(fired[0]["trigger"], "fix-labeled-issues");
+    assert_eq!(fired[0]["agent"], "demo");
+    assert_eq!(fired[0]["output"], "pull_request");
+    let prompt = fired[0]["prompt"].as_str().unwrap();
+    assert!(
+        prompt.starts_with(
+            "Fix issue #1 in Codertocat/Hello-World: \"Spelling error in the README file\"."
+        ),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("<untrusted-"),
+        "the issue body is fenced: {prompt}"
+    );
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 4);
+    let review = skipped
+        .iter()
+        .find(|s| s["trigger"] == "review-pull-requests")
+        .unwrap();
+    assert_eq!(review["reason"], "it does not trigger on `issues`");
+
+    let out = nightshift(
+        &root,
+        &[
+            "match",
+            "--event",
+            "tests/fixtures/webhooks/issues/labeled.json",
+            "--event-name",
+            "issues",
+        ],
+        &[],
+    );
+    assert!(
+        text(&out.stdout)
+            .contains("skips: fix-labeled-issues: labels [bug] include none of [agent:fix]"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn the_published_schema_is_the_one_the_binary_generates() {
+    let root = common::manifest_dir();
+    let out = nightshift(&root, &["schema"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let published = std::fs::read_to_string(root.join("docs/trigger.schema.json")).unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        published,
+        "run `nightshift schema > docs/trigger.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let properties = schema["properties"].as_object().unwrap();
+    for key in [
+        "on",
+        "agent",
+        "prompt",
+        "output",
+        "if",
+        "from",
+        "repos",
+        "concurrency",
+        "timeout",
+        "skills",
+    ] {
+        assert!(properties.contains_key(key), "schema lacks `{key}`");
+    }
+}

@@ -344,10 +344,10 @@ pub fn load_one(
         .timeout
         .and_then(|t| match humantime::parse_duration(&t.value) {
             Ok(d) => Some(d),
-            Err(e) => {
+            Err(_) => {
                 c.error(
                     t.referenced,
-                    format!("`{}` is not a duration ({e})", t.value),
+                    format!("`{}` is not a duration", t.value),
                     Some("write e.g. 90s, 20m, 1h".into()),
                 );
                 None
@@ -462,28 +462,23 @@ fn check_filter(c: &mut Checker<'_>, kind: EventKind, filter: EventFilter) -> Op
             }
         }
     }
-    for (a, b, key) in [
+    let first =
+        |l: &Option<Vec<Spanned<String>>>| l.as_ref().and_then(|v| v.first().map(|s| s.referenced));
+    let pairs = [
         (
             filter.branches.is_some(),
-            filter.branches_ignore.is_some(),
+            first(&filter.branches_ignore),
             "branches",
         ),
-        (filter.tags.is_some(), filter.tags_ignore.is_some(), "tags"),
-        (
-            filter.paths.is_some(),
-            filter.paths_ignore.is_some(),
-            "paths",
-        ),
-    ] {
-        if a && b {
-            c.errors.push(
-                Diagnostic::new(
-                    c.path,
-                    1,
-                    1,
-                    format!("`{}` has both `{key}` and `{key}-ignore`", kind.name()),
-                )
-                .with_hint(format!(
+        (filter.tags.is_some(), first(&filter.tags_ignore), "tags"),
+        (filter.paths.is_some(), first(&filter.paths_ignore), "paths"),
+    ];
+    for (included, ignored, key) in pairs {
+        if let (true, Some(at)) = (included, ignored) {
+            c.error(
+                at,
+                format!("`{}` has both `{key}` and `{key}-ignore`", kind.name()),
+                Some(format!(
                     "use `{key}` with `!pattern` entries to include and exclude"
                 )),
             );
@@ -548,6 +543,10 @@ fn check_against_samples(
         args: "arguments".into(),
     };
     for (kind, filter) in &trigger.events {
+        // Octokit's examples are real but not always complete, so a template is wrong for an event only when
+        // it fails on every sample of the types the trigger fires on.
+        let mut first_failure = None;
+        let mut passed = false;
         let mut seen = BTreeSet::new();
         for (event, action, payload) in samples::SAMPLES {
             let fires = *event == kind.name()
@@ -564,29 +563,37 @@ fn check_against_samples(
             } else {
                 format!("{event}.{action}")
             };
-            if let Some(cond) = condition
-                && let Err(e) = template::is_true(&c.env, &cond.value, &ctx)
-            {
-                c.error(
-                    cond.referenced,
-                    format!("`if` fails for a `{shape}` event: {e}"),
-                    Some(guard_hint()),
-                );
-                return;
-            }
-            if let Err((line, e)) = template::render_at(&c.env, &prompt.value, &ctx) {
-                let (l, col) = template_position(c.text, prompt, line);
-                c.errors.push(
-                    Diagnostic::new(
+            let failure = match condition.map(|cond| template::is_true(&c.env, &cond.value, &ctx)) {
+                Some(Err(e)) => {
+                    let cond = condition.expect("checked above");
+                    Some(Diagnostic::at(
                         c.path,
-                        l,
-                        col,
-                        format!("the prompt fails for a `{shape}` event: {e}"),
-                    )
-                    .with_hint(guard_hint()),
-                );
-                return;
+                        cond.referenced,
+                        format!("`if` fails for event `{shape}`: {e}"),
+                    ))
+                }
+                _ => template::render_at(&c.env, &prompt.value, &ctx)
+                    .err()
+                    .map(|(line, e)| {
+                        let (l, col) = template_position(c.text, prompt, line);
+                        Diagnostic::new(
+                            c.path,
+                            l,
+                            col,
+                            format!("the prompt fails for event `{shape}`: {e}"),
+                        )
+                    }),
+            };
+            match failure {
+                None => passed = true,
+                Some(d) => {
+                    first_failure.get_or_insert(d);
+                }
             }
+        }
+        if let (false, Some(d)) = (passed, first_failure) {
+            c.errors.push(d.with_hint(guard_hint()));
+            return;
         }
     }
 }
@@ -732,10 +739,13 @@ mod tests {
             "on:\n  issues:\n    types: [opened]\nagent: default\nprompt: |\n  ok {{ event.issue.title }}\n  {{ event.pull_request.title }}\n",
         );
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("triggers/t.yml:7:3: error: the prompt fails for a `issues.opened` event: undefined value"), "{}", found[0]);
+        assert!(found[0].starts_with("triggers/t.yml:7:3: error: the prompt fails for event `issues.opened`: undefined value"), "{}", found[0]);
         assert!(errors("on:\n  issues:\n    types: [labeled]\nagent: default\nprompt: \"{{ event.label.name }}\"\n").is_empty());
         let found = errors("on: issues\nagent: default\nprompt: x\nif: event.nope.x\n");
-        assert!(found[0].contains("`if` fails for a `issues."), "{found:?}");
+        assert!(
+            found[0].contains("`if` fails for event `issues."),
+            "{found:?}"
+        );
         assert!(errors("on: issues\nagent: default\nprompt: \"{% if event.label is defined %}{{ event.label.name }}{% endif %}\"\n").is_empty());
     }
 

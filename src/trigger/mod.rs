@@ -497,3 +497,90 @@ pub fn literal_repos(trigger: &Trigger) -> Option<Vec<RepoName>> {
         .and_then(PatternList::literals)
         .map(|names| names.iter().filter_map(|n| RepoName::parse(n)).collect())
 }
+
+/// What `nightshift match` reports: the triggers that fire with their rendered jobs, and for each other
+/// trigger the first filter that stopped it. Serialized, this is the documented `--json` shape.
+#[derive(Debug, serde::Serialize)]
+pub struct MatchReport {
+    pub fired: Vec<FiredReport>,
+    pub skipped: Vec<SkippedReport>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct FiredReport {
+    pub trigger: String,
+    pub agent: String,
+    pub output: String,
+    /// The rendered prompt (absent when rendering failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Why the job could not be prepared (a template failed on this payload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_group: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SkippedReport {
+    pub trigger: String,
+    pub reason: String,
+}
+
+impl TriggerSet {
+    pub fn report(&self, event: &Event, input: &MatchInput) -> MatchReport {
+        let mut report = MatchReport {
+            fired: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for (trigger, decision) in self.decide(event, input) {
+            match decision {
+                Decision::Fire(job) => report.fired.push(FiredReport {
+                    trigger: trigger.name.clone(),
+                    agent: trigger.agent.clone(),
+                    output: trigger.output.kind.to_string(),
+                    prompt: job.as_ref().ok().map(|j| j.prompt.clone()),
+                    concurrency_group: job.as_ref().ok().and_then(|j| j.concurrency_group.clone()),
+                    error: job.err(),
+                }),
+                Decision::Skip(Skip(reason)) => report.skipped.push(SkippedReport {
+                    trigger: trigger.name.clone(),
+                    reason,
+                }),
+            }
+        }
+        report
+    }
+}
+
+impl std::fmt::Display for MatchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for fired in &self.fired {
+            writeln!(
+                f,
+                "fires: {} (agent {}, output {})",
+                fired.trigger, fired.agent, fired.output
+            )?;
+            if let Some(group) = &fired.concurrency_group {
+                writeln!(f, "  concurrency group: {group}")?;
+            }
+            match (&fired.prompt, &fired.error) {
+                (_, Some(error)) => writeln!(f, "  error: {error}")?,
+                (Some(prompt), None) => {
+                    writeln!(f, "  prompt:")?;
+                    for line in prompt.lines() {
+                        writeln!(f, "    {line}")?;
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        for skipped in &self.skipped {
+            writeln!(f, "skips: {}: {}", skipped.trigger, skipped.reason)?;
+        }
+        if self.fired.is_empty() && self.skipped.is_empty() {
+            writeln!(f, "no triggers loaded")?;
+        }
+        Ok(())
+    }
+}

@@ -4,42 +4,54 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_saphyr::Spanned;
+use std::borrow::Cow;
 
 /// A trigger file: when an event happens, run an agent with these instructions.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(title = "nightshift trigger file")]
 #[serde(deny_unknown_fields)]
 pub struct TriggerFile {
     /// What the trigger is for, in a sentence.
     pub description: Option<String>,
     /// Which events fire it: an event name, a list of names, or a map of events to their filters.
+    #[schemars(with = "On")]
     pub on: Spanned<On>,
     /// Repositories (`owner/name` patterns, `!` excludes) the trigger applies to; all installed
     /// repositories when left out. Schedules need it.
+    #[schemars(with = "Option<Vec<String>>")]
     pub repos: Option<Vec<Spanned<String>>>,
     /// A condition: a minijinja expression over `event`, `repo` and `command` that must be true.
     #[serde(rename = "if")]
+    #[schemars(with = "Option<String>")]
     pub condition: Option<Spanned<String>>,
     /// Who may set it off, by their association with the repository (OWNER, MEMBER, COLLABORATOR,
     /// CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, MANNEQUIN, NONE), or `anyone`. Defaults to
     /// OWNER, MEMBER, COLLABORATOR for triggers that write code (output pull_request), anyone otherwise.
+    #[schemars(with = "Option<Vec<String>>")]
     pub from: Option<Vec<Spanned<String>>>,
     /// Whether events caused by nightshift itself (its comments, its pull requests) may fire this trigger.
     #[serde(default)]
     pub from_self: bool,
     /// The agent profile (from nightshift.yml) that runs the job.
+    #[schemars(with = "String")]
     pub agent: Spanned<String>,
     /// Skills the agent gets: a list of names, or `auto` for all of them.
+    #[schemars(with = "Option<Skills>")]
     pub skills: Option<Spanned<Skills>>,
     /// The instructions, a minijinja template over `event`, `repo` and `command`.
+    #[schemars(with = "String")]
     pub prompt: Spanned<String>,
     /// Where the agent's result goes: a type name, or a map with `type` and its options.
+    #[schemars(with = "Option<OutputSpec>")]
     pub output: Option<Spanned<OutputSpec>>,
     /// At most one job of a group runs at a time.
     pub concurrency: Option<ConcurrencySpec>,
     /// Wall-clock limit for the agent, e.g. 20m (the profile's timeout when left out).
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
 }
 
@@ -79,7 +91,7 @@ impl<'de> Deserialize<'de> for Skills {
 }
 
 /// Where a job's result is delivered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     /// The agent's final message as a comment on the issue or pull request.
@@ -134,7 +146,7 @@ pub struct OutputSpec {
 }
 
 /// Options of an output, each for the types named.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputOptions {
     /// pull_request, issue: the title (a template).
@@ -184,10 +196,11 @@ impl<'de> Deserialize<'de> for OutputSpec {
 }
 
 /// `concurrency:` — jobs of one group run one at a time.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencySpec {
     /// The group's name, a template (e.g. `pr-{{ repo }}-{{ event.pull_request.number }}`).
+    #[schemars(with = "String")]
     pub group: Spanned<String>,
     /// Cancel the group's queued and running jobs when a new one is queued.
     #[serde(default)]
@@ -395,33 +408,44 @@ pub const ASSOCIATIONS: &[&str] = &[
 ];
 
 /// Filters under one event.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {
     /// Activity types (the payload's `action`) that fire the trigger.
+    #[schemars(with = "Option<Vec<String>>")]
     pub types: Option<Vec<Spanned<String>>>,
     /// Branches (pull request base, pushed branch, workflow run branch), GitHub filter patterns.
+    #[schemars(with = "Option<Vec<String>>")]
     pub branches: Option<Vec<Spanned<String>>>,
     /// Branches to skip.
     #[serde(rename = "branches-ignore")]
+    #[schemars(with = "Option<Vec<String>>")]
     pub branches_ignore: Option<Vec<Spanned<String>>>,
     /// Pushed tags.
+    #[schemars(with = "Option<Vec<String>>")]
     pub tags: Option<Vec<Spanned<String>>>,
     /// Pushed tags to skip.
     #[serde(rename = "tags-ignore")]
+    #[schemars(with = "Option<Vec<String>>")]
     pub tags_ignore: Option<Vec<Spanned<String>>>,
     /// Changed files: fires when at least one matches.
+    #[schemars(with = "Option<Vec<String>>")]
     pub paths: Option<Vec<Spanned<String>>>,
     /// Changed files to skip: skips when every changed file matches.
     #[serde(rename = "paths-ignore")]
+    #[schemars(with = "Option<Vec<String>>")]
     pub paths_ignore: Option<Vec<Spanned<String>>>,
     /// Labels of the issue or pull request (for `labeled`, the label just added); any one fires it.
+    #[schemars(with = "Option<Vec<String>>")]
     pub labels: Option<Vec<Spanned<String>>>,
     /// Conclusions of the run or suite, e.g. [failure, timed_out].
+    #[schemars(with = "Option<Vec<String>>")]
     pub conclusions: Option<Vec<Spanned<String>>>,
     /// Names of the workflows whose runs fire it.
+    #[schemars(with = "Option<Vec<String>>")]
     pub workflows: Option<Vec<Spanned<String>>>,
     /// A slash command the comment must start with, e.g. `/review`.
+    #[schemars(with = "Option<String>")]
     pub command: Option<Spanned<String>>,
 }
 
@@ -456,12 +480,14 @@ impl EventFilter {
 }
 
 /// One `schedule:` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// POSIX cron, 5 fields (minute hour day-of-month month day-of-week; 0 and 7 are Sunday).
+    #[schemars(with = "String")]
     pub cron: Spanned<String>,
     /// IANA time zone the cron is read in (UTC when left out).
+    #[schemars(with = "Option<String>")]
     pub timezone: Option<Spanned<String>>,
 }
 
@@ -547,4 +573,75 @@ impl<'de> Deserialize<'de> for On {
 
         deserializer.deserialize_any(OnVisitor)
     }
+}
+
+impl JsonSchema for Skills {
+    fn schema_name() -> Cow<'static, str> {
+        "Skills".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Skills the agent gets: a list of skill names, or `auto` for all of them.",
+            "anyOf": [
+                { "const": "auto" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for OutputSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "Output".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let kind = generator.subschema_for::<OutputKind>();
+        let options = generator.subschema_for::<OutputOptions>();
+        json_schema!({
+            "description": "Where the agent's result goes: an output type, or a map with `type` and the type's options.",
+            "anyOf": [
+                kind,
+                { "allOf": [options, { "type": "object", "required": ["type"], "properties": { "type": kind } }] }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for On {
+    fn schema_name() -> Cow<'static, str> {
+        "On".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let names: Vec<&str> = EventKind::ALL
+            .iter()
+            .filter(|k| **k != EventKind::Schedule)
+            .map(|k| k.name())
+            .collect();
+        let filter = generator.subschema_for::<EventFilter>();
+        let schedule = generator.subschema_for::<Vec<ScheduleSpec>>();
+        let mut properties = serde_json::Map::new();
+        for name in &names {
+            properties.insert(
+                (*name).to_owned(),
+                json_schema!({ "anyOf": [filter, { "type": "null" }] }).into(),
+            );
+        }
+        properties.insert("schedule".to_owned(), schedule.into());
+        json_schema!({
+            "description": "Which events fire the trigger: an event name, a list of names, or a map of events to their filters.",
+            "anyOf": [
+                { "enum": names },
+                { "type": "array", "items": { "enum": names } },
+                { "type": "object", "properties": properties, "additionalProperties": false }
+            ]
+        })
+    }
+}
+
+/// The JSON Schema of a trigger file, for editors (yaml-language-server) to complete and check with.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(TriggerFile)).expect("a schema serializes")
 }
