@@ -23,7 +23,7 @@ pub struct Event {
     /// The run or suite of `check_run`, `check_suite` and `workflow_run` events.
     pub run: Option<Run>,
     /// The whole payload, for templates (`event.*`) and `$NIGHTSHIFT_EVENT_PATH`.
-    pub payload: serde_json::Value,
+    pub payload: std::sync::Arc<serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -300,7 +300,7 @@ impl Event {
             label: raw.label.map(|l| l.name),
             push,
             run,
-            payload,
+            payload: std::sync::Arc::new(payload),
         })
     }
 

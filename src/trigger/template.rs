@@ -3,7 +3,9 @@
 //! and arguments). Undefined values are errors, so a typo in `{{ event.isue.title }}` is reported instead of
 //! rendering nothing. The `untrusted` filter fences text that came from outside the team.
 
-use minijinja::value::Serde;
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, ObjectRepr, Serde};
 use minijinja::{Environment, UndefinedBehavior, Value};
 use sha2::{Digest, Sha256};
 
@@ -62,12 +64,96 @@ pub fn context(event: &Event, command: Option<&Command>) -> Value {
         .map(|r| r.full_name.to_string())
         .unwrap_or_default();
     let ctx = minijinja::context! {
-        event => Value::from(Serde(&event.payload)),
+        event => lazy_json(event.payload.clone()),
         repo => repo,
     };
     match command {
         Some(cmd) => with_command(&ctx, cmd),
         None => ctx,
+    }
+}
+
+/// A JSON document as a template value that converts only what a template reads: a webhook payload is
+/// tens of kilobytes, and a prompt reads a handful of fields from it.
+pub fn lazy_json(root: Arc<serde_json::Value>) -> Value {
+    json_at(&root, &[]).unwrap_or_default()
+}
+
+#[derive(Debug)]
+struct JsonNode {
+    root: Arc<serde_json::Value>,
+    path: Vec<JsonKey>,
+}
+
+#[derive(Clone, Debug)]
+enum JsonKey {
+    Field(String),
+    Index(usize),
+}
+
+impl JsonNode {
+    fn node(&self) -> &serde_json::Value {
+        resolve(&self.root, &self.path).unwrap_or(&serde_json::Value::Null)
+    }
+
+    fn child(&self, key: JsonKey) -> Option<Value> {
+        let mut path = self.path.clone();
+        path.push(key);
+        json_at(&self.root, &path)
+    }
+}
+
+fn resolve<'a>(root: &'a serde_json::Value, path: &[JsonKey]) -> Option<&'a serde_json::Value> {
+    path.iter().try_fold(root, |node, key| match key {
+        JsonKey::Field(f) => node.get(f),
+        JsonKey::Index(i) => node.get(i),
+    })
+}
+
+fn json_at(root: &Arc<serde_json::Value>, path: &[JsonKey]) -> Option<Value> {
+    use serde_json::Value as J;
+    Some(match resolve(root, path)? {
+        J::Null => Value::from(()),
+        J::Bool(b) => Value::from(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(u)) => Value::from(u),
+            _ => Value::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(_) | J::Object(_) => Value::from_object(JsonNode {
+            root: root.clone(),
+            path: path.to_vec(),
+        }),
+    })
+}
+
+impl Object for JsonNode {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        if self.node().is_array() {
+            ObjectRepr::Seq
+        } else {
+            ObjectRepr::Map
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match self.node() {
+            serde_json::Value::Array(_) => {
+                self.child(JsonKey::Index(usize::try_from(key.as_i64()?).ok()?))
+            }
+            _ => self.child(JsonKey::Field(key.as_str()?.to_owned())),
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.node() {
+            serde_json::Value::Array(items) => Enumerator::Seq(items.len()),
+            serde_json::Value::Object(map) => {
+                Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect())
+            }
+            _ => Enumerator::Empty,
+        }
     }
 }
 
