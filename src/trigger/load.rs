@@ -13,7 +13,6 @@ use super::model::{
 use super::pattern::{Pattern, PatternList};
 use super::schedule::Schedule;
 use super::{Concurrency, Filter, Trigger, samples, template};
-use crate::source::event::Event;
 use crate::yaml::{self, Diagnostic, did_you_mean};
 
 /// What loading produced: the triggers that are valid and the problems found in the others.
@@ -548,16 +547,13 @@ fn check_against_samples(
         let mut first_failure = None;
         let mut passed = false;
         let mut seen = BTreeSet::new();
-        for (event, action, payload) in samples::SAMPLES {
+        for (event, action, parsed) in samples::parsed() {
             let fires = *event == kind.name()
                 && (filter.types.is_empty() || filter.types.iter().any(|t| t == action));
             if !fires || !seen.insert(*action) {
                 continue;
             }
-            let Ok(parsed) = Event::parse(event, payload.as_bytes()) else {
-                continue;
-            };
-            let ctx = template::context(&parsed, filter.command.as_ref().map(|_| &command));
+            let ctx = template::context(parsed, filter.command.as_ref().map(|_| &command));
             let shape = if action.is_empty() {
                 event.to_string()
             } else {

@@ -239,3 +239,18 @@ pub const SAMPLES: &[(&str, &str, &str)] = &[
         include_str!("../../tests/fixtures/webhooks/push/1.json"),
     ),
 ];
+
+/// The samples, parsed once.
+pub fn parsed() -> &'static [(&'static str, &'static str, crate::source::event::Event)] {
+    static PARSED: std::sync::OnceLock<Vec<(&str, &str, crate::source::event::Event)>> = std::sync::OnceLock::new();
+    PARSED.get_or_init(|| {
+        SAMPLES
+            .iter()
+            .filter_map(|(event, action, payload)| {
+                crate::source::event::Event::parse(event, payload.as_bytes())
+                    .ok()
+                    .map(|parsed| (*event, *action, parsed))
+            })
+            .collect()
+    })
+}
