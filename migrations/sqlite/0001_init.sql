@@ -19,7 +19,9 @@ CREATE TABLE jobs (
     trigger_name     TEXT    NOT NULL,
     repo             TEXT    NOT NULL,
     spec             TEXT    NOT NULL,          -- JSON (JobSpec)
-    state            TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+    state            TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    concurrency_group TEXT,                     -- at most one running job per group
+    cancel_requested INTEGER NOT NULL DEFAULT 0, -- a newer job of the group asked this one to stop
     attempts         INTEGER NOT NULL DEFAULT 0,
     lease_owner      TEXT,
     lease_expires_at INTEGER,                   -- unix ms
@@ -30,6 +32,7 @@ CREATE TABLE jobs (
     UNIQUE (delivery_id, trigger_name)
 );
 CREATE INDEX jobs_by_state ON jobs (state, id);
+CREATE INDEX jobs_by_group ON jobs (concurrency_group, state) WHERE concurrency_group IS NOT NULL;
 
 CREATE TABLE job_logs (
     id      INTEGER PRIMARY KEY,

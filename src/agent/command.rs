@@ -75,7 +75,8 @@ pub async fn run(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start the agent `{}`", profile.command.join(" ")))?;
-    let pgid = child.id().map(|id| id as i32);
+    // Dropping this run (the job was cancelled) kills the whole group too, not only the direct child.
+    let mut group = GroupGuard(child.id().map(|id| id as i32));
 
     let mut stdin = child.stdin.take().context("agent stdin")?;
     let prompt = prompt.to_owned();
@@ -102,9 +103,7 @@ pub async fn run(
         Err(_) => (None, true),
     };
     // Whether it finished or ran out of time, nothing it started may outlive the job.
-    if let Some(pgid) = pgid {
-        kill_group(pgid);
-    }
+    group.kill();
     if timed_out {
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     }
@@ -117,6 +116,23 @@ pub async fn run(
         truncated,
         timed_out,
     })
+}
+
+/// The agent's process group, killed when this is dropped or told to.
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            kill_group(pgid);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn kill_group(pgid: i32) {

@@ -148,6 +148,25 @@ impl Workspaces {
     }
 }
 
+impl Workspaces {
+    /// Removes job `job`'s worktree, if one is left (the job was stopped before it could clean up).
+    pub async fn discard(&self, repo: &RepoName, job: JobId) -> Result<()> {
+        let path = self.root.join("worktrees").join(format!("job-{job}"));
+        let mirror = self.mirror_path(repo);
+        let lock = self.lock(repo);
+        let _guard = lock.lock().await;
+        if path.exists() {
+            tokio::fs::remove_dir_all(&path)
+                .await
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+        if mirror.join("HEAD").exists() {
+            git(&mirror, &["worktree", "prune"], &GitAuth::none()).await?;
+        }
+        Ok(())
+    }
+}
+
 impl Worktree {
     pub async fn remove(self) -> Result<()> {
         let _guard = self.lock.lock().await;

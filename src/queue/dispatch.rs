@@ -119,6 +119,8 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                             spec: serde_json::to_string(&spec)
                                 .expect("a JobSpec always serializes"),
                             error: None,
+                            concurrency_group: spec.concurrency_group.clone(),
+                            cancel_in_progress: spec.cancel_in_progress,
                         },
                         Err(error) => {
                             warn!(trigger = %trigger.name, "{error}");
@@ -127,6 +129,8 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                                 repo,
                                 spec: "{}".to_owned(),
                                 error: Some(error),
+                                concurrency_group: None,
+                                cancel_in_progress: false,
                             }
                         }
                     }

@@ -15,7 +15,7 @@ use crate::agent::git::GitAuth;
 use crate::agent::workspace::Checkout;
 use crate::ids::JobId;
 use crate::sink::{self, SinkContext};
-use crate::store::{ClaimedJob, LogStream};
+use crate::store::{ClaimedJob, Ending, Lease, LogStream};
 use crate::trigger::OutputKind;
 
 pub async fn run(pipeline: Arc<Pipeline>, name: String) {
@@ -53,7 +53,8 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String) {
     }
 }
 
-/// Runs one job while a heartbeat renews its lease; stops the job if the lease is lost.
+/// Runs one job while a heartbeat renews its lease; stops the job if the lease is lost or a newer job of
+/// its concurrency group asks it to stop.
 async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
     let id = job.id;
     let lease = pipeline.config.job_lease;
@@ -61,32 +62,56 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
         loop {
             tokio::time::sleep(lease / 3).await;
             match pipeline.store.renew_lease(id, owner, lease).await {
-                Ok(true) => {}
-                Ok(false) => return,
+                Ok(Lease::Held) => {}
+                Ok(other) => return other,
                 Err(e) => warn!("renewing the lease failed: {e:#}"),
             }
         }
     };
     let result = tokio::select! {
         result = run_job(pipeline, &job) => result,
-        () = heartbeat => {
-            warn!("lost the lease on the job; another worker has it now");
+        stop = heartbeat => {
+            // The job's future is dropped here, which kills the agent's process group.
+            discard_worktree(pipeline, &job).await;
+            if stop == Lease::CancelRequested {
+                info!("cancelled: a newer job of its concurrency group replaces it");
+                let reason = "cancelled: a newer job of its concurrency group replaced it";
+                let _ = pipeline.store.append_log(id, LogStream::Nightshift, &[reason.to_owned()]).await;
+                if let Err(e) = pipeline.store.finish_job(id, owner, Ending::Cancelled(reason)).await {
+                    error!("recording the cancellation failed: {e:#}");
+                }
+            } else {
+                warn!("lost the lease on the job; another worker has it now");
+            }
             return;
         }
     };
     let error = result.err().map(|e| format!("{e:#}"));
-    match &error {
-        None => info!("job succeeded"),
+    let ending = match &error {
+        None => {
+            info!("job succeeded");
+            Ending::Succeeded
+        }
         Some(e) => {
             error!("job failed: {e}");
             let _ = pipeline
                 .store
                 .append_log(id, LogStream::Nightshift, &[format!("failed: {e}")])
                 .await;
+            Ending::Failed(e)
         }
-    }
-    if let Err(e) = pipeline.store.finish_job(id, owner, error.as_deref()).await {
+    };
+    if let Err(e) = pipeline.store.finish_job(id, owner, ending).await {
         error!("recording the end of the job failed: {e:#}");
+    }
+}
+
+/// Removes what a stopped job left in its worktree.
+async fn discard_worktree(pipeline: &Pipeline, job: &ClaimedJob) {
+    if let Ok(spec) = serde_json::from_str::<JobSpec>(&job.spec)
+        && let Err(e) = pipeline.workspaces.discard(&spec.repo, job.id).await
+    {
+        warn!("removing the stopped job's worktree failed: {e:#}");
     }
 }
 

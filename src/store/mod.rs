@@ -54,6 +54,28 @@ pub struct NewJob {
     /// Set when the job could not even be prepared (e.g. its prompt failed to render): it is stored as
     /// failed with this error, so the user can see why nothing ran.
     pub error: Option<String>,
+    /// Jobs of one group run one at a time, in the order they were queued.
+    pub concurrency_group: Option<String>,
+    /// Queuing this job cancels the group's queued jobs and asks its running one to stop.
+    pub cancel_in_progress: bool,
+}
+
+/// What renewing a lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    Held,
+    /// The job is no longer ours (its lease expired and another worker took it, or it ended).
+    Lost,
+    /// A newer job of its concurrency group asked it to stop.
+    CancelRequested,
+}
+
+/// How a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending<'a> {
+    Succeeded,
+    Failed(&'a str),
+    Cancelled(&'a str),
 }
 
 /// A job a worker holds a lease on.
@@ -75,6 +97,7 @@ pub enum JobState {
     Running,
     Succeeded,
     Failed,
+    Cancelled,
 }
 
 impl JobState {
@@ -84,6 +107,7 @@ impl JobState {
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -93,6 +117,7 @@ impl JobState {
             "running" => JobState::Running,
             "succeeded" => JobState::Succeeded,
             "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
             other => bail!("unknown job state `{other}` in the store"),
         })
     }
@@ -151,11 +176,13 @@ pub trait Store: Send + Sync + 'static {
     async fn unmatched_deliveries(&self, limit: u32) -> Result<Vec<StoredDelivery>>;
 
     /// In one transaction: creates the jobs (a job that already exists for this delivery and trigger is kept
-    /// as it is) and marks the delivery matched. Returns how many jobs were queued.
+    /// as it is), cancels what `cancel_in_progress` jobs replace, and marks the delivery matched. Returns how
+    /// many jobs were queued.
     async fn record_match(&self, delivery: i64, jobs: &[NewJob]) -> Result<usize>;
 
-    /// Takes the oldest queued job, or a running job whose lease expired (its worker died), and leases it to
-    /// `owner`. Jobs whose lease expired after `max_attempts` starts are failed instead of taken.
+    /// Takes the oldest queued job whose concurrency group has no running job, or a running job whose lease
+    /// expired (its worker died), and leases it to `owner`. Jobs whose lease expired after `max_attempts`
+    /// starts are failed instead of taken.
     async fn claim_job(
         &self,
         owner: &str,
@@ -163,11 +190,11 @@ pub trait Store: Send + Sync + 'static {
         max_attempts: u32,
     ) -> Result<Option<ClaimedJob>>;
 
-    /// Extends the lease; false when the job is no longer ours.
-    async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<bool>;
+    /// Extends the lease, and says whether the job was asked to stop.
+    async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<Lease>;
 
     /// Ends a job we hold; false when the job is no longer ours (nothing is written then).
-    async fn finish_job(&self, job: JobId, owner: &str, error: Option<&str>) -> Result<bool>;
+    async fn finish_job(&self, job: JobId, owner: &str, ending: Ending<'_>) -> Result<bool>;
 
     async fn append_log(&self, job: JobId, stream: LogStream, lines: &[String]) -> Result<()>;
 

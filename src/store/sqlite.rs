@@ -123,10 +123,35 @@ impl Store for SqliteStore {
             } else {
                 "queued"
             };
-            let result = sqlx::query(
-                "INSERT INTO jobs (delivery_id, trigger_name, repo, spec, state, error, created_at, finished_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, CASE WHEN ? = 'failed' THEN ? END)
-                 ON CONFLICT (delivery_id, trigger_name) DO NOTHING",
+            let exists =
+                sqlx::query("SELECT 1 FROM jobs WHERE delivery_id = ? AND trigger_name = ?")
+                    .bind(delivery)
+                    .bind(&job.trigger)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+            if exists {
+                continue;
+            }
+            if let (Some(group), true, None) =
+                (&job.concurrency_group, job.cancel_in_progress, &job.error)
+            {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = 'replaced by a newer job of its concurrency group'
+                     WHERE concurrency_group = ? AND state = 'queued'",
+                )
+                .bind(now)
+                .bind(group)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE concurrency_group = ? AND state = 'running'")
+                    .bind(group)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO jobs (delivery_id, trigger_name, repo, spec, state, error, concurrency_group, created_at, finished_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? = 'failed' THEN ? END)",
             )
             .bind(delivery)
             .bind(&job.trigger)
@@ -134,12 +159,13 @@ impl Store for SqliteStore {
             .bind(&job.spec)
             .bind(state)
             .bind(&job.error)
+            .bind(&job.concurrency_group)
             .bind(now)
             .bind(state)
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if result.rows_affected() == 1 && job.error.is_none() {
+            if job.error.is_none() {
                 queued += 1;
             }
         }
@@ -172,9 +198,14 @@ impl Store for SqliteStore {
             "UPDATE jobs
              SET state = 'running', attempts = attempts + 1, lease_owner = ?1, lease_expires_at = ?2,
                  started_at = ?3
-             WHERE id = (SELECT id FROM jobs
-                         WHERE state = 'queued' OR (state = 'running' AND lease_expires_at < ?3)
-                         ORDER BY id LIMIT 1)
+             WHERE id = (SELECT id FROM jobs AS j
+                         WHERE (j.state = 'queued'
+                                AND (j.concurrency_group IS NULL
+                                     OR NOT EXISTS (SELECT 1 FROM jobs AS r
+                                                    WHERE r.concurrency_group = j.concurrency_group
+                                                      AND r.state = 'running')))
+                            OR (j.state = 'running' AND j.lease_expires_at < ?3)
+                         ORDER BY j.id LIMIT 1)
              RETURNING id, delivery_id, trigger_name, repo, spec, attempts,
                        (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
         )
@@ -197,23 +228,28 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<bool> {
-        let result = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'",
+    async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<Lease> {
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'
+             RETURNING cancel_requested",
         )
         .bind(now_ms() + ms(lease))
         .bind(job.0)
         .bind(owner)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(result.rows_affected() == 1)
+        Ok(match row {
+            None => Lease::Lost,
+            Some(row) if row.try_get::<i64, _>("cancel_requested")? != 0 => Lease::CancelRequested,
+            Some(_) => Lease::Held,
+        })
     }
 
-    async fn finish_job(&self, job: JobId, owner: &str, error: Option<&str>) -> Result<bool> {
-        let state = if error.is_some() {
-            "failed"
-        } else {
-            "succeeded"
+    async fn finish_job(&self, job: JobId, owner: &str, ending: Ending<'_>) -> Result<bool> {
+        let (state, error) = match ending {
+            Ending::Succeeded => ("succeeded", None),
+            Ending::Failed(e) => ("failed", Some(e)),
+            Ending::Cancelled(e) => ("cancelled", Some(e)),
         };
         let result = sqlx::query(
             "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL
@@ -357,6 +393,8 @@ mod tests {
             repo: "o/r".into(),
             spec: "{}".into(),
             error: None,
+            concurrency_group: None,
+            cancel_in_progress: false,
         }
     }
 
@@ -409,11 +447,24 @@ mod tests {
         );
 
         assert!(
-            !store.finish_job(a.id, "w2", None).await.unwrap(),
+            !store
+                .finish_job(a.id, "w2", Ending::Succeeded)
+                .await
+                .unwrap(),
             "only the lease owner finishes a job"
         );
-        assert!(store.finish_job(a.id, "w1", None).await.unwrap());
-        assert!(store.finish_job(b.id, "w2", Some("boom")).await.unwrap());
+        assert!(
+            store
+                .finish_job(a.id, "w1", Ending::Succeeded)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .finish_job(b.id, "w2", Ending::Failed("boom"))
+                .await
+                .unwrap()
+        );
         let jobs = store.jobs().await.unwrap();
         assert_eq!(jobs[0].state, JobState::Succeeded);
         assert_eq!(
@@ -434,8 +485,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let second = store.claim_job("alive", short, 2).await.unwrap().unwrap();
         assert_eq!((first.id, first.attempt, second.attempt), (second.id, 1, 2));
-        assert!(
-            !store.renew_lease(first.id, "dead", short).await.unwrap(),
+        assert_eq!(
+            store.renew_lease(first.id, "dead", short).await.unwrap(),
+            Lease::Lost,
             "the dead worker lost its lease"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -448,6 +500,89 @@ mod tests {
                 .as_deref()
                 .unwrap()
                 .contains("started 2 times")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_concurrency_group_runs_one_job_at_a_time_and_can_cancel_the_rest() {
+        let (_dir, store) = store().await;
+        let lease = Duration::from_secs(60);
+        let grouped = |trigger: &str, cancel: bool| NewJob {
+            concurrency_group: Some("pr-1".into()),
+            cancel_in_progress: cancel,
+            ..job(trigger)
+        };
+        let Inserted::New(d1) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+            panic!()
+        };
+        store
+            .record_match(d1, &[grouped("one", false), job("free")])
+            .await
+            .unwrap();
+        let Inserted::New(d2) = store.insert_delivery(&delivery("b")).await.unwrap() else {
+            panic!()
+        };
+        store
+            .record_match(d2, &[grouped("two", false)])
+            .await
+            .unwrap();
+
+        let one = store.claim_job("w1", lease, 3).await.unwrap().unwrap();
+        let free = store.claim_job("w2", lease, 3).await.unwrap().unwrap();
+        assert_eq!(
+            (one.trigger.as_str(), free.trigger.as_str()),
+            ("one", "free")
+        );
+        assert!(
+            store.claim_job("w3", lease, 3).await.unwrap().is_none(),
+            "`two` waits for `one`"
+        );
+        store
+            .finish_job(one.id, "w1", Ending::Succeeded)
+            .await
+            .unwrap();
+        let two = store.claim_job("w3", lease, 3).await.unwrap().unwrap();
+        assert_eq!(two.trigger, "two");
+
+        // A job that cancels in progress: the queued one is cancelled, the running one asked to stop.
+        let Inserted::New(d3) = store.insert_delivery(&delivery("c")).await.unwrap() else {
+            panic!()
+        };
+        store
+            .record_match(d3, &[grouped("three", false)])
+            .await
+            .unwrap();
+        let Inserted::New(d4) = store.insert_delivery(&delivery("d")).await.unwrap() else {
+            panic!()
+        };
+        store
+            .record_match(d4, &[grouped("four", true)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.renew_lease(two.id, "w3", lease).await.unwrap(),
+            Lease::CancelRequested
+        );
+        store
+            .finish_job(two.id, "w3", Ending::Cancelled("replaced"))
+            .await
+            .unwrap();
+        let four = store.claim_job("w1", lease, 3).await.unwrap().unwrap();
+        assert_eq!(four.trigger, "four");
+        let states: Vec<(String, JobState)> = store
+            .jobs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| (j.trigger, j.state))
+            .collect();
+        assert!(
+            states.contains(&("three".into(), JobState::Cancelled)),
+            "{states:?}"
+        );
+        assert!(
+            states.contains(&("two".into(), JobState::Cancelled)),
+            "{states:?}"
         );
     }
 

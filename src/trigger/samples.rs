@@ -242,7 +242,8 @@ pub const SAMPLES: &[(&str, &str, &str)] = &[
 
 /// The samples, parsed once.
 pub fn parsed() -> &'static [(&'static str, &'static str, crate::source::event::Event)] {
-    static PARSED: std::sync::OnceLock<Vec<(&str, &str, crate::source::event::Event)>> = std::sync::OnceLock::new();
+    static PARSED: std::sync::OnceLock<Vec<(&str, &str, crate::source::event::Event)>> =
+        std::sync::OnceLock::new();
     PARSED.get_or_init(|| {
         SAMPLES
             .iter()

@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 
 const OPERATIONS: &str = include_str!("../fixtures/openapi/operations.json");
 const EXAMPLES: &str = include_str!("../fixtures/openapi/response_examples.json");
+/// Operations nightshift calls that the shared trim left out, extracted from the same OpenAPI description
+/// by tests/fixtures/openapi/extract_extra.py.
+const EXTRA: &str = include_str!("../fixtures/openapi/extra_operations.json");
 
 #[derive(Clone, Debug)]
 pub struct Comment {
@@ -44,10 +47,21 @@ pub enum ExpectedAuth {
     App { app_id: u64 },
 }
 
+/// Something created with a POST the fake keeps as it came: a review, an issue, a check run.
+#[derive(Clone, Debug)]
+pub struct Created {
+    pub operation: String,
+    pub repo: String,
+    pub body: Value,
+}
+
 #[derive(Default)]
 struct FakeState {
     comments: Vec<Comment>,
     pulls: Vec<Pull>,
+    created: Vec<Created>,
+    /// Files of each pull request (repo, number), for pulls/list-files.
+    pull_files: HashMap<(String, u64), Vec<String>>,
     installation_tokens: Vec<String>,
     unexpected: Vec<String>,
     calls: Vec<String>,
@@ -79,10 +93,12 @@ pub struct FakeGitHub {
 impl FakeGitHub {
     pub async fn start(auth: ExpectedAuth) -> FakeGitHub {
         let spec: Value = serde_json::from_str(OPERATIONS).unwrap();
+        let extra: Value = serde_json::from_str(EXTRA).unwrap();
         let operations = spec["operations"]
             .as_object()
             .unwrap()
             .iter()
+            .chain(extra["operations"].as_object().unwrap().iter())
             .map(|(id, op)| Operation {
                 id: id.clone(),
                 method: op["method"].as_str().unwrap().parse().unwrap(),
@@ -102,7 +118,10 @@ impl FakeGitHub {
                     .unwrap_or_default(),
             })
             .collect();
-        let examples: Value = serde_json::from_str(EXAMPLES).unwrap();
+        let mut examples: Value = serde_json::from_str(EXAMPLES).unwrap();
+        for (name, example) in extra["examples"].as_object().unwrap() {
+            examples["examples"][name] = example.clone();
+        }
         let inner = Arc::new(Inner {
             state: Mutex::new(FakeState {
                 next_id: 100,
@@ -128,6 +147,22 @@ impl FakeGitHub {
 
     pub fn pulls(&self) -> Vec<Pull> {
         self.inner.state.lock().unwrap().pulls.clone()
+    }
+
+    /// Reviews, issues and check runs created, as (operation id, repo, request body).
+    pub fn created(&self) -> Vec<Created> {
+        self.inner.state.lock().unwrap().created.clone()
+    }
+
+    /// Sets the files a pull request changes.
+    pub fn set_pull_files(&self, repo: &str, number: u64, files: &[&str]) {
+        let files = files.iter().map(|f| f.to_string()).collect();
+        self.inner
+            .state
+            .lock()
+            .unwrap()
+            .pull_files
+            .insert((repo.to_owned(), number), files);
     }
 
     pub fn unexpected(&self) -> Vec<String> {
@@ -451,6 +486,62 @@ async fn handle(
                 axum::Json(inner.pull_json(&pull, "pull-request")),
             )
                 .into_response()
+        }
+        "pulls/create-review" | "issues/create" | "checks/create" => {
+            let (example, status) = match op.id.as_str() {
+                "pulls/create-review" => ("pull-request-review", StatusCode::OK),
+                "issues/create" => ("issue", StatusCode::CREATED),
+                _ => ("check-run", StatusCode::CREATED),
+            };
+            let mut v = inner.example(example);
+            rewrite_urls(&mut v, "octocat/Hello-World", &repo());
+            let n = {
+                let mut state = inner.state.lock().unwrap();
+                state.created.push(Created {
+                    operation: op.id.clone(),
+                    repo: repo(),
+                    body: body.clone(),
+                });
+                state.next_id += 1;
+                state.next_id
+            };
+            v["id"] = json!(n);
+            if op.id == "issues/create" {
+                v["number"] = json!(n);
+                v["title"] = body["title"].clone();
+                v["html_url"] = json!(format!("https://github.com/{}/issues/{n}", repo()));
+            }
+            (status, axum::Json(v)).into_response()
+        }
+        "pulls/list-files" => {
+            let number: u64 = params["pull_number"].parse().unwrap();
+            let page: usize = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("page="))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(1);
+            let files = inner
+                .state
+                .lock()
+                .unwrap()
+                .pull_files
+                .get(&(repo(), number))
+                .cloned()
+                .unwrap_or_default();
+            let template = inner.example("diff-entry-items")[0].clone();
+            let entries: Vec<Value> = files
+                .iter()
+                .skip((page - 1) * 100)
+                .take(100)
+                .map(|f| {
+                    let mut entry = template.clone();
+                    entry["filename"] = json!(f);
+                    entry
+                })
+                .collect();
+            axum::Json(Value::Array(entries)).into_response()
         }
         other => {
             unexpected(format!(

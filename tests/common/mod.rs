@@ -310,9 +310,12 @@ impl Spine {
         for _ in 0..600 {
             let jobs = self.jobs().await;
             if jobs.len() == n
-                && jobs
-                    .iter()
-                    .all(|j| matches!(j.state, JobState::Succeeded | JobState::Failed))
+                && jobs.iter().all(|j| {
+                    matches!(
+                        j.state,
+                        JobState::Succeeded | JobState::Failed | JobState::Cancelled
+                    )
+                })
             {
                 return jobs;
             }

@@ -1,0 +1,211 @@
+//! Outputs beyond comments and pull requests (review, issue, check run), pull request path filters with the
+//! changed files from the API, and concurrency groups, end to end through the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Auth, Spine, git};
+use nightshift::store::JobState;
+use serde_json::Value;
+
+fn with_head(spine: &Spine, path: &str) -> (Vec<u8>, String) {
+    let head = git(&spine.remote, &["rev-parse", "main"]);
+    let mut v: Value = serde_json::from_slice(&spine.payload(path)).unwrap();
+    v["pull_request"]["head"]["sha"] = head.clone().into();
+    v["pull_request"]["base"]["ref"] = "main".into();
+    (serde_json::to_vec(&v).unwrap(), head)
+}
+
+#[tokio::test]
+async fn a_review_output_posts_a_pull_request_review_at_the_head_commit() {
+    let review = (
+        "review.yml",
+        "on: pull_request\nagent: reply\nprompt: review it\noutput: review\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[review]).await;
+    spine.start().await;
+    let (body, head) = with_head(&spine, "pull_request/opened.json");
+    assert_eq!(spine.deliver("pull_request", "r-1", &body).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let created = spine.github.created();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].operation, "pulls/create-review");
+    assert_eq!(created[0].body["event"], "COMMENT");
+    assert_eq!(created[0].body["commit_id"], head.as_str());
+    assert!(
+        created[0].body["body"]
+            .as_str()
+            .unwrap()
+            .contains("review it")
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn an_issue_output_opens_an_issue_with_its_title_and_labels() {
+    let report = (
+        "report.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: summarise\noutput:\n  type: issue\n  title: 'Follow-up to #{{ event.issue.number }}'\n  labels: [triage]\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[report]).await;
+    spine.start().await;
+    assert_eq!(
+        spine
+            .deliver("issues", "i-1", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let created = spine.github.created();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].operation, "issues/create");
+    assert_eq!(created[0].body["title"], "Follow-up to #1");
+    assert_eq!(created[0].body["labels"], serde_json::json!(["triage"]));
+    assert!(
+        created[0].body["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("From #1.\n\nAgent reply for")
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_check_run_output_reports_on_the_pushed_commit() {
+    let check = (
+        "audit.yml",
+        "on:\n  push:\n    branches: [main]\nagent: reply\nprompt: audit\noutput:\n  type: check_run\n  name: nightshift audit\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[check]).await;
+    spine.start().await;
+    let head = git(&spine.remote, &["rev-parse", "main"]);
+    let mut v: Value = serde_json::from_slice(&spine.payload("push/with-new-branch.json")).unwrap();
+    v["ref"] = "refs/heads/main".into();
+    v["after"] = head.clone().into();
+    v["deleted"] = false.into();
+    assert_eq!(
+        spine
+            .deliver("push", "p-1", &serde_json::to_vec(&v).unwrap())
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let created = spine.github.created();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].operation, "checks/create");
+    assert_eq!(created[0].body["name"], "nightshift audit");
+    assert_eq!(created[0].body["head_sha"], head.as_str());
+    assert_eq!(created[0].body["conclusion"], "success");
+    assert!(
+        created[0].body["output"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("audit")
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn pull_request_path_filters_use_the_changed_files_from_the_api() {
+    let src = (
+        "src-review.yml",
+        "on:\n  pull_request:\n    paths: ['src/**']\nagent: reply\nprompt: x\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[src]).await;
+    spine.start().await;
+    spine
+        .github
+        .set_pull_files("Codertocat/Hello-World", 2, &["docs/a.md", "README.md"]);
+    let (body, _) = with_head(&spine, "pull_request/opened.json");
+    assert_eq!(spine.deliver("pull_request", "docs-only", &body).await, 202);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        spine.jobs().await.is_empty(),
+        "a docs-only pull request does not match src/**"
+    );
+
+    spine
+        .github
+        .set_pull_files("Codertocat/Hello-World", 2, &["docs/a.md", "src/lib.rs"]);
+    assert_eq!(spine.deliver("pull_request", "with-src", &body).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].delivery_id.0, "with-src");
+    assert!(
+        spine
+            .github
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("GET /repos/Codertocat/Hello-World/pulls/2/files"))
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+async fn wait_for(path: &std::path::Path) {
+    for _ in 0..400 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+#[tokio::test]
+async fn a_concurrency_group_runs_its_jobs_one_after_another() {
+    let serial = (
+        "serial.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: x\nconcurrency:\n  group: 'issue-{{ event.issue.number }}'\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[serial]).await;
+    spine.start().await;
+    let body = spine.payload("issues/opened.json");
+    assert_eq!(spine.deliver("issues", "c-1", &body).await, 202);
+    wait_for(&spine.gate.join("started-1")).await;
+    assert_eq!(spine.deliver("issues", "c-2", &body).await, 202);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !spine.gate.join("started-2").exists(),
+        "the second job waits for the first"
+    );
+    std::fs::write(spine.gate.join("release"), "").unwrap();
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{jobs:?}"
+    );
+    assert_eq!(spine.github.comments().len(), 2);
+}
+
+#[tokio::test]
+async fn cancel_in_progress_stops_the_running_job_of_the_group() {
+    let latest = (
+        "latest.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: x\nconcurrency:\n  group: 'issue-{{ event.issue.number }}'\n  cancel_in_progress: true\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[latest]).await;
+    spine.start().await;
+    let body = spine.payload("issues/opened.json");
+    assert_eq!(spine.deliver("issues", "old", &body).await, 202);
+    wait_for(&spine.gate.join("started-1")).await;
+    assert_eq!(spine.deliver("issues", "new", &body).await, 202);
+    // The old job is stopped at its next heartbeat; the new one starts once it has.
+    wait_for(&spine.gate.join("started-2")).await;
+    std::fs::write(spine.gate.join("release"), "").unwrap();
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert_eq!(
+        (jobs[0].state, jobs[1].state),
+        (JobState::Cancelled, JobState::Succeeded),
+        "{jobs:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !spine.gate.join("finished-1").exists(),
+        "the cancelled agent was killed, not left running"
+    );
+    assert!(spine.gate.join("finished-2").exists());
+    assert_eq!(spine.github.comments().len(), 1);
+}
