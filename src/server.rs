@@ -46,6 +46,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
     });
 
     tokio::spawn(dispatch::run(pipeline.clone()));
+    tokio::spawn(crate::source::schedule::run(pipeline.clone()));
     let instance = format!("{}-{}", hostname(), std::process::id());
     for n in 0..pipeline.config.workers {
         tokio::spawn(worker::run(pipeline.clone(), format!("{instance}-w{n}")));

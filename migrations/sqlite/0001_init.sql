@@ -53,3 +53,21 @@ CREATE TABLE outputs (
     created_at INTEGER NOT NULL,
     UNIQUE (job_id, key)
 );
+
+-- Repositories nightshift has seen in deliveries: where to clone them and which installation acts on them.
+-- Scheduled jobs, which have no delivery of their own, read them from here.
+CREATE TABLE repositories (
+    full_name       TEXT    PRIMARY KEY,
+    installation_id INTEGER,
+    clone_url       TEXT    NOT NULL,
+    default_branch  TEXT    NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+
+-- The last tick of each schedule that was turned into a delivery, per repository.
+CREATE TABLE schedule_ticks (
+    schedule   TEXT    NOT NULL,   -- "cron@timezone"
+    repo       TEXT    NOT NULL,
+    last_tick  INTEGER NOT NULL,   -- unix ms
+    PRIMARY KEY (schedule, repo)
+);

@@ -20,6 +20,8 @@ pub struct Workspaces {
 pub struct Worktree {
     pub path: PathBuf,
     pub commit: String,
+    /// The repository's default branch, as the mirror's HEAD names it.
+    pub default_branch: String,
     mirror: PathBuf,
     /// The repository's lock: git's worktree bookkeeping in the mirror is not safe to change concurrently
     /// (removing the last worktree deletes the folder another `worktree add` is writing into).
@@ -28,7 +30,8 @@ pub struct Worktree {
 
 /// Which commit a job works on.
 pub enum Checkout<'a> {
-    /// A branch of the repository (the default branch for issue events).
+    /// A branch of the repository (the default branch for issue events); empty for the default branch
+    /// whatever its name.
     Branch(&'a str),
     /// An exact commit (a pull request's head).
     Commit(&'a str),
@@ -103,7 +106,11 @@ impl Workspaces {
         let commit = match checkout {
             Checkout::Commit(sha) => sha.to_owned(),
             Checkout::Branch(branch) => {
-                let rev = format!("refs/heads/{branch}^{{commit}}");
+                let rev = if branch.is_empty() {
+                    "HEAD^{commit}".to_owned()
+                } else {
+                    format!("refs/heads/{branch}^{{commit}}")
+                };
                 git(&mirror, &["rev-parse", "--verify", &rev], &GitAuth::none())
                     .await
                     .with_context(|| format!("{repo} has no branch `{branch}`"))?
@@ -138,10 +145,19 @@ impl Workspaces {
         )
         .await
         .with_context(|| format!("checking out {commit} of {repo}"))?;
+        let default_branch = git(
+            &mirror,
+            &["symbolic-ref", "--short", "HEAD"],
+            &GitAuth::none(),
+        )
+        .await
+        .map(|b| b.trim().to_owned())
+        .unwrap_or_default();
         drop(guard);
         Ok(Worktree {
             path,
             commit,
+            default_branch,
             mirror,
             lock,
         })

@@ -9,7 +9,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Pipeline;
 use crate::github::with_retry;
 use crate::source::event::Event;
-use crate::store::{NewJob, StoredDelivery};
+use crate::store::{KnownRepo, NewJob, StoredDelivery};
 use crate::trigger::{MAX_CHANGED_FILES, MatchInput};
 
 /// How often stored-but-unmatched deliveries are looked for without a wake-up (after a crash, or when
@@ -100,6 +100,16 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
         Ok(event) => {
             if let Some(r) = &event.repository {
                 tracing::Span::current().record("repo", tracing::field::display(&r.full_name));
+                if event.name != "schedule" {
+                    // What scheduled jobs, which have no delivery of their own, need to know.
+                    let known = KnownRepo {
+                        full_name: r.full_name.to_string(),
+                        installation_id: event.installation.map(|i| i.0 as i64),
+                        clone_url: r.clone_url.clone(),
+                        default_branch: r.default_branch.clone(),
+                    };
+                    pipeline.store.upsert_repository(&known).await?;
+                }
             }
             let input = match_input(pipeline, &event).await;
             pipeline

@@ -165,6 +165,10 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob) -> Result<()> {
     )
     .await;
 
+    let mut spec = spec;
+    if spec.default_branch.is_empty() {
+        spec.default_branch = worktree.default_branch.clone();
+    }
     let result = run_in_worktree(pipeline, job, &spec, profile, &worktree, client.as_ref()).await;
     if let Err(e) = worktree.remove().await {
         warn!("removing the worktree failed: {e:#}");

@@ -22,6 +22,8 @@ pub struct Event {
     pub push: Option<Push>,
     /// The run or suite of `check_run`, `check_suite` and `workflow_run` events.
     pub run: Option<Run>,
+    /// For a `schedule` event: the cron that ticked and its time zone.
+    pub schedule: Option<(String, String)>,
     /// The whole payload, for templates (`event.*`) and `$NIGHTSHIFT_EVENT_PATH`.
     pub payload: std::sync::Arc<serde_json::Value>,
 }
@@ -108,6 +110,8 @@ struct Raw {
     check_run: Option<RawRun>,
     check_suite: Option<RawRun>,
     workflow_run: Option<RawRun>,
+    schedule: Option<String>,
+    timezone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -223,7 +227,9 @@ impl Event {
                 clone_url: r
                     .clone_url
                     .unwrap_or_else(|| format!("https://github.com/{full_name}.git")),
-                default_branch: r.default_branch.unwrap_or_else(|| "main".to_owned()),
+                // Empty when the payload does not say (a scheduled tick for a repository not seen yet): the
+                // mirror's HEAD names it then.
+                default_branch: r.default_branch.unwrap_or_default(),
                 full_name,
             })
         });
@@ -300,6 +306,12 @@ impl Event {
             label: raw.label.map(|l| l.name),
             push,
             run,
+            schedule: match (name, raw.schedule) {
+                ("schedule", Some(cron)) => {
+                    Some((cron, raw.timezone.unwrap_or_else(|| "UTC".to_owned())))
+                }
+                _ => None,
+            },
             payload: std::sync::Arc::new(payload),
         })
     }

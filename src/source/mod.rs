@@ -1,4 +1,5 @@
 //! Event sources. Today: GitHub webhooks ([`webhook`]), parsed at the edge into [`event::Event`].
 
 pub mod event;
+pub mod schedule;
 pub mod webhook;

@@ -167,6 +167,15 @@ pub struct Output {
     pub url: Option<String>,
 }
 
+/// A repository nightshift knows from its deliveries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownRepo {
+    pub full_name: String,
+    pub installation_id: Option<i64>,
+    pub clone_url: String,
+    pub default_branch: String,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a delivery and commits it. A repeated delivery id stores nothing and says so.
@@ -207,6 +216,17 @@ pub trait Store: Send + Sync + 'static {
     async fn record_output(&self, job: JobId, output: &Output) -> Result<()>;
 
     async fn jobs(&self) -> Result<Vec<JobRecord>>;
+
+    /// Records (or refreshes) what a delivery said about its repository.
+    async fn upsert_repository(&self, repo: &KnownRepo) -> Result<()>;
+
+    async fn repositories(&self) -> Result<Vec<KnownRepo>>;
+
+    /// When `schedule` last ticked for `repo`.
+    async fn last_tick(&self, schedule: &str, repo: &str) -> Result<Option<i64>>;
+
+    /// Records a tick; only ever moves forward.
+    async fn set_last_tick(&self, schedule: &str, repo: &str, tick: i64) -> Result<()>;
 
     async fn delivery_count(&self) -> Result<u64>;
 }

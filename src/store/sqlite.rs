@@ -357,6 +357,67 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn upsert_repository(&self, repo: &KnownRepo) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO repositories (full_name, installation_id, clone_url, default_branch, updated_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (full_name) DO UPDATE SET
+                installation_id = COALESCE(excluded.installation_id, repositories.installation_id),
+                clone_url = excluded.clone_url, default_branch = excluded.default_branch,
+                updated_at = excluded.updated_at",
+        )
+        .bind(&repo.full_name)
+        .bind(repo.installation_id)
+        .bind(&repo.clone_url)
+        .bind(&repo.default_branch)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn repositories(&self) -> Result<Vec<KnownRepo>> {
+        let rows = sqlx::query(
+            "SELECT full_name, installation_id, clone_url, default_branch FROM repositories ORDER BY full_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(KnownRepo {
+                    full_name: row.try_get("full_name")?,
+                    installation_id: row.try_get("installation_id")?,
+                    clone_url: row.try_get("clone_url")?,
+                    default_branch: row.try_get("default_branch")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_tick(&self, schedule: &str, repo: &str) -> Result<Option<i64>> {
+        let row =
+            sqlx::query("SELECT last_tick FROM schedule_ticks WHERE schedule = ? AND repo = ?")
+                .bind(schedule)
+                .bind(repo)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.try_get("last_tick").map_err(Into::into))
+            .transpose()
+    }
+
+    async fn set_last_tick(&self, schedule: &str, repo: &str, tick: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES (?, ?, ?)
+             ON CONFLICT (schedule, repo) DO UPDATE SET last_tick = MAX(last_tick, excluded.last_tick)",
+        )
+        .bind(schedule)
+        .bind(repo)
+        .bind(tick)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn delivery_count(&self) -> Result<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM deliveries")
             .fetch_one(&self.pool)

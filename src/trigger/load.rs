@@ -541,7 +541,14 @@ fn check_against_samples(
         name: "/command".into(),
         args: "arguments".into(),
     };
-    for (kind, filter) in &trigger.events {
+    let scheduled =
+        (!trigger.schedules.is_empty()).then(|| (EventKind::Schedule, super::Filter::default()));
+    for (kind, filter) in trigger
+        .events
+        .iter()
+        .map(|(k, f)| (*k, f.clone()))
+        .chain(scheduled)
+    {
         // Octokit's examples are real but not always complete, so a template is wrong for an event only when
         // it fails on every sample of the types the trigger fires on.
         let mut first_failure = None;

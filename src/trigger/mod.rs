@@ -255,6 +255,9 @@ impl TriggerSet {
                 event.name
             ));
         };
+        if kind == EventKind::Schedule {
+            return check_schedule(trigger, event);
+        }
         let Some(filter) = trigger.events.get(&kind) else {
             return skip(format!("it does not trigger on `{}`", event.name));
         };
@@ -379,6 +382,30 @@ impl TriggerSet {
         Ok(JobSpec::new(
             trigger, event, repository, prompt, title, group,
         ))
+    }
+}
+
+/// A scheduled tick fires the triggers that have that schedule and list the repository.
+fn check_schedule(trigger: &Trigger, event: &Event) -> Result<Option<template::Command>, Skip> {
+    let Some((cron, timezone)) = &event.schedule else {
+        return Err(Skip("the schedule event names no cron".to_owned()));
+    };
+    if !trigger
+        .schedules
+        .iter()
+        .any(|s| &s.cron == cron && &s.timezone == timezone)
+    {
+        return Err(Skip(format!("it has no schedule `{cron}` ({timezone})")));
+    }
+    let Some(repository) = &event.repository else {
+        return Err(Skip("the event has no repository".to_owned()));
+    };
+    match &trigger.repos {
+        Some(repos) if repos.matches(&repository.full_name.to_string().to_lowercase()) => Ok(None),
+        _ => Err(Skip(format!(
+            "repository {} is not in its repos",
+            repository.full_name
+        ))),
     }
 }
 

@@ -240,18 +240,32 @@ pub const SAMPLES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The samples, parsed once.
+/// The repository of the synthetic `schedule` sample.
+static SCHEDULE_REPO: std::sync::LazyLock<crate::store::KnownRepo> =
+    std::sync::LazyLock::new(|| crate::store::KnownRepo {
+        full_name: "octo-org/octo-repo".to_owned(),
+        installation_id: Some(1),
+        clone_url: "https://github.com/octo-org/octo-repo.git".to_owned(),
+        default_branch: "main".to_owned(),
+    });
+
+/// The samples (and a scheduled tick, which GitHub does not send), parsed once.
 pub fn parsed() -> &'static [(&'static str, &'static str, crate::source::event::Event)] {
     static PARSED: std::sync::OnceLock<Vec<(&str, &str, crate::source::event::Event)>> =
         std::sync::OnceLock::new();
     PARSED.get_or_init(|| {
-        SAMPLES
+        let mut parsed: Vec<_> = SAMPLES
             .iter()
             .filter_map(|(event, action, payload)| {
                 crate::source::event::Event::parse(event, payload.as_bytes())
                     .ok()
                     .map(|parsed| (*event, *action, parsed))
             })
-            .collect()
+            .collect();
+        let tick = crate::source::schedule::payload("0 3 * * 1-5", "UTC", &SCHEDULE_REPO, Some(1));
+        if let Ok(event) = crate::source::event::Event::from_value("schedule", tick) {
+            parsed.push(("schedule", "", event));
+        }
+        parsed
     })
 }
