@@ -36,7 +36,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
     let address = listener.local_addr()?;
     let pipeline = Arc::new(Pipeline {
         workspaces: Workspaces::new(&config.data_dir),
-        triggers: Arc::new(triggers),
+        triggers: std::sync::RwLock::new(Arc::new(triggers)),
         store,
         github,
         deliveries_waiting: Notify::new(),
@@ -47,6 +47,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
 
     tokio::spawn(dispatch::run(pipeline.clone()));
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
+    tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));
     let instance = format!("{}-{}", hostname(), std::process::id());
     for n in 0..pipeline.config.workers {
         tokio::spawn(worker::run(pipeline.clone(), format!("{instance}-w{n}")));
@@ -60,7 +61,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         .route("/healthz", get(|| async { "ok" }));
     info!(
         %address,
-        triggers = pipeline.triggers.triggers().len(),
+        triggers = pipeline.triggers().triggers().len(),
         workers = pipeline.config.workers,
         store = %pipeline.config.store,
         startup_ms = started.elapsed().as_millis() as u64,

@@ -52,7 +52,7 @@ async fn match_input(pipeline: &Pipeline, event: &Event) -> MatchInput {
         bot_login: pipeline.config.github.bot_login.clone(),
         changed_files: None,
     };
-    if pipeline.triggers.needs_changed_files(event) {
+    if pipeline.triggers().needs_changed_files(event) {
         match changed_files(pipeline, event).await {
             Ok(files) => input.changed_files = Some(files),
             Err(e) => warn!(
@@ -112,8 +112,8 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                 }
             }
             let input = match_input(pipeline, &event).await;
-            pipeline
-                .triggers
+            let triggers = pipeline.triggers();
+            triggers
                 .fired(&event, &input)
                 .into_iter()
                 .map(|(trigger, job)| {

@@ -117,6 +117,20 @@ impl JobSpec {
     }
 }
 
+impl Pipeline {
+    /// The triggers in force now.
+    pub fn triggers(&self) -> Arc<TriggerSet> {
+        self.triggers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_triggers(&self, triggers: TriggerSet) {
+        *self.triggers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(triggers);
+    }
+}
+
 /// Reads a variable of the service's environment.
 pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
@@ -124,7 +138,8 @@ pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 pub struct Pipeline {
     pub config: Config,
     pub store: Arc<dyn Store>,
-    pub triggers: Arc<TriggerSet>,
+    /// The triggers in force; replaced whole when trigger files change.
+    pub triggers: std::sync::RwLock<Arc<TriggerSet>>,
     pub github: Arc<GitHub>,
     pub workspaces: Workspaces,
     /// Rung when a delivery is stored.

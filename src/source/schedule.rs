@@ -70,7 +70,8 @@ pub async fn tick(pipeline: &Pipeline, now: Timestamp) -> Result<Option<Timestam
         .collect();
     let mut next: Option<Timestamp> = None;
     let mut stored = false;
-    for trigger in pipeline.triggers.triggers() {
+    let triggers = pipeline.triggers();
+    for trigger in triggers.triggers() {
         if trigger.schedules.is_empty() {
             continue;
         }
