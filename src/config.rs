@@ -33,6 +33,8 @@ struct ConfigFile {
     job_lease: Option<Duration>,
     /// How many times a job is started before it is given up (a crash mid-job counts as a start).
     max_attempts: Option<u32>,
+    /// Whether repositories' own triggers (`.nightshift/triggers/*.yml` on their default branch) apply.
+    repo_triggers: Option<bool>,
     /// GitHub connection and credentials.
     #[serde(default)]
     github: GithubFile,
@@ -157,6 +159,7 @@ pub struct Config {
     pub workers: usize,
     pub job_lease: Duration,
     pub max_attempts: u32,
+    pub repo_triggers: bool,
     pub github: GithubConfig,
     pub agents: BTreeMap<String, AgentProfile>,
 }
@@ -379,6 +382,7 @@ fn resolve(
             .max_attempts
             .unwrap_or_else(default_max_attempts)
             .max(1),
+        repo_triggers: file.repo_triggers.unwrap_or(true),
         github: GithubConfig {
             api_url,
             bot_login: github_bot_login,

@@ -37,6 +37,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
     let pipeline = Arc::new(Pipeline {
         workspaces: Workspaces::new(&config.data_dir),
         triggers: std::sync::RwLock::new(Arc::new(triggers)),
+        repo_triggers: Default::default(),
         store,
         github,
         deliveries_waiting: Notify::new(),

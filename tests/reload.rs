@@ -67,3 +67,122 @@ async fn edited_trigger_files_are_reloaded_and_broken_ones_keep_their_last_good_
         "the last good version runs"
     );
 }
+
+fn commit_file(spine: &Spine, branch: &str, path: &str, text: &str) -> String {
+    let seed = spine.dir.path().join("seed");
+    common::git(
+        &seed,
+        &[
+            "checkout",
+            "--quiet",
+            "-B",
+            branch,
+            &format!("origin/{branch}"),
+        ],
+    )
+    .to_string();
+    let file = seed.join(path);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, text).unwrap();
+    common::git(&seed, &["add", "."]);
+    common::git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "--quiet",
+            "-m",
+            path,
+        ],
+    );
+    common::git(
+        &seed,
+        &["push", "--quiet", "origin", &format!("HEAD:{branch}")],
+    );
+    common::git(&seed, &["rev-parse", "HEAD"])
+}
+
+#[tokio::test]
+async fn a_repositorys_own_triggers_come_from_its_default_branch_and_follow_pushes_to_it() {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let seed = spine.dir.path().join("seed");
+    common::git(&seed, &["fetch", "--quiet", "origin"]);
+    commit_file(
+        &spine,
+        "main",
+        ".nightshift/triggers/own.yml",
+        &trigger("own-v1"),
+    );
+    // A branch (a pull request's head) that adds a trigger of its own: it must never run.
+    common::git(&seed, &["checkout", "--quiet", "-b", "evil", "main"]);
+    std::fs::write(
+        seed.join(".nightshift/triggers/evil.yml"),
+        "on: pull_request\nagent: reply\nprompt: evil\n",
+    )
+    .unwrap();
+    common::git(&seed, &["add", "."]);
+    common::git(
+        &seed,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "--quiet",
+            "-m",
+            "evil",
+        ],
+    );
+    common::git(&seed, &["push", "--quiet", "origin", "evil"]);
+    let evil_head = common::git(&seed, &["rev-parse", "HEAD"]);
+    common::git(&seed, &["checkout", "--quiet", "main"]);
+    spine.start().await;
+
+    let body = comment_for(&mut spine, "o1", 1).await;
+    assert!(body.contains("own-v1"), "{body}");
+    assert_eq!(spine.jobs().await[0].trigger, "Hello-World.own");
+
+    let mut pr: serde_json::Value =
+        serde_json::from_slice(&spine.payload("pull_request/opened.json")).unwrap();
+    pr["pull_request"]["head"]["sha"] = evil_head.into();
+    pr["pull_request"]["base"]["ref"] = "main".into();
+    assert_eq!(
+        spine
+            .deliver("pull_request", "pr-evil", &serde_json::to_vec(&pr).unwrap())
+            .await,
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        spine.jobs().await.len(),
+        1,
+        "a trigger on a pull request's branch does not run"
+    );
+
+    // A push to the default branch changes the trigger; the next event uses the new version.
+    let head = commit_file(
+        &spine,
+        "main",
+        ".nightshift/triggers/own.yml",
+        &trigger("own-v2"),
+    );
+    let mut push: serde_json::Value =
+        serde_json::from_slice(&spine.payload("push/with-new-branch.json")).unwrap();
+    push["ref"] = "refs/heads/main".into();
+    push["after"] = head.into();
+    push["deleted"] = false.into();
+    assert_eq!(
+        spine
+            .deliver("push", "push-main", &serde_json::to_vec(&push).unwrap())
+            .await,
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let body = comment_for(&mut spine, "o2", 2).await;
+    assert!(body.contains("own-v2"), "{body}");
+    spine.assert_no_unexpected_calls();
+}

@@ -70,39 +70,7 @@ impl Workspaces {
         let path = self.root.join("worktrees").join(format!("job-{job}"));
         let lock = self.lock(repo);
         let guard = lock.lock().await;
-        if mirror.join("HEAD").exists() {
-            git(
-                &mirror,
-                &["fetch", "--prune", "--quiet", clone_url, "+refs/*:refs/*"],
-                auth,
-            )
-            .await
-            .with_context(|| format!("fetching {repo}"))?;
-        } else {
-            let parent = mirror.parent().context("mirror path has no parent")?;
-            tokio::fs::create_dir_all(parent)
-                .await
-                .with_context(|| format!("creating {}", parent.display()))?;
-            let partial = mirror.with_extension("partial");
-            let _ = tokio::fs::remove_dir_all(&partial).await;
-            git(
-                parent,
-                &[
-                    "clone",
-                    "--mirror",
-                    "--quiet",
-                    clone_url,
-                    path_str(&partial)?,
-                ],
-                auth,
-            )
-            .await
-            .with_context(|| format!("cloning {repo}"))?;
-            // Renamed into place only when complete, so a crash mid-clone never leaves a broken mirror.
-            tokio::fs::rename(&partial, &mirror)
-                .await
-                .with_context(|| format!("moving the new mirror into {}", mirror.display()))?;
-        }
+        update_mirror(repo, &mirror, clone_url, auth).await?;
         let commit = match checkout {
             Checkout::Commit(sha) => sha.to_owned(),
             Checkout::Branch(branch) => {
@@ -164,7 +132,110 @@ impl Workspaces {
     }
 }
 
+/// Clones the mirror (into a temporary name, renamed when complete, so a crash mid-clone never leaves a
+/// broken mirror) or fetches into it. The caller holds the repository's lock.
+async fn update_mirror(
+    repo: &RepoName,
+    mirror: &Path,
+    clone_url: &str,
+    auth: &GitAuth,
+) -> Result<()> {
+    if mirror.join("HEAD").exists() {
+        git(
+            mirror,
+            &["fetch", "--prune", "--quiet", clone_url, "+refs/*:refs/*"],
+            auth,
+        )
+        .await
+        .with_context(|| format!("fetching {repo}"))?;
+        return Ok(());
+    }
+    let parent = mirror.parent().context("mirror path has no parent")?;
+    tokio::fs::create_dir_all(parent)
+        .await
+        .with_context(|| format!("creating {}", parent.display()))?;
+    let partial = mirror.with_extension("partial");
+    let _ = tokio::fs::remove_dir_all(&partial).await;
+    git(
+        parent,
+        &[
+            "clone",
+            "--mirror",
+            "--quiet",
+            clone_url,
+            path_str(&partial)?,
+        ],
+        auth,
+    )
+    .await
+    .with_context(|| format!("cloning {repo}"))?;
+    tokio::fs::rename(&partial, mirror)
+        .await
+        .with_context(|| format!("moving the new mirror into {}", mirror.display()))?;
+    Ok(())
+}
+
+/// Files read from one commit of a repository.
+pub struct FilesAt {
+    pub commit: String,
+    /// (path in the repository, contents), sorted by path.
+    pub files: Vec<(String, String)>,
+}
+
 impl Workspaces {
+    /// Brings the mirror up to date and reads the files directly in `dir` (not below) whose names end in
+    /// one of `extensions`, from the tip of `branch` (the mirror's HEAD, the default branch, when empty).
+    /// Never from anything but that branch: a pull request cannot change what this returns.
+    pub async fn read_files(
+        &self,
+        repo: &RepoName,
+        clone_url: &str,
+        branch: &str,
+        dir: &str,
+        extensions: &[&str],
+        auth: &GitAuth,
+    ) -> Result<FilesAt> {
+        let mirror = self.mirror_path(repo);
+        let lock = self.lock(repo);
+        let _guard = lock.lock().await;
+        update_mirror(repo, &mirror, clone_url, auth).await?;
+        let rev = if branch.is_empty() {
+            "HEAD".to_owned()
+        } else {
+            format!("refs/heads/{branch}")
+        };
+        let commit = git(
+            &mirror,
+            &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
+            &GitAuth::none(),
+        )
+        .await
+        .with_context(|| format!("{repo} has no branch `{branch}`"))?
+        .trim()
+        .to_owned();
+        let listing = git(
+            &mirror,
+            &["ls-tree", "--name-only", "-z", &commit, &format!("{dir}/")],
+            &GitAuth::none(),
+        )
+        .await?;
+        let mut files = Vec::new();
+        for path in listing
+            .split('\0')
+            .filter(|p| extensions.iter().any(|e| p.ends_with(e)))
+        {
+            let text = git(
+                &mirror,
+                &["show", &format!("{commit}:{path}")],
+                &GitAuth::none(),
+            )
+            .await?;
+            files.push((path.to_owned(), text));
+        }
+        files.sort();
+        Ok(FilesAt { commit, files })
+    }
+
     /// Removes job `job`'s worktree, if one is left (the job was stopped before it could clean up).
     pub async fn discard(&self, repo: &RepoName, job: JobId) -> Result<()> {
         let path = self.root.join("worktrees").join(format!("job-{job}"));

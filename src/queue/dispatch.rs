@@ -7,10 +7,13 @@ use anyhow::Result;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Pipeline;
+use std::collections::BTreeSet;
+
+use crate::agent::git::GitAuth;
 use crate::github::with_retry;
 use crate::source::event::Event;
 use crate::store::{KnownRepo, NewJob, StoredDelivery};
-use crate::trigger::{MAX_CHANGED_FILES, MatchInput};
+use crate::trigger::{MAX_CHANGED_FILES, MatchInput, TriggerSet};
 
 /// How often stored-but-unmatched deliveries are looked for without a wake-up (after a crash, or when
 /// another process stored them).
@@ -47,12 +50,12 @@ pub async fn drain(pipeline: &Pipeline) -> Result<usize> {
 
 /// What matching needs besides the payload: nightshift's own login, and a pull request's changed files when
 /// a trigger filters on paths (from the API: GitHub puts no file list in pull request payloads).
-async fn match_input(pipeline: &Pipeline, event: &Event) -> MatchInput {
+async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>]) -> MatchInput {
     let mut input = MatchInput {
         bot_login: pipeline.config.github.bot_login.clone(),
         changed_files: None,
     };
-    if pipeline.triggers().needs_changed_files(event) {
+    if sets.iter().any(|set| set.needs_changed_files(event)) {
         match changed_files(pipeline, event).await {
             Ok(files) => input.changed_files = Some(files),
             Err(e) => warn!(
@@ -95,6 +98,36 @@ async fn changed_files(pipeline: &Pipeline, event: &Event) -> Result<Vec<String>
     Ok(files)
 }
 
+/// The repository's own triggers, when the service reads them; a repository whose triggers cannot be read
+/// is matched against the service's triggers alone.
+async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<TriggerSet>> {
+    if !pipeline.config.repo_triggers || event.repository.is_none() || event.name == "schedule" {
+        return None;
+    }
+    let auth = match pipeline.github.has_credentials() {
+        true => match pipeline.github.client(event.installation).await {
+            Ok(client) => GitAuth::token(client.token()),
+            Err(e) => {
+                warn!("reading the repository's own triggers without credentials: {e:#}");
+                GitAuth::none()
+            }
+        },
+        false => GitAuth::none(),
+    };
+    let agents: BTreeSet<String> = pipeline.config.agents.keys().cloned().collect();
+    match pipeline
+        .repo_triggers
+        .for_event(event, &pipeline.workspaces, &auth, &agents)
+        .await
+    {
+        Ok(set) => Some(set),
+        Err(e) => {
+            warn!("the repository's own triggers could not be read: {e:#}");
+            None
+        }
+    }
+}
+
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
     let jobs = match Event::parse(&delivery.event, &delivery.payload) {
         Ok(event) => {
@@ -111,11 +144,13 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                     pipeline.store.upsert_repository(&known).await?;
                 }
             }
-            let input = match_input(pipeline, &event).await;
-            let triggers = pipeline.triggers();
-            triggers
-                .fired(&event, &input)
-                .into_iter()
+            let mut sets = vec![pipeline.triggers()];
+            if let Some(own) = repo_triggers(pipeline, &event).await {
+                sets.push(own);
+            }
+            let input = match_input(pipeline, &event, &sets).await;
+            sets.iter()
+                .flat_map(|set| set.fired(&event, &input))
                 .map(|(trigger, job)| {
                     let repo = event
                         .repository

@@ -138,6 +138,8 @@ pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 pub struct Pipeline {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// Repositories' own triggers, read from their default branches.
+    pub repo_triggers: crate::trigger::repo::RepoTriggers,
     /// The triggers in force; replaced whole when trigger files change.
     pub triggers: std::sync::RwLock<Arc<TriggerSet>>,
     pub github: Arc<GitHub>,

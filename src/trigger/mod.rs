@@ -6,6 +6,7 @@ pub mod load;
 pub mod model;
 pub mod pattern;
 pub mod reload;
+pub mod repo;
 pub mod samples;
 pub mod schedule;
 pub mod template;

@@ -1,0 +1,164 @@
+//! Triggers a repository keeps itself, in `.nightshift/triggers/*.yml` on its default branch. They are read
+//! from the default branch only (never from a pull request's head, so a pull request cannot change what
+//! runs on it), cached per repository, and read again when a push reaches the default branch. They apply to
+//! their own repository only, use the service's agent profiles, and are named `REPO.FILE` (e.g.
+//! `Hello-World.review`) so they never collide with the service's triggers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::TriggerSet;
+use super::load::load_one;
+use super::pattern::{Pattern, PatternList};
+use crate::agent::git::GitAuth;
+use crate::agent::workspace::Workspaces;
+use crate::ids::RepoName;
+use crate::source::event::Event;
+use crate::yaml::Diagnostic;
+
+/// Where a repository keeps its triggers.
+pub const DIR: &str = ".nightshift/triggers";
+
+#[derive(Default)]
+pub struct RepoTriggers {
+    cache: Mutex<HashMap<RepoName, Arc<TriggerSet>>>,
+}
+
+impl RepoTriggers {
+    /// The repository's own triggers for `event`, read (or read again, after a push to the default branch)
+    /// from its default branch.
+    pub async fn for_event(
+        &self,
+        event: &Event,
+        workspaces: &Workspaces,
+        auth: &GitAuth,
+        agents: &BTreeSet<String>,
+    ) -> Result<Arc<TriggerSet>> {
+        let Some(repo) = &event.repository else {
+            return Ok(Arc::new(TriggerSet::new(Vec::new())));
+        };
+        let default_ref = format!("refs/heads/{}", repo.default_branch);
+        let pushed_default = event
+            .push
+            .as_ref()
+            .is_some_and(|p| p.git_ref == default_ref);
+        if !pushed_default && let Some(set) = self.cache.lock().await.get(&repo.full_name) {
+            return Ok(set.clone());
+        }
+        let files = workspaces
+            .read_files(
+                &repo.full_name,
+                &repo.clone_url,
+                &repo.default_branch,
+                DIR,
+                &[".yml", ".yaml"],
+                auth,
+            )
+            .await?;
+        let (set, problems) = parse(&repo.full_name, &files.files, agents);
+        for d in &problems {
+            warn!(repo = %repo.full_name, commit = %files.commit, "{d}");
+        }
+        info!(repo = %repo.full_name, commit = %files.commit, triggers = set.triggers().len(), "repository triggers read");
+        let set = Arc::new(set);
+        self.cache
+            .lock()
+            .await
+            .insert(repo.full_name.clone(), set.clone());
+        Ok(set)
+    }
+}
+
+/// Checks a repository's trigger files: each must be valid, may not schedule (schedules belong to the
+/// service, which knows the repositories) and may not name other repositories.
+pub fn parse(
+    repo: &RepoName,
+    files: &[(String, String)],
+    agents: &BTreeSet<String>,
+) -> (TriggerSet, Vec<Diagnostic>) {
+    let mut triggers = Vec::new();
+    let mut problems = Vec::new();
+    let display_path = |path: &str| Path::new(&repo.to_string()).join(path);
+    for (path, text) in files {
+        let shown = display_path(path);
+        match load_one(&shown, text, Some(agents)) {
+            Err(mut ds) => problems.append(&mut ds),
+            Ok(mut trigger) => {
+                if !trigger.schedules.is_empty() {
+                    problems.push(
+                        Diagnostic::new(
+                            &shown,
+                            1,
+                            1,
+                            "a repository's own triggers cannot have schedules",
+                        )
+                        .with_hint(
+                            "put scheduled triggers in the service's triggers folder, with `repos`",
+                        ),
+                    );
+                    continue;
+                }
+                if trigger.repos.is_some() {
+                    problems.push(
+                        Diagnostic::new(&shown, 1, 1, "a repository's own triggers apply to it alone; remove `repos`")
+                            .with_hint("triggers for several repositories belong in the service's triggers folder"),
+                    );
+                    continue;
+                }
+                let own = Pattern::parse(&literal_pattern(&repo.to_string().to_lowercase()))
+                    .and_then(|p| PatternList::new(vec![p]));
+                trigger.repos = own.ok();
+                trigger.name = format!("{}.{}", repo.name(), trigger.name);
+                triggers.push(trigger);
+            }
+        }
+    }
+    (TriggerSet::new(triggers), problems)
+}
+
+/// A repository name as a literal pattern.
+fn literal_pattern(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| match c {
+            '*' | '?' | '+' | '[' | ']' | '!' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_triggers_are_named_by_their_repository_and_bound_to_it() {
+        let repo = RepoName::parse("acme/api").unwrap();
+        let agents: BTreeSet<String> = ["a".to_owned()].into();
+        let files = vec![
+            (".nightshift/triggers/review.yml".to_owned(), "on: pull_request\nagent: a\nprompt: x\n".to_owned()),
+            (".nightshift/triggers/nightly.yml".to_owned(), "on:\n  schedule:\n    - cron: '0 3 * * *'\nrepos: [acme/api]\nagent: a\nprompt: x\noutput: issue\n".to_owned()),
+            (".nightshift/triggers/other.yml".to_owned(), "on: issues\nrepos: [acme/web]\nagent: a\nprompt: x\n".to_owned()),
+            (".nightshift/triggers/bad.yml".to_owned(), "on: issues\nagent: zzz\nprompt: x\n".to_owned()),
+        ];
+        let (set, problems) = parse(&repo, &files, &agents);
+        assert_eq!(set.triggers().len(), 1);
+        assert_eq!(set.triggers()[0].name, "api.review");
+        assert_eq!(
+            set.triggers()[0].repos.as_ref().unwrap().literals(),
+            Some(vec!["acme/api".to_owned()])
+        );
+        let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert!(messages[0].starts_with("acme/api/.nightshift/triggers/nightly.yml:1:1: error: a repository's own triggers cannot have schedules"));
+        assert!(messages[1].contains("apply to it alone"));
+        assert!(
+            messages[2]
+                .starts_with("acme/api/.nightshift/triggers/bad.yml:2:8: error: agent `zzz`")
+        );
+    }
+}
