@@ -30,6 +30,15 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
              (set NIGHTSHIFT_GITHUB_TOKEN, or a GitHub App id and private key)"
         );
     }
+    let mut config = config;
+    if config.github.bot_login.is_none() {
+        match github.app_bot_login().await {
+            Ok(login) => config.github.bot_login = login,
+            Err(e) => warn!(
+                "could not learn the App's login, so only the marker in its comments tells its own events apart: {e:#}"
+            ),
+        }
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -65,6 +74,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         triggers = pipeline.triggers().triggers().len(),
         workers = pipeline.config.workers,
         store = %pipeline.config.store,
+        bot = %pipeline.config.github.bot_login.as_deref().unwrap_or("-"),
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
     );

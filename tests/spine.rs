@@ -532,3 +532,59 @@ async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job
     );
     assert_eq!(spine.github.comments().len(), 1);
 }
+
+#[tokio::test]
+async fn the_apps_own_comments_never_set_off_its_triggers() {
+    let on_comment = (
+        "answer.yml",
+        "on:\n  issue_comment:\n    types: [created]\nagent: reply\nprompt: answer\n",
+    );
+    let mut spine = Spine::new(Auth::App, &[on_comment]).await;
+    spine.start().await;
+    let log = spine.server.as_ref().unwrap().log();
+    assert!(
+        log.contains("bot=nightshift-test[bot]"),
+        "the App's login was learned: {log}"
+    );
+    let mut by_bot: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issue_comment/created.json")).unwrap();
+    by_bot["sender"]["login"] = "nightshift-test[bot]".into();
+    by_bot["sender"]["type"] = "Bot".into();
+    assert_eq!(
+        spine
+            .deliver(
+                "issue_comment",
+                "by-bot",
+                &serde_json::to_vec(&by_bot).unwrap()
+            )
+            .await,
+        202
+    );
+    assert_eq!(
+        spine
+            .deliver(
+                "issue_comment",
+                "by-human",
+                &spine.payload("issue_comment/created.json")
+            )
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].delivery_id.0, "by-human");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(spine.jobs().await.len(), 1);
+    // The answer nightshift posted would come back as an issue_comment event, and not fire either.
+    let mut echo: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issue_comment/created.json")).unwrap();
+    echo["comment"]["body"] = spine.github.comments()[0].body.clone().into();
+    assert_eq!(
+        spine
+            .deliver("issue_comment", "echo", &serde_json::to_vec(&echo).unwrap())
+            .await,
+        202
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(spine.jobs().await.len(), 1);
+    spine.assert_no_unexpected_calls();
+}

@@ -78,6 +78,18 @@ impl GitHub {
         Ok(Arc::new(GitHub { auth }))
     }
 
+    /// nightshift's own login on GitHub when it runs as an App (`SLUG[bot]`), asked of GitHub.
+    pub async fn app_bot_login(&self) -> Result<Option<String>> {
+        let Auth::App { app, .. } = &self.auth else {
+            return Ok(None);
+        };
+        let me: serde_json::Value = with_retry("asking GitHub which App this is", || {
+            app.get("/app", None::<&()>)
+        })
+        .await?;
+        Ok(me["slug"].as_str().map(|slug| format!("{slug}[bot]")))
+    }
+
     /// True when nightshift can deliver results (false: dry run).
     pub fn has_credentials(&self) -> bool {
         !matches!(self.auth, Auth::None)

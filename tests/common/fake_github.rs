@@ -363,9 +363,10 @@ async fn handle(
     // Credentials: the App's JWT for minting installation tokens, a valid token for everything else.
     let presented = bearer(&headers);
     let authorized = match (&inner.auth, op.id.as_str()) {
-        (ExpectedAuth::App { app_id }, "apps/create-installation-access-token") => {
-            presented.as_deref().and_then(jwt_issuer) == Some(app_id.to_string())
-        }
+        (
+            ExpectedAuth::App { app_id },
+            "apps/create-installation-access-token" | "apps/get-authenticated",
+        ) => presented.as_deref().and_then(jwt_issuer) == Some(app_id.to_string()),
         (ExpectedAuth::App { .. }, _) => presented
             .as_ref()
             .is_some_and(|t| inner.state.lock().unwrap().installation_tokens.contains(t)),
@@ -486,6 +487,12 @@ async fn handle(
                 axum::Json(inner.pull_json(&pull, "pull-request")),
             )
                 .into_response()
+        }
+        "apps/get-authenticated" => {
+            let mut v = inner.example("integration");
+            v["slug"] = json!("nightshift-test");
+            v["name"] = json!("nightshift test");
+            axum::Json(v).into_response()
         }
         "pulls/create-review" | "issues/create" | "checks/create" => {
             let (example, status) = match op.id.as_str() {
