@@ -72,4 +72,5 @@ count=$(wc -l < "$work/rest")
 median=$(sed -n "$(( (count + 1) / 2 ))p" "$work/rest")
 p90=$(sed -n "$(( (count * 9 + 9) / 10 ))p" "$work/rest")
 echo "202 -> agent start, first delivery (clones the mirror): $(( first / 1000 )) ms"
+grep -E "WARN|ERROR" "$work/log" | sort | uniq -c | sort -rn | head -5 >&2
 echo "202 -> agent start, next $count deliveries (fetch + worktree): median $(( median / 1000 )) ms, p90 $(( p90 / 1000 )) ms"

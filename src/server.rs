@@ -47,6 +47,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         workspaces: Workspaces::new(&config.data_dir),
         triggers: std::sync::RwLock::new(Arc::new(triggers)),
         repo_triggers: Default::default(),
+        known_repos: Default::default(),
         store,
         github,
         deliveries_waiting: Notify::new(),

@@ -141,7 +141,16 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                         clone_url: r.clone_url.clone(),
                         default_branch: r.default_branch.clone(),
                     };
-                    pipeline.store.upsert_repository(&known).await?;
+                    // Written only when it changed: every store write is an fsync.
+                    let changed = pipeline
+                        .known_repos
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(known.full_name.clone(), known.clone())
+                        .is_none_or(|old| old != known);
+                    if changed {
+                        pipeline.store.upsert_repository(&known).await?;
+                    }
                 }
             }
             let mut sets = vec![pipeline.triggers()];

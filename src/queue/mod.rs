@@ -138,6 +138,8 @@ pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 pub struct Pipeline {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// Repositories as last written to the store, so an unchanged one is not written again.
+    pub known_repos: std::sync::Mutex<std::collections::HashMap<String, crate::store::KnownRepo>>,
     /// Repositories' own triggers, read from their default branches.
     pub repo_triggers: crate::trigger::repo::RepoTriggers,
     /// The triggers in force; replaced whole when trigger files change.

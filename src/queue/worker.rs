@@ -154,22 +154,29 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob) -> Result<()> {
         .workspaces
         .prepare(&spec.repo, &spec.clone_url, checkout, job.id, &auth)
         .await?;
-    note(
-        pipeline,
-        job.id,
-        format!(
-            "worktree ready at {} ({} ms)",
-            worktree.commit,
-            started.elapsed().as_millis()
-        ),
-    )
-    .await;
+    // Said in one write with the agent's start (below): every store write before the agent starts is an
+    // fsync on its way.
+    let ready = format!(
+        "worktree ready at {} ({} ms)",
+        worktree.commit,
+        started.elapsed().as_millis()
+    );
+    info!("{ready}");
 
     let mut spec = spec;
     if spec.default_branch.is_empty() {
         spec.default_branch = worktree.default_branch.clone();
     }
-    let result = run_in_worktree(pipeline, job, &spec, profile, &worktree, client.as_ref()).await;
+    let result = run_in_worktree(
+        pipeline,
+        job,
+        &spec,
+        profile,
+        &worktree,
+        client.as_ref(),
+        ready,
+    )
+    .await;
     if let Err(e) = worktree.remove().await {
         warn!("removing the worktree failed: {e:#}");
     }
@@ -183,6 +190,7 @@ async fn run_in_worktree(
     profile: &crate::config::AgentProfile,
     worktree: &crate::agent::workspace::Worktree,
     client: Option<&crate::github::RepoClient>,
+    ready: String,
 ) -> Result<()> {
     let job_dir = pipeline
         .config
@@ -221,7 +229,15 @@ async fn run_in_worktree(
         }
     });
 
-    note(pipeline, job.id, format!("starting agent `{}`", spec.agent)).await;
+    let starting = format!("starting agent `{}`", spec.agent);
+    info!("{starting}");
+    if let Err(e) = pipeline
+        .store
+        .append_log(job.id, LogStream::Nightshift, &[ready, starting])
+        .await
+    {
+        warn!("writing the job log failed: {e:#}");
+    }
     let started = Instant::now();
     let outcome = command::run(
         profile,

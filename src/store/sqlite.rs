@@ -66,6 +66,9 @@ impl SqliteStore {
     }
 }
 
+// Write transactions start with BEGIN IMMEDIATE: a deferred one that reads first and then writes fails at
+// once with SQLITE_BUSY (no waiting) when another connection wrote in between.
+
 fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
@@ -114,7 +117,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_match(&self, delivery: i64, jobs: &[NewJob]) -> Result<usize> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let mut queued = 0;
         for job in jobs {
@@ -266,7 +269,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_log(&self, job: JobId, stream: LogStream, lines: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         for line in lines {
             sqlx::query("INSERT INTO job_logs (job_id, at, stream, line) VALUES (?, ?, ?, ?)")
@@ -645,6 +648,36 @@ mod tests {
             states.contains(&("two".into(), JobState::Cancelled)),
             "{states:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_wait_for_each_other_instead_of_failing() {
+        let (_dir, store) = store().await;
+        let store = std::sync::Arc::new(store);
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20 {
+                    let id = format!("{t}-{i}");
+                    let Inserted::New(d) = store.insert_delivery(&delivery(&id)).await? else {
+                        anyhow::bail!("duplicate")
+                    };
+                    store.record_match(d, &[job("a"), job("b")]).await?;
+                    if let Some(j) = store.claim_job(&id, Duration::from_secs(60), 3).await? {
+                        store
+                            .append_log(j.id, LogStream::Nightshift, &["x".into()])
+                            .await?;
+                        store.finish_job(j.id, &id, Ending::Succeeded).await?;
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(store.delivery_count().await.unwrap(), 160);
     }
 
     #[tokio::test]
