@@ -68,78 +68,18 @@ async fn edited_trigger_files_are_reloaded_and_broken_ones_keep_their_last_good_
     );
 }
 
-fn commit_file(spine: &Spine, branch: &str, path: &str, text: &str) -> String {
-    let seed = spine.dir.path().join("seed");
-    common::git(
-        &seed,
-        &[
-            "checkout",
-            "--quiet",
-            "-B",
-            branch,
-            &format!("origin/{branch}"),
-        ],
-    )
-    .to_string();
-    let file = seed.join(path);
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, text).unwrap();
-    common::git(&seed, &["add", "."]);
-    common::git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "--quiet",
-            "-m",
-            path,
-        ],
-    );
-    common::git(
-        &seed,
-        &["push", "--quiet", "origin", &format!("HEAD:{branch}")],
-    );
-    common::git(&seed, &["rev-parse", "HEAD"])
-}
-
 #[tokio::test]
 async fn a_repositorys_own_triggers_come_from_its_default_branch_and_follow_pushes_to_it() {
     let mut spine = Spine::new(Auth::Token, &[]).await;
-    let seed = spine.dir.path().join("seed");
-    common::git(&seed, &["fetch", "--quiet", "origin"]);
-    commit_file(
-        &spine,
+    spine.commit(
+        "main",
         "main",
         ".nightshift/triggers/own.yml",
         &trigger("own-v1"),
     );
     // A branch (a pull request's head) that adds a trigger of its own: it must never run.
-    common::git(&seed, &["checkout", "--quiet", "-b", "evil", "main"]);
-    std::fs::write(
-        seed.join(".nightshift/triggers/evil.yml"),
-        "on: pull_request\nagent: reply\nprompt: evil\n",
-    )
-    .unwrap();
-    common::git(&seed, &["add", "."]);
-    common::git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "--quiet",
-            "-m",
-            "evil",
-        ],
-    );
-    common::git(&seed, &["push", "--quiet", "origin", "evil"]);
-    let evil_head = common::git(&seed, &["rev-parse", "HEAD"]);
-    common::git(&seed, &["checkout", "--quiet", "main"]);
+    let evil = "on: pull_request\nagent: reply\nprompt: evil\n";
+    let evil_head = spine.commit("main", "evil", ".nightshift/triggers/evil.yml", evil);
     spine.start().await;
 
     let body = comment_for(&mut spine, "o1", 1).await;
@@ -164,8 +104,8 @@ async fn a_repositorys_own_triggers_come_from_its_default_branch_and_follow_push
     );
 
     // A push to the default branch changes the trigger; the next event uses the new version.
-    let head = commit_file(
-        &spine,
+    let head = spine.commit(
+        "main",
         "main",
         ".nightshift/triggers/own.yml",
         &trigger("own-v2"),

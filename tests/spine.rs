@@ -439,28 +439,12 @@ async fn a_pull_request_job_works_on_the_pull_requests_head_and_respects_branch_
     );
     let mut spine = Spine::new(Auth::Token, &[review]).await;
     // The pull request's head: a commit on a feature branch of the remote.
-    let seed = spine.dir.path().join("seed");
-    git(&seed, &["checkout", "--quiet", "-b", "feature"]);
-    std::fs::write(
-        seed.join("README.md"),
+    let head = spine.commit(
+        "main",
+        "feature",
+        "README.md",
         "# Hello-World\nfrom the feature branch\n",
-    )
-    .unwrap();
-    git(
-        &seed,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "--quiet",
-            "-am",
-            "feature",
-        ],
     );
-    git(&seed, &["push", "--quiet", "origin", "feature"]);
-    let head = git(&seed, &["rev-parse", "HEAD"]);
     spine.start().await;
 
     let payload = |base: &str| {

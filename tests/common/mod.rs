@@ -193,6 +193,44 @@ impl Spine {
         }
     }
 
+    /// Commits `text` as `path` on top of `base` in the remote and pushes it as `branch`; returns the commit.
+    pub fn commit(&self, base: &str, branch: &str, path: &str, text: &str) -> String {
+        let seed = self.dir.path().join("seed");
+        git(&seed, &["fetch", "--quiet", "origin"]);
+        git(
+            &seed,
+            &[
+                "checkout",
+                "--quiet",
+                "-B",
+                branch,
+                &format!("origin/{base}"),
+            ],
+        );
+        let file = seed.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, text).unwrap();
+        git(&seed, &["add", "."]);
+        git(
+            &seed,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                path,
+            ],
+        );
+        git(
+            &seed,
+            &["push", "--quiet", "origin", &format!("HEAD:{branch}")],
+        );
+        git(&seed, &["rev-parse", "HEAD"])
+    }
+
     /// Starts `nightshift serve` and waits until it is ready.
     pub async fn start(&mut self) {
         self.start_with_env(&[]).await;
