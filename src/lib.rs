@@ -12,6 +12,7 @@ pub mod ids;
 pub mod queue;
 pub mod server;
 pub mod sink;
+pub mod skill;
 pub mod source;
 pub mod store;
 pub mod trigger;

@@ -152,20 +152,29 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { paths } => {
-            let paths = if paths.is_empty() {
-                vec![config.triggers.clone()]
+            // With no paths: the configured triggers and skills.
+            let (paths, skills) = if paths.is_empty() {
+                (
+                    vec![config.triggers.clone()],
+                    nightshift::skill::discover(&config.skills, "service"),
+                )
             } else {
-                paths
+                (paths, Default::default())
             };
             let loaded = load::load(&paths, Some(&agents));
-            for d in &loaded.diagnostics {
+            let problems: Vec<_> = loaded.diagnostics.iter().chain(&skills.1).collect();
+            for d in &problems {
                 println!("{d}");
             }
-            if loaded.diagnostics.is_empty() {
-                eprintln!("ok: {} trigger(s)", loaded.triggers.len());
+            if problems.is_empty() {
+                eprintln!(
+                    "ok: {} trigger(s), {} skill(s)",
+                    loaded.triggers.len(),
+                    skills.0.len()
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("{} problem(s) found", loaded.diagnostics.len());
+                eprintln!("{} problem(s) found", problems.len());
                 Ok(ExitCode::from(1))
             }
         }

@@ -64,7 +64,11 @@ triggers/b.yml:3:5: error: unknown field `branchs`, expected one of types, branc
 
     let out = nightshift(dir.path(), &["check", "triggers/good.yml"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("ok: 1 trigger(s)"));
+    assert!(
+        text(&out.stderr).contains("ok: 1 trigger(s)"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -209,3 +209,78 @@ async fn cancel_in_progress_stops_the_running_job_of_the_group() {
     assert!(spine.gate.join("finished-2").exists());
     assert_eq!(spine.github.comments().len(), 1);
 }
+
+#[tokio::test]
+async fn named_skills_reach_the_agent_where_it_looks_and_never_the_pull_request() {
+    let with_skills = (
+        "fix.yml",
+        "on:\n  issues:\n    types: [labeled]\nagent: skills\nskills: [checklist]\nprompt: fix\noutput: pull_request\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[with_skills]).await;
+    let skill = spine.dir.path().join("skills/checklist");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "---\nname: checklist\ndescription: Check things. Use always.\n---\nBody\n",
+    )
+    .unwrap();
+    spine.start().await;
+    assert_eq!(
+        spine
+            .deliver("issues", "s-1", &spine.payload("issues/labeled.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+
+    let body = &spine.github.pulls()[0].body;
+    assert!(
+        body.contains("skill .agents/skills/checklist/SKILL.md: checklist"),
+        "{body}"
+    );
+    assert!(
+        body.contains("skill .claude/skills/checklist/SKILL.md: checklist"),
+        "{body}"
+    );
+    let files = git(
+        &spine.remote,
+        &["show", "--name-only", "--format=", "nightshift/fix/1"],
+    );
+    assert_eq!(files, "README.md", "only the agent's change is committed");
+    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
+        .await
+        .unwrap();
+    assert!(
+        log.iter().any(|l| l.line == "skills: checklist (service)"),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_skill_fails_the_job_with_its_name() {
+    let missing = (
+        "t.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: reply\nskills: [nowhere]\nprompt: x\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[missing]).await;
+    spine.start().await;
+    assert_eq!(
+        spine
+            .deliver("issues", "m-1", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    assert!(
+        jobs[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("skill `nowhere` is neither"),
+        "{:?}",
+        jobs[0].error
+    );
+    assert!(spine.github.comments().is_empty());
+}

@@ -15,6 +15,7 @@ use crate::agent::git::GitAuth;
 use crate::agent::workspace::Checkout;
 use crate::ids::JobId;
 use crate::sink::{self, SinkContext};
+use crate::skill;
 use crate::store::{ClaimedJob, Ending, Lease, LogStream};
 use crate::trigger::OutputKind;
 
@@ -229,11 +230,34 @@ async fn run_in_worktree(
         }
     });
 
+    // Skills: the service's and the repository's, the ones the trigger names, where the agent looks.
+    let (available, skill_problems) = skill::available(&pipeline.config.skills, &worktree.path);
+    let mut lines = vec![ready];
+    lines.extend(
+        skill_problems
+            .iter()
+            .map(|d| format!("skipped an invalid skill: {d}")),
+    );
+    let selected = if spec.all_skills || !spec.skills.is_empty() {
+        skill::select(&available, &spec.skills, spec.all_skills).map_err(|e| anyhow!(e))?
+    } else {
+        Vec::new()
+    };
+    let materialized = skill::materialize(&selected, &worktree.path)
+        .context("putting the skills in the worktree")?;
+    if !selected.is_empty() {
+        let names: Vec<String> = selected
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.source))
+            .collect();
+        lines.push(format!("skills: {}", names.join(", ")));
+    }
     let starting = format!("starting agent `{}`", spec.agent);
     info!("{starting}");
+    lines.push(starting);
     if let Err(e) = pipeline
         .store
-        .append_log(job.id, LogStream::Nightshift, &[ready, starting])
+        .append_log(job.id, LogStream::Nightshift, &lines)
         .await
     {
         warn!("writing the job log failed: {e:#}");
@@ -249,6 +273,8 @@ async fn run_in_worktree(
     )
     .await;
     let _ = logger.await;
+    // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
+    skill::remove(&materialized, &worktree.path);
     let _ = tokio::fs::remove_dir_all(&job_dir).await;
     let outcome = outcome?;
     note(

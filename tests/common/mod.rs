@@ -174,7 +174,9 @@ impl Spine {
                  \x20 edit: {{command: [{agents}/edit.sh], timeout: 30s}}\n\
                  \x20 wait: {{command: [{agents}/wait.sh, {gate}], timeout: 90s}}\n\
                  \x20 env: {{command: [{agents}/env.sh], timeout: 30s}}\n\
-                 \x20 head: {{command: [{agents}/head.sh], timeout: 30s}}\n",
+                 \x20 head: {{command: [{agents}/head.sh], timeout: 30s}}\n\
+                 \x20 skills: {{command: [{agents}/skills.sh], timeout: 30s}}\n\
+                 skills: {root}/skills\n",
                 root = root.display(),
                 api = github.url,
                 agents = agents.display(),
