@@ -284,3 +284,81 @@ async fn a_missing_skill_fails_the_job_with_its_name() {
     );
     assert!(spine.github.comments().is_empty());
 }
+
+#[tokio::test]
+async fn a_structured_review_becomes_inline_comments() {
+    let review = (
+        "review.yml",
+        "on: pull_request\nagent: review\nprompt: review it\noutput: review\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[review]).await;
+    spine.start().await;
+    let (body, _) = with_head(&spine, "pull_request/opened.json");
+    assert_eq!(spine.deliver("pull_request", "sr-1", &body).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let created = spine.github.created();
+    let review = &created[0].body;
+    assert!(
+        review["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("Two things to fix."),
+        "{review:#}"
+    );
+    let comments = review["comments"].as_array().unwrap();
+    assert_eq!(comments.len(), 2);
+    assert_eq!(
+        comments[0],
+        serde_json::json!({"path": "README.md", "line": 1, "side": "RIGHT", "body": "Say what the project does."})
+    );
+    assert_eq!(comments[1]["side"], "LEFT");
+    // Each job has a home of its own, not the service's.
+    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
+        .await
+        .unwrap();
+    let home = log.iter().find(|l| l.line.starts_with("home is ")).unwrap();
+    assert!(home.line.contains("/jobs/1/home"), "{}", home.line);
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_malformed_review_fails_the_job_and_says_why() {
+    let review = (
+        "review.yml",
+        "on: pull_request\nagent: badreview\nprompt: review it\noutput: review\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[review]).await;
+    spine.start().await;
+    let (body, _) = with_head(&spine, "pull_request/opened.json");
+    assert_eq!(spine.deliver("pull_request", "br-1", &body).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    let error = jobs[0].error.as_deref().unwrap();
+    assert!(
+        error.contains("review.json is not valid: invalid type: string \"one\", expected u64"),
+        "{error}"
+    );
+    assert!(spine.github.created().is_empty());
+}
+
+#[tokio::test]
+async fn the_message_file_is_the_final_message() {
+    let t = (
+        "t.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: review\nprompt: x\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[t]).await;
+    spine.start().await;
+    assert_eq!(
+        spine
+            .deliver("issues", "mf-1", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let comment = &spine.github.comments()[0].body;
+    assert!(comment.starts_with("written to message.md"), "{comment}");
+    assert!(!comment.contains("stdout is not the message"));
+}

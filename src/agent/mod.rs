@@ -2,4 +2,5 @@
 
 pub mod command;
 pub mod git;
+pub mod result;
 pub mod workspace;

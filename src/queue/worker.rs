@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::{JobSpec, Pipeline};
-use crate::agent::command;
 use crate::agent::git::GitAuth;
 use crate::agent::workspace::Checkout;
+use crate::agent::{command, result};
 use crate::ids::JobId;
 use crate::sink::{self, SinkContext};
 use crate::skill;
@@ -198,7 +198,14 @@ async fn run_in_worktree(
         .data_dir
         .join("jobs")
         .join(job.id.to_string());
-    tokio::fs::create_dir_all(&job_dir).await?;
+    // The job's own home (so agents share no state and never see the service's) and its output folder.
+    let home = job_dir.join("home");
+    let output_dir = job_dir.join("output");
+    for dir in [&home, &output_dir] {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
     let event_path = job_dir.join("event.json");
     tokio::fs::write(
         &event_path,
@@ -212,6 +219,8 @@ async fn run_in_worktree(
         ("NIGHTSHIFT_ACTION", spec.action.clone().unwrap_or_default()),
         ("NIGHTSHIFT_TRIGGER", spec.trigger.clone()),
         ("NIGHTSHIFT_EVENT_PATH", event_path.display().to_string()),
+        ("NIGHTSHIFT_OUTPUT_DIR", output_dir.display().to_string()),
+        ("HOME", home.display().to_string()),
     ];
 
     // stderr lines reach the job log as they come, in small batches.
@@ -275,8 +284,14 @@ async fn run_in_worktree(
     let _ = logger.await;
     // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
     skill::remove(&materialized, &worktree.path);
-    let _ = tokio::fs::remove_dir_all(&job_dir).await;
     let outcome = outcome?;
+    let result = result::read(
+        &output_dir,
+        outcome.message.clone(),
+        outcome.truncated,
+        profile.max_output,
+    );
+    let _ = tokio::fs::remove_dir_all(&job_dir).await;
     note(
         pipeline,
         job.id,
@@ -294,14 +309,6 @@ async fn run_in_worktree(
         ),
     )
     .await;
-    if outcome.truncated {
-        note(
-            pipeline,
-            job.id,
-            format!("the agent's output was cut at {} bytes", profile.max_output),
-        )
-        .await;
-    }
     if !outcome.succeeded() {
         if outcome.timed_out {
             bail!(
@@ -314,6 +321,29 @@ async fn run_in_worktree(
             outcome.status.map(|s| s.to_string()).unwrap_or_default()
         ));
     }
+    let result = result?;
+    if result.truncated {
+        note(
+            pipeline,
+            job.id,
+            format!(
+                "the agent's message was cut at {} bytes",
+                profile.max_output
+            ),
+        )
+        .await;
+    }
+    if result.review.is_some() && spec.output != OutputKind::Review {
+        note(
+            pipeline,
+            job.id,
+            format!(
+                "review.json ignored: the output is `{}`, not `review`",
+                spec.output
+            ),
+        )
+        .await;
+    }
 
     let ctx = SinkContext {
         job: job.id,
@@ -324,14 +354,13 @@ async fn run_in_worktree(
     };
     let output = match spec.output {
         OutputKind::Comment => {
-            sink::comment::deliver(&ctx, &outcome.message, outcome.truncated).await?
+            sink::comment::deliver(&ctx, &result.message, result.truncated).await?
         }
         OutputKind::PullRequest => {
-            sink::pull_request::deliver(&ctx, worktree, &outcome.message).await?
+            sink::pull_request::deliver(&ctx, worktree, &result.message).await?
         }
         OutputKind::Review | OutputKind::Issue | OutputKind::CheckRun => {
-            sink::github_object::deliver(&ctx, worktree, &outcome.message, outcome.truncated)
-                .await?
+            sink::github_object::deliver(&ctx, worktree, &result).await?
         }
     };
     note(

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::{SinkContext, texts};
+use crate::agent::result::AgentResult;
 use crate::agent::workspace::Worktree;
 use crate::github::with_retry;
 use crate::store::{LogStream, Output};
@@ -16,9 +17,9 @@ const CHECK_SUMMARY_MAX: usize = 65_535;
 pub async fn deliver(
     ctx: &SinkContext<'_>,
     worktree: &Worktree,
-    message: &str,
-    truncated: bool,
+    result: &AgentResult,
 ) -> Result<Output> {
+    let message = result.message.as_str();
     let kind = ctx.spec.output;
     let key = kind.name();
     if let Some(done) = ctx.store.find_output(ctx.job, key).await? {
@@ -34,11 +35,7 @@ pub async fn deliver(
                 .context("a review needs a pull request, and this event is not about one")?;
             (
                 format!("/repos/{repo}/pulls/{number}/reviews"),
-                json!({
-                    "body": texts::agent_comment(&spec.trigger, ctx.job, message, truncated),
-                    "event": "COMMENT",
-                    "commit_id": worktree.commit,
-                }),
+                review_body(ctx, worktree, result),
             )
         }
         OutputKind::Issue => (
@@ -110,4 +107,19 @@ pub async fn deliver(
     };
     ctx.store.record_output(ctx.job, &output).await?;
     Ok(output)
+}
+
+/// A review: the structured `review.json` when the agent wrote one (its summary, and its inline comments on
+/// the diff), otherwise the agent's message.
+fn review_body(ctx: &SinkContext<'_>, worktree: &Worktree, result: &AgentResult) -> Value {
+    let (summary, comments) = match &result.review {
+        Some(review) => (review.summary.as_str(), review.comments.as_slice()),
+        None => (result.message.as_str(), &[][..]),
+    };
+    json!({
+        "body": texts::agent_comment(&ctx.spec.trigger, ctx.job, summary, result.truncated),
+        "event": "COMMENT",
+        "commit_id": worktree.commit,
+        "comments": comments,
+    })
 }

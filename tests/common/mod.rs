@@ -176,6 +176,8 @@ impl Spine {
                  \x20 env: {{command: [{agents}/env.sh], timeout: 30s}}\n\
                  \x20 head: {{command: [{agents}/head.sh], timeout: 30s}}\n\
                  \x20 skills: {{command: [{agents}/skills.sh], timeout: 30s}}\n\
+                 \x20 review: {{command: [{agents}/review.sh, good], timeout: 30s}}\n\
+                 \x20 badreview: {{command: [{agents}/review.sh, bad], timeout: 30s}}\n\
                  skills: {root}/skills\n",
                 root = root.display(),
                 api = github.url,

@@ -1,0 +1,163 @@
+//! The result contract between an agent and nightshift (documented in docs/agents.md):
+//!
+//! - the **final message**: `$NIGHTSHIFT_OUTPUT_DIR/message.md` when the agent writes it, otherwise its stdout;
+//! - an optional **structured review**, `$NIGHTSHIFT_OUTPUT_DIR/review.json`: a summary and inline comments by
+//!   path, line and side, posted as a pull request review with `output: review`;
+//! - the **worktree's changes**, for `output: pull_request`.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// What the agent left behind, besides its changes.
+#[derive(Debug)]
+pub struct AgentResult {
+    pub message: String,
+    /// The message was longer than the profile's `max_output` and was cut.
+    pub truncated: bool,
+    pub review: Option<Review>,
+}
+
+/// `review.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    /// The review's body.
+    pub summary: String,
+    /// Inline comments on the pull request's diff.
+    #[serde(default)]
+    pub comments: Vec<InlineComment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InlineComment {
+    /// The file, relative to the repository root.
+    pub path: String,
+    /// The line in the file (in the pull request's head for RIGHT, its base for LEFT).
+    pub line: u64,
+    /// RIGHT (the new version, the default) or LEFT (the old one).
+    #[serde(default = "right")]
+    pub side: Side,
+    pub body: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Side {
+    Left,
+    Right,
+}
+
+fn right() -> Side {
+    Side::Right
+}
+
+/// Reads the agent's result from `output_dir`, falling back to its stdout for the message. A malformed
+/// review file is an error that says what is wrong with it.
+pub fn read(
+    output_dir: &Path,
+    stdout: String,
+    stdout_truncated: bool,
+    max_output: usize,
+) -> Result<AgentResult> {
+    let (message, truncated) = match std::fs::read(output_dir.join("message.md")) {
+        Ok(bytes) if !bytes.is_empty() => {
+            let cut = bytes.len() > max_output;
+            let kept = &bytes[..bytes.len().min(max_output)];
+            (String::from_utf8_lossy(kept).into_owned(), cut)
+        }
+        _ => (stdout, stdout_truncated),
+    };
+    let review = match std::fs::read_to_string(output_dir.join("review.json")) {
+        Err(_) => None,
+        Ok(text) => Some(parse_review(&text)?),
+    };
+    Ok(AgentResult {
+        message,
+        truncated,
+        review,
+    })
+}
+
+/// Parses and checks `review.json`.
+pub fn parse_review(text: &str) -> Result<Review> {
+    let review: Review = match serde_json::from_str(text) {
+        Ok(review) => review,
+        Err(e) => bail!(
+            "the agent's review.json is not valid: {e} (expected {{\"summary\": \"...\", \"comments\": [{{\"path\": \"src/lib.rs\", \"line\": 12, \"side\": \"RIGHT\", \"body\": \"...\"}}]}})"
+        ),
+    };
+    for (i, c) in review.comments.iter().enumerate() {
+        if c.path.trim().is_empty() || c.path.starts_with('/') {
+            bail!(
+                "the agent's review.json: comment {} has no repository-relative path",
+                i + 1
+            );
+        }
+        if c.line == 0 {
+            bail!(
+                "the agent's review.json: comment {} on {} has line 0; lines start at 1",
+                i + 1,
+                c.path
+            );
+        }
+        if c.body.trim().is_empty() {
+            bail!(
+                "the agent's review.json: comment {} on {}:{} is empty",
+                i + 1,
+                c.path,
+                c.line
+            );
+        }
+    }
+    Ok(review)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_file_wins_over_stdout_and_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = read(dir.path(), "from stdout".into(), false, 100).unwrap();
+        assert_eq!(
+            (r.message.as_str(), r.truncated, r.review),
+            ("from stdout", false, None)
+        );
+        std::fs::write(dir.path().join("message.md"), "x".repeat(150)).unwrap();
+        let r = read(dir.path(), "from stdout".into(), false, 100).unwrap();
+        assert_eq!((r.message.len(), r.truncated), (100, true));
+    }
+
+    #[test]
+    fn reviews_parse_with_right_as_the_default_side() {
+        let review = parse_review(
+            r#"{"summary": "ok", "comments": [{"path": "src/a.rs", "line": 3, "body": "typo"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(review.comments[0].side, Side::Right);
+    }
+
+    #[test]
+    fn malformed_reviews_are_explained() {
+        let e = parse_review(
+            r#"{"summary": "ok", "comments": [{"path": "a", "line": "x", "body": "b"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("review.json is not valid: invalid type: string \"x\", expected u64"),
+            "{e}"
+        );
+        let e = parse_review(
+            r#"{"summary": "ok", "comments": [{"path": "a", "line": 0, "body": "b"}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("line 0"), "{e}");
+        let e = parse_review(r#"{"summary": "ok", "verdict": "approve"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `verdict`"), "{e}");
+    }
+}
