@@ -77,6 +77,20 @@ pub struct AgentProfile {
     /// The most bytes of stdout kept as the agent's final message; the rest is cut and the job notes it.
     #[serde(default = "default_max_output")]
     pub max_output: usize,
+    /// Run the agent in a sandbox: `bubblewrap` makes the filesystem read-only but for the worktree and the
+    /// job's own folders, with a private /tmp and, unless `network` allows it, no network.
+    #[serde(default)]
+    pub sandbox: Option<SandboxKind>,
+    /// With a sandbox: whether the agent may reach the network.
+    #[serde(default)]
+    pub network: bool,
+}
+
+/// The sandboxes an agent can run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    Bubblewrap,
 }
 
 fn default_agent_timeout() -> Duration {

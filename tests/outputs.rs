@@ -362,3 +362,43 @@ async fn the_message_file_is_the_final_message() {
     assert!(comment.starts_with("written to message.md"), "{comment}");
     assert!(!comment.contains("stdout is not the message"));
 }
+
+#[tokio::test]
+async fn a_sandboxed_agent_changes_its_worktree_and_nothing_else() {
+    let fix = (
+        "fix.yml",
+        "on:\n  issues:\n    types: [labeled]\nagent: sandboxed\nprompt: fix\noutput: pull_request\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[fix]).await;
+    spine.start().await;
+    assert_eq!(
+        spine
+            .deliver("issues", "sb-1", &spine.payload("issues/labeled.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs[0].state,
+        JobState::Succeeded,
+        "{:?} {log:?}",
+        jobs[0].error
+    );
+    assert!(
+        !spine.gate.join("escaped").exists(),
+        "the sandbox kept the agent in its worktree"
+    );
+    let body = &spine.github.pulls()[0].body;
+    assert!(body.contains("could not write outside"), "{body}");
+    assert!(body.contains("tmp=/tmp"), "{body}");
+    let readme = git(&spine.remote, &["show", "nightshift/fix/1:README.md"]);
+    assert!(readme.ends_with("edited in the sandbox"), "{readme}");
+    assert!(
+        log.iter()
+            .any(|l| l.stream == "stderr" && l.line == " M README.md"),
+        "git works in the sandbox: {log:?}"
+    );
+}

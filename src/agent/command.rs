@@ -2,7 +2,7 @@
 //! and a timeout that kills its whole process group. Its stdout is its final message; stderr lines go to the
 //! job log as they come.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use crate::config::AgentProfile;
+use crate::config::{AgentProfile, SandboxKind};
 use crate::queue::EnvLookup;
 
 /// Variables every agent may see, when the service has them. Everything else is withheld unless the
@@ -42,13 +42,19 @@ impl AgentOutcome {
 pub async fn run(
     profile: &AgentProfile,
     worktree: &Path,
+    paths: &SandboxPaths,
     prompt: &str,
     vars: &[(&str, String)],
     service_env: &EnvLookup,
     stderr: mpsc::UnboundedSender<String>,
 ) -> Result<AgentOutcome> {
-    let (program, args) = profile
-        .command
+    let argv = match profile.sandbox {
+        None => profile.command.clone(),
+        Some(SandboxKind::Bubblewrap) => {
+            bubblewrap(&profile.command, worktree, paths, profile.network)
+        }
+    };
+    let (program, args) = argv
         .split_first()
         .context("the agent profile has an empty command")?;
     let mut cmd = Command::new(program);
@@ -71,6 +77,10 @@ pub async fn run(
     }
     for (name, value) in vars {
         cmd.env(name, value);
+    }
+    if profile.sandbox.is_some() {
+        // The sandbox has a private /tmp; the service's TMPDIR may not be writable in it.
+        cmd.env("TMPDIR", "/tmp");
     }
     let mut child = cmd
         .spawn()
@@ -116,6 +126,61 @@ pub async fn run(
         truncated,
         timed_out,
     })
+}
+
+/// What a sandboxed agent may see besides the read-only root: folders that must stay visible even under the
+/// sandbox's private /tmp (the repository's mirror), and folders it may write (its home and output, the
+/// worktree's git files).
+#[derive(Clone, Debug, Default)]
+pub struct SandboxPaths {
+    pub read_only: Vec<PathBuf>,
+    pub writable: Vec<PathBuf>,
+}
+
+/// `argv` wrapped in bubblewrap: everything read-only but the worktree and the writable paths, fresh /dev,
+/// /proc and /tmp, no network unless allowed, and the sandbox dies with nightshift.
+fn bubblewrap(
+    argv: &[String],
+    worktree: &Path,
+    paths: &SandboxPaths,
+    network: bool,
+) -> Vec<String> {
+    let mut cmd: Vec<String> = [
+        "bwrap",
+        "--die-with-parent",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    // Later mounts win, so read-only folders come before the writable ones they may contain.
+    for (flag, path) in paths
+        .read_only
+        .iter()
+        .map(|p| ("--ro-bind", p))
+        .chain(std::iter::once(("--bind", &worktree.to_path_buf())))
+        .chain(paths.writable.iter().map(|p| ("--bind", p)))
+    {
+        let p = path.display().to_string();
+        cmd.extend([flag.to_owned(), p.clone(), p]);
+    }
+    if !network {
+        cmd.push("--unshare-net".to_owned());
+    }
+    cmd.extend([
+        "--chdir".to_owned(),
+        worktree.display().to_string(),
+        "--".to_owned(),
+    ]);
+    cmd.extend(argv.iter().cloned());
+    cmd
 }
 
 /// The agent's process group, killed when this is dropped or told to.
@@ -174,6 +239,8 @@ mod tests {
             timeout,
             env: vec!["ALLOWED".into()],
             max_output: 64,
+            sandbox: None,
+            network: false,
         }
     }
 
@@ -190,6 +257,7 @@ mod tests {
         let outcome = run(
             &profile(script, timeout),
             dir.path(),
+            &SandboxPaths::default(),
             "the prompt",
             &vars,
             &env,
@@ -242,6 +310,61 @@ mod tests {
         assert!(out.timed_out && !out.succeeded());
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!marker.exists(), "the grandchild survived the timeout");
+    }
+
+    /// Runs `script` in a bubblewrap sandbox with `writable` bound; returns its stdout.
+    async fn sandboxed(
+        script: &str,
+        worktree: &Path,
+        writable: &[PathBuf],
+        network: bool,
+    ) -> String {
+        let mut p = profile(script, Duration::from_secs(20));
+        p.sandbox = Some(SandboxKind::Bubblewrap);
+        p.network = network;
+        p.max_output = 4096;
+        let env = |name: &str| match name {
+            "PATH" => std::env::var("PATH").ok(),
+            _ => None,
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let paths = SandboxPaths {
+            read_only: Vec::new(),
+            writable: writable.to_vec(),
+        };
+        let out = run(&p, worktree, &paths, "", &[], &env, tx).await.unwrap();
+        assert!(out.succeeded(), "{out:?}");
+        out.message
+    }
+
+    #[tokio::test]
+    async fn the_bubblewrap_sandbox_confines_writes_and_network() {
+        let worktree = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let script = format!(
+            "echo in > inside.txt && echo ok-worktree; \
+             echo h > {home}/h && echo ok-home; \
+             (echo x > {outside}/escape) 2>/dev/null && echo escaped || echo blocked-outside; \
+             (echo x > /etc/nightshift-escape) 2>/dev/null && echo escaped || echo blocked-etc; \
+             bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo net-open || echo net-blocked",
+            home = home.path().display(),
+            outside = outside.path().display(),
+        );
+        let out = sandboxed(&script, worktree.path(), &[home.path().to_owned()], false).await;
+        assert_eq!(
+            out,
+            "ok-worktree\nok-home\nblocked-outside\nblocked-etc\nnet-blocked\n"
+        );
+        assert!(worktree.path().join("inside.txt").exists());
+        assert!(!outside.path().join("escape").exists());
+        let out = sandboxed(&script, worktree.path(), &[home.path().to_owned()], true).await;
+        assert!(
+            out.ends_with("net-open\n"),
+            "a profile can allow the network: {out}"
+        );
     }
 
     #[tokio::test]

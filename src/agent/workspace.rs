@@ -22,6 +22,8 @@ pub struct Worktree {
     pub commit: String,
     /// The repository's default branch, as the mirror's HEAD names it.
     pub default_branch: String,
+    /// The worktree's own git folder (index, HEAD) inside the mirror.
+    pub git_dir: PathBuf,
     mirror: PathBuf,
     /// The repository's lock: git's worktree bookkeeping in the mirror is not safe to change concurrently
     /// (removing the last worktree deletes the folder another `worktree add` is writing into).
@@ -121,11 +123,21 @@ impl Workspaces {
         .await
         .map(|b| b.trim().to_owned())
         .unwrap_or_default();
+        let git_dir = PathBuf::from(
+            git(
+                &path,
+                &["rev-parse", "--absolute-git-dir"],
+                &GitAuth::none(),
+            )
+            .await?
+            .trim(),
+        );
         drop(guard);
         Ok(Worktree {
             path,
             commit,
             default_branch,
+            git_dir,
             mirror,
             lock,
         })
@@ -255,6 +267,11 @@ impl Workspaces {
 }
 
 impl Worktree {
+    /// The repository's mirror, which holds the worktree's objects.
+    pub fn mirror(&self) -> &Path {
+        &self.mirror
+    }
+
     pub async fn remove(self) -> Result<()> {
         let _guard = self.lock.lock().await;
         git(

@@ -272,9 +272,15 @@ async fn run_in_worktree(
         warn!("writing the job log failed: {e:#}");
     }
     let started = Instant::now();
+    // A sandboxed agent may write its worktree (and the worktree's git files), its home and its output.
+    let sandbox = command::SandboxPaths {
+        read_only: vec![worktree.mirror().to_owned()],
+        writable: vec![job_dir.clone(), worktree.git_dir.clone()],
+    };
     let outcome = command::run(
         profile,
         &worktree.path,
+        &sandbox,
         &spec.prompt,
         &vars,
         &*pipeline.env,

@@ -177,6 +177,7 @@ impl Spine {
                  \x20 head: {{command: [{agents}/head.sh], timeout: 30s}}\n\
                  \x20 skills: {{command: [{agents}/skills.sh], timeout: 30s}}\n\
                  \x20 review: {{command: [{agents}/review.sh, good], timeout: 30s}}\n\
+                 \x20 sandboxed: {{command: [{agents}/sandboxed.sh, {gate}], timeout: 30s, sandbox: bubblewrap}}\n\
                  \x20 badreview: {{command: [{agents}/review.sh, bad], timeout: 30s}}\n\
                  skills: {root}/skills\n",
                 root = root.display(),
