@@ -222,7 +222,7 @@ fn match_shows_what_fires_and_why_the_rest_does_not_as_stable_json() {
         "the issue body is fenced: {prompt}"
     );
     let skipped = report["skipped"].as_array().unwrap();
-    assert_eq!(skipped.len(), 4);
+    assert_eq!(skipped.len(), 5);
     let review = skipped
         .iter()
         .find(|s| s["trigger"] == "review-pull-requests")
@@ -245,6 +245,26 @@ fn match_shows_what_fires_and_why_the_rest_does_not_as_stable_json() {
             .contains("skips: fix-labeled-issues: labels [bug] include none of [agent:fix]"),
         "{}",
         text(&out.stdout)
+    );
+}
+
+#[test]
+fn the_readme_demo_event_fires_the_triage_example() {
+    let out = nightshift(
+        &common::manifest_dir(),
+        &[
+            "match",
+            "--event",
+            "tests/fixtures/webhooks/issues/opened.json",
+            "--event-name",
+            "issues",
+        ],
+        &[],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("fires: triage-new-issues (agent demo, output comment)"),
+        "{stdout}"
     );
 }
 

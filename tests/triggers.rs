@@ -314,7 +314,7 @@ fn every_example_payload_runs_through_the_example_triggers() {
     let root = common::manifest_dir();
     let loaded = load(&[root.join("triggers")], None);
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
-    assert_eq!(loaded.triggers.len(), 5);
+    assert_eq!(loaded.triggers.len(), 6);
     let set = TriggerSet::new(loaded.triggers);
     let mut seen = 0;
     let webhooks = root.join("tests/fixtures/webhooks");
@@ -333,7 +333,7 @@ fn every_example_payload_runs_through_the_example_triggers() {
                     ..Default::default()
                 },
             );
-            assert_eq!(report.fired.len() + report.skipped.len(), 5);
+            assert_eq!(report.fired.len() + report.skipped.len(), 6);
             for fired in &report.fired {
                 assert!(
                     fired.error.is_none(),
