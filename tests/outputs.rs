@@ -393,7 +393,10 @@ async fn a_sandboxed_agent_changes_its_worktree_and_nothing_else() {
     );
     let body = &spine.github.pulls()[0].body;
     assert!(body.contains("could not write outside"), "{body}");
-    assert!(body.contains("tmp=/tmp"), "{body}");
+    assert!(
+        body.contains("/jobs/1/tmp"),
+        "TMPDIR is the job's own: {body}"
+    );
     let readme = git(&spine.remote, &["show", "nightshift/fix/1:README.md"]);
     assert!(readme.ends_with("edited in the sandbox"), "{readme}");
     assert!(

@@ -78,10 +78,6 @@ pub async fn run(
     for (name, value) in vars {
         cmd.env(name, value);
     }
-    if profile.sandbox.is_some() {
-        // The sandbox has a private /tmp; the service's TMPDIR may not be writable in it.
-        cmd.env("TMPDIR", "/tmp");
-    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start the agent `{}`", profile.command.join(" ")))?;
@@ -128,17 +124,17 @@ pub async fn run(
     })
 }
 
-/// What a sandboxed agent may see besides the read-only root: folders that must stay visible even under the
-/// sandbox's private /tmp (the repository's mirror), and folders it may write (its home and output, the
-/// worktree's git files).
+/// What a sandboxed agent may write besides its worktree: its home, temporary and output folders, and the
+/// worktree's git files. Everything else is read-only.
 #[derive(Clone, Debug, Default)]
 pub struct SandboxPaths {
-    pub read_only: Vec<PathBuf>,
     pub writable: Vec<PathBuf>,
 }
 
-/// `argv` wrapped in bubblewrap: everything read-only but the worktree and the writable paths, fresh /dev,
-/// /proc and /tmp, no network unless allowed, and the sandbox dies with nightshift.
+/// `argv` wrapped in bubblewrap: everything read-only but the worktree and the writable paths, fresh /dev
+/// and /proc, no network unless allowed, and the sandbox dies with nightshift. /tmp stays as it is, read-only
+/// (the agent's TMPDIR is a folder of the job's own): a private /tmp would hide whatever lives under /tmp,
+/// the agent's own program included.
 fn bubblewrap(
     argv: &[String],
     worktree: &Path,
@@ -160,16 +156,9 @@ fn bubblewrap(
     ]
     .map(str::to_owned)
     .to_vec();
-    // Later mounts win, so read-only folders come before the writable ones they may contain.
-    for (flag, path) in paths
-        .read_only
-        .iter()
-        .map(|p| ("--ro-bind", p))
-        .chain(std::iter::once(("--bind", &worktree.to_path_buf())))
-        .chain(paths.writable.iter().map(|p| ("--bind", p)))
-    {
+    for path in std::iter::once(&worktree.to_path_buf()).chain(&paths.writable) {
         let p = path.display().to_string();
-        cmd.extend([flag.to_owned(), p.clone(), p]);
+        cmd.extend(["--bind".to_owned(), p.clone(), p]);
     }
     if !network {
         cmd.push("--unshare-net".to_owned());
@@ -329,7 +318,6 @@ mod tests {
         };
         let (tx, _rx) = mpsc::unbounded_channel();
         let paths = SandboxPaths {
-            read_only: Vec::new(),
             writable: writable.to_vec(),
         };
         let out = run(&p, worktree, &paths, "", &[], &env, tx).await.unwrap();

@@ -267,11 +267,6 @@ impl Workspaces {
 }
 
 impl Worktree {
-    /// The repository's mirror, which holds the worktree's objects.
-    pub fn mirror(&self) -> &Path {
-        &self.mirror
-    }
-
     pub async fn remove(self) -> Result<()> {
         let _guard = self.lock.lock().await;
         git(

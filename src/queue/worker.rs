@@ -200,8 +200,9 @@ async fn run_in_worktree(
         .join(job.id.to_string());
     // The job's own home (so agents share no state and never see the service's) and its output folder.
     let home = job_dir.join("home");
+    let tmp = job_dir.join("tmp");
     let output_dir = job_dir.join("output");
-    for dir in [&home, &output_dir] {
+    for dir in [&home, &tmp, &output_dir] {
         tokio::fs::create_dir_all(dir)
             .await
             .with_context(|| format!("creating {}", dir.display()))?;
@@ -221,6 +222,7 @@ async fn run_in_worktree(
         ("NIGHTSHIFT_EVENT_PATH", event_path.display().to_string()),
         ("NIGHTSHIFT_OUTPUT_DIR", output_dir.display().to_string()),
         ("HOME", home.display().to_string()),
+        ("TMPDIR", tmp.display().to_string()),
     ];
 
     // stderr lines reach the job log as they come, in small batches.
@@ -274,7 +276,6 @@ async fn run_in_worktree(
     let started = Instant::now();
     // A sandboxed agent may write its worktree (and the worktree's git files), its home and its output.
     let sandbox = command::SandboxPaths {
-        read_only: vec![worktree.mirror().to_owned()],
         writable: vec![job_dir.clone(), worktree.git_dir.clone()],
     };
     let outcome = command::run(
