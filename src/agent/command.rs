@@ -151,8 +151,6 @@ fn bubblewrap(
         "/dev",
         "--proc",
         "/proc",
-        "--tmpfs",
-        "/tmp",
     ]
     .map(str::to_owned)
     .to_vec();
