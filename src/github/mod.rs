@@ -24,6 +24,11 @@ impl RepoClient {
     pub fn token(&self) -> &str {
         self.token.expose_secret()
     }
+
+    /// The credentials git uses with this client's token.
+    pub fn git_auth(&self) -> crate::agent::git::GitAuth {
+        crate::agent::git::GitAuth::token(self.token())
+    }
 }
 
 /// An installation's client, and a lock held while its token is minted.

@@ -104,9 +104,13 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
     if !pipeline.config.repo_triggers || event.repository.is_none() || event.name == "schedule" {
         return None;
     }
+    if let Some(set) = pipeline.repo_triggers.cached(event).await {
+        return Some(set);
+    }
+    // Credentials only when the files have to be read.
     let auth = match pipeline.github.has_credentials() {
         true => match pipeline.github.client(event.installation).await {
-            Ok(client) => GitAuth::token(client.token()),
+            Ok(client) => client.git_auth(),
             Err(e) => {
                 warn!("reading the repository's own triggers without credentials: {e:#}");
                 GitAuth::none()
@@ -117,7 +121,7 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
     let agents: BTreeSet<String> = pipeline.config.agents.keys().cloned().collect();
     match pipeline
         .repo_triggers
-        .for_event(event, &pipeline.workspaces, &auth, &agents)
+        .read(event, &pipeline.workspaces, &auth, &agents)
         .await
     {
         Ok(set) => Some(set),

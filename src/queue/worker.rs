@@ -144,7 +144,7 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob) -> Result<()> {
     };
     let auth = client
         .as_ref()
-        .map(|c| GitAuth::token(c.token()))
+        .map(crate::github::RepoClient::git_auth)
         .unwrap_or_else(GitAuth::none);
     let checkout = match &spec.head_sha {
         Some(sha) => Checkout::Commit(sha),

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 
 use super::{SinkContext, texts};
 use crate::github::with_retry;
-use crate::store::{LogStream, Output};
+use crate::store::Output;
 
 const KEY: &str = "comment";
 
@@ -24,21 +24,12 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
     )?;
     let repo = &ctx.spec.repo;
     let Some(client) = ctx.client else {
+        tracing::info!(%repo, number, "dry run: comment not posted\n{body}");
         let mut lines = vec![format!(
             "dry run (no GitHub credentials): would comment on {repo}#{number}:"
         )];
         lines.extend(body.lines().map(str::to_owned));
-        ctx.store
-            .append_log(ctx.job, LogStream::Nightshift, &lines)
-            .await?;
-        tracing::info!(%repo, number, "dry run: comment not posted\n{body}");
-        let output = Output {
-            kind: "comment".into(),
-            key: KEY.into(),
-            url: None,
-        };
-        ctx.store.record_output(ctx.job, &output).await?;
-        return Ok(output);
+        return ctx.dry_run("comment", KEY, lines).await;
     };
     let issues = client.api.issues(repo.owner(), repo.name());
     // A previous attempt may have posted and died before recording it: look for our marker first.
@@ -77,11 +68,5 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
         .html_url
         .to_string(),
     };
-    let output = Output {
-        kind: "comment".into(),
-        key: KEY.into(),
-        url: Some(url),
-    };
-    ctx.store.record_output(ctx.job, &output).await?;
-    Ok(output)
+    ctx.record("comment", KEY, Some(url)).await
 }

@@ -8,7 +8,7 @@ use super::{SinkContext, texts};
 use crate::agent::result::AgentResult;
 use crate::agent::workspace::Worktree;
 use crate::github::with_retry;
-use crate::store::{LogStream, Output};
+use crate::store::Output;
 use crate::trigger::OutputKind;
 
 /// GitHub's limit on a check run's summary.
@@ -85,28 +85,14 @@ pub async fn deliver(
                 .lines()
                 .map(str::to_owned),
         );
-        ctx.store
-            .append_log(ctx.job, LogStream::Nightshift, &lines)
-            .await?;
-        let output = Output {
-            kind: key.into(),
-            key: key.into(),
-            url: None,
-        };
-        ctx.store.record_output(ctx.job, &output).await?;
-        return Ok(output);
+        return ctx.dry_run(key, key, lines).await;
     };
     let created: Value = with_retry(&format!("creating the {key}"), || {
         client.api.post(route.as_str(), Some(&body))
     })
     .await?;
-    let output = Output {
-        kind: key.into(),
-        key: key.into(),
-        url: created["html_url"].as_str().map(str::to_owned),
-    };
-    ctx.store.record_output(ctx.job, &output).await?;
-    Ok(output)
+    let url = created["html_url"].as_str().map(str::to_owned);
+    ctx.record(key, key, url).await
 }
 
 /// A review: the structured `review.json` when the agent wrote one (its summary, and its inline comments on

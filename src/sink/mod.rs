@@ -13,7 +13,8 @@ use crate::agent::git::GitAuth;
 use crate::github::RepoClient;
 use crate::ids::JobId;
 use crate::queue::JobSpec;
-use crate::store::Store;
+use crate::store::{LogStream, Output, Store};
+use anyhow::Result;
 
 /// What a sink needs to deliver one job's result.
 pub struct SinkContext<'a> {
@@ -28,7 +29,27 @@ pub struct SinkContext<'a> {
 impl SinkContext<'_> {
     pub fn git_auth(&self) -> GitAuth {
         self.client
-            .map(|c| GitAuth::token(c.token()))
+            .map(RepoClient::git_auth)
             .unwrap_or_else(GitAuth::none)
+    }
+
+    /// Records what the job delivered (under `key`, so a retry finds it) and returns it.
+    pub async fn record(&self, kind: &str, key: &str, url: Option<String>) -> Result<Output> {
+        let output = Output {
+            kind: kind.into(),
+            key: key.into(),
+            url,
+        };
+        self.store.record_output(self.job, &output).await?;
+        Ok(output)
+    }
+
+    /// A dry run (no GitHub credentials): what would have been delivered goes to the job log, and the output
+    /// is recorded without a URL.
+    pub async fn dry_run(&self, kind: &str, key: &str, lines: Vec<String>) -> Result<Output> {
+        self.store
+            .append_log(self.job, LogStream::Nightshift, &lines)
+            .await?;
+        self.record(kind, key, None).await
     }
 }

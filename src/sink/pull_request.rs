@@ -68,20 +68,10 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
 
     let repo = &spec.repo;
     let Some(client) = ctx.client else {
-        ctx.store
-            .append_log(
-                ctx.job,
-                LogStream::Nightshift,
-                &[format!("dry run (no GitHub credentials): would push {branch} and open a pull request on {repo}")],
-            )
-            .await?;
-        let output = Output {
-            kind: "pull_request".into(),
-            key: KEY.into(),
-            url: None,
-        };
-        ctx.store.record_output(ctx.job, &output).await?;
-        return Ok(output);
+        let line = format!(
+            "dry run (no GitHub credentials): would push {branch} and open a pull request on {repo}"
+        );
+        return ctx.dry_run("pull_request", KEY, vec![line]).await;
     };
 
     // The branch is ours alone: a retried job replaces what an earlier attempt pushed.
@@ -123,11 +113,5 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
             pr.html_url.map(|u| u.to_string())
         }
     };
-    let output = Output {
-        kind: "pull_request".into(),
-        key: KEY.into(),
-        url,
-    };
-    ctx.store.record_output(ctx.job, &output).await?;
-    Ok(output)
+    ctx.record("pull_request", KEY, url).await
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use minijinja::{Environment, Value};
 
-use crate::ids::RepoName;
 use crate::queue::JobSpec;
 use crate::source::event::Event;
 pub use model::{EventKind, OutputKind, OutputOptions, OutputSpec, Skills};
@@ -516,15 +515,6 @@ fn check_paths(filter: &Filter, event: &Event, input: &MatchInput) -> Result<(),
         )));
     }
     Ok(())
-}
-
-/// The repositories a trigger lists literally, if it lists only literal ones.
-pub fn literal_repos(trigger: &Trigger) -> Option<Vec<RepoName>> {
-    trigger
-        .repos
-        .as_ref()
-        .and_then(PatternList::literals)
-        .map(|names| names.iter().filter_map(|n| RepoName::parse(n)).collect())
 }
 
 /// What `nightshift match` reports: the triggers that fire with their rendered jobs, and for each other

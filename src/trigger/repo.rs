@@ -30,9 +30,23 @@ pub struct RepoTriggers {
 }
 
 impl RepoTriggers {
-    /// The repository's own triggers for `event`, read (or read again, after a push to the default branch)
-    /// from its default branch.
-    pub async fn for_event(
+    /// The repository's own triggers for `event` as last read, unless the event is a push to the default
+    /// branch (which may have changed them) or they were never read.
+    pub async fn cached(&self, event: &Event) -> Option<Arc<TriggerSet>> {
+        let repo = event.repository.as_ref()?;
+        let default_ref = format!("refs/heads/{}", repo.default_branch);
+        if event
+            .push
+            .as_ref()
+            .is_some_and(|p| p.git_ref == default_ref)
+        {
+            return None;
+        }
+        self.cache.lock().await.get(&repo.full_name).cloned()
+    }
+
+    /// Reads the repository's own triggers from its default branch, and caches them.
+    pub async fn read(
         &self,
         event: &Event,
         workspaces: &Workspaces,
@@ -42,14 +56,6 @@ impl RepoTriggers {
         let Some(repo) = &event.repository else {
             return Ok(Arc::new(TriggerSet::new(Vec::new())));
         };
-        let default_ref = format!("refs/heads/{}", repo.default_branch);
-        let pushed_default = event
-            .push
-            .as_ref()
-            .is_some_and(|p| p.git_ref == default_ref);
-        if !pushed_default && let Some(set) = self.cache.lock().await.get(&repo.full_name) {
-            return Ok(set.clone());
-        }
         let files = workspaces
             .read_files(
                 &repo.full_name,
