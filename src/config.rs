@@ -40,7 +40,7 @@ struct ConfigFile {
     github: GithubFile,
     /// Named agent profiles that triggers refer to with `agent:`.
     #[serde(default)]
-    agents: BTreeMap<String, Spanned<AgentProfile>>,
+    agents: BTreeMap<String, Spanned<AgentFile>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,29 +62,143 @@ struct GithubFile {
     bot_login: Option<String>,
 }
 
-/// An agent profile: the program nightshift runs for a job.
-#[derive(Clone, Debug, Deserialize)]
+/// An agent profile as written: exactly one backend (`command`, `codex`, `claude` or `openai`) and the
+/// limits and isolation every backend shares.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AgentFile {
+    /// argv of a program; the rendered prompt arrives on stdin, the worktree is the working directory.
+    command: Option<Vec<String>>,
+    /// The Codex CLI (`codex exec`), found on PATH.
+    codex: Option<CliFile>,
+    /// Claude Code (`claude -p`), found on PATH.
+    claude: Option<CliFile>,
+    /// An OpenAI-compatible chat completions endpoint (OpenAI, Ollama, vLLM, llama.cpp, gateways).
+    openai: Option<EndpointFile>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    env: Vec<String>,
+    max_output: Option<usize>,
+    #[serde(default)]
+    sandbox: Option<SandboxKind>,
+    #[serde(default)]
+    network: bool,
+    max_turns: Option<Spanned<u32>>,
+    max_tokens: Option<Spanned<u32>>,
+    max_cost_usd: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CliFile {
+    model: Option<String>,
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    /// The program to run instead of the one on PATH.
+    program: Option<String>,
+    /// Claude Code's permission mode (default acceptEdits).
+    permission_mode: Option<Spanned<String>>,
+    /// Claude Code's tools allowed without asking, e.g. `Bash(cargo test:*)`.
+    #[serde(default)]
+    allowed_tools: Vec<String>,
+    /// More arguments, passed as they are after nightshift's own.
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointFile {
+    model: String,
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    system: Option<String>,
+    temperature: Option<f64>,
+}
+
+/// An agent profile: what nightshift runs for a job, and within which limits.
+#[derive(Clone, Debug)]
 pub struct AgentProfile {
-    /// argv of the agent; the rendered prompt arrives on stdin, the worktree is the working directory.
-    pub command: Vec<String>,
-    /// Wall-clock limit; the whole process group is killed when it runs out.
-    #[serde(default = "default_agent_timeout", deserialize_with = "duration")]
+    pub backend: Backend,
+    /// Wall-clock limit; the whole process group is killed (or the request dropped) when it runs out.
     pub timeout: Duration,
     /// Names of service environment variables the agent may see (besides a small base allow-list).
-    #[serde(default)]
     pub env: Vec<String>,
-    /// The most bytes of stdout kept as the agent's final message; the rest is cut and the job notes it.
-    #[serde(default = "default_max_output")]
+    /// The most bytes of the final message kept; the rest is cut and the job notes it.
     pub max_output: usize,
-    /// Run the agent in a sandbox: `bubblewrap` makes the filesystem read-only but for the worktree and the
-    /// job's own folders, with a private /tmp and, unless `network` allows it, no network.
-    #[serde(default)]
+    /// Run a command agent in a sandbox: `bubblewrap` makes the filesystem read-only but for the worktree and
+    /// the job's own folders and, unless `network` allows it, takes the network away.
     pub sandbox: Option<SandboxKind>,
-    /// With a sandbox: whether the agent may reach the network.
-    #[serde(default)]
     pub network: bool,
+    /// The most model turns (Claude Code's `--max-turns`).
+    pub max_turns: Option<u32>,
+    /// The most tokens the model may write (a model endpoint's `max_tokens`).
+    pub max_tokens: Option<u32>,
+    /// The most dollars a run may spend (Claude Code's `--max-budget-usd`).
+    pub max_cost_usd: Option<f64>,
 }
+
+/// What runs the agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Backend {
+    /// Any program: argv, prompt on stdin.
+    Command(Vec<String>),
+    Codex(CliOptions),
+    Claude(CliOptions),
+    OpenAi(EndpointOptions),
+}
+
+impl Backend {
+    /// The backend's name as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Command(_) => "command",
+            Backend::Codex(_) => "codex",
+            Backend::Claude(_) => "claude",
+            Backend::OpenAi(_) => "openai",
+        }
+    }
+
+    /// Whether the agent can change files (a model endpoint only answers).
+    pub fn edits_files(&self) -> bool {
+        !matches!(self, Backend::OpenAi(_))
+    }
+}
+
+/// A built-in agent CLI (Codex or Claude Code).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CliOptions {
+    /// The program, `codex` or `claude` on PATH unless the profile names another.
+    pub program: String,
+    pub model: Option<String>,
+    /// The model API's base URL, for gateways and proxies (the vendor's own when None).
+    pub base_url: Option<String>,
+    /// The service environment variable holding the one secret the agent receives.
+    pub api_key_env: String,
+    pub permission_mode: String,
+    pub allowed_tools: Vec<String>,
+    pub args: Vec<String>,
+}
+
+/// An OpenAI-compatible chat completions endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointOptions {
+    pub model: String,
+    /// e.g. `https://api.openai.com/v1`, `http://localhost:11434/v1` (Ollama).
+    pub base_url: String,
+    /// The service environment variable holding the API key; None sends no Authorization header (local
+    /// servers).
+    pub api_key_env: Option<String>,
+    /// A system message sent before the prompt.
+    pub system: Option<String>,
+    pub temperature: Option<f64>,
+}
+
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Claude Code's permission modes that never stop to ask (with `-p` nothing can answer a prompt).
+const CLAUDE_PERMISSION_MODES: &[&str] = &["acceptEdits", "bypassPermissions", "dontAsk", "plan"];
 
 /// The sandboxes an agent can run in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -363,22 +477,12 @@ fn resolve(
 
     let mut agents = BTreeMap::new();
     for (name, profile) in file.agents {
-        if profile.value.command.is_empty() {
-            errors.push(
-                Diagnostic::at(path, profile.referenced, format!("agent `{name}` has an empty command"))
-                    .with_hint("write the program and its arguments, e.g. command: [\"./agent.sh\", \"--fast\"]"),
-            );
-            continue;
+        match agent_profile(&name, profile, path, &rel) {
+            Ok(profile) => {
+                agents.insert(name, profile);
+            }
+            Err(mut more) => errors.append(&mut more),
         }
-        let mut profile = profile.value;
-        // A relative program path means "next to the config file": the agent runs inside a worktree, where a
-        // relative path would not resolve.
-        if profile.command[0].contains('/') && Path::new(&profile.command[0]).is_relative() {
-            profile.command[0] = rel(PathBuf::from(&profile.command[0]))
-                .display()
-                .to_string();
-        }
-        agents.insert(name, profile);
     }
 
     if !errors.is_empty() {
@@ -404,6 +508,159 @@ fn resolve(
             webhook_secrets,
         },
         agents,
+    })
+}
+
+/// Checks one profile: exactly one backend, and only the limits that backend can keep.
+fn agent_profile(
+    name: &str,
+    spanned: Spanned<AgentFile>,
+    path: &Path,
+    rel: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<AgentProfile, Vec<Diagnostic>> {
+    let at = spanned.referenced;
+    let file = spanned.value;
+    let mut errors = Vec::new();
+    let mut chosen = Vec::new();
+    if let Some(mut argv) = file.command {
+        if argv.is_empty() {
+            errors.push(
+                Diagnostic::at(path, at, format!("agent `{name}` has an empty command"))
+                    .with_hint("write the program and its arguments, e.g. command: [\"./agent.sh\", \"--fast\"]"),
+            );
+        } else {
+            // A relative program path means "next to the config file": the agent runs inside a worktree,
+            // where a relative path would not resolve.
+            if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
+                argv[0] = rel(PathBuf::from(&argv[0])).display().to_string();
+            }
+            chosen.push(Backend::Command(argv));
+        }
+    }
+    let cli = |file: CliFile, program: &str, key: &str, errors: &mut Vec<Diagnostic>| {
+        let permission_mode = match file.permission_mode {
+            None => "acceptEdits".to_owned(),
+            Some(mode) if CLAUDE_PERMISSION_MODES.contains(&mode.value.as_str()) => mode.value,
+            Some(mode) => {
+                errors.push(
+                    Diagnostic::at(
+                        path,
+                        mode.referenced,
+                        format!("`{}` is not a permission mode nightshift can use", mode.value),
+                    )
+                    .with_hint(format!(
+                        "one of {} (a job cannot answer a permission prompt)",
+                        CLAUDE_PERMISSION_MODES.join(", ")
+                    )),
+                );
+                String::new()
+            }
+        };
+        CliOptions {
+            program: file
+                .program
+                .map(|p| {
+                    if p.contains('/') && Path::new(&p).is_relative() {
+                        rel(PathBuf::from(p)).display().to_string()
+                    } else {
+                        p
+                    }
+                })
+                .unwrap_or_else(|| program.to_owned()),
+            model: file.model,
+            base_url: file.base_url.map(|u| u.trim_end_matches('/').to_owned()),
+            api_key_env: file.api_key_env.unwrap_or_else(|| key.to_owned()),
+            permission_mode,
+            allowed_tools: file.allowed_tools,
+            args: file.args,
+        }
+    };
+    if let Some(codex) = file.codex {
+        if codex.permission_mode.is_some() || !codex.allowed_tools.is_empty() {
+            errors.push(
+                Diagnostic::at(path, at, format!("agent `{name}`: permission_mode and allowed_tools are Claude Code's"))
+                    .with_hint("Codex runs with approval_policy=never in its workspace-write sandbox"),
+            );
+        }
+        chosen.push(Backend::Codex(cli(codex, "codex", "OPENAI_API_KEY", &mut errors)));
+    }
+    if let Some(claude) = file.claude {
+        chosen.push(Backend::Claude(cli(claude, "claude", "ANTHROPIC_API_KEY", &mut errors)));
+    }
+    if let Some(endpoint) = file.openai {
+        chosen.push(Backend::OpenAi(EndpointOptions {
+            model: endpoint.model,
+            base_url: endpoint
+                .base_url
+                .unwrap_or_else(|| OPENAI_BASE_URL.to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            api_key_env: endpoint.api_key_env,
+            system: endpoint.system,
+            temperature: endpoint.temperature,
+        }));
+    }
+    if chosen.len() > 1 {
+        let kinds: Vec<&str> = chosen.iter().map(Backend::kind).collect();
+        errors.push(
+            Diagnostic::at(path, at, format!("agent `{name}` has {}", kinds.join(" and ")))
+                .with_hint("a profile runs one backend: keep one of command, codex, claude, openai"),
+        );
+    }
+    let backend = chosen.into_iter().next();
+    if backend.is_none() && errors.is_empty() {
+        errors.push(
+            Diagnostic::at(path, at, format!("agent `{name}` says nothing to run"))
+                .with_hint("give it one of command: [argv], codex: {model: ...}, claude: {model: ...}, openai: {model: ...}"),
+        );
+    }
+    let kind = backend.as_ref().map(Backend::kind).unwrap_or("command");
+    let unsupported = |key: &str, line_col: serde_saphyr::Location, only: &str| {
+        Diagnostic::at(
+            path,
+            line_col,
+            format!("agent `{name}`: `{key}` is not something the {kind} backend can keep"),
+        )
+        .with_hint(format!("{key} works with {only}"))
+    };
+    if let Some(turns) = &file.max_turns
+        && kind != "claude"
+    {
+        errors.push(unsupported("max_turns", turns.referenced, "claude (--max-turns)"));
+    }
+    if let Some(cost) = &file.max_cost_usd
+        && kind != "claude"
+    {
+        errors.push(unsupported("max_cost_usd", cost.referenced, "claude (--max-budget-usd)"));
+    }
+    if let Some(tokens) = &file.max_tokens
+        && kind != "openai"
+    {
+        errors.push(unsupported("max_tokens", tokens.referenced, "openai (the request's max_tokens)"));
+    }
+    if file.sandbox.is_some() && kind != "command" {
+        errors.push(
+            Diagnostic::at(path, at, format!("agent `{name}`: `sandbox` is for command agents"))
+                .with_hint(match kind {
+                    "codex" => "Codex runs its own sandbox (workspace-write): the worktree is its only writable place",
+                    "claude" => "Claude Code is held to the worktree by its permission mode",
+                    _ => "a model endpoint runs no program",
+                }),
+        );
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(AgentProfile {
+        backend: backend.expect("checked above"),
+        timeout: file.timeout.unwrap_or_else(default_agent_timeout),
+        env: file.env,
+        max_output: file.max_output.unwrap_or_else(default_max_output),
+        sandbox: file.sandbox,
+        network: file.network,
+        max_turns: file.max_turns.map(|t| t.value),
+        max_tokens: file.max_tokens.map(|t| t.value),
+        max_cost_usd: file.max_cost_usd.map(|c| c.value),
     })
 }
 
@@ -485,7 +742,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.agents["echo"].timeout, Duration::from_secs(90));
-        assert_eq!(config.agents["echo"].command, ["cat"]);
+        assert_eq!(
+            config.agents["echo"].backend,
+            Backend::Command(vec!["cat".into()])
+        );
     }
 
     #[test]

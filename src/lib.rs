@@ -26,3 +26,9 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// The TLS crypto provider every HTTPS client here uses (ring, as octocrab's); call before building one.
+/// Installing it again is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,6 +1,7 @@
-//! The command agent: a program run in the job's worktree with the prompt on stdin, a reduced environment,
-//! and a timeout that kills its whole process group. Its stdout is its final message; stderr lines go to the
-//! job log as they come.
+//! Running an agent process: a program in the job's worktree with its input on stdin, a reduced
+//! environment, and a timeout that kills its whole process group. Its stdout is either its final message
+//! (a command agent) or a stream of JSON events that a backend reads line by line (the agent CLIs); stderr
+//! lines go to the job log as they come.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -11,7 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use crate::config::{AgentProfile, SandboxKind};
+use crate::config::SandboxKind;
+use crate::store::LogStream;
 use crate::queue::EnvLookup;
 
 /// Variables every agent may see, when the service has them. Everything else is withheld unless the
@@ -20,46 +22,76 @@ const BASE_ENV: &[&str] = &[
     "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM",
 ];
 
-/// What an agent run produced.
+/// How a process is started.
+pub struct Launch<'a> {
+    pub argv: Vec<String>,
+    pub worktree: &'a Path,
+    /// Written to stdin, which is then closed.
+    pub stdin: &'a str,
+    /// Names of service variables passed through, besides the base allow-list.
+    pub allow: &'a [String],
+    /// Set as given (job variables, the backend's own), after the allowed ones.
+    pub vars: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub sandbox: Option<Sandbox<'a>>,
+    pub stdout: Stdout,
+}
+
+/// A bubblewrap sandbox around the process.
+pub struct Sandbox<'a> {
+    pub kind: SandboxKind,
+    pub paths: &'a SandboxPaths,
+    pub network: bool,
+}
+
+/// What happens to the process's stdout.
+pub enum Stdout {
+    /// Kept as the final message, up to this many bytes.
+    Capture(usize),
+    /// Handed over line by line.
+    Lines(Box<dyn FnMut(&str) + Send>),
+}
+
+/// What a process run produced.
 #[derive(Debug)]
-pub struct AgentOutcome {
+pub struct Finished {
     pub status: Option<ExitStatus>,
-    /// stdout, up to the profile's `max_output` bytes.
-    pub message: String,
-    /// True when stdout was longer than `max_output` and was cut.
+    /// stdout when captured (empty when handed over as lines).
+    pub stdout: String,
+    /// True when stdout was longer than the cap and was cut.
     pub truncated: bool,
     pub timed_out: bool,
 }
 
-impl AgentOutcome {
+impl Finished {
     pub fn succeeded(&self) -> bool {
         !self.timed_out && self.status.is_some_and(|s| s.success())
     }
 }
 
-/// Runs the profile's command. `vars` are the job's own variables (`NIGHTSHIFT_*`); `stderr` receives the
-/// agent's stderr line by line.
+/// Runs the process; `service_env` answers for the allowed variables, `log` receives its stderr lines.
 pub async fn run(
-    profile: &AgentProfile,
-    worktree: &Path,
-    paths: &SandboxPaths,
-    prompt: &str,
-    vars: &[(&str, String)],
+    launch: Launch<'_>,
     service_env: &EnvLookup,
-    stderr: mpsc::UnboundedSender<String>,
-) -> Result<AgentOutcome> {
-    let argv = match profile.sandbox {
-        None => profile.command.clone(),
-        Some(SandboxKind::Bubblewrap) => {
-            bubblewrap(&profile.command, worktree, paths, profile.network)
-        }
+    log: mpsc::UnboundedSender<(LogStream, String)>,
+) -> Result<Finished> {
+    let argv = match &launch.sandbox {
+        None => launch.argv.clone(),
+        Some(sandbox) => match sandbox.kind {
+            SandboxKind::Bubblewrap => bubblewrap(
+                &launch.argv,
+                launch.worktree,
+                sandbox.paths,
+                sandbox.network,
+            ),
+        },
     };
     let (program, args) = argv
         .split_first()
-        .context("the agent profile has an empty command")?;
+        .context("the agent has an empty command")?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .current_dir(worktree)
+        .current_dir(launch.worktree)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -69,42 +101,50 @@ pub async fn run(
     for name in BASE_ENV
         .iter()
         .copied()
-        .chain(profile.env.iter().map(String::as_str))
+        .chain(launch.allow.iter().map(String::as_str))
     {
         if let Some(value) = service_env(name) {
             cmd.env(name, value);
         }
     }
-    for (name, value) in vars {
+    for (name, value) in &launch.vars {
         cmd.env(name, value);
     }
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("cannot start the agent `{}`", profile.command.join(" ")))?;
+        .with_context(|| format!("cannot start the agent `{}`", launch.argv.join(" ")))?;
     // Dropping this run (the job was cancelled) kills the whole group too, not only the direct child.
     let mut group = GroupGuard(child.id().map(|id| id as i32));
 
     let mut stdin = child.stdin.take().context("agent stdin")?;
-    let prompt = prompt.to_owned();
+    let input = launch.stdin.to_owned();
     let writer = tokio::spawn(async move {
-        // An agent that exits without reading its prompt closes the pipe; that is not our error.
-        let _ = stdin.write_all(prompt.as_bytes()).await;
+        // An agent that exits without reading its input closes the pipe; that is not our error.
+        let _ = stdin.write_all(input.as_bytes()).await;
         let _ = stdin.shutdown().await;
     });
 
     let stdout = child.stdout.take().context("agent stdout")?;
-    let cap = profile.max_output;
-    let reader = tokio::spawn(read_capped(stdout, cap));
+    let reader = match launch.stdout {
+        Stdout::Capture(cap) => tokio::spawn(read_capped(stdout, cap)),
+        Stdout::Lines(mut each) => tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(line) = lines.next_line().await? {
+                each(&line);
+            }
+            Ok((String::new(), false))
+        }),
+    };
 
     let err_pipe = child.stderr.take().context("agent stderr")?;
     let err_reader = tokio::spawn(async move {
         let mut lines = BufReader::new(err_pipe).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let _ = stderr.send(line);
+            let _ = log.send((LogStream::Stderr, line));
         }
     });
 
-    let (status, timed_out) = match tokio::time::timeout(profile.timeout, child.wait()).await {
+    let (status, timed_out) = match tokio::time::timeout(launch.timeout, child.wait()).await {
         Ok(status) => (Some(status?), false),
         Err(_) => (None, true),
     };
@@ -114,11 +154,11 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     }
     writer.abort();
-    let (message, truncated) = reader.await.context("reading agent stdout")??;
+    let (stdout, truncated) = reader.await.context("reading agent stdout")??;
     let _ = err_reader.await;
-    Ok(AgentOutcome {
+    Ok(Finished {
         status,
-        message,
+        stdout,
         truncated,
         timed_out,
     })
@@ -220,18 +260,22 @@ async fn read_capped(
 mod tests {
     use super::*;
 
-    fn profile(script: &str, timeout: Duration) -> AgentProfile {
-        AgentProfile {
-            command: vec!["sh".into(), "-c".into(), script.into()],
+    fn launch<'a>(script: &str, worktree: &'a Path, timeout: Duration) -> Launch<'a> {
+        Launch {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            worktree,
+            stdin: "the prompt",
+            allow: ALLOW,
+            vars: vec![("NIGHTSHIFT_JOB_ID".into(), "7".into())],
             timeout,
-            env: vec!["ALLOWED".into()],
-            max_output: 64,
             sandbox: None,
-            network: false,
+            stdout: Stdout::Capture(64),
         }
     }
 
-    async fn run_script(script: &str, timeout: Duration) -> (AgentOutcome, Vec<String>) {
+    const ALLOW: &[String] = &[];
+
+    async fn run_script(script: &str, timeout: Duration) -> (Finished, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let env = |name: &str| match name {
             "PATH" => std::env::var("PATH").ok(),
@@ -240,20 +284,19 @@ mod tests {
             _ => None,
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let vars = [("NIGHTSHIFT_JOB_ID", "7".to_owned())];
+        let allow = ["ALLOWED".to_owned()];
         let outcome = run(
-            &profile(script, timeout),
-            dir.path(),
-            &SandboxPaths::default(),
-            "the prompt",
-            &vars,
+            Launch {
+                allow: &allow,
+                ..launch(script, dir.path(), timeout)
+            },
             &env,
             tx,
         )
         .await
         .unwrap();
         let mut lines = Vec::new();
-        while let Ok(line) = rx.try_recv() {
+        while let Ok((_, line)) = rx.try_recv() {
             lines.push(line);
         }
         (outcome, lines)
@@ -267,7 +310,7 @@ mod tests {
         )
         .await;
         assert!(out.succeeded());
-        assert_eq!(out.message, "got the prompt\n");
+        assert_eq!(out.stdout, "got the prompt\n");
         assert_eq!(log, ["working"]);
     }
 
@@ -278,14 +321,14 @@ mod tests {
             Duration::from_secs(10),
         )
         .await;
-        assert_eq!(out.message, "ALLOWED=yes\nNIGHTSHIFT_JOB_ID=7\n");
+        assert_eq!(out.stdout, "ALLOWED=yes\nNIGHTSHIFT_JOB_ID=7\n");
     }
 
     #[tokio::test]
     async fn output_beyond_the_cap_is_cut_and_noted() {
         let (out, _) = run_script("yes x | head -c 1000", Duration::from_secs(10)).await;
         assert!(out.truncated);
-        assert_eq!(out.message.len(), 64);
+        assert_eq!(out.stdout.len(), 64);
     }
 
     #[tokio::test]
@@ -306,10 +349,6 @@ mod tests {
         writable: &[PathBuf],
         network: bool,
     ) -> String {
-        let mut p = profile(script, Duration::from_secs(20));
-        p.sandbox = Some(SandboxKind::Bubblewrap);
-        p.network = network;
-        p.max_output = 4096;
         let env = |name: &str| match name {
             "PATH" => std::env::var("PATH").ok(),
             _ => None,
@@ -318,9 +357,25 @@ mod tests {
         let paths = SandboxPaths {
             writable: writable.to_vec(),
         };
-        let out = run(&p, worktree, &paths, "", &[], &env, tx).await.unwrap();
+        let out = run(
+            Launch {
+                stdin: "",
+                vars: Vec::new(),
+                sandbox: Some(Sandbox {
+                    kind: SandboxKind::Bubblewrap,
+                    paths: &paths,
+                    network,
+                }),
+                stdout: Stdout::Capture(4096),
+                ..launch(script, worktree, Duration::from_secs(20))
+            },
+            &env,
+            tx,
+        )
+        .await
+        .unwrap();
         assert!(out.succeeded(), "{out:?}");
-        out.message
+        out.stdout
     }
 
     #[tokio::test]

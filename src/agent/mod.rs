@@ -1,6 +1,140 @@
-//! Running a job's agent: the workspace it works in ([`workspace`]) and the agent process ([`command`]).
+//! Running a job's agent: the workspace it works in ([`workspace`]), the prompt it is given ([`prompt`]),
+//! and the backends: any program ([`command`]), the Codex and Claude Code CLIs ([`cli`]), and an
+//! OpenAI-compatible model endpoint ([`endpoint`]). Each reports the same [`AgentOutcome`].
 
+pub mod cli;
 pub mod command;
+pub mod endpoint;
 pub mod git;
+pub mod prompt;
 pub mod result;
 pub mod workspace;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::mpsc;
+
+use crate::config::{AgentProfile, Backend};
+use crate::queue::EnvLookup;
+use crate::store::{LogStream, Usage};
+
+/// Everything a backend needs to run one job's agent.
+pub struct AgentJob<'a> {
+    /// The profile's name, for messages.
+    pub profile_name: &'a str,
+    pub profile: &'a AgentProfile,
+    pub worktree: &'a Path,
+    /// The final prompt ([`prompt::compose`]).
+    pub prompt: &'a str,
+    /// The job's own home and output folders.
+    pub home: &'a Path,
+    pub output_dir: &'a Path,
+    /// The job's variables (`NIGHTSHIFT_*`, `HOME`, `TMPDIR`).
+    pub vars: Vec<(String, String)>,
+    pub sandbox_paths: &'a command::SandboxPaths,
+    /// The trigger's timeout, or the profile's.
+    pub timeout: Duration,
+    /// The profile's turn limit, lowered by the trigger's.
+    pub max_turns: Option<u32>,
+    pub env: &'a EnvLookup,
+    /// The job log, as the agent runs.
+    pub log: mpsc::UnboundedSender<(LogStream, String)>,
+}
+
+/// How an agent run ended, whatever the backend.
+#[derive(Debug)]
+pub struct AgentOutcome {
+    /// How it ended, for the job log (`exit status: 0`, `timed out (10m)`, `HTTP 200`).
+    pub ended: String,
+    /// Why it failed; None when it succeeded.
+    pub failure: Option<String>,
+    /// Its final message (stdout, the CLI's last message, the model's answer), up to `max_output`.
+    pub message: String,
+    pub truncated: bool,
+    /// What it spent, when the backend reports it.
+    pub usage: Option<Usage>,
+}
+
+/// Runs the job's agent with the profile's backend.
+pub async fn run(job: AgentJob<'_>) -> Result<AgentOutcome> {
+    match &job.profile.backend {
+        Backend::Command(argv) => run_command(argv.clone(), job).await,
+        Backend::Codex(options) => cli::codex(options, job).await,
+        Backend::Claude(options) => cli::claude(options, job).await,
+        Backend::OpenAi(options) => endpoint::run(options, job).await,
+    }
+}
+
+async fn run_command(argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOutcome> {
+    let profile = job.profile;
+    let finished = command::run(
+        command::Launch {
+            argv,
+            worktree: job.worktree,
+            stdin: job.prompt,
+            allow: &profile.env,
+            vars: job.vars.clone(),
+            timeout: job.timeout,
+            sandbox: profile.sandbox.map(|kind| command::Sandbox {
+                kind,
+                paths: job.sandbox_paths,
+                network: profile.network,
+            }),
+            stdout: command::Stdout::Capture(profile.max_output),
+        },
+        job.env,
+        job.log.clone(),
+    )
+    .await?;
+    Ok(AgentOutcome {
+        ended: ended(&finished, job.timeout),
+        failure: describe_exit(&finished, job.timeout),
+        truncated: finished.truncated,
+        message: finished.stdout,
+        usage: None,
+    })
+}
+
+/// How a process ended, for the job log.
+fn ended(finished: &command::Finished, timeout: Duration) -> String {
+    match (finished.timed_out, finished.status) {
+        (true, _) => format!("timed out ({})", humantime::format_duration(timeout)),
+        (false, Some(status)) => status.to_string(),
+        (false, None) => "unknown status".to_owned(),
+    }
+}
+
+/// Why a process run failed, if it did.
+fn describe_exit(finished: &command::Finished, timeout: Duration) -> Option<String> {
+    if finished.timed_out {
+        return Some(format!(
+            "the agent ran out of time after {}",
+            humantime::format_duration(timeout)
+        ));
+    }
+    if !finished.succeeded() {
+        return Some(format!(
+            "the agent failed ({}); its output is in the job log",
+            finished
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no exit status".into())
+        ));
+    }
+    None
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), and whether it was cut.
+fn cap(mut text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    (text, true)
+}

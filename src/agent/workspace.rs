@@ -248,6 +248,74 @@ impl Workspaces {
         Ok(FilesAt { commit, files })
     }
 
+    /// Copies what the repository says about itself from the tip of its default branch (the mirror must be
+    /// up to date: call after [`Workspaces::prepare`]) into `dest`: its `AGENTS.md` files and its skills
+    /// (`.agents/skills/`, `.claude/skills/`). Never from the job's own commit, so a pull request cannot
+    /// change the instructions or skills its own review runs with. Returns the commit and the `AGENTS.md`
+    /// paths.
+    pub async fn export_context(
+        &self,
+        repo: &RepoName,
+        branch: &str,
+        dest: &Path,
+    ) -> Result<(String, Vec<String>)> {
+        let mirror = self.mirror_path(repo);
+        let rev = if branch.is_empty() {
+            "HEAD^{commit}".to_owned()
+        } else {
+            format!("refs/heads/{branch}^{{commit}}")
+        };
+        let none = GitAuth::none();
+        let commit = git(&mirror, &["rev-parse", "--verify", &rev], &none)
+            .await
+            .with_context(|| format!("{repo} has no branch `{branch}`"))?
+            .trim()
+            .to_owned();
+        let listing = git(&mirror, &["ls-tree", "-r", "--name-only", "-z", &commit], &none).await?;
+        let mut agents_md = Vec::new();
+        let mut skill_roots = Vec::new();
+        for path in listing.split('\0').filter(|p| !p.is_empty()) {
+            if path == "AGENTS.md" || path.ends_with("/AGENTS.md") {
+                agents_md.push(path.to_owned());
+            }
+            for root in crate::skill::WORKTREE_ROOTS {
+                if path.starts_with(root)
+                    && path.as_bytes().get(root.len()) == Some(&b'/')
+                    && !skill_roots.contains(&root)
+                {
+                    skill_roots.push(root);
+                }
+            }
+        }
+        tokio::fs::create_dir_all(dest).await?;
+        let wanted: Vec<&str> = agents_md
+            .iter()
+            .map(String::as_str)
+            .chain(skill_roots.iter().copied())
+            .collect();
+        if !wanted.is_empty() {
+            let tar = dest.join(".context.tar");
+            let mut args = vec!["archive", "--format=tar", "--output", path_str(&tar)?, &commit, "--"];
+            args.extend(&wanted);
+            git(&mirror, &args, &none).await?;
+            let out = tokio::process::Command::new("tar")
+                .arg("-xf")
+                .arg(&tar)
+                .arg("-C")
+                .arg(dest)
+                .output()
+                .await
+                .context("running tar (is it installed?)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "unpacking the repository's context failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            let _ = tokio::fs::remove_file(&tar).await;
+        }
+        Ok((commit, agents_md))
+    }
+
     /// Removes job `job`'s worktree, if one is left (the job was stopped before it could clean up).
     pub async fn discard(&self, repo: &RepoName, job: JobId) -> Result<()> {
         let path = self.root.join("worktrees").join(format!("job-{job}"));

@@ -11,8 +11,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::{JobSpec, Pipeline};
 use crate::agent::git::GitAuth;
+use crate::agent::prompt::{self, RepoContext};
 use crate::agent::workspace::Checkout;
-use crate::agent::{command, result};
+use crate::agent::{self, AgentJob, command, result};
 use crate::ids::JobId;
 use crate::sink::{self, SinkContext};
 use crate::skill;
@@ -225,24 +226,52 @@ async fn run_in_worktree(
         ("TMPDIR", tmp.display().to_string()),
     ];
 
-    // stderr lines reach the job log as they come, in small batches.
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    // The agent's output reaches the job log as it comes, in small batches.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(LogStream, String)>();
     let store = pipeline.store.clone();
     let job_id = job.id;
     let logger = tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
+        while let Some((stream, first)) = rx.recv().await {
             let mut batch = vec![first];
-            while let Ok(more) = rx.try_recv() {
+            let mut next = None;
+            while let Ok((more_stream, more)) = rx.try_recv() {
+                if more_stream != stream {
+                    next = Some((more_stream, more));
+                    break;
+                }
                 batch.push(more);
             }
-            if let Err(e) = store.append_log(job_id, LogStream::Stderr, &batch).await {
+            if let Err(e) = store.append_log(job_id, stream, &batch).await {
+                warn!("writing the job log failed: {e:#}");
+            }
+            if let Some((stream, line)) = next
+                && let Err(e) = store.append_log(job_id, stream, &[line]).await
+            {
                 warn!("writing the job log failed: {e:#}");
             }
         }
     });
 
+    // What the repository says about itself (AGENTS.md, skills), from its default branch.
+    let context_dir = job_dir.join("repo");
+    let (context_commit, agents_md) = pipeline
+        .workspaces
+        .export_context(&spec.repo, &spec.default_branch, &context_dir)
+        .await
+        .context("reading the repository's AGENTS.md and skills from its default branch")?;
+    let origin = format!(
+        "from `{}` at {}",
+        if spec.default_branch.is_empty() {
+            "the default branch"
+        } else {
+            &spec.default_branch
+        },
+        &context_commit[..context_commit.len().min(12)]
+    );
+    let repo_context = RepoContext::read(&context_dir, origin, agents_md);
+
     // Skills: the service's and the repository's, the ones the trigger names, where the agent looks.
-    let (available, skill_problems) = skill::available(&pipeline.config.skills, &worktree.path);
+    let (available, skill_problems) = skill::available(&pipeline.config.skills, &context_dir);
     let mut lines = vec![ready];
     lines.extend(
         skill_problems
@@ -254,16 +283,55 @@ async fn run_in_worktree(
     } else {
         Vec::new()
     };
-    let materialized = skill::materialize(&selected, &worktree.path)
-        .context("putting the skills in the worktree")?;
+    if !repo_context.agents_md.is_empty() {
+        let paths: Vec<&str> = repo_context
+            .agents_md
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect();
+        lines.push(format!(
+            "repository instructions {}: {}",
+            repo_context.origin,
+            paths.join(", ")
+        ));
+    }
     if !selected.is_empty() {
         let names: Vec<String> = selected
             .iter()
             .map(|s| format!("{} ({})", s.name, s.source))
             .collect();
-        lines.push(format!("skills: {}", names.join(", ")));
+        let how = if profile.backend.edits_files() {
+            "in the worktree"
+        } else {
+            "in the prompt"
+        };
+        lines.push(format!("skills {how}: {}", names.join(", ")));
     }
-    let starting = format!("starting agent `{}`", spec.agent);
+    let staged = if profile.backend.edits_files() {
+        Some(
+            skill::stage(&selected, &worktree.path, &job_dir.join("stash"))
+                .context("putting the skills in the worktree")?,
+        )
+    } else {
+        None
+    };
+    let prompt = prompt::compose(
+        &profile.backend,
+        &spec.prompt,
+        spec.output,
+        &repo_context,
+        &selected,
+        spec.all_skills,
+    );
+    let timeout = spec
+        .timeout_secs
+        .map(Duration::from_secs)
+        .unwrap_or(profile.timeout);
+    let starting = format!(
+        "starting agent `{}` ({})",
+        spec.agent,
+        profile.backend.kind()
+    );
     info!("{starting}");
     lines.push(starting);
     if let Err(e) = pipeline
@@ -278,20 +346,37 @@ async fn run_in_worktree(
     let sandbox = command::SandboxPaths {
         writable: vec![job_dir.clone(), worktree.git_dir.clone()],
     };
-    let outcome = command::run(
+    let outcome = agent::run(AgentJob {
+        profile_name: &spec.agent,
         profile,
-        &worktree.path,
-        &sandbox,
-        &spec.prompt,
-        &vars,
-        &*pipeline.env,
-        tx,
-    )
+        worktree: &worktree.path,
+        prompt: &prompt,
+        home: &home,
+        output_dir: &output_dir,
+        vars: vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        sandbox_paths: &sandbox,
+        timeout,
+        max_turns: profile.max_turns,
+        env: &*pipeline.env,
+        log: tx,
+    })
     .await;
     let _ = logger.await;
     // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
-    skill::remove(&materialized, &worktree.path);
+    if let Some(staged) = staged {
+        staged
+            .restore()
+            .context("putting the worktree's own skill folders back")?;
+    }
     let outcome = outcome?;
+    if let Some(usage) = &outcome.usage
+        && let Err(e) = pipeline.store.record_usage(job.id, usage).await
+    {
+        warn!("recording what the agent spent failed: {e:#}");
+    }
     let result = result::read(
         &output_dir,
         outcome.message.clone(),
@@ -299,34 +384,23 @@ async fn run_in_worktree(
         profile.max_output,
     );
     let _ = tokio::fs::remove_dir_all(&job_dir).await;
+    let spent = outcome
+        .usage
+        .as_ref()
+        .map(|u| format!("; spent: {u}"))
+        .unwrap_or_default();
     note(
         pipeline,
         job.id,
         format!(
-            "agent ended: {} after {} ms",
-            match (outcome.timed_out, outcome.status) {
-                (true, _) => format!(
-                    "timed out ({})",
-                    humantime::format_duration(profile.timeout)
-                ),
-                (false, Some(status)) => status.to_string(),
-                (false, None) => "unknown status".to_owned(),
-            },
+            "agent ended: {} after {} ms{spent}",
+            outcome.ended,
             started.elapsed().as_millis()
         ),
     )
     .await;
-    if !outcome.succeeded() {
-        if outcome.timed_out {
-            bail!(
-                "the agent ran out of time after {}",
-                humantime::format_duration(profile.timeout)
-            );
-        }
-        return Err(anyhow!(
-            "the agent failed ({}); its stderr is in the job log",
-            outcome.status.map(|s| s.to_string()).unwrap_or_default()
-        ));
+    if let Some(failure) = outcome.failure {
+        bail!(failure);
     }
     let result = result?;
     if result.truncated {

@@ -24,6 +24,8 @@ pub struct Skill {
     pub dir: PathBuf,
     /// Where it came from, for the job log: `service` or the repository folder it was found in.
     pub source: String,
+    /// The Markdown after the front matter: the instructions.
+    pub body: String,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +141,12 @@ pub fn read(dir: &Path, source: &str) -> Result<Skill, Vec<Diagnostic>> {
         ));
     }
     let _ = (&fm.license, &fm.metadata, &fm.allowed_tools);
+    // The body starts on the line after the closing `---`.
+    let after_yaml = yaml.as_ptr() as usize - text.as_ptr() as usize + yaml.len();
+    let body = text[after_yaml..]
+        .split_once('\n')
+        .map(|(_, rest)| rest.trim_start_matches(['\r', '\n']).to_owned())
+        .unwrap_or_default();
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -147,6 +155,7 @@ pub fn read(dir: &Path, source: &str) -> Result<Skill, Vec<Diagnostic>> {
         description: fm.description.trim().to_owned(),
         dir: dir.to_owned(),
         source: source.to_owned(),
+        body,
     })
 }
 
@@ -172,16 +181,17 @@ pub fn discover(root: &Path, source: &str) -> (Vec<Skill>, Vec<Diagnostic>) {
     (skills, problems)
 }
 
-/// The skills a job can use: the service's, overridden by the repository's of the same name.
+/// The skills a job can use: the service's, overridden by the repository's of the same name (found under
+/// `repo_root`, a copy of the repository's default branch or a checkout).
 pub fn available(
     service_root: &Path,
-    worktree: &Path,
+    repo_root: &Path,
 ) -> (BTreeMap<String, Skill>, Vec<Diagnostic>) {
     let (service, mut problems) = discover(service_root, "service");
     let mut all: BTreeMap<String, Skill> =
         service.into_iter().map(|s| (s.name.clone(), s)).collect();
     for root in WORKTREE_ROOTS {
-        let (repo, mut more) = discover(&worktree.join(root), root);
+        let (repo, mut more) = discover(&repo_root.join(root), root);
         problems.append(&mut more);
         for skill in repo {
             all.insert(skill.name.clone(), skill);
@@ -210,34 +220,67 @@ pub fn select(
         .collect()
 }
 
-/// Copies the selected service skills into the worktree where agent CLIs look for them, and returns what
-/// it created, to remove before the worktree's changes are read. Skills the repository has are already there.
-pub fn materialize(skills: &[Skill], worktree: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut created = Vec::new();
-    for skill in skills.iter().filter(|s| s.source == "service") {
-        for root in WORKTREE_ROOTS {
-            let target = worktree.join(root).join(&skill.name);
-            if target.exists() {
-                continue;
-            }
-            copy_dir(&skill.dir, &target)?;
-            created.push(target);
-        }
-    }
-    Ok(created)
+/// The worktree folders nightshift takes over for the length of a job: Codex's skills, and all of
+/// `.claude` (Claude Code's skills, but also its settings, hooks and commands, which a pull request could
+/// change to run anything).
+const STAGED: [&str; 2] = [".agents/skills", ".claude"];
+
+/// A worktree whose skill folders hold exactly a job's skills; [`Staged::restore`] puts back what was there.
+#[derive(Debug)]
+pub struct Staged {
+    worktree: PathBuf,
+    /// (folder in the worktree, where its original waits).
+    moved: Vec<(PathBuf, PathBuf)>,
+    /// Whether `.agents` was created for the job.
+    created_agents: bool,
 }
 
-/// Removes what [`materialize`] created (and the skill folders it left empty).
-pub fn remove(created: &[PathBuf], worktree: &Path) {
-    for path in created {
-        let _ = std::fs::remove_dir_all(path);
-    }
-    for root in WORKTREE_ROOTS {
-        let skills = worktree.join(root);
-        let _ = std::fs::remove_dir(&skills);
-        if let Some(parent) = skills.parent() {
-            let _ = std::fs::remove_dir(parent);
+/// Puts exactly `skills` where the agent CLIs look for them in the worktree (`.agents/skills/NAME` for
+/// Codex, `.claude/skills/NAME` for Claude Code): the worktree's own skill folders are moved to `stash`
+/// for the length of the job, so a pull request's skills or Claude settings are not the ones its job runs
+/// with, and a job sees only the skills its trigger names.
+pub fn stage(skills: &[Skill], worktree: &Path, stash: &Path) -> std::io::Result<Staged> {
+    let mut staged = Staged {
+        worktree: worktree.to_owned(),
+        moved: Vec::new(),
+        created_agents: !worktree.join(".agents").exists(),
+    };
+    for (i, folder) in STAGED.iter().enumerate() {
+        let path = worktree.join(folder);
+        if path.exists() {
+            std::fs::create_dir_all(stash)?;
+            let aside = stash.join(i.to_string());
+            std::fs::rename(&path, &aside)?;
+            staged.moved.push((path, aside));
         }
+    }
+    for skill in skills {
+        for root in WORKTREE_ROOTS {
+            copy_dir(&skill.dir, &worktree.join(root).join(&skill.name))?;
+        }
+    }
+    Ok(staged)
+}
+
+impl Staged {
+    /// Removes the job's skill folders and puts the worktree's own back, so they are not part of its changes.
+    pub fn restore(self) -> std::io::Result<()> {
+        for folder in STAGED {
+            let path = self.worktree.join(folder);
+            if path.exists() {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        if self.created_agents {
+            let _ = std::fs::remove_dir(self.worktree.join(".agents"));
+        }
+        for (path, aside) in &self.moved {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(aside, path)?;
+        }
+        Ok(())
     }
 }
 
@@ -349,28 +392,30 @@ mod tests {
         );
         assert_eq!(select(&available, &[], true).unwrap().len(), 2);
 
-        let created = materialize(&picked, worktree.path()).unwrap();
+        // Staged: exactly the picked skills in both places; the repository's own folders wait aside,
+        // Claude settings included, and come back as they were.
+        std::fs::create_dir_all(worktree.path().join(".claude")).unwrap();
+        std::fs::write(worktree.path().join(".claude/settings.json"), "{}").unwrap();
+        let stash = tempfile::tempdir().unwrap();
+        let staged = stage(&picked, worktree.path(), stash.path()).unwrap();
+        let w = worktree.path();
+        assert!(w.join(".agents/skills/review/SKILL.md").is_file());
+        assert!(w.join(".claude/skills/review/references/more.md").is_file());
+        assert!(!w.join(".agents/skills/style").exists(), "not picked");
+        assert!(!w.join(".claude/settings.json").exists());
+        staged.restore().unwrap();
+        assert!(!w.join(".agents/skills/review").exists());
+        assert!(!w.join(".claude/skills").exists());
+        assert!(w.join(".claude/settings.json").is_file());
         assert!(
-            worktree
-                .path()
-                .join(".agents/skills/review/SKILL.md")
-                .is_file()
+            w.join(".agents/skills/style/SKILL.md").is_file(),
+            "the repository's own skill is back"
         );
-        assert!(
-            worktree
-                .path()
-                .join(".claude/skills/review/references/more.md")
-                .is_file()
-        );
-        remove(&created, worktree.path());
-        assert!(!worktree.path().join(".agents/skills/review").exists());
-        assert!(
-            !worktree.path().join(".claude").exists(),
-            "empty folders it made are gone"
-        );
-        assert!(
-            worktree.path().join(".agents/skills/style").exists(),
-            "the repository's own skill stays"
-        );
+
+        // Nothing was there before: nothing is left after.
+        let empty = tempfile::tempdir().unwrap();
+        let staged = stage(&picked, empty.path(), stash.path()).unwrap();
+        staged.restore().unwrap();
+        assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
     }
 }

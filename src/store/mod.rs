@@ -133,6 +133,59 @@ pub struct JobRecord {
     pub state: JobState,
     pub attempts: u32,
     pub error: Option<String>,
+    /// What the agent spent, when its backend reported it.
+    pub usage: Option<Usage>,
+}
+
+/// What an agent run spent, as its backend reported it. Every field is optional: a command agent reports
+/// nothing, Codex reports tokens but no cost, Claude Code reports turns, tokens and cost.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Model round trips (Claude Code's `num_turns`; requests for a model endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Input tokens served from the provider's prompt cache (a part of `input_tokens` or on top, as the
+    /// backend counts them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(model) = &self.model {
+            parts.push(model.clone());
+        }
+        if let Some(turns) = self.turns {
+            parts.push(format!("{turns} turn{}", if turns == 1 { "" } else { "s" }));
+        }
+        if let Some(input) = self.input_tokens {
+            match self.cached_input_tokens {
+                Some(cached) if cached > 0 => {
+                    parts.push(format!("{input} input tokens ({cached} cached)"))
+                }
+                _ => parts.push(format!("{input} input tokens")),
+            }
+        }
+        if let Some(output) = self.output_tokens {
+            parts.push(format!("{output} output tokens"));
+        }
+        if let Some(cost) = self.cost_usd {
+            parts.push(format!("${cost:.4}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("nothing reported");
+        }
+        f.write_str(&parts.join(", "))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +269,9 @@ pub trait Store: Send + Sync + 'static {
     async fn record_output(&self, job: JobId, output: &Output) -> Result<()>;
 
     async fn jobs(&self) -> Result<Vec<JobRecord>>;
+
+    /// Records what the job's agent spent.
+    async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()>;
 
     /// Records (or refreshes) what a delivery said about its repository.
     async fn upsert_repository(&self, repo: &KnownRepo) -> Result<()>;

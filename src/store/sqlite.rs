@@ -17,11 +17,18 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use super::*;
 use crate::now_ms;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "job usage",
+        include_str!("../../migrations/sqlite/0002_job_usage.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -340,7 +347,7 @@ impl Store for SqliteStore {
 
     async fn jobs(&self) -> Result<Vec<JobRecord>> {
         let rows = sqlx::query(
-            "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, j.error
+            "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, j.error, j.usage
              FROM jobs j JOIN deliveries d ON d.id = j.delivery_id ORDER BY j.id",
         )
         .fetch_all(&self.pool)
@@ -355,9 +362,22 @@ impl Store for SqliteStore {
                     state: JobState::parse(row.try_get("state")?)?,
                     attempts: row.try_get::<i64, _>("attempts")? as u32,
                     error: row.try_get("error")?,
+                    usage: row
+                        .try_get::<Option<String>, _>("usage")?
+                        .map(|u| serde_json::from_str(&u))
+                        .transpose()?,
                 })
             })
             .collect()
+    }
+
+    async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()> {
+        sqlx::query("UPDATE jobs SET usage = ? WHERE id = ?")
+            .bind(serde_json::to_string(usage)?)
+            .bind(job.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn upsert_repository(&self, repo: &KnownRepo) -> Result<()> {

@@ -332,6 +332,7 @@ impl Spine {
     }
 
     pub async fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> reqwest::StatusCode {
+        nightshift::install_tls_provider();
         let mut request = reqwest::Client::new()
             .post(format!("{}/webhooks/github", self.url()))
             .header("Content-Type", "application/json")

@@ -1,0 +1,574 @@
+//! The built-in agent CLIs: Codex (`codex exec`) and Claude Code (`claude -p`), found on PATH and run
+//! non-interactively in the job's worktree, each job with its own home (so jobs share no state), telemetry,
+//! update checks and plugin sync off, permissions that never prompt, and the worktree (plus the job's output
+//! folder) as the only writable place. Both print JSON events, read here line by line: what the agent does
+//! goes to the job log as it happens, and what it spent (turns, tokens, cost) is kept with the job.
+//!
+//! Every flag passed here is checked against the installed CLI's `--help` by the test suite
+//! (`tests/agent_clis.rs`), and by [`check_flags`] when the service starts.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use super::command::{self, Launch, Stdout};
+use super::{AgentJob, AgentOutcome, describe_exit};
+use crate::config::CliOptions;
+use crate::store::{LogStream, Usage};
+
+/// The argv of a Codex job; the prompt goes on stdin (`-`), so its length is not bounded by argv limits.
+pub fn codex_argv(options: &CliOptions, worktree: &Path, output_dir: &Path) -> Vec<String> {
+    let mut argv = vec![
+        options.program.clone(),
+        "exec".into(),
+        "--json".into(),
+        "--strict-config".into(),
+        "--ephemeral".into(),
+        "--cd".into(),
+        worktree.display().to_string(),
+        "--add-dir".into(),
+        output_dir.display().to_string(),
+    ];
+    if let Some(model) = &options.model {
+        argv.extend(["--model".into(), model.clone()]);
+    }
+    argv.extend(options.args.iter().cloned());
+    argv.push("-".into());
+    argv
+}
+
+/// `$CODEX_HOME/config.toml` for a job: a provider of our own pointing at the profile's endpoint, no
+/// approvals, the workspace-write sandbox, and nothing that phones home. `AGENTS.md` is not read by Codex
+/// itself: nightshift gives it from the default branch, in the prompt.
+pub fn codex_config(options: &CliOptions, network: bool) -> String {
+    let base_url = options
+        .base_url
+        .clone()
+        .unwrap_or_else(|| crate::config::OPENAI_BASE_URL.to_owned());
+    // A JSON string is a valid TOML basic string (the same escapes), so values need no TOML library.
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let model = options
+        .model
+        .as_deref()
+        .map(|m| format!("model = {}\n", quote(m)))
+        .unwrap_or_default();
+    format!(
+        "{model}model_provider = \"nightshift\"\n\
+         approval_policy = \"never\"\n\
+         sandbox_mode = \"workspace-write\"\n\
+         check_for_update_on_startup = false\n\
+         web_search = \"disabled\"\n\
+         project_doc_max_bytes = 0\n\
+         \n\
+         [sandbox_workspace_write]\n\
+         network_access = {network}\n\
+         \n\
+         [model_providers.nightshift]\n\
+         name = \"nightshift\"\n\
+         base_url = {base_url}\n\
+         wire_api = \"responses\"\n\
+         env_key = {env_key}\n\
+         \n\
+         [features]\n\
+         plugins = false\n\
+         remote_plugin = false\n\
+         apps = false\n\
+         tool_suggest = false\n\
+         shell_snapshot = false\n\
+         \n\
+         [otel]\n\
+         exporter = \"none\"\n\
+         trace_exporter = \"none\"\n\
+         metrics_exporter = \"none\"\n\
+         \n\
+         [analytics]\n\
+         enabled = false\n\
+         \n\
+         [feedback]\n\
+         enabled = false\n\
+         \n\
+         [history]\n\
+         persistence = \"none\"\n",
+        base_url = quote(&base_url),
+        env_key = quote(&options.api_key_env),
+    )
+}
+
+/// The argv of a Claude Code job; the prompt goes on stdin.
+pub fn claude_argv(
+    options: &CliOptions,
+    output_dir: &Path,
+    max_turns: Option<u32>,
+    max_cost_usd: Option<f64>,
+) -> Vec<String> {
+    let mut argv = vec![
+        options.program.clone(),
+        "-p".into(),
+        "--output-format".into(),
+        "stream-json".into(),
+        "--verbose".into(),
+        "--no-session-persistence".into(),
+        "--permission-mode".into(),
+        options.permission_mode.clone(),
+    ];
+    if !options.allowed_tools.is_empty() {
+        argv.push("--allowedTools".into());
+        argv.extend(options.allowed_tools.iter().cloned());
+    }
+    // Options that take a list end at the next option, so this one comes after the tools.
+    argv.extend(["--add-dir".into(), output_dir.display().to_string()]);
+    if let Some(model) = &options.model {
+        argv.extend(["--model".into(), model.clone()]);
+    }
+    if let Some(turns) = max_turns {
+        argv.extend(["--max-turns".into(), turns.to_string()]);
+    }
+    if let Some(cost) = max_cost_usd {
+        argv.extend(["--max-budget-usd".into(), cost.to_string()]);
+    }
+    argv.extend(options.args.iter().cloned());
+    argv
+}
+
+/// Environment that keeps Claude Code quiet and hermetic.
+const CLAUDE_QUIET: &[(&str, &str)] = &[
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ("DISABLE_TELEMETRY", "1"),
+    ("DISABLE_ERROR_REPORTING", "1"),
+    ("DISABLE_AUTOUPDATER", "1"),
+];
+
+/// The one secret an agent CLI receives, from the service's environment.
+fn api_key(job: &AgentJob<'_>, options: &CliOptions) -> Result<String> {
+    (job.env)(&options.api_key_env).with_context(|| {
+        format!(
+            "agent `{}` needs its API key in ${}, which nightshift's environment does not have",
+            job.profile_name, options.api_key_env
+        )
+    })
+}
+
+pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
+    let key = api_key(&job, options)?;
+    let codex_home = job.home.join(".codex");
+    tokio::fs::create_dir_all(&codex_home).await?;
+    tokio::fs::write(
+        codex_home.join("config.toml"),
+        codex_config(options, job.profile.network),
+    )
+    .await
+    .context("writing Codex's config")?;
+    let mut vars = job.vars.clone();
+    vars.push(("CODEX_HOME".into(), codex_home.display().to_string()));
+    vars.push((options.api_key_env.clone(), key));
+    let state = Arc::new(Mutex::new(Events::default()));
+    let finished = launch(
+        &job,
+        codex_argv(options, job.worktree, job.output_dir),
+        vars,
+        state.clone(),
+        codex_event,
+    )
+    .await?;
+    let mut events = take(&state);
+    events.usage.model = options.model.clone();
+    if events.failure.is_none() && finished.succeeded() && !events.completed {
+        events.failure = Some("Codex ended without completing its turn".into());
+    }
+    Ok(outcome(&job, finished, events))
+}
+
+pub async fn claude(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
+    let key = api_key(&job, options)?;
+    let mut vars = job.vars.clone();
+    vars.extend(
+        CLAUDE_QUIET
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    vars.push(("ANTHROPIC_API_KEY".into(), key));
+    if let Some(url) = &options.base_url {
+        vars.push(("ANTHROPIC_BASE_URL".into(), url.clone()));
+    }
+    let state = Arc::new(Mutex::new(Events::default()));
+    let argv = claude_argv(
+        options,
+        job.output_dir,
+        job.max_turns,
+        job.profile.max_cost_usd,
+    );
+    let finished = launch(&job, argv, vars, state.clone(), claude_event).await?;
+    let mut events = take(&state);
+    if events.usage.model.is_none() {
+        events.usage.model = options.model.clone();
+    }
+    if events.failure.is_none() && finished.succeeded() && !events.completed {
+        events.failure = Some("Claude Code ended without a result".into());
+    }
+    Ok(outcome(&job, finished, events))
+}
+
+/// What a CLI's event stream told us.
+#[derive(Debug, Default)]
+pub struct Events {
+    /// The agent's final message.
+    pub message: Option<String>,
+    pub usage: Usage,
+    /// Why the run failed, when the CLI said so (its exit status may still be 0).
+    pub failure: Option<String>,
+    /// The run reached its end (Codex's `turn.completed`, Claude Code's `result`).
+    pub completed: bool,
+}
+
+type EventFn = fn(&mut Events, &Value) -> Option<String>;
+
+async fn launch(
+    job: &AgentJob<'_>,
+    argv: Vec<String>,
+    vars: Vec<(String, String)>,
+    state: Arc<Mutex<Events>>,
+    on_event: EventFn,
+) -> Result<command::Finished> {
+    let log = job.log.clone();
+    let each = move |line: &str| {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            // Not an event: keep it, it may be the reason something failed.
+            let _ = log.send((LogStream::Stdout, line.to_owned()));
+            return;
+        };
+        let note = on_event(&mut state.lock().expect("events lock"), &event);
+        if let Some(note) = note {
+            let _ = log.send((LogStream::Stdout, note));
+        }
+    };
+    command::run(
+        Launch {
+            argv,
+            worktree: job.worktree,
+            stdin: job.prompt,
+            allow: &job.profile.env,
+            vars,
+            timeout: job.timeout,
+            sandbox: None,
+            stdout: Stdout::Lines(Box::new(each)),
+        },
+        job.env,
+        job.log.clone(),
+    )
+    .await
+}
+
+fn take(state: &Arc<Mutex<Events>>) -> Events {
+    std::mem::take(&mut *state.lock().expect("events lock"))
+}
+
+fn outcome(job: &AgentJob<'_>, finished: command::Finished, events: Events) -> AgentOutcome {
+    let failure = describe_exit(&finished, job.timeout).or(events.failure);
+    let message = events.message.unwrap_or_default();
+    let (message, truncated) = super::cap(message, job.profile.max_output);
+    AgentOutcome {
+        ended: super::ended(&finished, job.timeout),
+        failure,
+        message,
+        truncated,
+        usage: Some(events.usage),
+    }
+}
+
+fn text(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn count(value: &Value, key: &str) -> Option<u64> {
+    value.get(key).and_then(Value::as_u64)
+}
+
+fn add(total: &mut Option<u64>, more: Option<u64>) {
+    if let Some(more) = more {
+        *total = Some(total.unwrap_or(0) + more);
+    }
+}
+
+/// One line of `codex exec --json`.
+pub fn codex_event(events: &mut Events, event: &Value) -> Option<String> {
+    match event.get("type")?.as_str()? {
+        "item.completed" => {
+            let item = event.get("item")?;
+            match item.get("type")?.as_str()? {
+                "agent_message" => {
+                    events.message = Some(text(item, "text"));
+                    None
+                }
+                "command_execution" => Some(format!(
+                    "ran `{}` (exit {})",
+                    text(item, "command"),
+                    item.get("exit_code")
+                        .map(Value::to_string)
+                        .unwrap_or_else(|| "?".into())
+                )),
+                "file_change" => {
+                    let changes: Vec<String> = item
+                        .get("changes")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .map(|c| format!("{} ({})", text(c, "path"), text(c, "kind")))
+                        .collect();
+                    Some(format!("changed {}", changes.join(", ")))
+                }
+                "error" => Some(format!("error: {}", text(item, "message"))),
+                _ => None,
+            }
+        }
+        "turn.completed" => {
+            events.completed = true;
+            let usage = event.get("usage")?;
+            add(
+                &mut events.usage.input_tokens,
+                count(usage, "input_tokens"),
+            );
+            add(
+                &mut events.usage.cached_input_tokens,
+                count(usage, "cached_input_tokens"),
+            );
+            add(
+                &mut events.usage.output_tokens,
+                count(usage, "output_tokens"),
+            );
+            None
+        }
+        "turn.failed" => {
+            let message = event
+                .get("error")
+                .map(|e| text(e, "message"))
+                .unwrap_or_default();
+            events.failure = Some(format!("Codex failed: {message}"));
+            None
+        }
+        "error" => Some(format!("error: {}", text(event, "message"))),
+        _ => None,
+    }
+}
+
+/// One line of `claude -p --output-format stream-json --verbose`.
+pub fn claude_event(events: &mut Events, event: &Value) -> Option<String> {
+    match event.get("type")?.as_str()? {
+        "system" if text(event, "subtype") == "init" => {
+            events.usage.model = event
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Some(format!(
+                "Claude Code {} started (model {})",
+                text(event, "claude_code_version"),
+                text(event, "model")
+            ))
+        }
+        "assistant" => {
+            let content = event.get("message")?.get("content")?.as_array()?;
+            let tools: Vec<String> = content
+                .iter()
+                .filter(|c| c.get("type").and_then(Value::as_str) == Some("tool_use"))
+                .map(|c| {
+                    let input = c.get("input").cloned().unwrap_or(Value::Null);
+                    let what = ["command", "file_path", "path", "pattern"]
+                        .iter()
+                        .find_map(|k| input.get(k).and_then(Value::as_str))
+                        .unwrap_or_default();
+                    format!("{} {what}", text(c, "name")).trim_end().to_owned()
+                })
+                .collect();
+            (!tools.is_empty()).then(|| format!("tool: {}", tools.join("; ")))
+        }
+        "result" => {
+            events.completed = true;
+            events.message = Some(text(event, "result"));
+            let usage = event.get("usage");
+            let u = &mut events.usage;
+            u.turns = count(event, "num_turns");
+            u.cost_usd = event.get("total_cost_usd").and_then(Value::as_f64);
+            if let Some(usage) = usage {
+                // Claude counts cache reads and writes apart from input_tokens; input is all of them.
+                let input = count(usage, "input_tokens").unwrap_or(0)
+                    + count(usage, "cache_read_input_tokens").unwrap_or(0)
+                    + count(usage, "cache_creation_input_tokens").unwrap_or(0);
+                u.input_tokens = Some(input);
+                u.cached_input_tokens = count(usage, "cache_read_input_tokens");
+                u.output_tokens = count(usage, "output_tokens");
+            }
+            let subtype = text(event, "subtype");
+            let is_error = event
+                .get("is_error")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if is_error || subtype != "success" {
+                events.failure = Some(match subtype.as_str() {
+                    "error_max_turns" => "Claude Code reached the profile's max_turns".to_owned(),
+                    "error_max_budget_usd" => {
+                        "Claude Code reached the profile's max_cost_usd".to_owned()
+                    }
+                    _ => format!("Claude Code failed ({subtype}): {}", text(event, "result")),
+                });
+            }
+            let denied = event
+                .get("permission_denials")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            (denied > 0).then(|| {
+                format!(
+                    "{denied} tool call(s) were denied: the profile's permission_mode and allowed_tools \
+                     decide what Claude Code may do"
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Checks that every flag nightshift passes to the CLI exists in its `--help`. Returns the missing ones.
+pub async fn check_flags(argv: &[String], help_args: &[&str]) -> Result<Vec<String>> {
+    let program = argv.first().context("empty argv")?;
+    let out = tokio::process::Command::new(program)
+        .args(help_args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running `{program} {}`", help_args.join(" ")))?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    Ok(flags(argv)
+        .into_iter()
+        .filter(|flag| !help_mentions(&help, flag))
+        .collect())
+}
+
+/// The options in an argv (`--x`, `-x`), without values.
+pub fn flags(argv: &[String]) -> Vec<String> {
+    argv.iter()
+        .skip(1)
+        .filter(|a| a.starts_with('-') && a.len() > 1)
+        .map(|a| a.split('=').next().unwrap_or(a).to_owned())
+        .collect()
+}
+
+/// Whether `help` documents `flag` (as a whole word: `-p` is not found inside `--print`).
+fn help_mentions(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(i, _)| {
+        let before = help[..i].chars().next_back();
+        let after = help[i + flag.len()..].chars().next();
+        !before.is_some_and(|c| c == '-' || c.is_alphanumeric())
+            && !after.is_some_and(|c| c == '-' || c.is_alphanumeric())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn codex_events_give_the_message_usage_and_a_log() {
+        let mut events = Events::default();
+        let lines = [
+            json!({"type":"thread.started","thread_id":"t"}),
+            json!({"type":"item.completed","item":{"type":"command_execution","command":"cargo test","exit_code":0}}),
+            json!({"type":"item.completed","item":{"type":"file_change","changes":[{"path":"src/a.rs","kind":"update"}]}}),
+            json!({"type":"item.completed","item":{"type":"agent_message","text":"Fixed it."}}),
+            json!({"type":"turn.completed","usage":{"input_tokens":100,"cached_input_tokens":40,"output_tokens":7}}),
+        ];
+        let log: Vec<String> = lines
+            .iter()
+            .filter_map(|l| codex_event(&mut events, l))
+            .collect();
+        assert_eq!(
+            log,
+            ["ran `cargo test` (exit 0)", "changed src/a.rs (update)"]
+        );
+        assert_eq!(events.message.as_deref(), Some("Fixed it."));
+        assert!(events.completed && events.failure.is_none());
+        assert_eq!(events.usage.input_tokens, Some(100));
+        assert_eq!(events.usage.cached_input_tokens, Some(40));
+        assert_eq!(events.usage.output_tokens, Some(7));
+    }
+
+    #[test]
+    fn a_failed_codex_turn_fails_the_job_even_when_codex_exits_0() {
+        let mut events = Events::default();
+        codex_event(
+            &mut events,
+            &json!({"type":"turn.failed","error":{"message":"stream disconnected"}}),
+        );
+        assert_eq!(
+            events.failure.as_deref(),
+            Some("Codex failed: stream disconnected")
+        );
+    }
+
+    #[test]
+    fn claude_results_give_turns_tokens_and_cost_and_catch_errors() {
+        let mut events = Events::default();
+        claude_event(
+            &mut events,
+            &json!({"type":"system","subtype":"init","model":"claude-x","claude_code_version":"2.1.197"}),
+        );
+        let note = claude_event(
+            &mut events,
+            &json!({"type":"assistant","message":{"content":[{"type":"tool_use","name":"Edit","input":{"file_path":"src/a.rs"}}]}}),
+        );
+        assert_eq!(note.as_deref(), Some("tool: Edit src/a.rs"));
+        claude_event(
+            &mut events,
+            &json!({"type":"result","subtype":"success","is_error":false,"result":"Done.","num_turns":3,
+                    "total_cost_usd":0.0123,"usage":{"input_tokens":10,"cache_read_input_tokens":90,
+                    "cache_creation_input_tokens":0,"output_tokens":5},"permission_denials":[]}),
+        );
+        assert_eq!(events.message.as_deref(), Some("Done."));
+        assert_eq!(
+            events.usage,
+            Usage {
+                model: Some("claude-x".into()),
+                turns: Some(3),
+                input_tokens: Some(100),
+                cached_input_tokens: Some(90),
+                output_tokens: Some(5),
+                cost_usd: Some(0.0123),
+            }
+        );
+        assert!(events.failure.is_none());
+
+        // "success" with is_error (an API error), and the turn limit.
+        let mut events = Events::default();
+        claude_event(
+            &mut events,
+            &json!({"type":"result","subtype":"success","is_error":true,"result":"API Error: 500"}),
+        );
+        assert!(events.failure.unwrap().contains("API Error: 500"));
+        let mut events = Events::default();
+        claude_event(
+            &mut events,
+            &json!({"type":"result","subtype":"error_max_turns","is_error":true}),
+        );
+        assert_eq!(
+            events.failure.as_deref(),
+            Some("Claude Code reached the profile's max_turns")
+        );
+    }
+
+    #[test]
+    fn flags_are_found_as_whole_words_only() {
+        let help = "  -p, --print   Print\n  --max-turns <n>\n";
+        assert!(help_mentions(help, "-p"));
+        assert!(help_mentions(help, "--max-turns"));
+        assert!(!help_mentions(help, "--max"));
+        assert!(!help_mentions(help, "--print-all"));
+        assert_eq!(
+            flags(&["claude".into(), "-p".into(), "--model=x".into(), "m".into()]),
+            ["-p", "--model"]
+        );
+    }
+}
