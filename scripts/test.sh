@@ -8,9 +8,21 @@ need() { command -v "$1" >/dev/null 2>&1; }
 missing=()
 need git || missing+=(git)
 need bwrap || missing+=(bubblewrap)
+need npm || missing+=(npm)
+need tar || missing+=(tar)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The real agent CLIs (Codex, Claude Code) at the versions tests/agent-clis/package-lock.json pins; npm's
+# cache (~/.npm) keeps the download between runs. The tests run them against a scripted model server on
+# loopback, never the network.
+clis=tests/agent-clis
+if ! cmp -s "$clis/package-lock.json" "$clis/node_modules/.installed-lock" 2>/dev/null; then
+  echo "installing the agent CLIs (npm ci)"
+  npm ci --prefix "$clis" --no-audit --no-fund --loglevel=error
+  cp "$clis/package-lock.json" "$clis/node_modules/.installed-lock"
 fi
 
 # The benchmarks must build (they run with `cargo bench`); the tests run last, so their summary closes the output.

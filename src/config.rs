@@ -546,7 +546,10 @@ fn agent_profile(
                     Diagnostic::at(
                         path,
                         mode.referenced,
-                        format!("`{}` is not a permission mode nightshift can use", mode.value),
+                        format!(
+                            "`{}` is not a permission mode nightshift can use",
+                            mode.value
+                        ),
                     )
                     .with_hint(format!(
                         "one of {} (a job cannot answer a permission prompt)",
@@ -578,14 +581,28 @@ fn agent_profile(
     if let Some(codex) = file.codex {
         if codex.permission_mode.is_some() || !codex.allowed_tools.is_empty() {
             errors.push(
-                Diagnostic::at(path, at, format!("agent `{name}`: permission_mode and allowed_tools are Claude Code's"))
-                    .with_hint("Codex runs with approval_policy=never in its workspace-write sandbox"),
+                Diagnostic::at(
+                    path,
+                    at,
+                    format!("agent `{name}`: permission_mode and allowed_tools are Claude Code's"),
+                )
+                .with_hint("Codex runs with approval_policy=never in its workspace-write sandbox"),
             );
         }
-        chosen.push(Backend::Codex(cli(codex, "codex", "OPENAI_API_KEY", &mut errors)));
+        chosen.push(Backend::Codex(cli(
+            codex,
+            "codex",
+            "OPENAI_API_KEY",
+            &mut errors,
+        )));
     }
     if let Some(claude) = file.claude {
-        chosen.push(Backend::Claude(cli(claude, "claude", "ANTHROPIC_API_KEY", &mut errors)));
+        chosen.push(Backend::Claude(cli(
+            claude,
+            "claude",
+            "ANTHROPIC_API_KEY",
+            &mut errors,
+        )));
     }
     if let Some(endpoint) = file.openai {
         chosen.push(Backend::OpenAi(EndpointOptions {
@@ -603,8 +620,12 @@ fn agent_profile(
     if chosen.len() > 1 {
         let kinds: Vec<&str> = chosen.iter().map(Backend::kind).collect();
         errors.push(
-            Diagnostic::at(path, at, format!("agent `{name}` has {}", kinds.join(" and ")))
-                .with_hint("a profile runs one backend: keep one of command, codex, claude, openai"),
+            Diagnostic::at(
+                path,
+                at,
+                format!("agent `{name}` has {}", kinds.join(" and ")),
+            )
+            .with_hint("a profile runs one backend: keep one of command, codex, claude, openai"),
         );
     }
     let backend = chosen.into_iter().next();
@@ -626,17 +647,29 @@ fn agent_profile(
     if let Some(turns) = &file.max_turns
         && kind != "claude"
     {
-        errors.push(unsupported("max_turns", turns.referenced, "claude (--max-turns)"));
+        errors.push(unsupported(
+            "max_turns",
+            turns.referenced,
+            "claude (--max-turns)",
+        ));
     }
     if let Some(cost) = &file.max_cost_usd
         && kind != "claude"
     {
-        errors.push(unsupported("max_cost_usd", cost.referenced, "claude (--max-budget-usd)"));
+        errors.push(unsupported(
+            "max_cost_usd",
+            cost.referenced,
+            "claude (--max-budget-usd)",
+        ));
     }
     if let Some(tokens) = &file.max_tokens
         && kind != "openai"
     {
-        errors.push(unsupported("max_tokens", tokens.referenced, "openai (the request's max_tokens)"));
+        errors.push(unsupported(
+            "max_tokens",
+            tokens.referenced,
+            "openai (the request's max_tokens)",
+        ));
     }
     if file.sandbox.is_some() && kind != "command" {
         errors.push(

@@ -252,7 +252,8 @@ async fn named_skills_reach_the_agent_where_it_looks_and_never_the_pull_request(
         .await
         .unwrap();
     assert!(
-        log.iter().any(|l| l.line == "skills in the worktree: checklist (service)"),
+        log.iter()
+            .any(|l| l.line == "skills in the worktree: checklist (service)"),
         "{log:?}"
     );
 }

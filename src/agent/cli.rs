@@ -265,7 +265,14 @@ fn take(state: &Arc<Mutex<Events>>) -> Events {
 }
 
 fn outcome(job: &AgentJob<'_>, finished: command::Finished, events: Events) -> AgentOutcome {
-    let failure = describe_exit(&finished, job.timeout).or(events.failure);
+    // The CLI's own reason says more than its exit status, unless it ran out of time.
+    let failure = if finished.timed_out {
+        describe_exit(&finished, job.timeout)
+    } else {
+        events
+            .failure
+            .or_else(|| describe_exit(&finished, job.timeout))
+    };
     let message = events.message.unwrap_or_default();
     let (message, truncated) = super::cap(message, job.profile.max_output);
     AgentOutcome {
@@ -329,10 +336,7 @@ pub fn codex_event(events: &mut Events, event: &Value) -> Option<String> {
         "turn.completed" => {
             events.completed = true;
             let usage = event.get("usage")?;
-            add(
-                &mut events.usage.input_tokens,
-                count(usage, "input_tokens"),
-            );
+            add(&mut events.usage.input_tokens, count(usage, "input_tokens"));
             add(
                 &mut events.usage.cached_input_tokens,
                 count(usage, "cached_input_tokens"),
@@ -431,8 +435,17 @@ pub fn claude_event(events: &mut Events, event: &Value) -> Option<String> {
     }
 }
 
-/// Checks that every flag nightshift passes to the CLI exists in its `--help`. Returns the missing ones.
-pub async fn check_flags(argv: &[String], help_args: &[&str]) -> Result<Vec<String>> {
+/// Flags Claude Code accepts and honours but leaves out of its `--help` (2.1.197). Each is proven by a test
+/// of its behaviour instead (`tests/agent_backends.rs`: `max_turns` ends a run at its limit).
+pub const CLAUDE_UNLISTED_FLAGS: &[&str] = &["--max-turns"];
+
+/// Checks that every flag nightshift passes to the CLI exists in its `--help` (or in `unlisted`, flags
+/// proven by behaviour). Returns the missing ones.
+pub async fn check_flags(
+    argv: &[String],
+    help_args: &[&str],
+    unlisted: &[&str],
+) -> Result<Vec<String>> {
     let program = argv.first().context("empty argv")?;
     let out = tokio::process::Command::new(program)
         .args(help_args)
@@ -443,7 +456,7 @@ pub async fn check_flags(argv: &[String], help_args: &[&str]) -> Result<Vec<Stri
     let help = String::from_utf8_lossy(&out.stdout);
     Ok(flags(argv)
         .into_iter()
-        .filter(|flag| !help_mentions(&help, flag))
+        .filter(|flag| !help_mentions(&help, flag) && !unlisted.contains(&flag.as_str()))
         .collect())
 }
 

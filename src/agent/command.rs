@@ -13,8 +13,8 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 use crate::config::SandboxKind;
-use crate::store::LogStream;
 use crate::queue::EnvLookup;
+use crate::store::LogStream;
 
 /// Variables every agent may see, when the service has them. Everything else is withheld unless the
 /// profile lists it under `env`: the webhook secret, the GitHub token and the App key never reach an agent.

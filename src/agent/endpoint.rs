@@ -81,7 +81,10 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
         let (why, wait) = match result {
             Attempt::Answer(answer) => break answer,
             Attempt::Fail(why) => {
-                return Ok(failed(format!("the model endpoint refused the request: {why}"), attempt));
+                return Ok(failed(
+                    format!("the model endpoint refused the request: {why}"),
+                    attempt,
+                ));
             }
             Attempt::Retry(why, wait) => (why, wait),
         };
@@ -91,7 +94,9 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
                 attempt,
             ));
         }
-        let wait = wait.unwrap_or_else(|| backoff(attempt)).min(Duration::from_secs(60));
+        let wait = wait
+            .unwrap_or_else(|| backoff(attempt))
+            .min(Duration::from_secs(60));
         if Instant::now() + wait >= deadline {
             return Ok(timed_out(&job, attempt));
         }
@@ -131,7 +136,9 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
         return Ok(AgentOutcome {
             usage: Some(usage),
             ..failed(
-                format!("the model endpoint answered without a message (finish_reason: {finish:?})"),
+                format!(
+                    "the model endpoint answered without a message (finish_reason: {finish:?})"
+                ),
                 attempt,
             )
         });

@@ -100,7 +100,12 @@ fn skills_section(out: &mut String, skills: &[Skill], all_skills: bool) {
             continue;
         }
         budget -= skill.body.len();
-        let _ = writeln!(out, "## Skill: {}\n\n{}\n", skill.name, skill.body.trim_end());
+        let _ = writeln!(
+            out,
+            "## Skill: {}\n\n{}\n",
+            skill.name,
+            skill.body.trim_end()
+        );
     }
     if !left_out.is_empty() {
         let _ = writeln!(
@@ -115,15 +120,23 @@ fn skills_section(out: &mut String, skills: &[Skill], all_skills: bool) {
 fn delivery(backend: &Backend, output: OutputKind) -> &'static str {
     let edits = backend.edits_files();
     match output {
-        OutputKind::Comment => "Your final message is posted as a comment on GitHub, as you write it (Markdown).",
-        OutputKind::Issue => "Your final message becomes the body of a new GitHub issue (Markdown).",
-        OutputKind::CheckRun => "Your final message becomes the summary of a check run on the commit (Markdown).",
+        OutputKind::Comment => {
+            "Your final message is posted as a comment on GitHub, as you write it (Markdown)."
+        }
+        OutputKind::Issue => {
+            "Your final message becomes the body of a new GitHub issue (Markdown)."
+        }
+        OutputKind::CheckRun => {
+            "Your final message becomes the summary of a check run on the commit (Markdown)."
+        }
         OutputKind::PullRequest if edits => {
             "Change the files in the working directory to do the task. Do not commit, push or create branches: \
              nightshift commits what you changed and opens the pull request. Your final message becomes the \
              pull request's description (Markdown)."
         }
-        OutputKind::PullRequest => "Your final message becomes the pull request's description (Markdown).",
+        OutputKind::PullRequest => {
+            "Your final message becomes the pull request's description (Markdown)."
+        }
         OutputKind::Review if edits => {
             "Your review is posted on the pull request. For comments on specific lines, write the file \
              $NIGHTSHIFT_OUTPUT_DIR/review.json: {\"summary\": \"...\", \"comments\": [{\"path\": \"src/x.rs\", \
@@ -131,7 +144,9 @@ fn delivery(backend: &Backend, output: OutputKind) -> &'static str {
              version; LEFT for the old one). Without that file, your final message is the review. Do not change \
              the repository's files."
         }
-        OutputKind::Review => "Your final message is posted as a review of the pull request (Markdown).",
+        OutputKind::Review => {
+            "Your final message is posted as a review of the pull request (Markdown)."
+        }
     }
 }
 

@@ -271,7 +271,12 @@ impl Workspaces {
             .with_context(|| format!("{repo} has no branch `{branch}`"))?
             .trim()
             .to_owned();
-        let listing = git(&mirror, &["ls-tree", "-r", "--name-only", "-z", &commit], &none).await?;
+        let listing = git(
+            &mirror,
+            &["ls-tree", "-r", "--name-only", "-z", &commit],
+            &none,
+        )
+        .await?;
         let mut agents_md = Vec::new();
         let mut skill_roots = Vec::new();
         for path in listing.split('\0').filter(|p| !p.is_empty()) {
@@ -295,7 +300,14 @@ impl Workspaces {
             .collect();
         if !wanted.is_empty() {
             let tar = dest.join(".context.tar");
-            let mut args = vec!["archive", "--format=tar", "--output", path_str(&tar)?, &commit, "--"];
+            let mut args = vec![
+                "archive",
+                "--format=tar",
+                "--output",
+                path_str(&tar)?,
+                &commit,
+                "--",
+            ];
             args.extend(&wanted);
             git(&mirror, &args, &none).await?;
             let out = tokio::process::Command::new("tar")

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod model_server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,25 @@ pub fn manifest_dir() -> PathBuf {
 
 pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(manifest_dir().join("tests/fixtures").join(path)).unwrap()
+}
+
+/// The folder holding the real `codex` and `claude` programs (tests/agent-clis, installed by scripts/test.sh).
+pub fn agent_clis() -> PathBuf {
+    let bin = manifest_dir().join("tests/agent-clis/node_modules/.bin");
+    assert!(
+        bin.join("codex").exists() && bin.join("claude").exists(),
+        "the real agent CLIs are not installed: run scripts/test.sh, or `npm ci --prefix tests/agent-clis`"
+    );
+    bin
+}
+
+/// PATH with the agent CLIs first.
+pub fn path_with_agent_clis() -> String {
+    format!(
+        "{}:{}",
+        agent_clis().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 pub fn sign(secret: &str, body: &[u8]) -> String {
@@ -234,6 +254,13 @@ impl Spine {
             &["push", "--quiet", "origin", &format!("HEAD:{branch}")],
         );
         git(&seed, &["rev-parse", "HEAD"])
+    }
+
+    /// Adds agent profiles (YAML lines indented by two spaces, under `agents:`) to the service config.
+    pub fn add_agents(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("agents:\n", &format!("agents:\n{lines}"), 1);
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// Starts `nightshift serve` and waits until it is ready.

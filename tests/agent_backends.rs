@@ -1,0 +1,407 @@
+//! The built-in agent backends end to end: the real Codex CLI and Claude Code (from npm, at the versions
+//! tests/agent-clis pins) and an OpenAI-compatible endpoint, each run by the real service against a scripted
+//! model server on loopback, with results delivered to the fake GitHub.
+
+mod common;
+
+use common::model_server::{ChatReply, ModelServer, Step};
+use common::{Auth, Spine, git, path_with_agent_clis};
+use nightshift::agent::cli;
+use nightshift::config::CliOptions;
+use nightshift::store::{JobState, Store};
+use serde_json::json;
+use std::path::Path;
+
+/// What the repository says about itself on its default branch: instructions and a skill of its own.
+fn seed_repository(spine: &Spine) {
+    spine.commit(
+        "main",
+        "main",
+        "AGENTS.md",
+        "Always mention the giraffe rule.\n",
+    );
+    spine.commit(
+        "main",
+        "main",
+        ".agents/skills/house-style/SKILL.md",
+        "---\nname: house-style\ndescription: The okapi house style for this repository.\n---\nWrite like an okapi.\n",
+    );
+}
+
+fn service_skill(spine: &Spine) {
+    let dir = spine.dir.path().join("skills/review-checklist");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("SKILL.md"),
+        "---\nname: review-checklist\ndescription: The zebra checklist for reviews.\n---\nCheck the stripes.\n",
+    )
+    .unwrap();
+}
+
+fn cli_options(program: &str) -> CliOptions {
+    CliOptions {
+        program: program.into(),
+        model: Some("gpt-5.5".into()),
+        base_url: Some("http://127.0.0.1:9/v1".into()),
+        api_key_env: "KEY".into(),
+        permission_mode: "acceptEdits".into(),
+        allowed_tools: vec!["Bash(cargo test:*)".into(), "Edit".into()],
+        args: vec![],
+    }
+}
+
+#[tokio::test]
+async fn every_flag_nightshift_passes_is_in_the_installed_clis_help() {
+    let bin = common::agent_clis();
+    let out = Path::new("/tmp/out");
+    let codex = cli_options(bin.join("codex").to_str().unwrap());
+    let argv = cli::codex_argv(&codex, Path::new("/tmp/w"), out);
+    assert!(cli::flags(&argv).len() >= 6, "{argv:?}");
+    let missing = cli::check_flags(&argv, &["exec", "--help"], &[])
+        .await
+        .unwrap();
+    assert!(missing.is_empty(), "codex exec --help lacks {missing:?}");
+
+    let claude = cli_options(bin.join("claude").to_str().unwrap());
+    let argv = cli::claude_argv(&claude, out, Some(5), Some(1.5));
+    assert!(cli::flags(&argv).len() >= 9, "{argv:?}");
+    let missing = cli::check_flags(&argv, &["--help"], &[]).await.unwrap();
+    assert_eq!(
+        missing,
+        cli::CLAUDE_UNLISTED_FLAGS,
+        "claude --help lacks more than the flags proven by behaviour"
+    );
+    let missing = cli::check_flags(&argv, &["--help"], cli::CLAUDE_UNLISTED_FLAGS)
+        .await
+        .unwrap();
+    assert!(missing.is_empty(), "claude --help lacks {missing:?}");
+
+    // The check can fail: a flag the CLI does not have is reported.
+    let mut bogus = argv.clone();
+    bogus.push("--no-such-flag".into());
+    let missing = cli::check_flags(&bogus, &["--help"], cli::CLAUDE_UNLISTED_FLAGS)
+        .await
+        .unwrap();
+    assert_eq!(missing, ["--no-such-flag"]);
+}
+
+#[tokio::test]
+async fn a_codex_job_edit_becomes_a_pull_request() {
+    let model = ModelServer::agent(vec![
+        Step::Patch(
+            "*** Begin Patch\n*** Add File: FIXED.md\n+Fixed by codex.\n*** End Patch\n".into(),
+        ),
+        Step::Text("Added FIXED.md as the issue asked.".into()),
+    ])
+    .await;
+    let trigger = (
+        "fix.yml",
+        "on:\n  issues:\n    types: [labeled]\nagent: fixer\nskills: auto\nprompt: Fix issue {{ event.issue.number }}.\noutput: pull_request\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    seed_repository(&spine);
+    service_skill(&spine);
+    spine.add_agents(&format!(
+        "  fixer: {{codex: {{model: gpt-5.5, base_url: \"{}/v1\", api_key_env: TEST_CODEX_KEY}}, timeout: 120s}}\n",
+        model.url
+    ));
+    spine
+        .start_with_env(&[
+            ("PATH", &path_with_agent_clis()),
+            ("TEST_CODEX_KEY", "sk-test-codex"),
+        ])
+        .await;
+    let status = spine
+        .deliver("issues", "codex-1", &spine.payload("issues/labeled.json"))
+        .await;
+    assert_eq!(status, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.store().await.job_log(jobs[0].id).await.unwrap();
+    assert_eq!(
+        jobs[0].state,
+        JobState::Succeeded,
+        "{:?}\n{log:#?}",
+        jobs[0].error
+    );
+
+    // The edit is a pull request whose description is Codex's last message.
+    let pulls = spine.github.pulls();
+    assert_eq!(pulls.len(), 1);
+    assert!(
+        pulls[0].body.contains("Added FIXED.md as the issue asked."),
+        "{}",
+        pulls[0].body
+    );
+    let branch = &pulls[0].head;
+    assert_eq!(
+        git(&spine.remote, &["show", &format!("{branch}:FIXED.md")]),
+        "Fixed by codex."
+    );
+    let files = git(&spine.remote, &["show", "--name-only", "--format=", branch]);
+    assert_eq!(files, "FIXED.md", "only the agent's change is committed");
+
+    // Codex was told the repository's instructions (from main) and found both skills where it looks.
+    let requests = model.requests();
+    assert_eq!(requests.len(), 2, "one request per model turn");
+    assert_eq!(
+        requests[0].header("authorization"),
+        Some("Bearer sk-test-codex")
+    );
+    let first = requests[0].body.to_string();
+    assert!(first.contains("giraffe rule"), "AGENTS.md reached Codex");
+    assert!(first.contains("Fix issue 1."));
+    assert!(
+        first.contains("okapi house style"),
+        "the repository's skill"
+    );
+    assert!(first.contains("zebra checklist"), "the service's skill");
+    assert_eq!(requests[0].body["model"], "gpt-5.5");
+
+    // What it spent is kept with the job, and the log says what it did.
+    let usage = jobs[0].usage.clone().expect("usage recorded");
+    assert!(usage.input_tokens.unwrap() >= 1000, "{usage:?}");
+    assert!(usage.output_tokens.unwrap() >= 50, "{usage:?}");
+    assert_eq!(usage.model.as_deref(), Some("gpt-5.5"));
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("changed ") && l.contains("FIXED.md")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("skills in the worktree: house-style (.agents/skills)")),
+        "{lines:#?}"
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_claude_job_answer_becomes_a_comment() {
+    let model = ModelServer::agent(vec![
+        Step::Tool {
+            name: "Glob".into(),
+            input: json!({"pattern": "**/*.md"}),
+        },
+        Step::Text("Claude read the README: it looks good.".into()),
+    ])
+    .await;
+    let trigger = (
+        "answer.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: reviewer\nskills: [review-checklist]\nprompt: Look at issue {{ event.issue.number }}.\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    seed_repository(&spine);
+    service_skill(&spine);
+    spine.add_agents(&format!(
+        "  reviewer: {{claude: {{model: claude-sonnet-4-5, base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY}}, max_turns: 5, timeout: 120s}}\n",
+        model.url
+    ));
+    spine
+        .start_with_env(&[
+            ("PATH", &path_with_agent_clis()),
+            ("TEST_CLAUDE_KEY", "sk-ant-test"),
+        ])
+        .await;
+    let status = spine
+        .deliver("issues", "claude-1", &spine.payload("issues/opened.json"))
+        .await;
+    assert_eq!(status, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.store().await.job_log(jobs[0].id).await.unwrap();
+    assert_eq!(
+        jobs[0].state,
+        JobState::Succeeded,
+        "{:?}\n{log:#?}",
+        jobs[0].error
+    );
+
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0]
+            .body
+            .contains("Claude read the README: it looks good."),
+        "{}",
+        comments[0].body
+    );
+
+    let requests: Vec<_> = model
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/messages")
+        .collect();
+    assert!(requests.len() >= 2, "a tool turn and an answer");
+    assert_eq!(requests[0].header("x-api-key"), Some("sk-ant-test"));
+    let last = requests.last().unwrap().body.to_string();
+    assert!(last.contains("giraffe rule"), "AGENTS.md reached Claude");
+    assert!(last.contains("zebra checklist"), "the named skill");
+    assert!(
+        !last.contains("okapi house style"),
+        "a skill the trigger did not name is not offered"
+    );
+    assert_eq!(requests[0].body["model"], "claude-sonnet-4-5");
+
+    let usage = jobs[0].usage.clone().expect("usage recorded");
+    assert_eq!(usage.turns, Some(2), "{usage:?}");
+    assert!(usage.output_tokens.unwrap() >= 20, "{usage:?}");
+    assert!(usage.cost_usd.is_some(), "{usage:?}");
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("tool: Glob")),
+        "{lines:#?}"
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+/// `--max-turns` is not in Claude Code's `--help`; this proves the flag is honoured.
+#[tokio::test]
+async fn a_claude_job_stops_at_the_profiles_max_turns() {
+    let model = ModelServer::agent(vec![
+        Step::Tool {
+            name: "Glob".into(),
+            input: json!({"pattern": "*.md"}),
+        },
+        Step::Text("never reached".into()),
+    ])
+    .await;
+    let trigger = (
+        "answer.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: short\nprompt: Look.\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    spine.add_agents(&format!(
+        "  short: {{claude: {{base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY}}, max_turns: 1, timeout: 120s}}\n",
+        model.url
+    ));
+    spine
+        .start_with_env(&[
+            ("PATH", &path_with_agent_clis()),
+            ("TEST_CLAUDE_KEY", "sk-ant-test"),
+        ])
+        .await;
+    spine
+        .deliver("issues", "claude-2", &spine.payload("issues/opened.json"))
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    assert_eq!(
+        jobs[0].error.as_deref(),
+        Some("Claude Code reached the profile's max_turns"),
+    );
+    // What it spent is kept even when it failed; the limit kept it from asking the model again.
+    assert!(jobs[0].usage.as_ref().and_then(|u| u.turns).is_some());
+    let asked = model
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/messages")
+        .count();
+    assert_eq!(asked, 1, "the second turn never happened");
+    assert!(spine.github.comments().is_empty());
+}
+
+#[tokio::test]
+async fn a_model_endpoint_retries_rate_limits_and_server_errors_then_comments() {
+    let model = ModelServer::chat(vec![
+        ChatReply::Status(429, Some(0)),
+        ChatReply::Status(503, None),
+        ChatReply::Answer("The model's summary.".into(), 120, 30),
+    ])
+    .await;
+    let trigger = (
+        "summary.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: summarizer\nskills: auto\nprompt: Summarize issue {{ event.issue.number }}.\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    seed_repository(&spine);
+    service_skill(&spine);
+    spine.add_agents(&format!(
+        "  summarizer: {{openai: {{model: local-model, base_url: \"{}/v1\", api_key_env: TEST_LLM_KEY, system: Be brief.}}, max_tokens: 256, timeout: 60s}}\n",
+        model.url
+    ));
+    spine.start_with_env(&[("TEST_LLM_KEY", "sk-llm")]).await;
+    let status = spine
+        .deliver("issues", "llm-1", &spine.payload("issues/opened.json"))
+        .await;
+    assert_eq!(status, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.store().await.job_log(jobs[0].id).await.unwrap();
+    assert_eq!(
+        jobs[0].state,
+        JobState::Succeeded,
+        "{:?}\n{log:#?}",
+        jobs[0].error
+    );
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert!(comments[0].body.contains("The model's summary."));
+
+    let requests = model.requests();
+    assert_eq!(requests.len(), 3, "429, 503, then the answer");
+    assert_eq!(requests[2].header("authorization"), Some("Bearer sk-llm"));
+    let body = &requests[2].body;
+    assert_eq!(body["model"], "local-model");
+    assert_eq!(body["max_tokens"], 256);
+    assert_eq!(body["messages"][0]["content"], "Be brief.");
+    // No tools: the skills come in the prompt, index and bodies, with the repository's instructions.
+    let prompt = body["messages"][1]["content"].as_str().unwrap();
+    assert!(prompt.contains("- **house-style**: The okapi house style"));
+    assert!(prompt.contains("Write like an okapi."));
+    assert!(prompt.contains("Check the stripes."));
+    assert!(prompt.contains("Always mention the giraffe rule."));
+    assert!(prompt.contains("Summarize issue 1."));
+
+    let usage = jobs[0].usage.clone().expect("usage recorded");
+    assert_eq!(
+        (usage.turns, usage.input_tokens, usage.output_tokens),
+        (Some(1), Some(120), Some(30))
+    );
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("request 1 failed (HTTP 429")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("request 2 failed (HTTP 503")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_endpoint_that_refuses_the_request_fails_the_job_at_once() {
+    let model = ModelServer::chat(vec![ChatReply::Status(400, None)]).await;
+    let trigger = (
+        "summary.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: summarizer\nprompt: Summarize.\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    spine.add_agents(&format!(
+        "  summarizer: {{openai: {{model: m, base_url: \"{}/v1\"}}}}\n",
+        model.url
+    ));
+    spine.start().await;
+    spine
+        .deliver("issues", "llm-2", &spine.payload("issues/opened.json"))
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    let error = jobs[0].error.clone().unwrap();
+    assert!(
+        error
+            .contains("the model endpoint refused the request: HTTP 400 Bad Request: scripted 400"),
+        "{error}"
+    );
+    assert_eq!(model.requests().len(), 1, "a 400 is not retried");
+    assert_eq!(
+        model.requests()[0].header("authorization"),
+        None,
+        "no api_key_env: no Authorization header (local servers)"
+    );
+    assert!(spine.github.comments().is_empty());
+}
