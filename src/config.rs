@@ -324,6 +324,14 @@ impl Config {
         resolve(file, path, &base, source.env)
     }
 
+    /// The agent profiles' names and backends, for checking triggers.
+    pub fn agent_kinds(&self) -> crate::trigger::load::AgentKinds {
+        self.agents
+            .iter()
+            .map(|(name, profile)| (name.clone(), profile.backend.kind()))
+            .collect()
+    }
+
     /// The webhook secrets, or a clear error when there are none: nightshift never accepts unsigned deliveries.
     pub fn require_webhook_secrets(&self) -> anyhow::Result<&[SecretString]> {
         if self.github.webhook_secrets.is_empty() {
@@ -821,6 +829,65 @@ mod tests {
         assert!(
             errors.to_string().contains("NIGHTSHIFT_GITHUB_PRIVATE_KEY"),
             "{errors}"
+        );
+    }
+
+    #[test]
+    fn built_in_backends_parse_with_their_defaults() {
+        let config = load(
+            "agents:\n  fixer:\n    codex: {model: gpt-5.5, base_url: 'https://gw.example/v1/'}\n  \
+             reviewer:\n    claude: {model: sonnet, allowed_tools: [Read]}\n    max_turns: 8\n  \
+             local:\n    openai: {model: llama3, base_url: 'http://localhost:11434/v1'}\n    max_tokens: 500\n",
+            &[],
+        )
+        .unwrap();
+        let Backend::Codex(codex) = &config.agents["fixer"].backend else {
+            panic!("codex expected")
+        };
+        assert_eq!(codex.program, "codex");
+        assert_eq!(codex.api_key_env, "OPENAI_API_KEY");
+        assert_eq!(codex.base_url.as_deref(), Some("https://gw.example/v1"));
+        let Backend::Claude(claude) = &config.agents["reviewer"].backend else {
+            panic!("claude expected")
+        };
+        assert_eq!(claude.api_key_env, "ANTHROPIC_API_KEY");
+        assert_eq!(claude.permission_mode, "acceptEdits");
+        assert_eq!(config.agents["reviewer"].max_turns, Some(8));
+        let Backend::OpenAi(local) = &config.agents["local"].backend else {
+            panic!("openai expected")
+        };
+        assert_eq!(local.api_key_env, None);
+        assert_eq!(config.agents["local"].max_tokens, Some(500));
+    }
+
+    #[test]
+    fn a_profile_runs_exactly_one_backend_and_only_limits_it_can_keep() {
+        let errors = load(
+            "agents:\n  both:\n    command: [x]\n    codex: {}\n  none:\n    timeout: 5m\n  \
+             turns:\n    codex: {}\n    max_turns: 3\n  boxed:\n    claude: {}\n    sandbox: bubblewrap\n  \
+             asks:\n    claude: {permission_mode: default}\n",
+            &[],
+        )
+        .unwrap_err();
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 5, "{text}");
+        assert!(
+            text.contains("agent `both` has command and codex"),
+            "{text}"
+        );
+        assert!(text.contains("agent `none` says nothing to run"), "{text}");
+        assert!(
+            text.contains(":9:16: error: agent `turns`: `max_turns` is not something the codex backend can keep"),
+            "{text}"
+        );
+        assert!(text.contains("hint: max_turns works with claude"), "{text}");
+        assert!(
+            text.contains("agent `boxed`: `sandbox` is for command agents"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`default` is not a permission mode nightshift can use"),
+            "{text}"
         );
     }
 }

@@ -1,6 +1,5 @@
 //! The `nightshift` binary: parses the command line and calls into the library.
 
-use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +38,29 @@ enum Command {
     Check {
         /// Files or folders to check (default: the configured triggers folder).
         paths: Vec<PathBuf>,
+    },
+    /// Show the exact prompt each firing trigger's agent would be given for an event: the rendered prompt with
+    /// the repository's AGENTS.md files, the skills (in the prompt for a model endpoint) and how the result is
+    /// delivered.
+    Prompt {
+        /// The webhook payload (JSON).
+        #[arg(long)]
+        event: PathBuf,
+        /// The event's name, as GitHub sends it in X-GitHub-Event.
+        #[arg(long)]
+        event_name: String,
+        /// Trigger files or folder (default: the configured triggers folder).
+        #[arg(long)]
+        triggers: Option<PathBuf>,
+        /// A checkout of the repository, for its AGENTS.md files and skills.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Only this trigger.
+        #[arg(long)]
+        trigger: Option<String>,
+        /// A file the pull request changes, for `paths` filters (repeat it).
+        #[arg(long = "changed-file")]
+        changed_files: Vec<String>,
     },
     /// Print the JSON Schema of trigger files (for editors: yaml-language-server completes and checks with it).
     Schema,
@@ -94,9 +116,91 @@ fn load_config(cli: &Cli) -> Result<Config> {
     .map_err(|d: Diagnostics| anyhow::anyhow!("invalid configuration:\n{d}"))
 }
 
+/// Prints the final prompt of every firing trigger (or only `only`); returns how many were shown.
+fn show_prompts(
+    config: &Config,
+    set: &TriggerSet,
+    event: &Event,
+    input: &MatchInput,
+    repo: &std::path::Path,
+    only: Option<&str>,
+) -> Result<usize> {
+    use nightshift::agent::prompt::{RepoContext, compose};
+    let context = RepoContext::from_checkout(repo);
+    let (available, problems) = nightshift::skill::available(&config.skills, repo);
+    for problem in &problems {
+        eprintln!("skipped an invalid skill: {problem}");
+    }
+    let mut shown = 0;
+    for (trigger, spec) in set.fired(event, input) {
+        if only.is_some_and(|name| name != trigger.name) {
+            continue;
+        }
+        shown += 1;
+        let spec = match spec {
+            Ok(spec) => spec,
+            Err(e) => {
+                println!(
+                    "=== {}: fires, but its job cannot be prepared: {e}\n",
+                    trigger.name
+                );
+                continue;
+            }
+        };
+        let profile = config
+            .agents
+            .get(&spec.agent)
+            .with_context(|| format!("agent `{}` is not in the service config", spec.agent))?;
+        let backend = &profile.backend;
+        println!(
+            "=== {} → agent `{}` ({}), output {}",
+            trigger.name,
+            spec.agent,
+            backend.kind(),
+            spec.output
+        );
+        let selected = if spec.all_skills || !spec.skills.is_empty() {
+            match nightshift::skill::select(&available, &spec.skills, spec.all_skills) {
+                Ok(selected) => selected,
+                Err(e) => {
+                    println!("the job would fail: {e}\n");
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        if !selected.is_empty() {
+            let names: Vec<String> = selected
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.source))
+                .collect();
+            let place = if backend.edits_files() {
+                "in the worktree (.agents/skills, .claude/skills), found by the agent"
+            } else {
+                "in the prompt"
+            };
+            println!("skills {place}: {}", names.join(", "));
+        }
+        println!(
+            "--- prompt ---\n{}\n",
+            compose(
+                backend,
+                &spec.prompt,
+                spec.output,
+                &context,
+                &selected,
+                spec.all_skills
+            )
+            .trim_end()
+        );
+    }
+    Ok(shown)
+}
+
 fn try_main(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
-    let agents: BTreeSet<String> = config.agents.keys().cloned().collect();
+    let agents = config.agent_kinds();
     match cli.command {
         Command::Serve => {
             config.require_webhook_secrets()?;
@@ -142,6 +246,38 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prompt {
+            event,
+            event_name,
+            triggers,
+            repo,
+            trigger,
+            changed_files,
+        } => {
+            let paths = vec![triggers.unwrap_or_else(|| config.triggers.clone())];
+            let loaded = load::load(&paths, Some(&agents));
+            for d in &loaded.diagnostics {
+                eprintln!("{d}");
+            }
+            if !loaded.diagnostics.is_empty() {
+                anyhow::bail!("the trigger files have problems; fix them first");
+            }
+            let payload =
+                std::fs::read(&event).with_context(|| format!("reading {}", event.display()))?;
+            let parsed = Event::parse(&event_name, &payload)
+                .with_context(|| format!("{} is not a webhook payload", event.display()))?;
+            let input = MatchInput {
+                changed_files: (!changed_files.is_empty()).then_some(changed_files),
+                bot_login: config.github.bot_login.clone(),
+            };
+            let set = TriggerSet::new(loaded.triggers);
+            let shown = show_prompts(&config, &set, &parsed, &input, &repo, trigger.as_deref())?;
+            if shown == 0 {
+                eprintln!("no trigger fires for this event; `nightshift match` says why");
+                return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -18,6 +18,52 @@ use crate::source::webhook::{self, WebhookState};
 use crate::store;
 use crate::trigger::TriggerSet;
 
+/// Warns at start about agent profiles that cannot work here: a CLI that is not installed or lacks a flag
+/// nightshift passes (a different version), or a secret missing from the environment. Jobs would fail on
+/// them later with the same reason; this says it before the first event.
+async fn check_agents(config: &Config) {
+    use crate::agent::cli;
+    use crate::config::Backend;
+    let nowhere = std::path::Path::new("/nonexistent");
+    for (name, profile) in &config.agents {
+        let (argv, help, unlisted, key): (Vec<String>, &[&str], &[&str], Option<&str>) =
+            match &profile.backend {
+                Backend::Codex(o) => (
+                    cli::codex_argv(o, nowhere, nowhere),
+                    &["exec", "--help"],
+                    &[],
+                    Some(&o.api_key_env),
+                ),
+                Backend::Claude(o) => (
+                    cli::claude_argv(o, nowhere, profile.max_turns, profile.max_cost_usd),
+                    &["--help"],
+                    cli::CLAUDE_UNLISTED_FLAGS,
+                    Some(&o.api_key_env),
+                ),
+                Backend::OpenAi(o) => (Vec::new(), &[], &[], o.api_key_env.as_deref()),
+                Backend::Command(_) => continue,
+            };
+        if let Some(key) = key
+            && std::env::var_os(key).is_none()
+        {
+            warn!("agent `{name}`: ${key} is not set, so its jobs will fail until it is");
+        }
+        if argv.is_empty() {
+            continue;
+        }
+        match cli::check_flags(&argv, help, unlisted).await {
+            Ok(missing) if missing.is_empty() => {}
+            Ok(missing) => warn!(
+                "agent `{name}`: `{}` does not list {} in its help; it may be a version nightshift was not \
+                 tested with",
+                argv[0],
+                missing.join(", ")
+            ),
+            Err(e) => warn!("agent `{name}`: {e:#} (is it installed and on PATH?)"),
+        }
+    }
+}
+
 /// Starts everything and serves until SIGINT or SIGTERM.
 pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
     let started = Instant::now();
@@ -39,6 +85,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
             ),
         }
     }
+    check_agents(&config).await;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

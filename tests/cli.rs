@@ -296,3 +296,144 @@ fn the_published_schema_is_the_one_the_binary_generates() {
         assert!(properties.contains_key(key), "schema lacks `{key}`");
     }
 }
+
+#[test]
+fn prompt_shows_exactly_what_each_agent_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let triggers = root.join("triggers");
+    std::fs::create_dir(&triggers).unwrap();
+    std::fs::write(
+        root.join("nightshift.yml"),
+        "agents:\n  script: {command: [cat]}\n  coder: {codex: {model: gpt-5.5}}\n  \
+         chat: {openai: {model: llama3, base_url: 'http://localhost:11434/v1'}}\n",
+    )
+    .unwrap();
+    let trigger = |name: &str, agent: &str, extra: &str| {
+        std::fs::write(
+            triggers.join(format!("{name}.yml")),
+            format!(
+                "on:\n  issues:\n    types: [opened]\nagent: {agent}\n{extra}prompt: Triage issue {{{{ event.issue.number }}}}.\n"
+            ),
+        )
+        .unwrap();
+    };
+    trigger("a-script", "script", "skills: auto\n");
+    trigger(
+        "b-coder",
+        "coder",
+        "skills: [house-style]\noutput: pull_request\n",
+    );
+    trigger("c-chat", "chat", "skills: auto\n");
+    // The repository: its AGENTS.md files and a skill of its own; the service has one skill too.
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("web")).unwrap();
+    common::git(root, &["init", "--quiet", repo.to_str().unwrap()]);
+    std::fs::write(
+        repo.join("AGENTS.md"),
+        "Run cargo test before you finish.\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("web/AGENTS.md"), "Use pnpm here.\n").unwrap();
+    let skill = repo.join(".agents/skills/house-style");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "---\nname: house-style\ndescription: How this repository writes code.\n---\nShort functions.\n",
+    )
+    .unwrap();
+    let service = root.join("skills/review-checklist");
+    std::fs::create_dir_all(&service).unwrap();
+    std::fs::write(
+        service.join("SKILL.md"),
+        "---\nname: review-checklist\ndescription: What every review checks.\n---\nTests first.\n",
+    )
+    .unwrap();
+    let event = root.join("event.json");
+    std::fs::write(&event, common::fixture("webhooks/issues/opened.json")).unwrap();
+
+    let out = nightshift(
+        root,
+        &[
+            "prompt",
+            "--event",
+            "event.json",
+            "--event-name",
+            "issues",
+            "--repo",
+            "repo",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let sections: Vec<&str> = stdout.split("=== ").filter(|s| !s.is_empty()).collect();
+    assert_eq!(sections.len(), 3, "{stdout}");
+
+    // A command agent: the trigger's prompt as it is; the skills wait in the worktree.
+    assert!(sections[0].starts_with("a-script → agent `script` (command), output comment\n"));
+    assert!(sections[0].contains("skills in the worktree (.agents/skills, .claude/skills), found by the agent: house-style (.agents/skills), review-checklist (service)"));
+    assert!(
+        sections[0].ends_with("--- prompt ---\nTriage issue 1.\n\n"),
+        "{}",
+        sections[0]
+    );
+
+    // An agent CLI: the repository's instructions, the task, and how the result is delivered.
+    let coder = sections[1];
+    assert!(coder.starts_with("b-coder → agent `coder` (codex), output pull_request\n"));
+    assert!(coder.contains("skills in the worktree (.agents/skills, .claude/skills), found by the agent: house-style (.agents/skills)\n"));
+    let instructions = coder
+        .find("## AGENTS.md\n\nRun cargo test before you finish.")
+        .unwrap();
+    let nested = coder.find("## web/AGENTS.md\n\nUse pnpm here.").unwrap();
+    let task = coder.find("# Task\n\nTriage issue 1.").unwrap();
+    assert!(instructions < nested && nested < task, "{coder}");
+    assert!(coder.contains("nightshift commits what you changed and opens the pull request"));
+    assert!(
+        !coder.contains("Short functions."),
+        "a CLI reads skill bodies itself, on demand"
+    );
+
+    // A model endpoint: no tools, so the skills are in the prompt, index and bodies.
+    let chat = sections[2];
+    assert!(chat.contains(
+        "skills in the prompt: house-style (.agents/skills), review-checklist (service)"
+    ));
+    assert!(chat.contains("- **house-style**: How this repository writes code."));
+    assert!(chat.contains("## Skill: house-style\n\nShort functions."));
+    assert!(chat.contains("## Skill: review-checklist\n\nTests first."));
+
+    // One trigger only; and an event nothing fires for says so and exits 1.
+    let out = nightshift(
+        root,
+        &[
+            "prompt",
+            "--event",
+            "event.json",
+            "--event-name",
+            "issues",
+            "--repo",
+            "repo",
+            "--trigger",
+            "c-chat",
+        ],
+        &[],
+    );
+    assert_eq!(text(&out.stdout).matches("=== ").count(), 1);
+    let out = nightshift(
+        root,
+        &[
+            "prompt",
+            "--event",
+            "event.json",
+            "--event-name",
+            "pull_request",
+            "--repo",
+            "repo",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no trigger fires for this event"));
+}

@@ -41,6 +41,41 @@ impl RepoContext {
     }
 }
 
+impl RepoContext {
+    /// What a local checkout says about itself (for `nightshift prompt`): its `AGENTS.md` files as git sees
+    /// them (tracked or new, not ignored), or only the root one outside a git repository.
+    pub fn from_checkout(dir: &Path) -> RepoContext {
+        let listed = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+                "--",
+                ":(glob)**/AGENTS.md",
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        let paths = match listed {
+            Some(out) => {
+                let mut paths: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split('\0')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                paths.dedup();
+                paths
+            }
+            None => vec!["AGENTS.md".to_owned()],
+        };
+        RepoContext::read(dir, format!("from the checkout {}", dir.display()), paths)
+    }
+}
+
 /// The final prompt for `backend`.
 pub fn compose(
     backend: &Backend,

@@ -7,7 +7,6 @@ use anyhow::Result;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::Pipeline;
-use std::collections::BTreeSet;
 
 use crate::agent::git::GitAuth;
 use crate::github::with_retry;
@@ -118,7 +117,7 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
         },
         false => GitAuth::none(),
     };
-    let agents: BTreeSet<String> = pipeline.config.agents.keys().cloned().collect();
+    let agents = pipeline.config.agent_kinds();
     match pipeline
         .repo_triggers
         .read(event, &pipeline.workspaces, &auth, &agents)

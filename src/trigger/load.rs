@@ -1,6 +1,6 @@
 //! Loading trigger files: every problem in every file, each with its file, line, column and a hint.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use minijinja::Environment;
@@ -52,7 +52,10 @@ pub fn trigger_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
 
 /// Loads and checks trigger files. `agents` are the profile names a trigger may use; `None` skips that
 /// check (no service config at hand).
-pub fn load(paths: &[PathBuf], agents: Option<&BTreeSet<String>>) -> Loaded {
+/// The agent profiles triggers may name, with their backend (`command`, `codex`, `claude`, `openai`).
+pub type AgentKinds = BTreeMap<String, &'static str>;
+
+pub fn load(paths: &[PathBuf], agents: Option<&AgentKinds>) -> Loaded {
     let files = match trigger_files(paths) {
         Ok(files) => files,
         Err(d) => {
@@ -191,7 +194,7 @@ impl Checker<'_> {
 pub fn load_one(
     path: &Path,
     text: &str,
-    agents: Option<&BTreeSet<String>>,
+    agents: Option<&AgentKinds>,
 ) -> Result<Trigger, Vec<Diagnostic>> {
     let file: TriggerFile = yaml::from_str(path, text).map_err(|d| vec![d])?;
     let mut c = Checker {
@@ -290,7 +293,7 @@ pub fn load_one(
         .map(|o| (o.referenced, o.value))
         .unwrap_or((on_at, OutputSpec::default()));
     check_output(&mut c, output.0, &output.1, !on.schedule.is_empty());
-    let output = output.1;
+    let (output_at, output) = output;
 
     let from = match file.from {
         None if output.kind.writes_code() => {
@@ -306,11 +309,24 @@ pub fn load_one(
     };
 
     if let Some(agents) = agents
-        && !agents.contains(&file.agent.value)
+        && agents.get(&file.agent.value) == Some(&"openai")
+        && output.kind == OutputKind::PullRequest
+    {
+        c.error(
+            output_at,
+            format!(
+                "agent `{}` is a model endpoint: it answers but cannot change files, so it cannot make a pull request",
+                file.agent.value
+            ),
+            Some("use a command, codex or claude agent, or output: comment, review, issue or check_run".into()),
+        );
+    }
+    if let Some(agents) = agents
+        && !agents.contains_key(&file.agent.value)
     {
         let hint =
-            did_you_mean(&file.agent.value, agents.iter().map(String::as_str)).or_else(|| {
-                let defined = agents.iter().cloned().collect::<Vec<_>>().join(", ");
+            did_you_mean(&file.agent.value, agents.keys().map(String::as_str)).or_else(|| {
+                let defined = agents.keys().cloned().collect::<Vec<_>>().join(", ");
                 Some(format!(
                     "profiles defined: {}",
                     if defined.is_empty() { "none" } else { &defined }
@@ -630,8 +646,13 @@ fn template_position(text: &str, value: &Spanned<String>, line: usize) -> (u64, 
 mod tests {
     use super::*;
 
-    fn agents() -> BTreeSet<String> {
-        ["default".to_owned(), "fixer".to_owned()].into()
+    fn agents() -> AgentKinds {
+        [
+            ("default".to_owned(), "command"),
+            ("fixer".to_owned(), "codex"),
+            ("chat".to_owned(), "openai"),
+        ]
+        .into()
     }
 
     fn errors(text: &str) -> Vec<String> {
@@ -820,6 +841,18 @@ mod tests {
             found[0].contains("has both `paths` and `paths-ignore`"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_model_endpoint_cannot_make_a_pull_request() {
+        let found = errors("on: issues\nagent: chat\nprompt: x\noutput: pull_request\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("triggers/t.yml:4:9: error: agent `chat` is a model endpoint"),
+            "{found:?}"
+        );
+        assert!(errors("on: issues\nagent: chat\nprompt: x\noutput: comment\n").is_empty());
+        assert!(errors("on: issues\nagent: fixer\nprompt: x\noutput: pull_request\n").is_empty());
     }
 
     #[test]

@@ -4,14 +4,14 @@
 //! force is replaced whole. A file that became invalid keeps its last good version running, and its
 //! problems are logged.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
 
-use super::load::{load, trigger_files};
+use super::load::{AgentKinds, load, trigger_files};
 use super::{Trigger, TriggerSet};
 use crate::queue::Pipeline;
 use crate::yaml::Diagnostic;
@@ -35,7 +35,7 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 pub fn reload(
     current: &TriggerSet,
     paths: &[PathBuf],
-    agents: &BTreeSet<String>,
+    agents: &AgentKinds,
 ) -> (TriggerSet, Vec<Diagnostic>) {
     let loaded = load(paths, Some(agents));
     let broken: HashSet<&Path> = loaded
@@ -62,7 +62,7 @@ pub fn reload(
 /// Watches for SIGHUP and for changed trigger files, and swaps in the reloaded set.
 pub async fn watch(pipeline: Arc<Pipeline>) {
     let paths = vec![pipeline.config.triggers.clone()];
-    let agents: BTreeSet<String> = pipeline.config.agents.keys().cloned().collect();
+    let agents = pipeline.config.agent_kinds();
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn a_broken_file_keeps_its_last_good_version_and_a_deleted_one_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let agents: BTreeSet<String> = ["a".to_owned()].into();
+        let agents: AgentKinds = [("a".to_owned(), "command")].into();
         let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
         write("one.yml", "on: issues\nagent: a\nprompt: first\n");
         write("two.yml", "on: issues\nagent: a\nprompt: two\n");

@@ -4,7 +4,7 @@
 //! their own repository only, use the service's agent profiles, and are named `REPO.FILE` (e.g.
 //! `Hello-World.review`) so they never collide with the service's triggers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::TriggerSet;
-use super::load::load_one;
+use super::load::{AgentKinds, load_one};
 use super::pattern::{Pattern, PatternList};
 use crate::agent::git::GitAuth;
 use crate::agent::workspace::Workspaces;
@@ -51,7 +51,7 @@ impl RepoTriggers {
         event: &Event,
         workspaces: &Workspaces,
         auth: &GitAuth,
-        agents: &BTreeSet<String>,
+        agents: &AgentKinds,
     ) -> Result<Arc<TriggerSet>> {
         let Some(repo) = &event.repository else {
             return Ok(Arc::new(TriggerSet::new(Vec::new())));
@@ -85,7 +85,7 @@ impl RepoTriggers {
 pub fn parse(
     repo: &RepoName,
     files: &[(String, String)],
-    agents: &BTreeSet<String>,
+    agents: &AgentKinds,
 ) -> (TriggerSet, Vec<Diagnostic>) {
     let mut triggers = Vec::new();
     let mut problems = Vec::new();
@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn repository_triggers_are_named_by_their_repository_and_bound_to_it() {
         let repo = RepoName::parse("acme/api").unwrap();
-        let agents: BTreeSet<String> = ["a".to_owned()].into();
+        let agents: AgentKinds = [("a".to_owned(), "command")].into();
         let files = vec![
             (".nightshift/triggers/review.yml".to_owned(), "on: pull_request\nagent: a\nprompt: x\n".to_owned()),
             (".nightshift/triggers/nightly.yml".to_owned(), "on:\n  schedule:\n    - cron: '0 3 * * *'\nrepos: [acme/api]\nagent: a\nprompt: x\noutput: issue\n".to_owned()),
