@@ -39,6 +39,9 @@ pub struct JobSpec {
     /// The trigger's own agent timeout, overriding the profile's.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// The trigger's turn limit, lowering the profile's.
+    #[serde(default)]
+    pub max_turns: Option<u32>,
     /// Skills named by the trigger; `all_skills` for `skills: auto`.
     #[serde(default)]
     pub skills: Vec<String>,
@@ -86,6 +89,7 @@ impl JobSpec {
             labels: options.labels.clone().unwrap_or_default(),
             check_name: options.name.clone(),
             timeout_secs: trigger.timeout.map(|t| t.as_secs()),
+            max_turns: trigger.max_turns,
             skills: match &trigger.skills {
                 Some(Skills::Named(names)) => names.clone(),
                 _ => Vec::new(),

@@ -359,7 +359,10 @@ async fn run_in_worktree(
             .collect(),
         sandbox_paths: &sandbox,
         timeout,
-        max_turns: profile.max_turns,
+        max_turns: match (profile.max_turns, spec.max_turns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
         env: &*pipeline.env,
         log: tx,
     })

@@ -369,6 +369,20 @@ pub fn load_one(
             }
         });
 
+    if let (Some(turns), Some(agents)) = (&file.max_turns, agents)
+        && let Some(kind) = agents.get(&file.agent.value)
+        && *kind != "claude"
+    {
+        c.error(
+            turns.referenced,
+            format!(
+                "agent `{}` runs {kind}, which cannot keep a turn limit",
+                file.agent.value
+            ),
+            Some("max_turns works with claude agents; a timeout works with all".into()),
+        );
+    }
+
     if c.errors.is_empty() {
         let trigger = Trigger {
             name,
@@ -386,6 +400,7 @@ pub fn load_one(
             output,
             concurrency,
             timeout,
+            max_turns: file.max_turns.map(|t| t.value),
         };
         check_against_samples(&mut c, &trigger, &file.prompt, file.condition.as_ref());
         if c.errors.is_empty() {
@@ -840,6 +855,28 @@ mod tests {
         assert!(
             found[0].contains("has both `paths` and `paths-ignore`"),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn max_turns_is_for_agents_that_can_keep_it() {
+        let mut agents = agents();
+        agents.insert("claude".into(), "claude");
+        let check = |text: &str| {
+            load_one(Path::new("triggers/t.yml"), text, Some(&agents))
+                .map(|t| t.max_turns)
+                .map_err(|ds| ds.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            check("on: issues\nagent: claude\nprompt: x\nmax_turns: 12\n"),
+            Ok(Some(12))
+        );
+        let found = check("on: issues\nagent: fixer\nprompt: x\nmax_turns: 12\n").unwrap_err();
+        assert_eq!(
+            found,
+            [
+                "triggers/t.yml:4:12: error: agent `fixer` runs codex, which cannot keep a turn limit\n  hint: max_turns works with claude agents; a timeout works with all"
+            ]
         );
     }
 

@@ -45,6 +45,7 @@ pub struct Trigger {
     pub output: OutputSpec,
     pub concurrency: Option<Concurrency>,
     pub timeout: Option<Duration>,
+    pub max_turns: Option<u32>,
 }
 
 #[derive(Clone, Debug)]

@@ -53,6 +53,9 @@ pub struct TriggerFile {
     /// Wall-clock limit for the agent, e.g. 20m (the profile's timeout when left out).
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
+    /// The most model turns for this trigger's jobs (lowers the profile's; Claude Code agents).
+    #[schemars(with = "Option<u32>")]
+    pub max_turns: Option<Spanned<u32>>,
 }
 
 /// `skills:` — named skills, or all of them.
