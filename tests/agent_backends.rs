@@ -155,6 +155,9 @@ async fn a_codex_job_edit_becomes_a_pull_request() {
         "the repository's skill"
     );
     assert!(first.contains("zebra checklist"), "the service's skill");
+    // Progressive disclosure: names and descriptions up front, bodies only when the model opens them.
+    assert!(!first.contains("Write like an okapi."), "{first}");
+    assert!(!first.contains("Check the stripes."));
     assert_eq!(requests[0].body["model"], "gpt-5.5");
 
     // What it spent is kept with the job, and the log says what it did.
@@ -238,6 +241,10 @@ async fn a_claude_job_answer_becomes_a_comment() {
     let last = requests.last().unwrap().body.to_string();
     assert!(last.contains("giraffe rule"), "AGENTS.md reached Claude");
     assert!(last.contains("zebra checklist"), "the named skill");
+    assert!(
+        !last.contains("Check the stripes."),
+        "its body only when opened"
+    );
     assert!(
         !last.contains("okapi house style"),
         "a skill the trigger did not name is not offered"

@@ -182,7 +182,19 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob) -> Result<()> {
     if let Err(e) = worktree.remove().await {
         warn!("removing the worktree failed: {e:#}");
     }
+    // The job's home, output and copies, whether it succeeded or not (sinks have read what they need).
+    let job_dir = job_dir(pipeline, job.id);
+    if let Err(e) = tokio::fs::remove_dir_all(&job_dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!("removing {} failed: {e}", job_dir.display());
+    }
     result
+}
+
+/// The job's own folder: its home, temporary and output folders, the repository's context, stashed skills.
+fn job_dir(pipeline: &Pipeline, job: JobId) -> std::path::PathBuf {
+    pipeline.config.data_dir.join("jobs").join(job.to_string())
 }
 
 async fn run_in_worktree(
@@ -194,11 +206,7 @@ async fn run_in_worktree(
     client: Option<&crate::github::RepoClient>,
     ready: String,
 ) -> Result<()> {
-    let job_dir = pipeline
-        .config
-        .data_dir
-        .join("jobs")
-        .join(job.id.to_string());
+    let job_dir = job_dir(pipeline, job.id);
     // The job's own home (so agents share no state and never see the service's) and its output folder.
     let home = job_dir.join("home");
     let tmp = job_dir.join("tmp");
@@ -386,7 +394,6 @@ async fn run_in_worktree(
         outcome.truncated,
         profile.max_output,
     );
-    let _ = tokio::fs::remove_dir_all(&job_dir).await;
     let spent = outcome
         .usage
         .as_ref()
