@@ -116,6 +116,32 @@ fn load_config(cli: &Cli) -> Result<Config> {
     .map_err(|d: Diagnostics| anyhow::anyhow!("invalid configuration:\n{d}"))
 }
 
+/// What `match` and `prompt` work from: the checked triggers, a parsed payload, and the match input.
+fn offline_match(
+    config: &Config,
+    triggers: Option<PathBuf>,
+    event: &std::path::Path,
+    event_name: &str,
+    changed_files: Vec<String>,
+) -> Result<(TriggerSet, Event, MatchInput)> {
+    let paths = vec![triggers.unwrap_or_else(|| config.triggers.clone())];
+    let loaded = load::load(&paths, Some(&config.agent_kinds()));
+    for d in &loaded.diagnostics {
+        eprintln!("{d}");
+    }
+    if !loaded.diagnostics.is_empty() {
+        anyhow::bail!("the trigger files have problems; fix them first");
+    }
+    let payload = std::fs::read(event).with_context(|| format!("reading {}", event.display()))?;
+    let parsed = Event::parse(event_name, &payload)
+        .with_context(|| format!("{} is not a webhook payload", event.display()))?;
+    let input = MatchInput {
+        changed_files: (!changed_files.is_empty()).then_some(changed_files),
+        bot_login: config.github.bot_login.clone(),
+    };
+    Ok((TriggerSet::new(loaded.triggers), parsed, input))
+}
+
 /// Prints the final prompt of every firing trigger (or only `only`); returns how many were shown.
 fn show_prompts(
     config: &Config,
@@ -225,23 +251,9 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             changed_files,
             json,
         } => {
-            let paths = vec![triggers.unwrap_or_else(|| config.triggers.clone())];
-            let loaded = load::load(&paths, Some(&agents));
-            for d in &loaded.diagnostics {
-                eprintln!("{d}");
-            }
-            if !loaded.diagnostics.is_empty() {
-                anyhow::bail!("the trigger files have problems; fix them first");
-            }
-            let payload =
-                std::fs::read(&event).with_context(|| format!("reading {}", event.display()))?;
-            let parsed = Event::parse(&event_name, &payload)
-                .with_context(|| format!("{} is not a webhook payload", event.display()))?;
-            let input = MatchInput {
-                changed_files: (!changed_files.is_empty()).then_some(changed_files),
-                bot_login: config.github.bot_login.clone(),
-            };
-            let report = TriggerSet::new(loaded.triggers).report(&parsed, &input);
+            let (set, parsed, input) =
+                offline_match(&config, triggers, &event, &event_name, changed_files)?;
+            let report = set.report(&parsed, &input);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -257,23 +269,8 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             trigger,
             changed_files,
         } => {
-            let paths = vec![triggers.unwrap_or_else(|| config.triggers.clone())];
-            let loaded = load::load(&paths, Some(&agents));
-            for d in &loaded.diagnostics {
-                eprintln!("{d}");
-            }
-            if !loaded.diagnostics.is_empty() {
-                anyhow::bail!("the trigger files have problems; fix them first");
-            }
-            let payload =
-                std::fs::read(&event).with_context(|| format!("reading {}", event.display()))?;
-            let parsed = Event::parse(&event_name, &payload)
-                .with_context(|| format!("{} is not a webhook payload", event.display()))?;
-            let input = MatchInput {
-                changed_files: (!changed_files.is_empty()).then_some(changed_files),
-                bot_login: config.github.bot_login.clone(),
-            };
-            let set = TriggerSet::new(loaded.triggers);
+            let (set, parsed, input) =
+                offline_match(&config, triggers, &event, &event_name, changed_files)?;
             let shown = show_prompts(&config, &set, &parsed, &input, &repo, trigger.as_deref())?;
             if shown == 0 {
                 eprintln!("no trigger fires for this event; `nightshift match` says why");

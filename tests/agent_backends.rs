@@ -8,7 +8,7 @@ use common::model_server::{ChatReply, ModelServer, Step};
 use common::{Auth, Spine, git, path_with_agent_clis};
 use nightshift::agent::cli;
 use nightshift::config::CliOptions;
-use nightshift::store::{JobState, Store};
+use nightshift::store::{JobRecord, JobState, LogLine, Store};
 use serde_json::json;
 use std::path::Path;
 
@@ -48,6 +48,29 @@ fn cli_options(program: &str) -> CliOptions {
         allowed_tools: vec!["Bash(cargo test:*)".into(), "Edit".into()],
         args: vec![],
     }
+}
+
+/// One job end to end: a world with `trigger` and the agent profile line `profile`, the service started with
+/// `env`, and the payload `payload` of `event` delivered; returns the world, the finished job and its log.
+async fn one_job(
+    trigger: (&str, &str),
+    profile: String,
+    env: &[(&str, &str)],
+    event: &str,
+    payload: &str,
+) -> (Spine, JobRecord, Vec<LogLine>) {
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    seed_repository(&spine);
+    service_skill(&spine);
+    spine.add_agents(&profile);
+    spine.start_with_env(env).await;
+    let status = spine
+        .deliver(event, "delivery-1", &spine.payload(payload))
+        .await;
+    assert_eq!(status, 202);
+    let job = spine.wait_for_finished_jobs(1).await.remove(0);
+    let log = spine.store().await.job_log(job.id).await.unwrap();
+    (spine, job, log)
 }
 
 #[tokio::test]
@@ -98,25 +121,21 @@ async fn a_codex_job_edit_becomes_a_pull_request() {
         "fix.yml",
         "on:\n  issues:\n    types: [labeled]\nagent: fixer\nskills: auto\nprompt: Fix issue {{ event.issue.number }}.\noutput: pull_request\n",
     );
-    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
-    seed_repository(&spine);
-    service_skill(&spine);
-    spine.add_agents(&format!(
+    let (spine, job, log) = one_job(
+        trigger,
+        format!(
         "  fixer: {{codex: {{model: gpt-5.5, base_url: \"{}/v1\", api_key_env: TEST_CODEX_KEY}}, timeout: 120s}}\n",
         model.url
-    ));
-    spine
-        .start_with_env(&[
+    ),
+        &[
             ("PATH", &path_with_agent_clis()),
             ("TEST_CODEX_KEY", "sk-test-codex"),
-        ])
-        .await;
-    let status = spine
-        .deliver("issues", "codex-1", &spine.payload("issues/labeled.json"))
-        .await;
-    assert_eq!(status, 202);
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.store().await.job_log(jobs[0].id).await.unwrap();
+        ],
+        "issues",
+        "issues/labeled.json",
+    )
+    .await;
+    let jobs = [job];
     assert_eq!(
         jobs[0].state,
         JobState::Succeeded,
@@ -195,25 +214,21 @@ async fn a_claude_job_answer_becomes_a_comment() {
         "answer.yml",
         "on:\n  issues:\n    types: [opened]\nagent: reviewer\nskills: [review-checklist]\nprompt: Look at issue {{ event.issue.number }}.\n",
     );
-    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
-    seed_repository(&spine);
-    service_skill(&spine);
-    spine.add_agents(&format!(
+    let (spine, job, log) = one_job(
+        trigger,
+        format!(
         "  reviewer: {{claude: {{model: claude-sonnet-4-5, base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY}}, max_turns: 5, timeout: 120s}}\n",
         model.url
-    ));
-    spine
-        .start_with_env(&[
+    ),
+        &[
             ("PATH", &path_with_agent_clis()),
             ("TEST_CLAUDE_KEY", "sk-ant-test"),
-        ])
-        .await;
-    let status = spine
-        .deliver("issues", "claude-1", &spine.payload("issues/opened.json"))
-        .await;
-    assert_eq!(status, 202);
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.store().await.job_log(jobs[0].id).await.unwrap();
+        ],
+        "issues",
+        "issues/opened.json",
+    )
+    .await;
+    let jobs = [job];
     assert_eq!(
         jobs[0].state,
         JobState::Succeeded,
@@ -278,21 +293,21 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
         "answer.yml",
         "on:\n  issues:\n    types: [opened]\nagent: short\nprompt: Look.\n",
     );
-    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
-    spine.add_agents(&format!(
-        "  short: {{claude: {{base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY}}, max_turns: 1, timeout: 120s}}\n",
-        model.url
-    ));
-    spine
-        .start_with_env(&[
+    let (spine, job, _) = one_job(
+        trigger,
+        format!(
+            "  short: {{claude: {{base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY}}, max_turns: 1, timeout: 120s}}\n",
+            model.url
+        ),
+        &[
             ("PATH", &path_with_agent_clis()),
             ("TEST_CLAUDE_KEY", "sk-ant-test"),
-        ])
-        .await;
-    spine
-        .deliver("issues", "claude-2", &spine.payload("issues/opened.json"))
-        .await;
-    let jobs = spine.wait_for_finished_jobs(1).await;
+        ],
+        "issues",
+        "issues/opened.json",
+    )
+    .await;
+    let jobs = [job];
     assert_eq!(jobs[0].state, JobState::Failed);
     assert_eq!(
         jobs[0].error.as_deref(),
@@ -321,20 +336,18 @@ async fn a_model_endpoint_retries_rate_limits_and_server_errors_then_comments() 
         "summary.yml",
         "on:\n  issues:\n    types: [opened]\nagent: summarizer\nskills: auto\nprompt: Summarize issue {{ event.issue.number }}.\n",
     );
-    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
-    seed_repository(&spine);
-    service_skill(&spine);
-    spine.add_agents(&format!(
-        "  summarizer: {{openai: {{model: local-model, base_url: \"{}/v1\", api_key_env: TEST_LLM_KEY, system: Be brief.}}, max_tokens: 256, timeout: 60s}}\n",
-        model.url
-    ));
-    spine.start_with_env(&[("TEST_LLM_KEY", "sk-llm")]).await;
-    let status = spine
-        .deliver("issues", "llm-1", &spine.payload("issues/opened.json"))
-        .await;
-    assert_eq!(status, 202);
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.store().await.job_log(jobs[0].id).await.unwrap();
+    let (spine, job, log) = one_job(
+        trigger,
+        format!(
+            "  summarizer: {{openai: {{model: local-model, base_url: \"{}/v1\", api_key_env: TEST_LLM_KEY, system: Be brief.}}, max_tokens: 256, timeout: 60s}}\n",
+            model.url
+        ),
+        &[("TEST_LLM_KEY", "sk-llm")],
+        "issues",
+        "issues/opened.json",
+    )
+    .await;
+    let jobs = [job];
     assert_eq!(
         jobs[0].state,
         JobState::Succeeded,
@@ -387,16 +400,18 @@ async fn a_model_endpoint_that_refuses_the_request_fails_the_job_at_once() {
         "summary.yml",
         "on:\n  issues:\n    types: [opened]\nagent: summarizer\nprompt: Summarize.\n",
     );
-    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
-    spine.add_agents(&format!(
-        "  summarizer: {{openai: {{model: m, base_url: \"{}/v1\"}}}}\n",
-        model.url
-    ));
-    spine.start().await;
-    spine
-        .deliver("issues", "llm-2", &spine.payload("issues/opened.json"))
-        .await;
-    let jobs = spine.wait_for_finished_jobs(1).await;
+    let (spine, job, _) = one_job(
+        trigger,
+        format!(
+            "  summarizer: {{openai: {{model: m, base_url: \"{}/v1\"}}}}\n",
+            model.url
+        ),
+        &[],
+        "issues",
+        "issues/opened.json",
+    )
+    .await;
+    let jobs = [job];
     assert_eq!(jobs[0].state, JobState::Failed);
     let error = jobs[0].error.clone().unwrap();
     assert!(

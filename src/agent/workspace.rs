@@ -75,18 +75,7 @@ impl Workspaces {
         update_mirror(repo, &mirror, clone_url, auth).await?;
         let commit = match checkout {
             Checkout::Commit(sha) => sha.to_owned(),
-            Checkout::Branch(branch) => {
-                let rev = if branch.is_empty() {
-                    "HEAD^{commit}".to_owned()
-                } else {
-                    format!("refs/heads/{branch}^{{commit}}")
-                };
-                git(&mirror, &["rev-parse", "--verify", &rev], &GitAuth::none())
-                    .await
-                    .with_context(|| format!("{repo} has no branch `{branch}`"))?
-                    .trim()
-                    .to_owned()
-            }
+            Checkout::Branch(branch) => branch_tip(repo, &mirror, branch).await?,
         };
         // A worktree left behind by a run that died is replaced.
         if path.exists() {
@@ -211,20 +200,7 @@ impl Workspaces {
         let lock = self.lock(repo);
         let _guard = lock.lock().await;
         update_mirror(repo, &mirror, clone_url, auth).await?;
-        let rev = if branch.is_empty() {
-            "HEAD".to_owned()
-        } else {
-            format!("refs/heads/{branch}")
-        };
-        let commit = git(
-            &mirror,
-            &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
-            &GitAuth::none(),
-        )
-        .await
-        .with_context(|| format!("{repo} has no branch `{branch}`"))?
-        .trim()
-        .to_owned();
+        let commit = branch_tip(repo, &mirror, branch).await?;
         let listing = git(
             &mirror,
             &["ls-tree", "--name-only", "-z", &commit, &format!("{dir}/")],
@@ -260,17 +236,8 @@ impl Workspaces {
         dest: &Path,
     ) -> Result<(String, Vec<String>)> {
         let mirror = self.mirror_path(repo);
-        let rev = if branch.is_empty() {
-            "HEAD^{commit}".to_owned()
-        } else {
-            format!("refs/heads/{branch}^{{commit}}")
-        };
         let none = GitAuth::none();
-        let commit = git(&mirror, &["rev-parse", "--verify", &rev], &none)
-            .await
-            .with_context(|| format!("{repo} has no branch `{branch}`"))?
-            .trim()
-            .to_owned();
+        let commit = branch_tip(repo, &mirror, branch).await?;
         let listing = git(
             &mirror,
             &["ls-tree", "-r", "--name-only", "-z", &commit],
@@ -357,6 +324,22 @@ impl Worktree {
         .await?;
         Ok(())
     }
+}
+
+/// The commit at the tip of `branch` in the mirror (its HEAD, the default branch, when empty).
+async fn branch_tip(repo: &RepoName, mirror: &Path, branch: &str) -> Result<String> {
+    let rev = if branch.is_empty() {
+        "HEAD^{commit}".to_owned()
+    } else {
+        format!("refs/heads/{branch}^{{commit}}")
+    };
+    Ok(
+        git(mirror, &["rev-parse", "--verify", &rev], &GitAuth::none())
+            .await
+            .with_context(|| format!("{repo} has no branch `{branch}`"))?
+            .trim()
+            .to_owned(),
+    )
 }
 
 fn path_str(path: &Path) -> Result<&str> {
