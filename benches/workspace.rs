@@ -168,6 +168,31 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    group.bench_function("nightshift: two jobs at once on the repository", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                job += 2;
+                let started = Instant::now();
+                let none = GitAuth::none();
+                let (one, two) = rt.block_on(async {
+                    tokio::join!(
+                        spaces.prepare(
+                            &repo,
+                            &url,
+                            Checkout::Branch("main"),
+                            JobId(job - 1),
+                            &none
+                        ),
+                        spaces.prepare(&repo, &url, Checkout::Branch("main"), JobId(job), &none),
+                    )
+                });
+                total += started.elapsed();
+                worktrees.extend([one.unwrap(), two.unwrap()]);
+            }
+            total
+        })
+    });
     group.bench_function("baseline: git checkout of the tree from a clone", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;

@@ -87,6 +87,8 @@ struct AgentFile {
     max_turns: Option<Spanned<u32>>,
     max_tokens: Option<Spanned<u32>>,
     max_cost_usd: Option<Spanned<f64>>,
+    /// How a command agent gets its prompt: stdin (default), argument or file.
+    prompt_via: Option<Spanned<PromptVia>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +139,21 @@ pub struct AgentProfile {
     pub max_tokens: Option<u32>,
     /// The most dollars a run may spend (Claude Code's `--max-budget-usd`).
     pub max_cost_usd: Option<f64>,
+    /// How a command agent gets its prompt.
+    pub prompt_via: PromptVia,
+}
+
+/// How a command agent gets its prompt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptVia {
+    /// On stdin, which is then closed.
+    #[default]
+    Stdin,
+    /// As the last argument.
+    Argument,
+    /// In a file whose path is the last argument and `$NIGHTSHIFT_PROMPT_FILE`.
+    File,
 }
 
 /// What runs the agent.
@@ -679,6 +696,18 @@ fn agent_profile(
             "openai (the request's max_tokens)",
         ));
     }
+    if let Some(via) = &file.prompt_via
+        && kind != "command"
+    {
+        errors.push(
+            Diagnostic::at(
+                path,
+                via.referenced,
+                format!("agent `{name}`: `prompt_via` is for command agents"),
+            )
+            .with_hint("the built-in backends always get the prompt on stdin or in the request"),
+        );
+    }
     if file.sandbox.is_some() && kind != "command" {
         errors.push(
             Diagnostic::at(path, at, format!("agent `{name}`: `sandbox` is for command agents"))
@@ -702,6 +731,7 @@ fn agent_profile(
         max_turns: file.max_turns.map(|t| t.value),
         max_tokens: file.max_tokens.map(|t| t.value),
         max_cost_usd: file.max_cost_usd.map(|c| c.value),
+        prompt_via: file.prompt_via.map(|p| p.value).unwrap_or_default(),
     })
 }
 
@@ -858,6 +888,24 @@ mod tests {
         };
         assert_eq!(local.api_key_env, None);
         assert_eq!(config.agents["local"].max_tokens, Some(500));
+        assert_eq!(config.agents["local"].prompt_via, PromptVia::Stdin);
+        let config = load(
+            "agents:\n  s:\n    command: [x]\n    prompt_via: file\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.agents["s"].prompt_via, PromptVia::File);
+        let errors = load(
+            "agents:\n  s:\n    command: [x]\n    prompt_via: argv\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            errors
+                .to_string()
+                .contains(":4:17: error: unknown variant `argv`"),
+            "{errors}"
+        );
     }
 
     #[test]

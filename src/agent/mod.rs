@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::sync::mpsc;
 
-use crate::config::{AgentProfile, Backend};
+use crate::config::{AgentProfile, Backend, PromptVia};
 use crate::queue::EnvLookup;
 use crate::store::{LogStream, Usage};
 
@@ -67,15 +67,40 @@ pub async fn run(job: AgentJob<'_>) -> Result<AgentOutcome> {
     }
 }
 
-async fn run_command(argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOutcome> {
+/// The longest single argument Linux accepts (MAX_ARG_STRLEN).
+const MAX_ARGUMENT: usize = 128 * 1024;
+
+async fn run_command(mut argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOutcome> {
     let profile = job.profile;
+    let mut vars = job.vars.clone();
+    let stdin = match profile.prompt_via {
+        PromptVia::Stdin => job.prompt,
+        PromptVia::Argument => {
+            anyhow::ensure!(
+                job.prompt.len() < MAX_ARGUMENT,
+                "the prompt is {} bytes, more than one argument can hold ({MAX_ARGUMENT}); give agent `{}` \
+                 prompt_via: file or stdin",
+                job.prompt.len(),
+                job.profile_name
+            );
+            argv.push(job.prompt.to_owned());
+            ""
+        }
+        PromptVia::File => {
+            let file = job.output_dir.with_file_name("prompt.md");
+            tokio::fs::write(&file, job.prompt).await?;
+            argv.push(file.display().to_string());
+            vars.push(("NIGHTSHIFT_PROMPT_FILE".into(), file.display().to_string()));
+            ""
+        }
+    };
     let finished = command::run(
         command::Launch {
             argv,
             worktree: job.worktree,
-            stdin: job.prompt,
+            stdin,
             allow: &profile.env,
-            vars: job.vars.clone(),
+            vars,
             timeout: job.timeout,
             sandbox: profile.sandbox.map(|kind| command::Sandbox {
                 kind,
@@ -137,4 +162,68 @@ fn cap(mut text: String, max: usize) -> (String, bool) {
     }
     text.truncate(end);
     (text, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AgentProfile, Backend, PromptVia};
+
+    async fn run_with(via: PromptVia, script: &str, prompt: &str) -> Result<AgentOutcome> {
+        let dir = tempfile::tempdir().unwrap();
+        let output_dir = dir.path().join("output");
+        std::fs::create_dir_all(&output_dir).unwrap();
+        let profile = AgentProfile {
+            backend: Backend::Command(vec!["sh".into(), "-c".into(), script.into(), "sh".into()]),
+            timeout: Duration::from_secs(10),
+            env: Vec::new(),
+            max_output: 1 << 20,
+            sandbox: None,
+            network: false,
+            max_turns: None,
+            max_tokens: None,
+            max_cost_usd: None,
+            prompt_via: via,
+        };
+        let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
+        let (log, _rx) = mpsc::unbounded_channel();
+        run(AgentJob {
+            profile_name: "p",
+            profile: &profile,
+            worktree: dir.path(),
+            prompt,
+            home: dir.path(),
+            output_dir: &output_dir,
+            vars: Vec::new(),
+            sandbox_paths: &command::SandboxPaths::default(),
+            timeout: profile.timeout,
+            max_turns: None,
+            env: &env,
+            log,
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_command_agent_takes_its_prompt_on_stdin_as_an_argument_or_in_a_file() {
+        let out = run_with(PromptVia::Stdin, "cat", "on stdin").await.unwrap();
+        assert_eq!(out.message, "on stdin");
+        let out = run_with(PromptVia::Argument, "printf %s \"$1\"; cat", "as argument")
+            .await
+            .unwrap();
+        assert_eq!(out.message, "as argument", "stdin is empty");
+        let out = run_with(
+            PromptVia::File,
+            "cat \"$1\"; test \"$1\" = \"$NIGHTSHIFT_PROMPT_FILE\" && echo ' (same)'",
+            "in a file",
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.message, "in a file (same)\n");
+        let long = "x".repeat(MAX_ARGUMENT);
+        let e = run_with(PromptVia::Argument, "true", &long)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("prompt_via: file or stdin"), "{e}");
+    }
 }

@@ -89,6 +89,9 @@ impl Workspaces {
         }
         git(&mirror, &["worktree", "prune"], &GitAuth::none()).await?;
         tokio::fs::create_dir_all(path.parent().context("worktree path has no parent")?).await?;
+        // Only the bookkeeping happens under the lock; the checkout itself (the slow part on a large
+        // repository) runs after it is released, so jobs on one repository wait for each other only for
+        // the fetch.
         git(
             &mirror,
             &[
@@ -96,6 +99,7 @@ impl Workspaces {
                 "add",
                 "--detach",
                 "--force",
+                "--no-checkout",
                 "--quiet",
                 path_str(&path)?,
                 &commit,
@@ -103,7 +107,7 @@ impl Workspaces {
             &GitAuth::none(),
         )
         .await
-        .with_context(|| format!("checking out {commit} of {repo}"))?;
+        .with_context(|| format!("adding a worktree at {commit} of {repo}"))?;
         let default_branch = git(
             &mirror,
             &["symbolic-ref", "--short", "HEAD"],
@@ -122,14 +126,26 @@ impl Workspaces {
             .trim(),
         );
         drop(guard);
-        Ok(Worktree {
+        let worktree = Worktree {
             path,
             commit,
             default_branch,
             git_dir,
             mirror,
             lock,
-        })
+        };
+        if let Err(e) = git(
+            &worktree.path,
+            &["reset", "--hard", "--quiet"],
+            &GitAuth::none(),
+        )
+        .await
+        {
+            let commit = worktree.commit.clone();
+            let _ = worktree.remove().await;
+            return Err(e.context(format!("checking out {commit} of {repo}")));
+        }
+        Ok(worktree)
     }
 }
 
