@@ -200,6 +200,65 @@ async fn a_codex_job_edit_becomes_a_pull_request() {
     spine.assert_no_unexpected_calls();
 }
 
+/// Codex writes `review.json` in the job's output folder (writable through `--add-dir`, outside its
+/// worktree), and it becomes a review with an inline comment.
+#[tokio::test]
+async fn a_codex_review_file_becomes_a_review_with_inline_comments() {
+    let trigger = (
+        "review.yml",
+        "on: pull_request\nagent: reviewer\nprompt: Review it.\noutput: review\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    // The first job of a fresh store is job 1; its output folder is known in advance.
+    let review = json!({"summary": "One thing.", "comments": [
+        {"path": "README.md", "line": 1, "body": "Say what it does."}]});
+    let output = spine.dir.path().join("data/jobs/1/output/review.json");
+    let model = ModelServer::agent(vec![
+        Step::Patch(format!(
+            "*** Begin Patch\n*** Add File: {}\n+{review}\n*** End Patch\n",
+            output.display()
+        )),
+        Step::Text("Reviewed.".into()),
+    ])
+    .await;
+    spine.add_agents(&format!(
+        "  reviewer: {{codex: {{model: gpt-5.5, base_url: \"{}/v1\", api_key_env: TEST_CODEX_KEY}}, timeout: 120s}}\n",
+        model.url
+    ));
+    spine
+        .start_with_env(&[
+            ("PATH", &path_with_agent_clis()),
+            ("TEST_CODEX_KEY", "sk-test-codex"),
+        ])
+        .await;
+    let head = git(&spine.remote, &["rev-parse", "main"]);
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&spine.payload("pull_request/opened.json")).unwrap();
+    payload["pull_request"]["head"]["sha"] = head.clone().into();
+    payload["pull_request"]["base"]["ref"] = "main".into();
+    let body = serde_json::to_vec(&payload).unwrap();
+    assert_eq!(
+        spine.deliver("pull_request", "codex-review", &body).await,
+        202
+    );
+    let job = spine.wait_for_finished_jobs(1).await.remove(0);
+    let log = spine.store().await.job_log(job.id).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{:?}\n{log:#?}", job.error);
+    let created = spine.github.created();
+    assert_eq!(created.len(), 1, "{created:#?}");
+    assert_eq!(created[0].operation, "pulls/create-review");
+    let posted = &created[0].body;
+    assert!(posted["body"].as_str().unwrap().starts_with("One thing."));
+    assert_eq!(posted["commit_id"], head.as_str());
+    assert_eq!(
+        posted["comments"][0],
+        json!({"path": "README.md", "line": 1, "side": "RIGHT", "body": "Say what it does."})
+    );
+    // The prompt told Codex where and how to write the review.
+    let first = model.requests()[0].body.to_string();
+    assert!(first.contains("review.json"), "{first}");
+}
+
 #[tokio::test]
 async fn a_claude_job_answer_becomes_a_comment() {
     let model = ModelServer::agent(vec![
