@@ -62,6 +62,17 @@ enum Command {
         #[arg(long = "changed-file")]
         changed_files: Vec<String>,
     },
+    /// List the latest jobs (state, trigger, repository, time, what the agent spent), or show one job and its log.
+    Jobs {
+        /// A job's id: show it with its log.
+        id: Option<i64>,
+        /// How many of the latest jobs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON (an array of jobs; with an id, the job with its `log`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of trigger files (for editors: yaml-language-server completes and checks with it).
     Schema,
     /// Show which triggers fire for an event payload, with their rendered prompts, and why the others do not.
@@ -114,6 +125,87 @@ fn load_config(cli: &Cli) -> Result<Config> {
         env: &env,
     })
     .map_err(|d: Diagnostics| anyhow::anyhow!("invalid configuration:\n{d}"))
+}
+
+/// `nightshift jobs`: the latest jobs as a table (or JSON), or one job with its log.
+async fn show_jobs(config: &Config, id: Option<i64>, limit: u32, json: bool) -> Result<ExitCode> {
+    let store = nightshift::store::open(&config.store).await?;
+    let Some(id) = id else {
+        let jobs = store.recent_jobs(limit).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&jobs)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{:>5}  {:<9}  {:<24}  {:<24}  {:<19}  {:>7}  SPENT / ERROR",
+            "ID", "STATE", "TRIGGER", "REPOSITORY", "QUEUED (UTC)", "TOOK"
+        );
+        for job in jobs {
+            let took = job
+                .started_at
+                .zip(job.finished_at)
+                .map(|(s, f)| format!("{:.1}s", (f - s) as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into());
+            let spent = match (&job.usage, &job.error) {
+                (_, Some(error)) => error.lines().next().unwrap_or_default().to_owned(),
+                (Some(usage), None) => usage.to_string(),
+                (None, None) => String::new(),
+            };
+            println!(
+                "{:>5}  {:<9}  {:<24}  {:<24}  {:<19}  {:>7}  {spent}",
+                job.id,
+                job.state.as_str(),
+                job.trigger,
+                job.repo,
+                utc(job.created_at),
+                took
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let id = nightshift::ids::JobId(id);
+    let Some(job) = store.job(id).await? else {
+        eprintln!("there is no job {id}");
+        return Ok(ExitCode::from(1));
+    };
+    let log = store.job_log(id).await?;
+    if json {
+        let mut value = serde_json::to_value(&job)?;
+        value["log"] = log
+            .iter()
+            .map(|l| serde_json::json!({"stream": l.stream, "line": l.line}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "job {} — {} ({} attempt(s))",
+        job.id,
+        job.state.as_str(),
+        job.attempts
+    );
+    println!("trigger:  {}", job.trigger);
+    println!("repo:     {}", job.repo);
+    println!("delivery: {}", job.delivery_id);
+    println!("queued:   {} UTC", utc(job.created_at));
+    if let Some(usage) = &job.usage {
+        println!("spent:    {usage}");
+    }
+    if let Some(error) = &job.error {
+        println!("error:    {error}");
+    }
+    println!("log:");
+    for line in log {
+        println!("  [{}] {}", line.stream, line.line);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` in UTC.
+fn utc(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 /// What `match` and `prompt` work from: the checked triggers, a parsed payload, and the match input.
@@ -277,6 +369,10 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { id, limit, json } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(show_jobs(&config, id, limit, json))
         }
         Command::Schema => {
             println!(

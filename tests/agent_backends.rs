@@ -450,6 +450,44 @@ async fn a_model_endpoint_retries_rate_limits_and_server_errors_then_comments() 
             .any(|l| l.starts_with("request 2 failed (HTTP 503")),
         "{lines:#?}"
     );
+
+    // Operators see what it spent: `nightshift jobs` lists it, `nightshift jobs ID --json` has it all.
+    let jobs_cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+            .arg("--config")
+            .arg(&spine.config)
+            .args(args)
+            .env_remove("NIGHTSHIFT_STORE")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = jobs_cli(&["jobs"]);
+    let row = table.lines().nth(1).expect("one job listed");
+    assert!(
+        row.contains("succeeded") && row.contains("summary"),
+        "{table}"
+    );
+    assert!(
+        row.ends_with("local-model, 1 turn, 120 input tokens, 30 output tokens"),
+        "{table}"
+    );
+    let one: serde_json::Value = serde_json::from_str(&jobs_cli(&["jobs", "1", "--json"])).unwrap();
+    assert_eq!(one["state"], "succeeded");
+    assert_eq!(one["usage"]["input_tokens"], 120);
+    assert!(
+        one["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["line"].as_str().unwrap().contains("spent: local-model")),
+        "{one:#}"
+    );
 }
 
 #[tokio::test]

@@ -91,7 +91,8 @@ pub struct ClaimedJob {
     pub attempt: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
     Running,
@@ -123,8 +124,8 @@ impl JobState {
     }
 }
 
-/// A job as stored (for inspection and tests).
-#[derive(Clone, Debug)]
+/// A job as stored (for `nightshift jobs`, and tests).
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct JobRecord {
     pub id: JobId,
     pub delivery_id: DeliveryId,
@@ -132,9 +133,15 @@ pub struct JobRecord {
     pub repo: String,
     pub state: JobState,
     pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// What the agent spent, when its backend reported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Unix milliseconds: queued, last started, ended.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
 }
 
 /// What an agent run spent, as its backend reported it. Every field is optional: a command agent reports
@@ -269,6 +276,11 @@ pub trait Store: Send + Sync + 'static {
     async fn record_output(&self, job: JobId, output: &Output) -> Result<()>;
 
     async fn jobs(&self) -> Result<Vec<JobRecord>>;
+
+    /// The newest `limit` jobs, oldest first.
+    async fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRecord>>;
+
+    async fn job(&self, job: JobId) -> Result<Option<JobRecord>>;
 
     /// Records what the job's agent spent.
     async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()>;

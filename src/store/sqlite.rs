@@ -30,6 +30,30 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// The columns of a [`JobRecord`]; `job_record` reads a row of it.
+const JOB_RECORD: &str = "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, \
+     j.error, j.usage, j.created_at, j.started_at, j.finished_at \
+     FROM jobs j JOIN deliveries d ON d.id = j.delivery_id";
+
+fn job_record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord> {
+    Ok(JobRecord {
+        id: JobId(row.try_get("id")?),
+        delivery_id: DeliveryId(row.try_get("guid")?),
+        trigger: row.try_get("trigger_name")?,
+        repo: row.try_get("repo")?,
+        state: JobState::parse(row.try_get("state")?)?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        error: row.try_get("error")?,
+        usage: row
+            .try_get::<Option<String>, _>("usage")?
+            .map(|u| serde_json::from_str(&u))
+            .transpose()?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -346,29 +370,28 @@ impl Store for SqliteStore {
     }
 
     async fn jobs(&self) -> Result<Vec<JobRecord>> {
-        let rows = sqlx::query(
-            "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, j.error, j.usage
-             FROM jobs j JOIN deliveries d ON d.id = j.delivery_id ORDER BY j.id",
-        )
+        let rows = sqlx::query(AssertSqlSafe(format!("{JOB_RECORD} ORDER BY j.id")))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_record).collect()
+    }
+
+    async fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT * FROM ({JOB_RECORD} ORDER BY j.id DESC LIMIT ?) ORDER BY id"
+        )))
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(JobRecord {
-                    id: JobId(row.try_get("id")?),
-                    delivery_id: DeliveryId(row.try_get("guid")?),
-                    trigger: row.try_get("trigger_name")?,
-                    repo: row.try_get("repo")?,
-                    state: JobState::parse(row.try_get("state")?)?,
-                    attempts: row.try_get::<i64, _>("attempts")? as u32,
-                    error: row.try_get("error")?,
-                    usage: row
-                        .try_get::<Option<String>, _>("usage")?
-                        .map(|u| serde_json::from_str(&u))
-                        .transpose()?,
-                })
-            })
-            .collect()
+        rows.iter().map(job_record).collect()
+    }
+
+    async fn job(&self, job: JobId) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!("{JOB_RECORD} WHERE j.id = ?")))
+            .bind(job.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_record).transpose()
     }
 
     async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()> {
