@@ -35,6 +35,8 @@ struct ConfigFile {
     max_attempts: Option<u32>,
     /// Whether repositories' own triggers (`.nightshift/triggers/*.yml` on their default branch) apply.
     repo_triggers: Option<bool>,
+    /// Whether a failed job says so in a comment on its issue or pull request.
+    report_failures: Option<bool>,
     /// GitHub connection and credentials.
     #[serde(default)]
     github: GithubFile,
@@ -305,6 +307,7 @@ pub struct Config {
     pub job_lease: Duration,
     pub max_attempts: u32,
     pub repo_triggers: bool,
+    pub report_failures: bool,
     pub github: GithubConfig,
     pub agents: BTreeMap<String, AgentProfile>,
 }
@@ -526,6 +529,7 @@ fn resolve(
             .unwrap_or_else(default_max_attempts)
             .max(1),
         repo_triggers: file.repo_triggers.unwrap_or(true),
+        report_failures: file.report_failures.unwrap_or(true),
         github: GithubConfig {
             api_url,
             bot_login: github_bot_login,
@@ -773,6 +777,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.workers, 4);
+        assert!(config.report_failures);
         assert_eq!(config.github.api_url, "https://api.github.com");
         assert!(config.store.starts_with("sqlite://"));
         assert!(config.store.ends_with(".nightshift/nightshift.db"));

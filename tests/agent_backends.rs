@@ -380,7 +380,16 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
         .filter(|r| r.path == "/v1/messages")
         .count();
     assert_eq!(asked, 1, "the second turn never happened");
-    assert!(spine.github.comments().is_empty());
+    // The issue is told, with the reason.
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0]
+            .body
+            .starts_with("nightshift could not finish this job:\n\n```text\nClaude Code reached the profile's max_turns"),
+        "{}",
+        comments[0].body
+    );
 }
 
 #[tokio::test]
@@ -522,5 +531,14 @@ async fn a_model_endpoint_that_refuses_the_request_fails_the_job_at_once() {
         None,
         "no api_key_env: no Authorization header (local servers)"
     );
-    assert!(spine.github.comments().is_empty());
+    // The issue is told, with the reason.
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0]
+            .body
+            .starts_with("nightshift could not finish this job:\n\n```text\nthe model endpoint refused the request: HTTP 400 Bad Request: scripted 400"),
+        "{}",
+        comments[0].body
+    );
 }

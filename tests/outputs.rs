@@ -283,7 +283,22 @@ async fn a_missing_skill_fails_the_job_with_its_name() {
         "{:?}",
         jobs[0].error
     );
-    assert!(spine.github.comments().is_empty());
+    // The issue is told why, once; the job log says it did.
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0].body.contains("skill `nowhere` is neither"),
+        "{}",
+        comments[0].body
+    );
+    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.line.starts_with("said it failed: https://")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test]

@@ -514,7 +514,17 @@ async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job
         error.contains("posting the comment: GitHub answered 404"),
         "{error}"
     );
-    assert_eq!(spine.github.comments().len(), 1);
+    // The failure is said on the issue (the fake fails only the one call).
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 2);
+    assert!(
+        comments[1]
+            .body
+            .starts_with("nightshift could not finish this job:")
+            && comments[1].body.contains("GitHub answered 404"),
+        "{}",
+        comments[1].body
+    );
 }
 
 #[tokio::test]

@@ -103,9 +103,51 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
             Ending::Failed(e)
         }
     };
-    if let Err(e) = pipeline.store.finish_job(id, owner, ending).await {
-        error!("recording the end of the job failed: {e:#}");
+    match pipeline.store.finish_job(id, owner, ending).await {
+        Ok(true) => {
+            if let Some(reason) = &error
+                && pipeline.config.report_failures
+                && let Err(e) = report_failure(pipeline, &job, reason).await
+            {
+                warn!("saying on GitHub that the job failed did not work: {e:#}");
+            }
+        }
+        Ok(false) => warn!("the job was no longer ours when it ended; its end is not recorded"),
+        Err(e) => error!("recording the end of the job failed: {e:#}"),
     }
+}
+
+/// Tells the issue or pull request the job was about that it failed, and why (a job about neither, a push
+/// or a schedule, has only its log).
+async fn report_failure(pipeline: &Pipeline, job: &ClaimedJob, reason: &str) -> Result<()> {
+    let spec: JobSpec = serde_json::from_str(&job.spec)?;
+    if spec.number.is_none() {
+        return Ok(());
+    }
+    let client = if pipeline.github.has_credentials() {
+        Some(pipeline.github.client(spec.installation).await?)
+    } else {
+        None
+    };
+    let ctx = SinkContext {
+        job: job.id,
+        attempt: job.attempt,
+        spec: &spec,
+        store: &pipeline.store,
+        client: client.as_ref(),
+    };
+    let body = crate::sink::texts::failure_comment(&spec.trigger, job.id, reason);
+    let output = sink::comment::post(&ctx, &body).await?;
+    note(
+        pipeline,
+        job.id,
+        format!(
+            "said it failed: {}",
+            output.url.as_deref().unwrap_or("(dry run)")
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 /// Removes what a stopped job left in its worktree.

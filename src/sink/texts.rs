@@ -30,6 +30,19 @@ pub fn agent_comment(trigger: &str, job: JobId, message: &str, truncated: bool) 
     format!("{body}\n\n{}", footer(trigger, job))
 }
 
+/// Said on the issue or pull request when its job failed, so the person who handed the work off knows.
+/// The reason is fenced (it can quote a server or the agent): it renders as text, never as Markdown.
+pub fn failure_comment(trigger: &str, job: JobId, reason: &str) -> String {
+    let longest_run = reason.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest_run.max(2) + 1);
+    format!(
+        "nightshift could not finish this job:\n\n{fence}text\n{}\n{fence}\n\nThe job's log has the details \
+         (`nightshift jobs {job}` on the server).\n\n{}",
+        reason.trim_end(),
+        footer(trigger, job)
+    )
+}
+
 /// Said instead of a pull request when the agent changed no file.
 pub fn no_changes_comment(trigger: &str, job: JobId, message: &str) -> String {
     let mut body = String::from("The agent made no changes, so there is no pull request.");
@@ -180,5 +193,20 @@ mod tests {
 
         Made by nightshift (trigger fix) for #1.
         ");
+    }
+
+    #[test]
+    fn failure_comment() {
+        insta::assert_snapshot!(super::failure_comment(
+            "fix",
+            JobId(7),
+            "the agent failed (exit status: 2); its output is in the job log"
+        ));
+        // A reason with its own fences cannot close ours.
+        let text = super::failure_comment("fix", JobId(7), "```\n@team see ````x````");
+        assert!(
+            text.contains("`````text\n```\n@team see ````x````\n`````"),
+            "{text}"
+        );
     }
 }
