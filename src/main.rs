@@ -43,24 +43,14 @@ enum Command {
     /// the repository's AGENTS.md files, the skills (in the prompt for a model endpoint) and how the result is
     /// delivered.
     Prompt {
-        /// The webhook payload (JSON).
-        #[arg(long)]
-        event: PathBuf,
-        /// The event's name, as GitHub sends it in X-GitHub-Event.
-        #[arg(long)]
-        event_name: String,
-        /// Trigger files or folder (default: the configured triggers folder).
-        #[arg(long)]
-        triggers: Option<PathBuf>,
+        #[command(flatten)]
+        offline: OfflineEvent,
         /// A checkout of the repository, for its AGENTS.md files and skills.
         #[arg(long, default_value = ".")]
         repo: PathBuf,
         /// Only this trigger.
         #[arg(long)]
         trigger: Option<String>,
-        /// A file the pull request changes, for `paths` filters (repeat it).
-        #[arg(long = "changed-file")]
-        changed_files: Vec<String>,
     },
     /// List the latest jobs (state, trigger, repository, time, what the agent spent), or show one job and its log.
     Jobs {
@@ -77,22 +67,29 @@ enum Command {
     Schema,
     /// Show which triggers fire for an event payload, with their rendered prompts, and why the others do not.
     Match {
-        /// The webhook payload (JSON), e.g. a delivery saved from GitHub's webhook log.
-        #[arg(long)]
-        event: PathBuf,
-        /// The event's name, as GitHub sends it in X-GitHub-Event (issues, pull_request, push, ...).
-        #[arg(long)]
-        event_name: String,
-        /// Trigger files or folder (default: the configured triggers folder).
-        #[arg(long)]
-        triggers: Option<PathBuf>,
-        /// A file the pull request changes, for `paths` filters (repeat it; push payloads carry their own).
-        #[arg(long = "changed-file")]
-        changed_files: Vec<String>,
+        #[command(flatten)]
+        offline: OfflineEvent,
         /// Print the stable JSON shape: {"fired": [...], "skipped": [...]}.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// An event to match without the service: a saved payload and the trigger files.
+#[derive(clap::Args)]
+struct OfflineEvent {
+    /// The webhook payload (JSON), e.g. a delivery saved from GitHub's webhook log.
+    #[arg(long)]
+    event: PathBuf,
+    /// The event's name, as GitHub sends it in X-GitHub-Event (issues, pull_request, push, ...).
+    #[arg(long)]
+    event_name: String,
+    /// Trigger files or folder (default: the configured triggers folder).
+    #[arg(long)]
+    triggers: Option<PathBuf>,
+    /// A file the pull request changes, for `paths` filters (repeat it; push payloads carry their own).
+    #[arg(long = "changed-file")]
+    changed_files: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -211,11 +208,14 @@ fn utc(ms: i64) -> String {
 /// What `match` and `prompt` work from: the checked triggers, a parsed payload, and the match input.
 fn offline_match(
     config: &Config,
-    triggers: Option<PathBuf>,
-    event: &std::path::Path,
-    event_name: &str,
-    changed_files: Vec<String>,
+    offline: OfflineEvent,
 ) -> Result<(TriggerSet, Event, MatchInput)> {
+    let OfflineEvent {
+        event,
+        event_name,
+        triggers,
+        changed_files,
+    } = offline;
     let paths = vec![triggers.unwrap_or_else(|| config.triggers.clone())];
     let loaded = load::load(&paths, Some(&config.agent_kinds()));
     for d in &loaded.diagnostics {
@@ -224,8 +224,8 @@ fn offline_match(
     if !loaded.diagnostics.is_empty() {
         anyhow::bail!("the trigger files have problems; fix them first");
     }
-    let payload = std::fs::read(event).with_context(|| format!("reading {}", event.display()))?;
-    let parsed = Event::parse(event_name, &payload)
+    let payload = std::fs::read(&event).with_context(|| format!("reading {}", event.display()))?;
+    let parsed = Event::parse(&event_name, &payload)
         .with_context(|| format!("{} is not a webhook payload", event.display()))?;
     let input = MatchInput {
         changed_files: (!changed_files.is_empty()).then_some(changed_files),
@@ -336,15 +336,8 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Match {
-            event,
-            event_name,
-            triggers,
-            changed_files,
-            json,
-        } => {
-            let (set, parsed, input) =
-                offline_match(&config, triggers, &event, &event_name, changed_files)?;
+        Command::Match { offline, json } => {
+            let (set, parsed, input) = offline_match(&config, offline)?;
             let report = set.report(&parsed, &input);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -354,15 +347,11 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prompt {
-            event,
-            event_name,
-            triggers,
+            offline,
             repo,
             trigger,
-            changed_files,
         } => {
-            let (set, parsed, input) =
-                offline_match(&config, triggers, &event, &event_name, changed_files)?;
+            let (set, parsed, input) = offline_match(&config, offline)?;
             let shown = show_prompts(&config, &set, &parsed, &input, &repo, trigger.as_deref())?;
             if shown == 0 {
                 eprintln!("no trigger fires for this event; `nightshift match` says why");
