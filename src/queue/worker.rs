@@ -249,6 +249,14 @@ async fn run_in_worktree(
     ready: String,
 ) -> Result<()> {
     let job_dir = job_dir(pipeline, job.id);
+    // A previous attempt that died leaves its folder behind; this attempt starts from nothing, like its
+    // worktree.
+    match tokio::fs::remove_dir_all(&job_dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("clearing {}", job_dir.display()));
+        }
+        _ => {}
+    }
     // The job's own home (so agents share no state and never see the service's) and its output folder.
     let home = job_dir.join("home");
     let tmp = job_dir.join("tmp");

@@ -250,6 +250,10 @@ pub fn stage(skills: &[Skill], worktree: &Path, stash: &Path) -> std::io::Result
         if path.exists() {
             std::fs::create_dir_all(stash)?;
             let aside = stash.join(i.to_string());
+            // Left by an attempt that died mid-job (its worktree is gone; this is stale).
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside)?;
+            }
             std::fs::rename(&path, &aside)?;
             staged.moved.push((path, aside));
         }
@@ -411,6 +415,27 @@ mod tests {
             w.join(".agents/skills/style/SKILL.md").is_file(),
             "the repository's own skill is back"
         );
+
+        // An attempt that died before restoring left its stash; the next attempt (a fresh worktree) works.
+        let again = tempfile::tempdir().unwrap();
+        write_skill(
+            &again.path().join(".agents/skills"),
+            "style",
+            "name: style\ndescription: Repo style.\n",
+        );
+        let died = stage(&picked, again.path(), stash.path()).unwrap();
+        std::mem::forget(died);
+        let fresh = tempfile::tempdir().unwrap();
+        write_skill(
+            &fresh.path().join(".agents/skills"),
+            "style",
+            "name: style\ndescription: Repo style.\n",
+        );
+        stage(&picked, fresh.path(), stash.path())
+            .unwrap()
+            .restore()
+            .unwrap();
+        assert!(fresh.path().join(".agents/skills/style/SKILL.md").is_file());
 
         // Nothing was there before: nothing is left after.
         let empty = tempfile::tempdir().unwrap();
