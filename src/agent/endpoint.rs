@@ -52,18 +52,7 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
         })?),
         None => None,
     };
-    let mut messages = Vec::new();
-    if let Some(system) = &options.system {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    messages.push(json!({"role": "user", "content": job.prompt}));
-    let mut body = json!({"model": options.model, "messages": messages, "stream": false});
-    if let Some(max) = job.profile.max_tokens {
-        body["max_tokens"] = json!(max);
-    }
-    if let Some(t) = options.temperature {
-        body["temperature"] = json!(t);
-    }
+    let body = request_body(options, job.prompt, job.profile.max_tokens);
     let url = format!("{}/chat/completions", options.base_url);
     let deadline = Instant::now() + job.timeout;
     let log = |line: String| {
@@ -153,6 +142,29 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
     })
 }
 
+/// The chat completions request. The token limit is `max_completion_tokens` for OpenAI itself (its newer
+/// models refuse `max_tokens`) and `max_tokens` elsewhere (what Ollama, vLLM and llama.cpp read).
+pub fn request_body(options: &EndpointOptions, prompt: &str, max_tokens: Option<u32>) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = &options.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": prompt}));
+    let mut body = json!({"model": options.model, "messages": messages, "stream": false});
+    if let Some(max) = max_tokens {
+        let field = if options.base_url.starts_with(crate::config::OPENAI_BASE_URL) {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body[field] = json!(max);
+    }
+    if let Some(t) = options.temperature {
+        body["temperature"] = json!(t);
+    }
+    body
+}
+
 async fn send(url: &str, key: Option<&str>, body: &Value) -> Attempt {
     let mut request = client().post(url).json(body);
     if let Some(key) = key {
@@ -238,6 +250,27 @@ fn timed_out(job: &AgentJob<'_>, attempts: u32) -> AgentOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_limit_is_named_as_the_endpoint_expects() {
+        let mut options = EndpointOptions {
+            model: "m".into(),
+            base_url: "http://localhost:11434/v1".into(),
+            api_key_env: None,
+            system: Some("Be brief.".into()),
+            temperature: Some(0.2),
+        };
+        let body = request_body(&options, "hi", Some(100));
+        assert_eq!(
+            body,
+            json!({"model": "m", "stream": false, "max_tokens": 100, "temperature": 0.2,
+                   "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
+        );
+        options.base_url = crate::config::OPENAI_BASE_URL.into();
+        let body = request_body(&options, "hi", Some(100));
+        assert_eq!(body["max_completion_tokens"], 100);
+        assert!(body.get("max_tokens").is_none());
+    }
 
     #[test]
     fn backoff_doubles_and_is_bounded() {
