@@ -103,6 +103,10 @@ struct CliFile {
     program: Option<String>,
     /// Claude Code's permission mode (default acceptEdits).
     permission_mode: Option<Spanned<String>>,
+    /// Claude Code: send the key as `Authorization: Bearer` (ANTHROPIC_AUTH_TOKEN), as gateways such as
+    /// LiteLLM expect, instead of `x-api-key`.
+    #[serde(default)]
+    bearer: bool,
     /// Claude Code's tools allowed without asking, e.g. `Bash(cargo test:*)`.
     #[serde(default)]
     allowed_tools: Vec<String>,
@@ -196,6 +200,8 @@ pub struct CliOptions {
     /// The service environment variable holding the one secret the agent receives.
     pub api_key_env: String,
     pub permission_mode: String,
+    /// Claude Code: the key goes out as a Bearer token (ANTHROPIC_AUTH_TOKEN) rather than `x-api-key`.
+    pub bearer: bool,
     pub allowed_tools: Vec<String>,
     pub args: Vec<String>,
 }
@@ -603,17 +609,18 @@ fn agent_profile(
             base_url: file.base_url.map(|u| u.trim_end_matches('/').to_owned()),
             api_key_env: file.api_key_env.unwrap_or_else(|| key.to_owned()),
             permission_mode,
+            bearer: file.bearer,
             allowed_tools: file.allowed_tools,
             args: file.args,
         }
     };
     if let Some(codex) = file.codex {
-        if codex.permission_mode.is_some() || !codex.allowed_tools.is_empty() {
+        if codex.permission_mode.is_some() || !codex.allowed_tools.is_empty() || codex.bearer {
             errors.push(
                 Diagnostic::at(
                     path,
                     at,
-                    format!("agent `{name}`: permission_mode and allowed_tools are Claude Code's"),
+                    format!("agent `{name}`: permission_mode, allowed_tools and bearer are Claude Code's"),
                 )
                 .with_hint("Codex runs with approval_policy=never in its workspace-write sandbox"),
             );

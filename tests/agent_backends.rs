@@ -45,6 +45,7 @@ fn cli_options(program: &str) -> CliOptions {
         base_url: Some("http://127.0.0.1:9/v1".into()),
         api_key_env: "KEY".into(),
         permission_mode: "acceptEdits".into(),
+        bearer: false,
         allowed_tools: vec!["Bash(cargo test:*)".into(), "Edit".into()],
         args: vec![],
     }
@@ -355,7 +356,7 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
     let (spine, job, _) = one_job(
         trigger,
         format!(
-            "  short: {{claude: {{base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY}}, max_turns: 1, timeout: 120s}}\n",
+            "  short: {{claude: {{base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY, bearer: true}}, max_turns: 1, timeout: 120s}}\n",
             model.url
         ),
         &[
@@ -380,6 +381,10 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
         .filter(|r| r.path == "/v1/messages")
         .count();
     assert_eq!(asked, 1, "the second turn never happened");
+    // `bearer: true`: the key went out as a Bearer token (for gateways), not as x-api-key.
+    let request = &model.requests()[0];
+    assert_eq!(request.header("authorization"), Some("Bearer sk-ant-test"));
+    assert_eq!(request.header("x-api-key"), None);
     // The issue is told, with the reason.
     let comments = spine.github.comments();
     assert_eq!(comments.len(), 1);

@@ -188,7 +188,12 @@ pub async fn claude(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutc
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    vars.push(("ANTHROPIC_API_KEY".into(), key));
+    let key_var = if options.bearer {
+        "ANTHROPIC_AUTH_TOKEN"
+    } else {
+        "ANTHROPIC_API_KEY"
+    };
+    vars.push((key_var.into(), key));
     if let Some(url) = &options.base_url {
         vars.push(("ANTHROPIC_BASE_URL".into(), url.clone()));
     }

@@ -230,6 +230,7 @@ mod tests {
             base_url: None,
             api_key_env: "K".into(),
             permission_mode: String::new(),
+            bearer: false,
             allowed_tools: vec![],
             args: vec![],
         })
