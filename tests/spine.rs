@@ -582,3 +582,84 @@ async fn the_apps_own_comments_never_set_off_its_triggers() {
     assert_eq!(spine.jobs().await.len(), 1);
     spine.assert_no_unexpected_calls();
 }
+
+/// A git server that answers nothing until the test releases it, then 404 to everything.
+struct HeldGitServer {
+    url: String,
+    asked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldGitServer {
+    async fn start() -> HeldGitServer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let asked = std::sync::Arc::new(AtomicBool::new(false));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let seen = asked.clone();
+        let app = axum::Router::new().fallback(move || {
+            let seen = seen.clone();
+            let mut released = released.clone();
+            async move {
+                seen.store(true, Ordering::SeqCst);
+                let _ = released.wait_for(|r| *r).await;
+                axum::http::StatusCode::NOT_FOUND
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        HeldGitServer {
+            url: format!("http://{addr}/octo/held.git"),
+            asked,
+            release,
+        }
+    }
+
+    fn asked(&self) -> bool {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_repository_slow_to_read_never_holds_up_another_repositorys_events() {
+    let held = HeldGitServer::start().await;
+    let mut spine = Spine::new(Auth::Token, &[ISSUE_OPENED_COMMENT]).await;
+    spine.start().await;
+
+    // Repository A's own triggers must be read first, from a server that does not answer (as a first clone
+    // of a huge repository would take minutes).
+    let mut slow: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issues/opened.json")).unwrap();
+    slow["repository"]["full_name"] = "octo/held".into();
+    slow["repository"]["name"] = "held".into();
+    slow["repository"]["clone_url"] = held.url.clone().into();
+    let slow = serde_json::to_vec(&slow).unwrap();
+    assert_eq!(spine.deliver("issues", "slow-1", &slow).await, 202);
+    for _ in 0..200 {
+        if held.asked() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        held.asked(),
+        "reading repository A's triggers never started"
+    );
+
+    // Repository B's event, delivered after, is matched and its job done while A's read still hangs.
+    let quick = spine.payload("issues/opened.json");
+    assert_eq!(spine.deliver("issues", "quick-1", &quick).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].repo, "Codertocat/Hello-World");
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    assert_eq!(spine.github.comments().len(), 1);
+    assert!(
+        spine.jobs().await.iter().all(|j| j.repo != "octo/held"),
+        "A is still being read"
+    );
+
+    // Once A's server answers (404), A is matched against the service's triggers alone, in its turn.
+    held.release.send(true).unwrap();
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert_eq!(jobs[1].repo, "octo/held");
+}

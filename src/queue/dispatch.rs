@@ -1,5 +1,6 @@
 //! Matching stored deliveries against the triggers, after the webhook has answered.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,33 +19,97 @@ use crate::trigger::{MAX_CHANGED_FILES, MatchInput, TriggerSet};
 /// another process stored them).
 const SWEEP: Duration = Duration::from_secs(5);
 
+/// The most deliveries matched at once, each of a different repository.
+const LANES: usize = 8;
+
+/// Deliveries are matched one repository at a time, in the order they came, but different repositories
+/// side by side: reading one repository's own triggers (a first clone of a large repository can take
+/// minutes) never holds up another's.
+#[derive(Default)]
+struct Lanes {
+    /// Repositories (lower-case full names; "" for events about none) with a delivery being matched.
+    busy: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Lanes {
+    fn take(&self, lane: &str) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.len() < LANES && busy.insert(lane.to_owned())
+    }
+
+    fn release(&self, lane: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(lane);
+    }
+}
+
 pub async fn run(pipeline: Arc<Pipeline>) {
+    let lanes = Arc::new(Lanes::default());
     loop {
-        // Registered before looking, so a delivery stored while we look still wakes us.
+        // Registered before looking, so a delivery stored (or a lane freed) while we look still wakes us.
         let notified = pipeline.deliveries_waiting.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match drain(&pipeline).await {
+        match start_matching(&pipeline, &lanes).await {
             Ok(0) => {
                 let _ = tokio::time::timeout(SWEEP, notified).await;
             }
             Ok(_) => {}
             Err(e) => {
-                warn!("matching deliveries failed: {e:#}");
+                warn!("looking for deliveries to match failed: {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// Matches every waiting delivery; returns how many there were.
-pub async fn drain(pipeline: &Pipeline) -> Result<usize> {
+/// Starts matching the oldest waiting delivery of every repository that has none being matched; returns
+/// how many it started. A lane's task wakes the dispatcher when it is done, for that repository's next one.
+async fn start_matching(pipeline: &Arc<Pipeline>, lanes: &Arc<Lanes>) -> Result<usize> {
     let batch = pipeline.store.unmatched_deliveries(100).await?;
-    for delivery in &batch {
+    let mut started = 0;
+    for delivery in batch {
+        let lane = lane(&delivery);
+        if !lanes.take(&lane) {
+            continue;
+        }
+        started += 1;
+        let pipeline = pipeline.clone();
+        let lanes = lanes.clone();
         let span = info_span!("delivery", id = %delivery.delivery_id, event = %delivery.event, repo = tracing::field::Empty);
-        match_one(pipeline, delivery).instrument(span).await?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = match_one(&pipeline, &delivery).await {
+                    // It stays unmatched and is tried again, after a pause.
+                    warn!("matching failed: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                lanes.release(&lane);
+                pipeline.deliveries_waiting.notify_waiters();
+            }
+            .instrument(span),
+        );
     }
-    Ok(batch.len())
+    Ok(started)
+}
+
+/// The lane of a delivery: its repository's full name, lower-cased ("" when it is about none).
+fn lane(delivery: &StoredDelivery) -> String {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        repository: Option<Repository>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Repository {
+        full_name: String,
+    }
+    serde_json::from_slice::<Payload>(&delivery.payload)
+        .ok()
+        .and_then(|p| p.repository)
+        .map(|r| r.full_name.to_lowercase())
+        .unwrap_or_default()
 }
 
 /// What matching needs besides the payload: nightshift's own login, and a pull request's changed files when
