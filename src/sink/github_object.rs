@@ -11,9 +11,6 @@ use crate::github::with_retry;
 use crate::store::Output;
 use crate::trigger::OutputKind;
 
-/// GitHub's limit on a check run's summary.
-const CHECK_SUMMARY_MAX: usize = 65_535;
-
 pub async fn deliver(
     ctx: &SinkContext<'_>,
     worktree: &Worktree,
@@ -47,15 +44,7 @@ pub async fn deliver(
             }),
         ),
         OutputKind::CheckRun => {
-            let mut summary = message.trim_end().to_owned();
-            if summary.len() > CHECK_SUMMARY_MAX {
-                let mut cut = CHECK_SUMMARY_MAX - 100;
-                while !summary.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                summary.truncate(cut);
-                summary.push_str("\n\n_(cut at GitHub's limit)_");
-            }
+            let summary = texts::fit(message.trim_end()).into_owned();
             let name = spec
                 .check_name
                 .clone()

@@ -11,6 +11,21 @@ pub fn marker(job: JobId) -> String {
     format!("{MARKER_PREFIX}{job} -->")
 }
 
+/// GitHub refuses a comment, issue or pull request body, or a check run summary, longer than 65,536
+/// characters; an agent's message is cut well before that, leaving room for nightshift's own lines.
+pub const MESSAGE_MAX_CHARS: usize = 60_000;
+
+/// `message` as it fits in a GitHub body: whole, or cut at [`MESSAGE_MAX_CHARS`] with a note saying so.
+pub fn fit(message: &str) -> std::borrow::Cow<'_, str> {
+    match message.char_indices().nth(MESSAGE_MAX_CHARS) {
+        None => std::borrow::Cow::Borrowed(message),
+        Some((end, _)) => std::borrow::Cow::Owned(format!(
+            "{}\n\n_(The message was longer than GitHub allows and was cut here.)_",
+            &message[..end]
+        )),
+    }
+}
+
 fn footer(trigger: &str, job: JobId) -> String {
     format!(
         "<sub>nightshift · trigger `{trigger}` · job {job}</sub>\n{}",
@@ -20,7 +35,7 @@ fn footer(trigger: &str, job: JobId) -> String {
 
 /// The agent's final message as a comment.
 pub fn agent_comment(trigger: &str, job: JobId, message: &str, truncated: bool) -> String {
-    let mut body = message.trim_end().to_owned();
+    let mut body = fit(message.trim_end()).into_owned();
     if body.is_empty() {
         body.push_str("_The agent finished without a message._");
     }
@@ -38,7 +53,7 @@ pub fn failure_comment(trigger: &str, job: JobId, reason: &str) -> String {
     format!(
         "nightshift could not finish this job:\n\n{fence}text\n{}\n{fence}\n\nThe job's log has the details \
          (`nightshift jobs {job}` on the server).\n\n{}",
-        reason.trim_end(),
+        fit(reason.trim_end()),
         footer(trigger, job)
     )
 }
@@ -48,7 +63,7 @@ pub fn no_changes_comment(trigger: &str, job: JobId, message: &str) -> String {
     let mut body = String::from("The agent made no changes, so there is no pull request.");
     if !message.trim().is_empty() {
         body.push_str("\n\nIts final message:\n\n");
-        body.push_str(&quote(message.trim_end()));
+        body.push_str(&quote(&fit(message.trim_end())));
     }
     format!("{body}\n\n{}", footer(trigger, job))
 }
@@ -77,7 +92,7 @@ pub fn pull_request_body(
         (None, _) => {}
     }
     if !message.trim().is_empty() {
-        body.push_str(message.trim_end());
+        body.push_str(&fit(message.trim_end()));
         body.push_str("\n\n");
     }
     body.push_str(&footer(trigger, job));
@@ -98,7 +113,7 @@ pub fn issue_body(trigger: &str, job: JobId, message: &str, number: Option<u64>)
     if let Some(n) = number {
         body.push_str(&format!("From #{n}.\n\n"));
     }
-    body.push_str(message.trim_end());
+    body.push_str(&fit(message.trim_end()));
     body.push_str("\n\n");
     body.push_str(&footer(trigger, job));
     body
@@ -208,5 +223,21 @@ mod tests {
             text.contains("`````text\n```\n@team see ````x````\n`````"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_message_longer_than_github_allows_is_cut_and_says_so() {
+        let long = "é".repeat(100_000);
+        for body in [
+            super::agent_comment("t", JobId(1), &long, false),
+            super::issue_body("t", JobId(1), &long, Some(2)),
+            super::pull_request_body("t", JobId(1), &long, Some(2), true),
+            super::no_changes_comment("t", JobId(1), &long),
+        ] {
+            assert!(body.chars().count() <= 65_536, "{}", body.chars().count());
+            assert!(body.contains("longer than GitHub allows and was cut here"));
+            assert!(body.ends_with(&super::marker(JobId(1))));
+        }
+        assert_eq!(super::fit("short"), "short");
     }
 }
