@@ -421,3 +421,36 @@ async fn a_sandboxed_agent_changes_its_worktree_and_nothing_else() {
         "git works in the sandbox: {log:?}"
     );
 }
+
+#[tokio::test]
+async fn a_triggers_max_output_cuts_the_message_and_says_so() {
+    let short = (
+        "short.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: hello\nmax_output: 14\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[short]).await;
+    spine.start().await;
+    assert_eq!(
+        spine
+            .deliver("issues", "cut-1", &spine.payload("issues/opened.json"))
+            .await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let body = &spine.github.comments()[0].body;
+    assert!(
+        body.starts_with(
+            "Agent reply fo\n\n_(The agent's message was longer than its output limit and was cut.)_"
+        ),
+        "{body}"
+    );
+    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
+        .await
+        .unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.line == "the agent's message was cut at 14 bytes"),
+        "{log:?}"
+    );
+}

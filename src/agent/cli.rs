@@ -279,7 +279,7 @@ fn outcome(job: &AgentJob<'_>, finished: command::Finished, events: Events) -> A
             .or_else(|| describe_exit(&finished, job.timeout))
     };
     let message = events.message.unwrap_or_default();
-    let (message, truncated) = super::cap(message, job.profile.max_output);
+    let (message, truncated) = super::cap(message, job.max_output);
     AgentOutcome {
         ended: super::ended(&finished, job.timeout),
         failure,

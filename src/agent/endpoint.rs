@@ -132,7 +132,7 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
             )
         });
     };
-    let (message, truncated) = super::cap(content.to_owned(), job.profile.max_output);
+    let (message, truncated) = super::cap(content.to_owned(), job.max_output);
     Ok(AgentOutcome {
         ended: format!("answered after {attempt} request(s)"),
         failure: None,

@@ -38,6 +38,8 @@ pub struct AgentJob<'a> {
     pub timeout: Duration,
     /// The profile's turn limit, lowered by the trigger's.
     pub max_turns: Option<u32>,
+    /// The profile's cap on the final message, lowered by the trigger's.
+    pub max_output: usize,
     pub env: &'a EnvLookup,
     /// The job log, as the agent runs.
     pub log: mpsc::UnboundedSender<(LogStream, String)>,
@@ -107,7 +109,7 @@ async fn run_command(mut argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOu
                 paths: job.sandbox_paths,
                 network: profile.network,
             }),
-            stdout: command::Stdout::Capture(profile.max_output),
+            stdout: command::Stdout::Capture(job.max_output),
         },
         job.env,
         job.log.clone(),
@@ -198,6 +200,7 @@ mod tests {
             sandbox_paths: &command::SandboxPaths::default(),
             timeout: profile.timeout,
             max_turns: None,
+            max_output: profile.max_output,
             env: &env,
             log,
         })

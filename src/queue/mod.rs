@@ -42,6 +42,9 @@ pub struct JobSpec {
     /// The trigger's turn limit, lowering the profile's.
     #[serde(default)]
     pub max_turns: Option<u32>,
+    /// The trigger's cap on the final message, lowering the profile's.
+    #[serde(default)]
+    pub max_output: Option<usize>,
     /// Skills named by the trigger; `all_skills` for `skills: auto`.
     #[serde(default)]
     pub skills: Vec<String>,
@@ -90,6 +93,7 @@ impl JobSpec {
             check_name: options.name.clone(),
             timeout_secs: trigger.timeout.map(|t| t.as_secs()),
             max_turns: trigger.max_turns,
+            max_output: trigger.max_output,
             skills: match &trigger.skills {
                 Some(Skills::Named(names)) => names.clone(),
                 _ => Vec::new(),

@@ -399,6 +399,9 @@ async fn run_in_worktree(
     {
         warn!("writing the job log failed: {e:#}");
     }
+    let max_output = spec
+        .max_output
+        .map_or(profile.max_output, |m| m.min(profile.max_output));
     let started = Instant::now();
     // A sandboxed agent may write its worktree (and the worktree's git files), its home and its output.
     let sandbox = command::SandboxPaths {
@@ -421,6 +424,7 @@ async fn run_in_worktree(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         },
+        max_output,
         env: &*pipeline.env,
         log: tx,
     })
@@ -442,7 +446,7 @@ async fn run_in_worktree(
         &output_dir,
         outcome.message.clone(),
         outcome.truncated,
-        profile.max_output,
+        max_output,
     );
     let spent = outcome
         .usage
@@ -467,10 +471,7 @@ async fn run_in_worktree(
         note(
             pipeline,
             job.id,
-            format!(
-                "the agent's message was cut at {} bytes",
-                profile.max_output
-            ),
+            format!("the agent's message was cut at {max_output} bytes"),
         )
         .await;
     }

@@ -401,6 +401,7 @@ pub fn load_one(
             concurrency,
             timeout,
             max_turns: file.max_turns.map(|t| t.value),
+            max_output: file.max_output,
         };
         check_against_samples(&mut c, &trigger, &file.prompt, file.condition.as_ref());
         if c.errors.is_empty() {

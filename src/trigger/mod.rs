@@ -46,6 +46,7 @@ pub struct Trigger {
     pub concurrency: Option<Concurrency>,
     pub timeout: Option<Duration>,
     pub max_turns: Option<u32>,
+    pub max_output: Option<usize>,
 }
 
 #[derive(Clone, Debug)]

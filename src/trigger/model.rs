@@ -56,6 +56,8 @@ pub struct TriggerFile {
     /// The most model turns for this trigger's jobs (lowers the profile's; Claude Code agents).
     #[schemars(with = "Option<u32>")]
     pub max_turns: Option<Spanned<u32>>,
+    /// The most bytes of the agent's final message kept for this trigger's jobs (lowers the profile's).
+    pub max_output: Option<usize>,
 }
 
 /// `skills:` — named skills, or all of them.
