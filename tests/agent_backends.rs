@@ -386,7 +386,7 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
     assert_eq!(request.header("authorization"), Some("Bearer sk-ant-test"));
     assert_eq!(request.header("x-api-key"), None);
     // The issue is told, with the reason.
-    let comments = spine.github.comments();
+    let comments = spine.wait_for_comments(1).await;
     assert_eq!(comments.len(), 1);
     assert!(
         comments[0]
@@ -537,7 +537,7 @@ async fn a_model_endpoint_that_refuses_the_request_fails_the_job_at_once() {
         "no api_key_env: no Authorization header (local servers)"
     );
     // The issue is told, with the reason.
-    let comments = spine.github.comments();
+    let comments = spine.wait_for_comments(1).await;
     assert_eq!(comments.len(), 1);
     assert!(
         comments[0]

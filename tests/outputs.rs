@@ -284,6 +284,9 @@ async fn a_missing_skill_fails_the_job_with_its_name() {
         jobs[0].error
     );
     // The issue is told why, once; the job log says it did.
+    let log = spine
+        .wait_for_log_line(jobs[0].id, "said it failed: ")
+        .await;
     let comments = spine.github.comments();
     assert_eq!(comments.len(), 1);
     assert!(
@@ -291,9 +294,6 @@ async fn a_missing_skill_fails_the_job_with_its_name() {
         "{}",
         comments[0].body
     );
-    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
-        .await
-        .unwrap();
     assert!(
         log.iter()
             .any(|l| l.line.starts_with("said it failed: https://")),

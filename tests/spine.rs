@@ -515,7 +515,7 @@ async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job
         "{error}"
     );
     // The failure is said on the issue (the fake fails only the one call).
-    let comments = spine.github.comments();
+    let comments = spine.wait_for_comments(2).await;
     assert_eq!(comments.len(), 2);
     assert!(
         comments[1]

@@ -401,6 +401,34 @@ impl Spine {
         panic!("jobs did not finish: {:#?}", self.jobs().await);
     }
 
+    /// Waits until the fake GitHub has `n` comments (a failed job's note comes just after the job ends).
+    pub async fn wait_for_comments(&self, n: usize) -> Vec<fake_github::Comment> {
+        for _ in 0..300 {
+            let comments = self.github.comments();
+            if comments.len() >= n {
+                return comments;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("expected {n} comments, have {:#?}", self.github.comments());
+    }
+
+    /// Waits until job `job`'s log has a line starting with `prefix`; returns the log.
+    pub async fn wait_for_log_line(
+        &mut self,
+        job: nightshift::ids::JobId,
+        prefix: &str,
+    ) -> Vec<nightshift::store::LogLine> {
+        for _ in 0..300 {
+            let log = self.store().await.job_log(job).await.unwrap();
+            if log.iter().any(|l| l.line.starts_with(prefix)) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("job {job}'s log never said `{prefix}`");
+    }
+
     /// Fails the test if nightshift made a call the fake GitHub does not know or did not expect.
     pub fn assert_no_unexpected_calls(&self) {
         let unexpected = self.github.unexpected();
