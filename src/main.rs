@@ -277,28 +277,20 @@ fn show_prompts(
             backend.kind(),
             spec.output
         );
-        let selected = if spec.all_skills || !spec.skills.is_empty() {
-            match nightshift::skill::select(&available, &spec.skills, spec.all_skills) {
-                Ok(selected) => selected,
-                Err(e) => {
-                    println!("the job would fail: {e}\n");
-                    continue;
-                }
+        let selected = match nightshift::skill::select(&available, &spec.skills, spec.all_skills) {
+            Ok(selected) => selected,
+            Err(e) => {
+                println!("the job would fail: {e}\n");
+                continue;
             }
-        } else {
-            Vec::new()
         };
         if !selected.is_empty() {
-            let names: Vec<String> = selected
-                .iter()
-                .map(|s| format!("{} ({})", s.name, s.source))
-                .collect();
             let place = if backend.edits_files() {
                 "in the worktree (.agents/skills, .claude/skills), found by the agent"
             } else {
                 "in the prompt"
             };
-            println!("skills {place}: {}", names.join(", "));
+            println!("skills {place}: {}", nightshift::skill::describe(&selected));
         }
         println!(
             "--- prompt ---\n{}\n",

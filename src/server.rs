@@ -18,9 +18,9 @@ use crate::source::webhook::{self, WebhookState};
 use crate::store;
 use crate::trigger::TriggerSet;
 
-/// Warns at start about agent profiles that cannot work here: a CLI that is not installed or lacks a flag
-/// nightshift passes (a different version), or a secret missing from the environment. Jobs would fail on
-/// them later with the same reason; this says it before the first event.
+/// Warns, once the service is up, about agent profiles that cannot work here: a CLI that is not installed
+/// or lacks a flag nightshift passes (a different version), or a secret missing from the environment. Jobs
+/// would fail on them later with the same reason; this says it before the first event.
 async fn check_agents(config: &Config) {
     use crate::agent::cli;
     use crate::config::Backend;
@@ -85,7 +85,6 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
             ),
         }
     }
-    check_agents(&config).await;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -103,6 +102,9 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         config,
     });
 
+    // Asking each agent CLI for its --help takes a moment; it must not hold up the first webhook.
+    let checked = pipeline.clone();
+    tokio::spawn(async move { check_agents(&checked.config).await });
     tokio::spawn(dispatch::run(pipeline.clone()));
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
     tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));

@@ -8,7 +8,7 @@ use common::model_server::{ChatReply, ModelServer, Step};
 use common::{Auth, Spine, git, path_with_agent_clis};
 use nightshift::agent::cli;
 use nightshift::config::CliOptions;
-use nightshift::store::{JobRecord, JobState, LogLine, Store};
+use nightshift::store::{JobRecord, JobState, LogLine};
 use serde_json::json;
 use std::path::Path;
 
@@ -70,7 +70,7 @@ async fn one_job(
         .await;
     assert_eq!(status, 202);
     let job = spine.wait_for_finished_jobs(1).await.remove(0);
-    let log = spine.store().await.job_log(job.id).await.unwrap();
+    let log = spine.job_log(job.id).await;
     (spine, job, log)
 }
 
@@ -243,7 +243,7 @@ async fn a_codex_review_file_becomes_a_review_with_inline_comments() {
         202
     );
     let job = spine.wait_for_finished_jobs(1).await.remove(0);
-    let log = spine.store().await.job_log(job.id).await.unwrap();
+    let log = spine.job_log(job.id).await;
     assert_eq!(job.state, JobState::Succeeded, "{:?}\n{log:#?}", job.error);
     let created = spine.github.created();
     assert_eq!(created.len(), 1, "{created:#?}");

@@ -51,12 +51,9 @@ async fn an_issue_output_opens_an_issue_with_its_title_and_labels() {
     );
     let mut spine = Spine::new(Auth::Token, &[report]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "i-1", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "i-1", "issues/opened.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let created = spine.github.created();
@@ -225,12 +222,9 @@ async fn named_skills_reach_the_agent_where_it_looks_and_never_the_pull_request(
     )
     .unwrap();
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "s-1", &spine.payload("issues/labeled.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "s-1", "issues/labeled.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
 
@@ -248,9 +242,7 @@ async fn named_skills_reach_the_agent_where_it_looks_and_never_the_pull_request(
         &["show", "--name-only", "--format=", "nightshift/fix/1"],
     );
     assert_eq!(files, "README.md", "only the agent's change is committed");
-    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
-        .await
-        .unwrap();
+    let log = spine.job_log(jobs[0].id).await;
     assert!(
         log.iter()
             .any(|l| l.line == "skills in the worktree: checklist (service)"),
@@ -266,12 +258,9 @@ async fn a_missing_skill_fails_the_job_with_its_name() {
     );
     let mut spine = Spine::new(Auth::Token, &[missing]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "m-1", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "m-1", "issues/opened.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Failed);
     assert!(
@@ -330,9 +319,7 @@ async fn a_structured_review_becomes_inline_comments() {
     );
     assert_eq!(comments[1]["side"], "LEFT");
     // Each job has a home of its own, not the service's.
-    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
-        .await
-        .unwrap();
+    let log = spine.job_log(jobs[0].id).await;
     let home = log.iter().find(|l| l.line.starts_with("home is ")).unwrap();
     assert!(home.line.contains("/jobs/1/home"), "{}", home.line);
     spine.assert_no_unexpected_calls();
@@ -366,12 +353,9 @@ async fn the_message_file_is_the_final_message() {
     );
     let mut spine = Spine::new(Auth::Token, &[t]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "mf-1", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "mf-1", "issues/opened.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let comment = &spine.github.comments()[0].body;
@@ -387,16 +371,11 @@ async fn a_sandboxed_agent_changes_its_worktree_and_nothing_else() {
     );
     let mut spine = Spine::new(Auth::Token, &[fix]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "sb-1", &spine.payload("issues/labeled.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "sb-1", "issues/labeled.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
-        .await
-        .unwrap();
+    let log = spine.job_log(jobs[0].id).await;
     assert_eq!(
         jobs[0].state,
         JobState::Succeeded,
@@ -430,12 +409,9 @@ async fn a_triggers_max_output_cuts_the_message_and_says_so() {
     );
     let mut spine = Spine::new(Auth::Token, &[short]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "cut-1", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "cut-1", "issues/opened.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let body = &spine.github.comments()[0].body;
@@ -445,9 +421,7 @@ async fn a_triggers_max_output_cuts_the_message_and_says_so() {
         ),
         "{body}"
     );
-    let log = nightshift::store::Store::job_log(spine.store().await, jobs[0].id)
-        .await
-        .unwrap();
+    let log = spine.job_log(jobs[0].id).await;
     assert!(
         log.iter()
             .any(|l| l.line == "the agent's message was cut at 14 bytes"),

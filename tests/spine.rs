@@ -65,7 +65,7 @@ async fn an_opened_issue_gets_the_agents_comment_through_a_github_app() {
     spine.assert_no_unexpected_calls();
 
     // The agent's stderr is in the job log, as is what nightshift did.
-    let log = spine.store().await.job_log(job).await.unwrap();
+    let log = spine.job_log(job).await;
     assert!(
         log.iter()
             .any(|l| l.stream == "stderr" && l.line == "reading the issue"),
@@ -130,12 +130,9 @@ async fn an_agent_that_changes_nothing_gets_a_comment_instead_of_a_pull_request(
     );
     let mut spine = Spine::new(Auth::Token, &[no_change]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "d-1", &spine.payload("issues/labeled.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "d-1", "issues/labeled.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     assert!(spine.github.pulls().is_empty());
@@ -275,12 +272,9 @@ async fn a_job_interrupted_by_a_crash_completes_after_restart_with_one_comment()
     );
     let mut spine = Spine::new(Auth::Token, &[waiting]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "crash-1", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "crash-1", "issues/opened.json")
+        .await;
 
     // The agent is running: kill the service outright, mid-job.
     let started = spine.gate.join("started-1");
@@ -317,12 +311,9 @@ async fn a_retried_job_finds_the_comment_it_already_posted() {
     );
     let mut spine = Spine::new(Auth::Token, &[waiting]).await;
     spine.start().await;
-    assert_eq!(
-        spine
-            .deliver("issues", "crash-2", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "crash-2", "issues/opened.json")
+        .await;
     while !spine.gate.join("started-1").exists() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -362,12 +353,9 @@ async fn agents_never_see_the_services_secrets() {
             ("SOME_SERVICE_PASSWORD", "hunter2"),
         ])
         .await;
-    assert_eq!(
-        spine
-            .deliver("issues", "env-1", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "env-1", "issues/opened.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let env = &spine.github.comments()[0].body;
@@ -490,23 +478,17 @@ async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job
     let mut spine = Spine::new(Auth::Token, &[ISSUE_OPENED_COMMENT]).await;
     spine.start().await;
     spine.github.fail_next("issues/create-comment", &[502]);
-    assert_eq!(
-        spine
-            .deliver("issues", "flaky", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "flaky", "issues/opened.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     assert_eq!(spine.github.comments().len(), 1);
 
     spine.github.fail_next("issues/create-comment", &[404]);
-    assert_eq!(
-        spine
-            .deliver("issues", "gone", &spine.payload("issues/opened.json"))
-            .await,
-        202
-    );
+    spine
+        .deliver_example("issues", "gone", "issues/opened.json")
+        .await;
     let jobs = spine.wait_for_finished_jobs(2).await;
     assert_eq!(jobs[1].state, JobState::Failed);
     let error = jobs[1].error.as_deref().unwrap();

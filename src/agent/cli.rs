@@ -140,18 +140,8 @@ const CLAUDE_QUIET: &[(&str, &str)] = &[
     ("DISABLE_AUTOUPDATER", "1"),
 ];
 
-/// The one secret an agent CLI receives, from the service's environment.
-fn api_key(job: &AgentJob<'_>, options: &CliOptions) -> Result<String> {
-    (job.env)(&options.api_key_env).with_context(|| {
-        format!(
-            "agent `{}` needs its API key in ${}, which nightshift's environment does not have",
-            job.profile_name, options.api_key_env
-        )
-    })
-}
-
 pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
-    let key = api_key(&job, options)?;
+    let key = job.api_key(&options.api_key_env)?;
     let codex_home = job.home.join(".codex");
     tokio::fs::create_dir_all(&codex_home).await?;
     tokio::fs::write(
@@ -163,25 +153,20 @@ pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutco
     let mut vars = job.vars.clone();
     vars.push(("CODEX_HOME".into(), codex_home.display().to_string()));
     vars.push((options.api_key_env.clone(), key));
-    let state = Arc::new(Mutex::new(Events::default()));
-    let finished = launch(
+    let argv = codex_argv(options, job.worktree, job.output_dir);
+    run(
         &job,
-        codex_argv(options, job.worktree, job.output_dir),
+        argv,
         vars,
-        state.clone(),
         codex_event,
+        options,
+        "Codex ended without completing its turn",
     )
-    .await?;
-    let mut events = take(&state);
-    events.usage.model = options.model.clone();
-    if events.failure.is_none() && finished.succeeded() && !events.completed {
-        events.failure = Some("Codex ended without completing its turn".into());
-    }
-    Ok(outcome(&job, finished, events))
+    .await
 }
 
 pub async fn claude(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
-    let key = api_key(&job, options)?;
+    let key = job.api_key(&options.api_key_env)?;
     let mut vars = job.vars.clone();
     vars.extend(
         CLAUDE_QUIET
@@ -197,22 +182,21 @@ pub async fn claude(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutc
     if let Some(url) = &options.base_url {
         vars.push(("ANTHROPIC_BASE_URL".into(), url.clone()));
     }
-    let state = Arc::new(Mutex::new(Events::default()));
     let argv = claude_argv(
         options,
         job.output_dir,
         job.max_turns,
         job.profile.max_cost_usd,
     );
-    let finished = launch(&job, argv, vars, state.clone(), claude_event).await?;
-    let mut events = take(&state);
-    if events.usage.model.is_none() {
-        events.usage.model = options.model.clone();
-    }
-    if events.failure.is_none() && finished.succeeded() && !events.completed {
-        events.failure = Some("Claude Code ended without a result".into());
-    }
-    Ok(outcome(&job, finished, events))
+    run(
+        &job,
+        argv,
+        vars,
+        claude_event,
+        options,
+        "Claude Code ended without a result",
+    )
+    .await
 }
 
 /// What a CLI's event stream told us.
@@ -229,13 +213,18 @@ pub struct Events {
 
 type EventFn = fn(&mut Events, &Value) -> Option<String>;
 
-async fn launch(
+/// Runs a CLI, reading its event stream with `on_event`; `incomplete` is the failure when it exits 0
+/// without reaching its end.
+async fn run(
     job: &AgentJob<'_>,
     argv: Vec<String>,
     vars: Vec<(String, String)>,
-    state: Arc<Mutex<Events>>,
     on_event: EventFn,
-) -> Result<command::Finished> {
+    options: &CliOptions,
+    incomplete: &str,
+) -> Result<AgentOutcome> {
+    let state = Arc::new(Mutex::new(Events::default()));
+    let seen = state.clone();
     let log = job.log.clone();
     let each = move |line: &str| {
         let Ok(event) = serde_json::from_str::<Value>(line) else {
@@ -243,12 +232,12 @@ async fn launch(
             let _ = log.send((LogStream::Stdout, line.to_owned()));
             return;
         };
-        let note = on_event(&mut state.lock().expect("events lock"), &event);
+        let note = on_event(&mut seen.lock().expect("events lock"), &event);
         if let Some(note) = note {
             let _ = log.send((LogStream::Stdout, note));
         }
     };
-    command::run(
+    let finished = command::run(
         Launch {
             argv,
             worktree: job.worktree,
@@ -262,11 +251,15 @@ async fn launch(
         job.env,
         job.log.clone(),
     )
-    .await
-}
-
-fn take(state: &Arc<Mutex<Events>>) -> Events {
-    std::mem::take(&mut *state.lock().expect("events lock"))
+    .await?;
+    let mut events = std::mem::take(&mut *state.lock().expect("events lock"));
+    if events.usage.model.is_none() {
+        events.usage.model = options.model.clone();
+    }
+    if events.failure.is_none() && finished.succeeded() && !events.completed {
+        events.failure = Some(incomplete.to_owned());
+    }
+    Ok(outcome(job, finished, events))
 }
 
 fn outcome(job: &AgentJob<'_>, finished: command::Finished, events: Events) -> AgentOutcome {
@@ -279,11 +272,11 @@ fn outcome(job: &AgentJob<'_>, finished: command::Finished, events: Events) -> A
             .or_else(|| describe_exit(&finished, job.timeout))
     };
     let message = events.message.unwrap_or_default();
-    let (message, truncated) = super::cap(message, job.max_output);
+    let (message, truncated) = super::cut_at(&message, job.max_output);
     AgentOutcome {
         ended: super::ended(&finished, job.timeout),
         failure,
-        message,
+        message: message.to_owned(),
         truncated,
         usage: Some(events.usage),
     }

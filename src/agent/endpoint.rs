@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -44,12 +44,7 @@ enum Attempt {
 
 pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
     let key = match &options.api_key_env {
-        Some(name) => Some((job.env)(name).with_context(|| {
-            format!(
-                "agent `{}` needs its API key in ${name}, which nightshift's environment does not have",
-                job.profile_name
-            )
-        })?),
+        Some(name) => Some(job.api_key(name)?),
         None => None,
     };
     let body = request_body(options, job.prompt, job.profile.max_tokens);
@@ -132,11 +127,11 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
             )
         });
     };
-    let (message, truncated) = super::cap(content.to_owned(), job.max_output);
+    let (message, truncated) = super::cut_at(content, job.max_output);
     Ok(AgentOutcome {
         ended: format!("answered after {attempt} request(s)"),
         failure: None,
-        message,
+        message: message.to_owned(),
         truncated,
         usage: Some(usage),
     })

@@ -13,7 +13,7 @@ pub mod workspace;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
 use crate::config::{AgentProfile, Backend, PromptVia};
@@ -57,6 +57,18 @@ pub struct AgentOutcome {
     pub truncated: bool,
     /// What it spent, when the backend reports it.
     pub usage: Option<Usage>,
+}
+
+impl AgentJob<'_> {
+    /// The one secret the agent receives, from the service's environment (`api_key_env`).
+    fn api_key(&self, var: &str) -> Result<String> {
+        (self.env)(var).with_context(|| {
+            format!(
+                "agent `{}` needs its API key in ${var}, which nightshift's environment does not have",
+                self.profile_name
+            )
+        })
+    }
 }
 
 /// Runs the job's agent with the profile's backend.
@@ -154,7 +166,7 @@ fn describe_exit(finished: &command::Finished, timeout: Duration) -> Option<Stri
 }
 
 /// `text` cut to at most `max` bytes (at a character boundary), and whether it was cut.
-fn cap(mut text: String, max: usize) -> (String, bool) {
+pub(crate) fn cut_at(text: &str, max: usize) -> (&str, bool) {
     if text.len() <= max {
         return (text, false);
     }
@@ -162,8 +174,7 @@ fn cap(mut text: String, max: usize) -> (String, bool) {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text.truncate(end);
-    (text, true)
+    (&text[..end], true)
 }
 
 #[cfg(test)]

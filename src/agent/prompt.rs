@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use super::cut_at;
 use crate::config::Backend;
 use crate::skill::Skill;
 use crate::trigger::OutputKind;
@@ -183,18 +184,6 @@ fn delivery(backend: &Backend, output: OutputKind) -> &'static str {
             "Your final message is posted as a review of the pull request (Markdown)."
         }
     }
-}
-
-/// `text` cut to at most `max` bytes at a character boundary, and whether it was cut.
-fn cut_at(text: &str, max: usize) -> (&str, bool) {
-    if text.len() <= max {
-        return (text, false);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&text[..end], true)
 }
 
 #[cfg(test)]

@@ -100,6 +100,17 @@ impl GitHub {
         !matches!(self.auth, Auth::None)
     }
 
+    /// [`GitHub::client`], or None in a dry run (no credentials): what sinks take.
+    pub async fn client_if_any(
+        &self,
+        installation: Option<InstallationId>,
+    ) -> Result<Option<RepoClient>> {
+        if !self.has_credentials() {
+            return Ok(None);
+        }
+        self.client(installation).await.map(Some)
+    }
+
     /// A client for the installation an event came from (App auth) or the configured token.
     pub async fn client(&self, installation: Option<InstallationId>) -> Result<RepoClient> {
         match &self.auth {

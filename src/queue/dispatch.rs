@@ -97,18 +97,10 @@ async fn start_matching(pipeline: &Arc<Pipeline>, lanes: &Arc<Lanes>) -> Result<
 
 /// The lane of a delivery: its repository's full name, lower-cased ("" when it is about none).
 fn lane(delivery: &StoredDelivery) -> String {
-    #[derive(serde::Deserialize)]
-    struct Payload {
-        repository: Option<Repository>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Repository {
-        full_name: String,
-    }
-    serde_json::from_slice::<Payload>(&delivery.payload)
-        .ok()
-        .and_then(|p| p.repository)
-        .map(|r| r.full_name.to_lowercase())
+    delivery
+        .repo
+        .as_deref()
+        .map(str::to_lowercase)
         .unwrap_or_default()
 }
 
@@ -197,7 +189,9 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
 }
 
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
-    let jobs = match Event::parse(&delivery.event, &delivery.payload) {
+    // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
+    let payload = pipeline.store.delivery_payload(delivery.id).await?;
+    let jobs = match Event::parse(&delivery.event, &payload) {
         Ok(event) => {
             if let Some(r) = &event.repository {
                 tracing::Span::current().record("repo", tracing::field::display(&r.full_name));

@@ -59,6 +59,13 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String) {
 /// its concurrency group asks it to stop.
 async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
     let id = job.id;
+    let spec = match serde_json::from_str::<JobSpec>(&job.spec) {
+        Ok(spec) => spec,
+        Err(e) => {
+            let e = anyhow!(e).context("the stored job spec does not parse");
+            return end(pipeline, owner, &job, None, Err(e)).await;
+        }
+    };
     let lease = pipeline.config.job_lease;
     let heartbeat = async {
         loop {
@@ -71,10 +78,12 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
         }
     };
     let result = tokio::select! {
-        result = run_job(pipeline, &job) => result,
+        result = run_job(pipeline, &job, spec.clone()) => result,
         stop = heartbeat => {
             // The job's future is dropped here, which kills the agent's process group.
-            discard_worktree(pipeline, &job).await;
+            if let Err(e) = pipeline.workspaces.discard(&spec.repo, id).await {
+                warn!("removing the stopped job's worktree failed: {e:#}");
+            }
             if stop == Lease::CancelRequested {
                 info!("cancelled: a newer job of its concurrency group replaces it");
                 let reason = "cancelled: a newer job of its concurrency group replaced it";
@@ -88,6 +97,18 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
             return;
         }
     };
+    end(pipeline, owner, &job, Some(&spec), result).await;
+}
+
+/// Records how the job ended and, when it failed, says so where it came from.
+async fn end(
+    pipeline: &Pipeline,
+    owner: &str,
+    job: &ClaimedJob,
+    spec: Option<&JobSpec>,
+    result: Result<()>,
+) {
+    let id = job.id;
     let error = result.err().map(|e| format!("{e:#}"));
     let ending = match &error {
         None => {
@@ -105,9 +126,9 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
     };
     match pipeline.store.finish_job(id, owner, ending).await {
         Ok(true) => {
-            if let Some(reason) = &error
+            if let (Some(reason), Some(spec)) = (&error, spec)
                 && pipeline.config.report_failures
-                && let Err(e) = report_failure(pipeline, &job, reason).await
+                && let Err(e) = report_failure(pipeline, job, spec, reason).await
             {
                 warn!("saying on GitHub that the job failed did not work: {e:#}");
             }
@@ -119,20 +140,20 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
 
 /// Tells the issue or pull request the job was about that it failed, and why (a job about neither, a push
 /// or a schedule, has only its log).
-async fn report_failure(pipeline: &Pipeline, job: &ClaimedJob, reason: &str) -> Result<()> {
-    let spec: JobSpec = serde_json::from_str(&job.spec)?;
+async fn report_failure(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    reason: &str,
+) -> Result<()> {
     if spec.number.is_none() {
         return Ok(());
     }
-    let client = if pipeline.github.has_credentials() {
-        Some(pipeline.github.client(spec.installation).await?)
-    } else {
-        None
-    };
+    let client = pipeline.github.client_if_any(spec.installation).await?;
     let ctx = SinkContext {
         job: job.id,
         attempt: job.attempt,
-        spec: &spec,
+        spec,
         store: &pipeline.store,
         client: client.as_ref(),
     };
@@ -150,15 +171,6 @@ async fn report_failure(pipeline: &Pipeline, job: &ClaimedJob, reason: &str) -> 
     Ok(())
 }
 
-/// Removes what a stopped job left in its worktree.
-async fn discard_worktree(pipeline: &Pipeline, job: &ClaimedJob) {
-    if let Ok(spec) = serde_json::from_str::<JobSpec>(&job.spec)
-        && let Err(e) = pipeline.workspaces.discard(&spec.repo, job.id).await
-    {
-        warn!("removing the stopped job's worktree failed: {e:#}");
-    }
-}
-
 async fn note(pipeline: &Pipeline, job: JobId, line: String) {
     info!("{line}");
     if let Err(e) = pipeline
@@ -170,9 +182,7 @@ async fn note(pipeline: &Pipeline, job: JobId, line: String) {
     }
 }
 
-async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob) -> Result<()> {
-    let spec: JobSpec =
-        serde_json::from_str(&job.spec).context("the stored job spec does not parse")?;
+async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> Result<()> {
     let profile = pipeline.config.agents.get(&spec.agent).with_context(|| {
         format!(
             "agent profile `{}` is not in the service config",
@@ -180,11 +190,7 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob) -> Result<()> {
         )
     })?;
 
-    let client = if pipeline.github.has_credentials() {
-        Some(pipeline.github.client(spec.installation).await?)
-    } else {
-        None
-    };
+    let client = pipeline.github.client_if_any(spec.installation).await?;
     let auth = client
         .as_ref()
         .map(crate::github::RepoClient::git_auth)
@@ -289,23 +295,17 @@ async fn run_in_worktree(
     let store = pipeline.store.clone();
     let job_id = job.id;
     let logger = tokio::spawn(async move {
-        while let Some((stream, first)) = rx.recv().await {
+        while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
-            let mut next = None;
-            while let Ok((more_stream, more)) = rx.try_recv() {
-                if more_stream != stream {
-                    next = Some((more_stream, more));
-                    break;
-                }
+            while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }
-            if let Err(e) = store.append_log(job_id, stream, &batch).await {
-                warn!("writing the job log failed: {e:#}");
-            }
-            if let Some((stream, line)) = next
-                && let Err(e) = store.append_log(job_id, stream, &[line]).await
-            {
-                warn!("writing the job log failed: {e:#}");
+            // One write per run of lines from the same stream, in order.
+            for run in batch.chunk_by(|a, b| a.0 == b.0) {
+                let lines: Vec<String> = run.iter().map(|(_, line)| line.clone()).collect();
+                if let Err(e) = store.append_log(job_id, run[0].0, &lines).await {
+                    warn!("writing the job log failed: {e:#}");
+                }
             }
         }
     });
@@ -336,11 +336,8 @@ async fn run_in_worktree(
             .iter()
             .map(|d| format!("skipped an invalid skill: {d}")),
     );
-    let selected = if spec.all_skills || !spec.skills.is_empty() {
-        skill::select(&available, &spec.skills, spec.all_skills).map_err(|e| anyhow!(e))?
-    } else {
-        Vec::new()
-    };
+    let selected =
+        skill::select(&available, &spec.skills, spec.all_skills).map_err(|e| anyhow!(e))?;
     if !repo_context.agents_md.is_empty() {
         let paths: Vec<&str> = repo_context
             .agents_md
@@ -354,16 +351,12 @@ async fn run_in_worktree(
         ));
     }
     if !selected.is_empty() {
-        let names: Vec<String> = selected
-            .iter()
-            .map(|s| format!("{} ({})", s.name, s.source))
-            .collect();
         let how = if profile.backend.edits_files() {
             "in the worktree"
         } else {
             "in the prompt"
         };
-        lines.push(format!("skills {how}: {}", names.join(", ")));
+        lines.push(format!("skills {how}: {}", skill::describe(&selected)));
     }
     let staged = if profile.backend.edits_files() {
         Some(

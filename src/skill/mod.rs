@@ -200,7 +200,16 @@ pub fn available(
     (all, problems)
 }
 
-/// The skills a job gets: the named ones (every one must exist), or all of them.
+/// The skills and where each came from, for the job log: `review-checklist (service), style (.agents/skills)`.
+pub fn describe(skills: &[Skill]) -> String {
+    skills
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.source))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The skills a job gets: the named ones (every one must exist; none named, none), or all of them.
 pub fn select(
     available: &BTreeMap<String, Skill>,
     names: &[String],

@@ -41,7 +41,8 @@ pub struct StoredDelivery {
     pub id: i64,
     pub delivery_id: DeliveryId,
     pub event: String,
-    pub payload: Vec<u8>,
+    /// The repository's full name, when the event has one.
+    pub repo: Option<String>,
 }
 
 /// A job produced by matching a delivery.

@@ -130,7 +130,7 @@ impl Store for SqliteStore {
 
     async fn unmatched_deliveries(&self, limit: u32) -> Result<Vec<StoredDelivery>> {
         let rows = sqlx::query(
-            "SELECT id, delivery_id, event, payload FROM deliveries WHERE matched_at IS NULL ORDER BY id LIMIT ?",
+            "SELECT id, delivery_id, event, repo FROM deliveries WHERE matched_at IS NULL ORDER BY id LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -141,7 +141,7 @@ impl Store for SqliteStore {
                     id: row.try_get("id")?,
                     delivery_id: DeliveryId(row.try_get("delivery_id")?),
                     event: row.try_get("event")?,
-                    payload: row.try_get("payload")?,
+                    repo: row.try_get("repo")?,
                 })
             })
             .collect()

@@ -71,6 +71,24 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Commits everything in the checkout `dir` as the test author.
+pub fn commit_all(dir: &Path, message: &str) {
+    git(dir, &["add", "."]);
+    git(
+        dir,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "--quiet",
+            "-m",
+            message,
+        ],
+    );
+}
+
 /// How the service authenticates to the fake GitHub.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
@@ -143,20 +161,7 @@ impl Spine {
             ],
         );
         std::fs::write(seed.join("README.md"), "# Hello-World\n").unwrap();
-        git(&seed, &["add", "."]);
-        git(
-            &seed,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "--quiet",
-                "-m",
-                "first",
-            ],
-        );
+        commit_all(&seed, "first");
         git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
 
         let gate = root.join("gate");
@@ -235,20 +240,7 @@ impl Spine {
         let file = seed.join(path);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, text).unwrap();
-        git(&seed, &["add", "."]);
-        git(
-            &seed,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "--quiet",
-                "-m",
-                path,
-            ],
-        );
+        commit_all(&seed, path);
         git(
             &seed,
             &["push", "--quiet", "origin", &format!("HEAD:{branch}")],
@@ -345,6 +337,20 @@ impl Spine {
         serde_json::to_vec(&value).unwrap()
     }
 
+    /// Delivers the octokit example `path` (see [`Spine::payload`]) as event `event`, and checks it is accepted.
+    pub async fn deliver_example(&self, event: &str, delivery: &str, path: &str) {
+        let status = self.deliver(event, delivery, &self.payload(path)).await;
+        assert_eq!(status, 202, "delivering {path}");
+    }
+
+    /// Job `job`'s log.
+    pub async fn job_log(
+        &mut self,
+        job: nightshift::ids::JobId,
+    ) -> Vec<nightshift::store::LogLine> {
+        self.store().await.job_log(job).await.unwrap()
+    }
+
     /// POSTs a delivery signed with the test secret.
     pub async fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> reqwest::StatusCode {
         self.post(
@@ -420,7 +426,7 @@ impl Spine {
         prefix: &str,
     ) -> Vec<nightshift::store::LogLine> {
         for _ in 0..300 {
-            let log = self.store().await.job_log(job).await.unwrap();
+            let log = self.job_log(job).await;
             if log.iter().any(|l| l.line.starts_with(prefix)) {
                 return log;
             }
