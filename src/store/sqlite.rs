@@ -71,7 +71,10 @@ impl SqliteStore {
             .parent()
             .filter(|d| !d.as_os_str().is_empty() && file != Path::new(":memory:"))
         {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            create_private_dir(dir)?;
+        }
+        if file != Path::new(":memory:") && !file.as_os_str().is_empty() {
+            create_private_file(file)?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -95,6 +98,44 @@ impl SqliteStore {
             .context("applying migrations")?;
         Ok(SqliteStore { pool })
     }
+}
+
+/// Creates the store's folder readable by the service's user only (a folder that exists keeps its mode).
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// The store holds every payload of every repository: its file is created 0600 (SQLite gives its `-wal` and
+/// `-shm` files the database file's mode), and an existing one readable by others is narrowed to 0600.
+fn create_private_file(file: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("creating {}", file.display()))?;
+    let mode = opened.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        opened
+            .set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("making {} private", file.display()))?;
+        tracing::warn!(
+            "{} was readable by other users; it is now {:o}",
+            file.display(),
+            mode & 0o700
+        );
+    }
+    Ok(())
 }
 
 // Write transactions start with BEGIN IMMEDIATE: a deferred one that reads first and then writes fails at
@@ -481,6 +522,27 @@ mod tests {
         let url = format!("sqlite://{}/sub/n.db", dir.path().display());
         let store = SqliteStore::connect(&url).await.unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn the_store_and_its_folder_are_private_to_the_service() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = store().await;
+        store.insert_delivery(&delivery("d-private")).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let sub = dir.path().join("sub");
+        assert_eq!(mode(&sub), 0o700);
+        for file in ["n.db", "n.db-wal", "n.db-shm"] {
+            assert_eq!(mode(&sub.join(file)), 0o600, "{file}");
+        }
+        // A store left readable by others (created before, or by hand) is narrowed when it is opened.
+        let loose = dir.path().join("loose.db");
+        std::fs::write(&loose, b"").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        SqliteStore::connect(&format!("sqlite://{}", loose.display()))
+            .await
+            .unwrap();
+        assert_eq!(mode(&loose), 0o600);
     }
 
     fn delivery(id: &str) -> NewDelivery {
