@@ -1119,4 +1119,190 @@ mod tests {
             "{err:#}"
         );
     }
+
+    #[tokio::test]
+    async fn repository_context_is_read_as_blobs_and_links_and_submodules_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, work) = remote(dir.path());
+        std::os::unix::fs::symlink("/proc/self/environ", work.join("AGENTS.md")).unwrap();
+        std::fs::create_dir_all(work.join("sub")).unwrap();
+        std::fs::write(work.join("sub/AGENTS.md"), "sub rules\n").unwrap();
+        let skill = work.join(".agents/skills/s");
+        std::fs::create_dir_all(&skill).unwrap();
+        std::fs::write(skill.join("SKILL.md"), "skill\n").unwrap();
+        std::fs::write(skill.join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            skill.join("run.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc", skill.join("etc")).unwrap();
+        std::fs::create_dir_all(work.join(".nightshift/triggers")).unwrap();
+        std::fs::write(work.join(".nightshift/triggers/a.yml"), "a: 1\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", work.join(".nightshift/triggers/b.yml")).unwrap();
+        sh(&work, &["add", "-A"]);
+        let head = sh(&work, &["rev-parse", "HEAD"]);
+        sh(
+            &work,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{head},.agents/skills/s/module"),
+            ],
+        );
+        sh(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "context",
+            ],
+        );
+        sh(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let files = spaces
+            .read_files(
+                &repo,
+                url,
+                "",
+                ".nightshift/triggers",
+                &[".yml"],
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            files.files,
+            vec![(".nightshift/triggers/a.yml".to_owned(), "a: 1\n".to_owned())]
+        );
+        assert_eq!(
+            files.skipped,
+            vec![Skipped {
+                path: ".nightshift/triggers/b.yml".into(),
+                why: SkipReason::Symlink
+            }]
+        );
+
+        let dest = dir.path().join("context");
+        let context = spaces.export_context(&repo, "", &dest).await.unwrap();
+        assert_eq!(context.agents_md, vec!["sub/AGENTS.md".to_owned()]);
+        let said: Vec<String> = context.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            said,
+            vec![
+                "skipped symlink .agents/skills/s/etc",
+                "skipped submodule .agents/skills/s/module",
+                "skipped symlink AGENTS.md",
+            ]
+        );
+        assert!(!dest.join("AGENTS.md").exists());
+        assert!(std::fs::symlink_metadata(dest.join(".agents/skills/s/etc")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dest.join("sub/AGENTS.md")).unwrap(),
+            "sub rules\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| {
+            std::fs::metadata(dest.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(".agents/skills/s/run.sh"), 0o755);
+        assert_eq!(mode(".agents/skills/s/SKILL.md"), 0o644);
+    }
+
+    #[tokio::test]
+    async fn the_agents_work_is_committed_from_the_files_and_a_changed_mirror_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Branch("main"),
+                JobId(7),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        let none = wt.commit_changes("m", ("n", "n@n")).await.unwrap();
+        assert!(none.commit.is_none(), "nothing changed");
+
+        // The agent commits on its own (moving the worktree's HEAD) and leaves more changes: all of it is
+        // the change, against the job's commit.
+        std::fs::write(wt.path.join("README.md"), "two\n").unwrap();
+        sh(&wt.path, &["add", "README.md"]);
+        sh(
+            &wt.path,
+            &[
+                "-c",
+                "user.name=a",
+                "-c",
+                "user.email=a@a",
+                "commit",
+                "-qm",
+                "agent",
+            ],
+        );
+        std::fs::write(wt.path.join("new.txt"), "new\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", wt.path.join("passwd")).unwrap();
+        let config = wt.mirror.join("config");
+        std::fs::write(&config, "[core]\n\tbare = true\n\tfsmonitor = /bin/false\n").unwrap();
+        std::fs::write(wt.mirror.join("commondir"), "/tmp\n").unwrap();
+
+        let changes = wt
+            .commit_changes("the message", ("nightshift", "n@n"))
+            .await
+            .unwrap();
+        let commit = changes.commit.unwrap();
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), MIRROR_CONFIG);
+        assert!(!wt.mirror.join("commondir").exists());
+        let mirror = wt.mirror.to_str().unwrap().to_owned();
+        let show = |rev: &str| sh(dir.path(), &["--git-dir", &mirror, "show", rev]);
+        assert_eq!(show(&format!("{commit}:README.md")), "two");
+        assert_eq!(show(&format!("{commit}:new.txt")), "new");
+        assert_eq!(
+            sh(
+                dir.path(),
+                &[
+                    "--git-dir",
+                    &mirror,
+                    "cat-file",
+                    "-p",
+                    &format!("{commit}:passwd")
+                ]
+            ),
+            "/etc/passwd"
+        );
+        assert_eq!(
+            sh(
+                dir.path(),
+                &[
+                    "--git-dir",
+                    &mirror,
+                    "log",
+                    "-1",
+                    "--format=%P %an %s",
+                    &commit
+                ]
+            ),
+            format!("{} nightshift the message", wt.commit)
+        );
+        assert!(changes.stat.contains("3 files changed"), "{}", changes.stat);
+        wt.remove().await.unwrap();
+    }
 }
