@@ -842,6 +842,34 @@ mod tests {
     }
 
     #[test]
+    fn git_file_roots_must_exist_and_name_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load(
+            &format!(
+                "git:\n  file_roots: [{}]\n  http_hosts: [LocalHost]\n  timeout: 90s\n",
+                dir.path().display()
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.git.file_roots,
+            vec![std::fs::canonicalize(dir.path()).unwrap()]
+        );
+        assert_eq!(config.git.http_hosts, vec!["localhost".to_owned()]);
+        assert_eq!(config.git.timeout, Duration::from_secs(90));
+        assert!(load("", &[]).unwrap().git.file_roots.is_empty());
+
+        let err = load("git:\n  file_roots:\n    - /nonexistent/roots\n", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("nightshift.yml:3:"), "{text}");
+        assert!(
+            text.contains("git.file_roots: `/nonexistent/roots` cannot be used"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let config = load(
             "listen: 127.0.0.1:1\ngithub:\n  token: from-file\n  webhook_secrets: [a, b]\n",
