@@ -69,7 +69,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Config given on git's command line: it outranks every config file, so nothing a repository's config
 /// says about these can take effect. Each one names a setting that would make git run a program (or
-/// read files of the service's user); values are either off or programs that do nothing.
+/// read files of the service's user); values are either off or programs that do nothing. Automatic
+/// housekeeping (gc) stays on but runs in the foreground, inside the time limit and the process group.
 const HARDENING: &[&str] = &[
     "core.hooksPath=/dev/null",
     "core.fsmonitor=false",
@@ -100,8 +101,8 @@ const HARDENING: &[&str] = &[
     "http.emptyAuth=false",
     "protocol.allow=never",
     "protocol.https.allow=always",
-    "maintenance.auto=false",
-    "gc.auto=0",
+    "gc.autoDetach=false",
+    "maintenance.autoDetach=false",
 ];
 
 /// Environment variables passed through to git when the service has them: where to find a proxy and CA
