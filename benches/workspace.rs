@@ -133,7 +133,13 @@ fn bench(c: &mut Criterion) {
             clone.to_str().unwrap(),
         ],
     );
-    let spaces = Workspaces::new(&root.path().join("data"));
+    let spaces = Workspaces::new(
+        &root.path().join("data"),
+        nightshift::agent::git::GitPolicy {
+            file_roots: vec![std::fs::canonicalize(root.path()).unwrap()],
+            ..Default::default()
+        },
+    );
     let repo = RepoName::parse("bench/large").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut job = 0;

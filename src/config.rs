@@ -40,6 +40,9 @@ struct ConfigFile {
     /// GitHub connection and credentials.
     #[serde(default)]
     github: GithubFile,
+    /// What nightshift's own git may do.
+    #[serde(default)]
+    git: GitFile,
     /// Named agent profiles that triggers refer to with `agent:`.
     #[serde(default)]
     agents: BTreeMap<String, Spanned<AgentFile>>,
@@ -62,6 +65,22 @@ struct GithubFile {
     /// nightshift's login on GitHub (a GitHub App's is `SLUG[bot]`); events it causes never fire triggers
     /// unless they opt in. nightshift also recognises its own comments by their hidden marker.
     bot_login: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitFile {
+    /// Folders under which a local path may be a repository's clone URL (tests, mirrors on disk).
+    /// Without any, only `https://` remotes are used.
+    #[serde(default)]
+    file_roots: Vec<Spanned<String>>,
+    /// Hosts nightshift's git may reach over plain `http://` (a git server on the same machine). Without
+    /// any, only https.
+    #[serde(default)]
+    http_hosts: Vec<String>,
+    /// The longest one git command may take (a fetch, a push).
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
 }
 
 /// An agent profile as written: exactly one backend (`command`, `codex`, `claude` or `openai`) and the
@@ -315,6 +334,7 @@ pub struct Config {
     pub repo_triggers: bool,
     pub report_failures: bool,
     pub github: GithubConfig,
+    pub git: crate::agent::git::GitPolicy,
     pub agents: BTreeMap<String, AgentProfile>,
 }
 
@@ -509,6 +529,34 @@ fn resolve(
         (None, None, None) => GithubAuth::None,
     };
 
+    let mut file_roots = Vec::new();
+    for root in &file.git.file_roots {
+        match std::fs::canonicalize(rel(PathBuf::from(&root.value))) {
+            Ok(p) => file_roots.push(p),
+            Err(e) => errors.push(
+                Diagnostic::at(
+                    path,
+                    root.referenced,
+                    format!("git.file_roots: `{}` cannot be used: {e}", root.value),
+                )
+                .with_hint("name an existing folder; local repositories under it may be cloned"),
+            ),
+        }
+    }
+    let git = crate::agent::git::GitPolicy {
+        file_roots,
+        http_hosts: file
+            .git
+            .http_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        timeout: file
+            .git
+            .timeout
+            .unwrap_or(crate::agent::git::DEFAULT_TIMEOUT),
+    };
+
     let mut agents = BTreeMap::new();
     for (name, profile) in file.agents {
         match agent_profile(&name, profile, path, &rel) {
@@ -542,6 +590,7 @@ fn resolve(
             auth,
             webhook_secrets,
         },
+        git,
         agents,
     })
 }
@@ -790,6 +839,34 @@ mod tests {
         assert!(config.store.ends_with(".nightshift/nightshift.db"));
         assert!(matches!(config.github.auth, GithubAuth::None));
         assert!(config.require_webhook_secrets().is_err());
+    }
+
+    #[test]
+    fn git_file_roots_must_exist_and_name_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load(
+            &format!(
+                "git:\n  file_roots: [{}]\n  http_hosts: [LocalHost]\n  timeout: 90s\n",
+                dir.path().display()
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.git.file_roots,
+            vec![std::fs::canonicalize(dir.path()).unwrap()]
+        );
+        assert_eq!(config.git.http_hosts, vec!["localhost".to_owned()]);
+        assert_eq!(config.git.timeout, Duration::from_secs(90));
+        assert!(load("", &[]).unwrap().git.file_roots.is_empty());
+
+        let err = load("git:\n  file_roots:\n    - /nonexistent/roots\n", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("nightshift.yml:3:"), "{text}");
+        assert!(
+            text.contains("git.file_roots: `/nonexistent/roots` cannot be used"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     let pipeline = Arc::new(Pipeline {
-        workspaces: Workspaces::new(&config.data_dir),
+        workspaces: Workspaces::new(&config.data_dir, config.git.clone()),
         triggers: std::sync::RwLock::new(Arc::new(triggers)),
         repo_triggers: Default::default(),
         known_repos: Default::default(),

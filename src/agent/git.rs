@@ -1,10 +1,24 @@
-//! Running the `git` CLI: one helper that captures output and turns failures into errors that say what
-//! git said.
+//! Running the `git` CLI, hardened: every git command nightshift runs goes through [`Git`], which never
+//! lets a repository, a worktree or the service's environment decide what git executes.
+//!
+//! - The environment is cleared: git sees `PATH`, an empty `HOME` of nightshift's own, no system or
+//!   global config, no terminal prompt and no askpass (plus the operator's proxy and CA settings, if any).
+//! - Command-line config (which outranks the repository's) turns off everything that runs a program:
+//!   hooks, fsmonitor, pagers, editors, credential helpers, signing programs, ssh, external diffs.
+//! - Remotes are `https://` URLs or local paths under the configured `git.file_roots`; every other
+//!   transport is refused by git itself (`protocol.allow=never`), and positional URLs and revisions come
+//!   after `--end-of-options`.
+//! - Every call has a time limit (and HTTP transfers a low-speed limit): a hung remote cannot hold a
+//!   repository's lock forever. On time-out the whole process group (git and its helpers) is killed.
+//! - git never runs in a folder an agent controls: the working directory is nightshift's own, and the git
+//!   dir is always given explicitly (`--git-dir`), so no `.git` file is ever discovered or followed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 /// Credentials for git over HTTPS, passed as an `Authorization` header through git's environment config,
@@ -28,31 +42,520 @@ impl GitAuth {
     }
 }
 
-/// Runs `git args...` in `dir`, returning stdout. Never prompts for credentials.
-pub async fn git(dir: &Path, args: &[&str], auth: &GitAuth) -> Result<String> {
-    let mut cmd = Command::new("git");
-    cmd.current_dir(dir)
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ASKPASS", "true")
-        .kill_on_drop(true);
-    if let Some(header) = &auth.header {
-        cmd.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env("GIT_CONFIG_VALUE_0", header);
+/// What the operator lets nightshift's git do (`git:` in the service config).
+#[derive(Clone, Debug)]
+pub struct GitPolicy {
+    /// Folders under which a local path (or `file://` URL) may be a remote; canonical paths. Empty: only
+    /// `https://` remotes.
+    pub file_roots: Vec<PathBuf>,
+    /// Hosts that may be reached over plain `http://` (a git server on the same machine, tests). Empty:
+    /// none.
+    pub http_hosts: Vec<String>,
+    /// The longest any one git command may take.
+    pub timeout: Duration,
+}
+
+impl Default for GitPolicy {
+    fn default() -> GitPolicy {
+        GitPolicy {
+            file_roots: Vec::new(),
+            http_hosts: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
     }
-    let output = match cmd.output().await {
-        Ok(output) => output,
-        Err(e) => bail!("cannot run git: {e} (is git installed and on PATH?)"),
-    };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        bail!(
-            "`git {}` failed ({}): {}",
-            args.join(" "),
-            output.status,
-            stderr.trim()
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Config given on git's command line: it outranks every config file, so nothing a repository's config
+/// says about these can take effect. Each one names a setting that would make git run a program (or
+/// read files of the service's user); values are either off or programs that do nothing. Automatic
+/// housekeeping (gc) stays on but runs in the foreground, inside the time limit and the process group.
+const HARDENING: &[&str] = &[
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.untrackedCache=false",
+    "core.pager=cat",
+    "core.editor=false",
+    "sequence.editor=false",
+    "core.askPass=",
+    "credential.helper=",
+    "core.sshCommand=false",
+    "ssh.variant=ssh",
+    "core.gitProxy=",
+    "core.alternateRefsCommand=true",
+    "core.attributesFile=/dev/null",
+    "core.symlinks=true",
+    "diff.external=",
+    "gpg.program=false",
+    "gpg.ssh.program=false",
+    "gpg.x509.program=false",
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "push.gpgSign=false",
+    "log.showSignature=false",
+    "submodule.recurse=false",
+    "fetch.recurseSubmodules=false",
+    "push.recurseSubmodules=no",
+    "fetch.fsckObjects=false",
+    "http.emptyAuth=false",
+    "protocol.allow=never",
+    "protocol.https.allow=always",
+    "gc.autoDetach=false",
+    "maintenance.autoDetach=false",
+];
+
+/// Environment variables passed through to git when the service has them: where to find a proxy and CA
+/// certificates. Everything else of the service's environment (its secrets) stays behind.
+const PASSED_ENV: &[&str] = &[
+    "PATH",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "GIT_SSL_CAINFO",
+    "GIT_SSL_CAPATH",
+];
+
+/// Which repository a git command works on. Always explicit: git never looks for a `.git` itself.
+#[derive(Clone, Copy)]
+pub enum Repo<'a> {
+    /// No repository (`clone`).
+    None,
+    /// A git dir (a bare mirror, or a worktree's git dir in it) without a work tree.
+    Bare(&'a Path),
+    /// A git dir and a work tree.
+    Work {
+        git_dir: &'a Path,
+        work_tree: &'a Path,
+    },
+}
+
+/// The one way nightshift runs git.
+#[derive(Clone, Debug)]
+pub struct Git {
+    policy: GitPolicy,
+    /// An empty folder of nightshift's own, git's `HOME` and working directory.
+    home: PathBuf,
+}
+
+/// One git command, built with [`Git::cmd`].
+pub struct GitCmd<'a> {
+    git: &'a Git,
+    repo: Repo<'a>,
+    config: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    auth: Option<&'a GitAuth>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Git {
+    /// `home` is created if missing; it must be a folder only nightshift writes.
+    pub fn new(policy: GitPolicy, home: PathBuf) -> Git {
+        Git { policy, home }
+    }
+
+    pub fn policy(&self) -> &GitPolicy {
+        &self.policy
+    }
+
+    pub fn cmd<'a>(&'a self, repo: Repo<'a>) -> GitCmd<'a> {
+        GitCmd {
+            git: self,
+            repo,
+            config: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            auth: None,
+            stdin: None,
+        }
+    }
+
+    /// The remote git may talk to for `url`: an `https://` URL as it is, or the canonical path of a local
+    /// repository under one of the file roots. Anything else (ssh, `ext::`, `git://`, options, paths
+    /// elsewhere) is refused.
+    pub fn remote(&self, url: &str) -> Result<String> {
+        if url.is_empty() || url.chars().any(|c| c.is_control() || c == ' ') {
+            bail!("the repository URL `{}` is not valid", url.escape_debug());
+        }
+        let lower = url.to_ascii_lowercase();
+        if lower.starts_with("https://") {
+            return Ok(url.to_owned());
+        }
+        if let Some(rest) = lower.strip_prefix("http://") {
+            let authority = rest.split('/').next().unwrap_or_default();
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(host, _port)| host);
+            if !authority.contains('@') && self.policy.http_hosts.iter().any(|h| h == host) {
+                return Ok(url.to_owned());
+            }
+            bail!(
+                "the repository URL `{url}` is plain http; nightshift's git uses https (plain http only to \
+                 the hosts in git.http_hosts)"
+            );
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        if !path.starts_with('/') {
+            bail!(
+                "the repository URL `{url}` is not an https:// URL; nightshift's git talks to GitHub over \
+                 https only (local paths only under git.file_roots)"
+            );
+        }
+        let canonical = std::fs::canonicalize(path)
+            .with_context(|| format!("the local repository `{path}` cannot be read"))?;
+        if !self
+            .policy
+            .file_roots
+            .iter()
+            .any(|root| canonical.starts_with(root))
+        {
+            bail!(
+                "the local repository `{path}` is not under any of git.file_roots in the service config \
+                 (local remotes are refused unless the operator allows their folder)"
+            );
+        }
+        canonical
+            .to_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{} is not valid UTF-8", canonical.display()))
+    }
+}
+
+impl<'a> GitCmd<'a> {
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// One more `-c key=value` (after nightshift's own, so it may not loosen them: callers set
+    /// identities and file paths).
+    pub fn config(mut self, setting: impl Into<String>) -> Self {
+        self.config.push(setting.into());
+        self
+    }
+
+    /// A private index file instead of the git dir's own.
+    pub fn index(mut self, path: &Path) -> Self {
+        self.env
+            .push(("GIT_INDEX_FILE", path.to_string_lossy().into_owned()));
+        self
+    }
+
+    pub fn auth(mut self, auth: &'a GitAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    pub fn stdin(mut self, input: Vec<u8>) -> Self {
+        self.stdin = Some(input);
+        self
+    }
+
+    /// Runs the command, returning stdout as text.
+    pub async fn run(self) -> Result<String> {
+        let out = self.output().await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Runs the command, returning stdout as bytes. A failure says what git said.
+    pub async fn output(self) -> Result<Vec<u8>> {
+        let git = self.git;
+        tokio::fs::create_dir_all(&git.home)
+            .await
+            .with_context(|| format!("creating {}", git.home.display()))?;
+        let mut cmd = Command::new("git");
+        cmd.env_clear();
+        for name in PASSED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.env("HOME", &git.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
+            .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
+            .env("GIT_HTTP_LOW_SPEED_TIME", "60")
+            .current_dir(&git.home);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(header) = self.auth.and_then(|a| a.header.as_ref()) {
+            cmd.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_VALUE_0", header);
+        }
+        cmd.arg("--no-pager").arg("--literal-pathspecs");
+        match self.repo {
+            Repo::None => {}
+            Repo::Bare(dir) => {
+                cmd.arg(format!("--git-dir={}", dir.display()));
+            }
+            Repo::Work { git_dir, work_tree } => {
+                cmd.arg(format!("--git-dir={}", git_dir.display()))
+                    .arg(format!("--work-tree={}", work_tree.display()));
+            }
+        }
+        for setting in HARDENING {
+            cmd.arg("-c").arg(setting);
+        }
+        let file = if git.policy.file_roots.is_empty() {
+            "protocol.file.allow=never"
+        } else {
+            "protocol.file.allow=always"
+        };
+        let http = if git.policy.http_hosts.is_empty() {
+            "protocol.http.allow=never"
+        } else {
+            "protocol.http.allow=always"
+        };
+        cmd.arg("-c").arg(file).arg("-c").arg(http);
+        if !self
+            .config
+            .iter()
+            .any(|c| c.starts_with("core.excludesFile="))
+        {
+            cmd.arg("-c").arg("core.excludesFile=/dev/null");
+        }
+        for setting in &self.config {
+            cmd.arg("-c").arg(setting);
+        }
+        cmd.args(&self.args)
+            .stdin(if self.stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let shown = self.args.join(" ");
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => bail!("cannot run git: {e} (is git installed and on PATH?)"),
+        };
+        let pid = child.id();
+        if let (Some(input), Some(mut stdin)) = (self.stdin, child.stdin.take()) {
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&input).await;
+            });
+        }
+        let output = match tokio::time::timeout(git.policy.timeout, child.wait_with_output()).await
+        {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => bail!("running `git {shown}` failed: {e}"),
+            Err(_) => {
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                    // SAFETY: kill(2) on the process group git leads; no memory is involved.
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                    }
+                }
+                bail!(
+                    "`git {shown}` took longer than {} and was stopped",
+                    humantime::format_duration(git.policy.timeout)
+                );
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            bail!(
+                "`git {shown}` failed ({}): {}",
+                output.status,
+                stderr.trim()
+            );
+        }
+        Ok(output.stdout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git_for(roots: Vec<PathBuf>, home: &Path) -> Git {
+        Git::new(
+            GitPolicy {
+                file_roots: roots,
+                http_hosts: vec!["127.0.0.1".into()],
+                timeout: Duration::from_secs(30),
+            },
+            home.to_owned(),
+        )
+    }
+
+    #[test]
+    fn remotes_are_https_or_local_paths_under_the_file_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let inside = root.join("remote.git");
+        std::fs::create_dir(&inside).unwrap();
+        let git = git_for(vec![root.join("allowed")], &root.join("home"));
+        assert!(git.remote("https://github.com/o/r.git").is_ok());
+        assert!(git.remote("http://127.0.0.1:8080/o/r.git").is_ok());
+        for bad in [
+            "ssh://github.com/o/r.git",
+            "git@github.com:o/r.git",
+            "ext::sh -c touch% /tmp/pwned",
+            "git://github.com/o/r.git",
+            "http://github.com/o/r.git",
+            "http://user@127.0.0.1/o/r.git",
+            "--upload-pack=touch /tmp/pwned",
+            "https://github.com/o/r.git\n",
+            "relative/path",
+        ] {
+            assert!(git.remote(bad).is_err(), "{bad} was allowed");
+        }
+        let err = git.remote(inside.to_str().unwrap()).unwrap_err();
+        assert!(format!("{err:#}").contains("git.file_roots"), "{err:#}");
+
+        let git = git_for(vec![root.clone()], &root.join("home"));
+        assert_eq!(
+            git.remote(&format!("file://{}", inside.display())).unwrap(),
+            inside.to_str().unwrap()
         );
+        // A link inside a root to a repository outside it is judged by where it leads.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+        assert!(git.remote(root.join("link").to_str().unwrap()).is_err());
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+
+    fn executable(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hostile_repository_config_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let repo = root.join("repo.git");
+        let out = std::process::Command::new("git")
+            .args(["init", "--quiet", "--bare", repo.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        // Every one of these settings would run the script, which leaves a marker.
+        let marker = root.join("ran");
+        let script = root.join("evil.sh");
+        executable(&script, &format!("#!/bin/sh\ntouch {}\n", marker.display()));
+        let hooks = root.join("hooks");
+        std::fs::create_dir(&hooks).unwrap();
+        for hook in [
+            "post-index-change",
+            "pre-commit",
+            "post-commit",
+            "reference-transaction",
+        ] {
+            executable(
+                &hooks.join(hook),
+                &format!("#!/bin/sh\ntouch {}\n", marker.display()),
+            );
+        }
+        let s = script.display();
+        std::fs::write(
+            repo.join("config"),
+            format!(
+                "[core]\n\tbare = false\n\tfsmonitor = {s}\n\thooksPath = {hooks}\n\tpager = {s}\n\
+                 \tattributesFile = {attrs}\n[credential]\n\thelper = !{s}\n",
+                hooks = hooks.display(),
+                attrs = root.join("attrs").display(),
+            ),
+        )
+        .unwrap();
+        let work = root.join("work");
+        std::fs::create_dir(&work).unwrap();
+        std::fs::write(work.join("a"), "a").unwrap();
+        let git = git_for(vec![], &root.join("home"));
+        let tree = Repo::Work {
+            git_dir: &repo,
+            work_tree: &work,
+        };
+        let index = root.join("index");
+        git.cmd(tree)
+            .index(&index)
+            .args(["add", "-A"])
+            .run()
+            .await
+            .unwrap();
+        git.cmd(tree)
+            .index(&index)
+            .args(["status", "--porcelain"])
+            .run()
+            .await
+            .unwrap();
+        git.cmd(tree)
+            .index(&index)
+            .args(["update-ref", "refs/heads/x", "HEAD"])
+            .run()
+            .await
+            .ok();
+        assert!(
+            !marker.exists(),
+            "a program named by the repository's config ran"
+        );
+
+        // Only command-line config decides, and git sees none of the service's environment.
+        let listed = git
+            .cmd(Repo::Bare(&repo))
+            .args(["config", "--show-scope", "--list"])
+            .run()
+            .await
+            .unwrap();
+        assert!(
+            listed.contains("command\tcore.hookspath=/dev/null"),
+            "{listed}"
+        );
+        let env = git
+            .cmd(Repo::None)
+            .args(["-c", "alias.env=!env", "env"])
+            .run()
+            .await
+            .unwrap();
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap();
+            assert!(
+                PASSED_ENV.contains(&name)
+                    || name.starts_with("GIT_")
+                    || ["HOME", "PWD", "OLDPWD", "SHLVL", "_"].contains(&name),
+                "git saw the service's {name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_git_call_that_hangs_is_stopped_at_the_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = Git::new(
+            GitPolicy {
+                file_roots: vec![],
+                http_hosts: vec![],
+                timeout: Duration::from_millis(300),
+            },
+            dir.path().join("home"),
+        );
+        let started = std::time::Instant::now();
+        let err = git
+            .cmd(Repo::None)
+            .args(["-c", "alias.hang=!sleep 30", "hang"])
+            .run()
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("took longer than"), "{err:#}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 }

@@ -1,18 +1,49 @@
 //! Workspaces: one bare mirror per repository under the data dir, cloned once and fetched after (under a
 //! per-repository lock), and one `git worktree` per job at the exact commit, removed when the job ends.
+//!
+//! The mirror is nightshift's: its config is nightshift's own (checked, and restored if it changed,
+//! before every use), and every git command runs through the hardened [`Git`]. After the agent, the
+//! worktree is only ever read as files: its changes are added to a private index of nightshift's own
+//! against the mirror (`--git-dir=<mirror> --work-tree=<worktree>`), committed and pushed from the
+//! mirror, so nothing the agent wrote in `.git`, `commondir` or the worktree's git folder is ever used.
+//! What the repository says about itself (`AGENTS.md`, skills, triggers) is read as blobs from the
+//! default branch's tree: regular files only, never symlinks or submodules.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::sync::Mutex;
 
-use super::git::{GitAuth, git};
+use super::git::{Git, GitAuth, GitPolicy, Repo};
 use crate::ids::{JobId, RepoName};
+
+/// The mirror's whole config: nothing in it names a program, a filter, an include or another folder.
+const MIRROR_CONFIG: &str =
+    "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n";
+
+/// Files a mirror never has unless someone planted them: each would make git read another folder's
+/// repository (`commondir`, alternates), other config (`config.worktree`) or rewrite history (grafts).
+const PLANTED: &[&str] = &[
+    "commondir",
+    "gitdir",
+    "config.worktree",
+    "objects/info/alternates",
+    "info/grafts",
+    "info/attributes",
+];
+
+/// A repository file larger than this is not copied into a job (a hostile default branch cannot make
+/// the service read gigabytes).
+const MAX_FILE: u64 = 8 * 1024 * 1024;
+/// Nor more than this in all.
+const MAX_TOTAL: u64 = 64 * 1024 * 1024;
 
 pub struct Workspaces {
     root: PathBuf,
+    git: Arc<Git>,
     locks: std::sync::Mutex<HashMap<RepoName, Arc<Mutex<()>>>>,
 }
 
@@ -22,9 +53,14 @@ pub struct Worktree {
     pub commit: String,
     /// The repository's default branch, as the mirror's HEAD names it.
     pub default_branch: String,
-    /// The worktree's own git folder (index, HEAD) inside the mirror.
+    /// The worktree's own git folder (index, HEAD) inside the mirror, as it was before the agent ran.
     pub git_dir: PathBuf,
+    repo: RepoName,
     mirror: PathBuf,
+    /// nightshift's own folder for this job's git work (a private index, excludes); never the agent's.
+    private: PathBuf,
+    job: JobId,
+    git: Arc<Git>,
     /// The repository's lock: git's worktree bookkeeping in the mirror is not safe to change concurrently
     /// (removing the last worktree deletes the folder another `worktree add` is writing into).
     lock: Arc<Mutex<()>>,
@@ -39,10 +75,62 @@ pub enum Checkout<'a> {
     Commit(&'a str),
 }
 
+/// A repository file not copied because it is not a regular file (or is too large).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: String,
+    pub why: SkipReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    Symlink,
+    Submodule,
+    TooLarge(u64),
+    BadPath,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.why {
+            SkipReason::Symlink => write!(f, "skipped symlink {}", self.path),
+            SkipReason::Submodule => write!(f, "skipped submodule {}", self.path),
+            SkipReason::TooLarge(size) => write!(
+                f,
+                "skipped {} ({size} bytes, more than {MAX_FILE} per file or {MAX_TOTAL} in all)",
+                self.path
+            ),
+            SkipReason::BadPath => write!(f, "skipped {} (not a plain path)", self.path),
+        }
+    }
+}
+
+/// What [`Workspaces::export_context`] copied.
+pub struct RepoContext {
+    /// The default branch's commit it was read from.
+    pub commit: String,
+    /// The `AGENTS.md` paths copied.
+    pub agents_md: Vec<String>,
+    /// Entries left out (symlinks, submodules, files too large): one job-log line each.
+    pub skipped: Vec<Skipped>,
+}
+
+/// The agent's work, as nightshift committed it in the mirror.
+pub struct Changes {
+    /// The commit (on top of the job's commit, authored by nightshift); `None` when nothing changed.
+    pub commit: Option<String>,
+    /// `diff --stat` of the commit, for the job log.
+    pub stat: String,
+    /// Nested repositories the agent left in the worktree, left out of the commit.
+    pub nested: Vec<String>,
+}
+
 impl Workspaces {
-    pub fn new(data_dir: &Path) -> Workspaces {
+    pub fn new(data_dir: &Path, policy: GitPolicy) -> Workspaces {
+        let root = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned());
         Workspaces {
-            root: std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_owned()),
+            git: Arc::new(Git::new(policy, root.join("git").join("home"))),
+            root,
             locks: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -52,6 +140,17 @@ impl Workspaces {
             .join("mirrors")
             .join(repo.owner())
             .join(format!("{}.git", repo.name()))
+    }
+
+    fn worktree_path(&self, job: JobId) -> PathBuf {
+        self.root.join("worktrees").join(format!("job-{job}"))
+    }
+
+    fn private_path(&self, job: JobId) -> PathBuf {
+        self.root
+            .join("git")
+            .join("jobs")
+            .join(format!("job-{job}"))
     }
 
     fn lock(&self, repo: &RepoName) -> Arc<Mutex<()>> {
@@ -68,78 +167,77 @@ impl Workspaces {
         job: JobId,
         auth: &GitAuth,
     ) -> Result<Worktree> {
+        let git = &self.git;
         let mirror = self.mirror_path(repo);
-        let path = self.root.join("worktrees").join(format!("job-{job}"));
+        let path = self.worktree_path(job);
+        let private = self.private_path(job);
         let lock = self.lock(repo);
         let guard = lock.lock().await;
-        update_mirror(repo, &mirror, clone_url, auth).await?;
+        update_mirror(git, repo, &mirror, clone_url, auth).await?;
         let commit = match checkout {
-            Checkout::Commit(sha) => sha.to_owned(),
-            Checkout::Branch(branch) => branch_tip(repo, &mirror, branch).await?,
+            Checkout::Commit(sha) => {
+                if !is_object_id(sha) {
+                    bail!("`{}` is not a commit id", sha.escape_debug());
+                }
+                sha.to_owned()
+            }
+            Checkout::Branch(branch) => branch_tip(git, repo, &mirror, branch).await?,
         };
         // A worktree left behind by a run that died is replaced.
-        if path.exists() {
-            let _ = git(
-                &mirror,
-                &["worktree", "remove", "--force", path_str(&path)?],
-                &GitAuth::none(),
-            )
-            .await;
-            let _ = tokio::fs::remove_dir_all(&path).await;
-        }
-        git(&mirror, &["worktree", "prune"], &GitAuth::none()).await?;
+        remove_worktree_files(&mirror, &path, None, &private).await;
+        git.cmd(Repo::Bare(&mirror))
+            .args(["worktree", "prune"])
+            .run()
+            .await?;
         tokio::fs::create_dir_all(path.parent().context("worktree path has no parent")?).await?;
         // Only the bookkeeping happens under the lock; the checkout itself (the slow part on a large
         // repository) runs after it is released, so jobs on one repository wait for each other only for
         // the fetch.
-        git(
-            &mirror,
-            &[
+        git.cmd(Repo::Bare(&mirror))
+            .args([
                 "worktree",
                 "add",
                 "--detach",
                 "--force",
                 "--no-checkout",
                 "--quiet",
+                "--end-of-options",
                 path_str(&path)?,
                 &commit,
-            ],
-            &GitAuth::none(),
-        )
-        .await
-        .with_context(|| format!("adding a worktree at {commit} of {repo}"))?;
-        let default_branch = git(
-            &mirror,
-            &["symbolic-ref", "--short", "HEAD"],
-            &GitAuth::none(),
-        )
-        .await
-        .map(|b| b.trim().to_owned())
-        .unwrap_or_default();
-        let git_dir = PathBuf::from(
-            git(
-                &path,
-                &["rev-parse", "--absolute-git-dir"],
-                &GitAuth::none(),
-            )
-            .await?
-            .trim(),
-        );
+            ])
+            .run()
+            .await
+            .with_context(|| format!("adding a worktree at {commit} of {repo}"))?;
+        let default_branch = git
+            .cmd(Repo::Bare(&mirror))
+            .args(["symbolic-ref", "--short", "HEAD"])
+            .run()
+            .await
+            .map(|b| b.trim().to_owned())
+            .unwrap_or_default();
+        // The worktree's git folder, captured now, before any agent could touch the `.git` file.
+        let git_dir = captured_git_dir(&mirror, &path).await?;
         drop(guard);
         let worktree = Worktree {
             path,
             commit,
             default_branch,
             git_dir,
+            repo: repo.clone(),
             mirror,
+            private,
+            job,
+            git: self.git.clone(),
             lock,
         };
-        if let Err(e) = git(
-            &worktree.path,
-            &["reset", "--hard", "--quiet"],
-            &GitAuth::none(),
-        )
-        .await
+        if let Err(e) = git
+            .cmd(Repo::Work {
+                git_dir: &worktree.git_dir,
+                work_tree: &worktree.path,
+            })
+            .args(["reset", "--hard", "--quiet"])
+            .run()
+            .await
         {
             let commit = worktree.commit.clone();
             let _ = worktree.remove().await;
@@ -149,22 +247,106 @@ impl Workspaces {
     }
 }
 
+/// Reads the `.git` file `git worktree add` just wrote and checks that it names a folder of the mirror's.
+async fn captured_git_dir(mirror: &Path, worktree: &Path) -> Result<PathBuf> {
+    let text = tokio::fs::read_to_string(worktree.join(".git"))
+        .await
+        .with_context(|| format!("reading {}/.git", worktree.display()))?;
+    let dir = text
+        .strip_prefix("gitdir: ")
+        .map(|d| PathBuf::from(d.trim_end_matches('\n')))
+        .with_context(|| format!("{}/.git is not a gitdir file", worktree.display()))?;
+    if !dir.starts_with(mirror.join("worktrees")) || dir.components().any(|c| c.as_os_str() == "..")
+    {
+        bail!(
+            "the worktree's git folder {} is not in the mirror {}",
+            dir.display(),
+            mirror.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Puts the mirror's config back to nightshift's and removes files that would make git read other
+/// folders. Returns what it repaired (for a warning: someone wrote the mirror).
+async fn secure_mirror(mirror: &Path) -> Result<Vec<String>> {
+    let mut repaired = Vec::new();
+    let config = mirror.join("config");
+    let current = tokio::fs::read(&config).await.ok();
+    let is_file = tokio::fs::symlink_metadata(&config)
+        .await
+        .is_ok_and(|m| m.is_file());
+    if current.as_deref() != Some(MIRROR_CONFIG.as_bytes()) || !is_file {
+        let fresh = mirror.join("config.nightshift");
+        let _ = tokio::fs::remove_file(&fresh).await;
+        tokio::fs::write(&fresh, MIRROR_CONFIG)
+            .await
+            .with_context(|| format!("writing {}", fresh.display()))?;
+        let _ = tokio::fs::remove_dir_all(&config).await;
+        tokio::fs::rename(&fresh, &config)
+            .await
+            .with_context(|| format!("restoring {}", config.display()))?;
+        if current.is_some() {
+            repaired.push("config".to_owned());
+        }
+    }
+    for planted in PLANTED {
+        let path = mirror.join(planted);
+        if let Ok(meta) = tokio::fs::symlink_metadata(&path).await {
+            if meta.is_dir() {
+                tokio::fs::remove_dir_all(&path).await
+            } else {
+                tokio::fs::remove_file(&path).await
+            }
+            .with_context(|| format!("removing {}", path.display()))?;
+            repaired.push((*planted).to_owned());
+        }
+    }
+    Ok(repaired)
+}
+
+/// Checks the mirror and says (in the service log) what had to be repaired.
+async fn check_mirror(repo: &RepoName, mirror: &Path) -> Result<()> {
+    let repaired = secure_mirror(mirror).await?;
+    if !repaired.is_empty() {
+        tracing::warn!(
+            %repo,
+            "the mirror {} was changed by someone else; restored: {}",
+            mirror.display(),
+            repaired.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Clones the mirror (into a temporary name, renamed when complete, so a crash mid-clone never leaves a
 /// broken mirror) or fetches into it. The caller holds the repository's lock.
 async fn update_mirror(
+    git: &Git,
     repo: &RepoName,
     mirror: &Path,
     clone_url: &str,
     auth: &GitAuth,
 ) -> Result<()> {
+    let url = git
+        .remote(clone_url)
+        .with_context(|| format!("reading {repo}"))?;
     if mirror.join("HEAD").exists() {
-        git(
-            mirror,
-            &["fetch", "--prune", "--quiet", clone_url, "+refs/*:refs/*"],
-            auth,
-        )
-        .await
-        .with_context(|| format!("fetching {repo}"))?;
+        check_mirror(repo, mirror).await?;
+        git.cmd(Repo::Bare(mirror))
+            .args([
+                "fetch",
+                "--prune",
+                "--quiet",
+                "--no-write-fetch-head",
+                "--end-of-options",
+                &url,
+                "+refs/*:refs/*",
+            ])
+            .auth(auth)
+            .run()
+            .await
+            .with_context(|| format!("fetching {repo}"))?;
         return Ok(());
     }
     let parent = mirror.parent().context("mirror path has no parent")?;
@@ -173,19 +355,21 @@ async fn update_mirror(
         .with_context(|| format!("creating {}", parent.display()))?;
     let partial = mirror.with_extension("partial");
     let _ = tokio::fs::remove_dir_all(&partial).await;
-    git(
-        parent,
-        &[
+    git.cmd(Repo::None)
+        .args([
             "clone",
             "--mirror",
             "--quiet",
-            clone_url,
+            "--template=",
+            "--end-of-options",
+            &url,
             path_str(&partial)?,
-        ],
-        auth,
-    )
-    .await
-    .with_context(|| format!("cloning {repo}"))?;
+        ])
+        .auth(auth)
+        .run()
+        .await
+        .with_context(|| format!("cloning {repo}"))?;
+    secure_mirror(&partial).await?;
     tokio::fs::rename(&partial, mirror)
         .await
         .with_context(|| format!("moving the new mirror into {}", mirror.display()))?;
@@ -197,12 +381,167 @@ pub struct FilesAt {
     pub commit: String,
     /// (path in the repository, contents), sorted by path.
     pub files: Vec<(String, String)>,
+    /// Entries left out: symlinks, submodules, files too large.
+    pub skipped: Vec<Skipped>,
+}
+
+/// One entry of `git ls-tree -l`.
+struct Entry {
+    mode: String,
+    oid: String,
+    size: u64,
+    path: String,
+}
+
+/// Lists `commit`'s tree (recursively, or the entries directly in `dir` when given), with modes and
+/// sizes. Paths that are not UTF-8 are left out.
+async fn list_tree(
+    git: &Git,
+    mirror: &Path,
+    commit: &str,
+    dir: Option<&str>,
+) -> Result<Vec<Entry>> {
+    let mut cmd = git
+        .cmd(Repo::Bare(mirror))
+        .args(["ls-tree", "-z", "-l", "--full-tree"]);
+    if dir.is_none() {
+        cmd = cmd.arg("-r");
+    }
+    cmd = cmd.args(["--end-of-options", commit]);
+    if let Some(dir) = dir {
+        cmd = cmd.args(["--".to_owned(), format!("{dir}/")]);
+    }
+    let listing = cmd.output().await?;
+    let mut entries = Vec::new();
+    for record in listing.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let Some(tab) = record.iter().position(|b| *b == b'\t') else {
+            continue;
+        };
+        let (Ok(meta), Ok(path)) = (
+            std::str::from_utf8(&record[..tab]),
+            std::str::from_utf8(&record[tab + 1..]),
+        ) else {
+            continue;
+        };
+        let mut fields = meta.split_whitespace();
+        let (Some(mode), Some(_kind), Some(oid), Some(size)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        entries.push(Entry {
+            mode: mode.to_owned(),
+            oid: oid.to_owned(),
+            size: size.parse().unwrap_or(0),
+            path: path.to_owned(),
+        });
+    }
+    Ok(entries)
+}
+
+/// Splits entries into the regular files to read and the ones skipped (symlinks, submodules, odd paths,
+/// files past the size limits).
+fn regular_files(entries: Vec<Entry>) -> (Vec<Entry>, Vec<Skipped>) {
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    let mut total = 0u64;
+    for entry in entries {
+        let why = match entry.mode.as_str() {
+            "100644" | "100755" if !plain_path(&entry.path) => Some(SkipReason::BadPath),
+            "100644" | "100755" if entry.size > MAX_FILE || total + entry.size > MAX_TOTAL => {
+                Some(SkipReason::TooLarge(entry.size))
+            }
+            "100644" | "100755" => None,
+            "120000" => Some(SkipReason::Symlink),
+            "160000" => Some(SkipReason::Submodule),
+            _ => continue,
+        };
+        match why {
+            None => {
+                total += entry.size;
+                files.push(entry);
+            }
+            Some(why) => skipped.push(Skipped {
+                path: entry.path,
+                why,
+            }),
+        }
+    }
+    (files, skipped)
+}
+
+/// A relative path of plain names: no empty, `.`, `..` or `.git` component.
+fn plain_path(path: &str) -> bool {
+    !path.starts_with('/')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.eq_ignore_ascii_case(".git"))
+}
+
+/// Reads blobs by id with one `git cat-file --batch`, in the order given.
+async fn read_blobs(git: &Git, mirror: &Path, oids: &[&str]) -> Result<Vec<Vec<u8>>> {
+    if oids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut input = Vec::new();
+    for oid in oids {
+        input.extend_from_slice(oid.as_bytes());
+        input.push(b'\n');
+    }
+    let out = git
+        .cmd(Repo::Bare(mirror))
+        .args(["cat-file", "--batch"])
+        .stdin(input)
+        .output()
+        .await?;
+    let mut blobs = Vec::with_capacity(oids.len());
+    let mut rest = &out[..];
+    for oid in oids {
+        let line_end = rest
+            .iter()
+            .position(|b| *b == b'\n')
+            .context("git cat-file ended early")?;
+        let header = std::str::from_utf8(&rest[..line_end]).unwrap_or_default();
+        let mut fields = header.split(' ');
+        let (Some(got), Some("blob"), Some(size)) = (fields.next(), fields.next(), fields.next())
+        else {
+            bail!("git cat-file did not return the blob {oid}: {header}");
+        };
+        anyhow::ensure!(got == *oid, "git cat-file returned {got} for {oid}");
+        let size: usize = size.parse().context("git cat-file gave no size")?;
+        let start = line_end + 1;
+        anyhow::ensure!(rest.len() > start + size, "git cat-file ended early");
+        blobs.push(rest[start..start + size].to_vec());
+        rest = &rest[start + size + 1..];
+    }
+    Ok(blobs)
+}
+
+/// Writes a regular file at `dest/path`, never through a link (the folders are nightshift's own, fresh).
+fn write_new(dest: &Path, path: &str, contents: &[u8], executable: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let target = dest.join(path);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if executable { 0o755 } else { 0o644 })
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&target)
+        .with_context(|| format!("creating {}", target.display()))?;
+    file.write_all(contents)
+        .with_context(|| format!("writing {}", target.display()))
 }
 
 impl Workspaces {
-    /// Brings the mirror up to date and reads the files directly in `dir` (not below) whose names end in
-    /// one of `extensions`, from the tip of `branch` (the mirror's HEAD, the default branch, when empty).
-    /// Never from anything but that branch: a pull request cannot change what this returns.
+    /// Brings the mirror up to date and reads the regular files directly in `dir` (not below) whose names
+    /// end in one of `extensions`, from the tip of `branch` (the mirror's HEAD, the default branch, when
+    /// empty). Never from anything but that branch: a pull request cannot change what this returns.
+    /// Symlinks and submodules are skipped (and said in the service log).
     pub async fn read_files(
         &self,
         repo: &RepoName,
@@ -212,150 +551,368 @@ impl Workspaces {
         extensions: &[&str],
         auth: &GitAuth,
     ) -> Result<FilesAt> {
+        let git = &self.git;
         let mirror = self.mirror_path(repo);
         let lock = self.lock(repo);
         let _guard = lock.lock().await;
-        update_mirror(repo, &mirror, clone_url, auth).await?;
-        let commit = branch_tip(repo, &mirror, branch).await?;
-        let listing = git(
-            &mirror,
-            &["ls-tree", "--name-only", "-z", &commit, &format!("{dir}/")],
-            &GitAuth::none(),
-        )
-        .await?;
-        let mut files = Vec::new();
-        for path in listing
-            .split('\0')
-            .filter(|p| extensions.iter().any(|e| p.ends_with(e)))
-        {
-            let text = git(
-                &mirror,
-                &["show", &format!("{commit}:{path}")],
-                &GitAuth::none(),
-            )
-            .await?;
-            files.push((path.to_owned(), text));
+        update_mirror(git, repo, &mirror, clone_url, auth).await?;
+        let commit = branch_tip(git, repo, &mirror, branch).await?;
+        let entries = list_tree(git, &mirror, &commit, Some(dir))
+            .await?
+            .into_iter()
+            .filter(|e| extensions.iter().any(|x| e.path.ends_with(x)))
+            .collect();
+        let (wanted, skipped) = regular_files(entries);
+        for s in &skipped {
+            tracing::warn!(%repo, %commit, "{s}");
         }
+        let oids: Vec<&str> = wanted.iter().map(|e| e.oid.as_str()).collect();
+        let blobs = read_blobs(git, &mirror, &oids).await?;
+        let mut files: Vec<(String, String)> = wanted
+            .into_iter()
+            .zip(blobs)
+            .map(|(e, b)| (e.path, String::from_utf8_lossy(&b).into_owned()))
+            .collect();
         files.sort();
-        Ok(FilesAt { commit, files })
+        Ok(FilesAt {
+            commit,
+            files,
+            skipped,
+        })
     }
 
     /// Copies what the repository says about itself from the tip of its default branch (the mirror must be
     /// up to date: call after [`Workspaces::prepare`]) into `dest`: its `AGENTS.md` files and its skills
     /// (`.agents/skills/`, `.claude/skills/`). Never from the job's own commit, so a pull request cannot
-    /// change the instructions or skills its own review runs with. Returns the commit and the `AGENTS.md`
-    /// paths.
+    /// change the instructions or skills its own review runs with. Only regular files are written, read
+    /// as blobs; symlinks and submodules are skipped and returned.
     pub async fn export_context(
         &self,
         repo: &RepoName,
         branch: &str,
         dest: &Path,
-    ) -> Result<(String, Vec<String>)> {
+    ) -> Result<RepoContext> {
+        let git = &self.git;
         let mirror = self.mirror_path(repo);
-        let none = GitAuth::none();
-        let commit = branch_tip(repo, &mirror, branch).await?;
-        let listing = git(
-            &mirror,
-            &["ls-tree", "-r", "--name-only", "-z", &commit],
-            &none,
-        )
-        .await?;
-        let mut agents_md = Vec::new();
-        let mut skill_roots = Vec::new();
-        for path in listing.split('\0').filter(|p| !p.is_empty()) {
-            if path == "AGENTS.md" || path.ends_with("/AGENTS.md") {
-                agents_md.push(path.to_owned());
-            }
-            for root in crate::skill::WORKTREE_ROOTS {
-                if path.starts_with(root)
-                    && path.as_bytes().get(root.len()) == Some(&b'/')
-                    && !skill_roots.contains(&root)
-                {
-                    skill_roots.push(root);
-                }
-            }
-        }
-        tokio::fs::create_dir_all(dest).await?;
-        let wanted: Vec<&str> = agents_md
-            .iter()
-            .map(String::as_str)
-            .chain(skill_roots.iter().copied())
+        let commit = branch_tip(git, repo, &mirror, branch).await?;
+        let entries = list_tree(git, &mirror, &commit, None)
+            .await?
+            .into_iter()
+            .filter(|e| {
+                e.path == "AGENTS.md"
+                    || e.path.ends_with("/AGENTS.md")
+                    || crate::skill::WORKTREE_ROOTS.iter().any(|root| {
+                        e.path.starts_with(root) && e.path.as_bytes().get(root.len()) == Some(&b'/')
+                    })
+            })
             .collect();
-        if !wanted.is_empty() {
-            let tar = dest.join(".context.tar");
-            let mut args = vec![
-                "archive",
-                "--format=tar",
-                "--output",
-                path_str(&tar)?,
-                &commit,
-                "--",
-            ];
-            args.extend(&wanted);
-            git(&mirror, &args, &none).await?;
-            let out = tokio::process::Command::new("tar")
-                .arg("-xf")
-                .arg(&tar)
-                .arg("-C")
-                .arg(dest)
-                .output()
-                .await
-                .context("running tar (is it installed?)")?;
-            anyhow::ensure!(
-                out.status.success(),
-                "unpacking the repository's context failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            let _ = tokio::fs::remove_file(&tar).await;
+        let (wanted, skipped) = regular_files(entries);
+        tokio::fs::create_dir_all(dest).await?;
+        let oids: Vec<&str> = wanted.iter().map(|e| e.oid.as_str()).collect();
+        let blobs = read_blobs(git, &mirror, &oids).await?;
+        let mut agents_md = Vec::new();
+        for (entry, blob) in wanted.iter().zip(&blobs) {
+            write_new(dest, &entry.path, blob, entry.mode == "100755")?;
+            if entry.path == "AGENTS.md" || entry.path.ends_with("/AGENTS.md") {
+                agents_md.push(entry.path.clone());
+            }
         }
-        Ok((commit, agents_md))
+        Ok(RepoContext {
+            commit,
+            agents_md,
+            skipped,
+        })
     }
 
     /// Removes job `job`'s worktree, if one is left (the job was stopped before it could clean up).
     pub async fn discard(&self, repo: &RepoName, job: JobId) -> Result<()> {
-        let path = self.root.join("worktrees").join(format!("job-{job}"));
+        let path = self.worktree_path(job);
         let mirror = self.mirror_path(repo);
         let lock = self.lock(repo);
         let _guard = lock.lock().await;
+        remove_worktree_files(&mirror, &path, None, &self.private_path(job)).await;
         if path.exists() {
             tokio::fs::remove_dir_all(&path)
                 .await
                 .with_context(|| format!("removing {}", path.display()))?;
         }
         if mirror.join("HEAD").exists() {
-            git(&mirror, &["worktree", "prune"], &GitAuth::none()).await?;
+            self.git
+                .cmd(Repo::Bare(&mirror))
+                .args(["worktree", "prune"])
+                .run()
+                .await?;
         }
         Ok(())
     }
 }
 
+/// Deletes a worktree's files, its git folder in the mirror and nightshift's private folder for it,
+/// without asking git (which would read the worktree's `.git` and git folder, both the agent's to
+/// change). `remove_dir_all` removes links, never what they point at.
+async fn remove_worktree_files(mirror: &Path, path: &Path, git_dir: Option<&Path>, private: &Path) {
+    let _ = tokio::fs::remove_dir_all(path).await;
+    let named = path
+        .file_name()
+        .map(|name| mirror.join("worktrees").join(name));
+    for dir in git_dir.into_iter().map(Path::to_owned).chain(named) {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+    let _ = tokio::fs::remove_dir_all(private).await;
+}
+
+/// The (relative) folders below `root` that hold a `.git` of their own: repositories an agent made or
+/// cloned inside the worktree. Never follows links.
+fn nested_repositories(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut subdirs = Vec::new();
+        let mut is_repo = false;
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == ".git" {
+                is_repo = true;
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                subdirs.push(rel.join(name));
+            }
+        }
+        if is_repo && !rel.as_os_str().is_empty() {
+            found.push(rel);
+        } else {
+            stack.extend(subdirs);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A gitignore line that matches exactly the folder `rel` (from the top of the work tree).
+fn exclude_line(rel: &Path) -> Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = rel.as_os_str().as_bytes();
+    if bytes.contains(&b'\n') || bytes.contains(&b'\r') {
+        bail!(
+            "the worktree holds a repository at a path with a line break ({}); it cannot be left out",
+            rel.display()
+        );
+    }
+    let mut line = vec![b'/'];
+    for b in bytes {
+        if matches!(b, b'*' | b'?' | b'[' | b'\\' | b' ' | b'!' | b'#') {
+            line.push(b'\\');
+        }
+        line.push(*b);
+    }
+    line.extend_from_slice(b"/\n");
+    Ok(line)
+}
+
 impl Worktree {
+    fn tree(&self) -> Repo<'_> {
+        Repo::Work {
+            git_dir: &self.mirror,
+            work_tree: &self.path,
+        }
+    }
+
+    /// Commits what the agent left in the worktree, as nightshift, on top of the job's commit, in the
+    /// mirror. Files are added from the worktree into a private index (`add -A`: symlinks are committed
+    /// as symlinks, never their targets' content; `.gitignore` applies); the worktree's own `.git`, index
+    /// and git folder are never read. Repositories the agent made inside the worktree are left out.
+    pub async fn commit_changes(&self, message: &str, author: (&str, &str)) -> Result<Changes> {
+        let git = &*self.git;
+        check_mirror(&self.repo, &self.mirror).await?;
+        let _ = tokio::fs::remove_dir_all(&self.private).await;
+        tokio::fs::create_dir_all(&self.private)
+            .await
+            .with_context(|| format!("creating {}", self.private.display()))?;
+        let index = self.private.join("index");
+        let excludes = self.private.join("exclude");
+        let root = self.path.clone();
+        let nested = tokio::task::spawn_blocking(move || nested_repositories(&root))
+            .await?
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let mut lines = Vec::new();
+        for rel in &nested {
+            lines.extend(exclude_line(rel)?);
+        }
+        tokio::fs::write(&excludes, lines).await?;
+
+        git.cmd(Repo::Bare(&self.mirror))
+            .index(&index)
+            .args(["read-tree", "--end-of-options", &self.commit])
+            .run()
+            .await?;
+        git.cmd(self.tree())
+            .index(&index)
+            .config(format!("core.excludesFile={}", excludes.display()))
+            .args(["add", "--all"])
+            .run()
+            .await
+            .context("adding the agent's changes")?;
+        let tree = git
+            .cmd(Repo::Bare(&self.mirror))
+            .index(&index)
+            .args(["write-tree"])
+            .run()
+            .await?
+            .trim()
+            .to_owned();
+        let base = git
+            .cmd(Repo::Bare(&self.mirror))
+            .args([
+                "rev-parse",
+                "--verify",
+                "--end-of-options",
+                &format!("{}^{{tree}}", self.commit),
+            ])
+            .run()
+            .await?
+            .trim()
+            .to_owned();
+        let nested = nested
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if tree == base {
+            return Ok(Changes {
+                commit: None,
+                stat: String::new(),
+                nested,
+            });
+        }
+        let commit = git
+            .cmd(Repo::Bare(&self.mirror))
+            .config(format!("user.name={}", author.0))
+            .config(format!("user.email={}", author.1))
+            .args([
+                "commit-tree",
+                "-p",
+                &self.commit,
+                "-m",
+                message,
+                "--end-of-options",
+                &tree,
+            ])
+            .run()
+            .await?
+            .trim()
+            .to_owned();
+        let stat = git
+            .cmd(Repo::Bare(&self.mirror))
+            .args([
+                "diff-tree",
+                "--stat",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-textconv",
+                "-r",
+                "--end-of-options",
+                &self.commit,
+                &commit,
+            ])
+            .run()
+            .await?;
+        Ok(Changes {
+            commit: Some(commit),
+            stat,
+            nested,
+        })
+    }
+
+    /// Pushes `commit` (made by [`Worktree::commit_changes`]) from the mirror to `branch` of the remote,
+    /// replacing what is there. `auth` should be fresh: take it right before calling.
+    pub async fn push(
+        &self,
+        clone_url: &str,
+        commit: &str,
+        branch: &str,
+        auth: &GitAuth,
+    ) -> Result<()> {
+        let git = &*self.git;
+        let url = git.remote(clone_url)?;
+        if branch.starts_with('-') || branch.chars().any(|c| c.is_control() || c == ':') {
+            bail!("`{}` is not a branch name", branch.escape_debug());
+        }
+        let own = format!("refs/nightshift/job-{}", self.job);
+        // Under the repository's lock: a fetch (`--prune`) of another job would delete our ref.
+        let _guard = self.lock.lock().await;
+        check_mirror(&self.repo, &self.mirror).await?;
+        git.cmd(Repo::Bare(&self.mirror))
+            .args(["update-ref", "--end-of-options", &own, commit])
+            .run()
+            .await?;
+        let pushed = git
+            .cmd(Repo::Bare(&self.mirror))
+            .args([
+                "push",
+                "--force",
+                "--quiet",
+                "--no-verify",
+                "--end-of-options",
+                &url,
+                &format!("{own}:refs/heads/{branch}"),
+            ])
+            .auth(auth)
+            .run()
+            .await;
+        let _ = git
+            .cmd(Repo::Bare(&self.mirror))
+            .args(["update-ref", "-d", "--end-of-options", &own])
+            .run()
+            .await;
+        pushed.map(|_| ())
+    }
+
     pub async fn remove(self) -> Result<()> {
         let _guard = self.lock.lock().await;
-        git(
-            &self.mirror,
-            &["worktree", "remove", "--force", path_str(&self.path)?],
-            &GitAuth::none(),
-        )
-        .await?;
+        remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), &self.private).await;
+        if self.path.exists() {
+            bail!("{} could not be removed", self.path.display());
+        }
+        self.git
+            .cmd(Repo::Bare(&self.mirror))
+            .args(["worktree", "prune"])
+            .run()
+            .await?;
         Ok(())
     }
 }
 
+/// A full commit id (SHA-1 or SHA-256, hex).
+fn is_object_id(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The commit at the tip of `branch` in the mirror (its HEAD, the default branch, when empty).
-async fn branch_tip(repo: &RepoName, mirror: &Path, branch: &str) -> Result<String> {
+async fn branch_tip(git: &Git, repo: &RepoName, mirror: &Path, branch: &str) -> Result<String> {
     let rev = if branch.is_empty() {
         "HEAD^{commit}".to_owned()
     } else {
+        if branch.starts_with('-')
+            || branch.contains("..")
+            || branch.contains("@{")
+            || branch
+                .chars()
+                .any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+        {
+            bail!("{repo} has no branch `{}`", branch.escape_debug());
+        }
         format!("refs/heads/{branch}^{{commit}}")
     };
-    Ok(
-        git(mirror, &["rev-parse", "--verify", &rev], &GitAuth::none())
-            .await
-            .with_context(|| format!("{repo} has no branch `{branch}`"))?
-            .trim()
-            .to_owned(),
-    )
+    Ok(git
+        .cmd(Repo::Bare(mirror))
+        .args(["rev-parse", "--verify", "--end-of-options", &rev])
+        .run()
+        .await
+        .with_context(|| format!("{repo} has no branch `{branch}`"))?
+        .trim()
+        .to_owned())
 }
 
 fn path_str(path: &Path) -> Result<&str> {
@@ -380,6 +937,18 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Workspaces under `dir`, allowed to clone the local remotes there.
+    fn spaces_in(dir: &Path) -> Workspaces {
+        Workspaces::new(
+            &dir.join("data"),
+            GitPolicy {
+                file_roots: vec![std::fs::canonicalize(dir).unwrap()],
+                http_hosts: vec![],
+                timeout: std::time::Duration::from_secs(60),
+            },
+        )
     }
 
     /// A bare "remote" with one commit on main, and the path of a scratch clone to push more with.
@@ -428,7 +997,7 @@ mod tests {
     async fn worktrees_follow_the_remote_and_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let (bare, work) = remote(dir.path());
-        let spaces = Workspaces::new(&dir.path().join("data"));
+        let spaces = spaces_in(dir.path());
         let repo = RepoName::parse("o/r").unwrap();
         let url = bare.to_str().unwrap();
 
@@ -505,7 +1074,7 @@ mod tests {
     async fn concurrent_jobs_on_one_repository_each_get_their_worktree() {
         let dir = tempfile::tempdir().unwrap();
         let (bare, _) = remote(dir.path());
-        let spaces = Arc::new(Workspaces::new(&dir.path().join("data")));
+        let spaces = Arc::new(spaces_in(dir.path()));
         let repo = RepoName::parse("o/r").unwrap();
         let url = bare.to_str().unwrap().to_owned();
         let mut tasks = Vec::new();
@@ -532,7 +1101,7 @@ mod tests {
     async fn a_missing_branch_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let (bare, _) = remote(dir.path());
-        let spaces = Workspaces::new(&dir.path().join("data"));
+        let spaces = spaces_in(dir.path());
         let repo = RepoName::parse("o/r").unwrap();
         let err = spaces
             .prepare(
@@ -549,5 +1118,191 @@ mod tests {
             format!("{err:#}").contains("o/r has no branch `nope`"),
             "{err:#}"
         );
+    }
+
+    #[tokio::test]
+    async fn repository_context_is_read_as_blobs_and_links_and_submodules_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, work) = remote(dir.path());
+        std::os::unix::fs::symlink("/proc/self/environ", work.join("AGENTS.md")).unwrap();
+        std::fs::create_dir_all(work.join("sub")).unwrap();
+        std::fs::write(work.join("sub/AGENTS.md"), "sub rules\n").unwrap();
+        let skill = work.join(".agents/skills/s");
+        std::fs::create_dir_all(&skill).unwrap();
+        std::fs::write(skill.join("SKILL.md"), "skill\n").unwrap();
+        std::fs::write(skill.join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            skill.join("run.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc", skill.join("etc")).unwrap();
+        std::fs::create_dir_all(work.join(".nightshift/triggers")).unwrap();
+        std::fs::write(work.join(".nightshift/triggers/a.yml"), "a: 1\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", work.join(".nightshift/triggers/b.yml")).unwrap();
+        sh(&work, &["add", "-A"]);
+        let head = sh(&work, &["rev-parse", "HEAD"]);
+        sh(
+            &work,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{head},.agents/skills/s/module"),
+            ],
+        );
+        sh(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "context",
+            ],
+        );
+        sh(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let files = spaces
+            .read_files(
+                &repo,
+                url,
+                "",
+                ".nightshift/triggers",
+                &[".yml"],
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            files.files,
+            vec![(".nightshift/triggers/a.yml".to_owned(), "a: 1\n".to_owned())]
+        );
+        assert_eq!(
+            files.skipped,
+            vec![Skipped {
+                path: ".nightshift/triggers/b.yml".into(),
+                why: SkipReason::Symlink
+            }]
+        );
+
+        let dest = dir.path().join("context");
+        let context = spaces.export_context(&repo, "", &dest).await.unwrap();
+        assert_eq!(context.agents_md, vec!["sub/AGENTS.md".to_owned()]);
+        let said: Vec<String> = context.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            said,
+            vec![
+                "skipped symlink .agents/skills/s/etc",
+                "skipped submodule .agents/skills/s/module",
+                "skipped symlink AGENTS.md",
+            ]
+        );
+        assert!(!dest.join("AGENTS.md").exists());
+        assert!(std::fs::symlink_metadata(dest.join(".agents/skills/s/etc")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dest.join("sub/AGENTS.md")).unwrap(),
+            "sub rules\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| {
+            std::fs::metadata(dest.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(".agents/skills/s/run.sh"), 0o755);
+        assert_eq!(mode(".agents/skills/s/SKILL.md"), 0o644);
+    }
+
+    #[tokio::test]
+    async fn the_agents_work_is_committed_from_the_files_and_a_changed_mirror_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Branch("main"),
+                JobId(7),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        let none = wt.commit_changes("m", ("n", "n@n")).await.unwrap();
+        assert!(none.commit.is_none(), "nothing changed");
+
+        // The agent commits on its own (moving the worktree's HEAD) and leaves more changes: all of it is
+        // the change, against the job's commit.
+        std::fs::write(wt.path.join("README.md"), "two\n").unwrap();
+        sh(&wt.path, &["add", "README.md"]);
+        sh(
+            &wt.path,
+            &[
+                "-c",
+                "user.name=a",
+                "-c",
+                "user.email=a@a",
+                "commit",
+                "-qm",
+                "agent",
+            ],
+        );
+        std::fs::write(wt.path.join("new.txt"), "new\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", wt.path.join("passwd")).unwrap();
+        let config = wt.mirror.join("config");
+        std::fs::write(&config, "[core]\n\tbare = true\n\tfsmonitor = /bin/false\n").unwrap();
+        std::fs::write(wt.mirror.join("commondir"), "/tmp\n").unwrap();
+
+        let changes = wt
+            .commit_changes("the message", ("nightshift", "n@n"))
+            .await
+            .unwrap();
+        let commit = changes.commit.unwrap();
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), MIRROR_CONFIG);
+        assert!(!wt.mirror.join("commondir").exists());
+        let mirror = wt.mirror.to_str().unwrap().to_owned();
+        let show = |rev: &str| sh(dir.path(), &["--git-dir", &mirror, "show", rev]);
+        assert_eq!(show(&format!("{commit}:README.md")), "two");
+        assert_eq!(show(&format!("{commit}:new.txt")), "new");
+        assert_eq!(
+            sh(
+                dir.path(),
+                &[
+                    "--git-dir",
+                    &mirror,
+                    "cat-file",
+                    "-p",
+                    &format!("{commit}:passwd")
+                ]
+            ),
+            "/etc/passwd"
+        );
+        assert_eq!(
+            sh(
+                dir.path(),
+                &[
+                    "--git-dir",
+                    &mirror,
+                    "log",
+                    "-1",
+                    "--format=%P %an %s",
+                    &commit
+                ]
+            ),
+            format!("{} nightshift the message", wt.commit)
+        );
+        assert!(changes.stat.contains("3 files changed"), "{}", changes.stat);
+        wt.remove().await.unwrap();
     }
 }

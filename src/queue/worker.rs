@@ -312,7 +312,7 @@ async fn run_in_worktree(
 
     // What the repository says about itself (AGENTS.md, skills), from its default branch.
     let context_dir = job_dir.join("repo");
-    let (context_commit, agents_md) = pipeline
+    let exported = pipeline
         .workspaces
         .export_context(&spec.repo, &spec.default_branch, &context_dir)
         .await
@@ -324,13 +324,15 @@ async fn run_in_worktree(
         } else {
             &spec.default_branch
         },
-        &context_commit[..context_commit.len().min(12)]
+        &exported.commit[..exported.commit.len().min(12)]
     );
-    let repo_context = RepoContext::read(&context_dir, origin, agents_md);
+    let repo_context = RepoContext::read(&context_dir, origin, exported.agents_md);
 
     // Skills: the service's and the repository's, the ones the trigger names, where the agent looks.
     let (available, skill_problems) = skill::available(&pipeline.config.skills, &context_dir);
     let mut lines = vec![ready];
+    // Symlinks and submodules of the default branch are never followed: said, not read.
+    lines.extend(exported.skipped.iter().map(ToString::to_string));
     lines.extend(
         skill_problems
             .iter()
@@ -396,9 +398,10 @@ async fn run_in_worktree(
         .max_output
         .map_or(profile.max_output, |m| m.min(profile.max_output));
     let started = Instant::now();
-    // A sandboxed agent may write its worktree (and the worktree's git files), its home and its output.
+    // A sandboxed agent may write its worktree, its home and its output; never the mirror (nor the
+    // worktree's git folder in it), which nightshift's own git uses after the agent.
     let sandbox = command::SandboxPaths {
-        writable: vec![job_dir.clone(), worktree.git_dir.clone()],
+        writable: vec![job_dir.clone()],
     };
     let outcome = agent::run(AgentJob {
         profile_name: &spec.agent,

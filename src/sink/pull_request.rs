@@ -6,18 +6,12 @@ use anyhow::{Result, bail};
 use octocrab::params;
 
 use super::{SinkContext, comment, texts};
-use crate::agent::git::git;
 use crate::agent::workspace::Worktree;
 use crate::github::with_retry;
 use crate::store::{LogStream, Output};
 
 const KEY: &str = "pull_request";
-const AUTHOR: [&str; 4] = [
-    "-c",
-    "user.name=nightshift",
-    "-c",
-    "user.email=nightshift@users.noreply.github.com",
-];
+const AUTHOR: (&str, &str) = ("nightshift", "nightshift@users.noreply.github.com");
 
 /// The branch a trigger's changes for an issue or pull request go to.
 pub fn branch_name(trigger: &str, number: Option<u64>, job: crate::ids::JobId) -> String {
@@ -31,16 +25,6 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
     if let Some(done) = ctx.store.find_output(ctx.job, KEY).await? {
         return Ok(done);
     }
-    let status = git(
-        &worktree.path,
-        &["status", "--porcelain"],
-        &Default::default(),
-    )
-    .await?;
-    if status.trim().is_empty() {
-        let body = texts::no_changes_comment(&ctx.spec.trigger, ctx.job, message);
-        return comment::post(ctx, &body).await;
-    }
     let spec = ctx.spec;
     let branch = branch_name(&spec.trigger, spec.number, ctx.job);
     if branch == spec.default_branch {
@@ -48,21 +32,27 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
     }
     let title = texts::pull_request_title(spec.title.as_deref(), spec.number);
     let commit_message = texts::commit_message(&spec.trigger, &title, spec.number);
-    git(&worktree.path, &["add", "--all"], &Default::default()).await?;
-    let mut commit = AUTHOR.to_vec();
-    commit.extend(["commit", "--quiet", "--no-verify", "-m", &commit_message]);
-    git(&worktree.path, &commit, &Default::default()).await?;
-    let stat = git(
-        &worktree.path,
-        &["show", "--stat", "--format=", "HEAD"],
-        &Default::default(),
-    )
-    .await?;
+    // Built in the mirror from the worktree's files, never with the worktree's own git.
+    let changes = worktree.commit_changes(&commit_message, AUTHOR).await?;
+    if !changes.nested.is_empty() {
+        let lines: Vec<String> = changes
+            .nested
+            .iter()
+            .map(|p| format!("left out of the commit: {p} (a repository inside the worktree)"))
+            .collect();
+        ctx.store
+            .append_log(ctx.job, LogStream::Nightshift, &lines)
+            .await?;
+    }
+    let Some(commit) = changes.commit else {
+        let body = texts::no_changes_comment(&spec.trigger, ctx.job, message);
+        return comment::post(ctx, &body).await;
+    };
     ctx.store
         .append_log(
             ctx.job,
             LogStream::Nightshift,
-            &stat.lines().map(str::to_owned).collect::<Vec<_>>(),
+            &changes.stat.lines().map(str::to_owned).collect::<Vec<_>>(),
         )
         .await?;
 
@@ -74,14 +64,11 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
         return ctx.dry_run("pull_request", KEY, vec![line]).await;
     };
 
-    // The branch is ours alone: a retried job replaces what an earlier attempt pushed.
-    let refspec = format!("HEAD:refs/heads/{branch}");
-    git(
-        &worktree.path,
-        &["push", "--force", "--quiet", &spec.clone_url, &refspec],
-        &ctx.git_auth(),
-    )
-    .await?;
+    // The branch is ours alone: a retried job replaces what an earlier attempt pushed. The credentials
+    // are taken now, right before the push, not when the job started.
+    worktree
+        .push(&spec.clone_url, &commit, &branch, &ctx.git_auth())
+        .await?;
 
     let pulls = client.api.pulls(repo.owner(), repo.name());
     let head = format!("{}:{branch}", repo.owner());
