@@ -96,7 +96,7 @@ pub async fn run(
     // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), which is
     // async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
-        cmd.pre_exec(move || set_limits(&limits));
+        cmd.pre_exec(move || limits.apply());
     }
     for name in BASE_ENV
         .iter()
@@ -159,26 +159,6 @@ pub async fn run(
         truncated,
         timed_out,
     })
-}
-
-/// Sets the job's resource limits on the calling process (the child, before exec).
-fn set_limits(limits: &Limits) -> std::io::Result<()> {
-    for (resource, value) in [
-        (libc::RLIMIT_NPROC, limits.processes),
-        (libc::RLIMIT_DATA, limits.memory),
-        (libc::RLIMIT_FSIZE, limits.file_size),
-        (libc::RLIMIT_NOFILE, limits.open_files),
-    ] {
-        let limit = libc::rlimit {
-            rlim_cur: value as libc::rlim_t,
-            rlim_max: value as libc::rlim_t,
-        };
-        // SAFETY: setrlimit reads the struct we pass and nothing else.
-        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Hands `each` every line of `reader` (without its newline, lossily decoded), cut at `max` bytes: the rest
