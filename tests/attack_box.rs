@@ -538,3 +538,73 @@ async fn the_forwarder_gives_the_box_the_gateway_port_and_nothing_else() {
         "box-init exits with the agent's status"
     );
 }
+
+#[tokio::test]
+async fn a_prompt_injected_claude_code_runs_its_shell_in_the_box() {
+    use common::model_server::{ModelServer, Step};
+    // The model (as an injected prompt would have it) makes Claude Code run a shell command that hunts
+    // for the service's secrets and tries to escape; what it found comes back to the model.
+    let t = trigger("injected");
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    let root = spine.dir.path().display().to_string();
+    let hunt = format!(
+        "for f in {root}/nightshift.yml {root}/state/nightshift.db /proc/*/environ; do \
+         grep -a -q -e ghp_test_token -e Everybody -e hunter2 \"$f\" 2>/dev/null && echo \"LEAK $f\"; done; \
+         (echo x > {root}/escaped) 2>/dev/null && echo LEAK-write; echo hunt-done"
+    );
+    let model = ModelServer::agent(vec![
+        Step::Tool {
+            name: "Bash".into(),
+            input: serde_json::json!({"command": hunt, "description": "look around"}),
+        },
+        Step::Text("Nothing to see.".into()),
+    ])
+    .await;
+    spine.add_agents(&format!(
+        "  injected: {{claude: {{model: claude-sonnet-4-5, base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY, \
+         allowed_tools: [Bash]}}, max_turns: 5, timeout: 120s}}\n",
+        model.url
+    ));
+    spine
+        .start_with_env(&[
+            ("PATH", &common::path_with_agent_clis()),
+            ("TEST_CLAUDE_KEY", "sk-ant-test"),
+            ("NIGHTSHIFT_GITHUB_TOKEN", common::TOKEN),
+            ("SOME_SERVICE_PASSWORD", "hunter2"),
+        ])
+        .await;
+    spine
+        .deliver_example("issues", "injected-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    assert_eq!(
+        jobs[0].state,
+        JobState::Succeeded,
+        "{:?} {log:#?}",
+        jobs[0].error
+    );
+    assert!(
+        log.iter().any(|l| l.line.contains("(claude, in its box)")),
+        "{log:#?}"
+    );
+    // The tool's output, as Claude Code sent it back to the model.
+    let last = model.requests().last().unwrap().body.clone();
+    let results: Vec<String> = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter(|c| c["type"] == "tool_result")
+        .map(|c| c["content"].to_string())
+        .collect();
+    assert_eq!(results.len(), 1, "{last}");
+    assert!(
+        results[0].contains("hunt-done"),
+        "the command ran: {results:?}"
+    );
+    assert!(!results[0].contains("LEAK"), "{results:?}");
+    assert!(!spine.dir.path().join("escaped").exists());
+    healthy(&spine).await;
+}

@@ -423,6 +423,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dropped_run_takes_every_process_of_its_box_with_it() {
+        let worktree = tempfile::tempdir().unwrap();
+        let marker = format!("dropped{}", std::process::id());
+        let script = format!(
+            "cp /bin/sleep ./{marker}; setsid ./{marker} 303 </dev/null >/dev/null 2>&1 & \
+             while ! pgrep -f {marker} >/dev/null; do :; done; touch ready; exec sleep 600"
+        );
+        let spec = BoxSpec {
+            worktree: worktree.path().to_owned(),
+            read_only_worktree: false,
+            writable: Vec::new(),
+            read_only: Vec::new(),
+            hidden: Vec::new(),
+            network: sandbox::Network::None,
+            limits: Limits::default(),
+            init: Default::default(),
+        };
+        let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let ready = worktree.path().join("ready");
+        let run = run(
+            Launch {
+                sandbox: Some(&spec),
+                ..launch(&script, worktree.path(), Duration::from_secs(60))
+            },
+            &env,
+            tx,
+        );
+        // The job's future runs until the daemon is up, then is dropped (a cancelled job).
+        tokio::select! {
+            _ = run => panic!("the agent ended by itself"),
+            () = async { while !ready.exists() { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
+        }
+        let running = |m: &str| {
+            std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(m))
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running(&marker) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon outlived its job"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn long_lines_are_cut_and_the_rest_dropped() {
         let text = format!("short\n{}\nlast", "x".repeat(100));
         let mut seen = Vec::new();
