@@ -608,3 +608,68 @@ async fn a_prompt_injected_claude_code_runs_its_shell_in_the_box() {
     assert!(!spine.dir.path().join("escaped").exists());
     healthy(&spine).await;
 }
+
+/// What the box costs per job: a trivial agent (`true`) run through the same code path boxed (with the
+/// hidden paths of a real service) and unboxed. Run with `cargo test --test attack_box -- --ignored
+/// --nocapture measure`; prints the medians.
+#[tokio::test]
+#[ignore]
+async fn measure_box_startup() {
+    use nightshift::agent::command::{Launch, Stdout, run};
+    let dir = tempfile::tempdir().unwrap();
+    let worktree = dir.path().join("worktree");
+    std::fs::create_dir_all(&worktree).unwrap();
+    let spec = BoxSpec {
+        worktree: worktree.clone(),
+        read_only_worktree: false,
+        writable: vec![dir.path().join("home")],
+        read_only: Vec::new(),
+        hidden: sandbox::hidden_paths(
+            &dir.path().join("data"),
+            Some(Path::new("/root")),
+            &[dir.path().join("nightshift.yml")],
+            &format!("sqlite://{}/data/db", dir.path().display()),
+        ),
+        network: Network::None,
+        limits: Limits::default(),
+        init: PathBuf::new(),
+    };
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
+    let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
+    let mut medians = Vec::new();
+    for boxed in [false, true] {
+        let mut times = Vec::new();
+        for _ in 0..40 {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let started = Instant::now();
+            let out = run(
+                Launch {
+                    argv: vec!["true".into()],
+                    worktree: &worktree,
+                    stdin: "",
+                    allow: &[],
+                    vars: Vec::new(),
+                    timeout: Duration::from_secs(10),
+                    sandbox: boxed.then_some(&spec),
+                    limits: Limits::default(),
+                    stdout: Stdout::Capture(10),
+                },
+                &env,
+                tx,
+            )
+            .await
+            .unwrap();
+            assert!(out.succeeded());
+            times.push(started.elapsed());
+        }
+        times.sort();
+        medians.push(times[times.len() / 2]);
+    }
+    println!(
+        "trivial agent: unboxed {:?}, boxed {:?} (x{:.1}, +{:?})",
+        medians[0],
+        medians[1],
+        medians[1].as_secs_f64() / medians[0].as_secs_f64(),
+        medians[1] - medians[0]
+    );
+}
