@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::command::{self, Launch, Stdout};
 use super::{AgentJob, AgentOutcome, describe_exit};
 use crate::config::CliOptions;
+use crate::sandbox::Network;
 use crate::store::{LogStream, Usage};
 
 /// The argv of a Codex job; the prompt goes on stdin (`-`), so its length is not bounded by argv limits.
@@ -40,9 +41,12 @@ pub fn codex_argv(options: &CliOptions, worktree: &Path, output_dir: &Path) -> V
 }
 
 /// `$CODEX_HOME/config.toml` for a job: a provider of our own pointing at the profile's endpoint, no
-/// approvals, the workspace-write sandbox, and nothing that phones home. `AGENTS.md` is not read by Codex
-/// itself: nightshift gives it from the default branch, in the prompt.
-pub fn codex_config(options: &CliOptions, network: bool) -> String {
+/// approvals, and nothing that phones home. In nightshift's box (`boxed`), the box is the sandbox and Codex's
+/// own is off (`danger-full-access`): Codex's Linux sandbox needs namespaces and seccomp of its own, which
+/// cannot nest in a box without capabilities. Without the box (`sandbox: none`) Codex keeps its
+/// workspace-write sandbox. `AGENTS.md` is not read by Codex itself: nightshift gives it from the default
+/// branch, in the prompt.
+pub fn codex_config(options: &CliOptions, network: bool, boxed: bool) -> String {
     let base_url = options
         .base_url
         .clone()
@@ -57,7 +61,7 @@ pub fn codex_config(options: &CliOptions, network: bool) -> String {
     format!(
         "{model}model_provider = \"nightshift\"\n\
          approval_policy = \"never\"\n\
-         sandbox_mode = \"workspace-write\"\n\
+         sandbox_mode = {sandbox_mode}\n\
          check_for_update_on_startup = false\n\
          web_search = \"disabled\"\n\
          project_doc_max_bytes = 0\n\
@@ -93,6 +97,11 @@ pub fn codex_config(options: &CliOptions, network: bool) -> String {
          persistence = \"none\"\n",
         base_url = quote(&base_url),
         env_key = quote(&options.api_key_env),
+        sandbox_mode = quote(if boxed {
+            "danger-full-access"
+        } else {
+            "workspace-write"
+        }),
     )
 }
 
@@ -146,7 +155,7 @@ pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutco
     tokio::fs::create_dir_all(&codex_home).await?;
     tokio::fs::write(
         codex_home.join("config.toml"),
-        codex_config(options, job.profile.network),
+        codex_config(options, job.profile.network, job.sandbox.is_some()),
     )
     .await
     .context("writing Codex's config")?;
@@ -237,6 +246,8 @@ async fn run(
             let _ = log.send((LogStream::Stdout, note));
         }
     };
+    // The CLIs reach their model over the host's network until they go through the model gateway.
+    let spec = job.boxed(&options.program, Network::Host);
     let finished = command::run(
         Launch {
             argv,
@@ -245,7 +256,8 @@ async fn run(
             allow: &job.profile.env,
             vars,
             timeout: job.timeout,
-            sandbox: None,
+            sandbox: spec.as_ref(),
+            limits: job.profile.limits,
             stdout: Stdout::Lines(Box::new(each)),
         },
         job.env,
