@@ -35,7 +35,7 @@ async fn check_agents(config: &Config) {
                     Some(&o.api_key_env),
                 ),
                 Backend::Claude(o) => (
-                    cli::claude_argv(o, nowhere, profile.max_turns, profile.max_cost_usd),
+                    cli::claude_argv(o, nowhere, profile.max_turns),
                     &["--help"],
                     cli::CLAUDE_UNLISTED_FLAGS,
                     Some(&o.api_key_env),
@@ -89,6 +89,9 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let gateway =
+        crate::gateway::Gateway::start(&config, store.clone(), &|name| std::env::var(name).ok())
+            .await?;
     let pipeline = Arc::new(Pipeline {
         workspaces: Workspaces::new(&config.data_dir),
         triggers: std::sync::RwLock::new(Arc::new(triggers)),
@@ -99,6 +102,7 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         deliveries_waiting: Notify::new(),
         jobs_waiting: Notify::new(),
         env: Box::new(|name| std::env::var(name).ok()),
+        gateway,
         config,
     });
 
