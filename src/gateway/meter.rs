@@ -135,6 +135,10 @@ impl Meter {
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
+        // Most events are text deltas: only those that mention usage are worth parsing.
+        if !data.windows(7).any(|w| w == b"\"usage\"") {
+            return;
+        }
         if let Ok(event) = serde_json::from_slice::<Value>(data) {
             self.event(&event);
         }

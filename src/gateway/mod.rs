@@ -164,6 +164,10 @@ impl Gateway {
         });
         let app = Router::new().fallback(handle).with_state(gateway.clone());
         let on_tcp = app.clone();
+        // Events are small writes: sent at once, not held back for the previous one's ACK (Nagle).
+        let tcp = axum::serve::ListenerExt::tap_io(tcp, |io| {
+            let _ = io.set_nodelay(true);
+        });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(tcp, on_tcp).await {
                 warn!("the model gateway stopped serving its port: {e}");
@@ -417,6 +421,11 @@ impl JobAccess {
             }
         };
         let _ = tokio::time::timeout(SETTLE, wait).await;
+        self.grant.spent.lock().expect("spent lock").usage.clone()
+    }
+
+    /// What the job has spent so far (responses still streaming not yet counted).
+    pub fn usage(&self) -> Usage {
         self.grant.spent.lock().expect("spent lock").usage.clone()
     }
 
