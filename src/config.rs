@@ -88,8 +88,9 @@ struct AgentFile {
     #[serde(default)]
     env: Vec<String>,
     max_output: Option<usize>,
-    #[serde(default)]
-    sandbox: Option<SandboxKind>,
+    sandbox: Option<Spanned<SandboxKind>>,
+    /// The box's resource limits (processes, memory, file_size, open_files).
+    limits: Option<Spanned<crate::sandbox::LimitsFile>>,
     #[serde(default)]
     network: bool,
     max_turns: Option<Spanned<u32>>,
@@ -141,9 +142,11 @@ pub struct AgentProfile {
     pub env: Vec<String>,
     /// The most bytes of the final message kept; the rest is cut and the job notes it.
     pub max_output: usize,
-    /// Run a command agent in a sandbox: `bubblewrap` makes the filesystem read-only but for the worktree and
-    /// the job's own folders and, unless `network` allows it, takes the network away.
-    pub sandbox: Option<SandboxKind>,
+    /// The agent's box (`crate::sandbox`): `bubblewrap` (the default for every backend that runs a program)
+    /// or `none`, which `check` and `serve` warn about.
+    pub sandbox: SandboxKind,
+    /// Resource limits of the agent's processes.
+    pub limits: crate::sandbox::Limits,
     pub network: bool,
     /// The most model turns (Claude Code's `--max-turns`).
     pub max_turns: Option<u32>,
@@ -232,11 +235,15 @@ pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 /// Claude Code's permission modes that never stop to ask (with `-p` nothing can answer a prompt).
 const CLAUDE_PERMISSION_MODES: &[&str] = &["acceptEdits", "bypassPermissions", "dontAsk", "plan"];
 
-/// The sandboxes an agent can run in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+/// The box an agent runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxKind {
+    /// Namespaces of its own, the service's secrets and other jobs hidden ([`crate::sandbox`]).
+    #[default]
     Bubblewrap,
+    /// No box: the agent runs as a plain child of the service and can read whatever the service can.
+    None,
 }
 
 fn default_agent_timeout() -> Duration {
@@ -325,6 +332,8 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentProfile>,
     /// The model gateway's prices and budgets.
     pub gateway: crate::gateway::config::GatewayConfig,
+    /// Files no agent may read: the config file and the App key file (hidden in every box).
+    pub secret_files: Vec<PathBuf>,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -470,6 +479,14 @@ fn resolve(
         },
         None => github.app_id,
     };
+    let mut secret_files = vec![rel(path.to_owned())];
+    match env("NIGHTSHIFT_GITHUB_PRIVATE_KEY") {
+        Some(v) if !v.trim_start().starts_with("-----BEGIN") => {
+            secret_files.push(rel(PathBuf::from(v.trim())))
+        }
+        Some(_) => {}
+        None => secret_files.extend(github.private_key.clone().map(&rel)),
+    }
     let private_key = match env("NIGHTSHIFT_GITHUB_PRIVATE_KEY") {
         Some(v) if v.trim_start().starts_with("-----BEGIN") => Some(Ok(v)),
         Some(v) => {
@@ -560,6 +577,7 @@ fn resolve(
         },
         agents,
         gateway,
+        secret_files,
     })
 }
 
@@ -748,15 +766,24 @@ fn agent_profile(
             .with_hint("the built-in backends always get the prompt on stdin or in the request"),
         );
     }
-    if file.sandbox.is_some() && kind != "command" {
-        errors.push(
-            Diagnostic::at(path, at, format!("agent `{name}`: `sandbox` is for command agents"))
-                .with_hint(match kind {
-                    "codex" => "Codex runs its own sandbox (workspace-write): the worktree is its only writable place",
-                    "claude" => "Claude Code is held to the worktree by its permission mode",
-                    _ => "a model endpoint runs no program",
-                }),
-        );
+    if kind == "openai" {
+        for (key, given) in [
+            ("sandbox", file.sandbox.as_ref().map(|s| s.referenced)),
+            ("limits", file.limits.as_ref().map(|l| l.referenced)),
+        ] {
+            if let Some(at) = given {
+                errors.push(
+                    Diagnostic::at(
+                        path,
+                        at,
+                        format!("agent `{name}`: `{key}` is for agents that run a program"),
+                    )
+                    .with_hint(
+                        "a model endpoint runs no program: nightshift sends the request itself",
+                    ),
+                );
+            }
+        }
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -766,7 +793,8 @@ fn agent_profile(
         timeout: file.timeout.unwrap_or_else(default_agent_timeout),
         env: file.env,
         max_output: file.max_output.unwrap_or_else(default_max_output),
-        sandbox: file.sandbox,
+        sandbox: file.sandbox.map(|s| s.value).unwrap_or_default(),
+        limits: file.limits.map(|l| l.value.resolve()).unwrap_or_default(),
         network: file.network,
         max_turns: file.max_turns.map(|t| t.value),
         max_tokens: file.max_tokens.map(|t| t.value),
@@ -953,7 +981,7 @@ mod tests {
     fn a_profile_runs_exactly_one_backend_and_only_limits_it_can_keep() {
         let errors = load(
             "agents:\n  both:\n    command: [x]\n    codex: {}\n  none:\n    timeout: 5m\n  \
-             turns:\n    codex: {}\n    max_turns: 3\n  boxed:\n    claude: {}\n    sandbox: bubblewrap\n  \
+             turns:\n    codex: {}\n    max_turns: 3\n  boxed:\n    openai: {model: m}\n    sandbox: bubblewrap\n  \
              asks:\n    claude: {permission_mode: default}\n",
             &[],
         )
@@ -971,12 +999,42 @@ mod tests {
         );
         assert!(text.contains("hint: max_turns works with claude"), "{text}");
         assert!(
-            text.contains("agent `boxed`: `sandbox` is for command agents"),
+            text.contains("agent `boxed`: `sandbox` is for agents that run a program"),
             "{text}"
         );
         assert!(
             text.contains("`default` is not a permission mode nightshift can use"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_program_runs_boxed_unless_the_profile_says_none_and_limits_have_units() {
+        let config = load(
+            "agents:\n  a:\n    codex: {}\n  b:\n    claude: {}\n    sandbox: none\n  \
+             c:\n    command: [x]\n    limits: {processes: 64, memory: 512M, file_size: 1GiB, open_files: 100}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.agents["a"].sandbox, SandboxKind::Bubblewrap);
+        assert_eq!(config.agents["b"].sandbox, SandboxKind::None);
+        let c = &config.agents["c"];
+        assert_eq!(c.sandbox, SandboxKind::Bubblewrap);
+        assert_eq!(
+            c.limits,
+            crate::sandbox::Limits {
+                processes: 64,
+                memory: 512 << 20,
+                file_size: 1 << 30,
+                open_files: 100
+            }
+        );
+        let errors = load(
+            "agents:\n  c:\n    command: [x]\n    limits: {memory: lots}\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(errors.contains("`lots` is not a size"), "{errors}");
     }
 }

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod github;
 pub mod ids;
 pub mod queue;
+pub mod sandbox;
 pub mod server;
 pub mod sink;
 pub mod skill;

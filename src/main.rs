@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nightshift::config::{Config, ConfigSource};
+use nightshift::sandbox;
 use nightshift::source::event::Event;
 use nightshift::trigger::{MatchInput, TriggerSet, load};
 use nightshift::yaml::Diagnostics;
@@ -73,6 +74,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inside an agent's box: forward loopback ports to unix sockets, run the agent, exit with its status.
+    #[command(name = "box-init", hide = true)]
+    BoxInit {
+        /// 127.0.0.1:PORT=/path/to.sock (repeatable).
+        #[arg(long)]
+        forward: Vec<nightshift::sandbox::init::Forward>,
+        /// The agent's command.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 /// An event to match without the service: a saved payload and the trigger files.
@@ -94,6 +105,10 @@ struct OfflineEvent {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // In a box, before anything else: there is no config to read and nothing to log.
+    if let Command::BoxInit { forward, argv } = cli.command {
+        return nightshift::sandbox::init::main(forward, argv);
+    }
     nightshift::install_tls_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -308,11 +323,35 @@ fn show_prompts(
     Ok(shown)
 }
 
+/// `serve`'s start: non-dumpable, secrets out of the environment (the returned snapshot is what agents may
+/// be given), and the box checked: without a working bubblewrap, serve refuses unless every profile that runs
+/// a program chose `sandbox: none`.
+fn harden(config: &Config) -> Result<std::collections::HashMap<String, String>> {
+    sandbox::harden::non_dumpable().context("marking the process non-dumpable")?;
+    // SAFETY: called from main before the tokio runtime (or any other thread) exists.
+    let env = unsafe { sandbox::harden::take_secrets(&sandbox::harden::secret_names(config)) };
+    if let Some(warning) = sandbox::harden::unboxed_warning(&sandbox::harden::unboxed(config)) {
+        tracing::warn!("{warning}");
+    }
+    let boxed = sandbox::harden::boxed(config);
+    if !boxed.is_empty()
+        && let Err(why) = sandbox::probe()
+    {
+        anyhow::bail!(
+            "refusing to start: agent profile(s) {} run in the box, but {why}",
+            boxed.join(", ")
+        );
+    }
+    Ok(env)
+}
+
 fn try_main(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     let agents = config.agent_kinds();
     match cli.command {
         Command::Serve => {
+            // Before the runtime starts any thread: the environment may only change while there is one.
+            let env = harden(&config)?;
             config.require_webhook_secrets()?;
             let loaded = load::load(std::slice::from_ref(&config.triggers), Some(&agents));
             if !loaded.diagnostics.is_empty() {
@@ -325,6 +364,7 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             runtime.block_on(nightshift::server::serve(
                 config,
                 TriggerSet::new(loaded.triggers),
+                env,
             ))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -362,7 +402,13 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::BoxInit { .. } => unreachable!("handled in main"),
         Command::Check { paths } => {
+            if let Some(warning) =
+                sandbox::harden::unboxed_warning(&sandbox::harden::unboxed(&config))
+            {
+                eprintln!("warning: {warning}");
+            }
             // With no paths: the configured triggers and skills.
             let (paths, skills) = if paths.is_empty() {
                 (

@@ -21,7 +21,7 @@ use crate::trigger::TriggerSet;
 /// Warns, once the service is up, about agent profiles that cannot work here: a CLI that is not installed
 /// or lacks a flag nightshift passes (a different version), or a secret missing from the environment. Jobs
 /// would fail on them later with the same reason; this says it before the first event.
-async fn check_agents(config: &Config) {
+async fn check_agents(config: &Config, env: &crate::queue::EnvLookup) {
     use crate::agent::cli;
     use crate::config::Backend;
     let nowhere = std::path::Path::new("/nonexistent");
@@ -44,7 +44,7 @@ async fn check_agents(config: &Config) {
                 Backend::Command(_) => continue,
             };
         if let Some(key) = key
-            && std::env::var_os(key).is_none()
+            && env(key).is_none()
         {
             warn!("agent `{name}`: ${key} is not set, so its jobs will fail until it is");
         }
@@ -64,8 +64,13 @@ async fn check_agents(config: &Config) {
     }
 }
 
-/// Starts everything and serves until SIGINT or SIGTERM.
-pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
+/// Starts everything and serves until SIGINT or SIGTERM. `env` is the environment the service started with
+/// (its secrets are no longer in the process's own): agents are given variables from it.
+pub async fn serve(
+    config: Config,
+    triggers: TriggerSet,
+    env: std::collections::HashMap<String, String>,
+) -> Result<()> {
     let started = Instant::now();
     let secrets = config.require_webhook_secrets()?.to_vec();
     let store = store::open(&config.store).await?;
@@ -89,9 +94,14 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    // The gateway holds the model keys; nothing an agent is given comes from them.
     let gateway =
-        crate::gateway::Gateway::start(&config, store.clone(), &|name| std::env::var(name).ok())
+        crate::gateway::Gateway::start(&config, store.clone(), &|name| env.get(name).cloned())
             .await?;
+    let mut env = env;
+    for name in crate::gateway::key_vars(&config) {
+        env.remove(name);
+    }
     let pipeline = Arc::new(Pipeline {
         workspaces: Workspaces::new(&config.data_dir),
         triggers: std::sync::RwLock::new(Arc::new(triggers)),
@@ -101,14 +111,14 @@ pub async fn serve(config: Config, triggers: TriggerSet) -> Result<()> {
         github,
         deliveries_waiting: Notify::new(),
         jobs_waiting: Notify::new(),
-        env: Box::new(|name| std::env::var(name).ok()),
+        env: Box::new(move |name| env.get(name).cloned()),
         gateway,
         config,
     });
 
     // Asking each agent CLI for its --help takes a moment; it must not hold up the first webhook.
     let checked = pipeline.clone();
-    tokio::spawn(async move { check_agents(&checked.config).await });
+    tokio::spawn(async move { check_agents(&checked.config, &*checked.env).await });
     tokio::spawn(dispatch::run(pipeline.clone()));
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
     tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));

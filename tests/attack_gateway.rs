@@ -596,7 +596,7 @@ async fn codex_reaches_its_model_only_through_the_gateway_and_never_holds_the_ke
     let seen = requests[1].body.to_string();
     assert_no_key_and_the_search_ran(&seen, "NIGHTSHIFT_MODEL_TOKEN");
     assert!(
-        seen.contains("base_url = \\\"http://127.0.0.1:"),
+        seen.contains("base_url = \\\"http://127.0.0.1:4180/v1\\\""),
         "Codex's config points at the gateway: {seen}"
     );
     assert!(
@@ -676,7 +676,7 @@ async fn claude_code_reaches_its_model_only_through_the_gateway_and_never_holds_
     let seen = requests.last().unwrap().body.to_string();
     assert_no_key_and_the_search_ran(&seen, "ANTHROPIC_API_KEY");
     assert!(
-        seen.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:"),
+        seen.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:4180"),
         "{seen}"
     );
     spine.assert_no_unexpected_calls();
@@ -685,6 +685,7 @@ async fn claude_code_reaches_its_model_only_through_the_gateway_and_never_holds_
 #[tokio::test]
 async fn a_job_whose_budget_is_spent_mid_run_is_refused_and_fails_with_the_reason() {
     // Each Codex turn spends 1000 input and 50 output tokens: $0.50 at these prices, over the $0.40 budget.
+    // Unboxed (`sandbox: none`), so Codex reaches the gateway on its loopback port: the limits hold there too.
     let model = ModelServer::agent(vec![
         Step::Exec("echo first turn".into()),
         Step::Text("never reached".into()),
@@ -696,7 +697,7 @@ async fn a_job_whose_budget_is_spent_mid_run_is_refused_and_fails_with_the_reaso
     );
     let mut spine = Spine::new(Auth::Token, &[trigger]).await;
     spine.add_agents(&format!(
-        "  fixer: {{codex: {{model: gpt-5.5, base_url: \"{}/v1\", api_key_env: TEST_REAL_KEY}}, max_cost_usd: 0.4, timeout: 120s}}\n",
+        "  fixer: {{codex: {{model: gpt-5.5, base_url: \"{}/v1\", api_key_env: TEST_REAL_KEY}}, max_cost_usd: 0.4, timeout: 120s, sandbox: none}}\n",
         model.url
     ));
     common::append_config(

@@ -41,10 +41,12 @@ pub fn codex_argv(options: &CliOptions, worktree: &Path, output_dir: &Path) -> V
 
 /// `$CODEX_HOME/config.toml` for a job: a provider of our own pointing at nightshift's model gateway
 /// (`gateway_url`, which holds the real key and forwards to the profile's endpoint; Codex's only credential is
-/// the job's token in `$NIGHTSHIFT_MODEL_TOKEN`), no approvals, the workspace-write sandbox, and nothing that
-/// phones home. `AGENTS.md` is not read by Codex itself: nightshift gives it from the default branch, in the
-/// prompt.
-pub fn codex_config(options: &CliOptions, network: bool, gateway_url: &str) -> String {
+/// the job's token in `$NIGHTSHIFT_MODEL_TOKEN`), no approvals, and nothing that phones home. In nightshift's
+/// box (`boxed`), the box is the sandbox and Codex's own is off (`danger-full-access`): Codex's Linux sandbox
+/// needs namespaces and seccomp of its own, which cannot nest in a box without capabilities. Without the box
+/// (`sandbox: none`) Codex keeps its workspace-write sandbox. `AGENTS.md` is not read by Codex itself:
+/// nightshift gives it from the default branch, in the prompt.
+pub fn codex_config(options: &CliOptions, network: bool, boxed: bool, gateway_url: &str) -> String {
     let base_url = format!("{gateway_url}/v1");
     // A JSON string is a valid TOML basic string (the same escapes), so values need no TOML library.
     let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
@@ -56,7 +58,7 @@ pub fn codex_config(options: &CliOptions, network: bool, gateway_url: &str) -> S
     format!(
         "{model}model_provider = \"nightshift\"\n\
          approval_policy = \"never\"\n\
-         sandbox_mode = \"workspace-write\"\n\
+         sandbox_mode = {sandbox_mode}\n\
          check_for_update_on_startup = false\n\
          web_search = \"disabled\"\n\
          project_doc_max_bytes = 0\n\
@@ -92,6 +94,11 @@ pub fn codex_config(options: &CliOptions, network: bool, gateway_url: &str) -> S
          persistence = \"none\"\n",
         base_url = quote(&base_url),
         env_key = quote(crate::gateway::CODEX_TOKEN_VAR),
+        sandbox_mode = quote(if boxed {
+            "danger-full-access"
+        } else {
+            "workspace-write"
+        }),
     )
 }
 
@@ -137,7 +144,12 @@ pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutco
     tokio::fs::create_dir_all(&codex_home).await?;
     tokio::fs::write(
         codex_home.join("config.toml"),
-        codex_config(options, job.profile.network, &model.url),
+        codex_config(
+            options,
+            job.profile.network,
+            job.sandbox.is_some(),
+            &model.url,
+        ),
     )
     .await
     .context("writing Codex's config")?;
@@ -222,6 +234,8 @@ async fn run(
             let _ = log.send((LogStream::Stdout, note));
         }
     };
+    // In the box, the only network is the box's loopback, where the forwarder answers for the gateway.
+    let spec = job.boxed(&options.program, job.model_access()?.network());
     let finished = command::run(
         Launch {
             argv,
@@ -230,7 +244,8 @@ async fn run(
             allow: &job.profile.env,
             vars,
             timeout: job.timeout,
-            sandbox: None,
+            sandbox: spec.as_ref(),
+            limits: job.profile.limits,
             stdout: Stdout::Lines(Box::new(each)),
         },
         job.env,

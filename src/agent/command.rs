@@ -1,24 +1,25 @@
 //! Running an agent process: a program in the job's worktree with its input on stdin, a reduced
-//! environment, and a timeout that kills its whole process group. Its stdout is either its final message
-//! (a command agent) or a stream of JSON events that a backend reads line by line (the agent CLIs); stderr
-//! lines go to the job log as they come.
+//! environment, resource limits, usually in its box ([`crate::sandbox`]), and a timeout that kills it and
+//! everything it started. Its stdout is either its final message (a command agent) or a stream of JSON
+//! events that a backend reads line by line (the agent CLIs); stderr lines go to the job log as they come.
+//! Lines are capped in length, so a stream without newlines cannot grow the service.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use crate::config::SandboxKind;
 use crate::queue::EnvLookup;
+use crate::sandbox::{self, BoxSpec, Limits};
 use crate::store::LogStream;
 
 /// Variables every agent may see, when the service has them. Everything else is withheld unless the
 /// profile lists it under `env`: the webhook secret, the GitHub token and the App key never reach an agent.
-const BASE_ENV: &[&str] = &[
+pub const BASE_ENV: &[&str] = &[
     "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM",
 ];
 
@@ -33,16 +34,16 @@ pub struct Launch<'a> {
     /// Set as given (job variables, the backend's own), after the allowed ones.
     pub vars: Vec<(String, String)>,
     pub timeout: Duration,
-    pub sandbox: Option<Sandbox<'a>>,
+    /// The box the process runs in; None runs it as the service's plain child (`sandbox: none`).
+    pub sandbox: Option<&'a BoxSpec>,
+    pub limits: Limits,
     pub stdout: Stdout,
 }
 
-/// A bubblewrap sandbox around the process.
-pub struct Sandbox<'a> {
-    pub kind: SandboxKind,
-    pub paths: &'a SandboxPaths,
-    pub network: bool,
-}
+/// The longest stderr line kept whole in the job log; the rest of a longer line is dropped.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+/// The longest stdout line handed over whole (an agent CLI's JSON event, its final message included).
+pub const MAX_EVENT_LINE: usize = 8 * 1024 * 1024;
 
 /// What happens to the process's stdout.
 pub enum Stdout {
@@ -75,16 +76,9 @@ pub async fn run(
     service_env: &EnvLookup,
     log: mpsc::UnboundedSender<(LogStream, String)>,
 ) -> Result<Finished> {
-    let argv = match &launch.sandbox {
+    let argv = match launch.sandbox {
         None => launch.argv.clone(),
-        Some(sandbox) => match sandbox.kind {
-            SandboxKind::Bubblewrap => bubblewrap(
-                &launch.argv,
-                launch.worktree,
-                sandbox.paths,
-                sandbox.network,
-            ),
-        },
+        Some(spec) => sandbox::command_line(spec, &launch.argv),
     };
     let (program, args) = argv
         .split_first()
@@ -98,6 +92,12 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    let limits = launch.limits;
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), which is
+    // async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || set_limits(&limits));
+    }
     for name in BASE_ENV
         .iter()
         .copied()
@@ -128,20 +128,17 @@ pub async fn run(
     let reader = match launch.stdout {
         Stdout::Capture(cap) => tokio::spawn(read_capped(stdout, cap)),
         Stdout::Lines(mut each) => tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Some(line) = lines.next_line().await? {
-                each(&line);
-            }
+            read_lines(BufReader::new(stdout), MAX_EVENT_LINE, |line| each(line)).await?;
             Ok((String::new(), false))
         }),
     };
 
     let err_pipe = child.stderr.take().context("agent stderr")?;
     let err_reader = tokio::spawn(async move {
-        let mut lines = BufReader::new(err_pipe).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = log.send((LogStream::Stderr, line));
-        }
+        let _ = read_lines(BufReader::new(err_pipe), MAX_LOG_LINE, |line| {
+            let _ = log.send((LogStream::Stderr, line.to_owned()));
+        })
+        .await;
     });
 
     let (status, timed_out) = match tokio::time::timeout(launch.timeout, child.wait()).await {
@@ -164,50 +161,71 @@ pub async fn run(
     })
 }
 
-/// What a sandboxed agent may write besides its worktree: its home, temporary and output folders, and the
-/// worktree's git files. Everything else is read-only.
-#[derive(Clone, Debug, Default)]
-pub struct SandboxPaths {
-    pub writable: Vec<PathBuf>,
+/// Sets the job's resource limits on the calling process (the child, before exec).
+fn set_limits(limits: &Limits) -> std::io::Result<()> {
+    for (resource, value) in [
+        (libc::RLIMIT_NPROC, limits.processes),
+        (libc::RLIMIT_DATA, limits.memory),
+        (libc::RLIMIT_FSIZE, limits.file_size),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+    ] {
+        let limit = libc::rlimit {
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct we pass and nothing else.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
-/// `argv` wrapped in bubblewrap: everything read-only but the worktree and the writable paths, fresh /dev
-/// and /proc, no network unless allowed, and the sandbox dies with nightshift. /tmp stays as it is, read-only
-/// (the agent's TMPDIR is a folder of the job's own): a private /tmp would hide whatever lives under /tmp,
-/// the agent's own program included.
-fn bubblewrap(
-    argv: &[String],
-    worktree: &Path,
-    paths: &SandboxPaths,
-    network: bool,
-) -> Vec<String> {
-    let mut cmd: Vec<String> = [
-        "bwrap",
-        "--die-with-parent",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    for path in std::iter::once(&worktree.to_path_buf()).chain(&paths.writable) {
-        let p = path.display().to_string();
-        cmd.extend(["--bind".to_owned(), p.clone(), p]);
+/// Hands `each` every line of `reader` (without its newline, lossily decoded), cut at `max` bytes: the rest
+/// of a longer line is read and dropped, so no line holds more than `max` bytes in memory.
+async fn read_lines(
+    mut reader: impl AsyncBufRead + Unpin,
+    max: usize,
+    mut each: impl FnMut(&str),
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    let mut cut = false;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            if !line.is_empty() || cut {
+                each(&finish(&line, cut));
+            }
+            return Ok(());
+        }
+        let (chunk, ended) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = max.saturating_sub(line.len());
+        if chunk.len() > room {
+            cut = true;
+        }
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = ended.unwrap_or(buf.len());
+        reader.consume(used);
+        if ended.is_some() {
+            each(&finish(&line, cut));
+            line.clear();
+            cut = false;
+        }
     }
-    if !network {
-        cmd.push("--unshare-net".to_owned());
+}
+
+fn finish(line: &[u8], cut: bool) -> String {
+    let mut text = String::from_utf8_lossy(line).into_owned();
+    if text.ends_with('\r') {
+        text.pop();
     }
-    cmd.extend([
-        "--chdir".to_owned(),
-        worktree.display().to_string(),
-        "--".to_owned(),
-    ]);
-    cmd.extend(argv.iter().cloned());
-    cmd
+    if cut {
+        text.push_str(" [line cut: longer than nightshift keeps]");
+    }
+    text
 }
 
 /// The agent's process group, killed when this is dropped or told to.
@@ -269,6 +287,7 @@ mod tests {
             vars: vec![("NIGHTSHIFT_JOB_ID".into(), "7".into())],
             timeout,
             sandbox: None,
+            limits: Limits::default(),
             stdout: Stdout::Capture(64),
         }
     }
@@ -342,30 +361,33 @@ mod tests {
         assert!(!marker.exists(), "the grandchild survived the timeout");
     }
 
-    /// Runs `script` in a bubblewrap sandbox with `writable` bound; returns its stdout.
+    /// Runs `script` in a box with `writable` bound; returns its stdout.
     async fn sandboxed(
         script: &str,
         worktree: &Path,
-        writable: &[PathBuf],
-        network: bool,
+        writable: &[std::path::PathBuf],
+        network: sandbox::Network,
     ) -> String {
         let env = |name: &str| match name {
             "PATH" => std::env::var("PATH").ok(),
             _ => None,
         };
         let (tx, _rx) = mpsc::unbounded_channel();
-        let paths = SandboxPaths {
+        let spec = BoxSpec {
+            worktree: worktree.to_owned(),
+            read_only_worktree: false,
             writable: writable.to_vec(),
+            read_only: Vec::new(),
+            hidden: Vec::new(),
+            network,
+            limits: Limits::default(),
+            init: Default::default(),
         };
         let out = run(
             Launch {
                 stdin: "",
                 vars: Vec::new(),
-                sandbox: Some(Sandbox {
-                    kind: SandboxKind::Bubblewrap,
-                    paths: &paths,
-                    network,
-                }),
+                sandbox: Some(&spec),
                 stdout: Stdout::Capture(4096),
                 ..launch(script, worktree, Duration::from_secs(20))
             },
@@ -379,7 +401,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_bubblewrap_sandbox_confines_writes_and_network() {
+    async fn the_box_confines_writes_and_network() {
         let worktree = tempfile::tempdir().unwrap();
         let home = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
@@ -394,18 +416,60 @@ mod tests {
             home = home.path().display(),
             outside = outside.path().display(),
         );
-        let out = sandboxed(&script, worktree.path(), &[home.path().to_owned()], false).await;
+        let out = sandboxed(
+            &script,
+            worktree.path(),
+            &[home.path().to_owned()],
+            sandbox::Network::None,
+        )
+        .await;
         assert_eq!(
             out,
             "ok-worktree\nok-home\nblocked-outside\nblocked-etc\nnet-blocked\n"
         );
         assert!(worktree.path().join("inside.txt").exists());
         assert!(!outside.path().join("escape").exists());
-        let out = sandboxed(&script, worktree.path(), &[home.path().to_owned()], true).await;
+        let out = sandboxed(
+            &script,
+            worktree.path(),
+            &[home.path().to_owned()],
+            sandbox::Network::Host,
+        )
+        .await;
         assert!(
             out.ends_with("net-open\n"),
             "a profile can allow the network: {out}"
         );
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_the_rest_dropped() {
+        let text = format!("short\n{}\nlast", "x".repeat(100));
+        let mut seen = Vec::new();
+        read_lines(text.as_bytes(), 10, |l| seen.push(l.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            [
+                "short",
+                "xxxxxxxxxx [line cut: longer than nightshift keeps]",
+                "last"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newline_free_stream_does_not_grow_the_service() {
+        // 64 MiB without a newline on stderr: the job log gets one cut line, the run ends normally.
+        let (out, log) = run_script(
+            "head -c 67108864 /dev/zero | tr '\\0' x >&2; echo done",
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(out.succeeded(), "{out:?}");
+        assert_eq!(log.len(), 1);
+        assert!(log[0].len() < MAX_LOG_LINE + 100, "{}", log[0].len());
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{AgentProfile, Backend, PromptVia};
 use crate::queue::EnvLookup;
+use crate::sandbox::{self, BoxSpec, Network};
 use crate::store::{LogStream, Usage};
 
 /// Everything a backend needs to run one job's agent.
@@ -33,7 +34,9 @@ pub struct AgentJob<'a> {
     pub output_dir: &'a Path,
     /// The job's variables (`NIGHTSHIFT_*`, `HOME`, `TMPDIR`).
     pub vars: Vec<(String, String)>,
-    pub sandbox_paths: &'a command::SandboxPaths,
+    /// The job's box (without its network or the agent's program, which the backend adds); None when the
+    /// profile says `sandbox: none`.
+    pub sandbox: Option<BoxSpec>,
     /// The trigger's timeout, or the profile's.
     pub timeout: Duration,
     /// The profile's turn limit, lowered by the trigger's.
@@ -74,6 +77,22 @@ impl AgentJob<'_> {
     }
 }
 
+impl AgentJob<'_> {
+    /// The box for running `program` with `network`: the job's, plus the program's folder read-only (it may
+    /// live in a hidden place, e.g. next to the config file).
+    fn boxed(&self, program: &str, network: Network) -> Option<BoxSpec> {
+        let mut spec = self.sandbox.clone()?;
+        spec.network = network;
+        let path = (self.env)("PATH");
+        if let Some(folder) = sandbox::locate_program(program, path.as_deref(), self.worktree)
+            .and_then(|p| sandbox::program_folder(&p))
+        {
+            spec.read_only.push(folder);
+        }
+        Some(spec)
+    }
+}
+
 /// Runs the job's agent with the profile's backend.
 pub async fn run(job: AgentJob<'_>) -> Result<AgentOutcome> {
     match &job.profile.backend {
@@ -111,6 +130,12 @@ async fn run_command(mut argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOu
             ""
         }
     };
+    let network = if profile.network {
+        Network::Host
+    } else {
+        Network::None
+    };
+    let spec = job.boxed(argv.first().map_or("", String::as_str), network);
     let finished = command::run(
         command::Launch {
             argv,
@@ -119,11 +144,8 @@ async fn run_command(mut argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOu
             allow: &profile.env,
             vars,
             timeout: job.timeout,
-            sandbox: profile.sandbox.map(|kind| command::Sandbox {
-                kind,
-                paths: job.sandbox_paths,
-                network: profile.network,
-            }),
+            sandbox: spec.as_ref(),
+            limits: profile.limits,
             stdout: command::Stdout::Capture(job.max_output),
         },
         job.env,
@@ -194,7 +216,8 @@ mod tests {
             timeout: Duration::from_secs(10),
             env: Vec::new(),
             max_output: 1 << 20,
-            sandbox: None,
+            sandbox: crate::config::SandboxKind::None,
+            limits: Default::default(),
             network: false,
             max_turns: None,
             max_tokens: None,
@@ -211,7 +234,7 @@ mod tests {
             home: dir.path(),
             output_dir: &output_dir,
             vars: Vec::new(),
-            sandbox_paths: &command::SandboxPaths::default(),
+            sandbox: None,
             timeout: profile.timeout,
             max_turns: None,
             max_output: profile.max_output,

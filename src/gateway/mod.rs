@@ -393,14 +393,41 @@ pub struct ModelAccess {
     /// `http://127.0.0.1:PORT`, no path: Codex and the openai backend add `/v1`, Claude Code adds `/v1/...`.
     pub url: String,
     pub token: String,
+    /// The gateway's socket, which a boxed agent's forwarder reaches from inside the box.
+    pub socket: PathBuf,
+    /// The box's loopback port the forwarder listens on, when the agent runs boxed.
+    pub in_box_port: Option<u16>,
 }
 
+impl ModelAccess {
+    /// The network of the agent's box: its loopback, where the gateway answers, and nothing else.
+    pub fn network(&self) -> crate::sandbox::Network {
+        crate::sandbox::Network::Gateway {
+            socket: self.socket.clone(),
+            port: self.in_box_port.unwrap_or(IN_BOX_PORT),
+        }
+    }
+}
+
+/// The port the gateway answers on inside a box (the box has a network namespace of its own, so any port
+/// will do).
+pub const IN_BOX_PORT: u16 = 4180;
+
 impl JobAccess {
-    /// What the job's agent uses: the gateway at `url` (its loopback port, or the in-box forwarder's).
-    pub fn model_access(&self, url: String) -> ModelAccess {
+    /// What the job's agent uses to reach the gateway: in its box, the forwarder's port on the box's own
+    /// loopback; outside one (`sandbox: none`, and the openai backend, which runs inside nightshift), the
+    /// gateway's loopback port.
+    pub fn model_access(&self, boxed: bool) -> ModelAccess {
+        let port = if boxed {
+            IN_BOX_PORT
+        } else {
+            self.gateway.tcp.port()
+        };
         ModelAccess {
-            url,
+            url: format!("http://127.0.0.1:{port}"),
             token: self.token.clone(),
+            socket: self.gateway.socket.clone(),
+            in_box_port: boxed.then_some(IN_BOX_PORT),
         }
     }
 
@@ -445,13 +472,14 @@ impl Drop for JobAccess {
     }
 }
 
-/// The job gateway URL for an agent: the in-box forwarder's port when the job runs boxed, the gateway's own
-/// loopback port otherwise.
-pub fn job_url(gateway: &Gateway, in_box_port: Option<u16>) -> String {
-    format!(
-        "http://127.0.0.1:{}",
-        in_box_port.unwrap_or(gateway.tcp.port())
-    )
+/// The service variables that hold model keys: the gateway reads them at start, and agents are never
+/// given them.
+pub fn key_vars(config: &Config) -> Vec<&str> {
+    config
+        .agents
+        .values()
+        .filter_map(|p| key_var(&p.backend))
+        .collect()
 }
 
 /// The service variable holding a backend's model key.

@@ -13,7 +13,7 @@ use super::{JobSpec, Pipeline};
 use crate::agent::git::GitAuth;
 use crate::agent::prompt::{self, RepoContext};
 use crate::agent::workspace::Checkout;
-use crate::agent::{self, AgentJob, command, result};
+use crate::agent::{self, AgentJob, result};
 use crate::ids::JobId;
 use crate::sink::{self, SinkContext};
 use crate::skill;
@@ -396,18 +396,42 @@ async fn run_in_worktree(
         .max_output
         .map_or(profile.max_output, |m| m.min(profile.max_output));
     let started = Instant::now();
-    // A sandboxed agent may write its worktree (and the worktree's git files), its home and its output.
-    let sandbox = command::SandboxPaths {
-        writable: vec![job_dir.clone(), worktree.git_dir.clone()],
-    };
+    // The agent's box: it writes its worktree, home, temporary and output folders; it reads its job's
+    // folder and this repository's mirror (the worktree's git objects); the rest of the data dir, the
+    // config, the key and the store are hidden (crate::sandbox).
+    let sandbox = (profile.sandbox == crate::config::SandboxKind::Bubblewrap).then(|| {
+        let config = &pipeline.config;
+        crate::sandbox::BoxSpec {
+            worktree: worktree.path.clone(),
+            read_only_worktree: false,
+            writable: vec![home.clone(), tmp.clone(), output_dir.clone()],
+            read_only: vec![
+                job_dir.clone(),
+                config
+                    .data_dir
+                    .join("mirrors")
+                    .join(spec.repo.owner())
+                    .join(format!("{}.git", spec.repo.name())),
+            ],
+            hidden: crate::sandbox::hidden_paths(
+                &config.data_dir,
+                (pipeline.env)("HOME").as_deref().map(std::path::Path::new),
+                &config.secret_files,
+                &config.store,
+            ),
+            network: crate::sandbox::Network::None,
+            limits: profile.limits,
+            init: std::env::current_exe().unwrap_or_default(),
+        }
+    });
     // The job's token for the model gateway; it is revoked when `access` is dropped, however the job ends.
     let access = pipeline
         .gateway
         .open(job.id, &spec.repo.to_string(), &spec.agent, profile)
         .await?;
-    let model = access
-        .as_ref()
-        .map(|a| a.model_access(crate::gateway::job_url(&pipeline.gateway, None)));
+    // The openai backend runs inside nightshift, never in a box.
+    let boxed = sandbox.is_some() && profile.backend.edits_files();
+    let model = access.as_ref().map(|a| a.model_access(boxed));
     let outcome = agent::run(AgentJob {
         profile_name: &spec.agent,
         profile,
@@ -419,7 +443,7 @@ async fn run_in_worktree(
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect(),
-        sandbox_paths: &sandbox,
+        sandbox,
         timeout,
         max_turns: match (profile.max_turns, spec.max_turns) {
             (Some(a), Some(b)) => Some(a.min(b)),

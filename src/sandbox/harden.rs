@@ -1,0 +1,106 @@
+//! Start-up hardening of `nightshift serve`: the process becomes non-dumpable (no process of the same user
+//! can read its memory or `/proc/<pid>/environ`, nor ptrace it), and the secrets it was given in its
+//! environment are read once into memory and removed from the environment, so no child it starts (git,
+//! bubblewrap, an agent with `sandbox: none`) inherits them.
+
+use std::collections::HashMap;
+
+use crate::config::{Backend, Config, SandboxKind};
+
+/// Environment variables nightshift reads secrets from.
+pub const SECRET_VARS: &[&str] = &[
+    "NIGHTSHIFT_WEBHOOK_SECRET",
+    "NIGHTSHIFT_GITHUB_TOKEN",
+    "NIGHTSHIFT_GITHUB_PRIVATE_KEY",
+];
+
+/// Marks the process non-dumpable (PR_SET_DUMPABLE 0).
+pub fn non_dumpable() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_DUMPABLE takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the process is dumpable (for tests and the start-up log).
+pub fn is_dumpable() -> bool {
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
+/// The names of the environment variables that hold secrets for `config`: nightshift's own, every
+/// profile's API key, and every variable a profile passes to its agent (besides the harmless base ones).
+pub fn secret_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = SECRET_VARS.iter().map(|s| (*s).to_owned()).collect();
+    for profile in config.agents.values() {
+        match &profile.backend {
+            Backend::Codex(o) | Backend::Claude(o) => names.push(o.api_key_env.clone()),
+            Backend::OpenAi(o) => names.extend(o.api_key_env.clone()),
+            Backend::Command(_) => {}
+        }
+        names.extend(
+            profile
+                .env
+                .iter()
+                .filter(|n| !crate::agent::command::BASE_ENV.contains(&n.as_str()))
+                .cloned(),
+        );
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Takes a snapshot of the environment (what agents may be given comes from it), then removes the
+/// secrets in `names` from the process's environment.
+///
+/// # Safety
+/// Changing the environment is only sound while no other thread runs: call this before the async
+/// runtime (or anything else) starts threads.
+pub unsafe fn take_secrets(names: &[String]) -> HashMap<String, String> {
+    let snapshot: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    for name in names {
+        // SAFETY: the caller guarantees no other thread exists yet.
+        unsafe { std::env::remove_var(name) };
+    }
+    snapshot
+}
+
+/// Profiles that run a program outside the box (`sandbox: none`).
+pub fn unboxed(config: &Config) -> Vec<&str> {
+    config
+        .agents
+        .iter()
+        .filter(|(_, p)| p.sandbox == SandboxKind::None && p.backend.edits_files())
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+/// Profiles that need the box.
+pub fn boxed(config: &Config) -> Vec<&str> {
+    config
+        .agents
+        .iter()
+        .filter(|(_, p)| p.sandbox == SandboxKind::Bubblewrap && p.backend.edits_files())
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+/// The warning for profiles that chose `sandbox: none`.
+pub fn unboxed_warning(names: &[&str]) -> Option<String> {
+    (!names.is_empty()).then(|| {
+        format!(
+            "agent profile(s) {} run without the box (`sandbox: none`): their agents can read everything \
+             nightshift's user can (the store, the config, other repositories' mirrors) and keep running \
+             processes after their job",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
