@@ -802,3 +802,46 @@ async fn a_repositorys_daily_budget_holds_across_jobs_and_a_restart() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// An operator who lists a model key in a profile's `env:` (or a command profile that names another
+/// profile's key) still gives no agent the key: the gateway took it at start.
+#[tokio::test]
+async fn a_model_key_listed_in_a_profiles_env_is_not_given_to_the_agent() {
+    let model = ModelServer::chat(vec![]).await;
+    let trigger = (
+        "env.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: leaky\nprompt: hi\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    let agents = common::manifest_dir().join("tests/agents");
+    spine.add_agents(&format!(
+        "  leaky: {{command: [{}/env.sh], env: [TEST_REAL_KEY, TEST_VISIBLE], timeout: 30s}}\n  \
+         summarizer: {{openai: {{model: m, base_url: \"{}/v1\", api_key_env: TEST_REAL_KEY}}}}\n",
+        agents.display(),
+        model.url
+    ));
+    let path = path_with_agent_clis();
+    spine
+        .start_with_env(&[
+            ("PATH", &path),
+            ("TEST_REAL_KEY", REAL_KEY),
+            ("TEST_VISIBLE", "shown"),
+        ])
+        .await;
+    spine
+        .deliver_example("issues", "d1", "issues/opened.json")
+        .await;
+    let job = spine.wait_for_finished_jobs(1).await.remove(0);
+    assert_eq!(job.state, JobState::Succeeded, "{:?}", job.error);
+    let comments = spine.wait_for_comments(1).await;
+    let body = &comments[0].body;
+    assert!(
+        body.contains("TEST_VISIBLE=shown"),
+        "the allow-list works: {body}"
+    );
+    assert!(
+        !body.contains(REAL_KEY),
+        "the key reached the agent: {body}"
+    );
+    assert!(!body.contains("TEST_REAL_KEY"), "{body}");
+}
