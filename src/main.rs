@@ -334,6 +334,14 @@ fn harden(config: &Config) -> Result<std::collections::HashMap<String, String>> 
         tracing::warn!("{warning}");
     }
     let boxed = sandbox::harden::boxed(config);
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 && !boxed.is_empty() {
+        tracing::warn!(
+            "nightshift runs as root: the kernel does not apply an agent's process limit \
+             (limits.processes, RLIMIT_NPROC) to root, so a fork bomb is stopped only by the box's end; run \
+             nightshift as a dedicated user"
+        );
+    }
     if !boxed.is_empty()
         && let Err(why) = sandbox::probe()
     {

@@ -196,6 +196,10 @@ async fn a_codex_job_edit_becomes_a_pull_request() {
         "{lines:#?}"
     );
     assert!(
+        lines.iter().any(|l| l.ends_with("(codex, in its box)")),
+        "Codex ran in nightshift's box: {lines:#?}"
+    );
+    assert!(
         lines
             .iter()
             .any(|l| l.starts_with("skills in the worktree: house-style (.agents/skills)")),

@@ -96,7 +96,7 @@ pub async fn run(
     // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), which is
     // async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
-        cmd.pre_exec(move || set_limits(&limits));
+        cmd.pre_exec(move || limits.apply());
     }
     for name in BASE_ENV
         .iter()
@@ -159,26 +159,6 @@ pub async fn run(
         truncated,
         timed_out,
     })
-}
-
-/// Sets the job's resource limits on the calling process (the child, before exec).
-fn set_limits(limits: &Limits) -> std::io::Result<()> {
-    for (resource, value) in [
-        (libc::RLIMIT_NPROC, limits.processes),
-        (libc::RLIMIT_DATA, limits.memory),
-        (libc::RLIMIT_FSIZE, limits.file_size),
-        (libc::RLIMIT_NOFILE, limits.open_files),
-    ] {
-        let limit = libc::rlimit {
-            rlim_cur: value as libc::rlim_t,
-            rlim_max: value as libc::rlim_t,
-        };
-        // SAFETY: setrlimit reads the struct we pass and nothing else.
-        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Hands `each` every line of `reader` (without its newline, lossily decoded), cut at `max` bytes: the rest
@@ -440,6 +420,56 @@ mod tests {
             out.ends_with("net-open\n"),
             "a profile can allow the network: {out}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_takes_every_process_of_its_box_with_it() {
+        let worktree = tempfile::tempdir().unwrap();
+        let marker = format!("dropped{}", std::process::id());
+        let script = format!(
+            "cp /bin/sleep ./{marker}; setsid ./{marker} 303 </dev/null >/dev/null 2>&1 & \
+             while ! pgrep -f {marker} >/dev/null; do :; done; touch ready; exec sleep 600"
+        );
+        let spec = BoxSpec {
+            worktree: worktree.path().to_owned(),
+            read_only_worktree: false,
+            writable: Vec::new(),
+            read_only: Vec::new(),
+            hidden: Vec::new(),
+            network: sandbox::Network::None,
+            limits: Limits::default(),
+            init: Default::default(),
+        };
+        let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let ready = worktree.path().join("ready");
+        let run = run(
+            Launch {
+                sandbox: Some(&spec),
+                ..launch(&script, worktree.path(), Duration::from_secs(60))
+            },
+            &env,
+            tx,
+        );
+        // The job's future runs until the daemon is up, then is dropped (a cancelled job).
+        tokio::select! {
+            _ = run => panic!("the agent ended by itself"),
+            () = async { while !ready.exists() { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
+        }
+        let running = |m: &str| {
+            std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(m))
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while running(&marker) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon outlived its job"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

@@ -379,9 +379,14 @@ async fn run_in_worktree(
         .map(Duration::from_secs)
         .unwrap_or(profile.timeout);
     let starting = format!(
-        "starting agent `{}` ({})",
+        "starting agent `{}` ({}, {})",
         spec.agent,
-        profile.backend.kind()
+        profile.backend.kind(),
+        match (profile.backend.edits_files(), profile.sandbox) {
+            (false, _) => "no program",
+            (true, crate::config::SandboxKind::Bubblewrap) => "in its box",
+            (true, crate::config::SandboxKind::None) => "WITHOUT a box: sandbox: none",
+        }
     );
     info!("{starting}");
     lines.push(starting);

@@ -62,11 +62,48 @@ pub unsafe fn take_secrets(names: &[String]) -> HashMap<String, String> {
     let snapshot: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    // SAFETY: single-threaded, per the caller.
+    unsafe { scrub(names) };
     for name in names {
         // SAFETY: the caller guarantees no other thread exists yet.
         unsafe { std::env::remove_var(name) };
     }
     snapshot
+}
+
+unsafe extern "C" {
+    /// The C library's environment: at start, pointers into the block the kernel shows as
+    /// `/proc/<pid>/environ`.
+    static mut environ: *mut *mut libc::c_char;
+}
+
+/// Overwrites the values of `names` in place with zeros: removing a variable only drops its pointer, and
+/// the kernel keeps showing the original block in `/proc/<pid>/environ` (to root, or to anyone while the
+/// process is dumpable).
+///
+/// # Safety
+/// No other thread may read or change the environment meanwhile.
+unsafe fn scrub(names: &[String]) {
+    // SAFETY: environ is a NULL-terminated array of NUL-terminated strings, which nothing else touches
+    // now (single-threaded); we only write within each string's own bytes, before its terminating NUL.
+    unsafe {
+        let mut entry = environ;
+        if entry.is_null() {
+            return;
+        }
+        while !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if let Some(eq) = text.iter().position(|&b| b == b'=')
+                && names.iter().any(|n| n.as_bytes() == &text[..eq])
+            {
+                let value = (*entry).add(eq + 1);
+                for i in 0..text.len() - eq - 1 {
+                    std::ptr::write_volatile(value.add(i), 0);
+                }
+            }
+            entry = entry.add(1);
+        }
+    }
 }
 
 /// Profiles that run a program outside the box (`sandbox: none`).

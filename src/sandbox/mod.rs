@@ -98,9 +98,9 @@ pub enum Network {
 }
 
 /// Resource limits of one agent process and everything it starts (set with `setrlimit` before exec, so
-/// inherited). `processes` is RLIMIT_NPROC: counted per user, so it also counts every other process and
-/// thread of the same user in the same user namespace (in a box, the box's own; outside one, the
-/// service's and every job's).
+/// inherited). `processes` is RLIMIT_NPROC, counted per user: it counts every process and thread of the
+/// service's user (the service's own threads and every job's processes, boxed or not), and the kernel does
+/// not apply it at all to root (kuid 0, even inside a user namespace): run nightshift as a dedicated user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// RLIMIT_NPROC: processes and threads.
@@ -122,6 +122,29 @@ impl Default for Limits {
             file_size: 1 << 30,
             open_files: 4096,
         }
+    }
+}
+
+impl Limits {
+    /// Sets these limits (soft and hard) on the calling process; meant for the child between fork and
+    /// exec (async-signal-safe: it only calls setrlimit).
+    pub fn apply(&self) -> std::io::Result<()> {
+        for (resource, value) in [
+            (libc::RLIMIT_NPROC, self.processes),
+            (libc::RLIMIT_DATA, self.memory),
+            (libc::RLIMIT_FSIZE, self.file_size),
+            (libc::RLIMIT_NOFILE, self.open_files),
+        ] {
+            let limit = libc::rlimit {
+                rlim_cur: value as libc::rlim_t,
+                rlim_max: value as libc::rlim_t,
+            };
+            // SAFETY: setrlimit reads the struct we pass and nothing else.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -413,7 +436,11 @@ pub fn probe() -> Result<(), String> {
     let out = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        // Found on the PATH agents are started with (the service's), as every box is.
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
         .stdin(std::process::Stdio::null())
         .output();
     let reason = match out {
