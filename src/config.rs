@@ -46,6 +46,12 @@ struct ConfigFile {
     /// Named agent profiles that triggers refer to with `agent:`.
     #[serde(default)]
     agents: BTreeMap<String, Spanned<AgentFile>>,
+    /// The model gateway: prices per model.
+    #[serde(default)]
+    gateway: crate::gateway::config::GatewayFile,
+    /// Spending limits beyond a job's own.
+    #[serde(default)]
+    budgets: crate::gateway::config::BudgetsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,9 +169,10 @@ pub struct AgentProfile {
     pub network: bool,
     /// The most model turns (Claude Code's `--max-turns`).
     pub max_turns: Option<u32>,
-    /// The most tokens the model may write (a model endpoint's `max_tokens`).
+    /// The most tokens (input and output, every request) a job may spend through the model gateway; the
+    /// openai backend also sends it as its request's `max_tokens`.
     pub max_tokens: Option<u32>,
-    /// The most dollars a run may spend (Claude Code's `--max-budget-usd`).
+    /// The most dollars a job may spend through the model gateway (priced by `gateway.prices`).
     pub max_cost_usd: Option<f64>,
     /// How a command agent gets its prompt.
     pub prompt_via: PromptVia,
@@ -343,6 +350,8 @@ pub struct Config {
     pub github: GithubConfig,
     pub git: crate::agent::git::GitPolicy,
     pub agents: BTreeMap<String, AgentProfile>,
+    /// The model gateway's prices and budgets.
+    pub gateway: crate::gateway::config::GatewayConfig,
     /// Files no agent may read: the config file and the App key file (hidden in every box).
     pub secret_files: Vec<PathBuf>,
 }
@@ -584,6 +593,13 @@ fn resolve(
         }
     }
 
+    let gateway = crate::gateway::config::GatewayConfig::resolve(
+        file.gateway,
+        file.budgets,
+        path,
+        &mut errors,
+    );
+
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -609,6 +625,7 @@ fn resolve(
         },
         git,
         agents,
+        gateway,
         secret_files,
     })
 }
@@ -756,23 +773,35 @@ fn agent_profile(
             "claude (--max-turns)",
         ));
     }
-    if let Some(cost) = &file.max_cost_usd
-        && kind != "claude"
-    {
-        errors.push(unsupported(
+    // The model gateway keeps these for every backend that talks to a model.
+    for (key, at) in [
+        (
             "max_cost_usd",
-            cost.referenced,
-            "claude (--max-budget-usd)",
-        ));
+            file.max_cost_usd.as_ref().map(|c| c.referenced),
+        ),
+        ("max_tokens", file.max_tokens.as_ref().map(|t| t.referenced)),
+    ] {
+        if let Some(at) = at
+            && kind == "command"
+        {
+            errors.push(unsupported(
+                key,
+                at,
+                "codex, claude and openai (the model gateway counts their tokens and cost)",
+            ));
+        }
     }
-    if let Some(tokens) = &file.max_tokens
-        && kind != "openai"
+    if let Some(cost) = &file.max_cost_usd
+        && !(cost.value.is_finite() && cost.value > 0.0)
     {
-        errors.push(unsupported(
-            "max_tokens",
-            tokens.referenced,
-            "openai (the request's max_tokens)",
-        ));
+        errors.push(
+            Diagnostic::at(
+                path,
+                cost.referenced,
+                format!("agent `{name}`: max_cost_usd must be more than 0"),
+            )
+            .with_hint("dollars per job, e.g. 2.5"),
+        );
     }
     if let Some(via) = &file.prompt_via
         && kind != "command"

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod gateway;
 pub mod github;
 pub mod ids;
 pub mod queue;

@@ -35,7 +35,7 @@ async fn check_agents(config: &Config, env: &crate::queue::EnvLookup) {
                     Some(&o.api_key_env),
                 ),
                 Backend::Claude(o) => (
-                    cli::claude_argv(o, nowhere, profile.max_turns, profile.max_cost_usd),
+                    cli::claude_argv(o, nowhere, profile.max_turns),
                     &["--help"],
                     cli::CLAUDE_UNLISTED_FLAGS,
                     Some(&o.api_key_env),
@@ -94,6 +94,14 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    // The gateway holds the model keys; nothing an agent is given comes from them.
+    let gateway =
+        crate::gateway::Gateway::start(&config, store.clone(), &|name| env.get(name).cloned())
+            .await?;
+    let mut env = env;
+    for name in crate::gateway::key_vars(&config) {
+        env.remove(name);
+    }
     let pipeline = Arc::new(Pipeline {
         workspaces: Workspaces::new(&config.data_dir, config.git.clone()),
         triggers: std::sync::RwLock::new(Arc::new(triggers)),
@@ -104,6 +112,7 @@ pub async fn serve(
         deliveries_waiting: Notify::new(),
         jobs_waiting: Notify::new(),
         env: Box::new(move |name| env.get(name).cloned()),
+        gateway,
         config,
     });
 

@@ -56,6 +56,7 @@ fn cli_options(program: &str) -> CliOptions {
 async fn one_job(
     trigger: (&str, &str),
     profile: String,
+    config: &str,
     env: &[(&str, &str)],
     event: &str,
     payload: &str,
@@ -64,6 +65,7 @@ async fn one_job(
     seed_repository(&spine);
     service_skill(&spine);
     spine.add_agents(&profile);
+    common::append_config(&spine, config);
     spine.start_with_env(env).await;
     let status = spine
         .deliver(event, "delivery-1", &spine.payload(payload))
@@ -87,8 +89,8 @@ async fn every_flag_nightshift_passes_is_in_the_installed_clis_help() {
     assert!(missing.is_empty(), "codex exec --help lacks {missing:?}");
 
     let claude = cli_options(bin.join("claude").to_str().unwrap());
-    let argv = cli::claude_argv(&claude, out, Some(5), Some(1.5));
-    assert!(cli::flags(&argv).len() >= 9, "{argv:?}");
+    let argv = cli::claude_argv(&claude, out, Some(5));
+    assert!(cli::flags(&argv).len() >= 8, "{argv:?}");
     let missing = cli::check_flags(&argv, &["--help"], &[]).await.unwrap();
     assert_eq!(
         missing,
@@ -128,6 +130,7 @@ async fn a_codex_job_edit_becomes_a_pull_request() {
         "  fixer: {{codex: {{model: gpt-5.5, base_url: \"{}/v1\", api_key_env: TEST_CODEX_KEY}}, timeout: 120s}}\n",
         model.url
     ),
+        "",
         &[
             ("PATH", &path_with_agent_clis()),
             ("TEST_CODEX_KEY", "sk-test-codex"),
@@ -191,6 +194,10 @@ async fn a_codex_job_edit_becomes_a_pull_request() {
             .iter()
             .any(|l| l.starts_with("changed ") && l.contains("FIXED.md")),
         "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.ends_with("(codex, in its box)")),
+        "Codex ran in nightshift's box: {lines:#?}"
     );
     assert!(
         lines
@@ -280,6 +287,7 @@ async fn a_claude_job_answer_becomes_a_comment() {
         "  reviewer: {{claude: {{model: claude-sonnet-4-5, base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY}}, max_turns: 5, timeout: 120s}}\n",
         model.url
     ),
+        "gateway:\n  prices:\n    claude-sonnet-4-5: {input: 3.0, output: 15.0, cached_input: 0.3}\n",
         &[
             ("PATH", &path_with_agent_clis()),
             ("TEST_CLAUDE_KEY", "sk-ant-test"),
@@ -329,7 +337,22 @@ async fn a_claude_job_answer_becomes_a_comment() {
     let usage = jobs[0].usage.clone().expect("usage recorded");
     assert_eq!(usage.turns, Some(2), "{usage:?}");
     assert!(usage.output_tokens.unwrap() >= 20, "{usage:?}");
-    assert!(usage.cost_usd.is_some(), "{usage:?}");
+    // Metered by the gateway: two turns of 400 input tokens (100 from the cache) and 20 output tokens each,
+    // at the configured prices.
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens
+        ),
+        (Some(800), Some(200), Some(40)),
+        "{usage:?}"
+    );
+    let cost = usage.cost_usd.expect("priced");
+    assert!(
+        (cost - (600.0 * 3.0 + 200.0 * 0.3 + 40.0 * 15.0) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
     let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
     assert!(
         lines.iter().any(|l| l.starts_with("tool: Glob")),
@@ -359,6 +382,7 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
             "  short: {{claude: {{base_url: \"{}\", api_key_env: TEST_CLAUDE_KEY, bearer: true}}, max_turns: 1, timeout: 120s}}\n",
             model.url
         ),
+        "",
         &[
             ("PATH", &path_with_agent_clis()),
             ("TEST_CLAUDE_KEY", "sk-ant-test"),
@@ -415,6 +439,7 @@ async fn a_model_endpoint_retries_rate_limits_and_server_errors_then_comments() 
             "  summarizer: {{openai: {{model: local-model, base_url: \"{}/v1\", api_key_env: TEST_LLM_KEY, system: Be brief.}}, max_tokens: 256, timeout: 60s}}\n",
             model.url
         ),
+        "",
         &[("TEST_LLM_KEY", "sk-llm")],
         "issues",
         "issues/opened.json",
@@ -517,6 +542,7 @@ async fn a_model_endpoint_that_refuses_the_request_fails_the_job_at_once() {
             "  summarizer: {{openai: {{model: m, base_url: \"{}/v1\"}}}}\n",
             model.url
         ),
+        "",
         &[],
         "issues",
         "issues/opened.json",

@@ -673,3 +673,81 @@ async fn measure_box_startup() {
         medians[1] - medians[0]
     );
 }
+
+/// A config with one command profile, `extra` YAML keys added to it, in `dir`.
+fn small_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("triggers")).unwrap();
+    let config = dir.join("nightshift.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nstore: sqlite://{d}/nightshift.db\ndata_dir: {d}/data\ntriggers: {d}/triggers\n\
+             github:\n  webhook_secrets: [s]\nagents:\n  plain: {{command: [/bin/true]{extra}}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn without_bubblewrap_serve_refuses_unless_every_profile_chose_none_and_check_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    // A PATH without bwrap (nor anything else).
+    let empty = dir.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let serve = |config: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("PATH", &empty)
+            .env_remove("NIGHTSHIFT_WEBHOOK_SECRET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let boxed = small_config(dir.path(), "");
+    let out = serve(&boxed).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refusing to start: agent profile(s) plain run in the box"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bubblewrap (`bwrap`) is not installed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("sandbox: none"), "{stderr}");
+
+    // With `sandbox: none` it starts, and says what that means.
+    let unboxed = small_config(dir.path(), ", sandbox: none");
+    let mut child = serve(&unboxed);
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(" ready ") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.contains(" ready "), "{seen}");
+    assert!(
+        seen.contains("agent profile(s) `plain` run without the box (`sandbox: none`)"),
+        "{seen}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .args(["--config", unboxed.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: agent profile(s) `plain` run without the box"),
+        "{stderr}"
+    );
+}

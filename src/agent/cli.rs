@@ -16,7 +16,6 @@ use serde_json::Value;
 use super::command::{self, Launch, Stdout};
 use super::{AgentJob, AgentOutcome, describe_exit};
 use crate::config::CliOptions;
-use crate::sandbox::Network;
 use crate::store::{LogStream, Usage};
 
 /// The argv of a Codex job; the prompt goes on stdin (`-`), so its length is not bounded by argv limits.
@@ -40,17 +39,15 @@ pub fn codex_argv(options: &CliOptions, worktree: &Path, output_dir: &Path) -> V
     argv
 }
 
-/// `$CODEX_HOME/config.toml` for a job: a provider of our own pointing at the profile's endpoint, no
-/// approvals, and nothing that phones home. In nightshift's box (`boxed`), the box is the sandbox and Codex's
-/// own is off (`danger-full-access`): Codex's Linux sandbox needs namespaces and seccomp of its own, which
-/// cannot nest in a box without capabilities. Without the box (`sandbox: none`) Codex keeps its
-/// workspace-write sandbox. `AGENTS.md` is not read by Codex itself: nightshift gives it from the default
-/// branch, in the prompt.
-pub fn codex_config(options: &CliOptions, network: bool, boxed: bool) -> String {
-    let base_url = options
-        .base_url
-        .clone()
-        .unwrap_or_else(|| crate::config::OPENAI_BASE_URL.to_owned());
+/// `$CODEX_HOME/config.toml` for a job: a provider of our own pointing at nightshift's model gateway
+/// (`gateway_url`, which holds the real key and forwards to the profile's endpoint; Codex's only credential is
+/// the job's token in `$NIGHTSHIFT_MODEL_TOKEN`), no approvals, and nothing that phones home. In nightshift's
+/// box (`boxed`), the box is the sandbox and Codex's own is off (`danger-full-access`): Codex's Linux sandbox
+/// needs namespaces and seccomp of its own, which cannot nest in a box without capabilities. Without the box
+/// (`sandbox: none`) Codex keeps its workspace-write sandbox. `AGENTS.md` is not read by Codex itself:
+/// nightshift gives it from the default branch, in the prompt.
+pub fn codex_config(options: &CliOptions, network: bool, boxed: bool, gateway_url: &str) -> String {
+    let base_url = format!("{gateway_url}/v1");
     // A JSON string is a valid TOML basic string (the same escapes), so values need no TOML library.
     let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let model = options
@@ -96,7 +93,7 @@ pub fn codex_config(options: &CliOptions, network: bool, boxed: bool) -> String 
          [history]\n\
          persistence = \"none\"\n",
         base_url = quote(&base_url),
-        env_key = quote(&options.api_key_env),
+        env_key = quote(crate::gateway::CODEX_TOKEN_VAR),
         sandbox_mode = quote(if boxed {
             "danger-full-access"
         } else {
@@ -106,12 +103,7 @@ pub fn codex_config(options: &CliOptions, network: bool, boxed: bool) -> String 
 }
 
 /// The argv of a Claude Code job; the prompt goes on stdin.
-pub fn claude_argv(
-    options: &CliOptions,
-    output_dir: &Path,
-    max_turns: Option<u32>,
-    max_cost_usd: Option<f64>,
-) -> Vec<String> {
+pub fn claude_argv(options: &CliOptions, output_dir: &Path, max_turns: Option<u32>) -> Vec<String> {
     let mut argv = vec![
         options.program.clone(),
         "-p".into(),
@@ -134,9 +126,6 @@ pub fn claude_argv(
     if let Some(turns) = max_turns {
         argv.extend(["--max-turns".into(), turns.to_string()]);
     }
-    if let Some(cost) = max_cost_usd {
-        argv.extend(["--max-budget-usd".into(), cost.to_string()]);
-    }
     argv.extend(options.args.iter().cloned());
     argv
 }
@@ -150,18 +139,23 @@ const CLAUDE_QUIET: &[(&str, &str)] = &[
 ];
 
 pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
-    let key = job.api_key(&options.api_key_env)?;
+    let model = job.model_access()?;
     let codex_home = job.home.join(".codex");
     tokio::fs::create_dir_all(&codex_home).await?;
     tokio::fs::write(
         codex_home.join("config.toml"),
-        codex_config(options, job.profile.network, job.sandbox.is_some()),
+        codex_config(
+            options,
+            job.profile.network,
+            job.sandbox.is_some(),
+            &model.url,
+        ),
     )
     .await
     .context("writing Codex's config")?;
     let mut vars = job.vars.clone();
     vars.push(("CODEX_HOME".into(), codex_home.display().to_string()));
-    vars.push((options.api_key_env.clone(), key));
+    vars.push((crate::gateway::CODEX_TOKEN_VAR.into(), model.token.clone()));
     let argv = codex_argv(options, job.worktree, job.output_dir);
     run(
         &job,
@@ -175,7 +169,7 @@ pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutco
 }
 
 pub async fn claude(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
-    let key = job.api_key(&options.api_key_env)?;
+    let model = job.model_access()?;
     let mut vars = job.vars.clone();
     vars.extend(
         CLAUDE_QUIET
@@ -187,16 +181,10 @@ pub async fn claude(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutc
     } else {
         "ANTHROPIC_API_KEY"
     };
-    vars.push((key_var.into(), key));
-    if let Some(url) = &options.base_url {
-        vars.push(("ANTHROPIC_BASE_URL".into(), url.clone()));
-    }
-    let argv = claude_argv(
-        options,
-        job.output_dir,
-        job.max_turns,
-        job.profile.max_cost_usd,
-    );
+    // The job's token and nightshift's gateway, which holds the real key and knows the profile's base_url.
+    vars.push((key_var.into(), model.token.clone()));
+    vars.push(("ANTHROPIC_BASE_URL".into(), model.url.clone()));
+    let argv = claude_argv(options, job.output_dir, job.max_turns);
     run(
         &job,
         argv,
@@ -246,8 +234,8 @@ async fn run(
             let _ = log.send((LogStream::Stdout, note));
         }
     };
-    // The CLIs reach their model over the host's network until they go through the model gateway.
-    let spec = job.boxed(&options.program, Network::Host);
+    // In the box, the only network is the box's loopback, where the forwarder answers for the gateway.
+    let spec = job.boxed(&options.program, job.model_access()?.network());
     let finished = command::run(
         Launch {
             argv,

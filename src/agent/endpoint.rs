@@ -1,7 +1,8 @@
 //! An OpenAI-compatible chat completions endpoint as an agent, for jobs that need no tools: OpenAI itself,
 //! and local servers such as Ollama, vLLM or llama.cpp (all speak `POST {base_url}/chat/completions`).
 //! Rate limits (429) and server errors (5xx, dropped connections) are retried with backoff, honouring
-//! `Retry-After`; other errors fail the job at once with the server's message. Token usage is recorded.
+//! `Retry-After`; other errors fail the job at once with the server's message. Requests go through
+//! nightshift's model gateway ([`crate::gateway`]), which adds the key and records the usage.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -43,12 +44,12 @@ enum Attempt {
 }
 
 pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOutcome> {
-    let key = match &options.api_key_env {
-        Some(name) => Some(job.api_key(name)?),
-        None => None,
-    };
+    // Through nightshift's model gateway, like the agent CLIs: it adds the real key (if the profile has
+    // one), meters the answer and holds the job's limits.
+    let model = job.model_access()?;
+    let key = Some(model.token.as_str());
     let body = request_body(options, job.prompt, job.profile.max_tokens);
-    let url = format!("{}/chat/completions", options.base_url);
+    let url = format!("{}/v1/chat/completions", model.url);
     let deadline = Instant::now() + job.timeout;
     let log = |line: String| {
         let _ = job.log.send((LogStream::Stdout, line));
@@ -57,7 +58,7 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
     let mut attempt = 0;
     let answer = loop {
         attempt += 1;
-        let request = send(&url, key.as_deref(), &body);
+        let request = send(&url, key, &body);
         let result = match tokio::time::timeout_at(deadline, request).await {
             Ok(result) => result,
             Err(_) => return Ok(timed_out(&job, attempt)),

@@ -46,6 +46,8 @@ pub struct AgentJob<'a> {
     pub env: &'a EnvLookup,
     /// The job log, as the agent runs.
     pub log: mpsc::UnboundedSender<(LogStream, String)>,
+    /// The model gateway's URL and the job's token, for the backends that talk to a model.
+    pub model: Option<crate::gateway::ModelAccess>,
 }
 
 /// How an agent run ended, whatever the backend.
@@ -63,11 +65,12 @@ pub struct AgentOutcome {
 }
 
 impl AgentJob<'_> {
-    /// The one secret the agent receives, from the service's environment (`api_key_env`).
-    fn api_key(&self, var: &str) -> Result<String> {
-        (self.env)(var).with_context(|| {
+    /// Where the agent reaches its model: never the provider with a key, always nightshift's gateway with
+    /// the job's token.
+    fn model_access(&self) -> Result<&crate::gateway::ModelAccess> {
+        self.model.as_ref().with_context(|| {
             format!(
-                "agent `{}` needs its API key in ${var}, which nightshift's environment does not have",
+                "agent `{}` talks to a model, but the job has no model gateway",
                 self.profile_name
             )
         })
@@ -237,6 +240,7 @@ mod tests {
             max_output: profile.max_output,
             env: &env,
             log,
+            model: None,
         })
         .await
     }

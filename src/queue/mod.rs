@@ -160,4 +160,6 @@ pub struct Pipeline {
     pub jobs_waiting: Notify,
     /// The environment the service runs in; agents see an allow-listed part of it.
     pub env: Box<EnvLookup>,
+    /// The model gateway every model request of an agent goes through.
+    pub gateway: Arc<crate::gateway::Gateway>,
 }

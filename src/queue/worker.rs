@@ -431,6 +431,14 @@ async fn run_in_worktree(
             init: std::env::current_exe().unwrap_or_default(),
         }
     });
+    // The job's token for the model gateway; it is revoked when `access` is dropped, however the job ends.
+    let access = pipeline
+        .gateway
+        .open(job.id, &spec.repo.to_string(), &spec.agent, profile)
+        .await?;
+    // The openai backend runs inside nightshift, never in a box.
+    let boxed = sandbox.is_some() && profile.backend.edits_files();
+    let model = access.as_ref().map(|a| a.model_access(boxed));
     let outcome = agent::run(AgentJob {
         profile_name: &spec.agent,
         profile,
@@ -451,6 +459,7 @@ async fn run_in_worktree(
         max_output,
         env: &*pipeline.env,
         log: tx,
+        model,
     })
     .await;
     let _ = logger.await;
@@ -460,7 +469,11 @@ async fn run_in_worktree(
             .restore()
             .context("putting the worktree's own skill folders back")?;
     }
-    let outcome = outcome?;
+    let mut outcome = outcome?;
+    // What a model backend spent is what the gateway metered, whatever the agent says it spent.
+    if let Some(access) = &access {
+        outcome.usage = Some(access.settle().await);
+    }
     if let Some(usage) = &outcome.usage
         && let Err(e) = pipeline.store.record_usage(job.id, usage).await
     {
@@ -487,6 +500,9 @@ async fn run_in_worktree(
         ),
     )
     .await;
+    if let Some(reason) = access.as_ref().and_then(|a| a.refusal()) {
+        bail!("budget reached: {reason}");
+    }
     if let Some(failure) = outcome.failure {
         bail!(failure);
     }

@@ -436,7 +436,11 @@ pub fn probe() -> Result<(), String> {
     let out = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        // Found on the PATH agents are started with (the service's), as every box is.
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+        )
         .stdin(std::process::Stdio::null())
         .output();
     let reason = match out {

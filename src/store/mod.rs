@@ -285,6 +285,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records what the job's agent spent.
     async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()>;
+    /// Dollars spent by `repo`'s jobs started since `since` (unix ms), from their recorded usage (the model
+    /// gateway keeps it current while a job runs).
+    async fn spend_since(&self, repo: &str, since: i64) -> Result<f64>;
 
     /// Records (or refreshes) what a delivery said about its repository.
     async fn upsert_repository(&self, repo: &KnownRepo) -> Result<()>;

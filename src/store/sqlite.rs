@@ -444,6 +444,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn spend_since(&self, repo: &str, since: i64) -> Result<f64> {
+        let spent: Option<f64> = sqlx::query_scalar(
+            "SELECT SUM(json_extract(usage, '$.cost_usd')) FROM jobs
+             WHERE repo = ? AND started_at >= ? AND usage IS NOT NULL",
+        )
+        .bind(repo)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(spent.unwrap_or(0.0))
+    }
+
     async fn upsert_repository(&self, repo: &KnownRepo) -> Result<()> {
         sqlx::query(
             "INSERT INTO repositories (full_name, installation_id, clone_url, default_branch, updated_at)

@@ -96,6 +96,16 @@ pub enum Auth {
     App,
 }
 
+/// Appends top-level YAML (e.g. `gateway:` or `budgets:`) to the service config.
+pub fn append_config(spine: &Spine, yaml: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&spine.config)
+        .unwrap();
+    file.write_all(yaml.as_bytes()).unwrap();
+}
+
 pub struct Spine {
     pub dir: tempfile::TempDir,
     pub github: FakeGitHub,

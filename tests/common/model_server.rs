@@ -23,6 +23,8 @@ pub enum Step {
     Patch(String),
     /// Claude Code: a tool call.
     Tool { name: String, input: Value },
+    /// Codex: an `exec_command` call running this shell command.
+    Exec(String),
 }
 
 /// A scripted chat completions reply.
@@ -160,6 +162,10 @@ async fn responses(State(script): State<Shared>, headers: HeaderMap, body: Bytes
             "type": "custom_tool_call", "id": format!("ctc_{done}"), "call_id": format!("call_{done}"),
             "name": "apply_patch", "input": patch, "status": "completed"
         }),
+        Step::Exec(cmd) => json!({
+            "type": "function_call", "id": format!("fc_{done}"), "call_id": format!("call_{done}"),
+            "name": "exec_command", "arguments": json!({"cmd": cmd}).to_string(), "status": "completed"
+        }),
         Step::Tool { .. } => panic!("a tool step is for Claude Code"),
     };
     sse(&[
@@ -197,7 +203,7 @@ async fn messages(State(script): State<Shared>, headers: HeaderMap, body: Bytes)
             vec![json!({"type": "input_json_delta", "partial_json": input.to_string()})],
             "tool_use",
         ),
-        Step::Patch(_) => panic!("a patch step is for Codex"),
+        Step::Patch(_) | Step::Exec(_) => panic!("a patch or exec step is for Codex"),
     };
     let mut events = vec![
         (

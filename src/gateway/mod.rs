@@ -1,0 +1,808 @@
+//! The model gateway: where the codex, claude and openai backends send their model requests. It answers on
+//! a unix socket (`DATA_DIR/run/gateway.sock`, which the box's forwarder reaches) and on a loopback TCP
+//! port (for `sandbox: none` and for the openai backend, which runs inside nightshift).
+//!
+//! Each job gets a random token when it starts ([`Gateway::open`]); the token dies with the job's
+//! [`JobAccess`]. A request must carry a live token (as `Authorization: Bearer` or `x-api-key`); the gateway
+//! drops whatever credentials and headers the agent sent, adds the profile's real key (read once, when the
+//! service started) and forwards to the profile's `base_url`, streaming the answer back as it comes. On the
+//! way it reads what each response spent ([`meter`]), prices it ([`config`]), keeps the job's total and
+//! refuses a request once the job's `max_tokens` or `max_cost_usd`, or its repository's daily budget, is
+//! spent, in the provider's own error shape, so the agent shows the reason.
+
+pub mod config;
+pub mod meter;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use octocrab::secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, mpsc};
+use tracing::{info, warn};
+
+use self::config::GatewayConfig;
+use self::meter::{Meter, Tokens, price_of};
+use crate::config::{AgentProfile, Backend, Config};
+use crate::ids::JobId;
+use crate::store::{LogStream, Store, Usage};
+
+/// Anthropic's API, when a claude profile names no `base_url`.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+/// The variable that holds the job's token in Codex's environment (its provider's `env_key`).
+pub const CODEX_TOKEN_VAR: &str = "NIGHTSHIFT_MODEL_TOKEN";
+/// The largest request body forwarded (a long agent conversation, with its tool outputs).
+const MAX_REQUEST: usize = 64 << 20;
+/// How long a job's end waits for its last response to be metered.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// The two wire formats the gateway speaks, which decide the routes, the credentials sent upstream and the
+/// shape of its own errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI: Responses (`/v1/responses`) and chat completions (`/v1/chat/completions`).
+    OpenAi,
+    /// Anthropic: Messages (`/v1/messages`).
+    Anthropic,
+}
+
+/// Where a job's requests go, and with which key.
+#[derive(Clone)]
+struct Upstream {
+    wire: Wire,
+    /// The profile's base URL: OpenAI's includes `/v1`, Anthropic's does not (as each CLI expects).
+    base_url: String,
+    key: Option<SecretString>,
+    /// Anthropic: send the key as `Authorization: Bearer` instead of `x-api-key`.
+    bearer: bool,
+}
+
+/// One job's standing with the gateway.
+struct Grant {
+    job: JobId,
+    repo: String,
+    upstream: Upstream,
+    max_cost_usd: Option<f64>,
+    max_tokens: Option<u64>,
+    spent: Mutex<Spent>,
+    /// Responses still streaming; the job's end waits for them to be metered.
+    in_flight: Mutex<usize>,
+    settled: Notify,
+}
+
+#[derive(Default)]
+struct Spent {
+    usage: Usage,
+    /// Models without a price, already said in the job log.
+    unpriced: BTreeSet<String>,
+    /// Why a request was refused, the first time one was.
+    refused: Option<String>,
+}
+
+impl Grant {
+    fn tokens(&self) -> u64 {
+        let spent = self.spent.lock().expect("spent lock");
+        spent.usage.input_tokens.unwrap_or(0) + spent.usage.output_tokens.unwrap_or(0)
+    }
+
+    fn cost(&self) -> f64 {
+        let spent = self.spent.lock().expect("spent lock");
+        spent.usage.cost_usd.unwrap_or(0.0)
+    }
+}
+
+/// The gateway: live job tokens, the keys, the price table and the budgets.
+pub struct Gateway {
+    grants: Mutex<HashMap<[u8; 32], Arc<Grant>>>,
+    config: GatewayConfig,
+    store: Arc<dyn Store>,
+    /// Model keys by the variable they were read from, at start.
+    keys: BTreeMap<String, SecretString>,
+    client: reqwest::Client,
+    tcp: SocketAddr,
+    socket: PathBuf,
+}
+
+impl Gateway {
+    /// Reads every profile's key from `env`, binds the socket and the TCP port, and serves both.
+    pub async fn start(
+        config: &Config,
+        store: Arc<dyn Store>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Arc<Gateway>> {
+        let mut keys = BTreeMap::new();
+        for profile in config.agents.values() {
+            if let Some(var) = key_var(&profile.backend)
+                && let Some(value) = env(var)
+            {
+                keys.insert(var.to_owned(), SecretString::from(value));
+            }
+        }
+        let run = config.data_dir.join("run");
+        create_private_dir(&run)?;
+        let socket = run.join("gateway.sock");
+        match std::fs::remove_file(&socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing the old {}", socket.display()));
+            }
+            _ => {}
+        }
+        let unix = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        let tcp = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("cannot listen on a loopback port for the model gateway")?;
+        crate::install_tls_provider();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("nightshift/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(300))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("building the gateway's HTTP client")?;
+        let gateway = Arc::new(Gateway {
+            grants: Mutex::new(HashMap::new()),
+            config: config.gateway.clone(),
+            store,
+            keys,
+            client,
+            tcp: tcp.local_addr()?,
+            socket,
+        });
+        let app = Router::new().fallback(handle).with_state(gateway.clone());
+        let on_tcp = app.clone();
+        // Events are small writes: sent at once, not held back for the previous one's ACK (Nagle).
+        let tcp = axum::serve::ListenerExt::tap_io(tcp, |io| {
+            let _ = io.set_nodelay(true);
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, on_tcp).await {
+                warn!("the model gateway stopped serving its port: {e}");
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(unix, app).await {
+                warn!("the model gateway stopped serving its socket: {e}");
+            }
+        });
+        info!(
+            port = gateway.tcp.port(),
+            socket = %gateway.socket.display(),
+            prices = gateway.config.prices.len(),
+            "model gateway listening"
+        );
+        Ok(gateway)
+    }
+
+    /// The unix socket the box's forwarder connects to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The gateway's loopback address outside any box.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp
+    }
+
+    /// Gives a job of `profile` a token, for the backends that talk to a model (None for a command agent).
+    /// A retried job continues from what its earlier attempts spent.
+    pub async fn open(
+        self: &Arc<Self>,
+        job: JobId,
+        repo: &str,
+        profile_name: &str,
+        profile: &AgentProfile,
+    ) -> Result<Option<JobAccess>> {
+        let (wire, base_url, bearer) = match &profile.backend {
+            Backend::Command(_) => return Ok(None),
+            Backend::Codex(o) => (
+                Wire::OpenAi,
+                o.base_url
+                    .as_deref()
+                    .unwrap_or(crate::config::OPENAI_BASE_URL),
+                true,
+            ),
+            Backend::Claude(o) => (
+                Wire::Anthropic,
+                o.base_url.as_deref().unwrap_or(ANTHROPIC_BASE_URL),
+                o.bearer,
+            ),
+            Backend::OpenAi(o) => (Wire::OpenAi, o.base_url.as_str(), true),
+        };
+        let key = match key_var(&profile.backend) {
+            Some(var) => Some(self.keys.get(var).cloned().with_context(|| {
+                format!(
+                    "agent `{profile_name}` needs its API key in ${var}, which nightshift's environment did \
+                     not have when it started"
+                )
+            })?),
+            None => None,
+        };
+        let earlier = self
+            .store
+            .job(job)
+            .await?
+            .and_then(|j| j.usage)
+            .unwrap_or_default();
+        let grant = Arc::new(Grant {
+            job,
+            repo: repo.to_owned(),
+            upstream: Upstream {
+                wire,
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                key,
+                bearer,
+            },
+            max_cost_usd: profile.max_cost_usd,
+            max_tokens: profile.max_tokens.map(u64::from),
+            spent: Mutex::new(Spent {
+                usage: Usage {
+                    model: None,
+                    ..earlier
+                },
+                ..Spent::default()
+            }),
+            in_flight: Mutex::new(0),
+            settled: Notify::new(),
+        });
+        let token = format!("nsjob-{}", hex::encode(random_bytes()?));
+        let digest = digest(&token);
+        self.grants
+            .lock()
+            .expect("grants lock")
+            .insert(digest, grant.clone());
+        Ok(Some(JobAccess {
+            gateway: self.clone(),
+            digest,
+            token,
+            grant,
+        }))
+    }
+
+    fn grant(&self, token: &str) -> Option<Arc<Grant>> {
+        self.grants
+            .lock()
+            .expect("grants lock")
+            .get(&digest(token))
+            .cloned()
+    }
+
+    /// Why the job may not make another request, if it may not.
+    async fn over_limit(&self, grant: &Grant) -> Option<String> {
+        if let Some(max) = grant.max_tokens {
+            let spent = grant.tokens();
+            if spent >= max {
+                return Some(format!(
+                    "this job's limit of {max} tokens is spent ({spent} so far)"
+                ));
+            }
+        }
+        if let Some(max) = grant.max_cost_usd {
+            let spent = grant.cost();
+            if spent >= max {
+                return Some(format!(
+                    "this job's budget of ${max:.2} is spent (${spent:.2} so far)"
+                ));
+            }
+        }
+        if let Some(daily) = self.config.per_repository_daily_usd {
+            let now = crate::now_ms();
+            let midnight = now - now.rem_euclid(86_400_000);
+            match self.store.spend_since(&grant.repo, midnight).await {
+                Ok(spent) if spent >= daily => {
+                    return Some(format!(
+                        "the daily budget of ${daily:.2} for {} is spent (${spent:.2} today, UTC)",
+                        grant.repo
+                    ));
+                }
+                Ok(_) => {}
+                // A budget that cannot be read is not a budget that holds: refuse.
+                Err(e) => {
+                    warn!("reading {}'s spend today failed: {e:#}", grant.repo);
+                    return Some(format!(
+                        "the daily budget of {} could not be checked",
+                        grant.repo
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Adds one response's tokens (and their cost) to the job; returns a line for the job log the first
+    /// time a model has no price.
+    /// A turn is a response that succeeded; a refused or failed request may still have spent tokens.
+    fn add(
+        &self,
+        grant: &Grant,
+        requested: Option<&str>,
+        succeeded: bool,
+        tokens: Option<Tokens>,
+    ) -> Option<String> {
+        let mut spent = grant.spent.lock().expect("spent lock");
+        let usage = &mut spent.usage;
+        if succeeded {
+            usage.turns = Some(usage.turns.unwrap_or(0) + 1);
+        }
+        let tokens = tokens?;
+        let model = requested
+            .map(str::to_owned)
+            .or_else(|| tokens.model.clone())
+            .unwrap_or_else(|| "(unnamed)".to_owned());
+        let sum = |total: &mut Option<u64>, more: u64| *total = Some(total.unwrap_or(0) + more);
+        sum(&mut usage.input_tokens, tokens.input);
+        sum(&mut usage.cached_input_tokens, tokens.cached_input);
+        sum(&mut usage.output_tokens, tokens.output);
+        usage.model = Some(model.clone());
+        let prices = &self.config.prices;
+        let price = price_of(prices, &model)
+            .or_else(|| tokens.model.as_deref().and_then(|m| price_of(prices, m)));
+        match price {
+            Some(price) => {
+                usage.cost_usd = Some(usage.cost_usd.unwrap_or(0.0) + price.cost(&tokens));
+                None
+            }
+            None if spent.unpriced.insert(model.clone()) => Some(format!(
+                "gateway: model `{model}` has no price in gateway.prices: its tokens are counted, its cost \
+                 is unknown{}",
+                if grant.max_cost_usd.is_some() {
+                    " and max_cost_usd cannot hold for it"
+                } else {
+                    ""
+                }
+            )),
+            None => None,
+        }
+    }
+
+    async fn log(&self, job: JobId, line: String) {
+        if let Err(e) = self
+            .store
+            .append_log(job, LogStream::Nightshift, &[line])
+            .await
+        {
+            warn!("writing the job log failed: {e:#}");
+        }
+    }
+}
+
+/// A job's access to the gateway; dropping it revokes the token.
+pub struct JobAccess {
+    gateway: Arc<Gateway>,
+    digest: [u8; 32],
+    token: String,
+    grant: Arc<Grant>,
+}
+
+/// What a backend is given to reach its model: the gateway's URL and the job's token.
+#[derive(Clone, Debug)]
+pub struct ModelAccess {
+    /// `http://127.0.0.1:PORT`, no path: Codex and the openai backend add `/v1`, Claude Code adds `/v1/...`.
+    pub url: String,
+    pub token: String,
+    /// The gateway's socket, which a boxed agent's forwarder reaches from inside the box.
+    pub socket: PathBuf,
+    /// The box's loopback port the forwarder listens on, when the agent runs boxed.
+    pub in_box_port: Option<u16>,
+}
+
+impl ModelAccess {
+    /// The network of the agent's box: its loopback, where the gateway answers, and nothing else.
+    pub fn network(&self) -> crate::sandbox::Network {
+        crate::sandbox::Network::Gateway {
+            socket: self.socket.clone(),
+            port: self.in_box_port.unwrap_or(IN_BOX_PORT),
+        }
+    }
+}
+
+/// The port the gateway answers on inside a box (the box has a network namespace of its own, so any port
+/// will do).
+pub const IN_BOX_PORT: u16 = 4180;
+
+impl JobAccess {
+    /// What the job's agent uses to reach the gateway: in its box, the forwarder's port on the box's own
+    /// loopback; outside one (`sandbox: none`, and the openai backend, which runs inside nightshift), the
+    /// gateway's loopback port.
+    pub fn model_access(&self, boxed: bool) -> ModelAccess {
+        let port = if boxed {
+            IN_BOX_PORT
+        } else {
+            self.gateway.tcp.port()
+        };
+        ModelAccess {
+            url: format!("http://127.0.0.1:{port}"),
+            token: self.token.clone(),
+            socket: self.gateway.socket.clone(),
+            in_box_port: boxed.then_some(IN_BOX_PORT),
+        }
+    }
+
+    /// The job's token (tests and redaction).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Waits (a short while) for responses still streaming to be metered, then returns what the job spent.
+    pub async fn settle(&self) -> Usage {
+        let wait = async {
+            loop {
+                let notified = self.grant.settled.notified();
+                if *self.grant.in_flight.lock().expect("in-flight lock") == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(SETTLE, wait).await;
+        self.grant.spent.lock().expect("spent lock").usage.clone()
+    }
+
+    /// What the job has spent so far (responses still streaming not yet counted).
+    pub fn usage(&self) -> Usage {
+        self.grant.spent.lock().expect("spent lock").usage.clone()
+    }
+
+    /// Why a request of this job was refused, if one was.
+    pub fn refusal(&self) -> Option<String> {
+        self.grant.spent.lock().expect("spent lock").refused.clone()
+    }
+}
+
+impl Drop for JobAccess {
+    fn drop(&mut self) {
+        self.gateway
+            .grants
+            .lock()
+            .expect("grants lock")
+            .remove(&self.digest);
+    }
+}
+
+/// The service variables that hold model keys: the gateway reads them at start, and agents are never
+/// given them.
+pub fn key_vars(config: &Config) -> Vec<&str> {
+    config
+        .agents
+        .values()
+        .filter_map(|p| key_var(&p.backend))
+        .collect()
+}
+
+/// The service variable holding a backend's model key.
+fn key_var(backend: &Backend) -> Option<&str> {
+    match backend {
+        Backend::Codex(o) | Backend::Claude(o) => Some(&o.api_key_env),
+        Backend::OpenAi(o) => o.api_key_env.as_deref(),
+        Backend::Command(_) => None,
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn random_bytes() -> Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a job token")?;
+    Ok(bytes)
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
+}
+
+/// The routes a job may call, by wire: (method, path, whether a response is a model turn to meter).
+fn route(wire: Wire, method: &Method, path: &str) -> Option<bool> {
+    if method != Method::POST {
+        return None;
+    }
+    match (wire, path) {
+        (Wire::OpenAi, "/v1/responses" | "/v1/chat/completions") => Some(true),
+        (Wire::Anthropic, "/v1/messages") => Some(true),
+        (Wire::Anthropic, "/v1/messages/count_tokens") => Some(false),
+        _ => None,
+    }
+}
+
+fn served(wire: Wire) -> &'static str {
+    match wire {
+        Wire::OpenAi => "POST /v1/responses and POST /v1/chat/completions",
+        Wire::Anthropic => "POST /v1/messages and POST /v1/messages/count_tokens",
+    }
+}
+
+/// An error in the provider's own shape, so the agent's CLI shows its message.
+fn refuse(wire: Wire, status: StatusCode, message: &str) -> Response {
+    let kind = match (wire, status.as_u16()) {
+        (Wire::Anthropic, 401) => "authentication_error",
+        (Wire::Anthropic, 402) => "billing_error",
+        (Wire::Anthropic, 404) => "not_found_error",
+        (Wire::Anthropic, 413) => "request_too_large",
+        (Wire::Anthropic, 400) => "invalid_request_error",
+        (Wire::Anthropic, _) => "api_error",
+        (Wire::OpenAi, 401) => "invalid_api_key",
+        (Wire::OpenAi, 402) => "insufficient_quota",
+        (Wire::OpenAi, 404) => "not_found",
+        (Wire::OpenAi, 400 | 413) => "invalid_request_error",
+        (Wire::OpenAi, _) => "server_error",
+    };
+    let body = match wire {
+        Wire::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+        Wire::OpenAi => {
+            json!({"error": {"message": message, "type": kind, "code": kind, "param": null}})
+        }
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The job token a request carries, from whichever header its CLI uses.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// Request headers passed upstream; everything else (credentials, cookies, organisation and project
+/// selectors, hop-by-hop headers) stays here.
+fn forwarded_request_header(name: &str) -> bool {
+    matches!(
+        name,
+        "content-type"
+            | "accept"
+            | "user-agent"
+            | "anthropic-version"
+            | "anthropic-beta"
+            | "openai-beta"
+    ) || name.starts_with("x-stainless-")
+}
+
+/// Response headers passed back to the agent.
+fn forwarded_response_header(name: &str) -> bool {
+    matches!(
+        name,
+        "content-type" | "cache-control" | "retry-after" | "request-id" | "x-request-id"
+    ) || name.starts_with("x-ratelimit-")
+        || name.starts_with("anthropic-ratelimit-")
+}
+
+async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    // Claude Code's warm-up: answered here, never forwarded.
+    if parts.method == Method::HEAD && path == "/" {
+        return StatusCode::OK.into_response();
+    }
+    let guess = if path.starts_with("/v1/messages") {
+        Wire::Anthropic
+    } else {
+        Wire::OpenAi
+    };
+    let Some(grant) = presented_token(&parts.headers).and_then(|t| gateway.grant(t)) else {
+        return refuse(
+            guess,
+            StatusCode::UNAUTHORIZED,
+            "nightshift: this request has no valid job token (it is wrong, or its job has ended)",
+        );
+    };
+    let wire = grant.upstream.wire;
+    let Some(metered) = route(wire, &parts.method, path) else {
+        return refuse(
+            wire,
+            StatusCode::NOT_FOUND,
+            &format!(
+                "nightshift: the model gateway does not serve {} {path}; it serves {}",
+                parts.method,
+                served(wire)
+            ),
+        );
+    };
+    if metered && let Some(reason) = gateway.over_limit(&grant).await {
+        let first = {
+            let mut spent = grant.spent.lock().expect("spent lock");
+            let first = spent.refused.is_none();
+            spent.refused.get_or_insert_with(|| reason.clone());
+            first
+        };
+        if first {
+            gateway
+                .log(
+                    grant.job,
+                    format!("gateway: refused a model request: {reason}"),
+                )
+                .await;
+        }
+        return refuse(
+            wire,
+            StatusCode::PAYMENT_REQUIRED,
+            &format!("nightshift: {reason}"),
+        );
+    }
+    let body = match axum::body::to_bytes(body, MAX_REQUEST).await {
+        Ok(body) => body,
+        Err(_) => {
+            return refuse(
+                wire,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("nightshift: a request may be at most {MAX_REQUEST} bytes"),
+            );
+        }
+    };
+    let (body, model) = prepare(path, body);
+    forward(gateway, grant, &parts, body, model, metered).await
+}
+
+/// Reads the model a request names and, for a streamed chat completion, asks for its usage in the last
+/// chunk (which OpenAI sends only when asked).
+fn prepare(path: &str, body: Bytes) -> (Bytes, Option<String>) {
+    let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
+        return (body, None);
+    };
+    let model = value
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if path == "/v1/chat/completions" && value.get("stream") == Some(&Value::Bool(true)) {
+        value["stream_options"]["include_usage"] = Value::Bool(true);
+        if let Ok(changed) = serde_json::to_vec(&value) {
+            return (Bytes::from(changed), model);
+        }
+    }
+    (body, model)
+}
+
+async fn forward(
+    gateway: Arc<Gateway>,
+    grant: Arc<Grant>,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    model: Option<String>,
+    metered: bool,
+) -> Response {
+    let upstream = &grant.upstream;
+    let path = parts.uri.path();
+    let tail = match upstream.wire {
+        Wire::OpenAi => path.strip_prefix("/v1").unwrap_or(path),
+        Wire::Anthropic => path,
+    };
+    let mut url = format!("{}{tail}", upstream.base_url);
+    if let Some(query) = parts.uri.query() {
+        url.push('?');
+        url.push_str(query);
+    }
+    let mut request = gateway.client.post(&url).body(body);
+    for (name, value) in &parts.headers {
+        if forwarded_request_header(name.as_str()) {
+            request = request.header(name, value);
+        }
+    }
+    if let Some(key) = &upstream.key {
+        request = match (upstream.wire, upstream.bearer) {
+            (Wire::Anthropic, false) => request.header("x-api-key", key.expose_secret()),
+            _ => request.bearer_auth(key.expose_secret()),
+        };
+    }
+    *grant.in_flight.lock().expect("in-flight lock") += 1;
+    let mut response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            done(&grant);
+            return refuse(
+                upstream.wire,
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "nightshift: the model endpoint could not be reached: {}",
+                    e.without_url()
+                ),
+            );
+        }
+    };
+    let status = response.status();
+    let mut headers = HeaderMap::new();
+    for (name, value) in response.headers() {
+        if forwarded_response_header(name.as_str())
+            && let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_str().as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            )
+        {
+            headers.insert(name, value);
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut meter = Meter::new(&content_type);
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    meter.feed(&chunk);
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.without_url()))).await;
+                    break;
+                }
+            }
+        }
+        // Counted before the agent sees the end of the answer, so its next request is checked against it.
+        let note = metered
+            .then(|| {
+                gateway.add(
+                    &grant,
+                    model.as_deref(),
+                    status.is_success(),
+                    meter.finish(),
+                )
+            })
+            .flatten();
+        drop(tx);
+        if let Some(note) = note {
+            gateway.log(grant.job, note).await;
+        }
+        if metered {
+            let usage = grant.spent.lock().expect("spent lock").usage.clone();
+            if let Err(e) = gateway.store.record_usage(grant.job, &usage).await {
+                warn!("recording what job {} spent failed: {e:#}", grant.job);
+            }
+        }
+        done(&grant);
+    });
+    let mut answer = Response::new(Body::from_stream(Chunks(rx)));
+    *answer.status_mut() = status;
+    *answer.headers_mut() = headers;
+    answer
+}
+
+fn done(grant: &Grant) {
+    let mut in_flight = grant.in_flight.lock().expect("in-flight lock");
+    *in_flight -= 1;
+    if *in_flight == 0 {
+        grant.settled.notify_waiters();
+    }
+}
+
+/// The upstream answer's chunks, as they come.
+struct Chunks(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for Chunks {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
