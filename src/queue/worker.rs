@@ -332,6 +332,12 @@ async fn run_in_worktree(
     let (available, skill_problems) = skill::available(&pipeline.config.skills, &context_dir);
     let mut lines = vec![ready];
     lines.extend(
+        repo_context
+            .refused
+            .iter()
+            .map(|why| format!("skipped a repository instruction file: {why}")),
+    );
+    lines.extend(
         skill_problems
             .iter()
             .map(|d| format!("skipped an invalid skill: {d}")),
@@ -359,10 +365,10 @@ async fn run_in_worktree(
         lines.push(format!("skills {how}: {}", skill::describe(&selected)));
     }
     let staged = if profile.backend.edits_files() {
-        Some(
-            skill::stage(&selected, &worktree.path, &job_dir.join("stash"))
-                .context("putting the skills in the worktree")?,
-        )
+        let staged = skill::stage(&selected, &worktree.path, &job_dir.join("stash"))
+            .context("putting the skills in the worktree")?;
+        lines.extend(staged.notes.iter().cloned());
+        Some(staged)
     } else {
         None
     };
