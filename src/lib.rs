@@ -10,6 +10,7 @@ pub mod config;
 pub mod github;
 pub mod ids;
 pub mod queue;
+pub mod redact;
 pub mod safe_fs;
 pub mod server;
 pub mod sink;

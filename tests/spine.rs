@@ -57,10 +57,20 @@ async fn an_opened_issue_gets_the_agents_comment_through_a_github_app() {
             .body
             .contains(&format!("<!-- nightshift:job:{job} -->"))
     );
+    // The job's token, minted with the App JWT, for its one repository and what a comment needs.
+    let scoped: Vec<_> = spine
+        .github
+        .mints()
+        .into_iter()
+        .filter(|m| m.body.get("repositories").is_some())
+        .map(|m| m.body)
+        .collect();
     assert_eq!(
-        spine.github.installation_tokens().len(),
-        1,
-        "one installation token, minted with the App JWT"
+        scoped,
+        [serde_json::json!({
+            "repositories": ["Hello-World"],
+            "permissions": {"contents": "read", "issues": "write", "metadata": "read"},
+        })]
     );
     spine.assert_no_unexpected_calls();
 

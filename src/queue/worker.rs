@@ -149,7 +149,15 @@ async fn report_failure(
     if spec.number.is_none() {
         return Ok(());
     }
-    let client = pipeline.github.client_if_any(spec.installation).await?;
+    let client = pipeline
+        .github
+        .job_client(
+            spec.installation,
+            &spec.repo,
+            crate::trigger::OutputKind::Comment,
+        )
+        .await?
+        .map(|(client, _)| client);
     let ctx = SinkContext {
         job: job.id,
         attempt: job.attempt,
@@ -190,7 +198,15 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> R
         )
     })?;
 
-    let client = pipeline.github.client_if_any(spec.installation).await?;
+    // A token for this job: its one repository, the permissions its output needs (App auth).
+    let (client, access) = match pipeline
+        .github
+        .job_client(spec.installation, &spec.repo, spec.output)
+        .await?
+    {
+        Some((client, line)) => (Some(client), Some(line)),
+        None => (None, None),
+    };
     let auth = client
         .as_ref()
         .map(crate::github::RepoClient::git_auth)
@@ -207,9 +223,10 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> R
     // Said in one write with the agent's start (below): every store write before the agent starts is an
     // fsync on its way.
     let ready = format!(
-        "worktree ready at {} ({} ms)",
+        "worktree ready at {} ({} ms){}",
         worktree.commit,
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        access.map(|a| format!("; {a}")).unwrap_or_default()
     );
     info!("{ready}");
 
@@ -486,6 +503,12 @@ async fn run_in_worktree(
         .await;
     }
 
+    // The agent may have run longer than the job's token lives: the sinks get a fresh one.
+    if let Some(client) = client
+        && let Some(line) = client.refresh().await?
+    {
+        note(pipeline, job.id, format!("for the delivery: {line}")).await;
+    }
     let ctx = SinkContext {
         job: job.id,
         attempt: job.attempt,

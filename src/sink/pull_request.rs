@@ -76,14 +76,16 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
 
     // The branch is ours alone: a retried job replaces what an earlier attempt pushed.
     let refspec = format!("HEAD:refs/heads/{branch}");
+    let auth = ctx.git_auth().await?;
     git(
         &worktree.path,
         &["push", "--force", "--quiet", &spec.clone_url, &refspec],
-        &ctx.git_auth(),
+        &auth,
     )
     .await?;
 
-    let pulls = client.api.pulls(repo.owner(), repo.name());
+    let api = client.api();
+    let pulls = api.pulls(repo.owner(), repo.name());
     let head = format!("{}:{branch}", repo.owner());
     let open = with_retry("looking for an open pull request", || {
         pulls

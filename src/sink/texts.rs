@@ -15,15 +15,29 @@ pub fn marker(job: JobId) -> String {
 /// characters; an agent's message is cut well before that, leaving room for nightshift's own lines.
 pub const MESSAGE_MAX_CHARS: usize = 60_000;
 
-/// `message` as it fits in a GitHub body: whole, or cut at [`MESSAGE_MAX_CHARS`] with a note saying so.
+/// `message` as it fits in a GitHub body: whole, or cut at [`MESSAGE_MAX_CHARS`] with a note saying so, with
+/// every known secret redacted ([`crate::redact`]). Every agent-written text nightshift posts goes through
+/// here (and every whole body through [`scrub`] or [`scrub_json`] once more, for the texts around it).
 pub fn fit(message: &str) -> std::borrow::Cow<'_, str> {
+    let message = crate::redact::redact(message);
     match message.char_indices().nth(MESSAGE_MAX_CHARS) {
-        None => std::borrow::Cow::Borrowed(message),
+        None => message,
         Some((end, _)) => std::borrow::Cow::Owned(format!(
             "{}\n\n_(The message was longer than GitHub allows and was cut here.)_",
             &message[..end]
         )),
     }
+}
+
+/// A whole text about to be posted to GitHub (a title, a body), with every known secret redacted.
+pub fn scrub(text: &str) -> String {
+    crate::redact::redact(text).into_owned()
+}
+
+/// A whole JSON body about to be posted to GitHub (a review with its inline comments, an issue, a check
+/// run), with every known secret redacted in every string.
+pub fn scrub_json(body: &mut serde_json::Value) {
+    crate::redact::global().redact_json(body);
 }
 
 fn footer(trigger: &str, job: JobId) -> String {
@@ -69,7 +83,8 @@ pub fn no_changes_comment(trigger: &str, job: JobId, message: &str) -> String {
 }
 
 pub fn pull_request_title(title: Option<&str>, number: Option<u64>) -> String {
-    match (title, number) {
+    let title = title.map(scrub);
+    match (title.as_deref(), number) {
         (Some(title), Some(n)) if !title.trim().is_empty() => format!("{} (#{n})", title.trim()),
         (_, Some(n)) => format!("Changes for #{n}"),
         _ => "Changes from nightshift".to_owned(),
@@ -96,7 +111,7 @@ pub fn pull_request_body(
         body.push_str("\n\n");
     }
     body.push_str(&footer(trigger, job));
-    body
+    scrub(&body)
 }
 
 /// The title of an issue the agent opens, when the trigger gives none.
