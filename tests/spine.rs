@@ -512,8 +512,8 @@ async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job
     assert!(
         comments[1]
             .body
-            .starts_with("nightshift could not finish this job:")
-            && comments[1].body.contains("GitHub answered 404"),
+            .starts_with("This job failed: nightshift could not deliver the result to GitHub.")
+            && !comments[1].body.contains("GitHub answered 404"),
         "{}",
         comments[1].body
     );

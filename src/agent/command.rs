@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::mpsc;
 
 use crate::config::SandboxKind;
 use crate::queue::EnvLookup;
@@ -73,7 +72,7 @@ impl Finished {
 pub async fn run(
     launch: Launch<'_>,
     service_env: &EnvLookup,
-    log: mpsc::UnboundedSender<(LogStream, String)>,
+    log: super::log::JobLog,
 ) -> Result<Finished> {
     let argv = match &launch.sandbox {
         None => launch.argv.clone(),
@@ -283,7 +282,7 @@ mod tests {
             "NIGHTSHIFT_WEBHOOK_SECRET" | "SECRET" => Some("leak".into()),
             _ => None,
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = super::super::log::JobLog::new(1 << 20);
         let allow = ["ALLOWED".to_owned()];
         let outcome = run(
             Launch {
@@ -353,7 +352,7 @@ mod tests {
             "PATH" => std::env::var("PATH").ok(),
             _ => None,
         };
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = super::super::log::JobLog::new(1 << 20);
         let paths = SandboxPaths {
             writable: writable.to_vec(),
         };

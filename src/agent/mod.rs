@@ -6,6 +6,7 @@ pub mod cli;
 pub mod command;
 pub mod endpoint;
 pub mod git;
+pub mod log;
 pub mod prompt;
 pub mod result;
 pub mod workspace;
@@ -14,11 +15,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
 
 use crate::config::{AgentProfile, Backend, PromptVia};
 use crate::queue::EnvLookup;
-use crate::store::{LogStream, Usage};
+use crate::store::Usage;
 
 /// Everything a backend needs to run one job's agent.
 pub struct AgentJob<'a> {
@@ -42,7 +42,7 @@ pub struct AgentJob<'a> {
     pub max_output: usize,
     pub env: &'a EnvLookup,
     /// The job log, as the agent runs.
-    pub log: mpsc::UnboundedSender<(LogStream, String)>,
+    pub log: log::JobLog,
 }
 
 /// How an agent run ended, whatever the backend.
@@ -199,7 +199,7 @@ mod tests {
             prompt_via: via,
         };
         let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
-        let (log, _rx) = mpsc::unbounded_channel();
+        let (log, _rx) = log::JobLog::new(log::DEFAULT_MAX_BYTES);
         run(AgentJob {
             profile_name: "p",
             profile: &profile,
