@@ -409,7 +409,7 @@ async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
 }
 
 #[tokio::test]
-async fn the_app_installation_token_is_minted_once_and_reused() {
+async fn each_job_mints_its_own_scoped_token_and_the_installation_token_is_reused() {
     let mut spine = Spine::new(Auth::App, &[ISSUE_OPENED_COMMENT]).await;
     spine.start().await;
     let body = spine.payload("issues/opened.json");
@@ -421,10 +421,15 @@ async fn the_app_installation_token_is_minted_once_and_reused() {
         "{jobs:?}"
     );
     assert_eq!(spine.github.comments().len(), 2);
-    assert_eq!(
-        spine.github.installation_tokens().len(),
-        1,
-        "the cached token was reused"
+    let (scoped, wide): (Vec<_>, Vec<_>) = spine
+        .github
+        .mints()
+        .into_iter()
+        .partition(|m| m.body.get("repositories").is_some());
+    assert_eq!(scoped.len(), 2, "one token per job");
+    assert!(
+        wide.len() <= 1,
+        "the installation-wide token (the dispatcher's reads) was reused: {wide:?}"
     );
     spine.assert_no_unexpected_calls();
 }

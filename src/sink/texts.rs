@@ -118,13 +118,6 @@ impl Failure {
 /// server (paths, command lines, output) is in it.
 pub fn failure_comment(trigger: &str, job: JobId, what: &str) -> String {
     let what = fit(what.trim_end());
-    let longest_run = what.split(|c| c != '`').map(str::len).max().unwrap_or(0);
-    let what = if longest_run > 0 {
-        // Quoted text with backticks (a file name) cannot open a code span that swallows the rest.
-        what.replace('`', "'")
-    } else {
-        what.into_owned()
-    };
     format!(
         "This job failed: {what}.\n\nAn operator can see what happened with `nightshift jobs {job}` on the \
          server.\n\n{}",
