@@ -172,6 +172,7 @@ async fn hostile_output_files_are_refused_and_the_service_stays_responsive() {
 
     // Reading the links and the 3 GiB file did not grow the service (it held 6 GiB before the fix).
     let peak = peak_kib(spine.server.as_ref().unwrap().pid());
+    eprintln!("the service peaked at {peak} KiB");
     assert!(peak < 300 * 1024, "the service peaked at {peak} KiB");
     spine.assert_no_unexpected_calls();
 }
@@ -450,4 +451,43 @@ async fn a_job_longer_than_its_token_lives_delivers_and_pushes_with_a_fresh_scop
         !log.iter().any(|l| l.line.contains("ghs_")),
         "tokens never reach the log"
     );
+}
+
+#[tokio::test]
+async fn a_flood_of_output_is_cut_at_the_job_log_budget() {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let text = std::fs::read_to_string(&spine.config).unwrap();
+    std::fs::write(&spine.config, format!("max_job_log: 65536\n{text}")).unwrap();
+    // 20 MB of 100-character lines on stderr, as fast as the pipe takes them.
+    let path = agent(
+        &spine,
+        "flood",
+        "head -c 20000000 /dev/zero | tr '\\0' x | fold -w 100 >&2\necho 'flooded'",
+    );
+    spine.add_agents(&format!(
+        "  flood: {{command: [{}], timeout: 60s}}\n",
+        path.display()
+    ));
+    start_triggers(&spine, &[on_issue("flood", "comment", "")]);
+    spine.start().await;
+    spine
+        .deliver_example("issues", "flood-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    assert_eq!(healthz(&spine).await, 200);
+    let log = spine.job_log(jobs[0].id).await;
+    let kept: usize = log
+        .iter()
+        .filter(|l| l.stream == "stderr")
+        .map(|l| l.line.len())
+        .sum();
+    assert!(kept > 0 && kept <= 65536, "{kept} bytes kept");
+    let cut = nightshift::agent::log::cut_line(65536);
+    assert_eq!(log.iter().filter(|l| l.line == cut).count(), 1, "said once");
+    // What came after the flood (nightshift's own lines) is still there.
+    assert!(log.iter().any(|l| l.line.starts_with("delivered comment:")));
+    let peak = peak_kib(spine.server.as_ref().unwrap().pid());
+    eprintln!("the service peaked at {peak} KiB");
+    assert!(peak < 300 * 1024, "the service peaked at {peak} KiB");
 }
