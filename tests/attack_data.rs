@@ -491,3 +491,66 @@ async fn a_flood_of_output_is_cut_at_the_job_log_budget() {
     eprintln!("the service peaked at {peak} KiB");
     assert!(peak < 300 * 1024, "the service peaked at {peak} KiB");
 }
+
+#[tokio::test]
+async fn configuration_problems_are_logged_not_posted_and_failures_name_no_server_internals() {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let failing = agent(&spine, "failing", "echo \"error in $PWD\" >&2\nexit 3");
+    spine.add_agents(&format!(
+        "  nokey: {{openai: {{model: m, base_url: \"http://127.0.0.1:9/v1\", api_key_env: NOT_SET_ANYWHERE}}}}\n\
+         \x20 nocli: {{command: [/nonexistent/agent-cli], timeout: 30s}}\n\
+         \x20 failing: {{command: [{}], timeout: 30s}}\n",
+        failing.display()
+    ));
+    start_triggers(
+        &spine,
+        &[
+            on_issue("nokey", "comment", ""),
+            on_issue("nocli", "comment", ""),
+            on_issue("failing", "comment", ""),
+        ],
+    );
+    spine.start().await;
+    spine
+        .deliver_example("issues", "config-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(3).await;
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Failed),
+        "{jobs:#?}"
+    );
+    // The agent that failed is said on the issue, in words, without its output or the worktree's path.
+    let comments = spine.wait_for_comments(1).await;
+    let failing = jobs.iter().find(|j| j.trigger == "failing").unwrap();
+    spine
+        .wait_for_log_line(failing.id, "said it failed: ")
+        .await;
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(
+        comments[0].body.starts_with(&format!(
+            "This job failed: the agent failed.\n\nAn operator can see what happened with `nightshift jobs {}` on the server.",
+            failing.id
+        )),
+        "{}",
+        comments[0].body
+    );
+    assert!(!comments[0].body.contains("error in"));
+    assert!(
+        !comments[0]
+            .body
+            .contains(spine.dir.path().to_str().unwrap())
+    );
+    // The two configuration problems are the operator's: in the service log, loudly, and nowhere on GitHub.
+    for trigger in ["nokey", "nocli"] {
+        let job = jobs.iter().find(|j| j.trigger == trigger).unwrap();
+        let log = spine.server.as_ref().unwrap().log();
+        assert!(
+            log.contains(&format!(
+                "job {} failed because of nightshift's configuration; this is not said on GitHub",
+                job.id
+            )),
+            "{trigger}: {log}"
+        );
+    }
+    assert_eq!(spine.github.comments().len(), 1);
+}

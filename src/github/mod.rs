@@ -435,3 +435,33 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_token_carries_only_what_its_output_needs() {
+        let p = |o| Permissions::for_output(o).describe();
+        assert_eq!(
+            p(OutputKind::Comment),
+            "contents: read, issues: write, metadata: read"
+        );
+        assert_eq!(
+            p(OutputKind::Issue),
+            "contents: read, issues: write, metadata: read"
+        );
+        assert_eq!(
+            p(OutputKind::PullRequest),
+            "contents: write, issues: write, metadata: read, pull_requests: write"
+        );
+        assert_eq!(
+            p(OutputKind::Review),
+            "contents: read, issues: write, metadata: read, pull_requests: write"
+        );
+        assert_eq!(
+            p(OutputKind::CheckRun),
+            "checks: write, contents: read, issues: write, metadata: read"
+        );
+    }
+}

@@ -111,7 +111,10 @@ async fn end(
     let id = job.id;
     // What a user is told (None: an operator's problem, not posted); the whole error is for the log.
     let public = result.as_ref().err().and_then(Failure::public);
-    let error = result.err().map(|e| format!("{e:#}"));
+    // Known secrets are redacted from the service's log too (the store redacts what it keeps).
+    let error = result
+        .err()
+        .map(|e| crate::redact::redact(&format!("{e:#}")).into_owned());
     let ending = match &error {
         None => {
             info!("job succeeded");
