@@ -487,12 +487,17 @@ async fn run_in_worktree(
     {
         warn!("recording what the agent spent failed: {e:#}");
     }
-    let result = result::read(
-        &output_dir,
-        outcome.message.clone(),
-        outcome.truncated,
-        max_output,
-    );
+    // Off the async threads: the reads never block on a FIFO, but a slow filesystem must not stall them.
+    let result = {
+        let (dir, message, truncated) = (
+            output_dir.clone(),
+            outcome.message.clone(),
+            outcome.truncated,
+        );
+        tokio::task::spawn_blocking(move || result::read(&dir, message, truncated, max_output))
+            .await
+            .context("reading the agent's result")?
+    };
     let spent = outcome
         .usage
         .as_ref()
