@@ -39,20 +39,21 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     global().redact(text)
 }
 
-/// Whether a variable's name says it holds a secret (`OPENAI_API_KEY`, `NPM_TOKEN`, `DB_PASSWORD`).
+/// Whether a variable's name says it holds a secret (`OPENAI_API_KEY`, `NPM_TOKEN`, `DB_PASSWORD`,
+/// `GH_AUTH`, `APIKEY`): one of its `_`-separated words is, or ends with, a word for a secret.
 pub fn secret_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    [
+    const WORDS: [&str; 7] = [
         "KEY",
         "TOKEN",
         "SECRET",
         "PASSWORD",
         "PASSWD",
-        "CREDENTIAL",
+        "CREDENTIALS",
         "AUTH",
-    ]
-    .iter()
-    .any(|word| upper.contains(word))
+    ];
+    name.to_ascii_uppercase()
+        .split('_')
+        .any(|word| WORDS.iter().any(|w| word.ends_with(w)) || word == "CREDENTIAL")
 }
 
 impl Secrets {
@@ -182,10 +183,24 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for yes in ["OPENAI_API_KEY", "NPM_TOKEN", "db_password", "GH_AUTH"] {
+        for yes in [
+            "OPENAI_API_KEY",
+            "NPM_TOKEN",
+            "db_password",
+            "GH_AUTH",
+            "APIKEY",
+            "CLIENT_SECRET",
+        ] {
             assert!(secret_name(yes), "{yes}");
         }
-        for no in ["PATH", "LANG", "RUST_LOG"] {
+        for no in [
+            "PATH",
+            "LANG",
+            "RUST_LOG",
+            "AUTHOR_NAME",
+            "KEYBOARD",
+            "TOKENIZERS_PARALLELISM",
+        ] {
             assert!(!secret_name(no), "{no}");
         }
     }

@@ -398,9 +398,13 @@ impl Staged {
                 }
                 None => {
                     let path = self.worktree.join(folder);
-                    if present(&path)? {
-                        // Does not follow a symlink at `path` itself; no component above it is one.
-                        std::fs::remove_dir_all(&path)?;
+                    match std::fs::symlink_metadata(&path) {
+                        // No component above `path` is a link, and `remove_dir_all` follows none below.
+                        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,
+                        // A file the agent put in the folder's place.
+                        Ok(_) => std::fs::remove_file(&path)?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
                     }
                 }
             }
