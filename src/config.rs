@@ -37,6 +37,9 @@ struct ConfigFile {
     repo_triggers: Option<bool>,
     /// Whether a failed job says so in a comment on its issue or pull request.
     report_failures: Option<bool>,
+    /// The most bytes of agent output one job's log keeps (default 10 MiB); past it, one line says the
+    /// rest was cut.
+    max_job_log: Option<usize>,
     /// GitHub connection and credentials.
     #[serde(default)]
     github: GithubFile,
@@ -347,6 +350,8 @@ pub struct Config {
     pub max_attempts: u32,
     pub repo_triggers: bool,
     pub report_failures: bool,
+    /// The most bytes of agent output one job's log keeps.
+    pub max_job_log: usize,
     pub github: GithubConfig,
     pub git: crate::agent::git::GitPolicy,
     pub agents: BTreeMap<String, AgentProfile>,
@@ -617,6 +622,9 @@ fn resolve(
             .max(1),
         repo_triggers: file.repo_triggers.unwrap_or(true),
         report_failures: file.report_failures.unwrap_or(true),
+        max_job_log: file
+            .max_job_log
+            .unwrap_or(crate::agent::log::DEFAULT_MAX_BYTES),
         github: GithubConfig {
             api_url,
             bot_login: github_bot_login,

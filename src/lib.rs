@@ -11,6 +11,8 @@ pub mod gateway;
 pub mod github;
 pub mod ids;
 pub mod queue;
+pub mod redact;
+pub mod safe_fs;
 pub mod sandbox;
 pub mod server;
 pub mod sink;

@@ -116,6 +116,9 @@ pub async fn serve(
         config,
     });
 
+    // Every secret the service knows is redacted from job logs and from what it posts.
+    crate::redact::register_config(&pipeline.config, &*pipeline.env);
+
     // Asking each agent CLI for its --help takes a moment; it must not hold up the first webhook.
     let checked = pipeline.clone();
     tokio::spawn(async move { check_agents(&checked.config, &*checked.env).await });

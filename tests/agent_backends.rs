@@ -395,7 +395,7 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
     assert_eq!(jobs[0].state, JobState::Failed);
     assert_eq!(
         jobs[0].error.as_deref(),
-        Some("Claude Code reached the profile's max_turns"),
+        Some("running the agent: Claude Code reached the profile's max_turns"),
     );
     // What it spent is kept even when it failed; the limit kept it from asking the model again.
     assert!(jobs[0].usage.as_ref().and_then(|u| u.turns).is_some());
@@ -415,7 +415,7 @@ async fn a_claude_job_stops_at_the_profiles_max_turns() {
     assert!(
         comments[0]
             .body
-            .starts_with("nightshift could not finish this job:\n\n```text\nClaude Code reached the profile's max_turns"),
+            .starts_with("This job failed: Claude Code reached the profile's max_turns."),
         "{}",
         comments[0].body
     );
@@ -568,7 +568,8 @@ async fn a_model_endpoint_that_refuses_the_request_fails_the_job_at_once() {
     assert!(
         comments[0]
             .body
-            .starts_with("nightshift could not finish this job:\n\n```text\nthe model endpoint refused the request: HTTP 400 Bad Request: scripted 400"),
+            .starts_with("This job failed: the agent failed.")
+            && !comments[0].body.contains("scripted 400"),
         "{}",
         comments[0].body
     );

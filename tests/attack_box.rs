@@ -640,7 +640,7 @@ async fn measure_box_startup() {
     for boxed in [false, true] {
         let mut times = Vec::new();
         for _ in 0..40 {
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, _rx) = nightshift::agent::log::JobLog::new(1 << 20);
             let started = Instant::now();
             let out = run(
                 Launch {

@@ -57,10 +57,20 @@ async fn an_opened_issue_gets_the_agents_comment_through_a_github_app() {
             .body
             .contains(&format!("<!-- nightshift:job:{job} -->"))
     );
+    // The job's token, minted with the App JWT, for its one repository and what a comment needs.
+    let scoped: Vec<_> = spine
+        .github
+        .mints()
+        .into_iter()
+        .filter(|m| m.body.get("repositories").is_some())
+        .map(|m| m.body)
+        .collect();
     assert_eq!(
-        spine.github.installation_tokens().len(),
-        1,
-        "one installation token, minted with the App JWT"
+        scoped,
+        [serde_json::json!({
+            "repositories": ["Hello-World"],
+            "permissions": {"contents": "read", "issues": "write", "metadata": "read"},
+        })]
     );
     spine.assert_no_unexpected_calls();
 
@@ -399,7 +409,7 @@ async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
 }
 
 #[tokio::test]
-async fn the_app_installation_token_is_minted_once_and_reused() {
+async fn each_job_mints_its_own_scoped_token_and_the_installation_token_is_reused() {
     let mut spine = Spine::new(Auth::App, &[ISSUE_OPENED_COMMENT]).await;
     spine.start().await;
     let body = spine.payload("issues/opened.json");
@@ -411,10 +421,15 @@ async fn the_app_installation_token_is_minted_once_and_reused() {
         "{jobs:?}"
     );
     assert_eq!(spine.github.comments().len(), 2);
-    assert_eq!(
-        spine.github.installation_tokens().len(),
-        1,
-        "the cached token was reused"
+    let (scoped, wide): (Vec<_>, Vec<_>) = spine
+        .github
+        .mints()
+        .into_iter()
+        .partition(|m| m.body.get("repositories").is_some());
+    assert_eq!(scoped.len(), 2, "one token per job");
+    assert!(
+        wide.len() <= 1,
+        "the installation-wide token (the dispatcher's reads) was reused: {wide:?}"
     );
     spine.assert_no_unexpected_calls();
 }
@@ -502,8 +517,8 @@ async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job
     assert!(
         comments[1]
             .body
-            .starts_with("nightshift could not finish this job:")
-            && comments[1].body.contains("GitHub answered 404"),
+            .starts_with("This job failed: nightshift could not deliver the result to GitHub.")
+            && !comments[1].body.contains("GitHub answered 404"),
         "{}",
         comments[1].body
     );

@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::mpsc;
 
 use crate::queue::EnvLookup;
 use crate::sandbox::{self, BoxSpec, Limits};
@@ -74,11 +73,24 @@ impl Finished {
 pub async fn run(
     launch: Launch<'_>,
     service_env: &EnvLookup,
-    log: mpsc::UnboundedSender<(LogStream, String)>,
+    log: super::log::JobLog,
 ) -> Result<Finished> {
     let argv = match launch.sandbox {
         None => launch.argv.clone(),
-        Some(spec) => sandbox::command_line(spec, &launch.argv),
+        Some(spec) => {
+            // Inside the box bubblewrap would be the one to find the program missing, as an exit status; an
+            // agent that is not installed is the operator's problem and is said as one.
+            let program = launch
+                .argv
+                .first()
+                .context("the agent has an empty command")?;
+            anyhow::ensure!(
+                find_program(program, service_env("PATH").as_deref()),
+                "cannot start the agent `{}`: no such program (is it installed and on PATH?)",
+                launch.argv.join(" ")
+            );
+            sandbox::command_line(spec, &launch.argv)
+        }
     };
     let (program, args) = argv
         .split_first()
@@ -208,6 +220,21 @@ fn finish(line: &[u8], cut: bool) -> String {
     text
 }
 
+/// Whether `program` (a path, or a name looked up on `path`) is an executable file.
+fn find_program(program: &str, path: Option<&str>) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    path.unwrap_or_default()
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .any(|dir| executable(&Path::new(dir).join(program)))
+}
+
 /// The agent's process group, killed when this is dropped or told to.
 struct GroupGuard(Option<i32>);
 
@@ -282,7 +309,7 @@ mod tests {
             "NIGHTSHIFT_WEBHOOK_SECRET" | "SECRET" => Some("leak".into()),
             _ => None,
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = super::super::log::JobLog::new(1 << 20);
         let allow = ["ALLOWED".to_owned()];
         let outcome = run(
             Launch {
@@ -352,7 +379,7 @@ mod tests {
             "PATH" => std::env::var("PATH").ok(),
             _ => None,
         };
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = super::super::log::JobLog::new(1 << 20);
         let spec = BoxSpec {
             worktree: worktree.to_owned(),
             read_only_worktree: false,
@@ -441,7 +468,7 @@ mod tests {
             init: Default::default(),
         };
         let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = super::super::log::JobLog::new(1 << 20);
         let ready = worktree.path().join("ready");
         let run = run(
             Launch {

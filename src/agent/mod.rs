@@ -6,6 +6,7 @@ pub mod cli;
 pub mod command;
 pub mod endpoint;
 pub mod git;
+pub mod log;
 pub mod prompt;
 pub mod result;
 pub mod workspace;
@@ -14,12 +15,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::sync::mpsc;
 
 use crate::config::{AgentProfile, Backend, PromptVia};
 use crate::queue::EnvLookup;
 use crate::sandbox::{self, BoxSpec, Network};
-use crate::store::{LogStream, Usage};
+use crate::store::Usage;
 
 /// Everything a backend needs to run one job's agent.
 pub struct AgentJob<'a> {
@@ -45,7 +45,7 @@ pub struct AgentJob<'a> {
     pub max_output: usize,
     pub env: &'a EnvLookup,
     /// The job log, as the agent runs.
-    pub log: mpsc::UnboundedSender<(LogStream, String)>,
+    pub log: log::JobLog,
     /// The model gateway's URL and the job's token, for the backends that talk to a model.
     pub model: Option<crate::gateway::ModelAccess>,
 }
@@ -225,7 +225,7 @@ mod tests {
             prompt_via: via,
         };
         let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
-        let (log, _rx) = mpsc::unbounded_channel();
+        let (log, _rx) = log::JobLog::new(log::DEFAULT_MAX_BYTES);
         run(AgentJob {
             profile_name: "p",
             profile: &profile,

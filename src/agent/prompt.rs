@@ -25,20 +25,31 @@ pub struct RepoContext {
     pub origin: String,
     /// Every `AGENTS.md` (path in the repository, text), the root one first.
     pub agents_md: Vec<(String, String)>,
+    /// Why an `AGENTS.md` was not read (a symlink, not a regular file), for the job log.
+    pub refused: Vec<String>,
 }
 
 impl RepoContext {
-    /// Reads the `AGENTS.md` files at `paths` (relative to `root`), the root's first.
+    /// Reads the `AGENTS.md` files at `paths` (relative to `root`), the root's first, the safe way: a symlink
+    /// on the way, or a file that is not a regular one, is refused (and said in `refused`), and no more
+    /// than [`AGENTS_MD_MAX`] (and a little, to say it was cut) is read of any.
     pub fn read(root: &Path, origin: String, mut paths: Vec<String>) -> RepoContext {
         paths.sort_by_key(|p| (p.matches('/').count(), p.clone()));
-        let agents_md = paths
-            .into_iter()
-            .filter_map(|p| {
-                let text = std::fs::read_to_string(root.join(&p)).ok()?;
-                Some((p, text))
-            })
-            .collect();
-        RepoContext { origin, agents_md }
+        let mut context = RepoContext {
+            origin,
+            ..RepoContext::default()
+        };
+        for p in paths {
+            match crate::safe_fs::read_beneath(root, &p, AGENTS_MD_MAX + 4) {
+                Ok(Some(file)) => {
+                    let text = String::from_utf8_lossy(&file.bytes).into_owned();
+                    context.agents_md.push((p, text));
+                }
+                Ok(None) => {}
+                Err(e) => context.refused.push(e.to_string()),
+            }
+        }
+        context
     }
 }
 
@@ -232,7 +243,38 @@ mod tests {
                 ("AGENTS.md".into(), "Run cargo test.\n".into()),
                 ("web/AGENTS.md".into(), "Use pnpm.\n".into()),
             ],
+            refused: vec![],
         }
+    }
+
+    #[test]
+    fn linked_agents_md_files_are_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("web")).unwrap();
+        std::fs::write(root.join("web/AGENTS.md"), "Use pnpm.\n").unwrap();
+        std::os::unix::fs::symlink("/proc/self/environ", root.join("AGENTS.md")).unwrap();
+        std::os::unix::fs::symlink(root.join("web"), root.join("docs")).unwrap();
+        let context = RepoContext::read(
+            root,
+            "here".into(),
+            vec![
+                "AGENTS.md".into(),
+                "web/AGENTS.md".into(),
+                "docs/AGENTS.md".into(),
+            ],
+        );
+        assert_eq!(
+            context.agents_md,
+            [("web/AGENTS.md".into(), "Use pnpm.\n".into())]
+        );
+        assert_eq!(
+            context.refused,
+            [
+                "AGENTS.md is a symlink; nightshift reads only regular files",
+                "docs is a symlink; nightshift reads only regular files"
+            ]
+        );
     }
 
     #[test]

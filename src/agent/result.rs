@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::safe_fs::read_beneath;
+
 /// What the agent left behind, besides its changes.
 #[derive(Debug)]
 pub struct AgentResult {
@@ -54,25 +56,32 @@ fn right() -> Side {
     Side::Right
 }
 
+/// The most of `review.json` nightshift reads.
+pub const REVIEW_MAX: usize = 1024 * 1024;
+
 /// Reads the agent's result from `output_dir`, falling back to its stdout for the message. A malformed
-/// review file is an error that says what is wrong with it.
+/// review file is an error that says what is wrong with it. The files are read the safe way
+/// ([`crate::safe_fs::read_beneath`]): a symlink, a FIFO or a device, in the files' place or the folder's, is
+/// an error, never read; a file longer than its cap is read only up to it.
 pub fn read(
     output_dir: &Path,
     stdout: String,
     stdout_truncated: bool,
     max_output: usize,
 ) -> Result<AgentResult> {
-    let (message, truncated) = match std::fs::read(output_dir.join("message.md")) {
-        Ok(bytes) if !bytes.is_empty() => {
-            let cut = bytes.len() > max_output;
-            let kept = &bytes[..bytes.len().min(max_output)];
-            (String::from_utf8_lossy(kept).into_owned(), cut)
-        }
+    let (message, truncated) = match read_beneath(output_dir, "message.md", max_output)? {
+        Some(file) if !file.bytes.is_empty() => (
+            String::from_utf8_lossy(&file.bytes).into_owned(),
+            file.truncated,
+        ),
         _ => (stdout, stdout_truncated),
     };
-    let review = match std::fs::read_to_string(output_dir.join("review.json")) {
-        Err(_) => None,
-        Ok(text) => Some(parse_review(&text)?),
+    let review = match read_beneath(output_dir, "review.json", REVIEW_MAX)? {
+        None => None,
+        Some(file) if file.truncated => {
+            bail!("the agent's review.json is longer than {REVIEW_MAX} bytes")
+        }
+        Some(file) => Some(parse_review(&String::from_utf8_lossy(&file.bytes))?),
     };
     Ok(AgentResult {
         message,
@@ -130,6 +139,27 @@ mod tests {
         std::fs::write(dir.path().join("message.md"), "x".repeat(150)).unwrap();
         let r = read(dir.path(), "from stdout".into(), false, 100).unwrap();
         assert_eq!((r.message.len(), r.truncated), (100, true));
+    }
+
+    #[test]
+    fn links_fifos_and_devices_in_the_output_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("output");
+        std::fs::create_dir(&output).unwrap();
+        std::os::unix::fs::symlink("/proc/self/environ", output.join("message.md")).unwrap();
+        let e = read(&output, String::new(), false, 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "message.md is a symlink; nightshift reads only regular files"
+        );
+        std::fs::remove_file(output.join("message.md")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", output.join("review.json")).unwrap();
+        let e = read(&output, String::new(), false, 100).unwrap_err();
+        assert!(e.to_string().starts_with("review.json is a symlink"), "{e}");
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(dir.path(), &linked).unwrap();
+        let e = read(&linked, String::new(), false, 100).unwrap_err();
+        assert!(e.to_string().contains("folder is a symlink"), "{e}");
     }
 
     #[test]

@@ -11,23 +11,208 @@ use octocrab::secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
 use crate::config::{GithubAuth, GithubConfig};
-use crate::ids::InstallationId;
+use crate::ids::{InstallationId, RepoName};
+use crate::trigger::OutputKind;
 
 /// An authenticated client for one repository's installation, and the token git pushes with.
+///
+/// A job's client ([`GitHub::job_client`], App auth) holds a token minted for the job: scoped to its one
+/// repository and the permissions its output needs, and minted again (by [`RepoClient::refresh`], which
+/// [`RepoClient::git_auth`] and the worker call right before they use it) once little of its life is left.
 #[derive(Clone)]
 pub struct RepoClient {
-    pub api: Octocrab,
-    token: SecretString,
+    current: Arc<std::sync::Mutex<Current>>,
+    /// How to mint the next token; None for a token that cannot be minted again (token mode, or the
+    /// installation-wide client octocrab refreshes itself).
+    scope: Option<Arc<Scope>>,
 }
 
-impl RepoClient {
-    pub fn token(&self) -> &str {
-        self.token.expose_secret()
+struct Current {
+    api: Octocrab,
+    token: SecretString,
+    /// When the token stops working (None: unknown or never).
+    expires_at: Option<jiff::Timestamp>,
+    /// When it was minted.
+    minted_at: jiff::Timestamp,
+}
+
+/// What a job's tokens are minted for.
+struct Scope {
+    app: Octocrab,
+    installation: InstallationId,
+    repo: RepoName,
+    permissions: Permissions,
+    /// Held while a token is minted, so concurrent callers mint once.
+    minting: Mutex<()>,
+}
+
+/// The permissions a job's token carries: what its output needs, and no more.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Permissions(pub std::collections::BTreeMap<&'static str, &'static str>);
+
+impl Permissions {
+    /// What a job with `output` needs: it reads the repository (contents, metadata), and writes only what
+    /// its output creates: `contents` for a branch (pull_request), pull requests for a pull request or a
+    /// review, issues for a comment or an issue (comments on pull requests are issue comments), checks for
+    /// a check run. Failure notes are comments, so every output that is about an issue or a pull request
+    /// may write one.
+    pub fn for_output(output: OutputKind) -> Permissions {
+        let mut p = std::collections::BTreeMap::new();
+        p.insert("metadata", "read");
+        p.insert("contents", "read");
+        p.insert("issues", "write");
+        match output {
+            OutputKind::PullRequest => {
+                p.insert("contents", "write");
+                p.insert("pull_requests", "write");
+            }
+            OutputKind::Review => {
+                p.insert("pull_requests", "write");
+            }
+            OutputKind::CheckRun => {
+                p.insert("checks", "write");
+            }
+            OutputKind::Comment | OutputKind::Issue => {}
+        }
+        Permissions(p)
     }
 
-    /// The credentials git uses with this client's token.
+    /// `contents: write, issues: write, ...`, for the job log.
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A token is minted again when less than this of its life is left (or a quarter of its whole life, when
+/// that is shorter: tokens that live minutes, as in tests).
+pub const REFRESH_MARGIN: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+impl RepoClient {
+    fn fixed(api: Octocrab, token: SecretString) -> RepoClient {
+        RepoClient {
+            current: Arc::new(std::sync::Mutex::new(Current {
+                api,
+                token,
+                expires_at: None,
+                minted_at: jiff::Timestamp::now(),
+            })),
+            scope: None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The API client, with the current token.
+    pub fn api(&self) -> Octocrab {
+        self.lock().api.clone()
+    }
+
+    pub fn token(&self) -> String {
+        self.lock().token.expose_secret().to_owned()
+    }
+
+    /// Whether the token has less than [`REFRESH_MARGIN`] (or a quarter of its life) left.
+    fn stale(&self) -> bool {
+        let current = self.lock();
+        let Some(expires) = current.expires_at else {
+            return false;
+        };
+        let life = expires.duration_since(current.minted_at);
+        let margin = jiff::SignedDuration::try_from(REFRESH_MARGIN)
+            .unwrap_or_default()
+            .min(life / 4);
+        jiff::Timestamp::now() + margin >= expires
+    }
+
+    /// Mints a new token when the current one is near its end (a job's client under App auth; others are
+    /// left as they are). Returns a line for the job log when it minted one.
+    pub async fn refresh(&self) -> Result<Option<String>> {
+        let Some(scope) = &self.scope else {
+            return Ok(None);
+        };
+        let _one_at_a_time = scope.minting.lock().await;
+        if !self.stale() {
+            return Ok(None);
+        }
+        let minted = scope.mint().await?;
+        let line = minted.describe(scope);
+        *self.lock() = minted;
+        Ok(Some(line))
+    }
+
+    /// The credentials git uses, right now: call it right before a push, so a job that ran longer than its
+    /// token lives pushes with a fresh one. Also returns a line for the job log when a token was minted.
+    pub async fn fresh_git_auth(&self) -> Result<(crate::agent::git::GitAuth, Option<String>)> {
+        let minted = self.refresh().await?;
+        Ok((self.git_auth(), minted))
+    }
+
+    /// The credentials git uses with the current token, as it is.
     pub fn git_auth(&self) -> crate::agent::git::GitAuth {
-        crate::agent::git::GitAuth::token(self.token())
+        crate::agent::git::GitAuth::token(&self.token())
+    }
+}
+
+impl Scope {
+    /// Mints a token for the scope: `POST /app/installations/{id}/access_tokens` with the one repository and
+    /// the permissions. The token is registered for redaction before anything else sees it.
+    async fn mint(&self) -> Result<Current> {
+        #[derive(serde::Deserialize)]
+        struct Minted {
+            token: String,
+            expires_at: Option<String>,
+        }
+        let route = format!("/app/installations/{}/access_tokens", self.installation);
+        let body = serde_json::json!({
+            "repositories": [self.repo.name()],
+            "permissions": self.permissions,
+        });
+        let minted: Minted = with_retry(
+            &format!(
+                "minting a token for {} ({})",
+                self.repo,
+                self.permissions.describe()
+            ),
+            || self.app.post(route.as_str(), Some(&body)),
+        )
+        .await?;
+        crate::redact::global().add(&minted.token);
+        let expires_at = minted
+            .expires_at
+            .as_deref()
+            .map(str::parse::<jiff::Timestamp>)
+            .transpose()
+            .context("GitHub's token has an expires_at that is not a time")?;
+        let api = self
+            .app
+            .user_access_token(minted.token.clone())
+            .context("preparing the job's GitHub client")?;
+        Ok(Current {
+            api,
+            token: SecretString::from(minted.token),
+            expires_at,
+            minted_at: jiff::Timestamp::now(),
+        })
+    }
+}
+
+impl Current {
+    fn describe(&self, scope: &Scope) -> String {
+        let until = self
+            .expires_at
+            .map(|t| format!(" valid until {}", t.strftime("%H:%M:%S UTC")))
+            .unwrap_or_default();
+        format!(
+            "minted a GitHub token for {} only ({}){until}",
+            scope.repo,
+            scope.permissions.describe()
+        )
     }
 }
 
@@ -39,6 +224,8 @@ pub struct GitHub {
     auth: Auth,
 }
 
+// One value per process: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Auth {
     App {
         app: Octocrab,
@@ -70,14 +257,14 @@ impl GitHub {
                     installations: Mutex::new(HashMap::new()),
                 }
             }
-            GithubAuth::Token(token) => Auth::Token(RepoClient {
-                api: builder()
+            GithubAuth::Token(token) => Auth::Token(RepoClient::fixed(
+                builder()
                     .context("bad github.api_url")?
                     .personal_token(token.expose_secret().to_owned())
                     .build()
                     .context("building the GitHub client")?,
-                token: token.clone(),
-            }),
+                token.clone(),
+            )),
             GithubAuth::None => Auth::None,
         };
         Ok(Arc::new(GitHub { auth }))
@@ -111,6 +298,49 @@ impl GitHub {
         self.client(installation).await.map(Some)
     }
 
+    /// A job's client: under App auth, with a token minted for the job, for `repo` only and the permissions
+    /// `output` needs ([`Permissions::for_output`]), minted again when it nears its end
+    /// ([`RepoClient::refresh`]); with a configured token, that token (a personal token cannot be scoped).
+    /// None in a dry run. The second value is a line for the job log.
+    pub async fn job_client(
+        &self,
+        installation: Option<InstallationId>,
+        repo: &RepoName,
+        output: OutputKind,
+    ) -> Result<Option<(RepoClient, String)>> {
+        match &self.auth {
+            Auth::None => Ok(None),
+            Auth::Token(client) => Ok(Some((
+                client.clone(),
+                "GitHub access: the configured token (a personal token cannot be limited to one repository)"
+                    .to_owned(),
+            ))),
+            Auth::App { app, .. } => {
+                let Some(installation) = installation else {
+                    bail!(
+                        "the event carries no installation id, so the GitHub App cannot act on its repository"
+                    );
+                };
+                let scope = Scope {
+                    app: app.clone(),
+                    installation,
+                    repo: repo.clone(),
+                    permissions: Permissions::for_output(output),
+                    minting: Mutex::new(()),
+                };
+                let current = scope.mint().await?;
+                let line = current.describe(&scope);
+                Ok(Some((
+                    RepoClient {
+                        current: Arc::new(std::sync::Mutex::new(current)),
+                        scope: Some(Arc::new(scope)),
+                    },
+                    line,
+                )))
+            }
+        }
+    }
+
     /// A client for the installation an event came from (App auth) or the configured token.
     pub async fn client(&self, installation: Option<InstallationId>) -> Result<RepoClient> {
         match &self.auth {
@@ -142,8 +372,8 @@ impl GitHub {
                         .await
                         .with_context(|| format!("getting an access token for installation {id}"))?
                 };
-                let crab = crab.clone();
-                Ok(RepoClient { api: crab, token })
+                crate::redact::global().add(token.expose_secret());
+                Ok(RepoClient::fixed(crab.clone(), token))
             }
             Auth::None => bail!(
                 "no GitHub credentials configured: set NIGHTSHIFT_GITHUB_TOKEN, or github.app_id with a private key"
@@ -203,5 +433,35 @@ where
             }
             Err(e) => return Err(describe(e).context(what.to_owned())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_token_carries_only_what_its_output_needs() {
+        let p = |o| Permissions::for_output(o).describe();
+        assert_eq!(
+            p(OutputKind::Comment),
+            "contents: read, issues: write, metadata: read"
+        );
+        assert_eq!(
+            p(OutputKind::Issue),
+            "contents: read, issues: write, metadata: read"
+        );
+        assert_eq!(
+            p(OutputKind::PullRequest),
+            "contents: write, issues: write, metadata: read, pull_requests: write"
+        );
+        assert_eq!(
+            p(OutputKind::Review),
+            "contents: read, issues: write, metadata: read, pull_requests: write"
+        );
+        assert_eq!(
+            p(OutputKind::CheckRun),
+            "checks: write, contents: read, issues: write, metadata: read"
+        );
     }
 }

@@ -129,7 +129,7 @@ async fn changed_files(pipeline: &Pipeline, event: &Event) -> Result<Vec<String>
     if !pipeline.github.has_credentials() {
         anyhow::bail!("no GitHub credentials");
     }
-    let client = pipeline.github.client(event.installation).await?;
+    let api = pipeline.github.client(event.installation).await?.api();
     let mut files = Vec::new();
     for page in 1..=MAX_CHANGED_FILES.div_ceil(100) {
         let route = format!(
@@ -137,7 +137,7 @@ async fn changed_files(pipeline: &Pipeline, event: &Event) -> Result<Vec<String>
             repo.full_name, pr.number
         );
         let batch: Vec<serde_json::Value> = with_retry("listing the pull request's files", || {
-            client.api.get(route.as_str(), None::<&()>)
+            api.get(route.as_str(), None::<&()>)
         })
         .await?;
         let done = batch.len() < 100;

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use tokio::sync::mpsc;
+use anyhow::{Context, Result, anyhow};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::{JobSpec, Pipeline};
@@ -15,6 +14,7 @@ use crate::agent::prompt::{self, RepoContext};
 use crate::agent::workspace::Checkout;
 use crate::agent::{self, AgentJob, result};
 use crate::ids::JobId;
+use crate::sink::texts::Failure;
 use crate::sink::{self, SinkContext};
 use crate::skill;
 use crate::store::{ClaimedJob, Ending, Lease, LogStream};
@@ -109,7 +109,12 @@ async fn end(
     result: Result<()>,
 ) {
     let id = job.id;
-    let error = result.err().map(|e| format!("{e:#}"));
+    // What a user is told (None: an operator's problem, not posted); the whole error is for the log.
+    let public = result.as_ref().err().and_then(Failure::public);
+    // Known secrets are redacted from the service's log too (the store redacts what it keeps).
+    let error = result
+        .err()
+        .map(|e| crate::redact::redact(&format!("{e:#}")).into_owned());
     let ending = match &error {
         None => {
             info!("job succeeded");
@@ -117,6 +122,11 @@ async fn end(
         }
         Some(e) => {
             error!("job failed: {e}");
+            if public.is_none() {
+                error!(
+                    "job {id} failed because of nightshift's configuration; this is not said on GitHub: {e}"
+                );
+            }
             let _ = pipeline
                 .store
                 .append_log(id, LogStream::Nightshift, &[format!("failed: {e}")])
@@ -126,7 +136,7 @@ async fn end(
     };
     match pipeline.store.finish_job(id, owner, ending).await {
         Ok(true) => {
-            if let (Some(reason), Some(spec)) = (&error, spec)
+            if let (Some(reason), Some(spec)) = (&public, spec)
                 && pipeline.config.report_failures
                 && let Err(e) = report_failure(pipeline, job, spec, reason).await
             {
@@ -149,7 +159,15 @@ async fn report_failure(
     if spec.number.is_none() {
         return Ok(());
     }
-    let client = pipeline.github.client_if_any(spec.installation).await?;
+    let client = pipeline
+        .github
+        .job_client(
+            spec.installation,
+            &spec.repo,
+            crate::trigger::OutputKind::Comment,
+        )
+        .await?
+        .map(|(client, _)| client);
     let ctx = SinkContext {
         job: job.id,
         attempt: job.attempt,
@@ -157,6 +175,7 @@ async fn report_failure(
         store: &pipeline.store,
         client: client.as_ref(),
     };
+    // `reason` says what failed in a user's words; the details are in the job log.
     let body = crate::sink::texts::failure_comment(&spec.trigger, job.id, reason);
     let output = sink::comment::post(&ctx, &body).await?;
     note(
@@ -183,14 +202,28 @@ async fn note(pipeline: &Pipeline, job: JobId, line: String) {
 }
 
 async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> Result<()> {
-    let profile = pipeline.config.agents.get(&spec.agent).with_context(|| {
-        format!(
-            "agent profile `{}` is not in the service config",
-            spec.agent
-        )
-    })?;
+    let profile = pipeline
+        .config
+        .agents
+        .get(&spec.agent)
+        .with_context(|| {
+            format!(
+                "agent profile `{}` is not in the service config",
+                spec.agent
+            )
+        })
+        .context(Failure::Config)?;
 
-    let client = pipeline.github.client_if_any(spec.installation).await?;
+    // A token for this job: its one repository, the permissions its output needs (App auth).
+    let (client, access) = match pipeline
+        .github
+        .job_client(spec.installation, &spec.repo, spec.output)
+        .await
+        .context(Failure::Prepare)?
+    {
+        Some((client, line)) => (Some(client), Some(line)),
+        None => (None, None),
+    };
     let auth = client
         .as_ref()
         .map(crate::github::RepoClient::git_auth)
@@ -203,13 +236,15 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> R
     let worktree = pipeline
         .workspaces
         .prepare(&spec.repo, &spec.clone_url, checkout, job.id, &auth)
-        .await?;
+        .await
+        .context(Failure::Prepare)?;
     // Said in one write with the agent's start (below): every store write before the agent starts is an
     // fsync on its way.
     let ready = format!(
-        "worktree ready at {} ({} ms)",
+        "worktree ready at {} ({} ms){}",
         worktree.commit,
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        access.map(|a| format!("; {a}")).unwrap_or_default()
     );
     info!("{ready}");
 
@@ -259,7 +294,9 @@ async fn run_in_worktree(
     // worktree.
     match tokio::fs::remove_dir_all(&job_dir).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("clearing {}", job_dir.display()));
+            return Err(e)
+                .with_context(|| format!("clearing {}", job_dir.display()))
+                .context(Failure::Prepare);
         }
         _ => {}
     }
@@ -270,14 +307,16 @@ async fn run_in_worktree(
     for dir in [&home, &tmp, &output_dir] {
         tokio::fs::create_dir_all(dir)
             .await
-            .with_context(|| format!("creating {}", dir.display()))?;
+            .with_context(|| format!("creating {}", dir.display()))
+            .context(Failure::Prepare)?;
     }
     let event_path = job_dir.join("event.json");
     tokio::fs::write(
         &event_path,
         pipeline.store.delivery_payload(job.delivery).await?,
     )
-    .await?;
+    .await
+    .context(Failure::Prepare)?;
     let vars = [
         ("NIGHTSHIFT_JOB_ID", job.id.to_string()),
         ("NIGHTSHIFT_REPO", spec.repo.to_string()),
@@ -290,8 +329,9 @@ async fn run_in_worktree(
         ("TMPDIR", tmp.display().to_string()),
     ];
 
-    // The agent's output reaches the job log as it comes, in small batches.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(LogStream, String)>();
+    // The agent's output reaches the job log as it comes, in small batches, within the job's budget
+    // (`max_job_log`): what waits for the store never exceeds it, whatever the agent writes.
+    let (tx, mut rx) = crate::agent::log::JobLog::new(pipeline.config.max_job_log);
     let store = pipeline.store.clone();
     let job_id = job.id;
     let logger = tokio::spawn(async move {
@@ -316,7 +356,8 @@ async fn run_in_worktree(
         .workspaces
         .export_context(&spec.repo, &spec.default_branch, &context_dir)
         .await
-        .context("reading the repository's AGENTS.md and skills from its default branch")?;
+        .context("reading the repository's AGENTS.md and skills from its default branch")
+        .context(Failure::Prepare)?;
     let origin = format!(
         "from `{}` at {}",
         if spec.default_branch.is_empty() {
@@ -334,12 +375,18 @@ async fn run_in_worktree(
     // Symlinks and submodules of the default branch are never followed: said, not read.
     lines.extend(exported.skipped.iter().map(ToString::to_string));
     lines.extend(
+        repo_context
+            .refused
+            .iter()
+            .map(|why| format!("skipped a repository instruction file: {why}")),
+    );
+    lines.extend(
         skill_problems
             .iter()
             .map(|d| format!("skipped an invalid skill: {d}")),
     );
-    let selected =
-        skill::select(&available, &spec.skills, spec.all_skills).map_err(|e| anyhow!(e))?;
+    let selected = skill::select(&available, &spec.skills, spec.all_skills)
+        .map_err(|e| anyhow!(e.clone()).context(Failure::Trigger(e)))?;
     if !repo_context.agents_md.is_empty() {
         let paths: Vec<&str> = repo_context
             .agents_md
@@ -361,10 +408,11 @@ async fn run_in_worktree(
         lines.push(format!("skills {how}: {}", skill::describe(&selected)));
     }
     let staged = if profile.backend.edits_files() {
-        Some(
-            skill::stage(&selected, &worktree.path, &job_dir.join("stash"))
-                .context("putting the skills in the worktree")?,
-        )
+        let staged = skill::stage(&selected, &worktree.path, &job_dir.join("stash"))
+            .context("putting the skills in the worktree")
+            .context(Failure::Prepare)?;
+        lines.extend(staged.notes.iter().cloned());
+        Some(staged)
     } else {
         None
     };
@@ -435,7 +483,8 @@ async fn run_in_worktree(
     let access = pipeline
         .gateway
         .open(job.id, &spec.repo.to_string(), &spec.agent, profile)
-        .await?;
+        .await
+        .context(Failure::Config)?;
     // The openai backend runs inside nightshift, never in a box.
     let boxed = sandbox.is_some() && profile.backend.edits_files();
     let model = access.as_ref().map(|a| a.model_access(boxed));
@@ -465,11 +514,15 @@ async fn run_in_worktree(
     let _ = logger.await;
     // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
     if let Some(staged) = staged {
-        staged
-            .restore()
-            .context("putting the worktree's own skill folders back")?;
+        staged.restore().map_err(|e| {
+            let why = e.to_string();
+            anyhow!(e)
+                .context("putting the worktree's own skill folders back")
+                .context(Failure::Result(why))
+        })?;
     }
-    let mut outcome = outcome?;
+    // The agent could not be started (a missing API key or CLI): the operator's to fix.
+    let mut outcome = outcome.context(Failure::Config)?;
     // What a model backend spent is what the gateway metered, whatever the agent says it spent.
     if let Some(access) = &access {
         outcome.usage = Some(access.settle().await);
@@ -479,12 +532,17 @@ async fn run_in_worktree(
     {
         warn!("recording what the agent spent failed: {e:#}");
     }
-    let result = result::read(
-        &output_dir,
-        outcome.message.clone(),
-        outcome.truncated,
-        max_output,
-    );
+    // Off the async threads: the reads never block on a FIFO, but a slow filesystem must not stall them.
+    let result = {
+        let (dir, message, truncated) = (
+            output_dir.clone(),
+            outcome.message.clone(),
+            outcome.truncated,
+        );
+        tokio::task::spawn_blocking(move || result::read(&dir, message, truncated, max_output))
+            .await
+            .context("reading the agent's result")?
+    };
     let spent = outcome
         .usage
         .as_ref()
@@ -501,12 +559,25 @@ async fn run_in_worktree(
     )
     .await;
     if let Some(reason) = access.as_ref().and_then(|a| a.refusal()) {
-        bail!("budget reached: {reason}");
+        let why = format!("budget reached: {reason}");
+        return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
     }
     if let Some(failure) = outcome.failure {
-        bail!(failure);
+        // A timeout or a limit is said as it is; any other failure (an exit status, an endpoint's answer) only
+        // as "the agent failed", with the details in the log.
+        let public = if failure.starts_with("the agent ran out of time")
+            || failure.contains("reached the profile's")
+        {
+            failure.clone()
+        } else {
+            "the agent failed".to_owned()
+        };
+        return Err(anyhow!(failure).context(Failure::Agent(public)));
     }
-    let result = result?;
+    let result = result.map_err(|e| {
+        let why = e.to_string();
+        e.context(Failure::Result(why))
+    })?;
     if result.truncated {
         note(
             pipeline,
@@ -527,6 +598,12 @@ async fn run_in_worktree(
         .await;
     }
 
+    // The agent may have run longer than the job's token lives: the sinks get a fresh one.
+    if let Some(client) = client
+        && let Some(line) = client.refresh().await.context(Failure::Deliver)?
+    {
+        note(pipeline, job.id, format!("for the delivery: {line}")).await;
+    }
     let ctx = SinkContext {
         job: job.id,
         attempt: job.attempt,
@@ -536,15 +613,16 @@ async fn run_in_worktree(
     };
     let output = match spec.output {
         OutputKind::Comment => {
-            sink::comment::deliver(&ctx, &result.message, result.truncated).await?
+            sink::comment::deliver(&ctx, &result.message, result.truncated).await
         }
         OutputKind::PullRequest => {
-            sink::pull_request::deliver(&ctx, worktree, &result.message).await?
+            sink::pull_request::deliver(&ctx, worktree, &result.message).await
         }
         OutputKind::Review | OutputKind::Issue | OutputKind::CheckRun => {
-            sink::github_object::deliver(&ctx, worktree, &result).await?
+            sink::github_object::deliver(&ctx, worktree, &result).await
         }
-    };
+    }
+    .context(Failure::Deliver)?;
     note(
         pipeline,
         job.id,

@@ -16,6 +16,7 @@ pub async fn deliver(ctx: &SinkContext<'_>, message: &str, truncated: bool) -> R
 
 /// Posts `body` as the job's one comment, unless a previous attempt already did.
 pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
+    let body = &texts::scrub(body);
     if let Some(done) = ctx.store.find_output(ctx.job, KEY).await? {
         return Ok(done);
     }
@@ -31,7 +32,8 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
         lines.extend(body.lines().map(str::to_owned));
         return ctx.dry_run("comment", KEY, lines).await;
     };
-    let issues = client.api.issues(repo.owner(), repo.name());
+    let api = client.api();
+    let issues = api.issues(repo.owner(), repo.name());
     // A previous attempt may have posted and died before recording it: look for our marker first.
     let mut existing = None;
     if ctx.attempt > 1 {
@@ -49,10 +51,8 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
                 existing = Some(c.html_url.to_string());
                 break;
             }
-            let next = with_retry("listing the issue's comments", || {
-                client.api.get_page(&page.next)
-            })
-            .await?;
+            let next =
+                with_retry("listing the issue's comments", || api.get_page(&page.next)).await?;
             match next {
                 Some(next) => page = next,
                 None => break,

@@ -24,7 +24,7 @@ pub async fn deliver(
     }
     let spec = ctx.spec;
     let repo = &spec.repo;
-    let (route, body) = match kind {
+    let (route, mut body) = match kind {
         OutputKind::Review => {
             let number = spec
                 .number
@@ -65,6 +65,8 @@ pub async fn deliver(
             unreachable!("delivered by their own sinks")
         }
     };
+    // Every string of the body (titles, inline comments too), the one place objects are posted from.
+    texts::scrub_json(&mut body);
     let Some(client) = ctx.client else {
         let mut lines = vec![format!(
             "dry run (no GitHub credentials): would POST {route}:"
@@ -76,8 +78,9 @@ pub async fn deliver(
         );
         return ctx.dry_run(key, key, lines).await;
     };
+    let api = client.api();
     let created: Value = with_retry(&format!("creating the {key}"), || {
-        client.api.post(route.as_str(), Some(&body))
+        api.post(route.as_str(), Some(&body))
     })
     .await?;
     let url = created["html_url"].as_str().map(str::to_owned);

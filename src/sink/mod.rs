@@ -27,10 +27,23 @@ pub struct SinkContext<'a> {
 }
 
 impl SinkContext<'_> {
-    pub fn git_auth(&self) -> GitAuth {
-        self.client
-            .map(RepoClient::git_auth)
-            .unwrap_or_else(GitAuth::none)
+    /// The credentials for a push, right before it: the job's token, minted again if little of its life is
+    /// left (said in the job log), so a job longer than a token lives still pushes.
+    pub async fn git_auth(&self) -> Result<GitAuth> {
+        let Some(client) = self.client else {
+            return Ok(GitAuth::none());
+        };
+        let (auth, minted) = client.fresh_git_auth().await?;
+        if let Some(line) = minted {
+            self.store
+                .append_log(
+                    self.job,
+                    LogStream::Nightshift,
+                    &[format!("for the push: {line}")],
+                )
+                .await?;
+        }
+        Ok(auth)
     }
 
     /// Records what the job delivered (under `key`, so a retry finds it) and returns it.

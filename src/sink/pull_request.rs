@@ -65,12 +65,14 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
     };
 
     // The branch is ours alone: a retried job replaces what an earlier attempt pushed. The credentials
-    // are taken now, right before the push, not when the job started.
+    // are taken now, right before the push (minted again when little of their life is left).
+    let auth = ctx.git_auth().await?;
     worktree
-        .push(&spec.clone_url, &commit, &branch, &ctx.git_auth())
+        .push(&spec.clone_url, &commit, &branch, &auth)
         .await?;
 
-    let pulls = client.api.pulls(repo.owner(), repo.name());
+    let api = client.api();
+    let pulls = api.pulls(repo.owner(), repo.name());
     let head = format!("{}:{branch}", repo.owner());
     let open = with_retry("looking for an open pull request", || {
         pulls

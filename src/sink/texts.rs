@@ -15,15 +15,29 @@ pub fn marker(job: JobId) -> String {
 /// characters; an agent's message is cut well before that, leaving room for nightshift's own lines.
 pub const MESSAGE_MAX_CHARS: usize = 60_000;
 
-/// `message` as it fits in a GitHub body: whole, or cut at [`MESSAGE_MAX_CHARS`] with a note saying so.
+/// `message` as it fits in a GitHub body: whole, or cut at [`MESSAGE_MAX_CHARS`] with a note saying so, with
+/// every known secret redacted ([`crate::redact`]). Every agent-written text nightshift posts goes through
+/// here (and every whole body through [`scrub`] or [`scrub_json`] once more, for the texts around it).
 pub fn fit(message: &str) -> std::borrow::Cow<'_, str> {
+    let message = crate::redact::redact(message);
     match message.char_indices().nth(MESSAGE_MAX_CHARS) {
-        None => std::borrow::Cow::Borrowed(message),
+        None => message,
         Some((end, _)) => std::borrow::Cow::Owned(format!(
             "{}\n\n_(The message was longer than GitHub allows and was cut here.)_",
             &message[..end]
         )),
     }
+}
+
+/// A whole text about to be posted to GitHub (a title, a body), with every known secret redacted.
+pub fn scrub(text: &str) -> String {
+    crate::redact::redact(text).into_owned()
+}
+
+/// A whole JSON body about to be posted to GitHub (a review with its inline comments, an issue, a check
+/// run), with every known secret redacted in every string.
+pub fn scrub_json(body: &mut serde_json::Value) {
+    crate::redact::global().redact_json(body);
 }
 
 fn footer(trigger: &str, job: JobId) -> String {
@@ -45,15 +59,68 @@ pub fn agent_comment(trigger: &str, job: JobId, message: &str, truncated: bool) 
     format!("{body}\n\n{}", footer(trigger, job))
 }
 
-/// Said on the issue or pull request when its job failed, so the person who handed the work off knows.
-/// The reason is fenced (it can quote a server or the agent): it renders as text, never as Markdown.
-pub fn failure_comment(trigger: &str, job: JobId, reason: &str) -> String {
-    let longest_run = reason.split(|c| c != '`').map(str::len).max().unwrap_or(0);
-    let fence = "`".repeat(longest_run.max(2) + 1);
+/// What failed in a job, in words a user can act on. The worker attaches one to an error as its context
+/// (`.context(Failure::Prepare)`); the failure note on GitHub says only this, while the whole error (server
+/// paths, git command lines, stderr, endpoint answers) stays in the job log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The service's own configuration (an unknown profile or skill, a missing API key or agent CLI): an
+    /// operator's problem, logged loudly and never posted.
+    Config,
+    /// Getting the repository ready: the worktree, its instructions and skills.
+    Prepare,
+    /// The trigger asks for something there is not (a skill): said as it is, for whoever wrote it.
+    Trigger(String),
+    /// The agent failed, or ran out of time; the text says which (`the agent ran out of time after 10m`).
+    Agent(String),
+    /// The agent's result could not be used (a symlinked message.md, a malformed review.json): said as it is,
+    /// it names only the agent's files.
+    Result(String),
+    /// Delivering the result to GitHub.
+    Deliver,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Failure::Config => "nightshift's configuration",
+            Failure::Prepare => "preparing the repository",
+            Failure::Trigger(_) => "the trigger",
+            Failure::Agent(_) => "running the agent",
+            Failure::Result(_) => "reading the agent's result",
+            Failure::Deliver => "delivering the result",
+        })
+    }
+}
+
+impl Failure {
+    /// The failure worth telling the issue or pull request about: the one attached to `error`, or a
+    /// generic one; None for a configuration problem (not posted at all).
+    pub fn public(error: &anyhow::Error) -> Option<String> {
+        match error.downcast_ref::<Failure>() {
+            Some(Failure::Config) => None,
+            Some(Failure::Prepare) => Some("nightshift could not prepare the repository".into()),
+            Some(Failure::Trigger(why)) => Some(format!("the trigger cannot run: {why}")),
+            Some(Failure::Agent(what)) => Some(what.clone()),
+            Some(Failure::Result(why)) => {
+                Some(format!("the agent's result could not be used: {why}"))
+            }
+            Some(Failure::Deliver) => {
+                Some("nightshift could not deliver the result to GitHub".into())
+            }
+            None => Some("nightshift could not finish this job".into()),
+        }
+    }
+}
+
+/// Said on the issue or pull request when its job failed, so the person who handed the work off knows:
+/// what failed (from [`Failure::public`]), the job, and how an operator sees the details. Nothing from the
+/// server (paths, command lines, output) is in it.
+pub fn failure_comment(trigger: &str, job: JobId, what: &str) -> String {
+    let what = fit(what.trim_end());
     format!(
-        "nightshift could not finish this job:\n\n{fence}text\n{}\n{fence}\n\nThe job's log has the details \
-         (`nightshift jobs {job}` on the server).\n\n{}",
-        fit(reason.trim_end()),
+        "This job failed: {what}.\n\nAn operator can see what happened with `nightshift jobs {job}` on the \
+         server.\n\n{}",
         footer(trigger, job)
     )
 }
@@ -69,7 +136,8 @@ pub fn no_changes_comment(trigger: &str, job: JobId, message: &str) -> String {
 }
 
 pub fn pull_request_title(title: Option<&str>, number: Option<u64>) -> String {
-    match (title, number) {
+    let title = title.map(scrub);
+    match (title.as_deref(), number) {
         (Some(title), Some(n)) if !title.trim().is_empty() => format!("{} (#{n})", title.trim()),
         (_, Some(n)) => format!("Changes for #{n}"),
         _ => "Changes from nightshift".to_owned(),
@@ -96,7 +164,7 @@ pub fn pull_request_body(
         body.push_str("\n\n");
     }
     body.push_str(&footer(trigger, job));
-    body
+    scrub(&body)
 }
 
 /// The title of an issue the agent opens, when the trigger gives none.
@@ -211,18 +279,61 @@ mod tests {
     }
 
     #[test]
-    fn failure_comment() {
-        insta::assert_snapshot!(super::failure_comment(
-            "fix",
-            JobId(7),
-            "the agent failed (exit status: 2); its output is in the job log"
-        ));
-        // A reason with its own fences cannot close ours.
-        let text = super::failure_comment("fix", JobId(7), "```\n@team see ````x````");
-        assert!(
-            text.contains("`````text\n```\n@team see ````x````\n`````"),
-            "{text}"
-        );
+    fn failure_comments() {
+        let says = |failure: Failure| {
+            let e = anyhow::anyhow!(
+                "`git worktree add /srv/nightshift/data/jobs/7` failed: fatal: bad ref"
+            )
+            .context(failure);
+            Failure::public(&e).map(|what| super::failure_comment("fix", JobId(7), &what))
+        };
+        insta::assert_snapshot!(says(Failure::Prepare).unwrap(), @r"
+        This job failed: nightshift could not prepare the repository.
+
+        An operator can see what happened with `nightshift jobs 7` on the server.
+
+        <sub>nightshift · trigger `fix` · job 7</sub>
+        <!-- nightshift:job:7 -->
+        ");
+        insta::assert_snapshot!(says(Failure::Agent("the agent ran out of time after 10m".into())).unwrap(), @r"
+        This job failed: the agent ran out of time after 10m.
+
+        An operator can see what happened with `nightshift jobs 7` on the server.
+
+        <sub>nightshift · trigger `fix` · job 7</sub>
+        <!-- nightshift:job:7 -->
+        ");
+        insta::assert_snapshot!(says(Failure::Deliver).unwrap(), @r"
+        This job failed: nightshift could not deliver the result to GitHub.
+
+        An operator can see what happened with `nightshift jobs 7` on the server.
+
+        <sub>nightshift · trigger `fix` · job 7</sub>
+        <!-- nightshift:job:7 -->
+        ");
+        insta::assert_snapshot!(says(Failure::Result("message.md is a symlink; nightshift reads only regular files".into())).unwrap(), @r"
+        This job failed: the agent's result could not be used: message.md is a symlink; nightshift reads only regular files.
+
+        An operator can see what happened with `nightshift jobs 7` on the server.
+
+        <sub>nightshift · trigger `fix` · job 7</sub>
+        <!-- nightshift:job:7 -->
+        ");
+        // An error nobody classified: generic, still nothing from the server.
+        let e = anyhow::anyhow!("/srv/nightshift/secret-path: boom");
+        insta::assert_snapshot!(super::failure_comment("fix", JobId(7), &Failure::public(&e).unwrap()), @r"
+        This job failed: nightshift could not finish this job.
+
+        An operator can see what happened with `nightshift jobs 7` on the server.
+
+        <sub>nightshift · trigger `fix` · job 7</sub>
+        <!-- nightshift:job:7 -->
+        ");
+        // Configuration problems are the operator's: not posted at all.
+        assert_eq!(says(Failure::Config), None);
+        // The context says what failed in the log, too.
+        let e = anyhow::anyhow!("fatal: bad ref").context(Failure::Prepare);
+        assert_eq!(format!("{e:#}"), "preparing the repository: fatal: bad ref");
     }
 
     #[test]

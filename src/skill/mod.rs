@@ -65,14 +65,27 @@ pub fn valid_name(name: &str) -> bool {
 /// Reads and checks the skill in `dir`, reporting every problem.
 pub fn read(dir: &Path, source: &str) -> Result<Skill, Vec<Diagnostic>> {
     let file = dir.join("SKILL.md");
-    let text = std::fs::read_to_string(&file).map_err(|e| {
+    let cannot = |why: String| {
         vec![Diagnostic::new(
             &file,
             1,
             1,
-            format!("cannot read the skill: {e}"),
+            format!("cannot read the skill: {why}"),
         )]
-    })?;
+    };
+    // Never through a symlink, never a FIFO, never more than the cap.
+    let text = match crate::safe_fs::read_beneath(dir, "SKILL.md", SKILL_MD_MAX) {
+        Ok(Some(f)) if f.truncated => {
+            return Err(cannot(format!(
+                "SKILL.md is longer than {SKILL_MD_MAX} bytes"
+            )));
+        }
+        Ok(Some(f)) => {
+            String::from_utf8(f.bytes).map_err(|_| cannot("SKILL.md is not UTF-8".into()))?
+        }
+        Ok(None) => return Err(cannot("there is no SKILL.md".into())),
+        Err(e) => return Err(cannot(e.to_string())),
+    };
     let Some((yaml, first_line)) = front_matter(&text) else {
         return Err(vec![
             Diagnostic::new(
@@ -159,18 +172,41 @@ pub fn read(dir: &Path, source: &str) -> Result<Skill, Vec<Diagnostic>> {
     })
 }
 
-/// The skills directly under `root` (one folder each), and the problems of the invalid ones.
+/// The most of one `SKILL.md` nightshift reads.
+pub const SKILL_MD_MAX: usize = 256 * 1024;
+
+/// The skills directly under `root` (one folder each), and the problems of the invalid ones. A symlinked
+/// skill folder is followed only in the service's own `skills/` (the operator's); in a repository's folders
+/// it is skipped, with a problem saying so.
 pub fn discover(root: &Path, source: &str) -> (Vec<Skill>, Vec<Diagnostic>) {
     let mut skills = Vec::new();
     let mut problems = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {
         return (skills, problems);
     };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.join("SKILL.md").is_file())
-        .collect();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        let dir = match (is_link, source == "service") {
+            (false, _) => path,
+            (true, true) => match std::fs::canonicalize(&path) {
+                Ok(target) => target,
+                Err(_) => continue,
+            },
+            (true, false) => {
+                problems.push(
+                    Diagnostic::new(&path, 1, 1, "skipped: the skill's folder is a symlink")
+                        .with_hint("a repository's skills must be plain folders"),
+                );
+                continue;
+            }
+        };
+        let is_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+        if is_dir && present(&dir.join("SKILL.md")).unwrap_or(false) {
+            dirs.push(dir);
+        }
+    }
     dirs.sort();
     for dir in dirs {
         match read(&dir, source) {
@@ -238,29 +274,90 @@ const STAGED: [&str; 2] = [".agents/skills", ".claude"];
 #[derive(Debug)]
 pub struct Staged {
     worktree: PathBuf,
+    stash: PathBuf,
     /// (folder in the worktree, where its original waits).
     moved: Vec<(PathBuf, PathBuf)>,
     /// Whether `.agents` was created for the job.
     created_agents: bool,
+    /// What was left out while copying (symlinks and other non-regular files in a skill), for the job log.
+    pub notes: Vec<String>,
+}
+
+fn refused(what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(what.to_string())
+}
+
+/// Whether `path` is there at all, without following a symlink at its end.
+fn present(path: &Path) -> std::io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first component of `rel` below `base` (itself included) that is a symlink, if any. Nothing below a
+/// missing component is looked at.
+fn linked_component(base: &Path, rel: &str) -> std::io::Result<Option<PathBuf>> {
+    let mut path = base.to_owned();
+    let mut shown = PathBuf::new();
+    for part in Path::new(rel).components() {
+        path.push(part);
+        shown.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => return Ok(Some(shown)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Fails when `dir` (a folder nightshift made or owns) has been replaced by a symlink or anything but a folder.
+fn real_dir(dir: &Path, what: &str) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => Ok(()),
+        Ok(_) => Err(refused(format!(
+            "{what} is no longer a folder (a symlink or a file took its place); nightshift does not follow it"
+        ))),
+        Err(e) => Err(e),
+    }
 }
 
 /// Puts exactly `skills` where the agent CLIs look for them in the worktree (`.agents/skills/NAME` for
 /// Codex, `.claude/skills/NAME` for Claude Code): the worktree's own skill folders are moved to `stash`
 /// for the length of the job, so a pull request's skills or Claude settings are not the ones its job runs
 /// with, and a job sees only the skills its trigger names.
+///
+/// Skills are copied, never moved or linked (the agent may edit the copies; the originals, the service's own
+/// `skills/` among them, are never within its reach), and without following symlinks: a symlink in a skill
+/// is left out and said in [`Staged::notes`]. A worktree whose `.agents`, `.agents/skills` or `.claude` is a
+/// symlink is refused: nightshift never moves or writes through a link a repository planted.
 pub fn stage(skills: &[Skill], worktree: &Path, stash: &Path) -> std::io::Result<Staged> {
+    for folder in STAGED {
+        if let Some(link) = linked_component(worktree, folder)? {
+            return Err(refused(format!(
+                "the worktree's {} is a symlink; nightshift does not stage skills through links",
+                link.display()
+            )));
+        }
+    }
     let mut staged = Staged {
         worktree: worktree.to_owned(),
+        stash: stash.to_owned(),
         moved: Vec::new(),
-        created_agents: !worktree.join(".agents").exists(),
+        created_agents: !present(&worktree.join(".agents"))?,
+        notes: Vec::new(),
     };
     for (i, folder) in STAGED.iter().enumerate() {
         let path = worktree.join(folder);
-        if path.exists() {
+        if present(&path)? {
             std::fs::create_dir_all(stash)?;
+            real_dir(stash, "the job's stash")?;
             let aside = stash.join(i.to_string());
             // Left by an attempt that died mid-job (its worktree is gone; this is stale).
-            if aside.exists() {
+            if present(&aside)? {
                 std::fs::remove_dir_all(&aside)?;
             }
             std::fs::rename(&path, &aside)?;
@@ -269,7 +366,13 @@ pub fn stage(skills: &[Skill], worktree: &Path, stash: &Path) -> std::io::Result
     }
     for skill in skills {
         for root in WORKTREE_ROOTS {
-            copy_dir(&skill.dir, &worktree.join(root).join(&skill.name))?;
+            let shown = format!("{root}/{}", skill.name);
+            copy_dir(
+                &skill.dir,
+                &worktree.join(root).join(&skill.name),
+                &shown,
+                &mut staged.notes,
+            )?;
         }
     }
     Ok(staged)
@@ -277,37 +380,105 @@ pub fn stage(skills: &[Skill], worktree: &Path, stash: &Path) -> std::io::Result
 
 impl Staged {
     /// Removes the job's skill folders and puts the worktree's own back, so they are not part of its changes.
+    ///
+    /// The agent had the worktree and the job folder to itself: a symlink it left in place of `.agents`,
+    /// `.agents/skills`, `.claude` or the stash is removed (the link, never what it points at) and the job
+    /// fails with why, after everything that can be put back safely is.
     pub fn restore(self) -> std::io::Result<()> {
+        let mut problems = Vec::new();
         for folder in STAGED {
-            let path = self.worktree.join(folder);
-            if path.exists() {
-                std::fs::remove_dir_all(&path)?;
+            match linked_component(&self.worktree, folder)? {
+                Some(link) => {
+                    // The link itself goes (remove_file on a symlink never touches its target).
+                    std::fs::remove_file(self.worktree.join(&link))?;
+                    problems.push(format!(
+                        "the agent replaced {} with a symlink (removed; its target was not touched)",
+                        link.display()
+                    ));
+                }
+                None => {
+                    let path = self.worktree.join(folder);
+                    match std::fs::symlink_metadata(&path) {
+                        // No component above `path` is a link, and `remove_dir_all` follows none below.
+                        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,
+                        // A file the agent put in the folder's place.
+                        Ok(_) => std::fs::remove_file(&path)?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
         if self.created_agents {
             let _ = std::fs::remove_dir(self.worktree.join(".agents"));
         }
-        for (path, aside) in &self.moved {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
+        if !self.moved.is_empty()
+            && let Err(e) = real_dir(&self.stash, "the job's stash")
+        {
+            problems.push(e.to_string());
+        } else {
+            for (path, aside) in &self.moved {
+                if let Err(e) = real_dir(aside, "a stashed skill folder") {
+                    problems.push(e.to_string());
+                    continue;
+                }
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(aside, path)?;
             }
-            std::fs::rename(aside, path)?;
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(refused(problems.join("; ")))
+        }
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies the folder `from` to `to`: folders and regular files only, never following a symlink (one is left
+/// out, and said in `notes` by its path `shown`).
+fn copy_dir(from: &Path, to: &Path, shown: &str, notes: &mut Vec<String>) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
+    let mut entries: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let name = entry.file_name();
+        let target = to.join(&name);
+        let here = format!("{shown}/{}", name.to_string_lossy());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &target, &here, notes)?;
+        } else if kind.is_file() {
+            copy_file(&entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            notes.push(format!(
+                "skipped {here} in a skill: a symlink (nightshift copies only regular files)"
+            ));
         } else {
-            std::fs::copy(entry.path(), &target)?;
+            notes.push(format!("skipped {here} in a skill: not a regular file"));
         }
     }
+    Ok(())
+}
+
+/// Copies a regular file, refusing to open a symlink or block on anything else.
+fn copy_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut source = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)?;
+    let meta = source.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(refused(format!("{} is not a regular file", from.display())));
+    }
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(meta.permissions().mode() & 0o755)
+        .open(to)?;
+    std::io::copy(&mut source, &mut target)?;
     Ok(())
 }
 
@@ -451,5 +622,171 @@ mod tests {
         let staged = stage(&picked, empty.path(), stash.path()).unwrap();
         staged.restore().unwrap();
         assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    }
+
+    fn service_with_one_skill() -> (tempfile::TempDir, Vec<Skill>) {
+        let service = tempfile::tempdir().unwrap();
+        let skills = service.path().join("skills");
+        write_skill(
+            &skills,
+            "review",
+            "name: review\ndescription: Service review.\n",
+        );
+        let (found, problems) = discover(&skills, "service");
+        assert!(problems.is_empty(), "{problems:?}");
+        (service, found)
+    }
+
+    fn tree(dir: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = entry.path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if entry.file_type().unwrap().is_dir() {
+                for (sub, text) in tree(&p) {
+                    out.push((format!("{name}/{sub}"), text));
+                }
+            } else {
+                out.push((name, std::fs::read_to_string(&p).unwrap_or_default()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_agent_linking_agents_to_the_service_skills_cannot_make_the_clean_up_touch_them() {
+        let (service, picked) = service_with_one_skill();
+        let before = tree(service.path());
+        let worktree = tempfile::tempdir().unwrap();
+        let jobdir = tempfile::tempdir().unwrap();
+        let staged = stage(&picked, worktree.path(), &jobdir.path().join("stash")).unwrap();
+        // The agent edits its copy: the service's skill stays as it was.
+        std::fs::write(
+            worktree.path().join(".agents/skills/review/SKILL.md"),
+            "pwned",
+        )
+        .unwrap();
+        assert_eq!(tree(service.path()), before);
+        // Then replaces `.agents` and `.claude` with links to the service's folder.
+        std::fs::remove_dir_all(worktree.path().join(".agents")).unwrap();
+        std::fs::remove_dir_all(worktree.path().join(".claude")).unwrap();
+        std::os::unix::fs::symlink(service.path(), worktree.path().join(".agents")).unwrap();
+        std::os::unix::fs::symlink(service.path(), worktree.path().join(".claude")).unwrap();
+        let e = staged.restore().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the agent replaced .agents with a symlink"),
+            "{e}"
+        );
+        assert_eq!(
+            tree(service.path()),
+            before,
+            "the service's skills are untouched"
+        );
+        assert!(
+            !present(&worktree.path().join(".agents")).unwrap(),
+            "the link is gone"
+        );
+    }
+
+    #[test]
+    fn a_stash_replaced_by_a_link_is_not_followed() {
+        let (service, picked) = service_with_one_skill();
+        let before = tree(service.path());
+        let worktree = tempfile::tempdir().unwrap();
+        write_skill(
+            &worktree.path().join(".agents/skills"),
+            "own",
+            "name: own\ndescription: x\n",
+        );
+        let jobdir = tempfile::tempdir().unwrap();
+        let stash = jobdir.path().join("stash");
+        let staged = stage(&picked, worktree.path(), &stash).unwrap();
+        std::fs::remove_dir_all(&stash).unwrap();
+        std::os::unix::fs::symlink(service.path(), &stash).unwrap();
+        let e = staged.restore().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the job's stash is no longer a folder"),
+            "{e}"
+        );
+        assert_eq!(tree(service.path()), before);
+    }
+
+    #[test]
+    fn a_pull_request_whose_agents_folder_is_a_link_is_refused() {
+        let (service, picked) = service_with_one_skill();
+        let before = tree(service.path());
+        for linked in [".agents", ".agents/skills", ".claude"] {
+            let worktree = tempfile::tempdir().unwrap();
+            let link = worktree.path().join(linked);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            // `.agents -> <service>` makes `.agents/skills` the service's own skills folder.
+            std::os::unix::fs::symlink(service.path(), &link).unwrap();
+            let jobdir = tempfile::tempdir().unwrap();
+            let e = stage(&picked, worktree.path(), &jobdir.path().join("stash")).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("the worktree's {linked} is a symlink")),
+                "{e}"
+            );
+            assert_eq!(
+                tree(service.path()),
+                before,
+                "nothing moved out of the service"
+            );
+            assert!(!present(&jobdir.path().join("stash")).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_skill_file_linked_to_a_secret_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("app.pem");
+        std::fs::write(&secret, "PRIVATE KEY").unwrap();
+        let repo = dir.path().join("repo");
+        let skills = repo.join(".agents/skills");
+        write_skill(&skills, "style", "name: style\ndescription: Repo style.\n");
+        std::os::unix::fs::symlink(&secret, skills.join("style/references/key.md")).unwrap();
+        // A linked SKILL.md, and a linked skill folder, are not read either.
+        std::fs::create_dir_all(skills.join("leak")).unwrap();
+        std::os::unix::fs::symlink(&secret, skills.join("leak/SKILL.md")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), skills.join("linked")).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let (available, problems) = available(empty.path(), &repo);
+        assert_eq!(available.keys().collect::<Vec<_>>(), ["style"]);
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.contains("SKILL.md is a symlink")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("the skill's folder is a symlink")),
+            "{text:?}"
+        );
+        let worktree = tempfile::tempdir().unwrap();
+        let picked = select(&available, &["style".into()], false).unwrap();
+        let staged = stage(&picked, worktree.path(), &dir.path().join("stash")).unwrap();
+        assert!(
+            worktree
+                .path()
+                .join(".agents/skills/style/references/more.md")
+                .is_file()
+        );
+        assert!(
+            !present(
+                &worktree
+                    .path()
+                    .join(".agents/skills/style/references/key.md")
+            )
+            .unwrap()
+        );
+        assert_eq!(
+            staged.notes[0],
+            "skipped .agents/skills/style/references/key.md in a skill: a symlink (nightshift copies only regular files)"
+        );
+        staged.restore().unwrap();
     }
 }

@@ -331,7 +331,7 @@ impl Store for SqliteStore {
              WHERE id = ? AND lease_owner = ? AND state = 'running'",
         )
         .bind(state)
-        .bind(error)
+        .bind(error.map(crate::redact::redact))
         .bind(now_ms())
         .bind(job.0)
         .bind(owner)
@@ -344,11 +344,13 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         for line in lines {
+            // Known secrets never reach the log (crate::redact).
+            let line = crate::redact::redact(line);
             sqlx::query("INSERT INTO job_logs (job_id, at, stream, line) VALUES (?, ?, ?, ?)")
                 .bind(job.0)
                 .bind(now)
                 .bind(stream.as_str())
-                .bind(line)
+                .bind(line.as_ref())
                 .execute(&mut *tx)
                 .await?;
         }

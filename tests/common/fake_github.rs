@@ -40,6 +40,15 @@ pub struct Pull {
     pub body: String,
 }
 
+/// An installation token as minted: what it was asked for.
+#[derive(Clone, Debug)]
+pub struct Mint {
+    pub token: String,
+    /// The request body: `repositories` and `permissions`, or Null or `{}` for an installation-wide token.
+    pub body: Value,
+    pub at: SystemTime,
+}
+
 /// How the fake expects nightshift to authenticate.
 #[derive(Clone, Debug)]
 pub enum ExpectedAuth {
@@ -63,6 +72,12 @@ struct FakeState {
     /// Files of each pull request (repo, number), for pulls/list-files.
     pull_files: HashMap<(String, u64), Vec<String>>,
     installation_tokens: Vec<String>,
+    /// When each installation token stops working.
+    token_expiry: HashMap<String, SystemTime>,
+    /// How long a minted installation token lives (GitHub: one hour).
+    token_life: Option<Duration>,
+    /// Each mint: the token and the body it was asked with (Null for an installation-wide token).
+    mints: Vec<Mint>,
     unexpected: Vec<String>,
     calls: Vec<String>,
     next_id: u64,
@@ -175,6 +190,16 @@ impl FakeGitHub {
 
     pub fn installation_tokens(&self) -> Vec<String> {
         self.inner.state.lock().unwrap().installation_tokens.clone()
+    }
+
+    /// Every installation token minted, with what it was asked for.
+    pub fn mints(&self) -> Vec<Mint> {
+        self.inner.state.lock().unwrap().mints.clone()
+    }
+
+    /// Tokens minted from now on live `life` (and are refused after it), instead of an hour.
+    pub fn set_token_life(&self, life: Duration) {
+        self.inner.state.lock().unwrap().token_life = Some(life);
     }
 
     /// Makes the next calls of `operation` (an OpenAPI operation id) fail with these statuses, in order.
@@ -367,9 +392,15 @@ async fn handle(
             ExpectedAuth::App { app_id },
             "apps/create-installation-access-token" | "apps/get-authenticated",
         ) => presented.as_deref().and_then(jwt_issuer) == Some(app_id.to_string()),
-        (ExpectedAuth::App { .. }, _) => presented
-            .as_ref()
-            .is_some_and(|t| inner.state.lock().unwrap().installation_tokens.contains(t)),
+        (ExpectedAuth::App { .. }, _) => presented.as_ref().is_some_and(|t| {
+            let state = inner.state.lock().unwrap();
+            // A token works until it expires, as on GitHub.
+            state.installation_tokens.contains(t)
+                && state
+                    .token_expiry
+                    .get(t)
+                    .is_none_or(|end| SystemTime::now() < *end)
+        }),
         (ExpectedAuth::Token(token), _) => presented.as_deref() == Some(token.as_str()),
     };
     if !authorized {
@@ -398,13 +429,47 @@ async fn handle(
                 params["installation_id"],
                 state.installation_tokens.len()
             );
+            // A scoped token (what nightshift mints per job): exactly one repository by name, and only
+            // permissions GitHub knows, at a level it knows.
+            if body.as_object().is_some_and(|o| !o.is_empty()) {
+                let repos = body["repositories"].as_array();
+                if repos.is_none_or(|r| r.len() != 1 || !r[0].is_string()) {
+                    drop(state);
+                    unexpected(format!("a token must be for one repository: {body}"));
+                    return error(StatusCode::UNPROCESSABLE_ENTITY, "bad repositories");
+                }
+                let known = ["metadata", "contents", "issues", "pull_requests", "checks"];
+                let permissions = body["permissions"].as_object();
+                let fine = permissions.is_some_and(|p| {
+                    !p.is_empty()
+                        && p.iter().all(|(k, v)| {
+                            known.contains(&k.as_str())
+                                && matches!(v.as_str(), Some("read" | "write"))
+                        })
+                });
+                if !fine {
+                    drop(state);
+                    unexpected(format!("bad permissions for a token: {body}"));
+                    return error(StatusCode::UNPROCESSABLE_ENTITY, "bad permissions");
+                }
+                if body.as_object().is_some_and(|o| o.len() != 2) {
+                    drop(state);
+                    unexpected(format!("unknown fields for a token: {body}"));
+                    return error(StatusCode::UNPROCESSABLE_ENTITY, "unknown fields");
+                }
+            }
             state.installation_tokens.push(token.clone());
+            let life = state.token_life.unwrap_or(Duration::from_secs(3600));
+            let now = SystemTime::now();
+            state.token_expiry.insert(token.clone(), now + life);
+            state.mints.push(Mint {
+                token: token.clone(),
+                body: body.clone(),
+                at: now,
+            });
             let mut v = inner.example("installation-token");
             v["token"] = json!(token);
-            v["expires_at"] = json!(
-                humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600))
-                    .to_string()
-            );
+            v["expires_at"] = json!(humantime::format_rfc3339_millis(now + life).to_string());
             (StatusCode::CREATED, axum::Json(v)).into_response()
         }
         "issues/create-comment" => {

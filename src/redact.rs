@@ -1,0 +1,207 @@
+//! Secret redaction: every secret value nightshift knows (webhook secrets, the GitHub token, the App's private
+//! key, every installation token it minted, the model keys agents are given, and the values of `env:`
+//! pass-through variables whose names say they are secret) is replaced by `[redacted]` in every job-log line
+//! and in everything posted to GitHub.
+//!
+//! One registry per process ([`global`]): the service registers its configuration's secrets at start
+//! ([`register_config`]), and the GitHub client registers each token it mints. Redaction is a plain search for
+//! each value (a handful of values; texts of at most a few MiB), longest first, so a secret that contains
+//! another is replaced whole.
+
+use std::borrow::Cow;
+use std::sync::{OnceLock, RwLock};
+
+use octocrab::secrecy::ExposeSecret;
+
+use crate::config::{Backend, Config, GithubAuth};
+
+/// What a secret is replaced by.
+pub const REDACTED: &str = "[redacted]";
+
+/// Values shorter than this are not redacted: a secret that short would turn common words into
+/// `[redacted]` and is not worth hiding anyway.
+pub const MIN_LEN: usize = 8;
+
+/// The known secret values.
+#[derive(Default)]
+pub struct Secrets {
+    values: RwLock<Vec<String>>,
+}
+
+/// The process's registry.
+pub fn global() -> &'static Secrets {
+    static SECRETS: OnceLock<Secrets> = OnceLock::new();
+    SECRETS.get_or_init(Secrets::default)
+}
+
+/// Redacts every known secret in `text` (the process registry).
+pub fn redact(text: &str) -> Cow<'_, str> {
+    global().redact(text)
+}
+
+/// Whether a variable's name says it holds a secret (`OPENAI_API_KEY`, `NPM_TOKEN`, `DB_PASSWORD`,
+/// `GH_AUTH`, `APIKEY`): one of its `_`-separated words is, or ends with, a word for a secret.
+pub fn secret_name(name: &str) -> bool {
+    const WORDS: [&str; 7] = [
+        "KEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIALS",
+        "AUTH",
+    ];
+    name.to_ascii_uppercase()
+        .split('_')
+        .any(|word| WORDS.iter().any(|w| word.ends_with(w)) || word == "CREDENTIAL")
+}
+
+impl Secrets {
+    /// Adds a secret value. Surrounding whitespace is ignored; values shorter than [`MIN_LEN`] are not kept.
+    /// A multi-line value (a PEM key) is also kept line by line, so a part of it is redacted too.
+    pub fn add(&self, value: &str) {
+        let mut new: Vec<&str> = vec![value.trim()];
+        if value.trim().contains('\n') {
+            // The armour lines of a PEM key are no secret.
+            new.extend(
+                value
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.starts_with("-----")),
+            );
+        }
+        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        for v in new {
+            if v.len() >= MIN_LEN && !values.iter().any(|k| k == v) {
+                values.push(v.to_owned());
+            }
+        }
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    /// `text` with every known secret replaced by [`REDACTED`].
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Cow::Borrowed(text);
+        for v in values.iter() {
+            if out.contains(v.as_str()) {
+                out = Cow::Owned(out.replace(v.as_str(), REDACTED));
+            }
+        }
+        out
+    }
+
+    /// Every string in a JSON value, redacted in place (a body posted to GitHub).
+    pub fn redact_json(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(s) => {
+                if let Cow::Owned(clean) = self.redact(s) {
+                    *s = clean;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|v| self.redact_json(v)),
+            _ => {}
+        }
+    }
+}
+
+/// Registers the configuration's secrets with the process registry: the webhook secrets, the GitHub token or
+/// App key, each profile's model key (`api_key_env`), and each `env:` pass-through variable whose name says
+/// it is secret ([`secret_name`]), as `env` (the service's environment) holds them.
+pub fn register_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) {
+    let secrets = global();
+    for s in &config.github.webhook_secrets {
+        secrets.add(s.expose_secret());
+    }
+    match &config.github.auth {
+        GithubAuth::App {
+            private_key_pem, ..
+        } => secrets.add(private_key_pem.expose_secret()),
+        GithubAuth::Token(token) => secrets.add(token.expose_secret()),
+        GithubAuth::None => {}
+    }
+    for profile in config.agents.values() {
+        let key = match &profile.backend {
+            Backend::Codex(o) | Backend::Claude(o) => Some(o.api_key_env.as_str()),
+            Backend::OpenAi(o) => o.api_key_env.as_deref(),
+            Backend::Command(_) => None,
+        };
+        let passed = profile
+            .env
+            .iter()
+            .map(String::as_str)
+            .filter(|n| secret_name(n));
+        for name in key.into_iter().chain(passed) {
+            if let Some(value) = env(name) {
+                secrets.add(&value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values_are_redacted_longest_first() {
+        let s = Secrets::default();
+        s.add("short");
+        s.add("  ghs_abcdefgh  ");
+        s.add("ghs_abcdefgh_longer");
+        assert_eq!(
+            s.redact("a ghs_abcdefgh_longer and ghs_abcdefgh, short"),
+            "a [redacted] and [redacted], short"
+        );
+        assert!(matches!(s.redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_pem_key_is_redacted_whole_and_line_by_line() {
+        let s = Secrets::default();
+        s.add("-----BEGIN KEY-----\nMIIEowIBAAKCAQEAx\nZZZZZZZZZZZZZZZZ\n-----END KEY-----\n");
+        assert_eq!(s.redact("leak: MIIEowIBAAKCAQEAx"), "leak: [redacted]");
+        assert_eq!(
+            s.redact("-----BEGIN KEY-----\nMIIEowIBAAKCAQEAx\nZZZZZZZZZZZZZZZZ\n-----END KEY-----"),
+            "[redacted]"
+        );
+    }
+
+    #[test]
+    fn json_bodies_are_redacted_everywhere() {
+        let s = Secrets::default();
+        s.add("sk-live-123456");
+        let mut body = serde_json::json!({
+            "title": "key sk-live-123456",
+            "comments": [{"path": "a", "line": 1, "body": "sk-live-123456"}],
+        });
+        s.redact_json(&mut body);
+        assert_eq!(body["title"], "key [redacted]");
+        assert_eq!(body["comments"][0]["body"], "[redacted]");
+    }
+
+    #[test]
+    fn secret_names() {
+        for yes in [
+            "OPENAI_API_KEY",
+            "NPM_TOKEN",
+            "db_password",
+            "GH_AUTH",
+            "APIKEY",
+            "CLIENT_SECRET",
+        ] {
+            assert!(secret_name(yes), "{yes}");
+        }
+        for no in [
+            "PATH",
+            "LANG",
+            "RUST_LOG",
+            "AUTHOR_NAME",
+            "KEYBOARD",
+            "TOKENIZERS_PARALLELISM",
+        ] {
+            assert!(!secret_name(no), "{no}");
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Reading files an agent or a repository could have planted, without trusting them.
+//!
+//! Every file nightshift reads from a job's folders after an agent ran (`message.md`, `review.json`), and
+//! every copy of repository content it reads (`AGENTS.md`, `SKILL.md`), goes through [`read_beneath`]: the
+//! folder and each path component below it are opened with `O_NOFOLLOW|O_DIRECTORY`, the file itself with
+//! `O_NOFOLLOW|O_NONBLOCK`, so no symbolic link anywhere on the way is followed; only a regular file is read
+//! (a FIFO, a device or a socket is refused before a byte is read, so nothing blocks), and never more than a
+//! cap, so a sparse 3 GiB file or a link to `/dev/zero` costs nothing.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+/// What was read: at most the cap, and whether the file was longer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Limited {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// Why a file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0} is a symlink; nightshift reads only regular files")]
+    Symlink(String),
+    #[error("{0} is {1}; nightshift reads only regular files")]
+    NotRegular(String, &'static str),
+    #[error("{0} is not a plain path below its folder")]
+    BadPath(String),
+    #[error("reading {0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// What kind of file `mode` (from `stat`) describes, in words.
+fn kind(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => "a folder",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFLNK => "a symlink",
+        _ => "not a regular file",
+    }
+}
+
+fn open_at(dir: Option<&OwnedFd>, name: &Path, flags: i32) -> std::io::Result<OwnedFd> {
+    let c = CString::new(name.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let at = dir.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
+    // SAFETY: `c` is a valid NUL-terminated string and `at` an open descriptor (or AT_FDCWD).
+    let fd = unsafe { libc::openat(at, c.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Opens the folder `dir` itself without following a link in its last component (the folders above it
+/// are the service's own).
+fn open_dir(dir: &Path, shown: &str) -> Result<OwnedFd, Refused> {
+    open_at(
+        None,
+        dir,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+    )
+    .map_err(|e| refusal(None, dir, shown, e))
+}
+
+/// The error for a failed open of `name` (in `dir`, or the path itself), shown as `shown`. Opening a
+/// symlink with `O_NOFOLLOW|O_DIRECTORY` fails with ENOTDIR rather than ELOOP, so what is there is looked
+/// up (without following it) to say which.
+fn refusal(dir: Option<&OwnedFd>, name: &Path, shown: &str, e: std::io::Error) -> Refused {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Refused::Symlink(shown.to_owned()),
+        Some(libc::ENOTDIR) => match lstat_at(dir, name) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                Refused::Symlink(shown.to_owned())
+            }
+            Ok(st) => Refused::NotRegular(shown.to_owned(), kind(st.st_mode)),
+            Err(_) => Refused::NotRegular(shown.to_owned(), "not a folder"),
+        },
+        _ => Refused::Io(shown.to_owned(), e),
+    }
+}
+
+fn lstat_at(dir: Option<&OwnedFd>, name: &Path) -> std::io::Result<libc::stat> {
+    let c = CString::new(name.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let at = dir.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd);
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated, `at` open (or AT_FDCWD), `st` a valid out-pointer.
+    if unsafe { libc::fstatat(at, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Reads `rel` below the folder `base`, following no symlink on the way, only if it is a regular file, and
+/// at most `cap` bytes. `Ok(None)` when the file (or a folder on its way) does not exist. Errors name the
+/// file by `rel` (the agent's or the repository's name for it, not a server path).
+pub fn read_beneath(base: &Path, rel: &str, cap: usize) -> Result<Option<Limited>, Refused> {
+    let mut parts = Vec::new();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::CurDir => {}
+            _ => return Err(Refused::BadPath(rel.to_owned())),
+        }
+    }
+    let Some((file, folders)) = parts.split_last() else {
+        return Err(Refused::BadPath(rel.to_owned()));
+    };
+    let base_name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| base.display().to_string());
+    let mut dir = match open_dir(base, &format!("the {base_name} folder")) {
+        Err(Refused::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        other => other?,
+    };
+    let mut walked = std::path::PathBuf::new();
+    for folder in folders {
+        walked.push(folder);
+        let shown = walked.display().to_string();
+        dir = match open_at(
+            Some(&dir),
+            Path::new(folder),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(refusal(Some(&dir), Path::new(folder), &shown, e)),
+        };
+    }
+    let fd = match open_at(
+        Some(&dir),
+        Path::new(file),
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    ) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refusal(Some(&dir), Path::new(file), rel, e)),
+    };
+    let st = fstat(&fd).map_err(|e| Refused::Io(rel.to_owned(), e))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Refused::NotRegular(rel.to_owned(), kind(st.st_mode)));
+    }
+    let mut bytes = Vec::with_capacity((st.st_size.max(0) as usize).min(cap).min(1 << 20) + 1);
+    File::from(fd)
+        .take(cap as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Refused::Io(rel.to_owned(), e))?;
+    let truncated = bytes.len() > cap;
+    bytes.truncate(cap);
+    Ok(Some(Limited { bytes, truncated }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn regular_files_are_read_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f.md"), "hello").unwrap();
+        let got = read_beneath(dir.path(), "a/b/f.md", 3).unwrap().unwrap();
+        assert_eq!((got.bytes.as_slice(), got.truncated), (&b"hel"[..], true));
+        let got = read_beneath(dir.path(), "./a/b/f.md", 5).unwrap().unwrap();
+        assert_eq!(
+            (got.bytes.as_slice(), got.truncated),
+            (&b"hello"[..], false)
+        );
+        assert!(
+            read_beneath(dir.path(), "a/missing.md", 5)
+                .unwrap()
+                .is_none()
+        );
+        assert!(read_beneath(dir.path(), "nope/f.md", 5).unwrap().is_none());
+        assert!(
+            read_beneath(&dir.path().join("gone"), "f.md", 5)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn links_anywhere_on_the_way_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("f.md"), "secret").unwrap();
+        let base = dir.path().join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        symlink(secret.join("f.md"), base.join("link.md")).unwrap();
+        symlink(&secret, base.join("sub")).unwrap();
+        symlink("/proc/self/environ", base.join("environ.md")).unwrap();
+        let e = read_beneath(&base, "link.md", 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "link.md is a symlink; nightshift reads only regular files"
+        );
+        let e = read_beneath(&base, "environ.md", 100).unwrap_err();
+        assert!(matches!(e, Refused::Symlink(_)), "{e}");
+        let e = read_beneath(&base, "sub/f.md", 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "sub is a symlink; nightshift reads only regular files"
+        );
+        // The folder itself replaced by a link.
+        let linked = dir.path().join("output");
+        symlink(&secret, &linked).unwrap();
+        let e = read_beneath(&linked, "f.md", 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the output folder is a symlink; nightshift reads only regular files"
+        );
+        assert!(matches!(
+            read_beneath(&base, "../secret/f.md", 100),
+            Err(Refused::BadPath(_))
+        ));
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("message.md");
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer: a blocking open or read would hang this test.
+        let e = read_beneath(dir.path(), "message.md", 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "message.md is a FIFO; nightshift reads only regular files"
+        );
+        let e = read_beneath(Path::new("/dev"), "zero", 100).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "zero is a character device; nightshift reads only regular files"
+        );
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        assert!(matches!(
+            read_beneath(dir.path(), "d", 100),
+            Err(Refused::NotRegular(_, "a folder"))
+        ));
+    }
+
+    #[test]
+    fn a_huge_sparse_file_costs_only_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("big")).unwrap();
+        f.set_len(3 << 30).unwrap();
+        let got = read_beneath(dir.path(), "big", 1024).unwrap().unwrap();
+        assert_eq!((got.bytes.len(), got.truncated), (1024, true));
+        assert!(got.bytes.capacity() < 1 << 21);
+    }
+}
