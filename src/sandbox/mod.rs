@@ -301,8 +301,9 @@ pub fn command_line(spec: &BoxSpec, agent: &[String]) -> Vec<String> {
     // Folders to hide, and every path bound back, applied shallowest first so the deepest one decides.
     let mut mounts: Vec<(PathBuf, Mount)> = Vec::new();
     let mut files = Vec::new();
-    for path in &spec.hidden {
-        let path = real(path);
+    let always = ALWAYS_HIDDEN.iter().map(PathBuf::from);
+    for path in spec.hidden.iter().cloned().chain(always) {
+        let path = real(&path);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => {
                 if !is_system_dir(&path) {
