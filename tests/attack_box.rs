@@ -751,3 +751,37 @@ async fn without_bubblewrap_serve_refuses_unless_every_profile_chose_none_and_ch
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_daemon_does_not_outlive_a_killed_service() {
+    let t = trigger("survivor");
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    let marker = format!("survives{}", std::process::id());
+    let script = format!(
+        r#"cat > /dev/null
+cp /bin/sleep "$TMPDIR/{marker}"
+setsid "$TMPDIR/{marker}" 304 < /dev/null > /dev/null 2>&1 &
+while ! pgrep -f {marker} > /dev/null; do :; done
+echo "daemon up" >&2
+exec sleep 600
+"#
+    );
+    attacker(&spine, "survivor", &script, ", timeout: 120s");
+    spine.start().await;
+    spine
+        .deliver_example("issues", "survivor-1", "issues/opened.json")
+        .await;
+    // Wait for the job, then for the daemon's word in its log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        if let Some(job) = spine.jobs().await.first() {
+            break job.id;
+        }
+        assert!(Instant::now() < deadline, "no job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    spine.wait_for_log_line(job, "daemon up").await;
+    assert!(!processes_with(&marker).is_empty(), "the daemon runs");
+    spine.kill();
+    wait_gone(&marker).await;
+}
