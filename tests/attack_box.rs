@@ -111,11 +111,13 @@ ls "$root/data/mirrors" 2>/dev/null | grep -q someone && leak mirrors-listing
 # Writes outside the worktree and the job's folders.
 for f in "$root/nightshift.yml" "$root/escaped" "$root/data/escaped" /tmp/escaped /run/escaped /etc/escaped \
          "$(git rev-parse --git-common-dir)/config" "$(git rev-parse --git-common-dir)/hooks/post-checkout" \
+         "$(git rev-parse --git-dir)/commondir" "$(git rev-parse --git-dir)/HEAD" \
          "$(dirname "$0")/escaped"; do
   (echo x >> "$f") 2>/dev/null && leak "write $f"
 done
 # The network: the fake GitHub and the service listen on this machine's loopback.
 for port in {ports}; do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && leak "port $port"; done
+[ -d "$(git rev-parse --git-common-dir)/objects" ] || leak "no git here"
 echo checked
 "#,
         secret = common::SECRET,
