@@ -148,6 +148,13 @@ impl Limits {
     }
 }
 
+/// Folders of the machine a profile shows in its boxes even where they would be hidden (`shared:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub read_only: Vec<PathBuf>,
+    pub writable: Vec<PathBuf>,
+}
+
 /// `limits:` in an agent profile: every key optional, sizes as bytes or with a unit (`512M`, `4GiB`).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
