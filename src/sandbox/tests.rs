@@ -221,3 +221,21 @@ fn the_command_line_has_every_namespace_no_capability_and_the_forwarder_with_a_g
             .contains("--unshare-all --share-net")
     );
 }
+
+#[test]
+fn a_shared_folder_above_hidden_ones_shows_neither_them_nor_the_secret_files() {
+    let mut w = world();
+    // An operator shares the whole service folder: the data dir and the secret files stay hidden.
+    std::fs::create_dir_all(w.root.join("tools")).unwrap();
+    std::fs::write(w.root.join("tools/tool"), "t").unwrap();
+    w.spec.read_only.push(w.root.clone());
+    let r = w.root.display();
+    let script = format!(
+        "cat {r}/tools/tool >/dev/null && echo shared-visible; ls {r}/etc | wc -l; \
+         for f in {r}/etc/nightshift.yml {r}/etc/app.pem {r}/data/nightshift.db {r}/data/mirrors/o/b.git/HEAD \
+                  {r}/data/jobs/2/event.json; do cat $f 2>/dev/null; done; echo end"
+    );
+    let (ok, out) = run(&w.spec, &script);
+    assert!(ok, "{out}");
+    assert_eq!(out, "shared-visible\n0\nend\n");
+}
