@@ -218,6 +218,7 @@ mod tests {
             max_output: 1 << 20,
             sandbox: crate::config::SandboxKind::None,
             limits: Default::default(),
+            shared: Default::default(),
             network: false,
             max_turns: None,
             max_tokens: None,
