@@ -243,6 +243,19 @@ impl Workspaces {
             let _ = worktree.remove().await;
             return Err(e.context(format!("checking out {commit} of {repo}")));
         }
+        // The index as the checkout left it (with the files' stat data), kept where the agent cannot
+        // reach: adding the agent's changes then reads only the files it touched, not the whole tree.
+        tokio::fs::create_dir_all(&worktree.private)
+            .await
+            .with_context(|| format!("creating {}", worktree.private.display()))?;
+        if let Err(e) = tokio::fs::copy(
+            worktree.git_dir.join("index"),
+            worktree.private.join("index.base"),
+        )
+        .await
+        {
+            tracing::debug!("no index to start from ({e}); the changes will be read from scratch");
+        }
         Ok(worktree)
     }
 }
@@ -727,12 +740,12 @@ impl Worktree {
     pub async fn commit_changes(&self, message: &str, author: (&str, &str)) -> Result<Changes> {
         let git = &*self.git;
         check_mirror(&self.repo, &self.mirror).await?;
-        let _ = tokio::fs::remove_dir_all(&self.private).await;
         tokio::fs::create_dir_all(&self.private)
             .await
             .with_context(|| format!("creating {}", self.private.display()))?;
         let index = self.private.join("index");
         let excludes = self.private.join("exclude");
+        let _ = tokio::fs::remove_file(&index).await;
         let root = self.path.clone();
         let nested = tokio::task::spawn_blocking(move || nested_repositories(&root))
             .await?
@@ -743,11 +756,17 @@ impl Worktree {
         }
         tokio::fs::write(&excludes, lines).await?;
 
-        git.cmd(Repo::Bare(&self.mirror))
-            .index(&index)
-            .args(["read-tree", "--end-of-options", &self.commit])
-            .run()
-            .await?;
+        // Start from the job's commit: the index nightshift saved after the checkout, or the commit's tree.
+        if tokio::fs::copy(self.private.join("index.base"), &index)
+            .await
+            .is_err()
+        {
+            git.cmd(Repo::Bare(&self.mirror))
+                .index(&index)
+                .args(["read-tree", "--end-of-options", &self.commit])
+                .run()
+                .await?;
+        }
         git.cmd(self.tree())
             .index(&index)
             .config(format!("core.excludesFile={}", excludes.display()))
