@@ -324,7 +324,8 @@ async fn check_mirror(repo: &RepoName, mirror: &Path) -> Result<()> {
     if !repaired.is_empty() {
         tracing::warn!(
             %repo,
-            "the mirror {} was changed by someone else; restored: {}",
+            "the mirror {} was not as nightshift keeps it (an older nightshift's config, or someone \
+             changed it); restored: {}",
             mirror.display(),
             repaired.join(", ")
         );
