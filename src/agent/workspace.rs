@@ -248,7 +248,7 @@ impl Workspaces {
         tokio::fs::create_dir_all(&worktree.private)
             .await
             .with_context(|| format!("creating {}", worktree.private.display()))?;
-        if let Err(e) = tokio::fs::copy(
+        if let Err(e) = copy_index(
             worktree.git_dir.join("index"),
             worktree.private.join("index.base"),
         )
@@ -258,6 +258,22 @@ impl Workspaces {
         }
         Ok(worktree)
     }
+}
+
+/// Copies an index file with its modification time: git trusts an entry's stat data only when the file
+/// is older than the index (an entry as new as the index is "racily clean" and read again), so a copy
+/// with a fresh time would make a change written in the checkout's instant look unchanged.
+async fn copy_index(from: PathBuf, to: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let modified = std::fs::metadata(&from)?.modified()?;
+        std::fs::copy(&from, &to)?;
+        std::fs::File::options()
+            .write(true)
+            .open(&to)?
+            .set_modified(modified)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Reads the `.git` file `git worktree add` just wrote and checks that it names a folder of the mirror's.
@@ -758,7 +774,7 @@ impl Worktree {
         tokio::fs::write(&excludes, lines).await?;
 
         // Start from the job's commit: the index nightshift saved after the checkout, or the commit's tree.
-        if tokio::fs::copy(self.private.join("index.base"), &index)
+        if copy_index(self.private.join("index.base"), index.clone())
             .await
             .is_err()
         {
