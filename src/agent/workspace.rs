@@ -1341,4 +1341,53 @@ mod tests {
         assert!(changes.stat.contains("3 files changed"), "{}", changes.stat);
         wt.remove().await.unwrap();
     }
+
+    #[tokio::test]
+    async fn repositories_inside_the_worktree_are_left_out_whatever_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                bare.to_str().unwrap(),
+                Checkout::Branch("main"),
+                JobId(9),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        // Names with gitignore's special characters: each must match only its own folder.
+        for name in ["we[ir]d *dir", "#hash", "!bang", "back\\slash", "a?b"] {
+            let nested = wt.path.join(name);
+            std::fs::create_dir_all(nested.join(".git")).unwrap();
+            std::fs::write(nested.join("inside.txt"), "x").unwrap();
+        }
+        // Folders those patterns would match if they were globs, without a repository: kept.
+        std::fs::create_dir_all(wt.path.join("weid xdir")).unwrap();
+        std::fs::write(wt.path.join("weid xdir/kept.txt"), "kept").unwrap();
+        std::fs::create_dir_all(wt.path.join("axb")).unwrap();
+        std::fs::write(wt.path.join("axb/kept.txt"), "kept").unwrap();
+        let changes = wt.commit_changes("m", ("n", "n@n")).await.unwrap();
+        assert_eq!(
+            changes.nested,
+            vec!["!bang", "#hash", "a?b", "back\\slash", "we[ir]d *dir"]
+        );
+        let commit = changes.commit.unwrap();
+        let mirror = wt.mirror.to_str().unwrap().to_owned();
+        let files = sh(
+            dir.path(),
+            &[
+                "--git-dir",
+                &mirror,
+                "ls-tree",
+                "-r",
+                "--name-only",
+                &commit,
+            ],
+        );
+        assert_eq!(files, "README.md\naxb/kept.txt\nweid xdir/kept.txt");
+        wt.remove().await.unwrap();
+    }
 }
