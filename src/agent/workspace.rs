@@ -106,7 +106,7 @@ impl fmt::Display for Skipped {
 }
 
 /// What [`Workspaces::export_context`] copied.
-pub struct RepoContext {
+pub struct ExportedContext {
     /// The default branch's commit it was read from.
     pub commit: String,
     /// The `AGENTS.md` paths copied.
@@ -621,7 +621,7 @@ impl Workspaces {
         repo: &RepoName,
         branch: &str,
         dest: &Path,
-    ) -> Result<RepoContext> {
+    ) -> Result<ExportedContext> {
         let git = &self.git;
         let mirror = self.mirror_path(repo);
         let commit = branch_tip(git, repo, &mirror, branch).await?;
@@ -647,7 +647,7 @@ impl Workspaces {
                 agents_md.push(entry.path.clone());
             }
         }
-        Ok(RepoContext {
+        Ok(ExportedContext {
             commit,
             agents_md,
             skipped,
