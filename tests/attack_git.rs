@@ -474,3 +474,54 @@ async fn a_skill_file_linked_to_a_secret_is_never_copied_into_the_worktree() {
     );
     world.spine.assert_no_unexpected_calls();
 }
+
+/// A git server that accepts connections and never answers.
+async fn silent_git_server() -> String {
+    let app = axum::Router::new().fallback(std::future::pending::<&'static str>);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/octo/held.git")
+}
+
+#[tokio::test]
+async fn a_remote_that_never_answers_is_given_up_at_the_time_limit() {
+    let url = silent_git_server().await;
+    let trigger = (
+        "triage.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: look\noutput: comment\n",
+    );
+    let mut world = World::new(&[trigger]).await;
+    let config = std::fs::read_to_string(&world.spine.config).unwrap();
+    std::fs::write(
+        &world.spine.config,
+        config.replacen("git:\n", "git:\n  timeout: 2s\n", 1),
+    )
+    .unwrap();
+    world.start().await;
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&world.spine.payload("issues/opened.json")).unwrap();
+    payload["repository"]["full_name"] = "octo/held".into();
+    payload["repository"]["name"] = "held".into();
+    payload["repository"]["clone_url"] = url.into();
+    let payload = serde_json::to_vec(&payload).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(world.spine.deliver("issues", "held-1", &payload).await, 202);
+
+    // Reading the repository's triggers and cloning it each give up after 2 s; the job fails with the
+    // reason instead of holding the repository's lock (and a worker) for as long as the remote likes.
+    let jobs = world.spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    let error = jobs[0].error.clone().unwrap_or_default();
+    assert!(error.contains("took longer than 2s"), "{error}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    // The repository is not stuck: the next event of it is taken up, and fails the same way.
+    assert_eq!(world.spine.deliver("issues", "held-2", &payload).await, 202);
+    let jobs = world.spine.wait_for_finished_jobs(2).await;
+    assert_eq!(jobs[1].state, JobState::Failed);
+    let health = reqwest::get(format!("{}/healthz", world.spine.url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}

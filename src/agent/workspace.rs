@@ -106,7 +106,7 @@ impl fmt::Display for Skipped {
 }
 
 /// What [`Workspaces::export_context`] copied.
-pub struct RepoContext {
+pub struct ExportedContext {
     /// The default branch's commit it was read from.
     pub commit: String,
     /// The `AGENTS.md` paths copied.
@@ -243,8 +243,37 @@ impl Workspaces {
             let _ = worktree.remove().await;
             return Err(e.context(format!("checking out {commit} of {repo}")));
         }
+        // The index as the checkout left it (with the files' stat data), kept where the agent cannot
+        // reach: adding the agent's changes then reads only the files it touched, not the whole tree.
+        tokio::fs::create_dir_all(&worktree.private)
+            .await
+            .with_context(|| format!("creating {}", worktree.private.display()))?;
+        if let Err(e) = copy_index(
+            worktree.git_dir.join("index"),
+            worktree.private.join("index.base"),
+        )
+        .await
+        {
+            tracing::debug!("no index to start from ({e}); the changes will be read from scratch");
+        }
         Ok(worktree)
     }
+}
+
+/// Copies an index file with its modification time: git trusts an entry's stat data only when the file
+/// is older than the index (an entry as new as the index is "racily clean" and read again), so a copy
+/// with a fresh time would make a change written in the checkout's instant look unchanged.
+async fn copy_index(from: PathBuf, to: PathBuf) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let modified = std::fs::metadata(&from)?.modified()?;
+        std::fs::copy(&from, &to)?;
+        std::fs::File::options()
+            .write(true)
+            .open(&to)?
+            .set_modified(modified)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// Reads the `.git` file `git worktree add` just wrote and checks that it names a folder of the mirror's.
@@ -311,7 +340,8 @@ async fn check_mirror(repo: &RepoName, mirror: &Path) -> Result<()> {
     if !repaired.is_empty() {
         tracing::warn!(
             %repo,
-            "the mirror {} was changed by someone else; restored: {}",
+            "the mirror {} was not as nightshift keeps it (an older nightshift's config, or someone \
+             changed it); restored: {}",
             mirror.display(),
             repaired.join(", ")
         );
@@ -591,7 +621,7 @@ impl Workspaces {
         repo: &RepoName,
         branch: &str,
         dest: &Path,
-    ) -> Result<RepoContext> {
+    ) -> Result<ExportedContext> {
         let git = &self.git;
         let mirror = self.mirror_path(repo);
         let commit = branch_tip(git, repo, &mirror, branch).await?;
@@ -617,7 +647,7 @@ impl Workspaces {
                 agents_md.push(entry.path.clone());
             }
         }
-        Ok(RepoContext {
+        Ok(ExportedContext {
             commit,
             agents_md,
             skipped,
@@ -727,12 +757,12 @@ impl Worktree {
     pub async fn commit_changes(&self, message: &str, author: (&str, &str)) -> Result<Changes> {
         let git = &*self.git;
         check_mirror(&self.repo, &self.mirror).await?;
-        let _ = tokio::fs::remove_dir_all(&self.private).await;
         tokio::fs::create_dir_all(&self.private)
             .await
             .with_context(|| format!("creating {}", self.private.display()))?;
         let index = self.private.join("index");
         let excludes = self.private.join("exclude");
+        let _ = tokio::fs::remove_file(&index).await;
         let root = self.path.clone();
         let nested = tokio::task::spawn_blocking(move || nested_repositories(&root))
             .await?
@@ -743,11 +773,17 @@ impl Worktree {
         }
         tokio::fs::write(&excludes, lines).await?;
 
-        git.cmd(Repo::Bare(&self.mirror))
-            .index(&index)
-            .args(["read-tree", "--end-of-options", &self.commit])
-            .run()
-            .await?;
+        // Start from the job's commit: the index nightshift saved after the checkout, or the commit's tree.
+        if copy_index(self.private.join("index.base"), index.clone())
+            .await
+            .is_err()
+        {
+            git.cmd(Repo::Bare(&self.mirror))
+                .index(&index)
+                .args(["read-tree", "--end-of-options", &self.commit])
+                .run()
+                .await?;
+        }
         git.cmd(self.tree())
             .index(&index)
             .config(format!("core.excludesFile={}", excludes.display()))
@@ -1303,6 +1339,55 @@ mod tests {
             format!("{} nightshift the message", wt.commit)
         );
         assert!(changes.stat.contains("3 files changed"), "{}", changes.stat);
+        wt.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn repositories_inside_the_worktree_are_left_out_whatever_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                bare.to_str().unwrap(),
+                Checkout::Branch("main"),
+                JobId(9),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        // Names with gitignore's special characters: each must match only its own folder.
+        for name in ["we[ir]d *dir", "#hash", "!bang", "back\\slash", "a?b"] {
+            let nested = wt.path.join(name);
+            std::fs::create_dir_all(nested.join(".git")).unwrap();
+            std::fs::write(nested.join("inside.txt"), "x").unwrap();
+        }
+        // Folders those patterns would match if they were globs, without a repository: kept.
+        std::fs::create_dir_all(wt.path.join("weid xdir")).unwrap();
+        std::fs::write(wt.path.join("weid xdir/kept.txt"), "kept").unwrap();
+        std::fs::create_dir_all(wt.path.join("axb")).unwrap();
+        std::fs::write(wt.path.join("axb/kept.txt"), "kept").unwrap();
+        let changes = wt.commit_changes("m", ("n", "n@n")).await.unwrap();
+        assert_eq!(
+            changes.nested,
+            vec!["!bang", "#hash", "a?b", "back\\slash", "we[ir]d *dir"]
+        );
+        let commit = changes.commit.unwrap();
+        let mirror = wt.mirror.to_str().unwrap().to_owned();
+        let files = sh(
+            dir.path(),
+            &[
+                "--git-dir",
+                &mirror,
+                "ls-tree",
+                "-r",
+                "--name-only",
+                &commit,
+            ],
+        );
+        assert_eq!(files, "README.md\naxb/kept.txt\nweid xdir/kept.txt");
         wt.remove().await.unwrap();
     }
 }

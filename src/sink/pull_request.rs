@@ -35,11 +35,19 @@ pub async fn deliver(ctx: &SinkContext<'_>, worktree: &Worktree, message: &str) 
     // Built in the mirror from the worktree's files, never with the worktree's own git.
     let changes = worktree.commit_changes(&commit_message, AUTHOR).await?;
     if !changes.nested.is_empty() {
-        let lines: Vec<String> = changes
+        const SHOWN: usize = 20;
+        let mut lines: Vec<String> = changes
             .nested
             .iter()
+            .take(SHOWN)
             .map(|p| format!("left out of the commit: {p} (a repository inside the worktree)"))
             .collect();
+        if changes.nested.len() > SHOWN {
+            lines.push(format!(
+                "left out of the commit: {} more repositories inside the worktree",
+                changes.nested.len() - SHOWN
+            ));
+        }
         ctx.store
             .append_log(ctx.job, LogStream::Nightshift, &lines)
             .await?;
