@@ -75,7 +75,6 @@ impl JobLog {
 
     /// Sends a line, if the budget allows it; the first line past the budget is replaced by one that says
     /// the rest was cut. Fails only when nothing receives any more (as the channel's `send`).
-    #[allow(clippy::result_large_err)]
     pub fn send(
         &self,
         line: (LogStream, String),
