@@ -4,12 +4,15 @@
 //! and in everything posted to GitHub.
 //!
 //! One registry per process ([`global`]): the service registers its configuration's secrets at start
-//! ([`register_config`]), and the GitHub client registers each token it mints. Redaction is a plain search for
-//! each value (a handful of values; texts of at most a few MiB), longest first, so a secret that contains
-//! another is replaced whole.
+//! ([`register_config`]), and the GitHub client registers each token it mints (forgotten a while after it
+//! expires). Redaction is one pass of an Aho-Corasick matcher over all values, the longest match first, so a
+//! secret that contains another is replaced whole.
 
 use std::borrow::Cow;
 use std::sync::{OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use octocrab::secrecy::ExposeSecret;
 
@@ -22,11 +25,22 @@ pub const REDACTED: &str = "[redacted]";
 /// `[redacted]` and is not worth hiding anyway.
 pub const MIN_LEN: usize = 8;
 
-/// The known secret values.
+/// The known secret values, and one matcher for all of them.
 #[derive(Default)]
 pub struct Secrets {
-    values: RwLock<Vec<String>>,
+    inner: RwLock<Inner>,
 }
+
+#[derive(Default)]
+struct Inner {
+    /// Each value, and when it stops mattering (a token's expiry; None: never).
+    values: Vec<(String, Option<Instant>)>,
+    /// Finds every value in one pass, the longest where they overlap; None when there are none.
+    matcher: Option<AhoCorasick>,
+}
+
+/// How long past its expiry a token is still redacted (clocks differ).
+const EXPIRED_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// The process's registry.
 pub fn global() -> &'static Secrets {
@@ -57,9 +71,15 @@ pub fn secret_name(name: &str) -> bool {
 }
 
 impl Secrets {
-    /// Adds a secret value. Surrounding whitespace is ignored; values shorter than [`MIN_LEN`] are not kept.
-    /// A multi-line value (a PEM key) is also kept line by line, so a part of it is redacted too.
+    /// Adds a secret value for good. Surrounding whitespace is ignored; values shorter than [`MIN_LEN`] are
+    /// not kept. A multi-line value (a PEM key) is also kept line by line, so a part of it is redacted too.
     pub fn add(&self, value: &str) {
+        self.add_until(value, None);
+    }
+
+    /// Adds a secret that stops mattering at `expires` (an installation token): it is forgotten a while
+    /// after, so a service that mints a token per job does not collect them forever.
+    pub fn add_until(&self, value: &str, expires: Option<Instant>) {
         let mut new: Vec<&str> = vec![value.trim()];
         if value.trim().contains('\n') {
             // The armour lines of a PEM key are no secret.
@@ -70,25 +90,55 @@ impl Secrets {
                     .filter(|l| !l.starts_with("-----")),
             );
         }
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        let until = expires.map(|t| t + EXPIRED_GRACE);
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let before = inner.values.len();
+        inner
+            .values
+            .retain(|(_, until)| until.is_none_or(|t| t > now));
+        let mut changed = inner.values.len() != before;
         for v in new {
-            if v.len() >= MIN_LEN && !values.iter().any(|k| k == v) {
-                values.push(v.to_owned());
+            if v.len() >= MIN_LEN && !inner.values.iter().any(|(k, _)| k == v) {
+                inner.values.push((v.to_owned(), until));
+                changed = true;
             }
         }
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        if changed {
+            inner.matcher = if inner.values.is_empty() {
+                None
+            } else {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(inner.values.iter().map(|(v, _)| v.as_str()))
+                    .ok()
+            };
+        }
+    }
+
+    /// How many values are known.
+    pub fn len(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values
+            .len()
+    }
+
+    /// Whether no value is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// `text` with every known secret replaced by [`REDACTED`].
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = Cow::Borrowed(text);
-        for v in values.iter() {
-            if out.contains(v.as_str()) {
-                out = Cow::Owned(out.replace(v.as_str(), REDACTED));
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        match &inner.matcher {
+            Some(m) if m.is_match(text) => {
+                Cow::Owned(m.replace_all(text, &vec![REDACTED; inner.values.len()]))
             }
+            _ => Cow::Borrowed(text),
         }
-        out
     }
 
     /// Every string in a JSON value, redacted in place (a body posted to GitHub).
@@ -155,6 +205,25 @@ mod tests {
             "a [redacted] and [redacted], short"
         );
         assert!(matches!(s.redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn expired_tokens_are_forgotten_and_do_not_pile_up() {
+        let s = Secrets::default();
+        s.add("webhook-secret");
+        let past = Instant::now() - EXPIRED_GRACE - Duration::from_secs(1);
+        for i in 0..1000 {
+            s.add_until(&format!("ghs_token_{i:04}"), Some(past));
+        }
+        s.add_until(
+            "ghs_live_token",
+            Some(Instant::now() + Duration::from_secs(3600)),
+        );
+        assert_eq!(s.len(), 2, "only the secret and the live token are left");
+        assert_eq!(
+            s.redact("webhook-secret ghs_live_token"),
+            "[redacted] [redacted]"
+        );
     }
 
     #[test]

@@ -557,3 +557,69 @@ async fn configuration_problems_are_logged_not_posted_and_failures_name_no_serve
     }
     assert_eq!(spine.github.comments().len(), 1);
 }
+
+#[tokio::test]
+async fn repository_instructions_and_skills_linked_to_the_services_secrets_are_not_read() {
+    use common::model_server::{ChatReply, ModelServer};
+    let model = ModelServer::chat(vec![ChatReply::Answer("Summary.".into(), 10, 2)]).await;
+    let trigger = (
+        "summary.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: summarizer\nskills: auto\nprompt: Summarize.\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    spine.add_agents(&format!(
+        "  summarizer: {{openai: {{model: m, base_url: \"{}/v1\"}}}}\n",
+        model.url
+    ));
+    // The default branch links its instructions and a skill to the service's own environment, and a
+    // skill's reference to a secret file of the service.
+    let secret = spine.dir.path().join("service-secret.pem");
+    std::fs::write(&secret, "SERVICE-SECRET-FILE").unwrap();
+    let seed = spine.dir.path().join("seed");
+    std::os::unix::fs::symlink("/proc/self/environ", seed.join("AGENTS.md")).unwrap();
+    std::fs::create_dir_all(seed.join("web")).unwrap();
+    std::fs::write(seed.join("web/AGENTS.md"), "Use pnpm.\n").unwrap();
+    let skills = seed.join(".agents/skills");
+    std::fs::create_dir_all(skills.join("leak")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", skills.join("leak/SKILL.md")).unwrap();
+    std::fs::create_dir_all(skills.join("style")).unwrap();
+    std::fs::write(
+        skills.join("style/SKILL.md"),
+        "---\nname: style\ndescription: House style. Use always.\n---\n\nBe terse.\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&secret, skills.join("style/reference.md")).unwrap();
+    common::commit_all(&seed, "links");
+    git(&seed, &["push", "--quiet", "origin", "HEAD:main"]);
+    spine
+        .start_with_env(&[("SERVICE_ONLY_MARKER", "marker-of-the-service-environment")])
+        .await;
+    spine
+        .deliver_example("issues", "links-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let requests = model.requests();
+    assert_eq!(requests.len(), 1);
+    let prompt = requests[0].body.to_string();
+    assert!(
+        prompt.contains("Use pnpm."),
+        "the plain file is read: {prompt}"
+    );
+    assert!(
+        prompt.contains("Be terse."),
+        "the plain skill is read: {prompt}"
+    );
+    for leaked in ["marker-of-the-service-environment", "SERVICE-SECRET-FILE"] {
+        assert!(
+            !prompt.contains(leaked),
+            "{leaked} reached the model: {prompt}"
+        );
+    }
+    let comments = spine.wait_for_comments(1).await;
+    assert!(
+        !comments[0]
+            .body
+            .contains("marker-of-the-service-environment")
+    );
+}

@@ -87,6 +87,9 @@ impl Permissions {
     }
 }
 
+/// How long GitHub's installation tokens live.
+const TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 /// A token is minted again when less than this of its life is left (or a quarter of its whole life, when
 /// that is shorter: tokens that live minutes, as in tests).
 pub const REFRESH_MARGIN: std::time::Duration = std::time::Duration::from_secs(5 * 60);
@@ -182,13 +185,20 @@ impl Scope {
             || self.app.post(route.as_str(), Some(&body)),
         )
         .await?;
-        crate::redact::global().add(&minted.token);
         let expires_at = minted
             .expires_at
             .as_deref()
             .map(str::parse::<jiff::Timestamp>)
-            .transpose()
-            .context("GitHub's token has an expires_at that is not a time")?;
+            .transpose();
+        // Redacted from here on, until a while after it stops working (an hour when GitHub did not say).
+        let life = match &expires_at {
+            Ok(Some(t)) => std::time::Duration::try_from(t.duration_since(jiff::Timestamp::now()))
+                .unwrap_or_default(),
+            _ => TOKEN_LIFE,
+        };
+        crate::redact::global().add_until(&minted.token, Some(std::time::Instant::now() + life));
+        let expires_at =
+            expires_at.context("GitHub's token has an expires_at that is not a time")?;
         let api = self
             .app
             .user_access_token(minted.token.clone())
@@ -372,7 +382,10 @@ impl GitHub {
                         .await
                         .with_context(|| format!("getting an access token for installation {id}"))?
                 };
-                crate::redact::global().add(token.expose_secret());
+                crate::redact::global().add_until(
+                    token.expose_secret(),
+                    Some(std::time::Instant::now() + TOKEN_LIFE),
+                );
                 Ok(RepoClient::fixed(crab.clone(), token))
             }
             Auth::None => bail!(

@@ -344,8 +344,9 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         for line in lines {
-            // Known secrets never reach the log (crate::redact).
+            // Known secrets never reach the log (crate::redact), nor do terminal escapes.
             let line = crate::redact::redact(line);
+            let line = crate::agent::log::printable(&line);
             sqlx::query("INSERT INTO job_logs (job_id, at, stream, line) VALUES (?, ?, ?, ?)")
                 .bind(job.0)
                 .bind(now)
