@@ -713,7 +713,9 @@ async fn a_job_whose_budget_is_spent_mid_run_is_refused_and_fails_with_the_reaso
     assert_eq!(job.state, JobState::Failed, "{log:#?}");
     assert_eq!(
         job.error.as_deref(),
-        Some("budget reached: this job's budget of $0.40 is spent ($0.50 so far)"),
+        Some(
+            "running the agent: budget reached: this job's budget of $0.40 is spent ($0.50 so far)"
+        ),
         "{log:#?}"
     );
     assert_eq!(
@@ -789,7 +791,7 @@ async fn a_repositorys_daily_budget_holds_across_jobs_and_a_restart() {
     assert_eq!(
         second.error.as_deref(),
         Some(
-            "budget reached: the daily budget of $1.00 for Codertocat/Hello-World is spent ($1.20 today, UTC)"
+            "running the agent: budget reached: the daily budget of $1.00 for Codertocat/Hello-World is spent ($1.20 today, UTC)"
         )
     );
     assert_eq!(
