@@ -10,6 +10,8 @@ need git || missing+=(git)
 need bwrap || missing+=(bubblewrap)
 need npm || missing+=(npm)
 need tar || missing+=(tar)
+need curl || missing+=(curl)
+need pgrep || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
