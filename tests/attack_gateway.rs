@@ -138,7 +138,8 @@ async fn gateway(upstream: &str) -> (tempfile::TempDir, Config, Arc<Gateway>) {
             "store: sqlite://{root}/ns.db\ndata_dir: {root}/data\n\
              agents:\n  coder: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}, max_tokens: 2000}}\n  \
              writer: {{claude: {{base_url: '{upstream}', api_key_env: REAL}}}}\n  \
-             free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n\
+             free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n  \
+             fetcher: {{command: ['true'], egress: [localhost, '*.allowed.test']}}\n\
              gateway:\n  prices:\n    gpt-5.5: {{input: 1.0, output: 2.0}}\n"
         ),
     )
@@ -844,4 +845,174 @@ async fn a_model_key_listed_in_a_profiles_env_is_not_given_to_the_agent() {
         "the key reached the agent: {body}"
     );
     assert!(!body.contains("TEST_REAL_KEY"), "{body}");
+}
+
+// ---- Egress: the CONNECT proxy ----
+
+/// Sends a raw CONNECT to the gateway's port; returns the status line and the open stream.
+async fn connect(
+    gateway: &Gateway,
+    target: &str,
+    token: Option<&str>,
+) -> (String, tokio::net::TcpStream) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gateway.tcp_addr())
+        .await
+        .unwrap();
+    let auth = token
+        .map(|t| {
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("nightshift:{t}"));
+            format!("Proxy-Authorization: Basic {basic}\r\n")
+        })
+        .unwrap_or_default();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    // A refusal has a body saying why; read what has come of it.
+    (head.lines().next().unwrap_or_default().to_owned(), stream)
+}
+
+#[tokio::test]
+async fn egress_goes_only_to_allowed_hosts_on_their_https_port_with_the_jobs_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::default();
+    let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let fetcher = open(&gateway, &config, "fetcher", 1).await;
+    let coder = open(&gateway, &config, "coder", 2).await;
+
+    // Without the test mode, an allowed name that resolves to loopback is refused: an allowed name cannot be
+    // pointed back at nightshift or the operator's network.
+    let (status, _) = connect(&gateway, "localhost:443", Some(fetcher.token())).await;
+    assert!(status.contains(" 403 "), "{status}");
+
+    // An echo server stands in for an HTTPS host; the test mode lets the tunnel reach it on loopback.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    gateway.egress_test_mode(port);
+    let target = format!("localhost:{port}");
+
+    let (status, _) = connect(&gateway, &target, None).await;
+    assert!(status.contains(" 407 "), "no token: {status}");
+    let (status, _) = connect(&gateway, &target, Some("nsjob-forged")).await;
+    assert!(status.contains(" 407 "), "a forged token: {status}");
+    let (status, _) = connect(&gateway, &target, Some(coder.token())).await;
+    assert!(status.contains(" 403 "), "a job without egress: {status}");
+    let (status, _) = connect(
+        &gateway,
+        &format!("127.0.0.1:{port}"),
+        Some(fetcher.token()),
+    )
+    .await;
+    assert!(status.contains(" 403 "), "an address not listed: {status}");
+    let (status, _) = connect(
+        &gateway,
+        &format!("evil.example:{port}"),
+        Some(fetcher.token()),
+    )
+    .await;
+    assert!(status.contains(" 403 "), "a host not listed: {status}");
+    let (status, _) = connect(
+        &gateway,
+        &format!("allowed.test:{port}"),
+        Some(fetcher.token()),
+    )
+    .await;
+    assert!(
+        status.contains(" 403 "),
+        "*.allowed.test is not allowed.test: {status}"
+    );
+    let (status, _) = connect(&gateway, "localhost:22", Some(fetcher.token())).await;
+    assert!(status.contains(" 403 "), "another port: {status}");
+
+    // The allowed host, with the token: a tunnel, bytes both ways.
+    let (status, mut tunnel) = connect(&gateway, &target, Some(fetcher.token())).await;
+    assert!(status.contains(" 200 "), "{status}");
+    tunnel.write_all(b"hello through the tunnel").await.unwrap();
+    let mut back = [0u8; 24];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hello through the tunnel");
+    // A model request with an egress-only token is refused.
+    let (status, body) = post(&gateway, "/v1/responses", Some(fetcher.token())).await;
+    assert_eq!(status, 404, "{body}");
+    // The job's end revokes the token for new tunnels.
+    let token = fetcher.token().to_owned();
+    drop(fetcher);
+    let (status, _) = connect(&gateway, &target, Some(&token)).await;
+    assert!(status.contains(" 407 "), "a revoked token: {status}");
+    assert!(up.seen.lock().unwrap().is_empty());
+}
+
+/// A boxed command agent with egress gets HTTPS_PROXY and reaches only the proxy; what it asks for beyond its
+/// allow-list is refused, and without egress it has no network at all.
+#[tokio::test]
+async fn a_boxed_agent_reaches_the_network_only_through_the_proxy() {
+    let trigger = (
+        "fetch.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: fetcher\nprompt: hi\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    let script = spine.dir.path().join("fetch.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         echo \"proxy=$(printf %s \"$HTTPS_PROXY\" | sed 's/nsjob-[0-9a-f]*/TOKEN/')\"\n\
+         curl -sS -m 10 https://evil.example/ 2>&1 | head -1\n\
+         curl -sS -m 10 --noproxy '' https://localhost/ 2>&1 | head -1\n\
+         curl -sS -m 10 --noproxy '*' https://1.1.1.1/ 2>&1 | head -1\n\
+         echo done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    spine.add_agents(&format!(
+        "  fetcher: {{command: [{}], egress: [localhost, registry.npmjs.org], timeout: 60s}}\n",
+        script.display()
+    ));
+    spine.start().await;
+    spine
+        .deliver_example("issues", "d1", "issues/opened.json")
+        .await;
+    let job = spine.wait_for_finished_jobs(1).await.remove(0);
+    let log = spine.job_log(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}\n{log:#?}", job.error);
+    let body = &spine.wait_for_comments(1).await[0].body;
+    assert!(
+        body.contains("proxy=http://nightshift:TOKEN@127.0.0.1:4180"),
+        "{body}"
+    );
+    let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("curl:")).collect();
+    assert_eq!(lines.len(), 3, "{body}");
+    assert!(lines[0].contains("403"), "a host not allowed: {body}");
+    assert!(
+        lines[1].contains("403"),
+        "allowed, but resolves to loopback: {body}"
+    );
+    assert!(!lines[2].contains("403"), "no proxy, no network: {body}");
+    assert!(body.contains("done"), "{body}");
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("gateway: refused egress to evil.example:443")),
+        "{lines:#?}"
+    );
 }

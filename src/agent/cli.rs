@@ -146,7 +146,7 @@ pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutco
         codex_home.join("config.toml"),
         codex_config(
             options,
-            job.profile.network,
+            !job.profile.egress.is_empty(),
             job.sandbox.is_some(),
             &model.url,
         ),
@@ -215,11 +215,12 @@ type EventFn = fn(&mut Events, &Value) -> Option<String>;
 async fn run(
     job: &AgentJob<'_>,
     argv: Vec<String>,
-    vars: Vec<(String, String)>,
+    mut vars: Vec<(String, String)>,
     on_event: EventFn,
     options: &CliOptions,
     incomplete: &str,
 ) -> Result<AgentOutcome> {
+    vars.extend(job.egress_vars());
     let state = Arc::new(Mutex::new(Events::default()));
     let seen = state.clone();
     let log = job.log.clone();

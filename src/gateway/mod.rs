@@ -11,6 +11,7 @@
 //! spent, in the provider's own error shape, so the agent shows the reason.
 
 pub mod config;
+pub mod egress;
 pub mod meter;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -74,7 +75,10 @@ struct Upstream {
 struct Grant {
     job: JobId,
     repo: String,
-    upstream: Upstream,
+    /// None for a command agent, which has only egress.
+    upstream: Option<Upstream>,
+    /// The hosts the job may reach through the CONNECT proxy ([`egress`]).
+    egress: Vec<String>,
     max_cost_usd: Option<f64>,
     max_tokens: Option<u64>,
     spent: Mutex<Spent>,
@@ -114,6 +118,8 @@ pub struct Gateway {
     client: reqwest::Client,
     tcp: SocketAddr,
     socket: PathBuf,
+    /// Tests only: egress to this port, and to any address (the tests' servers are on loopback).
+    egress_test_port: Mutex<Option<u16>>,
 }
 
 impl Gateway {
@@ -161,6 +167,7 @@ impl Gateway {
             client,
             tcp: tcp.local_addr()?,
             socket,
+            egress_test_port: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(gateway.clone());
         let on_tcp = app.clone();
@@ -197,7 +204,14 @@ impl Gateway {
         self.tcp
     }
 
-    /// Gives a job of `profile` a token, for the backends that talk to a model (None for a command agent).
+    #[doc(hidden)]
+    /// For tests of the egress proxy, whose servers listen on loopback: tunnels go to `port` on any address.
+    pub fn egress_test_mode(&self, port: u16) {
+        *self.egress_test_port.lock().expect("egress lock") = Some(port);
+    }
+
+    /// Gives a job of `profile` a token, for the backends that talk to a model and for agents with egress
+    /// (None for a command agent without).
     /// A retried job continues from what its earlier attempts spent.
     pub async fn open(
         self: &Arc<Self>,
@@ -207,7 +221,8 @@ impl Gateway {
         profile: &AgentProfile,
     ) -> Result<Option<JobAccess>> {
         let (wire, base_url, bearer) = match &profile.backend {
-            Backend::Command(_) => return Ok(None),
+            Backend::Command(_) if profile.egress.is_empty() => return Ok(None),
+            Backend::Command(_) => (Wire::OpenAi, "", false),
             Backend::Codex(o) => (
                 Wire::OpenAi,
                 o.base_url
@@ -240,12 +255,13 @@ impl Gateway {
         let grant = Arc::new(Grant {
             job,
             repo: repo.to_owned(),
-            upstream: Upstream {
+            upstream: (!matches!(profile.backend, Backend::Command(_))).then(|| Upstream {
                 wire,
                 base_url: base_url.trim_end_matches('/').to_owned(),
                 key,
                 bearer,
-            },
+            }),
+            egress: profile.egress.clone(),
             max_cost_usd: profile.max_cost_usd,
             max_tokens: profile.max_tokens.map(u64::from),
             spent: Mutex::new(Spent {
@@ -594,6 +610,9 @@ fn forwarded_response_header(name: &str) -> bool {
 }
 
 async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    if request.method() == Method::CONNECT {
+        return egress::connect(gateway, request).await;
+    }
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     // Claude Code's warm-up: answered here, never forwarded.
@@ -612,7 +631,13 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             "nightshift: this request has no valid job token (it is wrong, or its job has ended)",
         );
     };
-    let wire = grant.upstream.wire;
+    let Some(wire) = grant.upstream.as_ref().map(|u| u.wire) else {
+        return refuse(
+            guess,
+            StatusCode::NOT_FOUND,
+            "nightshift: this job's agent has no model; its token is only for egress (HTTPS_PROXY)",
+        );
+    };
     let Some(metered) = route(wire, &parts.method, path) else {
         return refuse(
             wire,
@@ -686,7 +711,7 @@ async fn forward(
     model: Option<String>,
     metered: bool,
 ) -> Response {
-    let upstream = &grant.upstream;
+    let upstream = grant.upstream.as_ref().expect("checked by handle");
     let path = parts.uri.path();
     let tail = match upstream.wire {
         Wire::OpenAi => path.strip_prefix("/v1").unwrap_or(path),
