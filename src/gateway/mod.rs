@@ -194,6 +194,11 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// Whether the service's environment had the model key `var` when it started.
+    pub fn has_key(&self, var: &str) -> bool {
+        self.keys.contains_key(var)
+    }
+
     /// The unix socket the box's forwarder connects to.
     pub fn socket(&self) -> &Path {
         &self.socket
