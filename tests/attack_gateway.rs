@@ -26,7 +26,7 @@ use nightshift::gateway::{Gateway, JobAccess};
 use nightshift::ids::JobId;
 use nightshift::store::JobState;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 
 const REAL_KEY: &str = "sk-real-gateway-secret";
 /// A pattern that finds the key without containing it, for the agent's own search.
@@ -49,11 +49,13 @@ impl Seen {
     }
 }
 
-/// A recording upstream whose Responses stream stops after its first event until `release` is notified.
-#[derive(Clone, Default)]
+/// A recording upstream whose answers, when gated, stop after their first event until `release` has a permit
+/// for them.
+#[derive(Clone)]
 struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
-    release: Arc<Notify>,
+    /// Each permit lets one gated answer finish.
+    release: Arc<Semaphore>,
     gated: Arc<Mutex<bool>>,
     /// Text deltas sent between the first event and the last.
     deltas: Arc<Mutex<usize>>,
@@ -80,6 +82,17 @@ fn completed_event(input: u64, output: u64) -> String {
     )
 }
 
+impl Default for Upstream {
+    fn default() -> Upstream {
+        Upstream {
+            seen: Default::default(),
+            release: Arc::new(Semaphore::new(0)),
+            gated: Default::default(),
+            deltas: Default::default(),
+        }
+    }
+}
+
 async fn upstream_handler(State(up): State<Upstream>, request: Request) -> Response {
     up.seen.lock().unwrap().push(Seen {
         method: request.method().to_string(),
@@ -98,7 +111,7 @@ async fn upstream_handler(State(up): State<Upstream>, request: Request) -> Respo
             .await
             .unwrap();
         if gated {
-            up.release.notified().await;
+            up.release.acquire().await.unwrap().forget();
         }
         for _ in 0..deltas {
             let _ = tx
@@ -402,7 +415,7 @@ async fn a_streamed_answer_passes_through_as_it_comes_and_is_metered_when_it_end
     assert_eq!(status, 200);
     assert_eq!(access.usage().turns, None, "nothing metered before the end");
 
-    up.release.notify_one();
+    up.release.add_permits(1);
     while let Some(chunk) = response.chunk().await.unwrap() {
         received.extend_from_slice(&chunk);
     }
@@ -1015,4 +1028,43 @@ async fn a_boxed_agent_reaches_the_network_only_through_the_proxy() {
             .any(|l| l.starts_with("gateway: refused egress to evil.example:443")),
         "{lines:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_job_holds_at_most_a_few_model_requests_open_at_once() {
+    let up = Upstream::default();
+    *up.gated.lock().unwrap() = true;
+    let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let access = open(&gateway, &config, "free", 1).await;
+    let mut open_streams = Vec::new();
+    for _ in 0..nightshift::gateway::MAX_IN_FLIGHT {
+        let mut response = client()
+            .post(url(&gateway, "/v1/responses"))
+            .bearer_auth(access.token())
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.chunk().await.unwrap().expect("the first event");
+        open_streams.push(response);
+    }
+    // One more is refused (429: the CLIs retry it later), without reading its body or going upstream.
+    let (status, body) = post(&gateway, "/v1/responses", Some(access.token())).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        nightshift::gateway::MAX_IN_FLIGHT
+    );
+    // Another job is not held by this one.
+    let other = open(&gateway, &config, "free", 2).await;
+    *up.gated.lock().unwrap() = false;
+    let (status, _) = post(&gateway, "/v1/responses", Some(other.token())).await;
+    assert_eq!(status, 200);
+    // Streams the agent abandons free their places.
+    drop(open_streams);
+    up.release.add_permits(nightshift::gateway::MAX_IN_FLIGHT);
+    access.settle().await;
+    let (status, body) = post(&gateway, "/v1/responses", Some(access.token())).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -46,7 +46,10 @@ pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 /// The variable that holds the job's token in Codex's environment (its provider's `env_key`).
 pub const CODEX_TOKEN_VAR: &str = "NIGHTSHIFT_MODEL_TOKEN";
 /// The largest request body forwarded (a long agent conversation, with its tool outputs).
-const MAX_REQUEST: usize = 64 << 20;
+const MAX_REQUEST: usize = 32 << 20;
+/// Model requests one job may have open at once: what bounds the memory a job's requests can take here
+/// (bodies are read whole before they are forwarded).
+pub const MAX_IN_FLIGHT: usize = 4;
 /// How long a job's end waits for its last response to be metered.
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -675,6 +678,13 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             &format!("nightshift: {reason}"),
         );
     }
+    let Some(open) = InFlight::enter(&grant) else {
+        return refuse(
+            wire,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("nightshift: a job may have {MAX_IN_FLIGHT} model requests open at once"),
+        );
+    };
     let body = match axum::body::to_bytes(body, MAX_REQUEST).await {
         Ok(body) => body,
         Err(_) => {
@@ -686,7 +696,32 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         }
     };
     let (body, model) = prepare(path, body);
-    forward(gateway, grant, &parts, body, model, metered).await
+    forward(gateway, grant, open, &parts, body, model, metered).await
+}
+
+/// One open model request of a job, counted until it is dropped (however the request ends: answered,
+/// failed, or abandoned by the agent).
+struct InFlight(Arc<Grant>);
+
+impl InFlight {
+    fn enter(grant: &Arc<Grant>) -> Option<InFlight> {
+        let mut in_flight = grant.in_flight.lock().expect("in-flight lock");
+        if *in_flight >= MAX_IN_FLIGHT {
+            return None;
+        }
+        *in_flight += 1;
+        Some(InFlight(grant.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self.0.in_flight.lock().expect("in-flight lock");
+        *in_flight -= 1;
+        if *in_flight == 0 {
+            self.0.settled.notify_waiters();
+        }
+    }
 }
 
 /// Reads the model a request names and, for a streamed chat completion, asks for its usage in the last
@@ -711,6 +746,7 @@ fn prepare(path: &str, body: Bytes) -> (Bytes, Option<String>) {
 async fn forward(
     gateway: Arc<Gateway>,
     grant: Arc<Grant>,
+    open: InFlight,
     parts: &axum::http::request::Parts,
     body: Bytes,
     model: Option<String>,
@@ -739,11 +775,9 @@ async fn forward(
             _ => request.bearer_auth(key.expose_secret()),
         };
     }
-    *grant.in_flight.lock().expect("in-flight lock") += 1;
     let mut response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
-            done(&grant);
             return refuse(
                 upstream.wire,
                 StatusCode::BAD_GATEWAY,
@@ -810,20 +844,12 @@ async fn forward(
                 warn!("recording what job {} spent failed: {e:#}", grant.job);
             }
         }
-        done(&grant);
+        drop(open);
     });
     let mut answer = Response::new(Body::from_stream(Chunks(rx)));
     *answer.status_mut() = status;
     *answer.headers_mut() = headers;
     answer
-}
-
-fn done(grant: &Grant) {
-    let mut in_flight = grant.in_flight.lock().expect("in-flight lock");
-    *in_flight -= 1;
-    if *in_flight == 0 {
-        grant.settled.notify_waiters();
-    }
 }
 
 /// The upstream answer's chunks, as they come.
