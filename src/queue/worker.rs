@@ -472,6 +472,9 @@ async fn run_in_worktree(
     if let Some(access) = &access {
         outcome.usage = Some(access.settle().await);
     }
+    // The agent is gone: its token goes too.
+    let refusal = access.as_ref().and_then(|a| a.refusal());
+    drop(access);
     if let Some(usage) = &outcome.usage
         && let Err(e) = pipeline.store.record_usage(job.id, usage).await
     {
@@ -498,7 +501,7 @@ async fn run_in_worktree(
         ),
     )
     .await;
-    if let Some(reason) = access.as_ref().and_then(|a| a.refusal()) {
+    if let Some(reason) = refusal {
         bail!("budget reached: {reason}");
     }
     if let Some(failure) = outcome.failure {
