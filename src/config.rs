@@ -91,6 +91,8 @@ struct AgentFile {
     sandbox: Option<Spanned<SandboxKind>>,
     /// The box's resource limits (processes, memory, file_size, open_files).
     limits: Option<Spanned<crate::sandbox::LimitsFile>>,
+    /// Folders of the machine the box shows even where it hides things (caches, tools).
+    shared: Option<Spanned<SharedFile>>,
     /// Replaced by `egress`; still read, to say so.
     network: Option<Spanned<bool>>,
     /// Hosts the agent may reach over HTTPS (port 443) through nightshift's proxy: `HOST` or `*.DOMAIN`.
@@ -101,6 +103,16 @@ struct AgentFile {
     max_cost_usd: Option<Spanned<f64>>,
     /// How a command agent gets its prompt: stdin (default), argument or file.
     prompt_via: Option<Spanned<PromptVia>>,
+}
+
+/// `shared:` in an agent profile: folders given to the box, read-only or writable.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SharedFile {
+    #[serde(default)]
+    read_only: Vec<PathBuf>,
+    #[serde(default)]
+    writable: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +162,8 @@ pub struct AgentProfile {
     pub sandbox: SandboxKind,
     /// Resource limits of the agent's processes.
     pub limits: crate::sandbox::Limits,
+    /// Folders of the machine shown in the box, read-only and writable (never inside the data dir).
+    pub shared: crate::sandbox::Shared,
     /// Hosts the agent may reach over HTTPS through the model gateway's proxy (`HOST`, `*.DOMAIN`); none by
     /// default.
     pub egress: Vec<String>,
@@ -540,9 +554,10 @@ fn resolve(
         (None, None, None) => GithubAuth::None,
     };
 
+    let data_dir = rel(file.data_dir.clone().unwrap_or_else(default_data_dir));
     let mut agents = BTreeMap::new();
     for (name, profile) in file.agents {
-        match agent_profile(&name, profile, path, &rel) {
+        match agent_profile(&name, profile, path, &rel, &data_dir) {
             Ok(profile) => {
                 agents.insert(name, profile);
             }
@@ -563,7 +578,7 @@ fn resolve(
     Ok(Config {
         listen,
         store,
-        data_dir: rel(file.data_dir.unwrap_or_else(default_data_dir)),
+        data_dir,
         triggers: rel(file.triggers.unwrap_or_else(|| PathBuf::from("triggers"))),
         skills: rel(file.skills.unwrap_or_else(|| PathBuf::from("skills"))),
         workers,
@@ -592,6 +607,7 @@ fn agent_profile(
     spanned: Spanned<AgentFile>,
     path: &Path,
     rel: &dyn Fn(PathBuf) -> PathBuf,
+    data_dir: &Path,
 ) -> Result<AgentProfile, Vec<Diagnostic>> {
     let at = spanned.referenced;
     let file = spanned.value;
@@ -775,6 +791,7 @@ fn agent_profile(
         for (key, given) in [
             ("sandbox", file.sandbox.as_ref().map(|s| s.referenced)),
             ("limits", file.limits.as_ref().map(|l| l.referenced)),
+            ("shared", file.shared.as_ref().map(|l| l.referenced)),
         ] {
             if let Some(at) = given {
                 errors.push(
@@ -825,10 +842,37 @@ fn agent_profile(
             .with_hint("a model endpoint runs no program"),
         );
     }
+    let mut shared = crate::sandbox::Shared::default();
+    if let Some(given) = file.shared {
+        for (list, into) in [
+            (given.value.read_only, &mut shared.read_only),
+            (given.value.writable, &mut shared.writable),
+        ] {
+            for folder in list.into_iter().map(rel) {
+                if folder.starts_with(data_dir) {
+                    errors.push(
+                        Diagnostic::at(
+                            path,
+                            given.referenced,
+                            format!(
+                                "agent `{name}`: `shared` names {}, inside the data dir",
+                                folder.display()
+                            ),
+                        )
+                        .with_hint(
+                            "the data dir holds every repository's mirror and every job: share a folder outside it",
+                        ),
+                    );
+                }
+                into.push(folder);
+            }
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(AgentProfile {
+        shared,
         backend: backend.expect("checked above"),
         timeout: file.timeout.unwrap_or_else(default_agent_timeout),
         env: file.env,
@@ -1076,6 +1120,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(errors.contains("`lots` is not a size"), "{errors}");
+        let config = load(
+            "data_dir: /srv/ns/data\nagents:\n  c:\n    command: [x]\n    shared: {read_only: [/opt/tools], writable: [/var/cache/cargo]}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.agents["c"].shared.read_only,
+            [PathBuf::from("/opt/tools")]
+        );
+        assert_eq!(
+            config.agents["c"].shared.writable,
+            [PathBuf::from("/var/cache/cargo")]
+        );
+        let errors = load(
+            "data_dir: /srv/ns/data\nagents:\n  c:\n    command: [x]\n    shared: {writable: [/srv/ns/data/mirrors]}\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errors.contains("`shared` names /srv/ns/data/mirrors, inside the data dir"),
+            "{errors}"
+        );
     }
 
     #[test]

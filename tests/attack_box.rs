@@ -111,11 +111,13 @@ ls "$root/data/mirrors" 2>/dev/null | grep -q someone && leak mirrors-listing
 # Writes outside the worktree and the job's folders.
 for f in "$root/nightshift.yml" "$root/escaped" "$root/data/escaped" /tmp/escaped /run/escaped /etc/escaped \
          "$(git rev-parse --git-common-dir)/config" "$(git rev-parse --git-common-dir)/hooks/post-checkout" \
+         "$(git rev-parse --git-dir)/commondir" "$(git rev-parse --git-dir)/HEAD" \
          "$(dirname "$0")/escaped"; do
   (echo x >> "$f") 2>/dev/null && leak "write $f"
 done
 # The network: the fake GitHub and the service listen on this machine's loopback.
 for port in {ports}; do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && leak "port $port"; done
+[ -d "$(git rev-parse --git-common-dir)/objects" ] || leak "no git here"
 echo checked
 "#,
         secret = common::SECRET,
@@ -750,4 +752,38 @@ async fn without_bubblewrap_serve_refuses_unless_every_profile_chose_none_and_ch
         stderr.contains("warning: agent profile(s) `plain` run without the box"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_daemon_does_not_outlive_a_killed_service() {
+    let t = trigger("survivor");
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    let marker = format!("survives{}", std::process::id());
+    let script = format!(
+        r#"cat > /dev/null
+cp /bin/sleep "$TMPDIR/{marker}"
+setsid "$TMPDIR/{marker}" 304 < /dev/null > /dev/null 2>&1 &
+while ! pgrep -f {marker} > /dev/null; do :; done
+echo "daemon up" >&2
+exec sleep 600
+"#
+    );
+    attacker(&spine, "survivor", &script, ", timeout: 120s");
+    spine.start().await;
+    spine
+        .deliver_example("issues", "survivor-1", "issues/opened.json")
+        .await;
+    // Wait for the job, then for the daemon's word in its log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        if let Some(job) = spine.jobs().await.first() {
+            break job.id;
+        }
+        assert!(Instant::now() < deadline, "no job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    spine.wait_for_log_line(job, "daemon up").await;
+    assert!(!processes_with(&marker).is_empty(), "the daemon runs");
+    spine.kill();
+    wait_gone(&marker).await;
 }

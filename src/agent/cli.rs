@@ -572,6 +572,28 @@ mod tests {
     }
 
     #[test]
+    fn codex_turns_its_own_sandbox_off_only_inside_nightshifts_box() {
+        let options = CliOptions {
+            program: "codex".into(),
+            model: None,
+            base_url: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+            permission_mode: "acceptEdits".into(),
+            bearer: false,
+            allowed_tools: Vec::new(),
+            args: Vec::new(),
+        };
+        assert!(
+            codex_config(&options, false, true, "http://127.0.0.1:4180")
+                .contains("sandbox_mode = \"danger-full-access\"\n")
+        );
+        assert!(
+            codex_config(&options, false, false, "http://127.0.0.1:9")
+                .contains("sandbox_mode = \"workspace-write\"\n")
+        );
+    }
+
+    #[test]
     fn flags_are_found_as_whole_words_only() {
         let help = "  -p, --print   Print\n  --max-turns <n>\n";
         assert!(help_mentions(help, "-p"));

@@ -245,6 +245,7 @@ mod tests {
             sandbox: crate::config::SandboxKind::None,
             limits: Default::default(),
             egress: Vec::new(),
+            shared: Default::default(),
             max_turns: None,
             max_tokens: None,
             max_cost_usd: None,

@@ -409,15 +409,21 @@ async fn run_in_worktree(
         crate::sandbox::BoxSpec {
             worktree: worktree.path.clone(),
             read_only_worktree: false,
-            writable: vec![home.clone(), tmp.clone(), output_dir.clone()],
-            read_only: vec![
+            writable: [home.clone(), tmp.clone(), output_dir.clone()]
+                .into_iter()
+                .chain(profile.shared.writable.iter().cloned())
+                .collect(),
+            read_only: [
                 job_dir.clone(),
                 config
                     .data_dir
                     .join("mirrors")
                     .join(spec.repo.owner())
                     .join(format!("{}.git", spec.repo.name())),
-            ],
+            ]
+            .into_iter()
+            .chain(profile.shared.read_only.iter().cloned())
+            .collect(),
             hidden: crate::sandbox::hidden_paths(
                 &config.data_dir,
                 (pipeline.env)("HOME").as_deref().map(std::path::Path::new),

@@ -8,8 +8,8 @@
 //! What is hidden (the rule, see `docs/security-box.md`):
 //! - always `/tmp`, `/var/tmp` and `/run` (other programs' sockets and files), a fresh `/dev` and `/proc`;
 //! - the service's data dir (mirrors, worktrees, jobs, usually the store), the service's `HOME` and the
-//!   folder of the config file, each under an empty read-only tmpfs, unless it is `/` or a system folder
-//!   ([`SYSTEM_DIRS`]), which is never hidden whole;
+//!   folders of the config file, the App key and the store, each under an empty read-only tmpfs, unless it
+//!   is `/` or a system folder ([`SYSTEM_DIRS`]), which is never hidden whole;
 //! - the config file, the App key file and the store's files (`-wal`, `-shm`, `-journal`) wherever they
 //!   still show: `/dev/null` is bound over each.
 //!
@@ -148,6 +148,13 @@ impl Limits {
     }
 }
 
+/// Folders of the machine a profile shows in its boxes even where they would be hidden (`shared:`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub read_only: Vec<PathBuf>,
+    pub writable: Vec<PathBuf>,
+}
+
 /// `limits:` in an agent profile: every key optional, sizes as bytes or with a unit (`512M`, `4GiB`).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,9 +219,9 @@ pub fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
-/// The hidden paths of every box of a service: [`ALWAYS_HIDDEN`], the data dir, the service's home and
-/// config folder (unless a system folder), and the secret files: the config file, the App key file and the
-/// store's files.
+/// The hidden paths of every box of a service: [`ALWAYS_HIDDEN`], the data dir, the service's home, the
+/// folders of the config file, the App key file and the store (unless system folders), and those files
+/// themselves (the store's with its `-wal`, `-shm` and `-journal`).
 pub fn hidden_paths(
     data_dir: &Path,
     home: Option<&Path>,
@@ -234,6 +241,7 @@ pub fn hidden_paths(
         && !db.starts_with(':')
     {
         let db = Path::new(db.split('?').next().unwrap_or(db));
+        hidden.extend(db.parent().map(Path::to_owned));
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let mut name = db.as_os_str().to_owned();
             name.push(suffix);
@@ -301,8 +309,9 @@ pub fn command_line(spec: &BoxSpec, agent: &[String]) -> Vec<String> {
     // Folders to hide, and every path bound back, applied shallowest first so the deepest one decides.
     let mut mounts: Vec<(PathBuf, Mount)> = Vec::new();
     let mut files = Vec::new();
-    for path in &spec.hidden {
-        let path = real(path);
+    let always = ALWAYS_HIDDEN.iter().map(PathBuf::from);
+    for path in spec.hidden.iter().cloned().chain(always) {
+        let path = real(&path);
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => {
                 if !is_system_dir(&path) {

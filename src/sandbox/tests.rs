@@ -181,3 +181,61 @@ fn sizes_have_units() {
 fn the_probe_succeeds_where_bubblewrap_works() {
     probe().unwrap();
 }
+
+#[test]
+fn the_command_line_has_every_namespace_no_capability_and_the_forwarder_with_a_gateway() {
+    let mut w = world();
+    let argv = command_line(&w.spec, &["agent".into(), "--flag".into()]);
+    let text = argv.join(" ");
+    for flag in [
+        "bwrap --unshare-all --new-session --die-with-parent --cap-drop ALL --ro-bind / /",
+        "--proc /proc",
+        "--remount-ro /tmp",
+        "--remount-ro /run",
+    ] {
+        assert!(text.contains(flag), "{flag}: {text}");
+    }
+    assert!(!text.contains("--share-net"));
+    assert!(text.ends_with(" -- agent --flag"), "{text}");
+    w.spec.network = Network::Gateway {
+        socket: w.root.join("gw.sock"),
+        port: 4000,
+    };
+    w.spec.init = PathBuf::from("/usr/bin/nightshift");
+    let text = command_line(&w.spec, &["agent".into()]).join(" ");
+    assert!(!text.contains("--share-net"));
+    assert!(
+        text.contains(&format!("--ro-bind /usr/bin/nightshift {INIT_PATH}")),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(&format!(
+            "-- {INIT_PATH} box-init --forward 127.0.0.1:4000={GATEWAY_SOCKET} -- agent"
+        )),
+        "{text}"
+    );
+    w.spec.network = Network::Host;
+    assert!(
+        command_line(&w.spec, &["agent".into()])
+            .join(" ")
+            .contains("--unshare-all --share-net")
+    );
+}
+
+#[test]
+fn a_shared_folder_above_hidden_ones_shows_neither_them_nor_the_secret_files() {
+    let mut w = world();
+    // An operator shares the whole service folder: the data dir and the secret files stay hidden.
+    std::fs::create_dir_all(w.root.join("tools")).unwrap();
+    std::fs::write(w.root.join("tools/tool"), "t").unwrap();
+    w.spec.read_only.push(w.root.clone());
+    let r = w.root.display();
+    let script = format!(
+        "cat {r}/tools/tool >/dev/null && echo shared-visible; ls {r}/etc | wc -l; \
+         for f in {r}/etc/nightshift.yml {r}/etc/app.pem {r}/data/nightshift.db {r}/data/mirrors/o/b.git/HEAD \
+                  {r}/data/jobs/2/event.json; do cat $f 2>/dev/null; done; echo end"
+    );
+    let (ok, out) = run(&w.spec, &script);
+    assert!(ok, "{out}");
+    assert_eq!(out, "shared-visible\n0\nend\n");
+}

@@ -207,7 +207,7 @@ impl Spine {
                  agents:\n\
                  \x20 reply: {{command: [{agents}/reply.sh], timeout: 30s}}\n\
                  \x20 edit: {{command: [{agents}/edit.sh], timeout: 30s}}\n\
-                 \x20 wait: {{command: [{agents}/wait.sh, {gate}], timeout: 90s, sandbox: none}}\n\
+                 \x20 wait: {{command: [{agents}/wait.sh, {gate}], timeout: 90s, shared: {{writable: [{gate}]}}}}\n\
                  \x20 env: {{command: [{agents}/env.sh], timeout: 30s}}\n\
                  \x20 head: {{command: [{agents}/head.sh], timeout: 30s}}\n\
                  \x20 skills: {{command: [{agents}/skills.sh], timeout: 30s}}\n\
