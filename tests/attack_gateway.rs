@@ -623,6 +623,16 @@ async fn codex_reaches_its_model_only_through_the_gateway_and_never_holds_the_ke
         (Some(2), Some(2000)),
         "{usage:?}"
     );
+    // No price configured: tokens counted, cost unknown, said once in the job log.
+    assert_eq!(usage.cost_usd, None);
+    let unpriced = log
+        .iter()
+        .filter(|l| {
+            l.line
+                .starts_with("gateway: model `gpt-5.5` has no price in gateway.prices")
+        })
+        .count();
+    assert_eq!(unpriced, 1, "{log:#?}");
     // The job's token died with the job.
     let token = seen.split("NIGHTSHIFT_MODEL_TOKEN=").nth(1).unwrap();
     let token: String = token
