@@ -1078,3 +1078,60 @@ async fn a_job_holds_at_most_a_few_model_requests_open_at_once() {
     let (status, body) = post(&gateway, "/v1/responses", Some(access.token())).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Sends `HEAD /` on an open connection; true when it was answered 200.
+async fn head_ok(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 256];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// An agent that opens connection after connection (no token needed to connect) gets a bounded number;
+/// the rest are closed at once, and a slot freed is used again.
+#[tokio::test]
+async fn connections_to_the_gateway_are_capped() {
+    use nightshift::gateway::listen::MAX_CONNECTIONS;
+    let up = Upstream::default();
+    let (_dir, _config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let mut held = Vec::new();
+    for n in 0..MAX_CONNECTIONS {
+        let mut stream = tokio::net::TcpStream::connect(gateway.tcp_addr())
+            .await
+            .unwrap();
+        assert!(head_ok(&mut stream).await, "connection {n} was served");
+        held.push(stream);
+    }
+    let mut extra = tokio::net::TcpStream::connect(gateway.tcp_addr())
+        .await
+        .unwrap();
+    assert!(!head_ok(&mut extra).await, "one more is closed");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = tokio::net::TcpStream::connect(gateway.tcp_addr())
+            .await
+            .unwrap();
+        if head_ok(&mut stream).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was never used again"
+        );
+        tokio::task::yield_now().await;
+    }
+}

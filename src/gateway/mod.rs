@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod egress;
+pub mod listen;
 pub mod meter;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -178,6 +179,8 @@ impl Gateway {
         let tcp = axum::serve::ListenerExt::tap_io(tcp, |io| {
             let _ = io.set_nodelay(true);
         });
+        let tcp = listen::Capped::new(tcp, listen::MAX_CONNECTIONS, "port");
+        let unix = listen::Capped::new(unix, listen::MAX_CONNECTIONS, "socket");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(tcp, on_tcp).await {
                 warn!("the model gateway stopped serving its port: {e}");
