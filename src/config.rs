@@ -115,8 +115,11 @@ struct AgentFile {
     limits: Option<Spanned<crate::sandbox::LimitsFile>>,
     /// Folders of the machine the box shows even where it hides things (caches, tools).
     shared: Option<Spanned<SharedFile>>,
+    /// Replaced by `egress`; still read, to say so.
+    network: Option<Spanned<bool>>,
+    /// Hosts the agent may reach over HTTPS (port 443) through nightshift's proxy: `HOST` or `*.DOMAIN`.
     #[serde(default)]
-    network: bool,
+    egress: Vec<Spanned<String>>,
     max_turns: Option<Spanned<u32>>,
     max_tokens: Option<Spanned<u32>>,
     max_cost_usd: Option<Spanned<f64>>,
@@ -183,7 +186,9 @@ pub struct AgentProfile {
     pub limits: crate::sandbox::Limits,
     /// Folders of the machine shown in the box, read-only and writable (never inside the data dir).
     pub shared: crate::sandbox::Shared,
-    pub network: bool,
+    /// Hosts the agent may reach over HTTPS through the model gateway's proxy (`HOST`, `*.DOMAIN`); none by
+    /// default.
+    pub egress: Vec<String>,
     /// The most model turns (Claude Code's `--max-turns`).
     pub max_turns: Option<u32>,
     /// The most tokens (input and output, every request) a job may spend through the model gateway; the
@@ -859,6 +864,41 @@ fn agent_profile(
             }
         }
     }
+    if let Some(network) = &file.network {
+        errors.push(
+            Diagnostic::at(
+                path,
+                network.referenced,
+                format!("agent `{name}`: `network` is replaced by `egress`"),
+            )
+            .with_hint(
+                "list the hosts the agent may reach over HTTPS through nightshift, e.g. egress: \
+                 [registry.npmjs.org, \"*.crates.io\"]; without it the agent reaches only nightshift",
+            ),
+        );
+    }
+    for host in &file.egress {
+        if let Err(why) = crate::gateway::egress::check_pattern(&host.value) {
+            errors.push(
+                Diagnostic::at(
+                    path,
+                    host.referenced,
+                    format!("agent `{name}`: egress `{}` {why}", host.value),
+                )
+                .with_hint("a host name (registry.npmjs.org) or every host under a domain (\"*.crates.io\"); the port is 443"),
+            );
+        }
+    }
+    if !file.egress.is_empty() && kind == "openai" {
+        errors.push(
+            Diagnostic::at(
+                path,
+                at,
+                format!("agent `{name}`: `egress` is for agents that run a program"),
+            )
+            .with_hint("a model endpoint runs no program"),
+        );
+    }
     let mut shared = crate::sandbox::Shared::default();
     if let Some(given) = file.shared {
         for (list, into) in [
@@ -896,7 +936,7 @@ fn agent_profile(
         max_output: file.max_output.unwrap_or_else(default_max_output),
         sandbox: file.sandbox.map(|s| s.value).unwrap_or_default(),
         limits: file.limits.map(|l| l.value.resolve()).unwrap_or_default(),
-        network: file.network,
+        egress: file.egress.into_iter().map(|h| h.value).collect(),
         max_turns: file.max_turns.map(|t| t.value),
         max_tokens: file.max_tokens.map(|t| t.value),
         max_cost_usd: file.max_cost_usd.map(|c| c.value),
@@ -1188,5 +1228,38 @@ mod tests {
             errors.contains("`shared` names /srv/ns/data/mirrors, inside the data dir"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn network_is_replaced_by_an_egress_allow_list_of_host_names() {
+        let config = load(
+            "agents:\n  a:\n    command: [x]\n    egress: [registry.npmjs.org, '*.crates.io']\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.agents["a"].egress,
+            ["registry.npmjs.org", "*.crates.io"]
+        );
+        let errors = load(
+            "agents:\n  a:\n    command: [x]\n    network: true\n  b:\n    command: [x]\n    egress: ['https://x.io', '*']\n",
+            &[],
+        )
+        .unwrap_err();
+        let text = errors.to_string();
+        assert_eq!(errors.0.len(), 3, "{text}");
+        assert!(
+            text.contains(":4:14: error: agent `a`: `network` is replaced by `egress`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hint: list the hosts the agent may reach over HTTPS"),
+            "{text}"
+        );
+        assert!(
+            text.contains("egress `https://x.io` has a scheme, port or path"),
+            "{text}"
+        );
+        assert!(text.contains("egress `*` is not a host name"), "{text}");
     }
 }

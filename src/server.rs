@@ -21,7 +21,7 @@ use crate::trigger::TriggerSet;
 /// Warns, once the service is up, about agent profiles that cannot work here: a CLI that is not installed
 /// or lacks a flag nightshift passes (a different version), or a secret missing from the environment. Jobs
 /// would fail on them later with the same reason; this says it before the first event.
-async fn check_agents(config: &Config, env: &crate::queue::EnvLookup) {
+async fn check_agents(config: &Config, has_key: &(dyn Fn(&str) -> bool + Sync)) {
     use crate::agent::cli;
     use crate::config::Backend;
     let nowhere = std::path::Path::new("/nonexistent");
@@ -44,7 +44,7 @@ async fn check_agents(config: &Config, env: &crate::queue::EnvLookup) {
                 Backend::Command(_) => continue,
             };
         if let Some(key) = key
-            && env(key).is_none()
+            && !has_key(key)
         {
             warn!("agent `{name}`: ${key} is not set, so its jobs will fail until it is");
         }
@@ -121,7 +121,9 @@ pub async fn serve(
 
     // Asking each agent CLI for its --help takes a moment; it must not hold up the first webhook.
     let checked = pipeline.clone();
-    tokio::spawn(async move { check_agents(&checked.config, &*checked.env).await });
+    tokio::spawn(async move {
+        check_agents(&checked.config, &|key| checked.gateway.has_key(key)).await
+    });
     tokio::spawn(dispatch::run(pipeline.clone()));
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
     tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));

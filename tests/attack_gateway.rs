@@ -26,7 +26,7 @@ use nightshift::gateway::{Gateway, JobAccess};
 use nightshift::ids::JobId;
 use nightshift::store::JobState;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 
 const REAL_KEY: &str = "sk-real-gateway-secret";
 /// A pattern that finds the key without containing it, for the agent's own search.
@@ -49,11 +49,13 @@ impl Seen {
     }
 }
 
-/// A recording upstream whose Responses stream stops after its first event until `release` is notified.
-#[derive(Clone, Default)]
+/// A recording upstream whose answers, when gated, stop after their first event until `release` has a permit
+/// for them.
+#[derive(Clone)]
 struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
-    release: Arc<Notify>,
+    /// Each permit lets one gated answer finish.
+    release: Arc<Semaphore>,
     gated: Arc<Mutex<bool>>,
     /// Text deltas sent between the first event and the last.
     deltas: Arc<Mutex<usize>>,
@@ -80,6 +82,17 @@ fn completed_event(input: u64, output: u64) -> String {
     )
 }
 
+impl Default for Upstream {
+    fn default() -> Upstream {
+        Upstream {
+            seen: Default::default(),
+            release: Arc::new(Semaphore::new(0)),
+            gated: Default::default(),
+            deltas: Default::default(),
+        }
+    }
+}
+
 async fn upstream_handler(State(up): State<Upstream>, request: Request) -> Response {
     up.seen.lock().unwrap().push(Seen {
         method: request.method().to_string(),
@@ -98,7 +111,7 @@ async fn upstream_handler(State(up): State<Upstream>, request: Request) -> Respo
             .await
             .unwrap();
         if gated {
-            up.release.notified().await;
+            up.release.acquire().await.unwrap().forget();
         }
         for _ in 0..deltas {
             let _ = tx
@@ -138,7 +151,8 @@ async fn gateway(upstream: &str) -> (tempfile::TempDir, Config, Arc<Gateway>) {
             "store: sqlite://{root}/ns.db\ndata_dir: {root}/data\n\
              agents:\n  coder: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}, max_tokens: 2000}}\n  \
              writer: {{claude: {{base_url: '{upstream}', api_key_env: REAL}}}}\n  \
-             free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n\
+             free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n  \
+             fetcher: {{command: ['true'], egress: [localhost, '*.allowed.test']}}\n\
              gateway:\n  prices:\n    gpt-5.5: {{input: 1.0, output: 2.0}}\n"
         ),
     )
@@ -401,7 +415,7 @@ async fn a_streamed_answer_passes_through_as_it_comes_and_is_metered_when_it_end
     assert_eq!(status, 200);
     assert_eq!(access.usage().turns, None, "nothing metered before the end");
 
-    up.release.notify_one();
+    up.release.add_permits(1);
     while let Some(chunk) = response.chunk().await.unwrap() {
         received.extend_from_slice(&chunk);
     }
@@ -609,6 +623,16 @@ async fn codex_reaches_its_model_only_through_the_gateway_and_never_holds_the_ke
         (Some(2), Some(2000)),
         "{usage:?}"
     );
+    // No price configured: tokens counted, cost unknown, said once in the job log.
+    assert_eq!(usage.cost_usd, None);
+    let unpriced = log
+        .iter()
+        .filter(|l| {
+            l.line
+                .starts_with("gateway: model `gpt-5.5` has no price in gateway.prices")
+        })
+        .count();
+    assert_eq!(unpriced, 1, "{log:#?}");
     // The job's token died with the job.
     let token = seen.split("NIGHTSHIFT_MODEL_TOKEN=").nth(1).unwrap();
     let token: String = token
@@ -846,4 +870,270 @@ async fn a_model_key_listed_in_a_profiles_env_is_not_given_to_the_agent() {
         "the key reached the agent: {body}"
     );
     assert!(!body.contains("TEST_REAL_KEY"), "{body}");
+}
+
+// ---- Egress: the CONNECT proxy ----
+
+/// Sends a raw CONNECT to the gateway's port; returns the status line and the open stream.
+async fn connect(
+    gateway: &Gateway,
+    target: &str,
+    token: Option<&str>,
+) -> (String, tokio::net::TcpStream) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gateway.tcp_addr())
+        .await
+        .unwrap();
+    let auth = token
+        .map(|t| {
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("nightshift:{t}"));
+            format!("Proxy-Authorization: Basic {basic}\r\n")
+        })
+        .unwrap_or_default();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    // A refusal has a body saying why; read what has come of it.
+    (head.lines().next().unwrap_or_default().to_owned(), stream)
+}
+
+#[tokio::test]
+async fn egress_goes_only_to_allowed_hosts_on_their_https_port_with_the_jobs_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::default();
+    let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let fetcher = open(&gateway, &config, "fetcher", 1).await;
+    let coder = open(&gateway, &config, "coder", 2).await;
+
+    // Without the test mode, an allowed name that resolves to loopback is refused: an allowed name cannot be
+    // pointed back at nightshift or the operator's network.
+    let (status, _) = connect(&gateway, "localhost:443", Some(fetcher.token())).await;
+    assert!(status.contains(" 403 "), "{status}");
+
+    // An echo server stands in for an HTTPS host; the test mode lets the tunnel reach it on loopback.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    gateway.egress_test_mode(port);
+    let target = format!("localhost:{port}");
+
+    let (status, _) = connect(&gateway, &target, None).await;
+    assert!(status.contains(" 407 "), "no token: {status}");
+    let (status, _) = connect(&gateway, &target, Some("nsjob-forged")).await;
+    assert!(status.contains(" 407 "), "a forged token: {status}");
+    let (status, _) = connect(&gateway, &target, Some(coder.token())).await;
+    assert!(status.contains(" 403 "), "a job without egress: {status}");
+    let (status, _) = connect(
+        &gateway,
+        &format!("127.0.0.1:{port}"),
+        Some(fetcher.token()),
+    )
+    .await;
+    assert!(status.contains(" 403 "), "an address not listed: {status}");
+    let (status, _) = connect(
+        &gateway,
+        &format!("evil.example:{port}"),
+        Some(fetcher.token()),
+    )
+    .await;
+    assert!(status.contains(" 403 "), "a host not listed: {status}");
+    let (status, _) = connect(
+        &gateway,
+        &format!("allowed.test:{port}"),
+        Some(fetcher.token()),
+    )
+    .await;
+    assert!(
+        status.contains(" 403 "),
+        "*.allowed.test is not allowed.test: {status}"
+    );
+    let (status, _) = connect(&gateway, "localhost:22", Some(fetcher.token())).await;
+    assert!(status.contains(" 403 "), "another port: {status}");
+
+    // The allowed host, with the token: a tunnel, bytes both ways.
+    let (status, mut tunnel) = connect(&gateway, &target, Some(fetcher.token())).await;
+    assert!(status.contains(" 200 "), "{status}");
+    tunnel.write_all(b"hello through the tunnel").await.unwrap();
+    let mut back = [0u8; 24];
+    tunnel.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hello through the tunnel");
+    // A model request with an egress-only token is refused.
+    let (status, body) = post(&gateway, "/v1/responses", Some(fetcher.token())).await;
+    assert_eq!(status, 404, "{body}");
+    // The job's end revokes the token for new tunnels.
+    let token = fetcher.token().to_owned();
+    drop(fetcher);
+    let (status, _) = connect(&gateway, &target, Some(&token)).await;
+    assert!(status.contains(" 407 "), "a revoked token: {status}");
+    assert!(up.seen.lock().unwrap().is_empty());
+}
+
+/// A boxed command agent with egress gets HTTPS_PROXY and reaches only the proxy; what it asks for beyond its
+/// allow-list is refused, and without egress it has no network at all.
+#[tokio::test]
+async fn a_boxed_agent_reaches_the_network_only_through_the_proxy() {
+    let trigger = (
+        "fetch.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: fetcher\nprompt: hi\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    let script = spine.dir.path().join("fetch.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         echo \"proxy=$(printf %s \"$HTTPS_PROXY\" | sed 's/nsjob-[0-9a-f]*/TOKEN/')\"\n\
+         curl -sS -m 10 https://evil.example/ 2>&1 | head -1\n\
+         curl -sS -m 10 --noproxy '' https://localhost/ 2>&1 | head -1\n\
+         curl -sS -m 10 --noproxy '*' https://1.1.1.1/ 2>&1 | head -1\n\
+         echo done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    spine.add_agents(&format!(
+        "  fetcher: {{command: [{}], egress: [localhost, registry.npmjs.org], timeout: 60s}}\n",
+        script.display()
+    ));
+    spine.start().await;
+    spine
+        .deliver_example("issues", "d1", "issues/opened.json")
+        .await;
+    let job = spine.wait_for_finished_jobs(1).await.remove(0);
+    let log = spine.job_log(job.id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}\n{log:#?}", job.error);
+    let body = &spine.wait_for_comments(1).await[0].body;
+    assert!(
+        body.contains("proxy=http://nightshift:TOKEN@127.0.0.1:4180"),
+        "{body}"
+    );
+    let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("curl:")).collect();
+    assert_eq!(lines.len(), 3, "{body}");
+    assert!(lines[0].contains("403"), "a host not allowed: {body}");
+    assert!(
+        lines[1].contains("403"),
+        "allowed, but resolves to loopback: {body}"
+    );
+    assert!(!lines[2].contains("403"), "no proxy, no network: {body}");
+    assert!(body.contains("done"), "{body}");
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("gateway: refused egress to evil.example:443")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_holds_at_most_a_few_model_requests_open_at_once() {
+    let up = Upstream::default();
+    *up.gated.lock().unwrap() = true;
+    let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let access = open(&gateway, &config, "free", 1).await;
+    let mut open_streams = Vec::new();
+    for _ in 0..nightshift::gateway::MAX_IN_FLIGHT {
+        let mut response = client()
+            .post(url(&gateway, "/v1/responses"))
+            .bearer_auth(access.token())
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.chunk().await.unwrap().expect("the first event");
+        open_streams.push(response);
+    }
+    // One more is refused (429: the CLIs retry it later), without reading its body or going upstream.
+    let (status, body) = post(&gateway, "/v1/responses", Some(access.token())).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        up.seen.lock().unwrap().len(),
+        nightshift::gateway::MAX_IN_FLIGHT
+    );
+    // Another job is not held by this one.
+    let other = open(&gateway, &config, "free", 2).await;
+    *up.gated.lock().unwrap() = false;
+    let (status, _) = post(&gateway, "/v1/responses", Some(other.token())).await;
+    assert_eq!(status, 200);
+    // Streams the agent abandons free their places.
+    drop(open_streams);
+    up.release.add_permits(nightshift::gateway::MAX_IN_FLIGHT);
+    access.settle().await;
+    let (status, body) = post(&gateway, "/v1/responses", Some(access.token())).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Sends `HEAD /` on an open connection; true when it was answered 200.
+async fn head_ok(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 256];
+    while !answer.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// An agent that opens connection after connection (no token needed to connect) gets a bounded number;
+/// the rest are closed at once, and a slot freed is used again.
+#[tokio::test]
+async fn connections_to_the_gateway_are_capped() {
+    use nightshift::gateway::listen::MAX_CONNECTIONS;
+    let up = Upstream::default();
+    let (_dir, _config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let mut held = Vec::new();
+    for n in 0..MAX_CONNECTIONS {
+        let mut stream = tokio::net::TcpStream::connect(gateway.tcp_addr())
+            .await
+            .unwrap();
+        assert!(head_ok(&mut stream).await, "connection {n} was served");
+        held.push(stream);
+    }
+    let mut extra = tokio::net::TcpStream::connect(gateway.tcp_addr())
+        .await
+        .unwrap();
+    assert!(!head_ok(&mut extra).await, "one more is closed");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = tokio::net::TcpStream::connect(gateway.tcp_addr())
+            .await
+            .unwrap();
+        if head_ok(&mut stream).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was never used again"
+        );
+        tokio::task::yield_now().await;
+    }
 }

@@ -146,7 +146,7 @@ pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutco
         codex_home.join("config.toml"),
         codex_config(
             options,
-            job.profile.network,
+            !job.profile.egress.is_empty(),
             job.sandbox.is_some(),
             &model.url,
         ),
@@ -215,11 +215,12 @@ type EventFn = fn(&mut Events, &Value) -> Option<String>;
 async fn run(
     job: &AgentJob<'_>,
     argv: Vec<String>,
-    vars: Vec<(String, String)>,
+    mut vars: Vec<(String, String)>,
     on_event: EventFn,
     options: &CliOptions,
     incomplete: &str,
 ) -> Result<AgentOutcome> {
+    vars.extend(job.egress_vars());
     let state = Arc::new(Mutex::new(Events::default()));
     let seen = state.clone();
     let log = job.log.clone();
@@ -583,11 +584,11 @@ mod tests {
             args: Vec::new(),
         };
         assert!(
-            codex_config(&options, false, true, "http://127.0.0.1:4180/v1")
+            codex_config(&options, false, true, "http://127.0.0.1:4180")
                 .contains("sandbox_mode = \"danger-full-access\"\n")
         );
         assert!(
-            codex_config(&options, false, false, "http://127.0.0.1:4180/v1")
+            codex_config(&options, false, false, "http://127.0.0.1:9")
                 .contains("sandbox_mode = \"workspace-write\"\n")
         );
     }

@@ -78,6 +78,31 @@ impl AgentJob<'_> {
 }
 
 impl AgentJob<'_> {
+    /// `HTTPS_PROXY` (both spellings) pointing at the gateway's egress proxy with the job's token, when the
+    /// profile allows egress; loopback (the gateway itself) is never proxied.
+    fn egress_vars(&self) -> Vec<(String, String)> {
+        let Some(model) = self
+            .model
+            .as_ref()
+            .filter(|_| !self.profile.egress.is_empty())
+        else {
+            return Vec::new();
+        };
+        let proxy =
+            model
+                .url
+                .replacen("http://", &format!("http://nightshift:{}@", model.token), 1);
+        let mut vars = Vec::new();
+        for (name, value) in [
+            ("HTTPS_PROXY", proxy.as_str()),
+            ("NO_PROXY", "127.0.0.1,localhost"),
+        ] {
+            vars.push((name.to_owned(), value.to_owned()));
+            vars.push((name.to_ascii_lowercase(), value.to_owned()));
+        }
+        vars
+    }
+
     /// The box for running `program` with `network`: the job's, plus the program's folder read-only (it may
     /// live in a hidden place, e.g. next to the config file).
     fn boxed(&self, program: &str, network: Network) -> Option<BoxSpec> {
@@ -130,11 +155,12 @@ async fn run_command(mut argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOu
             ""
         }
     };
-    let network = if profile.network {
-        Network::Host
-    } else {
-        Network::None
+    // A box reaches nothing but, with `egress`, nightshift's proxy on its loopback.
+    let network = match &job.model {
+        Some(model) if !profile.egress.is_empty() => model.network(),
+        _ => Network::None,
     };
+    vars.extend(job.egress_vars());
     let spec = job.boxed(argv.first().map_or("", String::as_str), network);
     let finished = command::run(
         command::Launch {
@@ -218,8 +244,8 @@ mod tests {
             max_output: 1 << 20,
             sandbox: crate::config::SandboxKind::None,
             limits: Default::default(),
+            egress: Vec::new(),
             shared: Default::default(),
-            network: false,
             max_turns: None,
             max_tokens: None,
             max_cost_usd: None,

@@ -11,6 +11,8 @@
 //! spent, in the provider's own error shape, so the agent shows the reason.
 
 pub mod config;
+pub mod egress;
+pub mod listen;
 pub mod meter;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -45,7 +47,10 @@ pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 /// The variable that holds the job's token in Codex's environment (its provider's `env_key`).
 pub const CODEX_TOKEN_VAR: &str = "NIGHTSHIFT_MODEL_TOKEN";
 /// The largest request body forwarded (a long agent conversation, with its tool outputs).
-const MAX_REQUEST: usize = 64 << 20;
+const MAX_REQUEST: usize = 32 << 20;
+/// Model requests one job may have open at once: what bounds the memory a job's requests can take here
+/// (bodies are read whole before they are forwarded).
+pub const MAX_IN_FLIGHT: usize = 4;
 /// How long a job's end waits for its last response to be metered.
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -74,7 +79,10 @@ struct Upstream {
 struct Grant {
     job: JobId,
     repo: String,
-    upstream: Upstream,
+    /// None for a command agent, which has only egress.
+    upstream: Option<Upstream>,
+    /// The hosts the job may reach through the CONNECT proxy ([`egress`]).
+    egress: Vec<String>,
     max_cost_usd: Option<f64>,
     max_tokens: Option<u64>,
     spent: Mutex<Spent>,
@@ -114,6 +122,8 @@ pub struct Gateway {
     client: reqwest::Client,
     tcp: SocketAddr,
     socket: PathBuf,
+    /// Tests only: egress to this port, and to any address (the tests' servers are on loopback).
+    egress_test_port: Mutex<Option<u16>>,
 }
 
 impl Gateway {
@@ -161,6 +171,7 @@ impl Gateway {
             client,
             tcp: tcp.local_addr()?,
             socket,
+            egress_test_port: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(gateway.clone());
         let on_tcp = app.clone();
@@ -168,6 +179,8 @@ impl Gateway {
         let tcp = axum::serve::ListenerExt::tap_io(tcp, |io| {
             let _ = io.set_nodelay(true);
         });
+        let tcp = listen::Capped::new(tcp, listen::MAX_CONNECTIONS, "port");
+        let unix = listen::Capped::new(unix, listen::MAX_CONNECTIONS, "socket");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(tcp, on_tcp).await {
                 warn!("the model gateway stopped serving its port: {e}");
@@ -187,6 +200,11 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// Whether the service's environment had the model key `var` when it started.
+    pub fn has_key(&self, var: &str) -> bool {
+        self.keys.contains_key(var)
+    }
+
     /// The unix socket the box's forwarder connects to.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -197,7 +215,14 @@ impl Gateway {
         self.tcp
     }
 
-    /// Gives a job of `profile` a token, for the backends that talk to a model (None for a command agent).
+    #[doc(hidden)]
+    /// For tests of the egress proxy, whose servers listen on loopback: tunnels go to `port` on any address.
+    pub fn egress_test_mode(&self, port: u16) {
+        *self.egress_test_port.lock().expect("egress lock") = Some(port);
+    }
+
+    /// Gives a job of `profile` a token, for the backends that talk to a model and for agents with egress
+    /// (None for a command agent without).
     /// A retried job continues from what its earlier attempts spent.
     pub async fn open(
         self: &Arc<Self>,
@@ -207,7 +232,8 @@ impl Gateway {
         profile: &AgentProfile,
     ) -> Result<Option<JobAccess>> {
         let (wire, base_url, bearer) = match &profile.backend {
-            Backend::Command(_) => return Ok(None),
+            Backend::Command(_) if profile.egress.is_empty() => return Ok(None),
+            Backend::Command(_) => (Wire::OpenAi, "", false),
             Backend::Codex(o) => (
                 Wire::OpenAi,
                 o.base_url
@@ -240,12 +266,13 @@ impl Gateway {
         let grant = Arc::new(Grant {
             job,
             repo: repo.to_owned(),
-            upstream: Upstream {
+            upstream: (!matches!(profile.backend, Backend::Command(_))).then(|| Upstream {
                 wire,
                 base_url: base_url.trim_end_matches('/').to_owned(),
                 key,
                 bearer,
-            },
+            }),
+            egress: profile.egress.clone(),
             max_cost_usd: profile.max_cost_usd,
             max_tokens: profile.max_tokens.map(u64::from),
             spent: Mutex::new(Spent {
@@ -594,6 +621,9 @@ fn forwarded_response_header(name: &str) -> bool {
 }
 
 async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {
+    if request.method() == Method::CONNECT {
+        return egress::connect(gateway, request).await;
+    }
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     // Claude Code's warm-up: answered here, never forwarded.
@@ -612,7 +642,13 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             "nightshift: this request has no valid job token (it is wrong, or its job has ended)",
         );
     };
-    let wire = grant.upstream.wire;
+    let Some(wire) = grant.upstream.as_ref().map(|u| u.wire) else {
+        return refuse(
+            guess,
+            StatusCode::NOT_FOUND,
+            "nightshift: this job's agent has no model; its token is only for egress (HTTPS_PROXY)",
+        );
+    };
     let Some(metered) = route(wire, &parts.method, path) else {
         return refuse(
             wire,
@@ -645,6 +681,13 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             &format!("nightshift: {reason}"),
         );
     }
+    let Some(open) = InFlight::enter(&grant) else {
+        return refuse(
+            wire,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("nightshift: a job may have {MAX_IN_FLIGHT} model requests open at once"),
+        );
+    };
     let body = match axum::body::to_bytes(body, MAX_REQUEST).await {
         Ok(body) => body,
         Err(_) => {
@@ -656,7 +699,32 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         }
     };
     let (body, model) = prepare(path, body);
-    forward(gateway, grant, &parts, body, model, metered).await
+    forward(gateway, grant, open, &parts, body, model, metered).await
+}
+
+/// One open model request of a job, counted until it is dropped (however the request ends: answered,
+/// failed, or abandoned by the agent).
+struct InFlight(Arc<Grant>);
+
+impl InFlight {
+    fn enter(grant: &Arc<Grant>) -> Option<InFlight> {
+        let mut in_flight = grant.in_flight.lock().expect("in-flight lock");
+        if *in_flight >= MAX_IN_FLIGHT {
+            return None;
+        }
+        *in_flight += 1;
+        Some(InFlight(grant.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self.0.in_flight.lock().expect("in-flight lock");
+        *in_flight -= 1;
+        if *in_flight == 0 {
+            self.0.settled.notify_waiters();
+        }
+    }
 }
 
 /// Reads the model a request names and, for a streamed chat completion, asks for its usage in the last
@@ -681,12 +749,13 @@ fn prepare(path: &str, body: Bytes) -> (Bytes, Option<String>) {
 async fn forward(
     gateway: Arc<Gateway>,
     grant: Arc<Grant>,
+    open: InFlight,
     parts: &axum::http::request::Parts,
     body: Bytes,
     model: Option<String>,
     metered: bool,
 ) -> Response {
-    let upstream = &grant.upstream;
+    let upstream = grant.upstream.as_ref().expect("checked by handle");
     let path = parts.uri.path();
     let tail = match upstream.wire {
         Wire::OpenAi => path.strip_prefix("/v1").unwrap_or(path),
@@ -709,11 +778,9 @@ async fn forward(
             _ => request.bearer_auth(key.expose_secret()),
         };
     }
-    *grant.in_flight.lock().expect("in-flight lock") += 1;
     let mut response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
-            done(&grant);
             return refuse(
                 upstream.wire,
                 StatusCode::BAD_GATEWAY,
@@ -780,20 +847,12 @@ async fn forward(
                 warn!("recording what job {} spent failed: {e:#}", grant.job);
             }
         }
-        done(&grant);
+        drop(open);
     });
     let mut answer = Response::new(Body::from_stream(Chunks(rx)));
     *answer.status_mut() = status;
     *answer.headers_mut() = headers;
     answer
-}
-
-fn done(grant: &Grant) {
-    let mut in_flight = grant.in_flight.lock().expect("in-flight lock");
-    *in_flight -= 1;
-    if *in_flight == 0 {
-        grant.settled.notify_waiters();
-    }
 }
 
 /// The upstream answer's chunks, as they come.

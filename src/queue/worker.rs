@@ -533,6 +533,9 @@ async fn run_in_worktree(
     if let Some(access) = &access {
         outcome.usage = Some(access.settle().await);
     }
+    // The agent is gone: its token goes too.
+    let refusal = access.as_ref().and_then(|a| a.refusal());
+    drop(access);
     if let Some(usage) = &outcome.usage
         && let Err(e) = pipeline.store.record_usage(job.id, usage).await
     {
@@ -564,7 +567,7 @@ async fn run_in_worktree(
         ),
     )
     .await;
-    if let Some(reason) = access.as_ref().and_then(|a| a.refusal()) {
+    if let Some(reason) = refusal {
         let why = format!("budget reached: {reason}");
         return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
     }
