@@ -113,6 +113,8 @@ pub fn claude_argv(options: &CliOptions, output_dir: &Path, max_turns: Option<u3
         "--no-session-persistence".into(),
         "--permission-mode".into(),
         options.permission_mode.clone(),
+        // MCP servers only from nightshift: a pull request's `.mcp.json` never starts a server.
+        "--strict-mcp-config".into(),
     ];
     if !options.allowed_tools.is_empty() {
         argv.push("--allowedTools".into());
