@@ -181,6 +181,9 @@ async fn standing(pipeline: &Pipeline, event: &Event, login: &str) -> Standing {
     if !pipeline.github.has_credentials() {
         return Standing::Unknown("there are no GitHub credentials to look it up".into());
     }
+    if login.is_empty() || !login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Standing::Unknown(format!("`{login}` is not a GitHub user's login"));
+    }
     let asked = async {
         let client = pipeline.github.client(event.installation).await?;
         let route = format!("/repos/{name}/collaborators/{login}/permission");
