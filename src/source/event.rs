@@ -624,7 +624,16 @@ mod tests {
         assert_eq!(
             labeled.author_association(),
             None,
-            "labeling needs access; no author check"
+            "the payload does not say how the labeler relates to the repository"
+        );
+        assert_eq!(
+            labeled.principals(),
+            [Principal {
+                login: "Codertocat".into(),
+                is_bot: false,
+                association: None
+            }],
+            "the labeler is looked up"
         );
         let opened = fixture("issues/opened.json");
         assert_eq!(opened.author_association(), Some("OWNER"));
@@ -653,5 +662,33 @@ mod tests {
         let pr = fixture("pull_request/opened.json");
         assert_eq!(pr.branch(), Some("master"));
         assert_eq!(pr.commit().map(str::len), Some(40));
+        assert!(!pr.from_fork());
+    }
+
+    #[test]
+    fn runs_count_who_started_and_who_reran_them_and_know_forks() {
+        let mut payload: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!(
+                "{}/tests/fixtures/webhooks/workflow_run/completed.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        payload["workflow_run"]["actor"]["login"] = "fork-author".into();
+        payload["workflow_run"]["triggering_actor"]["login"] = "maintainer".into();
+        payload["sender"]["login"] = "maintainer".into();
+        payload["workflow_run"]["head_repository"]["full_name"] =
+            payload["repository"]["full_name"].clone();
+        let run = Event::from_value("workflow_run", payload.clone()).unwrap();
+        let logins: Vec<String> = run.principals().into_iter().map(|p| p.login).collect();
+        assert_eq!(logins, ["fork-author", "maintainer"]);
+        assert!(!run.from_fork());
+        payload["workflow_run"]["head_repository"]["full_name"] = "mallory/fork".into();
+        assert!(
+            Event::from_value("workflow_run", payload)
+                .unwrap()
+                .from_fork()
+        );
     }
 }

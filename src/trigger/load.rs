@@ -475,8 +475,11 @@ pub fn load_one(
 /// The associations trusted when a trigger does not say: people with write access.
 pub const TRUSTED: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
 
-/// What `check` and `serve` warn about in a valid trigger: one that anyone can set off and that runs an
-/// agent able to execute tools (command, codex, claude).
+/// Associations of people with no standing in the repository: strangers.
+const STRANGERS: [&str; 4] = ["NONE", "FIRST_TIMER", "FIRST_TIME_CONTRIBUTOR", "MANNEQUIN"];
+
+/// What `check` and `serve` warn about in a valid trigger: one that anyone (or any stranger) can set off
+/// and that runs an agent able to execute tools (command, codex, claude).
 fn warnings(
     path: &Path,
     trigger: &Trigger,
@@ -486,7 +489,11 @@ fn warnings(
     let mut found = Vec::new();
     let kind = agents.and_then(|a| a.get(&trigger.agent)).copied();
     let runs_tools = kind.is_none_or(|k| k != "openai");
-    if trigger.from.is_none() && !trigger.events.is_empty() && runs_tools {
+    let open = match &trigger.from {
+        None => true,
+        Some(from) => from.iter().any(|a| STRANGERS.contains(&a.as_str())),
+    };
+    if open && !trigger.events.is_empty() && runs_tools {
         found.push(format!(
             "{}:{}:{}: warning: anyone can set off trigger `{}`, and agent `{}`{} can run tools on what they write\n  hint: list who may with `from` (e.g. from: [OWNER, MEMBER, COLLABORATOR]), or use an openai agent",
             path.display(),
@@ -858,6 +865,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.from.unwrap(), ["NONE"]);
+        assert_eq!(
+            t.warnings.len(),
+            1,
+            "NONE is anyone without ties to the repository"
+        );
         let found = errors("on: issues\nfrom: [anyone, OWNER]\nagent: default\nprompt: x\n");
         assert!(
             found[0].contains("`anyone` already includes every association"),

@@ -87,6 +87,9 @@ impl RepoTriggers {
         for d in &problems {
             warn!(repo = %repo.full_name, commit = %files.commit, "{d}");
         }
+        for warning in set.triggers().iter().flat_map(|t| &t.warnings) {
+            warn!(repo = %repo.full_name, commit = %files.commit, "{warning}");
+        }
         info!(repo = %repo.full_name, commit = %files.commit, triggers = set.triggers().len(), "repository triggers read");
         let set = Arc::new(set);
         self.cache
