@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use nightshift::config::{Config, ConfigSource};
 use nightshift::sandbox;
 use nightshift::source::event::Event;
-use nightshift::trigger::{MatchInput, TriggerSet, load};
+use nightshift::trigger::{MatchInput, Standing, TriggerSet, load};
 use nightshift::yaml::Diagnostics;
 
 #[derive(Parser)]
@@ -101,6 +101,11 @@ struct OfflineEvent {
     /// A file the pull request changes, for `paths` filters (repeat it; push payloads carry their own).
     #[arg(long = "changed-file")]
     changed_files: Vec<String>,
+    /// What the people the payload gives no author association for (labeling, closing, pushing, runs)
+    /// count as, e.g. COLLABORATOR, as the service would learn from GitHub. Without it they are unknown,
+    /// and so not trusted.
+    #[arg(long, value_name = "ASSOCIATION")]
+    assume: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -230,7 +235,16 @@ fn offline_match(
         event_name,
         triggers,
         changed_files,
+        assume,
     } = offline;
+    if let Some(a) = &assume
+        && !nightshift::trigger::model::ASSOCIATIONS.contains(&a.as_str())
+    {
+        anyhow::bail!(
+            "--assume {a}: not an author association (one of {})",
+            nightshift::trigger::model::ASSOCIATIONS.join(", ")
+        );
+    }
     let paths = vec![triggers.unwrap_or_else(|| config.triggers.clone())];
     let loaded = load::load(&paths, Some(&config.agent_kinds()));
     for d in &loaded.diagnostics {
@@ -245,6 +259,17 @@ fn offline_match(
     let input = MatchInput {
         changed_files: (!changed_files.is_empty()).then_some(changed_files),
         bot_login: config.github.bot_login.clone(),
+        // Offline: actors the payload gives no association for stay unknown (so untrusted) unless
+        // `--assume` says what they are.
+        standing: match &assume {
+            Some(a) => parsed
+                .principals()
+                .into_iter()
+                .filter(|p| p.association.is_none())
+                .map(|p| (p.login.to_lowercase(), Standing::Known(a.clone())))
+                .collect(),
+            None => Default::default(),
+        },
     };
     Ok((TriggerSet::new(loaded.triggers), parsed, input))
 }
@@ -430,6 +455,9 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             let problems: Vec<_> = loaded.diagnostics.iter().chain(&skills.1).collect();
             for d in &problems {
                 println!("{d}");
+            }
+            for warning in loaded.triggers.iter().flat_map(|t| &t.warnings) {
+                println!("{warning}");
             }
             if problems.is_empty() {
                 eprintln!(

@@ -84,11 +84,22 @@ pub async fn serve(
     let mut config = config;
     if config.github.bot_login.is_none() {
         match github.app_bot_login().await {
-            Ok(login) => config.github.bot_login = login,
+            Ok(Some(login)) => config.github.bot_login = Some(login),
+            // Token mode: the token's own account is who nightshift acts as.
+            Ok(None) if github.has_credentials() => match token_login(&github).await {
+                Ok(login) => config.github.bot_login = login,
+                Err(e) => warn!(
+                    "could not learn the token's login (GET /user), so nightshift cannot tell its own events apart (set github.bot_login): {e:#}"
+                ),
+            },
+            Ok(None) => {}
             Err(e) => warn!(
-                "could not learn the App's login, so only the marker in its comments tells its own events apart: {e:#}"
+                "could not learn the App's login, so nightshift cannot tell its own events apart: {e:#}"
             ),
         }
+    }
+    for warning in triggers.triggers().iter().flat_map(|t| &t.warnings) {
+        warn!("{warning}");
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -107,6 +118,7 @@ pub async fn serve(
         triggers: std::sync::RwLock::new(Arc::new(triggers)),
         repo_triggers: Default::default(),
         known_repos: Default::default(),
+        standing: Default::default(),
         store,
         github,
         deliveries_waiting: Notify::new(),
@@ -152,6 +164,17 @@ pub async fn serve(
         .await?;
     info!("stopped");
     Ok(())
+}
+
+/// The login of the account a personal or fine-grained token belongs to.
+async fn token_login(github: &GitHub) -> Result<Option<String>> {
+    let api = github.client(None).await?.api();
+    let me: serde_json::Value =
+        crate::github::with_retry("asking GitHub whose token this is", || {
+            api.get("/user", None::<&()>)
+        })
+        .await?;
+    Ok(me["login"].as_str().map(str::to_owned))
 }
 
 fn hostname() -> String {

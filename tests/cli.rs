@@ -191,18 +191,31 @@ fn match_shows_what_fires_and_why_the_rest_does_not_as_stable_json() {
     payload["label"]["name"] = "agent:fix".into();
     let event = dir.path().join("labeled.json");
     std::fs::write(&event, serde_json::to_vec(&payload).unwrap()).unwrap();
-    let out = nightshift(
-        &root,
-        &[
-            "match",
-            "--event",
-            event.to_str().unwrap(),
-            "--event-name",
-            "issues",
-            "--json",
-        ],
-        &[],
+    let args = [
+        "match",
+        "--event",
+        event.to_str().unwrap(),
+        "--event-name",
+        "issues",
+        "--json",
+    ];
+    // A label carries no author association: offline, the labeler's standing is unknown, so untrusted.
+    let out = nightshift(&root, &args, &[]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["fired"].as_array().unwrap().len(), 0, "{report:#}");
+    let fix = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["trigger"] == "fix-labeled-issues")
+        .unwrap();
+    assert_eq!(
+        fix["reason"],
+        "the payload does not say how Codertocat relates to the repository and it was not looked up (that needs GitHub credentials), so they are not trusted (from [OWNER, MEMBER, COLLABORATOR])"
     );
+    let mut args = args.to_vec();
+    args.extend(["--assume", "COLLABORATOR"]);
+    let out = nightshift(&root, &args, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let fired = report["fired"].as_array().unwrap();
@@ -212,9 +225,8 @@ fn match_shows_what_fires_and_why_the_rest_does_not_as_stable_json() {
     assert_eq!(fired[0]["output"], "pull_request");
     let prompt = fired[0]["prompt"].as_str().unwrap();
     assert!(
-        prompt.starts_with(
-            "Fix issue #1 in Codertocat/Hello-World: \"Spelling error in the README file\"."
-        ),
+        prompt.starts_with("Fix issue #1 in Codertocat/Hello-World: <untrusted-")
+            && prompt.contains(">Spelling error in the README file</untrusted-"),
         "{prompt}"
     );
     assert!(
@@ -237,6 +249,8 @@ fn match_shows_what_fires_and_why_the_rest_does_not_as_stable_json() {
             "tests/fixtures/webhooks/issues/labeled.json",
             "--event-name",
             "issues",
+            "--assume",
+            "OWNER",
         ],
         &[],
     );

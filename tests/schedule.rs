@@ -9,7 +9,7 @@ use nightshift::store::{JobState, KnownRepo, Store};
 const NIGHTLY: (&str, &str) = (
     "nightly.yml",
     "on:\n  schedule:\n    - cron: '* * * * *'\nrepos: [Codertocat/Hello-World]\nagent: reply\n\
-     prompt: \"Audit {{ repo }} ({{ event.schedule }})\"\noutput:\n  type: issue\n  title: Nightly audit\n",
+     prompt: \"Audit {{ repo }} ({{ event.schedule | trusted }})\"\noutput:\n  type: issue\n  title: Nightly audit\n",
 );
 
 #[tokio::test]

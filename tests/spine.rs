@@ -13,13 +13,13 @@ const ISSUE_OPENED_COMMENT: (&str, &str) = (
     "description: Answer new issues\n\
      on:\n  issues:\n    types: [opened]\n\
      agent: reply\n\
-     prompt: |\n  Triage issue #{{ event.issue.number }} in {{ repo }}: {{ event.issue.title }}\n\
+     prompt: |\n  Triage issue #{{ event.issue.number }} in {{ repo }}: {{ event.issue.title | trusted }}\n\
      output: comment\n",
 );
 
 const ISSUE_LABELED_PR: (&str, &str) = (
     "fix.yml",
-    "on:\n  issues:\n    types: [labeled]\nagent: edit\nprompt: \"Fixed: {{ event.issue.title }}\"\noutput: pull_request\n",
+    "on:\n  issues:\n    types: [labeled]\nagent: edit\nprompt: \"Fixed: {{ event.issue.title | trusted }}\"\noutput: pull_request\n",
 );
 
 #[tokio::test]
@@ -237,7 +237,8 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
     assert_eq!(spine.store().await.delivery_count().await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(spine.jobs().await.is_empty());
-    assert!(spine.github.calls().is_empty());
+    // Only GET /user, which learns the token's login at start.
+    assert!(spine.github.calls().iter().all(|c| c == "GET /user"));
 }
 
 #[tokio::test]
@@ -271,7 +272,8 @@ async fn an_event_no_trigger_uses_is_stored_and_acknowledged() {
     assert_eq!(spine.store().await.delivery_count().await.unwrap(), 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(spine.jobs().await.is_empty());
-    assert!(spine.github.calls().is_empty());
+    // Only GET /user, which learns the token's login at start.
+    assert!(spine.github.calls().iter().all(|c| c == "GET /user"));
 }
 
 #[tokio::test]
@@ -405,7 +407,8 @@ async fn a_prompt_that_fails_to_render_is_a_failed_job_with_the_reason() {
         "{error}"
     );
     assert!(error.contains("undefined"), "{error}");
-    assert!(spine.github.calls().is_empty());
+    // Only GET /user, which learns the token's login at start.
+    assert!(spine.github.calls().iter().all(|c| c == "GET /user"));
 }
 
 #[tokio::test]
@@ -569,6 +572,10 @@ async fn the_apps_own_comments_never_set_off_its_triggers() {
     let mut echo: serde_json::Value =
         serde_json::from_slice(&spine.payload("issue_comment/created.json")).unwrap();
     echo["comment"]["body"] = spine.github.comments()[0].body.clone().into();
+    // As GitHub sends it: by the App's bot (its marker alone, which anyone can paste, does not count).
+    echo["sender"]["login"] = "nightshift-test[bot]".into();
+    echo["sender"]["type"] = "Bot".into();
+    echo["comment"]["user"] = echo["sender"].clone();
     assert_eq!(
         spine
             .deliver("issue_comment", "echo", &serde_json::to_vec(&echo).unwrap())

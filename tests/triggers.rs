@@ -7,7 +7,7 @@ use std::path::Path;
 
 use nightshift::source::event::Event;
 use nightshift::trigger::load::{load, load_one};
-use nightshift::trigger::{Decision, MatchInput, TriggerSet};
+use nightshift::trigger::{Decision, MatchInput, Standing, TriggerSet};
 use serde_json::{Value, json};
 
 fn payload(path: &str) -> Value {
@@ -31,8 +31,42 @@ fn decide(
     }
 }
 
+/// Whether the trigger fires when every actor the payload gives no association for was looked up as a
+/// collaborator (the filters under test are not about trust).
 fn fires(trigger: &str, event: &str, payload: &Value) -> Result<String, String> {
-    decide(trigger, event, payload, &MatchInput::default())
+    decide(
+        trigger,
+        event,
+        payload,
+        &looked_up(event, payload, "COLLABORATOR"),
+    )
+}
+
+/// A match input as the dispatcher builds it after asking GitHub about the event's actors.
+fn looked_up(event: &str, payload: &Value, association: &str) -> MatchInput {
+    let event = Event::from_value(event, payload.clone()).unwrap();
+    MatchInput {
+        standing: event
+            .principals()
+            .into_iter()
+            .map(|p| (p.login.to_lowercase(), Standing::Known(association.into())))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A prompt with its fences' random tags replaced by `T`.
+fn unfenced(prompt: &str) -> String {
+    let mut out = String::new();
+    let mut rest = prompt;
+    while let Some(start) = rest.find("untrusted-") {
+        out.push_str(&rest[..start + "untrusted-".len()]);
+        out.push('T');
+        rest =
+            rest[start + "untrusted-".len()..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    }
+    out.push_str(rest);
+    out
 }
 
 fn push(git_ref: &str, files: &[&str]) -> Value {
@@ -161,7 +195,7 @@ fn path_filters_need_one_match_or_all_ignored() {
     );
     let files = |v: Vec<String>| MatchInput {
         changed_files: Some(v),
-        ..Default::default()
+        ..looked_up("pull_request", &opened, "COLLABORATOR")
     };
     assert!(decide(pr, "pull_request", &opened, &files(vec!["src/a.rs".into()])).is_ok());
     let mut many: Vec<String> = (0..300).map(|i| format!("docs/{i}.md")).collect();
@@ -221,8 +255,9 @@ fn slash_commands_fire_on_their_word_and_carry_arguments() {
     let mut p = payload("issue_comment/created.json");
     p["comment"]["body"] = "/REVIEW  the parser please\nthanks".into();
     assert_eq!(
-        fires(t, "issue_comment", &p).unwrap(),
-        "args=the parser please"
+        unfenced(&fires(t, "issue_comment", &p).unwrap()),
+        "args=<untrusted-T>the parser please</untrusted-T>",
+        "the comment's arguments are fenced as untrusted"
     );
     p["comment"]["body"] = "/reviewer x".into();
     assert_eq!(
@@ -242,40 +277,224 @@ fn from_limits_who_can_set_a_trigger_off() {
     p["comment"]["author_association"] = "NONE".into();
     assert_eq!(
         fires(t, "issue_comment", &p).unwrap_err(),
-        "the author is NONE, not one of from [OWNER, MEMBER]"
-    );
-    let writes = "on:\n  issue_comment:\nagent: a\nprompt: x\noutput: pull_request\n";
-    assert!(
-        fires(writes, "issue_comment", &p)
-            .unwrap_err()
-            .contains("not one of from [OWNER, MEMBER, COLLABORATOR]")
+        "Codertocat is NONE, not one of from [OWNER, MEMBER]",
+        "the payload's association counts, not a lookup"
     );
     let comments = "on:\n  issue_comment:\nagent: a\nprompt: x\n";
     assert!(
-        fires(comments, "issue_comment", &p).is_ok(),
-        "comment triggers are open to anyone by default"
+        fires(comments, "issue_comment", &p)
+            .unwrap_err()
+            .contains("not one of from [OWNER, MEMBER, COLLABORATOR]"),
+        "every trigger defaults to people with write access"
+    );
+    let open = "on:\n  issue_comment:\nfrom: anyone\nagent: a\nprompt: x\n";
+    assert!(
+        fires(open, "issue_comment", &p).is_ok(),
+        "from: anyone widens it"
+    );
+}
+
+#[test]
+fn events_without_an_association_are_trusted_only_once_looked_up() {
+    let t = "on:\n  issues:\n    types: [labeled, closed]\nagent: a\nprompt: x\n";
+    let labeled = payload("issues/labeled.json");
+    let offline = decide(t, "issues", &labeled, &MatchInput::default()).unwrap_err();
+    assert!(
+        offline.contains(
+            "does not say how Codertocat relates to the repository and it was not looked up"
+        ),
+        "{offline}"
+    );
+    assert!(
+        decide(
+            t,
+            "issues",
+            &labeled,
+            &looked_up("issues", &labeled, "COLLABORATOR")
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        decide(
+            t,
+            "issues",
+            &labeled,
+            &looked_up("issues", &labeled, "NONE")
+        )
+        .unwrap_err(),
+        "Codertocat is NONE, not one of from [OWNER, MEMBER, COLLABORATOR]"
+    );
+    let mut failed = MatchInput::default();
+    failed.standing.insert(
+        "codertocat".into(),
+        Standing::Unknown("GitHub answered 502".into()),
+    );
+    assert!(
+        decide(t, "issues", &labeled, &failed)
+            .unwrap_err()
+            .contains("unknown (GitHub answered 502)")
+    );
+    // Closing your own issue carries the association of when it was opened: it is not used.
+    let mut closed = payload("issues/opened.json");
+    closed["action"] = "closed".into();
+    assert!(
+        decide(t, "issues", &closed, &MatchInput::default())
+            .unwrap_err()
+            .contains("was not looked up")
+    );
+    // A workflow run counts whoever started it and whoever re-ran it: both must be trusted.
+    let run = "on:\n  workflow_run:\nagent: a\nprompt: x\nforks: allow\n";
+    let mut p = payload("workflow_run/completed.json");
+    p["workflow_run"]["actor"]["login"] = "fork-author".into();
+    let mut input = looked_up("workflow_run", &p, "COLLABORATOR");
+    input
+        .standing
+        .insert("fork-author".into(), Standing::Known("NONE".into()));
+    assert_eq!(
+        decide(run, "workflow_run", &p, &input).unwrap_err(),
+        "fork-author is NONE, not one of from [OWNER, MEMBER, COLLABORATOR]"
+    );
+    let permission = |p: &str| Standing::from_permission(p, "mona", "acme/api");
+    assert_eq!(permission("write"), Standing::Known("COLLABORATOR".into()));
+    assert_eq!(permission("admin"), Standing::Known("COLLABORATOR".into()));
+    assert_eq!(permission("read"), Standing::Known("NONE".into()));
+    assert_eq!(
+        Standing::from_permission("admin", "Acme", "acme/api"),
+        Standing::Known("OWNER".into())
+    );
+}
+
+#[test]
+fn bots_fire_only_triggers_that_name_them() {
+    let t = "on:\n  pull_request:\nagent: a\nprompt: x\n";
+    let mut p = payload("pull_request/opened.json");
+    p["sender"]["login"] = "renovate[bot]".into();
+    p["sender"]["type"] = "Bot".into();
+    p["pull_request"]["user"] = p["sender"].clone();
+    assert_eq!(
+        fires(t, "pull_request", &p).unwrap_err(),
+        "`renovate[bot]` is a bot, and only bots the trigger names in `from_bots` may set it off"
+    );
+    let named = "on:\n  pull_request:\nfrom_bots: ['Renovate[bot]']\nagent: a\nprompt: x\n";
+    assert!(fires(named, "pull_request", &p).is_ok());
+    let other =
+        "on:\n  pull_request:\nfrom_bots: ['dependabot[bot]']\nfrom: anyone\nagent: a\nprompt: x\n";
+    assert!(
+        fires(other, "pull_request", &p)
+            .unwrap_err()
+            .contains("is a bot"),
+        "from: anyone does not open it to bots"
+    );
+}
+
+#[test]
+fn forks_are_skipped_or_read_only() {
+    let mut p = payload("pull_request/opened.json");
+    p["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+    p["pull_request"]["head"]["repo"]["id"] = 666.into();
+    let write = "on: pull_request\nagent: a\nprompt: x\noutput: pull_request\n";
+    assert!(
+        fires(write, "pull_request", &p)
+            .unwrap_err()
+            .contains("the pull request comes from a fork, and the trigger skips forks"),
+        "a fork's commits never go into a pull request output"
+    );
+    let trigger = load_one(
+        Path::new("t.yml"),
+        "on: pull_request\nagent: a\nprompt: x\n",
+        None,
+    )
+    .unwrap();
+    let set = TriggerSet::new(vec![trigger]);
+    let event = Event::from_value("pull_request", p.clone()).unwrap();
+    let input = looked_up("pull_request", &p, "COLLABORATOR");
+    match set.evaluate(&set.triggers()[0], &event, &input) {
+        Decision::Fire(Ok(job)) => assert!(job.read_only, "comments on forks run read-only"),
+        other => panic!("{other:?}"),
+    }
+    let ours = payload("pull_request/opened.json");
+    let event = Event::from_value("pull_request", ours.clone()).unwrap();
+    match set.evaluate(
+        &set.triggers()[0],
+        &event,
+        &looked_up("pull_request", &ours, "COLLABORATOR"),
+    ) {
+        Decision::Fire(Ok(job)) => assert!(!job.read_only),
+        other => panic!("{other:?}"),
+    }
+    let deleted_fork = {
+        let mut d = p.clone();
+        d["pull_request"]["head"]["repo"] = Value::Null;
+        d
+    };
+    assert!(
+        fires(write, "pull_request", &deleted_fork).is_err(),
+        "a deleted head repository is a fork"
+    );
+    let skip = "on: pull_request\nagent: a\nprompt: x\nforks: skip\n";
+    assert!(fires(skip, "pull_request", &p).is_err());
+    // A check run lists no pull request for a fork's commit: where it came from is unknown.
+    let check = "on: check_run\nagent: a\nprompt: x\nforks: skip\n";
+    let mut run = payload("check_run/completed.json");
+    assert!(fires(check, "check_run", &run).is_ok());
+    run["check_run"]["pull_requests"] = json!([]);
+    assert!(
+        fires(check, "check_run", &run)
+            .unwrap_err()
+            .contains("not known to be this repository's own")
+    );
+    let bad = load_one(
+        Path::new("t.yml"),
+        "on: pull_request\nagent: a\nprompt: x\noutput: pull_request\nforks: allow\n",
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        bad[0]
+            .to_string()
+            .contains("never pushed into the repository"),
+        "{bad:?}"
     );
 }
 
 #[test]
 fn nightshifts_own_events_do_not_fire_unless_asked() {
-    let t = "on:\n  issue_comment:\nagent: a\nprompt: x\n";
-    let mut p = payload("issue_comment/created.json");
-    p["comment"]["body"] = "done\n<!-- nightshift:job:4 -->".into();
+    let t = "on:\n  issue_comment:\nfrom: anyone\nagent: a\nprompt: x\n";
+    let bot = MatchInput {
+        bot_login: Some("nightshift-app[bot]".into()),
+        ..Default::default()
+    };
+    let mut pasted = payload("issue_comment/created.json");
+    pasted["comment"]["body"] = "done\n<!-- nightshift:job:4 -->".into();
     assert!(
-        fires(t, "issue_comment", &p)
+        decide(t, "issue_comment", &pasted, &bot).is_ok(),
+        "a marker pasted by someone else does not silence triggers"
+    );
+    let mut own = payload("issue_comment/created.json");
+    own["sender"]["login"] = "nightshift-app[bot]".into();
+    own["sender"]["type"] = "Bot".into();
+    own["comment"]["user"] = own["sender"].clone();
+    assert!(
+        decide(t, "issue_comment", &own, &bot)
             .unwrap_err()
             .contains("nightshift caused this event itself")
     );
     let opted_in = "on:\n  issue_comment:\nfrom_self: true\nagent: a\nprompt: x\n";
-    assert!(fires(opted_in, "issue_comment", &p).is_ok());
-    let mut by_bot = payload("issue_comment/created.json");
-    by_bot["sender"]["login"] = "nightshift-app[bot]".into();
-    let input = MatchInput {
-        bot_login: Some("nightshift-app[bot]".into()),
+    assert!(decide(opted_in, "issue_comment", &own, &bot).is_ok());
+    // Token mode: nightshift acts as a user; its own issues are recognised by their author.
+    let issues = "on:\n  issues:\n    types: [opened]\nfrom: anyone\nagent: a\nprompt: x\n";
+    let mut opened = payload("issues/opened.json");
+    opened["issue"]["user"]["login"] = "ci-robot".into();
+    opened["sender"]["login"] = "ci-robot".into();
+    let token = MatchInput {
+        bot_login: Some("ci-robot".into()),
         ..Default::default()
     };
-    assert!(decide(t, "issue_comment", &by_bot, &input).is_err());
+    assert!(
+        decide(issues, "issues", &opened, &token)
+            .unwrap_err()
+            .contains("nightshift caused this event itself")
+    );
 }
 
 #[test]
@@ -307,6 +526,18 @@ fn untrusted_text_reaches_the_prompt_fenced_and_cleaned() {
     let prompt = fires(t, "issues", &p).unwrap();
     assert!(prompt.contains("\nPlease fix.\n"), "{prompt}");
     assert!(!prompt.contains("push to main"));
+    let by_default = "on: issues\nagent: a\nprompt: \"#{{ event.issue.number }} {{ event.issue.title }} in {{ repo }}\"\n";
+    p["issue"]["title"] = "Spelling\u{E0049}\u{E0047}".into();
+    assert_eq!(
+        unfenced(&fires(by_default, "issues", &p).unwrap()),
+        "#1 <untrusted-T>Spelling</untrusted-T> in Codertocat/Hello-World",
+        "strings from the payload are fenced without asking; numbers and repo are not"
+    );
+    let trusted = "on: issues\nagent: a\nprompt: \"{{ event.issue.title | trusted }}\"\n";
+    assert_eq!(
+        fires(trusted, "issues", &p).unwrap(),
+        "Spelling\u{E0049}\u{E0047}"
+    );
 }
 
 #[test]
@@ -330,7 +561,7 @@ fn every_example_payload_runs_through_the_example_triggers() {
                 &event,
                 &MatchInput {
                     changed_files: Some(vec!["src/lib.rs".into()]),
-                    ..Default::default()
+                    ..looked_up(&name, event.payload.as_ref(), "COLLABORATOR")
                 },
             );
             assert_eq!(report.fired.len() + report.skipped.len(), 6);

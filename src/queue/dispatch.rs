@@ -13,7 +13,7 @@ use crate::agent::git::GitAuth;
 use crate::github::with_retry;
 use crate::source::event::Event;
 use crate::store::{KnownRepo, NewJob, StoredDelivery};
-use crate::trigger::{MAX_CHANGED_FILES, MatchInput, TriggerSet};
+use crate::trigger::{MAX_CHANGED_FILES, MatchInput, Standing, TriggerSet};
 
 /// How often stored-but-unmatched deliveries are looked for without a wake-up (after a crash, or when
 /// another process stored them).
@@ -21,6 +21,40 @@ const SWEEP: Duration = Duration::from_secs(5);
 
 /// The most deliveries matched at once, each of a different repository.
 const LANES: usize = 8;
+
+/// How long an actor's looked-up permission is trusted before it is asked again.
+const STANDING_TTL: Duration = Duration::from_secs(300);
+
+/// The longest matching one event against a set of triggers may take (templates run on a fuel budget
+/// too; this bounds a set with very many triggers).
+const MATCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Actors' permissions as GitHub last answered, per repository and login (both lower-case), with when.
+#[derive(Default)]
+pub struct StandingCache {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<(String, String), (tokio::time::Instant, Standing)>,
+    >,
+}
+
+impl StandingCache {
+    fn get(&self, repo: &str, login: &str) -> Option<Standing> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&(repo.to_owned(), login.to_owned()))
+            .filter(|(at, _)| at.elapsed() < STANDING_TTL)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn put(&self, repo: &str, login: &str, standing: Standing) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (at, _)| at.elapsed() < STANDING_TTL);
+        entries.insert(
+            (repo.to_owned(), login.to_owned()),
+            (tokio::time::Instant::now(), standing),
+        );
+    }
+}
 
 /// Deliveries are matched one repository at a time, in the order they came, but different repositories
 /// side by side: reading one repository's own triggers (a first clone of a large repository can take
@@ -110,7 +144,18 @@ async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>
     let mut input = MatchInput {
         bot_login: pipeline.config.github.bot_login.clone(),
         changed_files: None,
+        standing: Default::default(),
     };
+    let mut logins: Vec<String> = sets
+        .iter()
+        .flat_map(|set| set.logins_to_look_up(event, input.bot_login.as_deref()))
+        .collect();
+    logins.sort();
+    logins.dedup();
+    for login in logins {
+        let standing = standing(pipeline, event, &login).await;
+        input.standing.insert(login, standing);
+    }
     if sets.iter().any(|set| set.needs_changed_files(event)) {
         match changed_files(pipeline, event).await {
             Ok(files) => input.changed_files = Some(files),
@@ -120,6 +165,51 @@ async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>
         }
     }
     input
+}
+
+/// How `login` relates to the event's repository, from their permission on it (cached for a few minutes);
+/// unknown when it cannot be asked.
+async fn standing(pipeline: &Pipeline, event: &Event, login: &str) -> Standing {
+    let Some(repo) = &event.repository else {
+        return Standing::Unknown("the event has no repository".into());
+    };
+    let name = repo.full_name.to_string();
+    let key = name.to_lowercase();
+    if let Some(known) = pipeline.standing.get(&key, login) {
+        return known;
+    }
+    if !pipeline.github.has_credentials() {
+        return Standing::Unknown("there are no GitHub credentials to look it up".into());
+    }
+    if login.is_empty() || !login.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Standing::Unknown(format!("`{login}` is not a GitHub user's login"));
+    }
+    let asked = async {
+        let api = pipeline.github.client(event.installation).await?.api();
+        let route = format!("/repos/{name}/collaborators/{login}/permission");
+        let answer: serde_json::Value = with_retry("looking up the actor's permission", || {
+            api.get(route.as_str(), None::<&()>)
+        })
+        .await?;
+        anyhow::Ok(answer)
+    };
+    let standing = match asked.await {
+        Ok(answer) => match answer["permission"].as_str() {
+            Some(permission) => Standing::from_permission(permission, login, &name),
+            None => Standing::Unknown("GitHub's answer names no permission".into()),
+        },
+        // Not a collaborator, or no such user: no access.
+        Err(e) if format!("{e:#}").contains("GitHub answered 404") => {
+            Standing::Known("NONE".into())
+        }
+        Err(e) => {
+            warn!(%login, "could not look up the actor's permission: {e:#}");
+            // Not cached: the next event asks again.
+            return Standing::Unknown(format!("looking up their permission failed: {e:#}"));
+        }
+    };
+    pipeline.standing.put(&key, login, standing.clone());
+    standing
 }
 
 async fn changed_files(pipeline: &Pipeline, event: &Event) -> Result<Vec<String>> {
@@ -188,6 +278,49 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
     }
 }
 
+/// The triggers of `sets` that fire for `event`, by name, with their jobs. Templates (a repository's own
+/// among them) are rendered off the async threads, each on a fuel budget, and the whole within
+/// [`MATCH_TIMEOUT`]: a trigger set that takes longer fails every trigger of it with a clear error instead
+/// of holding up the service.
+async fn fire(
+    sets: Vec<Arc<TriggerSet>>,
+    event: Event,
+    input: MatchInput,
+) -> Vec<(String, Result<Box<crate::queue::JobSpec>, String>)> {
+    let mut fired = Vec::new();
+    for set in sets {
+        let (set2, event2, input2) = (set.clone(), event.clone(), input.clone());
+        let matching = tokio::task::spawn_blocking(move || {
+            set2.fired(&event2, &input2)
+                .into_iter()
+                .map(|(t, job)| (t.name.clone(), job))
+                .collect::<Vec<_>>()
+        });
+        match tokio::time::timeout(MATCH_TIMEOUT, matching).await {
+            Ok(Ok(jobs)) => fired.extend(jobs),
+            Ok(Err(e)) => warn!("matching the triggers failed: {e}"),
+            Err(_) => {
+                let error = format!(
+                    "matching took longer than {}s, so no job was prepared",
+                    MATCH_TIMEOUT.as_secs()
+                );
+                warn!("{error}");
+                let (Some(kind), Some(repo)) = (
+                    crate::trigger::EventKind::from_name(&event.name),
+                    &event.repository,
+                ) else {
+                    continue;
+                };
+                fired.extend(
+                    set.candidates(kind, &repo.full_name.to_string())
+                        .map(|t| (t.name.clone(), Err(error.clone()))),
+                );
+            }
+        }
+    }
+    fired
+}
+
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
     // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
     let payload = pipeline.store.delivery_payload(delivery.id).await?;
@@ -220,8 +353,9 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                 sets.push(own);
             }
             let input = match_input(pipeline, &event, &sets).await;
-            sets.iter()
-                .flat_map(|set| set.fired(&event, &input))
+            fire(sets, event.clone(), input)
+                .await
+                .into_iter()
                 .map(|(trigger, job)| {
                     let repo = event
                         .repository
@@ -230,7 +364,7 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                         .unwrap_or_default();
                     match job {
                         Ok(spec) => NewJob {
-                            trigger: trigger.name.clone(),
+                            trigger: trigger.clone(),
                             repo,
                             spec: serde_json::to_string(&spec)
                                 .expect("a JobSpec always serializes"),
@@ -239,9 +373,9 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                             cancel_in_progress: spec.cancel_in_progress,
                         },
                         Err(error) => {
-                            warn!(trigger = %trigger.name, "{error}");
+                            warn!(trigger = %trigger, "{error}");
                             NewJob {
-                                trigger: trigger.name.clone(),
+                                trigger: trigger.clone(),
                                 repo,
                                 spec: "{}".to_owned(),
                                 error: Some(error),

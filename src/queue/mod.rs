@@ -68,6 +68,9 @@ pub struct JobSpec {
     pub number: Option<u64>,
     pub title: Option<String>,
     pub is_pull_request: bool,
+    /// The job works on a fork's code with `forks: read_only`: the agent's worktree is mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl JobSpec {
@@ -121,6 +124,7 @@ impl JobSpec {
                     .run
                     .as_ref()
                     .is_some_and(|r| !r.pull_requests.is_empty()),
+            read_only: trigger.forks == crate::trigger::Forks::ReadOnly && event.from_fork(),
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct Pipeline {
     pub deliveries_waiting: Notify,
     /// Rung when a job is queued.
     pub jobs_waiting: Notify,
+    /// Actors' permissions on repositories, as GitHub answered (for events without an author association).
+    pub standing: dispatch::StandingCache,
     /// The environment the service runs in; agents see an allow-listed part of it.
     pub env: Box<EnvLookup>,
     /// The model gateway every model request of an agent goes through.

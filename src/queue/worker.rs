@@ -458,7 +458,8 @@ async fn run_in_worktree(
         let config = &pipeline.config;
         crate::sandbox::BoxSpec {
             worktree: worktree.path.clone(),
-            read_only_worktree: false,
+            // A fork's pull request is read, not changed, unless its trigger opted in (`forks: allow`).
+            read_only_worktree: spec.read_only,
             writable: [home.clone(), tmp.clone(), output_dir.clone()]
                 .into_iter()
                 .chain(profile.shared.writable.iter().cloned())

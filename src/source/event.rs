@@ -15,6 +15,9 @@ pub struct Event {
     pub sender: Option<Actor>,
     pub issue: Option<Issue>,
     pub pull_request: Option<PullRequest>,
+    /// Who made the run of a `workflow_run` event: the actor of its first attempt and the one who
+    /// (re-)ran it.
+    pub run_actors: Vec<Actor>,
     pub comment: Option<Authored>,
     pub review: Option<Authored>,
     /// The label just added or removed (`labeled` / `unlabeled`).
@@ -41,6 +44,24 @@ pub struct Actor {
     pub is_bot: bool,
 }
 
+impl Actor {
+    fn from_raw(user: RawUser) -> Actor {
+        Actor {
+            is_bot: user.kind.as_deref() == Some("Bot") || user.login.ends_with("[bot]"),
+            login: user.login,
+        }
+    }
+}
+
+/// Someone whose standing with the repository decides whether a trigger may fire: their login, whether
+/// they are a bot, and their author association when the payload states it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub login: String,
+    pub is_bot: bool,
+    pub association: Option<String>,
+}
+
 /// The issue (or pull request, seen as an issue) an event is about.
 #[derive(Clone, Debug)]
 pub struct Issue {
@@ -50,6 +71,7 @@ pub struct Issue {
     pub is_pull_request: bool,
     pub labels: Vec<String>,
     pub author_association: Option<String>,
+    pub author: Option<Actor>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +82,9 @@ pub struct PullRequest {
     pub head_sha: String,
     pub labels: Vec<String>,
     pub author_association: Option<String>,
+    pub author: Option<Actor>,
+    /// True when the head branch lives in another repository (a fork), or its repository is gone.
+    pub from_fork: bool,
 }
 
 /// A comment or review: its text and how its author relates to the repository.
@@ -67,6 +92,7 @@ pub struct PullRequest {
 pub struct Authored {
     pub body: String,
     pub author_association: Option<String>,
+    pub author: Option<Actor>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +114,10 @@ pub struct Run {
     pub head_sha: Option<String>,
     /// Pull requests the run belongs to.
     pub pull_requests: Vec<u64>,
+    /// Whether the run's commit may come from a fork: its head repository is another one (workflow runs),
+    /// a listed pull request's head is in another repository, or (check runs and suites) no pull request
+    /// of this repository is listed, so where the commit came from is unknown.
+    pub from_fork: bool,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +177,7 @@ struct RawIssue {
     #[serde(default)]
     labels: Vec<RawLabel>,
     author_association: Option<String>,
+    user: Option<RawUser>,
 }
 
 #[derive(Deserialize)]
@@ -159,23 +190,47 @@ struct RawPullRequest {
     #[serde(default)]
     labels: Vec<RawLabel>,
     author_association: Option<String>,
+    user: Option<RawUser>,
 }
 
 #[derive(Deserialize)]
 struct RawRef {
     #[serde(rename = "ref")]
     ref_name: String,
+    repo: Option<RawRepoRef>,
 }
 
 #[derive(Deserialize)]
 struct RawHead {
     sha: String,
+    repo: Option<RawRepoRef>,
+}
+
+/// A repository as a pull request's head or base names it; which fields are present varies by event.
+#[derive(Deserialize)]
+struct RawRepoRef {
+    id: Option<u64>,
+    full_name: Option<String>,
+    url: Option<String>,
+}
+
+impl RawRepoRef {
+    fn same(&self, other: &RawRepoRef) -> bool {
+        if let (Some(a), Some(b)) = (self.id, other.id) {
+            return a == b;
+        }
+        if let (Some(a), Some(b)) = (&self.full_name, &other.full_name) {
+            return a.eq_ignore_ascii_case(b);
+        }
+        matches!((&self.url, &other.url), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
+    }
 }
 
 #[derive(Deserialize)]
 struct RawAuthored {
     body: Option<String>,
     author_association: Option<String>,
+    user: Option<RawUser>,
 }
 
 #[derive(Deserialize)]
@@ -195,13 +250,23 @@ struct RawRun {
     head_branch: Option<String>,
     head_sha: Option<String>,
     #[serde(default)]
-    pull_requests: Vec<RawNumber>,
+    pull_requests: Vec<RawRunPull>,
     check_suite: Option<Box<RawRun>>,
+    head_repository: Option<RawRepoRef>,
+    actor: Option<RawUser>,
+    triggering_actor: Option<RawUser>,
 }
 
 #[derive(Deserialize)]
-struct RawNumber {
+struct RawRunPull {
     number: u64,
+    head: Option<RawRunPullRef>,
+    base: Option<RawRunPullRef>,
+}
+
+#[derive(Deserialize)]
+struct RawRunPullRef {
+    repo: Option<RawRepoRef>,
 }
 
 fn names(labels: Vec<RawLabel>) -> Vec<String> {
@@ -257,18 +322,52 @@ impl Event {
             }
             _ => None,
         };
+        let base_repo = payload["repository"]["full_name"]
+            .as_str()
+            .map(str::to_owned);
+        let is_workflow_run = raw.workflow_run.is_some();
+        let mut run_actors = Vec::new();
         let run = raw
             .check_run
             .or(raw.check_suite)
             .or(raw.workflow_run)
             .map(|r| {
                 let suite_branch = r.check_suite.as_ref().and_then(|s| s.head_branch.clone());
+                let cross_repo = r.pull_requests.iter().any(|p| {
+                    match (
+                        p.head.as_ref().and_then(|h| h.repo.as_ref()),
+                        p.base.as_ref().and_then(|b| b.repo.as_ref()),
+                    ) {
+                        (Some(head), Some(base)) => !head.same(base),
+                        _ => true,
+                    }
+                });
+                let from_fork = if is_workflow_run {
+                    let head = r
+                        .head_repository
+                        .as_ref()
+                        .and_then(|h| h.full_name.as_deref());
+                    cross_repo
+                        || match (head, base_repo.as_deref()) {
+                            (Some(head), Some(base)) => !head.eq_ignore_ascii_case(base),
+                            _ => true,
+                        }
+                } else {
+                    cross_repo || r.pull_requests.is_empty()
+                };
+                for user in [r.actor, r.triggering_actor].into_iter().flatten() {
+                    let actor = Actor::from_raw(user);
+                    if !run_actors.iter().any(|a: &Actor| a.login == actor.login) {
+                        run_actors.push(actor);
+                    }
+                }
                 Run {
                     name: r.name,
                     conclusion: r.conclusion,
                     head_branch: r.head_branch.or(suite_branch),
                     head_sha: r.head_sha,
                     pull_requests: r.pull_requests.into_iter().map(|p| p.number).collect(),
+                    from_fork,
                 }
             });
         Ok(Event {
@@ -276,32 +375,39 @@ impl Event {
             action: raw.action,
             repository,
             installation: raw.installation.map(|i| InstallationId(i.id)),
-            sender: raw.sender.map(|s| Actor {
-                is_bot: s.kind.as_deref() == Some("Bot") || s.login.ends_with("[bot]"),
-                login: s.login,
-            }),
+            sender: raw.sender.map(Actor::from_raw),
             issue: raw.issue.map(|i| Issue {
                 number: i.number,
                 title: i.title,
                 is_pull_request: i.pull_request.is_some_and(|v| !v.is_null()),
                 labels: names(i.labels),
                 author_association: i.author_association,
+                author: i.user.map(Actor::from_raw),
             }),
             pull_request: raw.pull_request.map(|p| PullRequest {
                 number: p.number,
                 title: p.title,
+                from_fork: match (&p.head.repo, &p.base.repo) {
+                    (Some(head), Some(base)) => !head.same(base),
+                    // The head repository was deleted, or the payload does not say: not known to be ours.
+                    _ => true,
+                },
                 base_ref: p.base.ref_name,
                 head_sha: p.head.sha,
                 labels: names(p.labels),
                 author_association: p.author_association,
+                author: p.user.map(Actor::from_raw),
             }),
+            run_actors,
             comment: raw.comment.map(|c| Authored {
                 body: c.body.unwrap_or_default(),
                 author_association: c.author_association,
+                author: c.user.map(Actor::from_raw),
             }),
             review: raw.review.map(|r| Authored {
                 body: r.body.unwrap_or_default(),
                 author_association: r.author_association,
+                author: r.user.map(Actor::from_raw),
             }),
             label: raw.label.map(|l| l.name),
             push,
@@ -378,7 +484,8 @@ impl Event {
 
     /// How the person who set this event off relates to the repository (`OWNER`, `MEMBER`, ...), where the
     /// payload says: the author of a comment or review, or of an issue or pull request they opened, edited
-    /// or updated. None for events only people with access can cause (labeling, pushing, runs).
+    /// or updated. None when the payload does not say (labeling, closing, pushing, runs): then the
+    /// dispatcher asks GitHub for the actor's permission, and without an answer the actor is not trusted.
     pub fn author_association(&self) -> Option<&str> {
         if let Some(c) = self.comment.as_ref().or(self.review.as_ref()) {
             return c.author_association.as_deref();
@@ -397,6 +504,75 @@ impl Event {
                 .issue
                 .as_ref()
                 .and_then(|i| i.author_association.as_deref()))
+    }
+
+    /// Whether the action is one the author of the issue or pull request performs (so the payload's
+    /// `author_association` describes whoever set the event off).
+    fn authored_action(&self) -> bool {
+        matches!(
+            self.action.as_deref(),
+            Some("opened" | "edited" | "reopened" | "synchronize" | "ready_for_review")
+        )
+    }
+
+    /// Who set the event off, whose standing decides whether a trigger may fire:
+    /// - a comment or review: its author (with the payload's association);
+    /// - an issue or pull request opened, edited, reopened, updated or marked ready: its author (with the
+    ///   payload's association);
+    /// - a workflow run: both the actor of its first attempt and whoever re-ran it (a fork's author causes
+    ///   the run; a maintainer re-running it does not make the fork's code trusted);
+    /// - anything else (labels, closing, pushes, check runs and suites): the sender, whose association the
+    ///   payload does not carry.
+    ///
+    /// The sender is always included too, so a bot that sends an event about a person's issue still counts.
+    pub fn principals(&self) -> Vec<Principal> {
+        let principal = |actor: &Actor, association: Option<&String>| Principal {
+            login: actor.login.clone(),
+            is_bot: actor.is_bot,
+            association: association.cloned(),
+        };
+        let mut found: Vec<Principal> = Vec::new();
+        if let Some(c) = self.comment.as_ref().or(self.review.as_ref()) {
+            if let Some(author) = c.author.as_ref().or(self.sender.as_ref()) {
+                found.push(principal(author, c.author_association.as_ref()));
+            }
+        } else if self.authored_action() && (self.pull_request.is_some() || self.issue.is_some()) {
+            let (author, association) = match &self.pull_request {
+                Some(p) => (p.author.as_ref(), p.author_association.as_ref()),
+                None => {
+                    let i = self.issue.as_ref().expect("checked above");
+                    (i.author.as_ref(), i.author_association.as_ref())
+                }
+            };
+            match author {
+                Some(author) => found.push(principal(author, association)),
+                None => {
+                    if let Some(sender) = &self.sender {
+                        found.push(principal(sender, association));
+                    }
+                }
+            }
+        }
+        for actor in &self.run_actors {
+            found.push(principal(actor, None));
+        }
+        if let Some(sender) = &self.sender
+            && !found
+                .iter()
+                .any(|p| p.login.eq_ignore_ascii_case(&sender.login))
+        {
+            found.push(principal(sender, None));
+        }
+        found
+    }
+
+    /// Whether the code the job would work on may come from a fork: a pull request whose head is in
+    /// another repository, or a run whose commit is not known to be this repository's own.
+    pub fn from_fork(&self) -> bool {
+        if let Some(pr) = &self.pull_request {
+            return pr.from_fork;
+        }
+        self.push.is_none() && self.run.as_ref().is_some_and(|r| r.from_fork)
     }
 
     /// The text of the comment or review the event carries.
@@ -448,7 +624,16 @@ mod tests {
         assert_eq!(
             labeled.author_association(),
             None,
-            "labeling needs access; no author check"
+            "the payload does not say how the labeler relates to the repository"
+        );
+        assert_eq!(
+            labeled.principals(),
+            [Principal {
+                login: "Codertocat".into(),
+                is_bot: false,
+                association: None
+            }],
+            "the labeler is looked up"
         );
         let opened = fixture("issues/opened.json");
         assert_eq!(opened.author_association(), Some("OWNER"));
@@ -477,5 +662,33 @@ mod tests {
         let pr = fixture("pull_request/opened.json");
         assert_eq!(pr.branch(), Some("master"));
         assert_eq!(pr.commit().map(str::len), Some(40));
+        assert!(!pr.from_fork());
+    }
+
+    #[test]
+    fn runs_count_who_started_and_who_reran_them_and_know_forks() {
+        let mut payload: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!(
+                "{}/tests/fixtures/webhooks/workflow_run/completed.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        payload["workflow_run"]["actor"]["login"] = "fork-author".into();
+        payload["workflow_run"]["triggering_actor"]["login"] = "maintainer".into();
+        payload["sender"]["login"] = "maintainer".into();
+        payload["workflow_run"]["head_repository"]["full_name"] =
+            payload["repository"]["full_name"].clone();
+        let run = Event::from_value("workflow_run", payload.clone()).unwrap();
+        let logins: Vec<String> = run.principals().into_iter().map(|p| p.login).collect();
+        assert_eq!(logins, ["fork-author", "maintainer"]);
+        assert!(!run.from_fork());
+        payload["workflow_run"]["head_repository"]["full_name"] = "mallory/fork".into();
+        assert!(
+            Event::from_value("workflow_run", payload)
+                .unwrap()
+                .from_fork()
+        );
     }
 }

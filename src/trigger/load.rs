@@ -7,8 +7,8 @@ use minijinja::Environment;
 use serde_saphyr::{Location, Spanned};
 
 use super::model::{
-    ASSOCIATIONS, CONCLUSIONS, ConcurrencySpec, EventFilter, EventKind, OutputKind, OutputSpec,
-    TriggerFile,
+    ASSOCIATIONS, CONCLUSIONS, ConcurrencySpec, EventFilter, EventKind, Forks, OutputKind,
+    OutputSpec, TriggerFile,
 };
 use super::pattern::{Pattern, PatternList};
 use super::schedule::Schedule;
@@ -295,16 +295,72 @@ pub fn load_one(
     check_output(&mut c, output.0, &output.1, !on.schedule.is_empty());
     let (output_at, output) = output;
 
-    let from = match file.from {
-        None if output.kind.writes_code() => {
-            Some(vec!["OWNER".into(), "MEMBER".into(), "COLLABORATOR".into()])
+    let from = file.from.map(|w| w.value.names(w.referenced));
+    let from_at = from.as_ref().and_then(|l| l.first().map(|a| a.referenced));
+    let from = match from {
+        None => Some(TRUSTED.iter().map(|a| a.to_string()).collect()),
+        Some(list) if list.iter().any(|a| a.value == "anyone") => {
+            if list.len() > 1 {
+                c.error(
+                    list[0].referenced,
+                    "`anyone` already includes every association",
+                    Some("write `from: anyone` alone, or list the associations".into()),
+                );
+            }
+            None
         }
-        None => None,
-        Some(list) if list.iter().any(|a| a.value == "anyone") => None,
+        Some(list) if list.is_empty() => {
+            c.error(
+                on_at,
+                "`from` lists nobody, so the trigger could never fire",
+                Some(
+                    "leave `from` out for OWNER, MEMBER, COLLABORATOR, or write `from: anyone`"
+                        .into(),
+                ),
+            );
+            None
+        }
         Some(list) => {
             let mut known = ASSOCIATIONS.to_vec();
             known.push("anyone");
             c.names(Some(list), "author associations", Some(&known))
+        }
+    };
+    let from_bots = file
+        .from_bots
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|b| {
+            let valid = !b.value.is_empty()
+                && b.value
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '[' | ']'));
+            if !valid {
+                c.error(
+                    b.referenced,
+                    format!("`{}` is not a GitHub login", b.value),
+                    Some("name the bot by its login, e.g. renovate[bot]".into()),
+                );
+                return None;
+            }
+            Some(b.value.to_lowercase())
+        })
+        .collect::<Vec<_>>();
+    let forks = match file.forks {
+        None if output.kind.writes_code() => Forks::Skip,
+        None => Forks::ReadOnly,
+        Some(f) => {
+            if output.kind.writes_code() && f.value != Forks::Skip {
+                c.error(
+                    f.referenced,
+                    format!(
+                        "`forks: {}` cannot go with output pull_request: a fork's commits are never pushed into the repository",
+                        f.value.name()
+                    ),
+                    Some("leave `forks` out (skip), or use output comment or review for forks' pull requests".into()),
+                );
+            }
+            f.value
         }
     };
 
@@ -393,7 +449,9 @@ pub fn load_one(
             repos,
             condition: file.condition.as_ref().map(|s| s.value.clone()),
             from,
+            from_bots,
             from_self: file.from_self,
+            forks,
             agent: file.agent.value.clone(),
             skills: file.skills.map(|s| s.value),
             prompt: file.prompt.value.clone(),
@@ -402,13 +460,51 @@ pub fn load_one(
             timeout,
             max_turns: file.max_turns.map(|t| t.value),
             max_output: file.max_output,
+            warnings: Vec::new(),
         };
         check_against_samples(&mut c, &trigger, &file.prompt, file.condition.as_ref());
         if c.errors.is_empty() {
+            let mut trigger = trigger;
+            trigger.warnings = warnings(path, &trigger, from_at.unwrap_or(on_at), agents);
             return Ok(trigger);
         }
     }
     Err(c.errors)
+}
+
+/// The associations trusted when a trigger does not say: people with write access.
+pub const TRUSTED: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+
+/// Associations of people with no standing in the repository: strangers.
+const STRANGERS: [&str; 4] = ["NONE", "FIRST_TIMER", "FIRST_TIME_CONTRIBUTOR", "MANNEQUIN"];
+
+/// What `check` and `serve` warn about in a valid trigger: one that anyone (or any stranger) can set off
+/// and that runs an agent able to execute tools (command, codex, claude).
+fn warnings(
+    path: &Path,
+    trigger: &Trigger,
+    at: Location,
+    agents: Option<&AgentKinds>,
+) -> Vec<String> {
+    let mut found = Vec::new();
+    let kind = agents.and_then(|a| a.get(&trigger.agent)).copied();
+    let runs_tools = kind.is_none_or(|k| k != "openai");
+    let open = match &trigger.from {
+        None => true,
+        Some(from) => from.iter().any(|a| STRANGERS.contains(&a.as_str())),
+    };
+    if open && !trigger.events.is_empty() && runs_tools {
+        found.push(format!(
+            "{}:{}:{}: warning: anyone can set off trigger `{}`, and agent `{}`{} can run tools on what they write\n  hint: list who may with `from` (e.g. from: [OWNER, MEMBER, COLLABORATOR]), or use an openai agent",
+            path.display(),
+            at.line(),
+            at.column(),
+            trigger.name,
+            trigger.agent,
+            kind.map(|k| format!(" ({k})")).unwrap_or_default(),
+        ));
+    }
+    found
 }
 
 fn check_output(c: &mut Checker<'_>, at: Location, output: &OutputSpec, scheduled: bool) {
@@ -695,7 +791,13 @@ mod tests {
             EventKind::Issues.activity_types().len()
         );
         assert_eq!(t.output.kind, OutputKind::Comment);
-        assert_eq!(t.from, None, "comment triggers default to anyone");
+        assert_eq!(
+            t.from.unwrap(),
+            TRUSTED,
+            "every trigger defaults to trusted authors"
+        );
+        assert_eq!(t.forks, Forks::ReadOnly);
+        assert!(t.warnings.is_empty());
     }
 
     #[test]
@@ -732,6 +834,52 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.from, None);
+    }
+
+    #[test]
+    fn from_anyone_widens_it_and_check_warns_about_tools() {
+        let open = |agent: &str| {
+            load_one(
+                Path::new("triggers/t.yml"),
+                &format!("on: issues\nfrom: anyone\nagent: {agent}\nprompt: x\n"),
+                Some(&agents()),
+            )
+            .unwrap()
+        };
+        let t = open("fixer");
+        assert_eq!(t.from, None);
+        assert_eq!(
+            t.warnings,
+            [
+                "triggers/t.yml:2:7: warning: anyone can set off trigger `t`, and agent `fixer` (codex) can run tools on what they write\n  hint: list who may with `from` (e.g. from: [OWNER, MEMBER, COLLABORATOR]), or use an openai agent"
+            ]
+        );
+        assert!(
+            open("chat").warnings.is_empty(),
+            "a model endpoint runs no tools"
+        );
+        let t = load_one(
+            Path::new("a.yml"),
+            "on: issues\nfrom: NONE\nagent: x\nprompt: x\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.from.unwrap(), ["NONE"]);
+        assert_eq!(
+            t.warnings.len(),
+            1,
+            "NONE is anyone without ties to the repository"
+        );
+        let found = errors("on: issues\nfrom: [anyone, OWNER]\nagent: default\nprompt: x\n");
+        assert!(
+            found[0].contains("`anyone` already includes every association"),
+            "{found:?}"
+        );
+        let found = errors("on: issues\nfrom_bots: ['not a login']\nagent: default\nprompt: x\n");
+        assert!(
+            found[0].starts_with("triggers/t.yml:2:13: error: `not a login` is not a GitHub login"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use minijinja::{Environment, Value};
 
 use crate::queue::JobSpec;
 use crate::source::event::Event;
-pub use model::{EventKind, OutputKind, OutputOptions, OutputSpec, Skills};
+pub use model::{EventKind, Forks, OutputKind, OutputOptions, OutputSpec, Skills};
 use pattern::PatternList;
 pub use schedule::Schedule;
 
@@ -38,7 +38,10 @@ pub struct Trigger {
     pub condition: Option<String>,
     /// Author associations allowed to set it off; None for anyone.
     pub from: Option<Vec<String>>,
+    /// Bots (lowercase logins) whose events may set it off.
+    pub from_bots: Vec<String>,
     pub from_self: bool,
+    pub forks: Forks,
     pub agent: String,
     pub skills: Option<Skills>,
     pub prompt: String,
@@ -47,6 +50,8 @@ pub struct Trigger {
     pub timeout: Option<Duration>,
     pub max_turns: Option<u32>,
     pub max_output: Option<usize>,
+    /// What `check` and `serve` warn about (`path:line:col: warning: ...`).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +103,33 @@ pub struct MatchInput {
     pub changed_files: Option<Vec<String>>,
     /// nightshift's own login on GitHub (e.g. `my-app[bot]`), whose events do not fire triggers.
     pub bot_login: Option<String>,
+    /// What GitHub said about actors the payload gives no association for (lowercase login → the
+    /// association their permission maps to, or why it is not known). See [`Standing`].
+    pub standing: HashMap<String, Standing>,
+}
+
+/// How an actor whose association the payload does not carry relates to the repository, as looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// The association their permission maps to (`OWNER`, `COLLABORATOR` or `NONE`).
+    Known(String),
+    /// Why it could not be looked up.
+    Unknown(String),
+}
+
+impl Standing {
+    /// The association a repository permission (`admin`, `maintain`, `write`, `triage`, `read`, `none`)
+    /// counts as: write access or more is a collaborator (the owner of a personal repository is its
+    /// OWNER), anything less is NONE.
+    pub fn from_permission(permission: &str, login: &str, repo: &str) -> Standing {
+        let owner = repo.split('/').next().unwrap_or_default();
+        let association = match permission {
+            "admin" | "maintain" | "write" if owner.eq_ignore_ascii_case(login) => "OWNER",
+            "admin" | "maintain" | "write" => "COLLABORATOR",
+            _ => "NONE",
+        };
+        Standing::Known(association.to_owned())
+    }
 }
 
 /// GitHub considers only the first 300 changed files for path filters.
@@ -111,6 +143,7 @@ pub struct TriggerSet {
     /// Triggers for every repository, or for repository patterns, by event.
     by_event: HashMap<EventKind, Vec<usize>>,
     env: Environment<'static>,
+    prompt_env: Environment<'static>,
 }
 
 impl TriggerSet {
@@ -143,7 +176,32 @@ impl TriggerSet {
             by_repo,
             by_event,
             env: template::environment(),
+            prompt_env: template::prompt_environment(),
         }
+    }
+
+    /// Actors of `event` whose standing the payload does not state and that a trigger which may fire
+    /// needs to know: the dispatcher looks them up (lowercase logins).
+    pub fn logins_to_look_up(&self, event: &Event, bot_login: Option<&str>) -> Vec<String> {
+        let (Some(kind), Some(repo)) = (EventKind::from_name(&event.name), &event.repository)
+        else {
+            return Vec::new();
+        };
+        let needed = self
+            .candidates(kind, &repo.full_name.to_string())
+            .any(|t| t.from.is_some() && t.events.contains_key(&kind));
+        if !needed {
+            return Vec::new();
+        }
+        let own = |login: &str| bot_login.is_some_and(|b| b.eq_ignore_ascii_case(login));
+        let mut logins: Vec<String> = event
+            .principals()
+            .into_iter()
+            .filter(|p| p.association.is_none() && !p.is_bot && !own(&p.login))
+            .map(|p| p.login.to_lowercase())
+            .collect();
+        logins.dedup();
+        logins
     }
 
     pub fn triggers(&self) -> &[Trigger] {
@@ -285,20 +343,7 @@ impl TriggerSet {
                 ));
             }
         }
-        if !trigger.from_self && is_from_nightshift(event, input.bot_login.as_deref()) {
-            return skip(
-                "nightshift caused this event itself (set `from_self: true` to allow it)"
-                    .to_owned(),
-            );
-        }
-        if let (Some(allowed), Some(association)) = (&trigger.from, event.author_association())
-            && !allowed.iter().any(|a| a == association)
-        {
-            return skip(format!(
-                "the author is {association}, not one of from [{}]",
-                allowed.join(", ")
-            ));
-        }
+        check_trust(trigger, event, input)?;
         let command = match &filter.command {
             None => None,
             Some(cmd) => match event
@@ -352,6 +397,19 @@ impl TriggerSet {
         if filter.needs_changed_files() {
             check_paths(filter, event, input)?;
         }
+        if trigger.forks == Forks::Skip && event.from_fork() {
+            let what = if event.pull_request.is_some() {
+                "the pull request comes from a fork"
+            } else {
+                "the run's commit is not known to be this repository's own (it may come from a fork)"
+            };
+            let hint = if trigger.output.kind.writes_code() {
+                "a fork's commits are never pushed into the repository"
+            } else {
+                "`forks: read_only` or `forks: allow` lets it run"
+            };
+            return skip(format!("{what}, and the trigger skips forks ({hint})"));
+        }
         Ok(command)
     }
 
@@ -365,7 +423,12 @@ impl TriggerSet {
                 )
             })
         };
-        let prompt = render("prompt", &trigger.prompt)?;
+        let prompt = template::render(&self.prompt_env, &trigger.prompt, ctx).map_err(|e| {
+            format!(
+                "the prompt of trigger `{}` did not render: {e}",
+                trigger.name
+            )
+        })?;
         let title = trigger
             .output
             .options
@@ -412,17 +475,85 @@ fn check_schedule(trigger: &Trigger, event: &Event) -> Result<Option<template::C
     }
 }
 
-/// Whether nightshift caused `event`: its own login sent it, or the comment or review carries the marker
-/// nightshift puts in everything it posts.
+/// Whether nightshift caused `event`: its own account sent it, or wrote the comment, review, issue or pull
+/// request that set it off. The marker nightshift puts in what it posts does not count here: anyone can
+/// paste it into their own comment (to silence triggers), and text nightshift's account wrote is known
+/// by its author.
 fn is_from_nightshift(event: &Event, bot_login: Option<&str>) -> bool {
-    let by_login = match (bot_login, &event.sender) {
-        (Some(bot), Some(sender)) => sender.login.eq_ignore_ascii_case(bot),
-        _ => false,
+    let Some(bot) = bot_login else {
+        return false;
     };
-    by_login
-        || event
-            .body()
-            .is_some_and(|b| b.contains(crate::sink::texts::MARKER_PREFIX))
+    event
+        .principals()
+        .iter()
+        .any(|p| p.login.eq_ignore_ascii_case(bot))
+}
+
+/// Who may set a trigger off: nightshift itself only with `from_self`; a bot only when the trigger names
+/// it in `from_bots`; a person only when their association (from the payload, or looked up) is in
+/// `from`. An actor whose standing is unknown is not trusted.
+fn check_trust(trigger: &Trigger, event: &Event, input: &MatchInput) -> Result<(), Skip> {
+    let skip = |reason: String| Err(Skip(reason));
+    let bot = input.bot_login.as_deref();
+    if is_from_nightshift(event, bot) {
+        if trigger.from_self {
+            return Ok(());
+        }
+        return skip(
+            "nightshift caused this event itself (set `from_self: true` to allow it)".to_owned(),
+        );
+    }
+    let principals = event.principals();
+    for p in principals.iter().filter(|p| p.is_bot) {
+        if !trigger
+            .from_bots
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(&p.login))
+        {
+            return skip(format!(
+                "`{}` is a bot, and only bots the trigger names in `from_bots` may set it off",
+                p.login
+            ));
+        }
+    }
+    let Some(allowed) = &trigger.from else {
+        return Ok(());
+    };
+    if principals.is_empty() {
+        return skip(format!(
+            "the event names nobody who set it off, so it is not trusted (from [{}])",
+            allowed.join(", ")
+        ));
+    }
+    for p in principals.iter().filter(|p| !p.is_bot) {
+        let looked_up = input.standing.get(&p.login.to_lowercase());
+        let association = match (&p.association, looked_up) {
+            (Some(a), _) => a.clone(),
+            (None, Some(Standing::Known(a))) => a.clone(),
+            (None, Some(Standing::Unknown(why))) => {
+                return skip(format!(
+                    "how {} relates to the repository is unknown ({why}), so they are not trusted (from [{}])",
+                    p.login,
+                    allowed.join(", ")
+                ));
+            }
+            (None, None) => {
+                return skip(format!(
+                    "the payload does not say how {} relates to the repository and it was not looked up (that needs GitHub credentials), so they are not trusted (from [{}])",
+                    p.login,
+                    allowed.join(", ")
+                ));
+            }
+        };
+        if !allowed.contains(&association) {
+            return skip(format!(
+                "{} is {association}, not one of from [{}]",
+                p.login,
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Branch and tag filters, with GitHub's rule for pushes: with only branch filters a tag push does not fire,

@@ -30,12 +30,25 @@ pub struct TriggerFile {
     pub condition: Option<Spanned<String>>,
     /// Who may set it off, by their association with the repository (OWNER, MEMBER, COLLABORATOR,
     /// CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, MANNEQUIN, NONE), or `anyone`. Defaults to
-    /// OWNER, MEMBER, COLLABORATOR for triggers that write code (output pull_request), anyone otherwise.
+    /// OWNER, MEMBER, COLLABORATOR. When the payload does not say (labels, closing, pushes, runs), the
+    /// actor's permission is asked of GitHub: admin or write counts as COLLABORATOR (OWNER for the
+    /// repository's owner), anything else as NONE; an actor whose standing is unknown is not trusted.
+    #[schemars(with = "Option<Who>")]
+    pub from: Option<Spanned<Who>>,
+    /// Bots (logins such as `renovate[bot]`) whose events may fire this trigger. Events sent by any other
+    /// bot never do.
     #[schemars(with = "Option<Vec<String>>")]
-    pub from: Option<Vec<Spanned<String>>>,
-    /// Whether events caused by nightshift itself (its comments, its pull requests) may fire this trigger.
+    pub from_bots: Option<Vec<Spanned<String>>>,
+    /// Whether events caused by nightshift itself (its comments, issues, pull requests and checks) may fire
+    /// this trigger.
     #[serde(default)]
     pub from_self: bool,
+    /// What to do with a pull request from a fork (or a run whose commit is not known to be the
+    /// repository's own): `skip` it, run the job `read_only` (the agent cannot change the worktree), or
+    /// `allow` it like any other. Defaults to `skip` for output pull_request (a fork's commits are never
+    /// pushed into the repository, so it takes no other value) and `read_only` otherwise.
+    #[schemars(with = "Option<Forks>")]
+    pub forks: Option<Spanned<Forks>>,
     /// The agent profile (from nightshift.yml) that runs the job.
     #[schemars(with = "String")]
     pub agent: Spanned<String>,
@@ -58,6 +71,90 @@ pub struct TriggerFile {
     pub max_turns: Option<Spanned<u32>>,
     /// The most bytes of the agent's final message kept for this trigger's jobs (lowers the profile's).
     pub max_output: Option<usize>,
+}
+
+/// `from:` — `anyone`, one association, or a list of them.
+#[derive(Debug)]
+pub enum Who {
+    One(String),
+    Many(Vec<Spanned<String>>),
+}
+
+impl Who {
+    /// The names, each with where it is written (`at` for a single one).
+    pub fn names(self, at: serde_saphyr::Location) -> Vec<Spanned<String>> {
+        match self {
+            Who::One(name) => vec![Spanned {
+                value: name,
+                referenced: at,
+                defined: at,
+            }],
+            Who::Many(names) => names,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Who {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Who;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`anyone`, an author association, or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Who, E> {
+                Ok(Who::One(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Who, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<Spanned<String>>()? {
+                    names.push(name);
+                }
+                Ok(Who::Many(names))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Who {
+    fn schema_name() -> Cow<'static, str> {
+        "Who".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let mut names: Vec<&str> = ASSOCIATIONS.to_vec();
+        names.push("anyone");
+        json_schema!({
+            "description": "`anyone`, an author association, or a list of them.",
+            "anyOf": [
+                { "enum": names },
+                { "type": "array", "items": { "enum": names } }
+            ]
+        })
+    }
+}
+
+/// `forks:` — how a trigger treats code from a fork.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Forks {
+    /// Do not fire for a fork's pull request or run.
+    Skip,
+    /// Fire, with the agent's worktree read-only.
+    ReadOnly,
+    /// Fire like for any other pull request.
+    Allow,
+}
+
+impl Forks {
+    pub fn name(self) -> &'static str {
+        match self {
+            Forks::Skip => "skip",
+            Forks::ReadOnly => "read_only",
+            Forks::Allow => "allow",
+        }
+    }
 }
 
 /// `skills:` — named skills, or all of them.

@@ -2,22 +2,19 @@
 //! `*` any characters but `/`, `**` any characters, `?` zero or one of the preceding character, `+` one or
 //! more of it, `[...]` one character of a set, `\` escapes, and a leading `!` negates. In a list, the last
 //! matching pattern wins.
+//!
+//! Patterns can come from a repository's own triggers, so matching must not be exponential: each pattern
+//! is compiled to a regular expression for `regex-automata`, whose engines match in time linear in the
+//! text (times the pattern's size), never by backtracking.
 
 use std::fmt;
+
+use regex_automata::meta::Regex;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Atom {
     Char(char),
     Class(Vec<(char, char)>),
-}
-
-impl Atom {
-    fn matches(&self, c: char) -> bool {
-        match self {
-            Atom::Char(x) => *x == c,
-            Atom::Class(ranges) => ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c)),
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,11 +31,72 @@ enum Token {
 }
 
 /// One compiled pattern (without its `!`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Pattern {
     source: String,
     negated: bool,
     tokens: Vec<Token>,
+    regex: Regex,
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Pattern) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+/// The regular expression of a class atom or a character.
+fn atom_regex(atom: &Atom, out: &mut String) {
+    match atom {
+        Atom::Char(c) => out.push_str(&regex_escape(*c)),
+        Atom::Class(ranges) => {
+            out.push('[');
+            for (lo, hi) in ranges {
+                out.push_str(&regex_escape(*lo));
+                if lo != hi {
+                    out.push('-');
+                    out.push_str(&regex_escape(*hi));
+                }
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn regex_escape(c: char) -> String {
+    if c.is_alphanumeric() || c == '/' {
+        c.to_string()
+    } else {
+        // A code point escape is a literal whatever the character means to the regex syntax.
+        format!("\\x{{{:X}}}", c as u32)
+    }
+}
+
+/// The whole-text regular expression of a token list.
+fn to_regex(tokens: &[Token]) -> String {
+    let mut out = String::from("(?s)\\A(?:");
+    for token in tokens {
+        match token {
+            Token::One(atom) => atom_regex(atom, &mut out),
+            Token::ZeroOrOne(atom) => {
+                out.push_str("(?:");
+                atom_regex(atom, &mut out);
+                out.push_str(")?");
+            }
+            Token::OneOrMore(atom) => {
+                out.push_str("(?:");
+                atom_regex(atom, &mut out);
+                out.push_str(")+");
+            }
+            Token::Star => out.push_str("[^/]*"),
+            Token::DoubleStar => out.push_str(".*"),
+            Token::AnyDirs => out.push_str("(?:.*/)?"),
+        }
+    }
+    out.push_str(")\\z");
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,10 +217,17 @@ impl Pattern {
                 }
             }
         }
+        let regex = Regex::new(&to_regex(&tokens)).map_err(|e| {
+            err(
+                format!("`{source}` cannot be compiled: {e}"),
+                Some("simplify the pattern"),
+            )
+        })?;
         Ok(Pattern {
             source: source.to_owned(),
             negated,
             tokens,
+            regex,
         })
     }
 
@@ -174,40 +239,9 @@ impl Pattern {
         &self.source
     }
 
-    /// Whether the pattern (ignoring `!`) matches the whole of `text`.
+    /// Whether the pattern (ignoring `!`) matches the whole of `text`, in time linear in `text`.
     pub fn matches(&self, text: &str) -> bool {
-        let chars: Vec<char> = text.chars().collect();
-        match_at(&self.tokens, &chars)
-    }
-}
-
-fn match_at(tokens: &[Token], text: &[char]) -> bool {
-    let Some((token, rest)) = tokens.split_first() else {
-        return text.is_empty();
-    };
-    match token {
-        Token::One(atom) => {
-            text.first().is_some_and(|&c| atom.matches(c)) && match_at(rest, &text[1..])
-        }
-        Token::ZeroOrOne(atom) => {
-            match_at(rest, text)
-                || (text.first().is_some_and(|&c| atom.matches(c)) && match_at(rest, &text[1..]))
-        }
-        Token::OneOrMore(atom) => {
-            let run = text.iter().take_while(|&&c| atom.matches(c)).count();
-            (1..=run).rev().any(|n| match_at(rest, &text[n..]))
-        }
-        Token::Star => {
-            let run = text.iter().take_while(|&&c| c != '/').count();
-            (0..=run).rev().any(|n| match_at(rest, &text[n..]))
-        }
-        Token::DoubleStar => (0..=text.len()).rev().any(|n| match_at(rest, &text[n..])),
-        Token::AnyDirs => {
-            match_at(rest, text)
-                || (0..text.len())
-                    .rev()
-                    .any(|n| text[n] == '/' && match_at(rest, &text[n + 1..]))
-        }
+        self.regex.is_match(text)
     }
 }
 
@@ -425,6 +459,26 @@ mod tests {
         assert_eq!(list(&["acme/*"]).literals(), None);
         assert_eq!(list(&["acme/api", "!acme/web"]).literals(), None);
         assert_eq!(list(&["a\\*b"]).literals(), Some(vec!["a*b".into()]));
+    }
+
+    #[test]
+    fn pathological_patterns_match_long_texts() {
+        // Exponential for a backtracking matcher: each `*`/`**`/`+` can split the text anywhere.
+        let pattern = format!("{}b", "**a*a+".repeat(12));
+        let text = "a".repeat(5_000);
+        assert!(!list(&[&pattern]).matches(&text));
+        let branch = format!("{}x", "*a".repeat(30));
+        assert!(!list(&[&branch]).matches(&"a".repeat(2_000)));
+        assert!(list(&[&branch]).matches(&format!("{}x", "a".repeat(2_000))));
+    }
+
+    #[test]
+    fn regex_syntax_in_patterns_is_literal() {
+        check(&["a.b"], &["a.b"], &["axb"]);
+        check(&["(x|y)"], &["(x|y)"], &["x"]);
+        check(&["^a$"], &["^a$"], &["a"]);
+        check(&["[.]x"], &[".x"], &["ax"]);
+        check(&["naïve/*"], &["naïve/ü"], &["naive/u"]);
     }
 
     #[test]

@@ -2,7 +2,12 @@
 //! from the default branch only (never from a pull request's head, so a pull request cannot change what
 //! runs on it), cached per repository, and read again when a push reaches the default branch. They apply to
 //! their own repository only, use the service's agent profiles, and are named `REPO.FILE` (e.g.
-//! `Hello-World.review`) so they never collide with the service's triggers.
+//! `Hello-World.review`) so they never collide with the service's triggers. Their concurrency groups are
+//! prefixed with the repository (`owner/name:group`), so one repository cannot cancel another's jobs.
+//!
+//! A repository's triggers are written by whoever can push to its default branch: they are checked (which
+//! renders their templates against sample payloads) off the async threads, within [`LOAD_TIMEOUT`], and
+//! every template runs on a fuel budget.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +28,9 @@ use crate::yaml::Diagnostic;
 
 /// Where a repository keeps its triggers.
 pub const DIR: &str = ".nightshift/triggers";
+
+/// The longest checking a repository's trigger files may take before they are refused.
+pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Default)]
 pub struct RepoTriggers {
@@ -66,9 +74,21 @@ impl RepoTriggers {
                 auth,
             )
             .await?;
-        let (set, problems) = parse(&repo.full_name, &files.files, agents);
+        let (name, texts, kinds) = (repo.full_name.clone(), files.files, agents.clone());
+        let checking = tokio::task::spawn_blocking(move || parse(&name, &texts, &kinds));
+        let (set, problems) = match tokio::time::timeout(LOAD_TIMEOUT, checking).await {
+            Ok(Ok(parsed)) => parsed,
+            Ok(Err(e)) => anyhow::bail!("checking the repository's triggers failed: {e}"),
+            Err(_) => anyhow::bail!(
+                "checking the repository's triggers took longer than {}s; they are not used",
+                LOAD_TIMEOUT.as_secs()
+            ),
+        };
         for d in &problems {
             warn!(repo = %repo.full_name, commit = %files.commit, "{d}");
+        }
+        for warning in set.triggers().iter().flat_map(|t| &t.warnings) {
+            warn!(repo = %repo.full_name, commit = %files.commit, "{warning}");
         }
         info!(repo = %repo.full_name, commit = %files.commit, triggers = set.triggers().len(), "repository triggers read");
         let set = Arc::new(set);
@@ -120,6 +140,10 @@ pub fn parse(
                     .and_then(|p| PatternList::new(vec![p]));
                 trigger.repos = own.ok();
                 trigger.name = format!("{}.{}", repo.name(), trigger.name);
+                if let Some(c) = &mut trigger.concurrency {
+                    // A repository name has no template syntax in it, so the prefix renders as itself.
+                    c.group = format!("{repo}:{}", c.group);
+                }
                 triggers.push(trigger);
             }
         }

@@ -83,7 +83,13 @@ struct FakeState {
     next_id: u64,
     /// Operation id → statuses to answer with, one per call, before behaving normally again.
     failures: HashMap<String, Vec<u16>>,
+    /// Permissions of users on repositories, (repo, lower-case login) → `admin`/`write`/`read`/`none`;
+    /// anyone not listed has `read` (as on a public repository), but the owner of the repository `admin`.
+    permissions: HashMap<(String, String), String>,
 }
+
+/// The login GET /user answers with (token mode).
+pub const TOKEN_LOGIN: &str = "nightshift-user";
 
 struct Operation {
     id: String,
@@ -200,6 +206,14 @@ impl FakeGitHub {
     /// Tokens minted from now on live `life` (and are refused after it), instead of an hour.
     pub fn set_token_life(&self, life: Duration) {
         self.inner.state.lock().unwrap().token_life = Some(life);
+    }
+
+    /// Sets a user's permission on a repository (`admin`, `write`, `read`, `none`).
+    pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
+        self.inner.state.lock().unwrap().permissions.insert(
+            (repo.to_owned(), login.to_lowercase()),
+            permission.to_owned(),
+        );
     }
 
     /// Makes the next calls of `operation` (an OpenAPI operation id) fail with these statuses, in order.
@@ -584,6 +598,37 @@ async fn handle(
                 v["html_url"] = json!(format!("https://github.com/{}/issues/{n}", repo()));
             }
             (status, axum::Json(v)).into_response()
+        }
+        "users/get-authenticated" => {
+            let mut v =
+                inner.example("private-user-response-with-public-and-private-profile-information");
+            v["login"] = json!(TOKEN_LOGIN);
+            axum::Json(v).into_response()
+        }
+        "repos/get-collaborator-permission-level" => {
+            let login = params["username"].to_lowercase();
+            let permission = inner
+                .state
+                .lock()
+                .unwrap()
+                .permissions
+                .get(&(repo(), login.clone()))
+                .cloned()
+                .unwrap_or_else(|| {
+                    // A personal repository's owner administers it.
+                    if params["owner"].eq_ignore_ascii_case(&login) {
+                        "admin".to_owned()
+                    } else {
+                        "read".to_owned()
+                    }
+                });
+            let mut v = inner.example(
+                "repository-collaborator-permission-response-if-user-has-admin-permissions",
+            );
+            v["permission"] = json!(permission);
+            v["role_name"] = json!(permission);
+            v["user"]["login"] = json!(params["username"]);
+            axum::Json(v).into_response()
         }
         "pulls/list-files" => {
             let number: u64 = params["pull_number"].parse().unwrap();

@@ -1,0 +1,361 @@
+//! Attacks on who can set nightshift off, each against the real service with the strict fake GitHub: events
+//! without an author association, fork pull requests, bots playing ping-pong, a pasted marker, and a
+//! repository trigger whose template loops. Each test performs the attack, waits until the service has
+//! matched the delivery (no sleeping), asserts it was contained, and that the service still answers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_github::TOKEN_LOGIN;
+use common::{Auth, Spine};
+use serde_json::{Value, json};
+use sqlx::sqlite::SqlitePool;
+
+const REPO: &str = "Codertocat/Hello-World";
+
+/// The service's store, read directly (job specs and whether deliveries were matched).
+async fn db(spine: &Spine) -> SqlitePool {
+    let url = format!(
+        "sqlite://{}/state/nightshift.db",
+        spine.dir.path().display()
+    );
+    SqlitePool::connect(&url).await.unwrap()
+}
+
+/// Delivers `payload` as `event` and waits until the service has matched it against the triggers.
+async fn deliver_and_match(spine: &Spine, event: &str, delivery: &str, payload: &Value) {
+    let status = spine
+        .deliver(event, delivery, &serde_json::to_vec(payload).unwrap())
+        .await;
+    assert_eq!(status, 202, "delivering {delivery}");
+    let pool = db(spine).await;
+    for _ in 0..600 {
+        let matched: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT matched_at FROM deliveries WHERE delivery_id = ?")
+                .bind(delivery)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if let Some(Some(_)) = matched {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("delivery {delivery} was never matched");
+}
+
+/// The frozen specs of every job, oldest first, as (trigger, spec).
+async fn specs(spine: &Spine) -> Vec<(String, Value)> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT trigger_name, spec FROM jobs ORDER BY id")
+            .fetch_all(&db(spine).await)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(t, s)| (t, serde_json::from_str(&s).unwrap()))
+        .collect()
+}
+
+async fn healthz(spine: &Spine) {
+    let answer = reqwest::get(format!("{}/healthz", spine.url()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "the service still answers");
+}
+
+fn payload(spine: &Spine, path: &str) -> Value {
+    serde_json::from_slice(&spine.payload(path)).unwrap()
+}
+
+fn user(login: &str, kind: &str) -> Value {
+    json!({ "login": login, "id": 9000, "type": kind })
+}
+
+fn permission_lookups(spine: &Spine, login: &str) -> usize {
+    let route = format!("GET /repos/{REPO}/collaborators/{login}/permission");
+    spine
+        .github
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with(&route))
+        .count()
+}
+
+#[tokio::test]
+async fn events_without_an_association_fire_only_for_people_with_write_access() {
+    let closed = "on:\n  issues:\n    types: [closed]\nagent: reply\nprompt: closed\n";
+    let checks =
+        "on:\n  check_run:\n    types: [completed]\nforks: allow\nagent: reply\nprompt: ci\n";
+    let mut spine = Spine::new(
+        Auth::Token,
+        &[("closed.yml", closed), ("checks.yml", checks)],
+    )
+    .await;
+    spine.github.set_permission(REPO, "mallory", "read");
+    spine.github.set_permission(REPO, "maintainer", "write");
+    spine.start().await;
+
+    // The author of an issue can close it; the payload's association is the one from when it was opened.
+    let mut p = payload(&spine, "issues/opened.json");
+    p["action"] = "closed".into();
+    p["issue"]["user"] = user("mallory", "User");
+    p["issue"]["author_association"] = "OWNER".into();
+    p["sender"] = user("mallory", "User");
+    deliver_and_match(&spine, "issues", "close-1", &p).await;
+    // A fork's author causes the check run of their pull request.
+    let mut run = payload(&spine, "check_run/completed.json");
+    run["sender"] = user("mallory", "User");
+    deliver_and_match(&spine, "check_run", "run-1", &run).await;
+    assert!(specs(&spine).await.is_empty(), "mallory set nothing off");
+    assert_eq!(
+        permission_lookups(&spine, "mallory"),
+        1,
+        "looked up once, then cached"
+    );
+
+    // The same events from someone GitHub says can write do fire.
+    p["sender"] = user("maintainer", "User");
+    deliver_and_match(&spine, "issues", "close-2", &p).await;
+    run["sender"] = user("maintainer", "User");
+    deliver_and_match(&spine, "check_run", "run-2", &run).await;
+    let fired: Vec<String> = specs(&spine).await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(fired, ["closed", "checks"]);
+    assert_eq!(permission_lookups(&spine, "maintainer"), 1);
+
+    // When GitHub cannot answer, the actor is not trusted (and asked again next time).
+    spine
+        .github
+        .fail_next("repos/get-collaborator-permission-level", &[403]);
+    run["sender"] = user("someone-else", "User");
+    deliver_and_match(&spine, "check_run", "run-3", &run).await;
+    assert_eq!(specs(&spine).await.len(), 2);
+    healthz(&spine).await;
+    spine.wait_for_finished_jobs(2).await;
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_fork_pull_request_is_never_pushed_and_runs_read_only() {
+    let write =
+        "on: pull_request\nfrom: anyone\nagent: edit\nprompt: fix it\noutput: pull_request\n";
+    let review = "on: pull_request\nfrom: anyone\nagent: reply\nprompt: review it\n";
+    let mut spine = Spine::new(Auth::Token, &[("write.yml", write), ("review.yml", review)]).await;
+    spine.start().await;
+    let mut pr = payload(&spine, "pull_request/opened.json");
+    pr["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+    pr["pull_request"]["head"]["repo"]["id"] = 666.into();
+    pr["pull_request"]["user"] = user("mallory", "User");
+    pr["pull_request"]["author_association"] = "NONE".into();
+    pr["sender"] = user("mallory", "User");
+    deliver_and_match(&spine, "pull_request", "fork-1", &pr).await;
+    let jobs = specs(&spine).await;
+    assert_eq!(jobs.len(), 1, "only the comment trigger fires: {jobs:?}");
+    assert_eq!(jobs[0].0, "review");
+    assert_eq!(
+        jobs[0].1["read_only"], true,
+        "a fork's code is worked on read-only"
+    );
+    spine.wait_for_finished_jobs(1).await;
+    assert!(
+        spine.github.pulls().is_empty(),
+        "nothing was pushed or opened"
+    );
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn bots_cannot_play_ping_pong_with_nightshift() {
+    let answer =
+        "on:\n  issue_comment:\n    types: [created]\nfrom: anyone\nagent: reply\nprompt: answer\n";
+    let mut spine = Spine::new(Auth::Token, &[("answer.yml", answer)]).await;
+    spine.start().await;
+    // Another agent's bot comments.
+    let mut c = payload(&spine, "issue_comment/created.json");
+    c["comment"]["user"] = user("other-agent[bot]", "Bot");
+    c["sender"] = user("other-agent[bot]", "Bot");
+    deliver_and_match(&spine, "issue_comment", "bot-1", &c).await;
+    // A bot that does not say it is one by type, only by its login.
+    c["comment"]["user"] = user("sneaky[bot]", "User");
+    c["sender"] = user("sneaky[bot]", "User");
+    deliver_and_match(&spine, "issue_comment", "bot-2", &c).await;
+    assert!(specs(&spine).await.is_empty());
+
+    // A person comments; nightshift answers; GitHub sends nightshift's own comment back (token mode: the
+    // token's user, learned through GET /user at start).
+    let mut human = payload(&spine, "issue_comment/created.json");
+    human["comment"]["body"] = "what does this do?".into();
+    deliver_and_match(&spine, "issue_comment", "human-1", &human).await;
+    spine.wait_for_finished_jobs(1).await;
+    let posted = spine.wait_for_comments(1).await;
+    let mut echo = payload(&spine, "issue_comment/created.json");
+    echo["comment"]["body"] = posted[0].body.clone().into();
+    echo["comment"]["user"] = user(TOKEN_LOGIN, "User");
+    echo["comment"]["author_association"] = "OWNER".into();
+    echo["sender"] = user(TOKEN_LOGIN, "User");
+    deliver_and_match(&spine, "issue_comment", "echo-1", &echo).await;
+    // And the issue nightshift opens (an issue output) comes back as `issues.opened`.
+    let mut opened = payload(&spine, "issues/opened.json");
+    opened["issue"]["user"] = user(TOKEN_LOGIN, "User");
+    opened["sender"] = user(TOKEN_LOGIN, "User");
+    deliver_and_match(&spine, "issues", "own-issue", &opened).await;
+    assert_eq!(specs(&spine).await.len(), 1, "no ping-pong");
+    assert!(
+        spine.github.calls().iter().any(|c| c == "GET /user"),
+        "the token's login was learned"
+    );
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_pasted_marker_neither_silences_triggers_nor_passes_for_nightshift() {
+    let answer = "on:\n  issue_comment:\n    types: [created]\nagent: reply\nprompt: answer\n";
+    let mut spine = Spine::new(Auth::Token, &[("answer.yml", answer)]).await;
+    spine.start().await;
+    // An owner's comment quoting nightshift's marker still fires the trigger...
+    let mut c = payload(&spine, "issue_comment/created.json");
+    c["comment"]["body"] = "as the bot said:\n<!-- nightshift:job:1 -->".into();
+    deliver_and_match(&spine, "issue_comment", "paste-1", &c).await;
+    // ...and a stranger's comment with the marker is not taken for nightshift's (or trusted).
+    c["comment"]["user"] = user("mallory", "User");
+    c["comment"]["author_association"] = "NONE".into();
+    c["sender"] = user("mallory", "User");
+    deliver_and_match(&spine, "issue_comment", "paste-2", &c).await;
+    let jobs = specs(&spine).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    spine.wait_for_finished_jobs(1).await;
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_repository_trigger_whose_template_loops_is_refused_and_the_service_stays_responsive() {
+    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
+    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
+    // Loops on every payload: refused when the repository's triggers are read.
+    let always = "on: issues\nagent: reply\nprompt: \"{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}\"\n";
+    // Loops only on the payload it waits for: fails that event's job with a clear error.
+    let lurking = "on: issues\nagent: reply\nprompt: \"{% if event.issue.title == 'boom' %}{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}{% endif %}ok\"\n";
+    spine.commit("main", "main", ".nightshift/triggers/always.yml", always);
+    spine.commit("main", "main", ".nightshift/triggers/lurking.yml", lurking);
+    spine.start().await;
+
+    let mut boom = payload(&spine, "issues/opened.json");
+    boom["issue"]["title"] = "boom".into();
+    deliver_and_match(&spine, "issues", "boom-1", &boom).await;
+    healthz(&spine).await;
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    let mut triggers: Vec<&str> = jobs.iter().map(|j| j.trigger.as_str()).collect();
+    triggers.sort();
+    assert_eq!(
+        triggers,
+        ["Hello-World.lurking", "service"],
+        "the looping one never loaded"
+    );
+    let lurking = jobs
+        .iter()
+        .find(|j| j.trigger == "Hello-World.lurking")
+        .unwrap();
+    let error = lurking.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("the prompt of trigger `Hello-World.lurking` did not render")
+            && error.contains("fuel"),
+        "{error}"
+    );
+    let log = spine.server.as_ref().unwrap().log();
+    assert!(
+        log.contains("always.yml") && log.contains("fuel"),
+        "the looping trigger's problem is logged: {log}"
+    );
+
+    // Other events are matched meanwhile, and the service answers.
+    let calm = payload(&spine, "issues/opened.json");
+    deliver_and_match(&spine, "issues", "calm-1", &calm).await;
+    let jobs = spine.wait_for_finished_jobs(4).await;
+    assert_eq!(jobs.iter().filter(|j| j.trigger == "service").count(), 2);
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_repository_cannot_cancel_another_repositorys_jobs() {
+    // The repository's own trigger names a group another repository's (or the service's) jobs use.
+    let own = "on: issues\nagent: reply\nprompt: x\nconcurrency:\n  group: shared\n  cancel_in_progress: true\n";
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    spine.commit("main", "main", ".nightshift/triggers/own.yml", own);
+    spine.start().await;
+    let p = payload(&spine, "issues/opened.json");
+    deliver_and_match(&spine, "issues", "group-1", &p).await;
+    let jobs = specs(&spine).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].1["concurrency_group"], format!("{REPO}:shared"));
+    spine.wait_for_finished_jobs(1).await;
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_fork_job_cannot_write_its_worktree_unless_its_trigger_allows_it() {
+    // Two comment triggers on the same fork pull request: the default (read-only) and `forks: allow`.
+    let read_only = "on: pull_request\nfrom: anyone\nagent: probe\nprompt: look\n";
+    let allowed = "on: pull_request\nfrom: anyone\nforks: allow\nagent: probe\nprompt: look\n";
+    let mut spine = Spine::new(
+        Auth::Token,
+        &[("readonly.yml", read_only), ("allowed.yml", allowed)],
+    )
+    .await;
+    let probe = spine.dir.path().join("probe.sh");
+    std::fs::write(
+        &probe,
+        "#!/bin/sh\ncat >/dev/null\n\
+         if (echo changed > README.md) 2>/dev/null; then echo worktree-writable; else echo worktree-read-only; fi\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    spine.add_agents(&format!(
+        "  probe: {{command: [{}], timeout: 30s}}\n",
+        probe.display()
+    ));
+    let head = spine.commit("main", "mallory-fix", "fix.txt", "from a fork\n");
+    spine.start().await;
+    let mut pr = payload(&spine, "pull_request/opened.json");
+    pr["pull_request"]["head"]["sha"] = head.into();
+    pr["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+    pr["pull_request"]["head"]["repo"]["id"] = 666.into();
+    pr["pull_request"]["user"] = user("mallory", "User");
+    pr["pull_request"]["author_association"] = "NONE".into();
+    pr["sender"] = user("mallory", "User");
+    deliver_and_match(&spine, "pull_request", "fork-rw", &pr).await;
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    for job in &jobs {
+        assert_eq!(
+            job.state,
+            nightshift::store::JobState::Succeeded,
+            "{}: {:?}",
+            job.trigger,
+            job.error
+        );
+    }
+    let comments = spine.wait_for_comments(2).await;
+    let said = |trigger: &str| {
+        let job = jobs.iter().find(|j| j.trigger == trigger).unwrap();
+        comments
+            .iter()
+            .find(|c| c.body.contains(&format!("job {}", job.id)))
+            .map(|c| c.body.clone())
+            .unwrap()
+    };
+    assert!(
+        said("readonly").contains("worktree-read-only"),
+        "{}",
+        said("readonly")
+    );
+    assert!(
+        said("allowed").contains("worktree-writable"),
+        "{}",
+        said("allowed")
+    );
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
