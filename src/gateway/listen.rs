@@ -13,8 +13,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
-/// Connections the gateway holds open on each of its listeners.
+/// Connections the gateway holds open on each of its shared listeners (its loopback port, its socket).
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Connections the gateway holds open on one job's own socket: model requests and egress tunnels (a
+/// package manager opens a few dozen at once).
+pub const JOB_CONNECTIONS: usize = 128;
 
 pub struct Capped<L> {
     inner: L,

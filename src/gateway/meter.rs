@@ -48,16 +48,17 @@ impl Price {
     }
 }
 
-/// The price table: a model's own entry, or else the longest entry it starts with followed by `-` (so
-/// `gpt-5.5` prices `gpt-5.5-2026-01-15`).
+/// The price table: a model's own entry, or else the longest entry it starts with followed by a dated or
+/// numbered snapshot (`-` and digits: `gpt-5.5` prices `gpt-5.5-2026-01-15`). Any other suffix names
+/// another model (`gpt-5.5-pro`, `gpt-5-mini`), which its own entry prices, or nothing does.
 pub fn price_of<'a>(prices: &'a BTreeMap<String, Price>, model: &str) -> Option<&'a Price> {
     prices.get(model).or_else(|| {
         prices
             .iter()
             .filter(|(name, _)| {
-                model
-                    .strip_prefix(name.as_str())
-                    .is_some_and(|rest| rest.starts_with('-'))
+                model.strip_prefix(name.as_str()).is_some_and(|rest| {
+                    rest.starts_with('-') && rest.bytes().all(|b| b == b'-' || b.is_ascii_digit())
+                })
             })
             .max_by_key(|(name, _)| name.len())
             .map(|(_, price)| price)
@@ -319,6 +320,9 @@ mod tests {
         assert_eq!(price_of(&prices, "gpt-5.5"), Some(&gpt));
         assert_eq!(price_of(&prices, "gpt-5.5-2026-01-15"), Some(&gpt));
         assert_eq!(price_of(&prices, "gpt-5.55"), None);
+        // Another model, not a snapshot: an agent asking for it is not charged the cheaper one's price.
+        assert_eq!(price_of(&prices, "gpt-5.5-pro"), None);
+        assert_eq!(price_of(&prices, "gpt-5-pro-2026-01-15"), None);
         assert_eq!(price_of(&prices, "claude"), None);
         let tokens = Tokens {
             input: 1_000_000,

@@ -1,6 +1,7 @@
 //! The model gateway: where the codex, claude and openai backends send their model requests. It answers on
-//! a unix socket (`DATA_DIR/run/gateway.sock`, which the box's forwarder reaches) and on a loopback TCP
-//! port (for `sandbox: none` and for the openai backend, which runs inside nightshift).
+//! a unix socket of each job's own (`DATA_DIR/run/job-ID-RANDOM.sock`, which only that job's box's forwarder
+//! reaches) and on a loopback TCP port (for `sandbox: none` and for the openai backend, which runs inside
+//! nightshift).
 //!
 //! Each job gets a random token when it starts ([`Gateway::open`]); the token dies with the job's
 //! [`JobAccess`]. A request must carry a live token (as `Authorization: Bearer` or `x-api-key`); the gateway
@@ -121,13 +122,15 @@ pub struct Gateway {
     keys: BTreeMap<String, SecretString>,
     client: reqwest::Client,
     tcp: SocketAddr,
-    socket: PathBuf,
+    /// The private folder of the jobs' sockets.
+    run: PathBuf,
     /// Tests only: egress to this port, and to any address (the tests' servers are on loopback).
     egress_test_port: Mutex<Option<u16>>,
 }
 
 impl Gateway {
-    /// Reads every profile's key from `env`, binds the socket and the TCP port, and serves both.
+    /// Reads every profile's key from `env`, binds the TCP port and serves it; each job's socket is bound when
+    /// the job opens its access.
     pub async fn start(
         config: &Config,
         store: Arc<dyn Store>,
@@ -143,15 +146,16 @@ impl Gateway {
         }
         let run = config.data_dir.join("run");
         create_private_dir(&run)?;
-        let socket = run.join("gateway.sock");
-        match std::fs::remove_file(&socket) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing the old {}", socket.display()));
+        // Sockets of jobs a stopped service ran (and of its versions that had one shared socket).
+        for entry in
+            std::fs::read_dir(&run).with_context(|| format!("reading {}", run.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "sock") {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing the old {}", path.display()))?;
             }
-            _ => {}
         }
-        let unix = tokio::net::UnixListener::bind(&socket)
-            .with_context(|| format!("cannot listen on {}", socket.display()))?;
         let tcp = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("cannot listen on a loopback port for the model gateway")?;
@@ -170,30 +174,23 @@ impl Gateway {
             keys,
             client,
             tcp: tcp.local_addr()?,
-            socket,
+            run,
             egress_test_port: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(gateway.clone());
-        let on_tcp = app.clone();
         // Events are small writes: sent at once, not held back for the previous one's ACK (Nagle).
         let tcp = axum::serve::ListenerExt::tap_io(tcp, |io| {
             let _ = io.set_nodelay(true);
         });
         let tcp = listen::Capped::new(tcp, listen::MAX_CONNECTIONS, "port");
-        let unix = listen::Capped::new(unix, listen::MAX_CONNECTIONS, "socket");
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(tcp, on_tcp).await {
+            if let Err(e) = axum::serve(tcp, app).await {
                 warn!("the model gateway stopped serving its port: {e}");
-            }
-        });
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(unix, app).await {
-                warn!("the model gateway stopped serving its socket: {e}");
             }
         });
         info!(
             port = gateway.tcp.port(),
-            socket = %gateway.socket.display(),
+            sockets = %gateway.run.display(),
             prices = gateway.config.prices.len(),
             "model gateway listening"
         );
@@ -203,11 +200,6 @@ impl Gateway {
     /// Whether the service's environment had the model key `var` when it started.
     pub fn has_key(&self, var: &str) -> bool {
         self.keys.contains_key(var)
-    }
-
-    /// The unix socket the box's forwarder connects to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// The gateway's loopback address outside any box.
@@ -287,6 +279,7 @@ impl Gateway {
         });
         let token = format!("nsjob-{}", hex::encode(random_bytes()?));
         let digest = digest(&token);
+        let (socket, serving) = self.serve_job(job)?;
         self.grants
             .lock()
             .expect("grants lock")
@@ -296,7 +289,28 @@ impl Gateway {
             digest,
             token,
             grant,
+            socket,
+            serving,
         }))
+    }
+
+    /// A socket of the job's own, which its box's forwarder reaches (and no other box does), served until
+    /// the job's access ends. Connections need no token to be opened, so a job's agent can hold as many as
+    /// a socket takes: on a socket shared by every box, it could hold them all and cut every other job off
+    /// its model. On its own it holds at most [`listen::JOB_CONNECTIONS`] of its own.
+    fn serve_job(self: &Arc<Self>, job: JobId) -> Result<(PathBuf, tokio::task::JoinHandle<()>)> {
+        let name = format!("job-{job}-{}.sock", hex::encode(&random_bytes()?[..4]));
+        let socket = self.run.join(name);
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        let listener = listen::Capped::new(listener, listen::JOB_CONNECTIONS, "job socket");
+        let app = Router::new().fallback(handle).with_state(self.clone());
+        let serving = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!("the model gateway stopped serving job {job}'s socket: {e}");
+            }
+        });
+        Ok((socket, serving))
     }
 
     fn grant(&self, token: &str) -> Option<Arc<Grant>> {
@@ -347,6 +361,29 @@ impl Gateway {
             }
         }
         None
+    }
+
+    /// Why a model request may not go upstream when the job's spending is limited in dollars (its
+    /// `max_cost_usd`, its repository's daily budget): it names no model the gateway can price. A request
+    /// for a model without a price would be metered in tokens only, so its cost would count against no
+    /// dollar limit, and an agent could spend past every one by asking for such a model.
+    fn unpriced(&self, grant: &Grant, model: Option<&str>) -> Option<String> {
+        if grant.max_cost_usd.is_none() && self.config.per_repository_daily_usd.is_none() {
+            return None;
+        }
+        match model {
+            Some(model) if price_of(&self.config.prices, model).is_some() => None,
+            Some(model) => Some(format!(
+                "model `{}` has no price in gateway.prices, and this job's spending is limited in dollars \
+                 (max_cost_usd or the repository's daily budget): only priced models may be used",
+                model.escape_debug()
+            )),
+            None => Some(
+                "the request names no model (a JSON body with `model`), and this job's spending is limited \
+                 in dollars: only requests for a priced model are forwarded"
+                    .to_owned(),
+            ),
+        }
     }
 
     /// Adds one response's tokens (and their cost) to the job; returns a line for the job log the first
@@ -412,6 +449,9 @@ pub struct JobAccess {
     digest: [u8; 32],
     token: String,
     grant: Arc<Grant>,
+    /// The job's own socket, for its box's forwarder; removed, and no longer served, when this is dropped.
+    socket: PathBuf,
+    serving: tokio::task::JoinHandle<()>,
 }
 
 /// What a backend is given to reach its model: the gateway's URL and the job's token.
@@ -420,7 +460,7 @@ pub struct ModelAccess {
     /// `http://127.0.0.1:PORT`, no path: Codex and the openai backend add `/v1`, Claude Code adds `/v1/...`.
     pub url: String,
     pub token: String,
-    /// The gateway's socket, which a boxed agent's forwarder reaches from inside the box.
+    /// The job's own socket, which a boxed agent's forwarder reaches from inside the box.
     pub socket: PathBuf,
     /// The box's loopback port the forwarder listens on, when the agent runs boxed.
     pub in_box_port: Option<u16>,
@@ -453,7 +493,7 @@ impl JobAccess {
         ModelAccess {
             url: format!("http://127.0.0.1:{port}"),
             token: self.token.clone(),
-            socket: self.gateway.socket.clone(),
+            socket: self.socket.clone(),
             in_box_port: boxed.then_some(IN_BOX_PORT),
         }
     }
@@ -461,6 +501,11 @@ impl JobAccess {
     /// The job's token (tests and redaction).
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The job's own socket, which its box's forwarder reaches.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Waits (a short while) for responses still streaming to be metered, then returns what the job spent.
@@ -496,6 +541,8 @@ impl Drop for JobAccess {
             .lock()
             .expect("grants lock")
             .remove(&self.digest);
+        self.serving.abort();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -699,6 +746,27 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         }
     };
     let (body, model) = prepare(path, body);
+    if metered && let Some(reason) = gateway.unpriced(&grant, model.as_deref()) {
+        let first = {
+            let mut spent = grant.spent.lock().expect("spent lock");
+            let first = spent.refused.is_none();
+            spent.refused.get_or_insert_with(|| reason.clone());
+            first
+        };
+        if first {
+            gateway
+                .log(
+                    grant.job,
+                    format!("gateway: refused a model request: {reason}"),
+                )
+                .await;
+        }
+        return refuse(
+            wire,
+            StatusCode::BAD_REQUEST,
+            &format!("nightshift: {reason}"),
+        );
+    }
     forward(gateway, grant, open, &parts, body, model, metered).await
 }
 
@@ -739,11 +807,13 @@ fn prepare(path: &str, body: Bytes) -> (Bytes, Option<String>) {
         .map(str::to_owned);
     if path == "/v1/chat/completions" && value.get("stream") == Some(&Value::Bool(true)) {
         value["stream_options"]["include_usage"] = Value::Bool(true);
-        if let Ok(changed) = serde_json::to_vec(&value) {
-            return (Bytes::from(changed), model);
-        }
     }
-    (body, model)
+    // What goes upstream is what was read here, written again: a body that another parser would read
+    // differently (a second `model` key, say) cannot name one model to the meter and another upstream.
+    match serde_json::to_vec(&value) {
+        Ok(written) => (Bytes::from(written), model),
+        Err(_) => (body, None),
+    }
 }
 
 async fn forward(
