@@ -110,6 +110,9 @@ impl AgentJob<'_> {
         spec.network = network;
         let path = (self.env)("PATH");
         if let Some(folder) = sandbox::locate_program(program, path.as_deref(), self.worktree)
+            // A program in the worktree (a relative path) is a repository's file, in the box already; a
+            // link there may point anywhere, and the folder it points into must not be shown for it.
+            .filter(|p| !p.starts_with(self.worktree))
             .and_then(|p| sandbox::program_folder(&p))
         {
             spec.read_only.push(folder);
@@ -270,6 +273,65 @@ mod tests {
             model: None,
         })
         .await
+    }
+
+    /// A hostile repository makes the program a profile names by a relative path (`./tools/agent`) a link
+    /// into the service's data dir: the box must not show the folder the link points into.
+    #[test]
+    fn a_program_linked_out_of_the_worktree_shows_nothing_outside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let worktree = dir.path().join("worktree");
+        let secrets = dir.path().join("data").join("jobs");
+        std::fs::create_dir_all(worktree.join("tools")).unwrap();
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::os::unix::fs::symlink(&secrets, worktree.join("tools/agent")).unwrap();
+        let profile = AgentProfile {
+            backend: Backend::Command(vec!["./tools/agent".into()]),
+            timeout: Duration::from_secs(10),
+            env: Vec::new(),
+            max_output: 1 << 20,
+            sandbox: crate::config::SandboxKind::Bubblewrap,
+            limits: Default::default(),
+            egress: Vec::new(),
+            shared: Default::default(),
+            max_turns: None,
+            max_tokens: None,
+            max_cost_usd: None,
+            prompt_via: PromptVia::Stdin,
+        };
+        let env = |name: &str| (name == "PATH").then(|| "/usr/bin:/bin".to_owned());
+        let (log, _rx) = log::JobLog::new(log::DEFAULT_MAX_BYTES);
+        let spec = BoxSpec {
+            worktree: worktree.clone(),
+            read_only_worktree: false,
+            writable: Vec::new(),
+            read_only: Vec::new(),
+            hidden: vec![dir.path().join("data")],
+            network: Network::None,
+            limits: Default::default(),
+            init: Default::default(),
+        };
+        let job = AgentJob {
+            profile_name: "p",
+            profile: &profile,
+            worktree: &worktree,
+            prompt: "",
+            home: dir.path(),
+            output_dir: dir.path(),
+            vars: Vec::new(),
+            sandbox: Some(spec),
+            timeout: profile.timeout,
+            max_turns: None,
+            max_output: profile.max_output,
+            env: &env,
+            log,
+            model: None,
+        };
+        let boxed = job.boxed("./tools/agent", Network::None).unwrap();
+        assert!(boxed.read_only.is_empty(), "{:?}", boxed.read_only);
+        // A program on PATH still has its folder shown.
+        let boxed = job.boxed("sh", Network::None).unwrap();
+        assert_eq!(boxed.read_only.len(), 1, "{:?}", boxed.read_only);
     }
 
     #[tokio::test]
