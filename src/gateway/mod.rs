@@ -32,7 +32,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use octocrab::secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc};
 use tracing::{info, warn};
@@ -745,7 +745,18 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             );
         }
     };
-    let (body, model) = prepare(path, body);
+    let (body, model) = match prepare(path, body.clone()) {
+        Ok(prepared) => prepared,
+        Err(reason) if metered => {
+            return refuse(
+                wire,
+                StatusCode::BAD_REQUEST,
+                &format!("nightshift: {reason}"),
+            );
+        }
+        // Not a model turn (counting tokens): passed as it came.
+        Err(_) => (body, None),
+    };
     if metered && let Some(reason) = gateway.unpriced(&grant, model.as_deref()) {
         let first = {
             let mut spent = grant.spent.lock().expect("spent lock");
@@ -795,24 +806,50 @@ impl Drop for InFlight {
     }
 }
 
+/// The fields of a request body the gateway reads. Everything else is skipped while it is parsed, never
+/// built in memory: a tree of a 32 MiB body of tiny values (`[[],[],...]`) takes ten times its size, four
+/// requests at once per job. A field given twice is an error (another parser could read the other one).
+#[derive(serde::Deserialize)]
+struct Head {
+    model: Option<String>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
 /// Reads the model a request names and, for a streamed chat completion, asks for its usage in the last
-/// chunk (which OpenAI sends only when asked).
-fn prepare(path: &str, body: Bytes) -> (Bytes, Option<String>) {
-    let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
-        return (body, None);
-    };
-    let model = value
-        .get("model")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if path == "/v1/chat/completions" && value.get("stream") == Some(&Value::Bool(true)) {
-        value["stream_options"]["include_usage"] = Value::Bool(true);
+/// chunk (which OpenAI sends only when asked). Err: why a model request cannot be metered as it is (a body
+/// that is not a JSON object the gateway can read, a streamed chat completion that declines its usage).
+fn prepare(path: &str, body: Bytes) -> Result<(Bytes, Option<String>), String> {
+    let head = serde_json::from_slice::<Head>(&body).map_err(|e| {
+        format!("the request body is not a JSON object the gateway can read (each field once): {e}")
+    })?;
+    if path != "/v1/chat/completions" || head.stream != Some(true) {
+        return Ok((body, head.model));
     }
-    // What goes upstream is what was read here, written again: a body that another parser would read
-    // differently (a second `model` key, say) cannot name one model to the meter and another upstream.
-    match serde_json::to_vec(&value) {
-        Ok(written) => (Bytes::from(written), model),
-        Err(_) => (body, None),
+    match head.stream_options.map(|o| o.include_usage) {
+        Some(Some(true)) => Ok((body, head.model)),
+        Some(_) => Err(
+            "a streamed chat completion must leave out stream_options or set include_usage: true (its \
+             usage is what the gateway meters)"
+                .to_owned(),
+        ),
+        None => {
+            // A non-empty object (it has `stream`): the field goes in before its closing brace.
+            let end = body
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .filter(|&i| body[i] == b'}')
+                .ok_or("the request body is not a JSON object")?;
+            let mut changed = Vec::with_capacity(body.len() + 48);
+            changed.extend_from_slice(&body[..end]);
+            changed.extend_from_slice(br#","stream_options":{"include_usage":true}}"#);
+            Ok((Bytes::from(changed), head.model))
+        }
     }
 }
 
