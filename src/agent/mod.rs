@@ -109,10 +109,8 @@ impl AgentJob<'_> {
         let mut spec = self.sandbox.clone()?;
         spec.network = network;
         let path = (self.env)("PATH");
-        if let Some(folder) = sandbox::locate_program(program, path.as_deref(), self.worktree)
-            .and_then(|p| sandbox::program_folder(&p))
-        {
-            spec.read_only.push(folder);
+        if let Some(located) = sandbox::locate_program(program, path.as_deref(), self.worktree) {
+            spec.read_only.extend(sandbox::program_folders(&located));
         }
         Some(spec)
     }
