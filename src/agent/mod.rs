@@ -250,7 +250,7 @@ mod tests {
             prompt_via: via,
         };
         let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
-        let (log, _rx) = log::JobLog::new(log::DEFAULT_MAX_BYTES);
+        let (log, _rx) = log::JobLog::new(crate::config::DEFAULT_MAX_JOB_LOG);
         run(AgentJob {
             profile_name: "p",
             profile: &profile,
