@@ -291,6 +291,9 @@ fn default_agent_timeout() -> Duration {
     Duration::from_secs(10 * 60)
 }
 
+/// The default budget of one job's agent output in the log (`max_job_log`).
+pub const DEFAULT_MAX_JOB_LOG: usize = 10 * 1024 * 1024;
+
 fn default_max_output() -> usize {
     1024 * 1024
 }
@@ -642,9 +645,7 @@ fn resolve(
             .max(1),
         repo_triggers: file.repo_triggers.unwrap_or(true),
         report_failures: file.report_failures.unwrap_or(true),
-        max_job_log: file
-            .max_job_log
-            .unwrap_or(crate::agent::log::DEFAULT_MAX_BYTES),
+        max_job_log: file.max_job_log.unwrap_or(DEFAULT_MAX_JOB_LOG),
         github: GithubConfig {
             api_url,
             bot_login: github_bot_login,

@@ -13,9 +13,6 @@ use tokio::sync::mpsc;
 
 use crate::store::LogStream;
 
-/// The default budget of one job's agent output in the log.
-pub const DEFAULT_MAX_BYTES: usize = 10 * 1024 * 1024;
-
 /// What each line costs besides its bytes (the store's row, the channel's slot).
 const LINE_OVERHEAD: usize = 64;
 

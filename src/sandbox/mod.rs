@@ -423,9 +423,29 @@ pub fn locate_program(argv0: &str, path: Option<&str>, cwd: &Path) -> Option<Pat
         .find(|candidate| candidate.is_file())
 }
 
-/// The folder to show read-only so that `program` can run: the folder holding the file it resolves to.
-pub fn program_folder(program: &Path) -> Option<PathBuf> {
-    real(program).parent().map(Path::to_owned)
+/// The folders to show read-only so that `program` (as located on PATH) can run: the folder it was found in
+/// (so it is found by name in the box too), and the folder holding the file it resolves to; for a program
+/// installed by npm (`node_modules/.bin/codex` is a link into its package) the outermost `node_modules`
+/// folder on the way, since a package needs its dependencies beside it.
+pub fn program_folders(program: &Path) -> Vec<PathBuf> {
+    let resolved = real(program);
+    let package_root = resolved
+        .ancestors()
+        .filter(|a| a.file_name() == Some(OsStr::new("node_modules")))
+        .last()
+        .map(Path::to_owned);
+    let mut folders: Vec<PathBuf> = package_root
+        .or_else(|| resolved.parent().map(Path::to_owned))
+        .into_iter()
+        .collect();
+    if let Some(found_in) = std::path::absolute(program)
+        .ok()
+        .and_then(|p| p.parent().map(real))
+        && !folders.iter().any(|f| found_in.starts_with(f))
+    {
+        folders.push(found_in);
+    }
+    folders
 }
 
 /// Runs a trivial program in a minimal box: Ok when bubblewrap can create its namespaces here, else the

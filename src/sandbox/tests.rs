@@ -113,7 +113,7 @@ fn a_program_next_to_the_config_runs_but_the_config_stays_masked() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    w.spec.read_only.push(program_folder(&program).unwrap());
+    w.spec.read_only.extend(program_folders(&program));
     let r = w.root.display();
     let script = format!(
         "{r}/etc/agent.sh; cat {r}/etc/nightshift.yml {r}/etc/app.pem 2>/dev/null; echo end"
@@ -238,4 +238,49 @@ fn a_shared_folder_above_hidden_ones_shows_neither_them_nor_the_secret_files() {
     let (ok, out) = run(&w.spec, &script);
     assert!(ok, "{out}");
     assert_eq!(out, "shared-visible\n0\nend\n");
+}
+
+#[test]
+fn an_npm_installed_program_in_a_hidden_place_runs_with_its_dependencies() {
+    // As `npm ci` lays out the agent CLIs: `.bin/tool` links into its package, which needs a sibling package.
+    // Here under /tmp (hidden in every box), as in a checkout that lives there.
+    let w = world();
+    let modules = w.root.join("clis/node_modules");
+    let write = |rel: &str, text: &str| {
+        let p = modules.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    write(
+        "tool/bin/tool.sh",
+        "#!/bin/sh\nhere=$(dirname \"$(readlink -f \"$0\")\")\n. \"$here/../../dep/lib.sh\"\nsay\n",
+    );
+    write(
+        "dep/lib.sh",
+        "say() { echo tool-and-its-dependency-ran; }\n",
+    );
+    std::fs::create_dir_all(modules.join(".bin")).unwrap();
+    std::os::unix::fs::symlink("../tool/bin/tool.sh", modules.join(".bin/tool")).unwrap();
+    let path = format!("{}:/usr/bin:/bin", modules.join(".bin").display());
+    let located = locate_program("tool", Some(&path), &w.spec.worktree).unwrap();
+    let mut spec = w.spec.clone();
+    spec.read_only.extend(program_folders(&located));
+    let argv = command_line(&spec, &["tool".into()]);
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text, "tool-and-its-dependency-ran\n");
+    // Only the packages came back, not the rest of the hidden place they live in.
+    let (_, out) = run(
+        &spec,
+        &format!("cat {}/etc/app.pem 2>/dev/null; echo end", w.root.display()),
+    );
+    assert_eq!(out, "end\n");
 }
