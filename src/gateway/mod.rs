@@ -146,6 +146,16 @@ impl Gateway {
         }
         let run = config.data_dir.join("run");
         create_private_dir(&run)?;
+        // A job's socket path must fit a unix socket's address: said now, not when a job starts.
+        let longest = run.join(format!("job-{}-ffffffff.sock", i64::MAX));
+        anyhow::ensure!(
+            longest.as_os_str().len() < 108,
+            "the data dir {} is too deep for the model gateway's sockets (a unix socket's path holds at most \
+             107 bytes, and {} would be {}): choose a shorter data_dir",
+            config.data_dir.display(),
+            longest.display(),
+            longest.as_os_str().len()
+        );
         // Sockets of jobs a stopped service ran (and of its versions that had one shared socket).
         for entry in
             std::fs::read_dir(&run).with_context(|| format!("reading {}", run.display()))?
