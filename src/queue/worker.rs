@@ -174,6 +174,7 @@ async fn report_failure(
         spec,
         store: &pipeline.store,
         client: client.as_ref(),
+        own_login: pipeline.config.github.bot_login.as_deref(),
     };
     // `reason` says what failed in a user's words; the details are in the job log.
     let body = crate::sink::texts::failure_comment(&spec.trigger, job.id, reason);
@@ -614,6 +615,7 @@ async fn run_in_worktree(
         spec,
         store: &pipeline.store,
         client,
+        own_login: pipeline.config.github.bot_login.as_deref(),
     };
     let output = match spec.output {
         OutputKind::Comment => {
