@@ -379,15 +379,40 @@ fn nonce() -> String {
     hex::encode(bytes)
 }
 
-/// The text of a value as a fence holds it.
+/// The text of a value as a fence holds it. A list or a map prints each string in it quoted and escaped
+/// (a newline as `\n`), which would hide a line-based construct (a link definition) from [`strip_hidden`]:
+/// so each string in it is stripped first.
 fn text_of(value: &Value) -> String {
     if value.is_none() || value.is_undefined() {
-        String::new()
-    } else {
-        value
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| value.to_string())
+        return String::new();
+    }
+    if let Some(s) = value.as_str() {
+        return s.to_owned();
+    }
+    match serde_json::to_value(value) {
+        Ok(mut json) if json.is_array() || json.is_object() => {
+            strip_strings(&mut json);
+            lazy_json(Arc::new(json)).to_string()
+        }
+        _ => value.to_string(),
+    }
+}
+
+/// Every string in `json` (keys too) with hidden content removed.
+fn strip_strings(json: &mut serde_json::Value) {
+    match json {
+        serde_json::Value::String(s) => *s = strip_hidden(s),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_strings),
+        serde_json::Value::Object(map) => {
+            *map = std::mem::take(map)
+                .into_iter()
+                .map(|(k, mut v)| {
+                    strip_strings(&mut v);
+                    (strip_hidden(&k), v)
+                })
+                .collect();
+        }
+        _ => {}
     }
 }
 
@@ -519,6 +544,30 @@ mod tests {
             "x = a < b > c",
         ] {
             assert_eq!(strip_hidden(code), code);
+        }
+    }
+
+    #[test]
+    fn strings_in_a_printed_list_or_map_are_stripped_before_they_are_quoted() {
+        let env = prompt_environment();
+        let body = "Fix it.\n[a]: <HIDDEN one>\n<a title=\"HIDDEN two\"></a><!-- HIDDEN three -->";
+        let ctx = minijinja::context! {
+            event => lazy_json(Arc::new(serde_json::json!({
+                "issue": {"body": body, "labels": [{"name": "bug\n[b]: <HIDDEN four>"}]}
+            }))),
+        };
+        for template in [
+            "{{ event.issue }}",
+            "{{ event.issue.labels }}",
+            "{{ [event.issue.body] }}",
+            "{{ event.issue | untrusted }}",
+        ] {
+            let out = render(&env, template, &ctx).unwrap();
+            assert!(
+                out.contains("Fix it.") || out.contains("bug"),
+                "{template}: {out}"
+            );
+            assert!(!out.contains("HIDDEN"), "{template}: {out}");
         }
     }
 
