@@ -26,7 +26,8 @@ async fn wait_for_start(spine: &Spine, n: usize) {
 /// A stranger pastes the hidden marker of the job working on their issue (job numbers count up, so it is
 /// easy to guess) into a comment of their own. When the service dies mid-job and the job runs again, the
 /// retry looks for what an earlier attempt posted: it must not take the stranger's comment for its own,
-/// which would silence its answer and record the stranger's comment as the job's output.
+/// which would silence its answer and record the stranger's comment as the job's output; nor a comment of
+/// its own account where another job's agent quoted the marker.
 #[tokio::test]
 async fn a_pasted_marker_does_not_pass_a_strangers_comment_off_as_the_jobs_answer() {
     let waiting = (
@@ -47,22 +48,24 @@ async fn a_pasted_marker_does_not_pass_a_strangers_comment_off_as_the_jobs_answe
         "stranger",
         &format!("Nothing to see here.\n<!-- nightshift:job:{job} -->"),
     );
+    // And the agent of another job on the issue quoted it in its answer, which nightshift posted.
+    spine.github.add_comment(
+        REPO,
+        1,
+        &format!("As asked: <!-- nightshift:job:{job} -->\n\n<sub>nightshift</sub>\n<!-- nightshift:job:999 -->"),
+    );
     std::fs::write(spine.gate.join("release"), "").unwrap();
     spine.start().await;
 
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     assert_eq!(jobs[0].attempts, 2, "the job ran again after the crash");
-    let comments = spine.wait_for_comments(2).await;
+    let comments = spine.wait_for_comments(3).await;
     let answer = comments
         .iter()
-        .find(|c| c.author == TOKEN_LOGIN)
+        .find(|c| c.body.starts_with("finished after the release"))
         .unwrap_or_else(|| panic!("the job's answer was not posted: {comments:#?}"));
-    assert!(
-        answer.body.starts_with("finished after the release"),
-        "{}",
-        answer.body
-    );
+    assert_eq!(answer.author, TOKEN_LOGIN);
     let output = spine
         .store()
         .await

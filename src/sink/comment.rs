@@ -37,7 +37,8 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
     // A previous attempt may have posted and died before recording it: look for our marker first, in
     // comments by nightshift's own account only. Anyone can paste the marker (it is hidden, and job numbers
     // count up), and a stranger's comment taken for the job's would silence its answer. When nightshift
-    // does not know its account, it posts again rather than trust a marker.
+    // does not know its account, it posts again rather than trust a marker. The marker must end the comment
+    // (it is the footer's last line): another job's agent could quote it in its own message.
     let mut existing = None;
     if ctx.attempt > 1
         && let Some(own) = ctx.own_login
@@ -50,7 +51,9 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
         loop {
             if let Some(c) = page.items.iter().find(|c| {
                 c.user.login.eq_ignore_ascii_case(own)
-                    && c.body.as_deref().is_some_and(|b| b.contains(&marker))
+                    && c.body
+                        .as_deref()
+                        .is_some_and(|b| b.trim_end().ends_with(&marker))
             }) {
                 existing = Some(c.html_url.to_string());
                 break;
