@@ -131,3 +131,82 @@ async fn instructions_hidden_in_markdown_and_html_never_reach_the_prompt() {
     );
     spine.assert_no_unexpected_calls();
 }
+
+/// Under a token, nightshift's comments are its user's, who is likely an owner. When the token's login
+/// cannot be learned at start, nightshift's own answer must still not set off a trigger that answers
+/// comments (an agent answering itself without end); an owner's ordinary comment still does.
+#[tokio::test]
+async fn without_knowing_its_login_nightshift_does_not_answer_its_own_comments() {
+    let answer = "on:\n  issue_comment:\n    types: [created]\nagent: reply\nprompt: answer\n";
+    let mut spine = Spine::new(Auth::Token, &[("answer.yml", answer)]).await;
+    spine.github.fail_next("users/get-authenticated", &[403]);
+    spine.start().await;
+    assert!(
+        spine
+            .server
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("could not learn the token's login"),
+        "the login stayed unknown"
+    );
+    let mut own: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issue_comment/created.json")).unwrap();
+    own["comment"]["user"]["login"] = TOKEN_LOGIN.into();
+    own["comment"]["author_association"] = "OWNER".into();
+    own["sender"]["login"] = TOKEN_LOGIN.into();
+    own["comment"]["body"] =
+        "Done.\n\n<sub>nightshift · trigger `answer` · job 1</sub>\n<!-- nightshift:job:1 -->"
+            .into();
+    assert_eq!(
+        spine
+            .deliver("issue_comment", "own-1", &serde_json::to_vec(&own).unwrap())
+            .await,
+        202
+    );
+    wait_matched(&spine, "own-1").await;
+    // An owner's ordinary comment still fires.
+    let mut owner = own.clone();
+    owner["comment"]["body"] = "Please look again.".into();
+    assert_eq!(
+        spine
+            .deliver(
+                "issue_comment",
+                "owner-1",
+                &serde_json::to_vec(&owner).unwrap()
+            )
+            .await,
+        202
+    );
+    wait_matched(&spine, "owner-1").await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].delivery_id.0, "owner-1");
+    assert_eq!(
+        spine.jobs().await.len(),
+        1,
+        "nightshift answered its own comment"
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+/// Waits until the service has matched `delivery` against its triggers.
+async fn wait_matched(spine: &Spine, delivery: &str) {
+    let url = format!(
+        "sqlite://{}/state/nightshift.db",
+        spine.dir.path().display()
+    );
+    let pool = sqlx::sqlite::SqlitePool::connect(&url).await.unwrap();
+    for _ in 0..600 {
+        let matched: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT matched_at FROM deliveries WHERE delivery_id = ?")
+                .bind(delivery)
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        if let Some(Some(_)) = matched {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("delivery {delivery} was never matched");
+}
