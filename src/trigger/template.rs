@@ -290,11 +290,11 @@ fn link_definitions() -> &'static regex_automata::meta::Regex {
     })
 }
 
-/// Removes Markdown link reference definitions (see [`link_definitions`]).
-fn strip_link_definitions(text: &str) -> String {
+/// `text` without what `pattern` finds.
+fn strip_matches(pattern: &regex_automata::meta::Regex, text: &str) -> String {
     let mut kept = String::with_capacity(text.len());
     let mut last = 0;
-    for m in link_definitions().find_iter(text) {
+    for m in pattern.find_iter(text) {
         kept.push_str(&text[last..m.start()]);
         last = m.end();
     }
@@ -317,7 +317,40 @@ pub fn strip_hidden(text: &str) -> String {
     }
     visible.push_str(rest);
     let shown: String = visible.chars().filter(|c| !is_hidden(*c)).collect();
-    strip_unseen_markup(&strip_link_definitions(&shown))
+    let shown = strip_matches(dropped_elements(), &shown);
+    strip_unseen_markup(&strip_matches(link_definitions(), &shown))
+}
+
+/// HTML elements GitHub's sanitizer drops with everything in them (`<style>`, `<script>`, `<noscript>`,
+/// `<textarea>`, `<svg>`, ...), up to their end tag or, unclosed, to the end of the text.
+fn dropped_elements() -> &'static regex_automata::meta::Regex {
+    static DROPPED: std::sync::OnceLock<regex_automata::meta::Regex> = std::sync::OnceLock::new();
+    DROPPED.get_or_init(|| {
+        const NAMES: [&str; 13] = [
+            "iframe",
+            "math",
+            "noembed",
+            "noframes",
+            "noscript",
+            "plaintext",
+            "script",
+            "select",
+            "style",
+            "svg",
+            "textarea",
+            "title",
+            "xmp",
+        ];
+        let pattern = NAMES
+            .iter()
+            .map(|n| format!(r"<{n}(?:[\s/][^>]*)?>[\s\S]*?(?:</{n}\s*>|\z)"))
+            .collect::<Vec<_>>()
+            .join("|");
+        regex_automata::meta::Regex::builder()
+            .syntax(regex_automata::util::syntax::Config::new().case_insensitive(true))
+            .build(&pattern)
+            .expect("the dropped elements pattern compiles")
+    })
 }
 
 /// Text a page shows only on hover or when an image fails to load: HTML attributes (`<a title="...">`,
@@ -537,6 +570,15 @@ mod tests {
         for (attack, seen) in attacks {
             assert_eq!(strip_hidden(attack), seen, "{attack:?}");
         }
+        // Elements GitHub drops with their content, closed or not.
+        assert_eq!(
+            strip_hidden(
+                "a<STYLE>HIDDEN</style >b<noscript x=1>HIDDEN</noscript>c<textarea>HIDDEN"
+            ),
+            "abc"
+        );
+        assert_eq!(strip_hidden("<svg><text>HIDDEN</text></svg>ok"), "ok");
+        assert_eq!(strip_hidden("a <selection> b"), "a <selection> b");
         // Code a reader sees is left alone.
         for code in [
             "fn f() -> Vec<String> { a<b && c>d }",
