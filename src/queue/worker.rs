@@ -174,6 +174,7 @@ async fn report_failure(
         spec,
         store: &pipeline.store,
         client: client.as_ref(),
+        own_login: pipeline.config.github.bot_login.as_deref(),
     };
     // `reason` says what failed in a user's words; the details are in the job log.
     let body = crate::sink::texts::failure_comment(&spec.trigger, job.id, reason);
@@ -575,13 +576,7 @@ async fn run_in_worktree(
     if let Some(failure) = outcome.failure {
         // A timeout or a limit is said as it is; any other failure (an exit status, an endpoint's answer) only
         // as "the agent failed", with the details in the log.
-        let public = if failure.starts_with("the agent ran out of time")
-            || failure.contains("reached the profile's")
-        {
-            failure.clone()
-        } else {
-            "the agent failed".to_owned()
-        };
+        let public = public_failure(&failure);
         return Err(anyhow!(failure).context(Failure::Agent(public)));
     }
     let result = result.map_err(|e| {
@@ -620,6 +615,7 @@ async fn run_in_worktree(
         spec,
         store: &pipeline.store,
         client,
+        own_login: pipeline.config.github.bot_login.as_deref(),
     };
     let output = match spec.output {
         OutputKind::Comment => {
@@ -644,4 +640,49 @@ async fn run_in_worktree(
     )
     .await;
     Ok(())
+}
+
+/// What of an agent's failure is said on GitHub: a timeout or a profile limit, which nightshift words
+/// itself, as it is; anything else (an exit status, an endpoint's or a CLI's error, whose text the model
+/// endpoint or the agent may have written) only as "the agent failed". The texts are matched whole, not
+/// searched for, so a failure that merely contains the words of a limit is not posted.
+fn public_failure(failure: &str) -> String {
+    const LIMITS: [&str; 2] = [
+        "Claude Code reached the profile's max_turns",
+        "Claude Code reached the profile's max_cost_usd",
+    ];
+    let timed_out = failure
+        .strip_prefix("the agent ran out of time after ")
+        .is_some_and(|d| humantime::parse_duration(d).is_ok());
+    if timed_out || LIMITS.contains(&failure) {
+        failure.to_owned()
+    } else {
+        "the agent failed".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod public_failure_tests {
+    use super::public_failure;
+
+    #[test]
+    fn only_nightshifts_own_words_for_a_limit_are_posted() {
+        for said in [
+            "the agent ran out of time after 10m",
+            "the agent ran out of time after 1h 30m",
+            "Claude Code reached the profile's max_turns",
+        ] {
+            assert_eq!(public_failure(said), said);
+        }
+        // Texts a hostile model endpoint or CLI output chooses, dressed up as a limit.
+        for hidden in [
+            "the model endpoint answered without a message (finish_reason: \"reached the profile's \
+             limit; internal gateway at http://10.0.0.5:8080\")",
+            "Claude Code failed (success): API Error: 400 reached the profile's budget /srv/nightshift",
+            "Codex failed: Claude Code reached the profile's max_turns",
+            "the agent ran out of time after 10m; also see /etc/nightshift/nightshift.yml",
+        ] {
+            assert_eq!(public_failure(hidden), "the agent failed", "{hidden}");
+        }
+    }
 }

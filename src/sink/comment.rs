@@ -34,20 +34,27 @@ pub async fn post(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
     };
     let api = client.api();
     let issues = api.issues(repo.owner(), repo.name());
-    // A previous attempt may have posted and died before recording it: look for our marker first.
+    // A previous attempt may have posted and died before recording it: look for our marker first, in
+    // comments by nightshift's own account only. Anyone can paste the marker (it is hidden, and job numbers
+    // count up), and a stranger's comment taken for the job's would silence its answer. When nightshift
+    // does not know its account, it posts again rather than trust a marker. The marker must end the comment
+    // (it is the footer's last line): another job's agent could quote it in its own message.
     let mut existing = None;
-    if ctx.attempt > 1 {
+    if ctx.attempt > 1
+        && let Some(own) = ctx.own_login
+    {
         let marker = texts::marker(ctx.job);
         let mut page = with_retry("listing the issue's comments", || {
             issues.list_comments(number).per_page(100).send()
         })
         .await?;
         loop {
-            if let Some(c) = page
-                .items
-                .iter()
-                .find(|c| c.body.as_deref().is_some_and(|b| b.contains(&marker)))
-            {
+            if let Some(c) = page.items.iter().find(|c| {
+                c.user.login.eq_ignore_ascii_case(own)
+                    && c.body
+                        .as_deref()
+                        .is_some_and(|b| b.trim_end().ends_with(&marker))
+            }) {
                 existing = Some(c.html_url.to_string());
                 break;
             }

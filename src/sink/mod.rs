@@ -24,6 +24,9 @@ pub struct SinkContext<'a> {
     pub store: &'a Arc<dyn Store>,
     /// None in a dry run (no GitHub credentials): results are logged and recorded, not posted.
     pub client: Option<&'a RepoClient>,
+    /// nightshift's own GitHub login (`github.bot_login`, or learned at start), when known: only its
+    /// comments count as what an earlier attempt posted.
+    pub own_login: Option<&'a str>,
 }
 
 impl SinkContext<'_> {

@@ -479,9 +479,23 @@ fn check_schedule(trigger: &Trigger, event: &Event) -> Result<Option<template::C
 /// request that set it off. The marker nightshift puts in what it posts does not count here: anyone can
 /// paste it into their own comment (to silence triggers), and text nightshift's account wrote is known
 /// by its author.
+///
+/// When nightshift does not know its account (it could not be learned at start), the marker is all it
+/// has, and it counts: under a token, nightshift's comments are its user's, who is likely trusted, and an
+/// agent answering comments would answer its own without end. A pasted marker then silences only the
+/// event of whoever pasted it.
 fn is_from_nightshift(event: &Event, bot_login: Option<&str>) -> bool {
     let Some(bot) = bot_login else {
-        return false;
+        // The text the event's author wrote: a comment or review, or an issue or pull request opened.
+        let payload = &event.payload;
+        let written = match event.body() {
+            Some(body) => Some(body),
+            None if event.action.as_deref() == Some("opened") => payload["pull_request"]["body"]
+                .as_str()
+                .or(payload["issue"]["body"].as_str()),
+            None => None,
+        };
+        return written.is_some_and(|t| t.contains(crate::sink::texts::MARKER_PREFIX));
     };
     event
         .principals()

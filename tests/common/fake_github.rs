@@ -28,6 +28,8 @@ pub struct Comment {
     pub repo: String,
     pub number: u64,
     pub body: String,
+    /// Who posted it: nightshift's own account ([`TOKEN_LOGIN`], or the App's bot) or someone else.
+    pub author: String,
 }
 
 #[derive(Clone, Debug)]
@@ -225,8 +227,14 @@ impl FakeGitHub {
         );
     }
 
-    /// Adds a comment as if someone had posted it (for tests of what nightshift finds).
+    /// Adds a comment as if nightshift's own account had posted it (for tests of what nightshift finds).
     pub fn add_comment(&self, repo: &str, number: u64, body: &str) {
+        let own = self.inner.own_login();
+        self.add_comment_by(repo, number, &own, body);
+    }
+
+    /// Adds a comment as if `author` had posted it.
+    pub fn add_comment_by(&self, repo: &str, number: u64, author: &str, body: &str) {
         let mut state = self.inner.state.lock().unwrap();
         state.next_id += 1;
         let id = state.next_id;
@@ -235,6 +243,7 @@ impl FakeGitHub {
             repo: repo.to_owned(),
             number,
             body: body.to_owned(),
+            author: author.to_owned(),
         });
     }
 
@@ -338,9 +347,21 @@ impl Inner {
             "https://api.github.com/repos/{}/issues/{}",
             c.repo, c.number
         ));
-        v["user"]["login"] = json!("nightshift[bot]");
-        v["user"]["type"] = json!("Bot");
+        v["user"]["login"] = json!(c.author);
+        v["user"]["type"] = json!(if c.author.ends_with("[bot]") {
+            "Bot"
+        } else {
+            "User"
+        });
         v
+    }
+
+    /// The account nightshift posts as: the token's user, or the App's bot.
+    fn own_login(&self) -> String {
+        match self.auth {
+            ExpectedAuth::Token(_) => TOKEN_LOGIN.to_owned(),
+            ExpectedAuth::App { .. } => "nightshift-test[bot]".to_owned(),
+        }
     }
 
     fn pull_json(&self, p: &Pull, example: &str) -> Value {
@@ -499,6 +520,7 @@ async fn handle(
                     repo: repo(),
                     number: params["issue_number"].parse().unwrap(),
                     body: text.to_owned(),
+                    author: inner.own_login(),
                 };
                 state.comments.push(comment.clone());
                 comment
