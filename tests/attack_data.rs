@@ -402,10 +402,17 @@ async fn a_job_longer_than_its_token_lives_delivers_and_pushes_with_a_fresh_scop
     ));
     start_triggers(&spine, &[on_issue("slow", "pull_request", "")]);
     spine.github.set_token_life(Duration::from_secs(3));
+    // The remote over smart HTTP, as GitHub's: git's own requests must carry a live token.
+    let remote =
+        common::git_http::GitHttp::start(spine.dir.path().to_owned(), spine.github.clone()).await;
     spine.start().await;
-    spine
-        .deliver_example("issues", "slow-1", "issues/opened.json")
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issues/opened.json")).unwrap();
+    payload["repository"]["clone_url"] = format!("{}/remote.git", remote.url).into();
+    let status = spine
+        .deliver("issues", "slow-1", &serde_json::to_vec(&payload).unwrap())
         .await;
+    assert_eq!(status, 202);
     let jobs = spine.wait_for_finished_jobs(1).await;
     let log = spine.job_log(jobs[0].id).await;
     assert_eq!(
@@ -416,6 +423,23 @@ async fn a_job_longer_than_its_token_lives_delivers_and_pushes_with_a_fresh_scop
     );
     // Every call the fake refused (an expired token) would be here.
     spine.assert_no_unexpected_calls();
+    // git's own requests: the fetch at the start and the push after the agent, each with a live token (the
+    // job's first token had expired by the time of the push).
+    let requests = remote.requests();
+    assert!(
+        requests.iter().all(|r| r.accepted),
+        "git presented a dead token: {requests:#?}"
+    );
+    let pushes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.service == "git-receive-pack")
+        .collect();
+    assert!(!pushes.is_empty(), "{requests:#?}");
+    let first = requests[0].token.clone();
+    assert!(
+        pushes.iter().all(|p| p.token != first),
+        "the push used a token minted after the agent ended: {requests:#?}"
+    );
     assert_eq!(spine.github.pulls().len(), 1);
     // Every token the job used was for Hello-World only, with what a pull request needs.
     let scoped: Vec<_> = spine

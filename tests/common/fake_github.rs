@@ -210,6 +210,16 @@ impl FakeGitHub {
         self.inner.state.lock().unwrap().token_life = Some(life);
     }
 
+    /// Whether `token` is an installation token this fake minted that has not expired yet.
+    pub fn token_is_live(&self, token: &str) -> bool {
+        let state = self.inner.state.lock().unwrap();
+        state.installation_tokens.iter().any(|t| t == token)
+            && state
+                .token_expiry
+                .get(token)
+                .is_none_or(|end| SystemTime::now() < *end)
+    }
+
     /// Sets a user's permission on a repository (`admin`, `write`, `read`, `none`).
     pub fn set_permission(&self, repo: &str, login: &str, permission: &str) {
         self.inner.state.lock().unwrap().permissions.insert(
