@@ -4,15 +4,17 @@
 //! The gateway tests run it in-process against a recording upstream, as an agent holding a job token would
 //! use it.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::Response;
-use nightshift::config::{Config, ConfigSource};
-use nightshift::gateway::{Gateway, JobAccess};
-use nightshift::ids::JobId;
+use common::gateway::open;
+use nightshift::config::Config;
+use nightshift::gateway::Gateway;
 use serde_json::Value;
 
 const REAL_KEY: &str = "sk-real-adv1-secret";
@@ -44,38 +46,11 @@ async fn start_upstream(bodies: Bodies) -> String {
 
 /// The gateway in-process: `capped` has a dollar limit, `free` none; only `gpt-5.5` has a price.
 async fn gateway(upstream: &str) -> (tempfile::TempDir, Config, Arc<Gateway>) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display();
-    let path = dir.path().join("nightshift.yml");
-    std::fs::write(
-        &path,
-        format!(
-            "store: sqlite://{root}/ns.db\ndata_dir: {root}/data\n\
-             agents:\n  capped: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}, max_cost_usd: 5}}\n  \
-             free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n\
-             gateway:\n  prices:\n    gpt-5.5: {{input: 1.0, output: 2.0}}\n"
-        ),
-    )
-    .unwrap();
-    let none = |_: &str| None;
-    let config = Config::load(&ConfigSource {
-        path: &path,
-        required: true,
-        env: &none,
-    })
-    .unwrap();
-    let store = nightshift::store::open(&config.store).await.unwrap();
-    let env = |name: &str| (name == "REAL").then(|| REAL_KEY.to_owned());
-    let gateway = Gateway::start(&config, store, &env).await.unwrap();
-    (dir, config, gateway)
-}
-
-async fn open(gateway: &Arc<Gateway>, config: &Config, profile: &str, job: i64) -> JobAccess {
-    gateway
-        .open(JobId(job), "o/r", profile, &config.agents[profile])
-        .await
-        .unwrap()
-        .expect("a model backend gets access")
+    let agents = format!(
+        "  capped: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}, max_cost_usd: 5}}\n\
+         \x20 free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n"
+    );
+    common::gateway::start(&agents, REAL_KEY).await
 }
 
 /// Posts `body` as it is (raw bytes) to the gateway's Responses route with `token`.

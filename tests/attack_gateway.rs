@@ -19,11 +19,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use common::gateway::open;
 use common::model_server::{ChatReply, ModelServer, Step};
 use common::{Auth, Spine, path_with_agent_clis};
-use nightshift::config::{Config, ConfigSource};
-use nightshift::gateway::{Gateway, JobAccess};
-use nightshift::ids::JobId;
+use nightshift::config::Config;
+use nightshift::gateway::Gateway;
 use nightshift::store::JobState;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
@@ -142,40 +142,13 @@ async fn start_upstream(up: Upstream) -> String {
 /// The gateway in-process, with codex profiles (`coder` with max_tokens, `free` without) and a claude profile
 /// (`writer`) whose upstream is `upstream`.
 async fn gateway(upstream: &str) -> (tempfile::TempDir, Config, Arc<Gateway>) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().display();
-    let path = dir.path().join("nightshift.yml");
-    std::fs::write(
-        &path,
-        format!(
-            "store: sqlite://{root}/ns.db\ndata_dir: {root}/data\n\
-             agents:\n  coder: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}, max_tokens: 2000}}\n  \
-             writer: {{claude: {{base_url: '{upstream}', api_key_env: REAL}}}}\n  \
-             free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n  \
-             fetcher: {{command: ['true'], egress: [localhost, '*.allowed.test']}}\n\
-             gateway:\n  prices:\n    gpt-5.5: {{input: 1.0, output: 2.0}}\n"
-        ),
-    )
-    .unwrap();
-    let none = |_: &str| None;
-    let config = Config::load(&ConfigSource {
-        path: &path,
-        required: true,
-        env: &none,
-    })
-    .unwrap();
-    let store = nightshift::store::open(&config.store).await.unwrap();
-    let env = |name: &str| (name == "REAL").then(|| REAL_KEY.to_owned());
-    let gateway = Gateway::start(&config, store, &env).await.unwrap();
-    (dir, config, gateway)
-}
-
-async fn open(gateway: &Arc<Gateway>, config: &Config, profile: &str, job: i64) -> JobAccess {
-    gateway
-        .open(JobId(job), "o/r", profile, &config.agents[profile])
-        .await
-        .unwrap()
-        .expect("a model backend gets access")
+    let agents = format!(
+        "  coder: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}, max_tokens: 2000}}\n\
+         \x20 writer: {{claude: {{base_url: '{upstream}', api_key_env: REAL}}}}\n\
+         \x20 free: {{codex: {{model: gpt-5.5, base_url: '{upstream}/v1', api_key_env: REAL}}}}\n\
+         \x20 fetcher: {{command: ['true'], egress: [localhost, '*.allowed.test']}}\n"
+    );
+    common::gateway::start(&agents, REAL_KEY).await
 }
 
 fn client() -> reqwest::Client {

@@ -718,25 +718,8 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         );
     };
     if metered && let Some(reason) = gateway.over_limit(&grant).await {
-        let first = {
-            let mut spent = grant.spent.lock().expect("spent lock");
-            let first = spent.refused.is_none();
-            spent.refused.get_or_insert_with(|| reason.clone());
-            first
-        };
-        if first {
-            gateway
-                .log(
-                    grant.job,
-                    format!("gateway: refused a model request: {reason}"),
-                )
-                .await;
-        }
-        return refuse(
-            wire,
-            StatusCode::PAYMENT_REQUIRED,
-            &format!("nightshift: {reason}"),
-        );
+        return refuse_and_record(&gateway, &grant, wire, StatusCode::PAYMENT_REQUIRED, reason)
+            .await;
     }
     let Some(open) = InFlight::enter(&grant) else {
         return refuse(
@@ -768,27 +751,35 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
         Err(_) => (body, None),
     };
     if metered && let Some(reason) = gateway.unpriced(&grant, model.as_deref()) {
-        let first = {
-            let mut spent = grant.spent.lock().expect("spent lock");
-            let first = spent.refused.is_none();
-            spent.refused.get_or_insert_with(|| reason.clone());
-            first
-        };
-        if first {
-            gateway
-                .log(
-                    grant.job,
-                    format!("gateway: refused a model request: {reason}"),
-                )
-                .await;
-        }
-        return refuse(
-            wire,
-            StatusCode::BAD_REQUEST,
-            &format!("nightshift: {reason}"),
-        );
+        return refuse_and_record(&gateway, &grant, wire, StatusCode::BAD_REQUEST, reason).await;
     }
     forward(gateway, grant, open, &parts, body, model, metered).await
+}
+
+/// Refuses a model request for a reason the job fails with: the first such reason is kept for the job (and
+/// said once in its log), every refusal reaches the agent in its provider's error shape.
+async fn refuse_and_record(
+    gateway: &Gateway,
+    grant: &Grant,
+    wire: Wire,
+    status: StatusCode,
+    reason: String,
+) -> Response {
+    let first = {
+        let mut spent = grant.spent.lock().expect("spent lock");
+        let first = spent.refused.is_none();
+        spent.refused.get_or_insert_with(|| reason.clone());
+        first
+    };
+    if first {
+        gateway
+            .log(
+                grant.job,
+                format!("gateway: refused a model request: {reason}"),
+            )
+            .await;
+    }
+    refuse(wire, status, &format!("nightshift: {reason}"))
 }
 
 /// One open model request of a job, counted until it is dropped (however the request ends: answered,

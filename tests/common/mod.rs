@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod gateway;
 pub mod git_http;
 pub mod model_server;
 
