@@ -291,6 +291,9 @@ fn default_agent_timeout() -> Duration {
     Duration::from_secs(10 * 60)
 }
 
+/// The agent profiles triggers may name, with their backend (`command`, `codex`, `claude`, `openai`).
+pub type AgentKinds = BTreeMap<String, &'static str>;
+
 /// The default budget of one job's agent output in the log (`max_job_log`).
 pub const DEFAULT_MAX_JOB_LOG: usize = 10 * 1024 * 1024;
 
@@ -416,7 +419,7 @@ impl Config {
     }
 
     /// The agent profiles' names and backends, for checking triggers.
-    pub fn agent_kinds(&self) -> crate::trigger::load::AgentKinds {
+    pub fn agent_kinds(&self) -> AgentKinds {
         self.agents
             .iter()
             .map(|(name, profile)| (name.clone(), profile.backend.kind()))

@@ -190,9 +190,38 @@ pub fn register_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) {
     }
 }
 
+/// `line` with every control character but tab shown as a visible escape (`\x1b` as `\u{1b}`), so an
+/// agent's ANSI or OSC sequences never reach the terminal of an operator reading the log (`nightshift jobs`).
+pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_sent_to_the_terminal() {
+        assert_eq!(
+            printable("\x1b]0;pwned\x07red\x1b[31m\tok é"),
+            "\\u{1b}]0;pwned\\u{7}red\\u{1b}[31m\tok é"
+        );
+        assert!(matches!(
+            printable("plain\tline"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn known_values_are_redacted_longest_first() {

@@ -24,23 +24,6 @@ pub fn cut_line(max: usize) -> String {
     )
 }
 
-/// `line` with every control character but tab shown as a visible escape (`\x1b` as `\u{1b}`), so an
-/// agent's ANSI or OSC sequences never reach the terminal of an operator reading the log (`nightshift jobs`).
-pub fn printable(line: &str) -> std::borrow::Cow<'_, str> {
-    if !line.chars().any(|c| c.is_control() && c != '\t') {
-        return std::borrow::Cow::Borrowed(line);
-    }
-    let mut out = String::with_capacity(line.len() + 8);
-    for c in line.chars() {
-        if c.is_control() && c != '\t' {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 /// The sending side of a job's log; cheap to clone (every stream of the agent has one).
 #[derive(Clone, Debug)]
 pub struct JobLog {
@@ -118,18 +101,6 @@ mod tests {
         assert_eq!(got[5], (LogStream::Nightshift, cut_line(1000)));
         let queued: usize = got.iter().map(|(_, l)| l.len()).sum();
         assert!(queued < 1000 + 200);
-    }
-
-    #[test]
-    fn control_characters_are_shown_not_sent_to_the_terminal() {
-        assert_eq!(
-            printable("\x1b]0;pwned\x07red\x1b[31m\tok é"),
-            "\\u{1b}]0;pwned\\u{7}red\\u{1b}[31m\tok é"
-        );
-        assert!(matches!(
-            printable("plain\tline"),
-            std::borrow::Cow::Borrowed(_)
-        ));
     }
 
     #[test]

@@ -12,7 +12,6 @@ use tokio::sync::Mutex;
 
 use crate::config::{GithubAuth, GithubConfig};
 use crate::ids::{InstallationId, RepoName};
-use crate::trigger::OutputKind;
 
 /// An authenticated client for one repository's installation, and the token git pushes with.
 ///
@@ -51,32 +50,6 @@ struct Scope {
 pub struct Permissions(pub std::collections::BTreeMap<&'static str, &'static str>);
 
 impl Permissions {
-    /// What a job with `output` needs: it reads the repository (contents, metadata), and writes only what
-    /// its output creates: `contents` for a branch (pull_request), pull requests for a pull request or a
-    /// review, issues for a comment or an issue (comments on pull requests are issue comments), checks for
-    /// a check run. Failure notes are comments, so every output that is about an issue or a pull request
-    /// may write one.
-    pub fn for_output(output: OutputKind) -> Permissions {
-        let mut p = std::collections::BTreeMap::new();
-        p.insert("metadata", "read");
-        p.insert("contents", "read");
-        p.insert("issues", "write");
-        match output {
-            OutputKind::PullRequest => {
-                p.insert("contents", "write");
-                p.insert("pull_requests", "write");
-            }
-            OutputKind::Review => {
-                p.insert("pull_requests", "write");
-            }
-            OutputKind::CheckRun => {
-                p.insert("checks", "write");
-            }
-            OutputKind::Comment | OutputKind::Issue => {}
-        }
-        Permissions(p)
-    }
-
     /// `contents: write, issues: write, ...`, for the job log.
     pub fn describe(&self) -> String {
         self.0
@@ -309,14 +282,14 @@ impl GitHub {
     }
 
     /// A job's client: under App auth, with a token minted for the job, for `repo` only and the permissions
-    /// `output` needs ([`Permissions::for_output`]), minted again when it nears its end
+    /// `permissions` (what the job's output needs: `sink::permissions`), minted again when it nears its end
     /// ([`RepoClient::refresh`]); with a configured token, that token (a personal token cannot be scoped).
     /// None in a dry run. The second value is a line for the job log.
     pub async fn job_client(
         &self,
         installation: Option<InstallationId>,
         repo: &RepoName,
-        output: OutputKind,
+        permissions: Permissions,
     ) -> Result<Option<(RepoClient, String)>> {
         match &self.auth {
             Auth::None => Ok(None),
@@ -335,7 +308,7 @@ impl GitHub {
                     app: app.clone(),
                     installation,
                     repo: repo.clone(),
-                    permissions: Permissions::for_output(output),
+                    permissions,
                     minting: Mutex::new(()),
                 };
                 let current = scope.mint().await?;
@@ -446,35 +419,5 @@ where
             }
             Err(e) => return Err(describe(e).context(what.to_owned())),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_job_token_carries_only_what_its_output_needs() {
-        let p = |o| Permissions::for_output(o).describe();
-        assert_eq!(
-            p(OutputKind::Comment),
-            "contents: read, issues: write, metadata: read"
-        );
-        assert_eq!(
-            p(OutputKind::Issue),
-            "contents: read, issues: write, metadata: read"
-        );
-        assert_eq!(
-            p(OutputKind::PullRequest),
-            "contents: write, issues: write, metadata: read, pull_requests: write"
-        );
-        assert_eq!(
-            p(OutputKind::Review),
-            "contents: read, issues: write, metadata: read, pull_requests: write"
-        );
-        assert_eq!(
-            p(OutputKind::CheckRun),
-            "checks: write, contents: read, issues: write, metadata: read"
-        );
     }
 }

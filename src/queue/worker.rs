@@ -164,7 +164,7 @@ async fn report_failure(
         .job_client(
             spec.installation,
             &spec.repo,
-            crate::trigger::OutputKind::Comment,
+            crate::sink::permissions(crate::trigger::OutputKind::Comment),
         )
         .await?
         .map(|(client, _)| client);
@@ -218,7 +218,11 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> R
     // A token for this job: its one repository, the permissions its output needs (App auth).
     let (client, access) = match pipeline
         .github
-        .job_client(spec.installation, &spec.repo, spec.output)
+        .job_client(
+            spec.installation,
+            &spec.repo,
+            crate::sink::permissions(spec.output),
+        )
         .await
         .context(Failure::Prepare)?
     {

@@ -10,10 +10,11 @@ pub mod texts;
 use std::sync::Arc;
 
 use crate::agent::git::GitAuth;
-use crate::github::RepoClient;
+use crate::github::{Permissions, RepoClient};
 use crate::ids::JobId;
 use crate::queue::JobSpec;
 use crate::store::{LogStream, Output, Store};
+use crate::trigger::OutputKind;
 use anyhow::Result;
 
 /// What a sink needs to deliver one job's result.
@@ -67,5 +68,61 @@ impl SinkContext<'_> {
             .append_log(self.job, LogStream::Nightshift, &lines)
             .await?;
         self.record(kind, key, None).await
+    }
+}
+
+/// What a job with `output` needs: it reads the repository (contents, metadata), and writes only what
+/// its output creates: `contents` for a branch (pull_request), pull requests for a pull request or a
+/// review, issues for a comment or an issue (comments on pull requests are issue comments), checks for
+/// a check run. Failure notes are comments, so every output that is about an issue or a pull request
+/// may write one.
+pub fn permissions(output: OutputKind) -> Permissions {
+    let mut p = std::collections::BTreeMap::new();
+    p.insert("metadata", "read");
+    p.insert("contents", "read");
+    p.insert("issues", "write");
+    match output {
+        OutputKind::PullRequest => {
+            p.insert("contents", "write");
+            p.insert("pull_requests", "write");
+        }
+        OutputKind::Review => {
+            p.insert("pull_requests", "write");
+        }
+        OutputKind::CheckRun => {
+            p.insert("checks", "write");
+        }
+        OutputKind::Comment | OutputKind::Issue => {}
+    }
+    Permissions(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_token_carries_only_what_its_output_needs() {
+        let p = |o| permissions(o).describe();
+        assert_eq!(
+            p(OutputKind::Comment),
+            "contents: read, issues: write, metadata: read"
+        );
+        assert_eq!(
+            p(OutputKind::Issue),
+            "contents: read, issues: write, metadata: read"
+        );
+        assert_eq!(
+            p(OutputKind::PullRequest),
+            "contents: write, issues: write, metadata: read, pull_requests: write"
+        );
+        assert_eq!(
+            p(OutputKind::Review),
+            "contents: read, issues: write, metadata: read, pull_requests: write"
+        );
+        assert_eq!(
+            p(OutputKind::CheckRun),
+            "checks: write, contents: read, issues: write, metadata: read"
+        );
     }
 }

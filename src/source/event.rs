@@ -584,6 +584,35 @@ impl Event {
     }
 }
 
+/// The payload of a scheduled tick: what GitHub's `schedule` event carries (the cron), plus the repository
+/// and installation so the job knows where to work.
+pub fn schedule_payload(
+    cron: &str,
+    timezone: &str,
+    repo: &crate::store::KnownRepo,
+    installation: Option<i64>,
+) -> serde_json::Value {
+    let (owner, name) = repo
+        .full_name
+        .split_once('/')
+        .unwrap_or((&repo.full_name, ""));
+    let mut v = serde_json::json!({
+        "schedule": cron,
+        "timezone": timezone,
+        "repository": {
+            "full_name": repo.full_name,
+            "name": name,
+            "owner": { "login": owner },
+            "clone_url": repo.clone_url,
+            "default_branch": repo.default_branch,
+        },
+    });
+    if let Some(id) = installation.or(repo.installation_id) {
+        v["installation"] = serde_json::json!({ "id": id });
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

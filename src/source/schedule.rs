@@ -9,37 +9,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 use jiff::Timestamp;
-use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::ids::DeliveryId;
 use crate::queue::Pipeline;
 use crate::store::{Inserted, KnownRepo, NewDelivery};
 use crate::trigger::Schedule;
-
-/// The payload of a scheduled tick: what GitHub's `schedule` event carries (the cron), plus the repository
-/// and installation so the job knows where to work.
-pub fn payload(cron: &str, timezone: &str, repo: &KnownRepo, installation: Option<i64>) -> Value {
-    let (owner, name) = repo
-        .full_name
-        .split_once('/')
-        .unwrap_or((&repo.full_name, ""));
-    let mut v = json!({
-        "schedule": cron,
-        "timezone": timezone,
-        "repository": {
-            "full_name": repo.full_name,
-            "name": name,
-            "owner": { "login": owner },
-            "clone_url": repo.clone_url,
-            "default_branch": repo.default_branch,
-        },
-    });
-    if let Some(id) = installation.or(repo.installation_id) {
-        v["installation"] = json!({ "id": id });
-    }
-    v
-}
 
 /// The repository a schedule names, as nightshift knows it from deliveries, or as GitHub would serve it.
 fn known_or_assumed(name: &str, known: &BTreeMap<String, KnownRepo>, api_url: &str) -> KnownRepo {
@@ -138,7 +113,8 @@ async fn store_tick(
     repo: &KnownRepo,
     tick: Timestamp,
 ) -> Result<bool> {
-    let body = payload(&schedule.cron, &schedule.timezone, repo, None);
+    let body =
+        crate::source::event::schedule_payload(&schedule.cron, &schedule.timezone, repo, None);
     let delivery = NewDelivery {
         delivery_id: DeliveryId(format!(
             "schedule:{}:{}:{}",

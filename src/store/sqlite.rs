@@ -346,7 +346,7 @@ impl Store for SqliteStore {
         for line in lines {
             // Known secrets never reach the log (crate::redact), nor do terminal escapes.
             let line = crate::redact::redact(line);
-            let line = crate::agent::log::printable(&line);
+            let line = crate::redact::printable(&line);
             sqlx::query("INSERT INTO job_logs (job_id, at, stream, line) VALUES (?, ?, ?, ?)")
                 .bind(job.0)
                 .bind(now)

@@ -1,6 +1,6 @@
 //! Loading trigger files: every problem in every file, each with its file, line, column and a hint.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use minijinja::Environment;
@@ -52,8 +52,7 @@ pub fn trigger_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
 
 /// Loads and checks trigger files. `agents` are the profile names a trigger may use; `None` skips that
 /// check (no service config at hand).
-/// The agent profiles triggers may name, with their backend (`command`, `codex`, `claude`, `openai`).
-pub type AgentKinds = BTreeMap<String, &'static str>;
+pub use crate::config::AgentKinds;
 
 pub fn load(paths: &[PathBuf], agents: Option<&AgentKinds>) -> Loaded {
     let files = match trigger_files(paths) {

@@ -2,6 +2,7 @@
 //! ([`TriggerSet::evaluate`]): each filter in GitHub's order, and for a trigger that does not fire, the
 //! first filter that stopped it.
 
+pub mod job;
 pub mod load;
 pub mod model;
 pub mod pattern;
@@ -18,8 +19,8 @@ use std::time::Duration;
 
 use minijinja::{Environment, Value};
 
-use crate::queue::JobSpec;
 use crate::source::event::Event;
+pub use job::JobSpec;
 pub use model::{EventKind, Forks, OutputKind, OutputOptions, OutputSpec, Skills};
 use pattern::PatternList;
 pub use schedule::Schedule;

@@ -262,7 +262,8 @@ pub fn parsed() -> &'static [(&'static str, &'static str, crate::source::event::
                     .map(|parsed| (*event, *action, parsed))
             })
             .collect();
-        let tick = crate::source::schedule::payload("0 3 * * 1-5", "UTC", &SCHEDULE_REPO, Some(1));
+        let tick =
+            crate::source::event::schedule_payload("0 3 * * 1-5", "UTC", &SCHEDULE_REPO, Some(1));
         if let Ok(event) = crate::source::event::Event::from_value("schedule", tick) {
             parsed.push(("schedule", "", event));
         }
