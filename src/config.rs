@@ -55,6 +55,55 @@ struct ConfigFile {
     /// Spending limits beyond a job's own.
     #[serde(default)]
     budgets: crate::gateway::config::BudgetsFile,
+    /// The address people reach nightshift at (behind its reverse proxy), e.g. `https://nightshift.example`:
+    /// progress comments link to the job's page there.
+    public_url: Option<String>,
+    /// How a job that met a transient failure (GitHub down, a fetch that failed) is tried again.
+    #[serde(default)]
+    retry: RetryFile,
+    /// The most jobs one repository starts in an hour (default 100); past it its jobs wait.
+    max_jobs_per_hour: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    /// How many times a job is put back to wait before it fails (default 10).
+    max: Option<u32>,
+    /// The first wait; each next one doubles, up to 30 minutes (default 30s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    backoff: Option<Duration>,
+}
+
+/// How jobs that met a transient failure are tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max: u32,
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The longest wait between two tries.
+    pub const MAX_WAIT: Duration = Duration::from_secs(30 * 60);
+
+    /// The wait before try `retries + 1` (`retries` waits so far): backoff, doubled each time, capped; at
+    /// least what GitHub asked for.
+    pub fn wait(&self, retries: u32, asked: Option<Duration>) -> Duration {
+        let doubled = self
+            .backoff
+            .saturating_mul(1u32 << retries.min(16))
+            .min(Self::MAX_WAIT);
+        asked.map_or(doubled, |a| a.max(doubled))
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max: 10,
+            backoff: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +123,9 @@ struct GithubFile {
     /// nightshift's login on GitHub (a GitHub App's is `SLUG[bot]`); events it causes never fire triggers
     /// unless they opt in. nightshift also recognises its own comments by their hidden marker.
     bot_login: Option<String>,
+    /// The longest one call to GitHub may take, end to end (default 30s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,6 +409,8 @@ pub enum GithubAuth {
 #[derive(Clone, Debug)]
 pub struct GithubConfig {
     pub api_url: String,
+    /// The longest one call may take.
+    pub timeout: Duration,
     pub bot_login: Option<String>,
     pub auth: GithubAuth,
     pub webhook_secrets: Vec<SecretString>,
@@ -384,6 +438,11 @@ pub struct Config {
     pub gateway: crate::gateway::config::GatewayConfig,
     /// Files no agent may read: the config file and the App key file (hidden in every box).
     pub secret_files: Vec<PathBuf>,
+    /// Where people reach nightshift (links in progress comments), without a trailing slash.
+    pub public_url: Option<String>,
+    pub retry: RetryPolicy,
+    /// The most jobs one repository starts in an hour.
+    pub max_jobs_per_hour: u32,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -501,6 +560,7 @@ fn resolve(
 
     let github = file.github;
     let github_bot_login = github.bot_login.clone();
+    let github_timeout = github.timeout.unwrap_or(Duration::from_secs(30));
     let api_url = env("NIGHTSHIFT_GITHUB_API_URL")
         .or(github.api_url)
         .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
@@ -651,6 +711,7 @@ fn resolve(
         max_job_log: file.max_job_log.unwrap_or(DEFAULT_MAX_JOB_LOG),
         github: GithubConfig {
             api_url,
+            timeout: github_timeout,
             bot_login: github_bot_login,
             auth,
             webhook_secrets,
@@ -659,6 +720,15 @@ fn resolve(
         agents,
         gateway,
         secret_files,
+        public_url: file
+            .public_url
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .filter(|u| !u.is_empty()),
+        retry: RetryPolicy {
+            max: file.retry.max.unwrap_or(RetryPolicy::default().max),
+            backoff: file.retry.backoff.unwrap_or(RetryPolicy::default().backoff),
+        },
+        max_jobs_per_hour: file.max_jobs_per_hour.unwrap_or(100).max(1),
     })
 }
 

@@ -371,7 +371,11 @@ async fn update_mirror(
                 "--no-write-fetch-head",
                 "--end-of-options",
                 &url,
-                "+refs/*:refs/*",
+                // Not `refs/*`: `--prune` would delete nightshift's own refs (`refs/nightshift/job-N`, the
+                // commits jobs made and have yet to push).
+                "+refs/heads/*:refs/heads/*",
+                "+refs/tags/*:refs/tags/*",
+                "+refs/pull/*:refs/pull/*",
             ])
             .auth(auth)
             .run()
@@ -654,6 +658,116 @@ impl Workspaces {
         })
     }
 
+    /// The commit at the tip of `branch` on the remote, or None when the branch does not exist.
+    pub async fn remote_tip(
+        &self,
+        repo: &RepoName,
+        clone_url: &str,
+        branch: &str,
+        auth: &GitAuth,
+    ) -> Result<Option<String>> {
+        let url = self.git.remote(clone_url)?;
+        check_branch_name(branch)?;
+        let mirror = self.mirror_path(repo);
+        let out = self
+            .git
+            .cmd(Repo::Bare(&mirror))
+            .args([
+                "ls-remote",
+                "--heads",
+                "--end-of-options",
+                &url,
+                &format!("refs/heads/{branch}"),
+            ])
+            .auth(auth)
+            .run()
+            .await
+            .with_context(|| format!("reading {repo}'s branch {branch}"))?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(_, name)| *name == format!("refs/heads/{branch}"))
+            .map(|(sha, _)| sha.to_owned())
+            .filter(|sha| is_object_id(sha)))
+    }
+
+    /// Pushes job `job`'s commit (made by [`Worktree::commit_changes`], kept under the job's own ref in the
+    /// mirror) to `branch` of the remote, only if the branch is still at `expect` (`None`: it must not
+    /// exist): `--force-with-lease`, so commits someone else pushed are never erased. `auth` should be
+    /// fresh: take it right before calling.
+    pub async fn push(
+        &self,
+        repo: &RepoName,
+        clone_url: &str,
+        job: JobId,
+        branch: &str,
+        expect: Option<&str>,
+        auth: &GitAuth,
+    ) -> Result<()> {
+        let url = self.git.remote(clone_url)?;
+        check_branch_name(branch)?;
+        if let Some(sha) = expect
+            && !is_object_id(sha)
+        {
+            bail!("`{}` is not a commit id", sha.escape_debug());
+        }
+        let mirror = self.mirror_path(repo);
+        let lock = self.lock(repo);
+        let _guard = lock.lock().await;
+        check_mirror(repo, &mirror).await?;
+        self.git
+            .cmd(Repo::Bare(&mirror))
+            .args([
+                "push",
+                "--quiet",
+                "--no-verify",
+                &format!(
+                    "--force-with-lease=refs/heads/{branch}:{}",
+                    expect.unwrap_or_default()
+                ),
+                "--end-of-options",
+                &url,
+                &format!("{}:refs/heads/{branch}", job_ref(job)),
+            ])
+            .auth(auth)
+            .run()
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether job `job`'s commit is still in the mirror (a mirror cloned again has lost it).
+    pub async fn has_job_commit(&self, repo: &RepoName, job: JobId, commit: &str) -> bool {
+        let mirror = self.mirror_path(repo);
+        self.git
+            .cmd(Repo::Bare(&mirror))
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &job_ref(job),
+            ])
+            .run()
+            .await
+            .is_ok_and(|out| out.trim() == commit)
+    }
+
+    /// Forgets job `job`'s commit (its ref in the mirror), when the job has ended.
+    pub async fn forget_job_commit(&self, repo: &RepoName, job: JobId) {
+        let mirror = self.mirror_path(repo);
+        if !mirror.join("HEAD").exists() {
+            return;
+        }
+        let lock = self.lock(repo);
+        let _guard = lock.lock().await;
+        let _ = self
+            .git
+            .cmd(Repo::Bare(&mirror))
+            .args(["update-ref", "-d", "--end-of-options", &job_ref(job)])
+            .run()
+            .await;
+    }
+
     /// Removes job `job`'s worktree, if one is left (the job was stopped before it could clean up).
     pub async fn discard(&self, repo: &RepoName, job: JobId) -> Result<()> {
         let path = self.worktree_path(job);
@@ -839,6 +953,16 @@ impl Worktree {
             .await?
             .trim()
             .to_owned();
+        // Kept under nightshift's own ref until the job ends: its delivery may come after a restart.
+        git.cmd(Repo::Bare(&self.mirror))
+            .args([
+                "update-ref",
+                "--end-of-options",
+                &job_ref(self.job),
+                &commit,
+            ])
+            .run()
+            .await?;
         let stat = git
             .cmd(Repo::Bare(&self.mirror))
             .args([
@@ -861,50 +985,6 @@ impl Worktree {
         })
     }
 
-    /// Pushes `commit` (made by [`Worktree::commit_changes`]) from the mirror to `branch` of the remote,
-    /// replacing what is there. `auth` should be fresh: take it right before calling.
-    pub async fn push(
-        &self,
-        clone_url: &str,
-        commit: &str,
-        branch: &str,
-        auth: &GitAuth,
-    ) -> Result<()> {
-        let git = &*self.git;
-        let url = git.remote(clone_url)?;
-        if branch.starts_with('-') || branch.chars().any(|c| c.is_control() || c == ':') {
-            bail!("`{}` is not a branch name", branch.escape_debug());
-        }
-        let own = format!("refs/nightshift/job-{}", self.job);
-        // Under the repository's lock: a fetch (`--prune`) of another job would delete our ref.
-        let _guard = self.lock.lock().await;
-        check_mirror(&self.repo, &self.mirror).await?;
-        git.cmd(Repo::Bare(&self.mirror))
-            .args(["update-ref", "--end-of-options", &own, commit])
-            .run()
-            .await?;
-        let pushed = git
-            .cmd(Repo::Bare(&self.mirror))
-            .args([
-                "push",
-                "--force",
-                "--quiet",
-                "--no-verify",
-                "--end-of-options",
-                &url,
-                &format!("{own}:refs/heads/{branch}"),
-            ])
-            .auth(auth)
-            .run()
-            .await;
-        let _ = git
-            .cmd(Repo::Bare(&self.mirror))
-            .args(["update-ref", "-d", "--end-of-options", &own])
-            .run()
-            .await;
-        pushed.map(|_| ())
-    }
-
     pub async fn remove(self) -> Result<()> {
         let _guard = self.lock.lock().await;
         remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), &self.private).await;
@@ -918,6 +998,25 @@ impl Worktree {
             .await?;
         Ok(())
     }
+}
+
+/// The ref a job's commit is kept under in the mirror until the job ends.
+fn job_ref(job: JobId) -> String {
+    format!("refs/nightshift/job-{job}")
+}
+
+/// Refuses a branch name git could take for an option or a refspec.
+fn check_branch_name(branch: &str) -> Result<()> {
+    if branch.is_empty()
+        || branch.starts_with('-')
+        || branch.contains("..")
+        || branch
+            .chars()
+            .any(|c| c.is_control() || " ~^:?*[\\".contains(c))
+    {
+        bail!("`{}` is not a branch name", branch.escape_debug());
+    }
+    Ok(())
 }
 
 /// A full commit id (SHA-1 or SHA-256, hex).

@@ -13,6 +13,11 @@ use tokio::sync::Mutex;
 use crate::config::{GithubAuth, GithubConfig};
 use crate::ids::{InstallationId, RepoName};
 
+pub mod call;
+
+pub use call::{CallSettings, GhError, GhErrorKind, gh_error};
+use serde_json::Value;
+
 /// An authenticated client for one repository's installation, and the token git pushes with.
 ///
 /// A job's client ([`GitHub::job_client`], App auth) holds a token minted for the job: scoped to its one
@@ -24,6 +29,7 @@ pub struct RepoClient {
     /// How to mint the next token; None for a token that cannot be minted again (token mode, or the
     /// installation-wide client octocrab refreshes itself).
     scope: Option<Arc<Scope>>,
+    settings: Arc<CallSettings>,
 }
 
 struct Current {
@@ -43,6 +49,7 @@ struct Scope {
     permissions: Permissions,
     /// Held while a token is minted, so concurrent callers mint once.
     minting: Mutex<()>,
+    settings: Arc<CallSettings>,
 }
 
 /// The permissions a job's token carries: what its output needs, and no more.
@@ -68,8 +75,9 @@ const TOKEN_LIFE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 pub const REFRESH_MARGIN: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 impl RepoClient {
-    fn fixed(api: Octocrab, token: SecretString) -> RepoClient {
+    fn fixed(api: Octocrab, token: SecretString, settings: Arc<CallSettings>) -> RepoClient {
         RepoClient {
+            settings,
             current: Arc::new(std::sync::Mutex::new(Current {
                 api,
                 token,
@@ -87,6 +95,61 @@ impl RepoClient {
     /// The API client, with the current token.
     pub fn api(&self) -> Octocrab {
         self.lock().api.clone()
+    }
+
+    /// How calls are made (timeouts, the API's URL).
+    pub fn settings(&self) -> &CallSettings {
+        &self.settings
+    }
+
+    /// `GET route` (tried again on transient failures; see [`call`]).
+    pub async fn get(&self, what: &str, route: &str) -> Result<Value, GhError> {
+        call::get(&self.api(), &self.settings, what, route).await
+    }
+
+    /// Every page of a list, up to `max_items` items.
+    pub async fn get_all(
+        &self,
+        what: &str,
+        route: &str,
+        max_items: usize,
+    ) -> Result<Vec<Value>, GhError> {
+        call::get_all(&self.api(), &self.settings, what, route, max_items).await
+    }
+
+    /// `POST route` that creates something: sent once unless GitHub said it did nothing.
+    pub async fn post(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
+        call::post(&self.api(), &self.settings, what, route, body).await
+    }
+
+    /// `POST route` whose repetition is harmless.
+    pub async fn post_repeatable(
+        &self,
+        what: &str,
+        route: &str,
+        body: &Value,
+    ) -> Result<Value, GhError> {
+        call::post_repeatable(&self.api(), &self.settings, what, route, body).await
+    }
+
+    /// `PATCH route` (an update; tried again on transient failures).
+    pub async fn patch(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
+        call::patch(&self.api(), &self.settings, what, route, body).await
+    }
+
+    /// `PATCH route` sent once, like a create.
+    pub async fn patch_once(
+        &self,
+        what: &str,
+        route: &str,
+        body: &Value,
+    ) -> Result<Value, GhError> {
+        call::patch_once(&self.api(), &self.settings, what, route, body).await
+    }
+
+    /// `PUT route` (idempotent; tried again on transient failures).
+    pub async fn put(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
+        call::put(&self.api(), &self.settings, what, route, body).await
     }
 
     pub fn token(&self) -> String {
@@ -149,15 +212,13 @@ impl Scope {
             "repositories": [self.repo.name()],
             "permissions": self.permissions,
         });
-        let minted: Minted = with_retry(
-            &format!(
-                "minting a token for {} ({})",
-                self.repo,
-                self.permissions.describe()
-            ),
-            || self.app.post(route.as_str(), Some(&body)),
-        )
-        .await?;
+        let what = format!(
+            "minting a token for {} ({})",
+            self.repo,
+            self.permissions.describe()
+        );
+        let minted = call::post_repeatable(&self.app, &self.settings, &what, &route, &body).await?;
+        let minted: Minted = serde_json::from_value(minted).with_context(|| what.clone())?;
         let expires_at = minted
             .expires_at
             .as_deref()
@@ -205,6 +266,7 @@ type Installation = (Octocrab, Mutex<()>);
 /// Hands out [`RepoClient`]s.
 pub struct GitHub {
     auth: Auth,
+    settings: Arc<CallSettings>,
 }
 
 // One value per process: the size of its variants does not matter.
@@ -221,7 +283,20 @@ enum Auth {
 
 impl GitHub {
     pub fn new(config: &GithubConfig) -> Result<Arc<GitHub>> {
-        let builder = || Octocrab::builder().base_uri(config.api_url.as_str());
+        let settings = Arc::new(CallSettings {
+            api_url: config.api_url.clone(),
+            timeout: config.timeout,
+            max_wait: CallSettings::default().max_wait,
+        });
+        // Connect and read timeouts on every call; octocrab retries nothing (its `retry` feature is off):
+        // the one retry layer is `call`.
+        let builder = || {
+            Octocrab::builder()
+                .set_connect_timeout(Some(config.timeout.min(std::time::Duration::from_secs(10))))
+                .set_read_timeout(Some(config.timeout))
+                .set_write_timeout(Some(config.timeout))
+                .base_uri(config.api_url.as_str())
+        };
         let auth = match &config.auth {
             GithubAuth::App {
                 app_id,
@@ -247,10 +322,11 @@ impl GitHub {
                     .build()
                     .context("building the GitHub client")?,
                 token.clone(),
+                settings.clone(),
             )),
             GithubAuth::None => Auth::None,
         };
-        Ok(Arc::new(GitHub { auth }))
+        Ok(Arc::new(GitHub { auth, settings }))
     }
 
     /// nightshift's own login on GitHub when it runs as an App (`SLUG[bot]`), asked of GitHub.
@@ -258,9 +334,12 @@ impl GitHub {
         let Auth::App { app, .. } = &self.auth else {
             return Ok(None);
         };
-        let me: serde_json::Value = with_retry("asking GitHub which App this is", || {
-            app.get("/app", None::<&()>)
-        })
+        let me = call::get(
+            app,
+            &self.settings,
+            "asking GitHub which App this is",
+            "/app",
+        )
         .await?;
         Ok(me["slug"].as_str().map(|slug| format!("{slug}[bot]")))
     }
@@ -310,6 +389,7 @@ impl GitHub {
                     repo: repo.clone(),
                     permissions,
                     minting: Mutex::new(()),
+                    settings: self.settings.clone(),
                 };
                 let current = scope.mint().await?;
                 let line = current.describe(&scope);
@@ -317,6 +397,7 @@ impl GitHub {
                     RepoClient {
                         current: Arc::new(std::sync::Mutex::new(current)),
                         scope: Some(Arc::new(scope)),
+                        settings: self.settings.clone(),
                     },
                     line,
                 )))
@@ -359,7 +440,11 @@ impl GitHub {
                     token.expose_secret(),
                     Some(std::time::Instant::now() + TOKEN_LIFE),
                 );
-                Ok(RepoClient::fixed(crab.clone(), token))
+                Ok(RepoClient::fixed(
+                    crab.clone(),
+                    token,
+                    self.settings.clone(),
+                ))
             }
             Auth::None => bail!(
                 "no GitHub credentials configured: set NIGHTSHIFT_GITHUB_TOKEN, or github.app_id with a private key"

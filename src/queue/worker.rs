@@ -1,6 +1,14 @@
-//! Workers: claim a job with a lease, keep the lease alive while it runs, run it (worktree → agent → sink),
-//! and record how it ended. A worker that dies leaves its lease to expire; another worker (after a restart,
-//! or on another replica) then runs the job again, and the idempotent sinks deliver its result once.
+//! Workers: claim a job with a lease, keep the lease alive while it works, and take it through the outbox:
+//!
+//! 1. **run**: the worktree, the progress comment and check run, the agent, the commit made of its changes;
+//!    how it ended (an [`Outcome`]) is stored with the job as it moves to `delivering`, before anything is
+//!    posted;
+//! 2. **deliver**: the outcome posted from the store ([`sink::deliver`]), exactly once, and the job ended.
+//!
+//! A worker that dies leaves its lease to expire; another worker (after a restart, or on another replica)
+//! takes the job: it runs the agent again only when no outcome was stored, and otherwise only delivers.
+//! Transient failures (GitHub down, a fetch that failed) put the job back to wait, with backoff and the
+//! reason (`waiting`); permanent ones fail it at once with a reason a user can act on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,32 +22,29 @@ use crate::agent::prompt::{self, RepoContext};
 use crate::agent::workspace::Checkout;
 use crate::agent::{self, AgentJob, result};
 use crate::ids::JobId;
+use crate::sink::outcome::{Outcome, Proposal};
 use crate::sink::texts::Failure;
-use crate::sink::{self, SinkContext};
+use crate::sink::{self, LostLease, SinkContext};
 use crate::skill;
-use crate::store::{ClaimedJob, Ending, Lease, LogStream};
+use crate::store::{ClaimPolicy, ClaimedJob, Ending, Lease, LogStream};
 use crate::trigger::OutputKind;
 
 pub async fn run(pipeline: Arc<Pipeline>, name: String) {
-    // Expired leases are found by this sweep; new jobs wake the worker at once.
+    // Expired leases and waits that ended are found by this sweep; new jobs wake the worker at once.
     let sweep = pipeline
         .config
         .job_lease
         .min(Duration::from_secs(5))
         .max(Duration::from_millis(200));
+    let policy = ClaimPolicy {
+        lease: pipeline.config.job_lease,
+        jobs_per_hour: pipeline.config.max_jobs_per_hour,
+    };
     loop {
         let notified = pipeline.jobs_waiting.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let claimed = pipeline
-            .store
-            .claim_job(
-                &name,
-                pipeline.config.job_lease,
-                pipeline.config.max_attempts,
-            )
-            .await;
-        match claimed {
+        match pipeline.store.claim_job(&name, policy).await {
             Ok(Some(job)) => {
                 let span = info_span!("job", id = %job.id, trigger = %job.trigger, repo = %job.repo, delivery = %job.delivery_id, attempt = job.attempt);
                 run_leased(&pipeline, &name, job).instrument(span).await;
@@ -55,140 +60,355 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String) {
     }
 }
 
-/// Runs one job while a heartbeat renews its lease; stops the job if the lease is lost or a newer job of
-/// its concurrency group asks it to stop.
+/// Renews the job's lease every third of its length until it is lost (or, when `stop_on_cancel`, until a
+/// newer job of its group asks it to stop). A lease that could not be renewed for two thirds of its length
+/// counts as lost: another worker may take the job soon, so this one stops first.
+async fn heartbeat(pipeline: &Pipeline, id: JobId, owner: &str, stop_on_cancel: bool) -> Lease {
+    let lease = pipeline.config.job_lease;
+    let mut renewed = Instant::now();
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        match pipeline.store.renew_lease(id, owner, lease).await {
+            Ok(Lease::Held) => renewed = Instant::now(),
+            Ok(Lease::CancelRequested) if !stop_on_cancel => renewed = Instant::now(),
+            Ok(other) => return other,
+            Err(e) => {
+                warn!("renewing the lease failed: {e:#}");
+                if renewed.elapsed() >= lease * 2 / 3 {
+                    warn!("the lease could not be renewed for two thirds of its length: stopping");
+                    return Lease::Lost;
+                }
+            }
+        }
+    }
+}
+
+/// Takes one claimed job through the outbox (see the module's notes) while a heartbeat keeps its lease.
 async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
     let id = job.id;
     let spec = match serde_json::from_str::<JobSpec>(&job.spec) {
         Ok(spec) => spec,
         Err(e) => {
-            let e = anyhow!(e).context("the stored job spec does not parse");
-            return end(pipeline, owner, &job, None, Err(e)).await;
-        }
-    };
-    let lease = pipeline.config.job_lease;
-    let heartbeat = async {
-        loop {
-            tokio::time::sleep(lease / 3).await;
-            match pipeline.store.renew_lease(id, owner, lease).await {
-                Ok(Lease::Held) => {}
-                Ok(other) => return other,
-                Err(e) => warn!("renewing the lease failed: {e:#}"),
-            }
-        }
-    };
-    let result = tokio::select! {
-        result = run_job(pipeline, &job, spec.clone()) => result,
-        stop = heartbeat => {
-            // The job's future is dropped here, which kills the agent's process group.
-            if let Err(e) = pipeline.workspaces.discard(&spec.repo, id).await {
-                warn!("removing the stopped job's worktree failed: {e:#}");
-            }
-            if stop == Lease::CancelRequested {
-                info!("cancelled: a newer job of its concurrency group replaces it");
-                let reason = "cancelled: a newer job of its concurrency group replaced it";
-                let _ = pipeline.store.append_log(id, LogStream::Nightshift, &[reason.to_owned()]).await;
-                if let Err(e) = pipeline.store.finish_job(id, owner, Ending::Cancelled(reason)).await {
-                    error!("recording the cancellation failed: {e:#}");
-                }
-            } else {
-                warn!("lost the lease on the job; another worker has it now");
-            }
+            let e = format!("the stored job spec does not parse: {e}");
+            error!("{e}");
+            let _ = pipeline
+                .store
+                .finish_job(id, owner, Ending::Failed(&e))
+                .await;
             return;
         }
     };
-    end(pipeline, owner, &job, Some(&spec), result).await;
-}
-
-/// Records how the job ended and, when it failed, says so where it came from.
-async fn end(
-    pipeline: &Pipeline,
-    owner: &str,
-    job: &ClaimedJob,
-    spec: Option<&JobSpec>,
-    result: Result<()>,
-) {
-    let id = job.id;
-    // What a user is told (None: an operator's problem, not posted); the whole error is for the log.
-    let public = result.as_ref().err().and_then(Failure::public);
-    // Known secrets are redacted from the service's log too (the store redacts what it keeps).
-    let error = result
-        .err()
-        .map(|e| crate::redact::redact(&format!("{e:#}")).into_owned());
-    let ending = match &error {
-        None => {
-            info!("job succeeded");
-            Ending::Succeeded
-        }
-        Some(e) => {
-            error!("job failed: {e}");
-            if public.is_none() {
-                error!(
-                    "job {id} failed because of nightshift's configuration; this is not said on GitHub: {e}"
-                );
-            }
-            let _ = pipeline
-                .store
-                .append_log(id, LogStream::Nightshift, &[format!("failed: {e}")])
+    let outcome = match &job.result {
+        Some(stored) => match serde_json::from_str::<Outcome>(stored) {
+            Ok(outcome) => {
+                note(
+                    pipeline,
+                    id,
+                    "delivering the stored result (the agent is not run again)".into(),
+                )
                 .await;
-            Ending::Failed(e)
-        }
-    };
-    match pipeline.store.finish_job(id, owner, ending).await {
-        Ok(true) => {
-            if let (Some(reason), Some(spec)) = (&public, spec)
-                && pipeline.config.report_failures
-                && let Err(e) = report_failure(pipeline, job, spec, reason).await
+                outcome
+            }
+            Err(e) => {
+                let e = format!("the stored result does not parse: {e}");
+                error!("{e}");
+                let _ = pipeline
+                    .store
+                    .finish_job(id, owner, Ending::Failed(&e))
+                    .await;
+                return;
+            }
+        },
+        None => {
+            let ran = tokio::select! {
+                ran = run_phase(pipeline, owner, &job, &spec) => ran,
+                stop = heartbeat(pipeline, id, owner, true) => {
+                    // The run's future is dropped here, which kills the agent's process group.
+                    if let Err(e) = pipeline.workspaces.discard(&spec.repo, id).await {
+                        warn!("removing the stopped job's worktree failed: {e:#}");
+                    }
+                    if stop != Lease::CancelRequested {
+                        warn!("lost the lease on the job; another worker has it now");
+                        return;
+                    }
+                    info!("cancelled: a newer job of its concurrency group replaces it");
+                    Ran::Outcome(Outcome::Cancelled {
+                        reason: "cancelled: a newer job of its concurrency group replaced it".into(),
+                    })
+                }
+            };
+            let outcome = match ran {
+                Ran::Outcome(outcome) => outcome,
+                Ran::Defer(e) if waited_enough(pipeline, &job) => gave_up(&e, job.retries),
+                Ran::Defer(e) => return defer(pipeline, owner, &job, e).await,
+                Ran::Lost => return,
+            };
+            match pipeline
+                .store
+                .store_result(
+                    id,
+                    owner,
+                    &serde_json::to_string(&outcome).unwrap_or_default(),
+                )
+                .await
             {
-                warn!("saying on GitHub that the job failed did not work: {e:#}");
+                Ok(true) => outcome,
+                Ok(false) => {
+                    warn!(
+                        "the job was no longer ours when its agent ended; its result is not kept"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    // Not stored: nothing is posted; the lease runs out and the job is run again.
+                    error!("storing the job's result failed: {e:#}");
+                    return;
+                }
             }
         }
-        Ok(false) => warn!("the job was no longer ours when it ended; its end is not recorded"),
-        Err(e) => error!("recording the end of the job failed: {e:#}"),
+    };
+    tokio::select! {
+        () = deliver_phase(pipeline, owner, &job, &spec, outcome) => {}
+        _ = heartbeat(pipeline, id, owner, false) => {
+            warn!("lost the lease while delivering; another worker has the job now");
+        }
     }
 }
 
-/// Tells the issue or pull request the job was about that it failed, and why (a job about neither, a push
-/// or a schedule, has only its log).
-async fn report_failure(
-    pipeline: &Pipeline,
-    job: &ClaimedJob,
-    spec: &JobSpec,
-    reason: &str,
-) -> Result<()> {
-    if spec.number.is_none() {
-        return Ok(());
+/// How the run phase ended.
+enum Ran {
+    Outcome(Outcome),
+    /// A transient failure before the agent ran: the job waits and is tried again.
+    Defer(anyhow::Error),
+    Lost,
+}
+
+async fn run_phase(pipeline: &Arc<Pipeline>, owner: &str, job: &ClaimedJob, spec: &JobSpec) -> Ran {
+    if job.cancel_requested {
+        return Ran::Outcome(Outcome::Cancelled {
+            reason: "cancelled: a newer job of its concurrency group replaced it".into(),
+        });
     }
-    let client = pipeline
-        .github
-        .job_client(
-            spec.installation,
-            &spec.repo,
-            crate::sink::permissions(crate::trigger::OutputKind::Comment),
-        )
-        .await?
-        .map(|(client, _)| client);
-    let ctx = SinkContext {
-        job: job.id,
-        attempt: job.attempt,
-        spec,
-        store: &pipeline.store,
-        client: client.as_ref(),
-        own_login: pipeline.config.github.bot_login.as_deref(),
-    };
-    // `reason` says what failed in a user's words; the details are in the job log.
-    let body = crate::sink::texts::failure_comment(&spec.trigger, job.id, reason);
-    let output = sink::comment::post(&ctx, &body).await?;
+    if job.attempt > pipeline.config.max_attempts {
+        let error = format!(
+            "the job was started {} times and its worker stopped each time",
+            job.attempt - 1
+        );
+        return Ran::Outcome(Outcome::Failed {
+            public: Some(error.clone()),
+            error,
+        });
+    }
+    match run_job(pipeline, owner, job, spec.clone()).await {
+        Ok(proposal) => Ran::Outcome(Outcome::Done(Box::new(proposal))),
+        Err(e) if e.chain().any(|c| c.is::<LostLease>()) => Ran::Lost,
+        // Getting the repository (a fetch, a clone) and GitHub being away are worth waiting for.
+        Err(e)
+            if matches!(e.downcast_ref::<Failure>(), Some(Failure::Prepare))
+                || crate::github::gh_error(&e).is_some_and(|g| g.is_transient()) =>
+        {
+            Ran::Defer(e)
+        }
+        Err(e) => Ran::Outcome(failed(e)),
+    }
+}
+
+/// A failure as stored: the whole error, and what may be said of it on GitHub.
+fn failed(e: anyhow::Error) -> Outcome {
+    let public = Failure::public(&e);
+    let error = crate::redact::redact(&format!("{e:#}")).into_owned();
+    if public.is_none() {
+        error!(
+            "this job failed because of nightshift's configuration; this is not said on GitHub: {error}"
+        );
+    }
+    Outcome::Failed { error, public }
+}
+
+/// Whether a job that met a transient failure has waited as often as it may.
+fn waited_enough(pipeline: &Pipeline, job: &ClaimedJob) -> bool {
+    job.retries >= pipeline.config.retry.max
+}
+
+/// Puts the job back to wait after a transient failure, with backoff (at least what GitHub asked for).
+async fn defer(pipeline: &Arc<Pipeline>, owner: &str, job: &ClaimedJob, e: anyhow::Error) {
+    let retry = pipeline.config.retry;
+    let reason = crate::redact::redact(&format!("{e:#}")).into_owned();
+    let asked = crate::github::gh_error(&e).and_then(|g| g.retry_after);
+    let wait = retry.wait(job.retries, asked);
     note(
         pipeline,
         job.id,
         format!(
-            "said it failed: {}",
-            output.url.as_deref().unwrap_or("(dry run)")
+            "waiting {} before trying again ({} of {}): {reason}",
+            humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))),
+            job.retries + 1,
+            retry.max
         ),
     )
     .await;
-    Ok(())
+    let until = crate::now_ms() + wait.as_millis() as i64;
+    match pipeline
+        .store
+        .defer_job(job.id, owner, until, &reason)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => warn!("the job was no longer ours when it was put back to wait"),
+        Err(e) => error!("putting the job back to wait failed: {e:#}"),
+    }
+}
+
+/// What a user is told when a job gave up waiting.
+fn gave_up(e: &anyhow::Error, retries: u32) -> Outcome {
+    let error = format!(
+        "gave up after waiting {retries} times: {}",
+        crate::redact::redact(&format!("{e:#}"))
+    );
+    let public = match crate::github::gh_error(e) {
+        Some(_) => "GitHub could not be reached for too long".to_owned(),
+        None => Failure::public(e).unwrap_or_else(|| "nightshift could not finish this job".into()),
+    };
+    Outcome::Failed {
+        error,
+        public: Some(public),
+    }
+}
+
+/// Posts the stored outcome and ends the job; a transient failure puts it back to wait, a permanent one
+/// fails it (and says so, once).
+async fn deliver_phase(
+    pipeline: &Arc<Pipeline>,
+    owner: &str,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    outcome: Outcome,
+) {
+    let id = job.id;
+    let client = match pipeline
+        .github
+        .job_client(
+            spec.installation,
+            &spec.repo,
+            sink::permissions(spec.output),
+        )
+        .await
+    {
+        Ok(client) => client.map(|(client, _)| client),
+        Err(e) => {
+            let transient = crate::github::gh_error(&e).is_none_or(|g| g.is_transient());
+            if transient && !waited_enough(pipeline, job) {
+                return defer(
+                    pipeline,
+                    owner,
+                    job,
+                    e.context("minting the job's GitHub token"),
+                )
+                .await;
+            }
+            warn!("no GitHub token for the job's delivery: {e:#}");
+            None
+        }
+    };
+    let ctx = SinkContext {
+        job: id,
+        spec,
+        store: &pipeline.store,
+        client: client.as_ref(),
+        own_login: pipeline.config.github.bot_login.as_deref(),
+        owner,
+        lease: pipeline.config.job_lease,
+        public_url: pipeline.config.public_url.as_deref(),
+        workspaces: &pipeline.workspaces,
+    };
+    let report = pipeline.config.report_failures;
+    let ending = match sink::deliver::deliver(&ctx, &outcome, report).await {
+        Ok(ending) => ending,
+        Err(e) if e.chain().any(|c| c.is::<LostLease>()) => {
+            warn!("lost the lease while delivering; another worker has the job now");
+            return;
+        }
+        Err(e)
+            if crate::github::gh_error(&e).is_some_and(|g| g.is_transient())
+                && !waited_enough(pipeline, job) =>
+        {
+            return defer(pipeline, owner, job, e).await;
+        }
+        // Given up waiting on a failure's note itself: the job ends failed, unsaid.
+        Err(e) if matches!(outcome, Outcome::Failed { .. }) => {
+            sink::deliver::Ending::Failed(format!(
+                "{}; saying so on GitHub failed: {}",
+                match &outcome {
+                    Outcome::Failed { error, .. } => error.as_str(),
+                    _ => "",
+                },
+                crate::redact::redact(&format!("{e:#}"))
+            ))
+        }
+        Err(e) => {
+            // GitHub refused what was posted (or something else went wrong for good): the job fails, and
+            // says so where it came from (once).
+            let why = crate::github::gh_error(&e)
+                .filter(|g| g.status.is_some())
+                .map(|g| format!("GitHub refused it: {}", g.message))
+                .unwrap_or_else(|| "nightshift could not deliver the result to GitHub".into());
+            let error = crate::redact::redact(&format!("{e:#}")).into_owned();
+            note(pipeline, id, format!("delivery failed: {error}")).await;
+            let failure = Outcome::Failed {
+                error,
+                public: Some(why),
+            };
+            if !matches!(outcome, Outcome::Failed { .. }) {
+                let _ = pipeline
+                    .store
+                    .store_result(
+                        id,
+                        owner,
+                        &serde_json::to_string(&failure).unwrap_or_default(),
+                    )
+                    .await;
+            }
+            match sink::deliver::deliver(&ctx, &failure, report).await {
+                Ok(ending) => ending,
+                Err(e) => {
+                    warn!("saying on GitHub that the job failed did not work: {e:#}");
+                    sink::deliver::Ending::Failed(match failure {
+                        Outcome::Failed { error, .. } => error,
+                        _ => unreachable!(),
+                    })
+                }
+            }
+        }
+    };
+    let stored = match &ending {
+        sink::deliver::Ending::Succeeded => {
+            info!("job succeeded");
+            pipeline
+                .store
+                .finish_job(id, owner, Ending::Succeeded)
+                .await
+        }
+        sink::deliver::Ending::Failed(e) => {
+            error!("job failed: {e}");
+            note(pipeline, id, format!("failed: {e}")).await;
+            pipeline
+                .store
+                .finish_job(id, owner, Ending::Failed(e))
+                .await
+        }
+        sink::deliver::Ending::Cancelled(reason) => {
+            note(pipeline, id, reason.clone()).await;
+            pipeline
+                .store
+                .finish_job(id, owner, Ending::Cancelled(reason))
+                .await
+        }
+    };
+    match stored {
+        Ok(true) => pipeline.workspaces.forget_job_commit(&spec.repo, id).await,
+        Ok(false) => warn!("the job was no longer ours when it ended; its end is not recorded"),
+        Err(e) => error!("recording the end of the job failed: {e:#}"),
+    }
 }
 
 async fn note(pipeline: &Pipeline, job: JobId, line: String) {
@@ -202,7 +422,13 @@ async fn note(pipeline: &Pipeline, job: JobId, line: String) {
     }
 }
 
-async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> Result<()> {
+/// The run phase: the worktree, the progress comment and check run, the agent, its proposal.
+async fn run_job(
+    pipeline: &Arc<Pipeline>,
+    owner: &str,
+    job: &ClaimedJob,
+    spec: JobSpec,
+) -> Result<Proposal> {
     let profile = pipeline
         .config
         .agents
@@ -229,6 +455,37 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> R
         Some((client, line)) => (Some(client), Some(line)),
         None => (None, None),
     };
+    let ctx = SinkContext {
+        job: job.id,
+        spec: &spec,
+        store: &pipeline.store,
+        client: client.as_ref(),
+        own_login: pipeline.config.github.bot_login.as_deref(),
+        owner,
+        lease: pipeline.config.job_lease,
+        public_url: pipeline.config.public_url.as_deref(),
+        workspaces: &pipeline.workspaces,
+    };
+    // The progress comment, first thing: whoever handed the work off sees it was taken.
+    if spec.progress && spec.number.is_some() {
+        let body = crate::sink::texts::progress_working(
+            &spec.trigger,
+            &spec.agent,
+            job.id,
+            ctx.job_url().as_deref(),
+        );
+        if let Err(e) = sink::comment::say(&ctx, &body).await {
+            if e.chain().any(|c| c.is::<LostLease>()) {
+                return Err(e);
+            }
+            note(
+                pipeline,
+                job.id,
+                format!("the progress comment could not be posted: {e:#}"),
+            )
+            .await;
+        }
+    }
     let auth = client
         .as_ref()
         .map(crate::github::RepoClient::git_auth)
@@ -243,6 +500,20 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> R
         .prepare(&spec.repo, &spec.clone_url, checkout, job.id, &auth)
         .await
         .context(Failure::Prepare)?;
+    if spec.output == OutputKind::CheckRun
+        && let Err(e) = sink::check_run::start(&ctx, &worktree.commit).await
+    {
+        if e.chain().any(|c| c.is::<LostLease>()) {
+            let _ = worktree.remove().await;
+            return Err(e);
+        }
+        note(
+            pipeline,
+            job.id,
+            format!("the check run could not be started: {e:#}"),
+        )
+        .await;
+    }
     // Said in one write with the agent's start (below): every store write before the agent starts is an
     // fsync on its way.
     let ready = format!(
@@ -257,20 +528,11 @@ async fn run_job(pipeline: &Arc<Pipeline>, job: &ClaimedJob, spec: JobSpec) -> R
     if spec.default_branch.is_empty() {
         spec.default_branch = worktree.default_branch.clone();
     }
-    let result = run_in_worktree(
-        pipeline,
-        job,
-        &spec,
-        profile,
-        &worktree,
-        client.as_ref(),
-        ready,
-    )
-    .await;
+    let result = run_in_worktree(pipeline, job, &spec, profile, &worktree, ready).await;
     if let Err(e) = worktree.remove().await {
         warn!("removing the worktree failed: {e:#}");
     }
-    // The job's home, output and copies, whether it succeeded or not (sinks have read what they need).
+    // The job's home, output and copies, whether it succeeded or not (the proposal holds what is posted).
     let job_dir = job_dir(pipeline, job.id);
     if let Err(e) = tokio::fs::remove_dir_all(&job_dir).await
         && e.kind() != std::io::ErrorKind::NotFound
@@ -291,9 +553,8 @@ async fn run_in_worktree(
     spec: &JobSpec,
     profile: &crate::config::AgentProfile,
     worktree: &crate::agent::workspace::Worktree,
-    client: Option<&crate::github::RepoClient>,
     ready: String,
-) -> Result<()> {
+) -> Result<Proposal> {
     let job_dir = job_dir(pipeline, job.id);
     // A previous attempt that died leaves its folder behind; this attempt starts from nothing, like its
     // worktree.
@@ -607,43 +868,54 @@ async fn run_in_worktree(
         .await;
     }
 
-    // The agent may have run longer than the job's token lives: the sinks get a fresh one.
-    if let Some(client) = client
-        && let Some(line) = client.refresh().await.context(Failure::Deliver)?
-    {
-        note(pipeline, job.id, format!("for the delivery: {line}")).await;
-    }
-    let ctx = SinkContext {
-        job: job.id,
-        attempt: job.attempt,
-        spec,
-        store: &pipeline.store,
-        client,
-        own_login: pipeline.config.github.bot_login.as_deref(),
+    // For a pull request, the commit nightshift makes of the agent's changes, in the mirror, now: the
+    // worktree goes when the run ends, and the commit is what delivery pushes (after a restart too).
+    let (commit, stat) = if spec.output == OutputKind::PullRequest {
+        let title = crate::sink::texts::pull_request_title(
+            spec.output_title.as_deref().or(spec.title.as_deref()),
+            spec.number,
+        );
+        let message = crate::sink::texts::commit_message(&spec.trigger, &title, spec.number);
+        let changes = worktree
+            .commit_changes(&message, crate::sink::pull_request::AUTHOR)
+            .await
+            .context("committing the agent's changes")?;
+        const SHOWN: usize = 20;
+        let mut lines: Vec<String> = changes
+            .nested
+            .iter()
+            .take(SHOWN)
+            .map(|p| format!("left out of the commit: {p} (a repository inside the worktree)"))
+            .collect();
+        if changes.nested.len() > SHOWN {
+            lines.push(format!(
+                "left out of the commit: {} more repositories inside the worktree",
+                changes.nested.len() - SHOWN
+            ));
+        }
+        lines.extend(changes.stat.lines().map(str::to_owned));
+        if let Some(commit) = &changes.commit {
+            lines.push(format!("committed the agent's changes as {commit}"));
+        } else {
+            lines.push("the agent changed no file".to_owned());
+        }
+        pipeline
+            .store
+            .append_log(job.id, LogStream::Nightshift, &lines)
+            .await?;
+        (changes.commit, changes.stat)
+    } else {
+        (None, String::new())
     };
-    let output = match spec.output {
-        OutputKind::Comment => {
-            sink::comment::deliver(&ctx, &result.message, result.truncated).await
-        }
-        OutputKind::PullRequest => {
-            sink::pull_request::deliver(&ctx, worktree, &result.message).await
-        }
-        OutputKind::Review | OutputKind::Issue | OutputKind::CheckRun => {
-            sink::github_object::deliver(&ctx, worktree, &result).await
-        }
-    }
-    .context(Failure::Deliver)?;
-    note(
-        pipeline,
-        job.id,
-        format!(
-            "delivered {}: {}",
-            output.kind,
-            output.url.as_deref().unwrap_or("(dry run)")
-        ),
-    )
-    .await;
-    Ok(())
+    Ok(Proposal {
+        message: result.message,
+        truncated: result.truncated,
+        review: result.review,
+        head: worktree.commit.clone(),
+        commit,
+        stat,
+        usage: outcome.usage,
+    })
 }
 
 /// What of an agent's failure is said on GitHub: a timeout or a profile limit, which nightshift words

@@ -201,6 +201,88 @@ fn quote(text: &str) -> String {
         .join("\n")
 }
 
+// Progress, and what a job's comment says when the job is done.
+
+/// The hidden marker of an issue filed under a `dedupe:` key: the trigger and the key, hashed (the key may be
+/// anything a template renders; the marker is always plain).
+pub fn dedupe_marker(trigger: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{trigger}\0{key}").as_bytes());
+    format!("<!-- nightshift:dedupe:{} -->", &hex::encode(digest)[..32])
+}
+
+/// `text` with a hidden `line` put before its last line (the job's marker must stay last).
+pub fn with_hidden_line(text: &str, line: &str) -> String {
+    match text.trim_end().rsplit_once('\n') {
+        Some((head, last)) => format!("{head}\n{line}\n{last}"),
+        None => format!("{line}\n{text}"),
+    }
+}
+
+/// The job's comment while it runs.
+pub fn progress_working(trigger: &str, agent: &str, job: JobId, link: Option<&str>) -> String {
+    let link = link
+        .map(|l| format!(" Follow it [here]({l})."))
+        .unwrap_or_default();
+    format!(
+        "⏳ Working on it: trigger `{trigger}` started agent `{agent}`. This comment is edited with the \
+         result when the job ends.{link}\n\n{}",
+        footer(trigger, job)
+    )
+}
+
+/// The job's comment once its output was delivered elsewhere (a pull request, a review, an issue, a check).
+pub fn progress_delivered(trigger: &str, job: JobId, what: &str, url: Option<&str>) -> String {
+    let what = match url {
+        Some(url) => format!("[{what}]({url})"),
+        None => what.to_owned(),
+    };
+    format!("✅ Done: {what}.\n\n{}", footer(trigger, job))
+}
+
+/// The job's comment when a newer job of its concurrency group replaced it.
+pub fn cancelled_comment(trigger: &str, job: JobId, reason: &str) -> String {
+    format!(
+        "⏹️ This job was {}.\n\n{}",
+        fit(reason.trim_end()),
+        footer(trigger, job)
+    )
+}
+
+/// The output's policy (`limits:`) refused what the agent proposed.
+pub fn refused_by_policy(rule: &str) -> String {
+    format!("the result was not posted because it breaks the output policy: {rule}")
+}
+
+pub fn check_title_working() -> String {
+    "Running".to_owned()
+}
+
+pub fn check_summary_working(trigger: &str, agent: &str, job: JobId) -> String {
+    format!("nightshift job {job}: trigger `{trigger}` is running agent `{agent}`.")
+}
+
+/// A completed check run's title.
+pub fn check_title(conclusion: &str) -> String {
+    match conclusion {
+        "success" => "Passed",
+        "failure" => "Failed",
+        "cancelled" => "Cancelled",
+        _ => "Done",
+    }
+    .to_owned()
+}
+
+/// A completed check run's summary: the agent's message, or why the job failed.
+pub fn check_summary(message: &str) -> String {
+    let text = fit(message.trim_end()).into_owned();
+    if text.is_empty() {
+        "_The agent finished without a message._".to_owned()
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +432,35 @@ mod tests {
             assert!(body.ends_with(&super::marker(JobId(1))));
         }
         assert_eq!(super::fit("short"), "short");
+    }
+
+    #[test]
+    fn progress_texts() {
+        insta::assert_snapshot!(progress_working("fix", "codex", JobId(5), Some("https://ns.example/jobs/5")), @r"
+        ⏳ Working on it: trigger `fix` started agent `codex`. This comment is edited with the result when the job ends. Follow it [here](https://ns.example/jobs/5).
+
+        <sub>nightshift · trigger `fix` · job 5</sub>
+        <!-- nightshift:job:5 -->
+        ");
+        insta::assert_snapshot!(progress_delivered("fix", JobId(5), "opened a pull request", Some("https://github.com/o/r/pull/9")), @r"
+        ✅ Done: [opened a pull request](https://github.com/o/r/pull/9).
+
+        <sub>nightshift · trigger `fix` · job 5</sub>
+        <!-- nightshift:job:5 -->
+        ");
+        insta::assert_snapshot!(cancelled_comment("fix", JobId(5), "replaced by a newer job of its concurrency group"), @r"
+        ⏹️ This job was replaced by a newer job of its concurrency group.
+
+        <sub>nightshift · trigger `fix` · job 5</sub>
+        <!-- nightshift:job:5 -->
+        ");
+        let body = with_hidden_line(
+            &issue_body("audit", JobId(3), "Two findings.", None),
+            &dedupe_marker("audit", "weekly"),
+        );
+        assert!(body.ends_with(&marker(JobId(3))), "{body}");
+        assert!(body.contains("<!-- nightshift:dedupe:"), "{body}");
+        assert_ne!(dedupe_marker("audit", "a"), dedupe_marker("audit", "b"));
+        assert_ne!(dedupe_marker("a", "b"), dedupe_marker("b", "a"));
     }
 }

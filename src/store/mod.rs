@@ -88,8 +88,22 @@ pub struct ClaimedJob {
     pub trigger: String,
     pub repo: String,
     pub spec: String,
-    /// 1 on the first run; more when a previous run died (lease expired).
+    /// Starts of the agent: 1 on the first run; more when a previous run died (lease expired).
     pub attempt: u32,
+    /// Times the job was put back to wait after a transient failure.
+    pub retries: u32,
+    /// The stored result when the agent already ran (the job is `delivering`): only delivery is left.
+    pub result: Option<String>,
+    /// A newer job of its concurrency group asked it to stop (while its worker was away).
+    pub cancel_requested: bool,
+}
+
+/// How [`Store::claim_job`] leases jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimPolicy {
+    pub lease: Duration,
+    /// The most jobs one repository starts in an hour; past it, its queued jobs wait (with the reason).
+    pub jobs_per_hour: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -97,6 +111,8 @@ pub struct ClaimedJob {
 pub enum JobState {
     Queued,
     Running,
+    /// The agent's result is stored; its outputs are being posted.
+    Delivering,
     Succeeded,
     Failed,
     Cancelled,
@@ -107,6 +123,7 @@ impl JobState {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
+            JobState::Delivering => "delivering",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
@@ -117,6 +134,7 @@ impl JobState {
         Ok(match s {
             "queued" => JobState::Queued,
             "running" => JobState::Running,
+            "delivering" => JobState::Delivering,
             "succeeded" => JobState::Succeeded,
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
@@ -134,6 +152,13 @@ pub struct JobRecord {
     pub repo: String,
     pub state: JobState,
     pub attempts: u32,
+    /// Times it was put back to wait after a transient failure.
+    pub retries: u32,
+    /// Why it waits, and until when (unix ms), when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// What the agent spent, when its backend reported it.
@@ -220,12 +245,16 @@ pub struct LogLine {
     pub line: String,
 }
 
-/// Something a job delivered to GitHub.
+/// Something a job delivered to GitHub (or is about to: `pending`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output {
     pub kind: String,
     pub key: String,
     pub url: Option<String>,
+    /// GitHub's id (a comment's or check run's id, a pull request's or issue's number), to update it.
+    pub github_id: Option<u64>,
+    /// Recorded before the call that creates it: that call may or may not have happened.
+    pub pending: bool,
 }
 
 /// A repository nightshift knows from its deliveries.
@@ -253,15 +282,24 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the oldest queued job whose concurrency group has no running job, or a running job whose lease
     /// expired (its worker died), and leases it to `owner`. Jobs whose lease expired after `max_attempts`
     /// starts are failed instead of taken.
-    async fn claim_job(
-        &self,
-        owner: &str,
-        lease: Duration,
-        max_attempts: u32,
-    ) -> Result<Option<ClaimedJob>>;
+    ///
+    /// Also takes a `delivering` job nobody holds whose wait is over (only its delivery is left: the result
+    /// comes with it), and skips queued jobs still waiting (`next_attempt_at`). A repository that started
+    /// `jobs_per_hour` jobs in the last hour has its queued jobs wait, with the reason. The attempt count
+    /// (agent starts) is for the worker to judge: a job past its attempts is returned like any other.
+    async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>>;
 
     /// Extends the lease, and says whether the job was asked to stop.
     async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<Lease>;
+
+    /// The outbox: stores how the agent's run ended (`result`, JSON) and moves the job we hold to
+    /// `delivering`, in one transaction. False when the job is no longer ours.
+    async fn store_result(&self, job: JobId, owner: &str, result: &str) -> Result<bool>;
+
+    /// Puts a job we hold back to wait until `until` (unix ms) with the reason, releasing it: `queued` when
+    /// its agent has not run (the start is not counted), still `delivering` when it has. False when the job
+    /// is no longer ours.
+    async fn defer_job(&self, job: JobId, owner: &str, until: i64, reason: &str) -> Result<bool>;
 
     /// Ends a job we hold; false when the job is no longer ours (nothing is written then).
     async fn finish_job(&self, job: JobId, owner: &str, ending: Ending<'_>) -> Result<bool>;
@@ -274,7 +312,21 @@ pub trait Store: Send + Sync + 'static {
 
     async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>>;
 
+    /// Records an output (`pending` before the call that creates it, done after), replacing what was
+    /// recorded under its key.
     async fn record_output(&self, job: JobId, output: &Output) -> Result<()>;
+
+    /// What nightshift last pushed to `branch` of `repo`.
+    async fn last_push(&self, repo: &str, branch: &str) -> Result<Option<String>>;
+
+    /// Records a push by job `job`.
+    async fn record_push(&self, repo: &str, branch: &str, sha: &str, job: JobId) -> Result<()>;
+
+    /// Forgets an output (it is gone from GitHub and will be created again).
+    async fn delete_output(&self, job: JobId, key: &str) -> Result<()>;
+
+    /// Every output the job recorded.
+    async fn outputs(&self, job: JobId) -> Result<Vec<Output>>;
 
     async fn jobs(&self) -> Result<Vec<JobRecord>>;
 

@@ -28,11 +28,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "job usage",
         include_str!("../../migrations/sqlite/0002_job_usage.sql"),
     ),
+    (
+        3,
+        "outbox",
+        include_str!("../../migrations/sqlite/0003_outbox.sql"),
+    ),
 ];
+
+/// Migrations that open their own transaction (to run with foreign keys off).
+const WITHOUT_TRANSACTION: &[i64] = &[3];
 
 /// The columns of a [`JobRecord`]; `job_record` reads a row of it.
 const JOB_RECORD: &str = "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, \
-     j.error, j.usage, j.created_at, j.started_at, j.finished_at \
+     j.retries, j.wait_reason, j.next_attempt_at, j.error, j.usage, j.created_at, j.started_at, j.finished_at \
      FROM jobs j JOIN deliveries d ON d.id = j.delivery_id";
 
 fn job_record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord> {
@@ -43,6 +51,9 @@ fn job_record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord> {
         repo: row.try_get("repo")?,
         state: JobState::parse(row.try_get("state")?)?,
         attempts: row.try_get::<i64, _>("attempts")? as u32,
+        retries: row.try_get::<i64, _>("retries")? as u32,
+        waiting: row.try_get("wait_reason")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
         error: row.try_get("error")?,
         usage: row
             .try_get::<Option<String>, _>("usage")?
@@ -51,6 +62,18 @@ fn job_record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn output_row(row: &sqlx::sqlite::SqliteRow) -> Result<Output> {
+    Ok(Output {
+        kind: row.try_get("kind")?,
+        key: row.try_get("key")?,
+        url: row.try_get("url")?,
+        github_id: row
+            .try_get::<Option<i64>, _>("github_id")?
+            .map(|id| id as u64),
+        pending: row.try_get::<String, _>("state")? == "pending",
     })
 }
 
@@ -88,7 +111,7 @@ impl SqliteStore {
                     Cow::Borrowed(*name),
                     MigrationType::Simple,
                     AssertSqlSafe(*sql).into_sql_str(),
-                    false,
+                    WITHOUT_TRANSACTION.contains(version),
                 )
             })
             .collect();
@@ -253,39 +276,47 @@ impl Store for SqliteStore {
         Ok(queued)
     }
 
-    async fn claim_job(
-        &self,
-        owner: &str,
-        lease: Duration,
-        max_attempts: u32,
-    ) -> Result<Option<ClaimedJob>> {
+    async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
         let now = now_ms();
+        let hour = 3_600_000;
+        // A repository past its jobs an hour: its queued jobs wait until the oldest start of the hour is an
+        // hour old, and say why.
         sqlx::query(
-            "UPDATE jobs SET state = 'failed', lease_owner = NULL, finished_at = ?1,
-                    error = 'the job was started ' || attempts || ' times and its worker stopped each time'
-             WHERE state = 'running' AND lease_expires_at < ?1 AND attempts >= ?2",
+            "UPDATE jobs
+             SET next_attempt_at = (SELECT MIN(s.started_at) FROM jobs AS s
+                                    WHERE s.repo = jobs.repo AND s.started_at >= ?1 - ?3) + ?3,
+                 wait_reason = 'the repository started ' || ?2 || ' jobs in the last hour (max_jobs_per_hour)'
+             WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+               AND (SELECT COUNT(*) FROM jobs AS s WHERE s.repo = jobs.repo AND s.started_at >= ?1 - ?3) >= ?2",
         )
         .bind(now)
-        .bind(max_attempts)
+        .bind(policy.jobs_per_hour)
+        .bind(hour)
         .execute(&self.pool)
         .await?;
         let row = sqlx::query(
             "UPDATE jobs
-             SET state = 'running', attempts = attempts + 1, lease_owner = ?1, lease_expires_at = ?2,
-                 started_at = ?3
+             SET state = CASE WHEN result IS NULL THEN 'running' ELSE 'delivering' END,
+                 attempts = attempts + CASE WHEN result IS NULL THEN 1 ELSE 0 END,
+                 started_at = CASE WHEN result IS NULL THEN ?3 ELSE started_at END,
+                 lease_owner = ?1, lease_expires_at = ?2, next_attempt_at = NULL, wait_reason = NULL
              WHERE id = (SELECT id FROM jobs AS j
                          WHERE (j.state = 'queued'
+                                AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3)
                                 AND (j.concurrency_group IS NULL
                                      OR NOT EXISTS (SELECT 1 FROM jobs AS r
                                                     WHERE r.concurrency_group = j.concurrency_group
-                                                      AND r.state = 'running')))
+                                                      AND r.state IN ('running', 'delivering'))))
                             OR (j.state = 'running' AND j.lease_expires_at < ?3)
+                            OR (j.state = 'delivering'
+                                AND (j.lease_owner IS NULL OR j.lease_expires_at < ?3)
+                                AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3))
                          ORDER BY j.id LIMIT 1)
-             RETURNING id, delivery_id, trigger_name, repo, spec, attempts,
+             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested,
                        (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
         )
         .bind(owner)
-        .bind(now + ms(lease))
+        .bind(now + ms(policy.lease))
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
@@ -298,14 +329,49 @@ impl Store for SqliteStore {
                 repo: row.try_get("repo")?,
                 spec: row.try_get("spec")?,
                 attempt: row.try_get::<i64, _>("attempts")? as u32,
+                retries: row.try_get::<i64, _>("retries")? as u32,
+                result: row.try_get("result")?,
+                cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
             })
         })
         .transpose()
     }
 
+    async fn store_result(&self, job: JobId, owner: &str, result: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'delivering', result = ?
+             WHERE id = ? AND lease_owner = ? AND state IN ('running', 'delivering')",
+        )
+        .bind(crate::redact::redact(result).as_ref())
+        .bind(job.0)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn defer_job(&self, job: JobId, owner: &str, until: i64, reason: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs
+             SET state = CASE WHEN result IS NULL THEN 'queued' ELSE 'delivering' END,
+                 attempts = attempts - CASE WHEN result IS NULL AND attempts > 0 THEN 1 ELSE 0 END,
+                 retries = retries + 1, next_attempt_at = ?, wait_reason = ?,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ? AND lease_owner = ? AND state IN ('running', 'delivering')",
+        )
+        .bind(until)
+        .bind(crate::redact::redact(reason).as_ref())
+        .bind(job.0)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<Lease> {
         let row = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ? AND state = 'running'
+            "UPDATE jobs SET lease_expires_at = ?
+             WHERE id = ? AND lease_owner = ? AND state IN ('running', 'delivering')
              RETURNING cancel_requested",
         )
         .bind(now_ms() + ms(lease))
@@ -327,8 +393,9 @@ impl Store for SqliteStore {
             Ending::Cancelled(e) => ("cancelled", Some(e)),
         };
         let result = sqlx::query(
-            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = ? AND lease_owner = ? AND state = 'running'",
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_owner = NULL, lease_expires_at = NULL,
+                    next_attempt_at = NULL, wait_reason = NULL
+             WHERE id = ? AND lease_owner = ? AND state IN ('running', 'delivering')",
         )
         .bind(state)
         .bind(error.map(crate::redact::redact))
@@ -383,34 +450,76 @@ impl Store for SqliteStore {
     }
 
     async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>> {
-        let row = sqlx::query("SELECT kind, key, url FROM outputs WHERE job_id = ? AND key = ?")
-            .bind(job.0)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            Ok(Output {
-                kind: row.try_get("kind")?,
-                key: row.try_get("key")?,
-                url: row.try_get("url")?,
-            })
-        })
-        .transpose()
+        let row = sqlx::query(
+            "SELECT kind, key, url, github_id, state FROM outputs WHERE job_id = ? AND key = ?",
+        )
+        .bind(job.0)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(output_row).transpose()
     }
 
     async fn record_output(&self, job: JobId, output: &Output) -> Result<()> {
         sqlx::query(
-            "INSERT INTO outputs (job_id, kind, key, url, created_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (job_id, key) DO UPDATE SET url = excluded.url",
+            "INSERT INTO outputs (job_id, kind, key, url, github_id, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (job_id, key) DO UPDATE
+             SET kind = excluded.kind, url = excluded.url, github_id = excluded.github_id, state = excluded.state",
         )
         .bind(job.0)
         .bind(&output.kind)
         .bind(&output.key)
         .bind(&output.url)
+        .bind(output.github_id.map(|id| id as i64))
+        .bind(if output.pending { "pending" } else { "done" })
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn last_push(&self, repo: &str, branch: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT sha FROM pushes WHERE repo = ? AND branch = ?")
+            .bind(repo)
+            .bind(branch)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("sha")).transpose()?)
+    }
+
+    async fn record_push(&self, repo: &str, branch: &str, sha: &str, job: JobId) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pushes (repo, branch, sha, job_id, pushed_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (repo, branch) DO UPDATE
+             SET sha = excluded.sha, job_id = excluded.job_id, pushed_at = excluded.pushed_at",
+        )
+        .bind(repo)
+        .bind(branch)
+        .bind(sha)
+        .bind(job.0)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_output(&self, job: JobId, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM outputs WHERE job_id = ? AND key = ?")
+            .bind(job.0)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn outputs(&self, job: JobId) -> Result<Vec<Output>> {
+        let rows = sqlx::query(
+            "SELECT kind, key, url, github_id, state FROM outputs WHERE job_id = ? ORDER BY id",
+        )
+        .bind(job.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(output_row).collect()
     }
 
     async fn jobs(&self) -> Result<Vec<JobRecord>> {
@@ -532,6 +641,13 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    fn policy(lease: Duration) -> ClaimPolicy {
+        ClaimPolicy {
+            lease,
+            jobs_per_hour: 1000,
+        }
+    }
+
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/sub/n.db", dir.path().display());
@@ -618,15 +734,19 @@ mod tests {
         assert!(store.unmatched_deliveries(10).await.unwrap().is_empty());
 
         let lease = Duration::from_secs(60);
-        let a = store.claim_job("w1", lease, 3).await.unwrap().unwrap();
-        let b = store.claim_job("w2", lease, 3).await.unwrap().unwrap();
+        let a = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+        let b = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
         assert_eq!(
             (a.trigger.as_str(), b.trigger.as_str()),
             ("first", "second")
         );
         assert_eq!(a.delivery_id.0, "a");
         assert!(
-            store.claim_job("w3", lease, 3).await.unwrap().is_none(),
+            store
+                .claim_job("w3", policy(lease))
+                .await
+                .unwrap()
+                .is_none(),
             "leased jobs are not claimed twice"
         );
 
@@ -658,33 +778,175 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_expired_lease_is_taken_over_until_attempts_run_out() {
+    async fn an_expired_lease_is_taken_over_and_each_start_counted() {
         let (_dir, store) = store().await;
         let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
             panic!()
         };
         store.record_match(d, &[job("t")]).await.unwrap();
         let short = Duration::from_millis(0);
-        let first = store.claim_job("dead", short, 2).await.unwrap().unwrap();
+        let first = store
+            .claim_job("dead", policy(short))
+            .await
+            .unwrap()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let second = store.claim_job("alive", short, 2).await.unwrap().unwrap();
+        let second = store
+            .claim_job("alive", policy(short))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((first.id, first.attempt, second.attempt), (second.id, 1, 2));
         assert_eq!(
             store.renew_lease(first.id, "dead", short).await.unwrap(),
             Lease::Lost,
             "the dead worker lost its lease"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert!(store.claim_job("third", short, 2).await.unwrap().is_none());
-        let jobs = store.jobs().await.unwrap();
-        assert_eq!(jobs[0].state, JobState::Failed);
         assert!(
-            jobs[0]
-                .error
+            !store
+                .finish_job(first.id, "dead", Ending::Succeeded)
+                .await
+                .unwrap(),
+            "a stale worker ends nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The worker judges the attempts (and says so where the job came from).
+        let third = store
+            .claim_job("third", policy(short))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(third.attempt, 3);
+    }
+
+    #[tokio::test]
+    async fn a_stored_result_is_delivered_without_running_the_agent_again() {
+        let (_dir, store) = store().await;
+        let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+            panic!()
+        };
+        store.record_match(d, &[job("t")]).await.unwrap();
+        let short = Duration::from_millis(0);
+        let j = store.claim_job("w1", policy(short)).await.unwrap().unwrap();
+        assert_eq!((j.attempt, j.result.as_deref()), (1, None));
+        assert!(
+            store
+                .store_result(j.id, "w1", "{\"done\":1}")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.store_result(j.id, "stale", "{}").await.unwrap(),
+            "only the lease holder stores a result"
+        );
+        assert_eq!(
+            store.job(j.id).await.unwrap().unwrap().state,
+            JobState::Delivering
+        );
+        // Its worker died while delivering: the next one gets the result, and the agent's starts stay 1.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let again = store.claim_job("w2", policy(short)).await.unwrap().unwrap();
+        assert_eq!((again.id, again.attempt), (j.id, 1));
+        assert_eq!(again.result.as_deref(), Some("{\"done\":1}"));
+        assert_eq!(
+            store.job(j.id).await.unwrap().unwrap().state,
+            JobState::Delivering
+        );
+        assert!(
+            store
+                .finish_job(j.id, "w2", Ending::Succeeded)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deferred_job_waits_with_its_reason_and_keeps_its_phase() {
+        let (_dir, store) = store().await;
+        for id in ["a", "b"] {
+            let Inserted::New(d) = store.insert_delivery(&delivery(id)).await.unwrap() else {
+                panic!()
+            };
+            store.record_match(d, &[job("t")]).await.unwrap();
+        }
+        let lease = Duration::from_secs(60);
+        let a = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+        let b = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+        // `a` could not fetch: back to the queue, its start not counted. `b` ran: it waits to deliver.
+        let later = crate::now_ms() + 60_000;
+        assert!(
+            store
+                .defer_job(a.id, "w", later, "git fetch failed")
+                .await
+                .unwrap()
+        );
+        assert!(store.store_result(b.id, "w", "{}").await.unwrap());
+        assert!(
+            store
+                .defer_job(b.id, "w", later, "GitHub answered 502")
+                .await
+                .unwrap()
+        );
+        let jobs = store.jobs().await.unwrap();
+        assert_eq!(
+            jobs.iter()
+                .map(|j| (j.state, j.attempts, j.retries, j.waiting.clone().unwrap()))
+                .collect::<Vec<_>>(),
+            [
+                (JobState::Queued, 0, 1, "git fetch failed".to_owned()),
+                (JobState::Delivering, 1, 1, "GitHub answered 502".to_owned())
+            ]
+        );
+        assert!(
+            store.claim_job("w", policy(lease)).await.unwrap().is_none(),
+            "both wait"
+        );
+        // Their time comes.
+        sqlx::query("UPDATE jobs SET next_attempt_at = 0")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let a2 = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+        let b2 = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+        assert_eq!(
+            (a2.id, a2.attempt, a2.retries, a2.result),
+            (a.id, 1, 1, None)
+        );
+        assert_eq!(
+            (b2.id, b2.attempt, b2.result.as_deref()),
+            (b.id, 1, Some("{}"))
+        );
+        assert!(store.job(a.id).await.unwrap().unwrap().waiting.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_repository_past_its_jobs_an_hour_waits_and_says_why() {
+        let (_dir, store) = store().await;
+        for id in ["a", "b", "c"] {
+            let Inserted::New(d) = store.insert_delivery(&delivery(id)).await.unwrap() else {
+                panic!()
+            };
+            store.record_match(d, &[job("t")]).await.unwrap();
+        }
+        let capped = ClaimPolicy {
+            lease: Duration::from_secs(60),
+            jobs_per_hour: 2,
+        };
+        assert!(store.claim_job("w", capped).await.unwrap().is_some());
+        assert!(store.claim_job("w", capped).await.unwrap().is_some());
+        assert!(store.claim_job("w", capped).await.unwrap().is_none());
+        let third = &store.jobs().await.unwrap()[2];
+        assert_eq!(third.state, JobState::Queued);
+        assert!(
+            third
+                .waiting
                 .as_deref()
                 .unwrap()
-                .contains("started 2 times")
+                .contains("2 jobs in the last hour"),
+            "{third:?}"
         );
+        let wait = third.next_attempt_at.unwrap() - crate::now_ms();
+        assert!((3_500_000..=3_600_000).contains(&wait), "{wait}");
     }
 
     #[tokio::test]
@@ -711,21 +973,25 @@ mod tests {
             .await
             .unwrap();
 
-        let one = store.claim_job("w1", lease, 3).await.unwrap().unwrap();
-        let free = store.claim_job("w2", lease, 3).await.unwrap().unwrap();
+        let one = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+        let free = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
         assert_eq!(
             (one.trigger.as_str(), free.trigger.as_str()),
             ("one", "free")
         );
         assert!(
-            store.claim_job("w3", lease, 3).await.unwrap().is_none(),
+            store
+                .claim_job("w3", policy(lease))
+                .await
+                .unwrap()
+                .is_none(),
             "`two` waits for `one`"
         );
         store
             .finish_job(one.id, "w1", Ending::Succeeded)
             .await
             .unwrap();
-        let two = store.claim_job("w3", lease, 3).await.unwrap().unwrap();
+        let two = store.claim_job("w3", policy(lease)).await.unwrap().unwrap();
         assert_eq!(two.trigger, "two");
 
         // A job that cancels in progress: the queued one is cancelled, the running one asked to stop.
@@ -751,7 +1017,7 @@ mod tests {
             .finish_job(two.id, "w3", Ending::Cancelled("replaced"))
             .await
             .unwrap();
-        let four = store.claim_job("w1", lease, 3).await.unwrap().unwrap();
+        let four = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
         assert_eq!(four.trigger, "four");
         let states: Vec<(String, JobState)> = store
             .jobs()
@@ -784,7 +1050,10 @@ mod tests {
                         anyhow::bail!("duplicate")
                     };
                     store.record_match(d, &[job("a"), job("b")]).await?;
-                    if let Some(j) = store.claim_job(&id, Duration::from_secs(60), 3).await? {
+                    if let Some(j) = store
+                        .claim_job(&id, policy(Duration::from_secs(60)))
+                        .await?
+                    {
                         store
                             .append_log(j.id, LogStream::Nightshift, &["x".into()])
                             .await?;
@@ -811,7 +1080,7 @@ mod tests {
         assert_eq!(store.record_match(d, &[bad]).await.unwrap(), 0);
         assert!(
             store
-                .claim_job("w", Duration::from_secs(1), 3)
+                .claim_job("w", policy(Duration::from_secs(1)))
                 .await
                 .unwrap()
                 .is_none()
@@ -827,7 +1096,7 @@ mod tests {
         };
         store.record_match(d, &[job("t")]).await.unwrap();
         let j = store
-            .claim_job("w", Duration::from_secs(9), 3)
+            .claim_job("w", policy(Duration::from_secs(9)))
             .await
             .unwrap()
             .unwrap();
@@ -841,13 +1110,27 @@ mod tests {
             ["one", "two"]
         );
         assert!(store.find_output(j.id, "comment").await.unwrap().is_none());
-        let out = Output {
+        let mut out = Output {
             kind: "comment".into(),
             key: "comment".into(),
-            url: Some("u".into()),
+            url: None,
+            github_id: None,
+            pending: true,
         };
         store.record_output(j.id, &out).await.unwrap();
-        assert_eq!(store.find_output(j.id, "comment").await.unwrap(), Some(out));
+        assert_eq!(
+            store.find_output(j.id, "comment").await.unwrap(),
+            Some(out.clone())
+        );
+        out.url = Some("u".into());
+        out.github_id = Some(7);
+        out.pending = false;
+        store.record_output(j.id, &out).await.unwrap();
+        assert_eq!(
+            store.find_output(j.id, "comment").await.unwrap(),
+            Some(out.clone())
+        );
+        assert_eq!(store.outputs(j.id).await.unwrap(), [out]);
         assert_eq!(store.delivery_payload(d).await.unwrap(), b"{}");
     }
 }

@@ -60,6 +60,16 @@ pub struct JobSpec {
     /// The job works on a fork's code with `forks: read_only`: the agent's worktree is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// A comment on the issue or pull request says the job is working, and is edited with its result.
+    #[serde(default = "yes")]
+    pub progress: bool,
+    /// issue output: the rendered `dedupe:` key (an open issue filed under it gets a comment instead).
+    #[serde(default)]
+    pub dedupe_key: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl JobSpec {
@@ -114,6 +124,8 @@ impl JobSpec {
                     .as_ref()
                     .is_some_and(|r| !r.pull_requests.is_empty()),
             read_only: trigger.forks == crate::trigger::Forks::ReadOnly && event.from_fork(),
+            progress: true,
+            dedupe_key: None,
         }
     }
 }
