@@ -5,6 +5,7 @@
 pub mod comment;
 pub mod github_object;
 pub mod pull_request;
+pub mod shape;
 pub mod texts;
 
 use std::sync::Arc;
