@@ -209,6 +209,30 @@ fn lineage_past_max_depth_fires_nothing_and_says_why() {
 }
 
 #[test]
+fn only_text_nightshifts_account_wrote_is_searched_for_markers() {
+    let mut p = payload("issue_comment/created.json");
+    p["comment"]["user"]["login"] = "my-app[bot]".into();
+    p["comment"]["body"] = "mine <!-- nightshift:job:4 -->".into();
+    // The issue is a stranger's, marker and all.
+    p["issue"]["body"] = "theirs <!-- nightshift:job:1 -->".into();
+    let event = Event::from_value("issue_comment", p.clone()).unwrap();
+    assert_eq!(
+        event.texts_written_by("MY-APP[bot]"),
+        ["mine <!-- nightshift:job:4 -->"]
+    );
+    assert!(event.texts_written_by("someone-else").is_empty());
+    // A check run's external_id counts only when nightshift's account sent the event.
+    let mut run = payload("check_run/completed.json");
+    run["check_run"]["external_id"] = "nightshift:job:9".into();
+    run["sender"]["login"] = "my-app[bot]".into();
+    let event = Event::from_value("check_run", run.clone()).unwrap();
+    assert_eq!(event.texts_written_by("my-app[bot]"), ["nightshift:job:9"]);
+    run["sender"]["login"] = "mallory".into();
+    let event = Event::from_value("check_run", run).unwrap();
+    assert!(event.texts_written_by("my-app[bot]").is_empty());
+}
+
+#[test]
 fn pull_request_outputs_get_a_concurrency_group_per_issue() {
     let mut labeled = payload("issues/labeled.json");
     labeled["label"]["name"] = "agent:fix".into();
@@ -476,10 +500,13 @@ async fn lineage_a_chain_of_nightshifts_own_comments_stops_at_max_depth_and_a_pa
     assert_eq!(spine.deliver("issue_comment", "own-1", &first).await, 202);
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(spec_of(&mut spine, jobs[0].id).await.depth, 1);
-    // Its answer, carrying job 1's marker: depth 2, past max_depth 1.
+    // Its answer, carrying job 1's marker (and, before it, one naming no job: the deepest counts).
     let second = on_issue(
         &spine,
-        &format!("answer\n{}", nightshift::sink::texts::marker(jobs[0].id)),
+        &format!(
+            "answer <!-- nightshift:job:999 -->\n{}",
+            nightshift::sink::texts::marker(jobs[0].id)
+        ),
         own,
     );
     assert_eq!(spine.deliver("issue_comment", "own-2", &second).await, 202);
