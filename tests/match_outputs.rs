@@ -387,9 +387,24 @@ async fn a_review_command_on_a_pull_request_runs_on_its_head_and_reacts_once() {
     );
     spine.github.set_pull_head(REPO, 1, &sha, "feature", REPO);
     spine.start().await;
+    // A stranger's `/review` and an owner's chatter fire nothing and cost no call to GitHub.
+    let mut stranger: Value =
+        serde_json::from_slice(&delivered_comment(&spine, "/review", "mallory")).unwrap();
+    stranger["comment"]["author_association"] = "NONE".into();
+    let stranger = serde_json::to_vec(&stranger).unwrap();
+    assert_eq!(spine.deliver("issue_comment", "c-0", &stranger).await, 202);
+    let chatter = delivered_comment(&spine, "thanks!", "Codertocat");
+    assert_eq!(spine.deliver("issue_comment", "c-00", &chatter).await, 202);
     let body = delivered_comment(&spine, "/review", "Codertocat");
     assert_eq!(spine.deliver("issue_comment", "c-1", &body).await, 202);
     let jobs = spine.wait_for_finished_jobs(2).await;
+    let reads = spine
+        .github
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("GET /repos/Codertocat/Hello-World/pulls/1"))
+        .count();
+    assert_eq!(reads, 1, "{:#?}", spine.github.calls());
     assert!(
         jobs.iter().all(|j| j.state == JobState::Succeeded),
         "{jobs:#?}"
@@ -453,6 +468,27 @@ async fn a_review_command_on_a_forks_pull_request_is_skipped_or_read_only_like_a
     assert!(spec.read_only, "a fork's code is mounted read-only");
     assert!(spec.pull.unwrap().from_fork);
     spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_reaction_that_fails_is_logged_and_the_job_still_runs() {
+    let review = (
+        "review.yml",
+        "on:\n  issue_comment:\n    command: /review\nagent: reply\nprompt: review\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[review]).await;
+    let sha = spine.commit("main", "feature", "README.md", "x\n");
+    spine.github.set_pull_head(REPO, 1, &sha, "feature", REPO);
+    spine
+        .github
+        .fail_next("reactions/create-for-issue-comment", &[422]);
+    spine.start().await;
+    let body = delivered_comment(&spine, "/review", "Codertocat");
+    assert_eq!(spine.deliver("issue_comment", "c-1", &body).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    wait_for_service_log(&spine, "could not react to the command's comment").await;
+    spine.wait_for_comments(1).await;
 }
 
 #[tokio::test]

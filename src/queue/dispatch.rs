@@ -153,18 +153,6 @@ async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>
             "nightshift's own output set this event off"
         );
     }
-    if let Some(number) = commented_pull(event)
-        && sets.iter().any(|set| set.may_fire(event))
-    {
-        input.pull = Some(
-            pull_facts(pipeline, event, number)
-                .await
-                .map_err(|e| format!("{e:#}")),
-        );
-        if let Some(Err(e)) = &input.pull {
-            warn!("the pull request's head, base and fork-ness are unknown: {e}");
-        }
-    }
     let mut logins: Vec<String> = sets
         .iter()
         .flat_map(|set| set.logins_to_look_up(event, input.bot_login.as_deref()))
@@ -181,6 +169,20 @@ async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>
             Err(e) => warn!(
                 "the pull request's changed files are unknown, so path filters will not pass: {e:#}"
             ),
+        }
+    }
+    // Read only when a trigger would fire but for what the pull request is: a stranger's comments, or ones
+    // without the command, cost no call to GitHub.
+    if let Some(number) = commented_pull(event)
+        && sets.iter().any(|set| set.needs_pull(event, &input))
+    {
+        input.pull = Some(
+            pull_facts(pipeline, event, number)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        );
+        if let Some(Err(e)) = &input.pull {
+            warn!("the pull request's head, base and fork-ness are unknown: {e}");
         }
     }
     input

@@ -269,14 +269,27 @@ impl TriggerSet {
         idx.into_iter().map(|i| &self.triggers[i])
     }
 
-    /// Whether any trigger may fire for this event (one triggers on its kind in its repository).
-    pub fn may_fire(&self, event: &Event) -> bool {
-        let (Some(kind), Some(repo)) = (EventKind::from_name(&event.name), &event.repository)
-        else {
+    /// Whether the facts of the pull request a comment is on are needed: some trigger would fire for it if
+    /// the pull request were this repository's own (its filters, trust and command pass). None is for a
+    /// comment nobody trusted wrote, or one without the command.
+    pub fn needs_pull(&self, event: &Event, input: &MatchInput) -> bool {
+        let (Some(kind), Some(repo), Some(issue)) = (
+            EventKind::from_name(&event.name),
+            &event.repository,
+            event.issue.as_ref().filter(|i| i.is_pull_request),
+        ) else {
             return false;
         };
+        if event.pull_request.is_some() {
+            return false;
+        }
+        let mut probe = input.clone();
+        probe.pull = Some(Ok(crate::source::event::PullFacts {
+            number: issue.number,
+            ..Default::default()
+        }));
         self.candidates(kind, &repo.full_name.to_string())
-            .any(|t| t.events.contains_key(&kind))
+            .any(|t| self.check_filters(t, event, &probe).is_ok())
     }
 
     /// Whether any trigger that may fire for this event filters on changed files it does not carry.
