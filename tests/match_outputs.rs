@@ -176,6 +176,19 @@ fn pull_request_events_take_their_facts_from_the_payload() {
 }
 
 #[test]
+fn a_pull_request_whose_head_repository_is_gone_counts_as_a_forks() {
+    let mut pr = payload("pull_request/opened.json")["pull_request"].clone();
+    assert!(!PullFacts::from_value(&pr).unwrap().from_fork);
+    pr["head"]["repo"] = Value::Null;
+    let facts = PullFacts::from_value(&pr).unwrap();
+    assert!(facts.from_fork && facts.head_repo.is_none());
+    pr["head"]["repo"] = json!({ "id": 1, "full_name": "stranger/Hello-World" });
+    assert!(PullFacts::from_value(&pr).unwrap().from_fork);
+    // Not a pull request at all: an error, not facts.
+    assert!(PullFacts::from_value(&json!({ "message": "Not Found" })).is_err());
+}
+
+#[test]
 fn lineage_past_max_depth_fires_nothing_and_says_why() {
     let from_self = "on: issue_comment\nagent: x\nprompt: x\nfrom_self: true\n";
     let p = payload("issue_comment/created.json");
