@@ -33,6 +33,9 @@ struct ConfigFile {
     job_lease: Option<Duration>,
     /// How many times a job is started before it is given up (a crash mid-job counts as a start).
     max_attempts: Option<u32>,
+    /// The most links in a chain of jobs set off by nightshift's own outputs (default 1): an event a
+    /// person caused has depth 0, one a job's output caused that job's depth + 1; past it nothing fires.
+    max_depth: Option<u32>,
     /// Whether repositories' own triggers (`.nightshift/triggers/*.yml` on their default branch) apply.
     repo_triggers: Option<bool>,
     /// Whether a failed job says so in a comment on its issue or pull request.
@@ -427,6 +430,8 @@ pub struct Config {
     pub workers: usize,
     pub job_lease: Duration,
     pub max_attempts: u32,
+    /// Lineage: see [`crate::trigger::DEFAULT_MAX_DEPTH`].
+    pub max_depth: u32,
     pub repo_triggers: bool,
     pub report_failures: bool,
     /// The most bytes of agent output one job's log keeps.
@@ -706,6 +711,7 @@ fn resolve(
             .max_attempts
             .unwrap_or_else(default_max_attempts)
             .max(1),
+        max_depth: file.max_depth.unwrap_or(crate::trigger::DEFAULT_MAX_DEPTH),
         repo_triggers: file.repo_triggers.unwrap_or(true),
         report_failures: file.report_failures.unwrap_or(true),
         max_job_log: file.max_job_log.unwrap_or(DEFAULT_MAX_JOB_LOG),

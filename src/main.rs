@@ -270,6 +270,9 @@ fn offline_match(
                 .collect(),
             None => Default::default(),
         },
+        // Offline: a comment's pull request is not read, so its jobs say they cannot run on its code.
+        max_depth: Some(config.max_depth),
+        ..Default::default()
     };
     Ok((TriggerSet::new(loaded.triggers), parsed, input))
 }

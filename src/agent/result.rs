@@ -30,6 +30,27 @@ pub struct Review {
     /// Inline comments on the pull request's diff.
     #[serde(default)]
     pub comments: Vec<InlineComment>,
+    /// The agent's verdict, for a check run: `success`, `failure` or `neutral`. A check is green only when
+    /// the agent says `success` and the job succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conclusion: Option<Conclusion>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conclusion {
+    Success,
+    Failure,
+    Neutral,
+}
+
+/// How grave an inline comment is: a check run's annotation level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Failure,
+    Warning,
+    Notice,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -43,9 +64,12 @@ pub struct InlineComment {
     #[serde(default = "right")]
     pub side: Side,
     pub body: String,
+    /// `failure`, `warning` (the default for an annotation) or `notice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Side {
     Left,
@@ -95,7 +119,7 @@ pub fn parse_review(text: &str) -> Result<Review> {
     let review: Review = match serde_json::from_str(text) {
         Ok(review) => review,
         Err(e) => bail!(
-            "the agent's review.json is not valid: {e} (expected {{\"summary\": \"...\", \"comments\": [{{\"path\": \"src/lib.rs\", \"line\": 12, \"side\": \"RIGHT\", \"body\": \"...\"}}]}})"
+            "the agent's review.json is not valid: {e} (expected {{\"summary\": \"...\", \"conclusion\": \"success|failure|neutral\", \"comments\": [{{\"path\": \"src/lib.rs\", \"line\": 12, \"side\": \"RIGHT\", \"severity\": \"failure|warning|notice\", \"body\": \"...\"}}]}})"
         ),
     };
     for (i, c) in review.comments.iter().enumerate() {
@@ -189,5 +213,45 @@ mod tests {
         assert!(e.to_string().contains("line 0"), "{e}");
         let e = parse_review(r#"{"summary": "ok", "verdict": "approve"}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `verdict`"), "{e}");
+        let e = parse_review(r#"{"summary": "ok", "conclusion": "approve"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "unknown variant `approve`, expected one of `success`, `failure`, `neutral`"
+            ),
+            "{e}"
+        );
+        let e = parse_review(
+            r#"{"summary": "ok", "comments": [{"path": "a", "line": 1, "body": "b", "severity": "error"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "unknown variant `error`, expected one of `failure`, `warning`, `notice`"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_conclusion_and_severities_are_read_when_given() {
+        let review = parse_review(
+            r#"{"summary": "bad", "conclusion": "failure", "comments": [
+                {"path": "a.rs", "line": 2, "body": "x", "severity": "notice"},
+                {"path": "a.rs", "line": 3, "body": "y"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(review.conclusion, Some(Conclusion::Failure));
+        assert_eq!(
+            review
+                .comments
+                .iter()
+                .map(|c| c.severity)
+                .collect::<Vec<_>>(),
+            [Some(Severity::Notice), None]
+        );
+        assert_eq!(
+            parse_review(r#"{"summary": "ok"}"#).unwrap().conclusion,
+            None
+        );
     }
 }

@@ -143,9 +143,16 @@ fn lane(delivery: &StoredDelivery) -> String {
 async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>]) -> MatchInput {
     let mut input = MatchInput {
         bot_login: pipeline.config.github.bot_login.clone(),
-        changed_files: None,
-        standing: Default::default(),
+        max_depth: Some(pipeline.config.max_depth),
+        ..Default::default()
     };
+    input.depth = lineage_depth(pipeline, event).await;
+    if input.depth > 0 {
+        info!(
+            depth = input.depth,
+            "nightshift's own output set this event off"
+        );
+    }
     let mut logins: Vec<String> = sets
         .iter()
         .flat_map(|set| set.logins_to_look_up(event, input.bot_login.as_deref()))
@@ -164,7 +171,126 @@ async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>
             ),
         }
     }
+    // Read only when a trigger would fire but for what the pull request is: a stranger's comments, or ones
+    // without the command, cost no call to GitHub.
+    if let Some(number) = commented_pull(event)
+        && sets.iter().any(|set| set.needs_pull(event, &input))
+    {
+        input.pull = Some(
+            pull_facts(pipeline, event, number)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        );
+        if let Some(Err(e)) = &input.pull {
+            warn!("the pull request's head, base and fork-ness are unknown: {e}");
+        }
+    }
     input
+}
+
+/// The pull request a comment is on, when the payload has no pull request of its own (`issue_comment`).
+fn commented_pull(event: &Event) -> Option<u64> {
+    match (&event.pull_request, &event.issue) {
+        (None, Some(issue)) if issue.is_pull_request => Some(issue.number),
+        _ => None,
+    }
+}
+
+/// A pull request's facts, asked of GitHub: a comment's payload carries neither its head nor its fork-ness.
+async fn pull_facts(
+    pipeline: &Pipeline,
+    event: &Event,
+    number: u64,
+) -> Result<crate::source::event::PullFacts> {
+    let Some(repo) = &event.repository else {
+        anyhow::bail!("the event has no repository");
+    };
+    if !pipeline.github.has_credentials() {
+        anyhow::bail!("there are no GitHub credentials to read it");
+    }
+    let api = pipeline.github.client(event.installation).await?.api();
+    let route = format!("/repos/{}/pulls/{number}", repo.full_name);
+    let answer: serde_json::Value = with_retry("reading the pull request", || {
+        api.get(route.as_str(), None::<&()>)
+    })
+    .await?;
+    let facts = crate::source::event::PullFacts::from_value(&answer)
+        .map_err(|e| anyhow::anyhow!("GitHub's answer is not a pull request: {e}"))?;
+    if facts.number != number {
+        anyhow::bail!("GitHub answered with pull request #{}", facts.number);
+    }
+    Ok(facts)
+}
+
+/// The most jobs named by markers whose depth is looked up for one event.
+const MAX_MARKERS: usize = 16;
+
+/// The event's lineage depth: 0 unless nightshift's own account set it off; then 1 + the deepest job
+/// whose marker is in text nightshift's account wrote in the object the event is about (1 when none is
+/// found). When nightshift does not know its account, the marker in the event's own text is all it has
+/// (as for trust, see `is_from_nightshift`).
+async fn lineage_depth(pipeline: &Pipeline, event: &Event) -> u32 {
+    let bot = pipeline.config.github.bot_login.as_deref();
+    if !crate::trigger::is_from_nightshift(event, bot) {
+        return 0;
+    }
+    let texts: Vec<&str> = match bot {
+        Some(bot) => event.texts_written_by(bot),
+        None => event.body().into_iter().collect(),
+    };
+    let mut jobs: Vec<_> = texts
+        .iter()
+        .flat_map(|t| crate::sink::texts::marked_jobs(t))
+        .collect();
+    jobs.sort_unstable_by_key(|j| j.0);
+    jobs.dedup();
+    let mut deepest = 0;
+    for job in jobs.into_iter().take(MAX_MARKERS) {
+        match pipeline.store.job_spec(job).await {
+            Ok(Some(spec)) => {
+                let depth = serde_json::from_str::<serde_json::Value>(&spec)
+                    .ok()
+                    .and_then(|v| v["depth"].as_u64())
+                    .unwrap_or(0);
+                deepest = deepest.max(u32::try_from(depth).unwrap_or(u32::MAX));
+            }
+            Ok(None) => {}
+            Err(e) => warn!(%job, "could not read the depth of the job a marker names: {e:#}"),
+        }
+    }
+    deepest.saturating_add(1)
+}
+
+/// Puts 👀 on the comment that carried a slash command, once its job is queued. Its failure is logged;
+/// the match stands.
+async fn react(pipeline: &Pipeline, event: &Event) {
+    let (Some(repo), Some(id)) = (&event.repository, event.comment.as_ref().and_then(|c| c.id))
+    else {
+        return;
+    };
+    if !pipeline.github.has_credentials() {
+        return;
+    }
+    let route = match event.name.as_str() {
+        "issue_comment" => format!("/repos/{}/issues/comments/{id}/reactions", repo.full_name),
+        "pull_request_review_comment" => {
+            format!("/repos/{}/pulls/comments/{id}/reactions", repo.full_name)
+        }
+        _ => return,
+    };
+    let posted = async {
+        let api = pipeline.github.client(event.installation).await?.api();
+        let body = serde_json::json!({ "content": "eyes" });
+        // GitHub answers a second identical reaction with the first one: retrying cannot add another.
+        let _: serde_json::Value = with_retry("reacting to the command", || {
+            api.post(route.as_str(), Some(&body))
+        })
+        .await?;
+        anyhow::Ok(())
+    };
+    if let Err(e) = posted.await {
+        warn!("could not react to the command's comment: {e:#}");
+    }
 }
 
 /// How `login` relates to the event's repository, from their permission on it (cached for a few minutes);
@@ -286,14 +412,20 @@ async fn fire(
     sets: Vec<Arc<TriggerSet>>,
     event: Event,
     input: MatchInput,
-) -> Vec<(String, Result<Box<crate::queue::JobSpec>, String>)> {
+) -> Vec<(String, Result<Box<crate::queue::JobSpec>, String>, bool)> {
     let mut fired = Vec::new();
     for set in sets {
         let (set2, event2, input2) = (set.clone(), event.clone(), input.clone());
         let matching = tokio::task::spawn_blocking(move || {
+            let kind = crate::trigger::EventKind::from_name(&event2.name);
             set2.fired(&event2, &input2)
                 .into_iter()
-                .map(|(t, job)| (t.name.clone(), job))
+                .map(|(t, job)| {
+                    let by_command = kind
+                        .and_then(|k| t.events.get(&k))
+                        .is_some_and(|f| f.command.is_some());
+                    (t.name.clone(), job, by_command)
+                })
                 .collect::<Vec<_>>()
         });
         match tokio::time::timeout(MATCH_TIMEOUT, matching).await {
@@ -313,7 +445,7 @@ async fn fire(
                 };
                 fired.extend(
                     set.candidates(kind, &repo.full_name.to_string())
-                        .map(|t| (t.name.clone(), Err(error.clone()))),
+                        .map(|t| (t.name.clone(), Err(error.clone()), false)),
                 );
             }
         }
@@ -324,6 +456,8 @@ async fn fire(
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
     // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
     let payload = pipeline.store.delivery_payload(delivery.id).await?;
+    // The event whose comment carried a slash command that queued a job.
+    let mut command_event = None;
     let jobs = match Event::parse(&delivery.event, &payload) {
         Ok(event) => {
             if let Some(r) = &event.repository {
@@ -353,10 +487,16 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                 sets.push(own);
             }
             let input = match_input(pipeline, &event, &sets).await;
-            fire(sets, event.clone(), input)
-                .await
+            let fired = fire(sets, event.clone(), input).await;
+            if fired
+                .iter()
+                .any(|(_, job, by_command)| *by_command && job.is_ok())
+            {
+                command_event = Some(event.clone());
+            }
+            fired
                 .into_iter()
-                .map(|(trigger, job)| {
+                .map(|(trigger, job, _)| {
                     let repo = event
                         .repository
                         .as_ref()
@@ -396,6 +536,10 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
     info!(triggers = jobs.len(), queued, "matched");
     if queued > 0 {
         pipeline.jobs_waiting.notify_waiters();
+        // Only the match that queued the jobs reacts: a delivery matched again after a crash queues none.
+        if let Some(event) = &command_event {
+            react(pipeline, event).await;
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod github_object;
 pub mod once;
 pub mod outcome;
 pub mod pull_request;
+pub mod shape;
 pub mod texts;
 
 use std::sync::Arc;

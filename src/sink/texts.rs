@@ -11,6 +11,30 @@ pub fn marker(job: JobId) -> String {
     format!("{MARKER_PREFIX}{job} -->")
 }
 
+/// The jobs whose markers are in `text`: every whole `<!-- nightshift:job:N -->`, and a text that is only
+/// `nightshift:job:N` (a check run's `external_id`). Linear in the text's length.
+pub fn marked_jobs(text: &str) -> Vec<JobId> {
+    let number = |digits: &str| -> Option<JobId> {
+        (!digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok().map(JobId))
+            .flatten()
+    };
+    if let Some(n) = text.strip_prefix("nightshift:job:").and_then(number) {
+        return vec![n];
+    }
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices(MARKER_PREFIX) {
+        let rest = &text[at + MARKER_PREFIX.len()..];
+        let digits = &rest[..rest.bytes().take_while(u8::is_ascii_digit).count()];
+        if rest[digits.len()..].starts_with(" -->")
+            && let Some(n) = number(digits)
+        {
+            found.push(n);
+        }
+    }
+    found
+}
+
 /// GitHub refuses a comment, issue or pull request body, or a check run summary, longer than 65,536
 /// characters; an agent's message is cut well before that, leaving room for nightshift's own lines.
 pub const MESSAGE_MAX_CHARS: usize = 60_000;
@@ -19,7 +43,10 @@ pub const MESSAGE_MAX_CHARS: usize = 60_000;
 /// every known secret redacted ([`crate::redact`]). Every agent-written text nightshift posts goes through
 /// here (and every whole body through [`scrub`] or [`scrub_json`] once more, for the texts around it).
 pub fn fit(message: &str) -> std::borrow::Cow<'_, str> {
-    let message = crate::redact::redact(message);
+    let message = match crate::redact::redact(message) {
+        std::borrow::Cow::Borrowed(m) => neutralize_mentions(m),
+        std::borrow::Cow::Owned(m) => std::borrow::Cow::Owned(neutralize_mentions(&m).into_owned()),
+    };
     match message.char_indices().nth(MESSAGE_MAX_CHARS) {
         None => message,
         Some((end, _)) => std::borrow::Cow::Owned(format!(
@@ -27,6 +54,130 @@ pub fn fit(message: &str) -> std::borrow::Cow<'_, str> {
             &message[..end]
         )),
     }
+}
+
+/// What is put after an `@` so that GitHub does not take it for a mention: a zero-width joiner.
+const UNMENTION: &str = "\u{200D}";
+
+/// `text` with every would-be mention made inert, so nobody is notified by what an agent wrote: `@user`
+/// and `@org/team` become `@` + a zero-width joiner + the name (which looks the same), and so do
+/// `&#64;`/`&#x40;`/`&commat;` (which GitHub would turn into `@`) and the full-width and small `＠` `﹫`.
+/// An `@` right after a letter, digit or `_` is no mention (an e-mail address, `a@b.com`) and is left alone.
+///
+/// Code spans and blocks are not spared: telling them apart needs a Markdown parser that agrees with
+/// GitHub's on every input an attacker can write, and a joiner in code costs less than a ping.
+pub fn neutralize_mentions(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    // Bytes of `text` up to here are in `out` (or need no change when `out` is empty and nothing changed).
+    let mut copied = 0;
+    let mut changed = false;
+    let mut i = 0;
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    while i < bytes.len() {
+        let rest = &text[i..];
+        let prev = text[..i].chars().next_back();
+        let next_alnum = |after: usize| {
+            text[after..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphanumeric())
+        };
+        // (bytes to replace, whether to put the joiner after them, the replacement's `@`)
+        let hit: Option<(usize, &str)> = if bytes[i] == b'@' {
+            (!prev.is_some_and(word) && next_alnum(i + 1)).then_some((1, "@"))
+        } else if rest.starts_with('＠') || rest.starts_with('﹫') {
+            let len = rest.chars().next().map_or(1, char::len_utf8);
+            next_alnum(i + len).then_some((len, &rest[..len]))
+        } else if bytes[i] == b'&' {
+            at_entity(rest).map(|len| (len, "@"))
+        } else {
+            None
+        };
+        match hit {
+            Some((len, at)) => {
+                out.push_str(&text[copied..i]);
+                out.push_str(at);
+                out.push_str(UNMENTION);
+                i += len;
+                copied = i;
+                changed = true;
+            }
+            None => i += rest.chars().next().map_or(1, char::len_utf8),
+        }
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// The length of a character reference at the start of `text` that stands for `@` (`&#64;`, `&#x40;`,
+/// `&#0064`, `&commat;`; a numeric one counts without its `;` too, as HTML parsers read it).
+fn at_entity(text: &str) -> Option<usize> {
+    if text.len() >= 8 && text[..8].eq_ignore_ascii_case("&commat;") {
+        return Some(8);
+    }
+    let rest = text.strip_prefix("&#")?;
+    let (hex, digits_at) = match rest.as_bytes().first() {
+        Some(b'x' | b'X') => (true, 3),
+        _ => (false, 2),
+    };
+    let body = &text[digits_at..];
+    let len = body
+        .bytes()
+        .take_while(|b| {
+            if hex {
+                b.is_ascii_hexdigit()
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        .count();
+    let digits = body[..len].trim_start_matches('0');
+    let is_at = if hex {
+        digits.eq_ignore_ascii_case("40")
+    } else {
+        digits == "64"
+    };
+    if !is_at {
+        return None;
+    }
+    let semicolon = usize::from(body[len..].starts_with(';'));
+    Some(digits_at + len + semicolon)
+}
+
+/// The review's inline comments GitHub would not take (on lines outside the diff), as a section of the
+/// review's body: each with its `path:line` and text. Empty when there are none.
+pub fn folded_comments(comments: &[&crate::agent::result::InlineComment]) -> String {
+    if comments.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n\n### Comments on lines outside the diff\n\n");
+    for c in comments {
+        // The path is the agent's: no backticks or line breaks to break out of its code span.
+        let path: String = c
+            .path
+            .chars()
+            .map(|ch| {
+                if ch == '`' || ch.is_control() {
+                    '?'
+                } else {
+                    ch
+                }
+            })
+            .collect();
+        let side = match c.side {
+            crate::agent::result::Side::Right => "",
+            crate::agent::result::Side::Left => " (old version)",
+        };
+        out.push_str(&format!("- `{path}:{}`{side}:\n", c.line));
+        for line in fit(c.body.trim()).lines() {
+            out.push_str(&format!("  > {line}\n"));
+        }
+    }
+    out
 }
 
 /// A whole text about to be posted to GitHub (a title, a body), with every known secret redacted.
@@ -416,6 +567,94 @@ mod tests {
         // The context says what failed in the log, too.
         let e = anyhow::anyhow!("fatal: bad ref").context(Failure::Prepare);
         assert_eq!(format!("{e:#}"), "preparing the repository: fatal: bad ref");
+    }
+
+    #[test]
+    fn mentions_an_agent_writes_notify_nobody() {
+        let z = "\u{200D}";
+        let cases = [
+            (
+                "cc @alice and @org/team.",
+                format!("cc @{z}alice and @{z}org/team."),
+            ),
+            ("@alice at the start", format!("@{z}alice at the start")),
+            ("mail a@b.com or x_@y", "mail a@b.com or x_@y".to_owned()),
+            ("escaped \\@alice", format!("escaped \\@{z}alice")),
+            ("(@alice) [@bob]", format!("(@{z}alice) [@{z}bob]")),
+            ("`@alice` in code", format!("`@{z}alice` in code")),
+            ("```\n@unclosed fence", format!("```\n@{z}unclosed fence")),
+            (
+                "&#64;alice &#x40;bob &#0064alice &COMMAT;team",
+                format!("@{z}alice @{z}bob @{z}alice @{z}team"),
+            ),
+            ("&#65;bc &#x41; &amp;", "&#65;bc &#x41; &amp;".to_owned()),
+            ("＠alice ﹫bob", format!("＠{z}alice ﹫{z}bob")),
+            ("a lone @ or @- or @@", "a lone @ or @- or @@".to_owned()),
+            ("é@alice", format!("é@{z}alice")),
+            ("\u{200B}@alice", format!("\u{200B}@{z}alice")),
+        ];
+        for (written, posted) in cases {
+            assert_eq!(neutralize_mentions(written), posted, "{written}");
+            // Once is enough: a second pass changes nothing.
+            assert_eq!(neutralize_mentions(&posted), posted, "{written}");
+        }
+        // Every agent text nightshift posts goes through `fit`.
+        assert!(
+            super::agent_comment("t", JobId(1), "thanks @alice", false)
+                .contains(&format!("@{z}alice"))
+        );
+        // nightshift's own texts keep theirs (it writes none): the footer is untouched.
+        assert!(
+            super::agent_comment("t", JobId(1), "x", false).ends_with("<!-- nightshift:job:1 -->")
+        );
+        // Linear: a megabyte of `@`s and entities.
+        let long = "@a&#64;".repeat(150_000);
+        assert_eq!(neutralize_mentions(&long).matches(z).count(), 300_000);
+    }
+
+    #[test]
+    fn folded_comments_section() {
+        use crate::agent::result::{InlineComment, Side};
+        let c = |path: &str, line, side, body: &str| InlineComment {
+            path: path.into(),
+            line,
+            side,
+            body: body.into(),
+            severity: None,
+        };
+        let a = c(
+            "src/a.rs",
+            40,
+            Side::Right,
+            "This unwrap can panic.\nUse `?`. cc @alice",
+        );
+        let b = c("evil`\n# path", 3, Side::Left, "old code");
+        let section = folded_comments(&[&a, &b]);
+        assert!(section.starts_with("\n\n### "), "{section:?}");
+        insta::assert_snapshot!(section.trim_start(), @r"
+        ### Comments on lines outside the diff
+
+        - `src/a.rs:40`:
+          > This unwrap can panic.
+          > Use `?`. cc @‍alice
+        - `evil??# path:3` (old version):
+          > old code
+        ");
+        assert_eq!(folded_comments(&[]), "");
+    }
+
+    #[test]
+    fn markers_name_jobs_only_whole() {
+        assert_eq!(
+            marked_jobs("x <!-- nightshift:job:12 --> y <!-- nightshift:job:3 -->"),
+            [JobId(12), JobId(3)]
+        );
+        assert_eq!(marked_jobs("nightshift:job:7"), [JobId(7)]);
+        assert!(marked_jobs("<!-- nightshift:job:12 ->").is_empty());
+        assert!(marked_jobs("<!-- nightshift:job: -->").is_empty());
+        assert!(marked_jobs("<!-- nightshift:job:99999999999999999999999 -->").is_empty());
+        assert!(marked_jobs("<!-- nightshift:job:1x -->").is_empty());
+        assert!(marked_jobs("nightshift:job:7 and more").is_empty());
     }
 
     #[test]

@@ -85,11 +85,42 @@ pub struct PullRequest {
     pub author: Option<Actor>,
     /// True when the head branch lives in another repository (a fork), or its repository is gone.
     pub from_fork: bool,
+    /// What a job on it freezes: its head and base, where the head lives, its state.
+    pub facts: PullFacts,
+}
+
+/// A pull request's facts as they were when its job was matched: the job checks out `head_sha`, a review
+/// is posted on it, and whether it comes from a fork decides `forks:` and trust. From the payload for
+/// `pull_request*` events; asked of GitHub (`GET /repos/{o}/{r}/pulls/{n}`) for a comment on a pull request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullFacts {
+    pub number: u64,
+    pub head_sha: String,
+    /// The head branch's name (in `head_repo`).
+    pub head_ref: String,
+    /// The head repository's full name; None when it was deleted.
+    pub head_repo: Option<String>,
+    pub base_ref: String,
+    pub base_sha: String,
+    /// The head lives in another repository than the base (a fork), or its repository is gone.
+    pub from_fork: bool,
+    /// `open` or `closed`.
+    pub state: String,
+}
+
+impl PullFacts {
+    /// The facts of a pull request object (a payload's `pull_request`, or GitHub's answer to `pulls/get`).
+    pub fn from_value(pr: &serde_json::Value) -> Result<PullFacts, serde_json::Error> {
+        let raw = RawPullRequest::deserialize(pr)?;
+        Ok(raw.facts())
+    }
 }
 
 /// A comment or review: its text and how its author relates to the repository.
 #[derive(Clone, Debug)]
 pub struct Authored {
+    /// The comment's or review's id.
+    pub id: Option<u64>,
     pub body: String,
     pub author_association: Option<String>,
     pub author: Option<Actor>,
@@ -185,6 +216,8 @@ struct RawPullRequest {
     number: u64,
     #[serde(default)]
     title: String,
+    #[serde(default)]
+    state: String,
     base: RawRef,
     head: RawHead,
     #[serde(default)]
@@ -197,13 +230,40 @@ struct RawPullRequest {
 struct RawRef {
     #[serde(rename = "ref")]
     ref_name: String,
+    #[serde(default)]
+    sha: String,
     repo: Option<RawRepoRef>,
 }
 
 #[derive(Deserialize)]
 struct RawHead {
     sha: String,
+    #[serde(rename = "ref", default)]
+    ref_name: String,
     repo: Option<RawRepoRef>,
+}
+
+impl RawPullRequest {
+    fn head_is_foreign(&self) -> bool {
+        match (&self.head.repo, &self.base.repo) {
+            (Some(head), Some(base)) => !head.same(base),
+            // The head repository was deleted, or the payload does not say: not known to be ours.
+            _ => true,
+        }
+    }
+
+    fn facts(&self) -> PullFacts {
+        PullFacts {
+            number: self.number,
+            head_sha: self.head.sha.clone(),
+            head_ref: self.head.ref_name.clone(),
+            head_repo: self.head.repo.as_ref().and_then(|r| r.full_name.clone()),
+            base_ref: self.base.ref_name.clone(),
+            base_sha: self.base.sha.clone(),
+            from_fork: self.head_is_foreign(),
+            state: self.state.clone(),
+        }
+    }
 }
 
 /// A repository as a pull request's head or base names it; which fields are present varies by event.
@@ -228,6 +288,7 @@ impl RawRepoRef {
 
 #[derive(Deserialize)]
 struct RawAuthored {
+    id: Option<u64>,
     body: Option<String>,
     author_association: Option<String>,
     user: Option<RawUser>,
@@ -385,13 +446,10 @@ impl Event {
                 author: i.user.map(Actor::from_raw),
             }),
             pull_request: raw.pull_request.map(|p| PullRequest {
+                facts: p.facts(),
+                from_fork: p.head_is_foreign(),
                 number: p.number,
                 title: p.title,
-                from_fork: match (&p.head.repo, &p.base.repo) {
-                    (Some(head), Some(base)) => !head.same(base),
-                    // The head repository was deleted, or the payload does not say: not known to be ours.
-                    _ => true,
-                },
                 base_ref: p.base.ref_name,
                 head_sha: p.head.sha,
                 labels: names(p.labels),
@@ -400,11 +458,13 @@ impl Event {
             }),
             run_actors,
             comment: raw.comment.map(|c| Authored {
+                id: c.id,
                 body: c.body.unwrap_or_default(),
                 author_association: c.author_association,
                 author: c.user.map(Actor::from_raw),
             }),
             review: raw.review.map(|r| Authored {
+                id: r.id,
                 body: r.body.unwrap_or_default(),
                 author_association: r.author_association,
                 author: r.user.map(Actor::from_raw),
@@ -573,6 +633,38 @@ impl Event {
             return pr.from_fork;
         }
         self.push.is_none() && self.run.as_ref().is_some_and(|r| r.from_fork)
+    }
+
+    /// The texts of the object this event is about that `own` (nightshift's account) wrote itself: the
+    /// comment's or review's body, the issue's or pull request's body, a check run's `external_id` (which
+    /// only the app that made the run can set). A text someone else wrote is never among them, whatever it
+    /// contains.
+    pub fn texts_written_by(&self, own: &str) -> Vec<&str> {
+        let by = |user: &serde_json::Value| {
+            user["login"]
+                .as_str()
+                .is_some_and(|l| l.eq_ignore_ascii_case(own))
+        };
+        let p = &*self.payload;
+        let mut texts = Vec::new();
+        for object in [&p["comment"], &p["review"], &p["issue"], &p["pull_request"]] {
+            if by(&object["user"])
+                && let Some(body) = object["body"].as_str()
+            {
+                texts.push(body);
+            }
+        }
+        let sender_is_own = self
+            .sender
+            .as_ref()
+            .is_some_and(|s| s.login.eq_ignore_ascii_case(own));
+        if sender_is_own
+            && self.name == "check_run"
+            && let Some(id) = p["check_run"]["external_id"].as_str()
+        {
+            texts.push(id);
+        }
+        texts
     }
 
     /// The text of the comment or review the event carries.

@@ -334,6 +334,8 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_jobs(&self, limit: u32) -> Result<Vec<JobRecord>>;
 
     async fn job(&self, job: JobId) -> Result<Option<JobRecord>>;
+    /// A job's frozen spec (JSON), as matched.
+    async fn job_spec(&self, job: JobId) -> Result<Option<String>>;
 
     /// Records what the job's agent spent.
     async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()>;

@@ -547,6 +547,13 @@ impl Store for SqliteStore {
         row.as_ref().map(job_record).transpose()
     }
 
+    async fn job_spec(&self, job: JobId) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT spec FROM jobs WHERE id = ?")
+            .bind(job.0)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()> {
         sqlx::query("UPDATE jobs SET usage = ? WHERE id = ?")
             .bind(serde_json::to_string(usage)?)

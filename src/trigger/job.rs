@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstallationId, RepoName};
-use crate::source::event::{Event, Repository};
+use crate::source::event::{Event, PullFacts, Repository};
 use crate::trigger::{OutputKind, Skills, Trigger};
 
 /// A job as matched: everything needed to run it, frozen when its delivery was matched, so a later change of
@@ -60,12 +60,23 @@ pub struct JobSpec {
     /// The job works on a fork's code with `forks: read_only`: the agent's worktree is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
-    /// A comment on the issue or pull request says the job is working, and is edited with its result.
-    #[serde(default = "yes")]
-    pub progress: bool,
-    /// issue output: the rendered `dedupe:` key (an open issue filed under it gets a comment instead).
+    /// The pull request the job is about, as it was when the job was matched (also for a comment on it).
+    #[serde(default)]
+    pub pull: Option<PullFacts>,
+    /// How many of nightshift's own outputs led to this job: 0 for an event a person or another app caused,
+    /// 1 + the depth of the job whose output set it off for one nightshift caused.
+    #[serde(default)]
+    pub depth: u32,
+    /// The pull request's body (output `body`, rendered); nightshift adds the agent's message, `Closes #N`
+    /// and its footer.
+    #[serde(default)]
+    pub output_body: Option<String>,
+    /// The issue's dedupe key (output `dedupe`, rendered); None or empty: every job files a new issue.
     #[serde(default)]
     pub dedupe_key: Option<String>,
+    /// Whether a progress comment is posted and edited (trigger `progress`, default true).
+    #[serde(default = "yes")]
+    pub progress: bool,
 }
 
 fn yes() -> bool {
@@ -124,8 +135,21 @@ impl JobSpec {
                     .as_ref()
                     .is_some_and(|r| !r.pull_requests.is_empty()),
             read_only: trigger.forks == crate::trigger::Forks::ReadOnly && event.from_fork(),
-            progress: true,
+            pull: None,
+            depth: 0,
+            output_body: None,
             dedupe_key: None,
+            progress: trigger.progress,
         }
+    }
+
+    /// Freezes the pull request's facts: the job checks out its head, and works read-only on a fork's code
+    /// when the trigger says `forks: read_only`.
+    pub fn with_pull(mut self, facts: PullFacts, forks: crate::trigger::Forks) -> JobSpec {
+        self.head_sha = Some(facts.head_sha.clone());
+        self.is_pull_request = true;
+        self.read_only = forks == crate::trigger::Forks::ReadOnly && facts.from_fork;
+        self.pull = Some(facts);
+        self
     }
 }

@@ -459,6 +459,8 @@ pub fn load_one(
             timeout,
             max_turns: file.max_turns.map(|t| t.value),
             max_output: file.max_output,
+            progress: file.progress.unwrap_or(true),
+            max_depth: file.max_depth.map(|d| d.value),
             warnings: Vec::new(),
         };
         check_against_samples(&mut c, &trigger, &file.prompt, file.condition.as_ref());
@@ -522,6 +524,8 @@ fn check_output(c: &mut Checker<'_>, at: Location, output: &OutputSpec, schedule
             &[OutputKind::PullRequest, OutputKind::Issue][..],
         ),
         ("name", o.name.is_some(), &[OutputKind::CheckRun][..]),
+        ("body", o.body.is_some(), &[OutputKind::PullRequest][..]),
+        ("dedupe", o.dedupe.is_some(), &[OutputKind::Issue][..]),
     ];
     for (key, set, allowed) in misplaced {
         if set && !allowed.contains(&kind) {
@@ -533,14 +537,20 @@ fn check_output(c: &mut Checker<'_>, at: Location, output: &OutputSpec, schedule
             );
         }
     }
-    if let Some(title) = &o.title
-        && let Err((_, message)) = template::check(&c.env, title)
-    {
-        c.error(
-            at,
-            format!("the output title is not a valid template: {message}"),
-            None,
-        );
+    for (what, source) in [
+        ("title", &o.title),
+        ("body", &o.body),
+        ("dedupe key", &o.dedupe),
+    ] {
+        if let Some(source) = source
+            && let Err((_, message)) = template::check(&c.env, source)
+        {
+            c.error(
+                at,
+                format!("the output {what} is not a valid template: {message}"),
+                Some("templates use minijinja (Jinja2) syntax: {{ event.issue.number }}".into()),
+            );
+        }
     }
     if scheduled && matches!(kind, OutputKind::Comment | OutputKind::Review) {
         c.error(

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use minijinja::{Environment, Value};
 
-use crate::source::event::Event;
+use crate::source::event::{Event, Repository};
 pub use job::JobSpec;
 pub use model::{EventKind, Forks, OutputKind, OutputOptions, OutputSpec, Skills};
 use pattern::PatternList;
@@ -51,6 +51,10 @@ pub struct Trigger {
     pub timeout: Option<Duration>,
     pub max_turns: Option<u32>,
     pub max_output: Option<usize>,
+    /// Post and edit a progress comment (`progress:`, default true).
+    pub progress: bool,
+    /// `max_depth:`, lowering the service's.
+    pub max_depth: Option<u32>,
     /// What `check` and `serve` warn about (`path:line:col: warning: ...`).
     pub warnings: Vec<String>,
 }
@@ -107,6 +111,48 @@ pub struct MatchInput {
     /// What GitHub said about actors the payload gives no association for (lowercase login → the
     /// association their permission maps to, or why it is not known). See [`Standing`].
     pub standing: HashMap<String, Standing>,
+    /// For a comment on a pull request: its facts as GitHub answered, or why they could not be read. The
+    /// payload of a comment carries neither the pull request's head nor whether it comes from a fork.
+    pub pull: Option<Result<crate::source::event::PullFacts, String>>,
+    /// The event's lineage depth (see [`JobSpec::depth`]), as the dispatcher found it.
+    pub depth: u32,
+    /// The service's `max_depth`; [`DEFAULT_MAX_DEPTH`] when None.
+    pub max_depth: Option<u32>,
+}
+
+/// How many links of jobs set off by nightshift's own outputs may follow each other when the service does
+/// not say: a job's output may set off one more job, whose output sets off none.
+pub const DEFAULT_MAX_DEPTH: u32 = 1;
+
+/// What is known of the pull request an event is about.
+#[derive(Clone, Debug)]
+enum PullKnown {
+    /// The event is not about a pull request.
+    None,
+    Known(crate::source::event::PullFacts),
+    /// A comment on a pull request whose facts could not be read, with why.
+    Unknown(u64, String),
+}
+
+fn pull_known(event: &Event, input: &MatchInput) -> PullKnown {
+    if let Some(pr) = &event.pull_request {
+        return PullKnown::Known(pr.facts.clone());
+    }
+    match &event.issue {
+        Some(issue) if issue.is_pull_request => match &input.pull {
+            Some(Ok(facts)) if facts.number == issue.number => PullKnown::Known(facts.clone()),
+            Some(Ok(facts)) => PullKnown::Unknown(
+                issue.number,
+                format!("GitHub answered with pull request #{}", facts.number),
+            ),
+            Some(Err(why)) => PullKnown::Unknown(issue.number, why.clone()),
+            None => PullKnown::Unknown(
+                issue.number,
+                "it was not read (that needs GitHub credentials)".to_owned(),
+            ),
+        },
+        _ => PullKnown::None,
+    }
 }
 
 /// How an actor whose association the payload does not carry relates to the repository, as looked up.
@@ -223,6 +269,29 @@ impl TriggerSet {
         idx.into_iter().map(|i| &self.triggers[i])
     }
 
+    /// Whether the facts of the pull request a comment is on are needed: some trigger would fire for it if
+    /// the pull request were this repository's own (its filters, trust and command pass). None is for a
+    /// comment nobody trusted wrote, or one without the command.
+    pub fn needs_pull(&self, event: &Event, input: &MatchInput) -> bool {
+        let (Some(kind), Some(repo), Some(issue)) = (
+            EventKind::from_name(&event.name),
+            &event.repository,
+            event.issue.as_ref().filter(|i| i.is_pull_request),
+        ) else {
+            return false;
+        };
+        if event.pull_request.is_some() {
+            return false;
+        }
+        let mut probe = input.clone();
+        probe.pull = Some(Ok(crate::source::event::PullFacts {
+            number: issue.number,
+            ..Default::default()
+        }));
+        self.candidates(kind, &repo.full_name.to_string())
+            .any(|t| self.check_filters(t, event, &probe).is_ok())
+    }
+
     /// Whether any trigger that may fire for this event filters on changed files it does not carry.
     pub fn needs_changed_files(&self, event: &Event) -> bool {
         let (Some(kind), Some(repo)) = (EventKind::from_name(&event.name), &event.repository)
@@ -297,7 +366,10 @@ impl TriggerSet {
                         }
                     }
                 }
-                Decision::Fire(self.prepare(trigger, event, &ctx).map(Box::new))
+                if let Some(error) = lineage(trigger, input) {
+                    return Decision::Fire(Err(error));
+                }
+                Decision::Fire(self.prepare(trigger, event, input, &ctx).map(Box::new))
             }
         }
     }
@@ -398,8 +470,19 @@ impl TriggerSet {
         if filter.needs_changed_files() {
             check_paths(filter, event, input)?;
         }
-        if trigger.forks == Forks::Skip && event.from_fork() {
-            let what = if event.pull_request.is_some() {
+        let pull = pull_known(event, input);
+        let from_fork = match &pull {
+            PullKnown::Known(facts) => facts.from_fork,
+            // Not known to be the repository's own.
+            PullKnown::Unknown(..) => true,
+            PullKnown::None => event.from_fork(),
+        };
+        if trigger.forks == Forks::Skip && from_fork {
+            let what = if let PullKnown::Unknown(number, why) = &pull {
+                &format!(
+                    "pull request #{number} could not be read ({why}), so it may come from a fork"
+                )
+            } else if matches!(pull, PullKnown::Known(_)) {
                 "the pull request comes from a fork"
             } else {
                 "the run's commit is not known to be this repository's own (it may come from a fork)"
@@ -415,7 +498,22 @@ impl TriggerSet {
     }
 
     /// Renders the job a fired trigger runs.
-    fn prepare(&self, trigger: &Trigger, event: &Event, ctx: &Value) -> Result<JobSpec, String> {
+    fn prepare(
+        &self,
+        trigger: &Trigger,
+        event: &Event,
+        input: &MatchInput,
+        ctx: &Value,
+    ) -> Result<JobSpec, String> {
+        let pull = match pull_known(event, input) {
+            PullKnown::Known(facts) => Some(facts),
+            PullKnown::None => None,
+            PullKnown::Unknown(number, why) => {
+                return Err(format!(
+                    "pull request #{number} could not be read ({why}), so the job would not run on its code; nothing ran"
+                ));
+            }
+        };
         let render = |what: &str, source: &str| {
             template::render(&self.env, source, ctx).map_err(|e| {
                 format!(
@@ -437,19 +535,65 @@ impl TriggerSet {
             .as_deref()
             .map(|t| render("output title", t))
             .transpose()?;
-        let group = trigger
-            .concurrency
-            .as_ref()
-            .map(|c| render("concurrency group", &c.group))
+        let options = &trigger.output.options;
+        let body = options
+            .body
+            .as_deref()
+            .map(|t| render("output body", t))
             .transpose()?;
+        let dedupe_key = options
+            .dedupe
+            .as_deref()
+            .map(|t| render("output dedupe key", t))
+            .transpose()?
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty());
         let repository = event
             .repository
             .as_ref()
             .ok_or("the event has no repository")?;
-        Ok(JobSpec::new(
-            trigger, event, repository, prompt, title, group,
-        ))
+        let group = match &trigger.concurrency {
+            Some(c) => Some(render("concurrency group", &c.group)?),
+            None => default_group(trigger, event, repository),
+        };
+        let mut spec = JobSpec::new(trigger, event, repository, prompt, title, group);
+        if let Some(facts) = pull {
+            spec = spec.with_pull(facts, trigger.forks);
+        }
+        spec.depth = input.depth;
+        spec.output_body = body;
+        spec.dedupe_key = dedupe_key;
+        Ok(spec)
     }
+}
+
+/// The concurrency group of a trigger that writes a pull request and names none: one per trigger,
+/// repository and issue or pull request, so duplicate deliveries (ten `labeled` events) run one at a time
+/// instead of racing to push one branch. None when the event is about no issue or pull request: every
+/// such job has its own branch.
+pub fn default_group(trigger: &Trigger, event: &Event, repository: &Repository) -> Option<String> {
+    if trigger.output.kind != OutputKind::PullRequest {
+        return None;
+    }
+    let number = event.number()?;
+    Some(format!(
+        "{}/{}/{number}",
+        trigger.name,
+        repository.full_name.to_string().to_lowercase()
+    ))
+}
+
+/// Why a trigger may not fire for an event of this lineage depth, if it may not: past the service's
+/// `max_depth` or the trigger's lower one.
+fn lineage(trigger: &Trigger, input: &MatchInput) -> Option<String> {
+    let service = input.max_depth.unwrap_or(DEFAULT_MAX_DEPTH);
+    let max = trigger.max_depth.map_or(service, |t| t.min(service));
+    (input.depth > max).then(|| {
+        format!(
+            "lineage depth {} is past max_depth {max}: nightshift's own outputs set off this event, and a chain of jobs stops there (so nothing ran)",
+            input.depth
+        )
+    })
 }
 
 /// A scheduled tick fires the triggers that have that schedule and list the repository.
@@ -485,7 +629,7 @@ fn check_schedule(trigger: &Trigger, event: &Event) -> Result<Option<template::C
 /// has, and it counts: under a token, nightshift's comments are its user's, who is likely trusted, and an
 /// agent answering comments would answer its own without end. A pasted marker then silences only the
 /// event of whoever pasted it.
-fn is_from_nightshift(event: &Event, bot_login: Option<&str>) -> bool {
+pub fn is_from_nightshift(event: &Event, bot_login: Option<&str>) -> bool {
     let Some(bot) = bot_login else {
         // The text the event's author wrote: a comment or review, or an issue or pull request opened.
         let payload = &event.payload;

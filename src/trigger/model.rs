@@ -71,6 +71,14 @@ pub struct TriggerFile {
     pub max_turns: Option<Spanned<u32>>,
     /// The most bytes of the agent's final message kept for this trigger's jobs (lowers the profile's).
     pub max_output: Option<usize>,
+    /// Whether a job on an issue or pull request posts a comment when it starts and edits it with the
+    /// result (default true).
+    pub progress: Option<bool>,
+    /// The most links in a chain of jobs set off by nightshift's own outputs this trigger fires for
+    /// (lowers the service's `max_depth`, default 1). An event a person caused has depth 0; one caused by
+    /// a job's output has that job's depth + 1.
+    #[schemars(with = "Option<u32>")]
+    pub max_depth: Option<Spanned<u32>>,
 }
 
 /// `from:` — `anyone`, one association, or a list of them.
@@ -259,6 +267,13 @@ pub struct OutputOptions {
     pub labels: Option<Vec<String>>,
     /// check_run: the check's name (the trigger's name by default).
     pub name: Option<String>,
+    /// pull_request: the body (a template); nightshift adds the agent's message, `Closes #N` for an
+    /// issue's job, and its footer.
+    pub body: Option<String>,
+    /// issue: a key (a template, e.g. `audit-{{ repo }}`): while an open issue nightshift filed with the
+    /// same key exists, it is updated instead of a new one being filed. A key that renders empty files a
+    /// new issue every time.
+    pub dedupe: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -700,13 +715,19 @@ impl JsonSchema for OutputSpec {
 
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         let kind = generator.subschema_for::<OutputKind>();
-        let options = generator.subschema_for::<OutputOptions>();
+        // The map form is the options' own object with `type` among its properties: an `allOf` of a closed
+        // options object and another with `type` would refuse every map (`type` is not an option).
+        let mut map = OutputOptions::json_schema(generator);
+        if let Some(object) = map.as_object_mut() {
+            if let Some(properties) = object.get_mut("properties").and_then(|p| p.as_object_mut()) {
+                properties.insert("type".to_owned(), kind.clone().into());
+            }
+            object.insert("required".to_owned(), serde_json::json!(["type"]));
+            object.remove("title");
+        }
         json_schema!({
             "description": "Where the agent's result goes: an output type, or a map with `type` and the type's options.",
-            "anyOf": [
-                kind,
-                { "allOf": [options, { "type": "object", "required": ["type"], "properties": { "type": kind } }] }
-            ]
+            "anyOf": [kind, map]
         })
     }
 }

@@ -88,6 +88,8 @@ struct FakeState {
     /// Permissions of users on repositories, (repo, lower-case login) → `admin`/`write`/`read`/`none`;
     /// anyone not listed has `read` (as on a public repository), but the owner of the repository `admin`.
     permissions: HashMap<(String, String), String>,
+    /// Pull requests pulls/get answers for, (repo, number) → (head sha, head branch, head repository).
+    pull_heads: HashMap<(String, u64), (String, String, String)>,
 }
 
 /// The login GET /user answers with (token mode).
@@ -186,6 +188,15 @@ impl FakeGitHub {
             .unwrap()
             .pull_files
             .insert((repo.to_owned(), number), files);
+    }
+
+    /// Makes pulls/get answer for pull request `number` with this head (a fork when `head_repo` is not
+    /// `repo`); pull requests not set are not found.
+    pub fn set_pull_head(&self, repo: &str, number: u64, sha: &str, branch: &str, head_repo: &str) {
+        self.inner.state.lock().unwrap().pull_heads.insert(
+            (repo.to_owned(), number),
+            (sha.to_owned(), branch.to_owned(), head_repo.to_owned()),
+        );
     }
 
     pub fn unexpected(&self) -> Vec<String> {
@@ -691,6 +702,43 @@ async fn handle(
                 })
                 .collect();
             axum::Json(Value::Array(entries)).into_response()
+        }
+        "pulls/get" => {
+            let number: u64 = params["pull_number"].parse().unwrap_or(0);
+            let head = inner
+                .state
+                .lock()
+                .unwrap()
+                .pull_heads
+                .get(&(repo(), number))
+                .cloned();
+            let Some((sha, branch, head_repo)) = head else {
+                return error(StatusCode::NOT_FOUND, "Not Found");
+            };
+            let mut v = inner.example("pull-request");
+            rewrite_urls(&mut v, "octocat/Hello-World", &repo());
+            v["number"] = json!(number);
+            v["state"] = json!("open");
+            v["head"]["sha"] = json!(sha);
+            v["head"]["ref"] = json!(branch);
+            v["base"]["ref"] = json!("main");
+            v["base"]["repo"]["full_name"] = json!(repo());
+            v["base"]["repo"]["id"] = json!(1);
+            v["head"]["repo"]["full_name"] = json!(head_repo);
+            v["head"]["repo"]["id"] = json!(if head_repo == repo() { 1 } else { 2 });
+            axum::Json(v).into_response()
+        }
+        "reactions/create-for-issue-comment" => {
+            inner.state.lock().unwrap().created.push(Created {
+                operation: op.id.clone(),
+                repo: repo(),
+                body: json!({ "comment_id": params["comment_id"], "content": body["content"] }),
+            });
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({ "id": 1, "content": body["content"] })),
+            )
+                .into_response()
         }
         other => {
             unexpected(format!(
