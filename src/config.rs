@@ -55,6 +55,8 @@ struct ConfigFile {
     /// Spending limits beyond a job's own.
     #[serde(default)]
     budgets: crate::gateway::config::BudgetsFile,
+    /// What outputs may contain, for every trigger (a trigger's own `limits:` override it field by field).
+    limits: Option<crate::trigger::model::LimitsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -384,6 +386,8 @@ pub struct Config {
     pub gateway: crate::gateway::config::GatewayConfig,
     /// Files no agent may read: the config file and the App key file (hidden in every box).
     pub secret_files: Vec<PathBuf>,
+    /// The service's `limits:`, under every trigger's own.
+    pub limits: crate::trigger::Limits,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -631,6 +635,21 @@ fn resolve(
         &mut errors,
     );
 
+    let limits = match file.limits.map(crate::trigger::model::LimitsFile::check) {
+        None => crate::trigger::Limits::default(),
+        Some(Ok(limits)) => limits,
+        Some(Err(problems)) => {
+            for (at, message, hint) in problems {
+                let d = Diagnostic::at(path, at, format!("limits: {message}"));
+                errors.push(match hint {
+                    Some(hint) => d.with_hint(hint),
+                    None => d,
+                });
+            }
+            crate::trigger::Limits::default()
+        }
+    };
+
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -659,6 +678,7 @@ fn resolve(
         agents,
         gateway,
         secret_files,
+        limits,
     })
 }
 

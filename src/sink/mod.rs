@@ -4,6 +4,7 @@
 
 pub mod comment;
 pub mod github_object;
+pub mod policy;
 pub mod pull_request;
 pub mod texts;
 

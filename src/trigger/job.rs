@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstallationId, RepoName};
 use crate::source::event::{Event, Repository};
-use crate::trigger::{OutputKind, Skills, Trigger};
+use crate::trigger::{Limits, OutputKind, Skills, Trigger};
 
 /// A job as matched: everything needed to run it, frozen when its delivery was matched, so a later change of
 /// the trigger file does not change a queued job.
@@ -60,6 +60,9 @@ pub struct JobSpec {
     /// The job works on a fork's code with `forks: read_only`: the agent's worktree is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// The trigger's own `limits:` (the service's apply where it says nothing).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl JobSpec {
@@ -114,6 +117,7 @@ impl JobSpec {
                     .as_ref()
                     .is_some_and(|r| !r.pull_requests.is_empty()),
             read_only: trigger.forks == crate::trigger::Forks::ReadOnly && event.from_fork(),
+            limits: trigger.limits.clone(),
         }
     }
 }

@@ -21,7 +21,7 @@ use minijinja::{Environment, Value};
 
 use crate::source::event::Event;
 pub use job::JobSpec;
-pub use model::{EventKind, Forks, OutputKind, OutputOptions, OutputSpec, Skills};
+pub use model::{EventKind, Forks, Limits, OutputKind, OutputOptions, OutputSpec, Secrets, Skills};
 use pattern::PatternList;
 pub use schedule::Schedule;
 
@@ -51,6 +51,8 @@ pub struct Trigger {
     pub timeout: Option<Duration>,
     pub max_turns: Option<u32>,
     pub max_output: Option<usize>,
+    /// What the trigger's outputs may contain (`limits:`), where it says.
+    pub limits: Limits,
     /// What `check` and `serve` warn about (`path:line:col: warning: ...`).
     pub warnings: Vec<String>,
 }
