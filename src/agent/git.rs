@@ -747,4 +747,133 @@ mod tests {
         assert!(format!("{err:#}").contains("took longer than"), "{err:#}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
+
+    fn setup_git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_measured_path_by_path_with_modes_binaries_and_added_lines() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("scripts")).unwrap();
+        setup_git(&work, &["init", "-q"]);
+        std::fs::write(work.join("README.md"), "one\ntwo\nthree\n").unwrap();
+        std::fs::write(work.join("scripts/run.sh"), "echo hi\n").unwrap();
+        std::fs::write(work.join("old.txt"), "gone\n").unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "base"]);
+
+        std::fs::create_dir_all(work.join(".github/workflows")).unwrap();
+        std::fs::write(
+            work.join(".github/workflows/ci.yml"),
+            "on: push\njobs: {}\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", work.join("scripts/link")).unwrap();
+        std::fs::write(work.join("logo.png"), b"\x89PNG\r\n\x1a\n\x00\x00\x00").unwrap();
+        std::fs::write(work.join("README.md"), "one\n2\nthree\nfour\n").unwrap();
+        std::fs::set_permissions(
+            work.join("scripts/run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::remove_file(work.join("old.txt")).unwrap();
+        // A file whose content looks like a patch header, and a name with a tab and a newline.
+        std::fs::write(
+            work.join("forged.txt"),
+            "diff --git a/x b/x\n@@ -1 +1 @@\n+x\n",
+        )
+        .unwrap();
+        std::fs::write(work.join("we\tird\nname.txt"), "z\n").unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "agent"]);
+        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+
+        let git = git_for(Vec::new(), &dir.path().join("home"));
+        let changes = measure_commit(&git, &work.join(".git"), &commit)
+            .await
+            .unwrap();
+        let by_path = |p: &str| {
+            changes
+                .files
+                .iter()
+                .find(|f| f.path == p)
+                .unwrap_or_else(|| panic!("{p} not measured: {changes:?}"))
+        };
+        assert_eq!(changes.files.len(), 8, "{changes:?}");
+
+        let ci = by_path(".github/workflows/ci.yml");
+        assert_eq!((ci.added, ci.removed, ci.binary), (2, 0, false));
+        assert_eq!((ci.old_mode, ci.new_mode), (0, 0o100644));
+        assert_eq!(
+            ci.added_lines,
+            vec![(1, "on: push".to_owned()), (2, "jobs: {}".to_owned())]
+        );
+
+        let link = by_path("scripts/link");
+        assert!(link.is_symlink());
+        assert_eq!(link.link_target(), Some("../../etc/passwd"));
+
+        let png = by_path("logo.png");
+        assert!(png.binary && png.added == 0 && png.added_lines.is_empty());
+
+        let readme = by_path("README.md");
+        assert_eq!((readme.added, readme.removed), (2, 1));
+        assert_eq!(
+            readme.added_lines,
+            vec![(2, "2".to_owned()), (4, "four".to_owned())]
+        );
+
+        let run = by_path("scripts/run.sh");
+        assert_eq!((run.old_mode, run.new_mode), (0o100644, 0o100755));
+        assert!(run.is_executable() && run.added == 0 && run.removed == 0);
+
+        let old = by_path("old.txt");
+        assert_eq!((old.removed, old.new_mode), (1, 0));
+
+        let forged = by_path("forged.txt");
+        assert_eq!(forged.added_lines.len(), 3);
+        assert_eq!(
+            by_path("we\tird\nname.txt").added_lines,
+            vec![(1, "z".to_owned())]
+        );
+        assert_eq!(changes.lines(), 2 + 1 + 1 + 2 + 1 + 3 + 1);
+
+        // The policy refuses the workflow, then (once allowed) the symlink out of the repository.
+        let limits = crate::trigger::Limits::default();
+        let proposal = crate::sink::policy::Proposal {
+            changes: Some(&changes),
+            ..Default::default()
+        };
+        let v = crate::sink::policy::check(&limits, &proposal).unwrap_err();
+        assert_eq!(
+            v.to_string(),
+            "the pull request touches .github/workflows/ci.yml, which limits.paths does not allow"
+        );
+        let everything = crate::trigger::Limits {
+            paths: Some(vec!["**".into()]),
+            ..Default::default()
+        };
+        let v = crate::sink::policy::check(&everything, &proposal).unwrap_err();
+        assert!(v.to_string().contains("symlink scripts/link"), "{v}");
+
+        for bad in ["--output=/tmp/pwned", "HEAD", &commit[..12]] {
+            assert!(measure_commit(&git, &work.join(".git"), bad).await.is_err());
+        }
+    }
 }
