@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use regex_automata::meta::Regex;
 
-use crate::agent::git::CommitChanges;
+use crate::agent::git::{CommitChanges, MODE_SUBMODULE};
 use crate::trigger::pattern::{Pattern, PatternList};
 use crate::trigger::{JobSpec, Limits, Secrets};
 
@@ -82,7 +82,7 @@ pub fn in_force(job: &JobSpec, service: &Limits) -> Limits {
 pub fn check(limits: &Limits, proposal: &Proposal<'_>) -> Result<(), Violation> {
     let allowed: &[String] = limits.labels.as_deref().unwrap_or_default();
     for label in &proposal.labels {
-        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(label.trim())) {
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(label)) {
             let which = if allowed.is_empty() {
                 "allows no label".to_owned()
             } else {
@@ -183,7 +183,11 @@ fn check_changes(limits: &Limits, changes: &CommitChanges) -> Result<(), Violati
     }
     let paths = PathRules::new(limits.paths.as_deref())?;
     for file in &changes.files {
-        if !paths.allows(&file.path) {
+        // A symlink or a submodule can stand for a folder: `.github/workflows` itself as a link is refused
+        // where `.github/workflows/**` is.
+        let folder_like = file.is_symlink() || file.new_mode == MODE_SUBMODULE;
+        if !paths.allows(&file.path) || (folder_like && !paths.allows(&format!("{}/x", file.path)))
+        {
             return Err(violation(
                 "limits.paths",
                 format!(
@@ -444,7 +448,7 @@ pub fn summary(limits: &Limits) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::git::{ChangedPath, MODE_SYMLINK};
+    use crate::agent::git::{ChangedPath, MODE_SUBMODULE, MODE_SYMLINK};
 
     fn file(path: &str, added: u64, removed: u64) -> ChangedPath {
         ChangedPath {
@@ -532,6 +536,8 @@ mod tests {
             ".GitHub/Workflows/ci.yml",
             ".GITHUB/workflows/x.yaml",
             ".github/Workflows/x.yml",
+            // KELVIN SIGN folds to `k` on case-insensitive file systems.
+            ".github/wor\u{212A}flows/x.yml",
         ] {
             let c = commit(vec![file(sneaky, 1, 0)]);
             assert_eq!(
@@ -570,6 +576,20 @@ mod tests {
         }
         let c = commit(vec![link("docs/readme", "../README.md")]);
         assert_eq!(check(&Limits::default(), &with_changes(&c)), Ok(()));
+
+        // The denied folder itself, made a link or a submodule.
+        let c = commit(vec![link(".github/workflows", "../ci")]);
+        assert_eq!(
+            refused(&Limits::default(), &with_changes(&c)).to_string(),
+            "the pull request touches .github/workflows, which limits.paths does not allow"
+        );
+        let mut sub = file(".github/actions", 1, 0);
+        sub.new_mode = MODE_SUBMODULE;
+        let c = commit(vec![sub]);
+        assert_eq!(
+            refused(&Limits::default(), &with_changes(&c)).rule,
+            "limits.paths"
+        );
     }
 
     #[test]
