@@ -66,6 +66,8 @@ struct ConfigFile {
     retry: RetryFile,
     /// The most jobs one repository starts in an hour (default 100); past it its jobs wait.
     max_jobs_per_hour: Option<u32>,
+    /// What outputs may contain, for every trigger (a trigger's own `limits:` override it field by field).
+    limits: Option<crate::trigger::model::LimitsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -448,6 +450,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// The most jobs one repository starts in an hour.
     pub max_jobs_per_hour: u32,
+    /// The service's `limits:`, under every trigger's own.
+    pub limits: crate::trigger::Limits,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -696,6 +700,21 @@ fn resolve(
         &mut errors,
     );
 
+    let limits = match file.limits.map(crate::trigger::model::LimitsFile::check) {
+        None => crate::trigger::Limits::default(),
+        Some(Ok(limits)) => limits,
+        Some(Err(problems)) => {
+            for (at, message, hint) in problems {
+                let d = Diagnostic::at(path, at, format!("limits: {message}"));
+                errors.push(match hint {
+                    Some(hint) => d.with_hint(hint),
+                    None => d,
+                });
+            }
+            crate::trigger::Limits::default()
+        }
+    };
+
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -735,6 +754,7 @@ fn resolve(
             backoff: file.retry.backoff.unwrap_or(RetryPolicy::default().backoff),
         },
         max_jobs_per_hour: file.max_jobs_per_hour.unwrap_or(100).max(1),
+        limits,
     })
 }
 

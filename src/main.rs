@@ -320,6 +320,13 @@ fn show_prompts(
             backend.kind(),
             spec.output
         );
+        println!(
+            "{}",
+            nightshift::sink::policy::summary(&nightshift::sink::policy::in_force(
+                &spec,
+                &config.limits
+            ))
+        );
         let selected = match nightshift::skill::select(&available, &spec.skills, spec.all_skills) {
             Ok(selected) => selected,
             Err(e) => {

@@ -149,6 +149,80 @@ fn a_bad_config_file_names_file_line_column_and_hint() {
 }
 
 #[test]
+fn bad_limits_name_file_line_column_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let triggers = dir.path().join("triggers");
+    std::fs::create_dir(&triggers).unwrap();
+    std::fs::write(
+        dir.path().join("nightshift.yml"),
+        "agents:\n  reply: {command: [cat]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("fix.yml"),
+        "on: issues\nagent: reply\nprompt: x\noutput: pull_request\nlimits:\n  max_body: 2 MB\n  \
+         paths:\n    - \"src/**\"\n    - \"!docs/[a-Z]*\"\n  labels: [bug, \"\"]\n  secrets: ignore\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("typo.yml"),
+        "on: issues\nagent: reply\nprompt: x\nlimits:\n  max_file: 3\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("negated.yml"),
+        "on: issues\nagent: reply\nprompt: x\nlimits:\n  paths: [\"!.github/**\"]\n  max_body: 70000\n",
+    )
+    .unwrap();
+    let out = nightshift(dir.path(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let expected = "\
+triggers/fix.yml:11:12: error: unknown variant `ignore`, expected one of refuse, allow
+triggers/negated.yml:6:13: error: limits: max_body is 70000 bytes, more than GitHub accepts (65536)
+  hint: write at most 64KiB
+triggers/negated.yml:5:11: error: limits: a list with `!` patterns needs at least one positive pattern
+  hint: add the pattern to exclude from, e.g. `'**'` before the `!` patterns
+triggers/typo.yml:5:3: error: unknown field `max_file`, expected one of max_body, max_inline_comments, labels, paths, max_files, max_lines, secrets
+  hint: did you mean `max_files`?
+";
+    assert_eq!(stdout, expected);
+
+    std::fs::write(
+        triggers.join("fix.yml"),
+        "on: issues\nagent: reply\nprompt: x\noutput: pull_request\nlimits:\n  max_body: 2 MB\n  \
+         paths:\n    - \"src/**\"\n    - \"!docs/[a-Z]*\"\n  labels: [bug, \"\"]\n",
+    )
+    .unwrap();
+    let out = nightshift(dir.path(), &["check", "triggers/fix.yml"], &[]);
+    let expected = "\
+triggers/fix.yml:6:13: error: limits: max_body is 2000000 bytes, more than GitHub accepts (65536)
+  hint: write at most 64KiB
+triggers/fix.yml:10:17: error: limits: `` is not a label name
+  hint: write label names as GitHub shows them, e.g. bug
+triggers/fix.yml:9:7: error: limits: bad pattern: range `a-Z` in `!docs/[a-Z]*` is not allowed
+  hint: ranges must be within a-z, A-Z or 0-9
+";
+    assert_eq!(text(&out.stdout), expected);
+
+    // The service's limits are checked the same way, when the service starts or checks.
+    std::fs::remove_dir_all(&triggers).unwrap();
+    std::fs::create_dir(&triggers).unwrap();
+    std::fs::write(
+        dir.path().join("nightshift.yml"),
+        "agents:\n  reply: {command: [cat]}\nlimits:\n  max_body: lots\n",
+    )
+    .unwrap();
+    let out = nightshift(dir.path(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("nightshift.yml:4:13: error: limits: `lots` is not a size\n  hint: write a number of bytes, or a size such as 20KB, 16KiB"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_explicit_config_file_that_is_missing_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = nightshift(dir.path(), &["--config", "missing.yml", "check"], &[]);
@@ -320,7 +394,8 @@ fn prompt_shows_exactly_what_each_agent_is_told() {
     std::fs::write(
         root.join("nightshift.yml"),
         "agents:\n  script: {command: [cat]}\n  coder: {codex: {model: gpt-5.5}}\n  \
-         chat: {openai: {model: llama3, base_url: 'http://localhost:11434/v1'}}\n",
+         chat: {openai: {model: llama3, base_url: 'http://localhost:11434/v1'}}\n\
+         limits: {max_body: 20KB, max_lines: 100}\n",
     )
     .unwrap();
     let trigger = |name: &str, agent: &str, extra: &str| {
@@ -336,7 +411,8 @@ fn prompt_shows_exactly_what_each_agent_is_told() {
     trigger(
         "b-coder",
         "coder",
-        "skills: [house-style]\noutput: pull_request\n",
+        "skills: [house-style]\noutput: {type: pull_request, labels: [needs-review]}\n\
+         limits: {paths: ['src/**'], max_lines: 40}\n",
     );
     trigger("c-chat", "chat", "skills: auto\n");
     // The repository: its AGENTS.md files and a skill of its own; the service has one skill too.
@@ -386,6 +462,23 @@ fn prompt_shows_exactly_what_each_agent_is_told() {
 
     // A command agent: the trigger's prompt as it is; the skills wait in the worktree.
     assert!(sections[0].starts_with("a-script → agent `script` (command), output comment\n"));
+    // The limits in force: the service's (nightshift.yml) under the trigger's own, then the defaults.
+    assert!(
+        sections[0].contains(
+            "\nlimits: bodies ≤ 20000 bytes, ≤ 50 inline comments, labels: none, paths: **, \
+             !.github/workflows/**, !.github/actions/**, ≤ 1000 files, ≤ 100 lines, secrets: refused\n"
+        ),
+        "{}",
+        sections[0]
+    );
+    assert!(
+        sections[1].contains(
+            "\nlimits: bodies ≤ 20000 bytes, ≤ 50 inline comments, labels: needs-review, paths: src/**, \
+             ≤ 1000 files, ≤ 40 lines, secrets: refused\n"
+        ),
+        "{}",
+        sections[1]
+    );
     assert!(sections[0].contains("skills in the worktree (.agents/skills, .claude/skills), found by the agent: house-style (.agents/skills), review-checklist (service)"));
     assert!(
         sections[0].ends_with("--- prompt ---\nTriage issue 1.\n\n"),

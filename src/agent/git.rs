@@ -380,6 +380,197 @@ impl<'a> GitCmd<'a> {
     }
 }
 
+/// One path a commit changes, against the commit's parent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangedPath {
+    /// The path in the repository (bytes git cannot show as UTF-8 become U+FFFD).
+    pub path: String,
+    /// Lines added and removed; both 0 for a binary file.
+    pub added: u64,
+    pub removed: u64,
+    pub binary: bool,
+    /// git's file modes before and after (`0o100644`, `0o100755`, `0o120000` for a symlink, `0o160000`
+    /// for a submodule); 0 where the path did not exist.
+    pub old_mode: u32,
+    pub new_mode: u32,
+    /// The lines the commit adds, with their line numbers in the new file (a symlink's one line is its
+    /// target).
+    pub added_lines: Vec<(u64, String)>,
+}
+
+pub const MODE_SYMLINK: u32 = 0o120000;
+pub const MODE_SUBMODULE: u32 = 0o160000;
+
+impl ChangedPath {
+    /// The path is a symlink after the commit.
+    pub fn is_symlink(&self) -> bool {
+        self.new_mode == MODE_SYMLINK
+    }
+
+    /// The path is an executable file after the commit.
+    pub fn is_executable(&self) -> bool {
+        self.new_mode & 0o170000 == 0o100000 && self.new_mode & 0o111 != 0
+    }
+
+    /// Where a symlink the commit makes points, as written.
+    pub fn link_target(&self) -> Option<&str> {
+        self.is_symlink()
+            .then(|| self.added_lines.first().map(|(_, t)| t.as_str()))
+            .flatten()
+    }
+}
+
+/// What a commit changes: every path, as `git diff-tree` against its first parent reports it (renames as
+/// a deletion and an addition, so both paths count).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitChanges {
+    pub files: Vec<ChangedPath>,
+}
+
+impl CommitChanges {
+    /// Lines added plus removed, over every file.
+    pub fn lines(&self) -> u64 {
+        self.files.iter().map(|f| f.added + f.removed).sum()
+    }
+}
+
+fn mode(octal: &str) -> Result<u32> {
+    u32::from_str_radix(octal, 8).with_context(|| format!("`{octal}` is not a file mode"))
+}
+
+/// Measures `commit` (a commit in the repository at `git_dir`, which nightshift built) against its first
+/// parent: per path, lines added and removed, whether binary, modes before and after, and the added lines
+/// (for the secret check). Runs nightshift's hardened git on the git dir, never a worktree's; the commit is
+/// an object id, passed after `--end-of-options`.
+pub async fn measure_commit(git: &Git, git_dir: &Path, commit: &str) -> Result<CommitChanges> {
+    if !(commit.len() == 40 || commit.len() == 64) || !commit.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        bail!("`{}` is not a commit id", commit.escape_debug());
+    }
+    let parent = format!("{commit}^1");
+    let common = [
+        "-r",
+        "--no-renames",
+        "--no-color",
+        "--no-ext-diff",
+        "--no-textconv",
+        "--ignore-submodules=none",
+    ];
+    let raw = git
+        .cmd(Repo::Bare(git_dir))
+        .arg("diff-tree")
+        .args(common)
+        .args([
+            "-z",
+            "--raw",
+            "--numstat",
+            "--end-of-options",
+            &parent,
+            commit,
+        ])
+        .output()
+        .await
+        .context("measuring the commit")?;
+    let mut files: Vec<ChangedPath> = Vec::new();
+    let mut fields = raw.split(|b| *b == 0).peekable();
+    let mut numstat = 0;
+    while let Some(field) = fields.next() {
+        if field.is_empty() {
+            continue;
+        }
+        let field = String::from_utf8_lossy(field);
+        if let Some(meta) = field.strip_prefix(':') {
+            let parts: Vec<&str> = meta.split(' ').collect();
+            let [old, new, ..] = parts[..] else {
+                bail!("git diff-tree printed `{}`", field.escape_debug());
+            };
+            let path = fields.next().context("git diff-tree printed no path")?;
+            files.push(ChangedPath {
+                path: String::from_utf8_lossy(path).into_owned(),
+                old_mode: mode(old)?,
+                new_mode: mode(new)?,
+                ..ChangedPath::default()
+            });
+        } else {
+            let mut parts = field.splitn(3, '\t');
+            let (Some(added), Some(removed), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                bail!("git diff-tree printed `{}`", field.escape_debug());
+            };
+            let file = files
+                .get_mut(numstat)
+                .filter(|f| f.path == path)
+                .with_context(|| format!("git diff-tree's counts for `{path}` match no change"))?;
+            if added == "-" {
+                file.binary = true;
+            } else {
+                file.added = added.parse().context("a count of added lines")?;
+                file.removed = removed.parse().context("a count of removed lines")?;
+            }
+            numstat += 1;
+        }
+    }
+    if numstat != files.len() {
+        bail!(
+            "git diff-tree counted {numstat} of {} changed paths",
+            files.len()
+        );
+    }
+
+    // The added lines: `-U0` patches come in the same order, one `diff --git` header per path. A line of a
+    // hunk always starts with ` `, `+`, `-` or `\`, so a header cannot be forged by a file's content.
+    let patch = git
+        .cmd(Repo::Bare(git_dir))
+        .arg("diff-tree")
+        .args(common)
+        .args(["-p", "-U0", "--end-of-options", &parent, commit])
+        .output()
+        .await
+        .context("reading the commit's added lines")?;
+    let mut current: Option<usize> = None;
+    let mut in_hunk = false;
+    let mut next_line = 0u64;
+    let mut seen = 0;
+    for line in patch.split(|b| *b == b'\n') {
+        if line.starts_with(b"diff --git ") {
+            current = Some(seen);
+            seen += 1;
+            in_hunk = false;
+            continue;
+        }
+        if line.starts_with(b"@@ ") {
+            in_hunk = true;
+            // `@@ -a,b +c,d @@`: c is the first new line.
+            let text = String::from_utf8_lossy(line);
+            next_line = text
+                .split(' ')
+                .find_map(|w| w.strip_prefix('+'))
+                .and_then(|w| w.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            continue;
+        }
+        if !in_hunk {
+            continue;
+        }
+        if let (Some(added), Some(i)) = (line.strip_prefix(b"+"), current)
+            && let Some(file) = files.get_mut(i)
+        {
+            file.added_lines
+                .push((next_line, String::from_utf8_lossy(added).into_owned()));
+            next_line += 1;
+        }
+    }
+    if seen != files.len() {
+        bail!(
+            "git diff-tree's patch has {seen} files, its summary {}",
+            files.len()
+        );
+    }
+    Ok(CommitChanges { files })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,5 +746,134 @@ mod tests {
             .unwrap_err();
         assert!(format!("{err:#}").contains("took longer than"), "{err:#}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    fn setup_git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .current_dir(dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_measured_path_by_path_with_modes_binaries_and_added_lines() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("scripts")).unwrap();
+        setup_git(&work, &["init", "-q"]);
+        std::fs::write(work.join("README.md"), "one\ntwo\nthree\n").unwrap();
+        std::fs::write(work.join("scripts/run.sh"), "echo hi\n").unwrap();
+        std::fs::write(work.join("old.txt"), "gone\n").unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "base"]);
+
+        std::fs::create_dir_all(work.join(".github/workflows")).unwrap();
+        std::fs::write(
+            work.join(".github/workflows/ci.yml"),
+            "on: push\njobs: {}\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", work.join("scripts/link")).unwrap();
+        std::fs::write(work.join("logo.png"), b"\x89PNG\r\n\x1a\n\x00\x00\x00").unwrap();
+        std::fs::write(work.join("README.md"), "one\n2\nthree\nfour\n").unwrap();
+        std::fs::set_permissions(
+            work.join("scripts/run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::remove_file(work.join("old.txt")).unwrap();
+        // A file whose content looks like a patch header, and a name with a tab and a newline.
+        std::fs::write(
+            work.join("forged.txt"),
+            "diff --git a/x b/x\n@@ -1 +1 @@\n+x\n",
+        )
+        .unwrap();
+        std::fs::write(work.join("we\tird\nname.txt"), "z\n").unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "agent"]);
+        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+
+        let git = git_for(Vec::new(), &dir.path().join("home"));
+        let changes = measure_commit(&git, &work.join(".git"), &commit)
+            .await
+            .unwrap();
+        let by_path = |p: &str| {
+            changes
+                .files
+                .iter()
+                .find(|f| f.path == p)
+                .unwrap_or_else(|| panic!("{p} not measured: {changes:?}"))
+        };
+        assert_eq!(changes.files.len(), 8, "{changes:?}");
+
+        let ci = by_path(".github/workflows/ci.yml");
+        assert_eq!((ci.added, ci.removed, ci.binary), (2, 0, false));
+        assert_eq!((ci.old_mode, ci.new_mode), (0, 0o100644));
+        assert_eq!(
+            ci.added_lines,
+            vec![(1, "on: push".to_owned()), (2, "jobs: {}".to_owned())]
+        );
+
+        let link = by_path("scripts/link");
+        assert!(link.is_symlink());
+        assert_eq!(link.link_target(), Some("../../etc/passwd"));
+
+        let png = by_path("logo.png");
+        assert!(png.binary && png.added == 0 && png.added_lines.is_empty());
+
+        let readme = by_path("README.md");
+        assert_eq!((readme.added, readme.removed), (2, 1));
+        assert_eq!(
+            readme.added_lines,
+            vec![(2, "2".to_owned()), (4, "four".to_owned())]
+        );
+
+        let run = by_path("scripts/run.sh");
+        assert_eq!((run.old_mode, run.new_mode), (0o100644, 0o100755));
+        assert!(run.is_executable() && run.added == 0 && run.removed == 0);
+
+        let old = by_path("old.txt");
+        assert_eq!((old.removed, old.new_mode), (1, 0));
+
+        let forged = by_path("forged.txt");
+        assert_eq!(forged.added_lines.len(), 3);
+        assert_eq!(
+            by_path("we\tird\nname.txt").added_lines,
+            vec![(1, "z".to_owned())]
+        );
+        assert_eq!(changes.lines(), 2 + 1 + 1 + 2 + 1 + 3 + 1);
+
+        // The policy refuses the workflow, then (once allowed) the symlink out of the repository.
+        let limits = crate::trigger::Limits::default();
+        let proposal = crate::sink::policy::Proposal {
+            changes: Some(&changes),
+            ..Default::default()
+        };
+        let v = crate::sink::policy::check(&limits, &proposal).unwrap_err();
+        assert_eq!(
+            v.to_string(),
+            "the pull request touches .github/workflows/ci.yml, which limits.paths does not allow"
+        );
+        let everything = crate::trigger::Limits {
+            paths: Some(vec!["**".into()]),
+            ..Default::default()
+        };
+        let v = crate::sink::policy::check(&everything, &proposal).unwrap_err();
+        assert!(v.to_string().contains("symlink scripts/link"), "{v}");
+
+        for bad in ["--output=/tmp/pwned", "HEAD", &commit[..12]] {
+            assert!(measure_commit(&git, &work.join(".git"), bad).await.is_err());
+        }
     }
 }

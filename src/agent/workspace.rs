@@ -158,6 +158,18 @@ impl Workspaces {
         locks.entry(repo.clone()).or_default().clone()
     }
 
+    /// What `commit` (one nightshift built, in the repository's mirror) changes against its parent, for the
+    /// output policy; works after the job's worktree is gone.
+    pub async fn measure_commit(
+        &self,
+        repo: &RepoName,
+        commit: &str,
+    ) -> Result<crate::agent::git::CommitChanges> {
+        let mirror = self.mirror_path(repo);
+        check_mirror(repo, &mirror).await?;
+        crate::agent::git::measure_commit(&self.git, &mirror, commit).await
+    }
+
     /// Brings the mirror up to date and adds a worktree for `job` at the commit `checkout` names.
     pub async fn prepare(
         &self,
@@ -1488,5 +1500,45 @@ mod tests {
         );
         assert_eq!(files, "README.md\naxb/kept.txt\nweid xdir/kept.txt");
         wt.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_commit_nightshift_built_is_measured_after_its_worktree_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                bare.to_str().unwrap(),
+                Checkout::Branch("main"),
+                JobId(9),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        std::fs::create_dir_all(wt.path.join(".github/workflows")).unwrap();
+        std::fs::write(wt.path.join(".github/workflows/x.yml"), "on: push\n").unwrap();
+        std::fs::write(wt.path.join("README.md"), "one\ntwo\n").unwrap();
+        let commit = wt
+            .commit_changes("m", ("n", "n@n"))
+            .await
+            .unwrap()
+            .commit
+            .unwrap();
+        wt.remove().await.unwrap();
+
+        let changes = spaces.measure_commit(&repo, &commit).await.unwrap();
+        let paths: Vec<_> = changes.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, [".github/workflows/x.yml", "README.md"]);
+        assert_eq!(changes.lines(), 2);
+        let proposal = crate::sink::policy::Proposal {
+            changes: Some(&changes),
+            ..Default::default()
+        };
+        let refused =
+            crate::sink::policy::check(&crate::trigger::Limits::default(), &proposal).unwrap_err();
+        assert_eq!(refused.rule, "limits.paths");
     }
 }

@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod github_object;
 pub mod once;
 pub mod outcome;
+pub mod policy;
 pub mod pull_request;
 pub mod shape;
 pub mod texts;

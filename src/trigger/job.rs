@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstallationId, RepoName};
 use crate::source::event::{Event, PullFacts, Repository};
-use crate::trigger::{OutputKind, Skills, Trigger};
+use crate::trigger::{Limits, OutputKind, Skills, Trigger};
 
 /// A job as matched: everything needed to run it, frozen when its delivery was matched, so a later change of
 /// the trigger file does not change a queued job.
@@ -77,6 +77,9 @@ pub struct JobSpec {
     /// Whether a progress comment is posted and edited (trigger `progress`, default true).
     #[serde(default = "yes")]
     pub progress: bool,
+    /// The trigger's own `limits:` (the service's apply where it says nothing).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn yes() -> bool {
@@ -140,6 +143,7 @@ impl JobSpec {
             output_body: None,
             dedupe_key: None,
             progress: trigger.progress,
+            limits: trigger.limits.clone(),
         }
     }
 

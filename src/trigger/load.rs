@@ -7,8 +7,8 @@ use minijinja::Environment;
 use serde_saphyr::{Location, Spanned};
 
 use super::model::{
-    ASSOCIATIONS, CONCLUSIONS, ConcurrencySpec, EventFilter, EventKind, Forks, OutputKind,
-    OutputSpec, TriggerFile,
+    ASSOCIATIONS, CONCLUSIONS, ConcurrencySpec, EventFilter, EventKind, Forks, Limits, LimitsFile,
+    OutputKind, OutputSpec, TriggerFile,
 };
 use super::pattern::{Pattern, PatternList};
 use super::schedule::Schedule;
@@ -438,6 +438,17 @@ pub fn load_one(
         );
     }
 
+    let limits = match file.limits.map(LimitsFile::check) {
+        None => Limits::default(),
+        Some(Ok(limits)) => limits,
+        Some(Err(problems)) => {
+            for (at, message, hint) in problems {
+                c.error(at, format!("limits: {message}"), hint);
+            }
+            Limits::default()
+        }
+    };
+
     if c.errors.is_empty() {
         let trigger = Trigger {
             name,
@@ -461,6 +472,7 @@ pub fn load_one(
             max_output: file.max_output,
             progress: file.progress.unwrap_or(true),
             max_depth: file.max_depth.map(|d| d.value),
+            limits,
             warnings: Vec::new(),
         };
         check_against_samples(&mut c, &trigger, &file.prompt, file.condition.as_ref());

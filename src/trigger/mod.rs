@@ -21,7 +21,7 @@ use minijinja::{Environment, Value};
 
 use crate::source::event::{Event, Repository};
 pub use job::JobSpec;
-pub use model::{EventKind, Forks, OutputKind, OutputOptions, OutputSpec, Skills};
+pub use model::{EventKind, Forks, Limits, OutputKind, OutputOptions, OutputSpec, Secrets, Skills};
 use pattern::PatternList;
 pub use schedule::Schedule;
 
@@ -55,6 +55,8 @@ pub struct Trigger {
     pub progress: bool,
     /// `max_depth:`, lowering the service's.
     pub max_depth: Option<u32>,
+    /// What the trigger's outputs may contain (`limits:`), where it says.
+    pub limits: Limits,
     /// What `check` and `serve` warn about (`path:line:col: warning: ...`).
     pub warnings: Vec<String>,
 }

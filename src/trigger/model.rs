@@ -79,6 +79,9 @@ pub struct TriggerFile {
     /// a job's output has that job's depth + 1.
     #[schemars(with = "Option<u32>")]
     pub max_depth: Option<Spanned<u32>>,
+    /// What this trigger's outputs may contain; checked before anything is posted. Each field left out is
+    /// the service's (`limits:` in nightshift.yml), else its default.
+    pub limits: Option<LimitsFile>,
 }
 
 /// `from:` — `anyone`, one association, or a list of them.
@@ -760,6 +763,250 @@ impl JsonSchema for On {
                 { "type": "array", "items": { "enum": names } },
                 { "type": "object", "properties": properties, "additionalProperties": false }
             ]
+        })
+    }
+}
+
+/// `limits:` as written, in a trigger file or in nightshift.yml: what an output may contain. The agent
+/// proposes; nightshift checks the proposal against these and posts nothing that breaks one (the job fails
+/// with the rule it broke).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// The most bytes of any one body posted (comment, review summary, issue or pull request body, check
+    /// summary): a number of bytes or a size such as `20KB` (1000 bytes) or `16KiB` (1024 bytes); at most
+    /// 65536, GitHub's own limit. Default 60KB.
+    #[schemars(with = "Option<Size>")]
+    pub max_body: Option<Spanned<Size>>,
+    /// The most inline comments a review may carry; a review with more is refused. Default 50.
+    #[schemars(with = "Option<u32>")]
+    pub max_inline_comments: Option<Spanned<u32>>,
+    /// Labels an output may add (the issue or pull request output's `labels`, and any the agent proposes).
+    /// Default: only those the trigger's `output:` names.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub labels: Option<Vec<Spanned<String>>>,
+    /// Paths a pull request may touch (add, change, delete, or change the mode of), as GitHub's `paths`
+    /// filter patterns; `!` excludes, and the last matching pattern wins. Default: everything except
+    /// `.github/workflows/**` and `.github/actions/**`. Paths are also compared without regard to case, so
+    /// `.GitHub/Workflows/x.yml` is refused where `.github/workflows/**` is.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub paths: Option<Vec<Spanned<String>>>,
+    /// The most files a pull request's commit may change. Default 1000.
+    #[schemars(with = "Option<u64>")]
+    pub max_files: Option<Spanned<u64>>,
+    /// The most lines (added plus removed) a pull request's commit may change. Default 100000.
+    #[schemars(with = "Option<u64>")]
+    pub max_lines: Option<Spanned<u64>>,
+    /// Whether text that looks like a credential (API keys, tokens, private keys) in a body or in a line
+    /// the commit adds is `refuse`d (default) or `allow`ed.
+    #[schemars(with = "Option<Secrets>")]
+    pub secrets: Option<Spanned<Secrets>>,
+}
+
+/// A size: a number of bytes, or a number with a unit (B, KB, KiB, MB, MiB).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    /// The size in bytes, or why it is not one.
+    pub fn bytes(&self) -> Result<u64, String> {
+        let text = match self {
+            Size::Bytes(n) => return Ok(*n),
+            Size::Text(t) => t.trim(),
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let factor = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" | "K" => 1000,
+            "KiB" => 1024,
+            "MB" | "M" => 1_000_000,
+            "MiB" => 1024 * 1024,
+            _ => return Err(format!("`{text}` is not a size")),
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .ok_or_else(|| format!("`{text}` is not a size"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of bytes or a size such as 20KB")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size::Bytes)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Size {
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A number of bytes, or a number with a unit: 20KB, 16KiB, 1MB.",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": "^[0-9]+ ?(B|KB|kB|K|KiB|MB|M|MiB)?$" }
+            ]
+        })
+    }
+}
+
+/// `secrets:` — what to do with text that looks like a credential.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Secrets {
+    /// Post nothing that contains one: the job fails, naming the rule and where it was found.
+    #[default]
+    Refuse,
+    /// Do not look.
+    Allow,
+}
+
+/// GitHub refuses a body longer than 65,536 characters; a byte is never more than a character.
+pub const GITHUB_MAX_BODY: u64 = 65_536;
+
+/// The limits one layer (a trigger, or the service) sets, each `None` where it says nothing. A job freezes
+/// its trigger's; the check lays them over the service's with [`Limits::over`] and fills the rest with the
+/// defaults (`crate::sink::policy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inline_comments: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// Pattern sources, each already checked to compile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lines: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Secrets>,
+}
+
+impl Limits {
+    /// These limits, with `base`'s wherever these say nothing (field by field).
+    pub fn over(&self, base: &Limits) -> Limits {
+        Limits {
+            max_body: self.max_body.or(base.max_body),
+            max_inline_comments: self.max_inline_comments.or(base.max_inline_comments),
+            labels: self.labels.clone().or_else(|| base.labels.clone()),
+            paths: self.paths.clone().or_else(|| base.paths.clone()),
+            max_files: self.max_files.or(base.max_files),
+            max_lines: self.max_lines.or(base.max_lines),
+            secrets: self.secrets.or(base.secrets),
+        }
+    }
+}
+
+/// One problem in a `limits:` block: where, what, and a hint.
+pub type LimitProblem = (serde_saphyr::Location, String, Option<String>);
+
+impl LimitsFile {
+    /// Checks the values; every problem is returned, each with where it is written.
+    pub fn check(self) -> Result<Limits, Vec<LimitProblem>> {
+        let mut problems: Vec<LimitProblem> = Vec::new();
+        let max_body = self.max_body.and_then(|size| match size.value.bytes() {
+            Ok(0) => {
+                problems.push((
+                    size.referenced,
+                    "max_body cannot be 0: every output posts a body".into(),
+                    Some("write a size such as 20KB".into()),
+                ));
+                None
+            }
+            Ok(n) if n > GITHUB_MAX_BODY => {
+                problems.push((
+                    size.referenced,
+                    format!("max_body is {n} bytes, more than GitHub accepts ({GITHUB_MAX_BODY})"),
+                    Some("write at most 64KiB".into()),
+                ));
+                None
+            }
+            Ok(n) => Some(n),
+            Err(message) => {
+                problems.push((
+                    size.referenced,
+                    message,
+                    Some("write a number of bytes, or a size such as 20KB, 16KiB".into()),
+                ));
+                None
+            }
+        });
+        let labels = self.labels.map(|labels| {
+            labels
+                .into_iter()
+                .filter_map(|l| {
+                    let name = l.value.trim();
+                    if name.is_empty() || name.chars().any(char::is_control) {
+                        problems.push((
+                            l.referenced,
+                            format!("`{}` is not a label name", l.value.escape_debug()),
+                            Some("write label names as GitHub shows them, e.g. bug".into()),
+                        ));
+                        return None;
+                    }
+                    Some(name.to_owned())
+                })
+                .collect()
+        });
+        let paths = self.paths.map(|paths| {
+            let mut compiled = Vec::new();
+            for p in &paths {
+                match super::pattern::Pattern::parse(&p.value) {
+                    Ok(pattern) => compiled.push(pattern),
+                    Err(e) => {
+                        problems.push((p.referenced, format!("bad pattern: {}", e.message), e.hint))
+                    }
+                }
+            }
+            if compiled.len() == paths.len()
+                && let Err(e) = super::pattern::PatternList::new(compiled)
+            {
+                problems.push((paths[0].referenced, e.message, e.hint));
+            }
+            paths.into_iter().map(|p| p.value).collect()
+        });
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Limits {
+            max_body,
+            max_inline_comments: self.max_inline_comments.map(|s| s.value),
+            labels,
+            paths,
+            max_files: self.max_files.map(|s| s.value),
+            max_lines: self.max_lines.map(|s| s.value),
+            secrets: self.secrets.map(|s| s.value),
         })
     }
 }
