@@ -168,11 +168,10 @@ pub async fn serve(
 
 /// The login of the account a personal or fine-grained token belongs to.
 async fn token_login(github: &GitHub) -> Result<Option<String>> {
-    let api = github.client(None).await?.api();
-    let me: serde_json::Value =
-        crate::github::with_retry("asking GitHub whose token this is", || {
-            api.get("/user", None::<&()>)
-        })
+    let me = github
+        .client(None)
+        .await?
+        .get("asking GitHub whose token this is", "/user")
         .await?;
     Ok(me["login"].as_str().map(str::to_owned))
 }

@@ -10,7 +10,6 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Pipeline;
 
 use crate::agent::git::GitAuth;
-use crate::github::with_retry;
 use crate::source::event::Event;
 use crate::store::{KnownRepo, NewJob, StoredDelivery};
 use crate::trigger::{MAX_CHANGED_FILES, MatchInput, Standing, TriggerSet};
@@ -208,12 +207,9 @@ async fn pull_facts(
     if !pipeline.github.has_credentials() {
         anyhow::bail!("there are no GitHub credentials to read it");
     }
-    let api = pipeline.github.client(event.installation).await?.api();
+    let client = pipeline.github.client(event.installation).await?;
     let route = format!("/repos/{}/pulls/{number}", repo.full_name);
-    let answer: serde_json::Value = with_retry("reading the pull request", || {
-        api.get(route.as_str(), None::<&()>)
-    })
-    .await?;
+    let answer = client.get("reading the pull request", &route).await?;
     let facts = crate::source::event::PullFacts::from_value(&answer)
         .map_err(|e| anyhow::anyhow!("GitHub's answer is not a pull request: {e}"))?;
     if facts.number != number {
@@ -279,13 +275,12 @@ async fn react(pipeline: &Pipeline, event: &Event) {
         _ => return,
     };
     let posted = async {
-        let api = pipeline.github.client(event.installation).await?.api();
+        let client = pipeline.github.client(event.installation).await?;
         let body = serde_json::json!({ "content": "eyes" });
         // GitHub answers a second identical reaction with the first one: retrying cannot add another.
-        let _: serde_json::Value = with_retry("reacting to the command", || {
-            api.post(route.as_str(), Some(&body))
-        })
-        .await?;
+        client
+            .post_repeatable("reacting to the command", &route, &body)
+            .await?;
         anyhow::Ok(())
     };
     if let Err(e) = posted.await {
@@ -311,12 +306,11 @@ async fn standing(pipeline: &Pipeline, event: &Event, login: &str) -> Standing {
         return Standing::Unknown(format!("`{login}` is not a GitHub user's login"));
     }
     let asked = async {
-        let api = pipeline.github.client(event.installation).await?.api();
+        let client = pipeline.github.client(event.installation).await?;
         let route = format!("/repos/{name}/collaborators/{login}/permission");
-        let answer: serde_json::Value = with_retry("looking up the actor's permission", || {
-            api.get(route.as_str(), None::<&()>)
-        })
-        .await?;
+        let answer = client
+            .get("looking up the actor's permission", &route)
+            .await?;
         anyhow::Ok(answer)
     };
     let standing = match asked.await {
@@ -325,7 +319,7 @@ async fn standing(pipeline: &Pipeline, event: &Event, login: &str) -> Standing {
             None => Standing::Unknown("GitHub's answer names no permission".into()),
         },
         // Not a collaborator, or no such user: no access.
-        Err(e) if format!("{e:#}").contains("GitHub answered 404") => {
+        Err(e) if crate::github::gh_error(&e).is_some_and(|g| g.status == Some(404)) => {
             Standing::Known("NONE".into())
         }
         Err(e) => {
@@ -345,29 +339,19 @@ async fn changed_files(pipeline: &Pipeline, event: &Event) -> Result<Vec<String>
     if !pipeline.github.has_credentials() {
         anyhow::bail!("no GitHub credentials");
     }
-    let api = pipeline.github.client(event.installation).await?.api();
-    let mut files = Vec::new();
-    for page in 1..=MAX_CHANGED_FILES.div_ceil(100) {
-        let route = format!(
-            "/repos/{}/pulls/{}/files?per_page=100&page={page}",
-            repo.full_name, pr.number
-        );
-        let batch: Vec<serde_json::Value> = with_retry("listing the pull request's files", || {
-            api.get(route.as_str(), None::<&()>)
-        })
+    let client = pipeline.github.client(event.installation).await?;
+    let route = format!("/repos/{}/pulls/{}/files", repo.full_name, pr.number);
+    let files = client
+        .get_all(
+            "listing the pull request's files",
+            &route,
+            MAX_CHANGED_FILES,
+        )
         .await?;
-        let done = batch.len() < 100;
-        files.extend(
-            batch
-                .iter()
-                .filter_map(|f| f["filename"].as_str().map(str::to_owned)),
-        );
-        if done {
-            break;
-        }
-    }
-    files.truncate(MAX_CHANGED_FILES);
-    Ok(files)
+    Ok(files
+        .iter()
+        .filter_map(|f| f["filename"].as_str().map(str::to_owned))
+        .collect())
 }
 
 /// The repository's own triggers, when the service reads them; a repository whose triggers cannot be read

@@ -320,6 +320,7 @@ async fn deliver_phase(
         lease: pipeline.config.job_lease,
         public_url: pipeline.config.public_url.as_deref(),
         workspaces: &pipeline.workspaces,
+        limits: &pipeline.config.limits,
     };
     let report = pipeline.config.report_failures;
     let ending = match sink::deliver::deliver(&ctx, &outcome, report).await {
@@ -465,6 +466,7 @@ async fn run_job(
         lease: pipeline.config.job_lease,
         public_url: pipeline.config.public_url.as_deref(),
         workspaces: &pipeline.workspaces,
+        limits: &pipeline.config.limits,
     };
     // The progress comment, first thing: whoever handed the work off sees it was taken.
     if spec.progress && spec.number.is_some() {

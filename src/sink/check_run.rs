@@ -53,8 +53,13 @@ pub async fn start(ctx: &SinkContext<'_>, head_sha: &str) -> Result<Output> {
     create(ctx, head_sha, body).await
 }
 
-/// Completes the job's check run (creating it completed when it was never started).
-pub async fn finish(ctx: &SinkContext<'_>, head_sha: &str, done: Completion) -> Result<Output> {
+/// Completes the job's check run (creating it completed on `head_sha` when it was never started; with no
+/// commit to put it on, there is none, and the job log says so).
+pub async fn finish(
+    ctx: &SinkContext<'_>,
+    head_sha: Option<&str>,
+    done: Completion,
+) -> Result<Option<Output>> {
     let mut annotations = done.annotations;
     annotations.truncate(MAX_ANNOTATIONS);
     let recorded = ctx.store.find_output(ctx.job, KEY).await?;
@@ -68,7 +73,8 @@ pub async fn finish(ctx: &SinkContext<'_>, head_sha: &str, done: Completion) -> 
                     "dry run (no GitHub credentials): would complete the check run: {body}"
                 )],
             )
-            .await;
+            .await
+            .map(Some);
     };
     if let Some(started) = recorded.filter(|r| !r.pending)
         && let Some(id) = started.github_id
@@ -112,8 +118,14 @@ pub async fn finish(ctx: &SinkContext<'_>, head_sha: &str, done: Completion) -> 
         let found = Found::from_json(&answer);
         return ctx
             .record("check_run", KEY, found.url.or(started.url), Some(id))
-            .await;
+            .await
+            .map(Some);
     }
+    let Some(head_sha) = head_sha else {
+        ctx.log("no check run: the job ended before it had a commit to report on".into())
+            .await;
+        return Ok(None);
+    };
     let body = json!({
         "name": name(ctx),
         "head_sha": head_sha,
@@ -123,7 +135,7 @@ pub async fn finish(ctx: &SinkContext<'_>, head_sha: &str, done: Completion) -> 
         "completed_at": jiff::Timestamp::now().to_string(),
         "output": { "title": done.title, "summary": done.summary, "annotations": annotations },
     });
-    create(ctx, head_sha, body).await
+    create(ctx, head_sha, body).await.map(Some)
 }
 
 async fn create(ctx: &SinkContext<'_>, head_sha: &str, mut body: Value) -> Result<Output> {

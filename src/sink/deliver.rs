@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::check_run::{self, Completion};
 use super::outcome::{Outcome, Proposal};
-use super::{SinkContext, comment, github_object, pull_request, texts};
+use super::{SinkContext, comment, github_object, policy, pull_request, shape, texts};
 use crate::store::Output;
 use crate::trigger::OutputKind;
 
@@ -25,8 +25,8 @@ pub async fn deliver(
 ) -> Result<Ending> {
     match outcome {
         Outcome::Done(proposal) => {
-            if let Err(rule) = check_policy(ctx, proposal) {
-                let public = texts::refused_by_policy(&rule);
+            if let Err(rule) = check_policy(ctx, proposal).await? {
+                let public = texts::refused_by_policy(&rule.to_string());
                 ctx.log(format!("not posted: {public}")).await;
                 return fail(ctx, &public, Some(&public), report_failures).await;
             }
@@ -51,16 +51,68 @@ pub async fn deliver(
                     .await?
                     .is_some()
             {
-                finish_check(ctx, "cancelled", reason, Vec::new()).await?;
+                finish_check(ctx, None, "cancelled", reason, Vec::new()).await?;
             }
             Ok(Ending::Cancelled(reason.clone()))
         }
     }
 }
 
-/// The output policy (`limits:`) over what the agent proposes: Err with the rule broken.
-fn check_policy(_ctx: &SinkContext<'_>, _proposal: &Proposal) -> Result<(), String> {
-    Ok(())
+/// The output policy (`limits:`) over what the agent proposes, before anything of it is posted: the texts
+/// each output would carry, its labels, its inline comments, and for a pull request the commit (paths, size,
+/// added lines). The inner Err is the rule broken.
+async fn check_policy(
+    ctx: &SinkContext<'_>,
+    proposal: &Proposal,
+) -> Result<Result<(), policy::Violation>> {
+    let spec = ctx.spec;
+    let limits = policy::in_force(spec, ctx.limits);
+    let mut bodies: Vec<(String, String)> =
+        vec![("the agent's message".into(), proposal.message.clone())];
+    let mut inline_comments = 0;
+    let mut labels: Vec<&str> = Vec::new();
+    let mut changes = None;
+    match spec.output {
+        OutputKind::Review | OutputKind::CheckRun => {
+            if let Some(review) = &proposal.review {
+                bodies.push(("the review's summary".into(), review.summary.clone()));
+                for c in &review.comments {
+                    bodies.push((
+                        format!("the inline comment on {}:{}", c.path, c.line),
+                        c.body.clone(),
+                    ));
+                }
+                inline_comments = review.comments.len();
+            }
+        }
+        OutputKind::Issue => {
+            labels = spec.labels.iter().map(String::as_str).collect();
+            if let Some(title) = &spec.output_title {
+                bodies.push(("the issue's title".into(), title.clone()));
+            }
+        }
+        OutputKind::PullRequest => {
+            if let Some(body) = &spec.output_body {
+                bodies.push(("the pull request's body".into(), body.clone()));
+            }
+            if let Some(commit) = &proposal.commit {
+                changes = Some(ctx.workspaces.measure_commit(&spec.repo, commit).await?);
+            }
+        }
+        OutputKind::Comment => {}
+    }
+    Ok(policy::check(
+        &limits,
+        &policy::Proposal {
+            bodies: bodies
+                .iter()
+                .map(|(w, t)| (w.as_str(), t.as_str()))
+                .collect(),
+            inline_comments,
+            labels,
+            changes: changes.as_ref(),
+        },
+    ))
 }
 
 async fn done(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<()> {
@@ -87,10 +139,21 @@ async fn done(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<()> {
         )),
         OutputKind::Issue => Some(("filed an issue", github_object::issue(ctx, proposal).await?)),
         OutputKind::CheckRun => {
-            let conclusion = conclusion(true, proposal);
-            let annotations = annotations(proposal);
-            let out = finish_check(ctx, conclusion, &proposal.message, annotations).await?;
-            Some(("reported a check run", out))
+            let conclusion = shape::check_conclusion(true, proposal.review.as_ref());
+            let annotations = proposal
+                .review
+                .as_ref()
+                .map(shape::annotations)
+                .unwrap_or_default();
+            finish_check(
+                ctx,
+                Some(&proposal.head),
+                conclusion,
+                &proposal.message,
+                annotations,
+            )
+            .await?
+            .map(|out| ("reported a check run", out))
         }
     };
     if let Some((what, out)) = delivered
@@ -128,22 +191,14 @@ async fn fail(
             .await?;
         }
         if ctx.spec.output == OutputKind::CheckRun {
-            let head = ctx.spec.head_sha.clone();
-            if head.is_some()
-                || ctx
-                    .store
-                    .find_output(ctx.job, check_run::KEY)
-                    .await?
-                    .is_some()
-            {
-                finish_check(
-                    ctx,
-                    "failure",
-                    &format!("This job failed: {public}."),
-                    Vec::new(),
-                )
-                .await?;
-            }
+            finish_check(
+                ctx,
+                ctx.spec.head_sha.as_deref(),
+                "failure",
+                &format!("This job failed: {public}."),
+                Vec::new(),
+            )
+            .await?;
         }
     } else if ctx.spec.number.is_some() && has_comment(ctx).await? {
         // An operator's problem: the progress comment must not be left saying it is working.
@@ -168,19 +223,14 @@ async fn has_comment(ctx: &SinkContext<'_>) -> Result<bool> {
 
 async fn finish_check(
     ctx: &SinkContext<'_>,
+    head: Option<&str>,
     conclusion: &'static str,
     message: &str,
     annotations: Vec<serde_json::Value>,
-) -> Result<Output> {
-    let recorded = ctx.store.find_output(ctx.job, check_run::KEY).await?;
-    let head = recorded
-        .as_ref()
-        .and(None)
-        .or_else(|| ctx.spec.head_sha.clone())
-        .unwrap_or_default();
+) -> Result<Option<Output>> {
     check_run::finish(
         ctx,
-        &head,
+        head,
         Completion {
             conclusion,
             title: texts::check_title(conclusion),
@@ -189,14 +239,4 @@ async fn finish_check(
         },
     )
     .await
-}
-
-/// The check run's conclusion: `failure` when the job failed or the agent says so, `success` only when the
-/// agent says so, `neutral` otherwise.
-fn conclusion(job_succeeded: bool, _proposal: &Proposal) -> &'static str {
-    if job_succeeded { "neutral" } else { "failure" }
-}
-
-fn annotations(_proposal: &Proposal) -> Vec<serde_json::Value> {
-    Vec::new()
 }

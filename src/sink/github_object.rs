@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::once::{self, Found};
 use super::outcome::Proposal;
-use super::{SinkContext, texts};
+use super::{SinkContext, shape, texts};
 use crate::store::Output;
 
 /// The pull request's review: the structured `review.json` when the agent wrote one (its summary, and its
@@ -20,29 +20,62 @@ pub async fn review(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Output
         .number
         .filter(|_| spec.is_pull_request)
         .context("a review needs a pull request, and this event is not about one")?;
-    let (summary, comments) = match &proposal.review {
-        Some(review) => (review.summary.as_str(), review.comments.clone()),
-        None => (proposal.message.as_str(), Vec::new()),
-    };
     let commit = spec
-        .head_sha
-        .clone()
+        .pull
+        .as_ref()
+        .map(|p| p.head_sha.clone())
+        .or_else(|| spec.head_sha.clone())
         .unwrap_or_else(|| proposal.head.clone());
+    let route = format!("/repos/{repo}/pulls/{number}/reviews");
+    // Inline comments only on lines of the diff (GitHub refuses the whole review otherwise): the rest are
+    // folded into the summary; repeats dropped.
+    let (summary, comments) = match (&proposal.review, ctx.client) {
+        (Some(review), Some(client)) => {
+            let files = client
+                .get_all(
+                    "listing the pull request's files",
+                    &format!("/repos/{repo}/pulls/{number}/files"),
+                    3_000,
+                )
+                .await?;
+            let files: Vec<(String, Option<String>)> = files
+                .iter()
+                .filter_map(|f| {
+                    Some((
+                        f["filename"].as_str()?.to_owned(),
+                        f["patch"].as_str().map(str::to_owned),
+                    ))
+                })
+                .collect();
+            let shaped = shape::shape_review(review, &files);
+            if shaped.folded + shaped.dropped > 0 {
+                ctx.log(format!(
+                    "review: {} inline comments kept, {} on lines outside the diff folded into the summary, {} repeats dropped",
+                    shaped.comments.len(),
+                    shaped.folded,
+                    shaped.dropped
+                ))
+                .await;
+            }
+            let summary = if shaped.body_extra.is_empty() {
+                review.summary.clone()
+            } else {
+                format!("{}\n\n{}", review.summary.trim_end(), shaped.body_extra)
+            };
+            (summary, shaped.comments)
+        }
+        (Some(review), None) => (review.summary.clone(), review.comments.clone()),
+        (None, _) => (proposal.message.clone(), Vec::new()),
+    };
     let mut body = json!({
-        "body": texts::agent_comment(&spec.trigger, ctx.job, summary, proposal.truncated),
+        "body": texts::agent_comment(&spec.trigger, ctx.job, &summary, proposal.truncated),
         "event": "COMMENT",
         "commit_id": commit,
-        "comments": comments,
+        "comments": comments.iter().map(shape::review_comment_json).collect::<Vec<_>>(),
     });
     texts::scrub_json(&mut body);
     let Some(client) = ctx.client else {
-        return dry_run(
-            ctx,
-            KEY,
-            &format!("/repos/{repo}/pulls/{number}/reviews"),
-            &body,
-        )
-        .await;
+        return dry_run(ctx, KEY, &route, &body).await;
     };
     let marker = texts::marker(ctx.job);
     once::create(

@@ -47,6 +47,8 @@ pub struct SinkContext<'a> {
     /// Where the job's page is (`public_url`), for links.
     pub public_url: Option<&'a str>,
     pub workspaces: &'a Workspaces,
+    /// The service's `limits:` (the job's trigger's own are laid over them).
+    pub limits: &'a crate::trigger::Limits,
 }
 
 impl SinkContext<'_> {

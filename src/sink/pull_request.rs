@@ -24,9 +24,13 @@ pub fn branch_name(trigger: &str, number: Option<u64>, job: crate::ids::JobId) -
     }
 }
 
-/// The branch the pull request asks to merge into.
+/// The branch the pull request asks to merge into: for a job about a pull request of this repository, that
+/// pull request's branch (the fix is proposed to it, built on its head); otherwise the default branch.
 pub fn base_branch(spec: &crate::queue::JobSpec) -> String {
-    spec.default_branch.clone()
+    match &spec.pull {
+        Some(pull) if !pull.from_fork && !pull.head_ref.is_empty() => pull.head_ref.clone(),
+        _ => spec.default_branch.clone(),
+    }
 }
 
 pub async fn deliver(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Output> {
@@ -122,6 +126,7 @@ pub async fn deliver(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Outpu
     let body = texts::pull_request_body(
         &spec.trigger,
         ctx.job,
+        spec.output_body.as_deref(),
         &proposal.message,
         spec.number,
         !spec.is_pull_request,

@@ -300,6 +300,7 @@ pub fn pull_request_title(title: Option<&str>, number: Option<u64>) -> String {
 pub fn pull_request_body(
     trigger: &str,
     job: JobId,
+    intro: Option<&str>,
     message: &str,
     number: Option<u64>,
     is_issue: bool,
@@ -309,6 +310,16 @@ pub fn pull_request_body(
         (Some(n), true) => body.push_str(&format!("Closes #{n}.\n\n")),
         (Some(n), false) => body.push_str(&format!("Follow-up to #{n}.\n\n")),
         (None, _) => {}
+    }
+    // The trigger's `body:` (rendered from the event: its text is a stranger's, fitted like the agent's).
+    // At most 4,000 characters of it: the agent's message keeps the room.
+    if let Some(intro) = intro.filter(|i| !i.trim().is_empty()) {
+        let intro = fit(intro.trim_end());
+        match intro.char_indices().nth(4_000) {
+            Some((end, _)) => body.push_str(&format!("{}…", &intro[..end])),
+            None => body.push_str(&intro),
+        }
+        body.push_str("\n\n");
     }
     if !message.trim().is_empty() {
         body.push_str(&fit(message.trim_end()));
@@ -496,7 +507,7 @@ mod tests {
             "Spelling error in the README file (#1)"
         );
         assert_eq!(pull_request_title(None, Some(2)), "Changes for #2");
-        insta::assert_snapshot!(pull_request_body("fix", JobId(9), "Fixed the typo.", Some(1), true), @r"
+        insta::assert_snapshot!(pull_request_body("fix", JobId(9), None, "Fixed the typo.", Some(1), true), @r"
         Closes #1.
 
         Fixed the typo.
@@ -663,7 +674,7 @@ mod tests {
         for body in [
             super::agent_comment("t", JobId(1), &long, false),
             super::issue_body("t", JobId(1), &long, Some(2)),
-            super::pull_request_body("t", JobId(1), &long, Some(2), true),
+            super::pull_request_body("t", JobId(1), Some(&long), &long, Some(2), true),
             super::no_changes_comment("t", JobId(1), &long),
         ] {
             assert!(body.chars().count() <= 65_536, "{}", body.chars().count());
