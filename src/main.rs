@@ -154,7 +154,7 @@ async fn show_jobs(config: &Config, id: Option<i64>, limit: u32, json: bool) -> 
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "{:>5}  {:<9}  {:<24}  {:<24}  {:<19}  {:>7}  SPENT / ERROR",
+            "{:>5}  {:<10}  {:<24}  {:<24}  {:<19}  {:>7}  SPENT / ERROR",
             "ID", "STATE", "TRIGGER", "REPOSITORY", "QUEUED (UTC)", "TOOK"
         );
         for job in jobs {
@@ -163,15 +163,21 @@ async fn show_jobs(config: &Config, id: Option<i64>, limit: u32, json: bool) -> 
                 .zip(job.finished_at)
                 .map(|(s, f)| format!("{:.1}s", (f - s) as f64 / 1000.0))
                 .unwrap_or_else(|| "-".into());
-            let spent = match (&job.usage, &job.error) {
-                (_, Some(error)) => error.lines().next().unwrap_or_default().to_owned(),
-                (Some(usage), None) => usage.to_string(),
-                (None, None) => String::new(),
+            let spent = match (&job.usage, &job.error, &job.waiting) {
+                (_, _, Some(why)) => format!("waiting: {}", why.lines().next().unwrap_or_default()),
+                (_, Some(error), None) => error.lines().next().unwrap_or_default().to_owned(),
+                (Some(usage), None, None) => usage.to_string(),
+                (None, None, None) => String::new(),
+            };
+            let state = if job.waiting.is_some() {
+                "waiting"
+            } else {
+                job.state.as_str()
             };
             println!(
-                "{:>5}  {:<9}  {:<24}  {:<24}  {:<19}  {:>7}  {spent}",
+                "{:>5}  {:<10}  {:<24}  {:<24}  {:<19}  {:>7}  {spent}",
                 job.id,
-                job.state.as_str(),
+                state,
                 job.trigger,
                 job.repo,
                 utc(job.created_at),
@@ -207,6 +213,13 @@ async fn show_jobs(config: &Config, id: Option<i64>, limit: u32, json: bool) -> 
     println!("queued:   {} UTC", utc(job.created_at));
     if let Some(usage) = &job.usage {
         println!("spent:    {usage}");
+    }
+    if let Some(why) = &job.waiting {
+        let until = job.next_attempt_at.map(utc).unwrap_or_default();
+        println!(
+            "waiting:  until {until} UTC ({} time(s) so far): {why}",
+            job.retries
+        );
     }
     if let Some(error) = &job.error {
         println!("error:    {error}");

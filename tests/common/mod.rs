@@ -204,8 +204,8 @@ impl Spine {
             &config,
             format!(
                 "listen: 127.0.0.1:0\nstore: sqlite://{root}/state/nightshift.db\ndata_dir: {root}/data\n\
-                 triggers: {root}/triggers\nworkers: 2\njob_lease: 2s\ngit:\n  file_roots: [{root}]\n  http_hosts: [127.0.0.1]\n\
-                 github:\n  api_url: {api}\n{credentials}  webhook_secrets: [\"rotated-away\", \"{SECRET}\"]\n\
+                 triggers: {root}/triggers\nworkers: 2\njob_lease: 2s\nretry:\n  backoff: 200ms\ngit:\n  file_roots: [{root}]\n  http_hosts: [127.0.0.1]\n\
+                 github:\n  api_url: {api}\n  timeout: 5s\n{credentials}  webhook_secrets: [\"rotated-away\", \"{SECRET}\"]\n\
                  agents:\n\
                  \x20 reply: {{command: [{agents}/reply.sh], timeout: 30s}}\n\
                  \x20 edit: {{command: [{agents}/edit.sh], timeout: 30s}}\n\
