@@ -478,6 +478,7 @@ async fn a_second_pull_request_from_the_same_head_is_422() {
         422
     );
     assert_eq!(fake.pulls().len(), 1);
+    assert_eq!(fake.all_pulls().len(), 1);
     // Found by head; once closed, a new one may be opened.
     let found = call(
         &fake,
@@ -1001,4 +1002,38 @@ fn the_fixture_describes_every_operation_the_fake_needs() {
     }
     // No $ref is left: schemas are self-contained.
     assert!(!include_str!("fixtures/openapi/extra_operations.json").contains("\"$ref\""));
+}
+
+#[tokio::test]
+async fn a_forks_branch_of_the_same_name_is_neither_found_nor_a_duplicate() {
+    let fake = fake().await;
+    // Mallory opens a pull request from her fork's branch named like nightshift's.
+    let theirs = fake.add_pull(REPO, "mallory", "nightshift/job-1", SHA, "main");
+    fake.update_pull(REPO, theirs, |p| p.head_repo = "mallory/app".into());
+    let found = call(
+        &fake,
+        "GET",
+        &repo_path("/pulls?head=octo:nightshift/job-1"),
+        None,
+    )
+    .await;
+    assert_eq!(found.body, json!([]), "not nightshift's branch");
+    let by_fork = call(
+        &fake,
+        "GET",
+        &repo_path("/pulls?head=mallory:nightshift/job-1"),
+        None,
+    )
+    .await;
+    assert_eq!(by_fork.body[0]["head"]["repo"]["fork"], true);
+    let ours = call(
+        &fake,
+        "POST",
+        &repo_path("/pulls"),
+        Some(json!({ "title": "Fix", "head": "nightshift/job-1", "base": "main" })),
+    )
+    .await;
+    assert_eq!(ours.status, 201, "{}", ours.body);
+    assert_eq!(ours.body["user"]["login"], TOKEN_LOGIN);
+    assert_eq!(ours.body["head"]["repo"]["fork"], false);
 }

@@ -246,6 +246,8 @@ struct FakeState {
     comments: Vec<Comment>,
     issues: Vec<Issue>,
     pulls: Vec<Pull>,
+    /// The pull requests opened through pulls/create, (repo, number).
+    opened: Vec<(String, u64)>,
     reviews: Vec<Review>,
     check_runs: Vec<CheckRun>,
     reactions: Vec<Reaction>,
@@ -438,6 +440,8 @@ impl std::error::Error for Dropped {}
 impl FakeGitHub {
     pub async fn start(auth: ExpectedAuth) -> FakeGitHub {
         LazyLock::force(&SPEC);
+        // Tests reach the fake (and nightshift) with reqwest, which needs the process's TLS provider.
+        nightshift::install_tls_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let url = format!("http://{addr}");
@@ -485,7 +489,19 @@ impl FakeGitHub {
         self.state().issues.clone()
     }
 
+    /// The pull requests nightshift opened (pulls/create), oldest first.
     pub fn pulls(&self) -> Vec<Pull> {
+        let state = self.state();
+        state
+            .pulls
+            .iter()
+            .filter(|p| state.opened.contains(&(p.repo.clone(), p.number)))
+            .cloned()
+            .collect()
+    }
+
+    /// Every pull request the fake knows: opened by nightshift, added by a test, or learned from a payload.
+    pub fn all_pulls(&self) -> Vec<Pull> {
         self.state().pulls.clone()
     }
 

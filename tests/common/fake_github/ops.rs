@@ -30,17 +30,17 @@ fn invalid(message: &str, errors: Value) -> Answer {
     Answer::Refused(StatusCode::UNPROCESSABLE_ENTITY, message.into(), errors)
 }
 
+/// A user as GitHub shows one (every field of `simple-user`, which clients deserialize strictly).
 fn user_json(login: &str) -> Value {
-    json!({
-        "login": login,
-        "id": 1,
-        "node_id": "MDQ6VXNlcjE=",
-        "avatar_url": "https://github.com/images/error/octocat_happy.gif",
-        "url": format!("https://api.github.com/users/{login}"),
-        "html_url": format!("https://github.com/{login}"),
-        "type": if login.ends_with("[bot]") { "Bot" } else { "User" },
-        "site_admin": false,
-    })
+    let mut v = example("issue")["user"].clone();
+    rewrite_urls(&mut v, "octocat", login);
+    v["login"] = json!(login);
+    v["type"] = json!(if login.ends_with("[bot]") {
+        "Bot"
+    } else {
+        "User"
+    });
+    v
 }
 
 fn label_json(repo: &str, name: &str) -> Value {
@@ -774,6 +774,7 @@ pub(super) fn apply(
                 updated_at: at,
             };
             state.pulls.push(pull.clone());
+            state.opened.push((pull.repo.clone(), pull.number));
             Answer::Done(StatusCode::CREATED, pull_json(&pull, "pull-request"), true)
         }
         "pulls/get" | "pulls/update" => {
