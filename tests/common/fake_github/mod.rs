@@ -189,6 +189,8 @@ pub enum Fault {
     /// The write is applied, then nothing is answered for [`FakeGitHub::set_hang`] (default 120 s), then the
     /// connection is closed.
     HangAfter,
+    /// 503, as every call meets during an [`FakeGitHub::outage`]; nothing applied.
+    Outage,
 }
 
 impl From<u16> for Fault {
@@ -208,6 +210,7 @@ impl Fault {
             Fault::RateLimit { .. } => "rate-limit",
             Fault::DropAfter => "drop-after",
             Fault::HangAfter => "hang-after",
+            Fault::Outage => "outage",
         }
     }
 
@@ -1061,6 +1064,7 @@ fn fault_response(fault: Fault) -> Response {
             headers.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
             response
         }
+        Fault::Outage => error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
         Fault::DropAfter | Fault::HangAfter => unreachable!("answered without a response"),
     }
 }
@@ -1142,11 +1146,8 @@ async fn handle(
             .lock()
             .unwrap()
             .injected
-            .push((call.to_owned(), Fault::Status(503)));
-        return (
-            error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
-            None,
-        );
+            .push((call.to_owned(), Fault::Outage));
+        return (fault_response(Fault::Outage), None);
     }
     let Some((op, params)) = match_operation(&SPEC.operations, method, uri.path()) else {
         unexpected("not an operation of the fake's OpenAPI description".into());
