@@ -245,6 +245,13 @@ async fn a_codex_review_file_becomes_a_review_with_inline_comments() {
     payload["pull_request"]["head"]["sha"] = head.clone().into();
     payload["pull_request"]["base"]["ref"] = "main".into();
     let body = serde_json::to_vec(&payload).unwrap();
+    // The pull request changes README.md's first line, where the review comments (on GitHub a review comment
+    // must be on a line of the diff).
+    spine.github.set_pull_patches(
+        "Codertocat/Hello-World",
+        2,
+        &[("README.md", "@@ -1 +1 @@\n-# Old title\n+# Hello-World")],
+    );
     assert_eq!(
         spine.deliver("pull_request", "codex-review", &body).await,
         202

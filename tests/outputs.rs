@@ -298,6 +298,13 @@ async fn a_structured_review_becomes_inline_comments() {
     );
     let mut spine = Spine::new(Auth::Token, &[review]).await;
     spine.start().await;
+    // The pull request changes README.md's first line, where the review comments (as on GitHub, a comment
+    // must be on a line of the diff).
+    spine.github.set_pull_patches(
+        "Codertocat/Hello-World",
+        2,
+        &[("README.md", "@@ -1 +1 @@\n-# Old title\n+# Hello-World")],
+    );
     let (body, _) = with_head(&spine, "pull_request/opened.json");
     assert_eq!(spine.deliver("pull_request", "sr-1", &body).await, 202);
     let jobs = spine.wait_for_finished_jobs(1).await;

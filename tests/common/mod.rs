@@ -365,6 +365,10 @@ impl Spine {
 
     /// POSTs a delivery signed with the test secret.
     pub async fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> reqwest::StatusCode {
+        // What the event says exists on GitHub (its issue or pull request) exists on the fake.
+        if let Ok(payload) = serde_json::from_slice::<Value>(body) {
+            self.github.learn(&payload);
+        }
         self.post(
             body,
             &[
