@@ -546,40 +546,52 @@ async fn configuration_problems_are_logged_not_posted_and_failures_name_no_serve
         jobs.iter().all(|j| j.state == JobState::Failed),
         "{jobs:#?}"
     );
-    // The agent that failed is said on the issue, in words, without its output or the worktree's path.
-    let comments = spine.wait_for_comments(1).await;
+    // Each job's progress comment says how it ended, in words: the agent that failed without its output or
+    // the worktree's path; the two configuration problems without a word of what the problem is.
+    let comments = spine.wait_for_comments(3).await;
+    assert_eq!(comments.len(), 3, "{comments:#?}");
     let failing = jobs.iter().find(|j| j.trigger == "failing").unwrap();
-    spine
-        .wait_for_log_line(failing.id, "said it failed: ")
-        .await;
-    assert_eq!(comments.len(), 1, "{comments:#?}");
+    let said = |job: &nightshift::store::JobRecord| {
+        comments
+            .iter()
+            .find(|c| {
+                c.body
+                    .contains(&format!("<!-- nightshift:job:{} -->", job.id))
+            })
+            .unwrap_or_else(|| panic!("no comment for job {}: {comments:#?}", job.id))
+            .body
+            .clone()
+    };
+    let body = said(failing);
     assert!(
-        comments[0].body.starts_with(&format!(
+        body.starts_with(&format!(
             "This job failed: the agent failed.\n\nAn operator can see what happened with `nightshift jobs {}` on the server.",
             failing.id
         )),
-        "{}",
-        comments[0].body
+        "{body}"
     );
-    assert!(!comments[0].body.contains("error in"));
-    assert!(
-        !comments[0]
-            .body
-            .contains(spine.dir.path().to_str().unwrap())
-    );
-    // The two configuration problems are the operator's: in the service log, loudly, and nowhere on GitHub.
+    assert!(!body.contains("error in"));
+    assert!(!body.contains(spine.dir.path().to_str().unwrap()));
+    // The two configuration problems are the operator's: in the service log, loudly, and on GitHub only as
+    // "could not run it".
     for trigger in ["nokey", "nocli"] {
         let job = jobs.iter().find(|j| j.trigger == trigger).unwrap();
         let log = spine.server.as_ref().unwrap().log();
         assert!(
-            log.contains(&format!(
-                "job {} failed because of nightshift's configuration; this is not said on GitHub",
-                job.id
-            )),
+            log.contains(
+                "failed because of nightshift's configuration; this is not said on GitHub"
+            ),
             "{trigger}: {log}"
         );
+        let body = said(job);
+        assert!(
+            body.starts_with("This job failed: nightshift could not run it."),
+            "{body}"
+        );
+        for secret in ["NOT_SET_ANYWHERE", "agent-cli", "nonexistent", "api_key"] {
+            assert!(!body.contains(secret), "{trigger}: {body}");
+        }
     }
-    assert_eq!(spine.github.comments().len(), 1);
 }
 
 #[tokio::test]

@@ -128,7 +128,16 @@ async fn a_labeled_issue_becomes_a_branch_and_a_pull_request() {
         "{}",
         pulls[0].body
     );
-    assert!(spine.github.comments().is_empty());
+    // The issue's one comment said it was working, and now links the pull request.
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(
+        comments[0]
+            .body
+            .contains(&format!("/pull/{}", pulls[0].number)),
+        "{}",
+        comments[0].body
+    );
     spine.assert_no_unexpected_calls();
 }
 
@@ -299,7 +308,14 @@ async fn a_job_interrupted_by_a_crash_completes_after_restart_with_one_comment()
     assert!(started.exists(), "the agent never started");
     spine.kill();
     std::fs::write(spine.gate.join("release"), "").unwrap();
-    assert!(spine.github.comments().is_empty());
+    // Only the progress comment is there.
+    let comments = spine.github.comments();
+    assert_eq!(comments.len(), 1);
+    assert!(
+        comments[0].body.contains("Working on it"),
+        "{}",
+        comments[0].body
+    );
 
     // After a restart the job's lease runs out and it runs again, to completion.
     spine.start().await;
@@ -311,15 +327,18 @@ async fn a_job_interrupted_by_a_crash_completes_after_restart_with_one_comment()
     let comments = spine.github.comments();
     assert_eq!(comments.len(), 1, "{comments:#?}");
     assert!(comments[0].body.starts_with("finished after the release"));
+    assert!(comments[0].edits[0].before.contains("Working on it"));
     spine.assert_no_unexpected_calls();
 }
 
 #[tokio::test]
 async fn a_retried_job_finds_the_comment_it_already_posted() {
-    // A crash between posting and recording the comment: the retry must find its marker and post nothing.
+    // A crash between posting the comment and recording it: the store says the post was under way
+    // (`pending`), GitHub has the comment; the retry finds its marker, in nightshift's own comments, and
+    // posts nothing new (it brings the comment up to date).
     let waiting = (
         "triage.yml",
-        "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n",
+        "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\nprogress: false\n",
     );
     let mut spine = Spine::new(Auth::Token, &[waiting]).await;
     spine.start().await;
@@ -331,17 +350,57 @@ async fn a_retried_job_finds_the_comment_it_already_posted() {
     }
     spine.kill();
     let job = spine.jobs().await[0].id;
-    spine.github.add_comment(
+    use nightshift::store::Store;
+    spine
+        .store()
+        .await
+        .record_output(
+            job,
+            &nightshift::store::Output {
+                kind: "comment".into(),
+                key: "comment".into(),
+                url: None,
+                github_id: None,
+                pending: true,
+            },
+        )
+        .await
+        .unwrap();
+    let own = spine.github.own_login();
+    spine.github.add_comment_by(
         "Codertocat/Hello-World",
         1,
+        &own,
         &format!("posted before the crash\n<!-- nightshift:job:{job} -->"),
+    );
+    // A stranger's comment carrying the marker is not taken for it.
+    spine.github.add_comment_by(
+        "Codertocat/Hello-World",
+        1,
+        "mallory",
+        &format!("pasted\n<!-- nightshift:job:{job} -->"),
     );
     std::fs::write(spine.gate.join("release"), "").unwrap();
     spine.start().await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let comments = spine.github.comments();
-    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert_eq!(comments.len(), 2, "{comments:#?}");
+    let ours = comments.iter().find(|c| c.author == own).unwrap();
+    assert!(
+        ours.body.starts_with("finished after the release"),
+        "{}",
+        ours.body
+    );
+    assert_eq!(
+        ours.edits[0].before.lines().next(),
+        Some("posted before the crash")
+    );
+    let theirs = comments.iter().find(|c| c.author == "mallory").unwrap();
+    assert!(
+        theirs.edits.is_empty(),
+        "a stranger's comment is never edited"
+    );
     assert!(
         spine
             .github
@@ -503,25 +562,27 @@ async fn a_transient_github_failure_is_retried_and_a_permanent_one_fails_the_job
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     assert_eq!(spine.github.comments().len(), 1);
 
-    spine.github.fail_next("issues/create-comment", &[404]);
+    // GitHub refuses the result (the progress comment's edit): the job fails at once, and says so.
+    spine.github.fail_next("issues/update-comment", &[422]);
     spine
         .deliver_example("issues", "gone", "issues/opened.json")
         .await;
     let jobs = spine.wait_for_finished_jobs(2).await;
     assert_eq!(jobs[1].state, JobState::Failed);
+    assert_eq!(jobs[1].retries, 0, "a refusal is not waited on");
     let error = jobs[1].error.as_deref().unwrap();
     assert!(
-        error.contains("posting the comment: GitHub answered 404"),
+        error.contains("editing the job's comment: GitHub answered 422"),
         "{error}"
     );
-    // The failure is said on the issue (the fake fails only the one call).
-    let comments = spine.wait_for_comments(2).await;
+    // The failure is said on the issue, in the job's comment (the fake fails only the one call).
+    let comments = spine.github.comments();
     assert_eq!(comments.len(), 2);
     assert!(
         comments[1]
             .body
-            .starts_with("This job failed: nightshift could not deliver the result to GitHub.")
-            && !comments[1].body.contains("GitHub answered 404"),
+            .starts_with("This job failed: GitHub refused it:")
+            && !comments[1].body.contains("422"),
         "{}",
         comments[1].body
     );

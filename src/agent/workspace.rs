@@ -66,6 +66,26 @@ pub struct Worktree {
     lock: Arc<Mutex<()>>,
 }
 
+/// The commit a job is for is not in the repository after a fetch: a pull request's head GitHub has not
+/// served yet (worth waiting a little for), or one force-pushed away.
+#[derive(Debug)]
+pub struct MissingCommit {
+    pub repo: String,
+    pub commit: String,
+}
+
+impl fmt::Display for MissingCommit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} has no commit {} (not yet, or no longer)",
+            self.repo, self.commit
+        )
+    }
+}
+
+impl std::error::Error for MissingCommit {}
+
 /// Which commit a job works on.
 pub enum Checkout<'a> {
     /// A branch of the repository (the default branch for issue events); empty for the default branch
@@ -190,6 +210,24 @@ impl Workspaces {
             Checkout::Commit(sha) => {
                 if !is_object_id(sha) {
                     bail!("`{}` is not a commit id", sha.escape_debug());
+                }
+                let present = git
+                    .cmd(Repo::Bare(&mirror))
+                    .args([
+                        "cat-file",
+                        "-e",
+                        "--end-of-options",
+                        &format!("{sha}^{{commit}}"),
+                    ])
+                    .run()
+                    .await
+                    .is_ok();
+                if !present {
+                    return Err(MissingCommit {
+                        repo: repo.to_string(),
+                        commit: sha.to_owned(),
+                    }
+                    .into());
                 }
                 sha.to_owned()
             }

@@ -98,6 +98,8 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
             return;
         }
     };
+    // The job's GitHub client, minted by the run phase and reused (refreshed) for the delivery.
+    let minted: std::sync::Mutex<Option<crate::github::RepoClient>> = std::sync::Mutex::new(None);
     let outcome = match &job.result {
         Some(stored) => match serde_json::from_str::<Outcome>(stored) {
             Ok(outcome) => {
@@ -121,7 +123,7 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
         },
         None => {
             let ran = tokio::select! {
-                ran = run_phase(pipeline, owner, &job, &spec) => ran,
+                ran = run_phase(pipeline, owner, &job, &spec, &minted) => ran,
                 stop = heartbeat(pipeline, id, owner, true) => {
                     // The run's future is dropped here, which kills the agent's process group.
                     if let Err(e) = pipeline.workspaces.discard(&spec.repo, id).await {
@@ -167,13 +169,27 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
             }
         }
     };
+    let reuse = minted.lock().unwrap_or_else(|e| e.into_inner()).take();
     tokio::select! {
-        () = deliver_phase(pipeline, owner, &job, &spec, outcome) => {}
+        () = deliver_phase(pipeline, owner, &job, &spec, outcome, reuse) => {}
         _ = heartbeat(pipeline, id, owner, false) => {
             warn!("lost the lease while delivering; another worker has the job now");
         }
     }
 }
+
+/// A failure worth waiting on: getting the repository's commit (the network, the remote, a pull request's
+/// head not there yet).
+#[derive(Debug)]
+struct Transient(anyhow::Error);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Transient {}
 
 /// How the run phase ended.
 enum Ran {
@@ -183,7 +199,13 @@ enum Ran {
     Lost,
 }
 
-async fn run_phase(pipeline: &Arc<Pipeline>, owner: &str, job: &ClaimedJob, spec: &JobSpec) -> Ran {
+async fn run_phase(
+    pipeline: &Arc<Pipeline>,
+    owner: &str,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    minted: &std::sync::Mutex<Option<crate::github::RepoClient>>,
+) -> Ran {
     if job.cancel_requested {
         return Ran::Outcome(Outcome::Cancelled {
             reason: "cancelled: a newer job of its concurrency group replaced it".into(),
@@ -199,18 +221,33 @@ async fn run_phase(pipeline: &Arc<Pipeline>, owner: &str, job: &ClaimedJob, spec
             error,
         });
     }
-    match run_job(pipeline, owner, job, spec.clone()).await {
+    match run_job(pipeline, owner, job, spec.clone(), minted).await {
         Ok(proposal) => Ran::Outcome(Outcome::Done(Box::new(proposal))),
         Err(e) if e.chain().any(|c| c.is::<LostLease>()) => Ran::Lost,
-        // Getting the repository (a fetch, a clone) and GitHub being away are worth waiting for.
+        // Getting the repository (a fetch, a clone, a pull request's head not fetched yet) and GitHub being
+        // away are worth waiting for; the rest of preparing (a hostile skill folder) is not.
         Err(e)
-            if matches!(e.downcast_ref::<Failure>(), Some(Failure::Prepare))
-                || crate::github::gh_error(&e).is_some_and(|g| g.is_transient()) =>
+            if (e.chain().any(|c| c.is::<Transient>())
+                || crate::github::gh_error(&e).is_some_and(|g| g.is_transient()))
+                && !(missing_commit(&e) && job.retries >= MISSING_COMMIT_TRIES) =>
         {
             Ran::Defer(e)
         }
         Err(e) => Ran::Outcome(failed(e)),
     }
+}
+
+/// How many times a job waits for its commit to appear (a pull request's head GitHub has not served yet)
+/// before it fails: a commit force-pushed away never comes.
+const MISSING_COMMIT_TRIES: u32 = 3;
+
+fn missing_commit(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<Transient>().is_some_and(|t| {
+            t.0.chain()
+                .any(|c| c.is::<crate::agent::workspace::MissingCommit>())
+        })
+    })
 }
 
 /// A failure as stored: the whole error, and what may be said of it on GitHub.
@@ -283,18 +320,39 @@ async fn deliver_phase(
     job: &ClaimedJob,
     spec: &JobSpec,
     outcome: Outcome,
+    reuse: Option<crate::github::RepoClient>,
 ) {
     let id = job.id;
-    let client = match pipeline
-        .github
-        .job_client(
-            spec.installation,
-            &spec.repo,
-            sink::permissions(spec.output),
-        )
-        .await
-    {
-        Ok(client) => client.map(|(client, _)| client),
+    // The run phase's client when this worker ran the agent (its token minted again if the agent ran longer
+    // than a good part of its life), a new one after a restart.
+    let client = match reuse {
+        Some(client) => match client.refresh().await {
+            Ok(minted) => {
+                if let Some(line) = minted {
+                    note(pipeline, id, format!("for the delivery: {line}")).await;
+                }
+                Ok(Some((client, None)))
+            }
+            Err(e) => Err(e),
+        },
+        None => pipeline
+            .github
+            .job_client(
+                spec.installation,
+                &spec.repo,
+                sink::permissions(spec.output),
+            )
+            .await
+            .map(|c| c.map(|(client, line)| (client, Some(line)))),
+    };
+    let client = match client {
+        Ok(Some((client, line))) => {
+            if let Some(line) = line {
+                note(pipeline, id, format!("for the delivery: {line}")).await;
+            }
+            Some(client)
+        }
+        Ok(None) => None,
         Err(e) => {
             let transient = crate::github::gh_error(&e).is_none_or(|g| g.is_transient());
             if transient && !waited_enough(pipeline, job) {
@@ -429,6 +487,7 @@ async fn run_job(
     owner: &str,
     job: &ClaimedJob,
     spec: JobSpec,
+    minted: &std::sync::Mutex<Option<crate::github::RepoClient>>,
 ) -> Result<Proposal> {
     let profile = pipeline
         .config
@@ -456,6 +515,7 @@ async fn run_job(
         Some((client, line)) => (Some(client), Some(line)),
         None => (None, None),
     };
+    *minted.lock().unwrap_or_else(|e| e.into_inner()) = client.clone();
     let ctx = SinkContext {
         job: job.id,
         spec: &spec,
@@ -501,6 +561,7 @@ async fn run_job(
         .workspaces
         .prepare(&spec.repo, &spec.clone_url, checkout, job.id, &auth)
         .await
+        .map_err(|e| anyhow::Error::new(Transient(e)))
         .context(Failure::Prepare)?;
     if spec.output == OutputKind::CheckRun
         && let Err(e) = sink::check_run::start(&ctx, &worktree.commit).await

@@ -58,7 +58,7 @@ pub async fn say(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
         }
     }
     let marker = texts::marker(ctx.job);
-    once::create(
+    let (output, earlier) = once::create_or_find(
         ctx,
         "comment",
         KEY,
@@ -74,7 +74,19 @@ pub async fn say(ctx: &SinkContext<'_>, body: &str) -> Result<Output> {
                 .map(|v| Found::from_json(&v))
         },
     )
-    .await
+    .await?;
+    // Found where an earlier attempt posted it: it says what that attempt said; now it says this.
+    if earlier && let Some(id) = output.github_id {
+        ctx.fence().await?;
+        client
+            .patch(
+                "editing the job's comment",
+                &format!("/repos/{repo}/issues/comments/{id}"),
+                &json!({ "body": body }),
+            )
+            .await?;
+    }
+    Ok(output)
 }
 
 /// The job's comment on issue `number`, if an earlier attempt posted it: written by nightshift's own

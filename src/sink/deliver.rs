@@ -67,8 +67,11 @@ async fn check_policy(
 ) -> Result<Result<(), policy::Violation>> {
     let spec = ctx.spec;
     let limits = policy::in_force(spec, ctx.limits);
-    let mut bodies: Vec<(String, String)> =
-        vec![("the agent's message".into(), proposal.message.clone())];
+    // The texts as they would be posted (an agent's message is cut to fit GitHub, with a note).
+    let mut bodies: Vec<(String, String)> = vec![(
+        "the agent's message".into(),
+        texts::fit(&proposal.message).into_owned(),
+    )];
     let mut inline_comments = 0;
     let mut labels: Vec<&str> = Vec::new();
     let mut changes = None;
@@ -125,7 +128,12 @@ async fn done(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<()> {
                 &proposal.message,
                 proposal.truncated,
             );
-            comment::say(ctx, &body).await?;
+            let out = comment::say(ctx, &body).await?;
+            ctx.log(format!(
+                "delivered comment: {}",
+                out.url.as_deref().unwrap_or("(dry run)")
+            ))
+            .await;
             None
         }
         OutputKind::PullRequest => {
@@ -156,15 +164,17 @@ async fn done(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<()> {
             .map(|out| ("reported a check run", out))
         }
     };
-    if let Some((what, out)) = delivered
-        && has_comment(ctx).await?
-    {
+    if let Some((_, out)) = &delivered {
         ctx.log(format!(
             "delivered {}: {}",
             out.kind,
             out.url.as_deref().unwrap_or("(dry run)")
         ))
         .await;
+    }
+    if let Some((what, out)) = delivered
+        && has_comment(ctx).await?
+    {
         comment::say(
             ctx,
             &texts::progress_delivered(&spec.trigger, ctx.job, what, out.url.as_deref()),

@@ -54,9 +54,29 @@ where
     C: Fn() -> CF,
     CF: Future<Output = Result<Found, GhError>>,
 {
+    create_or_find(ctx, kind, key, find, create)
+        .await
+        .map(|(o, _)| o)
+}
+
+/// [`create`], also saying whether the output was made by an earlier call (found, or recorded before):
+/// its content is that call's, which a caller may want to bring up to date.
+pub async fn create_or_find<F, FF, C, CF>(
+    ctx: &SinkContext<'_>,
+    kind: &str,
+    key: &str,
+    find: F,
+    create: C,
+) -> Result<(Output, bool)>
+where
+    F: Fn() -> FF,
+    FF: Future<Output = Result<Option<Found>>>,
+    C: Fn() -> CF,
+    CF: Future<Output = Result<Found, GhError>>,
+{
     if let Some(recorded) = ctx.store.find_output(ctx.job, key).await? {
         if !recorded.pending {
-            return Ok(recorded);
+            return Ok((recorded, true));
         }
         if let Some(found) = find().await? {
             ctx.log(format!(
@@ -64,7 +84,7 @@ where
                 found.url.as_deref().unwrap_or("(no link)")
             ))
             .await;
-            return ctx.record(kind, key, found.url, found.id).await;
+            return Ok((ctx.record(kind, key, found.url, found.id).await?, true));
         }
     }
     ctx.fence().await?;
@@ -84,7 +104,7 @@ where
     loop {
         sends += 1;
         match create().await {
-            Ok(found) => return ctx.record(kind, key, found.url, found.id).await,
+            Ok(found) => return Ok((ctx.record(kind, key, found.url, found.id).await?, false)),
             Err(e) if e.kind == GhErrorKind::Unknown && sends < SENDS => {
                 ctx.log(format!(
                     "{e}; the {kind} may have been created: looking for it before trying again"
@@ -92,7 +112,7 @@ where
                 .await;
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(sends))).await;
                 if let Some(found) = find().await? {
-                    return ctx.record(kind, key, found.url, found.id).await;
+                    return Ok((ctx.record(kind, key, found.url, found.id).await?, true));
                 }
                 ctx.fence().await?;
             }

@@ -18,9 +18,10 @@ use crate::agent::git::{CommitChanges, MODE_SUBMODULE};
 use crate::trigger::pattern::{Pattern, PatternList};
 use crate::trigger::{JobSpec, Limits, Secrets};
 
-/// GitHub refuses a body of more than 65,536 characters; the default leaves room for nightshift's marker
-/// and footer.
-pub const DEFAULT_MAX_BODY: u64 = 60_000;
+/// The default cap on a body posted, in bytes: what GitHub's 65,536 characters can take in UTF-8, so by default
+/// only GitHub's own limit applies (nightshift cuts an agent's message to fit it, with a note); a trigger or the
+/// service may set a lower one, which refuses the output instead.
+pub const DEFAULT_MAX_BODY: u64 = 262_144;
 pub const DEFAULT_MAX_INLINE_COMMENTS: u32 = 50;
 /// Generous: only a runaway commit (a build folder, vendored dependencies) reaches them, never a fix.
 pub const DEFAULT_MAX_FILES: u64 = 1_000;

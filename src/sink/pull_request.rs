@@ -144,6 +144,10 @@ pub async fn deliver(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Outpu
     };
     if let Some(open) = find().await? {
         let number = open.id.context("GitHub's pull request has no number")?;
+        ctx.log(format!(
+            "found the branch's open pull request #{number}: updating its description"
+        ))
+        .await;
         ctx.fence().await?;
         client
             .patch(

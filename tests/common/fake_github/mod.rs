@@ -823,6 +823,22 @@ impl FakeGitHub {
         let at = now();
         let pull = &payload["pull_request"];
         let issue = &payload["issue"];
+        // The comment an `issue_comment` event is about exists too (nightshift reacts to it).
+        if let (Some(id), Some(number)) =
+            (payload["comment"]["id"].as_u64(), issue["number"].as_u64())
+            && !state.comments.iter().any(|c| c.id == id)
+        {
+            state.comments.push(Comment {
+                id,
+                repo: repo.to_owned(),
+                number,
+                body: str_of(&payload["comment"]["body"]),
+                author: str_of(&payload["comment"]["user"]["login"]),
+                created_at: at.clone(),
+                updated_at: at.clone(),
+                edits: Vec::new(),
+            });
+        }
         if let Some(number) = pull["number"].as_u64() {
             let learned = Pull {
                 number,
