@@ -27,7 +27,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_automata::meta::{self, Regex};
@@ -80,7 +80,12 @@ pub fn find_in_file(path: &str, added_lines: &[(u64, String)]) -> Option<Finding
 
 /// Compiles the rules now (once per process), so the first job does not wait for it.
 pub fn warm() {
-    LazyLock::force(&DETECTOR);
+    DETECTOR.compile_all().unwrap_or_else(|errors| {
+        panic!(
+            "gitleaks' rules do not compile (the tests say which):\n{}",
+            errors.join("\n")
+        )
+    });
 }
 
 /// How many rules are in force.
@@ -151,14 +156,76 @@ struct RawAllowlist {
 struct Rule {
     id: &'static str,
     description: &'static str,
+    keyed: bool,
+    secret_group: usize,
+    entropy: f64,
+    raw: RawRule,
+    /// Compiled on first use (or by [`warm`]): a process that scans only short bodies compiles only the
+    /// rules their keywords select.
+    compiled: OnceLock<Compiled>,
+}
+
+struct Compiled {
     regex: Option<Regex>,
     /// The pattern has capture groups of its own (beyond the whole match).
     groups: bool,
-    secret_group: usize,
-    entropy: f64,
-    keyed: bool,
     path: Option<Regex>,
     allowlists: Vec<Allowlist>,
+}
+
+impl Rule {
+    fn compile(&self) -> Result<Compiled, Vec<String>> {
+        let mut errors = Vec::new();
+        let id = self.id;
+        let regex = self
+            .raw
+            .regex
+            .as_deref()
+            .and_then(|p| compile_one(p, &format!("rule {id}"), &mut errors));
+        let groups = regex.as_ref().map_or(0, |re| {
+            re.group_info().group_len(regex_automata::PatternID::ZERO)
+        });
+        if regex.is_some() && self.secret_group > 0 && self.secret_group >= groups {
+            errors.push(format!(
+                "rule {id}: secretGroup {} but the regex has fewer groups",
+                self.secret_group
+            ));
+        }
+        let compiled = Compiled {
+            regex,
+            groups: groups >= 2,
+            path: self
+                .raw
+                .path
+                .as_deref()
+                .and_then(|p| compile_one(p, &format!("rule {id} path"), &mut errors)),
+            allowlists: self
+                .raw
+                .allowlists
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    compile_allowlist(a, &format!("rule {id} allowlist {i}"), &mut errors)
+                })
+                .collect(),
+        };
+        if errors.is_empty() {
+            Ok(compiled)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn compiled(&self) -> &Compiled {
+        self.compiled.get_or_init(|| {
+            self.compile().unwrap_or_else(|errors| {
+                panic!(
+                    "a gitleaks rule does not compile (the tests say which):\n{}",
+                    errors.join("\n")
+                )
+            })
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -203,24 +270,8 @@ impl Detector {
         let mut rules = Vec::with_capacity(raw.rules.len());
         let mut by_keyword: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, r) in raw.rules.into_iter().enumerate() {
-            let id: &'static str = Box::leak(r.id.into_boxed_str());
-            let regex = r
-                .regex
-                .as_deref()
-                .and_then(|p| compile_one(p, &format!("rule {id}"), &mut errors));
-            let groups = regex
-                .as_ref()
-                .is_some_and(|re| re.group_info().group_len(regex_automata::PatternID::ZERO) >= 2);
-            if let Some(re) = &regex
-                && r.secret_group >= re.group_info().group_len(regex_automata::PatternID::ZERO)
-                && r.secret_group > 0
-            {
-                errors.push(format!(
-                    "rule {id}: secretGroup {} but the regex has fewer groups",
-                    r.secret_group
-                ));
-            }
-            if regex.is_none() && r.path.is_none() && r.regex.is_none() {
+            let id: &'static str = Box::leak(r.id.clone().into_boxed_str());
+            if r.regex.is_none() && r.path.is_none() {
                 errors.push(format!("rule {id}: neither a regex nor a path"));
             }
             for keyword in &r.keywords {
@@ -231,24 +282,12 @@ impl Detector {
             }
             rules.push(Rule {
                 id,
-                description: Box::leak(r.description.into_boxed_str()),
-                regex,
-                groups,
+                description: Box::leak(r.description.clone().into_boxed_str()),
+                keyed: !r.keywords.is_empty(),
                 secret_group: r.secret_group,
                 entropy: r.entropy,
-                keyed: !r.keywords.is_empty(),
-                path: r
-                    .path
-                    .as_deref()
-                    .and_then(|p| compile_one(p, &format!("rule {id} path"), &mut errors)),
-                allowlists: r
-                    .allowlists
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| {
-                        compile_allowlist(a, &format!("rule {id} allowlist {i}"), &mut errors)
-                    })
-                    .collect(),
+                raw: r,
+                compiled: OnceLock::new(),
             });
         }
         let mut keywords: Vec<(String, Vec<usize>)> = by_keyword.into_iter().collect();
@@ -273,6 +312,26 @@ impl Detector {
             keywords: keywords_ac,
             keyword_rules: keywords.into_iter().map(|(_, r)| r).collect(),
         })
+    }
+
+    /// Compiles every rule not compiled yet; every failure, not only the first.
+    fn compile_all(&self) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        for rule in &self.rules {
+            if rule.compiled.get().is_none() {
+                match rule.compile() {
+                    Ok(compiled) => {
+                        let _ = rule.compiled.set(compiled);
+                    }
+                    Err(e) => errors.extend(e),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     fn scan(
@@ -344,14 +403,15 @@ impl Detector {
         path: Option<&str>,
         work: &mut Work,
     ) -> Option<Finding> {
+        let compiled = rule.compiled();
         if let Some(path) = path
-            && path_allowed(&rule.allowlists, path)
+            && path_allowed(&compiled.allowlists, path)
         {
             return None;
         }
-        if let Some(rule_path) = &rule.path {
+        if let Some(rule_path) = &compiled.path {
             let on_path = path.is_some_and(|p| rule_path.is_match(p));
-            if rule.regex.is_none() {
+            if compiled.regex.is_none() {
                 return on_path.then_some(Finding {
                     rule_id: rule.id,
                     description: rule.description,
@@ -362,7 +422,7 @@ impl Detector {
                 return None;
             }
         }
-        let regex = rule.regex.as_ref()?;
+        let regex = compiled.regex.as_ref()?;
         let mut lines = Lines::new(text);
         let mut caps = regex.create_captures();
         for m in regex.find_iter(text) {
@@ -370,7 +430,7 @@ impl Detector {
             let matched = &text[m.range()];
             let trimmed = matched.trim_matches('\n');
             let mut secret = trimmed;
-            if rule.groups {
+            if compiled.groups {
                 regex.captures(trimmed, &mut caps);
                 if caps.is_match() {
                     if rule.secret_group > 0 {
@@ -401,7 +461,7 @@ impl Detector {
                 path,
             };
             if finding_allowed(std::slice::from_ref(&self.global), &seen, &mut line_text)
-                || finding_allowed(&rule.allowlists, &seen, &mut line_text)
+                || finding_allowed(&compiled.allowlists, &seen, &mut line_text)
             {
                 continue;
             }
@@ -743,6 +803,7 @@ mod tests {
     fn every_gitleaks_rule_compiles_and_the_time_it_takes_is_shown() {
         let started = std::time::Instant::now();
         let detector = Detector::compile(RULES_JSON)
+            .and_then(|d| d.compile_all().map(|()| d))
             .unwrap_or_else(|errors| panic!("{} failures:\n{}", errors.len(), errors.join("\n")));
         let took = started.elapsed();
         println!(
@@ -759,9 +820,342 @@ mod tests {
         let pathless: Vec<_> = detector
             .rules
             .iter()
-            .filter(|r| r.regex.is_none())
+            .filter(|r| r.compiled().regex.is_none())
             .map(|r| r.id)
             .collect();
         assert_eq!(pathless, ["pkcs12-file"]);
+    }
+
+    /// Characters from `alphabet`, deterministic and well mixed (an xorshift), so a fake token has the
+    /// entropy of a real one. Tokens are built at run time so no scanner flags this file.
+    fn random(alphabet: &str, len: usize, mut seed: u64) -> String {
+        let chars: Vec<char> = alphabet.chars().collect();
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                chars[(seed % chars.len() as u64) as usize]
+            })
+            .collect()
+    }
+
+    const ALNUM: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+    fn rule(text: &str) -> Option<&'static str> {
+        find(text).map(|f| f.rule_id)
+    }
+
+    #[test]
+    fn real_formats_of_fake_tokens_are_found_by_their_rule() {
+        let pem = format!(
+            "-----BEGIN RSA {}-----\n{}\n{}\n-----END RSA PRIVATE KEY-----\n",
+            "PRIVATE KEY",
+            random(ALNUM, 64, 1),
+            random(ALNUM, 64, 2)
+        );
+        let cases = [
+            (
+                format!("token: gh{}_{}", "p", random(ALNUM, 36, 3)),
+                "github-pat",
+            ),
+            (
+                format!(
+                    "github_{}_{}",
+                    "pat",
+                    random(&(ALNUM.to_owned() + "_"), 82, 4)
+                ),
+                "github-fine-grained-pat",
+            ),
+            (
+                format!(
+                    "aws_access_key_id = AK{}{}",
+                    "IA",
+                    random("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16, 5)
+                ),
+                "aws-access-token",
+            ),
+            (
+                format!("aws_secret_access_key = \"{}\"", random(ALNUM, 40, 6)),
+                "generic-api-key",
+            ),
+            (
+                format!(
+                    "SLACK=xox{}-{}-{}-{}",
+                    "b",
+                    random("0123456789", 12, 7),
+                    random("0123456789", 13, 8),
+                    random(ALNUM, 24, 9)
+                ),
+                "slack-bot-token",
+            ),
+            (pem, "private-key"),
+            (
+                format!(
+                    "OPENAI_API_KEY=sk-{}-{}T3Blbk{}{}",
+                    "proj",
+                    random(ALNUM, 74, 10),
+                    "FJ",
+                    random(ALNUM, 74, 11)
+                ),
+                "openai-api-key",
+            ),
+            (
+                format!("key: sk-{}-api03-{}AA", "ant", random(ALNUM, 93, 12)),
+                "anthropic-api-key",
+            ),
+        ];
+        for (text, id) in &cases {
+            let found = find(text).unwrap_or_else(|| panic!("not found: {text}"));
+            assert_eq!(found.rule_id, *id, "{text}");
+            assert_eq!(found.line, 1);
+            assert!(!found.description.is_empty());
+        }
+        // An access key with its secret on the next line: the first line is reported.
+        let both = format!("{}\n{}", cases[2].0, cases[3].0);
+        assert_eq!(
+            find(&both).map(|f| (f.rule_id, f.line)),
+            Some(("aws-access-token", 1))
+        );
+        // The line is the one the secret starts on.
+        let later = format!("Done.\n\nSee below.\n{}\n", cases[0].0);
+        assert_eq!(find(&later).map(|f| f.line), Some(4));
+    }
+
+    #[test]
+    fn gitleaks_allowlisted_examples_and_ordinary_text_are_not_found() {
+        let image = {
+            use base64::Engine as _;
+            let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+            let mut seed = 42u64;
+            for _ in 0..3000 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                bytes.push(seed as u8);
+            }
+            format!(
+                "![diagram](data:image/png;base64,{})",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            )
+        };
+        for text in [
+            // gitleaks' own allowlists: AWS's documentation key, Google's published keys, placeholders.
+            &format!("aws_access_key_id = AKIA{}", "IOSFODNN7EXAMPLE"),
+            &format!(
+                "const key = \"AIza{}\";",
+                "Syabcdefghijklmnopqrstuvwxyz1234567"
+            ),
+            "password = \"${PASSWORD}\"",
+            "token: ${{ secrets.GITHUB_TOKEN }}",
+            "api_key = os.environ[\"API_KEY\"]",
+            "secret: {{ .Values.secret }}",
+            // Ordinary prose and code.
+            "Fixed in 3f2a9c1e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39 (see #12).",
+            "request id 123e4567-e89b-12d3-a456-426614174000 failed",
+            "The access token is read from the environment; never commit it.",
+            "fn authenticate(token: &str) -> Result<User, AuthError> {",
+            "let key = cache_key(&request.path, request.user_id);",
+            &image,
+        ] {
+            assert_eq!(find(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_gitleaks_allow_comment_does_not_hide_a_token() {
+        // gitleaks skips a line holding `gitleaks:allow`; an agent could append it anywhere.
+        let line = format!(
+            "t = \"gh{}_{}\" # gitleaks:allow",
+            "p",
+            random(ALNUM, 36, 20)
+        );
+        assert_eq!(rule(&line), Some("github-pat"));
+    }
+
+    #[test]
+    fn go_semantics_survive_translation() {
+        // `\b` is ASCII in Go: a letter outside ASCII before the key is a word boundary there too.
+        let key = format!(
+            "AK{}{}",
+            "IA",
+            random("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16, 21)
+        );
+        assert_eq!(rule(&format!("é{key}")), Some("aws-access-token"));
+        // `\d` is ASCII in Go: Arabic-Indic digits do not make a Slack token.
+        assert_eq!(
+            rule(&format!("xox{}-١٢٣٤٥٦٧٨٩٠١-١٢٣٤٥٦٧٨٩٠١-abc", "b")),
+            None
+        );
+        // Go lowercases KELVIN SIGN to `k`: it still selects the rules keyed on "key".
+        let kelvin = format!("api_\u{212A}ey = \"{}\"", random(ALNUM, 32, 22));
+        assert_eq!(rule(&kelvin), Some("generic-api-key"));
+
+        assert_eq!(
+            translate(r"\bx\w[\w.-]\d\s\S").unwrap(),
+            r"(?-u:\b)x[0-9A-Za-z_][0-9A-Za-z_.-][0-9][\t\n\f\r ][^\t\n\f\r ]"
+        );
+        assert_eq!(translate(r"[\S]").unwrap(), r"[[^\t\n\f\r ]]");
+        assert_eq!(
+            translate(r"^\${{x}}a{2,3}b{,2}").unwrap(),
+            r"^\$\{\{x}}a{2,3}b\{,2}"
+        );
+        assert_eq!(translate(r"[[:alnum:][]]").unwrap(), r"[[:alnum:]\[]]");
+        assert_eq!(translate(r"[]a]").unwrap(), r"[\]a]");
+        for unsupported in [r"[a&&b]", r"[a--b]", r"\Qx\E", r"[\b]", "[a", r"a\"] {
+            assert!(translate(unsupported).is_err(), "{unsupported}");
+        }
+    }
+
+    #[test]
+    fn a_rule_that_does_not_compile_or_an_unknown_field_is_an_error_not_a_skip() {
+        let set = |rule: serde_json::Value| {
+            serde_json::json!({
+                "_source": {},
+                "allowlist": {"condition": "OR", "regexTarget": "secret", "regexes": [],
+                              "stopwords": [], "paths": [], "commits": []},
+                "rules": [rule],
+            })
+            .to_string()
+        };
+        let rule = |regex: &str| {
+            serde_json::json!({"id": "broken", "description": "d", "regex": regex, "secretGroup": 0,
+                               "entropy": 0.0, "keywords": [], "path": null, "allowlists": []})
+        };
+        let errors = Detector::compile(&set(rule("a(b")))
+            .and_then(|d| d.compile_all())
+            .unwrap_err();
+        assert!(errors[0].starts_with("rule broken:"), "{errors:?}");
+        let errors = Detector::compile(&set(rule("[a&&b]")))
+            .and_then(|d| d.compile_all())
+            .unwrap_err();
+        assert!(errors[0].contains("in a class"), "{errors:?}");
+        let mut newer = rule("x");
+        newer["required"] = serde_json::json!([{"id": "other"}]);
+        assert!(Detector::compile(&set(newer)).is_err());
+    }
+
+    #[test]
+    fn entropy_is_computed_as_gitleaks_does() {
+        assert_eq!(shannon_entropy(""), 0.0);
+        assert_eq!(shannon_entropy("aaaa"), 0.0);
+        assert_eq!(shannon_entropy("abab"), 1.0);
+        assert_eq!(shannon_entropy("abcd"), 2.0);
+        // Characters counted, frequencies over bytes: "éé" is 4 bytes of one character.
+        assert_eq!(shannon_entropy("éé"), 0.5);
+    }
+
+    #[test]
+    fn files_get_path_rules_path_allowlists_and_their_own_line_numbers() {
+        // A key block over several added lines, found at the file's line where it starts.
+        let lines: Vec<(u64, String)> = [
+            "# config".to_owned(),
+            format!("-----BEGIN EC {}-----", "PRIVATE KEY"),
+            random(ALNUM, 64, 30),
+            random(ALNUM, 12, 31),
+            "-----END EC PRIVATE KEY-----".to_owned(),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (40 + i as u64, l))
+        .collect();
+        let found = find_in_file("deploy/key.pem", &lines).unwrap();
+        assert_eq!((found.rule_id, found.line), ("private-key", 41));
+
+        // A rule with a path runs only on its files (and never on a body).
+        let tf = vec![(
+            3,
+            "administrator_login_password = \"Xk9mP2vQ7rL4\"".to_owned(),
+        )];
+        assert_eq!(
+            find_in_file("infra/main.tf", &tf).map(|f| f.rule_id),
+            Some("hashicorp-tf-password")
+        );
+        // Elsewhere only the generic rule sees it.
+        assert_eq!(
+            find_in_file("notes/main.txt", &tf).map(|f| f.rule_id),
+            Some("generic-api-key")
+        );
+        assert_eq!(find(&tf[0].1).map(|f| f.rule_id), Some("generic-api-key"));
+
+        // A path-only rule finds the file itself, binary or not.
+        let p12 = find_in_file("certs/Signing.P12", &[]).unwrap();
+        assert_eq!((p12.rule_id, p12.line), ("pkcs12-file", 0));
+
+        // gitleaks' global path allowlist (lock files, vendored trees, images) applies to a commit's
+        // paths, as in gitleaks: a token there is not found. (A hostile agent can choose its path;
+        // docs/security.md says what the detector is for.)
+        let token = vec![(1, format!("gh{}_{}", "p", random(ALNUM, 36, 32)))];
+        assert_eq!(
+            find_in_file("src/a.rs", &token).map(|f| (f.rule_id, f.line)),
+            Some(("github-pat", 1))
+        );
+        assert_eq!(find_in_file("web/package-lock.json", &token), None);
+        assert_eq!(find_in_file("node_modules/x/index.js", &token), None);
+    }
+
+    /// Every keyword of every rule, over and over, on one line of `len` bytes.
+    fn every_keyword(len: usize) -> String {
+        let raw: RawSet = serde_json::from_str(RULES_JSON).unwrap();
+        let unit: String = raw
+            .rules
+            .iter()
+            .flat_map(|r| r.keywords.iter())
+            .map(|k| format!("{k}= "))
+            .collect();
+        let mut all = unit.repeat(len / unit.len());
+        all.push_str(&unit[..len - all.len()]);
+        all
+    }
+
+    #[test]
+    fn hostile_input_stays_linear_every_rule_at_most_one_pass() {
+        let detector = &*DETECTOR;
+        // Every keyword on one line: every rule is selected, and runs once over the text (gitleaks'
+        // worst case too: the cost is rules × bytes, never more).
+        let all = every_keyword(1_000_000);
+        let mut work = Work::default();
+        assert_eq!(detector.scan_counting(&all, None, &mut work), None);
+        assert_eq!(work.rules_run, detector.rules.len());
+        println!("every keyword over 1 MB: {work:?}");
+
+        // 10 MB on one line of near-misses: a candidate at every token that fails late; only the rules
+        // its keyword selects run.
+        let near = format!("gh{}_{} ", "p", "a".repeat(35)).repeat(250_000);
+        assert!(near.len() >= 10_000_000);
+        let mut work = Work::default();
+        assert_eq!(detector.scan_counting(&near, None, &mut work), None);
+        assert_eq!(work.matches, 0);
+        assert!(work.rules_run <= 2, "{work:?}");
+
+        // Many matches that allowlists drop, each examined once: AWS's example key, 100,000 times.
+        let examples = format!("AKIA{} ", "IOSFODNN7EXAMPLE").repeat(100_000);
+        let mut work = Work::default();
+        assert_eq!(detector.scan_counting(&examples, None, &mut work), None);
+        assert_eq!(work.matches, 100_000);
+    }
+
+    /// The figures for docs and the report: `cargo nextest run --lib sink::secrets::tests::measure
+    /// --run-ignored only --no-capture` (in release for real figures).
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn measure_compiling_and_scanning_a_1_mb_body() {
+        let started = std::time::Instant::now();
+        warm();
+        println!("compile: {:?}", started.elapsed());
+        let prose = "The build failed because the cache key was computed before the lockfile \
+                     changed; this fixes it by hashing the lockfile. No token or password is involved.\n";
+        let body = prose.repeat(1_000_000 / prose.len());
+        for (what, text) in [("prose", body), ("every keyword", every_keyword(1_000_000))] {
+            let started = std::time::Instant::now();
+            let mut work = Work::default();
+            let found = DETECTOR.scan_counting(&text, None, &mut work);
+            println!(
+                "{what}, {} bytes: {:?} ({work:?}, found {:?})",
+                text.len(),
+                started.elapsed(),
+                found.map(|f| f.rule_id)
+            );
+        }
     }
 }
