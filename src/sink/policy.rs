@@ -128,7 +128,9 @@ pub fn check(limits: &Limits, proposal: &Proposal<'_>) -> Result<(), Violation> 
 
     if limits.secrets.unwrap_or_default() == Secrets::Refuse {
         for (what, text) in &proposal.bodies {
-            if let Some(found) = secrets::find(text) {
+            // As it would be posted: the secrets nightshift knows are redacted then, so they are no leak.
+            // (A commit is pushed as it is: its lines are checked unredacted.)
+            if let Some(found) = secrets::find(&crate::redact::redact(text)) {
                 return Err(violation(
                     "limits.secrets",
                     format!(
@@ -646,6 +648,31 @@ mod tests {
         assert_eq!(
             v.to_string(),
             "the pull request adds a secret at src/config.py:8 (gitleaks rule aws-access-token), which limits.secrets refuses"
+        );
+    }
+
+    #[test]
+    fn bodies_are_checked_as_posted_with_known_secrets_redacted_and_commits_as_pushed() {
+        // A value gitleaks' generic rule finds; once nightshift knows it (an `env:` pass-through), it is
+        // redacted from what is posted, so the body passes; the same line in a commit does not.
+        let value = format!("dk-live-{}", "7Qx2Lm9Vb4Rt8Zc1");
+        let body = format!("Deployed.\nkey={value} done\n");
+        let p = Proposal {
+            bodies: vec![("the comment body", &body)],
+            ..Proposal::default()
+        };
+        assert_eq!(
+            refused(&Limits::default(), &p).to_string(),
+            "the comment body contains a secret on line 2 (gitleaks rule generic-api-key), which limits.secrets refuses"
+        );
+        crate::redact::global().add(&value);
+        assert_eq!(check(&Limits::default(), &p), Ok(()));
+        let mut f = file("deploy.env", 1, 0);
+        f.added_lines = vec![(3, format!("key={value}"))];
+        let c = commit(vec![f]);
+        assert_eq!(
+            refused(&Limits::default(), &with_changes(&c)).to_string(),
+            "the pull request adds a secret at deploy.env:3 (gitleaks rule generic-api-key), which limits.secrets refuses"
         );
     }
 
