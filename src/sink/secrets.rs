@@ -22,8 +22,8 @@
 //!
 //! Patterns are RE2 syntax; they compile to `regex-automata` automata (no backtracking: linear in the
 //! input), after [`translate`] gives the few constructs whose meaning differs in Rust's syntax their Go
-//! meaning (`\b`, `\w`, `\d`, `\s` are ASCII in Go). Every rule must compile: a test fails otherwise, and
-//! the detector is compiled once per process ([`warm`] at `serve` start).
+//! meaning (`\b`, `\w`, `\d`, `\s` are ASCII in Go). Every rule must compile: a test fails otherwise. Each
+//! rule compiles once per process, on first use, and [`warm`] compiles them all beside `serve`'s startup.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -956,6 +956,10 @@ mod tests {
             "The access token is read from the environment; never commit it.",
             "fn authenticate(token: &str) -> Result<User, AuthError> {",
             "let key = cache_key(&request.path, request.user_id);",
+            "Set `API_KEY=your-api-key-here` in `.env`; `auth_token: str` is unused.",
+            "Authorization: Bearer ${GITHUB_TOKEN}",
+            "sha256: e163e53b9e7e8a8511e77271e2b323ed057759542a6d988258afe3a1fa329caf",
+            "\"integrity\": \"sha512-pV8M7L9GY23AybNvTmo2nyjmpmnt6+2sRE/tqr0ZLQcPS4lnw7u5eZGNmwRNkBC3D7gZXbFx5AHzLUVRBXGDhg==\"",
             &image,
         ] {
             assert_eq!(find(text), None, "{text}");
