@@ -416,6 +416,11 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                     Diagnostics(loaded.diagnostics)
                 );
             }
+            // gitleaks' rules compile once per process: now, beside startup, so the first job does not
+            // wait for them (one that comes sooner waits for the rules it needs).
+            std::thread::Builder::new()
+                .name("secrets-warm".into())
+                .spawn(nightshift::sink::secrets::warm)?;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(nightshift::server::serve(
                 config,

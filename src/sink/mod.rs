@@ -16,6 +16,7 @@ pub mod once;
 pub mod outcome;
 pub mod policy;
 pub mod pull_request;
+pub mod secrets;
 pub mod shape;
 pub mod texts;
 

@@ -10,11 +10,9 @@
 //! backtrack.
 
 use std::fmt;
-use std::sync::LazyLock;
-
-use regex_automata::meta::Regex;
 
 use crate::agent::git::{CommitChanges, MODE_SUBMODULE};
+use crate::sink::secrets;
 use crate::trigger::pattern::{Pattern, PatternList};
 use crate::trigger::{JobSpec, Limits, Secrets};
 
@@ -131,29 +129,33 @@ pub fn check(limits: &Limits, proposal: &Proposal<'_>) -> Result<(), Violation> 
 
     if limits.secrets.unwrap_or_default() == Secrets::Refuse {
         for (what, text) in &proposal.bodies {
-            if let Some((rule, line)) = find_secret(text) {
+            // As it would be posted: the secrets nightshift knows are redacted then, so they are no leak.
+            // (A commit is pushed as it is: its lines are checked unredacted.)
+            if let Some(found) = secrets::find(&crate::redact::redact(text)) {
                 return Err(violation(
                     "limits.secrets",
                     format!(
-                        "{what} contains what looks like a {} (line {line}), which limits.secrets refuses",
-                        rule.name
+                        "{what} contains a secret on line {} (gitleaks rule {}), which limits.secrets refuses",
+                        found.line, found.rule_id
                     ),
                 ));
             }
         }
         if let Some(changes) = proposal.changes {
             for file in &changes.files {
-                for (line, text) in &file.added_lines {
-                    if let Some((rule, _)) = find_secret(text) {
-                        return Err(violation(
-                            "limits.secrets",
-                            format!(
-                                "the pull request adds what looks like a {} at {}:{line}, which limits.secrets refuses",
-                                rule.name,
-                                printable(&file.path)
-                            ),
-                        ));
-                    }
+                if let Some(found) = secrets::find_in_file(&file.path, &file.added_lines) {
+                    let place = if found.line == 0 {
+                        printable(&file.path)
+                    } else {
+                        format!("{}:{}", printable(&file.path), found.line)
+                    };
+                    return Err(violation(
+                        "limits.secrets",
+                        format!(
+                            "the pull request adds a secret at {place} (gitleaks rule {}), which limits.secrets refuses",
+                            found.rule_id
+                        ),
+                    ));
                 }
             }
         }
@@ -306,117 +308,6 @@ fn printable(text: &str) -> String {
         out.push('…');
     }
     out
-}
-
-/// One kind of credential the detector knows.
-#[derive(Debug, PartialEq, Eq)]
-pub struct SecretRule {
-    /// The rule's id, after gitleaks' rule of the same name where there is one.
-    pub id: &'static str,
-    /// What it finds, as the failure says it: "GitHub token".
-    pub name: &'static str,
-    regex: &'static str,
-}
-
-/// High-confidence credential formats only: each has a fixed prefix or frame its issuer chose so that
-/// scanners can find it, so a match is almost never anything else. (No crate was fit for the job: see
-/// docs/security.md.) Word boundaries are ASCII, so the automaton stays a DFA on any input.
-pub const SECRET_RULES: &[SecretRule] = &[
-    SecretRule {
-        id: "github-pat",
-        name: "GitHub token",
-        regex: r"(?-u:\b)gh[pousr]_[A-Za-z0-9]{36,255}(?-u:\b)",
-    },
-    SecretRule {
-        id: "github-fine-grained-pat",
-        name: "GitHub fine-grained token",
-        regex: r"(?-u:\b)github_pat_[A-Za-z0-9_]{80,255}(?-u:\b)",
-    },
-    SecretRule {
-        id: "gitlab-pat",
-        name: "GitLab token",
-        regex: r"(?-u:\b)glpat-[A-Za-z0-9_-]{20,}(?-u:\b)",
-    },
-    SecretRule {
-        id: "aws-access-token",
-        name: "AWS access key",
-        regex: r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?-u:\b)",
-    },
-    SecretRule {
-        id: "private-key",
-        name: "private key",
-        regex: r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----",
-    },
-    SecretRule {
-        id: "slack-token",
-        name: "Slack token",
-        regex: r"(?-u:\b)xox[abposr]-[0-9A-Za-z-]{10,}(?-u:\b)",
-    },
-    SecretRule {
-        id: "slack-webhook-url",
-        name: "Slack webhook URL",
-        regex: r"hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9+/]{43,}",
-    },
-    SecretRule {
-        id: "stripe-access-token",
-        name: "Stripe live key",
-        regex: r"(?-u:\b)(?:sk|rk)_live_[A-Za-z0-9]{20,}(?-u:\b)",
-    },
-    SecretRule {
-        id: "gcp-api-key",
-        name: "Google API key",
-        regex: r"(?-u:\b)AIza[0-9A-Za-z_-]{35}(?-u:\b)",
-    },
-    SecretRule {
-        id: "openai-api-key",
-        name: "OpenAI API key",
-        regex: r"(?-u:\b)sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}T3BlbkFJ[A-Za-z0-9_-]{20,}(?-u:\b)",
-    },
-    SecretRule {
-        id: "anthropic-api-key",
-        name: "Anthropic API key",
-        regex: r"(?-u:\b)sk-ant-(?:api|admin)[0-9]{2}-[A-Za-z0-9_-]{80,}(?-u:\b)",
-    },
-    SecretRule {
-        id: "npm-access-token",
-        name: "npm token",
-        regex: r"(?-u:\b)npm_[A-Za-z0-9]{36}(?-u:\b)",
-    },
-    SecretRule {
-        id: "pypi-upload-token",
-        name: "PyPI token",
-        regex: r"pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}",
-    },
-];
-
-static DETECTOR: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new_many(&SECRET_RULES.iter().map(|r| r.regex).collect::<Vec<_>>())
-        .expect("the secret rules compile")
-});
-
-/// Characters that render as nothing: a token split by them still reads (and copies) as the token.
-fn invisible(c: char) -> bool {
-    matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// The first credential-looking string in `text`: its rule and line (1-based). Invisible characters are
-/// taken out first, so a token split by zero-width spaces is still found. Linear in `text`.
-pub fn find_secret(text: &str) -> Option<(&'static SecretRule, usize)> {
-    let cleaned: std::borrow::Cow<'_, str> = if text.chars().any(invisible) {
-        text.chars()
-            .filter(|c| !invisible(*c))
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
-    };
-    let found = DETECTOR.find(cleaned.as_bytes())?;
-    let line = cleaned.as_bytes()[..found.start()]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1;
-    Some((&SECRET_RULES[found.pattern().as_usize()], line))
 }
 
 /// The limits in force, in one line, for `nightshift prompt`.
@@ -738,7 +629,7 @@ mod tests {
         assert_eq!(v.rule, "limits.secrets");
         assert_eq!(
             v.to_string(),
-            "the comment body contains what looks like a GitHub token (line 3), which limits.secrets refuses"
+            "the comment body contains a secret on line 3 (gitleaks rule github-pat), which limits.secrets refuses"
         );
         assert!(!v.to_string().contains(&token));
 
@@ -757,22 +648,57 @@ mod tests {
         let v = refused(&Limits::default(), &with_changes(&c));
         assert_eq!(
             v.to_string(),
-            "the pull request adds what looks like a AWS access key at src/config.py:8, which limits.secrets refuses"
+            "the pull request adds a secret at src/config.py:8 (gitleaks rule aws-access-token), which limits.secrets refuses"
+        );
+    }
+
+    #[test]
+    fn bodies_are_checked_as_posted_with_known_secrets_redacted_and_commits_as_pushed() {
+        // A value gitleaks' generic rule finds; once nightshift knows it (an `env:` pass-through), it is
+        // redacted from what is posted, so the body passes; the same line in a commit does not.
+        let value = format!("dk-live-{}", "7Qx2Lm9Vb4Rt8Zc1");
+        let body = format!("Deployed.\nkey={value} done\n");
+        let p = Proposal {
+            bodies: vec![("the comment body", &body)],
+            ..Proposal::default()
+        };
+        assert_eq!(
+            refused(&Limits::default(), &p).to_string(),
+            "the comment body contains a secret on line 2 (gitleaks rule generic-api-key), which limits.secrets refuses"
+        );
+        crate::redact::global().add(&value);
+        assert_eq!(check(&Limits::default(), &p), Ok(()));
+        let mut f = file("deploy.env", 1, 0);
+        f.added_lines = vec![(3, format!("key={value}"))];
+        let c = commit(vec![f]);
+        assert_eq!(
+            refused(&Limits::default(), &with_changes(&c)).to_string(),
+            "the pull request adds a secret at deploy.env:3 (gitleaks rule generic-api-key), which limits.secrets refuses"
         );
     }
 
     #[test]
     fn the_detector_finds_known_formats_and_not_ordinary_text() {
-        let key_header = format!("-----BEGIN {}PRIVATE KEY-----", "OPENSSH ");
-        let found = |t: &str| find_secret(t).map(|(r, _)| r.id);
+        // A PEM block with its end line: gitleaks' rule wants the whole block, not a header.
+        let key_block = format!(
+            "-----BEGIN {}PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----",
+            "OPENSSH ", "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW"
+        );
+        let found = |t: &str| secrets::find(t).map(|f| f.rule_id);
         assert_eq!(found(&github_token()), Some("github-pat"));
-        assert_eq!(found(&key_header), Some("private-key"));
+        assert_eq!(found(&key_block), Some("private-key"));
         assert_eq!(
-            found(&format!("xox{}-1234567890-abcdefghij", "b")),
-            Some("slack-token")
+            found(&format!(
+                "xox{}-1234567890123-1234567890123-Zx8PqR2mTn4WvB6yKc1Lh3Jd",
+                "b"
+            )),
+            Some("slack-bot-token")
         );
         assert_eq!(
-            found(&format!("key: AIza{}", "Sy".repeat(17) + "A")),
+            found(&format!(
+                "key: AIza{}",
+                "SyD9x4Kq2Lm7Np0Rt5Vw8Yb3Zc6Fg1Hj_kT"
+            )),
             Some("gcp-api-key")
         );
         assert_eq!(
@@ -784,7 +710,8 @@ mod tests {
             "see https://github.com/o/r/pull/1 and commit 3f2a9c1e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39",
             "AKIAlowercasenotakey",
             "-----BEGIN PUBLIC KEY-----",
-            "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+            // A header alone is not a key.
+            &format!("-----BEGIN {}PRIVATE KEY-----", "OPENSSH "),
         ] {
             assert_eq!(found(ordinary), None, "{ordinary}");
         }
@@ -794,9 +721,9 @@ mod tests {
     fn invisible_characters_do_not_hide_a_token() {
         let token = github_token();
         let split: String = token.chars().flat_map(|c| [c, '\u{200B}']).collect();
-        assert_eq!(find_secret(&split).map(|(r, _)| r.id), Some("github-pat"));
+        assert_eq!(secrets::find(&split).map(|f| f.rule_id), Some("github-pat"));
         let soft: String = token.chars().flat_map(|c| [c, '\u{00AD}']).collect();
-        assert_eq!(find_secret(&soft).map(|(r, _)| r.id), Some("github-pat"));
+        assert_eq!(secrets::find(&soft).map(|f| f.rule_id), Some("github-pat"));
     }
 
     #[test]
@@ -809,11 +736,11 @@ mod tests {
         let c = commit(vec![f]);
         assert_eq!(check(&Limits::default(), &with_changes(&c)), Ok(()));
         let prefixes = "AKIA".repeat(2_500_000);
-        assert_eq!(find_secret(&prefixes), None);
+        assert_eq!(secrets::find(&prefixes), None);
         let dashes = "-----BEGIN ".repeat(1_000_000);
-        assert_eq!(find_secret(&dashes), None);
+        assert_eq!(secrets::find(&dashes), None);
         let zw = "\u{200B}".repeat(3_000_000);
-        assert_eq!(find_secret(&zw), None);
+        assert_eq!(secrets::find(&zw), None);
     }
 
     #[test]
