@@ -506,8 +506,9 @@ async fn a_review_command_whose_pull_request_cannot_be_read_fails_with_the_reaso
         "on:\n  issue_comment:\n    command: /review\nagent: head\nprompt: review\n",
     );
     let mut spine = Spine::new(Auth::Token, &[review]).await;
-    // pulls/get answers 404: the fake knows no pull request #1.
+    // pulls/get answers 404 (the pull request is gone).
     spine.start().await;
+    spine.github.fail_next("pulls/get", &[404u16]);
     let body = delivered_comment(&spine, "/review", "Codertocat");
     assert_eq!(spine.deliver("issue_comment", "c-1", &body).await, 202);
     let jobs = spine.wait_for_finished_jobs(1).await;
@@ -521,7 +522,9 @@ async fn a_review_command_whose_pull_request_cannot_be_read_fails_with_the_reaso
     );
     // Nothing ran, nothing was posted, no 👀 for a job that was not queued.
     assert!(spine.github.created().is_empty());
-    assert!(spine.github.comments().is_empty());
+    assert!(spine.github.reactions().is_empty());
+    let own = spine.github.own_login();
+    assert!(spine.github.comments().iter().all(|c| c.author != own));
 }
 
 #[tokio::test]

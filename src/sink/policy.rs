@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(
             refused(&Limits::default(), &p).to_string(),
             format!(
-                "the comment body is {} bytes, more than limits.max_body allows (60000)",
+                "the comment body is {} bytes, more than limits.max_body allows (262144)",
                 long.len()
             )
         );
@@ -747,7 +747,7 @@ mod tests {
     fn the_summary_shows_every_limit_in_force() {
         assert_eq!(
             summary(&Limits::default()),
-            "limits: bodies ≤ 60000 bytes, ≤ 50 inline comments, labels: none, paths: **, \
+            "limits: bodies ≤ 262144 bytes, ≤ 50 inline comments, labels: none, paths: **, \
              !.github/workflows/**, !.github/actions/**, ≤ 1000 files, ≤ 100000 lines, secrets: refused"
         );
     }

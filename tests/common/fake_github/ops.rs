@@ -156,6 +156,11 @@ fn pull_json(p: &Pull, example_name: &str) -> Value {
     v["head"]["label"] = json!(format!("{head_owner}:{}", p.head));
     v["head"]["repo"]["full_name"] = json!(p.head_repo);
     v["head"]["repo"]["fork"] = json!(p.head_repo != p.repo);
+    // A fork is another repository, with an id of its own.
+    if p.head_repo != p.repo {
+        let base_id = v["base"]["repo"]["id"].as_u64().unwrap_or(1296269);
+        v["head"]["repo"]["id"] = json!(base_id + 1_000_000);
+    }
     v["head"]["repo"]["owner"]["login"] = json!(head_owner);
     v["base"]["ref"] = json!(p.base);
     v["base"]["label"] = json!(format!(
