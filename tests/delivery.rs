@@ -590,3 +590,38 @@ async fn past_its_jobs_an_hour_a_repository_waits_and_says_why() {
     assert_eq!(spine.jobs().await[1].state, JobState::Queued);
     assert_eq!(spine.github.comments().len(), 1);
 }
+
+#[tokio::test]
+async fn a_call_github_never_answers_is_given_up_at_the_timeout_and_its_output_found_not_repeated()
+{
+    let comment = (
+        "c.yml",
+        "on:\n  issues:\n    types: [opened]\nfrom: anyone\nagent: reply\nprompt: x\nprogress: false\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[comment]).await;
+    spine.start().await;
+    // GitHub applies the comment and then never answers (longer than the 5 s `github.timeout` here).
+    spine.github.set_hang(Duration::from_secs(60));
+    spine
+        .github
+        .fail_next("issues/create-comment", &[Fault::HangAfter]);
+    assert_eq!(
+        spine.deliver("issues", "o-1", &opened(&spine, 1)).await,
+        202
+    );
+    let jobs = wait_all_ended(&mut spine, 1, Duration::from_secs(50)).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    assert_eq!(
+        comments_on(&spine, 1).len(),
+        1,
+        "{:#?}",
+        spine.github.comments()
+    );
+    let log = spine.job_log(jobs[0].id).await;
+    assert!(
+        log.iter()
+            .any(|l| l.line.contains("timed out") && l.line.contains("may have been created")),
+        "{log:#?}"
+    );
+    spine.assert_no_unexpected_calls();
+}

@@ -309,7 +309,7 @@ async fn send(
             return Err(fail(
                 kind,
                 None,
-                format!("calling GitHub failed: {e}"),
+                format!("calling GitHub failed: {}", causes(&e)),
                 None,
             ));
         }
@@ -385,6 +385,21 @@ async fn send(
         (_, wait) => wait,
     };
     Err(fail(kind, Some(status), message, retry_after))
+}
+
+/// An error and every cause under it, `: `-separated (a timeout is said as one, not as "client error").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// How long GitHub asked to wait: `Retry-After` seconds, or, when no requests are left, until
