@@ -263,6 +263,17 @@ fn pull_request_outputs_get_a_concurrency_group_per_issue() {
     let comment = fix.replace("output: pull_request", "output: comment");
     let spec = job(decide(&comment, "issues", &labeled, &MatchInput::default()));
     assert_eq!(spec.concurrency_group, None);
+    // Issues under a dedupe key: one job of the trigger at a time in the repository, so two never both
+    // file the issue.
+    let dedupe = fix.replace(
+        "output: pull_request",
+        "output:\n  type: issue\n  dedupe: weekly",
+    );
+    let spec = job(decide(&dedupe, "issues", &labeled, &MatchInput::default()));
+    assert_eq!(
+        spec.concurrency_group.as_deref(),
+        Some("t/codertocat/hello-world/dedupe")
+    );
 }
 
 #[test]

@@ -572,8 +572,17 @@ impl TriggerSet {
 /// The concurrency group of a trigger that writes a pull request and names none: one per trigger,
 /// repository and issue or pull request, so duplicate deliveries (ten `labeled` events) run one at a time
 /// instead of racing to push one branch. None when the event is about no issue or pull request: every
-/// such job has its own branch.
+/// such job has its own branch. An issue output with `dedupe:` gets one per trigger and repository.
 pub fn default_group(trigger: &Trigger, event: &Event, repository: &Repository) -> Option<String> {
+    // Issues filed under a dedupe key: one job of the trigger at a time per repository, so two never both
+    // find no open issue and file one each.
+    if trigger.output.kind == OutputKind::Issue && trigger.output.options.dedupe.is_some() {
+        return Some(format!(
+            "{}/{}/dedupe",
+            trigger.name,
+            repository.full_name.to_string().to_lowercase()
+        ));
+    }
     if trigger.output.kind != OutputKind::PullRequest {
         return None;
     }
