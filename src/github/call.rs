@@ -94,8 +94,9 @@ pub fn gh_error(e: &anyhow::Error) -> Option<&GhError> {
     e.chain().find_map(|c| c.downcast_ref::<GhError>())
 }
 
+/// How a call may be repeated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verb {
+pub enum Verb {
     Get,
     Post,
     /// A POST whose repetition is harmless (minting a token, adding a reaction or labels).
@@ -115,18 +116,6 @@ impl Verb {
 
 /// How many times one call is sent at most.
 const TRIES: u32 = 4;
-
-/// A GET of one resource.
-pub async fn get(
-    api: &Octocrab,
-    settings: &CallSettings,
-    what: &str,
-    route: &str,
-) -> Result<Value, GhError> {
-    call(api, settings, what, Verb::Get, route, None)
-        .await
-        .map(|(v, _)| v)
-}
 
 /// A GET of every page of a list (`per_page=100`, following GitHub's `Link: <…>; rel="next"` on the same
 /// API host only), up to `max_items` items.
@@ -161,68 +150,17 @@ pub async fn get_all(
     Ok(items)
 }
 
-/// A POST that creates something: sent once, unless GitHub said it did nothing (see the module's notes).
-pub async fn post(
+/// One call as [`Verb`] says: a `Post` is sent once unless GitHub said it did nothing (see the module's
+/// notes); the others are tried again on transient failures.
+pub async fn request(
     api: &Octocrab,
     settings: &CallSettings,
     what: &str,
+    verb: Verb,
     route: &str,
-    body: &Value,
+    body: Option<&Value>,
 ) -> Result<Value, GhError> {
-    call(api, settings, what, Verb::Post, route, Some(body))
-        .await
-        .map(|(v, _)| v)
-}
-
-/// A POST whose repetition is harmless (minting a token, adding a reaction, adding labels): tried again like
-/// a read.
-pub async fn post_repeatable(
-    api: &Octocrab,
-    settings: &CallSettings,
-    what: &str,
-    route: &str,
-    body: &Value,
-) -> Result<Value, GhError> {
-    call(api, settings, what, Verb::PostRepeatable, route, Some(body))
-        .await
-        .map(|(v, _)| v)
-}
-
-/// A PATCH (an update: the same body twice leaves the same state, so it is tried again like a read).
-pub async fn patch(
-    api: &Octocrab,
-    settings: &CallSettings,
-    what: &str,
-    route: &str,
-    body: &Value,
-) -> Result<Value, GhError> {
-    call(api, settings, what, Verb::Patch, route, Some(body))
-        .await
-        .map(|(v, _)| v)
-}
-
-/// A PATCH sent once, like a create (see [`post`]).
-pub async fn patch_once(
-    api: &Octocrab,
-    settings: &CallSettings,
-    what: &str,
-    route: &str,
-    body: &Value,
-) -> Result<Value, GhError> {
-    call(api, settings, what, Verb::PatchOnce, route, Some(body))
-        .await
-        .map(|(v, _)| v)
-}
-
-/// A PUT (idempotent, tried again like a read).
-pub async fn put(
-    api: &Octocrab,
-    settings: &CallSettings,
-    what: &str,
-    route: &str,
-    body: &Value,
-) -> Result<Value, GhError> {
-    call(api, settings, what, Verb::Put, route, Some(body))
+    call(api, settings, what, verb, route, body)
         .await
         .map(|(v, _)| v)
 }

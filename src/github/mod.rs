@@ -102,9 +102,20 @@ impl RepoClient {
         &self.settings
     }
 
+    /// One call (see [`call::request`]).
+    async fn request(
+        &self,
+        what: &str,
+        verb: call::Verb,
+        route: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, GhError> {
+        call::request(&self.api(), &self.settings, what, verb, route, body).await
+    }
+
     /// `GET route` (tried again on transient failures; see [`call`]).
     pub async fn get(&self, what: &str, route: &str) -> Result<Value, GhError> {
-        call::get(&self.api(), &self.settings, what, route).await
+        self.request(what, call::Verb::Get, route, None).await
     }
 
     /// Every page of a list, up to `max_items` items.
@@ -119,7 +130,7 @@ impl RepoClient {
 
     /// `POST route` that creates something: sent once unless GitHub said it did nothing.
     pub async fn post(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
-        call::post(&self.api(), &self.settings, what, route, body).await
+        self.request(what, call::Verb::Post, route, Some(body)).await
     }
 
     /// `POST route` whose repetition is harmless.
@@ -129,27 +140,25 @@ impl RepoClient {
         route: &str,
         body: &Value,
     ) -> Result<Value, GhError> {
-        call::post_repeatable(&self.api(), &self.settings, what, route, body).await
+        self.request(what, call::Verb::PostRepeatable, route, Some(body))
+            .await
     }
 
     /// `PATCH route` (an update; tried again on transient failures).
     pub async fn patch(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
-        call::patch(&self.api(), &self.settings, what, route, body).await
+        self.request(what, call::Verb::Patch, route, Some(body))
+            .await
     }
 
     /// `PATCH route` sent once, like a create.
-    pub async fn patch_once(
-        &self,
-        what: &str,
-        route: &str,
-        body: &Value,
-    ) -> Result<Value, GhError> {
-        call::patch_once(&self.api(), &self.settings, what, route, body).await
+    pub async fn patch_once(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
+        self.request(what, call::Verb::PatchOnce, route, Some(body))
+            .await
     }
 
     /// `PUT route` (idempotent; tried again on transient failures).
     pub async fn put(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
-        call::put(&self.api(), &self.settings, what, route, body).await
+        self.request(what, call::Verb::Put, route, Some(body)).await
     }
 
     pub fn token(&self) -> String {
@@ -217,7 +226,15 @@ impl Scope {
             self.repo,
             self.permissions.describe()
         );
-        let minted = call::post_repeatable(&self.app, &self.settings, &what, &route, &body).await?;
+        let minted = call::request(
+            &self.app,
+            &self.settings,
+            &what,
+            call::Verb::PostRepeatable,
+            &route,
+            Some(&body),
+        )
+        .await?;
         let minted: Minted = serde_json::from_value(minted).with_context(|| what.clone())?;
         let expires_at = minted
             .expires_at
@@ -334,11 +351,13 @@ impl GitHub {
         let Auth::App { app, .. } = &self.auth else {
             return Ok(None);
         };
-        let me = call::get(
+        let me = call::request(
             app,
             &self.settings,
             "asking GitHub which App this is",
+            call::Verb::Get,
             "/app",
+            None,
         )
         .await?;
         Ok(me["slug"].as_str().map(|slug| format!("{slug}[bot]")))

@@ -368,18 +368,7 @@ async fn deliver_phase(
             None
         }
     };
-    let ctx = SinkContext {
-        job: id,
-        spec,
-        store: &pipeline.store,
-        client: client.as_ref(),
-        own_login: pipeline.config.github.bot_login.as_deref(),
-        owner,
-        lease: pipeline.config.job_lease,
-        public_url: pipeline.config.public_url.as_deref(),
-        workspaces: &pipeline.workspaces,
-        limits: &pipeline.config.limits,
-    };
+    let ctx = sink_context(pipeline, id, spec, owner, client.as_ref());
     let report = pipeline.config.report_failures;
     let ending = match sink::deliver::deliver(&ctx, &outcome, report).await {
         Ok(ending) => ending,
@@ -470,6 +459,28 @@ async fn deliver_phase(
     }
 }
 
+/// What the sinks need of this worker for one job.
+fn sink_context<'a>(
+    pipeline: &'a Pipeline,
+    job: JobId,
+    spec: &'a JobSpec,
+    owner: &'a str,
+    client: Option<&'a crate::github::RepoClient>,
+) -> SinkContext<'a> {
+    SinkContext {
+        job,
+        spec,
+        store: &pipeline.store,
+        client,
+        own_login: pipeline.config.github.bot_login.as_deref(),
+        owner,
+        lease: pipeline.config.job_lease,
+        public_url: pipeline.config.public_url.as_deref(),
+        workspaces: &pipeline.workspaces,
+        limits: &pipeline.config.limits,
+    }
+}
+
 async fn note(pipeline: &Pipeline, job: JobId, line: String) {
     info!("{line}");
     if let Err(e) = pipeline
@@ -516,18 +527,7 @@ async fn run_job(
         None => (None, None),
     };
     *minted.lock().unwrap_or_else(|e| e.into_inner()) = client.clone();
-    let ctx = SinkContext {
-        job: job.id,
-        spec: &spec,
-        store: &pipeline.store,
-        client: client.as_ref(),
-        own_login: pipeline.config.github.bot_login.as_deref(),
-        owner,
-        lease: pipeline.config.job_lease,
-        public_url: pipeline.config.public_url.as_deref(),
-        workspaces: &pipeline.workspaces,
-        limits: &pipeline.config.limits,
-    };
+    let ctx = sink_context(pipeline, job.id, &spec, owner, client.as_ref());
     // The progress comment, first thing: whoever handed the work off sees it was taken.
     if spec.progress && spec.number.is_some() {
         let body = crate::sink::texts::progress_working(
@@ -816,6 +816,7 @@ async fn run_in_worktree(
         }
     });
     // The job's token for the model gateway; it is revoked when `access` is dropped, however the job ends.
+    // One token for every round: budgets cover them all together.
     let access = pipeline
         .gateway
         .open(job.id, &spec.repo.to_string(), &spec.agent, profile)
@@ -823,30 +824,139 @@ async fn run_in_worktree(
         .context(Failure::Config)?;
     // The openai backend runs inside nightshift, never in a box.
     let boxed = sandbox.is_some() && profile.backend.edits_files();
-    let model = access.as_ref().map(|a| a.model_access(boxed));
-    let outcome = agent::run(AgentJob {
-        profile_name: &spec.agent,
-        profile,
-        worktree: &worktree.path,
-        prompt: &prompt,
-        home: &home,
-        output_dir: &output_dir,
-        vars: vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
-        sandbox,
-        timeout,
-        max_turns: match (profile.max_turns, spec.max_turns) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        },
-        max_output,
-        env: &*pipeline.env,
-        log: tx,
-        model,
-    })
+    let deadline = started + timeout;
+    let max_turns = match (profile.max_turns, spec.max_turns) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    // One round of the agent: the first with the prompt, the next ones (after a failed verify step) with the
+    // follow-up, resuming the CLI's session when it has one. The timeout covers every round together.
+    let run_round = |round_prompt: String, resume: Option<String>| {
+        let sandbox = sandbox.clone();
+        let vars = vars.clone();
+        let tx = tx.clone();
+        let model = access.as_ref().map(|a| a.model_access(boxed));
+        let home = home.clone();
+        let output_dir = output_dir.clone();
+        async move {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let why = format!(
+                    "the agent ran out of time after {}",
+                    humantime::format_duration(timeout)
+                );
+                return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
+            }
+            let round_started = Instant::now();
+            let outcome = agent::run(AgentJob {
+                profile_name: &spec.agent,
+                profile,
+                worktree: &worktree.path,
+                prompt: &round_prompt,
+                home: &home,
+                output_dir: &output_dir,
+                vars,
+                sandbox,
+                timeout: left,
+                max_turns,
+                max_output,
+                env: &*pipeline.env,
+                log: tx,
+                model,
+                resume,
+            })
+            .await
+            // The agent could not be started (a missing API key or CLI): the operator's to fix.
+            .context(Failure::Config)?;
+            note(
+                pipeline,
+                job.id,
+                format!(
+                    "agent ended: {} after {} ms",
+                    outcome.ended,
+                    round_started.elapsed().as_millis()
+                ),
+            )
+            .await;
+            if let Some(reason) = access.as_ref().and_then(|a| a.refusal()) {
+                let why = format!("budget reached: {reason}");
+                return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
+            }
+            if let Some(failure) = &outcome.failure {
+                // A timeout or a limit is said as it is; any other failure (an exit status, an endpoint's
+                // answer) only as "the agent failed", with the details in the log.
+                let public = public_failure(failure);
+                return Err(anyhow!(failure.clone()).context(Failure::Agent(public)));
+            }
+            Ok(outcome)
+        }
+    };
+    let ran = async {
+        let mut outcome = run_round(prompt.clone(), None).await?;
+        // Verification: the steps run in the agent's box after it ends; a failed step goes back to the
+        // agent, with what failed, up to `verify_rounds` times.
+        let mut verified = Verified::default();
+        let mut round = 0;
+        while !spec.verify.is_empty() {
+            let steps = run_verify_steps(
+                pipeline,
+                job,
+                &spec.verify,
+                profile,
+                &worktree.path,
+                &sandbox,
+                &vars,
+                &home,
+                &output_dir,
+                deadline,
+            )
+            .await?;
+            verified.steps = steps.results;
+            let Some(failed) = steps.failed else {
+                verified.failed = None;
+                break;
+            };
+            if round >= spec.verify_rounds {
+                verified.failed = Some(failed);
+                break;
+            }
+            round += 1;
+            note(
+                pipeline,
+                job.id,
+                format!(
+                    "verify: `{}` failed ({}); round {} of {}: the agent is given the failure",
+                    failed.name,
+                    failed.status,
+                    round + 1,
+                    spec.verify_rounds + 1
+                ),
+            )
+            .await;
+            let follow_up = crate::sink::texts::verify_follow_up(
+                &failed.name,
+                &failed.status,
+                &failed.tail,
+                round,
+                spec.verify_rounds,
+            );
+            // The CLIs keep their context in the same session; other agents get the task again with the
+            // follow-up after it.
+            let (next, resume) = match outcome.session.clone() {
+                Some(session) => (follow_up, Some(session)),
+                None => (format!("{prompt}\n\n{follow_up}"), None),
+            };
+            outcome = run_round(next, resume).await?;
+        }
+        anyhow::Ok((outcome, verified))
+    }
     .await;
+    drop(run_round);
+    drop(tx);
     let _ = logger.await;
     // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
     if let Some(staged) = staged {
@@ -857,20 +967,40 @@ async fn run_in_worktree(
                 .context(Failure::Result(why))
         })?;
     }
-    // The agent could not be started (a missing API key or CLI): the operator's to fix.
-    let mut outcome = outcome.context(Failure::Config)?;
-    // What a model backend spent is what the gateway metered, whatever the agent says it spent.
-    if let Some(access) = &access {
-        outcome.usage = Some(access.settle().await);
-    }
+    // What a model backend spent is what the gateway metered (every round), whatever the agent says.
+    let metered = match &access {
+        Some(access) => Some(access.settle().await),
+        None => None,
+    };
     // The agent is gone: its token goes too.
-    let refusal = access.as_ref().and_then(|a| a.refusal());
     drop(access);
+    let (mut outcome, verified) = ran?;
+    if metered.is_some() {
+        outcome.usage = metered;
+    }
     if let Some(usage) = &outcome.usage
         && let Err(e) = pipeline.store.record_usage(job.id, usage).await
     {
         warn!("recording what the agent spent failed: {e:#}");
     }
+    if let Some(usage) = &outcome.usage {
+        note(pipeline, job.id, format!("spent: {usage} (every round)")).await;
+    }
+    // Still failing after the last round: nothing is pushed or posted as if it were done, unless the
+    // trigger wants the draft.
+    let draft_failing = match &verified.failed {
+        Some(failed)
+            if !(spec.verify_fail == crate::trigger::VerifyFail::Draft
+                && spec.output == OutputKind::PullRequest) =>
+        {
+            let public =
+                crate::sink::texts::verify_failed(&failed.name, &failed.status, &failed.tail);
+            return Err(anyhow!("failed verification: `{}` ({})", failed.name, failed.status)
+                .context(Failure::Verify(public)));
+        }
+        Some(failed) => Some(failed.name.clone()),
+        None => None,
+    };
     // Off the async threads: the reads never block on a FIFO, but a slow filesystem must not stall them.
     let result = {
         let (dir, message, truncated) = (
@@ -882,35 +1012,19 @@ async fn run_in_worktree(
             .await
             .context("reading the agent's result")?
     };
-    let spent = outcome
-        .usage
-        .as_ref()
-        .map(|u| format!("; spent: {u}"))
-        .unwrap_or_default();
-    note(
-        pipeline,
-        job.id,
-        format!(
-            "agent ended: {} after {} ms{spent}",
-            outcome.ended,
-            started.elapsed().as_millis()
-        ),
-    )
-    .await;
-    if let Some(reason) = refusal {
-        let why = format!("budget reached: {reason}");
-        return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
-    }
-    if let Some(failure) = outcome.failure {
-        // A timeout or a limit is said as it is; any other failure (an exit status, an endpoint's answer) only
-        // as "the agent failed", with the details in the log.
-        let public = public_failure(&failure);
-        return Err(anyhow!(failure).context(Failure::Agent(public)));
-    }
     let result = result.map_err(|e| {
         let why = e.to_string();
         e.context(Failure::Result(why))
     })?;
+    let mut result = result;
+    // The evidence: one line per step, in whatever the job posts.
+    if !verified.steps.is_empty() {
+        let evidence = crate::sink::texts::verify_evidence(&verified.steps);
+        result.message = format!("{}\n\n{evidence}", result.message.trim_end());
+        if let Some(review) = &mut result.review {
+            review.summary = format!("{}\n\n{evidence}", review.summary.trim_end());
+        }
+    }
     if result.truncated {
         note(
             pipeline,
@@ -978,6 +1092,137 @@ async fn run_in_worktree(
         commit,
         stat,
         usage: outcome.usage,
+        verify_failed: draft_failing,
+    })
+}
+
+/// What verification found: every step's result (name, time, passed) of the last run of the steps, and the
+/// step that still fails, if one does.
+#[derive(Default)]
+struct Verified {
+    steps: Vec<(String, u64, bool)>,
+    failed: Option<FailedStep>,
+}
+
+struct FailedStep {
+    name: String,
+    status: String,
+    tail: String,
+}
+
+struct StepsRun {
+    results: Vec<(String, u64, bool)>,
+    failed: Option<FailedStep>,
+}
+
+/// How much of a failed step's output is kept for the agent and the failure note.
+const STEP_TAIL: usize = 8 * 1024;
+
+/// Runs the verify steps in order, in the agent's box (same limits, no model access), stopping at the first
+/// that fails. Each step's output reaches the job log; the tail of a failed one is kept.
+#[allow(clippy::too_many_arguments)]
+async fn run_verify_steps(
+    pipeline: &Arc<Pipeline>,
+    job: &ClaimedJob,
+    steps: &[crate::trigger::VerifyStep],
+    profile: &crate::config::AgentProfile,
+    worktree: &std::path::Path,
+    sandbox: &Option<crate::sandbox::BoxSpec>,
+    vars: &[(String, String)],
+    home: &std::path::Path,
+    output_dir: &std::path::Path,
+    deadline: Instant,
+) -> Result<StepsRun> {
+    let mut results = Vec::new();
+    for step in steps {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout = Duration::from_secs(step.timeout_secs).min(left);
+        if timeout.is_zero() {
+            let why = "the job ran out of time before its verify steps ended".to_owned();
+            return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
+        }
+        note(pipeline, job.id, format!("verify: running `{}`", step.name)).await;
+        let mut step_profile = profile.clone();
+        step_profile.backend = crate::config::Backend::Command(step.argv.clone());
+        step_profile.prompt_via = crate::config::PromptVia::Stdin;
+        // The step's output goes to the job log as the agent's does, and its tail is kept.
+        let (tx, mut rx) = crate::agent::log::JobLog::new(pipeline.config.max_job_log);
+        let store = pipeline.store.clone();
+        let job_id = job.id;
+        let collector = tokio::spawn(async move {
+            let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+            let mut kept = 0usize;
+            while let Some((stream, line)) = rx.recv().await {
+                if let Err(e) = store.append_log(job_id, stream, std::slice::from_ref(&line)).await {
+                    warn!("writing the job log failed: {e:#}");
+                }
+                kept += line.len() + 1;
+                tail.push_back(line);
+                while kept > STEP_TAIL && tail.len() > 1 {
+                    kept -= tail.pop_front().map_or(0, |l| l.len() + 1);
+                }
+            }
+            tail.into_iter().collect::<Vec<_>>().join("\n")
+        });
+        let started = Instant::now();
+        let outcome = agent::run(AgentJob {
+            profile_name: &step.name,
+            profile: &step_profile,
+            worktree,
+            prompt: "",
+            home,
+            output_dir,
+            vars: vars.to_vec(),
+            sandbox: sandbox.clone(),
+            timeout,
+            max_turns: None,
+            max_output: STEP_TAIL * 4,
+            env: &*pipeline.env,
+            log: tx,
+            model: None,
+            resume: None,
+        })
+        .await
+        .with_context(|| format!("starting the verify step `{}`", step.name))
+        .context(Failure::Config)?;
+        let ms = started.elapsed().as_millis() as u64;
+        let logged = collector.await.unwrap_or_default();
+        let passed = outcome.failure.is_none();
+        note(
+            pipeline,
+            job.id,
+            format!(
+                "verify: `{}` {} ({}) in {ms} ms",
+                step.name,
+                if passed { "passed" } else { "failed" },
+                outcome.ended
+            ),
+        )
+        .await;
+        results.push((step.name.clone(), ms, passed));
+        if !passed {
+            // Its output: what it printed to stdout (its "message") and what reached the log.
+            let mut tail = String::new();
+            if !outcome.message.trim().is_empty() {
+                tail.push_str(outcome.message.trim_end());
+                tail.push('\n');
+            }
+            tail.push_str(&logged);
+            let cut = tail.len().saturating_sub(STEP_TAIL);
+            let cut = (cut..=tail.len()).find(|i| tail.is_char_boundary(*i)).unwrap_or(tail.len());
+            return Ok(StepsRun {
+                results,
+                failed: Some(FailedStep {
+                    name: step.name.clone(),
+                    status: outcome.ended,
+                    tail: tail[cut..].to_owned(),
+                }),
+            });
+        }
+    }
+    Ok(StepsRun {
+        results,
+        failed: None,
     })
 }
 

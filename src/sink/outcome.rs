@@ -39,4 +39,8 @@ pub struct Proposal {
     pub stat: String,
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The verify step that still failed after the last round, when the trigger opens the pull request as a
+    /// draft anyway (`verify_fail: draft`).
+    #[serde(default)]
+    pub verify_failed: Option<String>,
 }

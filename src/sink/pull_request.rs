@@ -160,14 +160,20 @@ pub async fn deliver(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Outpu
             .record("pull_request", KEY, open.url, Some(number))
             .await;
     }
+    // Verification still failed and the trigger wants the pull request all the same: a draft, said so in its
+    // title and labelled.
+    let (title, draft) = match &proposal.verify_failed {
+        Some(step) => (format!("[failing `{step}`] {title}"), true),
+        None => (title, spec.draft),
+    };
     let request = json!({
         "title": texts::scrub(&title),
         "head": branch,
         "base": base,
         "body": body,
-        "draft": spec.draft,
+        "draft": draft,
     });
-    once::create(ctx, "pull_request", KEY, find, || async {
+    let opened = once::create(ctx, "pull_request", KEY, find, || async {
         match client
             .post(
                 "opening the pull request",
@@ -191,8 +197,24 @@ pub async fn deliver(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Outpu
             Err(e) => Err(e),
         }
     })
-    .await
+    .await?;
+    if proposal.verify_failed.is_some()
+        && let Some(number) = opened.github_id
+    {
+        ctx.fence().await?;
+        client
+            .post_repeatable(
+                "labelling the pull request as failing verification",
+                &format!("/repos/{repo}/issues/{number}/labels"),
+                &json!({ "labels": [VERIFY_FAILED_LABEL] }),
+            )
+            .await?;
+    }
+    Ok(opened)
 }
+
+/// The label of a pull request opened although its verify steps failed (`verify_fail: draft`).
+pub const VERIFY_FAILED_LABEL: &str = "nightshift: verification failed";
 
 /// `text` for a URL's query (percent-encoded: a branch may hold `&`, `#`, `+`).
 pub fn urlencode(text: &str) -> String {

@@ -229,6 +229,9 @@ pub enum Failure {
     Result(String),
     /// Delivering the result to GitHub.
     Deliver,
+    /// The trigger's `verify:` steps still failed after the last round: the text says which, with the tail
+    /// of its output (nightshift's own words and the step's output, fenced and redacted).
+    Verify(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -240,6 +243,7 @@ impl std::fmt::Display for Failure {
             Failure::Agent(_) => "running the agent",
             Failure::Result(_) => "reading the agent's result",
             Failure::Deliver => "delivering the result",
+            Failure::Verify(_) => "verifying the agent's work",
         })
     }
 }
@@ -259,6 +263,7 @@ impl Failure {
             Some(Failure::Deliver) => {
                 Some("nightshift could not deliver the result to GitHub".into())
             }
+            Some(Failure::Verify(what)) => Some(what.clone()),
             None => Some("nightshift could not finish this job".into()),
         }
     }

@@ -1,0 +1,141 @@
+//! Verified work: the trigger's `verify:` steps run in the agent's box after it ends; a failing step goes
+//! back to the agent with its output; only verified work is pushed and posted, with the evidence.
+
+mod common;
+
+use common::{Auth, Spine, git, manifest_dir};
+use nightshift::store::JobState;
+use serde_json::Value;
+
+const REPO: &str = "Codertocat/Hello-World";
+
+fn labeled(spine: &Spine, number: u64) -> Vec<u8> {
+    let mut v: Value = serde_json::from_slice(&spine.payload("issues/labeled.json")).unwrap();
+    v["issue"]["number"] = number.into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+const STEP: &str = "verify:\n  - name: answer\n    run: 'a=$(cat answer.txt); [ \"$a\" = 42 ] || { echo \"expected 42, got $a\"; exit 1; }'\n    timeout: 30s\n";
+
+fn trigger(agent: &str, output: &str, extra: &str) -> String {
+    format!(
+        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: {agent}\nprompt: write the answer\noutput: {output}\n{STEP}{extra}"
+    )
+}
+
+async fn spine_with(triggers: &[(&str, &str)]) -> Spine {
+    let spine = Spine::new(Auth::App, triggers).await;
+    let script = manifest_dir().join("tests/agents/verify-fixer.sh");
+    spine.add_agents(&format!(
+        "  fixes: {{command: [{s}, fixes], timeout: 60s}}\n  never: {{command: [{s}, never], timeout: 60s}}\n",
+        s = script.display()
+    ));
+    spine
+}
+
+#[tokio::test]
+async fn a_failing_step_goes_back_to_the_agent_and_the_pull_request_opens_once_after_round_two() {
+    let fix = trigger("fixes", "pull_request", "");
+    let mut spine = spine_with(&[("fix.yml", fix.as_str())]).await;
+    spine.start().await;
+    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let log = spine.job_log(jobs[0].id).await;
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    // Round 1 failed the step; round 2 was given its output and fixed it.
+    assert_eq!(lines.iter().filter(|l| l.starts_with("agent ended")).count(), 2, "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("verify: `answer` failed")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("expected 42, got 41")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("verify: `answer` passed")), "{lines:#?}");
+    let pulls = spine.github.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    assert!(!pulls[0].draft);
+    assert!(pulls[0].body.contains("`answer`"), "{}", pulls[0].body);
+    assert!(pulls[0].body.contains("Fixed the answer"), "{}", pulls[0].body);
+    assert_eq!(git(&spine.remote, &["show", "nightshift/fix/1:answer.txt"]), "42");
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn work_that_never_passes_is_not_pushed_and_its_check_fails_with_the_steps_output() {
+    let fix = trigger("never", "pull_request", "verify_rounds: 1\n");
+    let check = trigger("never", "check_run", "verify_rounds: 0\n");
+    let mut spine = spine_with(&[("fix.yml", fix.as_str()), ("check.yml", check.as_str())]).await;
+    spine.start().await;
+    // The check run needs a commit: a push event would give one; an issue's job works on the default branch.
+    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    for job in &jobs {
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        assert!(
+            job.error.as_deref().unwrap().contains("failed verification"),
+            "{:?}",
+            job.error
+        );
+    }
+    assert!(spine.github.pulls().is_empty(), "nothing opened");
+    assert!(
+        git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
+        "nothing pushed"
+    );
+    // Each job's comment names the failing step with its output.
+    let comments: Vec<_> = spine
+        .github
+        .comments()
+        .into_iter()
+        .filter(|c| c.repo == REPO && c.number == 1)
+        .collect();
+    assert_eq!(comments.len(), 2, "{comments:#?}");
+    for c in &comments {
+        assert!(c.body.contains("`answer`") && c.body.contains("expected 42, got 41"), "{}", c.body);
+    }
+    let runs = spine.github.check_runs();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0].conclusion.as_deref(), Some("failure"));
+    assert!(
+        runs[0].output["summary"].as_str().unwrap().contains("expected 42, got 41"),
+        "{:#?}",
+        runs[0].output
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn verify_fail_draft_opens_a_labelled_draft() {
+    let fix = trigger("never", "pull_request", "verify_rounds: 0\nverify_fail: draft\n");
+    let mut spine = spine_with(&[("fix.yml", fix.as_str())]).await;
+    spine.start().await;
+    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let pulls = spine.github.all_pulls();
+    let pr = pulls.iter().find(|p| p.head == "nightshift/fix/1").unwrap();
+    assert!(pr.draft);
+    assert!(pr.title.starts_with("[failing `answer`]"), "{}", pr.title);
+    assert!(
+        pr.labels.iter().any(|l| l == "nightshift: verification failed"),
+        "{:?}",
+        pr.labels
+    );
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn a_step_runs_in_the_box_and_cannot_read_the_services_files() {
+    let config_peek = "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: fixes\nprompt: x\noutput: pull_request\nverify:\n  - name: peek\n    argv: [cat, CONFIG]\nverify_rounds: 0\n";
+    let mut spine = spine_with(&[]).await;
+    let config = spine.config.display().to_string();
+    let trigger = config_peek.replace("CONFIG", &config);
+    std::fs::write(spine.dir.path().join("triggers/peek.yml"), trigger).unwrap();
+    spine.start().await;
+    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed, "{:?}", jobs[0].error);
+    let log = spine.job_log(jobs[0].id).await;
+    assert!(
+        !log.iter().any(|l| l.line.contains("webhook_secrets")),
+        "the step read the service's config: {log:#?}"
+    );
+    assert!(spine.github.pulls().is_empty());
+}
