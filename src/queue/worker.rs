@@ -845,6 +845,8 @@ async fn run_in_worktree(
         env: &*pipeline.env,
         log: tx,
         model,
+        resume: None,
+        history: &[],
     })
     .await;
     let _ = logger.await;
