@@ -82,7 +82,14 @@ async fn every_flag_nightshift_passes_is_in_the_installed_clis_help() {
     let out = Path::new("/tmp/out");
     let codex = cli_options(bin.join("codex").to_str().unwrap());
     let argv = cli::codex_argv(&codex, Path::new("/tmp/w"), out);
-    assert!(cli::flags(&argv).len() >= 6, "{argv:?}");
+    assert!(cli::flags(&argv).len() >= 5, "{argv:?}");
+    let missing = cli::check_flags(&argv, &["exec", "--help"], &[])
+        .await
+        .unwrap();
+    assert!(missing.is_empty(), "codex exec --help lacks {missing:?}");
+    // A follow-up round: `exec`'s options before `resume` (which has no `--cd` or `--add-dir` of its own).
+    let session = "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b";
+    let argv = cli::codex_resume_argv(&codex, Path::new("/tmp/w"), out, session).unwrap();
     let missing = cli::check_flags(&argv, &["exec", "--help"], &[])
         .await
         .unwrap();
@@ -98,6 +105,11 @@ async fn every_flag_nightshift_passes_is_in_the_installed_clis_help() {
         "claude --help lacks more than the flags proven by behaviour"
     );
     let missing = cli::check_flags(&argv, &["--help"], cli::CLAUDE_UNLISTED_FLAGS)
+        .await
+        .unwrap();
+    assert!(missing.is_empty(), "claude --help lacks {missing:?}");
+    let resumed = cli::claude_resume_argv(&claude, out, Some(5), session).unwrap();
+    let missing = cli::check_flags(&resumed, &["--help"], cli::CLAUDE_UNLISTED_FLAGS)
         .await
         .unwrap();
     assert!(missing.is_empty(), "claude --help lacks {missing:?}");

@@ -19,13 +19,35 @@ use crate::config::CliOptions;
 use crate::store::{LogStream, Usage};
 
 /// The argv of a Codex job; the prompt goes on stdin (`-`), so its length is not bounded by argv limits.
+/// The session is kept (no `--ephemeral`) in `$CODEX_HOME/sessions`, in the job's home, for a follow-up
+/// round to resume ([`codex_resume_argv`]).
 pub fn codex_argv(options: &CliOptions, worktree: &Path, output_dir: &Path) -> Vec<String> {
+    let mut argv = codex_options(options, worktree, output_dir);
+    argv.push("-".into());
+    argv
+}
+
+/// The argv of a Codex follow-up round: `codex exec [the first round's options] resume SESSION -`, the
+/// prompt on stdin. `codex exec resume` has no `--cd` or `--add-dir` of its own; given before `resume`,
+/// `exec`'s options apply to it. Fails when `session` is not a session id ([`check_session_id`]).
+pub fn codex_resume_argv(
+    options: &CliOptions,
+    worktree: &Path,
+    output_dir: &Path,
+    session: &str,
+) -> Result<Vec<String>> {
+    check_session_id(session)?;
+    let mut argv = codex_options(options, worktree, output_dir);
+    argv.extend(["resume".into(), session.to_owned(), "-".into()]);
+    Ok(argv)
+}
+
+fn codex_options(options: &CliOptions, worktree: &Path, output_dir: &Path) -> Vec<String> {
     let mut argv = vec![
         options.program.clone(),
         "exec".into(),
         "--json".into(),
         "--strict-config".into(),
-        "--ephemeral".into(),
         "--cd".into(),
         worktree.display().to_string(),
         "--add-dir".into(),
@@ -35,8 +57,26 @@ pub fn codex_argv(options: &CliOptions, worktree: &Path, output_dir: &Path) -> V
         argv.extend(["--model".into(), model.clone()]);
     }
     argv.extend(options.args.iter().cloned());
-    argv.push("-".into());
     argv
+}
+
+/// Checks a session id before it goes on a command line: it comes from the agent's own output, which the
+/// agent (and anything that steers it) controls. Only a UUID in its canonical form (8-4-4-4-12 hexadecimal
+/// digits) passes, so it can never be read as an option (`--config=...`), a path (`../x`), a Codex thread
+/// name, or more than one argument.
+pub fn check_session_id(id: &str) -> Result<()> {
+    let groups: Vec<&str> = id.split('-').collect();
+    let canonical = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()));
+    anyhow::ensure!(
+        canonical,
+        "refusing to resume session {:?}: a session id is a UUID",
+        id.chars().take(80).collect::<String>()
+    );
+    Ok(())
 }
 
 /// `$CODEX_HOME/config.toml` for a job: a provider of our own pointing at nightshift's model gateway
@@ -102,20 +142,53 @@ pub fn codex_config(options: &CliOptions, network: bool, boxed: bool, gateway_ur
     )
 }
 
-/// The argv of a Claude Code job; the prompt goes on stdin.
+/// The argv of a Claude Code job; the prompt goes on stdin. The session is kept (no
+/// `--no-session-persistence`) in `$CLAUDE_CONFIG_DIR`, in the job's home, for a follow-up round to resume
+/// ([`claude_resume_argv`]).
 pub fn claude_argv(options: &CliOptions, output_dir: &Path, max_turns: Option<u32>) -> Vec<String> {
+    claude_options(options, output_dir, max_turns, None)
+}
+
+/// The argv of a Claude Code follow-up round: the first round's with `--resume SESSION`, the prompt on
+/// stdin. Fails when `session` is not a session id ([`check_session_id`]).
+pub fn claude_resume_argv(
+    options: &CliOptions,
+    output_dir: &Path,
+    max_turns: Option<u32>,
+    session: &str,
+) -> Result<Vec<String>> {
+    check_session_id(session)?;
+    Ok(claude_options(
+        options,
+        output_dir,
+        max_turns,
+        Some(session),
+    ))
+}
+
+fn claude_options(
+    options: &CliOptions,
+    output_dir: &Path,
+    max_turns: Option<u32>,
+    resume: Option<&str>,
+) -> Vec<String> {
     let mut argv = vec![
         options.program.clone(),
         "-p".into(),
         "--output-format".into(),
         "stream-json".into(),
         "--verbose".into(),
-        "--no-session-persistence".into(),
+    ];
+    // `--resume` takes an optional value: the id goes in the same argument, never read as anything else.
+    if let Some(session) = resume {
+        argv.push(format!("--resume={session}"));
+    }
+    argv.extend([
         "--permission-mode".into(),
         options.permission_mode.clone(),
         // MCP servers only from nightshift: a pull request's `.mcp.json` never starts a server.
         "--strict-mcp-config".into(),
-    ];
+    ]);
     if !options.allowed_tools.is_empty() {
         argv.push("--allowedTools".into());
         argv.extend(options.allowed_tools.iter().cloned());
@@ -158,7 +231,10 @@ pub async fn codex(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutco
     let mut vars = job.vars.clone();
     vars.push(("CODEX_HOME".into(), codex_home.display().to_string()));
     vars.push((crate::gateway::CODEX_TOKEN_VAR.into(), model.token.clone()));
-    let argv = codex_argv(options, job.worktree, job.output_dir);
+    let argv = match &job.resume {
+        Some(session) => codex_resume_argv(options, job.worktree, job.output_dir, session)?,
+        None => codex_argv(options, job.worktree, job.output_dir),
+    };
     run(
         &job,
         argv,
@@ -186,7 +262,16 @@ pub async fn claude(options: &CliOptions, job: AgentJob<'_>) -> Result<AgentOutc
     // The job's token and nightshift's gateway, which holds the real key and knows the profile's base_url.
     vars.push((key_var.into(), model.token.clone()));
     vars.push(("ANTHROPIC_BASE_URL".into(), model.url.clone()));
-    let argv = claude_argv(options, job.output_dir, job.max_turns);
+    // Its settings and sessions in the job's home, whatever the service's environment says: a follow-up
+    // round finds the session there, and no job sees another's.
+    vars.push((
+        "CLAUDE_CONFIG_DIR".into(),
+        job.home.join(".claude").display().to_string(),
+    ));
+    let argv = match &job.resume {
+        Some(session) => claude_resume_argv(options, job.output_dir, job.max_turns, session)?,
+        None => claude_argv(options, job.output_dir, job.max_turns),
+    };
     run(
         &job,
         argv,
@@ -208,6 +293,27 @@ pub struct Events {
     pub failure: Option<String>,
     /// The run reached its end (Codex's `turn.completed`, Claude Code's `result`).
     pub completed: bool,
+    /// The session id the CLI reported first, when it passed [`check_session_id`].
+    pub session: Option<String>,
+    /// Whether a session id was reported (the first decides: a later one may be a sub-agent's).
+    session_seen: bool,
+}
+
+/// Keeps `id` as the run's session when it is the first reported and is one ([`check_session_id`]);
+/// returns a line for the job log when it is refused.
+fn note_session(events: &mut Events, id: &str) -> Option<String> {
+    if std::mem::replace(&mut events.session_seen, true) {
+        return None;
+    }
+    if check_session_id(id).is_ok() {
+        events.session = Some(id.to_owned());
+        None
+    } else {
+        Some(
+            "the CLI reported a session id that is not a UUID: this run cannot be resumed"
+                .to_owned(),
+        )
+    }
 }
 
 type EventFn = fn(&mut Events, &Value) -> Option<String>;
@@ -282,6 +388,7 @@ fn outcome(job: &AgentJob<'_>, finished: command::Finished, events: Events) -> A
         message: message.to_owned(),
         truncated,
         usage: Some(events.usage),
+        session: events.session,
     }
 }
 
@@ -306,6 +413,7 @@ fn add(total: &mut Option<u64>, more: Option<u64>) {
 /// One line of `codex exec --json`.
 pub fn codex_event(events: &mut Events, event: &Value) -> Option<String> {
     match event.get("type")?.as_str()? {
+        "thread.started" => note_session(events, event.get("thread_id")?.as_str()?),
         "item.completed" => {
             let item = event.get("item")?;
             match item.get("type")?.as_str()? {
@@ -365,15 +473,20 @@ pub fn codex_event(events: &mut Events, event: &Value) -> Option<String> {
 pub fn claude_event(events: &mut Events, event: &Value) -> Option<String> {
     match event.get("type")?.as_str()? {
         "system" if text(event, "subtype") == "init" => {
+            let refused = event
+                .get("session_id")
+                .and_then(Value::as_str)
+                .and_then(|id| note_session(events, id));
             events.usage.model = event
                 .get("model")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            Some(format!(
+            let started = format!(
                 "Claude Code {} started (model {})",
                 text(event, "claude_code_version"),
                 text(event, "model")
-            ))
+            );
+            Some(refused.map_or(started.clone(), |why| format!("{started}; {why}")))
         }
         "assistant" => {
             let content = event.get("message")?.get("content")?.as_array()?;
@@ -393,6 +506,11 @@ pub fn claude_event(events: &mut Events, event: &Value) -> Option<String> {
         }
         "result" => {
             events.completed = true;
+            // Reported at `init` already; here too, for a stream that lost its start.
+            let refused = event
+                .get("session_id")
+                .and_then(Value::as_str)
+                .and_then(|id| note_session(events, id));
             events.message = Some(text(event, "result"));
             let usage = event.get("usage");
             let u = &mut events.usage;
@@ -425,12 +543,16 @@ pub fn claude_event(events: &mut Events, event: &Value) -> Option<String> {
                 .get("permission_denials")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
-            (denied > 0).then(|| {
+            let denied = (denied > 0).then(|| {
                 format!(
                     "{denied} tool call(s) were denied: the profile's permission_mode and allowed_tools \
                      decide what Claude Code may do"
                 )
-            })
+            });
+            match (refused, denied) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            }
         }
         _ => None,
     }
@@ -489,7 +611,7 @@ mod tests {
     fn codex_events_give_the_message_usage_and_a_log() {
         let mut events = Events::default();
         let lines = [
-            json!({"type":"thread.started","thread_id":"t"}),
+            json!({"type":"thread.started","thread_id":"019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b"}),
             json!({"type":"item.completed","item":{"type":"command_execution","command":"cargo test","exit_code":0}}),
             json!({"type":"item.completed","item":{"type":"file_change","changes":[{"path":"src/a.rs","kind":"update"}]}}),
             json!({"type":"item.completed","item":{"type":"agent_message","text":"Fixed it."}}),
@@ -504,6 +626,10 @@ mod tests {
             ["ran `cargo test` (exit 0)", "changed src/a.rs (update)"]
         );
         assert_eq!(events.message.as_deref(), Some("Fixed it."));
+        assert_eq!(
+            events.session.as_deref(),
+            Some("019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b")
+        );
         assert!(events.completed && events.failure.is_none());
         assert_eq!(events.usage.input_tokens, Some(100));
         assert_eq!(events.usage.cached_input_tokens, Some(40));
@@ -593,6 +719,130 @@ mod tests {
             codex_config(&options, false, false, "http://127.0.0.1:9")
                 .contains("sandbox_mode = \"workspace-write\"\n")
         );
+    }
+
+    fn options(program: &str) -> CliOptions {
+        CliOptions {
+            program: program.into(),
+            model: None,
+            base_url: None,
+            api_key_env: "OPENAI_API_KEY".into(),
+            permission_mode: "acceptEdits".into(),
+            bearer: false,
+            allowed_tools: vec!["Edit".into()],
+            args: Vec::new(),
+        }
+    }
+
+    /// A session id comes from the agent's output: anything but a UUID is refused, so it can never be an
+    /// option, a path, a Codex thread name or two arguments.
+    #[test]
+    fn only_a_uuid_is_a_session_id() {
+        for good in [
+            "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b",
+            "4B1A9C7E-0D2F-4E3A-9B8C-7D6E5F4A3B2C",
+        ] {
+            check_session_id(good).unwrap();
+        }
+        let hostile = [
+            "",
+            "--config=model_provider=\"evil\"",
+            "-c",
+            "--last",
+            "../../x",
+            "../../../etc/passwd",
+            "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b x",
+            "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b\n--last",
+            " 019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b",
+            "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b/..",
+            "-19a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b",
+            "019a1b2c3d4e7f608a9b0c1d2e3f4a5b",
+            "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5",
+            "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5g",
+            "my-thread-name",
+            "０19a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b",
+        ];
+        for id in hostile {
+            let e = check_session_id(id).unwrap_err();
+            assert!(
+                e.to_string().contains("a session id is a UUID"),
+                "{id:?}: {e}"
+            );
+            let out = Path::new("/tmp/out");
+            assert!(codex_resume_argv(&options("codex"), Path::new("/w"), out, id).is_err());
+            assert!(claude_resume_argv(&options("claude"), out, None, id).is_err());
+        }
+    }
+
+    #[test]
+    fn a_follow_up_round_runs_the_first_rounds_argv_with_the_session() {
+        let id = "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b";
+        let (w, out) = (Path::new("/w"), Path::new("/tmp/out"));
+        let first = codex_argv(&options("codex"), w, out);
+        let resumed = codex_resume_argv(&options("codex"), w, out, id).unwrap();
+        // `exec`'s options, then `resume ID`, the prompt on stdin.
+        assert_eq!(resumed[..first.len() - 1], first[..first.len() - 1]);
+        assert_eq!(resumed[first.len() - 1..], ["resume", id, "-"]);
+        assert!(
+            !first.contains(&"--ephemeral".to_owned()),
+            "kept for resuming"
+        );
+
+        let first = claude_argv(&options("claude"), out, Some(3));
+        let resumed = claude_resume_argv(&options("claude"), out, Some(3), id).unwrap();
+        let mut expected = first.clone();
+        expected.insert(5, format!("--resume={id}"));
+        assert_eq!(resumed, expected);
+        assert!(!first.contains(&"--no-session-persistence".to_owned()));
+    }
+
+    #[test]
+    fn the_first_session_id_reported_is_kept_if_it_is_one() {
+        let id = "019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b";
+        let mut events = Events::default();
+        codex_event(
+            &mut events,
+            &json!({"type":"thread.started","thread_id": id}),
+        );
+        // A later thread (a sub-agent's) does not replace it.
+        codex_event(
+            &mut events,
+            &json!({"type":"thread.started","thread_id":"4b1a9c7e-0d2f-4e3a-9b8c-7d6e5f4a3b2c"}),
+        );
+        assert_eq!(events.session.as_deref(), Some(id));
+
+        let mut events = Events::default();
+        let note = codex_event(
+            &mut events,
+            &json!({"type":"thread.started","thread_id":"--config=x"}),
+        );
+        assert!(note.unwrap().contains("cannot be resumed"));
+        codex_event(
+            &mut events,
+            &json!({"type":"thread.started","thread_id": id}),
+        );
+        assert_eq!(
+            events.session, None,
+            "a refused id is not replaced by a later one"
+        );
+
+        let mut events = Events::default();
+        claude_event(
+            &mut events,
+            &json!({"type":"system","subtype":"init","model":"m","session_id": id}),
+        );
+        claude_event(
+            &mut events,
+            &json!({"type":"result","subtype":"success","is_error":false,"result":"ok","session_id": id}),
+        );
+        assert_eq!(events.session.as_deref(), Some(id));
+        let mut events = Events::default();
+        let note = claude_event(
+            &mut events,
+            &json!({"type":"system","subtype":"init","model":"m","session_id":"../../x"}),
+        );
+        assert!(note.unwrap().ends_with("this run cannot be resumed"));
+        assert_eq!(events.session, None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{AgentJob, AgentOutcome};
+use super::{AgentJob, AgentOutcome, Turn};
 use crate::config::EndpointOptions;
 use crate::store::{LogStream, Usage};
 
@@ -48,7 +48,7 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
     // one), meters the answer and holds the job's limits.
     let model = job.model_access()?;
     let key = Some(model.token.as_str());
-    let body = request_body(options, job.prompt, job.profile.max_tokens);
+    let body = request_body(options, job.history, job.prompt, job.profile.max_tokens);
     let url = format!("{}/v1/chat/completions", model.url);
     let deadline = Instant::now() + job.timeout;
     let log = |line: String| {
@@ -135,15 +135,26 @@ pub async fn run(options: &EndpointOptions, job: AgentJob<'_>) -> Result<AgentOu
         message: message.to_owned(),
         truncated,
         usage: Some(usage),
+        session: None,
     })
 }
 
-/// The chat completions request. The token limit is `max_completion_tokens` for OpenAI itself (its newer
+/// The chat completions request: the system message, the rounds before (`history`: each prompt as a user
+/// message, each answer as an assistant message), then `prompt`. The token limit is `max_completion_tokens` for OpenAI itself (its newer
 /// models refuse `max_tokens`) and `max_tokens` elsewhere (what Ollama, vLLM and llama.cpp read).
-pub fn request_body(options: &EndpointOptions, prompt: &str, max_tokens: Option<u32>) -> Value {
+pub fn request_body(
+    options: &EndpointOptions,
+    history: &[Turn],
+    prompt: &str,
+    max_tokens: Option<u32>,
+) -> Value {
     let mut messages = Vec::new();
     if let Some(system) = &options.system {
         messages.push(json!({"role": "system", "content": system}));
+    }
+    for turn in history {
+        messages.push(json!({"role": "user", "content": turn.prompt}));
+        messages.push(json!({"role": "assistant", "content": turn.answer}));
     }
     messages.push(json!({"role": "user", "content": prompt}));
     let mut body = json!({"model": options.model, "messages": messages, "stream": false});
@@ -224,6 +235,7 @@ fn failed(why: String, attempts: u32) -> AgentOutcome {
         message: String::new(),
         truncated: false,
         usage: None,
+        session: None,
     }
 }
 
@@ -256,16 +268,40 @@ mod tests {
             system: Some("Be brief.".into()),
             temperature: Some(0.2),
         };
-        let body = request_body(&options, "hi", Some(100));
+        let body = request_body(&options, &[], "hi", Some(100));
         assert_eq!(
             body,
             json!({"model": "m", "stream": false, "max_tokens": 100, "temperature": 0.2,
                    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
         );
         options.base_url = crate::config::OPENAI_BASE_URL.into();
-        let body = request_body(&options, "hi", Some(100));
+        let body = request_body(&options, &[], "hi", Some(100));
         assert_eq!(body["max_completion_tokens"], 100);
         assert!(body.get("max_tokens").is_none());
+    }
+
+    /// A follow-up round sends the conversation so far, then the new prompt, in order.
+    #[test]
+    fn a_follow_up_round_sends_the_rounds_before_it() {
+        let options = EndpointOptions {
+            model: "m".into(),
+            base_url: "http://localhost:11434/v1".into(),
+            api_key_env: None,
+            system: Some("Be brief.".into()),
+            temperature: None,
+        };
+        let history = [Turn {
+            prompt: "Summarize.".into(),
+            answer: "A summary.".into(),
+        }];
+        let body = request_body(&options, &history, "The check failed: shorter.", None);
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": "Summarize."},
+                   {"role": "assistant", "content": "A summary."},
+                   {"role": "user", "content": "The check failed: shorter."}])
+        );
     }
 
     #[test]

@@ -48,6 +48,25 @@ pub struct AgentJob<'a> {
     pub log: log::JobLog,
     /// The model gateway's URL and the job's token, for the backends that talk to a model.
     pub model: Option<crate::gateway::ModelAccess>,
+    /// A follow-up round: the session to continue ([`AgentOutcome::session`] of the round before), with
+    /// `prompt` as the next user message. Codex runs `codex exec resume ID`, Claude Code `--resume ID`; the
+    /// session files live in the job's `home`, which must be the same folder as the first round's. The id
+    /// is checked ([`cli::check_session_id`]) before it reaches a command line: it came from the agent's
+    /// output. The `command` and `openai` backends have no session: for them the follow-up prompt carries
+    /// a summary of the rounds before (`command`), or `history` does (`openai`); setting it there is an
+    /// error.
+    pub resume: Option<String>,
+    /// The rounds before, for the `openai` backend: each sent again (user, then assistant) before `prompt`.
+    /// Ignored by the backends that resume a session of their own.
+    pub history: &'a [Turn],
+}
+
+/// One finished round of a job's conversation: the prompt it was given and the answer it gave
+/// ([`AgentOutcome::message`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Turn {
+    pub prompt: String,
+    pub answer: String,
 }
 
 /// How an agent run ended, whatever the backend.
@@ -62,6 +81,10 @@ pub struct AgentOutcome {
     pub truncated: bool,
     /// What it spent, when the backend reports it.
     pub usage: Option<Usage>,
+    /// The session the CLI reported (Codex's `thread.started`, Claude Code's `session_id`), already checked
+    /// with [`cli::check_session_id`] (one that fails the check is left out): give it as
+    /// [`AgentJob::resume`] to continue the conversation. None for the `command` and `openai` backends.
+    pub session: Option<String>,
 }
 
 impl AgentJob<'_> {
@@ -122,6 +145,15 @@ impl AgentJob<'_> {
 
 /// Runs the job's agent with the profile's backend.
 pub async fn run(job: AgentJob<'_>) -> Result<AgentOutcome> {
+    if let Some(id) = &job.resume {
+        cli::check_session_id(id)?;
+        anyhow::ensure!(
+            matches!(job.profile.backend, Backend::Codex(_) | Backend::Claude(_)),
+            "agent `{}` ({}) has no session to resume: give it the rounds before in the prompt",
+            job.profile_name,
+            job.profile.backend.kind()
+        );
+    }
     match &job.profile.backend {
         Backend::Command(argv) => run_command(argv.clone(), job).await,
         Backend::Codex(options) => cli::codex(options, job).await,
@@ -186,6 +218,7 @@ async fn run_command(mut argv: Vec<String>, job: AgentJob<'_>) -> Result<AgentOu
         truncated: finished.truncated,
         message: finished.stdout,
         usage: None,
+        session: None,
     })
 }
 
@@ -236,6 +269,15 @@ mod tests {
     use crate::config::{AgentProfile, Backend, PromptVia};
 
     async fn run_with(via: PromptVia, script: &str, prompt: &str) -> Result<AgentOutcome> {
+        run_round(via, script, prompt, None).await
+    }
+
+    async fn run_round(
+        via: PromptVia,
+        script: &str,
+        prompt: &str,
+        resume: Option<&str>,
+    ) -> Result<AgentOutcome> {
         let dir = tempfile::tempdir().unwrap();
         let output_dir = dir.path().join("output");
         std::fs::create_dir_all(&output_dir).unwrap();
@@ -270,8 +312,31 @@ mod tests {
             env: &env,
             log,
             model: None,
+            resume: resume.map(str::to_owned),
+            history: &[],
         })
         .await
+    }
+
+    /// A command agent has no session: a follow-up round of one is a fresh run whose prompt carries the
+    /// rounds before, and asking to resume one is a mistake said at once, before anything runs.
+    #[tokio::test]
+    async fn a_command_agent_has_no_session_to_resume() {
+        let out = run_with(PromptVia::Stdin, "cat", "hi").await.unwrap();
+        assert_eq!(out.session, None);
+        let e = run_round(
+            PromptVia::Stdin,
+            "true",
+            "again",
+            Some("019a1b2c-3d4e-7f60-8a9b-0c1d2e3f4a5b"),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("has no session to resume"), "{e}");
+        let e = run_round(PromptVia::Stdin, "true", "again", Some("--last"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("a session id is a UUID"), "{e}");
     }
 
     /// A hostile repository makes the program a profile names by a relative path (`./tools/agent`) a link
@@ -325,6 +390,8 @@ mod tests {
             env: &env,
             log,
             model: None,
+            resume: None,
+            history: &[],
         };
         let boxed = job.boxed("./tools/agent", Network::None).unwrap();
         assert!(boxed.read_only.is_empty(), "{:?}", boxed.read_only);

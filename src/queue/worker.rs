@@ -835,7 +835,7 @@ async fn run_in_worktree(
         .collect();
     // One round of the agent: the first with the prompt, the next ones (after a failed verify step) with the
     // follow-up, resuming the CLI's session when it has one. The timeout covers every round together.
-    let run_round = |round_prompt: String, resume: Option<String>| {
+    let run_round = |round_prompt: String, resume: Option<String>, history: Vec<agent::Turn>| {
         let sandbox = sandbox.clone();
         let vars = vars.clone();
         let tx = tx.clone();
@@ -868,6 +868,7 @@ async fn run_in_worktree(
                 log: tx,
                 model,
                 resume,
+                history: &history,
             })
             .await
             // The agent could not be started (a missing API key or CLI): the operator's to fix.
@@ -896,7 +897,12 @@ async fn run_in_worktree(
         }
     };
     let ran = async {
-        let mut outcome = run_round(prompt.clone(), None).await?;
+        let mut outcome = run_round(prompt.clone(), None, Vec::new()).await?;
+        // The rounds so far, for a backend that keeps no session of its own (an endpoint).
+        let mut turns = vec![agent::Turn {
+            prompt: prompt.clone(),
+            answer: outcome.message.clone(),
+        }];
         // Verification: the steps run in the agent's box after it ends; a failed step goes back to the
         // agent, with what failed, up to `verify_rounds` times.
         let mut verified = Verified::default();
@@ -944,13 +950,21 @@ async fn run_in_worktree(
                 round,
                 spec.verify_rounds,
             );
-            // The CLIs keep their context in the same session; other agents get the task again with the
-            // follow-up after it.
-            let (next, resume) = match outcome.session.clone() {
-                Some(session) => (follow_up, Some(session)),
-                None => (format!("{prompt}\n\n{follow_up}"), None),
+            // The CLIs keep their context in the same session, an endpoint gets the rounds before as the
+            // conversation, a program gets the task again with the follow-up after it.
+            outcome = match (outcome.session.clone(), &profile.backend) {
+                (Some(session), _) => run_round(follow_up.clone(), Some(session), Vec::new()).await?,
+                (None, crate::config::Backend::OpenAi(_)) => {
+                    run_round(follow_up.clone(), None, turns.clone()).await?
+                }
+                (None, _) => {
+                    run_round(format!("{prompt}\n\n{follow_up}"), None, Vec::new()).await?
+                }
             };
-            outcome = run_round(next, resume).await?;
+            turns.push(agent::Turn {
+                prompt: follow_up,
+                answer: outcome.message.clone(),
+            });
         }
         anyhow::Ok((outcome, verified))
     }
@@ -1181,6 +1195,7 @@ async fn run_verify_steps(
             log: tx,
             model: None,
             resume: None,
+            history: &[],
         })
         .await
         .with_context(|| format!("starting the verify step `{}`", step.name))
