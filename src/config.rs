@@ -68,6 +68,10 @@ struct ConfigFile {
     max_jobs_per_hour: Option<u32>,
     /// What outputs may contain, for every trigger (a trigger's own `limits:` override it field by field).
     limits: Option<crate::trigger::model::LimitsFile>,
+    /// Verify steps for triggers that have no `verify:` of their own: a list of `{repos, steps, rounds}`;
+    /// the first entry whose `repos` patterns match the job's repository applies.
+    #[serde(default)]
+    verify: Vec<crate::trigger::verify::VerifyDefaultFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -452,6 +456,8 @@ pub struct Config {
     pub max_jobs_per_hour: u32,
     /// The service's `limits:`, under every trigger's own.
     pub limits: crate::trigger::Limits,
+    /// The service's `verify:` defaults, in order (see [`crate::trigger::verify::resolve`]).
+    pub verify: Vec<crate::trigger::VerifyDefault>,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -715,6 +721,22 @@ fn resolve(
         }
     };
 
+    let mut verify = Vec::new();
+    for entry in file.verify {
+        match entry.check() {
+            Ok(d) => verify.push(d),
+            Err(problems) => {
+                for (at, message, hint) in problems {
+                    let d = Diagnostic::at(path, at, format!("verify: {message}"));
+                    errors.push(match hint {
+                        Some(hint) => d.with_hint(hint),
+                        None => d,
+                    });
+                }
+            }
+        }
+    }
+
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -755,6 +777,7 @@ fn resolve(
         },
         max_jobs_per_hour: file.max_jobs_per_hour.unwrap_or(100).max(1),
         limits,
+        verify,
     })
 }
 

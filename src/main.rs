@@ -285,6 +285,7 @@ fn offline_match(
         },
         // Offline: a comment's pull request is not read, so its jobs say they cannot run on its code.
         max_depth: Some(config.max_depth),
+        verify: config.verify.clone(),
         ..Default::default()
     };
     Ok((TriggerSet::new(loaded.triggers), parsed, input))
@@ -355,6 +356,7 @@ fn show_prompts(
             };
             println!("skills {place}: {}", nightshift::skill::describe(&selected));
         }
+        print_verify(trigger, &spec);
         println!(
             "--- prompt ---\n{}\n",
             compose(
@@ -369,6 +371,45 @@ fn show_prompts(
         );
     }
     Ok(shown)
+}
+
+/// The verify steps a job would run, where they come from, and the follow-up prompt the agent gets when
+/// one fails (with placeholder values).
+fn print_verify(trigger: &nightshift::trigger::Trigger, spec: &nightshift::trigger::JobSpec) {
+    let Some(first) = spec.verify.first() else {
+        let why = if trigger.verify.is_some() {
+            "the trigger's `verify: []`"
+        } else {
+            "no `verify:` in the trigger, none in nightshift.yml for this repository"
+        };
+        println!("verify: none ({why})");
+        return;
+    };
+    let from = if trigger.verify.is_some() {
+        "the trigger's"
+    } else {
+        "nightshift.yml's default for this repository"
+    };
+    println!(
+        "verify ({from}; {} more round(s) for the agent when a step fails; then: {}):",
+        spec.verify_rounds,
+        spec.verify_fail.name()
+    );
+    for step in &spec.verify {
+        println!("  {step}");
+    }
+    if spec.verify_rounds > 0 {
+        println!(
+            "--- follow-up prompt when a step fails ---\n{}",
+            nightshift::sink::texts::verify_follow_up(
+                &first.name,
+                "<exit status>",
+                "<the end of the step's output>",
+                1,
+                spec.verify_rounds
+            )
+        );
+    }
 }
 
 /// `serve`'s start: non-dumpable, secrets out of the environment (the returned snapshot is what agents may

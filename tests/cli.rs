@@ -544,3 +544,172 @@ fn prompt_shows_exactly_what_each_agent_is_told() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no trigger fires for this event"));
 }
+
+#[test]
+fn check_names_every_bad_verify_step_with_file_line_column_and_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let triggers = dir.path().join("triggers");
+    std::fs::create_dir(&triggers).unwrap();
+    std::fs::write(
+        dir.path().join("nightshift.yml"),
+        "agents:\n  reply: {command: [cat]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("fix.yml"),
+        "on: issues\nagent: reply\nprompt: x\noutput: comment\nverify:\n  - name: tests\n    run: cargo test\n    \
+         timeout: ten minutes\n  - name: tests\n    argv: []\n  - name: lint\n    run: x\n    argv: [x]\n  \
+         - name: ''\n    run: x\n  - name: nothing\nverify_rounds: 6\nverify_fail: draft\n",
+    )
+    .unwrap();
+    let out = nightshift(dir.path(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = "\
+triggers/fix.yml:8:14: error: `ten minutes` is not a duration
+  hint: write e.g. 90s, 10m, 1h
+triggers/fix.yml:9:11: error: verify step `tests` is listed twice
+  hint: give each step its own name
+triggers/fix.yml:10:11: error: verify step `tests` has an empty `argv`
+  hint: name the program first, e.g. argv: [cargo, test]
+triggers/fix.yml:13:11: error: verify step `lint` has both `run` and `argv`
+  hint: keep one: `run` is a shell line, `argv` a program and its arguments
+triggers/fix.yml:14:11: error: a verify step needs a name
+  hint: name the step with letters, digits, spaces, `-`, `_`, `.` or `:`, e.g. tests
+triggers/fix.yml:16:5: error: verify step `nothing` has neither `run` nor `argv`
+  hint: add e.g. run: cargo test --locked, or argv: [cargo, test]
+triggers/fix.yml:17:16: error: verify_rounds is 6, more than 5
+  hint: write at most 5; 0 runs the agent once and never again
+triggers/fix.yml:18:14: error: `verify_fail: draft` needs output pull_request, and this trigger's output is `comment`
+  hint: only a pull request can be opened as a draft; remove it, or write verify_fail: fail
+";
+    assert_eq!(text(&out.stdout), expected);
+
+    // A step with an unknown key is a structural mistake, named with its place and the keys there are.
+    std::fs::write(
+        triggers.join("fix.yml"),
+        "on: issues\nagent: reply\nprompt: x\nverify:\n  - name: tests\n    command: cargo test\n",
+    )
+    .unwrap();
+    let out = nightshift(dir.path(), &["check"], &[]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("triggers/fix.yml:6:5: error: unknown field `command`"),
+        "{stdout}"
+    );
+
+    // The service's defaults are checked the same way.
+    std::fs::write(
+        triggers.join("fix.yml"),
+        "on: issues\nagent: reply\nprompt: x\nverify: []\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("nightshift.yml"),
+        "agents:\n  reply: {command: [cat]}\nverify:\n  - repos: [acme]\n    rounds: 9\n    steps:\n      \
+         - {name: tests, run: make test, timeout: 0s}\n",
+    )
+    .unwrap();
+    let out = nightshift(dir.path(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    for line in [
+        "nightshift.yml:4:13: error: verify: `acme` is not an owner/name pattern\n  hint: write e.g. acme/api or acme/*",
+        "nightshift.yml:5:13: error: verify: rounds is 9, more than 5",
+        "nightshift.yml:7:48: error: verify: verify step `tests` has a timeout under a second",
+    ] {
+        assert!(stderr.contains(line), "{line}\n---\n{stderr}");
+    }
+}
+
+#[test]
+fn prompt_shows_the_verify_steps_in_force_and_the_follow_up_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let triggers = root.join("triggers");
+    std::fs::create_dir(&triggers).unwrap();
+    // The fixture's repository is Codertocat/Hello-World: the first default that matches it applies.
+    std::fs::write(
+        root.join("nightshift.yml"),
+        "agents:\n  coder: {codex: {model: gpt-5.5}}\nverify:\n  - repos: [acme/*]\n    \
+         steps: [{name: acme, run: 'true'}]\n  - repos: ['codertocat/*']\n    rounds: 1\n    steps:\n      \
+         - {name: tests, run: cargo test --locked}\n      - {name: lint, argv: [cargo, clippy, --, -D warnings], timeout: 5m}\n",
+    )
+    .unwrap();
+    let trigger = |name: &str, extra: &str| {
+        std::fs::write(
+            triggers.join(format!("{name}.yml")),
+            format!("on:\n  issues:\n    types: [opened]\nagent: coder\noutput: pull_request\n{extra}prompt: Fix it.\n"),
+        )
+        .unwrap();
+    };
+    trigger("a-default", "");
+    trigger(
+        "b-own",
+        "verify:\n  - {name: unit, run: npm test, timeout: 90s}\nverify_rounds: 0\nverify_fail: draft\n",
+    );
+    trigger("c-off", "verify: []\n");
+    let repo = root.join("repo");
+    common::git(root, &["init", "--quiet", repo.to_str().unwrap()]);
+    std::fs::write(
+        root.join("event.json"),
+        common::fixture("webhooks/issues/opened.json"),
+    )
+    .unwrap();
+    let out = nightshift(
+        root,
+        &[
+            "prompt",
+            "--event",
+            "event.json",
+            "--event-name",
+            "issues",
+            "--repo",
+            "repo",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let sections: Vec<&str> = stdout.split("=== ").filter(|s| !s.is_empty()).collect();
+    assert_eq!(sections.len(), 3, "{stdout}");
+
+    let default = sections[0];
+    assert!(
+        default.contains(
+            "\nverify (nightshift.yml's default for this repository; 1 more round(s) for the agent when a step \
+             fails; then: fail):\n  tests: cargo test --locked (timeout 10m)\n  \
+             lint: cargo clippy -- '-D warnings' (timeout 5m)\n\
+             --- follow-up prompt when a step fails ---\n# Verification failed\n\n\
+             After you finished, nightshift ran the verification step `tests` in the working directory, and it \
+             failed (<exit status>).\n\nIts output:\n\n<untrusted-"
+        ),
+        "{default}"
+    );
+    assert!(
+        default.contains("<the end of the step's output>\n</untrusted-"),
+        "{default}"
+    );
+    assert!(
+        default.contains("This is the last round: if the step still fails, the work is not delivered as verified.\n\n--- prompt ---\n"),
+        "{default}"
+    );
+
+    let own = sections[1];
+    assert!(
+        own.contains(
+            "\nverify (the trigger's; 0 more round(s) for the agent when a step fails; then: draft):\n  \
+             unit: npm test (timeout 1m 30s)\n--- prompt ---\n"
+        ),
+        "no follow-up with 0 rounds: {own}"
+    );
+    assert!(
+        !own.contains("acme") && !own.contains("cargo test"),
+        "{own}"
+    );
+
+    assert!(
+        sections[2].contains("\nverify: none (the trigger's `verify: []`)\n--- prompt ---\n"),
+        "{}",
+        sections[2]
+    );
+}

@@ -143,6 +143,7 @@ async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>
     let mut input = MatchInput {
         bot_login: pipeline.config.github.bot_login.clone(),
         max_depth: Some(pipeline.config.max_depth),
+        verify: pipeline.config.verify.clone(),
         ..Default::default()
     };
     input.depth = lineage_depth(pipeline, event).await;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstallationId, RepoName};
 use crate::source::event::{Event, PullFacts, Repository};
-use crate::trigger::{Limits, OutputKind, Skills, Trigger};
+use crate::trigger::{Limits, OutputKind, Skills, Trigger, VerifyFail, VerifyStep};
 
 /// A job as matched: everything needed to run it, frozen when its delivery was matched, so a later change of
 /// the trigger file does not change a queued job.
@@ -80,10 +80,24 @@ pub struct JobSpec {
     /// The trigger's own `limits:` (the service's apply where it says nothing).
     #[serde(default)]
     pub limits: Limits,
+    /// The steps run after the agent, before anything is delivered: the trigger's `verify:`, else the
+    /// service default for the repository (resolved when the job is matched).
+    #[serde(default)]
+    pub verify: Vec<VerifyStep>,
+    /// How many more times the agent runs, given the failure, while a step fails.
+    #[serde(default = "default_rounds")]
+    pub verify_rounds: u32,
+    /// What a pull request whose steps still fail becomes.
+    #[serde(default)]
+    pub verify_fail: VerifyFail,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_rounds() -> u32 {
+    crate::trigger::verify::DEFAULT_VERIFY_ROUNDS
 }
 
 impl JobSpec {
@@ -144,6 +158,11 @@ impl JobSpec {
             dedupe_key: None,
             progress: trigger.progress,
             limits: trigger.limits.clone(),
+            verify: trigger.verify.clone().unwrap_or_default(),
+            verify_rounds: trigger
+                .verify_rounds
+                .unwrap_or(crate::trigger::verify::DEFAULT_VERIFY_ROUNDS),
+            verify_fail: trigger.verify_fail,
         }
     }
 

@@ -449,6 +449,45 @@ pub fn load_one(
         }
     };
 
+    let verify = file
+        .verify
+        .and_then(|list| match super::verify::check_steps(list) {
+            Ok(steps) => Some(steps),
+            Err(problems) => {
+                for (at, message, hint) in problems {
+                    c.error(at, message, hint);
+                }
+                None
+            }
+        });
+    let verify_rounds =
+        file.verify_rounds.as_ref().and_then(|r| {
+            match super::verify::check_rounds(r, "verify_rounds") {
+                Ok(r) => Some(r),
+                Err((at, message, hint)) => {
+                    c.error(at, message, hint);
+                    None
+                }
+            }
+        });
+    let verify_fail = match file.verify_fail {
+        None => super::verify::VerifyFail::Fail,
+        Some(f) => {
+            if f.value == super::verify::VerifyFail::Draft && output.kind != OutputKind::PullRequest
+            {
+                c.error(
+                    f.referenced,
+                    format!(
+                        "`verify_fail: draft` needs output pull_request, and this trigger's output is `{}`",
+                        output.kind
+                    ),
+                    Some("only a pull request can be opened as a draft; remove it, or write verify_fail: fail".into()),
+                );
+            }
+            f.value
+        }
+    };
+
     if c.errors.is_empty() {
         let trigger = Trigger {
             name,
@@ -473,6 +512,9 @@ pub fn load_one(
             progress: file.progress.unwrap_or(true),
             max_depth: file.max_depth.map(|d| d.value),
             limits,
+            verify,
+            verify_rounds,
+            verify_fail,
             warnings: Vec::new(),
         };
         check_against_samples(&mut c, &trigger, &file.prompt, file.condition.as_ref());

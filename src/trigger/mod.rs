@@ -11,6 +11,7 @@ pub mod repo;
 pub mod samples;
 pub mod schedule;
 pub mod template;
+pub mod verify;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ pub use job::JobSpec;
 pub use model::{EventKind, Forks, Limits, OutputKind, OutputOptions, OutputSpec, Secrets, Skills};
 use pattern::PatternList;
 pub use schedule::Schedule;
+pub use verify::{VerifyDefault, VerifyFail, VerifyStep};
 
 /// A checked trigger, ready to match.
 #[derive(Clone, Debug)]
@@ -57,6 +59,11 @@ pub struct Trigger {
     pub max_depth: Option<u32>,
     /// What the trigger's outputs may contain (`limits:`), where it says.
     pub limits: Limits,
+    /// `verify:` as written: None when left out (the service default applies), empty for `verify: []`.
+    pub verify: Option<Vec<VerifyStep>>,
+    /// `verify_rounds:`, where it says.
+    pub verify_rounds: Option<u32>,
+    pub verify_fail: VerifyFail,
     /// What `check` and `serve` warn about (`path:line:col: warning: ...`).
     pub warnings: Vec<String>,
 }
@@ -120,6 +127,8 @@ pub struct MatchInput {
     pub depth: u32,
     /// The service's `max_depth`; [`DEFAULT_MAX_DEPTH`] when None.
     pub max_depth: Option<u32>,
+    /// The service's `verify:` defaults, for triggers without their own.
+    pub verify: Vec<VerifyDefault>,
 }
 
 /// How many links of jobs set off by nightshift's own outputs may follow each other when the service does
@@ -565,6 +574,12 @@ impl TriggerSet {
         spec.depth = input.depth;
         spec.output_body = body;
         spec.dedupe_key = dedupe_key;
+        (spec.verify, spec.verify_rounds) = verify::resolve(
+            trigger.verify.as_deref(),
+            trigger.verify_rounds,
+            &input.verify,
+            &repository.full_name.to_string(),
+        );
         Ok(spec)
     }
 }

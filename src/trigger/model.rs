@@ -82,6 +82,21 @@ pub struct TriggerFile {
     /// What this trigger's outputs may contain; checked before anything is posted. Each field left out is
     /// the service's (`limits:` in nightshift.yml), else its default.
     pub limits: Option<LimitsFile>,
+    /// Commands run in the job's worktree, in the agent's box, after the agent ends and before anything is
+    /// delivered (at most 20). A failing step goes back to the agent with its output. Left out, the first
+    /// `verify:` default in nightshift.yml whose `repos` match applies; `verify: []` runs none. Steps come
+    /// only from trigger files and nightshift.yml (a repository's triggers from its default branch), never
+    /// from the pull request under review.
+    #[schemars(with = "Option<super::verify::VerifySchema>")]
+    pub verify: Option<super::verify::VerifyFile>,
+    /// How many more times the agent runs when a step fails, given the failure (default 2; 0 = none; at
+    /// most 5). Budgets and the timeout cover all runs together.
+    #[schemars(with = "Option<u32>")]
+    pub verify_rounds: Option<Spanned<u32>>,
+    /// When steps still fail after the last round: `fail` (default) delivers nothing; `draft` (output
+    /// pull_request only) opens the pull request as a draft labelled as failing verification.
+    #[schemars(with = "Option<super::verify::VerifyFail>")]
+    pub verify_fail: Option<Spanned<super::verify::VerifyFail>>,
 }
 
 /// `from:` — `anyone`, one association, or a list of them.

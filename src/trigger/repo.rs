@@ -191,4 +191,27 @@ mod tests {
                 .starts_with("acme/api/.nightshift/triggers/bad.yml:2:8: error: agent `zzz`")
         );
     }
+
+    #[test]
+    fn a_repository_trigger_keeps_its_verify_steps_from_the_files_it_is_given() {
+        // `RepoTriggers::read` gives `parse` the default branch's files only; what a pull request's head says
+        // about `verify:` never reaches here (tests/reload.rs shows a head's trigger file never runs).
+        let repo = RepoName::parse("acme/api").unwrap();
+        let agents: AgentKinds = [("a".to_owned(), "command")].into();
+        let files = vec![(
+            ".nightshift/triggers/fix.yml".to_owned(),
+            "on: issues\nagent: a\nprompt: x\noutput: pull_request\nverify:\n  - {name: tests, run: make test}\nverify_rounds: 1\nverify_fail: draft\n".to_owned(),
+        )];
+        let (set, problems) = parse(&repo, &files, &agents);
+        assert!(problems.is_empty(), "{problems:?}");
+        let t = &set.triggers()[0];
+        assert_eq!(
+            t.verify.as_ref().unwrap()[0].argv,
+            ["sh", "-c", "make test"]
+        );
+        assert_eq!(
+            (t.verify_rounds, t.verify_fail),
+            (Some(1), crate::trigger::VerifyFail::Draft)
+        );
+    }
 }
