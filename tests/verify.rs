@@ -38,22 +38,52 @@ async fn a_failing_step_goes_back_to_the_agent_and_the_pull_request_opens_once_a
     let fix = trigger("fixes", "pull_request", "");
     let mut spine = spine_with(&[("fix.yml", fix.as_str())]).await;
     spine.start().await;
-    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let log = spine.job_log(jobs[0].id).await;
     let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
     // Round 1 failed the step; round 2 was given its output and fixed it.
-    assert_eq!(lines.iter().filter(|l| l.starts_with("agent ended")).count(), 2, "{lines:#?}");
-    assert!(lines.iter().any(|l| l.starts_with("verify: `answer` failed")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("expected 42, got 41")), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.starts_with("verify: `answer` passed")), "{lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("agent ended"))
+            .count(),
+        2,
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("verify: `answer` failed")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("expected 42, got 41")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("verify: `answer` passed")),
+        "{lines:#?}"
+    );
     let pulls = spine.github.pulls();
     assert_eq!(pulls.len(), 1, "{pulls:#?}");
     assert!(!pulls[0].draft);
     assert!(pulls[0].body.contains("`answer`"), "{}", pulls[0].body);
-    assert!(pulls[0].body.contains("Fixed the answer"), "{}", pulls[0].body);
-    assert_eq!(git(&spine.remote, &["show", "nightshift/fix/1:answer.txt"]), "42");
+    assert!(
+        pulls[0].body.contains("Fixed the answer"),
+        "{}",
+        pulls[0].body
+    );
+    assert_eq!(
+        git(&spine.remote, &["show", "nightshift/fix/1:answer.txt"]),
+        "42"
+    );
     spine.assert_no_unexpected_calls();
 }
 
@@ -64,12 +94,18 @@ async fn work_that_never_passes_is_not_pushed_and_its_check_fails_with_the_steps
     let mut spine = spine_with(&[("fix.yml", fix.as_str()), ("check.yml", check.as_str())]).await;
     spine.start().await;
     // The check run needs a commit: a push event would give one; an issue's job works on the default branch.
-    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
     let jobs = spine.wait_for_finished_jobs(2).await;
     for job in &jobs {
         assert_eq!(job.state, JobState::Failed, "{job:?}");
         assert!(
-            job.error.as_deref().unwrap().contains("failed verification"),
+            job.error
+                .as_deref()
+                .unwrap()
+                .contains("failed verification"),
             "{:?}",
             job.error
         );
@@ -88,13 +124,20 @@ async fn work_that_never_passes_is_not_pushed_and_its_check_fails_with_the_steps
         .collect();
     assert_eq!(comments.len(), 2, "{comments:#?}");
     for c in &comments {
-        assert!(c.body.contains("`answer`") && c.body.contains("expected 42, got 41"), "{}", c.body);
+        assert!(
+            c.body.contains("`answer`") && c.body.contains("expected 42, got 41"),
+            "{}",
+            c.body
+        );
     }
     let runs = spine.github.check_runs();
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert_eq!(runs[0].conclusion.as_deref(), Some("failure"));
     assert!(
-        runs[0].output["summary"].as_str().unwrap().contains("expected 42, got 41"),
+        runs[0].output["summary"]
+            .as_str()
+            .unwrap()
+            .contains("expected 42, got 41"),
         "{:#?}",
         runs[0].output
     );
@@ -103,10 +146,17 @@ async fn work_that_never_passes_is_not_pushed_and_its_check_fails_with_the_steps
 
 #[tokio::test]
 async fn verify_fail_draft_opens_a_labelled_draft() {
-    let fix = trigger("never", "pull_request", "verify_rounds: 0\nverify_fail: draft\n");
+    let fix = trigger(
+        "never",
+        "pull_request",
+        "verify_rounds: 0\nverify_fail: draft\n",
+    );
     let mut spine = spine_with(&[("fix.yml", fix.as_str())]).await;
     spine.start().await;
-    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
     let pulls = spine.github.all_pulls();
@@ -114,7 +164,9 @@ async fn verify_fail_draft_opens_a_labelled_draft() {
     assert!(pr.draft);
     assert!(pr.title.starts_with("[failing `answer`]"), "{}", pr.title);
     assert!(
-        pr.labels.iter().any(|l| l == "nightshift: verification failed"),
+        pr.labels
+            .iter()
+            .any(|l| l == "nightshift: verification failed"),
         "{:?}",
         pr.labels
     );
@@ -129,7 +181,10 @@ async fn a_step_runs_in_the_box_and_cannot_read_the_services_files() {
     let trigger = config_peek.replace("CONFIG", &config);
     std::fs::write(spine.dir.path().join("triggers/peek.yml"), trigger).unwrap();
     spine.start().await;
-    assert_eq!(spine.deliver("issues", "l-1", &labeled(&spine, 1)).await, 202);
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].state, JobState::Failed, "{:?}", jobs[0].error);
     let log = spine.job_log(jobs[0].id).await;

@@ -130,7 +130,8 @@ impl RepoClient {
 
     /// `POST route` that creates something: sent once unless GitHub said it did nothing.
     pub async fn post(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
-        self.request(what, call::Verb::Post, route, Some(body)).await
+        self.request(what, call::Verb::Post, route, Some(body))
+            .await
     }
 
     /// `POST route` whose repetition is harmless.
@@ -151,7 +152,12 @@ impl RepoClient {
     }
 
     /// `PATCH route` sent once, like a create.
-    pub async fn patch_once(&self, what: &str, route: &str, body: &Value) -> Result<Value, GhError> {
+    pub async fn patch_once(
+        &self,
+        what: &str,
+        route: &str,
+        body: &Value,
+    ) -> Result<Value, GhError> {
         self.request(what, call::Verb::PatchOnce, route, Some(body))
             .await
     }

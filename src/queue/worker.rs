@@ -835,11 +835,12 @@ async fn run_in_worktree(
         .collect();
     // One round of the agent: the first with the prompt, the next ones (after a failed verify step) with the
     // follow-up, resuming the CLI's session when it has one. The timeout covers every round together.
+    let access_ref = access.as_ref();
     let run_round = |round_prompt: String, resume: Option<String>, history: Vec<agent::Turn>| {
         let sandbox = sandbox.clone();
         let vars = vars.clone();
         let tx = tx.clone();
-        let model = access.as_ref().map(|a| a.model_access(boxed));
+        let model = access_ref.map(|a| a.model_access(boxed));
         let home = home.clone();
         let output_dir = output_dir.clone();
         async move {
@@ -883,7 +884,7 @@ async fn run_in_worktree(
                 ),
             )
             .await;
-            if let Some(reason) = access.as_ref().and_then(|a| a.refusal()) {
+            if let Some(reason) = access_ref.and_then(|a| a.refusal()) {
                 let why = format!("budget reached: {reason}");
                 return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
             }
@@ -953,7 +954,9 @@ async fn run_in_worktree(
             // The CLIs keep their context in the same session, an endpoint gets the rounds before as the
             // conversation, a program gets the task again with the follow-up after it.
             outcome = match (outcome.session.clone(), &profile.backend) {
-                (Some(session), _) => run_round(follow_up.clone(), Some(session), Vec::new()).await?,
+                (Some(session), _) => {
+                    run_round(follow_up.clone(), Some(session), Vec::new()).await?
+                }
                 (None, crate::config::Backend::OpenAi(_)) => {
                     run_round(follow_up.clone(), None, turns.clone()).await?
                 }
@@ -969,7 +972,7 @@ async fn run_in_worktree(
         anyhow::Ok((outcome, verified))
     }
     .await;
-    drop(run_round);
+
     drop(tx);
     let _ = logger.await;
     // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
@@ -1009,8 +1012,10 @@ async fn run_in_worktree(
         {
             let public =
                 crate::sink::texts::verify_failed(&failed.name, &failed.status, &failed.tail);
-            return Err(anyhow!("failed verification: `{}` ({})", failed.name, failed.status)
-                .context(Failure::Verify(public)));
+            return Err(
+                anyhow!("failed verification: `{}` ({})", failed.name, failed.status)
+                    .context(Failure::Verify(public)),
+            );
         }
         Some(failed) => Some(failed.name.clone()),
         None => None,
@@ -1167,7 +1172,10 @@ async fn run_verify_steps(
             let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
             let mut kept = 0usize;
             while let Some((stream, line)) = rx.recv().await {
-                if let Err(e) = store.append_log(job_id, stream, std::slice::from_ref(&line)).await {
+                if let Err(e) = store
+                    .append_log(job_id, stream, std::slice::from_ref(&line))
+                    .await
+                {
                     warn!("writing the job log failed: {e:#}");
                 }
                 kept += line.len() + 1;
@@ -1224,7 +1232,9 @@ async fn run_verify_steps(
             }
             tail.push_str(&logged);
             let cut = tail.len().saturating_sub(STEP_TAIL);
-            let cut = (cut..=tail.len()).find(|i| tail.is_char_boundary(*i)).unwrap_or(tail.len());
+            let cut = (cut..=tail.len())
+                .find(|i| tail.is_char_boundary(*i))
+                .unwrap_or(tail.len());
             return Ok(StepsRun {
                 results,
                 failed: Some(FailedStep {
