@@ -593,3 +593,61 @@ async fn a_model_endpoint_that_refuses_the_request_fails_the_job_at_once() {
         comments[0].body
     );
 }
+
+/// Verification with the real Codex CLI: its first round leaves a failing step; the follow-up resumes the
+/// same Codex session (the same `session-id`, a cold resume of the saved history) and carries the step's
+/// output; the second round fixes it and the pull request opens once, with the evidence.
+#[tokio::test]
+async fn a_codex_job_whose_verify_step_fails_is_resumed_with_the_failure_and_fixes_it() {
+    let model = ModelServer::agent(vec![
+        Step::Patch("*** Begin Patch\n*** Add File: answer.txt\n+41\n*** End Patch\n".into()),
+        Step::Text("Wrote the answer.".into()),
+        Step::Patch(
+            "*** Begin Patch\n*** Update File: answer.txt\n@@\n-41\n+42\n*** End Patch\n".into(),
+        ),
+        Step::Text("Fixed the answer: 42.".into()),
+    ])
+    .await;
+    let trigger = (
+        "fix.yml",
+        "on:\n  issues:\n    types: [labeled]\nagent: fixer\nprompt: Write the answer.\noutput: pull_request\n\
+         verify:\n  - name: answer\n    run: 'a=$(cat answer.txt); [ \"$a\" = 42 ] || { echo \"expected 42, got $a\"; exit 1; }'\n",
+    );
+    let (spine, job, log) = one_job(
+        trigger,
+        format!(
+            "  fixer: {{codex: {{model: gpt-5.5, base_url: \"{}/v1\", api_key_env: TEST_CODEX_KEY}}, timeout: 120s}}\n",
+            model.url
+        ),
+        "",
+        &[
+            ("PATH", &path_with_agent_clis()),
+            ("TEST_CODEX_KEY", "sk-test-codex"),
+        ],
+        "issues",
+        "issues/labeled.json",
+    )
+    .await;
+    let requests = model.requests();
+    assert_eq!(job.state, JobState::Succeeded, "{:?}\n{log:#?}", job.error);
+    assert_eq!(requests.len(), 4, "two turns in each round");
+    // Round 2 resumed round 1's session (its request carries round 1's conversation: a fresh session would
+    // not) and was told what failed.
+    let resumed = requests[2].body.to_string();
+    assert!(resumed.contains("expected 42, got 41"), "{resumed}");
+    assert!(
+        resumed.contains("Wrote the answer."),
+        "the first round's history is there"
+    );
+    assert!(resumed.contains("*** Add File: answer.txt"), "{resumed}");
+    // Verified work, once, with the evidence.
+    let pulls = spine.github.pulls();
+    assert_eq!(pulls.len(), 1);
+    assert!(pulls[0].body.contains("`answer`"), "{}", pulls[0].body);
+    let branch = &pulls[0].head;
+    assert_eq!(
+        git(&spine.remote, &["show", &format!("{branch}:answer.txt")]),
+        "42"
+    );
+    spine.assert_no_unexpected_calls();
+}

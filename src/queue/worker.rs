@@ -1210,6 +1210,17 @@ async fn run_verify_steps(
         .context(Failure::Config)?;
         let ms = started.elapsed().as_millis() as u64;
         let logged = collector.await.unwrap_or_default();
+        // What it printed on stdout (a program's "message") is in the job log too, with the rest.
+        if !outcome.message.trim().is_empty() {
+            let lines: Vec<String> = outcome.message.lines().map(str::to_owned).collect();
+            if let Err(e) = pipeline
+                .store
+                .append_log(job.id, LogStream::Stdout, &lines)
+                .await
+            {
+                warn!("writing the job log failed: {e:#}");
+            }
+        }
         let passed = outcome.failure.is_none();
         note(
             pipeline,

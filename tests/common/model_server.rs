@@ -139,7 +139,8 @@ fn step(script: &Shared, index: usize) -> Step {
         .unwrap_or_else(|| Step::Text("(the script has no more steps)".into()))
 }
 
-/// The Responses API, streamed: the step is the number of tool outputs in the input so far.
+/// The Responses API, streamed: the step is the number of tool outputs and of the model's own answers in
+/// the input so far (a resumed session carries the answers of the rounds before).
 async fn responses(State(script): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let request = record(&script, "/v1/responses", &headers, &body);
     let done = request["input"].as_array().map_or(0, |items| {
@@ -149,7 +150,7 @@ async fn responses(State(script): State<Shared>, headers: HeaderMap, body: Bytes
                 matches!(
                     i["type"].as_str(),
                     Some("function_call_output" | "custom_tool_call_output")
-                )
+                ) || (i["type"] == "message" && i["role"] == "assistant")
             })
             .count()
     });
