@@ -194,3 +194,53 @@ async fn a_step_runs_in_the_box_and_cannot_read_the_services_files() {
     );
     assert!(spine.github.pulls().is_empty());
 }
+
+/// A pull request that changes a repository trigger's `verify:` cannot change the steps its own job runs:
+/// repository triggers are read from the default branch.
+#[tokio::test]
+async fn a_pull_request_cannot_change_the_steps_that_verify_it() {
+    let mut spine = spine_with(&[]).await;
+    let on_main = "on: pull_request\nfrom: anyone\nforks: allow\nagent: fixes\nprompt: x\nprogress: false\nverify:\n  - name: guard\n    run: 'echo main says no; exit 7'\nverify_rounds: 0\n";
+    spine.commit("main", "main", ".nightshift/triggers/guard.yml", on_main);
+    let in_pr = on_main.replace("echo main says no; exit 7", "true");
+    let head = spine.commit("main", "feature", ".nightshift/triggers/guard.yml", &in_pr);
+    spine.start().await;
+    let mut v: Value = serde_json::from_slice(&spine.payload("pull_request/opened.json")).unwrap();
+    v["pull_request"]["head"]["sha"] = head.into();
+    v["pull_request"]["head"]["ref"] = "feature".into();
+    v["pull_request"]["head"]["repo"] = v["pull_request"]["base"]["repo"].clone();
+    v["pull_request"]["base"]["ref"] = "main".into();
+    let body = serde_json::to_vec(&v).unwrap();
+    assert_eq!(spine.deliver("pull_request", "pr-1", &body).await, 202);
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed, "{:?}", jobs[0].error);
+    let log = spine.job_log(jobs[0].id).await;
+    assert!(
+        log.iter().any(|l| l.line == "main says no"),
+        "the default branch's step ran: {log:#?}"
+    );
+}
+
+/// A step has the agent's network: none (the fake GitHub listens on this machine's loopback, which the box
+/// does not share).
+#[tokio::test]
+async fn a_step_cannot_reach_the_network() {
+    let mut spine = spine_with(&[]).await;
+    let url = spine.github.url.clone();
+    let trigger = format!(
+        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: fixes\nprompt: x\nprogress: false\noutput: comment\nverify:\n  - name: reach\n    argv: [curl, -sS, --max-time, '5', '{url}/zen']\nverify_rounds: 0\n"
+    );
+    std::fs::write(spine.dir.path().join("triggers/reach.yml"), trigger).unwrap();
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Failed, "{:?}", jobs[0].error);
+    assert!(
+        !spine.github.calls().iter().any(|c| c.contains("/zen")),
+        "the step reached the fake GitHub: {:?}",
+        spine.github.calls()
+    );
+}
