@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use octocrab::secrecy::SecretString;
+use octocrab::secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
@@ -490,6 +490,41 @@ impl Config {
         };
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         resolve(file, path, &base, source.env)
+    }
+
+    /// Registers the configuration's secrets with the process registry: the webhook secrets, the GitHub token or
+    /// App key, each profile's model key (`api_key_env`), and each `env:` pass-through variable whose name says
+    /// it is secret ([`secret_name`]), as `env` (the service's environment) holds them.
+    pub fn register_secrets(&self, env: &dyn Fn(&str) -> Option<String>) {
+        let config = self;
+        let secrets = crate::redact::global();
+        for s in &config.github.webhook_secrets {
+            secrets.add(s.expose_secret());
+        }
+        match &config.github.auth {
+            GithubAuth::App {
+                private_key_pem, ..
+            } => secrets.add(private_key_pem.expose_secret()),
+            GithubAuth::Token(token) => secrets.add(token.expose_secret()),
+            GithubAuth::None => {}
+        }
+        for profile in config.agents.values() {
+            let key = match &profile.backend {
+                Backend::Codex(o) | Backend::Claude(o) => Some(o.api_key_env.as_str()),
+                Backend::OpenAi(o) => o.api_key_env.as_deref(),
+                Backend::Command(_) => None,
+            };
+            let passed = profile
+                .env
+                .iter()
+                .map(String::as_str)
+                .filter(|n| crate::redact::secret_name(n));
+            for name in key.into_iter().chain(passed) {
+                if let Some(value) = env(name) {
+                    secrets.add(&value);
+                }
+            }
+        }
     }
 
     /// The agent profiles' names and backends, for checking triggers.

@@ -4,7 +4,7 @@
 //! and in everything posted to GitHub.
 //!
 //! One registry per process ([`global`]): the service registers its configuration's secrets at start
-//! ([`register_config`]), and the GitHub client registers each token it mints (forgotten a while after it
+//! (`Config::register_secrets`), and the GitHub client registers each token it mints (forgotten a while after it
 //! expires). Redaction is one pass of an Aho-Corasick matcher over all values, the longest match first, so a
 //! secret that contains another is replaced whole.
 
@@ -13,10 +13,6 @@ use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use aho_corasick::{AhoCorasick, MatchKind};
-
-use octocrab::secrecy::ExposeSecret;
-
-use crate::config::{Backend, Config, GithubAuth};
 
 /// What a secret is replaced by.
 pub const REDACTED: &str = "[redacted]";
@@ -152,40 +148,6 @@ impl Secrets {
             serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
             serde_json::Value::Object(map) => map.values_mut().for_each(|v| self.redact_json(v)),
             _ => {}
-        }
-    }
-}
-
-/// Registers the configuration's secrets with the process registry: the webhook secrets, the GitHub token or
-/// App key, each profile's model key (`api_key_env`), and each `env:` pass-through variable whose name says
-/// it is secret ([`secret_name`]), as `env` (the service's environment) holds them.
-pub fn register_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) {
-    let secrets = global();
-    for s in &config.github.webhook_secrets {
-        secrets.add(s.expose_secret());
-    }
-    match &config.github.auth {
-        GithubAuth::App {
-            private_key_pem, ..
-        } => secrets.add(private_key_pem.expose_secret()),
-        GithubAuth::Token(token) => secrets.add(token.expose_secret()),
-        GithubAuth::None => {}
-    }
-    for profile in config.agents.values() {
-        let key = match &profile.backend {
-            Backend::Codex(o) | Backend::Claude(o) => Some(o.api_key_env.as_str()),
-            Backend::OpenAi(o) => o.api_key_env.as_deref(),
-            Backend::Command(_) => None,
-        };
-        let passed = profile
-            .env
-            .iter()
-            .map(String::as_str)
-            .filter(|n| secret_name(n));
-        for name in key.into_iter().chain(passed) {
-            if let Some(value) = env(name) {
-                secrets.add(&value);
-            }
         }
     }
 }

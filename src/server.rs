@@ -129,7 +129,7 @@ pub async fn serve(
     });
 
     // Every secret the service knows is redacted from job logs and from what it posts.
-    crate::redact::register_config(&pipeline.config, &*pipeline.env);
+    pipeline.config.register_secrets(&*pipeline.env);
 
     // Asking each agent CLI for its --help takes a moment; it must not hold up the first webhook.
     let checked = pipeline.clone();
