@@ -4,6 +4,7 @@
 //! interface is what a Postgres implementation for several replicas satisfies too: every operation that must
 //! be atomic (claiming a job, recording a match) is one call here, never a read-then-write in the caller.
 
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 
 use crate::ids::{DeliveryId, JobId};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A verified delivery, as it will be stored.
@@ -366,9 +368,35 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        bail!(
-            "this build of nightshift supports only SQLite stores (sqlite://PATH); Postgres is not available yet"
-        );
+        let store = PostgresStore::connect(url)
+            .await
+            .with_context(|| format!("opening the store {}", without_password(url)))?;
+        return Ok(Arc::new(store));
     }
-    bail!("unknown store URL `{url}`: write sqlite://PATH")
+    bail!(
+        "unknown store URL `{}`: write sqlite://PATH or postgres://USER@HOST/DATABASE",
+        without_password(url)
+    )
+}
+
+/// A store URL as it may be logged: a password in it (`postgres://user:secret@host/db`, or
+/// `?password=secret`) is replaced.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) if query.to_ascii_lowercase().contains("password") => (rest, "?***"),
+        Some((rest, query)) => (rest, &url[url.len() - query.len() - 1..]),
+        None => (rest, ""),
+    };
+    // The userinfo ends at the last `@` before the path.
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) if authority[..at].contains(':') => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}{query}", &rest[at + 1..])
+        }
+        _ => format!("{scheme}://{rest}{query}"),
+    }
 }
