@@ -12,6 +12,8 @@ need npm || missing+=(npm)
 need tar || missing+=(tar)
 need curl || missing+=(curl)
 need pgrep || missing+=(procps)
+# The store's tests run against a real Postgres too (src/store/tests.rs starts one per test).
+need initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null

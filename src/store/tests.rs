@@ -1,0 +1,873 @@
+//! The store's tests, run against both stores: SQLite on a temporary file, and a real Postgres server that
+//! each test starts on a temporary directory (`PgServer`) and stops when it ends. A missing Postgres fails
+//! the test (nothing is skipped): `scripts/test.sh` installs it, or `apt-get install postgresql`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+/// A store under test, and what it needs to live (its file, or its server).
+pub(crate) struct TestDb {
+    store: Arc<dyn Store>,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir, sqlx::SqlitePool),
+    Postgres(PgServer, sqlx::PgPool),
+}
+
+impl TestDb {
+    pub(crate) async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sub/n.db", dir.path().display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let pool = store.pool.clone();
+        TestDb {
+            store: Arc::new(store),
+            backend: Backend::Sqlite(dir, pool),
+        }
+    }
+
+    pub(crate) async fn postgres() -> TestDb {
+        let server = PgServer::start();
+        let store = PostgresStore::connect(&server.url()).await.unwrap();
+        let pool = store.pool.clone();
+        TestDb {
+            store: Arc::new(store),
+            backend: Backend::Postgres(server, pool),
+        }
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// Another connection pool on the same database: a second replica, for Postgres.
+    pub(crate) async fn replica(&self) -> Arc<dyn Store> {
+        match &self.backend {
+            Backend::Sqlite(..) => self.store.clone(),
+            Backend::Postgres(server, _) => {
+                Arc::new(PostgresStore::connect(&server.url()).await.unwrap())
+            }
+        }
+    }
+
+    /// Runs SQL the store has no call for (moving time forward for a test).
+    pub(crate) async fn exec(&self, sql: &'static str) {
+        match &self.backend {
+            Backend::Sqlite(_, pool) => {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            }
+            Backend::Postgres(_, pool) => {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            }
+        }
+    }
+}
+
+/// A Postgres server of its own on a temporary directory, reachable only on a Unix socket in that
+/// directory (no TCP port another user could reach or take first), with `trust` authentication for the
+/// socket. Postgres refuses to run as root: as root, the server runs as the `postgres` user.
+pub(crate) struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    run_as: Option<String>,
+    port: u16,
+}
+
+impl PgServer {
+    pub(crate) fn start() -> PgServer {
+        let bin = postgres_bin().unwrap_or_else(|| {
+            panic!(
+                "no Postgres server found (initdb on PATH or in /usr/lib/postgresql/*/bin): the store's tests \
+                 need one; scripts/test.sh installs it (apt-get install postgresql)"
+            )
+        });
+        let root = is_root();
+        let dir = tempfile::Builder::new()
+            .prefix("nightshift-pg-")
+            .tempdir()
+            .unwrap();
+        let run_as = root.then(|| "postgres".to_owned());
+        if root {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown postgres {}", dir.path().display());
+        }
+        // A port number names the socket file only; the server listens on no TCP address.
+        let port = 40_000 + (std::process::id() % 20_000) as u16;
+        let server = PgServer {
+            dir,
+            bin,
+            run_as,
+            port,
+        };
+        let data = server.dir.path().join("data");
+        server.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "--auth=trust".as_ref(),
+                "--no-sync".as_ref(),
+                "--no-instructions".as_ref(),
+            ],
+        );
+        let options = format!(
+            "-c listen_addresses='' -k {} -p {} -c fsync=off -c synchronous_commit=off",
+            server.dir.path().display(),
+            server.port
+        );
+        let log = server.dir.path().join("server.log");
+        server.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-w".as_ref(),
+                "start".as_ref(),
+            ],
+        );
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!(
+            "postgres://postgres@localhost/postgres?host={}&port={}",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    fn run(&self, tool: &str, args: &[&std::ffi::OsStr]) {
+        let program = self.bin.join(tool);
+        let mut command = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(user).arg("--").arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        let output = command
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+        assert!(
+            output.status.success(),
+            "{tool} failed: {}\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        );
+    }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The effective user owns what it creates.
+    let probe = tempfile::tempfile().unwrap();
+    probe.metadata().unwrap().uid() == 0
+}
+
+/// Where `initdb` and `pg_ctl` are: on PATH, or Debian's versioned folder (the newest).
+fn postgres_bin() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+    });
+    if on_path.is_some() {
+        return on_path;
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(Path::new("/usr/lib/postgresql"))
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn policy(lease: Duration) -> ClaimPolicy {
+    ClaimPolicy {
+        lease,
+        jobs_per_hour: 1000,
+    }
+}
+
+fn delivery(id: &str) -> NewDelivery {
+    NewDelivery {
+        delivery_id: DeliveryId(id.to_owned()),
+        event: "issues".into(),
+        action: Some("opened".into()),
+        repo: Some("o/r".into()),
+        installation_id: Some(7),
+        payload: b"{}".to_vec(),
+    }
+}
+
+fn job(trigger: &str) -> NewJob {
+    NewJob {
+        trigger: trigger.into(),
+        repo: "o/r".into(),
+        spec: "{}".into(),
+        error: None,
+        concurrency_group: None,
+        cancel_in_progress: false,
+    }
+}
+
+async fn a_repeated_delivery_is_stored_once(db: &TestDb) {
+    let store = db.store();
+    assert!(matches!(
+        store.insert_delivery(&delivery("a")).await.unwrap(),
+        Inserted::New(_)
+    ));
+    assert_eq!(
+        store.insert_delivery(&delivery("a")).await.unwrap(),
+        Inserted::Duplicate
+    );
+    assert_eq!(store.delivery_count().await.unwrap(), 1);
+}
+
+async fn matching_is_recorded_once_and_jobs_are_claimed_in_order(db: &TestDb) {
+    let store = db.store();
+    let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(store.unmatched_deliveries(10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .record_match(d, &[job("first"), job("second")])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.record_match(d, &[job("first")]).await.unwrap(),
+        0,
+        "matching twice adds no job"
+    );
+    assert!(store.unmatched_deliveries(10).await.unwrap().is_empty());
+
+    let lease = Duration::from_secs(60);
+    let a = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+    let b = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(
+        (a.trigger.as_str(), b.trigger.as_str()),
+        ("first", "second")
+    );
+    assert_eq!(a.delivery_id.0, "a");
+    assert!(
+        store
+            .claim_job("w3", policy(lease))
+            .await
+            .unwrap()
+            .is_none(),
+        "leased jobs are not claimed twice"
+    );
+
+    assert!(
+        !store
+            .finish_job(a.id, "w2", Ending::Succeeded)
+            .await
+            .unwrap(),
+        "only the lease owner finishes a job"
+    );
+    assert!(
+        store
+            .finish_job(a.id, "w1", Ending::Succeeded)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_job(b.id, "w2", Ending::Failed("boom"))
+            .await
+            .unwrap()
+    );
+    let jobs = store.jobs().await.unwrap();
+    assert_eq!(jobs[0].state, JobState::Succeeded);
+    assert_eq!(
+        (jobs[1].state, jobs[1].error.as_deref()),
+        (JobState::Failed, Some("boom"))
+    );
+}
+
+async fn an_expired_lease_is_taken_over_and_each_start_counted(db: &TestDb) {
+    let store = db.store();
+    let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    store.record_match(d, &[job("t")]).await.unwrap();
+    let short = Duration::from_millis(0);
+    let first = store
+        .claim_job("dead", policy(short))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = store
+        .claim_job("alive", policy(short))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.id, first.attempt, second.attempt), (second.id, 1, 2));
+    assert_eq!(
+        store.renew_lease(first.id, "dead", short).await.unwrap(),
+        Lease::Lost,
+        "the dead worker lost its lease"
+    );
+    assert!(
+        !store
+            .finish_job(first.id, "dead", Ending::Succeeded)
+            .await
+            .unwrap(),
+        "a stale worker ends nothing"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The worker judges the attempts (and says so where the job came from).
+    let third = store
+        .claim_job("third", policy(short))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.attempt, 3);
+}
+
+async fn a_stored_result_is_delivered_without_running_the_agent_again(db: &TestDb) {
+    let store = db.store();
+    let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    store.record_match(d, &[job("t")]).await.unwrap();
+    let short = Duration::from_millis(0);
+    let j = store.claim_job("w1", policy(short)).await.unwrap().unwrap();
+    assert_eq!((j.attempt, j.result.as_deref()), (1, None));
+    assert!(
+        store
+            .store_result(j.id, "w1", "{\"done\":1}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.store_result(j.id, "stale", "{}").await.unwrap(),
+        "only the lease holder stores a result"
+    );
+    assert_eq!(
+        store.job(j.id).await.unwrap().unwrap().state,
+        JobState::Delivering
+    );
+    // Its worker died while delivering: the next one gets the result, and the agent's starts stay 1.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = store.claim_job("w2", policy(short)).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempt), (j.id, 1));
+    assert_eq!(again.result.as_deref(), Some("{\"done\":1}"));
+    assert_eq!(
+        store.job(j.id).await.unwrap().unwrap().state,
+        JobState::Delivering
+    );
+    assert!(
+        store
+            .finish_job(j.id, "w2", Ending::Succeeded)
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_deferred_job_waits_with_its_reason_and_keeps_its_phase(db: &TestDb) {
+    let store = db.store();
+    for id in ["a", "b"] {
+        let Inserted::New(d) = store.insert_delivery(&delivery(id)).await.unwrap() else {
+            panic!()
+        };
+        store.record_match(d, &[job("t")]).await.unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let a = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    let b = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    // `a` could not fetch: back to the queue, its start not counted. `b` ran: it waits to deliver.
+    let later = crate::now_ms() + 60_000;
+    assert!(
+        store
+            .defer_job(a.id, "w", later, "git fetch failed")
+            .await
+            .unwrap()
+    );
+    assert!(store.store_result(b.id, "w", "{}").await.unwrap());
+    assert!(
+        store
+            .defer_job(b.id, "w", later, "GitHub answered 502")
+            .await
+            .unwrap()
+    );
+    let jobs = store.jobs().await.unwrap();
+    assert_eq!(
+        jobs.iter()
+            .map(|j| (j.state, j.attempts, j.retries, j.waiting.clone().unwrap()))
+            .collect::<Vec<_>>(),
+        [
+            (JobState::Queued, 0, 1, "git fetch failed".to_owned()),
+            (JobState::Delivering, 1, 1, "GitHub answered 502".to_owned())
+        ]
+    );
+    assert!(
+        store.claim_job("w", policy(lease)).await.unwrap().is_none(),
+        "both wait"
+    );
+    // Their time comes.
+    db.exec("UPDATE jobs SET next_attempt_at = 0").await;
+    let a2 = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    let b2 = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(
+        (a2.id, a2.attempt, a2.retries, a2.result),
+        (a.id, 1, 1, None)
+    );
+    assert_eq!(
+        (b2.id, b2.attempt, b2.result.as_deref()),
+        (b.id, 1, Some("{}"))
+    );
+    assert!(store.job(a.id).await.unwrap().unwrap().waiting.is_none());
+}
+
+async fn a_repository_past_its_jobs_an_hour_waits_and_says_why(db: &TestDb) {
+    let store = db.store();
+    for id in ["a", "b", "c"] {
+        let Inserted::New(d) = store.insert_delivery(&delivery(id)).await.unwrap() else {
+            panic!()
+        };
+        store.record_match(d, &[job("t")]).await.unwrap();
+    }
+    let capped = ClaimPolicy {
+        lease: Duration::from_secs(60),
+        jobs_per_hour: 2,
+    };
+    assert!(store.claim_job("w", capped).await.unwrap().is_some());
+    assert!(store.claim_job("w", capped).await.unwrap().is_some());
+    assert!(store.claim_job("w", capped).await.unwrap().is_none());
+    let third = &store.jobs().await.unwrap()[2];
+    assert_eq!(third.state, JobState::Queued);
+    assert!(
+        third
+            .waiting
+            .as_deref()
+            .unwrap()
+            .contains("2 jobs in the last hour"),
+        "{third:?}"
+    );
+    let wait = third.next_attempt_at.unwrap() - crate::now_ms();
+    assert!((3_500_000..=3_600_000).contains(&wait), "{wait}");
+}
+
+async fn a_concurrency_group_runs_one_job_at_a_time_and_can_cancel_the_rest(db: &TestDb) {
+    let store = db.store();
+    let lease = Duration::from_secs(60);
+    let grouped = |trigger: &str, cancel: bool| NewJob {
+        concurrency_group: Some("pr-1".into()),
+        cancel_in_progress: cancel,
+        ..job(trigger)
+    };
+    let Inserted::New(d1) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    store
+        .record_match(d1, &[grouped("one", false), job("free")])
+        .await
+        .unwrap();
+    let Inserted::New(d2) = store.insert_delivery(&delivery("b")).await.unwrap() else {
+        panic!()
+    };
+    store
+        .record_match(d2, &[grouped("two", false)])
+        .await
+        .unwrap();
+
+    let one = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+    let free = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(
+        (one.trigger.as_str(), free.trigger.as_str()),
+        ("one", "free")
+    );
+    assert!(
+        store
+            .claim_job("w3", policy(lease))
+            .await
+            .unwrap()
+            .is_none(),
+        "`two` waits for `one`"
+    );
+    store
+        .finish_job(one.id, "w1", Ending::Succeeded)
+        .await
+        .unwrap();
+    let two = store.claim_job("w3", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(two.trigger, "two");
+
+    // A job that cancels in progress: the queued one is cancelled, the running one asked to stop.
+    let Inserted::New(d3) = store.insert_delivery(&delivery("c")).await.unwrap() else {
+        panic!()
+    };
+    store
+        .record_match(d3, &[grouped("three", false)])
+        .await
+        .unwrap();
+    let Inserted::New(d4) = store.insert_delivery(&delivery("d")).await.unwrap() else {
+        panic!()
+    };
+    store
+        .record_match(d4, &[grouped("four", true)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.renew_lease(two.id, "w3", lease).await.unwrap(),
+        Lease::CancelRequested
+    );
+    store
+        .finish_job(two.id, "w3", Ending::Cancelled("replaced"))
+        .await
+        .unwrap();
+    let four = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(four.trigger, "four");
+    let states: Vec<(String, JobState)> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.trigger, j.state))
+        .collect();
+    assert!(
+        states.contains(&("three".into(), JobState::Cancelled)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("two".into(), JobState::Cancelled)),
+        "{states:?}"
+    );
+}
+
+async fn concurrent_writers_wait_for_each_other_instead_of_failing(db: &TestDb) {
+    let store = db.store();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let id = format!("{t}-{i}");
+                let Inserted::New(d) = store.insert_delivery(&delivery(&id)).await? else {
+                    anyhow::bail!("duplicate")
+                };
+                store.record_match(d, &[job("a"), job("b")]).await?;
+                if let Some(j) = store
+                    .claim_job(&id, policy(Duration::from_secs(60)))
+                    .await?
+                {
+                    store
+                        .append_log(j.id, LogStream::Nightshift, &["x".into()])
+                        .await?;
+                    store.finish_job(j.id, &id, Ending::Succeeded).await?;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(store.delivery_count().await.unwrap(), 160);
+}
+
+async fn a_job_that_could_not_be_prepared_is_stored_failed(db: &TestDb) {
+    let store = db.store();
+    let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    let mut bad = job("t");
+    bad.error = Some("undefined value".into());
+    assert_eq!(store.record_match(d, &[bad]).await.unwrap(), 0);
+    assert!(
+        store
+            .claim_job("w", policy(Duration::from_secs(1)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.jobs().await.unwrap()[0].state, JobState::Failed);
+}
+
+async fn logs_and_outputs_round_trip(db: &TestDb) {
+    let store = db.store();
+    let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    store.record_match(d, &[job("t")]).await.unwrap();
+    let j = store
+        .claim_job("w", policy(Duration::from_secs(9)))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .append_log(j.id, LogStream::Stderr, &["one".into(), "two".into()])
+        .await
+        .unwrap();
+    let log = store.job_log(j.id).await.unwrap();
+    assert_eq!(
+        log.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    assert!(store.find_output(j.id, "comment").await.unwrap().is_none());
+    let mut out = Output {
+        kind: "comment".into(),
+        key: "comment".into(),
+        url: None,
+        github_id: None,
+        pending: true,
+    };
+    store.record_output(j.id, &out).await.unwrap();
+    assert_eq!(
+        store.find_output(j.id, "comment").await.unwrap(),
+        Some(out.clone())
+    );
+    out.url = Some("u".into());
+    out.github_id = Some(7);
+    out.pending = false;
+    store.record_output(j.id, &out).await.unwrap();
+    assert_eq!(
+        store.find_output(j.id, "comment").await.unwrap(),
+        Some(out.clone())
+    );
+    assert_eq!(store.outputs(j.id).await.unwrap(), [out]);
+    assert_eq!(store.delivery_payload(d).await.unwrap(), b"{}");
+}
+/// Replicas claiming at once never take one job twice.
+async fn replicas_claiming_at_once_take_each_job_once(db: &TestDb) {
+    let store = db.store();
+    for i in 0..40 {
+        let Inserted::New(d) = store
+            .insert_delivery(&delivery(&format!("d{i}")))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        store.record_match(d, &[job("a"), job("b")]).await.unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let mut tasks = Vec::new();
+    for r in 0..8 {
+        let replica = db.replica().await;
+        tasks.push(tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            while let Some(j) = replica.claim_job(&format!("r{r}"), policy(lease)).await? {
+                claimed.push(j.id.0);
+            }
+            anyhow::Ok(claimed)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap().unwrap());
+    }
+    let claimed = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((claimed, all.len()), (80, 80), "each job claimed once");
+}
+
+/// Replicas claiming at the same moment start one job of a concurrency group, not one each.
+async fn replicas_claiming_at_once_start_one_job_of_a_group(db: &TestDb) {
+    let store = db.store();
+    let lease = Duration::from_secs(60);
+    let mut replicas = Vec::new();
+    for _ in 0..6 {
+        replicas.push(db.replica().await);
+    }
+    for round in 0..10 {
+        for i in 0..6 {
+            let Inserted::New(d) = store
+                .insert_delivery(&delivery(&format!("d{round}-{i}")))
+                .await
+                .unwrap()
+            else {
+                panic!()
+            };
+            let grouped = NewJob {
+                concurrency_group: Some(format!("g{round}")),
+                ..job("t")
+            };
+            store.record_match(d, &[grouped]).await.unwrap();
+        }
+        let start = Arc::new(tokio::sync::Barrier::new(replicas.len()));
+        let mut tasks = Vec::new();
+        for (r, replica) in replicas.iter().enumerate() {
+            let (replica, start) = (replica.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                replica.claim_job(&format!("r{r}"), policy(lease)).await
+            }));
+        }
+        let mut started = Vec::new();
+        for task in tasks {
+            started.extend(task.await.unwrap().unwrap());
+        }
+        assert_eq!(
+            started.len(),
+            1,
+            "round {round}: {:?}",
+            started.iter().map(|j| j.id).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Text from payloads and agents may hold NUL (SQLite keeps it, Postgres refuses it): it never fails the
+/// write, and the rest of the text is kept.
+async fn text_with_nul_is_stored(db: &TestDb) {
+    let store = db.store();
+    let mut hostile = delivery("nul\0id");
+    hostile.repo = Some("o/r\0".into());
+    let Inserted::New(d) = store.insert_delivery(&hostile).await.unwrap() else {
+        panic!()
+    };
+    store.record_match(d, &[job("t")]).await.unwrap();
+    let j = store
+        .claim_job("w", policy(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .append_log(j.id, LogStream::Stdout, &["before\0after".into()])
+        .await
+        .unwrap();
+    let log = store.job_log(j.id).await.unwrap();
+    assert!(
+        log[0].line.starts_with("before") && log[0].line.ends_with("after"),
+        "{log:?}"
+    );
+    assert!(
+        store
+            .store_result(j.id, "w", "{\"x\":\"a\0b\"}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .finish_job(j.id, "w", Ending::Failed("bad\0error"))
+            .await
+            .unwrap()
+    );
+    let record = store.job(j.id).await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Failed);
+    assert!(record.error.unwrap().starts_with("bad"));
+}
+
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::postgres().await;
+                    super::$name(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    a_repeated_delivery_is_stored_once,
+    matching_is_recorded_once_and_jobs_are_claimed_in_order,
+    an_expired_lease_is_taken_over_and_each_start_counted,
+    a_stored_result_is_delivered_without_running_the_agent_again,
+    a_deferred_job_waits_with_its_reason_and_keeps_its_phase,
+    a_repository_past_its_jobs_an_hour_waits_and_says_why,
+    a_concurrency_group_runs_one_job_at_a_time_and_can_cancel_the_rest,
+    concurrent_writers_wait_for_each_other_instead_of_failing,
+    a_job_that_could_not_be_prepared_is_stored_failed,
+    logs_and_outputs_round_trip,
+    replicas_claiming_at_once_take_each_job_once,
+    replicas_claiming_at_once_start_one_job_of_a_group,
+    text_with_nul_is_stored,
+);
+
+#[test]
+fn a_store_url_is_logged_without_its_password() {
+    for (url, shown) in [
+        (
+            "postgres://ns:s3cret@db.internal:5432/nightshift",
+            "postgres://ns:***@db.internal:5432/nightshift",
+        ),
+        (
+            "postgresql://ns:p@ss@w0rd@db/n?sslmode=require",
+            "postgresql://ns:***@db/n?sslmode=require",
+        ),
+        (
+            "postgres://ns@db/n?sslmode=require&password=s3cret",
+            "postgres://ns@db/n?***",
+        ),
+        ("postgres://ns@db/n", "postgres://ns@db/n"),
+        ("sqlite:///var/lib/n.db", "sqlite:///var/lib/n.db"),
+    ] {
+        assert_eq!(super::without_password(url), shown);
+    }
+}
+
+#[tokio::test]
+async fn a_postgres_url_that_cannot_be_reached_names_no_password() {
+    let error = match open(
+        "postgres://ns:s3cret@localhost/n?host=/nonexistent-nightshift-socket-dir",
+    )
+    .await
+    {
+        Ok(_) => panic!("no server has that socket"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(!error.contains("s3cret"), "{error}");
+    assert!(
+        error.contains("opening the store postgres://ns:***@"),
+        "{error}"
+    );
+}
