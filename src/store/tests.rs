@@ -794,6 +794,109 @@ async fn text_with_nul_is_stored(db: &TestDb) {
     assert!(record.error.unwrap().starts_with("bad"));
 }
 
+/// What the SQLite store's own tests did not reach: usage and spend, repositories, schedule ticks, pushes,
+/// recent jobs, specs, forgotten outputs.
+async fn usage_repositories_ticks_and_pushes_round_trip(db: &TestDb) {
+    let store = db.store();
+    for id in ["a", "b", "c"] {
+        let Inserted::New(d) = store.insert_delivery(&delivery(id)).await.unwrap() else {
+            panic!()
+        };
+        store.record_match(d, &[job("t")]).await.unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let a = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    let b = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    let spent = |cost| Usage {
+        cost_usd: cost,
+        turns: Some(3),
+        ..Usage::default()
+    };
+    store.record_usage(a.id, &spent(Some(0.25))).await.unwrap();
+    store.record_usage(b.id, &spent(None)).await.unwrap();
+    assert_eq!(store.spend_since("o/r", 0).await.unwrap(), 0.25);
+    assert_eq!(store.spend_since("other/repo", 0).await.unwrap(), 0.0);
+    assert_eq!(
+        store.job(a.id).await.unwrap().unwrap().usage,
+        Some(spent(Some(0.25)))
+    );
+    assert_eq!(store.job_spec(a.id).await.unwrap().as_deref(), Some("{}"));
+    assert_eq!(store.job_spec(JobId(999_999)).await.unwrap(), None);
+    let recent: Vec<_> = store
+        .recent_jobs(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.delivery_id.0)
+        .collect();
+    assert_eq!(recent, ["b", "c"], "the newest two, oldest first");
+
+    let repo = |name: &str, installation| KnownRepo {
+        full_name: name.into(),
+        installation_id: installation,
+        clone_url: format!("https://github.com/{name}.git"),
+        default_branch: "main".into(),
+    };
+    store
+        .upsert_repository(&repo("o/z", Some(1)))
+        .await
+        .unwrap();
+    store
+        .upsert_repository(&repo("o/a", Some(2)))
+        .await
+        .unwrap();
+    let mut renamed = repo("o/z", None);
+    renamed.default_branch = "trunk".into();
+    store.upsert_repository(&renamed).await.unwrap();
+    let repos = store.repositories().await.unwrap();
+    assert_eq!(
+        repos
+            .iter()
+            .map(|r| (
+                r.full_name.as_str(),
+                r.installation_id,
+                r.default_branch.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        [("o/a", Some(2), "main"), ("o/z", Some(1), "trunk")],
+        "a delivery without an installation keeps the known one"
+    );
+
+    assert_eq!(store.last_tick("0 * * * *@UTC", "o/r").await.unwrap(), None);
+    store
+        .set_last_tick("0 * * * *@UTC", "o/r", 2_000)
+        .await
+        .unwrap();
+    store
+        .set_last_tick("0 * * * *@UTC", "o/r", 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.last_tick("0 * * * *@UTC", "o/r").await.unwrap(),
+        Some(2_000),
+        "a tick only moves forward"
+    );
+
+    assert_eq!(store.last_push("o/r", "fix").await.unwrap(), None);
+    store.record_push("o/r", "fix", "aaa", a.id).await.unwrap();
+    store.record_push("o/r", "fix", "bbb", b.id).await.unwrap();
+    assert_eq!(
+        store.last_push("o/r", "fix").await.unwrap().as_deref(),
+        Some("bbb")
+    );
+
+    let out = Output {
+        kind: "comment".into(),
+        key: "k".into(),
+        url: None,
+        github_id: None,
+        pending: true,
+    };
+    store.record_output(a.id, &out).await.unwrap();
+    store.delete_output(a.id, "k").await.unwrap();
+    assert!(store.outputs(a.id).await.unwrap().is_empty());
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -831,6 +934,7 @@ on_both_stores!(
     replicas_claiming_at_once_take_each_job_once,
     replicas_claiming_at_once_start_one_job_of_a_group,
     text_with_nul_is_stored,
+    usage_repositories_ticks_and_pushes_round_trip,
 );
 
 #[test]
