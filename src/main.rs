@@ -374,7 +374,7 @@ fn show_prompts(
 }
 
 /// The verify steps a job would run, where they come from, and the follow-up prompt the agent gets when
-/// one fails (with placeholder values).
+/// one fails (with example values for the step, status and output).
 fn print_verify(trigger: &nightshift::trigger::Trigger, spec: &nightshift::trigger::JobSpec) {
     let Some(first) = spec.verify.first() else {
         let why = if trigger.verify.is_some() {

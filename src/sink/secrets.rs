@@ -940,7 +940,7 @@ mod tests {
             )
         };
         for text in [
-            // gitleaks' own allowlists: AWS's documentation key, Google's published keys, placeholders.
+            // gitleaks' own allowlists: AWS's documentation key, Google's published keys, template variables like ${PASSWORD}.
             &format!("aws_access_key_id = AKIA{}", "IOSFODNN7EXAMPLE"),
             &format!(
                 "const key = \"AIza{}\";",
