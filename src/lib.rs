@@ -9,6 +9,7 @@ pub mod agent;
 pub mod config;
 pub mod gateway;
 pub mod github;
+pub mod health;
 pub mod ids;
 pub mod queue;
 pub mod redact;

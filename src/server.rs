@@ -125,6 +125,7 @@ pub async fn serve(
         jobs_waiting: Notify::new(),
         env: Box::new(move |name| env.get(name).cloned()),
         gateway,
+        health: Default::default(),
         config,
     });
 
@@ -140,6 +141,7 @@ pub async fn serve(
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
     tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));
     let instance = format!("{}-{}", hostname(), std::process::id());
+    pipeline.health.expect_workers(pipeline.config.workers);
     for n in 0..pipeline.config.workers {
         tokio::spawn(worker::run(pipeline.clone(), format!("{instance}-w{n}")));
     }
@@ -149,7 +151,11 @@ pub async fn serve(
             pipeline: pipeline.clone(),
             secrets,
         })))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", {
+            let pipeline = pipeline.clone();
+            get(move || async move { pipeline.health.readyz() })
+        });
     info!(
         %address,
         triggers = pipeline.triggers().triggers().len(),

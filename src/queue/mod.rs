@@ -56,4 +56,6 @@ pub struct Pipeline {
     pub env: Box<EnvLookup>,
     /// The model gateway every model request of an agent goes through.
     pub gateway: Arc<crate::gateway::Gateway>,
+    /// What `/readyz` answers: draining, the store's last write error, workers alive.
+    pub health: crate::health::Health,
 }

@@ -30,6 +30,7 @@ use crate::store::{ClaimPolicy, ClaimedJob, Ending, Lease, LogStream};
 use crate::trigger::OutputKind;
 
 pub async fn run(pipeline: Arc<Pipeline>, name: String) {
+    let _alive = pipeline.health.worker_alive();
     // Expired leases and waits that ended are found by this sweep; new jobs wake the worker at once.
     let sweep = pipeline
         .config
