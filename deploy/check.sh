@@ -6,6 +6,7 @@
 # tests/deploy.rs (cargo test --test deploy) checks the rest without any of these: the manifest against the
 # code, the configs against the config loader.
 set -euo pipefail
+export PYTHONDONTWRITEBYTECODE=1
 cd "$(dirname "$0")"
 VENV=${VENV:-${TMPDIR:-/tmp}/nightshift-deploy-check}
 python=
