@@ -66,6 +66,12 @@ struct ConfigFile {
     retry: RetryFile,
     /// The most jobs one repository starts in an hour (default 100); past it its jobs wait.
     max_jobs_per_hour: Option<u32>,
+    /// The most jobs of one repository running at once (default: no cap of its own; fair claiming already
+    /// takes turns between repositories).
+    max_concurrent_per_repo: Option<Spanned<u32>>,
+    /// How long finished jobs, their logs and deliveries' payloads are kept (`nightshift prune`).
+    #[serde(default)]
+    prune: PruneFile,
     /// What outputs may contain, for every trigger (a trigger's own `limits:` override it field by field).
     limits: Option<crate::trigger::model::LimitsFile>,
     /// Verify steps for triggers that have no `verify:` of their own: a list of `{repos, steps, rounds}`;
@@ -73,6 +79,28 @@ struct ConfigFile {
     #[serde(default)]
     verify: Vec<crate::trigger::verify::VerifyDefaultFile>,
 }
+
+/// `prune:`: how long what ended is kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneFile {
+    /// Deliveries' payloads (default 30d after they arrived); the payload of a job not finished is kept.
+    #[serde(default, deserialize_with = "opt_duration")]
+    payloads: Option<Duration>,
+    /// Finished jobs' logs (default 30d after they ended).
+    #[serde(default, deserialize_with = "opt_duration")]
+    logs: Option<Duration>,
+    /// Finished jobs with their outputs' records (default 90d after they ended).
+    #[serde(default, deserialize_with = "opt_duration")]
+    jobs: Option<Duration>,
+}
+
+/// The default retention: a month of payloads and logs, three months of finished jobs.
+pub const DEFAULT_PRUNE: crate::store::PrunePolicy = crate::store::PrunePolicy {
+    payloads: Duration::from_secs(30 * 86_400),
+    logs: Duration::from_secs(30 * 86_400),
+    jobs: Duration::from_secs(90 * 86_400),
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +214,8 @@ struct AgentFile {
     max_cost_usd: Option<Spanned<f64>>,
     /// How a command agent gets its prompt: stdin (default), argument or file.
     prompt_via: Option<Spanned<PromptVia>>,
+    /// The most jobs of this profile running at once, across the process (and replicas on Postgres).
+    max_concurrent: Option<Spanned<u32>>,
 }
 
 /// `shared:` in an agent profile: folders given to the box, read-only or writable.
@@ -454,6 +484,12 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// The most jobs one repository starts in an hour.
     pub max_jobs_per_hour: u32,
+    /// The most jobs of one repository running at once; `None`: no cap of its own.
+    pub max_concurrent_per_repo: Option<u32>,
+    /// Agent profiles' `max_concurrent`: the most jobs of the profile running at once (across replicas).
+    pub max_concurrent: BTreeMap<String, u32>,
+    /// How long finished jobs, their logs and payloads are kept.
+    pub prune: crate::store::PrunePolicy,
     /// The service's `limits:`, under every trigger's own.
     pub limits: crate::trigger::Limits,
     /// The service's `verify:` defaults, in order (see [`crate::trigger::verify::resolve`]).
@@ -535,6 +571,17 @@ impl Config {
             .collect()
     }
 
+    /// How workers claim jobs: the lease, the hourly cap, and the concurrency limits per repository and per
+    /// agent profile.
+    pub fn claim_policy(&self) -> crate::store::ClaimPolicy {
+        crate::store::ClaimPolicy {
+            lease: self.job_lease,
+            jobs_per_hour: self.max_jobs_per_hour,
+            max_concurrent_per_repo: self.max_concurrent_per_repo,
+            max_concurrent: std::sync::Arc::new(self.max_concurrent.clone()),
+        }
+    }
+
     /// The webhook secrets, or a clear error when there are none: nightshift never accepts unsigned deliveries.
     pub fn require_webhook_secrets(&self) -> anyhow::Result<&[SecretString]> {
         if self.github.webhook_secrets.is_empty() {
@@ -596,6 +643,21 @@ fn resolve(
         }
         Some(w) => w.value,
         None => default_workers(),
+    };
+
+    let max_concurrent_per_repo = match &file.max_concurrent_per_repo {
+        Some(m) if m.value == 0 => {
+            errors.push(
+                Diagnostic::at(
+                    path,
+                    m.referenced,
+                    "max_concurrent_per_repo must be at least 1",
+                )
+                .with_hint("leave it out for no cap of its own"),
+            );
+            None
+        }
+        other => other.as_ref().map(|m| m.value),
     };
 
     let store = env("NIGHTSHIFT_STORE")
@@ -725,7 +787,11 @@ fn resolve(
 
     let data_dir = rel(file.data_dir.clone().unwrap_or_else(default_data_dir));
     let mut agents = BTreeMap::new();
+    let mut max_concurrent = BTreeMap::new();
     for (name, profile) in file.agents {
+        if let Some(m) = &profile.value.max_concurrent {
+            max_concurrent.insert(name.clone(), m.value);
+        }
         match agent_profile(&name, profile, path, &rel, &data_dir) {
             Ok(profile) => {
                 agents.insert(name, profile);
@@ -811,6 +877,13 @@ fn resolve(
             backoff: file.retry.backoff.unwrap_or(RetryPolicy::default().backoff),
         },
         max_jobs_per_hour: file.max_jobs_per_hour.unwrap_or(100).max(1),
+        max_concurrent_per_repo,
+        max_concurrent,
+        prune: crate::store::PrunePolicy {
+            payloads: file.prune.payloads.unwrap_or(DEFAULT_PRUNE.payloads),
+            logs: file.prune.logs.unwrap_or(DEFAULT_PRUNE.logs),
+            jobs: file.prune.jobs.unwrap_or(DEFAULT_PRUNE.jobs),
+        },
         limits,
         verify,
     })
@@ -1083,6 +1156,18 @@ fn agent_profile(
             }
         }
     }
+    if let Some(m) = &file.max_concurrent
+        && m.value == 0
+    {
+        errors.push(
+            Diagnostic::at(
+                path,
+                m.referenced,
+                format!("agent `{name}`: max_concurrent must be at least 1"),
+            )
+            .with_hint("leave it out for no limit of its own (`workers` still bounds it)"),
+        );
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -1233,6 +1318,48 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("agent `x` has an empty command"), "{text}");
+    }
+
+    #[test]
+    fn retention_and_concurrency_limits_parse_with_their_defaults() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.prune, DEFAULT_PRUNE);
+        assert_eq!(config.max_concurrent_per_repo, None);
+        let policy = config.claim_policy();
+        assert!(policy.max_concurrent.is_empty());
+
+        let config = load(
+            "prune:\n  payloads: 7d\n  jobs: 1y\nmax_concurrent_per_repo: 2\n\
+             agents:\n  claude: {command: [x], max_concurrent: 1}\n  other: {command: [y]}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.prune.payloads, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.prune.logs, DEFAULT_PRUNE.logs);
+        assert!(config.prune.jobs > Duration::from_secs(364 * 86_400));
+        let policy = config.claim_policy();
+        assert_eq!(policy.max_concurrent_per_repo, Some(2));
+        assert_eq!(
+            policy.max_concurrent.iter().collect::<Vec<_>>(),
+            [(&"claude".to_owned(), &1)]
+        );
+
+        let text = load(
+            "max_concurrent_per_repo: 0\nagents:\n  a: {command: [x], max_concurrent: 0}\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.contains("max_concurrent_per_repo must be at least 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agent `a`: max_concurrent must be at least 1"),
+            "{text}"
+        );
+        let text = load("prune: {logs: soon}\n", &[]).unwrap_err().to_string();
+        assert!(text.contains("`soon` is not a duration"), "{text}");
     }
 
     #[test]

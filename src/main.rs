@@ -53,8 +53,12 @@ enum Command {
         #[arg(long)]
         trigger: Option<String>,
     },
-    /// List the latest jobs (state, trigger, repository, time, what the agent spent), or show one job and its log.
+    /// List the latest jobs (state, trigger, repository, time, what the agent spent), or show one job and its log;
+    /// `jobs cancel ID` and `jobs retry ID` act on one in the running service's store.
+    #[command(args_conflicts_with_subcommands = true)]
     Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
         /// A job's id: show it with its log.
         id: Option<i64>,
         /// How many of the latest jobs to list.
@@ -63,6 +67,13 @@ enum Command {
         /// Print JSON (an array of jobs; with an id, the job with its `log`).
         #[arg(long)]
         json: bool,
+    },
+    /// Remove what the `prune:` policy no longer keeps: finished jobs (with their logs and outputs), older logs,
+    /// and deliveries' payloads. The service does this every hour.
+    Prune {
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print the JSON Schema of trigger files (for editors: yaml-language-server completes and checks with it).
     Schema,
@@ -83,6 +94,20 @@ enum Command {
         /// The agent's command.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Cancel a job: a queued one at once; a running one is stopped by its worker, which says it was cancelled.
+    Cancel {
+        /// The job's id.
+        id: i64,
+    },
+    /// Queue a failed or cancelled job again, as a new job with the same frozen spec; prints the new job's id.
+    Retry {
+        /// The job's id.
+        id: i64,
     },
 }
 
@@ -228,6 +253,96 @@ async fn show_jobs(config: &Config, id: Option<i64>, limit: u32, json: bool) -> 
     for line in log {
         println!("  [{}] {}", line.stream, line.line);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nightshift jobs cancel|retry ID`, on the store the service uses (SQLite or Postgres): the service sees it
+/// there (a running job's worker is told to stop at its next lease renewal).
+async fn act_on_job(config: &Config, action: JobsAction) -> Result<ExitCode> {
+    use nightshift::ids::JobId;
+    use nightshift::store::{Cancel, JobState, Retry};
+    let store = nightshift::store::open(&config.store).await?;
+    let refused = |id: JobId, what: &str, state: JobState| {
+        let why = match state {
+            JobState::Delivering => "its agent is done and its result is being posted",
+            JobState::Queued | JobState::Running => "it has not ended",
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled => "it has ended",
+        };
+        eprintln!(
+            "job {id} is {}: {why}, so it cannot be {what}",
+            state.as_str()
+        );
+        Ok(ExitCode::from(1))
+    };
+    match action {
+        JobsAction::Cancel { id } => {
+            let id = JobId(id);
+            match store
+                .cancel_job(id, "cancelled by an operator (`nightshift jobs cancel`)")
+                .await?
+            {
+                Cancel::Cancelled => println!("job {id} cancelled"),
+                Cancel::Requested => println!(
+                    "job {id}: asked to stop; the service stops its agent and reports it cancelled"
+                ),
+                Cancel::NoSuchJob => {
+                    eprintln!("there is no job {id}");
+                    return Ok(ExitCode::from(1));
+                }
+                Cancel::Refused(state) => return refused(id, "cancelled", state),
+            }
+        }
+        JobsAction::Retry { id } => {
+            let id = JobId(id);
+            match store.retry_job(id).await? {
+                Retry::Queued(new) => {
+                    eprintln!("job {new} queued: a retry of job {id}, with the same job spec");
+                    println!("{new}");
+                }
+                Retry::NoSuchJob => {
+                    eprintln!("there is no job {id}");
+                    return Ok(ExitCode::from(1));
+                }
+                Retry::Refused(state) => {
+                    eprintln!(
+                        "job {id} is {}: only a failed or cancelled job can be retried",
+                        state.as_str()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Retry::NoSpec => {
+                    eprintln!(
+                        "job {id} could not even be prepared (see its error): there is no job spec to run again"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Retry::PayloadPruned => {
+                    eprintln!(
+                        "job {id}'s event payload was removed by retention (prune.payloads): it cannot run again"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nightshift prune [--dry-run]`.
+async fn prune(config: &Config, dry_run: bool) -> Result<ExitCode> {
+    let store = nightshift::store::open(&config.store).await?;
+    let workspaces =
+        nightshift::agent::workspace::Workspaces::new(&config.data_dir, config.git.clone());
+    let pruned = nightshift::queue::retention::prune(&*store, config, &workspaces, dry_run).await?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {} finished job(s) with their logs and outputs, {} log line(s) of kept jobs, \
+         {} delivery record(s), and the payloads of {} more",
+        pruned.jobs.len(),
+        pruned.log_lines,
+        pruned.deliveries,
+        pruned.payloads
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -493,9 +608,21 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs { id, limit, json } => {
+        Command::Jobs {
+            action,
+            id,
+            limit,
+            json,
+        } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(show_jobs(&config, id, limit, json))
+            match action {
+                None => runtime.block_on(show_jobs(&config, id, limit, json)),
+                Some(action) => runtime.block_on(act_on_job(&config, action)),
+            }
+        }
+        Command::Prune { dry_run } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(prune(&config, dry_run))
         }
         Command::Schema => {
             println!(

@@ -140,6 +140,7 @@ pub async fn serve(
     tokio::spawn(dispatch::run(pipeline.clone()));
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
     tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));
+    tokio::spawn(crate::queue::retention::run(pipeline.clone()));
     let instance = format!("{}-{}", hostname(), std::process::id());
     pipeline.health.expect_workers(pipeline.config.workers);
     for n in 0..pipeline.config.workers {

@@ -21,6 +21,10 @@ const SWEEP: Duration = Duration::from_secs(5);
 /// The most deliveries matched at once, each of a different repository.
 const LANES: usize = 8;
 
+/// How many repositories' oldest waiting deliveries one look reads (busy lanes among them are skipped; at
+/// most [`LANES`] are).
+const HEADS: u32 = 64;
+
 /// How long an actor's looked-up permission is trusted before it is asked again.
 const STANDING_TTL: Duration = Duration::from_secs(300);
 
@@ -65,16 +69,33 @@ struct Lanes {
 }
 
 impl Lanes {
-    fn take(&self, lane: &str) -> bool {
+    /// Takes the lane when it is free (and fewer than [`LANES`] are busy); the guard frees it when dropped,
+    /// also when matching panicked.
+    fn take(self: &Arc<Self>, lane: &str, pipeline: &Arc<Pipeline>) -> Option<LaneGuard> {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        busy.len() < LANES && busy.insert(lane.to_owned())
+        (busy.len() < LANES && busy.insert(lane.to_owned())).then(|| LaneGuard {
+            lanes: self.clone(),
+            lane: lane.to_owned(),
+            pipeline: pipeline.clone(),
+        })
     }
+}
 
-    fn release(&self, lane: &str) {
-        self.busy
+/// A lane being matched in: freed when dropped, and the dispatcher woken for the repository's next delivery.
+struct LaneGuard {
+    lanes: Arc<Lanes>,
+    lane: String,
+    pipeline: Arc<Pipeline>,
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        self.lanes
+            .busy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(lane);
+            .remove(&self.lane);
+        self.pipeline.deliveries_waiting.notify_waiters();
     }
 }
 
@@ -99,18 +120,18 @@ pub async fn run(pipeline: Arc<Pipeline>) {
 }
 
 /// Starts matching the oldest waiting delivery of every repository that has none being matched; returns
-/// how many it started. A lane's task wakes the dispatcher when it is done, for that repository's next one.
+/// how many it started. Only each repository's oldest waiting delivery is looked at, so a repository with a
+/// long backlog (or a slow lane) never hides another's. A lane's task wakes the dispatcher when it is done,
+/// for that repository's next one.
 async fn start_matching(pipeline: &Arc<Pipeline>, lanes: &Arc<Lanes>) -> Result<usize> {
-    let batch = pipeline.store.unmatched_deliveries(100).await?;
+    let heads = pipeline.store.unmatched_heads(HEADS).await?;
     let mut started = 0;
-    for delivery in batch {
-        let lane = lane(&delivery);
-        if !lanes.take(&lane) {
+    for delivery in heads {
+        let Some(guard) = lanes.take(&lane(&delivery), pipeline) else {
             continue;
-        }
+        };
         started += 1;
         let pipeline = pipeline.clone();
-        let lanes = lanes.clone();
         let span = info_span!("delivery", id = %delivery.delivery_id, event = %delivery.event, repo = tracing::field::Empty);
         tokio::spawn(
             async move {
@@ -119,8 +140,7 @@ async fn start_matching(pipeline: &Arc<Pipeline>, lanes: &Arc<Lanes>) -> Result<
                     warn!("matching failed: {e:#}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                lanes.release(&lane);
-                pipeline.deliveries_waiting.notify_waiters();
+                drop(guard);
             }
             .instrument(span),
         );

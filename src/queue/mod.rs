@@ -3,6 +3,7 @@
 //! is work (in-process notification) and also sweep on a timer, which picks up work left by a crash.
 
 pub mod dispatch;
+pub mod retention;
 pub mod worker;
 
 use std::sync::Arc;

@@ -26,7 +26,7 @@ use crate::sink::outcome::{Outcome, Proposal};
 use crate::sink::texts::Failure;
 use crate::sink::{self, LostLease, SinkContext};
 use crate::skill;
-use crate::store::{ClaimPolicy, ClaimedJob, Ending, Lease, LogStream};
+use crate::store::{ClaimedJob, Ending, Lease, LogStream};
 use crate::trigger::OutputKind;
 
 pub async fn run(pipeline: Arc<Pipeline>, name: String) {
@@ -37,15 +37,12 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String) {
         .job_lease
         .min(Duration::from_secs(5))
         .max(Duration::from_millis(200));
-    let policy = ClaimPolicy {
-        lease: pipeline.config.job_lease,
-        jobs_per_hour: pipeline.config.max_jobs_per_hour,
-    };
+    let policy = pipeline.config.claim_policy();
     loop {
         let notified = pipeline.jobs_waiting.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match pipeline.store.claim_job(&name, policy).await {
+        match pipeline.store.claim_job(&name, policy.clone()).await {
             Ok(Some(job)) => {
                 let span = info_span!("job", id = %job.id, trigger = %job.trigger, repo = %job.repo, delivery = %job.delivery_id, attempt = job.attempt);
                 run_leased(&pipeline, &name, job).instrument(span).await;
@@ -134,10 +131,9 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
                         warn!("lost the lease on the job; another worker has it now");
                         return;
                     }
-                    info!("cancelled: a newer job of its concurrency group replaces it");
-                    Ran::Outcome(Outcome::Cancelled {
-                        reason: "cancelled: a newer job of its concurrency group replaced it".into(),
-                    })
+                    let reason = cancelled_because(pipeline, id).await;
+                    info!("{reason}");
+                    Ran::Outcome(Outcome::Cancelled { reason })
                 }
             };
             let outcome = match ran {
@@ -179,6 +175,19 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
     }
 }
 
+/// Why a job asked to stop was cancelled: an operator's reason (`nightshift jobs cancel`), else a newer job
+/// of its concurrency group.
+async fn cancelled_because(pipeline: &Pipeline, id: JobId) -> String {
+    match pipeline.store.cancel_reason(id).await {
+        Ok(Some(reason)) => reason,
+        Ok(None) => "cancelled: a newer job of its concurrency group replaced it".into(),
+        Err(e) => {
+            warn!("reading why the job was cancelled failed: {e:#}");
+            "cancelled".into()
+        }
+    }
+}
+
 /// A failure worth waiting on: getting the repository's commit (the network, the remote, a pull request's
 /// head not there yet).
 #[derive(Debug)]
@@ -209,7 +218,7 @@ async fn run_phase(
 ) -> Ran {
     if job.cancel_requested {
         return Ran::Outcome(Outcome::Cancelled {
-            reason: "cancelled: a newer job of its concurrency group replaced it".into(),
+            reason: cancelled_because(pipeline, job.id).await,
         });
     }
     if job.attempt > pipeline.config.max_attempts {

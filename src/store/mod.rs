@@ -103,11 +103,86 @@ pub struct ClaimedJob {
 }
 
 /// How [`Store::claim_job`] leases jobs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ClaimPolicy {
     pub lease: Duration,
     /// The most jobs one repository starts in an hour; past it, its queued jobs wait (with the reason).
     pub jobs_per_hour: u32,
+    /// The most jobs of one repository running at once (across replicas); `None`: no cap of its own.
+    pub max_concurrent_per_repo: Option<u32>,
+    /// The most jobs of an agent profile running at once (across replicas), by profile name.
+    pub max_concurrent: Arc<std::collections::BTreeMap<String, u32>>,
+}
+
+impl ClaimPolicy {
+    /// A lease and an hourly cap, with no concurrency limits.
+    pub fn new(lease: Duration, jobs_per_hour: u32) -> Self {
+        ClaimPolicy {
+            lease,
+            jobs_per_hour,
+            max_concurrent_per_repo: None,
+            max_concurrent: Arc::default(),
+        }
+    }
+
+    /// The per-profile limits as a JSON object (`{"claude": 2}`), as the claim queries read them.
+    fn profile_limits_json(&self) -> String {
+        serde_json::to_string(&*self.max_concurrent).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// The per-repository cap as the claim queries read it (no cap: the largest count).
+    fn repo_limit(&self) -> i64 {
+        self.max_concurrent_per_repo.map_or(i64::MAX, i64::from)
+    }
+}
+
+/// What [`Store::cancel_job`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancel {
+    NoSuchJob,
+    /// The job was queued and nothing of it is on GitHub: it is cancelled now.
+    Cancelled,
+    /// The job is running (or waits with a progress comment posted): its worker stops it and delivers
+    /// "cancelled".
+    Requested,
+    /// The job is in a state where cancelling makes no sense (it ended, or only its delivery is left).
+    Refused(JobState),
+}
+
+/// What [`Store::retry_job`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retry {
+    NoSuchJob,
+    /// A new job with the same frozen spec is queued.
+    Queued(JobId),
+    /// Only a failed or cancelled job is retried.
+    Refused(JobState),
+    /// The job could not even be prepared (it has no spec to run again).
+    NoSpec,
+    /// Its event's payload was removed by retention (`prune.payloads`).
+    PayloadPruned,
+}
+
+/// What retention keeps: finished jobs' logs, finished jobs (with their outputs), and deliveries' payloads
+/// for this long after they ended or arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrunePolicy {
+    pub payloads: Duration,
+    pub logs: Duration,
+    pub jobs: Duration,
+}
+
+/// What [`Store::prune`] removed (or, on a dry run, would remove).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    /// Finished jobs removed with their logs and outputs: id and repository (to remove their folders).
+    pub jobs: Vec<(JobId, String)>,
+    /// Log lines of kept finished jobs removed.
+    pub log_lines: u64,
+    /// Deliveries removed whole (no job of theirs is left).
+    pub deliveries: u64,
+    /// Deliveries whose payload was emptied (their jobs are kept).
+    pub payloads: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -359,6 +434,39 @@ pub trait Store: Send + Sync + 'static {
     async fn set_last_tick(&self, schedule: &str, repo: &str, tick: i64) -> Result<()>;
 
     async fn delivery_count(&self) -> Result<u64>;
+
+    /// The oldest unmatched delivery of each repository (events about none count as one repository),
+    /// oldest first: one repository's backlog never hides another's.
+    async fn unmatched_heads(&self, limit: u32) -> Result<Vec<StoredDelivery>>;
+
+    /// Cancels a job for an operator (`reason` is what the job says): a queued one at once, a running one
+    /// by asking its worker to stop.
+    async fn cancel_job(&self, job: JobId, reason: &str) -> Result<Cancel>;
+
+    /// Why an operator asked the job to stop, when one did.
+    async fn cancel_reason(&self, job: JobId) -> Result<Option<String>>;
+
+    /// Queues a failed or cancelled job again as a new job with the same frozen spec (`retried_from` it).
+    async fn retry_job(&self, job: JobId) -> Result<Retry>;
+
+    /// The job a job retries, when it is a retry.
+    async fn retried_from(&self, job: JobId) -> Result<Option<JobId>>;
+
+    /// Removes what `policy` no longer keeps: never anything of a queued, running or delivering job, nor an
+    /// unmatched delivery. With `dry_run`, removes nothing and says what it would remove.
+    async fn prune(&self, policy: PrunePolicy, dry_run: bool) -> Result<Pruned>;
+}
+
+/// Whether a stored spec is a job's (a job that could not be prepared is stored with `{}`).
+fn has_spec(spec: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(spec)
+        .is_ok_and(|m| !m.is_empty())
+}
+
+/// The delivery id of a retry's copy of its event: the original's, with which job it retries and the how
+/// many-th retry of that job it is (unique, and readable in `nightshift jobs`).
+fn retry_delivery_id(guid: &str, job: JobId, n: i64) -> String {
+    format!("{guid}+retry-{n}-of-{job}")
 }
 
 /// Opens the store a URL names, creating and migrating it as needed.

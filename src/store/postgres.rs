@@ -18,11 +18,18 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use super::*;
 use crate::now_ms;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        3,
+        "fair ops",
+        include_str!("../../migrations/postgres/0003_fair_ops.sql"),
+    ),
+];
 
 /// The columns of a [`JobRecord`]; `job_record` reads a row of it.
 const JOB_RECORD: &str = "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, \
@@ -83,6 +90,9 @@ fn ms(d: Duration) -> i64 {
 
 /// Advisory-lock keys of concurrency groups live in their own space (the first key of the two-key form).
 const GROUP_LOCK_SPACE: i32 = 0x6e73; // "ns"
+/// Advisory-lock keys of repositories (`max_concurrent_per_repo`) and agent profiles (`max_concurrent`).
+const REPO_LOCK_SPACE: i32 = 0x6e72;
+const PROFILE_LOCK_SPACE: i32 = 0x6e70;
 
 pub struct PostgresStore {
     pub(super) pool: PgPool,
@@ -144,6 +154,118 @@ impl PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+    /// Locks one claim candidate (skipping it when another claim holds it), checks again under
+    /// transaction-scoped advisory locks that its group, repository and profile limits let it start (the
+    /// locks order claims of the same group, repository or profile across replicas; always taken in that
+    /// order, so two claims never wait on each other in a circle), and leases it.
+    async fn claim_candidate(
+        &self,
+        owner: &str,
+        policy: &ClaimPolicy,
+        now: i64,
+        id: i64,
+    ) -> Result<Option<ClaimedJob>> {
+        let mut tx = self.pool.begin().await?;
+        let candidate = sqlx::query(
+            "SELECT j.concurrency_group, j.state, j.repo, j.agent, j.cancel_requested FROM jobs j
+             WHERE j.id = $2
+               AND ((j.state = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1))
+                    OR (j.state = 'running' AND j.lease_expires_at < $1)
+                    OR (j.state = 'delivering'
+                        AND (j.lease_owner IS NULL OR j.lease_expires_at < $1)
+                        AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)))
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(candidate) = candidate else {
+            return Ok(None);
+        };
+        if candidate.try_get::<String, _>("state")? == "queued" {
+            let group: Option<String> = candidate.try_get("concurrency_group")?;
+            let repo: String = candidate.try_get("repo")?;
+            let agent: Option<String> = candidate.try_get("agent")?;
+            let cancelling: bool = candidate.try_get("cancel_requested")?;
+            let mut checks: Vec<(i32, String, &'static str, i64)> = Vec::new();
+            if let Some(group) = group {
+                checks.push((
+                    GROUP_LOCK_SPACE,
+                    group,
+                    "SELECT COUNT(*) FROM jobs WHERE concurrency_group = $1 AND state IN ('running', 'delivering')",
+                    1,
+                ));
+            }
+            if !cancelling {
+                if let Some(cap) = policy.max_concurrent_per_repo {
+                    checks.push((
+                        REPO_LOCK_SPACE,
+                        repo,
+                        "SELECT COUNT(*) FROM jobs WHERE repo = $1 AND state IN ('running', 'delivering')",
+                        i64::from(cap),
+                    ));
+                }
+                if let Some((agent, cap)) =
+                    agent.and_then(|a| policy.max_concurrent.get(&a).map(|c| (a, *c)))
+                {
+                    checks.push((
+                        PROFILE_LOCK_SPACE,
+                        agent,
+                        "SELECT COUNT(*) FROM jobs WHERE agent = $1 AND state IN ('running', 'delivering')",
+                        i64::from(cap),
+                    ));
+                }
+            }
+            for (space, key, count, cap) in checks {
+                // The count below runs after the lock, on a new snapshot: it sees what an earlier claim of the
+                // same key committed.
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(space)
+                    .bind(text(&key))
+                    .execute(&mut *tx)
+                    .await?;
+                let running: i64 = sqlx::query_scalar(count)
+                    .bind(text(&key))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if running >= cap {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
+        }
+        let row = sqlx::query(
+            "UPDATE jobs
+             SET state = CASE WHEN result IS NULL THEN 'running' ELSE 'delivering' END,
+                 attempts = attempts + CASE WHEN result IS NULL THEN 1 ELSE 0 END,
+                 started_at = CASE WHEN result IS NULL THEN $3 ELSE started_at END,
+                 lease_owner = $1, lease_expires_at = $2, next_attempt_at = NULL, wait_reason = NULL
+             WHERE id = $4
+             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested,
+                       (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
+        )
+        .bind(text(owner))
+        .bind(now + ms(policy.lease))
+        .bind(now)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let claimed = ClaimedJob {
+            id: JobId(row.try_get("id")?),
+            delivery: row.try_get("delivery_id")?,
+            delivery_id: DeliveryId(row.try_get("guid")?),
+            trigger: row.try_get("trigger_name")?,
+            repo: row.try_get("repo")?,
+            spec: row.try_get("spec")?,
+            attempt: row.try_get::<i64, _>("attempts")? as u32,
+            retries: row.try_get::<i64, _>("retries")? as u32,
+            result: row.try_get("result")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+        };
+        tx.commit().await?;
+        Ok(Some(claimed))
     }
 }
 
@@ -266,87 +388,67 @@ impl Store for PostgresStore {
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
         let now = now_ms();
         self.apply_hourly_cap(now, policy.jobs_per_hour).await?;
-        // Candidates another claim found busy (its group started meanwhile) are passed over.
+        let limits = policy.profile_limits_json();
+        // Candidates another claim took, or found over a limit, are passed over.
         let mut passed: Vec<i64> = Vec::new();
         loop {
-            let mut tx = self.pool.begin().await?;
-            let candidate = sqlx::query(
-                "SELECT j.id, j.concurrency_group, j.state FROM jobs j
-                 WHERE ((j.state = 'queued'
-                         AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)
-                         AND (j.concurrency_group IS NULL
-                              OR NOT EXISTS (SELECT 1 FROM jobs r
-                                             WHERE r.concurrency_group = j.concurrency_group
-                                               AND r.state IN ('running', 'delivering'))))
-                        OR (j.state = 'running' AND j.lease_expires_at < $1)
-                        OR (j.state = 'delivering'
-                            AND (j.lease_owner IS NULL OR j.lease_expires_at < $1)
-                            AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)))
-                   AND j.id <> ALL($2)
-                 ORDER BY j.id LIMIT 1
-                 FOR UPDATE OF j SKIP LOCKED",
+            // Fair, as in the SQLite store: of each repository's oldest queued job its limits let start (and
+            // of the jobs whose worker died, or whose delivery's wait is over), the one of the installation and
+            // the repository with the fewest running jobs, then of the repository served least recently. Read
+            // without locks; each candidate is then locked and checked again.
+            let candidates: Vec<i64> = sqlx::query_scalar(
+                "WITH running AS (
+                     SELECT r.repo, r.agent, d.installation_id AS inst
+                     FROM jobs r JOIN deliveries d ON d.id = r.delivery_id
+                     WHERE r.state IN ('running', 'delivering')),
+                 eligible AS (
+                     SELECT j.id, j.repo, d.installation_id AS inst
+                     FROM jobs j JOIN deliveries d ON d.id = j.delivery_id
+                     WHERE j.state = 'queued'
+                       AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)
+                       AND (j.concurrency_group IS NULL
+                            OR NOT EXISTS (SELECT 1 FROM jobs g
+                                           WHERE g.concurrency_group = j.concurrency_group
+                                             AND g.state IN ('running', 'delivering')))
+                       AND (j.cancel_requested
+                            OR ((SELECT COUNT(*) FROM running WHERE running.repo = j.repo) < $3
+                                AND NOT EXISTS (SELECT 1 FROM jsonb_each_text($2::jsonb) l
+                                                WHERE l.key = j.agent
+                                                  AND (SELECT COUNT(*) FROM running
+                                                       WHERE running.agent = j.agent) >= l.value::bigint)))
+                       AND j.id <> ALL($4)),
+                 candidates AS (
+                     SELECT * FROM (SELECT DISTINCT ON (repo) id, repo, inst FROM eligible ORDER BY repo, id) AS heads
+                     UNION ALL
+                     SELECT j.id, j.repo, d.installation_id
+                     FROM jobs j JOIN deliveries d ON d.id = j.delivery_id
+                     WHERE ((j.state = 'running' AND j.lease_expires_at < $1)
+                            OR (j.state = 'delivering'
+                                AND (j.lease_owner IS NULL OR j.lease_expires_at < $1)
+                                AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)))
+                       AND j.id <> ALL($4))
+                 SELECT c.id FROM candidates c
+                 ORDER BY (SELECT COUNT(*) FROM running WHERE running.inst IS NOT DISTINCT FROM c.inst),
+                          (SELECT COUNT(*) FROM running WHERE running.repo = c.repo),
+                          COALESCE((SELECT MAX(s.started_at) FROM jobs s WHERE s.repo = c.repo), 0),
+                          c.id
+                 LIMIT 16",
             )
             .bind(now)
+            .bind(&limits)
+            .bind(policy.repo_limit())
             .bind(&passed)
-            .fetch_optional(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-            let Some(candidate) = candidate else {
+            if candidates.is_empty() {
                 return Ok(None);
-            };
-            let id: i64 = candidate.try_get("id")?;
-            let group: Option<String> = candidate.try_get("concurrency_group")?;
-            let state: String = candidate.try_get("state")?;
-            if let (Some(group), "queued") = (&group, state.as_str()) {
-                // Another replica may be claiming a job of the same group right now: the advisory lock orders
-                // the two, and the count below (a new snapshot) sees what the first one committed.
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(GROUP_LOCK_SPACE)
-                    .bind(group)
-                    .execute(&mut *tx)
-                    .await?;
-                let busy: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM jobs WHERE concurrency_group = $1
-                                    AND state IN ('running', 'delivering'))",
-                )
-                .bind(group)
-                .fetch_one(&mut *tx)
-                .await?;
-                if busy {
-                    tx.rollback().await?;
-                    passed.push(id);
-                    continue;
-                }
             }
-            let row = sqlx::query(
-                "UPDATE jobs
-                 SET state = CASE WHEN result IS NULL THEN 'running' ELSE 'delivering' END,
-                     attempts = attempts + CASE WHEN result IS NULL THEN 1 ELSE 0 END,
-                     started_at = CASE WHEN result IS NULL THEN $3 ELSE started_at END,
-                     lease_owner = $1, lease_expires_at = $2, next_attempt_at = NULL, wait_reason = NULL
-                 WHERE id = $4
-                 RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested,
-                           (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
-            )
-            .bind(text(owner))
-            .bind(now + ms(policy.lease))
-            .bind(now)
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let claimed = ClaimedJob {
-                id: JobId(row.try_get("id")?),
-                delivery: row.try_get("delivery_id")?,
-                delivery_id: DeliveryId(row.try_get("guid")?),
-                trigger: row.try_get("trigger_name")?,
-                repo: row.try_get("repo")?,
-                spec: row.try_get("spec")?,
-                attempt: row.try_get::<i64, _>("attempts")? as u32,
-                retries: row.try_get::<i64, _>("retries")? as u32,
-                result: row.try_get("result")?,
-                cancel_requested: row.try_get("cancel_requested")?,
-            };
-            tx.commit().await?;
-            return Ok(Some(claimed));
+            for id in candidates {
+                if let Some(claimed) = self.claim_candidate(owner, &policy, now, id).await? {
+                    return Ok(Some(claimed));
+                }
+                passed.push(id);
+            }
         }
     }
 
@@ -665,4 +767,273 @@ impl Store for PostgresStore {
             .await?;
         Ok(n as u64)
     }
+    async fn unmatched_heads(&self, limit: u32) -> Result<Vec<StoredDelivery>> {
+        let rows = sqlx::query(
+            "SELECT id, delivery_id, event, repo FROM (
+                 SELECT DISTINCT ON (repo) id, delivery_id, event, repo FROM deliveries
+                 WHERE matched_at IS NULL ORDER BY repo, id) AS heads
+             ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredDelivery {
+                    id: row.try_get("id")?,
+                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
+                    event: row.try_get("event")?,
+                    repo: row.try_get("repo")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel_job(&self, job: JobId, reason: &str) -> Result<Cancel> {
+        let mut tx = self.pool.begin().await?;
+        // Locked (waiting for a claim that holds it): the state read is the one changed.
+        let row = sqlx::query(
+            "SELECT state, (SELECT COUNT(*) FROM outputs o WHERE o.job_id = jobs.id) AS outputs
+             FROM jobs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(job.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Cancel::NoSuchJob);
+        };
+        let state = JobState::parse(row.try_get("state")?)?;
+        let outputs: i64 = row.try_get("outputs")?;
+        let reason = crate::redact::redact(reason);
+        let done = match state {
+            JobState::Queued if outputs == 0 => {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', error = $1, finished_at = $2, next_attempt_at = NULL,
+                            wait_reason = NULL
+                     WHERE id = $3",
+                )
+                .bind(text(&reason))
+                .bind(now_ms())
+                .bind(job.0)
+                .execute(&mut *tx)
+                .await?;
+                Cancel::Cancelled
+            }
+            JobState::Queued | JobState::Running => {
+                sqlx::query(
+                    "UPDATE jobs SET cancel_requested = TRUE, cancel_reason = $1,
+                            next_attempt_at = CASE WHEN state = 'queued' THEN NULL ELSE next_attempt_at END
+                     WHERE id = $2",
+                )
+                .bind(text(&reason))
+                .bind(job.0)
+                .execute(&mut *tx)
+                .await?;
+                Cancel::Requested
+            }
+            other => Cancel::Refused(other),
+        };
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn cancel_reason(&self, job: JobId) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<String>>("SELECT cancel_reason FROM jobs WHERE id = $1")
+                .bind(job.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    async fn retry_job(&self, job: JobId) -> Result<Retry> {
+        let mut tx = self.pool.begin().await?;
+        // Locked: two operators retrying at once make two retries with distinct numbers, never a clash.
+        let row = sqlx::query(
+            "SELECT j.state, j.spec, j.delivery_id, d.delivery_id AS guid, octet_length(d.payload) AS payload_len
+             FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = $1 FOR UPDATE OF j",
+        )
+        .bind(job.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Retry::NoSuchJob);
+        };
+        let state = JobState::parse(row.try_get("state")?)?;
+        let spec: String = row.try_get("spec")?;
+        if !matches!(state, JobState::Failed | JobState::Cancelled) {
+            return Ok(Retry::Refused(state));
+        }
+        if !has_spec(&spec) {
+            return Ok(Retry::NoSpec);
+        }
+        if row.try_get::<i32, _>("payload_len")? == 0 {
+            return Ok(Retry::PayloadPruned);
+        }
+        let guid: String = row.try_get("guid")?;
+        let delivery: i64 = row.try_get("delivery_id")?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE retried_from = $1")
+            .bind(job.0)
+            .fetch_one(&mut *tx)
+            .await?;
+        let now = now_ms();
+        let copy: i64 = sqlx::query_scalar(
+            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at, matched_at)
+             SELECT $1, event, action, repo, installation_id, payload, $2, $2 FROM deliveries WHERE id = $3
+             RETURNING id",
+        )
+        .bind(text(&retry_delivery_id(&guid, job, n + 1)))
+        .bind(now)
+        .bind(delivery)
+        .fetch_one(&mut *tx)
+        .await?;
+        let new: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (delivery_id, trigger_name, repo, spec, state, concurrency_group, created_at, retried_from)
+             SELECT $1, trigger_name, repo, spec, 'queued', concurrency_group, $2, id FROM jobs WHERE id = $3
+             RETURNING id",
+        )
+        .bind(copy)
+        .bind(now)
+        .bind(job.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Retry::Queued(JobId(new)))
+    }
+
+    async fn retried_from(&self, job: JobId) -> Result<Option<JobId>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<i64>>("SELECT retried_from FROM jobs WHERE id = $1")
+                .bind(job.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten()
+                .map(JobId),
+        )
+    }
+
+    async fn prune(&self, policy: PrunePolicy, dry_run: bool) -> Result<Pruned> {
+        let now = now_ms();
+        let cut_jobs = now - ms(policy.jobs);
+        let cut_logs = now - ms(policy.logs);
+        let cut_payloads = now - ms(policy.payloads);
+        let mut pruned = Pruned::default();
+        if dry_run {
+            let rows = sqlx::query(
+                "SELECT id, repo FROM jobs
+                 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1 ORDER BY id",
+            )
+            .bind(cut_jobs)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                pruned
+                    .jobs
+                    .push((JobId(row.try_get("id")?), row.try_get("repo")?));
+            }
+            pruned.log_lines = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM job_logs l JOIN jobs j ON j.id = l.job_id
+                 WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < $1
+                   AND j.finished_at >= $2",
+            )
+            .bind(cut_logs)
+            .bind(cut_jobs)
+            .fetch_one(&self.pool)
+            .await? as u64;
+            let (whole, emptied): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*) FILTER (WHERE kept = 0),
+                        COUNT(*) FILTER (WHERE kept > 0 AND unfinished = 0 AND octet_length(payload) > 0)
+                 FROM (SELECT d.payload,
+                              (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id
+                                 AND NOT (j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < $1)) AS kept,
+                              (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id
+                                 AND j.state IN ('queued', 'running', 'delivering')) AS unfinished
+                       FROM deliveries d WHERE d.received_at < $2 AND d.matched_at IS NOT NULL) AS old",
+            )
+            .bind(cut_jobs)
+            .bind(cut_payloads)
+            .fetch_one(&self.pool)
+            .await?;
+            pruned.deliveries = whole as u64;
+            pruned.payloads = emptied as u64;
+            return Ok(pruned);
+        }
+        // In batches, each its own short transaction; rows another replica's prune holds are skipped (it
+        // removes them), so replicas pruning at once neither wait nor fail.
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query(
+                "SELECT id, repo FROM jobs
+                 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(cut_jobs)
+            .bind(PRUNE_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                ids.push(id);
+                pruned.jobs.push((JobId(id), row.try_get("repo")?));
+            }
+            for sql in [
+                "DELETE FROM outputs WHERE job_id = ANY($1)",
+                "DELETE FROM job_logs WHERE job_id = ANY($1)",
+                "DELETE FROM jobs WHERE id = ANY($1)",
+            ] {
+                sqlx::query(sql).bind(&ids).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+        let batched = async |sql: &'static str, cut: i64| -> Result<u64> {
+            let mut total = 0;
+            loop {
+                let done = sqlx::query(sql)
+                    .bind(cut)
+                    .bind(PRUNE_BATCH)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                total += done;
+                if done == 0 {
+                    return Ok(total);
+                }
+            }
+        };
+        pruned.log_lines = batched(
+            "DELETE FROM job_logs WHERE id IN (
+                 SELECT l.id FROM job_logs l JOIN jobs j ON j.id = l.job_id
+                 WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < $1 LIMIT $2)",
+            cut_logs,
+        )
+        .await?;
+        pruned.deliveries = batched(
+            "DELETE FROM deliveries WHERE id IN (
+                 SELECT d.id FROM deliveries d
+                 WHERE d.received_at < $1 AND d.matched_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            cut_payloads,
+        )
+        .await?;
+        pruned.payloads = batched(
+            "UPDATE deliveries SET payload = ''::bytea WHERE id IN (
+                 SELECT d.id FROM deliveries d
+                 WHERE d.received_at < $1 AND d.matched_at IS NOT NULL AND octet_length(d.payload) > 0
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id
+                                   AND j.state IN ('queued', 'running', 'delivering'))
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            cut_payloads,
+        )
+        .await?;
+        Ok(pruned)
+    }
 }
+
+/// Rows one retention batch removes (one short transaction each).
+const PRUNE_BATCH: i64 = 500;

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox",
         include_str!("../../migrations/sqlite/0003_outbox.sql"),
     ),
+    (
+        5,
+        "fair ops",
+        include_str!("../../migrations/sqlite/0005_fair_ops.sql"),
+    ),
 ];
 
 /// Migrations that open their own transaction (to run with foreign keys off).
@@ -294,30 +299,59 @@ impl Store for SqliteStore {
         .bind(hour)
         .execute(&self.pool)
         .await?;
+        // Fair: of each repository's oldest queued job that its limits let start (and of the jobs whose worker
+        // died, or whose delivery's wait is over), the one of the installation and then the repository with the
+        // fewest running jobs, then of the repository served least recently, then the oldest. A flood from one
+        // repository takes its turn with every other repository's single job.
         let row = sqlx::query(
             "UPDATE jobs
              SET state = CASE WHEN result IS NULL THEN 'running' ELSE 'delivering' END,
                  attempts = attempts + CASE WHEN result IS NULL THEN 1 ELSE 0 END,
                  started_at = CASE WHEN result IS NULL THEN ?3 ELSE started_at END,
                  lease_owner = ?1, lease_expires_at = ?2, next_attempt_at = NULL, wait_reason = NULL
-             WHERE id = (SELECT id FROM jobs AS j
-                         WHERE (j.state = 'queued'
-                                AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3)
-                                AND (j.concurrency_group IS NULL
-                                     OR NOT EXISTS (SELECT 1 FROM jobs AS r
-                                                    WHERE r.concurrency_group = j.concurrency_group
-                                                      AND r.state IN ('running', 'delivering'))))
-                            OR (j.state = 'running' AND j.lease_expires_at < ?3)
-                            OR (j.state = 'delivering'
-                                AND (j.lease_owner IS NULL OR j.lease_expires_at < ?3)
-                                AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3))
-                         ORDER BY j.id LIMIT 1)
+             WHERE id = (
+                 WITH running AS (
+                     SELECT r.repo, r.agent, d.installation_id AS inst
+                     FROM jobs AS r JOIN deliveries AS d ON d.id = r.delivery_id
+                     WHERE r.state IN ('running', 'delivering')),
+                 eligible AS (
+                     SELECT j.id, j.repo, d.installation_id AS inst
+                     FROM jobs AS j JOIN deliveries AS d ON d.id = j.delivery_id
+                     WHERE j.state = 'queued'
+                       AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3)
+                       AND (j.concurrency_group IS NULL
+                            OR NOT EXISTS (SELECT 1 FROM jobs AS g
+                                           WHERE g.concurrency_group = j.concurrency_group
+                                             AND g.state IN ('running', 'delivering')))
+                       AND (j.cancel_requested <> 0
+                            OR ((SELECT COUNT(*) FROM running WHERE running.repo = j.repo) < ?5
+                                AND NOT EXISTS (SELECT 1 FROM json_each(?4) AS l
+                                                WHERE l.key = j.agent
+                                                  AND (SELECT COUNT(*) FROM running
+                                                       WHERE running.agent = j.agent) >= l.value)))),
+                 candidates AS (
+                     SELECT MIN(id) AS id, repo, inst FROM eligible GROUP BY repo
+                     UNION ALL
+                     SELECT j.id, j.repo, d.installation_id
+                     FROM jobs AS j JOIN deliveries AS d ON d.id = j.delivery_id
+                     WHERE (j.state = 'running' AND j.lease_expires_at < ?3)
+                        OR (j.state = 'delivering'
+                            AND (j.lease_owner IS NULL OR j.lease_expires_at < ?3)
+                            AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3)))
+                 SELECT c.id FROM candidates AS c
+                 ORDER BY (SELECT COUNT(*) FROM running WHERE running.inst IS c.inst),
+                          (SELECT COUNT(*) FROM running WHERE running.repo = c.repo),
+                          COALESCE((SELECT MAX(s.started_at) FROM jobs AS s WHERE s.repo = c.repo), 0),
+                          c.id
+                 LIMIT 1)
              RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested,
                        (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
         )
         .bind(owner)
         .bind(now + ms(policy.lease))
         .bind(now)
+        .bind(policy.profile_limits_json())
+        .bind(policy.repo_limit())
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
@@ -641,6 +675,274 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<i64, _>("n")? as u64)
+    }
+    async fn unmatched_heads(&self, limit: u32) -> Result<Vec<StoredDelivery>> {
+        let rows = sqlx::query(
+            "SELECT id, delivery_id, event, repo FROM deliveries
+             WHERE id IN (SELECT MIN(id) FROM deliveries WHERE matched_at IS NULL GROUP BY repo)
+             ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredDelivery {
+                    id: row.try_get("id")?,
+                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
+                    event: row.try_get("event")?,
+                    repo: row.try_get("repo")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel_job(&self, job: JobId, reason: &str) -> Result<Cancel> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT state, (SELECT COUNT(*) FROM outputs o WHERE o.job_id = jobs.id) AS outputs
+             FROM jobs WHERE id = ?",
+        )
+        .bind(job.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Cancel::NoSuchJob);
+        };
+        let state = JobState::parse(row.try_get("state")?)?;
+        let outputs: i64 = row.try_get("outputs")?;
+        let reason = crate::redact::redact(reason);
+        let done = match state {
+            JobState::Queued if outputs == 0 => {
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', error = ?, finished_at = ?, next_attempt_at = NULL,
+                            wait_reason = NULL
+                     WHERE id = ?",
+                )
+                .bind(reason.as_ref())
+                .bind(now_ms())
+                .bind(job.0)
+                .execute(&mut *tx)
+                .await?;
+                Cancel::Cancelled
+            }
+            // Running, or waiting with something already on GitHub (its progress comment): a worker stops it
+            // and delivers "cancelled", now rather than when its wait ends.
+            JobState::Queued | JobState::Running => {
+                sqlx::query(
+                    "UPDATE jobs SET cancel_requested = 1, cancel_reason = ?,
+                            next_attempt_at = CASE WHEN state = 'queued' THEN NULL ELSE next_attempt_at END
+                     WHERE id = ?",
+                )
+                .bind(reason.as_ref())
+                .bind(job.0)
+                .execute(&mut *tx)
+                .await?;
+                Cancel::Requested
+            }
+            other => Cancel::Refused(other),
+        };
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn cancel_reason(&self, job: JobId) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<String>>("SELECT cancel_reason FROM jobs WHERE id = ?")
+                .bind(job.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+
+    async fn retry_job(&self, job: JobId) -> Result<Retry> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT j.state, j.spec, j.trigger_name, j.repo, j.concurrency_group, j.delivery_id,
+                    d.delivery_id AS guid, length(d.payload) AS payload_len,
+                    (SELECT COUNT(*) FROM jobs r WHERE r.retried_from = j.id) AS retries_before
+             FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
+        )
+        .bind(job.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Retry::NoSuchJob);
+        };
+        let state = JobState::parse(row.try_get("state")?)?;
+        let spec: String = row.try_get("spec")?;
+        if !matches!(state, JobState::Failed | JobState::Cancelled) {
+            return Ok(Retry::Refused(state));
+        }
+        if !has_spec(&spec) {
+            return Ok(Retry::NoSpec);
+        }
+        if row.try_get::<i64, _>("payload_len")? == 0 {
+            return Ok(Retry::PayloadPruned);
+        }
+        let guid: String = row.try_get("guid")?;
+        let delivery: i64 = row.try_get("delivery_id")?;
+        let n = row.try_get::<i64, _>("retries_before")? + 1;
+        let now = now_ms();
+        // The retry's own delivery: the same event (a copy of its payload, which the job reads), matched
+        // already (its spec is frozen), under an id of its own (jobs are one per delivery and trigger).
+        let copy: i64 = sqlx::query_scalar(
+            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at, matched_at)
+             SELECT ?, event, action, repo, installation_id, payload, ?, ? FROM deliveries WHERE id = ?
+             RETURNING id",
+        )
+        .bind(retry_delivery_id(&guid, job, n))
+        .bind(now)
+        .bind(now)
+        .bind(delivery)
+        .fetch_one(&mut *tx)
+        .await?;
+        let new: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (delivery_id, trigger_name, repo, spec, state, concurrency_group, created_at, retried_from)
+             SELECT ?, trigger_name, repo, spec, 'queued', concurrency_group, ?, id FROM jobs WHERE id = ?
+             RETURNING id",
+        )
+        .bind(copy)
+        .bind(now)
+        .bind(job.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Retry::Queued(JobId(new)))
+    }
+
+    async fn retried_from(&self, job: JobId) -> Result<Option<JobId>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<i64>>("SELECT retried_from FROM jobs WHERE id = ?")
+                .bind(job.0)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten()
+                .map(JobId),
+        )
+    }
+
+    async fn prune(&self, policy: PrunePolicy, dry_run: bool) -> Result<Pruned> {
+        let now = now_ms();
+        let cut_jobs = now - ms(policy.jobs);
+        let cut_logs = now - ms(policy.logs);
+        let cut_payloads = now - ms(policy.payloads);
+        let mut pruned = Pruned::default();
+        let old_jobs = |limit: i64| {
+            sqlx::query(
+                "SELECT id, repo FROM jobs
+                 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ? ORDER BY id LIMIT ?",
+            )
+            .bind(cut_jobs)
+            .bind(limit)
+        };
+        if dry_run {
+            for row in old_jobs(i64::MAX).fetch_all(&self.pool).await? {
+                pruned
+                    .jobs
+                    .push((JobId(row.try_get("id")?), row.try_get("repo")?));
+            }
+            pruned.log_lines = sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM job_logs l JOIN jobs j ON j.id = l.job_id
+                 WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < ?
+                   AND j.finished_at >= ?",
+            )
+            .bind(cut_logs)
+            .bind(cut_jobs)
+            .fetch_one(&self.pool)
+            .await? as u64;
+            let (whole, emptied): (i64, i64) = sqlx::query_as(
+                "SELECT COALESCE(SUM(kept = 0), 0), COALESCE(SUM(kept > 0 AND unfinished = 0 AND length(payload) > 0), 0)
+                 FROM (SELECT d.payload,
+                              (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id
+                                 AND NOT (j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < ?1)) AS kept,
+                              (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id
+                                 AND j.state IN ('queued', 'running', 'delivering')) AS unfinished
+                       FROM deliveries d WHERE d.received_at < ?2 AND d.matched_at IS NOT NULL)",
+            )
+            .bind(cut_jobs)
+            .bind(cut_payloads)
+            .fetch_one(&self.pool)
+            .await?;
+            pruned.deliveries = whole as u64;
+            pruned.payloads = emptied as u64;
+            return Ok(pruned);
+        }
+        // In batches, each its own short transaction: the webhook's writes wait for one batch at most.
+        loop {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let batch: Vec<(i64, String)> = old_jobs(PRUNE_BATCH)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get("id")?, row.try_get("repo")?)))
+                .collect::<Result<_>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            let ids = serde_json::to_string(&batch.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
+            for sql in [
+                "DELETE FROM outputs WHERE job_id IN (SELECT value FROM json_each(?))",
+                "DELETE FROM job_logs WHERE job_id IN (SELECT value FROM json_each(?))",
+                "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+            ] {
+                sqlx::query(sql).bind(&ids).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            pruned
+                .jobs
+                .extend(batch.into_iter().map(|(id, repo)| (JobId(id), repo)));
+        }
+        pruned.log_lines = batched(
+            &self.pool,
+            "DELETE FROM job_logs WHERE id IN (
+                 SELECT l.id FROM job_logs l JOIN jobs j ON j.id = l.job_id
+                 WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < ? LIMIT ?)",
+            cut_logs,
+        )
+        .await?;
+        pruned.deliveries = batched(
+            &self.pool,
+            "DELETE FROM deliveries WHERE id IN (
+                 SELECT d.id FROM deliveries d
+                 WHERE d.received_at < ? AND d.matched_at IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id) LIMIT ?)",
+            cut_payloads,
+        )
+        .await?;
+        pruned.payloads = batched(
+            &self.pool,
+            "UPDATE deliveries SET payload = x'' WHERE id IN (
+                 SELECT d.id FROM deliveries d
+                 WHERE d.received_at < ? AND d.matched_at IS NOT NULL AND length(d.payload) > 0
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id
+                                   AND j.state IN ('queued', 'running', 'delivering')) LIMIT ?)",
+            cut_payloads,
+        )
+        .await?;
+        Ok(pruned)
+    }
+}
+
+/// Rows one retention batch removes (one short write transaction each).
+const PRUNE_BATCH: i64 = 500;
+
+/// Runs a removal (`sql`, bound to a cut-off and a batch size) in batches until one removes nothing;
+/// returns how many rows it removed.
+async fn batched(pool: &SqlitePool, sql: &'static str, cut: i64) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let done = sqlx::query(sql)
+            .bind(cut)
+            .bind(PRUNE_BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += done;
+        if done == 0 {
+            return Ok(total);
+        }
     }
 }
 

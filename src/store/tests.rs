@@ -73,10 +73,7 @@ impl TestDb {
 }
 
 fn policy(lease: Duration) -> ClaimPolicy {
-    ClaimPolicy {
-        lease,
-        jobs_per_hour: 1000,
-    }
+    ClaimPolicy::new(lease, 1000)
 }
 
 fn delivery(id: &str) -> NewDelivery {
@@ -322,13 +319,28 @@ async fn a_repository_past_its_jobs_an_hour_waits_and_says_why(db: &TestDb) {
         };
         store.record_match(d, &[job("t")]).await.unwrap();
     }
-    let capped = ClaimPolicy {
-        lease: Duration::from_secs(60),
-        jobs_per_hour: 2,
-    };
-    assert!(store.claim_job("w", capped).await.unwrap().is_some());
-    assert!(store.claim_job("w", capped).await.unwrap().is_some());
-    assert!(store.claim_job("w", capped).await.unwrap().is_none());
+    let capped = ClaimPolicy::new(Duration::from_secs(60), 2);
+    assert!(
+        store
+            .claim_job("w", capped.clone())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .claim_job("w", capped.clone())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .claim_job("w", capped.clone())
+            .await
+            .unwrap()
+            .is_none()
+    );
     let third = &store.jobs().await.unwrap()[2];
     assert_eq!(third.state, JobState::Queued);
     assert!(
@@ -746,6 +758,358 @@ async fn usage_repositories_ticks_and_pushes_round_trip(db: &TestDb) {
     assert!(store.outputs(a.id).await.unwrap().is_empty());
 }
 
+/// A job of `repo` running agent profile `agent`, with a spec a worker could run.
+fn job_of(trigger: &str, repo: &str, agent: &str) -> NewJob {
+    NewJob {
+        repo: repo.into(),
+        // Hostile text in the spec (an escaped NUL) must not keep the job from being stored or claimed.
+        spec: serde_json::json!({"agent": agent, "prompt": "a\u{0}b", "repo": repo}).to_string(),
+        ..job(trigger)
+    }
+}
+
+/// Stores a delivery of `repo` and queues `jobs` for it.
+async fn queue(store: &Arc<dyn Store>, id: &str, repo: &str, jobs: &[NewJob]) -> i64 {
+    let mut d = delivery(id);
+    d.repo = Some(repo.into());
+    let Inserted::New(d) = store.insert_delivery(&d).await.unwrap() else {
+        panic!()
+    };
+    store.record_match(d, jobs).await.unwrap();
+    d
+}
+
+/// A flood of jobs from one repository, queued first, does not starve another repository's one job: the
+/// other repository's job is claimed next, running or not, and the dispatcher's look at unmatched
+/// deliveries shows every repository's oldest.
+async fn a_flood_from_one_repository_does_not_starve_another(db: &TestDb) {
+    let store = db.store();
+    for n in 0..30 {
+        queue(
+            &store,
+            &format!("a{n}"),
+            "o/flood",
+            &[job_of("t", "o/flood", "x")],
+        )
+        .await;
+    }
+    queue(&store, "b", "o/quiet", &[job_of("t", "o/quiet", "x")]).await;
+    let lease = Duration::from_secs(60);
+    // One worker: the flood's first job, then the quiet repository's (served least recently), then the flood.
+    let first = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(first.repo, "o/flood");
+    assert!(
+        store
+            .finish_job(first.id, "w", Ending::Succeeded)
+            .await
+            .unwrap()
+    );
+    let second = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(
+        second.repo, "o/quiet",
+        "the quiet repository's job waits behind no flood"
+    );
+    assert!(
+        store
+            .finish_job(second.id, "w", Ending::Succeeded)
+            .await
+            .unwrap()
+    );
+    let third = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(third.repo, "o/flood");
+
+    // Deliveries: one per repository, oldest first, however long one repository's backlog.
+    for n in 0..30 {
+        let mut d = delivery(&format!("u-a{n}"));
+        d.repo = Some("o/flood".into());
+        store.insert_delivery(&d).await.unwrap();
+    }
+    let mut d = delivery("u-b");
+    d.repo = Some("o/quiet".into());
+    store.insert_delivery(&d).await.unwrap();
+    let heads = store.unmatched_heads(10).await.unwrap();
+    assert_eq!(
+        heads
+            .iter()
+            .map(|h| h.delivery_id.0.as_str())
+            .collect::<Vec<_>>(),
+        ["u-a0", "u-b"]
+    );
+}
+
+/// Per-profile and per-repository limits: never more of a profile's (or a repository's) jobs running than
+/// its limit, across replicas claiming at once; the other jobs still run.
+async fn concurrency_limits_hold_per_profile_and_repository(db: &TestDb) {
+    let store = db.store();
+    for n in 0..6 {
+        let repo = format!("o/r{}", n % 3);
+        queue(
+            &store,
+            &format!("c{n}"),
+            &repo,
+            &[job_of("t", &repo, "claude")],
+        )
+        .await;
+    }
+    queue(&store, "x", "o/r0", &[job_of("t", "o/r0", "codex")]).await;
+    let mut limited = policy(Duration::from_secs(60));
+    limited.max_concurrent = Arc::new([("claude".to_owned(), 1)].into_iter().collect());
+    // Replicas claiming at once (on SQLite: the same store).
+    let mut claims = Vec::new();
+    for n in 0..6 {
+        let replica = db.replica().await;
+        let limited = limited.clone();
+        claims.push(tokio::spawn(async move {
+            replica.claim_job(&format!("w{n}"), limited).await.unwrap()
+        }));
+    }
+    let mut claimed = Vec::new();
+    for c in claims {
+        claimed.extend(c.await.unwrap());
+    }
+    let agents: Vec<String> = claimed
+        .iter()
+        .map(|j| serde_json::from_str::<serde_json::Value>(&j.spec).unwrap()["agent"].to_string())
+        .collect();
+    assert_eq!(
+        agents.iter().filter(|a| a.contains("claude")).count(),
+        1,
+        "one claude job at a time: {agents:?}"
+    );
+    assert!(agents.iter().any(|a| a.contains("codex")), "{agents:?}");
+    assert_eq!(claimed.len(), 2);
+    // Ending it lets the next one start.
+    assert!(
+        store
+            .claim_job("late", limited.clone())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    db.exec("UPDATE jobs SET state = 'succeeded', lease_owner = NULL WHERE agent = 'claude' AND state = 'running'")
+        .await;
+    let next = store
+        .claim_job("late", limited.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(next.spec.contains("claude"));
+
+    // A repository cap of 1: the repository with a running job waits, the others start.
+    let mut per_repo = policy(Duration::from_secs(60));
+    per_repo.max_concurrent_per_repo = Some(1);
+    let running_repos: Vec<String> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.state == JobState::Running)
+        .map(|j| j.repo)
+        .collect();
+    let mut started = Vec::new();
+    while let Some(j) = store.claim_job("r", per_repo.clone()).await.unwrap() {
+        started.push(j.repo);
+    }
+    let mut all: Vec<String> = running_repos.into_iter().chain(started).collect();
+    let before = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        before,
+        "two jobs of one repository running: {all:?}"
+    );
+}
+
+/// `nightshift jobs cancel` and `retry`: a queued job is cancelled at once, a running one is asked to stop
+/// (its worker learns it at the next renewal, with the operator's reason); a failed or cancelled job is
+/// queued again as a new job with the same spec, naming the one it retries; what makes no sense is refused.
+async fn jobs_are_cancelled_and_retried_for_an_operator(db: &TestDb) {
+    let store = db.store();
+    queue(
+        &store,
+        "k",
+        "o/r",
+        &[job_of("run", "o/r", "x"), job_of("wait", "o/r", "x")],
+    )
+    .await;
+    let lease = Duration::from_secs(60);
+    let running = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    let queued = store.jobs().await.unwrap()[1].id;
+
+    assert_eq!(
+        store.cancel_job(queued, "by hand").await.unwrap(),
+        Cancel::Cancelled
+    );
+    let record = store.job(queued).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.error.as_deref()),
+        (JobState::Cancelled, Some("by hand"))
+    );
+    assert!(
+        store
+            .claim_job("w2", policy(lease))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert_eq!(
+        store.cancel_job(running.id, "stop it").await.unwrap(),
+        Cancel::Requested
+    );
+    assert_eq!(
+        store.renew_lease(running.id, "w", lease).await.unwrap(),
+        Lease::CancelRequested
+    );
+    assert_eq!(
+        store.cancel_reason(running.id).await.unwrap().as_deref(),
+        Some("stop it")
+    );
+    assert!(store.store_result(running.id, "w", "{}").await.unwrap());
+    assert_eq!(
+        store.cancel_job(running.id, "again").await.unwrap(),
+        Cancel::Refused(JobState::Delivering)
+    );
+    assert!(
+        store
+            .finish_job(running.id, "w", Ending::Failed("boom"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.cancel_job(JobId(9999), "x").await.unwrap(),
+        Cancel::NoSuchJob
+    );
+
+    // Retries: of the failed one and of the cancelled one, each a new job with the same spec.
+    let Retry::Queued(again) = store.retry_job(running.id).await.unwrap() else {
+        panic!("a failed job is retried")
+    };
+    assert_ne!(again, running.id);
+    assert_eq!(
+        store.job_spec(again).await.unwrap(),
+        store.job_spec(running.id).await.unwrap()
+    );
+    assert_eq!(store.retried_from(again).await.unwrap(), Some(running.id));
+    assert!(matches!(
+        store.retry_job(queued).await.unwrap(),
+        Retry::Queued(_)
+    ));
+    let Retry::Queued(twice) = store.retry_job(running.id).await.unwrap() else {
+        panic!("a job can be retried more than once")
+    };
+    assert_ne!(twice, again);
+    assert_eq!(
+        store.retry_job(again).await.unwrap(),
+        Retry::Refused(JobState::Queued)
+    );
+    assert_eq!(
+        store.retry_job(JobId(9999)).await.unwrap(),
+        Retry::NoSuchJob
+    );
+    // The retry runs like any job, with its event's payload.
+    let claimed = store.claim_job("w3", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(claimed.id, again);
+    assert_eq!(claimed.trigger, "run");
+    assert_eq!(
+        store.delivery_payload(claimed.delivery).await.unwrap(),
+        b"{}".to_vec()
+    );
+    // A job that could not be prepared has nothing to run again.
+    let mut unprepared = job("broken");
+    unprepared.error = Some("bad template".into());
+    queue(&store, "u", "o/r", &[unprepared]).await;
+    let broken = store.jobs().await.unwrap().last().unwrap().id;
+    assert_eq!(store.retry_job(broken).await.unwrap(), Retry::NoSpec);
+}
+
+/// Retention removes finished jobs (with logs and outputs), older logs and payloads, and never what a
+/// queued job or an unmatched delivery needs; a dry run says the same and removes nothing; a second run
+/// removes nothing more.
+async fn prune_removes_what_ended_long_ago_and_nothing_a_job_needs(db: &TestDb) {
+    let store = db.store();
+    let lease = Duration::from_secs(60);
+    queue(&store, "old", "o/r", &[job_of("old", "o/r", "x")]).await;
+    queue(&store, "mid", "o/r", &[job_of("mid", "o/r", "x")]).await;
+    for _ in 0..2 {
+        let j = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+        store
+            .append_log(j.id, LogStream::Stdout, &["one".into(), "two".into()])
+            .await
+            .unwrap();
+        let out = Output {
+            kind: "comment".into(),
+            key: "k".into(),
+            url: None,
+            github_id: Some(1),
+            pending: false,
+        };
+        store.record_output(j.id, &out).await.unwrap();
+        assert!(
+            store
+                .finish_job(j.id, "w", Ending::Failed("x"))
+                .await
+                .unwrap()
+        );
+    }
+    queue(&store, "waiting", "o/r", &[job_of("waiting", "o/r", "x")]).await;
+    let mut unmatched = delivery("unmatched");
+    unmatched.payload = b"{\"keep\":1}".to_vec();
+    store.insert_delivery(&unmatched).await.unwrap();
+    // Everything arrived 100 days ago; `old` ended 100 days ago, `mid` 40.
+    db.exec("UPDATE deliveries SET received_at = received_at - 8640000000")
+        .await;
+    db.exec("UPDATE jobs SET finished_at = finished_at - 8640000000 WHERE trigger_name = 'old'")
+        .await;
+    db.exec("UPDATE jobs SET finished_at = finished_at - 3456000000 WHERE trigger_name = 'mid'")
+        .await;
+    let jobs = store.jobs().await.unwrap();
+    let (old, mid, waiting) = (jobs[0].id, jobs[1].id, jobs[2].id);
+
+    let keep = crate::config::DEFAULT_PRUNE;
+    let dry = store.prune(keep, true).await.unwrap();
+    assert_eq!(
+        store.jobs().await.unwrap().len(),
+        3,
+        "a dry run removes nothing"
+    );
+    let pruned = store.prune(keep, false).await.unwrap();
+    assert_eq!(dry, pruned);
+    assert_eq!(pruned.jobs, vec![(old, "o/r".to_owned())]);
+    assert_eq!(
+        (pruned.log_lines, pruned.deliveries, pruned.payloads),
+        (2, 1, 1)
+    );
+
+    assert!(store.job(old).await.unwrap().is_none());
+    assert!(store.outputs(old).await.unwrap().is_empty());
+    assert!(
+        store.job_log(mid).await.unwrap().is_empty(),
+        "a month-old log is removed"
+    );
+    assert_eq!(
+        store.outputs(mid).await.unwrap().len(),
+        1,
+        "a kept job keeps its outputs"
+    );
+    assert_eq!(store.retry_job(mid).await.unwrap(), Retry::PayloadPruned);
+    // The queued job's payload and the unmatched delivery are kept, however old.
+    let claimed = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(claimed.id, waiting);
+    assert_eq!(
+        store.delivery_payload(claimed.delivery).await.unwrap(),
+        b"{}".to_vec()
+    );
+    let heads = store.unmatched_heads(10).await.unwrap();
+    assert_eq!(heads.len(), 1);
+    assert_eq!(
+        store.delivery_payload(heads[0].id).await.unwrap(),
+        b"{\"keep\":1}".to_vec()
+    );
+    assert_eq!(store.prune(keep, false).await.unwrap(), Pruned::default());
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -784,6 +1148,10 @@ on_both_stores!(
     replicas_claiming_at_once_start_one_job_of_a_group,
     text_with_nul_is_stored,
     usage_repositories_ticks_and_pushes_round_trip,
+    a_flood_from_one_repository_does_not_starve_another,
+    concurrency_limits_hold_per_profile_and_repository,
+    jobs_are_cancelled_and_retried_for_an_operator,
+    prune_removes_what_ended_long_ago_and_nothing_a_job_needs,
 );
 
 #[test]
