@@ -12,6 +12,9 @@ use crate::trigger::{Limits, OutputKind, Skills, Trigger, VerifyFail, VerifyStep
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub trigger: String,
+    /// Keep `agent` the second field: Postgres reads it from the stored spec's text, as the first
+    /// `"agent":"` after `trigger` (migrations/postgres/0003_fair_ops.sql), because its JSON functions refuse
+    /// the `\u0000` hostile text can carry.
     pub agent: String,
     pub prompt: String,
     pub output: OutputKind,
