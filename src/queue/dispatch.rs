@@ -237,7 +237,7 @@ async fn lineage_depth(pipeline: &Pipeline, event: &Event) -> u32 {
     };
     let mut jobs: Vec<_> = texts
         .iter()
-        .flat_map(|t| crate::sink::texts::marked_jobs(t))
+        .flat_map(|t| crate::ids::marked_jobs(t))
         .collect();
     jobs.sort_unstable_by_key(|j| j.0);
     jobs.dedup();

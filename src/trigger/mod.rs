@@ -666,7 +666,7 @@ pub fn is_from_nightshift(event: &Event, bot_login: Option<&str>) -> bool {
                 .or(payload["issue"]["body"].as_str()),
             None => None,
         };
-        return written.is_some_and(|t| t.contains(crate::sink::texts::MARKER_PREFIX));
+        return written.is_some_and(|t| t.contains(crate::ids::MARKER_PREFIX));
     };
     event
         .principals()
