@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use crate::queue::EnvLookup;
+use super::EnvLookup;
 use crate::sandbox::{self, BoxSpec, Limits};
 use crate::store::LogStream;
 

@@ -17,9 +17,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::config::{AgentProfile, Backend, PromptVia};
-use crate::queue::EnvLookup;
 use crate::sandbox::{self, BoxSpec, Network};
 use crate::store::Usage;
+
+/// Reads a variable of the service's environment.
+pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 /// Everything a backend needs to run one job's agent.
 pub struct AgentJob<'a> {

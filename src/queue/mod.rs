@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::agent::EnvLookup;
 use crate::agent::workspace::Workspaces;
 use crate::config::Config;
 use crate::github::GitHub;
@@ -30,9 +31,6 @@ impl Pipeline {
         *self.triggers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(triggers);
     }
 }
-
-/// Reads a variable of the service's environment.
-pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 /// Everything the dispatcher and workers share.
 pub struct Pipeline {
