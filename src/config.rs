@@ -443,7 +443,7 @@ pub struct Config {
     /// The most bytes of agent output one job's log keeps.
     pub max_job_log: usize,
     pub github: GithubConfig,
-    pub git: crate::agent::git::GitPolicy,
+    pub git: crate::repo::git::GitPolicy,
     pub agents: BTreeMap<String, AgentProfile>,
     /// The model gateway's prices and budgets.
     pub gateway: crate::gateway::config::GatewayConfig,
@@ -709,7 +709,7 @@ fn resolve(
             ),
         }
     }
-    let git = crate::agent::git::GitPolicy {
+    let git = crate::repo::git::GitPolicy {
         file_roots,
         http_hosts: file
             .git
@@ -720,7 +720,7 @@ fn resolve(
         timeout: file
             .git
             .timeout
-            .unwrap_or(crate::agent::git::DEFAULT_TIMEOUT),
+            .unwrap_or(crate::repo::git::DEFAULT_TIMEOUT),
     };
 
     let data_dir = rel(file.data_dir.clone().unwrap_or_else(default_data_dir));

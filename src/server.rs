@@ -10,10 +10,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::agent::workspace::Workspaces;
 use crate::config::Config;
 use crate::github::GitHub;
 use crate::queue::{Pipeline, dispatch, worker};
+use crate::repo::workspace::Workspaces;
 use crate::source::webhook::{self, WebhookState};
 use crate::store;
 use crate::trigger::TriggerSet;

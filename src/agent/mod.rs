@@ -1,15 +1,13 @@
-//! Running a job's agent: the workspace it works in ([`workspace`]), the prompt it is given ([`prompt`]),
+//! Running a job's agent in its worktree ([`crate::repo::workspace`]): the prompt it is given ([`prompt`]),
 //! and the backends: any program ([`command`]), the Codex and Claude Code CLIs ([`cli`]), and an
 //! OpenAI-compatible model endpoint ([`endpoint`]). Each reports the same [`AgentOutcome`].
 
 pub mod cli;
 pub mod command;
 pub mod endpoint;
-pub mod git;
 pub mod log;
 pub mod prompt;
 pub mod result;
-pub mod workspace;
 
 use std::path::Path;
 use std::time::Duration;

@@ -9,7 +9,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::Pipeline;
 
-use crate::agent::git::GitAuth;
+use crate::repo::git::GitAuth;
 use crate::source::event::Event;
 use crate::store::{KnownRepo, NewJob, StoredDelivery};
 use crate::trigger::{MAX_CHANGED_FILES, MatchInput, Standing, TriggerSet};

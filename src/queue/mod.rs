@@ -10,9 +10,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::agent::EnvLookup;
-use crate::agent::workspace::Workspaces;
 use crate::config::Config;
 use crate::github::GitHub;
+use crate::repo::workspace::Workspaces;
 use crate::store::Store;
 use crate::trigger::TriggerSet;
 
