@@ -115,7 +115,7 @@ pub async fn serve(
     }
     let pipeline = Arc::new(Pipeline {
         workspaces: Workspaces::new(&config.data_dir, config.git.clone()),
-        triggers: std::sync::RwLock::new(Arc::new(triggers)),
+        triggers: Arc::new(crate::trigger::Live::new(triggers)),
         repo_triggers: Default::default(),
         known_repos: Default::default(),
         standing: Default::default(),
@@ -139,7 +139,11 @@ pub async fn serve(
     });
     tokio::spawn(dispatch::run(pipeline.clone()));
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
-    tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));
+    tokio::spawn(crate::trigger::reload::watch(
+        pipeline.triggers.clone(),
+        vec![pipeline.config.triggers.clone()],
+        pipeline.config.agent_kinds(),
+    ));
     let instance = format!("{}-{}", hostname(), std::process::id());
     pipeline.health.expect_workers(pipeline.config.workers);
     for n in 0..pipeline.config.workers {

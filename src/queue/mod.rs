@@ -21,14 +21,7 @@ pub use crate::trigger::job::JobSpec;
 impl Pipeline {
     /// The triggers in force now.
     pub fn triggers(&self) -> Arc<TriggerSet> {
-        self.triggers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_triggers(&self, triggers: TriggerSet) {
-        *self.triggers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(triggers);
+        self.triggers.get()
     }
 }
 
@@ -41,7 +34,7 @@ pub struct Pipeline {
     /// Repositories' own triggers, read from their default branches.
     pub repo_triggers: crate::trigger::repo::RepoTriggers,
     /// The triggers in force; replaced whole when trigger files change.
-    pub triggers: std::sync::RwLock<Arc<TriggerSet>>,
+    pub triggers: Arc<crate::trigger::Live>,
     pub github: Arc<GitHub>,
     pub workspaces: Workspaces,
     /// Rung when a delivery is stored.

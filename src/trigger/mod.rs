@@ -24,6 +24,7 @@ use crate::source::event::{Event, Repository};
 pub use job::JobSpec;
 pub use model::{EventKind, Forks, Limits, OutputKind, OutputOptions, OutputSpec, Secrets, Skills};
 use pattern::PatternList;
+pub use reload::Live;
 pub use schedule::Schedule;
 pub use verify::{VerifyDefault, VerifyFail, VerifyStep};
 
