@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::github::GitHub;
 use crate::queue::{Pipeline, dispatch, worker};
 use crate::repo::workspace::Workspaces;
+use crate::source::Intake;
 use crate::source::webhook::{self, WebhookState};
 use crate::store;
 use crate::trigger::TriggerSet;
@@ -121,7 +122,7 @@ pub async fn serve(
         standing: Default::default(),
         store,
         github,
-        deliveries_waiting: Notify::new(),
+        deliveries_waiting: Arc::new(Notify::new()),
         jobs_waiting: Notify::new(),
         env: Box::new(move |name| env.get(name).cloned()),
         gateway,
@@ -138,7 +139,15 @@ pub async fn serve(
         check_agents(&checked.config, &|key| checked.gateway.has_key(key)).await
     });
     tokio::spawn(dispatch::run(pipeline.clone()));
-    tokio::spawn(crate::source::schedule::run(pipeline.clone()));
+    let intake = Intake {
+        store: pipeline.store.clone(),
+        deliveries_waiting: pipeline.deliveries_waiting.clone(),
+    };
+    tokio::spawn(crate::source::schedule::run(
+        intake.clone(),
+        pipeline.triggers.clone(),
+        pipeline.config.github.api_url.clone(),
+    ));
     tokio::spawn(crate::trigger::reload::watch(
         pipeline.triggers.clone(),
         vec![pipeline.config.triggers.clone()],
@@ -152,7 +161,7 @@ pub async fn serve(
 
     let app = Router::new()
         .merge(webhook::routes(Arc::new(WebhookState {
-            pipeline: pipeline.clone(),
+            intake: intake.clone(),
             secrets,
         })))
         .route("/healthz", get(|| async { "ok" }))

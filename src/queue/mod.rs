@@ -37,8 +37,8 @@ pub struct Pipeline {
     pub triggers: Arc<crate::trigger::Live>,
     pub github: Arc<GitHub>,
     pub workspaces: Workspaces,
-    /// Rung when a delivery is stored.
-    pub deliveries_waiting: Notify,
+    /// Rung when a delivery is stored (shared with the sources' [`crate::source::Intake`]).
+    pub deliveries_waiting: Arc<Notify>,
     /// Rung when a job is queued.
     pub jobs_waiting: Notify,
     /// Actors' permissions on repositories, as GitHub answered (for events without an author association).
