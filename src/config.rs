@@ -425,6 +425,10 @@ pub struct GithubConfig {
     pub webhook_secrets: Vec<SecretString>,
 }
 
+/// How many links of jobs set off by nightshift's own outputs may follow each other when the service does
+/// not say: a job's output may set off one more job, whose output sets off none.
+pub const DEFAULT_MAX_DEPTH: u32 = 1;
+
 /// The resolved configuration the service runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -436,7 +440,7 @@ pub struct Config {
     pub workers: usize,
     pub job_lease: Duration,
     pub max_attempts: u32,
-    /// Lineage: see [`crate::trigger::DEFAULT_MAX_DEPTH`].
+    /// Lineage: see [`DEFAULT_MAX_DEPTH`].
     pub max_depth: u32,
     pub repo_triggers: bool,
     pub report_failures: bool,
@@ -787,7 +791,7 @@ fn resolve(
             .max_attempts
             .unwrap_or_else(default_max_attempts)
             .max(1),
-        max_depth: file.max_depth.unwrap_or(crate::trigger::DEFAULT_MAX_DEPTH),
+        max_depth: file.max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
         repo_triggers: file.repo_triggers.unwrap_or(true),
         report_failures: file.report_failures.unwrap_or(true),
         max_job_log: file.max_job_log.unwrap_or(DEFAULT_MAX_JOB_LOG),
