@@ -1040,7 +1040,7 @@ fn agent_profile(
         );
     }
     for host in &file.egress {
-        if let Err(why) = crate::gateway::egress::check_pattern(&host.value) {
+        if let Err(why) = crate::gateway::config::check_pattern(&host.value) {
             errors.push(
                 Diagnostic::at(
                     path,
