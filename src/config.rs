@@ -459,9 +459,9 @@ pub struct Config {
     /// The most jobs one repository starts in an hour.
     pub max_jobs_per_hour: u32,
     /// The service's `limits:`, under every trigger's own.
-    pub limits: crate::trigger::Limits,
+    pub limits: crate::trigger::model::Limits,
     /// The service's `verify:` defaults, in order (see [`crate::trigger::verify::resolve`]).
-    pub verify: Vec<crate::trigger::VerifyDefault>,
+    pub verify: Vec<crate::trigger::verify::VerifyDefault>,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -746,7 +746,7 @@ fn resolve(
     );
 
     let limits = match file.limits.map(crate::trigger::model::LimitsFile::check) {
-        None => crate::trigger::Limits::default(),
+        None => crate::trigger::model::Limits::default(),
         Some(Ok(limits)) => limits,
         Some(Err(problems)) => {
             for (at, message, hint) in problems {
@@ -756,7 +756,7 @@ fn resolve(
                     None => d,
                 });
             }
-            crate::trigger::Limits::default()
+            crate::trigger::model::Limits::default()
         }
     };
 
