@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nightshift::agent::git::GitAuth;
-use nightshift::agent::workspace::{Checkout, Workspaces};
 use nightshift::ids::{JobId, RepoName};
+use nightshift::repo::git::GitAuth;
+use nightshift::repo::workspace::{Checkout, Workspaces};
 
 const FILES: usize = 50_000;
 const COMMITS: usize = 40_000;
@@ -135,7 +135,7 @@ fn bench(c: &mut Criterion) {
     );
     let spaces = Workspaces::new(
         &root.path().join("data"),
-        nightshift::agent::git::GitPolicy {
+        nightshift::repo::git::GitPolicy {
             file_roots: vec![std::fs::canonicalize(root.path()).unwrap()],
             ..Default::default()
         },

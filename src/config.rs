@@ -455,6 +455,10 @@ pub struct GithubConfig {
     pub webhook_secrets: Vec<SecretString>,
 }
 
+/// How many links of jobs set off by nightshift's own outputs may follow each other when the service does
+/// not say: a job's output may set off one more job, whose output sets off none.
+pub const DEFAULT_MAX_DEPTH: u32 = 1;
+
 /// The resolved configuration the service runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -466,14 +470,14 @@ pub struct Config {
     pub workers: usize,
     pub job_lease: Duration,
     pub max_attempts: u32,
-    /// Lineage: see [`crate::trigger::DEFAULT_MAX_DEPTH`].
+    /// Lineage: see [`DEFAULT_MAX_DEPTH`].
     pub max_depth: u32,
     pub repo_triggers: bool,
     pub report_failures: bool,
     /// The most bytes of agent output one job's log keeps.
     pub max_job_log: usize,
     pub github: GithubConfig,
-    pub git: crate::agent::git::GitPolicy,
+    pub git: crate::repo::git::GitPolicy,
     pub agents: BTreeMap<String, AgentProfile>,
     /// The model gateway's prices and budgets.
     pub gateway: crate::gateway::config::GatewayConfig,
@@ -491,9 +495,9 @@ pub struct Config {
     /// How long finished jobs, their logs and payloads are kept.
     pub prune: crate::store::PrunePolicy,
     /// The service's `limits:`, under every trigger's own.
-    pub limits: crate::trigger::Limits,
+    pub limits: crate::trigger::model::Limits,
     /// The service's `verify:` defaults, in order (see [`crate::trigger::verify::resolve`]).
-    pub verify: Vec<crate::trigger::VerifyDefault>,
+    pub verify: Vec<crate::trigger::verify::VerifyDefault>,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -771,7 +775,7 @@ fn resolve(
             ),
         }
     }
-    let git = crate::agent::git::GitPolicy {
+    let git = crate::repo::git::GitPolicy {
         file_roots,
         http_hosts: file
             .git
@@ -782,7 +786,7 @@ fn resolve(
         timeout: file
             .git
             .timeout
-            .unwrap_or(crate::agent::git::DEFAULT_TIMEOUT),
+            .unwrap_or(crate::repo::git::DEFAULT_TIMEOUT),
     };
 
     let data_dir = rel(file.data_dir.clone().unwrap_or_else(default_data_dir));
@@ -808,7 +812,7 @@ fn resolve(
     );
 
     let limits = match file.limits.map(crate::trigger::model::LimitsFile::check) {
-        None => crate::trigger::Limits::default(),
+        None => crate::trigger::model::Limits::default(),
         Some(Ok(limits)) => limits,
         Some(Err(problems)) => {
             for (at, message, hint) in problems {
@@ -818,7 +822,7 @@ fn resolve(
                     None => d,
                 });
             }
-            crate::trigger::Limits::default()
+            crate::trigger::model::Limits::default()
         }
     };
 
@@ -853,7 +857,7 @@ fn resolve(
             .max_attempts
             .unwrap_or_else(default_max_attempts)
             .max(1),
-        max_depth: file.max_depth.unwrap_or(crate::trigger::DEFAULT_MAX_DEPTH),
+        max_depth: file.max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
         repo_triggers: file.repo_triggers.unwrap_or(true),
         report_failures: file.report_failures.unwrap_or(true),
         max_job_log: file.max_job_log.unwrap_or(DEFAULT_MAX_JOB_LOG),
@@ -1109,7 +1113,7 @@ fn agent_profile(
         );
     }
     for host in &file.egress {
-        if let Err(why) = crate::gateway::egress::check_pattern(&host.value) {
+        if let Err(why) = crate::gateway::config::check_pattern(&host.value) {
             errors.push(
                 Diagnostic::at(
                     path,

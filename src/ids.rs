@@ -1,4 +1,4 @@
-//! Newtypes for identifiers that are easy to mix up.
+//! Newtypes for identifiers that are easy to mix up, and the hidden marker that names a job in what it posts.
 
 use std::fmt;
 
@@ -90,6 +90,39 @@ impl fmt::Display for InstallationId {
     }
 }
 
+/// The start of the hidden marker in everything nightshift posts: it tells nightshift's own comments from
+/// people's (so they never set off triggers) and lets a retried job find what it already posted.
+pub const MARKER_PREFIX: &str = "<!-- nightshift:job:";
+
+/// The hidden marker that identifies a job's comment.
+pub fn marker(job: JobId) -> String {
+    format!("{MARKER_PREFIX}{job} -->")
+}
+
+/// The jobs whose markers are in `text`: every whole `<!-- nightshift:job:N -->`, and a text that is only
+/// `nightshift:job:N` (a check run's `external_id`). Linear in the text's length.
+pub fn marked_jobs(text: &str) -> Vec<JobId> {
+    let number = |digits: &str| -> Option<JobId> {
+        (!digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok().map(JobId))
+            .flatten()
+    };
+    if let Some(n) = text.strip_prefix("nightshift:job:").and_then(number) {
+        return vec![n];
+    }
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices(MARKER_PREFIX) {
+        let rest = &text[at + MARKER_PREFIX.len()..];
+        let digits = &rest[..rest.bytes().take_while(u8::is_ascii_digit).count()];
+        if rest[digits.len()..].starts_with(" -->")
+            && let Some(n) = number(digits)
+        {
+            found.push(n);
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +135,19 @@ mod tests {
         for bad in ["", "a", "a/", "/b", "a/b/c", "a/..", "a b/c"] {
             assert!(RepoName::parse(bad).is_none(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn markers_name_jobs_only_whole() {
+        assert_eq!(
+            marked_jobs("x <!-- nightshift:job:12 --> y <!-- nightshift:job:3 -->"),
+            [JobId(12), JobId(3)]
+        );
+        assert_eq!(marked_jobs("nightshift:job:7"), [JobId(7)]);
+        assert!(marked_jobs("<!-- nightshift:job:12 ->").is_empty());
+        assert!(marked_jobs("<!-- nightshift:job: -->").is_empty());
+        assert!(marked_jobs("<!-- nightshift:job:99999999999999999999999 -->").is_empty());
+        assert!(marked_jobs("<!-- nightshift:job:1x -->").is_empty());
+        assert!(marked_jobs("nightshift:job:7 and more").is_empty());
     }
 }

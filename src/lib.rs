@@ -13,6 +13,7 @@ pub mod health;
 pub mod ids;
 pub mod queue;
 pub mod redact;
+pub mod repo;
 pub mod safe_fs;
 pub mod sandbox;
 pub mod server;

@@ -332,7 +332,7 @@ async fn act_on_job(config: &Config, action: JobsAction) -> Result<ExitCode> {
 async fn prune(config: &Config, dry_run: bool) -> Result<ExitCode> {
     let store = nightshift::store::open(&config.store).await?;
     let workspaces =
-        nightshift::agent::workspace::Workspaces::new(&config.data_dir, config.git.clone());
+        nightshift::repo::workspace::Workspaces::new(&config.data_dir, config.git.clone());
     let pruned = nightshift::queue::retention::prune(&*store, config, &workspaces, dry_run).await?;
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(

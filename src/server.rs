@@ -10,10 +10,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::agent::workspace::Workspaces;
 use crate::config::Config;
 use crate::github::GitHub;
 use crate::queue::{Pipeline, dispatch, worker};
+use crate::repo::workspace::Workspaces;
+use crate::source::Intake;
 use crate::source::webhook::{self, WebhookState};
 use crate::store;
 use crate::trigger::TriggerSet;
@@ -115,13 +116,13 @@ pub async fn serve(
     }
     let pipeline = Arc::new(Pipeline {
         workspaces: Workspaces::new(&config.data_dir, config.git.clone()),
-        triggers: std::sync::RwLock::new(Arc::new(triggers)),
+        triggers: Arc::new(crate::trigger::Live::new(triggers)),
         repo_triggers: Default::default(),
         known_repos: Default::default(),
         standing: Default::default(),
         store,
         github,
-        deliveries_waiting: Notify::new(),
+        deliveries_waiting: Arc::new(Notify::new()),
         jobs_waiting: Notify::new(),
         env: Box::new(move |name| env.get(name).cloned()),
         gateway,
@@ -138,8 +139,20 @@ pub async fn serve(
         check_agents(&checked.config, &|key| checked.gateway.has_key(key)).await
     });
     tokio::spawn(dispatch::run(pipeline.clone()));
-    tokio::spawn(crate::source::schedule::run(pipeline.clone()));
-    tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));
+    let intake = Intake {
+        store: pipeline.store.clone(),
+        deliveries_waiting: pipeline.deliveries_waiting.clone(),
+    };
+    tokio::spawn(crate::source::schedule::run(
+        intake.clone(),
+        pipeline.triggers.clone(),
+        pipeline.config.github.api_url.clone(),
+    ));
+    tokio::spawn(crate::trigger::reload::watch(
+        pipeline.triggers.clone(),
+        vec![pipeline.config.triggers.clone()],
+        pipeline.config.agent_kinds(),
+    ));
     tokio::spawn(crate::queue::retention::run(pipeline.clone()));
     let instance = format!("{}-{}", hostname(), std::process::id());
     pipeline.health.expect_workers(pipeline.config.workers);
@@ -149,7 +162,7 @@ pub async fn serve(
 
     let app = Router::new()
         .merge(webhook::routes(Arc::new(WebhookState {
-            pipeline: pipeline.clone(),
+            intake: intake.clone(),
             secrets,
         })))
         .route("/healthz", get(|| async { "ok" }))

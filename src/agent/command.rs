@@ -12,15 +12,10 @@ use anyhow::{Context, Result};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-use crate::queue::EnvLookup;
+use super::EnvLookup;
+use crate::sandbox::harden::BASE_ENV;
 use crate::sandbox::{self, BoxSpec, Limits};
 use crate::store::LogStream;
-
-/// Variables every agent may see, when the service has them. Everything else is withheld unless the
-/// profile lists it under `env`: the webhook secret, the GitHub token and the App key never reach an agent.
-pub const BASE_ENV: &[&str] = &[
-    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM",
-];
 
 /// How a process is started.
 pub struct Launch<'a> {

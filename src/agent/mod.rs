@@ -1,15 +1,13 @@
-//! Running a job's agent: the workspace it works in ([`workspace`]), the prompt it is given ([`prompt`]),
+//! Running a job's agent in its worktree ([`crate::repo::workspace`]): the prompt it is given ([`prompt`]),
 //! and the backends: any program ([`command`]), the Codex and Claude Code CLIs ([`cli`]), and an
 //! OpenAI-compatible model endpoint ([`endpoint`]). Each reports the same [`AgentOutcome`].
 
 pub mod cli;
 pub mod command;
 pub mod endpoint;
-pub mod git;
 pub mod log;
 pub mod prompt;
 pub mod result;
-pub mod workspace;
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,9 +15,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::config::{AgentProfile, Backend, PromptVia};
-use crate::queue::EnvLookup;
 use crate::sandbox::{self, BoxSpec, Network};
 use crate::store::Usage;
+
+/// Reads a variable of the service's environment.
+pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 /// Everything a backend needs to run one job's agent.
 pub struct AgentJob<'a> {

@@ -78,3 +78,61 @@ impl GatewayConfig {
         }
     }
 }
+
+/// Checks one `egress` entry: a host name, or `*.` and a domain. Returns why it is not one.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    if name.is_empty() || name.len() > 253 {
+        return Err("is not a host name".into());
+    }
+    if name.contains(':') || name.contains('/') {
+        return Err("has a scheme, port or path; write only the host".into());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(
+            "is not a host name (letters, digits, `-` and dots; `*.` only in front)".into(),
+        );
+    }
+    if pattern.starts_with("*.") && !name.contains('.') {
+        return Err("allows a whole top-level domain".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_host_names_or_wildcard_domains() {
+        for good in [
+            "registry.npmjs.org",
+            "*.crates.io",
+            "localhost",
+            "a-b.example",
+        ] {
+            assert_eq!(check_pattern(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "https://x.io",
+            "x.io:443",
+            "*",
+            "*.com",
+            "a.*.io",
+            "-x.io",
+            "x..io",
+            "",
+            "x.io/a",
+            "*.*.io",
+        ] {
+            assert!(check_pattern(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -202,14 +202,14 @@ impl RepoClient {
 
     /// The credentials git uses, right now: call it right before a push, so a job that ran longer than its
     /// token lives pushes with a fresh one. Also returns a line for the job log when a token was minted.
-    pub async fn fresh_git_auth(&self) -> Result<(crate::agent::git::GitAuth, Option<String>)> {
+    pub async fn fresh_git_auth(&self) -> Result<(crate::repo::git::GitAuth, Option<String>)> {
         let minted = self.refresh().await?;
         Ok((self.git_auth(), minted))
     }
 
     /// The credentials git uses with the current token, as it is.
-    pub fn git_auth(&self) -> crate::agent::git::GitAuth {
-        crate::agent::git::GitAuth::token(&self.token())
+    pub fn git_auth(&self) -> crate::repo::git::GitAuth {
+        crate::repo::git::GitAuth::token(&self.token())
     }
 }
 

@@ -9,7 +9,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::Pipeline;
 
-use crate::agent::git::GitAuth;
+use crate::repo::git::GitAuth;
 use crate::source::event::Event;
 use crate::store::{KnownRepo, NewJob, StoredDelivery};
 use crate::trigger::{MAX_CHANGED_FILES, MatchInput, Standing, TriggerSet};
@@ -257,7 +257,7 @@ async fn lineage_depth(pipeline: &Pipeline, event: &Event) -> u32 {
     };
     let mut jobs: Vec<_> = texts
         .iter()
-        .flat_map(|t| crate::sink::texts::marked_jobs(t))
+        .flat_map(|t| crate::ids::marked_jobs(t))
         .collect();
     jobs.sort_unstable_by_key(|j| j.0);
     jobs.dedup();

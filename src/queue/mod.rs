@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use crate::agent::workspace::Workspaces;
+use crate::agent::EnvLookup;
 use crate::config::Config;
 use crate::github::GitHub;
+use crate::repo::workspace::Workspaces;
 use crate::store::Store;
 use crate::trigger::TriggerSet;
 
@@ -21,19 +22,9 @@ pub use crate::trigger::job::JobSpec;
 impl Pipeline {
     /// The triggers in force now.
     pub fn triggers(&self) -> Arc<TriggerSet> {
-        self.triggers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_triggers(&self, triggers: TriggerSet) {
-        *self.triggers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(triggers);
+        self.triggers.get()
     }
 }
-
-/// Reads a variable of the service's environment.
-pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 /// Everything the dispatcher and workers share.
 pub struct Pipeline {
@@ -44,11 +35,11 @@ pub struct Pipeline {
     /// Repositories' own triggers, read from their default branches.
     pub repo_triggers: crate::trigger::repo::RepoTriggers,
     /// The triggers in force; replaced whole when trigger files change.
-    pub triggers: std::sync::RwLock<Arc<TriggerSet>>,
+    pub triggers: Arc<crate::trigger::Live>,
     pub github: Arc<GitHub>,
     pub workspaces: Workspaces,
-    /// Rung when a delivery is stored.
-    pub deliveries_waiting: Notify,
+    /// Rung when a delivery is stored (shared with the sources' [`crate::source::Intake`]).
+    pub deliveries_waiting: Arc<Notify>,
     /// Rung when a job is queued.
     pub jobs_waiting: Notify,
     /// Actors' permissions on repositories, as GitHub answered (for events without an author association).

@@ -12,7 +12,7 @@ use anyhow::Result;
 use tracing::{info, warn};
 
 use super::Pipeline;
-use crate::agent::workspace::Workspaces;
+use crate::repo::workspace::Workspaces;
 use crate::ids::RepoName;
 use crate::store::{Pruned, Store};
 

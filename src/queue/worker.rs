@@ -17,11 +17,11 @@ use anyhow::{Context, Result, anyhow};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::{JobSpec, Pipeline};
-use crate::agent::git::GitAuth;
 use crate::agent::prompt::{self, RepoContext};
-use crate::agent::workspace::Checkout;
 use crate::agent::{self, AgentJob, result};
 use crate::ids::JobId;
+use crate::repo::git::GitAuth;
+use crate::repo::workspace::Checkout;
 use crate::sink::outcome::{Outcome, Proposal};
 use crate::sink::texts::Failure;
 use crate::sink::{self, LostLease, SinkContext};
@@ -255,7 +255,7 @@ fn missing_commit(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<Transient>().is_some_and(|t| {
             t.0.chain()
-                .any(|c| c.is::<crate::agent::workspace::MissingCommit>())
+                .any(|c| c.is::<crate::repo::workspace::MissingCommit>())
         })
     })
 }
@@ -625,7 +625,7 @@ async fn run_in_worktree(
     job: &ClaimedJob,
     spec: &JobSpec,
     profile: &crate::config::AgentProfile,
-    worktree: &crate::agent::workspace::Worktree,
+    worktree: &crate::repo::workspace::Worktree,
     ready: String,
 ) -> Result<Proposal> {
     let job_dir = job_dir(pipeline, job.id);

@@ -14,6 +14,12 @@ pub const SECRET_VARS: &[&str] = &[
     "NIGHTSHIFT_GITHUB_PRIVATE_KEY",
 ];
 
+/// Variables every agent may see, when the service has them. Everything else is withheld unless the
+/// profile lists it under `env`: the webhook secret, the GitHub token and the App key never reach an agent.
+pub const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM",
+];
+
 /// Marks the process non-dumpable (PR_SET_DUMPABLE 0).
 pub fn non_dumpable() -> std::io::Result<()> {
     // SAFETY: prctl with PR_SET_DUMPABLE takes integer arguments only.
@@ -43,7 +49,7 @@ pub fn secret_names(config: &Config) -> Vec<String> {
             profile
                 .env
                 .iter()
-                .filter(|n| !crate::agent::command::BASE_ENV.contains(&n.as_str()))
+                .filter(|n| !BASE_ENV.contains(&n.as_str()))
                 .cloned(),
         );
     }

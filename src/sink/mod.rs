@@ -23,12 +23,12 @@ pub mod texts;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::git::GitAuth;
-use crate::agent::workspace::Workspaces;
 use crate::github::{Permissions, RepoClient};
 use crate::ids::JobId;
-use crate::queue::JobSpec;
+use crate::repo::git::GitAuth;
+use crate::repo::workspace::Workspaces;
 use crate::store::{Lease, LogStream, Output, Store};
+use crate::trigger::JobSpec;
 use crate::trigger::OutputKind;
 use anyhow::{Result, bail};
 

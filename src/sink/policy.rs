@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use crate::agent::git::{CommitChanges, MODE_SUBMODULE};
+use crate::repo::git::{CommitChanges, MODE_SUBMODULE};
 use crate::sink::secrets;
 use crate::trigger::pattern::{Pattern, PatternList};
 use crate::trigger::{JobSpec, Limits, Secrets};
@@ -38,7 +38,7 @@ pub struct Proposal<'a> {
     pub inline_comments: usize,
     /// Labels the output would add (the issue output's own and any the agent proposes).
     pub labels: Vec<&'a str>,
-    /// The commit a pull request would propose, measured with [`crate::agent::git::measure_commit`].
+    /// The commit a pull request would propose, measured with [`crate::repo::git::measure_commit`].
     pub changes: Option<&'a CommitChanges>,
 }
 
@@ -340,7 +340,7 @@ pub fn summary(limits: &Limits) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::git::{ChangedPath, MODE_SUBMODULE, MODE_SYMLINK};
+    use crate::repo::git::{ChangedPath, MODE_SUBMODULE, MODE_SYMLINK};
 
     fn file(path: &str, added: u64, removed: u64) -> ChangedPath {
         ChangedPath {

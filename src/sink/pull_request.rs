@@ -26,7 +26,7 @@ pub fn branch_name(trigger: &str, number: Option<u64>, job: crate::ids::JobId) -
 
 /// The branch the pull request asks to merge into: for a job about a pull request of this repository, that
 /// pull request's branch (the fix is proposed to it, built on its head); otherwise the default branch.
-pub fn base_branch(spec: &crate::queue::JobSpec) -> String {
+pub fn base_branch(spec: &crate::trigger::JobSpec) -> String {
     match &spec.pull {
         Some(pull) if !pull.from_fork && !pull.head_ref.is_empty() => pull.head_ref.clone(),
         _ => spec.default_branch.clone(),

@@ -1,39 +1,7 @@
 //! Every text nightshift posts to GitHub, in one place, covered by snapshot tests.
 
 use crate::ids::JobId;
-
-/// The start of the hidden marker in everything nightshift posts: it tells nightshift's own comments from
-/// people's (so they never set off triggers) and lets a retried job find what it already posted.
-pub const MARKER_PREFIX: &str = "<!-- nightshift:job:";
-
-/// The hidden marker that identifies a job's comment.
-pub fn marker(job: JobId) -> String {
-    format!("{MARKER_PREFIX}{job} -->")
-}
-
-/// The jobs whose markers are in `text`: every whole `<!-- nightshift:job:N -->`, and a text that is only
-/// `nightshift:job:N` (a check run's `external_id`). Linear in the text's length.
-pub fn marked_jobs(text: &str) -> Vec<JobId> {
-    let number = |digits: &str| -> Option<JobId> {
-        (!digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| digits.parse().ok().map(JobId))
-            .flatten()
-    };
-    if let Some(n) = text.strip_prefix("nightshift:job:").and_then(number) {
-        return vec![n];
-    }
-    let mut found = Vec::new();
-    for (at, _) in text.match_indices(MARKER_PREFIX) {
-        let rest = &text[at + MARKER_PREFIX.len()..];
-        let digits = &rest[..rest.bytes().take_while(u8::is_ascii_digit).count()];
-        if rest[digits.len()..].starts_with(" -->")
-            && let Some(n) = number(digits)
-        {
-            found.push(n);
-        }
-    }
-    found
-}
+pub use crate::ids::marker;
 
 /// GitHub refuses a comment, issue or pull request body, or a check run summary, longer than 65,536
 /// characters; an agent's message is cut well before that, leaving room for nightshift's own lines.
@@ -608,6 +576,7 @@ pub fn verify_failed(step: &str, status: &str, tail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::marked_jobs;
 
     #[test]
     fn agent_comment() {
@@ -812,20 +781,6 @@ mod tests {
           > old code
         ");
         assert_eq!(folded_comments(&[]), "");
-    }
-
-    #[test]
-    fn markers_name_jobs_only_whole() {
-        assert_eq!(
-            marked_jobs("x <!-- nightshift:job:12 --> y <!-- nightshift:job:3 -->"),
-            [JobId(12), JobId(3)]
-        );
-        assert_eq!(marked_jobs("nightshift:job:7"), [JobId(7)]);
-        assert!(marked_jobs("<!-- nightshift:job:12 ->").is_empty());
-        assert!(marked_jobs("<!-- nightshift:job: -->").is_empty());
-        assert!(marked_jobs("<!-- nightshift:job:99999999999999999999999 -->").is_empty());
-        assert!(marked_jobs("<!-- nightshift:job:1x -->").is_empty());
-        assert!(marked_jobs("nightshift:job:7 and more").is_empty());
     }
 
     #[test]

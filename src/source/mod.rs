@@ -1,5 +1,21 @@
-//! Event sources. Today: GitHub webhooks ([`webhook`]), parsed at the edge into [`event::Event`].
+//! Event sources: GitHub webhooks ([`webhook`]) and the triggers' schedules ([`schedule`]), parsed at the
+//! edge into [`event::Event`]. A source is given an [`Intake`], not the whole service: it can store a
+//! delivery and wake the dispatcher, and nothing else.
 
 pub mod event;
 pub mod schedule;
 pub mod webhook;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::store::Store;
+
+/// What a source may do with the service: store deliveries, and ring the dispatcher when it did.
+#[derive(Clone)]
+pub struct Intake {
+    pub store: Arc<dyn Store>,
+    /// Rung when a delivery is stored.
+    pub deliveries_waiting: Arc<Notify>,
+}

@@ -11,10 +11,10 @@ use anyhow::Result;
 use jiff::Timestamp;
 use tracing::{info, warn};
 
+use super::Intake;
 use crate::ids::DeliveryId;
-use crate::queue::Pipeline;
 use crate::store::{Inserted, KnownRepo, NewDelivery};
-use crate::trigger::Schedule;
+use crate::trigger::{Live, Schedule};
 
 /// The repository a schedule names, as nightshift knows it from deliveries, or as GitHub would serve it.
 fn known_or_assumed(name: &str, known: &BTreeMap<String, KnownRepo>, api_url: &str) -> KnownRepo {
@@ -34,9 +34,15 @@ fn known_or_assumed(name: &str, known: &BTreeMap<String, KnownRepo>, api_url: &s
     }
 }
 
-/// One pass: stores a delivery for every schedule that is due. Returns when the next tick is due.
-pub async fn tick(pipeline: &Pipeline, now: Timestamp) -> Result<Option<Timestamp>> {
-    let known: BTreeMap<String, KnownRepo> = pipeline
+/// One pass: stores a delivery for every schedule of `triggers` that is due. Returns when the next tick is
+/// due. `api_url` is GitHub's API address, for repositories nightshift has not seen yet.
+pub async fn tick(
+    intake: &Intake,
+    triggers: &Live,
+    api_url: &str,
+    now: Timestamp,
+) -> Result<Option<Timestamp>> {
+    let known: BTreeMap<String, KnownRepo> = intake
         .store
         .repositories()
         .await?
@@ -45,7 +51,7 @@ pub async fn tick(pipeline: &Pipeline, now: Timestamp) -> Result<Option<Timestam
         .collect();
     let mut next: Option<Timestamp> = None;
     let mut stored = false;
-    let triggers = pipeline.triggers();
+    let triggers = triggers.get();
     for trigger in triggers.triggers() {
         if trigger.schedules.is_empty() {
             continue;
@@ -64,9 +70,9 @@ pub async fn tick(pipeline: &Pipeline, now: Timestamp) -> Result<Option<Timestam
         };
         for schedule in &trigger.schedules {
             for name in &names {
-                let repo = known_or_assumed(name, &known, &pipeline.config.github.api_url);
-                if let Some(tick) = due(pipeline, schedule, &repo, now).await? {
-                    stored |= store_tick(pipeline, schedule, &repo, tick).await?;
+                let repo = known_or_assumed(name, &known, api_url);
+                if let Some(tick) = due(intake, schedule, &repo, now).await? {
+                    stored |= store_tick(intake, schedule, &repo, tick).await?;
                 }
             }
             if let Some(t) = schedule.next_after(now) {
@@ -75,7 +81,7 @@ pub async fn tick(pipeline: &Pipeline, now: Timestamp) -> Result<Option<Timestam
         }
     }
     if stored {
-        pipeline.deliveries_waiting.notify_waiters();
+        intake.deliveries_waiting.notify_waiters();
     }
     Ok(next)
 }
@@ -87,17 +93,17 @@ fn key(schedule: &Schedule) -> String {
 /// The tick to fire now, if one is due. A schedule seen for the first time starts counting from now, so
 /// adding a trigger does not fire a tick from before it existed.
 async fn due(
-    pipeline: &Pipeline,
+    intake: &Intake,
     schedule: &Schedule,
     repo: &KnownRepo,
     now: Timestamp,
 ) -> Result<Option<Timestamp>> {
-    let last = pipeline
+    let last = intake
         .store
         .last_tick(&key(schedule), &repo.full_name)
         .await?;
     let Some(last) = last else {
-        pipeline
+        intake
             .store
             .set_last_tick(&key(schedule), &repo.full_name, now.as_millisecond())
             .await?;
@@ -108,7 +114,7 @@ async fn due(
 }
 
 async fn store_tick(
-    pipeline: &Pipeline,
+    intake: &Intake,
     schedule: &Schedule,
     repo: &KnownRepo,
     tick: Timestamp,
@@ -128,8 +134,8 @@ async fn store_tick(
         installation_id: repo.installation_id,
         payload: serde_json::to_vec(&body)?,
     };
-    let inserted = pipeline.store.insert_delivery(&delivery).await?;
-    pipeline
+    let inserted = intake.store.insert_delivery(&delivery).await?;
+    intake
         .store
         .set_last_tick(&key(schedule), &repo.full_name, tick.as_millisecond())
         .await?;
@@ -141,10 +147,10 @@ async fn store_tick(
 
 /// Runs the schedules: sleeps until the next tick is due (at most a minute, so a clock change or a new
 /// trigger is noticed), then stores the due ticks.
-pub async fn run(pipeline: Arc<Pipeline>) {
+pub async fn run(intake: Intake, triggers: Arc<Live>, api_url: String) {
     loop {
         let now = Timestamp::now();
-        let wait = match tick(&pipeline, now).await {
+        let wait = match tick(&intake, &triggers, &api_url, now).await {
             Ok(Some(next)) => Duration::try_from(next.duration_since(now)).unwrap_or_default(),
             Ok(None) => Duration::from_secs(60),
             Err(e) => {

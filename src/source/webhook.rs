@@ -14,16 +14,16 @@ use octocrab::secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use tracing::{info, warn};
 
+use super::Intake;
 use super::event::Event;
 use crate::ids::DeliveryId;
-use crate::queue::Pipeline;
 use crate::store::{Inserted, NewDelivery};
 
 /// GitHub does not deliver payloads above 25 MB; neither do we accept them.
 pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
 
 pub struct WebhookState {
-    pub pipeline: Arc<Pipeline>,
+    pub intake: Intake,
     pub secrets: Vec<SecretString>,
 }
 
@@ -98,7 +98,7 @@ async fn receive(
         installation_id: parsed.installation.map(|i| i.0 as i64),
         payload: body.to_vec(),
     };
-    match state.pipeline.store.insert_delivery(&new).await {
+    match state.intake.store.insert_delivery(&new).await {
         Ok(Inserted::New(_)) => {
             info!(
                 delivery = %delivery,
@@ -107,7 +107,7 @@ async fn receive(
                 repo = new.repo.as_deref().unwrap_or_default(),
                 "delivery stored"
             );
-            state.pipeline.deliveries_waiting.notify_waiters();
+            state.intake.deliveries_waiting.notify_waiters();
             reply(StatusCode::ACCEPTED, "stored")
         }
         Ok(Inserted::Duplicate) => {

@@ -20,10 +20,12 @@ use std::time::Duration;
 
 use minijinja::{Environment, Value};
 
+use crate::config::DEFAULT_MAX_DEPTH;
 use crate::source::event::{Event, Repository};
 pub use job::JobSpec;
 pub use model::{EventKind, Forks, Limits, OutputKind, OutputOptions, OutputSpec, Secrets, Skills};
 use pattern::PatternList;
+pub use reload::Live;
 pub use schedule::Schedule;
 pub use verify::{VerifyDefault, VerifyFail, VerifyStep};
 
@@ -130,10 +132,6 @@ pub struct MatchInput {
     /// The service's `verify:` defaults, for triggers without their own.
     pub verify: Vec<VerifyDefault>,
 }
-
-/// How many links of jobs set off by nightshift's own outputs may follow each other when the service does
-/// not say: a job's output may set off one more job, whose output sets off none.
-pub const DEFAULT_MAX_DEPTH: u32 = 1;
 
 /// What is known of the pull request an event is about.
 #[derive(Clone, Debug)]
@@ -666,7 +664,7 @@ pub fn is_from_nightshift(event: &Event, bot_login: Option<&str>) -> bool {
                 .or(payload["issue"]["body"].as_str()),
             None => None,
         };
-        return written.is_some_and(|t| t.contains(crate::sink::texts::MARKER_PREFIX));
+        return written.is_some_and(|t| t.contains(crate::ids::MARKER_PREFIX));
     };
     event
         .principals()

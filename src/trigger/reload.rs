@@ -6,15 +6,33 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tracing::{error, info, warn};
 
 use super::load::{AgentKinds, load, trigger_files};
 use super::{Trigger, TriggerSet};
-use crate::queue::Pipeline;
 use crate::yaml::Diagnostic;
+
+/// The triggers in force, shared by whoever matches events (the dispatcher, the schedule source) and
+/// replaced whole by [`watch`] when trigger files change.
+pub struct Live(RwLock<Arc<TriggerSet>>);
+
+impl Live {
+    pub fn new(set: TriggerSet) -> Self {
+        Live(RwLock::new(Arc::new(set)))
+    }
+
+    /// The triggers in force now.
+    pub fn get(&self) -> Arc<TriggerSet> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, set: TriggerSet) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+    }
+}
 
 /// What the files under `paths` look like now: names, sizes and modification times.
 fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
@@ -59,10 +77,8 @@ pub fn reload(
     (TriggerSet::new(triggers), loaded.diagnostics)
 }
 
-/// Watches for SIGHUP and for changed trigger files, and swaps in the reloaded set.
-pub async fn watch(pipeline: Arc<Pipeline>) {
-    let paths = vec![pipeline.config.triggers.clone()];
-    let agents = pipeline.config.agent_kinds();
+/// Watches for SIGHUP and for changed trigger files under `paths`, and swaps the reloaded set into `live`.
+pub async fn watch(live: Arc<Live>, paths: Vec<PathBuf>, agents: AgentKinds) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -88,7 +104,7 @@ pub async fn watch(pipeline: Arc<Pipeline>) {
             continue;
         }
         seen = now;
-        let (set, problems) = reload(&pipeline.triggers(), &paths, &agents);
+        let (set, problems) = reload(&live.get(), &paths, &agents);
         for d in &problems {
             error!("{d} (the file's last good version, if any, stays in force)");
         }
@@ -97,7 +113,7 @@ pub async fn watch(pipeline: Arc<Pipeline>) {
             problems = problems.len(),
             "trigger files reloaded"
         );
-        pipeline.set_triggers(set);
+        live.set(set);
     }
 }
 

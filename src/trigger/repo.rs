@@ -20,9 +20,9 @@ use tracing::{info, warn};
 use super::TriggerSet;
 use super::load::{AgentKinds, load_one};
 use super::pattern::{Pattern, PatternList};
-use crate::agent::git::GitAuth;
-use crate::agent::workspace::Workspaces;
 use crate::ids::RepoName;
+use crate::repo::git::GitAuth;
+use crate::repo::workspace::Workspaces;
 use crate::source::event::Event;
 use crate::yaml::Diagnostic;
 

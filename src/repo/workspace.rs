@@ -184,10 +184,10 @@ impl Workspaces {
         &self,
         repo: &RepoName,
         commit: &str,
-    ) -> Result<crate::agent::git::CommitChanges> {
+    ) -> Result<crate::repo::git::CommitChanges> {
         let mirror = self.mirror_path(repo);
         check_mirror(repo, &mirror).await?;
-        crate::agent::git::measure_commit(&self.git, &mirror, commit).await
+        crate::repo::git::measure_commit(&self.git, &mirror, commit).await
     }
 
     /// Brings the mirror up to date and adds a worktree for `job` at the commit `checkout` names.
