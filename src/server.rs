@@ -138,6 +138,10 @@ pub async fn serve(
         check_agents(&checked.config, &|key| checked.gateway.has_key(key)).await
     });
     tokio::spawn(dispatch::run(pipeline.clone()));
+    // Other replicas' writes (a store several share) wake this one's dispatcher and workers.
+    if let Some(wakeups) = pipeline.store.wakeups() {
+        tokio::spawn(crate::queue::relay_wakeups(pipeline.clone(), wakeups));
+    }
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
     tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));
     let instance = format!("{}-{}", hostname(), std::process::id());
