@@ -18,7 +18,11 @@ use crate::yaml::{self, Diagnostic, Diagnostics};
 struct ConfigFile {
     /// Address the webhook server listens on.
     listen: Option<Spanned<String>>,
-    /// Store URL: `sqlite://PATH` (created if missing).
+    /// Store URL: `sqlite://PATH` (created if missing; one process), or `postgres://USER@HOST/DATABASE`
+    /// (also `postgresql://`; libpq's parameters such as `?sslmode=require` or `?host=/run/postgresql`), for
+    /// several replicas on one database: each accepts webhooks, claims jobs and fires schedules, and they
+    /// wake each other with LISTEN/NOTIFY. Migrations run at start (once, whoever starts first). A password
+    /// in the URL is never logged; `NIGHTSHIFT_STORE` keeps it out of the file.
     store: Option<String>,
     /// Where repository mirrors and job worktrees live.
     data_dir: Option<PathBuf>,

@@ -154,6 +154,10 @@ pub async fn serve(
         pipeline.config.agent_kinds(),
     ));
     tokio::spawn(crate::queue::retention::run(pipeline.clone()));
+    // Other replicas' writes (a store several share) wake this one's dispatcher and workers.
+    if let Some(wakeups) = pipeline.store.wakeups() {
+        tokio::spawn(crate::queue::relay_wakeups(pipeline.clone(), wakeups));
+    }
     let instance = format!("{}-{}", hostname(), std::process::id());
     pipeline.health.expect_workers(pipeline.config.workers);
     for n in 0..pipeline.config.workers {

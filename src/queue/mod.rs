@@ -51,3 +51,17 @@ pub struct Pipeline {
     /// What `/readyz` answers: draining, the store's last write error, workers alive.
     pub health: crate::health::Health,
 }
+
+/// Rings the pipeline's wakeups when the store says another replica wrote (see
+/// [`Store::wakeups`](crate::store::Store::wakeups)); returns when the store stops listening.
+pub async fn relay_wakeups(
+    pipeline: Arc<Pipeline>,
+    mut wakeups: tokio::sync::mpsc::Receiver<crate::store::Wakeup>,
+) {
+    while let Some(wakeup) = wakeups.recv().await {
+        match wakeup {
+            crate::store::Wakeup::Deliveries => pipeline.deliveries_waiting.notify_waiters(),
+            crate::store::Wakeup::Jobs => pipeline.jobs_waiting.notify_waiters(),
+        }
+    }
+}

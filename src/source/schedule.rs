@@ -1,7 +1,8 @@
 //! The schedule source: turns the ticks of `schedule:` triggers into deliveries, one per repository per
 //! tick, which then go through the same store, matching and queue as webhooks. A tick is a delivery with
 //! the id `schedule:REPO:CRON@ZONE:TIME`, so it is stored once however often it is looked at; after
-//! downtime, only the latest missed tick of each schedule fires.
+//! downtime, only the latest missed tick of each schedule fires. Replicas sharing a store fire each tick once:
+//! claiming a tick is a compare-and-set on the schedule's last tick, in the transaction that stores it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tracing::{info, warn};
 
 use super::Intake;
 use crate::ids::DeliveryId;
-use crate::store::{Inserted, KnownRepo, NewDelivery};
+use crate::store::{KnownRepo, NewDelivery};
 use crate::trigger::{Live, Schedule};
 
 /// The repository a schedule names, as nightshift knows it from deliveries, or as GitHub would serve it.
@@ -103,9 +104,10 @@ async fn due(
         .last_tick(&key(schedule), &repo.full_name)
         .await?;
     let Some(last) = last else {
+        // Another replica seeing the schedule at once may start it first: its start is kept.
         intake
             .store
-            .set_last_tick(&key(schedule), &repo.full_name, now.as_millisecond())
+            .start_ticks(&key(schedule), &repo.full_name, now.as_millisecond())
             .await?;
         return Ok(None);
     };
@@ -134,15 +136,20 @@ async fn store_tick(
         installation_id: repo.installation_id,
         payload: serde_json::to_vec(&body)?,
     };
-    let inserted = intake.store.insert_delivery(&delivery).await?;
-    intake
+    // One winner per tick across replicas; the others (and a replica whose clock lags) store nothing.
+    let fired = intake
         .store
-        .set_last_tick(&key(schedule), &repo.full_name, tick.as_millisecond())
+        .fire_tick(
+            &key(schedule),
+            &repo.full_name,
+            tick.as_millisecond(),
+            &delivery,
+        )
         .await?;
-    if inserted != Inserted::Duplicate {
+    if fired {
         info!(repo = %repo.full_name, schedule = %key(schedule), %tick, "scheduled tick stored");
     }
-    Ok(inserted != Inserted::Duplicate)
+    Ok(fired)
 }
 
 /// Runs the schedules: sleeps until the next tick is due (at most a minute, so a clock change or a new

@@ -455,6 +455,35 @@ pub trait Store: Send + Sync + 'static {
     /// Removes what `policy` no longer keeps: never anything of a queued, running or delivering job, nor an
     /// unmatched delivery. With `dry_run`, removes nothing and says what it would remove.
     async fn prune(&self, policy: PrunePolicy, dry_run: bool) -> Result<Pruned>;
+
+    /// Starts counting `schedule`'s ticks for `repo` from `now`, unless they are counted already (the first
+    /// replica to see a new schedule sets its start; the others keep it).
+    async fn start_ticks(&self, schedule: &str, repo: &str, now: i64) -> Result<()>;
+
+    /// Claims tick `tick` of `schedule` for `repo` and stores its delivery, in one transaction: a
+    /// compare-and-set on the last tick, so among replicas racing on one tick exactly one gets `true` (the
+    /// last tick recorded was older, or none was); the others, and a tick older than the last, get `false`
+    /// and store nothing.
+    async fn fire_tick(
+        &self,
+        schedule: &str,
+        repo: &str,
+        tick: i64,
+        delivery: &NewDelivery,
+    ) -> Result<bool>;
+
+    /// Other processes' writes, as they commit, for a store several replicas share (Postgres LISTEN/NOTIFY):
+    /// rung when a delivery is stored or a job becomes claimable. `None` for a store one process owns
+    /// (SQLite), whose writes ring in-process. A lost connection reconnects by itself and rings both (what
+    /// it missed meanwhile is found by looking); polling stays the fallback.
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::Receiver<Wakeup>>;
+}
+
+/// What another replica's write says is waiting (see [`Store::wakeups`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    Deliveries,
+    Jobs,
 }
 
 /// Whether a stored spec is a job's (a job that could not be prepared is stored with `{}`).

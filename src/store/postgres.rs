@@ -2,9 +2,12 @@
 //! (`sqlite.rs`); jobs are claimed with `FOR UPDATE SKIP LOCKED`, and a concurrency group is held across
 //! replicas by a transaction-scoped advisory lock on the group taken before its running jobs are counted.
 //!
-//! Not yet here (issue 11, item 3, later work): waking workers and dispatchers with LISTEN/NOTIFY (they
-//! poll), and schedules that fire once per tick across replicas (`set_last_tick` only moves forward, but two
-//! replicas can both read the old tick and both fire).
+//! Replicas wake each other with LISTEN/NOTIFY: triggers in the database (migration 0004) NOTIFY
+//! `nightshift_deliveries` when a delivery is stored and `nightshift_jobs` when a job becomes claimable, in
+//! the writing transaction (delivered on commit, whoever wrote: a replica, the CLI); each replica LISTENs
+//! ([`Store::wakeups`]). A schedule's tick is claimed by a compare-and-set ([`Store::fire_tick`]), and the
+//! hourly cap is counted under a per-repository advisory lock in the claim's transaction, so both hold
+//! across replicas.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -29,7 +32,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fair ops",
         include_str!("../../migrations/postgres/0003_fair_ops.sql"),
     ),
+    (
+        4,
+        "wakeups",
+        include_str!("../../migrations/postgres/0004_wakeups.sql"),
+    ),
 ];
+
+/// The channels the migration's triggers NOTIFY.
+const DELIVERIES_CHANNEL: &str = "nightshift_deliveries";
+const JOBS_CHANNEL: &str = "nightshift_jobs";
 
 /// The columns of a [`JobRecord`]; `job_record` reads a row of it.
 const JOB_RECORD: &str = "SELECT j.id, d.delivery_id AS guid, j.trigger_name, j.repo, j.state, j.attempts, \
@@ -90,12 +102,119 @@ fn ms(d: Duration) -> i64 {
 
 /// Advisory-lock keys of concurrency groups live in their own space (the first key of the two-key form).
 const GROUP_LOCK_SPACE: i32 = 0x6e73; // "ns"
-/// Advisory-lock keys of repositories (`max_concurrent_per_repo`) and agent profiles (`max_concurrent`).
-const REPO_LOCK_SPACE: i32 = 0x6e72;
-const PROFILE_LOCK_SPACE: i32 = 0x6e70;
+/// Advisory-lock keys of repositories (their hourly cap and `max_concurrent_per_repo`) and agent profiles
+/// (`max_concurrent`) live in spaces of their own. A claim takes them in one order: repository (the cap),
+/// group, repository (the limit; the same lock again), profile, so two claims never wait on each other in
+/// a circle.
+const REPO_LOCK_SPACE: i32 = 0x6e72; // "nr"
+const PROFILE_LOCK_SPACE: i32 = 0x6e70; // "np"
 
 pub struct PostgresStore {
     pub(super) pool: PgPool,
+    /// How to reach the database again, for the listener's own connection.
+    options: PgConnectOptions,
+}
+
+/// Stores a delivery on `conn` (alone, or in the caller's transaction).
+async fn insert_delivery(conn: &mut sqlx::PgConnection, d: &NewDelivery) -> Result<Inserted> {
+    let row = sqlx::query(
+        "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (delivery_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(text(&d.delivery_id.0))
+    .bind(text(&d.event))
+    .bind(opt_text(&d.action))
+    .bind(opt_text(&d.repo))
+    .bind(d.installation_id)
+    .bind(&d.payload)
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(row) => Inserted::New(row.try_get("id")?),
+        None => Inserted::Duplicate,
+    })
+}
+
+/// LISTENs on a connection of its own and passes what it hears to `wake`, until `wake`'s receiver is
+/// dropped. A lost connection is made again (with a pause while the database cannot be reached); every
+/// time it is (re)made, both wakeups ring, for what was written while nobody listened.
+async fn listen(options: PgConnectOptions, wake: tokio::sync::mpsc::Sender<Wakeup>) {
+    let ring = |what| {
+        // A full channel already holds a wakeup the relay has not passed on: this one adds nothing.
+        let _ = wake.try_send(what);
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with(options);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener
+                .listen_all([DELIVERIES_CHANNEL, JOBS_CHANNEL])
+                .await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            () = wake.closed() => return,
+            listener = listening => match listener {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!("listening for other replicas' writes failed (polling meanwhile): {e}");
+                    tokio::select! {
+                        () = wake.closed() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        ring(Wakeup::Deliveries);
+        ring(Wakeup::Jobs);
+        loop {
+            let heard = tokio::select! {
+                () = wake.closed() => return,
+                heard = listener.try_recv() => heard,
+            };
+            match heard {
+                Ok(Some(notification)) => {
+                    pause = Duration::from_millis(100);
+                    match notification.channel() {
+                        DELIVERIES_CHANNEL => ring(Wakeup::Deliveries),
+                        JOBS_CHANNEL => ring(Wakeup::Jobs),
+                        _ => {}
+                    }
+                }
+                // The connection was lost and is made again (LISTENing again): what was written meanwhile
+                // is found by looking.
+                Ok(None) => {
+                    tracing::warn!(
+                        "the connection listening for other replicas' writes was lost; listening again"
+                    );
+                    ring(Wakeup::Deliveries);
+                    ring(Wakeup::Jobs);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "listening for other replicas' writes failed (polling meanwhile): {e}"
+                    );
+                    break;
+                }
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            () = wake.closed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 impl PostgresStore {
@@ -105,7 +224,7 @@ impl PostgresStore {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let migrations = MIGRATIONS
             .iter()
@@ -123,37 +242,53 @@ impl PostgresStore {
             .run(&pool)
             .await
             .context("applying migrations")?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore { pool, options })
     }
 
-    /// The cap on jobs a repository starts in an hour: its queued jobs past it wait, with the reason.
-    async fn apply_hourly_cap(&self, now: i64, jobs_per_hour: u32) -> Result<()> {
+    /// Whether `repo` started `cap` jobs in the last hour; when it did, its queued jobs wait (with the
+    /// reason) until the oldest start of the hour is an hour old. Run in the claim's transaction, under the
+    /// repository's advisory lock: the count sees every start another replica committed before.
+    async fn capped(tx: &mut sqlx::PgConnection, repo: &str, now: i64, cap: u32) -> Result<bool> {
         let hour: i64 = 3_600_000;
-        let reason = format!(
-            "the repository started {jobs_per_hour} jobs in the last hour (max_jobs_per_hour)"
-        );
-        // Rows are locked in id order (SKIP LOCKED: a row another claim holds is left for the next pass), so
-        // two replicas doing this at once neither deadlock nor wait.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(REPO_LOCK_SPACE)
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        // Counting stops at the cap: a busy repository costs no more than a quiet one.
+        let started: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE repo = $1 AND started_at >= $2 LIMIT $3) AS s",
+        )
+        .bind(repo)
+        .bind(now - hour)
+        .bind(i64::from(cap))
+        .fetch_one(&mut *tx)
+        .await?;
+        if started < i64::from(cap) {
+            return Ok(false);
+        }
+        // Rows another claim holds are left for its own pass (SKIP LOCKED: nobody waits).
         sqlx::query(
             "WITH capped AS (
-                 SELECT j.id FROM jobs j
-                 WHERE j.state = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)
-                   AND (SELECT COUNT(*) FROM jobs s WHERE s.repo = j.repo AND s.started_at >= $1 - $3) >= $2
-                 ORDER BY j.id
+                 SELECT id FROM jobs
+                 WHERE repo = $1 AND state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+                 ORDER BY id
                  FOR UPDATE SKIP LOCKED)
              UPDATE jobs
              SET next_attempt_at = (SELECT MIN(s.started_at) FROM jobs s
-                                    WHERE s.repo = jobs.repo AND s.started_at >= $1 - $3) + $3,
+                                    WHERE s.repo = $1 AND s.started_at >= $2 - $3) + $3,
                  wait_reason = $4
              FROM capped WHERE jobs.id = capped.id",
         )
+        .bind(repo)
         .bind(now)
-        .bind(i64::from(jobs_per_hour))
         .bind(hour)
-        .bind(reason)
-        .execute(&self.pool)
+        .bind(format!(
+            "the repository started {cap} jobs in the last hour (max_jobs_per_hour)"
+        ))
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        Ok(true)
     }
     /// Locks one claim candidate (skipping it when another claim holds it), checks again under
     /// transaction-scoped advisory locks that its group, repository and profile limits let it start (the
@@ -189,6 +324,13 @@ impl PostgresStore {
             let repo: String = candidate.try_get("repo")?;
             let agent: Option<String> = candidate.try_get("agent")?;
             let cancelling: bool = candidate.try_get("cancel_requested")?;
+            // A start: counted against the repository's hourly cap, exactly, whoever claims at once (a job
+            // being cancelled only ends, so it is not a start).
+            if !cancelling && Self::capped(&mut tx, &repo, now, policy.jobs_per_hour).await? {
+                // The waits `capped` set on the repository's queued jobs are kept.
+                tx.commit().await?;
+                return Ok(None);
+            }
             let mut checks: Vec<(i32, String, &'static str, i64)> = Vec::new();
             if let Some(group) = group {
                 checks.push((
@@ -272,25 +414,8 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Inserted> {
-        let row = sqlx::query(
-            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (delivery_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(text(&d.delivery_id.0))
-        .bind(text(&d.event))
-        .bind(opt_text(&d.action))
-        .bind(opt_text(&d.repo))
-        .bind(d.installation_id)
-        .bind(&d.payload)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(row) => Inserted::New(row.try_get("id")?),
-            None => Inserted::Duplicate,
-        })
+        let mut conn = self.pool.acquire().await?;
+        insert_delivery(&mut conn, d).await
     }
 
     async fn unmatched_deliveries(&self, limit: u32) -> Result<Vec<StoredDelivery>> {
@@ -387,7 +512,6 @@ impl Store for PostgresStore {
 
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
         let now = now_ms();
-        self.apply_hourly_cap(now, policy.jobs_per_hour).await?;
         let limits = policy.profile_limits_json();
         // Candidates another claim took, or found over a limit, are passed over.
         let mut passed: Vec<i64> = Vec::new();
@@ -1032,6 +1156,55 @@ impl Store for PostgresStore {
         )
         .await?;
         Ok(pruned)
+    }
+
+    async fn start_ticks(&self, schedule: &str, repo: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES ($1, $2, $3)
+             ON CONFLICT (schedule, repo) DO NOTHING",
+        )
+        .bind(text(schedule))
+        .bind(text(repo))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fire_tick(
+        &self,
+        schedule: &str,
+        repo: &str,
+        tick: i64,
+        delivery: &NewDelivery,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The row is locked by the first claimant; a second waits, then sees the new tick and updates nothing.
+        let claimed = sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES ($1, $2, $3)
+             ON CONFLICT (schedule, repo) DO UPDATE SET last_tick = excluded.last_tick
+             WHERE schedule_ticks.last_tick < excluded.last_tick",
+        )
+        .bind(text(schedule))
+        .bind(text(repo))
+        .bind(tick)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_delivery(&mut tx, delivery).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::Receiver<Wakeup>> {
+        let (wake, wakeups) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(listen(self.options.clone(), wake));
+        Some(wakeups)
     }
 }
 

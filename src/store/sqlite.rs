@@ -82,6 +82,29 @@ fn output_row(row: &sqlx::sqlite::SqliteRow) -> Result<Output> {
     })
 }
 
+/// Stores a delivery on `conn` (alone, or in the caller's transaction).
+async fn insert_delivery(conn: &mut sqlx::SqliteConnection, d: &NewDelivery) -> Result<Inserted> {
+    let row = sqlx::query(
+        "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (delivery_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&d.delivery_id.0)
+    .bind(&d.event)
+    .bind(&d.action)
+    .bind(&d.repo)
+    .bind(d.installation_id)
+    .bind(&d.payload)
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(row) => Inserted::New(row.try_get("id")?),
+        None => Inserted::Duplicate,
+    })
+}
+
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
 }
@@ -176,25 +199,8 @@ fn ms(d: Duration) -> i64 {
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Inserted> {
-        let row = sqlx::query(
-            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (delivery_id) DO NOTHING
-             RETURNING id",
-        )
-        .bind(&d.delivery_id.0)
-        .bind(&d.event)
-        .bind(&d.action)
-        .bind(&d.repo)
-        .bind(d.installation_id)
-        .bind(&d.payload)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(row) => Inserted::New(row.try_get("id")?),
-            None => Inserted::Duplicate,
-        })
+        let mut conn = self.pool.acquire().await?;
+        insert_delivery(&mut conn, d).await
     }
 
     async fn unmatched_deliveries(&self, limit: u32) -> Result<Vec<StoredDelivery>> {
@@ -319,6 +325,10 @@ impl Store for SqliteStore {
                      FROM jobs AS j JOIN deliveries AS d ON d.id = j.delivery_id
                      WHERE j.state = 'queued'
                        AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3)
+                       -- The hourly cap again, in the claim itself: a writer between the pass above and
+                       -- here (another worker) cannot take the repository past it.
+                       AND (SELECT COUNT(*) FROM jobs AS s
+                            WHERE s.repo = j.repo AND s.started_at >= ?3 - ?6) < ?7
                        AND (j.concurrency_group IS NULL
                             OR NOT EXISTS (SELECT 1 FROM jobs AS g
                                            WHERE g.concurrency_group = j.concurrency_group
@@ -352,6 +362,8 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(policy.profile_limits_json())
         .bind(policy.repo_limit())
+        .bind(hour)
+        .bind(policy.jobs_per_hour)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
@@ -922,6 +934,54 @@ impl Store for SqliteStore {
         )
         .await?;
         Ok(pruned)
+    }
+
+    async fn start_ticks(&self, schedule: &str, repo: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES (?, ?, ?)
+             ON CONFLICT (schedule, repo) DO NOTHING",
+        )
+        .bind(schedule)
+        .bind(repo)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fire_tick(
+        &self,
+        schedule: &str,
+        repo: &str,
+        tick: i64,
+        delivery: &NewDelivery,
+    ) -> Result<bool> {
+        // The write comes first, so the transaction holds SQLite's write lock from its first statement.
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES (?1, ?2, ?3)
+             ON CONFLICT (schedule, repo) DO UPDATE SET last_tick = excluded.last_tick
+             WHERE schedule_ticks.last_tick < excluded.last_tick",
+        )
+        .bind(schedule)
+        .bind(repo)
+        .bind(tick)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_delivery(&mut tx, delivery).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    fn wakeups(&self) -> Option<tokio::sync::mpsc::Receiver<Wakeup>> {
+        // One process owns the file: its own writes ring in-process.
+        None
     }
 }
 

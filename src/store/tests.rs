@@ -1110,6 +1110,131 @@ async fn prune_removes_what_ended_long_ago_and_nothing_a_job_needs(db: &TestDb) 
     assert_eq!(store.prune(keep, false).await.unwrap(), Pruned::default());
 }
 
+fn tick_delivery(tick: i64) -> NewDelivery {
+    NewDelivery {
+        delivery_id: DeliveryId(format!("schedule:o/r:* * * * *@UTC:{tick}")),
+        event: "schedule".into(),
+        action: None,
+        repo: Some("o/r".into()),
+        installation_id: None,
+        payload: b"{}".to_vec(),
+    }
+}
+
+/// Replicas that see a schedule's tick at once fire it once: one claims it and stores its delivery, the
+/// others store nothing; an older tick (a replica whose clock lags) is refused.
+async fn replicas_racing_on_one_tick_fire_it_once(db: &TestDb) {
+    let store = db.store();
+    const KEY: &str = "* * * * *@UTC";
+    // The first replica to see a new schedule starts it; a later start does not move it.
+    store.start_ticks(KEY, "o/r", 1_000).await.unwrap();
+    db.replica()
+        .await
+        .start_ticks(KEY, "o/r", 2_000)
+        .await
+        .unwrap();
+    assert_eq!(store.last_tick(KEY, "o/r").await.unwrap(), Some(1_000));
+
+    let mut replicas = Vec::new();
+    for _ in 0..6 {
+        replicas.push(db.replica().await);
+    }
+    for (round, tick) in [60_000, 120_000, 180_000].into_iter().enumerate() {
+        let start = Arc::new(tokio::sync::Barrier::new(replicas.len()));
+        let mut tasks = Vec::new();
+        for replica in &replicas {
+            let (replica, start) = (replica.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                replica
+                    .fire_tick(KEY, "o/r", tick, &tick_delivery(tick))
+                    .await
+            }));
+        }
+        let mut fired = 0;
+        for task in tasks {
+            fired += usize::from(task.await.unwrap().unwrap());
+        }
+        assert_eq!(fired, 1, "tick {tick}: one replica fires it");
+        assert_eq!(store.delivery_count().await.unwrap(), round as u64 + 1);
+        assert_eq!(store.last_tick(KEY, "o/r").await.unwrap(), Some(tick));
+    }
+    // A lagging replica's older tick, or the same tick again: refused, nothing stored.
+    for tick in [120_000, 180_000] {
+        assert!(
+            !store
+                .fire_tick(KEY, "o/r", tick, &tick_delivery(tick + 1))
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(store.delivery_count().await.unwrap(), 3);
+    assert_eq!(store.last_tick(KEY, "o/r").await.unwrap(), Some(180_000));
+    // Another repository's ticks are its own.
+    assert!(
+        store
+            .fire_tick(KEY, "o/other", 60_000, &delivery("other-tick"))
+            .await
+            .unwrap()
+    );
+}
+
+/// Replicas claiming at once at a repository's hourly cap start exactly the cap, not one more each; the
+/// rest wait with the reason, and another repository is not held up.
+async fn replicas_racing_at_the_hourly_cap_start_exactly_the_cap(db: &TestDb) {
+    let store = db.store();
+    for i in 0..16 {
+        let mut d = delivery(&format!("d{i}"));
+        let repo = if i < 12 { "o/busy" } else { "o/quiet" };
+        d.repo = Some(repo.into());
+        let Inserted::New(d) = store.insert_delivery(&d).await.unwrap() else {
+            panic!()
+        };
+        let j = NewJob {
+            repo: repo.into(),
+            ..job("t")
+        };
+        store.record_match(d, &[j]).await.unwrap();
+    }
+    let capped = ClaimPolicy::new(Duration::from_secs(60), 5);
+    let start = Arc::new(tokio::sync::Barrier::new(8));
+    let mut tasks = Vec::new();
+    for r in 0..8 {
+        let (replica, start, capped) = (db.replica().await, start.clone(), capped.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut claimed = Vec::new();
+            while let Some(j) = replica.claim_job(&format!("r{r}"), capped.clone()).await? {
+                claimed.push(j.repo);
+            }
+            anyhow::Ok(claimed)
+        }));
+    }
+    let mut started = Vec::new();
+    for task in tasks {
+        started.extend(task.await.unwrap().unwrap());
+    }
+    let busy = started.iter().filter(|r| *r == "o/busy").count();
+    let quiet = started.iter().filter(|r| *r == "o/quiet").count();
+    assert_eq!((busy, quiet), (5, 4), "{started:?}");
+    let waiting: Vec<JobRecord> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.state == JobState::Queued)
+        .collect();
+    assert_eq!(waiting.len(), 7);
+    for job in &waiting {
+        assert!(
+            job.waiting
+                .as_deref()
+                .is_some_and(|w| w.contains("5 jobs in the last hour")),
+            "{job:?}"
+        );
+    }
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1148,6 +1273,8 @@ on_both_stores!(
     replicas_claiming_at_once_start_one_job_of_a_group,
     text_with_nul_is_stored,
     usage_repositories_ticks_and_pushes_round_trip,
+    replicas_racing_on_one_tick_fire_it_once,
+    replicas_racing_at_the_hourly_cap_start_exactly_the_cap,
     a_flood_from_one_repository_does_not_starve_another,
     concurrency_limits_hold_per_profile_and_repository,
     jobs_are_cancelled_and_retried_for_an_operator,
@@ -1191,4 +1318,73 @@ async fn a_postgres_url_that_cannot_be_reached_names_no_password() {
         error.contains("opening the store postgres://ns:***@"),
         "{error}"
     );
+}
+
+/// A write on one replica wakes the others: a stored delivery rings `Deliveries`, a queued job and a freed
+/// concurrency group ring `Jobs`; SQLite (one process) has nothing to listen to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_replicas_writes_wake_this_one() {
+    assert!(TestDb::sqlite().await.store().wakeups().is_none());
+
+    let db = TestDb::postgres().await;
+    let here = db.store();
+    let there = db.replica().await;
+    let mut wakeups = here.wakeups().unwrap();
+    // Listening starts by ringing both (what was written before it listened is found by looking).
+    let mut first = vec![next(&mut wakeups).await, next(&mut wakeups).await];
+    first.sort_by_key(|w| *w as u8);
+    assert_eq!(first, [Wakeup::Deliveries, Wakeup::Jobs]);
+
+    let Inserted::New(d) = there.insert_delivery(&delivery("d1")).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(next(&mut wakeups).await, Wakeup::Deliveries);
+    // A repeated delivery stores nothing and rings nothing; matching queues a job.
+    assert_eq!(
+        there.insert_delivery(&delivery("d1")).await.unwrap(),
+        Inserted::Duplicate
+    );
+    let grouped = NewJob {
+        concurrency_group: Some("g".into()),
+        ..job("t")
+    };
+    there.record_match(d, &[grouped]).await.unwrap();
+    assert_eq!(next(&mut wakeups).await, Wakeup::Jobs);
+    // Claiming rings nothing; ending a job of a group frees the group: its next job can start.
+    let claimed = there
+        .claim_job("r", policy(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    there
+        .finish_job(claimed.id, "r", Ending::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut wakeups).await, Wakeup::Jobs);
+    assert!(wakeups.try_recv().is_err(), "one wakeup per write");
+
+    // The listening connection dies (a restart, a proxy's idle cut): it listens again and rings both, and
+    // what is written afterwards still wakes it.
+    db.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let mut woken = Vec::new();
+    while woken.len() < 2 {
+        let w = next(&mut wakeups).await;
+        if !woken.contains(&w) {
+            woken.push(w);
+        }
+    }
+    // Listening again: the next write rings as before.
+    there.insert_delivery(&delivery("d2")).await.unwrap();
+    assert_eq!(next(&mut wakeups).await, Wakeup::Deliveries);
+}
+
+async fn next(wakeups: &mut tokio::sync::mpsc::Receiver<Wakeup>) -> Wakeup {
+    tokio::time::timeout(Duration::from_secs(30), wakeups.recv())
+        .await
+        .expect("a wakeup within 30 s")
+        .expect("the listener runs")
 }
