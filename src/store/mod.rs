@@ -359,6 +359,11 @@ pub trait Store: Send + Sync + 'static {
     async fn set_last_tick(&self, schedule: &str, repo: &str, tick: i64) -> Result<()>;
 
     async fn delivery_count(&self) -> Result<u64>;
+
+    /// Gives back a job we hold because the service is stopping: a `running` job goes back to `queued` as
+    /// if it had not started (its start is not counted), a `delivering` one stays `delivering` (only its
+    /// delivery is left); either can be claimed at once. False when the job is no longer ours.
+    async fn release_job(&self, job: JobId, owner: &str) -> Result<bool>;
 }
 
 /// Opens the store a URL names, creating and migrating it as needed.

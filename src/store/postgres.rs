@@ -665,4 +665,19 @@ impl Store for PostgresStore {
             .await?;
         Ok(n as u64)
     }
+
+    async fn release_job(&self, job: JobId, owner: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs
+             SET state = CASE WHEN result IS NULL THEN 'queued' ELSE 'delivering' END,
+                 attempts = attempts - CASE WHEN result IS NULL AND attempts > 0 THEN 1 ELSE 0 END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_owner = $2 AND state IN ('running', 'delivering')",
+        )
+        .bind(job.0)
+        .bind(text(owner))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
