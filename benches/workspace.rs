@@ -165,6 +165,7 @@ fn bench(c: &mut Criterion) {
                         &url,
                         Checkout::Branch("main"),
                         JobId(job),
+                        1,
                         &GitAuth::none(),
                     ))
                     .unwrap();
@@ -188,9 +189,10 @@ fn bench(c: &mut Criterion) {
                             &url,
                             Checkout::Branch("main"),
                             JobId(job - 1),
+                            1,
                             &none
                         ),
-                        spaces.prepare(&repo, &url, Checkout::Branch("main"), JobId(job), &none),
+                        spaces.prepare(&repo, &url, Checkout::Branch("main"), JobId(job), 1, &none),
                     )
                 });
                 total += started.elapsed();

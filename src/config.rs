@@ -37,6 +37,11 @@ struct ConfigFile {
     job_lease: Option<Duration>,
     /// How many times a job is started before it is given up (a crash mid-job counts as a start).
     max_attempts: Option<u32>,
+    /// On SIGTERM or SIGINT, how long running jobs may go on to finish before their agents are stopped and
+    /// the jobs put back to the queue (their start not counted). Default 20s: under Kubernetes' default
+    /// 30 s stop timeout (and systemd's 90 s), with time left to put the jobs back and exit.
+    #[serde(default, deserialize_with = "opt_duration")]
+    shutdown_grace: Option<Duration>,
     /// The most links in a chain of jobs set off by nightshift's own outputs (default 1): an event a
     /// person caused has depth 0, one a job's output caused that job's depth + 1; past it nothing fires.
     max_depth: Option<u32>,
@@ -412,6 +417,9 @@ fn default_workers() -> usize {
     4
 }
 
+/// See `shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 fn default_job_lease() -> Duration {
     Duration::from_secs(60)
 }
@@ -474,6 +482,8 @@ pub struct Config {
     pub workers: usize,
     pub job_lease: Duration,
     pub max_attempts: u32,
+    /// See the file's `shutdown_grace`.
+    pub shutdown_grace: Duration,
     /// Lineage: see [`DEFAULT_MAX_DEPTH`].
     pub max_depth: u32,
     pub repo_triggers: bool,
@@ -861,6 +871,7 @@ fn resolve(
             .max_attempts
             .unwrap_or_else(default_max_attempts)
             .max(1),
+        shutdown_grace: file.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         max_depth: file.max_depth.unwrap_or(DEFAULT_MAX_DEPTH),
         repo_triggers: file.repo_triggers.unwrap_or(true),
         report_failures: file.report_failures.unwrap_or(true),

@@ -158,10 +158,20 @@ pub async fn serve(
     if let Some(wakeups) = pipeline.store.wakeups() {
         tokio::spawn(crate::queue::relay_wakeups(pipeline.clone(), wakeups));
     }
+    // Signals are listened for from here on: a stop now is a drain, never the default (killed outright).
+    let signals = Signals::new()?;
+    // What dead workers of this host left (a crash, a kill -9) goes before new jobs start.
+    worker::clear_dead_attempts(&pipeline, None).await;
     let instance = format!("{}-{}", hostname(), std::process::id());
     pipeline.health.expect_workers(pipeline.config.workers);
+    let (stop, stopping) = tokio::sync::watch::channel(worker::Stop::Run);
+    let mut workers = tokio::task::JoinSet::new();
     for n in 0..pipeline.config.workers {
-        tokio::spawn(worker::run(pipeline.clone(), format!("{instance}-w{n}")));
+        workers.spawn(worker::run(
+            pipeline.clone(),
+            format!("{instance}-w{n}"),
+            stopping.clone(),
+        ));
     }
 
     let app = Router::new()
@@ -184,7 +194,7 @@ pub async fn serve(
         "ready"
     );
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(drain(pipeline.clone(), signals, stop, workers))
         .await?;
     info!("stopped");
     Ok(())
@@ -200,27 +210,78 @@ async fn token_login(github: &GitHub) -> Result<Option<String>> {
     Ok(me["login"].as_str().map(str::to_owned))
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "nightshift".to_owned())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// SIGTERM and SIGINT, listened for from the moment this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// How long workers told to stop now may take to give their jobs back before the process exits anyway
+/// (their leases then run out).
+const RELEASE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The graceful stop, ended when the HTTP server may stop too. On the first SIGTERM or SIGINT: `/readyz`
+/// says draining at once, workers claim nothing more, and webhooks are still taken (stored for whoever
+/// runs next). Running jobs may finish within `shutdown_grace`; then (or at a second signal) their agents
+/// are stopped and the jobs given back to the queue, their start not counted.
+async fn drain(
+    pipeline: Arc<Pipeline>,
+    mut signals: Signals,
+    stop: tokio::sync::watch::Sender<worker::Stop>,
+    mut workers: tokio::task::JoinSet<()>,
+) {
+    let signal = signals.next().await;
+    pipeline.health.start_draining();
+    let grace = pipeline.config.shutdown_grace;
+    info!(
+        "{signal}: draining; running jobs may finish within {}, then they are stopped and queued again",
+        humantime::format_duration(grace)
+    );
+    let _ = stop.send(worker::Stop::Drain);
+    let all_ended = async { while workers.join_next().await.is_some() {} };
+    let ended = tokio::select! {
+        () = all_ended => true,
+        () = tokio::time::sleep(grace) => {
+            info!("the grace period is over: stopping the running jobs' agents and queuing the jobs again");
+            false
+        }
+        signal = signals.next() => {
+            info!("{signal} again: stopping the running jobs' agents and queuing the jobs again");
+            false
         }
     };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    if !ended {
+        let _ = stop.send(worker::Stop::Now);
+        let released = async { while workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(RELEASE_TIME, released).await.is_err() {
+            warn!(
+                "workers did not give their jobs back within {}; their leases will run out",
+                humantime::format_duration(RELEASE_TIME)
+            );
+        }
     }
-    info!("shutting down; running jobs are picked up again after their lease expires");
+    info!("every job ended or was queued again: stopping");
 }

@@ -32,17 +32,37 @@ pub async fn prune(
         return Ok(pruned);
     }
     for (job, repo) in &pruned.jobs {
-        // A job that ended normally left nothing; one whose worker died may have.
-        let dir = config.data_dir.join("jobs").join(job.to_string());
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!("removing {} failed: {e}", dir.display());
+        // A job that ended normally left nothing; one whose worker died may have (each attempt its own
+        // folder, `jobs/ID-ATTEMPT`, and its owner file).
+        let prefix = format!("{job}-");
+        let jobs_dir = config.data_dir.join("jobs");
+        for entry in std::fs::read_dir(&jobs_dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            let attempt = rest.strip_suffix(".owner").unwrap_or(rest);
+            if attempt.is_empty() || !attempt.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let path = entry.path();
+            // Never follows a link: `remove_dir_all` removes links, not what they point at.
+            let removed = match entry.file_type() {
+                Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(&path).await,
+                _ => tokio::fs::remove_file(&path).await,
+            };
+            if let Err(e) = removed
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("removing {} failed: {e}", path.display());
+            }
         }
-        if let Some(repo) = RepoName::parse(repo)
-            && let Err(e) = workspaces.discard(&repo, *job).await
-        {
-            warn!(%job, "removing the pruned job's worktree failed: {e:#}");
+        if let Some(repo) = RepoName::parse(repo) {
+            for attempt in workspaces.attempts_left(*job) {
+                if let Err(e) = workspaces.discard(&repo, *job, attempt).await {
+                    warn!(%job, "removing the pruned job's worktree failed: {e:#}");
+                }
+            }
         }
     }
     Ok(pruned)

@@ -10,16 +10,18 @@
 //! Transient failures (GitHub down, a fetch that failed) put the job back to wait, with backoff and the
 //! reason (`waiting`); permanent ones fail it at once with a reason a user can act on.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::{JobSpec, Pipeline};
 use crate::agent::prompt::{self, RepoContext};
 use crate::agent::{self, AgentJob, result};
-use crate::ids::JobId;
+use crate::ids::{JobId, RepoName};
 use crate::repo::git::GitAuth;
 use crate::repo::workspace::Checkout;
 use crate::sink::outcome::{Outcome, Proposal};
@@ -29,7 +31,20 @@ use crate::skill;
 use crate::store::{ClaimedJob, Ending, Lease, LogStream};
 use crate::trigger::OutputKind;
 
-pub async fn run(pipeline: Arc<Pipeline>, name: String) {
+/// What the service asks of its workers as it stops (see [`crate::server`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Claim and run jobs.
+    Run,
+    /// The service is stopping: claim nothing more; running jobs may finish.
+    Drain,
+    /// The grace period is over (or a second signal came): stop the agents and give the jobs back.
+    Now,
+}
+
+/// Claims jobs until the service stops (`stop` leaves [`Stop::Run`]); returns when its last job has ended
+/// or was given back.
+pub async fn run(pipeline: Arc<Pipeline>, name: String, mut stop: watch::Receiver<Stop>) {
     let _alive = pipeline.health.worker_alive();
     // Expired leases and waits that ended are found by this sweep; new jobs wake the worker at once.
     let sweep = pipeline
@@ -39,51 +54,105 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String) {
         .max(Duration::from_millis(200));
     let policy = pipeline.config.claim_policy();
     loop {
+        if *stop.borrow() != Stop::Run {
+            return;
+        }
         let notified = pipeline.jobs_waiting.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         match pipeline.store.claim_job(&name, policy.clone()).await {
             Ok(Some(job)) => {
                 let span = info_span!("job", id = %job.id, trigger = %job.trigger, repo = %job.repo, delivery = %job.delivery_id, attempt = job.attempt);
-                run_leased(&pipeline, &name, job).instrument(span).await;
+                run_leased(&pipeline, &name, job, stop.clone())
+                    .instrument(span)
+                    .await;
             }
             Ok(None) => {
-                let _ = tokio::time::timeout(sweep, notified).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(sweep, notified) => {}
+                    _ = stop.changed() => {}
+                }
             }
             Err(e) => {
                 warn!(worker = %name, "claiming a job failed: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-/// Renews the job's lease every third of its length until it is lost (or, when `stop_on_cancel`, until a
-/// newer job of its group asks it to stop). A lease that could not be renewed for two thirds of its length
-/// counts as lost: another worker may take the job soon, so this one stops first.
-async fn heartbeat(pipeline: &Pipeline, id: JobId, owner: &str, stop_on_cancel: bool) -> Lease {
-    let lease = pipeline.config.job_lease;
-    let mut renewed = Instant::now();
-    loop {
-        tokio::time::sleep(lease / 3).await;
-        match pipeline.store.renew_lease(id, owner, lease).await {
-            Ok(Lease::Held) => renewed = Instant::now(),
-            Ok(Lease::CancelRequested) if !stop_on_cancel => renewed = Instant::now(),
-            Ok(other) => return other,
-            Err(e) => {
-                warn!("renewing the lease failed: {e:#}");
-                if renewed.elapsed() >= lease * 2 / 3 {
-                    warn!("the lease could not be renewed for two thirds of its length: stopping");
-                    return Lease::Lost;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
                 }
             }
         }
     }
 }
 
+/// Ends when the service asks running jobs to stop now.
+async fn stopped_now(mut stop: watch::Receiver<Stop>) {
+    // A closed channel (the server is gone) stops too.
+    let _ = stop.wait_for(|s| *s == Stop::Now).await;
+}
+
+/// Renews the job's lease every third of its length until it is lost (or, when `stop_on_cancel`, until a
+/// newer job of its group asks it to stop).
+async fn heartbeat(pipeline: &Pipeline, id: JobId, owner: &str, stop_on_cancel: bool) -> Lease {
+    keep_lease(pipeline.config.job_lease, stop_on_cancel, || {
+        pipeline
+            .store
+            .renew_lease(id, owner, pipeline.config.job_lease)
+    })
+    .await
+}
+
+/// The heartbeat's rule, with the store call given: a lease that could not be renewed for two thirds of
+/// its length counts as lost, whether the renewals fail or hang (a store that stopped answering), because
+/// another worker may take the job soon; the caller then stops the agent before that can happen.
+async fn keep_lease<F, Fut>(lease: Duration, stop_on_cancel: bool, mut renew: F) -> Lease
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Lease>>,
+{
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let deadline = renewed + lease * 2 / 3;
+        match tokio::time::timeout_at(deadline, renew()).await {
+            Ok(Ok(Lease::Held)) => {
+                renewed = tokio::time::Instant::now();
+                continue;
+            }
+            Ok(Ok(Lease::CancelRequested)) if !stop_on_cancel => {
+                renewed = tokio::time::Instant::now();
+                continue;
+            }
+            Ok(Ok(other)) => return other,
+            Ok(Err(e)) => warn!("renewing the lease failed: {e:#}"),
+            Err(_) => warn!("renewing the lease did not answer in time"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!("the lease could not be renewed for two thirds of its length: stopping");
+            return Lease::Lost;
+        }
+    }
+}
+
+/// How a leased phase (the run, or the delivery) was interrupted.
+enum Interrupted {
+    /// The lease is lost: another worker may have the job now.
+    Lost,
+    /// The service is stopping and the grace period is over; `delivering` when only the delivery was left.
+    Stopping { delivering: bool },
+}
+
 /// Takes one claimed job through the outbox (see the module's notes) while a heartbeat keeps its lease.
-async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
+async fn run_leased(
+    pipeline: &Arc<Pipeline>,
+    owner: &str,
+    job: ClaimedJob,
+    stop: watch::Receiver<Stop>,
+) {
     let id = job.id;
+    // What earlier attempts left behind, when their workers are provably gone.
+    if job.attempt > 1 || job.result.is_some() {
+        clear_dead_attempts(pipeline, Some(id)).await;
+    }
     let spec = match serde_json::from_str::<JobSpec>(&job.spec) {
         Ok(spec) => spec,
         Err(e) => {
@@ -122,18 +191,20 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
         None => {
             let ran = tokio::select! {
                 ran = run_phase(pipeline, owner, &job, &spec, &minted) => ran,
-                stop = heartbeat(pipeline, id, owner, true) => {
-                    // The run's future is dropped here, which kills the agent's process group.
-                    if let Err(e) = pipeline.workspaces.discard(&spec.repo, id).await {
-                        warn!("removing the stopped job's worktree failed: {e:#}");
+                lease = heartbeat(pipeline, id, owner, true) => {
+                    if lease == Lease::CancelRequested {
+                        // The run's future is dropped here, which kills the agent's process group.
+                        clear_attempt(pipeline, &job, &spec.repo).await;
+                        let reason = cancelled_because(pipeline, id).await;
+                        info!("{reason}");
+                        Ran::Outcome(Outcome::Cancelled { reason })
+                    } else {
+                        return interrupted(pipeline, owner, &job, &spec, Interrupted::Lost).await;
                     }
-                    if stop != Lease::CancelRequested {
-                        warn!("lost the lease on the job; another worker has it now");
-                        return;
-                    }
-                    let reason = cancelled_because(pipeline, id).await;
-                    info!("{reason}");
-                    Ran::Outcome(Outcome::Cancelled { reason })
+                }
+                () = stopped_now(stop.clone()) => {
+                    let why = Interrupted::Stopping { delivering: false };
+                    return interrupted(pipeline, owner, &job, &spec, why).await;
                 }
             };
             let outcome = match ran {
@@ -142,28 +213,10 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
                 Ran::Defer(e) => return defer(pipeline, owner, &job, e).await,
                 Ran::Lost => return,
             };
-            match pipeline
-                .store
-                .store_result(
-                    id,
-                    owner,
-                    &serde_json::to_string(&outcome).unwrap_or_default(),
-                )
-                .await
-            {
-                Ok(true) => outcome,
-                Ok(false) => {
-                    warn!(
-                        "the job was no longer ours when its agent ended; its result is not kept"
-                    );
-                    return;
-                }
-                Err(e) => {
-                    // Not stored: nothing is posted; the lease runs out and the job is run again.
-                    error!("storing the job's result failed: {e:#}");
-                    return;
-                }
+            if !store_outcome(pipeline, owner, id, &outcome).await {
+                return;
             }
+            outcome
         }
     };
     let reuse = minted.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -171,6 +224,67 @@ async fn run_leased(pipeline: &Arc<Pipeline>, owner: &str, job: ClaimedJob) {
         () = deliver_phase(pipeline, owner, &job, &spec, outcome, reuse) => {}
         _ = heartbeat(pipeline, id, owner, false) => {
             warn!("lost the lease while delivering; another worker has the job now");
+        }
+        () = stopped_now(stop) => {
+            let why = Interrupted::Stopping { delivering: true };
+            interrupted(pipeline, owner, &job, &spec, why).await;
+        }
+    }
+}
+
+/// The outbox's step: how the run ended, stored with the job as it moves to `delivering`. False when it
+/// was not stored (the job is no longer ours, or the store failed): nothing is posted then.
+async fn store_outcome(pipeline: &Pipeline, owner: &str, id: JobId, outcome: &Outcome) -> bool {
+    match pipeline
+        .store
+        .store_result(
+            id,
+            owner,
+            &serde_json::to_string(outcome).unwrap_or_default(),
+        )
+        .await
+    {
+        Ok(true) => true,
+        Ok(false) => {
+            warn!("the job was no longer ours when its agent ended; its result is not kept");
+            false
+        }
+        Err(e) => {
+            // Not stored: nothing is posted; the lease runs out and the job is run again.
+            error!("storing the job's result failed: {e:#}");
+            false
+        }
+    }
+}
+
+/// A phase was dropped (its agent, if one ran, killed with its process group): this attempt's files go,
+/// and a job stopped for a restart is given back, its start not counted.
+async fn interrupted(
+    pipeline: &Pipeline,
+    owner: &str,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    why: Interrupted,
+) {
+    clear_attempt(pipeline, job, &spec.repo).await;
+    match why {
+        Interrupted::Lost => warn!("lost the lease on the job; another worker has it now"),
+        Interrupted::Stopping { delivering } => {
+            let line = if !delivering {
+                "stopped for a service restart; it will run again"
+            } else {
+                "stopped for a service restart; its delivery will be done again"
+            };
+            note(pipeline, job.id, line.to_owned()).await;
+            match pipeline.store.release_job(job.id, owner).await {
+                Ok(true) => {}
+                Ok(false) => warn!("the job was no longer ours when it was given back"),
+                Err(e) => {
+                    error!(
+                        "giving the job back failed (it runs again when its lease expires): {e:#}"
+                    )
+                }
+            }
         }
     }
 }
@@ -567,17 +681,33 @@ async fn run_job(
         None => Checkout::Branch(&spec.default_branch),
     };
     let started = Instant::now();
-    let worktree = pipeline
-        .workspaces
-        .prepare(&spec.repo, &spec.clone_url, checkout, job.id, &auth)
+    claim_attempt_files(pipeline, job, owner, &spec.repo)
         .await
-        .map_err(|e| anyhow::Error::new(Transient(e)))
         .context(Failure::Prepare)?;
+    let worktree = match pipeline
+        .workspaces
+        .prepare(
+            &spec.repo,
+            &spec.clone_url,
+            checkout,
+            job.id,
+            job.attempt,
+            &auth,
+        )
+        .await
+    {
+        Ok(worktree) => worktree,
+        Err(e) => {
+            remove_job_files(pipeline, job.id, job.attempt).await;
+            return Err(anyhow::Error::new(Transient(e))).context(Failure::Prepare);
+        }
+    };
     if spec.output == OutputKind::CheckRun
         && let Err(e) = sink::check_run::start(&ctx, &worktree.commit).await
     {
         if e.chain().any(|c| c.is::<LostLease>()) {
             let _ = worktree.remove().await;
+            remove_job_files(pipeline, job.id, job.attempt).await;
             return Err(e);
         }
         note(
@@ -606,20 +736,132 @@ async fn run_job(
         warn!("removing the worktree failed: {e:#}");
     }
     // The job's home, output and copies, whether it succeeded or not (the proposal holds what is posted).
-    let job_dir = job_dir(pipeline, job.id);
-    if let Err(e) = tokio::fs::remove_dir_all(&job_dir).await
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!("removing {} failed: {e}", job_dir.display());
-    }
+    remove_job_files(pipeline, job.id, job.attempt).await;
     result
 }
 
-/// The job's own folder: its home, temporary and output folders, the repository's context, stashed skills.
-fn job_dir(pipeline: &Pipeline, job: JobId) -> std::path::PathBuf {
-    pipeline.config.data_dir.join("jobs").join(job.to_string())
+/// The folder of one attempt at a job: its home, temporary and output folders, the repository's context,
+/// stashed skills. Each attempt has its own, as it has its own worktree: a worker that lost its job never
+/// touches what the worker that took it over uses.
+fn job_dir(pipeline: &Pipeline, job: JobId, attempt: u32) -> PathBuf {
+    pipeline
+        .config
+        .data_dir
+        .join("jobs")
+        .join(format!("{job}-{attempt}"))
 }
 
+/// Who runs an attempt (`OWNER\nREPOSITORY\n`), next to its folder, where its agent cannot read it.
+/// Written before anything else of the attempt, removed after everything else: leftovers always have one.
+fn owner_file(pipeline: &Pipeline, job: JobId, attempt: u32) -> PathBuf {
+    pipeline
+        .config
+        .data_dir
+        .join("jobs")
+        .join(format!("{job}-{attempt}.owner"))
+}
+
+/// Says who runs this attempt, before its folder and worktree exist.
+async fn claim_attempt_files(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    owner: &str,
+    repo: &RepoName,
+) -> Result<()> {
+    let file = owner_file(pipeline, job.id, job.attempt);
+    let dir = file.parent().context("the jobs folder")?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .with_context(|| format!("creating {}", dir.display()))?;
+    tokio::fs::write(&file, format!("{owner}\n{repo}\n"))
+        .await
+        .with_context(|| format!("writing {}", file.display()))
+}
+
+/// Removes the attempt's folder, then the note of who ran it.
+async fn remove_job_files(pipeline: &Pipeline, job: JobId, attempt: u32) {
+    let dir = job_dir(pipeline, job, attempt);
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!("removing {} failed: {e}", dir.display());
+        return;
+    }
+    let _ = tokio::fs::remove_file(owner_file(pipeline, job, attempt)).await;
+}
+
+/// Removes what this attempt left (its worktree, its folder): after it was stopped, whatever it was doing.
+async fn clear_attempt(pipeline: &Pipeline, job: &ClaimedJob, repo: &RepoName) {
+    if let Err(e) = pipeline.workspaces.discard(repo, job.id, job.attempt).await {
+        warn!("removing the stopped attempt's worktree failed: {e:#}");
+    }
+    remove_job_files(pipeline, job.id, job.attempt).await;
+}
+
+/// Removes the files of attempts whose workers are provably gone (of job `only`, or of every job): a
+/// worker that died mid-job leaves its worktree and folder. Called at start and when a job is taken over.
+/// An attempt whose worker may still run (another host, or a process that is still there) is left alone.
+pub async fn clear_dead_attempts(pipeline: &Pipeline, only: Option<JobId>) {
+    let jobs = pipeline.config.data_dir.join("jobs");
+    let Ok(mut entries) = tokio::fs::read_dir(&jobs).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let Some((job, attempt)) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".owner"))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(j, a)| Some((JobId(j.parse().ok()?), a.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        if only.is_some_and(|only| only != job) {
+            continue;
+        }
+        let Ok(text) = tokio::fs::read_to_string(entry.path()).await else {
+            continue;
+        };
+        let mut lines = text.lines();
+        let (Some(owner), Some(repo)) = (lines.next(), lines.next().and_then(RepoName::parse))
+        else {
+            continue;
+        };
+        if !provably_dead(owner) {
+            continue;
+        }
+        if let Err(e) = pipeline.workspaces.discard(&repo, job, attempt).await {
+            warn!("removing the worktree of attempt {attempt} at job {job} failed: {e:#}");
+            continue;
+        }
+        remove_job_files(pipeline, job, attempt).await;
+        info!("removed what attempt {attempt} at job {job} left: its worker ({owner}) is gone");
+    }
+}
+
+/// Whether the worker `owner` (`HOST-PID-wN`, see [`crate::server`]) is gone for sure: it ran on this host
+/// in a process that is no longer there. This process's own workers clear their own attempts.
+fn provably_dead(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, '-');
+    let (Some(worker), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if !worker.starts_with('w') || pid <= 1 || host != crate::server::hostname() {
+        return false;
+    }
+    if u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 sends nothing; it only asks whether process `pid` (> 1) exists.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    !found && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// The run phase inside the job's worktree: the attempt's folders, the agent's input, the agent and its
+/// verify rounds, then what it proposes.
 async fn run_in_worktree(
     pipeline: &Arc<Pipeline>,
     job: &ClaimedJob,
@@ -628,9 +870,91 @@ async fn run_in_worktree(
     worktree: &crate::repo::workspace::Worktree,
     ready: String,
 ) -> Result<Proposal> {
-    let job_dir = job_dir(pipeline, job.id);
-    // A previous attempt that died leaves its folder behind; this attempt starts from nothing, like its
-    // worktree.
+    let dirs = make_job_dirs(pipeline, job, spec).await?;
+    let (tx, logger) = stream_job_log(pipeline, job.id);
+    let AgentInput {
+        prompt,
+        staged,
+        timeout,
+    } = prepare_agent_input(pipeline, job, spec, profile, worktree, &dirs.root, ready).await?;
+    let max_output = spec
+        .max_output
+        .map_or(profile.max_output, |m| m.min(profile.max_output));
+    let started = Instant::now();
+    let sandbox = agent_box(pipeline, spec, profile, worktree, &dirs);
+    // The job's token for the model gateway; it is revoked when `access` is dropped, however the job ends.
+    // One token for every round: budgets cover them all together.
+    let access = pipeline
+        .gateway
+        .open(job.id, &spec.repo.to_string(), &spec.agent, profile)
+        .await
+        .context(Failure::Config)?;
+    let ran = run_agent(AgentRun {
+        pipeline,
+        job,
+        spec,
+        profile,
+        worktree,
+        dirs: &dirs,
+        sandbox,
+        access: access.as_ref(),
+        tx: tx.clone(),
+        prompt,
+        timeout,
+        started,
+        max_output,
+    })
+    .await;
+    drop(tx);
+    let _ = logger.await;
+    // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
+    if let Some(staged) = staged {
+        staged.restore().map_err(|e| {
+            let why = e.to_string();
+            anyhow!(e)
+                .context("putting the worktree's own skill folders back")
+                .context(Failure::Result(why))
+        })?;
+    }
+    // What a model backend spent is what the gateway metered (every round), whatever the agent says.
+    let metered = match &access {
+        Some(access) => Some(access.settle().await),
+        None => None,
+    };
+    // The agent is gone: its token goes too.
+    drop(access);
+    let (mut outcome, verified) = ran?;
+    if metered.is_some() {
+        outcome.usage = metered;
+    }
+    if let Some(usage) = &outcome.usage
+        && let Err(e) = pipeline.store.record_usage(job.id, usage).await
+    {
+        warn!("recording what the agent spent failed: {e:#}");
+    }
+    if let Some(usage) = &outcome.usage {
+        note(pipeline, job.id, format!("spent: {usage} (every round)")).await;
+    }
+    propose(
+        pipeline, job, spec, worktree, &dirs, outcome, verified, max_output,
+    )
+    .await
+}
+
+/// This attempt's own folders: its home (so agents share no state and never see the service's), temporary
+/// and output folders, the event's payload, and the variables the agent is given about them.
+struct JobDirs {
+    root: PathBuf,
+    home: PathBuf,
+    tmp: PathBuf,
+    output: PathBuf,
+    vars: Vec<(String, String)>,
+}
+
+/// Makes the attempt's folders (see [`JobDirs`]), from nothing.
+async fn make_job_dirs(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> Result<JobDirs> {
+    let job_dir = job_dir(pipeline, job.id, job.attempt);
+    // This attempt starts from nothing, like its worktree.
     match tokio::fs::remove_dir_all(&job_dir).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e)
@@ -639,7 +963,6 @@ async fn run_in_worktree(
         }
         _ => {}
     }
-    // The job's own home (so agents share no state and never see the service's) and its output folder.
     let home = job_dir.join("home");
     let tmp = job_dir.join("tmp");
     let output_dir = job_dir.join("output");
@@ -668,11 +991,27 @@ async fn run_in_worktree(
         ("TMPDIR", tmp.display().to_string()),
     ];
 
+    Ok(JobDirs {
+        vars: vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        root: job_dir,
+        home,
+        tmp,
+        output: output_dir,
+    })
+}
+
+/// The agent's output, written to the job log as it comes; the task ends when every sender is dropped.
+fn stream_job_log(
+    pipeline: &Pipeline,
+    job_id: JobId,
+) -> (crate::agent::log::JobLog, tokio::task::JoinHandle<()>) {
     // The agent's output reaches the job log as it comes, in small batches, within the job's budget
     // (`max_job_log`): what waits for the store never exceeds it, whatever the agent writes.
     let (tx, mut rx) = crate::agent::log::JobLog::new(pipeline.config.max_job_log);
     let store = pipeline.store.clone();
-    let job_id = job.id;
     let logger = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -688,7 +1027,27 @@ async fn run_in_worktree(
             }
         }
     });
+    (tx, logger)
+}
 
+/// What the agent is given: the repository's instructions and skills (read from its default branch), the
+/// trigger's skills put in the worktree, and the prompt. What was read and skipped is said in the job log.
+struct AgentInput {
+    prompt: String,
+    /// Skills nightshift put in the worktree, taken out again before the agent's changes are read.
+    staged: Option<skill::Staged>,
+    timeout: Duration,
+}
+
+async fn prepare_agent_input(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    profile: &crate::config::AgentProfile,
+    worktree: &crate::repo::workspace::Worktree,
+    job_dir: &std::path::Path,
+    ready: String,
+) -> Result<AgentInput> {
     // What the repository says about itself (AGENTS.md, skills), from its default branch.
     let context_dir = job_dir.join("repo");
     let exported = pipeline
@@ -786,25 +1145,36 @@ async fn run_in_worktree(
     {
         warn!("writing the job log failed: {e:#}");
     }
-    let max_output = spec
-        .max_output
-        .map_or(profile.max_output, |m| m.min(profile.max_output));
-    let started = Instant::now();
+    Ok(AgentInput {
+        prompt,
+        staged,
+        timeout,
+    })
+}
+
+/// The agent's box, when its profile has one.
+fn agent_box(
+    pipeline: &Pipeline,
+    spec: &JobSpec,
+    profile: &crate::config::AgentProfile,
+    worktree: &crate::repo::workspace::Worktree,
+    dirs: &JobDirs,
+) -> Option<crate::sandbox::BoxSpec> {
     // The agent's box: it writes its worktree, home, temporary and output folders; it reads its job's
     // folder and this repository's mirror (the worktree's git objects); the rest of the data dir, the
     // config, the key and the store are hidden (crate::sandbox).
-    let sandbox = (profile.sandbox == crate::config::SandboxKind::Bubblewrap).then(|| {
+    (profile.sandbox == crate::config::SandboxKind::Bubblewrap).then(|| {
         let config = &pipeline.config;
         crate::sandbox::BoxSpec {
             worktree: worktree.path.clone(),
             // A fork's pull request is read, not changed, unless its trigger opted in (`forks: allow`).
             read_only_worktree: spec.read_only,
-            writable: [home.clone(), tmp.clone(), output_dir.clone()]
+            writable: [dirs.home.clone(), dirs.tmp.clone(), dirs.output.clone()]
                 .into_iter()
                 .chain(profile.shared.writable.iter().cloned())
                 .collect(),
             read_only: [
-                job_dir.clone(),
+                dirs.root.clone(),
                 config
                     .data_dir
                     .join("mirrors")
@@ -824,14 +1194,45 @@ async fn run_in_worktree(
             limits: profile.limits,
             init: std::env::current_exe().unwrap_or_default(),
         }
-    });
-    // The job's token for the model gateway; it is revoked when `access` is dropped, however the job ends.
-    // One token for every round: budgets cover them all together.
-    let access = pipeline
-        .gateway
-        .open(job.id, &spec.repo.to_string(), &spec.agent, profile)
-        .await
-        .context(Failure::Config)?;
+    })
+}
+
+/// One run of the agent: what it is given and where.
+struct AgentRun<'a> {
+    pipeline: &'a Arc<Pipeline>,
+    job: &'a ClaimedJob,
+    spec: &'a JobSpec,
+    profile: &'a crate::config::AgentProfile,
+    worktree: &'a crate::repo::workspace::Worktree,
+    dirs: &'a JobDirs,
+    sandbox: Option<crate::sandbox::BoxSpec>,
+    access: Option<&'a crate::gateway::JobAccess>,
+    tx: crate::agent::log::JobLog,
+    prompt: String,
+    timeout: Duration,
+    started: Instant,
+    max_output: usize,
+}
+
+/// Runs the agent, then the verify steps; a failed step goes back to the agent, up to `verify_rounds`
+/// times. Returns the last round's outcome and what verification found.
+async fn run_agent(run: AgentRun<'_>) -> Result<(agent::AgentOutcome, Verified)> {
+    let AgentRun {
+        pipeline,
+        job,
+        spec,
+        profile,
+        worktree,
+        dirs,
+        sandbox,
+        access,
+        tx,
+        prompt,
+        timeout,
+        started,
+        max_output,
+    } = run;
+    let (home, output_dir) = (&dirs.home, &dirs.output);
     // The openai backend runs inside nightshift, never in a box.
     let boxed = sandbox.is_some() && profile.backend.edits_files();
     let deadline = started + timeout;
@@ -839,13 +1240,10 @@ async fn run_in_worktree(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let vars: Vec<(String, String)> = vars
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
+    let vars = dirs.vars.clone();
     // One round of the agent: the first with the prompt, the next ones (after a failed verify step) with the
     // follow-up, resuming the CLI's session when it has one. The timeout covers every round together.
-    let access_ref = access.as_ref();
+    let access_ref = access;
     let run_round = |round_prompt: String, resume: Option<String>, history: Vec<agent::Turn>| {
         let sandbox = sandbox.clone();
         let vars = vars.clone();
@@ -907,7 +1305,7 @@ async fn run_in_worktree(
             Ok(outcome)
         }
     };
-    let ran = async {
+    async {
         let mut outcome = run_round(prompt.clone(), None, Vec::new()).await?;
         // The rounds so far, for a backend that keeps no session of its own (an endpoint).
         let mut turns = vec![agent::Turn {
@@ -927,8 +1325,8 @@ async fn run_in_worktree(
                 &worktree.path,
                 &sandbox,
                 &vars,
-                &home,
-                &output_dir,
+                home,
+                output_dir,
                 deadline,
             )
             .await?;
@@ -981,38 +1379,24 @@ async fn run_in_worktree(
         }
         anyhow::Ok((outcome, verified))
     }
-    .await;
+    .await
+}
 
-    drop(tx);
-    let _ = logger.await;
-    // Skills nightshift put there are not the agent's work: gone before the worktree's changes are read.
-    if let Some(staged) = staged {
-        staged.restore().map_err(|e| {
-            let why = e.to_string();
-            anyhow!(e)
-                .context("putting the worktree's own skill folders back")
-                .context(Failure::Result(why))
-        })?;
-    }
-    // What a model backend spent is what the gateway metered (every round), whatever the agent says.
-    let metered = match &access {
-        Some(access) => Some(access.settle().await),
-        None => None,
-    };
-    // The agent is gone: its token goes too.
-    drop(access);
-    let (mut outcome, verified) = ran?;
-    if metered.is_some() {
-        outcome.usage = metered;
-    }
-    if let Some(usage) = &outcome.usage
-        && let Err(e) = pipeline.store.record_usage(job.id, usage).await
-    {
-        warn!("recording what the agent spent failed: {e:#}");
-    }
-    if let Some(usage) = &outcome.usage {
-        note(pipeline, job.id, format!("spent: {usage} (every round)")).await;
-    }
+/// What the run proposes: the agent's result as read from its output folder (with verification's evidence),
+/// and for a pull request the commit made of its changes. A run still failing verification proposes
+/// nothing, unless its trigger wants the draft.
+#[allow(clippy::too_many_arguments)]
+async fn propose(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    worktree: &crate::repo::workspace::Worktree,
+    dirs: &JobDirs,
+    outcome: agent::AgentOutcome,
+    verified: Verified,
+    max_output: usize,
+) -> Result<Proposal> {
+    let output_dir = &dirs.output;
     // Still failing after the last round: nothing is pushed or posted as if it were done, unless the
     // trigger wants the draft.
     let draft_failing = match &verified.failed {
@@ -1313,6 +1697,109 @@ mod public_failure_tests {
             "the agent ran out of time after 10m; also see /etc/nightshift/nightshift.yml",
         ] {
             assert_eq!(public_failure(hidden), "the agent failed", "{hidden}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::keep_lease;
+    use crate::store::Lease;
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    /// Runs the heartbeat on paused time until it gives up; returns what it said and how long it took.
+    async fn until_given_up(
+        renew: impl FnMut() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<Lease>> + Send>,
+        >,
+    ) -> (Lease, Duration) {
+        let started = tokio::time::Instant::now();
+        let lease = keep_lease(LEASE, true, renew).await;
+        (lease, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_renewals_give_the_lease_up_within_two_thirds_of_it() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let (lease, after) = until_given_up(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(anyhow::anyhow!("disk I/O error")) })
+        })
+        .await;
+        assert_eq!(lease, Lease::Lost);
+        assert!(after <= LEASE * 2 / 3, "{after:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_gives_the_lease_up_within_two_thirds_of_it() {
+        let (lease, after) =
+            until_given_up(|| Box::pin(std::future::pending::<anyhow::Result<Lease>>())).await;
+        assert_eq!(lease, Lease::Lost);
+        assert!(after <= LEASE * 2 / 3, "{after:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_that_succeed_keep_the_lease_and_one_that_fails_alone_does_not_lose_it() {
+        // Held, failed, held, held, then the store goes away for good.
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let (lease, after) = until_given_up(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match n {
+                    1 => Err(anyhow::anyhow!("busy")),
+                    0 | 2 | 3 => Ok(Lease::Held),
+                    _ => std::future::pending().await,
+                }
+            })
+        })
+        .await;
+        assert_eq!(lease, Lease::Lost);
+        // Four renewals a third of the lease apart, then two thirds without one.
+        assert_eq!(after, LEASE * 4 / 3 + LEASE * 2 / 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_request_or_a_lost_job_ends_the_heartbeat_at_once() {
+        for said in [Lease::CancelRequested, Lease::Lost] {
+            let (lease, after) = until_given_up(move || Box::pin(async move { Ok(said) })).await;
+            assert_eq!((lease, after), (said, LEASE / 3));
+        }
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::provably_dead;
+
+    #[test]
+    fn only_a_worker_of_this_host_whose_process_is_gone_is_provably_dead() {
+        let host = crate::server::hostname();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        assert!(provably_dead(&format!("{host}-{gone}-w3")));
+        // Alive: this process, and the parent of every process here.
+        assert!(!provably_dead(&format!("{host}-{}-w0", std::process::id())));
+        assert!(!provably_dead(&format!("{host}-1-w0")));
+        // Another host's worker may be running; names that are not a worker's prove nothing.
+        assert!(!provably_dead(&format!("elsewhere-{gone}-w3")));
+        for hostile in [
+            format!("{host}-0-w0"),
+            format!("{host}--1-w0"),
+            format!("{host}-{gone}"),
+            format!("{host}-{gone}-x3"),
+            String::new(),
+        ] {
+            assert!(!provably_dead(&hostile), "{hostile}");
         }
     }
 }

@@ -162,15 +162,19 @@ impl Workspaces {
             .join(format!("{}.git", repo.name()))
     }
 
-    fn worktree_path(&self, job: JobId) -> PathBuf {
-        self.root.join("worktrees").join(format!("job-{job}"))
+    /// Each attempt at a job has its own worktree (and private folder): a worker that lost its job never
+    /// touches the tree of the worker that took it over, nor the other way round.
+    fn worktree_path(&self, job: JobId, attempt: u32) -> PathBuf {
+        self.root
+            .join("worktrees")
+            .join(format!("job-{job}-{attempt}"))
     }
 
-    fn private_path(&self, job: JobId) -> PathBuf {
+    fn private_path(&self, job: JobId, attempt: u32) -> PathBuf {
         self.root
             .join("git")
             .join("jobs")
-            .join(format!("job-{job}"))
+            .join(format!("job-{job}-{attempt}"))
     }
 
     fn lock(&self, repo: &RepoName) -> Arc<Mutex<()>> {
@@ -190,19 +194,21 @@ impl Workspaces {
         crate::repo::git::measure_commit(&self.git, &mirror, commit).await
     }
 
-    /// Brings the mirror up to date and adds a worktree for `job` at the commit `checkout` names.
+    /// Brings the mirror up to date and adds a worktree for attempt `attempt` at `job` at the commit
+    /// `checkout` names.
     pub async fn prepare(
         &self,
         repo: &RepoName,
         clone_url: &str,
         checkout: Checkout<'_>,
         job: JobId,
+        attempt: u32,
         auth: &GitAuth,
     ) -> Result<Worktree> {
         let git = &self.git;
         let mirror = self.mirror_path(repo);
-        let path = self.worktree_path(job);
-        let private = self.private_path(job);
+        let path = self.worktree_path(job, attempt);
+        let private = self.private_path(job, attempt);
         let lock = self.lock(repo);
         let guard = lock.lock().await;
         update_mirror(git, repo, &mirror, clone_url, auth).await?;
@@ -421,8 +427,8 @@ async fn update_mirror(
                 "--no-write-fetch-head",
                 "--end-of-options",
                 &url,
-                // Not `refs/*`: `--prune` would delete nightshift's own refs (`refs/nightshift/job-N`, the
-                // commits jobs made and have yet to push).
+                // Not `refs/*`: `--prune` would delete nightshift's own refs
+                // (`refs/nightshift/jobs/N/COMMIT`, the commits jobs made and have yet to push).
                 "+refs/heads/*:refs/heads/*",
                 "+refs/tags/*:refs/tags/*",
                 "+refs/pull/*:refs/pull/*",
@@ -741,21 +747,26 @@ impl Workspaces {
             .filter(|sha| is_object_id(sha)))
     }
 
-    /// Pushes job `job`'s commit (made by [`Worktree::commit_changes`], kept under the job's own ref in the
-    /// mirror) to `branch` of the remote, only if the branch is still at `expect` (`None`: it must not
+    /// Pushes job `job`'s commit `commit` (made by [`Worktree::commit_changes`], kept under the job's own ref
+    /// in the mirror) to `branch` of the remote, only if the branch is still at `expect` (`None`: it must not
     /// exist): `--force-with-lease`, so commits someone else pushed are never erased. `auth` should be
     /// fresh: take it right before calling.
+    #[allow(clippy::too_many_arguments)]
     pub async fn push(
         &self,
         repo: &RepoName,
         clone_url: &str,
         job: JobId,
+        commit: &str,
         branch: &str,
         expect: Option<&str>,
         auth: &GitAuth,
     ) -> Result<()> {
         let url = self.git.remote(clone_url)?;
         check_branch_name(branch)?;
+        if !is_object_id(commit) {
+            bail!("`{}` is not a commit id", commit.escape_debug());
+        }
         if let Some(sha) = expect
             && !is_object_id(sha)
         {
@@ -777,7 +788,7 @@ impl Workspaces {
                 ),
                 "--end-of-options",
                 &url,
-                &format!("{}:refs/heads/{branch}", job_ref(job)),
+                &format!("{}:refs/heads/{branch}", job_ref(job, commit)),
             ])
             .auth(auth)
             .run()
@@ -787,6 +798,9 @@ impl Workspaces {
 
     /// Whether job `job`'s commit is still in the mirror (a mirror cloned again has lost it).
     pub async fn has_job_commit(&self, repo: &RepoName, job: JobId, commit: &str) -> bool {
+        if !is_object_id(commit) {
+            return false;
+        }
         let mirror = self.mirror_path(repo);
         self.git
             .cmd(Repo::Bare(&mirror))
@@ -795,14 +809,15 @@ impl Workspaces {
                 "--verify",
                 "--quiet",
                 "--end-of-options",
-                &job_ref(job),
+                &job_ref(job, commit),
             ])
             .run()
             .await
             .is_ok_and(|out| out.trim() == commit)
     }
 
-    /// Forgets job `job`'s commit (its ref in the mirror), when the job has ended.
+    /// Forgets job `job`'s commits (their refs in the mirror, one per attempt that made one), when the job
+    /// has ended.
     pub async fn forget_job_commit(&self, repo: &RepoName, job: JobId) {
         let mirror = self.mirror_path(repo);
         if !mirror.join("HEAD").exists() {
@@ -810,21 +825,62 @@ impl Workspaces {
         }
         let lock = self.lock(repo);
         let _guard = lock.lock().await;
+        let Ok(refs) = self
+            .git
+            .cmd(Repo::Bare(&mirror))
+            .args([
+                "for-each-ref",
+                "--format=%(refname)",
+                "--end-of-options",
+                &format!("refs/nightshift/jobs/{job}"),
+            ])
+            .run()
+            .await
+        else {
+            return;
+        };
+        let deletes: String = refs
+            .lines()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!("delete {r}\n"))
+            .collect();
+        if deletes.is_empty() {
+            return;
+        }
         let _ = self
             .git
             .cmd(Repo::Bare(&mirror))
-            .args(["update-ref", "-d", "--end-of-options", &job_ref(job)])
+            .args(["update-ref", "--stdin"])
+            .stdin(deletes.into_bytes())
             .run()
             .await;
     }
 
-    /// Removes job `job`'s worktree, if one is left (the job was stopped before it could clean up).
-    pub async fn discard(&self, repo: &RepoName, job: JobId) -> Result<()> {
-        let path = self.worktree_path(job);
+    /// The attempts at job `job` whose worktree or private folder is still on disk.
+    pub fn attempts_left(&self, job: JobId) -> Vec<u32> {
+        let prefix = format!("job-{job}-");
+        let mut attempts: Vec<u32> = [self.root.join("worktrees"), self.root.join("git").join("jobs")]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name();
+                name.to_str()?.strip_prefix(&prefix)?.parse().ok()
+            })
+            .collect();
+        attempts.sort_unstable();
+        attempts.dedup();
+        attempts
+    }
+
+    /// Removes the worktree of attempt `attempt` at job `job`, if one is left (the attempt was stopped
+    /// before it could clean up).
+    pub async fn discard(&self, repo: &RepoName, job: JobId, attempt: u32) -> Result<()> {
+        let path = self.worktree_path(job, attempt);
         let mirror = self.mirror_path(repo);
         let lock = self.lock(repo);
         let _guard = lock.lock().await;
-        remove_worktree_files(&mirror, &path, None, &self.private_path(job)).await;
+        remove_worktree_files(&mirror, &path, None, &self.private_path(job, attempt)).await;
         if path.exists() {
             tokio::fs::remove_dir_all(&path)
                 .await
@@ -1008,7 +1064,7 @@ impl Worktree {
             .args([
                 "update-ref",
                 "--end-of-options",
-                &job_ref(self.job),
+                &job_ref(self.job, &commit),
                 &commit,
             ])
             .run()
@@ -1050,9 +1106,10 @@ impl Worktree {
     }
 }
 
-/// The ref a job's commit is kept under in the mirror until the job ends.
-fn job_ref(job: JobId) -> String {
-    format!("refs/nightshift/job-{job}")
+/// The ref a job's commit is kept under in the mirror until the job ends: one per commit, so an attempt
+/// that lost its job (and may still be committing) never moves the ref the new owner's delivery pushes.
+fn job_ref(job: JobId, commit: &str) -> String {
+    format!("refs/nightshift/jobs/{job}/{commit}")
 }
 
 /// Refuses a branch name git could take for an option or a refspec.
@@ -1192,6 +1249,7 @@ mod tests {
                 url,
                 Checkout::Branch("main"),
                 JobId(1),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1226,6 +1284,7 @@ mod tests {
                 url,
                 Checkout::Branch("main"),
                 JobId(2),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1242,6 +1301,7 @@ mod tests {
                 url,
                 Checkout::Commit(&first),
                 JobId(3),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1269,7 +1329,14 @@ mod tests {
                 for round in 0..6 {
                     let job = JobId(task * 100 + round);
                     let wt = spaces
-                        .prepare(&repo, &url, Checkout::Branch("main"), job, &GitAuth::none())
+                        .prepare(
+                            &repo,
+                            &url,
+                            Checkout::Branch("main"),
+                            job,
+                            1,
+                            &GitAuth::none(),
+                        )
                         .await?;
                     assert!(wt.path.join("README.md").exists());
                     wt.remove().await?;
@@ -1294,6 +1361,7 @@ mod tests {
                 bare.to_str().unwrap(),
                 Checkout::Branch("nope"),
                 JobId(1),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1420,6 +1488,7 @@ mod tests {
                 url,
                 Checkout::Branch("main"),
                 JobId(7),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1503,6 +1572,7 @@ mod tests {
                 bare.to_str().unwrap(),
                 Checkout::Branch("main"),
                 JobId(9),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1541,6 +1611,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_attempt_that_lost_its_job_never_touches_the_new_attempts_tree_or_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let none = GitAuth::none();
+        let attempt = |n| spaces.prepare(&repo, url, Checkout::Branch("main"), JobId(5), n, &none);
+        // The old attempt is still running when the new one starts.
+        let old = attempt(1).await.unwrap();
+        let new = attempt(2).await.unwrap();
+        assert_ne!(old.path, new.path);
+        std::fs::write(old.path.join("README.md"), "stale\n").unwrap();
+        std::fs::write(new.path.join("README.md"), "fresh\n").unwrap();
+        let fresh = new
+            .commit_changes("m", ("n", "n@n"))
+            .await
+            .unwrap()
+            .commit
+            .unwrap();
+        // The old attempt commits after the new one did, then is stopped and cleared.
+        let stale = old
+            .commit_changes("m", ("n", "n@n"))
+            .await
+            .unwrap()
+            .commit
+            .unwrap();
+        spaces.discard(&repo, JobId(5), 1).await.unwrap();
+        assert!(!old.path.exists());
+        assert_eq!(
+            std::fs::read_to_string(new.path.join("README.md")).unwrap(),
+            "fresh\n"
+        );
+        assert!(
+            spaces.has_job_commit(&repo, JobId(5), &fresh).await,
+            "the new attempt's commit is still the one it made"
+        );
+        assert!(spaces.has_job_commit(&repo, JobId(5), &stale).await);
+        assert!(!spaces.has_job_commit(&repo, JobId(6), &fresh).await);
+        new.remove().await.unwrap();
+        spaces.forget_job_commit(&repo, JobId(5)).await;
+        assert!(!spaces.has_job_commit(&repo, JobId(5), &fresh).await);
+        assert!(!spaces.has_job_commit(&repo, JobId(5), &stale).await);
+    }
+
+    #[tokio::test]
     async fn the_commit_nightshift_built_is_measured_after_its_worktree_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let (bare, _) = remote(dir.path());
@@ -1552,6 +1668,7 @@ mod tests {
                 bare.to_str().unwrap(),
                 Checkout::Branch("main"),
                 JobId(9),
+                1,
                 &GitAuth::none(),
             )
             .await

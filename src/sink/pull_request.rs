@@ -106,6 +106,7 @@ pub async fn deliver(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Outpu
                 repo,
                 &spec.clone_url,
                 ctx.job,
+                commit,
                 &branch,
                 expect.as_deref(),
                 &auth,

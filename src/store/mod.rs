@@ -477,6 +477,11 @@ pub trait Store: Send + Sync + 'static {
     /// (SQLite), whose writes ring in-process. A lost connection reconnects by itself and rings both (what
     /// it missed meanwhile is found by looking); polling stays the fallback.
     fn wakeups(&self) -> Option<tokio::sync::mpsc::Receiver<Wakeup>>;
+
+    /// Gives back a job we hold because the service is stopping: a `running` job goes back to `queued` as
+    /// if it had not started (its start is not counted), a `delivering` one stays `delivering` (only its
+    /// delivery is left); either can be claimed at once. False when the job is no longer ours.
+    async fn release_job(&self, job: JobId, owner: &str) -> Result<bool>;
 }
 
 /// What another replica's write says is waiting (see [`Store::wakeups`]).

@@ -409,6 +409,7 @@ impl PostgresStore {
         tx.commit().await?;
         Ok(Some(claimed))
     }
+
 }
 
 #[async_trait]
@@ -1205,6 +1206,21 @@ impl Store for PostgresStore {
         let (wake, wakeups) = tokio::sync::mpsc::channel(4);
         tokio::spawn(listen(self.options.clone(), wake));
         Some(wakeups)
+    }
+
+    async fn release_job(&self, job: JobId, owner: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs
+             SET state = CASE WHEN result IS NULL THEN 'queued' ELSE 'delivering' END,
+                 attempts = attempts - CASE WHEN result IS NULL AND attempts > 0 THEN 1 ELSE 0 END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_owner = $2 AND state IN ('running', 'delivering')",
+        )
+        .bind(job.0)
+        .bind(text(owner))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -983,6 +983,21 @@ impl Store for SqliteStore {
         // One process owns the file: its own writes ring in-process.
         None
     }
+
+    async fn release_job(&self, job: JobId, owner: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs
+             SET state = CASE WHEN result IS NULL THEN 'queued' ELSE 'delivering' END,
+                 attempts = attempts - CASE WHEN result IS NULL AND attempts > 0 THEN 1 ELSE 0 END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ? AND lease_owner = ? AND state IN ('running', 'delivering')",
+        )
+        .bind(job.0)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 /// Rows one retention batch removes (one short write transaction each).

@@ -1235,6 +1235,46 @@ async fn replicas_racing_at_the_hourly_cap_start_exactly_the_cap(db: &TestDb) {
     }
 }
 
+async fn a_released_job_runs_again_without_counting_its_start(db: &TestDb) {
+    let store = db.store();
+    for id in ["a", "b"] {
+        let Inserted::New(d) = store.insert_delivery(&delivery(id)).await.unwrap() else {
+            panic!()
+        };
+        store.record_match(d, &[job("t")]).await.unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let a = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    let b = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    assert!(store.store_result(b.id, "w", "{}").await.unwrap());
+    // Only the holder gives a job back.
+    assert!(!store.release_job(a.id, "another").await.unwrap());
+    assert!(store.release_job(a.id, "w").await.unwrap());
+    assert!(store.release_job(b.id, "w").await.unwrap());
+    assert!(
+        !store.release_job(a.id, "w").await.unwrap(),
+        "released once"
+    );
+    let jobs = store.jobs().await.unwrap();
+    assert_eq!(
+        jobs.iter()
+            .map(|j| (j.state, j.attempts, j.retries))
+            .collect::<Vec<_>>(),
+        [(JobState::Queued, 0, 0), (JobState::Delivering, 1, 0)]
+    );
+    // Both can be taken at once, without waiting for a lease to run out; the first starts as its first
+    // attempt again, the second only delivers.
+    let again = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempt), (a.id, 1));
+    let deliver = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(deliver.id, b.id);
+    assert!(deliver.result.is_some());
+    assert!(
+        !store.release_job(a.id, "w").await.unwrap(),
+        "the old holder cannot give back what another took"
+    );
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1273,6 +1313,7 @@ on_both_stores!(
     replicas_claiming_at_once_start_one_job_of_a_group,
     text_with_nul_is_stored,
     usage_repositories_ticks_and_pushes_round_trip,
+    a_released_job_runs_again_without_counting_its_start,
     replicas_racing_on_one_tick_fire_it_once,
     replicas_racing_at_the_hourly_cap_start_exactly_the_cap,
     a_flood_from_one_repository_does_not_starve_another,

@@ -135,6 +135,24 @@ impl Server {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Sends the service a signal (`libc::SIGTERM`, `libc::SIGINT`).
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signalling {pid}");
+    }
+
+    /// Waits until the service has exited (within a minute), and says how it ended.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the service did not exit:\n{}", self.log());
+    }
 }
 
 impl Drop for Server {
