@@ -37,6 +37,9 @@ pub enum Inserted {
     New(i64),
     /// The same `X-GitHub-Delivery` was stored before; nothing was written.
     Duplicate,
+    /// The same body was stored under another delivery id within the replay window (a captured, signed
+    /// body sent again); nothing was written.
+    Replayed { first: DeliveryId },
 }
 
 /// A stored delivery that triggers have not been matched against yet.
@@ -359,6 +362,17 @@ pub trait Store: Send + Sync + 'static {
     async fn set_last_tick(&self, schedule: &str, repo: &str, tick: i64) -> Result<()>;
 
     async fn delivery_count(&self) -> Result<u64>;
+
+    /// Group commit: stores a batch of webhook deliveries in ONE transaction (one fsync), answering for each
+    /// in order. A delivery id seen before (also earlier in the batch) is [`Inserted::Duplicate`]; a body
+    /// stored under another delivery id less than `replay_window` ago is [`Inserted::Replayed`] (a zero
+    /// window turns that off). Digests older than the window are forgotten in the same transaction. An error
+    /// means nothing of the batch was stored.
+    async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+        replay_window: Duration,
+    ) -> Result<Vec<Inserted>>;
 }
 
 /// Opens the store a URL names, creating and migrating it as needed.
