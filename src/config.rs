@@ -129,9 +129,7 @@ impl IngestFile {
             header_timeout: self.header_timeout.unwrap_or(Duration::from_secs(10)),
             body_timeout: self.body_timeout.unwrap_or(Duration::from_secs(10)),
             max_connections: self.max_connections.map(|n| n.max(1)),
-            replay_window: self
-                .replay_window
-                .unwrap_or(Duration::from_secs(24 * 3600)),
+            replay_window: self.replay_window.unwrap_or(Duration::from_secs(24 * 3600)),
             max_batch: self.max_batch.unwrap_or(256).max(1),
         }
     }

@@ -207,10 +207,8 @@ pub async fn serve_http(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(app.clone()),
-        );
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -253,7 +251,10 @@ pub fn connection_limit(configured: Option<usize>, open_files: u64) -> usize {
             "serving at most {ceiling} connections at once, half the open-file limit ({open_files}), not {wanted}"
         );
     }
-    wanted.min(ceiling).min(tokio::sync::Semaphore::MAX_PERMITS).min(u32::MAX as usize)
+    wanted
+        .min(ceiling)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
 }
 
 /// The login of the account a personal or fine-grained token belongs to.

@@ -189,8 +189,7 @@ pub async fn read_body(
     use std::pin::Pin;
     let read = async {
         let mut bytes = Vec::with_capacity(reservation.held().min(max));
-        while let Some(frame) =
-            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         {
             let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
             let Ok(data) = frame.into_data() else {

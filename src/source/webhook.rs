@@ -76,9 +76,10 @@ fn reply(status: StatusCode, message: &str) -> Response {
 /// is not read).
 fn refuse(status: StatusCode, message: &str) -> Response {
     let mut response = reply(status, message);
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
     response
 }
 

@@ -678,8 +678,25 @@ impl Store for PostgresStore {
         batch: &[NewDelivery],
         replay_window: Duration,
     ) -> Result<Vec<Inserted>> {
-        use sha2::Digest;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let written = write_deliveries(&mut conn, batch, replay_window).await;
+        if written.is_err() {
+            // After a failed COMMIT the connection is not known to be out of its transaction.
+            let _ = conn.close().await;
+        }
+        written
+    }
+}
+
+async fn write_deliveries(
+    conn: &mut sqlx::PgConnection,
+    batch: &[NewDelivery],
+    replay_window: Duration,
+) -> Result<Vec<Inserted>> {
+    use sha2::Digest;
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    {
         // Durable whatever the server's default: the answer (202) waits for the WAL flush.
         sqlx::query("SET LOCAL synchronous_commit = on")
             .execute(&mut *tx)

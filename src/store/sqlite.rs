@@ -653,8 +653,26 @@ impl Store for SqliteStore {
         batch: &[NewDelivery],
         replay_window: Duration,
     ) -> Result<Vec<Inserted>> {
-        use sha2::Digest;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut conn = self.pool.acquire().await?;
+        let written = write_deliveries(&mut conn, batch, replay_window).await;
+        if written.is_err() {
+            // A COMMIT that failed (disk full) leaves the connection inside its transaction as sqlx sees
+            // it; it must not go back to the pool.
+            let _ = conn.close().await;
+        }
+        written
+    }
+}
+
+async fn write_deliveries(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[NewDelivery],
+    replay_window: Duration,
+) -> Result<Vec<Inserted>> {
+    use sha2::Digest;
+    use sqlx::Connection;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    {
         let now = now_ms();
         let cutoff = now.saturating_sub(ms(replay_window));
         if !replay_window.is_zero() {

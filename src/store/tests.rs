@@ -785,7 +785,10 @@ async fn a_batch_is_stored_once_with_duplicates_and_replays_answered(db: &TestDb
         )
         .await
         .unwrap();
-    assert!(matches!(answers[0], Inserted::Replayed { .. }), "{answers:?}");
+    assert!(
+        matches!(answers[0], Inserted::Replayed { .. }),
+        "{answers:?}"
+    );
     assert_eq!(answers[1], Inserted::Duplicate);
     assert_eq!(store.delivery_count().await.unwrap(), 2);
     // Past the window (moved back in time), the same body under a new id is stored.
