@@ -87,6 +87,67 @@ struct ConfigFile {
     /// the first entry whose `repos` patterns match the job's repository applies.
     #[serde(default)]
     verify: Vec<crate::trigger::verify::VerifyDefaultFile>,
+    /// The webhook endpoint's limits: memory for bodies in flight, timeouts, connections, replays.
+    #[serde(default)]
+    ingest: IngestFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestFile {
+    /// The most request-body bytes held in memory at once (default 64M); a request that would go past it
+    /// is answered 503 before its body is read.
+    body_budget: Option<crate::sandbox::Size>,
+    /// How long a client may take to send a request's headers, and how long an idle kept-alive
+    /// connection stays open (default 10s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    header_timeout: Option<Duration>,
+    /// How long a client may take to send a request's body (default 10s, GitHub's own timeout for the
+    /// whole delivery); past it, 408.
+    #[serde(default, deserialize_with = "opt_duration")]
+    body_timeout: Option<Duration>,
+    /// The most connections open at once (default: 1024, or half the open-file limit when that is lower);
+    /// past it new connections wait in the kernel's queue.
+    max_connections: Option<usize>,
+    /// The same signed body under a new delivery id within this long is acknowledged and not stored
+    /// again (default 24h; 0s turns it off).
+    #[serde(default, deserialize_with = "opt_duration")]
+    replay_window: Option<Duration>,
+    /// The most deliveries written in one transaction (default 256).
+    max_batch: Option<usize>,
+}
+
+/// The webhook endpoint's limits (`ingest:`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestConfig {
+    pub body_budget: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    /// `None`: from the open-file limit at start.
+    pub max_connections: Option<usize>,
+    pub replay_window: Duration,
+    pub max_batch: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestFile::default().resolve()
+    }
+}
+
+impl IngestFile {
+    fn resolve(self) -> IngestConfig {
+        IngestConfig {
+            body_budget: self
+                .body_budget
+                .map_or(64 << 20, |s| usize::try_from(s.0).unwrap_or(usize::MAX)),
+            header_timeout: self.header_timeout.unwrap_or(Duration::from_secs(10)),
+            body_timeout: self.body_timeout.unwrap_or(Duration::from_secs(10)),
+            max_connections: self.max_connections.map(|n| n.max(1)),
+            replay_window: self.replay_window.unwrap_or(Duration::from_secs(24 * 3600)),
+            max_batch: self.max_batch.unwrap_or(256).max(1),
+        }
+    }
 }
 
 /// `prune:`: how long what ended is kept.
@@ -512,6 +573,8 @@ pub struct Config {
     pub limits: crate::trigger::model::Limits,
     /// The service's `verify:` defaults, in order (see [`crate::trigger::verify::resolve`]).
     pub verify: Vec<crate::trigger::verify::VerifyDefault>,
+    /// The webhook endpoint's limits.
+    pub ingest: IngestConfig,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -905,6 +968,7 @@ fn resolve(
         },
         limits,
         verify,
+        ingest: file.ingest.resolve(),
     })
 }
 

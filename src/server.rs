@@ -142,6 +142,7 @@ pub async fn serve(
     let intake = Intake {
         store: pipeline.store.clone(),
         deliveries_waiting: pipeline.deliveries_waiting.clone(),
+        health: pipeline.health.clone(),
     };
     tokio::spawn(crate::source::schedule::run(
         intake.clone(),
@@ -175,10 +176,11 @@ pub async fn serve(
     }
 
     let app = Router::new()
-        .merge(webhook::routes(Arc::new(WebhookState {
-            intake: intake.clone(),
+        .merge(webhook::routes(Arc::new(WebhookState::start(
+            intake.clone(),
+            pipeline.config.ingest.clone(),
             secrets,
-        })))
+        ))))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", {
             let pipeline = pipeline.clone();
@@ -193,11 +195,102 @@ pub async fn serve(
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drain(pipeline.clone(), signals, stop, workers))
-        .await?;
+    serve_http(
+        listener,
+        app,
+        &pipeline.config.ingest,
+        drain(pipeline.clone(), signals, stop, workers),
+    )
+    .await;
     info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP/1 on `listener` until `shutdown`, then lets open connections finish. At most a connection
+/// limit below the open-file limit is open at once (more wait in the kernel's accept queue: the service
+/// never runs out of file descriptors); a client gets `ingest.header_timeout` to send a request's headers
+/// (also between requests of a kept-alive connection).
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    ingest: &crate::config::IngestConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let limit = connection_limit(ingest.max_connections, open_file_limit());
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(ingest.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors or memory for a moment: wait, never stop serving.
+                    warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stopping.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    // Every connection holds a slot until it ends.
+    let _ = slots.acquire_many(limit as u32).await;
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE).
+fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
+/// How many connections are served at once: what `ingest.max_connections` says, or 1024, and never more
+/// than half the open-file limit (the rest is for the store, git, agents and their logs).
+pub fn connection_limit(configured: Option<usize>, open_files: u64) -> usize {
+    let ceiling = usize::try_from(open_files / 2).unwrap_or(usize::MAX).max(1);
+    let wanted = configured.unwrap_or(1024);
+    if wanted > ceiling {
+        warn!(
+            "serving at most {ceiling} connections at once, half the open-file limit ({open_files}), not {wanted}"
+        );
+    }
+    wanted
+        .min(ceiling)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
 }
 
 /// The login of the account a personal or fine-grained token belongs to.

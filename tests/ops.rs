@@ -265,7 +265,7 @@ async fn prune_removes_old_finished_jobs_and_their_folders() {
         .execute(&raw)
         .await
         .unwrap();
-    let left = spine.dir.path().join("data/jobs").join(old.to_string());
+    let left = spine.dir.path().join("data/jobs").join(format!("{old}-1"));
     std::fs::create_dir_all(left.join("home")).unwrap();
 
     let dry = nightshift(&spine, &["prune", "--dry-run"]);

@@ -49,7 +49,7 @@ pub struct Pipeline {
     /// The model gateway every model request of an agent goes through.
     pub gateway: Arc<crate::gateway::Gateway>,
     /// What `/readyz` answers: draining, the store's last write error, workers alive.
-    pub health: crate::health::Health,
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Rings the pipeline's wakeups when the store says another replica wrote (see

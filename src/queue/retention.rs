@@ -12,8 +12,8 @@ use anyhow::Result;
 use tracing::{info, warn};
 
 use super::Pipeline;
-use crate::repo::workspace::Workspaces;
 use crate::ids::RepoName;
+use crate::repo::workspace::Workspaces;
 use crate::store::{Pruned, Store};
 
 /// How often the service prunes.

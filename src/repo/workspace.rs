@@ -859,15 +859,18 @@ impl Workspaces {
     /// The attempts at job `job` whose worktree or private folder is still on disk.
     pub fn attempts_left(&self, job: JobId) -> Vec<u32> {
         let prefix = format!("job-{job}-");
-        let mut attempts: Vec<u32> = [self.root.join("worktrees"), self.root.join("git").join("jobs")]
-            .iter()
-            .filter_map(|dir| std::fs::read_dir(dir).ok())
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name();
-                name.to_str()?.strip_prefix(&prefix)?.parse().ok()
-            })
-            .collect();
+        let mut attempts: Vec<u32> = [
+            self.root.join("worktrees"),
+            self.root.join("git").join("jobs"),
+        ]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            name.to_str()?.strip_prefix(&prefix)?.parse().ok()
+        })
+        .collect();
         attempts.sort_unstable();
         attempts.dedup();
         attempts

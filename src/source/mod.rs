@@ -3,6 +3,7 @@
 //! delivery and wake the dispatcher, and nothing else.
 
 pub mod event;
+pub mod ingest;
 pub mod schedule;
 pub mod webhook;
 
@@ -10,12 +11,15 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::health::Health;
 use crate::store::Store;
 
-/// What a source may do with the service: store deliveries, and ring the dispatcher when it did.
+/// What a source may do with the service: store deliveries, ring the dispatcher when it did, and say in
+/// `/readyz` when the store refuses them.
 #[derive(Clone)]
 pub struct Intake {
     pub store: Arc<dyn Store>,
     /// Rung when a delivery is stored.
     pub deliveries_waiting: Arc<Notify>,
+    pub health: Arc<Health>,
 }

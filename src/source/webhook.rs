@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -16,6 +15,8 @@ use tracing::{info, warn};
 
 use super::Intake;
 use super::event::Event;
+use super::ingest::{BodyBudget, BodyError, Writer, read_body};
+use crate::config::IngestConfig;
 use crate::ids::DeliveryId;
 use crate::store::{Inserted, NewDelivery};
 
@@ -23,14 +24,30 @@ use crate::store::{Inserted, NewDelivery};
 pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
 
 pub struct WebhookState {
-    pub intake: Intake,
     pub secrets: Vec<SecretString>,
+    /// The endpoint's limits.
+    pub ingest: IngestConfig,
+    /// Stores deliveries in batches (group commit).
+    pub writer: Writer,
+    /// Memory for request bodies in flight.
+    pub budget: BodyBudget,
+}
+
+impl WebhookState {
+    /// The state of the webhook endpoint, with its writer task started.
+    pub fn start(intake: Intake, ingest: IngestConfig, secrets: Vec<SecretString>) -> WebhookState {
+        WebhookState {
+            writer: Writer::start(intake, &ingest),
+            budget: BodyBudget::new(ingest.body_budget),
+            ingest,
+            secrets,
+        }
+    }
 }
 
 pub fn routes(state: Arc<WebhookState>) -> Router {
     Router::new()
         .route("/webhooks/github", post(receive))
-        .layer(DefaultBodyLimit::max(MAX_PAYLOAD))
         .with_state(state)
 }
 
@@ -56,31 +73,87 @@ fn reply(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "message": message }))).into_response()
 }
 
-async fn receive(
-    State(state): State<Arc<WebhookState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-    };
-    let Some(signature) = header("x-hub-signature-256") else {
+/// An answer given before the body was read: the connection is closed after it (what is left of the body
+/// is not read).
+fn refuse(status: StatusCode, message: &str) -> Response {
+    let mut response = reply(status, message);
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    // Everything that can be refused without the body is refused before reading it.
+    let Some(signature) = header(headers, "x-hub-signature-256") else {
         warn!("webhook without X-Hub-Signature-256 refused");
-        return reply(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+        return refuse(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+    };
+    let Some(event) = header(headers, "x-github-event") else {
+        return refuse(StatusCode::BAD_REQUEST, "missing X-GitHub-Event");
+    };
+    let Some(delivery) = header(headers, "x-github-delivery") else {
+        return refuse(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
+    };
+    let length = match header(headers, "content-length").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(length)) if length <= MAX_PAYLOAD => length,
+        Some(_) => {
+            warn!(delivery, "webhook body above 25 MB refused unread");
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is above 25 MB");
+        }
+    };
+    let Some(mut reservation) = state.budget.reserve(length) else {
+        warn!(
+            delivery,
+            length,
+            in_flight = state.budget.in_use(),
+            "webhook refused unread: request bodies in flight are at the memory budget"
+        );
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies in flight; try again",
+        );
+    };
+    let ingest = &state.ingest;
+    let body = match read_body(body, &mut reservation, MAX_PAYLOAD, ingest.body_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            warn!(delivery, "webhook body above 25 MB refused");
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is above 25 MB");
+        }
+        Err(BodyError::OverBudget) => {
+            warn!(
+                delivery,
+                "webhook refused: its body went past the memory budget for bodies in flight"
+            );
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies in flight; try again",
+            );
+        }
+        Err(BodyError::TimedOut) => {
+            warn!(delivery, "webhook body not received in time; refused");
+            return refuse(StatusCode::REQUEST_TIMEOUT, "the body took too long");
+        }
+        Err(BodyError::Broken(e)) => {
+            return refuse(StatusCode::BAD_REQUEST, &format!("reading the body: {e}"));
+        }
     };
     if !verify_signature(&state.secrets, &body, signature) {
         warn!("webhook with a wrong signature refused");
         return reply(StatusCode::UNAUTHORIZED, "signature does not match");
     }
-    let Some(event) = header("x-github-event") else {
-        return reply(StatusCode::BAD_REQUEST, "missing X-GitHub-Event");
-    };
-    let Some(delivery) = header("x-github-delivery") else {
-        return reply(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
-    };
     let parsed = match Event::parse(event, &body) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -96,27 +169,36 @@ async fn receive(
         action: parsed.action.clone(),
         repo: parsed.repository.as_ref().map(|r| r.full_name.to_string()),
         installation_id: parsed.installation.map(|i| i.0 as i64),
-        payload: body.to_vec(),
+        payload: body,
     };
-    match state.intake.store.insert_delivery(&new).await {
+    let repo = new.repo.clone();
+    match state.writer.insert(new, reservation).await {
         Ok(Inserted::New(_)) => {
             info!(
                 delivery = %delivery,
                 event,
                 action = parsed.action.as_deref().unwrap_or_default(),
-                repo = new.repo.as_deref().unwrap_or_default(),
+                repo = repo.as_deref().unwrap_or_default(),
                 "delivery stored"
             );
-            state.intake.deliveries_waiting.notify_waiters();
             reply(StatusCode::ACCEPTED, "stored")
         }
         Ok(Inserted::Duplicate) => {
             info!(delivery = %delivery, event, "delivery seen before; nothing to do");
             reply(StatusCode::OK, "already received")
         }
-        Err(e) => {
-            // Not acknowledged, so GitHub (or whoever redelivers) can try again.
-            warn!(delivery = %delivery, "storing a delivery failed: {e:#}");
+        Ok(Inserted::Replayed { first }) => {
+            warn!(
+                delivery = %delivery,
+                first = %first,
+                event,
+                "the same signed body was stored under delivery {first}: a replay, not stored again"
+            );
+            reply(StatusCode::OK, "already received")
+        }
+        Err(why) => {
+            // Not acknowledged, so GitHub (or whoever redelivers) can try again. The writer logged why.
+            warn!(delivery = %delivery, "storing a delivery failed: {why}");
             reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "could not store the delivery",

@@ -37,6 +37,9 @@ pub enum Inserted {
     New(i64),
     /// The same `X-GitHub-Delivery` was stored before; nothing was written.
     Duplicate,
+    /// The same body was stored under another delivery id within the replay window (a captured, signed
+    /// body sent again); nothing was written.
+    Replayed { first: DeliveryId },
 }
 
 /// A stored delivery that triggers have not been matched against yet.
@@ -482,6 +485,17 @@ pub trait Store: Send + Sync + 'static {
     /// if it had not started (its start is not counted), a `delivering` one stays `delivering` (only its
     /// delivery is left); either can be claimed at once. False when the job is no longer ours.
     async fn release_job(&self, job: JobId, owner: &str) -> Result<bool>;
+
+    /// Group commit: stores a batch of webhook deliveries in ONE transaction (one fsync), answering for each
+    /// in order. A delivery id seen before (also earlier in the batch) is [`Inserted::Duplicate`]; a body
+    /// stored under another delivery id less than `replay_window` ago is [`Inserted::Replayed`] (a zero
+    /// window turns that off). Digests older than the window are forgotten in the same transaction. An error
+    /// means nothing of the batch was stored.
+    async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+        replay_window: Duration,
+    ) -> Result<Vec<Inserted>>;
 }
 
 /// What another replica's write says is waiting (see [`Store::wakeups`]).

@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0001_init.sql"),
     ),
     (
+        2,
+        "replay digests",
+        include_str!("../../migrations/postgres/0002_replay.sql"),
+    ),
+    (
         3,
         "fair ops",
         include_str!("../../migrations/postgres/0003_fair_ops.sql"),
@@ -214,6 +219,89 @@ async fn listen(options: PgConnectOptions, wake: tokio::sync::mpsc::Sender<Wakeu
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn write_deliveries(
+    conn: &mut sqlx::PgConnection,
+    batch: &[NewDelivery],
+    replay_window: Duration,
+) -> Result<Vec<Inserted>> {
+    use sha2::Digest;
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    {
+        // Durable whatever the server's default: the answer (202) waits for the WAL flush.
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(&mut *tx)
+            .await?;
+        let now = now_ms();
+        let cutoff = now.saturating_sub(ms(replay_window));
+        if !replay_window.is_zero() {
+            sqlx::query("DELETE FROM delivery_digests WHERE received_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        for d in batch {
+            let row = sqlx::query(
+                "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (delivery_id) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(text(&d.delivery_id.0))
+            .bind(text(&d.event))
+            .bind(opt_text(&d.action))
+            .bind(opt_text(&d.repo))
+            .bind(d.installation_id)
+            .bind(&d.payload)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                answers.push(Inserted::Duplicate);
+                continue;
+            };
+            let id: i64 = row.try_get("id")?;
+            if !replay_window.is_zero() {
+                let digest: [u8; 32] = sha2::Sha256::digest(&d.payload).into();
+                // Another replica writing the same body waits on this row's lock, then sees it.
+                let fresh = sqlx::query(
+                    "INSERT INTO delivery_digests (body_sha256, delivery_id, received_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (body_sha256) DO UPDATE
+                         SET delivery_id = excluded.delivery_id, received_at = excluded.received_at
+                         WHERE delivery_digests.received_at < $4
+                     RETURNING 1",
+                )
+                .bind(&digest[..])
+                .bind(text(&d.delivery_id.0))
+                .bind(now)
+                .bind(cutoff)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if fresh.is_none() {
+                    sqlx::query("DELETE FROM deliveries WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let first: String = sqlx::query_scalar(
+                        "SELECT delivery_id FROM delivery_digests WHERE body_sha256 = $1",
+                    )
+                    .bind(&digest[..])
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    answers.push(Inserted::Replayed {
+                        first: DeliveryId(first),
+                    });
+                    continue;
+                }
+            }
+            answers.push(Inserted::New(id));
+        }
+        tx.commit().await?;
+        Ok(answers)
     }
 }
 
@@ -409,7 +497,6 @@ impl PostgresStore {
         tx.commit().await?;
         Ok(Some(claimed))
     }
-
 }
 
 #[async_trait]
@@ -1221,6 +1308,20 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+        replay_window: Duration,
+    ) -> Result<Vec<Inserted>> {
+        let mut conn = self.pool.acquire().await?;
+        let written = write_deliveries(&mut conn, batch, replay_window).await;
+        if written.is_err() {
+            // After a failed COMMIT the connection is not known to be out of its transaction.
+            let _ = conn.close().await;
+        }
+        written
     }
 }
 

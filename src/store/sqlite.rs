@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_outbox.sql"),
     ),
     (
+        4,
+        "replay digests",
+        include_str!("../../migrations/sqlite/0004_replay.sql"),
+    ),
+    (
         5,
         "fair ops",
         include_str!("../../migrations/sqlite/0005_fair_ops.sql"),
@@ -997,6 +1002,99 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_deliveries(
+        &self,
+        batch: &[NewDelivery],
+        replay_window: Duration,
+    ) -> Result<Vec<Inserted>> {
+        let mut conn = self.pool.acquire().await?;
+        let written = write_deliveries(&mut conn, batch, replay_window).await;
+        if written.is_err() {
+            // A COMMIT that failed (disk full) leaves the connection inside its transaction as sqlx sees
+            // it; it must not go back to the pool.
+            let _ = conn.close().await;
+        }
+        written
+    }
+}
+
+async fn write_deliveries(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[NewDelivery],
+    replay_window: Duration,
+) -> Result<Vec<Inserted>> {
+    use sha2::Digest;
+    use sqlx::Connection;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    {
+        let now = now_ms();
+        let cutoff = now.saturating_sub(ms(replay_window));
+        if !replay_window.is_zero() {
+            sqlx::query("DELETE FROM delivery_digests WHERE received_at < ?")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        for d in batch {
+            let row = sqlx::query(
+                "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (delivery_id) DO NOTHING
+                 RETURNING id",
+            )
+            .bind(&d.delivery_id.0)
+            .bind(&d.event)
+            .bind(&d.action)
+            .bind(&d.repo)
+            .bind(d.installation_id)
+            .bind(&d.payload)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                answers.push(Inserted::Duplicate);
+                continue;
+            };
+            let id: i64 = row.try_get("id")?;
+            if !replay_window.is_zero() {
+                let digest: [u8; 32] = sha2::Sha256::digest(&d.payload).into();
+                let fresh = sqlx::query(
+                    "INSERT INTO delivery_digests (body_sha256, delivery_id, received_at) VALUES (?, ?, ?)
+                     ON CONFLICT (body_sha256) DO UPDATE
+                         SET delivery_id = excluded.delivery_id, received_at = excluded.received_at
+                         WHERE delivery_digests.received_at < ?
+                     RETURNING 1",
+                )
+                .bind(&digest[..])
+                .bind(&d.delivery_id.0)
+                .bind(now)
+                .bind(cutoff)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if fresh.is_none() {
+                    sqlx::query("DELETE FROM deliveries WHERE id = ?")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let first: String = sqlx::query_scalar(
+                        "SELECT delivery_id FROM delivery_digests WHERE body_sha256 = ?",
+                    )
+                    .bind(&digest[..])
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    answers.push(Inserted::Replayed {
+                        first: DeliveryId(first),
+                    });
+                    continue;
+                }
+            }
+            answers.push(Inserted::New(id));
+        }
+        tx.commit().await?;
+        Ok(answers)
     }
 }
 

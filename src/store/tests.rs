@@ -1275,6 +1275,71 @@ async fn a_released_job_runs_again_without_counting_its_start(db: &TestDb) {
     );
 }
 
+/// Group commit: a batch is one transaction; a delivery id repeated (also inside the batch) is stored once;
+/// the same body under a new id within the replay window is a replay; past the window it is stored.
+async fn a_batch_is_stored_once_with_duplicates_and_replays_answered(db: &TestDb) {
+    let store = db.store();
+    let with_body = |id: &str, body: &[u8]| NewDelivery {
+        payload: body.to_vec(),
+        ..delivery(id)
+    };
+    let window = Duration::from_secs(3600);
+    let answers = store
+        .insert_deliveries(
+            &[
+                with_body("a", b"{\"n\":1}"),
+                with_body("b", b"{\"n\":2}"),
+                with_body("a", b"{\"n\":1}"),
+                with_body("c", b"{\"n\":1}"),
+            ],
+            window,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(answers[0], Inserted::New(_)), "{answers:?}");
+    assert!(matches!(answers[1], Inserted::New(_)), "{answers:?}");
+    assert_eq!(answers[2], Inserted::Duplicate);
+    assert_eq!(
+        answers[3],
+        Inserted::Replayed {
+            first: DeliveryId("a".into())
+        }
+    );
+    assert_eq!(store.delivery_count().await.unwrap(), 2);
+    // A later batch: a replay of b under a new id, and a redelivery of a.
+    let answers = store
+        .insert_deliveries(
+            &[with_body("d", b"{\"n\":2}"), with_body("a", b"{\"n\":1}")],
+            window,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(answers[0], Inserted::Replayed { .. }),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], Inserted::Duplicate);
+    assert_eq!(store.delivery_count().await.unwrap(), 2);
+    // Past the window (moved back in time), the same body under a new id is stored.
+    db.exec("UPDATE delivery_digests SET received_at = received_at - 7200000")
+        .await;
+    let answers = store
+        .insert_deliveries(&[with_body("e", b"{\"n\":2}")], window)
+        .await
+        .unwrap();
+    assert!(matches!(answers[0], Inserted::New(_)), "{answers:?}");
+    // A zero window does not look at bodies.
+    let answers = store
+        .insert_deliveries(&[with_body("f", b"{\"n\":2}")], Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(answers[0], Inserted::New(_)), "{answers:?}");
+    assert_eq!(store.delivery_count().await.unwrap(), 4);
+    let unmatched = store.unmatched_deliveries(10).await.unwrap();
+    let ids: Vec<_> = unmatched.iter().map(|d| d.delivery_id.0.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "e", "f"]);
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1313,6 +1378,7 @@ on_both_stores!(
     replicas_claiming_at_once_start_one_job_of_a_group,
     text_with_nul_is_stored,
     usage_repositories_ticks_and_pushes_round_trip,
+    a_batch_is_stored_once_with_duplicates_and_replays_answered,
     a_released_job_runs_again_without_counting_its_start,
     replicas_racing_on_one_tick_fire_it_once,
     replicas_racing_at_the_hourly_cap_start_exactly_the_cap,

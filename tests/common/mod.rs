@@ -99,6 +99,13 @@ pub enum Auth {
     App,
 }
 
+/// Adds lines (indented by two spaces) to the service config's `ingest:` block.
+pub fn ingest_config(spine: &Spine, lines: &str) {
+    let text = std::fs::read_to_string(&spine.config).unwrap();
+    let text = text.replacen("ingest:\n", &format!("ingest:\n{lines}"), 1);
+    std::fs::write(&spine.config, text).unwrap();
+}
+
 /// Appends top-level YAML (e.g. `gateway:` or `budgets:`) to the service config.
 pub fn append_config(spine: &Spine, yaml: &str) {
     use std::io::Write;
@@ -218,6 +225,8 @@ impl Spine {
             ),
         };
         let agents = manifest_dir().join("tests/agents");
+        // Tests send one example body under many delivery ids: replay protection is off here, and on in
+        // tests/ingest.rs (see `ingest_config`).
         let config = root.join("nightshift.yml");
         std::fs::write(
             &config,
@@ -235,7 +244,8 @@ impl Spine {
                  \x20 review: {{command: [{agents}/review.sh, good], timeout: 30s}}\n\
                  \x20 sandboxed: {{command: [{agents}/sandboxed.sh, {gate}], timeout: 30s, sandbox: bubblewrap}}\n\
                  \x20 badreview: {{command: [{agents}/review.sh, bad], timeout: 30s}}\n\
-                 skills: {root}/skills\n",
+                 skills: {root}/skills\n\
+                 ingest:\n  replay_window: 0s\n",
                 root = root.display(),
                 api = github.url,
                 agents = agents.display(),

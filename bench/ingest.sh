@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Webhook ingest, side by side in one run: nightshift (SQLite, then Postgres) and Probot on octokit's 22 KB
+# `pull_request.opened`, `wrk -t1 -c16 -d${SECS}s --latency`, unique X-GitHub-Delivery per request, and the
+# disk's fdatasync limit for 22 KB writes measured on the same disk. Prints ratios.
+# Usage: bench/ingest.sh [seconds]   (needs cargo, wrk, npm, python3, openssl; Postgres's initdb for the
+# Postgres row: /usr/lib/postgresql/*/bin or PATH). Every request carries the same body under a new id, so
+# replay protection is off for the run (ingest.replay_window: 0s): each 202 is a row written and fsynced.
+set -euo pipefail
+SECS=${1:-15}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+D=$(mktemp -d); export D
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${PGDATA_DIR:-}" ] && $PGBIN/pg_ctl -D "$PGDATA_DIR" stop -m fast >/dev/null 2>&1 || true' EXIT
+command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
+(cd "$ROOT" && cargo build --release --quiet)
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/nightshift
+
+# Probot first: it also installs the payload (payload.json) and the wrk script (post.lua) into $D.
+PROBOT=$(D=$D "$ROOT/bench/probot-baseline.sh" "$SECS")
+echo "probot:"; echo "$PROBOT" | sed 's/^/  /'
+rate() { awk '/Requests\/sec/ {print $2}'; }
+p99() { awk '$1=="99%" {print $2}'; }
+
+# The disk's limit: 22 KB writes, each fdatasync'ed, on the disk the store lives on.
+DSYNC=$(dd if=/dev/zero of="$D/dsync" bs=22k count=2000 oflag=dsync 2>&1 | awk '/copied/ {print $(NF-3), $(NF-1)}')
+DSYNC_RATE=$(python3 -c "
+import os,time
+fd=os.open('$D/fsync', os.O_WRONLY|os.O_CREAT); b=b'x'*22*1024; n=2000; t=time.perf_counter()
+for _ in range(n): os.write(fd,b); os.fdatasync(fd)
+print(round(n/(time.perf_counter()-t)))")
+echo "disk: 22 KB write+fdatasync: $DSYNC_RATE/s (dd oflag=dsync: $DSYNC)"
+
+run_nightshift() { # $1 = store URL, $2 = label
+  local dir="$D/$2"; mkdir -p "$dir/triggers"
+  cat > "$dir/nightshift.yml" <<YML
+listen: 127.0.0.1:0
+store: $1
+data_dir: $dir/data
+triggers: $dir/triggers
+workers: 1
+github:
+  webhook_secrets: [secret]
+ingest:
+  replay_window: 0s
+YML
+  local started=$(date +%s%N)
+  env -u NIGHTSHIFT_GITHUB_TOKEN RUST_LOG=info "$BIN" --config "$dir/nightshift.yml" serve 2>"$dir/log" &
+  local pid=$!
+  until grep -q ' ready ' "$dir/log"; do sleep 0.01; done
+  local ready_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+  local addr=$(grep -o 'address=[^ ]*' "$dir/log" | head -1 | cut -d= -f2)
+  local idle_kb=$(ps -o rss= -p $pid)
+  local out=$(WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$addr")
+  local codes=$(grep -c 'delivery stored' "$dir/log" || true)
+  echo "nightshift $2: start-to-ready ${ready_ms} ms (startup_ms $(grep -o 'startup_ms=[0-9]*' "$dir/log" | cut -d= -f2)), idle RSS ${idle_kb} KB, stored $codes"
+  echo "$out" | grep -E 'Requests/sec|50%|99%|Non-2xx' | sed 's/^/  /'
+  kill $pid; wait $pid 2>/dev/null || true
+  echo "$out" > "$dir/wrk"
+}
+
+run_nightshift "sqlite://$D/sqlite/state/nightshift.db" sqlite
+PGBIN=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+if [ -x "$PGBIN/initdb" ]; then
+  PGDATA_DIR="$D/pg/data"; mkdir -p "$D/pg"; RUNAS=()
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$D/pg"; RUNAS=(runuser -u postgres --); fi
+  "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --no-instructions >/dev/null
+  # Durable: fsync and synchronous_commit stay on (the defaults).
+  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$D/pg/log" -o "-c listen_addresses='' -k $D/pg -p 5499" -w start >/dev/null
+  run_nightshift "postgres://postgres@localhost/postgres?host=$D/pg&port=5499" postgres
+  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m fast >/dev/null; PGDATA_DIR=
+fi
+
+PR=$(echo "$PROBOT" | rate)
+for s in sqlite postgres; do
+  [ -f "$D/$s/wrk" ] || continue
+  R=$(rate < "$D/$s/wrk")
+  python3 -c "print('$s: %.2fx Probot (%s vs %s req/s), %.2f of the disk\'s fdatasync rate, p99 %s' % ($R/$PR, '$R', '$PR', $R/$DSYNC_RATE, '$(p99 < "$D/$s/wrk")'))"
+done

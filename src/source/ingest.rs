@@ -1,0 +1,261 @@
+//! What the webhook endpoint shares between requests: the group-commit writer that stores deliveries, and
+//! the memory budget for request bodies in flight.
+//!
+//! **Group commit.** One task owns delivery inserts. Handlers send it a delivery and wait; it takes every
+//! delivery waiting (up to `ingest.max_batch`), writes them in one transaction (one fsync), then answers
+//! each. While it commits, the next batch gathers. A request is acknowledged only after its batch committed;
+//! a failed commit (disk full, I/O error) answers every request of the batch with an error (503), marks the
+//! store failed in `/readyz` until a later batch commits, and says why in the log.
+//!
+//! **Body budget.** Every request body is counted against one budget of bytes before it is read (its
+//! Content-Length) and as it streams (a body without one, or longer than it said): past the budget the
+//! request is refused, so many large unsigned bodies at once cannot take the process's memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tracing::warn;
+
+use super::Intake;
+use crate::config::IngestConfig;
+use crate::store::{Inserted, NewDelivery};
+
+/// A delivery waiting for the writer, with the budget its body holds until it is written.
+struct Request {
+    delivery: NewDelivery,
+    answer: oneshot::Sender<Result<Inserted, String>>,
+    _budget: Reservation,
+}
+
+/// The handle handlers use to store deliveries.
+#[derive(Clone)]
+pub struct Writer {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Writer {
+    /// Starts the writer task on the intake's store; it ends when every `Writer` handle is dropped.
+    pub fn start(intake: Intake, ingest: &IngestConfig) -> Writer {
+        let max_batch = ingest.max_batch;
+        let (requests, queue) = mpsc::channel(max_batch * 4);
+        tokio::spawn(run(intake, queue, max_batch, ingest.replay_window));
+        Writer { requests }
+    }
+
+    /// Stores `delivery` with the next batch; returns once that batch committed, or why it did not.
+    /// `budget` (the body's share of the memory budget) is held until then.
+    pub async fn insert(
+        &self,
+        delivery: NewDelivery,
+        budget: Reservation,
+    ) -> Result<Inserted, String> {
+        let (answer, answered) = oneshot::channel();
+        let request = Request {
+            delivery,
+            answer,
+            _budget: budget,
+        };
+        if self.requests.send(request).await.is_err() {
+            return Err("the delivery writer stopped".to_owned());
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err("the delivery writer stopped".to_owned()))
+    }
+}
+
+async fn run(
+    intake: Intake,
+    mut queue: mpsc::Receiver<Request>,
+    max_batch: usize,
+    window: Duration,
+) {
+    let mut waiting = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut waiting, max_batch).await > 0 {
+        let (deliveries, answers): (Vec<_>, Vec<_>) = waiting
+            .drain(..)
+            .map(|r| (r.delivery, (r.answer, r._budget)))
+            .unzip();
+        match intake.store.insert_deliveries(&deliveries, window).await {
+            Ok(inserted) => {
+                intake.health.store_ok();
+                if inserted.iter().any(|i| matches!(i, Inserted::New(_))) {
+                    intake.deliveries_waiting.notify_waiters();
+                }
+                for ((answer, _budget), inserted) in answers.into_iter().zip(inserted) {
+                    let _ = answer.send(Ok(inserted));
+                }
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                warn!(
+                    deliveries = deliveries.len(),
+                    "storing deliveries failed; each was answered 503 so its sender tries again: {why}"
+                );
+                intake
+                    .health
+                    .store_failed(format!("storing deliveries failed: {why}"));
+                for (answer, _budget) in answers {
+                    let _ = answer.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of request bodies held in memory at once.
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+/// A share of the [`BodyBudget`]; returned when dropped.
+pub struct Reservation {
+    budget: BodyBudget,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl BodyBudget {
+    pub fn new(total: usize) -> BodyBudget {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Reserves `bytes` now, or `None` when they are not free (the request should be refused, not wait).
+    pub fn reserve(&self, bytes: usize) -> Option<Reservation> {
+        let mut reservation = Reservation {
+            budget: self.clone(),
+            held: None,
+        };
+        reservation.grow(bytes).then_some(reservation)
+    }
+
+    /// Bytes reserved right now.
+    pub fn in_use(&self) -> usize {
+        self.total - self.bytes.available_permits()
+    }
+}
+
+impl Reservation {
+    /// Bytes this reservation holds.
+    pub fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// Reserves `more` bytes on top; false (and nothing more held) when they are not free.
+    pub fn grow(&mut self, more: usize) -> bool {
+        if more == 0 {
+            return true;
+        }
+        let Ok(more) = u32::try_from(more) else {
+            return false;
+        };
+        match self.budget.bytes.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// How reading a request body ended, when it did not end with the body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the most a request may carry.
+    TooLarge,
+    /// The memory budget for bodies in flight ran out.
+    OverBudget,
+    /// The client did not send it within the body timeout.
+    TimedOut,
+    /// The connection failed or the body was malformed.
+    Broken(String),
+}
+
+/// Reads `body` whole, counting every byte against `reservation` (growing it past what was reserved from
+/// the Content-Length: a body may be chunked, or say less than it sends) and refusing more than `max`
+/// bytes or a body slower than `timeout`.
+pub async fn read_body(
+    mut body: axum::body::Body,
+    reservation: &mut Reservation,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError> {
+    use axum::body::HttpBody;
+    use std::pin::Pin;
+    let read = async {
+        let mut bytes = Vec::with_capacity(reservation.held().min(max));
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let len = bytes.len() + data.len();
+            if len > max {
+                return Err(BodyError::TooLarge);
+            }
+            if len > reservation.held() && !reservation.grow(len - reservation.held()) {
+                return Err(BodyError::OverBudget);
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok(bytes)
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_what_does_not_fit_and_returns_what_is_dropped() {
+        let budget = BodyBudget::new(100);
+        let mut a = budget.reserve(60).unwrap();
+        assert_eq!(budget.in_use(), 60);
+        assert!(budget.reserve(41).is_none());
+        assert!(a.grow(40));
+        assert!(!a.grow(1));
+        assert_eq!(a.held(), 100);
+        drop(a);
+        assert_eq!(budget.in_use(), 0);
+        assert!(budget.reserve(100).is_some());
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_reserved_is_counted_as_it_streams() {
+        let budget = BodyBudget::new(1000);
+        // Another request holds most of the budget.
+        let _other = budget.reserve(900).unwrap();
+        let mut reservation = budget.reserve(10).unwrap();
+        let body = axum::body::Body::from(vec![b'x'; 500]);
+        let read = read_body(body, &mut reservation, 10_000, Duration::from_secs(5)).await;
+        assert_eq!(read, Err(BodyError::OverBudget));
+        assert!(budget.in_use() <= 1000);
+
+        let mut reservation = budget.reserve(0).unwrap();
+        let body = axum::body::Body::from(vec![b'x'; 90]);
+        let read = read_body(body, &mut reservation, 10_000, Duration::from_secs(5)).await;
+        assert_eq!(read.unwrap().len(), 90);
+        assert_eq!(reservation.held(), 90);
+
+        let mut reservation = budget.reserve(0).unwrap();
+        drop(_other);
+        let body = axum::body::Body::from(vec![b'x'; 501]);
+        let read = read_body(body, &mut reservation, 500, Duration::from_secs(5)).await;
+        assert_eq!(read, Err(BodyError::TooLarge));
+    }
+}
