@@ -7,6 +7,7 @@ pub mod fake_github;
 pub mod gateway;
 pub mod git_http;
 pub mod model_server;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
