@@ -2,23 +2,28 @@
 # Measures the spine's two latencies on this machine, with the release binary:
 #   1. cold start: from exec to the first successful GET /healthz (fresh data dir, migrations included);
 #   2. 202 → agent: from the moment the webhook's 202 is received to the moment the agent process starts
-#      (the agent records its own start time), for N sequential deliveries against one local repository.
-# Usage: bench/spine-latency.sh [N]    (needs curl, jq, openssl, git; builds the release binary)
+#      (the agent records its own start time, inside its box: bubblewrap), for N sequential deliveries
+#      against one local repository.
+# Usage: bench/spine-latency.sh [N] [BASE_BINARY]
+#   With BASE_BINARY (e.g. a release build of main), both binaries run side by side in this one run, each
+#   delivery going to one and then the other, and the medians are compared as a ratio.
+# Needs curl, jq, openssl, git, bwrap; builds the release binary (honours CARGO_TARGET_DIR).
 set -euo pipefail
 N=${1:-20}
+base=${2:-}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-bin="$root/target/release/nightshift"
+bin="${CARGO_TARGET_DIR:-$root/target}/release/nightshift"
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-port=$((20000 + RANDOM % 20000))
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 git clone --quiet --bare "$root" "$work/remote.git"
 branch=$(git -C "$work/remote.git" symbolic-ref --short HEAD)
 mkdir -p "$work/triggers" "$work/starts"
 cat > "$work/agent.sh" <<AGENT
 #!/bin/sh
-date +%s%N > "$work/starts/\$NIGHTSHIFT_JOB_ID"
+date +%s%N > "$work/starts/\$NIGHTSHIFT_JOB_ID.\$(cat $work/starts/who)"
 cat > /dev/null
 echo ok
 AGENT
@@ -30,47 +35,77 @@ on:
 agent: probe
 prompt: "{{ event.issue.title }}"
 T
-cat > "$work/nightshift.yml" <<C
-listen: 127.0.0.1:$port
-data_dir: $work/data
-store: sqlite://$work/data/nightshift.db
-triggers: $work/triggers
-workers: 4
-agents:
-  probe: {command: [$work/agent.sh]}
-C
-
-t0=$(date +%s%N)
-NIGHTSHIFT_WEBHOOK_SECRET=bench RUST_LOG=warn "$bin" --config "$work/nightshift.yml" serve 2>"$work/log" &
-pid=$!
-until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.001; done
-t1=$(date +%s%N)
-echo "cold start to ready: $(( (t1 - t0) / 1000000 )) ms"
-
 jq --arg url "$work/remote.git" --arg b "$branch" '.repository.clone_url = $url | .repository.default_branch = $b' \
   "$root/tests/fixtures/webhooks/issues/opened.json" > "$work/payload.json"
 sig="sha256=$(openssl dgst -sha256 -hmac bench -r < "$work/payload.json" | cut -d' ' -f1)"
-: > "$work/acks"
-for i in $(seq 1 "$N"); do
+
+# start NAME BINARY: a server of its own (data dir, port) on the one remote; sets $port_NAME.
+start() {
+  local name=$1 binary=$2 port=$((20000 + RANDOM % 20000))
+  mkdir -p "$work/$name"
+  cat > "$work/$name/nightshift.yml" <<C
+listen: 127.0.0.1:$port
+data_dir: $work/$name/data
+store: sqlite://$work/$name/data/nightshift.db
+triggers: $work/triggers
+workers: 4
+git:
+  file_roots: [$work]
+agents:
+  probe: {command: [$work/agent.sh], sandbox: bubblewrap, shared: {writable: [$work/starts]}}
+C
+  local t0 t1
+  t0=$(date +%s%N)
+  NIGHTSHIFT_WEBHOOK_SECRET=bench RUST_LOG=warn "$binary" --config "$work/$name/nightshift.yml" serve \
+    2>"$work/$name/log" &
+  pids+=($!)
+  until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.001; done
+  t1=$(date +%s%N)
+  echo "$name: cold start to ready: $(( (t1 - t0) / 1000000 )) ms"
+  eval "port_$name=$port"
+}
+
+# deliver NAME I: one delivery, and the wait for its agent; appends the latency (µs) to $work/NAME.lat.
+deliver() {
+  local name=$1 i=$2 port ack waited=0
+  port=$(eval "echo \$port_$name")
+  echo "$name" > "$work/starts/who"
   curl -sf -o /dev/null -H "X-GitHub-Event: issues" -H "X-GitHub-Delivery: bench-$i" \
     -H "X-Hub-Signature-256: $sig" -H "Content-Type: application/json" \
     --data-binary "@$work/payload.json" "http://127.0.0.1:$port/webhooks/github"
-  echo "$i $(date +%s%N)" >> "$work/acks"
-  waited=0
-  while [ ! -s "$work/starts/$i" ]; do
+  ack=$(date +%s%N)
+  while [ ! -s "$work/starts/$i.$name" ]; do
     sleep 0.001
     waited=$((waited + 1))
-    if [ $waited -gt 20000 ]; then echo "delivery $i never started its agent:"; tail -5 "$work/log"; exit 1; fi
+    if [ $waited -gt 20000 ]; then echo "$name: delivery $i never started its agent:"; tail -5 "$work/$name/log"; exit 1; fi
   done
+  echo $(( ($(cat "$work/starts/$i.$name") - ack) / 1000 )) >> "$work/$name.lat"
+}
+
+# report NAME: the first delivery (which clones the mirror) alone, then the median and p90 of the rest.
+report() {
+  local name=$1 first count
+  first=$(head -1 "$work/$name.lat")
+  sort -n <(tail -n +2 "$work/$name.lat") > "$work/$name.rest"
+  count=$(wc -l < "$work/$name.rest")
+  median=$(sed -n "$(( (count + 1) / 2 ))p" "$work/$name.rest")
+  p90=$(sed -n "$(( (count * 9 + 9) / 10 ))p" "$work/$name.rest")
+  echo "$name: 202 -> agent start, first delivery (clones the mirror): $(( first / 1000 )) ms"
+  echo "$name: 202 -> agent start, next $count deliveries: median $(( median / 1000 )) ms, p90 $(( p90 / 1000 )) ms"
+  grep -E "WARN|ERROR" "$work/$name/log" | sort | uniq -c | sort -rn | head -5 >&2 || true
+}
+
+names=(new)
+start new "$bin"
+if [ -n "$base" ]; then
+  names=(base new)
+  start base "$base"
+fi
+for i in $(seq 1 "$N"); do
+  for name in "${names[@]}"; do deliver "$name" "$i"; done
 done
-while read -r job ack; do
-  echo $(( ($(cat "$work/starts/$job") - ack) / 1000 ))
-done < "$work/acks" > "$work/latencies"
-first=$(head -1 "$work/latencies")
-sort -n <(tail -n +2 "$work/latencies") > "$work/rest"
-count=$(wc -l < "$work/rest")
-median=$(sed -n "$(( (count + 1) / 2 ))p" "$work/rest")
-p90=$(sed -n "$(( (count * 9 + 9) / 10 ))p" "$work/rest")
-echo "202 -> agent start, first delivery (clones the mirror): $(( first / 1000 )) ms"
-grep -E "WARN|ERROR" "$work/log" | sort | uniq -c | sort -rn | head -5 >&2
-echo "202 -> agent start, next $count deliveries (fetch + worktree): median $(( median / 1000 )) ms, p90 $(( p90 / 1000 )) ms"
+for name in "${names[@]}"; do report "$name"; eval "median_$name=$median"; done
+if [ -n "$base" ]; then
+  # shellcheck disable=SC2154
+  echo "median new/base: $(awk -v n="$median_new" -v b="$median_base" 'BEGIN { printf "%.2f", n / b }')"
+fi

@@ -45,7 +45,40 @@ pub struct Workspaces {
     root: PathBuf,
     git: Arc<Git>,
     locks: std::sync::Mutex<HashMap<RepoName, Arc<Mutex<()>>>>,
+    /// What each repository last fetched, and what its default branch says about itself at one commit.
+    seen: std::sync::Mutex<HashMap<RepoName, Seen>>,
 }
+
+/// What a repository's mirror is known to hold, kept between jobs to spare git processes. Nothing here
+/// outlives the commit it names: a commit id names immutable content.
+#[derive(Default)]
+struct Seen {
+    /// When the last fetch (or clone) that completed began: a job that asked for the mirror before then
+    /// finds the remote as it was after its event.
+    fetch_began: Option<std::time::Instant>,
+    /// The tip a job's checkout resolved for a branch, after its fetch: (branch, commit).
+    tip: Option<(String, String)>,
+    /// The default branch's context (`AGENTS.md`, skills) as read at one commit.
+    context: Option<Arc<CachedContext>>,
+}
+
+/// The regular files [`Workspaces::export_context`] writes, as read from one commit.
+struct CachedContext {
+    commit: String,
+    /// (path, contents, executable)
+    files: Vec<(String, Vec<u8>, bool)>,
+    agents_md: Vec<String>,
+    skipped: Vec<Skipped>,
+}
+
+impl CachedContext {
+    fn size(&self) -> usize {
+        self.files.iter().map(|(p, c, _)| p.len() + c.len()).sum()
+    }
+}
+
+/// The most the default branches' contexts kept between jobs may hold, all repositories together.
+const MAX_CACHED_CONTEXT: usize = 16 * 1024 * 1024;
 
 /// A job's worktree; call [`Worktree::remove`] when the job ends.
 pub struct Worktree {
@@ -152,7 +185,38 @@ impl Workspaces {
             git: Arc::new(Git::new(policy, root.join("git").join("home"))),
             root,
             locks: std::sync::Mutex::new(HashMap::new()),
+            seen: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn seen<T>(&self, repo: &RepoName, f: impl FnOnce(&mut Seen) -> T) -> T {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        f(seen.entry(repo.clone()).or_default())
+    }
+
+    /// Brings the mirror up to date, unless a fetch that began after `asked` already did (jobs that
+    /// arrive together share one fetch). The caller holds the repository's lock.
+    async fn refresh(
+        &self,
+        repo: &RepoName,
+        mirror: &Path,
+        clone_url: &str,
+        auth: &GitAuth,
+        asked: std::time::Instant,
+    ) -> Result<()> {
+        if self.seen(repo, |s| s.fetch_began.is_some_and(|began| began >= asked))
+            && mirror.join("HEAD").exists()
+        {
+            return check_mirror(repo, mirror).await;
+        }
+        let began = std::time::Instant::now();
+        let fetched = update_mirror(&self.git, repo, mirror, clone_url, auth).await;
+        self.seen(repo, |s| {
+            // A failed fetch vouches for nothing.
+            s.fetch_began = fetched.is_ok().then_some(began);
+            s.tip = None;
+        });
+        fetched
     }
 
     fn mirror_path(&self, repo: &RepoName) -> PathBuf {
@@ -210,24 +274,23 @@ impl Workspaces {
         let path = self.worktree_path(job, attempt);
         let private = self.private_path(job, attempt);
         let lock = self.lock(repo);
+        let asked = std::time::Instant::now();
         let guard = lock.lock().await;
-        update_mirror(git, repo, &mirror, clone_url, auth).await?;
         let commit = match checkout {
             Checkout::Commit(sha) => {
                 if !is_object_id(sha) {
                     bail!("`{}` is not a commit id", sha.escape_debug());
                 }
-                let present = git
-                    .cmd(Repo::Bare(&mirror))
-                    .args([
-                        "cat-file",
-                        "-e",
-                        "--end-of-options",
-                        &format!("{sha}^{{commit}}"),
-                    ])
-                    .run()
-                    .await
-                    .is_ok();
+                // A commit the mirror already holds is the commit the event names (its id is its
+                // content): no fetch. A missing one is always fetched.
+                let mut present = mirror.join("HEAD").exists() && {
+                    check_mirror(repo, &mirror).await?;
+                    has_commit(git, &mirror, sha).await
+                };
+                if !present {
+                    self.refresh(repo, &mirror, clone_url, auth, asked).await?;
+                    present = has_commit(git, &mirror, sha).await;
+                }
                 if !present {
                     return Err(MissingCommit {
                         repo: repo.to_string(),
@@ -237,14 +300,23 @@ impl Workspaces {
                 }
                 sha.to_owned()
             }
-            Checkout::Branch(branch) => branch_tip(git, repo, &mirror, branch).await?,
+            Checkout::Branch(branch) => {
+                self.refresh(repo, &mirror, clone_url, auth, asked).await?;
+                let tip = branch_tip(git, repo, &mirror, branch).await?;
+                self.seen(repo, |s| s.tip = Some((branch.to_owned(), tip.clone())));
+                tip
+            }
         };
-        // A worktree left behind by a run that died is replaced.
+        // A worktree left behind by a run that died is replaced (and git forgets it); otherwise there is
+        // nothing for `worktree prune` to do (every job's end prunes).
+        let leftover = tokio::fs::symlink_metadata(&path).await.is_ok();
         remove_worktree_files(&mirror, &path, None, &private).await;
-        git.cmd(Repo::Bare(&mirror))
-            .args(["worktree", "prune"])
-            .run()
-            .await?;
+        if leftover {
+            git.cmd(Repo::Bare(&mirror))
+                .args(["worktree", "prune"])
+                .run()
+                .await?;
+        }
         tokio::fs::create_dir_all(path.parent().context("worktree path has no parent")?).await?;
         // Only the bookkeeping happens under the lock; the checkout itself (the slow part on a large
         // repository) runs after it is released, so jobs on one repository wait for each other only for
@@ -264,13 +336,7 @@ impl Workspaces {
             .run()
             .await
             .with_context(|| format!("adding a worktree at {commit} of {repo}"))?;
-        let default_branch = git
-            .cmd(Repo::Bare(&mirror))
-            .args(["symbolic-ref", "--short", "HEAD"])
-            .run()
-            .await
-            .map(|b| b.trim().to_owned())
-            .unwrap_or_default();
+        let default_branch = default_branch(git, &mirror).await;
         // The worktree's git folder, captured now, before any agent could touch the `.git` file.
         let git_dir = captured_git_dir(&mirror, &path).await?;
         drop(guard);
@@ -330,6 +396,40 @@ async fn copy_index(from: PathBuf, to: PathBuf) -> std::io::Result<()> {
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Whether the mirror holds `sha` as a commit.
+async fn has_commit(git: &Git, mirror: &Path, sha: &str) -> bool {
+    git.cmd(Repo::Bare(mirror))
+        .args([
+            "cat-file",
+            "-e",
+            "--end-of-options",
+            &format!("{sha}^{{commit}}"),
+        ])
+        .run()
+        .await
+        .is_ok()
+}
+
+/// The branch the mirror's HEAD names (the remote's default branch when it was cloned): read from the
+/// `HEAD` file when it is the plain `ref: refs/heads/NAME` git writes, else asked of git.
+async fn default_branch(git: &Git, mirror: &Path) -> String {
+    if let Ok(head) = tokio::fs::read_to_string(mirror.join("HEAD")).await
+        && let Some(name) = head
+            .strip_prefix("ref: refs/heads/")
+            .and_then(|rest| rest.strip_suffix('\n'))
+        && !name.is_empty()
+        && !name.contains(['\n', '\r'])
+    {
+        return name.to_owned();
+    }
+    git.cmd(Repo::Bare(mirror))
+        .args(["symbolic-ref", "--short", "HEAD"])
+        .run()
+        .await
+        .map(|b| b.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Reads the `.git` file `git worktree add` just wrote and checks that it names a folder of the mirror's.
@@ -644,8 +744,9 @@ impl Workspaces {
         let git = &self.git;
         let mirror = self.mirror_path(repo);
         let lock = self.lock(repo);
+        let asked = std::time::Instant::now();
         let _guard = lock.lock().await;
-        update_mirror(git, repo, &mirror, clone_url, auth).await?;
+        self.refresh(repo, &mirror, clone_url, auth, asked).await?;
         let commit = branch_tip(git, repo, &mirror, branch).await?;
         let entries = list_tree(git, &mirror, &commit, Some(dir))
             .await?
@@ -684,8 +785,64 @@ impl Workspaces {
     ) -> Result<ExportedContext> {
         let git = &self.git;
         let mirror = self.mirror_path(repo);
-        let commit = branch_tip(git, repo, &mirror, branch).await?;
-        let entries = list_tree(git, &mirror, &commit, None)
+        // The tip the job's own checkout resolved for this branch after its fetch, or the mirror's.
+        let resolved = self.seen(repo, |s| {
+            s.tip
+                .as_ref()
+                .filter(|(b, _)| b == branch)
+                .map(|(_, tip)| tip.clone())
+        });
+        let commit = match resolved {
+            Some(tip) => tip,
+            None => branch_tip(git, repo, &mirror, branch).await?,
+        };
+        let cached = self.seen(repo, |s| s.context.clone().filter(|c| c.commit == commit));
+        let context = match cached {
+            Some(context) => context,
+            None => {
+                let context = Arc::new(self.read_context(&mirror, commit).await?);
+                self.keep_context(repo, &context);
+                context
+            }
+        };
+        tokio::fs::create_dir_all(dest).await?;
+        for (path, contents, executable) in &context.files {
+            write_new(dest, path, contents, *executable)?;
+        }
+        Ok(ExportedContext {
+            commit: context.commit.clone(),
+            agents_md: context.agents_md.clone(),
+            skipped: context.skipped.clone(),
+        })
+    }
+
+    /// Keeps `context` as the repository's, within [`MAX_CACHED_CONTEXT`] for all repositories: a larger
+    /// one is not kept, and when the total would pass it the others are dropped first.
+    fn keep_context(&self, repo: &RepoName, context: &Arc<CachedContext>) {
+        let size = context.size();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry(repo.clone()).or_default();
+        entry.context = None;
+        if size > MAX_CACHED_CONTEXT {
+            return;
+        }
+        let total: usize = seen
+            .values()
+            .filter_map(|s| s.context.as_ref())
+            .map(|c| c.size())
+            .sum();
+        if total + size > MAX_CACHED_CONTEXT {
+            for s in seen.values_mut() {
+                s.context = None;
+            }
+        }
+        seen.entry(repo.clone()).or_default().context = Some(context.clone());
+    }
+
+    /// Reads the default branch's context at `commit`: one `ls-tree`, one `cat-file --batch`.
+    async fn read_context(&self, mirror: &Path, commit: String) -> Result<CachedContext> {
+        let git = &self.git;
+        let entries = list_tree(git, mirror, &commit, None)
             .await?
             .into_iter()
             .filter(|e| {
@@ -697,18 +854,19 @@ impl Workspaces {
             })
             .collect();
         let (wanted, skipped) = regular_files(entries);
-        tokio::fs::create_dir_all(dest).await?;
         let oids: Vec<&str> = wanted.iter().map(|e| e.oid.as_str()).collect();
-        let blobs = read_blobs(git, &mirror, &oids).await?;
+        let blobs = read_blobs(git, mirror, &oids).await?;
         let mut agents_md = Vec::new();
-        for (entry, blob) in wanted.iter().zip(&blobs) {
-            write_new(dest, &entry.path, blob, entry.mode == "100755")?;
+        let mut files = Vec::with_capacity(wanted.len());
+        for (entry, blob) in wanted.into_iter().zip(blobs) {
             if entry.path == "AGENTS.md" || entry.path.ends_with("/AGENTS.md") {
                 agents_md.push(entry.path.clone());
             }
+            files.push((entry.path, blob, entry.mode == "100755"));
         }
-        Ok(ExportedContext {
+        Ok(CachedContext {
             commit,
+            files,
             agents_md,
             skipped,
         })
@@ -1698,5 +1856,154 @@ mod tests {
         let refused =
             crate::sink::policy::check(&crate::trigger::Limits::default(), &proposal).unwrap_err();
         assert_eq!(refused.rule, "limits.paths");
+    }
+
+    /// Commits `text` as `path` in the scratch clone and pushes it to main; returns the commit.
+    fn push_file(work: &Path, path: &str, text: &str) -> String {
+        let file = work.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+        sh(work, &["add", "."]);
+        sh(
+            work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                path,
+            ],
+        );
+        sh(work, &["push", "--quiet", "origin", "HEAD:main"]);
+        sh(work, &["rev-parse", "HEAD"])
+    }
+
+    #[tokio::test]
+    async fn a_commit_the_mirror_holds_needs_no_fetch_and_a_missing_one_is_always_fetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, work) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let first = sh(&work, &["rev-parse", "HEAD"]);
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Commit(&first),
+                JobId(1),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        wt.remove().await.unwrap();
+        let second = push_file(&work, "README.md", "two\n");
+
+        // The remote is gone: the commit the mirror holds is still checked out (no fetch was needed)...
+        let moved = dir.path().join("moved.git");
+        std::fs::rename(&bare, &moved).unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Commit(&first),
+                JobId(2),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(wt.path.join("README.md")).unwrap(),
+            "one\n"
+        );
+        wt.remove().await.unwrap();
+        // ... and the one it does not is fetched for: the remote cannot be read, and the error says so.
+        let error = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Commit(&second),
+                JobId(3),
+                &GitAuth::none(),
+            )
+            .await
+            .err()
+            .expect("a commit nobody can fetch is an error");
+        let error = format!("{error:#}");
+        assert!(
+            error.contains("remote.git") && error.contains("cannot be read"),
+            "{error}"
+        );
+
+        // With the remote back, the missing commit arrives.
+        std::fs::rename(&moved, &bare).unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Commit(&second),
+                JobId(4),
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(wt.path.join("README.md")).unwrap(),
+            "two\n"
+        );
+        wt.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_default_branch_context_kept_between_jobs_is_never_served_for_another_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, work) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let one = push_file(&work, "AGENTS.md", "one\n");
+        let export = |job: i64| {
+            let dest = dir.path().join(format!("context-{job}"));
+            let spaces = &spaces;
+            let repo = &repo;
+            async move {
+                let wt = spaces
+                    .prepare(
+                        repo,
+                        url,
+                        Checkout::Branch("main"),
+                        JobId(job),
+                        &GitAuth::none(),
+                    )
+                    .await
+                    .unwrap();
+                let exported = spaces.export_context(repo, "main", &dest).await.unwrap();
+                wt.remove().await.unwrap();
+                let text = std::fs::read_to_string(dest.join("AGENTS.md")).unwrap();
+                (exported.commit, exported.agents_md, text)
+            }
+        };
+        assert_eq!(
+            export(1).await,
+            (
+                one.clone(),
+                vec!["AGENTS.md".to_owned()],
+                "one\n".to_owned()
+            )
+        );
+        // Kept: a second job at the same commit gets the same files, written for it.
+        assert_eq!(
+            export(2).await,
+            (one, vec!["AGENTS.md".to_owned()], "one\n".to_owned())
+        );
+        // The default branch moves: the next job reads the new commit's instructions, not the kept ones.
+        let two = push_file(&work, "AGENTS.md", "two\n");
+        assert_eq!(
+            export(3).await,
+            (two, vec!["AGENTS.md".to_owned()], "two\n".to_owned())
+        );
     }
 }
