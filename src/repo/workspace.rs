@@ -1895,6 +1895,7 @@ mod tests {
                 url,
                 Checkout::Commit(&first),
                 JobId(1),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1911,6 +1912,7 @@ mod tests {
                 url,
                 Checkout::Commit(&first),
                 JobId(2),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1927,6 +1929,7 @@ mod tests {
                 url,
                 Checkout::Commit(&second),
                 JobId(3),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1946,6 +1949,7 @@ mod tests {
                 url,
                 Checkout::Commit(&second),
                 JobId(4),
+                1,
                 &GitAuth::none(),
             )
             .await
@@ -1976,6 +1980,7 @@ mod tests {
                         url,
                         Checkout::Branch("main"),
                         JobId(job),
+                        1,
                         &GitAuth::none(),
                     )
                     .await
