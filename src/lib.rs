@@ -33,6 +33,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// This machine's host name: worker names (`HOST-PID-wN`) carry it, so a restarted service can tell its own
+/// dead workers' leftovers.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "nightshift".to_owned())
+}
+
 /// The TLS crypto provider every HTTPS client here uses (ring, as octocrab's); call before building one.
 /// Installing it again is harmless.
 pub fn install_tls_provider() {

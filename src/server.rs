@@ -163,7 +163,7 @@ pub async fn serve(
     let signals = Signals::new()?;
     // What dead workers of this host left (a crash, a kill -9) goes before new jobs start.
     worker::clear_dead_attempts(&pipeline, None).await;
-    let instance = format!("{}-{}", hostname(), std::process::id());
+    let instance = format!("{}-{}", crate::hostname(), std::process::id());
     pipeline.health.expect_workers(pipeline.config.workers);
     let (stop, stopping) = tokio::sync::watch::channel(worker::Stop::Run);
     let mut workers = tokio::task::JoinSet::new();
@@ -301,12 +301,6 @@ async fn token_login(github: &GitHub) -> Result<Option<String>> {
         .get("asking GitHub whose token this is", "/user")
         .await?;
     Ok(me["login"].as_str().map(str::to_owned))
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "nightshift".to_owned())
 }
 
 /// SIGTERM and SIGINT, listened for from the moment this is made.

@@ -232,7 +232,7 @@ async fn a_codex_review_file_becomes_a_review_with_inline_comments() {
     // The first job of a fresh store is job 1; its output folder is known in advance.
     let review = json!({"summary": "One thing.", "comments": [
         {"path": "README.md", "line": 1, "body": "Say what it does."}]});
-    let output = spine.dir.path().join("data/jobs/1/output/review.json");
+    let output = spine.dir.path().join("data/jobs/1-1/output/review.json");
     let model = ModelServer::agent(vec![
         Step::Patch(format!(
             "*** Begin Patch\n*** Add File: {}\n+{review}\n*** End Patch\n",

@@ -331,7 +331,7 @@ async fn a_structured_review_becomes_inline_comments() {
     // Each job has a home of its own, not the service's.
     let log = spine.job_log(jobs[0].id).await;
     let home = log.iter().find(|l| l.line.starts_with("home is ")).unwrap();
-    assert!(home.line.contains("/jobs/1/home"), "{}", home.line);
+    assert!(home.line.contains("/jobs/1-1/home"), "{}", home.line);
     spine.assert_no_unexpected_calls();
 }
 
@@ -399,7 +399,7 @@ async fn a_sandboxed_agent_changes_its_worktree_and_nothing_else() {
     let body = &spine.github.pulls()[0].body;
     assert!(body.contains("could not write outside"), "{body}");
     assert!(
-        body.contains("/jobs/1/tmp"),
+        body.contains("/jobs/1-1/tmp"),
         "TMPDIR is the job's own: {body}"
     );
     let readme = git(&spine.remote, &["show", "nightshift/fix/1:README.md"]);

@@ -31,7 +31,7 @@ use crate::skill;
 use crate::store::{ClaimedJob, Ending, Lease, LogStream};
 use crate::trigger::OutputKind;
 
-/// What the service asks of its workers as it stops (see [`crate::server`]).
+/// What the service asks of its workers as it stops (see `server.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
     /// Claim and run jobs.
@@ -112,7 +112,11 @@ where
     let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(lease / 3).await;
-        let deadline = renewed + lease * 2 / 3;
+        let give_up = renewed + lease * 2 / 3;
+        // A renewal is always tried, and given at least a third of the lease: a worker whose own task was
+        // not run for a while (a busy machine) asks the store, which is the judge (a job another worker took
+        // answers `Lost`); only a store that fails or does not answer makes it give up.
+        let deadline = give_up.max(tokio::time::Instant::now() + lease / 3);
         match tokio::time::timeout_at(deadline, renew()).await {
             Ok(Ok(Lease::Held)) => {
                 renewed = tokio::time::Instant::now();
@@ -126,7 +130,7 @@ where
             Ok(Err(e)) => warn!("renewing the lease failed: {e:#}"),
             Err(_) => warn!("renewing the lease did not answer in time"),
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= give_up {
             warn!("the lease could not be renewed for two thirds of its length: stopping");
             return Lease::Lost;
         }
@@ -839,7 +843,7 @@ pub async fn clear_dead_attempts(pipeline: &Pipeline, only: Option<JobId>) {
     }
 }
 
-/// Whether the worker `owner` (`HOST-PID-wN`, see [`crate::server`]) is gone for sure: it ran on this host
+/// Whether the worker `owner` (`HOST-PID-wN`, see `server.rs`) is gone for sure: it ran on this host
 /// in a process that is no longer there. This process's own workers clear their own attempts.
 fn provably_dead(owner: &str) -> bool {
     let mut parts = owner.rsplitn(3, '-');
@@ -849,7 +853,7 @@ fn provably_dead(owner: &str) -> bool {
     let Ok(pid) = pid.parse::<i32>() else {
         return false;
     };
-    if !worker.starts_with('w') || pid <= 1 || host != crate::server::hostname() {
+    if !worker.starts_with('w') || pid <= 1 || host != crate::hostname() {
         return false;
     }
     if u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
@@ -1782,7 +1786,7 @@ mod owner_tests {
 
     #[test]
     fn only_a_worker_of_this_host_whose_process_is_gone_is_provably_dead() {
-        let host = crate::server::hostname();
+        let host = crate::hostname();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let gone = child.id();
         child.wait().unwrap();
