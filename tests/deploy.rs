@@ -25,8 +25,9 @@ fn yaml(path: &str) -> Value {
     serde_saphyr::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The service's drain on SIGTERM lets running jobs finish for this long by default (`shutdown_grace`);
-/// every stop timeout must outlast it.
+/// The service's drain on SIGTERM lets running jobs finish for this long as deployed (`shutdown_grace` in
+/// deploy/nightshift.yml and the chart's values, checked in the tests that load them); every stop timeout
+/// must outlast it.
 const SHUTDOWN_GRACE_SECS: u64 = 600;
 
 /// The permission GitHub requires of an App for it to subscribe to each event.
@@ -157,6 +158,10 @@ fn the_server_configuration_loads_with_absolute_paths_and_the_image_listen_addre
     assert_eq!(config.store, "sqlite:///var/lib/nightshift/nightshift.db");
     assert_eq!(config.triggers, Path::new("/etc/nightshift/triggers"));
     assert_eq!(config.listen.to_string(), "0.0.0.0:3000");
+    assert_eq!(
+        config.shutdown_grace,
+        std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS)
+    );
     // Without the image's variable, only the reverse proxy on the same machine reaches it.
     let config = load(&read("deploy/nightshift.yml"), &[]);
     assert!(config.listen.ip().is_loopback(), "{}", config.listen);
@@ -190,6 +195,10 @@ fn the_charts_configuration_loads() {
     assert_eq!(loaded.data_dir, Path::new("/var/lib/nightshift"));
     assert_eq!(loaded.store, "sqlite:///var/lib/nightshift/nightshift.db");
     assert_eq!(loaded.listen.to_string(), "0.0.0.0:3000");
+    assert_eq!(
+        loaded.shutdown_grace,
+        std::time::Duration::from_secs(SHUTDOWN_GRACE_SECS)
+    );
 }
 
 /// Every `NIGHTSHIFT_*` name in `text`.
