@@ -251,7 +251,8 @@ async fn crash_test(store_url: Option<String>) {
         );
     }
     std::fs::write(&spine.config, text).unwrap();
-    append_config(&spine, "max_attempts: 1000\n");
+    // Durability, not quotas: the hourly cap counts every start, and kills restart jobs.
+    append_config(&spine, "max_attempts: 1000\nmax_jobs_per_hour: 100000\n");
     // Each server tells its agents which one it is: an agent it spawned an instant before it was killed
     // can outlive it, and its run belongs to that server, not the next.
     let config = std::fs::read_to_string(&spine.config).unwrap();

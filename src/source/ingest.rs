@@ -216,6 +216,27 @@ pub async fn read_body(
         .unwrap_or(Err(BodyError::TimedOut))
 }
 
+/// Reads and drops what is left of a body the request is refused for, when it is small (`max` bytes at most,
+/// within `timeout`): closing a connection with unread data in it resets it, and a client still writing its
+/// body then never sees the answer. Nothing is kept, so no budget is needed; a larger or slower body is left
+/// unread (the connection is closed).
+pub async fn discard_small_body(mut body: axum::body::Body, max: usize, timeout: Duration) {
+    use axum::body::HttpBody;
+    use std::pin::Pin;
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) =
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > max {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

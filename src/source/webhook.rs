@@ -15,10 +15,13 @@ use tracing::{info, warn};
 
 use super::Intake;
 use super::event::Event;
-use super::ingest::{BodyBudget, BodyError, Writer, read_body};
+use super::ingest::{BodyBudget, BodyError, Writer, discard_small_body, read_body};
 use crate::config::IngestConfig;
 use crate::ids::DeliveryId;
 use crate::store::{Inserted, NewDelivery};
+
+/// What is left of a refused request's body is read (and dropped) up to this size before the answer.
+const DRAINED_WHEN_REFUSED: usize = 1024 * 1024;
 
 /// GitHub does not deliver payloads above 25 MB; neither do we accept them.
 pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
@@ -94,16 +97,28 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    // Everything that can be refused without the body is refused before reading it.
-    let Some(signature) = header(headers, "x-hub-signature-256") else {
+    // Everything that can be refused without the body is refused before reading it (a small body is
+    // drained first, so its sender sees the answer rather than a reset connection).
+    let refused_headers = if header(headers, "x-hub-signature-256").is_none() {
         warn!("webhook without X-Hub-Signature-256 refused");
-        return refuse(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+        Some((StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256"))
+    } else if header(headers, "x-github-event").is_none() {
+        Some((StatusCode::BAD_REQUEST, "missing X-GitHub-Event"))
+    } else if header(headers, "x-github-delivery").is_none() {
+        Some((StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery"))
+    } else {
+        None
     };
-    let Some(event) = header(headers, "x-github-event") else {
-        return refuse(StatusCode::BAD_REQUEST, "missing X-GitHub-Event");
-    };
-    let Some(delivery) = header(headers, "x-github-delivery") else {
-        return refuse(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery");
+    if let Some((status, message)) = refused_headers {
+        discard_small_body(body, DRAINED_WHEN_REFUSED, state.ingest.body_timeout).await;
+        return refuse(status, message);
+    }
+    let (Some(signature), Some(event), Some(delivery)) = (
+        header(headers, "x-hub-signature-256"),
+        header(headers, "x-github-event"),
+        header(headers, "x-github-delivery"),
+    ) else {
+        return refuse(StatusCode::BAD_REQUEST, "missing headers");
     };
     let length = match header(headers, "content-length").map(str::parse::<usize>) {
         None => 0,
