@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Auth, Spine, append_config};
+use common::{Auth, Spine, agent_processes, append_config};
 use nightshift::ids::JobId;
 use nightshift::store::{JobState, Store};
 
@@ -15,20 +15,6 @@ const WAITING: (&str, &str) = (
     "triage.yml",
     "on:\n  issues:\n    types: [opened]\nagent: wait\nprompt: hi\n",
 );
-
-/// The processes of the `wait` agent (and its box) still running: every one names the gate folder.
-fn agent_processes(gate: &Path) -> usize {
-    let gate = gate.to_str().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            entry.file_name().to_str()?.parse::<u32>().ok()?;
-            std::fs::read(entry.path().join("cmdline")).ok()
-        })
-        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(gate))
-        .count()
-}
 
 async fn wait_for_file(path: &Path) {
     for _ in 0..600 {

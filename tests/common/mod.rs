@@ -489,3 +489,17 @@ impl Spine {
         );
     }
 }
+
+/// The processes of the `wait` agent (and its box) still running: every one names the gate folder.
+pub fn agent_processes(gate: &Path) -> usize {
+    let gate = gate.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            entry.file_name().to_str()?.parse::<u32>().ok()?;
+            std::fs::read(entry.path().join("cmdline")).ok()
+        })
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(gate))
+        .count()
+}
