@@ -9,6 +9,8 @@ set -euo pipefail
 SECS=${1:-15}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 D=$(mktemp -d); export D
+# Postgres runs as its own user when the script runs as root: it must reach its folder under $D.
+chmod 755 "$D"
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${PGDATA_DIR:-}" ] && $PGBIN/pg_ctl -D "$PGDATA_DIR" stop -m fast >/dev/null 2>&1 || true' EXIT
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 (cd "$ROOT" && cargo build --release --quiet)
