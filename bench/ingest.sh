@@ -43,6 +43,9 @@ github:
   webhook_secrets: [secret]
 ingest:
   replay_window: 0s
+# The ingest path alone: the payload's repository is not reachable from here, and reading its own triggers
+# would start a failing git fetch per repository the dispatcher sees (REPO_TRIGGERS=true keeps it on).
+repo_triggers: ${REPO_TRIGGERS:-false}
 YML
   local started=$(date +%s%N)
   env -u NIGHTSHIFT_GITHUB_TOKEN RUST_LOG=info "$BIN" --config "$dir/nightshift.yml" serve 2>"$dir/log" &

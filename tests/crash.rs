@@ -223,7 +223,9 @@ async fn crash_test(store_url: Option<String>) {
     eprintln!("crash test: {rounds} rounds, NIGHTSHIFT_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
 
-    let mut spine = Spine::new(Auth::Token, &[REPLY, FIX, AUDIT]).await;
+    // As a GitHub App, as in production: only an App can create check runs, and only an App's own check runs
+    // can be found again after a crash (by external id and the App's slug).
+    let mut spine = Spine::new(Auth::App, &[REPLY, FIX, AUDIT]).await;
     let runs_dir: PathBuf = spine.dir.path().join("runs");
     std::fs::create_dir_all(&runs_dir).unwrap();
     let agent = spine.dir.path().join("crash.sh");
