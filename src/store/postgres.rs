@@ -499,6 +499,16 @@ impl PostgresStore {
     }
 }
 
+/// A row of `id, delivery_id, event, repo` from `deliveries`.
+fn stored_delivery(row: &sqlx::postgres::PgRow) -> Result<StoredDelivery> {
+    Ok(StoredDelivery {
+        id: row.try_get("id")?,
+        delivery_id: DeliveryId(row.try_get("delivery_id")?),
+        event: row.try_get("event")?,
+        repo: row.try_get("repo")?,
+    })
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Inserted> {
@@ -513,16 +523,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredDelivery {
-                    id: row.try_get("id")?,
-                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
-                    event: row.try_get("event")?,
-                    repo: row.try_get("repo")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_delivery).collect()
     }
 
     async fn record_match(&self, delivery: i64, jobs: &[NewJob]) -> Result<usize> {
@@ -989,16 +990,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredDelivery {
-                    id: row.try_get("id")?,
-                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
-                    event: row.try_get("event")?,
-                    repo: row.try_get("repo")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_delivery).collect()
     }
 
     async fn cancel_job(&self, job: JobId, reason: &str) -> Result<Cancel> {

@@ -201,6 +201,16 @@ fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
+/// A row of `id, delivery_id, event, repo` from `deliveries`.
+fn stored_delivery(row: &sqlx::sqlite::SqliteRow) -> Result<StoredDelivery> {
+    Ok(StoredDelivery {
+        id: row.try_get("id")?,
+        delivery_id: DeliveryId(row.try_get("delivery_id")?),
+        event: row.try_get("event")?,
+        repo: row.try_get("repo")?,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Inserted> {
@@ -215,16 +225,7 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredDelivery {
-                    id: row.try_get("id")?,
-                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
-                    event: row.try_get("event")?,
-                    repo: row.try_get("repo")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_delivery).collect()
     }
 
     async fn record_match(&self, delivery: i64, jobs: &[NewJob]) -> Result<usize> {
@@ -702,16 +703,7 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredDelivery {
-                    id: row.try_get("id")?,
-                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
-                    event: row.try_get("event")?,
-                    repo: row.try_get("repo")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_delivery).collect()
     }
 
     async fn cancel_job(&self, job: JobId, reason: &str) -> Result<Cancel> {
