@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 
 use super::*;
 use crate::now_ms;
@@ -228,7 +228,6 @@ async fn write_deliveries(
     replay_window: Duration,
 ) -> Result<Vec<Inserted>> {
     use sha2::Digest;
-    use sqlx::Connection;
     let mut tx = conn.begin().await?;
     {
         // Durable whatever the server's default: the answer (202) waits for the WAL flush.
@@ -312,6 +311,9 @@ impl PostgresStore {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            // A COMMIT that failed (disk full, I/O error) can leave a connection inside a transaction as
+            // sqlx counts it, and its rollback fails too; such a connection is closed, never handed out.
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options.clone())
             .await?;
         let migrations = MIGRATIONS
@@ -1308,12 +1310,7 @@ impl Store for PostgresStore {
         replay_window: Duration,
     ) -> Result<Vec<Inserted>> {
         let mut conn = self.pool.acquire().await?;
-        let written = write_deliveries(&mut conn, batch, replay_window).await;
-        if written.is_err() {
-            // After a failed COMMIT the connection is not known to be out of its transaction.
-            let _ = conn.close().await;
-        }
-        written
+        write_deliveries(&mut conn, batch, replay_window).await
     }
 }
 

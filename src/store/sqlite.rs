@@ -12,7 +12,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 
 use super::*;
 use crate::now_ms;
@@ -134,6 +134,9 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A COMMIT that failed (disk full, I/O error) can leave a connection inside a transaction as
+            // sqlx counts it, and its rollback fails too; such a connection is closed, never handed out.
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
             .await?;
         let migrations = MIGRATIONS
@@ -1002,13 +1005,7 @@ impl Store for SqliteStore {
         replay_window: Duration,
     ) -> Result<Vec<Inserted>> {
         let mut conn = self.pool.acquire().await?;
-        let written = write_deliveries(&mut conn, batch, replay_window).await;
-        if written.is_err() {
-            // A COMMIT that failed (disk full) leaves the connection inside its transaction as sqlx sees
-            // it; it must not go back to the pool.
-            let _ = conn.close().await;
-        }
-        written
+        write_deliveries(&mut conn, batch, replay_window).await
     }
 }
 
@@ -1018,7 +1015,6 @@ async fn write_deliveries(
     replay_window: Duration,
 ) -> Result<Vec<Inserted>> {
     use sha2::Digest;
-    use sqlx::Connection;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     {
         let now = now_ms();
