@@ -334,6 +334,50 @@ fn names(labels: Vec<RawLabel>) -> Vec<String> {
     labels.into_iter().map(|l| l.name).collect()
 }
 
+/// What the webhook endpoint stores beside a payload, read without building the payload's tree: its action,
+/// repository and installation. Everything else is read by the dispatcher after the answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Indexed {
+    pub action: Option<String>,
+    /// `repository.full_name` when it is a valid repository name (the full parse keeps the same ones).
+    pub repo: Option<String>,
+    pub installation_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    action: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    repository: Option<HeadRepository<'a>>,
+    installation: Option<RawInstallation>,
+}
+
+#[derive(Deserialize)]
+struct HeadRepository<'a> {
+    #[serde(borrow)]
+    full_name: std::borrow::Cow<'a, str>,
+}
+
+impl Indexed {
+    /// Reads the indexed fields of a payload, checking that the whole body is one JSON object. The rest of
+    /// the payload is skipped, not kept: no allocation for it.
+    pub fn parse(payload: &[u8]) -> Result<Indexed, serde_json::Error> {
+        let start = payload.iter().find(|b| !b.is_ascii_whitespace());
+        if start != Some(&b'{') {
+            return Err(serde::de::Error::custom("the payload is not a JSON object"));
+        }
+        let head: Head = serde_json::from_slice(payload)?;
+        Ok(Indexed {
+            action: head.action.map(String::from),
+            repo: head
+                .repository
+                .and_then(|r| RepoName::parse(&r.full_name).map(|_| r.full_name.into_owned())),
+            installation_id: head.installation.map(|i| i.id as i64),
+        })
+    }
+}
+
 impl Event {
     /// Parses a payload. Fails only when the body is not a JSON object or a field we rely on has the wrong
     /// shape; events without a repository (`ping`, `installation`) parse with `repository: None`.
@@ -730,12 +774,50 @@ mod tests {
             let name = dir.file_name().into_string().unwrap();
             for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
                 let text = std::fs::read(file.path()).unwrap();
-                Event::parse(&name, &text)
+                let event = Event::parse(&name, &text)
                     .unwrap_or_else(|e| panic!("{}: {e}", file.path().display()));
+                // What the webhook endpoint indexes without the full parse agrees with it.
+                let indexed = Indexed::parse(&text).unwrap();
+                assert_eq!(
+                    indexed,
+                    Indexed {
+                        action: event.action.clone(),
+                        repo: event.repository.map(|r| r.full_name.to_string()),
+                        installation_id: event.installation.map(|i| i.0 as i64),
+                    },
+                    "{}",
+                    file.path().display()
+                );
                 count += 1;
             }
         }
         assert_eq!(count, 124);
+    }
+
+    #[test]
+    fn the_index_reads_only_a_json_object_and_keeps_only_valid_repository_names() {
+        for bad in [
+            &b"[]"[..],
+            b"\"text\"",
+            b"null",
+            b"{",
+            b"{} trailing",
+            b"{\"installation\": {\"id\": \"1\"}}",
+        ] {
+            assert!(
+                Indexed::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let odd = br#" {"action": "opened", "repository": {"full_name": "../../etc"}, "extra": [1, {"a": null}]}"#;
+        let indexed = Indexed::parse(odd).unwrap();
+        assert_eq!(indexed.action.as_deref(), Some("opened"));
+        assert_eq!(indexed.repo, None);
+        let escaped = br#"{"repository": {"full_name": "octo/cat"}, "installation": {"id": 7}}"#;
+        let indexed = Indexed::parse(escaped).unwrap();
+        assert_eq!(indexed.repo.as_deref(), Some("octo/cat"));
+        assert_eq!(indexed.installation_id, Some(7));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sha2::Sha256;
 use tracing::{info, warn};
 
 use super::Intake;
-use super::event::Event;
+use super::event::Indexed;
 use super::ingest::{BodyBudget, BodyError, Writer, discard_small_body, read_body};
 use crate::config::IngestConfig;
 use crate::ids::DeliveryId;
@@ -169,8 +169,8 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
         warn!("webhook with a wrong signature refused");
         return reply(StatusCode::UNAUTHORIZED, "signature does not match");
     }
-    let parsed = match Event::parse(event, &body) {
-        Ok(parsed) => parsed,
+    let indexed = match Indexed::parse(&body) {
+        Ok(indexed) => indexed,
         Err(e) => {
             return reply(
                 StatusCode::BAD_REQUEST,
@@ -181,19 +181,18 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
     let new = NewDelivery {
         delivery_id: DeliveryId(delivery.to_owned()),
         event: event.to_owned(),
-        action: parsed.action.clone(),
-        repo: parsed.repository.as_ref().map(|r| r.full_name.to_string()),
-        installation_id: parsed.installation.map(|i| i.0 as i64),
+        action: indexed.action.clone(),
+        repo: indexed.repo.clone(),
+        installation_id: indexed.installation_id,
         payload: body,
     };
-    let repo = new.repo.clone();
     match state.writer.insert(new, reservation).await {
         Ok(Inserted::New(_)) => {
             info!(
                 delivery = %delivery,
                 event,
-                action = parsed.action.as_deref().unwrap_or_default(),
-                repo = repo.as_deref().unwrap_or_default(),
+                action = indexed.action.as_deref().unwrap_or_default(),
+                repo = indexed.repo.as_deref().unwrap_or_default(),
                 "delivery stored"
             );
             reply(StatusCode::ACCEPTED, "stored")

@@ -826,15 +826,35 @@ async fn a_flood_from_one_repository_does_not_starve_another(db: &TestDb) {
     }
     let mut d = delivery("u-b");
     d.repo = Some("o/quiet".into());
+    let Inserted::New(quiet) = store.insert_delivery(&d).await.unwrap() else {
+        panic!()
+    };
+    // Deliveries about no repository (an installation event) form a lane of their own.
+    for n in 0..3 {
+        let mut d = delivery(&format!("u-none{n}"));
+        d.repo = None;
+        store.insert_delivery(&d).await.unwrap();
+    }
+    let mut d = delivery("u-c");
+    d.repo = Some("o/another".into());
     store.insert_delivery(&d).await.unwrap();
-    let heads = store.unmatched_heads(10).await.unwrap();
-    assert_eq!(
-        heads
-            .iter()
-            .map(|h| h.delivery_id.0.as_str())
-            .collect::<Vec<_>>(),
-        ["u-a0", "u-b"]
-    );
+    let heads = |limit| {
+        let store = store.clone();
+        async move {
+            store
+                .unmatched_heads(limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| h.delivery_id.0)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(heads(10).await, ["u-a0", "u-b", "u-none0", "u-c"]);
+    assert_eq!(heads(2).await, ["u-a0", "u-b"]);
+    // A matched head gives way to nothing in its repository: the quiet one has no other.
+    store.record_match(quiet, &[]).await.unwrap();
+    assert_eq!(heads(10).await, ["u-a0", "u-none0", "u-c"]);
 }
 
 /// Per-profile and per-repository limits: never more of a profile's (or a repository's) jobs running than
