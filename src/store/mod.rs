@@ -4,6 +4,7 @@
 //! interface is what a Postgres implementation for several replicas satisfies too: every operation that must
 //! be atomic (claiming a job, recording a match) is one call here, never a read-then-write in the caller.
 
+mod batch;
 mod postgres;
 mod sqlite;
 #[cfg(test)]

@@ -227,81 +227,81 @@ async fn write_deliveries(
     batch: &[NewDelivery],
     replay_window: Duration,
 ) -> Result<Vec<Inserted>> {
-    use sha2::Digest;
+    use super::batch::Answers;
     let mut tx = conn.begin().await?;
-    {
-        // Durable whatever the server's default: the answer (202) waits for the WAL flush.
-        sqlx::query("SET LOCAL synchronous_commit = on")
+    // Durable whatever the server's default: the answer (202) waits for the WAL flush.
+    sqlx::query("SET LOCAL synchronous_commit = on")
+        .execute(&mut *tx)
+        .await?;
+    let now = now_ms();
+    // The whole batch in one statement: one round trip, whatever its size.
+    let ids: Vec<Cow<str>> = batch.iter().map(|d| text(&d.delivery_id.0)).collect();
+    let rows = sqlx::query(
+        "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+         SELECT d, e, a, r, i, p, $7
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::bytea[]) AS t(d, e, a, r, i, p)
+         ON CONFLICT (delivery_id) DO NOTHING
+         RETURNING delivery_id, id",
+    )
+    .bind(&ids)
+    .bind(batch.iter().map(|d| text(&d.event)).collect::<Vec<_>>())
+    .bind(batch.iter().map(|d| opt_text(&d.action)).collect::<Vec<_>>())
+    .bind(batch.iter().map(|d| opt_text(&d.repo)).collect::<Vec<_>>())
+    .bind(batch.iter().map(|d| d.installation_id).collect::<Vec<_>>())
+    .bind(batch.iter().map(|d| &d.payload[..]).collect::<Vec<_>>())
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Rows are told apart by their stored id, which is the batch's id with any NUL replaced.
+    let mut inserted = Vec::with_capacity(rows.len());
+    for row in rows {
+        inserted.push((row.try_get::<String, _>(0)?, row.try_get(1)?));
+    }
+    let mut answers = Answers::from_inserted(ids.iter().map(|id| id.as_ref()), inserted);
+    if !replay_window.is_zero() {
+        let cutoff = now.saturating_sub(ms(replay_window));
+        sqlx::query("DELETE FROM delivery_digests WHERE received_at < $1")
+            .bind(cutoff)
             .execute(&mut *tx)
             .await?;
-        let now = now_ms();
-        let cutoff = now.saturating_sub(ms(replay_window));
-        if !replay_window.is_zero() {
-            sqlx::query("DELETE FROM delivery_digests WHERE received_at < $1")
-                .bind(cutoff)
+        let (fresh, mut removed) = answers.digests(batch);
+        // Another replica writing the same body waits on its row's lock, then sees it. An expired digest
+        // another replica has not removed yet is taken over.
+        let new: std::collections::HashSet<Vec<u8>> = sqlx::query_scalar(
+            "INSERT INTO delivery_digests (body_sha256, delivery_id, received_at)
+             SELECT b, d, $3 FROM UNNEST($1::bytea[], $2::text[]) AS t(b, d)
+             ON CONFLICT (body_sha256) DO UPDATE
+                 SET delivery_id = excluded.delivery_id, received_at = excluded.received_at
+                 WHERE delivery_digests.received_at < $4
+             RETURNING body_sha256",
+        )
+        .bind(fresh.iter().map(|f| &f.digest[..]).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|f| &ids[f.index]).collect::<Vec<_>>())
+        .bind(now)
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        for f in fresh.iter().filter(|f| !new.contains(&f.digest[..])) {
+            let first: String = sqlx::query_scalar(
+                "SELECT delivery_id FROM delivery_digests WHERE body_sha256 = $1",
+            )
+            .bind(&f.digest[..])
+            .fetch_one(&mut *tx)
+            .await?;
+            removed.push(f.row);
+            answers.replayed(f, DeliveryId(first));
+        }
+        if !removed.is_empty() {
+            sqlx::query("DELETE FROM deliveries WHERE id = ANY($1)")
+                .bind(&removed)
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut answers = Vec::with_capacity(batch.len());
-        for d in batch {
-            let row = sqlx::query(
-                "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (delivery_id) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(text(&d.delivery_id.0))
-            .bind(text(&d.event))
-            .bind(opt_text(&d.action))
-            .bind(opt_text(&d.repo))
-            .bind(d.installation_id)
-            .bind(&d.payload)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
-                answers.push(Inserted::Duplicate);
-                continue;
-            };
-            let id: i64 = row.try_get("id")?;
-            if !replay_window.is_zero() {
-                let digest: [u8; 32] = sha2::Sha256::digest(&d.payload).into();
-                // Another replica writing the same body waits on this row's lock, then sees it.
-                let fresh = sqlx::query(
-                    "INSERT INTO delivery_digests (body_sha256, delivery_id, received_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (body_sha256) DO UPDATE
-                         SET delivery_id = excluded.delivery_id, received_at = excluded.received_at
-                         WHERE delivery_digests.received_at < $4
-                     RETURNING 1",
-                )
-                .bind(&digest[..])
-                .bind(text(&d.delivery_id.0))
-                .bind(now)
-                .bind(cutoff)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if fresh.is_none() {
-                    sqlx::query("DELETE FROM deliveries WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let first: String = sqlx::query_scalar(
-                        "SELECT delivery_id FROM delivery_digests WHERE body_sha256 = $1",
-                    )
-                    .bind(&digest[..])
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    answers.push(Inserted::Replayed {
-                        first: DeliveryId(first),
-                    });
-                    continue;
-                }
-            }
-            answers.push(Inserted::New(id));
-        }
-        tx.commit().await?;
-        Ok(answers)
     }
+    tx.commit().await?;
+    Ok(answers.into_answers())
 }
 
 impl PostgresStore {

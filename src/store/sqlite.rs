@@ -117,6 +117,42 @@ pub struct SqliteStore {
     /// nothing. WAL keeps the order, and the next durable commit syncs them too. (A process crash loses
     /// nothing: the write is in the OS's page cache.)
     relaxed: SqlitePool,
+    _checkpoints: Option<Checkpoints>,
+}
+
+/// The task that checkpoints the WAL every [`Checkpoints::EVERY`], on a connection of its own; stopped when
+/// the store is dropped. A PASSIVE checkpoint waits for no reader or writer: it copies what it can.
+struct Checkpoints(tokio::task::JoinHandle<()>);
+
+impl Checkpoints {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    async fn start(options: SqliteConnectOptions) -> Result<Checkpoints> {
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+        Ok(Checkpoints(tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(Self::EVERY).await;
+                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut conn)
+                    .await
+                {
+                    Ok(_) => failing = false,
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!("checkpointing the store's WAL failed (tried again): {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })))
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl SqliteStore {
@@ -127,6 +163,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // Checkpoints (copying the WAL into the database file, with an fsync of its own) run on a
+        // connection of their own (`Checkpoints`), never inside the commit of the writer that crossed the
+        // WAL's threshold, where they held every request of a batch for milliseconds.
+        let options = options.pragma("wal_autocheckpoint", "0");
         let relaxed_options = options.clone().synchronous(SqliteSynchronous::Normal);
         let file = options.get_filename();
         if let Some(dir) = file
@@ -144,7 +184,7 @@ impl SqliteStore {
             // A COMMIT that failed (disk full, I/O error) can leave a connection inside a transaction as
             // sqlx counts it, and its rollback fails too; such a connection is closed, never handed out.
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let migrations = MIGRATIONS
             .iter()
@@ -162,17 +202,25 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("applying migrations")?;
-        // An in-memory database is one per connection pool: it shares the durable pool.
-        let relaxed = if in_memory {
-            pool.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-                .connect_with(relaxed_options)
-                .await?
-        };
-        Ok(SqliteStore { pool, relaxed })
+        // An in-memory database is one per connection pool: it shares the durable pool, and has no WAL.
+        if in_memory {
+            return Ok(SqliteStore {
+                relaxed: pool.clone(),
+                pool,
+                _checkpoints: None,
+            });
+        }
+        let relaxed = SqlitePoolOptions::new()
+            .max_connections(1)
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+            .connect_with(relaxed_options)
+            .await?;
+        let checkpoints = Checkpoints::start(options).await?;
+        Ok(SqliteStore {
+            pool,
+            relaxed,
+            _checkpoints: Some(checkpoints),
+        })
     }
 }
 
@@ -1053,76 +1101,83 @@ async fn write_deliveries(
     batch: &[NewDelivery],
     replay_window: Duration,
 ) -> Result<Vec<Inserted>> {
-    use sha2::Digest;
+    use super::batch::{Answers, ROWS_PER_STATEMENT};
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    {
-        let now = now_ms();
+    let now = now_ms();
+    let mut inserted = Vec::with_capacity(batch.len());
+    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+             VALUES {}
+             ON CONFLICT (delivery_id) DO NOTHING
+             RETURNING delivery_id, id",
+            vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for d in chunk {
+            query = query
+                .bind(&d.delivery_id.0)
+                .bind(&d.event)
+                .bind(&d.action)
+                .bind(&d.repo)
+                .bind(d.installation_id)
+                .bind(&d.payload)
+                .bind(now);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            inserted.push((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    let mut answers =
+        Answers::from_inserted(batch.iter().map(|d| d.delivery_id.0.as_str()), inserted);
+    if !replay_window.is_zero() {
         let cutoff = now.saturating_sub(ms(replay_window));
-        if !replay_window.is_zero() {
-            sqlx::query("DELETE FROM delivery_digests WHERE received_at < ?")
-                .bind(cutoff)
+        sqlx::query("DELETE FROM delivery_digests WHERE received_at < ?")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        let (fresh, mut removed) = answers.digests(batch);
+        for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
+            // A digest already there (within the window: older ones were just removed) is a replay.
+            let sql = format!(
+                "INSERT INTO delivery_digests (body_sha256, delivery_id, received_at) VALUES {}
+                 ON CONFLICT (body_sha256) DO NOTHING
+                 RETURNING body_sha256",
+                vec!["(?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for f in chunk {
+                query = query
+                    .bind(&f.digest[..])
+                    .bind(&batch[f.index].delivery_id.0)
+                    .bind(now);
+            }
+            let new: std::collections::HashSet<Vec<u8>> = query
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            for f in chunk.iter().filter(|f| !new.contains(&f.digest[..])) {
+                let first: String = sqlx::query_scalar(
+                    "SELECT delivery_id FROM delivery_digests WHERE body_sha256 = ?",
+                )
+                .bind(&f.digest[..])
+                .fetch_one(&mut *tx)
+                .await?;
+                removed.push(f.row);
+                answers.replayed(f, DeliveryId(first));
+            }
+        }
+        for row in removed {
+            sqlx::query("DELETE FROM deliveries WHERE id = ?")
+                .bind(row)
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut answers = Vec::with_capacity(batch.len());
-        for d in batch {
-            let row = sqlx::query(
-                "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (delivery_id) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(&d.delivery_id.0)
-            .bind(&d.event)
-            .bind(&d.action)
-            .bind(&d.repo)
-            .bind(d.installation_id)
-            .bind(&d.payload)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(row) = row else {
-                answers.push(Inserted::Duplicate);
-                continue;
-            };
-            let id: i64 = row.try_get("id")?;
-            if !replay_window.is_zero() {
-                let digest: [u8; 32] = sha2::Sha256::digest(&d.payload).into();
-                let fresh = sqlx::query(
-                    "INSERT INTO delivery_digests (body_sha256, delivery_id, received_at) VALUES (?, ?, ?)
-                     ON CONFLICT (body_sha256) DO UPDATE
-                         SET delivery_id = excluded.delivery_id, received_at = excluded.received_at
-                         WHERE delivery_digests.received_at < ?
-                     RETURNING 1",
-                )
-                .bind(&digest[..])
-                .bind(&d.delivery_id.0)
-                .bind(now)
-                .bind(cutoff)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if fresh.is_none() {
-                    sqlx::query("DELETE FROM deliveries WHERE id = ?")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let first: String = sqlx::query_scalar(
-                        "SELECT delivery_id FROM delivery_digests WHERE body_sha256 = ?",
-                    )
-                    .bind(&digest[..])
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    answers.push(Inserted::Replayed {
-                        first: DeliveryId(first),
-                    });
-                    continue;
-                }
-            }
-            answers.push(Inserted::New(id));
-        }
-        tx.commit().await?;
-        Ok(answers)
     }
+    tx.commit().await?;
+    Ok(answers.into_answers())
 }
 
 /// Rows one retention batch removes (one short write transaction each).

@@ -1358,6 +1358,22 @@ async fn a_batch_is_stored_once_with_duplicates_and_replays_answered(db: &TestDb
     let unmatched = store.unmatched_deliveries(10).await.unwrap();
     let ids: Vec<_> = unmatched.iter().map(|d| d.delivery_id.0.as_str()).collect();
     assert_eq!(ids, ["a", "b", "e", "f"]);
+    // A batch larger than one statement takes: an id and a body repeated far apart are still caught.
+    let mut big: Vec<NewDelivery> = (0..150)
+        .map(|n| with_body(&format!("big{n}"), format!("{{\"big\":{n}}}").as_bytes()))
+        .collect();
+    big.push(with_body("big3", b"{\"other\":1}"));
+    big.push(with_body("late", b"{\"big\":5}"));
+    let answers = store.insert_deliveries(&big, window).await.unwrap();
+    assert!(answers[..150].iter().all(|a| matches!(a, Inserted::New(_))));
+    assert_eq!(answers[150], Inserted::Duplicate);
+    assert_eq!(
+        answers[151],
+        Inserted::Replayed {
+            first: DeliveryId("big5".into())
+        }
+    );
+    assert_eq!(store.delivery_count().await.unwrap(), 154);
 }
 
 macro_rules! on_both_stores {
