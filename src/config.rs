@@ -90,6 +90,30 @@ struct ConfigFile {
     /// The webhook endpoint's limits: memory for bodies in flight, timeouts, connections, replays.
     #[serde(default)]
     ingest: IngestFile,
+    /// How the service logs to stderr: `text` (default; one readable line per event) or `json` (one JSON
+    /// object per line, with the fields of the spans it happened in: the job's id, trigger, repository and
+    /// delivery), for a log collector.
+    log_format: Option<LogFormat>,
+    /// `/metrics` (Prometheus): who may read it.
+    #[serde(default)]
+    metrics: MetricsFile,
+}
+
+/// `log_format:`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsFile {
+    /// A bearer token a scraper must send (`Authorization: Bearer TOKEN`) to read `/metrics`; without one
+    /// (the default) `/metrics` is open. `NIGHTSHIFT_METRICS_TOKEN` keeps it out of the file.
+    token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -575,6 +599,9 @@ pub struct Config {
     pub verify: Vec<crate::trigger::verify::VerifyDefault>,
     /// The webhook endpoint's limits.
     pub ingest: IngestConfig,
+    pub log_format: LogFormat,
+    /// The bearer token `/metrics` asks for; `None`: open.
+    pub metrics_token: Option<SecretString>,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -615,7 +642,12 @@ impl Config {
     pub fn register_secrets(&self, env: &dyn Fn(&str) -> Option<String>) {
         let config = self;
         let secrets = crate::redact::global();
-        for s in &config.github.webhook_secrets {
+        for s in config
+            .github
+            .webhook_secrets
+            .iter()
+            .chain(&config.metrics_token)
+        {
             secrets.add(s.expose_secret());
         }
         match &config.github.auth {
@@ -969,6 +1001,12 @@ fn resolve(
         limits,
         verify,
         ingest: file.ingest.resolve(),
+        log_format: file.log_format.unwrap_or_default(),
+        metrics_token: env("NIGHTSHIFT_METRICS_TOKEN")
+            .or(file.metrics.token)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from),
     })
 }
 
@@ -1342,6 +1380,25 @@ mod tests {
             text.contains("git.file_roots: `/nonexistent/roots` cannot be used"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn log_format_and_the_metrics_token() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(config.metrics_token.is_none(), "open by default");
+        let config = load("log_format: json\nmetrics:\n  token: from-file\n", &[]).unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.metrics_token.unwrap().expose_secret(), "from-file");
+        let config = load(
+            "metrics:\n  token: from-file\n",
+            &[("NIGHTSHIFT_METRICS_TOKEN", "from-env\n")],
+        )
+        .unwrap();
+        assert_eq!(config.metrics_token.unwrap().expose_secret(), "from-env");
+        let text = load("log_format: xml\n", &[]).unwrap_err().to_string();
+        assert!(text.contains("nightshift.yml:1:"), "{text}");
+        assert!(load("metrics:\n  tokn: x\n", &[]).is_err());
     }
 
     #[test]

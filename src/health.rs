@@ -5,6 +5,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 
@@ -17,7 +18,15 @@ pub struct Health {
     workers: AtomicUsize,
     /// Workers that should be running.
     workers_expected: AtomicUsize,
+    /// The last store ping (when, and why it failed): probes within [`PING_REUSE`] share it, so a flood
+    /// of `/readyz` requests (the port is public) makes at most one store query a second.
+    ping: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
+
+/// How long a store ping may take before the store counts as unreachable.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a ping's answer is reused.
+pub const PING_REUSE: Duration = Duration::from_secs(1);
 
 impl Health {
     /// The service is stopping: it takes no new work and should get no new traffic.
@@ -77,7 +86,43 @@ impl Health {
         (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
-    /// The `/readyz` answer.
+    /// Whether the store answers a ping within [`PING_TIMEOUT`]: `None` when it does, or why not. A
+    /// ping less than [`PING_REUSE`] old is reused, and concurrent callers wait for the one in flight.
+    pub async fn store_unreachable(&self, store: &dyn crate::store::Store) -> Option<String> {
+        let mut last = self.ping.lock().await;
+        if let Some((at, why)) = &*last
+            && at.elapsed() < PING_REUSE
+        {
+            return why.clone();
+        }
+        let why = match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some(format!(
+                "no answer within {}",
+                humantime::format_duration(PING_TIMEOUT)
+            )),
+        };
+        *last = Some((Instant::now(), why.clone()));
+        why
+    }
+
+    /// The `/readyz` answer, with the store pinged (see [`Health::store_unreachable`]).
+    pub async fn readyz_with(&self, store: &dyn crate::store::Store) -> (StatusCode, String) {
+        let unreachable = self.store_unreachable(store).await;
+        let why = match (self.not_ready(), unreachable) {
+            (None, None) => return (StatusCode::OK, "ready\n".to_owned()),
+            (Some(why), None) => why,
+            (None, Some(store)) => format!("the store does not answer: {store}"),
+            (Some(why), Some(store)) => format!("{why}; the store does not answer: {store}"),
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+    }
+
+    /// The `/readyz` answer from what this process knows, without asking the store.
     pub fn readyz(&self) -> (StatusCode, String) {
         match self.not_ready() {
             None => (StatusCode::OK, "ready\n".to_owned()),

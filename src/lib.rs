@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod github;
 pub mod health;
 pub mod ids;
+pub mod metrics;
 pub mod queue;
 pub mod redact;
 pub mod repo;

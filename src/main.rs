@@ -140,21 +140,34 @@ fn main() -> ExitCode {
         return nightshift::sandbox::init::main(forward, argv);
     }
     nightshift::install_tls_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // sqlx's own INFO lines (each migration applied, Postgres notices) are noise at start.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     match try_main(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr as `log_format` says: readable lines, or one JSON object per line with the fields of the
+/// spans each event happened in (a job's id, trigger, repository and delivery).
+fn init_logging(format: nightshift::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // sqlx's own INFO lines (each migration applied, Postgres notices) are noise at start.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        nightshift::config::LogFormat::Text => {
+            logs.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+        nightshift::config::LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }
 
@@ -560,6 +573,7 @@ fn harden(config: &Config) -> Result<std::collections::HashMap<String, String>> 
 
 fn try_main(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
+    init_logging(config.log_format);
     let agents = config.agent_kinds();
     match cli.command {
         Command::Serve => {

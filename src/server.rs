@@ -176,15 +176,27 @@ pub async fn serve(
     }
 
     let app = Router::new()
-        .merge(webhook::routes(Arc::new(WebhookState::start(
-            intake.clone(),
-            pipeline.config.ingest.clone(),
-            secrets,
-        ))))
+        .merge(
+            webhook::routes(Arc::new(WebhookState::start(
+                intake.clone(),
+                pipeline.config.ingest.clone(),
+                secrets,
+            )))
+            .layer(axum::middleware::from_fn(crate::metrics::count_deliveries)),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", {
             let pipeline = pipeline.clone();
-            get(move || async move { pipeline.health.readyz() })
+            get(move || async move { pipeline.health.readyz_with(&*pipeline.store).await })
+        })
+        .route("/metrics", {
+            let pipeline = pipeline.clone();
+            let access = crate::metrics::Access {
+                token: pipeline.config.metrics_token.clone(),
+            };
+            get(move |headers: axum::http::HeaderMap| async move {
+                crate::metrics::scrape(&access, &*pipeline.store, &headers).await
+            })
         });
     info!(
         %address,

@@ -178,8 +178,11 @@ async fn call(
     let mut tries = 0;
     loop {
         tries += 1;
-        let error = match tokio::time::timeout(settings.timeout, send(api, verb, route, body)).await
-        {
+        let sent = tokio::time::timeout(settings.timeout, send(api, verb, route, body)).await;
+        if sent.is_err() {
+            crate::metrics::github_no_answer();
+        }
+        let error = match sent {
             Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(mut e)) => {
                 e.what = what.to_owned();
@@ -238,6 +241,7 @@ async fn send(
     let response = match sent {
         Ok(response) => response,
         Err(e) => {
+            crate::metrics::github_no_answer();
             // No answer: the request may have reached GitHub.
             let kind = if verb.idempotent() {
                 GhErrorKind::Transient
@@ -254,6 +258,7 @@ async fn send(
     };
     let status = response.status().as_u16();
     let headers = response.headers().clone();
+    crate::metrics::github_answered(status, &headers);
     let bytes = match api.body_to_string(response).await {
         Ok(text) => text.into_bytes(),
         Err(e) => {

@@ -60,7 +60,9 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String, mut stop: watch::Receive
         let notified = pipeline.jobs_waiting.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match pipeline.store.claim_job(&name, policy.clone()).await {
+        match crate::metrics::time_store("claim", pipeline.store.claim_job(&name, policy.clone()))
+            .await
+        {
             Ok(Some(job)) => {
                 let span = info_span!("job", id = %job.id, trigger = %job.trigger, repo = %job.repo, delivery = %job.delivery_id, attempt = job.attempt);
                 run_leased(&pipeline, &name, job, stop.clone())
@@ -169,6 +171,7 @@ async fn run_leased(
             return;
         }
     };
+    crate::metrics::job_started(&pipeline.config, &job, &spec.agent);
     // The job's GitHub client, minted by the run phase and reused (refreshed) for the delivery.
     let minted: std::sync::Mutex<Option<crate::github::RepoClient>> = std::sync::Mutex::new(None);
     let outcome = match &job.result {
@@ -580,6 +583,14 @@ async fn deliver_phase(
                 .await
         }
     };
+    if let Ok(true) = stored {
+        let outcome = match &ending {
+            sink::deliver::Ending::Succeeded => "succeeded",
+            sink::deliver::Ending::Failed(_) => "failed",
+            sink::deliver::Ending::Cancelled(_) => "cancelled",
+        };
+        crate::metrics::job_ended(&pipeline.config, job, &spec.agent, outcome);
+    }
     match stored {
         Ok(true) => pipeline.workspaces.forget_job_commit(&spec.repo, id).await,
         Ok(false) => warn!("the job was no longer ours when it ended; its end is not recorded"),
@@ -937,6 +948,7 @@ async fn run_in_worktree(
         warn!("recording what the agent spent failed: {e:#}");
     }
     if let Some(usage) = &outcome.usage {
+        crate::metrics::agent_spent(&pipeline.config, &spec.agent, usage);
         note(pipeline, job.id, format!("spent: {usage} (every round)")).await;
     }
     propose(

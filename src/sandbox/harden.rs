@@ -12,6 +12,7 @@ pub const SECRET_VARS: &[&str] = &[
     "NIGHTSHIFT_WEBHOOK_SECRET",
     "NIGHTSHIFT_GITHUB_TOKEN",
     "NIGHTSHIFT_GITHUB_PRIVATE_KEY",
+    "NIGHTSHIFT_METRICS_TOKEN",
 ];
 
 /// Variables every agent may see, when the service has them. Everything else is withheld unless the

@@ -77,7 +77,12 @@ async fn run(
             .drain(..)
             .map(|r| (r.delivery, (r.answer, r._budget)))
             .unzip();
-        match intake.store.insert_deliveries(&deliveries, window).await {
+        match crate::metrics::time_store(
+            "ingest_commit",
+            intake.store.insert_deliveries(&deliveries, window),
+        )
+        .await
+        {
             Ok(inserted) => {
                 intake.health.store_ok();
                 if inserted.iter().any(|i| matches!(i, Inserted::New(_))) {

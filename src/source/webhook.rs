@@ -208,7 +208,11 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
                 event,
                 "the same signed body was stored under delivery {first}: a replay, not stored again"
             );
-            reply(StatusCode::OK, "already received")
+            (
+                axum::Extension(crate::metrics::Replayed),
+                reply(StatusCode::OK, "already received"),
+            )
+                .into_response()
         }
         Err(why) => {
             // Not acknowledged, so GitHub (or whoever redelivers) can try again. The writer logged why.

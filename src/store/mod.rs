@@ -104,6 +104,9 @@ pub struct ClaimedJob {
     pub result: Option<String>,
     /// A newer job of its concurrency group asked it to stop (while its worker was away).
     pub cancel_requested: bool,
+    /// When it was queued, and first started (Unix ms): for the queue wait and duration in `/metrics`.
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
 }
 
 /// How [`Store::claim_job`] leases jobs.
@@ -497,6 +500,21 @@ pub trait Store: Send + Sync + 'static {
         batch: &[NewDelivery],
         replay_window: Duration,
     ) -> Result<Vec<Inserted>>;
+
+    /// How many jobs are in each state, and how many deliveries wait to be matched (for `/metrics`): read
+    /// from indexes (`jobs_by_state`, `deliveries_unmatched`), cheap on a store of any size.
+    async fn counts(&self) -> Result<Counts>;
+
+    /// One round trip to the store (`SELECT 1`), for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// What [`Store::counts`] reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Jobs by state (states without jobs may be missing).
+    pub jobs: Vec<(JobState, i64)>,
+    pub unmatched_deliveries: i64,
 }
 
 /// What another replica's write says is waiting (see [`Store::wakeups`]).

@@ -475,7 +475,7 @@ impl PostgresStore {
                  started_at = CASE WHEN result IS NULL THEN $3 ELSE started_at END,
                  lease_owner = $1, lease_expires_at = $2, next_attempt_at = NULL, wait_reason = NULL
              WHERE id = $4
-             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested,
+             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested, created_at, started_at,
                        (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
         )
         .bind(text(owner))
@@ -495,6 +495,8 @@ impl PostgresStore {
             retries: row.try_get::<i64, _>("retries")? as u32,
             result: row.try_get("result")?,
             cancel_requested: row.try_get("cancel_requested")?,
+            queued_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
         };
         tx.commit().await?;
         Ok(Some(claimed))
@@ -1336,6 +1338,31 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Inserted>> {
         let mut conn = self.pool.acquire().await?;
         write_deliveries(&mut conn, batch, replay_window).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            jobs.push((JobState::parse(&state)?, row.try_get::<i64, _>("n")?));
+        }
+        let unmatched_deliveries = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM deliveries WHERE matched_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Counts {
+            jobs,
+            unmatched_deliveries,
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 }
 

@@ -439,7 +439,7 @@ impl Store for SqliteStore {
                           COALESCE((SELECT MAX(s.started_at) FROM jobs AS s WHERE s.repo = c.repo), 0),
                           c.id
                  LIMIT 1)
-             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested,
+             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested, created_at, started_at,
                        (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
         )
         .bind(owner)
@@ -463,6 +463,8 @@ impl Store for SqliteStore {
                 retries: row.try_get::<i64, _>("retries")? as u32,
                 result: row.try_get("result")?,
                 cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+                queued_at: row.try_get("created_at")?,
+                started_at: row.try_get("started_at")?,
             })
         })
         .transpose()
@@ -1093,6 +1095,31 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Inserted>> {
         let mut conn = self.pool.acquire().await?;
         write_deliveries(&mut conn, batch, replay_window).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            jobs.push((JobState::parse(&state)?, row.try_get::<i64, _>("n")?));
+        }
+        let unmatched_deliveries = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM deliveries WHERE matched_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Counts {
+            jobs,
+            unmatched_deliveries,
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 }
 

@@ -1376,6 +1376,45 @@ async fn a_batch_is_stored_once_with_duplicates_and_replays_answered(db: &TestDb
     assert_eq!(store.delivery_count().await.unwrap(), 154);
 }
 
+/// `/metrics` reads jobs by state and the deliveries not matched yet; a claim says when its job was queued
+/// and started (the queue wait).
+async fn counts_by_state_and_claim_times_for_metrics(db: &TestDb) {
+    let store = db.store();
+    store.ping().await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), Counts::default());
+    let Inserted::New(d) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    store.insert_delivery(&delivery("b")).await.unwrap();
+    store
+        .record_match(d, &[job("one"), job("two"), job("three")])
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let a = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+    assert!(a.queued_at > 0);
+    let started = a.started_at.expect("a claimed job has started");
+    assert!(started >= a.queued_at, "{a:?}");
+    let b = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
+    store
+        .finish_job(b.id, "w2", Ending::Failed("boom"))
+        .await
+        .unwrap();
+    let mut counts = store.counts().await.unwrap();
+    counts.jobs.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(
+        counts,
+        Counts {
+            jobs: vec![
+                (JobState::Failed, 1),
+                (JobState::Queued, 1),
+                (JobState::Running, 1),
+            ],
+            unmatched_deliveries: 1,
+        }
+    );
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1422,6 +1461,7 @@ on_both_stores!(
     concurrency_limits_hold_per_profile_and_repository,
     jobs_are_cancelled_and_retried_for_an_operator,
     prune_removes_what_ended_long_ago_and_nothing_a_job_needs,
+    counts_by_state_and_claim_times_for_metrics,
 );
 
 #[test]

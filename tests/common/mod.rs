@@ -326,11 +326,13 @@ impl Spine {
                     log.push_str(&line);
                     log.push('\n');
                 }
-                if line.contains(" ready ") {
+                // A text line (`... ready address=...`) or a JSON one (`log_format: json`).
+                if line.contains(" ready ") || line.contains(r#""message":"ready""#) {
                     let addr = line
                         .split("address=")
                         .nth(1)
-                        .and_then(|s| s.split_whitespace().next());
+                        .and_then(|s| s.split_whitespace().next())
+                        .or_else(|| line.split(r#""address":""#).nth(1)?.split('"').next());
                     if let (Some(tx), Some(addr)) = (tx.take(), addr) {
                         let _ = tx.send(addr.to_owned());
                     }
