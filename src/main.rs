@@ -1,4 +1,7 @@
-//! The `nightshift` binary: parses the command line and calls into the library.
+//! The `nightshift` binary: parses the command line and calls into the library. The commands for people
+//! on call (`jobs`, `deliveries`, `prune`) are in `cli/`.
+
+mod cli;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -53,18 +56,50 @@ enum Command {
         #[arg(long)]
         trigger: Option<String>,
     },
-    /// List the latest jobs (state, trigger, repository, time, what the agent spent), or show one job and its log;
-    /// `jobs cancel ID` and `jobs retry ID` act on one in the running service's store.
+    /// List the latest jobs (state, trigger, repository, time, what the agent spent; newest at the bottom),
+    /// or show one job and its log, or follow it as it runs; `jobs cancel ID` and `jobs retry ID` act on one
+    /// in the running service's store.
     #[command(args_conflicts_with_subcommands = true)]
     Jobs {
         #[command(subcommand)]
         action: Option<JobsAction>,
         /// A job's id: show it with its log.
         id: Option<i64>,
+        /// Print the job's log lines as they are written until it ends; exit 0 when it succeeded, 1 when
+        /// it failed or was cancelled.
+        #[arg(long, requires = "id", conflicts_with = "json")]
+        follow: bool,
+        /// Only jobs in this state (queued, running, delivering, succeeded, failed, cancelled).
+        #[arg(long, value_parser = cli::parse_state)]
+        state: Option<nightshift::store::JobState>,
+        /// Only jobs of this repository (owner/name).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only jobs of this trigger (its name, as `nightshift jobs` shows it).
+        #[arg(long)]
+        trigger: Option<String>,
         /// How many of the latest jobs to list.
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Print JSON (an array of jobs; with an id, the job with its `log`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the latest webhook deliveries (newest at the bottom): event, repository, delivery id, state, the
+    /// jobs each fired, and for each trigger that did not fire the filter that stopped it; or show one.
+    Deliveries {
+        /// A delivery's id (X-GitHub-Delivery): show every trigger's verdict in full.
+        id: Option<String>,
+        /// Only deliveries about this repository (owner/name).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only deliveries of this event (`issues`), or event and action (`issues.opened`).
+        #[arg(long)]
+        event: Option<String>,
+        /// How many of the latest deliveries to list.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON (an array of deliveries; with an id, the delivery).
         #[arg(long)]
         json: bool,
     },
@@ -181,190 +216,6 @@ fn load_config(cli: &Cli) -> Result<Config> {
         env: &env,
     })
     .map_err(|d: Diagnostics| anyhow::anyhow!("invalid configuration:\n{d}"))
-}
-
-/// `nightshift jobs`: the latest jobs as a table (or JSON), or one job with its log.
-async fn show_jobs(config: &Config, id: Option<i64>, limit: u32, json: bool) -> Result<ExitCode> {
-    let store = nightshift::store::open(&config.store).await?;
-    let Some(id) = id else {
-        let jobs = store.recent_jobs(limit).await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&jobs)?);
-            return Ok(ExitCode::SUCCESS);
-        }
-        println!(
-            "{:>5}  {:<10}  {:<24}  {:<24}  {:<19}  {:>7}  SPENT / ERROR",
-            "ID", "STATE", "TRIGGER", "REPOSITORY", "QUEUED (UTC)", "TOOK"
-        );
-        for job in jobs {
-            let took = job
-                .started_at
-                .zip(job.finished_at)
-                .map(|(s, f)| format!("{:.1}s", (f - s) as f64 / 1000.0))
-                .unwrap_or_else(|| "-".into());
-            let spent = match (&job.usage, &job.error, &job.waiting) {
-                (_, _, Some(why)) => format!("waiting: {}", why.lines().next().unwrap_or_default()),
-                (_, Some(error), None) => error.lines().next().unwrap_or_default().to_owned(),
-                (Some(usage), None, None) => usage.to_string(),
-                (None, None, None) => String::new(),
-            };
-            let state = if job.waiting.is_some() {
-                "waiting"
-            } else {
-                job.state.as_str()
-            };
-            println!(
-                "{:>5}  {:<10}  {:<24}  {:<24}  {:<19}  {:>7}  {spent}",
-                job.id,
-                state,
-                job.trigger,
-                job.repo,
-                utc(job.created_at),
-                took
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
-    };
-    let id = nightshift::ids::JobId(id);
-    let Some(job) = store.job(id).await? else {
-        eprintln!("there is no job {id}");
-        return Ok(ExitCode::from(1));
-    };
-    let log = store.job_log(id).await?;
-    if json {
-        let mut value = serde_json::to_value(&job)?;
-        value["log"] = log
-            .iter()
-            .map(|l| serde_json::json!({"stream": l.stream, "line": l.line}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!(
-        "job {} — {} ({} attempt(s))",
-        job.id,
-        job.state.as_str(),
-        job.attempts
-    );
-    println!("trigger:  {}", job.trigger);
-    println!("repo:     {}", job.repo);
-    println!("delivery: {}", job.delivery_id);
-    println!("queued:   {} UTC", utc(job.created_at));
-    if let Some(usage) = &job.usage {
-        println!("spent:    {usage}");
-    }
-    if let Some(why) = &job.waiting {
-        let until = job.next_attempt_at.map(utc).unwrap_or_default();
-        println!(
-            "waiting:  until {until} UTC ({} time(s) so far): {why}",
-            job.retries
-        );
-    }
-    if let Some(error) = &job.error {
-        println!("error:    {error}");
-    }
-    println!("log:");
-    for line in log {
-        println!("  [{}] {}", line.stream, line.line);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `nightshift jobs cancel|retry ID`, on the store the service uses (SQLite or Postgres): the service sees it
-/// there (a running job's worker is told to stop at its next lease renewal).
-async fn act_on_job(config: &Config, action: JobsAction) -> Result<ExitCode> {
-    use nightshift::ids::JobId;
-    use nightshift::store::{Cancel, JobState, Retry};
-    let store = nightshift::store::open(&config.store).await?;
-    let refused = |id: JobId, what: &str, state: JobState| {
-        let why = match state {
-            JobState::Delivering => "its agent is done and its result is being posted",
-            JobState::Queued | JobState::Running => "it has not ended",
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled => "it has ended",
-        };
-        eprintln!(
-            "job {id} is {}: {why}, so it cannot be {what}",
-            state.as_str()
-        );
-        Ok(ExitCode::from(1))
-    };
-    match action {
-        JobsAction::Cancel { id } => {
-            let id = JobId(id);
-            match store
-                .cancel_job(id, "cancelled by an operator (`nightshift jobs cancel`)")
-                .await?
-            {
-                Cancel::Cancelled => println!("job {id} cancelled"),
-                Cancel::Requested => println!(
-                    "job {id}: asked to stop; the service stops its agent and reports it cancelled"
-                ),
-                Cancel::NoSuchJob => {
-                    eprintln!("there is no job {id}");
-                    return Ok(ExitCode::from(1));
-                }
-                Cancel::Refused(state) => return refused(id, "cancelled", state),
-            }
-        }
-        JobsAction::Retry { id } => {
-            let id = JobId(id);
-            match store.retry_job(id).await? {
-                Retry::Queued(new) => {
-                    eprintln!("job {new} queued: a retry of job {id}, with the same job spec");
-                    println!("{new}");
-                }
-                Retry::NoSuchJob => {
-                    eprintln!("there is no job {id}");
-                    return Ok(ExitCode::from(1));
-                }
-                Retry::Refused(state) => {
-                    eprintln!(
-                        "job {id} is {}: only a failed or cancelled job can be retried",
-                        state.as_str()
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-                Retry::NoSpec => {
-                    eprintln!(
-                        "job {id} could not even be prepared (see its error): there is no job spec to run again"
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-                Retry::PayloadPruned => {
-                    eprintln!(
-                        "job {id}'s event payload was removed by retention (prune.payloads): it cannot run again"
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `nightshift prune [--dry-run]`.
-async fn prune(config: &Config, dry_run: bool) -> Result<ExitCode> {
-    let store = nightshift::store::open(&config.store).await?;
-    let workspaces =
-        nightshift::repo::workspace::Workspaces::new(&config.data_dir, config.git.clone());
-    let pruned = nightshift::queue::retention::prune(&*store, config, &workspaces, dry_run).await?;
-    let verb = if dry_run { "would remove" } else { "removed" };
-    println!(
-        "{verb} {} finished job(s) with their logs and outputs, {} log line(s) of kept jobs, \
-         {} delivery record(s), and the payloads of {} more",
-        pruned.jobs.len(),
-        pruned.log_lines,
-        pruned.deliveries,
-        pruned.payloads
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` in UTC.
-fn utc(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
-        .unwrap_or_else(|_| ms.to_string())
 }
 
 /// What `match` and `prompt` work from: the checked triggers, a parsed payload, and the match input.
@@ -626,18 +477,59 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
         Command::Jobs {
             action,
             id,
+            follow,
+            state,
+            repo,
+            trigger,
             limit,
             json,
         } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            match action {
-                None => runtime.block_on(show_jobs(&config, id, limit, json)),
-                Some(action) => runtime.block_on(act_on_job(&config, action)),
-            }
+            runtime.block_on(async {
+                match (action, id) {
+                    (Some(JobsAction::Cancel { id }), _) => cli::cancel_job(&config, id).await,
+                    (Some(JobsAction::Retry { id }), _) => cli::retry_job(&config, id).await,
+                    (None, Some(id)) if follow => cli::follow_job(&config, id).await,
+                    (None, Some(id)) => cli::show_job(&config, id, json).await,
+                    (None, None) => {
+                        let filter = nightshift::store::JobFilter {
+                            state,
+                            repo,
+                            trigger,
+                            limit,
+                        };
+                        cli::list_jobs(&config, filter, json).await
+                    }
+                }
+            })
+        }
+        Command::Deliveries {
+            id,
+            repo,
+            event,
+            limit,
+            json,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                match id {
+                    Some(id) => cli::show_delivery(&config, &id, json).await,
+                    None => {
+                        let (event, action) = cli::event_filter(event);
+                        let filter = nightshift::store::DeliveryFilter {
+                            repo,
+                            event,
+                            action,
+                            limit,
+                        };
+                        cli::list_deliveries(&config, filter, json).await
+                    }
+                }
+            })
         }
         Command::Prune { dry_run } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(prune(&config, dry_run))
+            runtime.block_on(cli::prune(&config, dry_run))
         }
         Command::Schema => {
             println!(

@@ -11,8 +11,8 @@ use super::Pipeline;
 
 use crate::repo::git::GitAuth;
 use crate::source::event::Event;
-use crate::store::{KnownRepo, NewJob, StoredDelivery};
-use crate::trigger::{MAX_CHANGED_FILES, MatchInput, Standing, TriggerSet};
+use crate::store::{KnownRepo, NewJob, StoredDelivery, Verdicts};
+use crate::trigger::{Decision, MAX_CHANGED_FILES, MatchInput, Skip, Standing, TriggerSet};
 
 /// How often stored-but-unmatched deliveries are looked for without a wake-up (after a crash, or when
 /// another process stored them).
@@ -409,32 +409,44 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
     }
 }
 
-/// The triggers of `sets` that fire for `event`, by name, with their jobs. Templates (a repository's own
+/// The triggers of `sets` that fire for `event`, by name, with their jobs, and why the others did not
+/// (`nightshift deliveries`). Templates (a repository's own
 /// among them) are rendered off the async threads, each on a fuel budget, and the whole within
 /// [`MATCH_TIMEOUT`]: a trigger set that takes longer fails every trigger of it with a clear error instead
 /// of holding up the service.
-async fn fire(
-    sets: Vec<Arc<TriggerSet>>,
-    event: Event,
-    input: MatchInput,
-) -> Vec<(String, Result<Box<crate::queue::JobSpec>, String>, bool)> {
+async fn fire(sets: Vec<Arc<TriggerSet>>, event: Event, input: MatchInput) -> (Fired, Verdicts) {
     let mut fired = Vec::new();
+    let mut verdicts = Verdicts::default();
     for set in sets {
         let (set2, event2, input2) = (set.clone(), event.clone(), input.clone());
         let matching = tokio::task::spawn_blocking(move || {
             let kind = crate::trigger::EventKind::from_name(&event2.name);
-            set2.fired(&event2, &input2)
-                .into_iter()
-                .map(|(t, job)| {
-                    let by_command = kind
-                        .and_then(|k| t.events.get(&k))
-                        .is_some_and(|f| f.command.is_some());
-                    (t.name.clone(), job, by_command)
-                })
-                .collect::<Vec<_>>()
+            let decided = set2.decide_candidates(&event2, &input2);
+            let others = set2.triggers().len() - decided.len();
+            let (mut jobs, mut skipped) = (Vec::new(), Vec::new());
+            for (t, decision) in decided {
+                match decision {
+                    Decision::Fire(job) => {
+                        let by_command = kind
+                            .and_then(|k| t.events.get(&k))
+                            .is_some_and(|f| f.command.is_some());
+                        jobs.push((t.name.clone(), job, by_command));
+                    }
+                    Decision::Skip(Skip(reason)) => skipped.push((t.name.clone(), reason)),
+                }
+            }
+            (jobs, skipped, others)
         });
         match tokio::time::timeout(MATCH_TIMEOUT, matching).await {
-            Ok(Ok(jobs)) => fired.extend(jobs),
+            Ok(Ok((jobs, skipped, others))) => {
+                fired.extend(jobs);
+                for (trigger, reason) in skipped {
+                    verdicts.skip(&trigger, &reason);
+                }
+                verdicts.others = verdicts
+                    .others
+                    .saturating_add(u32::try_from(others).unwrap_or(u32::MAX));
+            }
             Ok(Err(e)) => warn!("matching the triggers failed: {e}"),
             Err(_) => {
                 let error = format!(
@@ -455,7 +467,22 @@ async fn fire(
             }
         }
     }
-    fired
+    (fired, verdicts)
+}
+
+/// What fired: each trigger's name, its job (or why it could not be prepared), and whether a slash command
+/// fired it.
+type Fired = Vec<(String, Result<Box<crate::queue::JobSpec>, String>, bool)>;
+
+/// Why no trigger could even look at `event`, when none could.
+fn unmatchable(event: &Event) -> Option<String> {
+    if crate::trigger::EventKind::from_name(&event.name).is_none() {
+        return Some(format!("nightshift triggers on no `{}` events", event.name));
+    }
+    event
+        .repository
+        .is_none()
+        .then(|| "the event is about no repository".to_owned())
 }
 
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
@@ -463,6 +490,7 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
     let payload = pipeline.store.delivery_payload(delivery.id).await?;
     // The event whose comment carried a slash command that queued a job.
     let mut command_event = None;
+    let mut verdicts = Verdicts::default();
     let jobs = match Event::parse(&delivery.event, &payload) {
         Ok(event) => {
             if let Some(r) = &event.repository {
@@ -492,7 +520,11 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
                 sets.push(own);
             }
             let input = match_input(pipeline, &event, &sets).await;
-            let fired = fire(sets, event.clone(), input).await;
+            let fired;
+            (fired, verdicts) = fire(sets, event.clone(), input).await;
+            if let Some(why) = unmatchable(&event) {
+                verdicts.note(&why);
+            }
             if fired
                 .iter()
                 .any(|(_, job, by_command)| *by_command && job.is_ok())
@@ -534,11 +566,20 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
         }
         Err(e) => {
             warn!("the stored payload does not parse ({e}); no trigger can match it");
+            verdicts.note(&format!("the stored payload does not parse: {e}"));
             Vec::new()
         }
     };
-    let queued = pipeline.store.record_match(delivery.id, &jobs).await?;
-    info!(triggers = jobs.len(), queued, "matched");
+    let queued = pipeline
+        .store
+        .record_match_explained(delivery.id, &jobs, Some(&verdicts))
+        .await?;
+    info!(
+        triggers = jobs.len(),
+        queued,
+        skipped = verdicts.skipped.len(),
+        "matched"
+    );
     if queued > 0 {
         pipeline.jobs_waiting.notify_waiters();
         // Only the match that queued the jobs reacts: a delivery matched again after a crash queues none.

@@ -507,6 +507,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// One round trip to the store (`SELECT 1`), for `/readyz`.
     async fn ping(&self) -> Result<()>;
+
+    /// [`Store::record_match`], also recording why each trigger that did not fire was stopped (`None`
+    /// records nothing of it), in the same transaction.
+    async fn record_match_explained(
+        &self,
+        delivery: i64,
+        jobs: &[NewJob],
+        verdicts: Option<&Verdicts>,
+    ) -> Result<usize>;
+
+    /// The newest deliveries `filter` selects, newest first, each with its jobs and verdicts (never its
+    /// payload).
+    async fn recent_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>>;
+
+    /// One delivery by its `X-GitHub-Delivery` id, with its jobs and verdicts.
+    async fn delivery_record(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>>;
+
+    /// The newest jobs `filter` selects, newest first.
+    async fn filtered_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
+
+    /// Up to `limit` of a job's log lines written after line `after` (0: from the start), oldest first,
+    /// each with its number (pass the last one as `after` to read on).
+    async fn job_log_after(
+        &self,
+        job: JobId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, LogLine)>>;
 }
 
 /// What [`Store::counts`] reads.
@@ -576,4 +604,182 @@ fn without_password(url: &str) -> String {
         }
         _ => format!("{scheme}://{rest}{query}"),
     }
+}
+
+/// Why the triggers that could have fired for a delivery did not, as recorded when it was matched (the ones
+/// that fired are its jobs). Bounded: at most [`Verdicts::MAX_SKIPPED`] triggers by name, each reason cut to
+/// [`Verdicts::MAX_REASON`] characters, and stored with each distinct reason once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verdicts {
+    /// Each trigger that listens to the delivery's event in its repository and did not fire, with the first
+    /// filter that stopped it.
+    pub skipped: Vec<Skipped>,
+    /// How many loaded triggers do not listen to the delivery's event in its repository (not named).
+    pub others: u32,
+    /// Skipped triggers past [`Verdicts::MAX_SKIPPED`], not named.
+    pub omitted: u32,
+    /// Why no trigger could look at the delivery at all (its payload did not parse, it is about no
+    /// repository, nightshift does not trigger on its event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A trigger that did not fire, and the filter that stopped it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    pub trigger: String,
+    pub reason: String,
+}
+
+/// How [`Verdicts`] are stored: `r` the distinct reasons, `s` each skipped trigger with its reason's index.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredVerdicts {
+    r: Vec<String>,
+    s: Vec<(String, usize)>,
+    #[serde(default)]
+    o: u32,
+    #[serde(default)]
+    x: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+}
+
+impl Verdicts {
+    /// The most skipped triggers recorded by name for one delivery.
+    pub const MAX_SKIPPED: usize = 1000;
+    /// The most characters of a reason (or a trigger's name, or the note) recorded.
+    pub const MAX_REASON: usize = 300;
+
+    /// Records that `trigger` did not fire, and why (bounded).
+    pub fn skip(&mut self, trigger: &str, reason: &str) {
+        if self.skipped.len() >= Self::MAX_SKIPPED {
+            self.omitted = self.omitted.saturating_add(1);
+            return;
+        }
+        self.skipped.push(Skipped {
+            trigger: cut(trigger, Self::MAX_REASON),
+            reason: cut(reason, Self::MAX_REASON),
+        });
+    }
+
+    /// Says why no trigger could look at the delivery (bounded).
+    pub fn note(&mut self, note: &str) {
+        self.note = Some(cut(note, Self::MAX_REASON));
+    }
+
+    /// The stored form: compact JSON, each distinct reason once.
+    pub fn to_stored(&self) -> String {
+        let mut reasons: Vec<String> = Vec::new();
+        let mut index: std::collections::HashMap<&str, usize> = Default::default();
+        let s = self
+            .skipped
+            .iter()
+            .map(|v| {
+                let i = *index.entry(&v.reason).or_insert_with(|| {
+                    reasons.push(v.reason.clone());
+                    reasons.len() - 1
+                });
+                (v.trigger.clone(), i)
+            })
+            .collect();
+        serde_json::to_string(&StoredVerdicts {
+            r: reasons,
+            s,
+            o: self.others,
+            x: self.omitted,
+            n: self.note.clone(),
+        })
+        .expect("verdicts always serialize")
+    }
+
+    /// Reads the stored form back.
+    pub fn from_stored(text: &str) -> Result<Verdicts> {
+        let stored: StoredVerdicts =
+            serde_json::from_str(text).context("the stored verdicts are not readable")?;
+        let skipped = stored
+            .s
+            .into_iter()
+            .map(|(trigger, i)| {
+                let reason = stored
+                    .r
+                    .get(i)
+                    .cloned()
+                    .context("a verdict names no reason")?;
+                Ok(Skipped { trigger, reason })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Verdicts {
+            skipped,
+            others: stored.o,
+            omitted: stored.x,
+            note: stored.n,
+        })
+    }
+}
+
+/// At most `max` characters of `s`, ending with `…` when cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().nth(max).is_none() {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A delivery as `nightshift deliveries` (and the dashboard) shows it: what came, and what came of it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeliveryRecord {
+    /// The row id.
+    pub id: i64,
+    /// `X-GitHub-Delivery`.
+    pub delivery_id: DeliveryId,
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Unix milliseconds.
+    pub received_at: i64,
+    /// Unix milliseconds; `None` while it waits to be matched.
+    pub matched_at: Option<i64>,
+    /// The jobs its triggers fired, oldest first.
+    pub jobs: Vec<DeliveryJob>,
+    /// Why the other triggers did not fire; `None` when not matched yet, or matched before nightshift
+    /// recorded it.
+    pub verdicts: Option<Verdicts>,
+}
+
+/// A job a delivery fired.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeliveryJob {
+    pub id: JobId,
+    pub trigger: String,
+    pub state: JobState,
+    /// Why it failed (for one that could not even be prepared: why it fired but nothing ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Which deliveries [`Store::recent_deliveries`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct DeliveryFilter {
+    /// A repository's full name (any case).
+    pub repo: Option<String>,
+    /// `X-GitHub-Event`.
+    pub event: Option<String>,
+    /// The payload's `action`.
+    pub action: Option<String>,
+    pub limit: u32,
+}
+
+/// Which jobs [`Store::filtered_jobs`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    /// A repository's full name (any case).
+    pub repo: Option<String>,
+    /// A trigger's name, exactly.
+    pub trigger: Option<String>,
+    pub limit: u32,
 }

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "fair ops",
         include_str!("../../migrations/sqlite/0005_fair_ops.sql"),
     ),
+    (
+        7,
+        "match verdicts",
+        include_str!("../../migrations/sqlite/0007_match_verdicts.sql"),
+    ),
 ];
 
 /// Migrations that open their own transaction (to run with foreign keys off).
@@ -297,12 +302,22 @@ impl Store for SqliteStore {
     }
 
     async fn record_match(&self, delivery: i64, jobs: &[NewJob]) -> Result<usize> {
+        self.record_match_explained(delivery, jobs, None).await
+    }
+
+    async fn record_match_explained(
+        &self,
+        delivery: i64,
+        jobs: &[NewJob],
+        verdicts: Option<&Verdicts>,
+    ) -> Result<usize> {
         if jobs.is_empty() {
             // Most deliveries fire nothing: lost to a power failure, such a mark is redone by matching the
             // delivery again, which fires nothing again. Not fsynced, so a flood of them does not hold the
             // write lock through an fsync each.
-            sqlx::query("UPDATE deliveries SET matched_at = ? WHERE id = ?")
+            sqlx::query("UPDATE deliveries SET matched_at = ?, verdicts = ? WHERE id = ?")
                 .bind(now_ms())
+                .bind(verdicts.map(Verdicts::to_stored))
                 .bind(delivery)
                 .execute(&self.relaxed)
                 .await?;
@@ -363,8 +378,9 @@ impl Store for SqliteStore {
                 queued += 1;
             }
         }
-        sqlx::query("UPDATE deliveries SET matched_at = ? WHERE id = ?")
+        sqlx::query("UPDATE deliveries SET matched_at = ?, verdicts = ? WHERE id = ?")
             .bind(now)
+            .bind(verdicts.map(Verdicts::to_stored))
             .bind(delivery)
             .execute(&mut *tx)
             .await?;
@@ -1120,6 +1136,128 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn recent_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{DELIVERY_RECORD} WHERE (?1 IS NULL OR lower(repo) = lower(?1)) AND (?2 IS NULL OR event = ?2)
+               AND (?3 IS NULL OR action = ?3)
+             ORDER BY id DESC LIMIT ?4"
+        )))
+        .bind(&filter.repo)
+        .bind(&filter.event)
+        .bind(&filter.action)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        self.delivery_records(rows).await
+    }
+
+    async fn delivery_record(&self, delivery_id: &str) -> Result<Option<DeliveryRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{DELIVERY_RECORD} WHERE delivery_id = ?"
+        )))
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(self.delivery_records(rows).await?.pop())
+    }
+
+    async fn filtered_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{JOB_RECORD} WHERE (?1 IS NULL OR j.state = ?1) AND (?2 IS NULL OR lower(j.repo) = lower(?2))
+               AND (?3 IS NULL OR j.trigger_name = ?3)
+             ORDER BY j.id DESC LIMIT ?4"
+        )))
+        .bind(filter.state.map(JobState::as_str))
+        .bind(&filter.repo)
+        .bind(&filter.trigger)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_record).collect()
+    }
+
+    async fn job_log_after(
+        &self,
+        job: JobId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, LogLine)>> {
+        let rows = sqlx::query(
+            "SELECT id, stream, line FROM job_logs WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(job.0)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    LogLine {
+                        stream: row.try_get("stream")?,
+                        line: row.try_get("line")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The columns of a [`DeliveryRecord`] (its jobs apart); `delivery_records` reads rows of it.
+const DELIVERY_RECORD: &str = "SELECT id, delivery_id, event, action, repo, received_at, matched_at, verdicts \
+     FROM deliveries";
+
+impl SqliteStore {
+    /// Deliveries' rows (of [`DELIVERY_RECORD`]) with their jobs.
+    async fn delivery_records(
+        &self,
+        rows: Vec<sqlx::sqlite::SqliteRow>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut records = rows
+            .iter()
+            .map(|row| {
+                Ok(DeliveryRecord {
+                    id: row.try_get("id")?,
+                    delivery_id: DeliveryId(row.try_get("delivery_id")?),
+                    event: row.try_get("event")?,
+                    action: row.try_get("action")?,
+                    repo: row.try_get("repo")?,
+                    received_at: row.try_get("received_at")?,
+                    matched_at: row.try_get("matched_at")?,
+                    jobs: Vec::new(),
+                    verdicts: row
+                        .try_get::<Option<String>, _>("verdicts")?
+                        .map(|v| Verdicts::from_stored(&v))
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if records.is_empty() {
+            return Ok(records);
+        }
+        let ids = serde_json::to_string(&records.iter().map(|r| r.id).collect::<Vec<_>>())?;
+        let jobs = sqlx::query(
+            "SELECT id, delivery_id, trigger_name, state, error FROM jobs
+             WHERE delivery_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in jobs {
+            let delivery: i64 = row.try_get("delivery_id")?;
+            if let Some(record) = records.iter_mut().find(|r| r.id == delivery) {
+                record.jobs.push(DeliveryJob {
+                    id: JobId(row.try_get("id")?),
+                    trigger: row.try_get("trigger_name")?,
+                    state: JobState::parse(row.try_get("state")?)?,
+                    error: row.try_get("error")?,
+                });
+            }
+        }
+        Ok(records)
     }
 }
 

@@ -1462,6 +1462,8 @@ on_both_stores!(
     jobs_are_cancelled_and_retried_for_an_operator,
     prune_removes_what_ended_long_ago_and_nothing_a_job_needs,
     counts_by_state_and_claim_times_for_metrics,
+    deliveries_are_listed_with_their_jobs_and_why_other_triggers_did_not_fire,
+    jobs_are_filtered_and_their_log_read_on_from_a_line,
 );
 
 #[test]
@@ -1570,4 +1572,214 @@ async fn next(wakeups: &mut tokio::sync::mpsc::Receiver<Wakeup>) -> Wakeup {
         .await
         .expect("a wakeup within 30 s")
         .expect("the listener runs")
+}
+
+/// What `nightshift deliveries` shows: each delivery (newest first, filtered by repository any case, event,
+/// action), the jobs it fired and why each other trigger did not, recorded with the match (hostile text
+/// with a NUL too); a delivery matched without verdicts says so (`None`); a pruned delivery takes its
+/// verdicts with it.
+async fn deliveries_are_listed_with_their_jobs_and_why_other_triggers_did_not_fire(db: &TestDb) {
+    let store = db.store();
+    let Inserted::New(a) = store.insert_delivery(&delivery("a")).await.unwrap() else {
+        panic!()
+    };
+    let mut push = delivery("b");
+    push.event = "push".into();
+    push.action = None;
+    push.repo = Some("o/x".into());
+    let Inserted::New(b) = store.insert_delivery(&push).await.unwrap() else {
+        panic!()
+    };
+    let mut labeled = delivery("c");
+    labeled.action = Some("labeled".into());
+    store.insert_delivery(&labeled).await.unwrap();
+
+    let mut verdicts = Verdicts::default();
+    verdicts.skip("quiet", "type `opened` is not one of types [labeled]");
+    verdicts.skip("loud", "type `opened` is not one of types [labeled]");
+    verdicts.skip("evil\u{0}\x1b[2J", "labels [x\u{0}] include none of [bug]");
+    verdicts.others = 3;
+    let queued = store
+        .record_match_explained(a, &[job("fires")], Some(&verdicts))
+        .await
+        .unwrap();
+    assert_eq!(queued, 1);
+    store.record_match(b, &[]).await.unwrap();
+
+    let all = store
+        .recent_deliveries(&DeliveryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = all.iter().map(|d| d.delivery_id.0.as_str()).collect();
+    assert_eq!(ids, ["c", "b", "a"]);
+    let (c_, b_, a_) = (&all[0], &all[1], &all[2]);
+    assert!(c_.matched_at.is_none() && c_.verdicts.is_none() && c_.jobs.is_empty());
+    assert_eq!(c_.action.as_deref(), Some("labeled"));
+    assert!(b_.matched_at.is_some() && b_.verdicts.is_none());
+    assert_eq!(a_.jobs.len(), 1);
+    assert_eq!(a_.jobs[0].trigger, "fires");
+    assert_eq!(a_.jobs[0].state, JobState::Queued);
+    let got = a_.verdicts.as_ref().unwrap();
+    assert_eq!(got.others, 3);
+    assert_eq!(got.skipped.len(), 3);
+    assert_eq!(got.skipped[..2], verdicts.skipped[..2]);
+    // Hostile text (a NUL, an escape) is kept as it came: the stored JSON escapes it.
+    assert!(got.skipped[2].trigger.starts_with("evil"));
+    assert!(got.skipped[2].trigger.ends_with("\x1b[2J"));
+
+    let only =
+        |repo: Option<&str>, event: Option<&str>, action: Option<&str>, limit| DeliveryFilter {
+            repo: repo.map(Into::into),
+            event: event.map(Into::into),
+            action: action.map(Into::into),
+            limit,
+        };
+    let ids = |list: Vec<DeliveryRecord>| {
+        list.into_iter()
+            .map(|d| d.delivery_id.0)
+            .collect::<Vec<_>>()
+    };
+    let by = |f: DeliveryFilter| {
+        let store = store.clone();
+        async move { ids(store.recent_deliveries(&f).await.unwrap()) }
+    };
+    assert_eq!(by(only(Some("O/R"), None, None, 10)).await, ["c", "a"]);
+    assert_eq!(by(only(None, Some("push"), None, 10)).await, ["b"]);
+    assert_eq!(
+        by(only(None, Some("issues"), Some("opened"), 10)).await,
+        ["a"]
+    );
+    assert_eq!(by(only(None, None, None, 1)).await, ["c"]);
+    assert!(by(only(Some("o/none"), None, None, 10)).await.is_empty());
+
+    let one = store.delivery_record("a").await.unwrap().unwrap();
+    assert_eq!(one.verdicts, a_.verdicts);
+    assert!(store.delivery_record("nope").await.unwrap().is_none());
+
+    // Retention removes a matched delivery with no job left, and what was recorded of its match with it.
+    let mut old = delivery("old");
+    old.repo = Some("o/old".into());
+    let Inserted::New(o) = store.insert_delivery(&old).await.unwrap() else {
+        panic!()
+    };
+    store
+        .record_match_explained(o, &[], Some(&verdicts))
+        .await
+        .unwrap();
+    db.exec(
+        "UPDATE deliveries SET received_at = received_at - 8640000000 WHERE delivery_id = 'old'",
+    )
+    .await;
+    store
+        .prune(crate::config::DEFAULT_PRUNE, false)
+        .await
+        .unwrap();
+    assert!(store.delivery_record("old").await.unwrap().is_none());
+    assert!(store.delivery_record("a").await.unwrap().is_some());
+}
+
+/// `nightshift jobs --state/--repo/--trigger/--limit`, newest first; and `--follow` reading a job's log on
+/// from the last line it printed.
+async fn jobs_are_filtered_and_their_log_read_on_from_a_line(db: &TestDb) {
+    let store = db.store();
+    queue(&store, "d1", "o/a", &[job_of("triage", "o/a", "x")]).await;
+    queue(&store, "d2", "o/b", &[job_of("triage", "o/b", "x")]).await;
+    queue(&store, "d3", "o/a", &[job_of("review", "o/a", "x")]).await;
+    let first = store
+        .claim_job("w", policy(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .finish_job(first.id, "w", Ending::Failed("no"))
+            .await
+            .unwrap()
+    );
+    let filtered = |state, repo: Option<&str>, trigger: Option<&str>, limit| {
+        let store = store.clone();
+        let filter = JobFilter {
+            state,
+            repo: repo.map(Into::into),
+            trigger: trigger.map(Into::into),
+            limit,
+        };
+        async move {
+            store
+                .filtered_jobs(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| (j.trigger, j.repo))
+                .collect::<Vec<_>>()
+        }
+    };
+    let pair = |t: &str, r: &str| (t.to_owned(), r.to_owned());
+    assert_eq!(
+        filtered(None, None, None, 10).await,
+        [
+            pair("review", "o/a"),
+            pair("triage", "o/b"),
+            pair("triage", "o/a")
+        ]
+    );
+    assert_eq!(
+        filtered(Some(JobState::Failed), None, None, 10).await,
+        [pair("triage", "o/a")]
+    );
+    assert_eq!(
+        filtered(Some(JobState::Queued), Some("O/A"), None, 10).await,
+        [pair("review", "o/a")]
+    );
+    assert_eq!(
+        filtered(None, None, Some("triage"), 1).await,
+        [pair("triage", "o/b")]
+    );
+    assert!(filtered(None, None, Some("tri"), 10).await.is_empty());
+
+    let lines: Vec<String> = ["one", "two", "three"].map(String::from).to_vec();
+    store
+        .append_log(first.id, LogStream::Stdout, &lines)
+        .await
+        .unwrap();
+    let head = store.job_log_after(first.id, 0, 2).await.unwrap();
+    assert_eq!(head.len(), 2);
+    assert_eq!(head[1].1.line, "two");
+    let rest = store.job_log_after(first.id, head[1].0, 2).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1.line, "three");
+    assert_eq!(rest[0].1.stream, "stdout");
+    assert!(
+        store
+            .job_log_after(first.id, rest[0].0, 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn verdicts_are_stored_compactly_and_bounded() {
+    let mut v = Verdicts::default();
+    let long = "x".repeat(5000);
+    for n in 0..Verdicts::MAX_SKIPPED + 5 {
+        v.skip(
+            &format!("t{n}"),
+            if n % 2 == 0 { "same reason" } else { &long },
+        );
+    }
+    v.note("n");
+    assert_eq!(v.skipped.len(), Verdicts::MAX_SKIPPED);
+    assert_eq!(v.omitted, 5);
+    assert_eq!(v.skipped[1].reason.chars().count(), Verdicts::MAX_REASON);
+    assert!(v.skipped[1].reason.ends_with('…'));
+    let stored = v.to_stored();
+    // Each distinct reason once: a thousand triggers stopped by two reasons cost two reasons' bytes.
+    assert_eq!(stored.matches("same reason").count(), 1);
+    assert!(stored.len() < 20_000, "{}", stored.len());
+    assert_eq!(Verdicts::from_stored(&stored).unwrap(), v);
+    assert!(Verdicts::from_stored(r#"{"r":[],"s":[["t",3]]}"#).is_err());
 }

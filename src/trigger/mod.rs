@@ -328,16 +328,30 @@ impl TriggerSet {
         event: &Event,
         input: &MatchInput,
     ) -> Vec<(&'a Trigger, Result<Box<JobSpec>, String>)> {
+        self.decide_candidates(event, input)
+            .into_iter()
+            .filter_map(|(t, decision)| match decision {
+                Decision::Fire(job) => Some((t, job)),
+                Decision::Skip(_) => None,
+            })
+            .collect()
+    }
+
+    /// The decision of every trigger that listens to `event`'s kind in its repository (the others cannot
+    /// fire for it): what the dispatcher records of a match, the skipped ones with the filter that stopped
+    /// each.
+    pub fn decide_candidates<'a>(
+        &'a self,
+        event: &Event,
+        input: &MatchInput,
+    ) -> Vec<(&'a Trigger, Decision)> {
         let (Some(kind), Some(repo)) = (EventKind::from_name(&event.name), &event.repository)
         else {
             return Vec::new();
         };
         let ctx = OnceCell::new();
         self.candidates(kind, &repo.full_name.to_string())
-            .filter_map(|t| match self.evaluate_with(t, event, input, &ctx) {
-                Decision::Fire(job) => Some((t, job)),
-                Decision::Skip(_) => None,
-            })
+            .map(|t| (t, self.evaluate_with(t, event, input, &ctx)))
             .collect()
     }
 
