@@ -74,6 +74,8 @@ pub async fn serve(
     let started = Instant::now();
     let secrets = config.require_webhook_secrets()?.to_vec();
     let store = store::open(&config.store).await?;
+    // Read before any delivery arrives: where looking for missed deliveries stops.
+    let backfill_from = crate::source::backfill::first_bound(&*store).await?;
     let github = GitHub::new(&config.github)?;
     if !github.has_credentials() {
         warn!(
@@ -139,6 +141,11 @@ pub async fn serve(
     });
     tokio::spawn(dispatch::run(pipeline.clone()));
     tokio::spawn(crate::source::schedule::run(pipeline.clone()));
+    tokio::spawn(crate::source::installations::run(pipeline.clone()));
+    tokio::spawn(crate::source::backfill::run(
+        pipeline.clone(),
+        backfill_from,
+    ));
     tokio::spawn(crate::trigger::reload::watch(pipeline.clone()));
     let instance = format!("{}-{}", hostname(), std::process::id());
     pipeline.health.expect_workers(pipeline.config.workers);
