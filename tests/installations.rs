@@ -328,3 +328,59 @@ async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
     assert_eq!(spine.store().await.delivery_count().await.unwrap(), 3);
     spine.assert_no_unexpected_calls();
 }
+
+/// `nightshift check` with the service's config: its stdout, and whether it succeeded.
+fn check(spine: &Spine) -> (String, bool) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .args(["--config", spine.config.to_str().unwrap(), "check"])
+        .env_remove("NIGHTSHIFT_GITHUB_TOKEN")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[tokio::test]
+async fn check_warns_about_a_named_repository_no_installation_covers() {
+    let named = (
+        "named.yml",
+        "on:\n  schedule:\n    - cron: '0 0 1 1 *'\nrepos: [Codertocat/Hello-World, codertocat/gone]\n\
+         agent: reply\nprompt: \"Audit {{ repo }}\"\noutput:\n  type: issue\n  title: Audit\n",
+    );
+    let mut spine = Spine::new(Auth::App, &[named]).await;
+    let db = spine.dir.path().join("state/nightshift.db");
+
+    // No store yet: check stays offline, says nothing about installations, and creates no store.
+    let (out, ok) = check(&spine);
+    assert!(ok, "{out}");
+    assert!(!out.contains("installation"), "{out}");
+    assert!(!db.exists(), "check created a store");
+
+    // A store that knows the installations: the repository it has none for is named.
+    let store = spine.store().await;
+    store
+        .upsert_installation(&nightshift::store::Installation {
+            id: INSTALLATION as i64,
+            account: "Codertocat".into(),
+            suspended: false,
+        })
+        .await
+        .unwrap();
+    store
+        .add_installed_repos(INSTALLATION as i64, &["Codertocat/Hello-World".into()])
+        .await
+        .unwrap();
+    let (out, ok) = check(&spine);
+    assert!(ok, "a warning, not a failure: {out}");
+    let warnings: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("no installation"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].contains("named.yml") && warnings[0].contains("`codertocat/gone`"),
+        "{out}"
+    );
+}
