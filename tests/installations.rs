@@ -243,10 +243,9 @@ async fn a_repository_taken_off_the_installation_stops_its_schedule() {
     spine.assert_no_unexpected_calls();
 }
 
-#[tokio::test]
-async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
-    let mut spine = Spine::new(Auth::App, &[]).await;
-    // A fixed port, so GitHub's webhook can point at it before nightshift starts.
+/// Gives nightshift a fixed port and points the App's webhook at it, so GitHub can deliver (and redeliver)
+/// from the moment nightshift starts.
+fn webhook_at_a_fixed_port(spine: &Spine) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -261,6 +260,12 @@ async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
     spine
         .github
         .set_webhook(&format!("http://127.0.0.1:{port}/webhooks/github"), SECRET);
+}
+
+#[tokio::test]
+async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
+    let mut spine = Spine::new(Auth::App, &[]).await;
+    webhook_at_a_fixed_port(&spine);
 
     // Before the downtime, nightshift stored one delivery.
     let payload = spine.payload("issues/opened.json");
@@ -383,4 +388,40 @@ async fn check_warns_about_a_named_repository_no_installation_covers() {
         warnings[0].contains("named.yml") && warnings[0].contains("`codertocat/gone`"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn a_flood_of_failed_deliveries_is_asked_for_a_bounded_number_at_a_time() {
+    // Someone made nightshift fail 130 deliveries (or it was down through them): one pass asks for 100, the
+    // rest wait for the next pass, and none is asked for twice.
+    let mut spine = Spine::new(Auth::App, &[]).await;
+    webhook_at_a_fixed_port(&spine);
+    let payload = spine.payload("issues/opened.json");
+    for n in 0..130 {
+        spine
+            .github
+            .log_delivery("issues", &format!("flood-{n}"), &payload, 500);
+    }
+    spine.start().await;
+    let line = wait_for("the first look", async || {
+        server_log(&spine)
+            .lines()
+            .find(|l| l.contains("missed deliveries looked for"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        line.contains("listed=130") && line.contains("missing=130") && line.contains("asked=100"),
+        "{line}"
+    );
+    let asked = spine.github.redelivered();
+    assert_eq!(asked.len(), 100);
+    let distinct: std::collections::HashSet<&String> = asked.iter().collect();
+    assert_eq!(distinct.len(), 100, "none asked for twice");
+    let store = spine.store().await;
+    wait_for("the hundred to be stored", async || {
+        (store.delivery_count().await.unwrap() == 100).then_some(())
+    })
+    .await;
+    spine.assert_no_unexpected_calls();
 }
