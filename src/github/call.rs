@@ -150,6 +150,18 @@ pub async fn get_all(
     Ok(items)
 }
 
+/// One GET of one page of a list: the answer, and the route of the next page when GitHub's `Link` header
+/// names one on the same API host (lists paginated by cursor, or lists wrapped in an object).
+pub async fn get_page(
+    api: &Octocrab,
+    settings: &CallSettings,
+    what: &str,
+    route: &str,
+) -> Result<(Value, Option<String>), GhError> {
+    let (page, link) = call(api, settings, what, Verb::Get, route, None).await?;
+    Ok((page, link.and_then(|l| next_page(&l, &settings.api_url))))
+}
+
 /// One call as [`Verb`] says: a `Post` is sent once unless GitHub said it did nothing (see the module's
 /// notes); the others are tried again on transient failures.
 pub async fn request(
