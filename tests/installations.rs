@@ -291,6 +291,9 @@ async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
     for _ in 0..120 {
         github.log_delivery("issues", "failing", &payload, 503);
     }
+    // Two nightshift refused on purpose: asking again would only loop (the same answer every hour for days).
+    github.log_delivery("issues", "bad-signature", &payload, 401);
+    github.log_delivery("issues", "a-replay", &payload, 200);
 
     spine.start().await;
     let store = spine.store().await;
@@ -304,7 +307,11 @@ async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
     .await;
     let mut asked = github.redelivered();
     asked.sort();
-    assert_eq!(asked, ["failing", "while-down"], "each asked for once");
+    assert_eq!(
+        asked,
+        ["failing", "while-down"],
+        "each asked for once; none nightshift refused on purpose"
+    );
     assert_eq!(store.delivery_count().await.unwrap(), 3);
     wait_for("the redeliveries to be answered", async || {
         let answered: Vec<u16> = github

@@ -129,7 +129,13 @@ pub async fn get_all(
     let sep = if route.contains('?') { '&' } else { '?' };
     let mut next = Some(format!("{route}{sep}per_page=100"));
     let mut items = Vec::new();
+    // A list that never ends (empty or thin pages, each naming a next one) stops too.
+    let mut pages = max_items.div_ceil(100) + 1;
     while let Some(route) = next.take() {
+        pages = match pages.checked_sub(1) {
+            Some(left) if left > 0 => left,
+            _ => break,
+        };
         let (page, link) = call(api, settings, what, Verb::Get, &route, None).await?;
         let Value::Array(page) = page else {
             return Err(GhError {
@@ -140,6 +146,9 @@ pub async fn get_all(
                 retry_after: None,
             });
         };
+        if page.is_empty() {
+            break;
+        }
         items.extend(page);
         if items.len() >= max_items {
             items.truncate(max_items);

@@ -555,7 +555,13 @@ impl GitHub {
         let what = format!("listing the repositories of installation {installation}");
         let mut next = Some("/installation/repositories?per_page=100".to_owned());
         let mut names = Vec::new();
+        // Bounded in pages as well as names: a list of empty pages that each name a next one ends too.
+        let mut pages = 0;
         while let Some(route) = next.take() {
+            pages += 1;
+            if pages > MAX_LISTED / 100 {
+                break;
+            }
             let (page, link) = call::get_page(&client.api(), &self.settings, &what, &route).await?;
             let Some(repos) = page["repositories"].as_array() else {
                 bail!("{what}: GitHub's answer has no `repositories` list");
@@ -565,7 +571,7 @@ impl GitHub {
                     .iter()
                     .filter_map(|r| r["full_name"].as_str().map(str::to_owned)),
             );
-            if names.len() >= MAX_LISTED {
+            if repos.is_empty() || names.len() >= MAX_LISTED {
                 break;
             }
             next = link;

@@ -2,7 +2,8 @@
 //! nightshift was down (or answered with an error) would be lost. At start and every [`EVERY`], nightshift
 //! lists the App's recent deliveries (`GET /app/hook/deliveries`, newest first, page by page back to a
 //! bound), and asks GitHub to deliver again (`POST /app/hook/deliveries/{id}/attempts`) each one whose
-//! `X-GitHub-Delivery` the store does not have.
+//! `X-GitHub-Delivery` the store does not have, unless nightshift's last answer to it was a deliberate
+//! refusal (see [`refused_on_purpose`]): that would only loop.
 //!
 //! Redelivery rather than fetching the payload (`GET /app/hook/deliveries/{id}`) and storing it: a
 //! redelivered webhook comes signed, through the one door every delivery takes, so the signature check stays
@@ -53,6 +54,10 @@ pub struct Pass {
     pub listed: usize,
     /// Of those, the ones the store does not have.
     pub missing: usize,
+    /// Of the missing, those nightshift itself refused on purpose the last time (a 200 for a replay; a 4xx,
+    /// a bad signature or an oversized body): asking again would get the same answer,
+    /// every [`ASK_AGAIN_AFTER`] for as long as GitHub keeps the log. Not asked for.
+    pub refused: usize,
     /// Redeliveries asked for.
     pub asked: usize,
     /// False when another replica holds the lease (nothing was done).
@@ -86,8 +91,8 @@ pub async fn pass(store: &dyn Store, github: &GitHub, owner: &str, bound: i64) -
 }
 
 async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Result<Pass> {
-    // Per GUID: the newest attempt's id (any attempt redelivers the delivery).
-    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    // Per GUID: the newest attempt's id (any attempt redelivers the delivery) and nightshift's answer to it.
+    let mut seen: BTreeMap<String, (i64, Option<i64>)> = BTreeMap::new();
     let mut next: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let Some((page, link)) = github.hook_deliveries(next.as_deref()).await? else {
@@ -104,7 +109,7 @@ async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Resul
                 older = true;
                 continue;
             }
-            seen.entry(d.guid).or_insert(d.id);
+            seen.entry(d.guid).or_insert((d.id, d.status_code));
         }
         match link {
             Some(link) if !older => next = Some(link),
@@ -121,11 +126,15 @@ async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Resul
         ran: true,
         ..Pass::default()
     };
-    for (guid, id) in &seen {
+    for (guid, (id, status)) in &seen {
         if have.contains(guid) {
             continue;
         }
         done.missing += 1;
+        if refused_on_purpose(*status) {
+            done.refused += 1;
+            continue;
+        }
         if done.asked >= MAX_PER_PASS {
             continue;
         }
@@ -144,6 +153,15 @@ async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Resul
         }
     }
     Ok(done)
+}
+
+/// Whether nightshift's answer to a delivery's newest attempt (one the store does not have) says it would
+/// refuse it again: a 200 (it dropped the body on purpose, as a replay of another delivery's) or a 4xx other
+/// than a timeout or a rate limit (a bad signature, a body too large, a malformed request). No answer (0), a
+/// 5xx (the store failed, no room in memory), 408 and 429 are worth asking again, and so is a 202 the store
+/// no longer has (a store restored from an older backup).
+fn refused_on_purpose(status: Option<i64>) -> bool {
+    matches!(status, Some(200 | 400..=499)) && !matches!(status, Some(408 | 429))
 }
 
 /// Runs a pass at start (back to `bound`, from [`first_bound`]) and every [`EVERY`] (back to the previous
@@ -166,6 +184,7 @@ pub async fn run(store: Arc<dyn Store>, github: Arc<GitHub>, bound: i64) {
                     info!(
                         listed = done.listed,
                         missing = done.missing,
+                        refused = done.refused,
                         asked = done.asked,
                         "missed deliveries looked for"
                     );
@@ -175,5 +194,28 @@ pub async fn run(store: Arc<dyn Store>, github: Arc<GitHub>, bound: i64) {
             Err(e) => warn!("looking for missed deliveries failed (tried again later): {e:#}"),
         }
         tokio::time::sleep(EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_on_purpose;
+
+    #[test]
+    fn only_deliveries_that_could_succeed_are_asked_for_again() {
+        for again in [
+            None,
+            Some(0),
+            Some(202),
+            Some(500),
+            Some(503),
+            Some(408),
+            Some(429),
+        ] {
+            assert!(!refused_on_purpose(again), "{again:?}");
+        }
+        for refused in [Some(200), Some(400), Some(401), Some(413)] {
+            assert!(refused_on_purpose(refused), "{refused:?}");
+        }
     }
 }

@@ -544,13 +544,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that nightshift asks GitHub to deliver `delivery_id` again at `now` (unix ms), unless it asked
     /// after `now - window`: true when it is recorded now (ask), false when it was asked recently (do not).
-    /// Atomic, so replicas never both ask.
+    /// Atomic, so replicas never both ask. Records older than a week are forgotten.
     async fn claim_redelivery(&self, delivery_id: &str, now: i64, window: i64) -> Result<bool>;
 
     /// Takes or extends the lease `name` for `owner` until `until` (unix ms): true when `owner` holds it
     /// (it was free, expired before `now`, or already `owner`'s).
     async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
 }
+
+/// How long [`Store::claim_redelivery`] remembers a redelivery it recorded (GitHub keeps its delivery log
+/// for about three days).
+const REDELIVERIES_KEPT_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 /// What another replica's write says is waiting (see [`Store::wakeups`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

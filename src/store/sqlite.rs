@@ -1143,6 +1143,12 @@ impl Store for SqliteStore {
     }
 
     async fn claim_redelivery(&self, delivery_id: &str, now: i64, window: i64) -> Result<bool> {
+        // What was asked for a week ago is long out of GitHub's delivery log: forgotten, so the table stays
+        // small.
+        sqlx::query("DELETE FROM redeliveries WHERE asked_at < ?")
+            .bind(now - REDELIVERIES_KEPT_MS)
+            .execute(&self.pool)
+            .await?;
         let done = sqlx::query(
             "INSERT INTO redeliveries (delivery_id, asked_at) VALUES (?, ?)
              ON CONFLICT (delivery_id) DO UPDATE SET asked_at = excluded.asked_at

@@ -1432,6 +1432,23 @@ async fn installations_their_repositories_and_backfill_records(db: &TestDb) {
     assert!(store.claim_redelivery("g-0", 1_000, 500).await.unwrap());
     assert!(!other.claim_redelivery("g-0", 1_200, 500).await.unwrap());
     assert!(other.claim_redelivery("g-0", 1_600, 500).await.unwrap());
+    // A record older than a week is forgotten (the table does not grow for ever): even with a window that
+    // would still cover it, the delivery is recorded anew.
+    let week = 7 * 24 * 60 * 60 * 1000;
+    assert!(
+        !other
+            .claim_redelivery("g-0", 1_600 + week, 2 * week)
+            .await
+            .unwrap(),
+        "kept for a week"
+    );
+    assert!(
+        other
+            .claim_redelivery("g-0", 1_601 + week, 2 * week)
+            .await
+            .unwrap(),
+        "forgotten after a week"
+    );
 
     // A lease is held by one owner until it expires.
     assert!(
