@@ -562,6 +562,26 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             for warning in loaded.triggers.iter().flat_map(|t| &t.warnings) {
                 println!("{warning}");
             }
+            // Repositories named in `repos:` that no installation covers, when a store knows installations.
+            if matches!(
+                config.github.auth,
+                nightshift::config::GithubAuth::App { .. }
+            ) {
+                let runtime = tokio::runtime::Runtime::new()?;
+                if let Some(installed) = runtime.block_on(
+                    nightshift::source::installations::installed_offline(&config.store),
+                ) {
+                    let named = loaded.triggers.iter().filter_map(|t| {
+                        let names = t.repos.as_ref()?.literals()?;
+                        Some((t.path.as_path(), t.name.as_str(), names))
+                    });
+                    for warning in
+                        nightshift::source::installations::not_installed_warnings(named, &installed)
+                    {
+                        println!("{warning}");
+                    }
+                }
+            }
             if problems.is_empty() {
                 eprintln!(
                     "ok: {} trigger(s), {} skill(s)",

@@ -75,6 +75,8 @@ pub async fn serve(
     let started = Instant::now();
     let secrets = config.require_webhook_secrets()?.to_vec();
     let store = store::open(&config.store).await?;
+    // Read before any delivery arrives: where looking for missed deliveries stops.
+    let backfill_from = crate::source::backfill::first_bound(&*store).await?;
     let github = GitHub::new(&config.github)?;
     if !github.has_credentials() {
         warn!(
@@ -147,7 +149,18 @@ pub async fn serve(
     tokio::spawn(crate::source::schedule::run(
         intake.clone(),
         pipeline.triggers.clone(),
+        pipeline.github.clone(),
         pipeline.config.github.api_url.clone(),
+    ));
+    // The App's sources: its installations (listed daily), deliveries missed while down (asked for again).
+    tokio::spawn(crate::source::installations::run(
+        pipeline.store.clone(),
+        pipeline.github.clone(),
+    ));
+    tokio::spawn(crate::source::backfill::run(
+        pipeline.store.clone(),
+        pipeline.github.clone(),
+        backfill_from,
     ));
     tokio::spawn(crate::trigger::reload::watch(
         pipeline.triggers.clone(),

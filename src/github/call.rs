@@ -129,7 +129,13 @@ pub async fn get_all(
     let sep = if route.contains('?') { '&' } else { '?' };
     let mut next = Some(format!("{route}{sep}per_page=100"));
     let mut items = Vec::new();
+    // A list that never ends (empty or thin pages, each naming a next one) stops too.
+    let mut pages = max_items.div_ceil(100) + 1;
     while let Some(route) = next.take() {
+        pages = match pages.checked_sub(1) {
+            Some(left) if left > 0 => left,
+            _ => break,
+        };
         let (page, link) = call(api, settings, what, Verb::Get, &route, None).await?;
         let Value::Array(page) = page else {
             return Err(GhError {
@@ -140,6 +146,9 @@ pub async fn get_all(
                 retry_after: None,
             });
         };
+        if page.is_empty() {
+            break;
+        }
         items.extend(page);
         if items.len() >= max_items {
             items.truncate(max_items);
@@ -148,6 +157,18 @@ pub async fn get_all(
         next = link.and_then(|l| next_page(&l, &settings.api_url));
     }
     Ok(items)
+}
+
+/// One GET of one page of a list: the answer, and the route of the next page when GitHub's `Link` header
+/// names one on the same API host (lists paginated by cursor, or lists wrapped in an object).
+pub async fn get_page(
+    api: &Octocrab,
+    settings: &CallSettings,
+    what: &str,
+    route: &str,
+) -> Result<(Value, Option<String>), GhError> {
+    let (page, link) = call(api, settings, what, Verb::Get, route, None).await?;
+    Ok((page, link.and_then(|l| next_page(&l, &settings.api_url))))
 }
 
 /// One call as [`Verb`] says: a `Post` is sent once unless GitHub said it did nothing (see the module's

@@ -477,3 +477,167 @@ impl GitHub {
         }
     }
 }
+
+/// An installation of the App, as `GET /app/installations` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppInstallation {
+    pub id: i64,
+    pub account: String,
+    pub suspended: bool,
+}
+
+/// One delivery of the App's webhook, as `GET /app/hook/deliveries` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct HookDelivery {
+    /// The id to redeliver it by (each attempt has its own).
+    pub id: i64,
+    /// `X-GitHub-Delivery`: the same for every attempt.
+    pub guid: String,
+    pub delivered_at: String,
+    #[serde(default)]
+    pub redelivery: bool,
+    /// The answer nightshift gave (0 or absent when it gave none).
+    #[serde(default)]
+    pub status_code: Option<i64>,
+    pub event: String,
+}
+
+/// The most items one listing reads: pages of 100.
+const MAX_LISTED: usize = 100_000;
+
+impl GitHub {
+    /// True when nightshift runs as a GitHub App.
+    pub fn is_app(&self) -> bool {
+        matches!(self.auth, Auth::App { .. })
+    }
+
+    fn app(&self) -> Option<&Octocrab> {
+        match &self.auth {
+            Auth::App { app, .. } => Some(app),
+            _ => None,
+        }
+    }
+
+    /// Every installation of the App (`GET /app/installations`, with the App's JWT); None in token mode.
+    pub async fn app_installations(&self) -> Result<Option<Vec<AppInstallation>>> {
+        let Some(app) = self.app() else {
+            return Ok(None);
+        };
+        let listed = call::get_all(
+            app,
+            &self.settings,
+            "listing the App's installations",
+            "/app/installations",
+            MAX_LISTED,
+        )
+        .await?;
+        Ok(Some(
+            listed
+                .iter()
+                .filter_map(|i| {
+                    Some(AppInstallation {
+                        id: i["id"].as_i64()?,
+                        account: i["account"]["login"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        suspended: !i["suspended_at"].is_null(),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// The full names of the repositories an installation gives access to (`GET /installation/repositories`
+    /// with its token, every page).
+    pub async fn installation_repos(&self, installation: InstallationId) -> Result<Vec<String>> {
+        let client = self.client(Some(installation)).await?;
+        let what = format!("listing the repositories of installation {installation}");
+        let mut next = Some("/installation/repositories?per_page=100".to_owned());
+        let mut names = Vec::new();
+        // Bounded in pages as well as names: a list of empty pages that each name a next one ends too.
+        let mut pages = 0;
+        while let Some(route) = next.take() {
+            pages += 1;
+            if pages > MAX_LISTED / 100 {
+                break;
+            }
+            let (page, link) = call::get_page(&client.api(), &self.settings, &what, &route).await?;
+            let Some(repos) = page["repositories"].as_array() else {
+                bail!("{what}: GitHub's answer has no `repositories` list");
+            };
+            names.extend(
+                repos
+                    .iter()
+                    .filter_map(|r| r["full_name"].as_str().map(str::to_owned)),
+            );
+            if repos.is_empty() || names.len() >= MAX_LISTED {
+                break;
+            }
+            next = link;
+        }
+        Ok(names)
+    }
+
+    /// The installation that gives the App access to `repo` (`GET /repos/{owner}/{repo}/installation`):
+    /// None when it has none (404), or in token mode.
+    pub async fn repo_installation(&self, repo: &RepoName) -> Result<Option<AppInstallation>> {
+        let Some(app) = self.app() else {
+            return Ok(None);
+        };
+        let what = format!("asking GitHub which installation covers {repo}");
+        let route = format!("/repos/{repo}/installation");
+        match call::request(app, &self.settings, &what, call::Verb::Get, &route, None).await {
+            Ok(i) => Ok(i["id"].as_i64().map(|id| AppInstallation {
+                id,
+                account: i["account"]["login"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                suspended: !i["suspended_at"].is_null(),
+            })),
+            Err(e) if e.status == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One page of the App's webhook deliveries, newest first (`GET /app/hook/deliveries`), from `cursor`
+    /// (the route GitHub's `Link` named); with the next page's route. None in token mode.
+    pub async fn hook_deliveries(
+        &self,
+        next: Option<&str>,
+    ) -> Result<Option<(Vec<HookDelivery>, Option<String>)>> {
+        let Some(app) = self.app() else {
+            return Ok(None);
+        };
+        let route = next.unwrap_or("/app/hook/deliveries?per_page=100");
+        let (page, link) = call::get_page(
+            app,
+            &self.settings,
+            "listing the App's webhook deliveries",
+            route,
+        )
+        .await?;
+        let items: Vec<HookDelivery> =
+            serde_json::from_value(page).context("GitHub's list of webhook deliveries")?;
+        Ok(Some((items, link)))
+    }
+
+    /// Asks GitHub to deliver a webhook delivery again (`POST /app/hook/deliveries/{id}/attempts`): it comes
+    /// signed, through the webhook, like any other.
+    pub async fn redeliver(&self, id: i64) -> Result<()> {
+        let Some(app) = self.app() else {
+            bail!("redelivering webhooks needs a GitHub App");
+        };
+        call::request(
+            app,
+            &self.settings,
+            &format!("asking GitHub to redeliver webhook delivery {id}"),
+            call::Verb::PostRepeatable,
+            &format!("/app/hook/deliveries/{id}/attempts"),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -488,6 +488,7 @@ fn unmatchable(event: &Event) -> Option<String> {
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
     // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
     let payload = pipeline.store.delivery_payload(delivery.id).await?;
+    crate::source::installations::on_event(&*pipeline.store, &delivery.event, &payload).await?;
     // The event whose comment carried a slash command that queued a job.
     let mut command_event = None;
     let mut verdicts = Verdicts::default();

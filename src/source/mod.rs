@@ -1,9 +1,14 @@
 //! Event sources: GitHub webhooks ([`webhook`]) and the triggers' schedules ([`schedule`]), parsed at the
-//! edge into [`event::Event`]. A source is given an [`Intake`], not the whole service: it can store a
-//! delivery and wake the dispatcher, and nothing else.
+//! edge into [`event::Event`]; the App's installations ([`installations`]); deliveries missed while
+//! nightshift was down, asked for again ([`backfill`]). A source is given an [`Intake`], not the whole
+//! service: it can store a delivery and wake the dispatcher, and nothing else. The App's sources
+//! (installations, backfill) are given the store and the GitHub client, nothing more: a missed delivery is
+//! asked for again, never stored from the API, so it too comes in signed through the webhook.
 
+pub mod backfill;
 pub mod event;
 pub mod ingest;
+pub mod installations;
 pub mod schedule;
 pub mod webhook;
 

@@ -4,7 +4,7 @@
 //! downtime, only the latest missed tick of each schedule fires. Replicas sharing a store fire each tick once:
 //! claiming a tick is a compare-and-set on the schedule's last tick, in the transaction that stores it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,10 @@ use anyhow::Result;
 use jiff::Timestamp;
 use tracing::{info, warn};
 
-use super::Intake;
+use super::{Intake, installations};
+use crate::github::GitHub;
 use crate::ids::DeliveryId;
-use crate::store::{KnownRepo, NewDelivery};
+use crate::store::{InstalledRepo, KnownRepo, NewDelivery};
 use crate::trigger::{Live, Schedule};
 
 /// The repository a schedule names, as nightshift knows it from deliveries, or as GitHub would serve it.
@@ -36,10 +37,16 @@ fn known_or_assumed(name: &str, known: &BTreeMap<String, KnownRepo>, api_url: &s
 }
 
 /// One pass: stores a delivery for every schedule of `triggers` that is due. Returns when the next tick is
-/// due. `api_url` is GitHub's API address, for repositories nightshift has not seen yet.
+/// due. `github.api_url` is GitHub's API address, for repositories nightshift has not seen yet.
+///
+/// Under App auth, a repository's installation comes from the installed list (or GitHub, asked once:
+/// [`installations::resolve`]), patterns match every installed repository as well as those seen in
+/// deliveries, and a repository no installation covers is skipped. In token mode, repositories are as
+/// deliveries showed them, or assumed.
 pub async fn tick(
     intake: &Intake,
     triggers: &Live,
+    github: &GitHub,
     api_url: &str,
     now: Timestamp,
 ) -> Result<Option<Timestamp>> {
@@ -50,6 +57,27 @@ pub async fn tick(
         .into_iter()
         .map(|r| (r.full_name.to_lowercase(), r))
         .collect();
+    let app = github.is_app();
+    let installed: HashMap<String, InstalledRepo> = if app {
+        intake
+            .store
+            .installed_repos()
+            .await?
+            .into_iter()
+            .map(|r| (r.full_name.to_lowercase(), r))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    // A name as GitHub spells it, when nightshift knows it: schedules keep one record per repository.
+    let spelled = |name: &str| -> String {
+        let key = name.to_lowercase();
+        installed
+            .get(&key)
+            .map(|r| r.full_name.clone())
+            .or_else(|| known.get(&key).map(|r| r.full_name.clone()))
+            .unwrap_or_else(|| name.to_owned())
+    };
     let mut next: Option<Timestamp> = None;
     let mut stored = false;
     let triggers = triggers.get();
@@ -60,21 +88,59 @@ pub async fn tick(
         let Some(repos) = &trigger.repos else {
             continue;
         };
-        // Literal names are scheduled even before nightshift has seen them; patterns match known repos.
+        // Literal names are scheduled even before nightshift has seen them; patterns match the repositories
+        // the App is installed on and those seen in deliveries.
         let names: Vec<String> = match repos.literals() {
-            Some(names) => names,
-            None => known
-                .values()
-                .filter(|r| repos.matches(&r.full_name.to_lowercase()))
-                .map(|r| r.full_name.clone())
-                .collect(),
+            Some(names) => names.iter().map(|n| spelled(n)).collect(),
+            None => {
+                let mut names: BTreeMap<String, String> = BTreeMap::new();
+                for name in installed
+                    .values()
+                    .map(|r| &r.full_name)
+                    .chain(known.values().map(|r| &r.full_name))
+                {
+                    let key = name.to_lowercase();
+                    if repos.matches(&key) {
+                        names.entry(key).or_insert_with(|| name.clone());
+                    }
+                }
+                names.into_values().collect()
+            }
         };
         for schedule in &trigger.schedules {
             for name in &names {
-                let repo = known_or_assumed(name, &known, api_url);
-                if let Some(tick) = due(intake, schedule, &repo, now).await? {
-                    stored |= store_tick(intake, schedule, &repo, tick).await?;
-                }
+                let Some(tick) = due(intake, schedule, name, now).await? else {
+                    continue;
+                };
+                let known_repo = known.get(&name.to_lowercase());
+                let repo = if app {
+                    match installations::resolve(
+                        &*intake.store,
+                        github,
+                        name,
+                        &installed,
+                        known_repo,
+                    )
+                    .await
+                    {
+                        Ok(Some(repo)) => repo,
+                        Ok(None) => {
+                            info!(repo = %name, schedule = %key(schedule), %tick, "scheduled tick skipped: no installation");
+                            intake
+                                .store
+                                .set_last_tick(&key(schedule), name, tick.as_millisecond())
+                                .await?;
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(repo = %name, "scheduling {name} failed (tried again at the next pass): {e:#}");
+                            continue;
+                        }
+                    }
+                } else {
+                    known_or_assumed(name, &known, api_url)
+                };
+                stored |= store_tick(intake, schedule, &repo, name, tick).await?;
             }
             if let Some(t) = schedule.next_after(now) {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -96,18 +162,15 @@ fn key(schedule: &Schedule) -> String {
 async fn due(
     intake: &Intake,
     schedule: &Schedule,
-    repo: &KnownRepo,
+    name: &str,
     now: Timestamp,
 ) -> Result<Option<Timestamp>> {
-    let last = intake
-        .store
-        .last_tick(&key(schedule), &repo.full_name)
-        .await?;
+    let last = intake.store.last_tick(&key(schedule), name).await?;
     let Some(last) = last else {
         // Another replica seeing the schedule at once may start it first: its start is kept.
         intake
             .store
-            .start_ticks(&key(schedule), &repo.full_name, now.as_millisecond())
+            .start_ticks(&key(schedule), name, now.as_millisecond())
             .await?;
         return Ok(None);
     };
@@ -119,17 +182,13 @@ async fn store_tick(
     intake: &Intake,
     schedule: &Schedule,
     repo: &KnownRepo,
+    name: &str,
     tick: Timestamp,
 ) -> Result<bool> {
     let body =
         crate::source::event::schedule_payload(&schedule.cron, &schedule.timezone, repo, None);
     let delivery = NewDelivery {
-        delivery_id: DeliveryId(format!(
-            "schedule:{}:{}:{}",
-            repo.full_name,
-            key(schedule),
-            tick
-        )),
+        delivery_id: DeliveryId(format!("schedule:{}:{}:{}", name, key(schedule), tick)),
         event: "schedule".to_owned(),
         action: None,
         repo: Some(repo.full_name.clone()),
@@ -139,12 +198,7 @@ async fn store_tick(
     // One winner per tick across replicas; the others (and a replica whose clock lags) store nothing.
     let fired = intake
         .store
-        .fire_tick(
-            &key(schedule),
-            &repo.full_name,
-            tick.as_millisecond(),
-            &delivery,
-        )
+        .fire_tick(&key(schedule), name, tick.as_millisecond(), &delivery)
         .await?;
     if fired {
         info!(repo = %repo.full_name, schedule = %key(schedule), %tick, "scheduled tick stored");
@@ -154,10 +208,13 @@ async fn store_tick(
 
 /// Runs the schedules: sleeps until the next tick is due (at most a minute, so a clock change or a new
 /// trigger is noticed), then stores the due ticks.
-pub async fn run(intake: Intake, triggers: Arc<Live>, api_url: String) {
+///
+/// Under App auth, the installations are listed first, so the first ticks see every installed repository.
+pub async fn run(intake: Intake, triggers: Arc<Live>, github: Arc<GitHub>, api_url: String) {
+    installations::first_sync(&*intake.store, &github).await;
     loop {
         let now = Timestamp::now();
-        let wait = match tick(&intake, &triggers, &api_url, now).await {
+        let wait = match tick(&intake, &triggers, &github, &api_url, now).await {
             Ok(Some(next)) => Duration::try_from(next.duration_since(now)).unwrap_or_default(),
             Ok(None) => Duration::from_secs(60),
             Err(e) => {

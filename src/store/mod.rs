@@ -352,6 +352,24 @@ pub struct KnownRepo {
     pub default_branch: String,
 }
 
+/// An installation of the GitHub App, as nightshift last heard of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installation {
+    pub id: i64,
+    /// The user or organization it is installed on.
+    pub account: String,
+    /// A suspended installation cannot act: its repositories are left out of [`Store::installed_repos`].
+    pub suspended: bool,
+}
+
+/// A repository an installation gives nightshift access to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstalledRepo {
+    /// As GitHub spells it.
+    pub full_name: String,
+    pub installation_id: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a delivery and commits it. A repeated delivery id stores nothing and says so.
@@ -535,7 +553,47 @@ pub trait Store: Send + Sync + 'static {
         after: i64,
         limit: u32,
     ) -> Result<Vec<(i64, LogLine)>>;
+
+    /// Records an installation (created, unsuspended, listed) or what changed about it.
+    async fn upsert_installation(&self, installation: &Installation) -> Result<()>;
+
+    /// Forgets an installation (deleted) and its repositories.
+    async fn delete_installation(&self, id: i64) -> Result<()>;
+
+    /// Adds repositories to an installation's list (recorded with [`Store::upsert_installation`] first).
+    async fn add_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()>;
+
+    /// Takes repositories off an installation's list (names compared without case).
+    async fn remove_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()>;
+
+    /// Replaces an installation's whole list, in one transaction (what the API listed).
+    async fn replace_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()>;
+
+    /// Every installation, by id.
+    async fn installations(&self) -> Result<Vec<Installation>>;
+
+    /// The repositories of installations that are not suspended, by name.
+    async fn installed_repos(&self) -> Result<Vec<InstalledRepo>>;
+
+    /// Which of these delivery ids (`X-GitHub-Delivery`) the store has.
+    async fn known_delivery_ids(&self, ids: &[String]) -> Result<Vec<String>>;
+
+    /// When the newest delivery from GitHub (not a schedule's tick) was received (unix ms).
+    async fn newest_webhook_delivery_at(&self) -> Result<Option<i64>>;
+
+    /// Records that nightshift asks GitHub to deliver `delivery_id` again at `now` (unix ms), unless it asked
+    /// after `now - window`: true when it is recorded now (ask), false when it was asked recently (do not).
+    /// Atomic, so replicas never both ask. Records older than a week are forgotten.
+    async fn claim_redelivery(&self, delivery_id: &str, now: i64, window: i64) -> Result<bool>;
+
+    /// Takes or extends the lease `name` for `owner` until `until` (unix ms): true when `owner` holds it
+    /// (it was free, expired before `now`, or already `owner`'s).
+    async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
 }
+
+/// How long [`Store::claim_redelivery`] remembers a redelivery it recorded (GitHub keeps its delivery log
+/// for about three days).
+const REDELIVERIES_KEPT_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 
 /// What [`Store::counts`] reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

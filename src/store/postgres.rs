@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/postgres/0004_wakeups.sql"),
     ),
     (
+        5,
+        "installations",
+        include_str!("../../migrations/postgres/0005_installations.sql"),
+    ),
+    (
         6,
         "match verdicts",
         include_str!("../../migrations/postgres/0006_match_verdicts.sql"),
@@ -1446,6 +1451,170 @@ impl Store for PostgresStore {
                 ))
             })
             .collect()
+    }
+
+    async fn upsert_installation(&self, i: &Installation) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO installations (id, account, suspended, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET account = excluded.account, suspended = excluded.suspended,
+                updated_at = excluded.updated_at",
+        )
+        .bind(i.id)
+        .bind(text(&i.account))
+        .bind(i.suspended)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_installation(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM installations WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for repo in repos {
+            sqlx::query(
+                "INSERT INTO installation_repositories (installation_id, full_name) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(installation)
+            .bind(text(repo))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for repo in repos {
+            sqlx::query(
+                "DELETE FROM installation_repositories
+                 WHERE installation_id = $1 AND lower(full_name) = lower($2)",
+            )
+            .bind(installation)
+            .bind(text(repo))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM installation_repositories WHERE installation_id = $1")
+            .bind(installation)
+            .execute(&mut *tx)
+            .await?;
+        for repo in repos {
+            sqlx::query(
+                "INSERT INTO installation_repositories (installation_id, full_name) VALUES ($1, $2)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(installation)
+            .bind(text(repo))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn installations(&self) -> Result<Vec<Installation>> {
+        let rows = sqlx::query("SELECT id, account, suspended FROM installations ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Installation {
+                    id: row.try_get("id")?,
+                    account: row.try_get("account")?,
+                    suspended: row.try_get("suspended")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn installed_repos(&self) -> Result<Vec<InstalledRepo>> {
+        let rows = sqlx::query(
+            "SELECT r.full_name, r.installation_id FROM installation_repositories r
+             JOIN installations i ON i.id = r.installation_id
+             WHERE NOT i.suspended ORDER BY r.full_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(InstalledRepo {
+                    full_name: row.try_get("full_name")?,
+                    installation_id: row.try_get("installation_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn known_delivery_ids(&self, ids: &[String]) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT delivery_id FROM deliveries WHERE delivery_id IN (SELECT unnest($1::text[]))",
+        )
+        .bind(ids.iter().map(|s| text(s).into_owned()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| row.try_get("delivery_id").map_err(Into::into))
+            .collect()
+    }
+
+    async fn newest_webhook_delivery_at(&self) -> Result<Option<i64>> {
+        let at = sqlx::query_scalar(
+            "SELECT received_at FROM deliveries WHERE event <> 'schedule' ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(at)
+    }
+
+    async fn claim_redelivery(&self, delivery_id: &str, now: i64, window: i64) -> Result<bool> {
+        // What was asked for a week ago is long out of GitHub's delivery log: forgotten, so the table stays
+        // small.
+        sqlx::query("DELETE FROM redeliveries WHERE asked_at < $1")
+            .bind(now - REDELIVERIES_KEPT_MS)
+            .execute(&self.pool)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO redeliveries (delivery_id, asked_at) VALUES ($1, $2)
+             ON CONFLICT (delivery_id) DO UPDATE SET asked_at = excluded.asked_at
+             WHERE redeliveries.asked_at <= $3",
+        )
+        .bind(text(delivery_id))
+        .bind(now)
+        .bind(now - window)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO task_leases (name, owner, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+             WHERE task_leases.owner = excluded.owner OR task_leases.expires_at < $4",
+        )
+        .bind(text(name))
+        .bind(text(owner))
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

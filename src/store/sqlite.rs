@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_fair_ops.sql"),
     ),
     (
+        6,
+        "installations",
+        include_str!("../../migrations/sqlite/0006_installations.sql"),
+    ),
+    (
         7,
         "match verdicts",
         include_str!("../../migrations/sqlite/0007_match_verdicts.sql"),
@@ -1203,6 +1208,170 @@ impl Store for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn upsert_installation(&self, i: &Installation) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO installations (id, account, suspended, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET account = excluded.account, suspended = excluded.suspended,
+                updated_at = excluded.updated_at",
+        )
+        .bind(i.id)
+        .bind(&i.account)
+        .bind(i.suspended)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_installation(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM installations WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for repo in repos {
+            sqlx::query(
+                "INSERT INTO installation_repositories (installation_id, full_name) VALUES (?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(installation)
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for repo in repos {
+            sqlx::query(
+                "DELETE FROM installation_repositories
+                 WHERE installation_id = ? AND lower(full_name) = lower(?)",
+            )
+            .bind(installation)
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM installation_repositories WHERE installation_id = ?")
+            .bind(installation)
+            .execute(&mut *tx)
+            .await?;
+        for repo in repos {
+            sqlx::query(
+                "INSERT INTO installation_repositories (installation_id, full_name) VALUES (?, ?)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(installation)
+            .bind(repo)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn installations(&self) -> Result<Vec<Installation>> {
+        let rows = sqlx::query("SELECT id, account, suspended FROM installations ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Installation {
+                    id: row.try_get("id")?,
+                    account: row.try_get("account")?,
+                    suspended: row.try_get("suspended")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn installed_repos(&self) -> Result<Vec<InstalledRepo>> {
+        let rows = sqlx::query(
+            "SELECT r.full_name, r.installation_id FROM installation_repositories r
+             JOIN installations i ON i.id = r.installation_id
+             WHERE NOT i.suspended ORDER BY r.full_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(InstalledRepo {
+                    full_name: row.try_get("full_name")?,
+                    installation_id: row.try_get("installation_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn known_delivery_ids(&self, ids: &[String]) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT delivery_id FROM deliveries WHERE delivery_id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(ids)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| row.try_get("delivery_id").map_err(Into::into))
+            .collect()
+    }
+
+    async fn newest_webhook_delivery_at(&self) -> Result<Option<i64>> {
+        let at = sqlx::query_scalar(
+            "SELECT received_at FROM deliveries WHERE event <> 'schedule' ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(at)
+    }
+
+    async fn claim_redelivery(&self, delivery_id: &str, now: i64, window: i64) -> Result<bool> {
+        // What was asked for a week ago is long out of GitHub's delivery log: forgotten, so the table stays
+        // small.
+        sqlx::query("DELETE FROM redeliveries WHERE asked_at < ?")
+            .bind(now - REDELIVERIES_KEPT_MS)
+            .execute(&self.pool)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO redeliveries (delivery_id, asked_at) VALUES (?, ?)
+             ON CONFLICT (delivery_id) DO UPDATE SET asked_at = excluded.asked_at
+             WHERE redeliveries.asked_at <= ?",
+        )
+        .bind(delivery_id)
+        .bind(now)
+        .bind(now - window)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO task_leases (name, owner, expires_at) VALUES (?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+             WHERE task_leases.owner = excluded.owner OR task_leases.expires_at < ?",
+        )
+        .bind(name)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -1415,6 +1415,149 @@ async fn counts_by_state_and_claim_times_for_metrics(db: &TestDb) {
     );
 }
 
+async fn installations_their_repositories_and_backfill_records(db: &TestDb) {
+    let store = db.store();
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    store
+        .upsert_installation(&Installation {
+            id: 7,
+            account: "Octo-Org".into(),
+            suspended: false,
+        })
+        .await
+        .unwrap();
+    store
+        .add_installed_repos(7, &names(&["Octo-Org/One", "Octo-Org/Two"]))
+        .await
+        .unwrap();
+    store
+        .upsert_installation(&Installation {
+            id: 8,
+            account: "someone".into(),
+            suspended: false,
+        })
+        .await
+        .unwrap();
+    store
+        .replace_installed_repos(8, &names(&["someone/x"]))
+        .await
+        .unwrap();
+    let installed = |store: Arc<dyn Store>| async move {
+        store
+            .installed_repos()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{}={}", r.full_name, r.installation_id))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        installed(store.clone()).await,
+        ["Octo-Org/One=7", "Octo-Org/Two=7", "someone/x=8"],
+        "names kept as GitHub spells them"
+    );
+    // Removed without regard to case (events and the configuration may spell it differently).
+    store
+        .remove_installed_repos(7, &names(&["octo-org/two"]))
+        .await
+        .unwrap();
+    // Listing replaces the whole list; adding twice is harmless.
+    store
+        .replace_installed_repos(8, &names(&["someone/y", "someone/y"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        installed(store.clone()).await,
+        ["Octo-Org/One=7", "someone/y=8"]
+    );
+    // A suspended installation's repositories cannot be acted on.
+    store
+        .upsert_installation(&Installation {
+            id: 8,
+            account: "someone".into(),
+            suspended: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(installed(store.clone()).await, ["Octo-Org/One=7"]);
+    assert_eq!(store.installations().await.unwrap().len(), 2);
+    store.delete_installation(7).await.unwrap();
+    assert!(installed(store.clone()).await.is_empty());
+    assert_eq!(store.installations().await.unwrap().len(), 1);
+
+    // Which deliveries the store has; when the newest from GitHub came (schedule ticks do not count).
+    assert_eq!(store.newest_webhook_delivery_at().await.unwrap(), None);
+    store.insert_delivery(&delivery("g-1")).await.unwrap();
+    let mut tick = delivery("schedule:a/b:x");
+    tick.event = "schedule".into();
+    store.insert_delivery(&tick).await.unwrap();
+    let newest = store.newest_webhook_delivery_at().await.unwrap().unwrap();
+    assert!((crate::now_ms() - newest).abs() < 60_000);
+    assert_eq!(
+        store
+            .known_delivery_ids(&names(&["g-0", "g-1", "g-2\0"]))
+            .await
+            .unwrap(),
+        ["g-1"]
+    );
+    assert!(store.known_delivery_ids(&[]).await.unwrap().is_empty());
+
+    // A redelivery is asked once within its window, by one replica.
+    let other = db.replica().await;
+    assert!(store.claim_redelivery("g-0", 1_000, 500).await.unwrap());
+    assert!(!other.claim_redelivery("g-0", 1_200, 500).await.unwrap());
+    assert!(other.claim_redelivery("g-0", 1_600, 500).await.unwrap());
+    // A record older than a week is forgotten (the table does not grow for ever): even with a window that
+    // would still cover it, the delivery is recorded anew.
+    let week = 7 * 24 * 60 * 60 * 1000;
+    assert!(
+        !other
+            .claim_redelivery("g-0", 1_600 + week, 2 * week)
+            .await
+            .unwrap(),
+        "kept for a week"
+    );
+    assert!(
+        other
+            .claim_redelivery("g-0", 1_601 + week, 2 * week)
+            .await
+            .unwrap(),
+        "forgotten after a week"
+    );
+
+    // A lease is held by one owner until it expires.
+    assert!(
+        store
+            .try_lease("backfill", "a", 1_000, 2_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !other
+            .try_lease("backfill", "b", 1_500, 2_500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .try_lease("backfill", "a", 1_500, 2_500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        other
+            .try_lease("backfill", "b", 2_600, 3_600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .try_lease("backfill", "a", 2_700, 3_700)
+            .await
+            .unwrap()
+    );
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1464,6 +1607,7 @@ on_both_stores!(
     counts_by_state_and_claim_times_for_metrics,
     deliveries_are_listed_with_their_jobs_and_why_other_triggers_did_not_fire,
     jobs_are_filtered_and_their_log_read_on_from_a_line,
+    installations_their_repositories_and_backfill_records,
 );
 
 #[test]

@@ -283,6 +283,31 @@ struct FakeState {
     /// Permissions of users on repositories, (repo, lower-case login) → `admin`/`write`/`read`/`none`;
     /// anyone not listed has `read` (as on a public repository), but the owner of the repository `admin`.
     permissions: HashMap<(String, String), String>,
+    /// Installations set up by [`FakeGitHub::install`]: id → (account, repositories). While there are none,
+    /// every repository is installed on `installation_id` (or 1).
+    installations: BTreeMap<u64, (String, Vec<String>)>,
+    /// Where the App's webhook delivers, and its secret ([`FakeGitHub::set_webhook`]).
+    webhook: Option<(String, String)>,
+    /// The App's webhook deliveries (every attempt), oldest first.
+    hook_deliveries: Vec<HookDelivery>,
+    /// The status nightshift answered each attempt sent in the background (a redelivery), by id.
+    attempt_status: Arc<Mutex<HashMap<u64, u16>>>,
+    /// The clone URL repos/get answers for a repository ([`FakeGitHub::set_clone_url`]).
+    clone_urls: HashMap<String, String>,
+}
+
+/// One attempt at delivering the App's webhook, as GitHub logs it (`GET /app/hook/deliveries`).
+#[derive(Clone, Debug)]
+pub struct HookDelivery {
+    pub id: u64,
+    pub guid: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub payload: Vec<u8>,
+    /// What the webhook answered; 0 when it answered nothing (down).
+    pub status_code: u16,
+    pub delivered_at: String,
+    pub redelivery: bool,
 }
 
 impl FakeState {
@@ -804,6 +829,91 @@ impl FakeGitHub {
         change(issue);
     }
 
+    /// Installs the App on `account` as installation `id`, with these repositories: from now on only
+    /// installed repositories have an installation (apps/get-repo-installation), and the installations are
+    /// listed (apps/list-installations, apps/list-repos-accessible-to-installation).
+    pub fn install(&self, id: u64, account: &str, repos: &[&str]) {
+        self.state().installations.insert(
+            id,
+            (
+                account.to_owned(),
+                repos.iter().map(|r| (*r).to_owned()).collect(),
+            ),
+        );
+    }
+
+    /// Takes a repository off an installation (what `installation_repositories` `removed` tells).
+    pub fn uninstall_repo(&self, id: u64, repo: &str) {
+        if let Some((_, repos)) = self.state().installations.get_mut(&id) {
+            repos.retain(|r| !r.eq_ignore_ascii_case(repo));
+        }
+    }
+
+    /// The clone URL repos/get answers for `repo` (a test's remote).
+    pub fn set_clone_url(&self, repo: &str, url: &str) {
+        self.state()
+            .clone_urls
+            .insert(repo.to_owned(), url.to_owned());
+    }
+
+    /// Where the App's webhook delivers (nightshift's `/webhooks/github`), signed with `secret`.
+    pub fn set_webhook(&self, url: &str, secret: &str) {
+        self.state().webhook = Some((url.to_owned(), secret.to_owned()));
+    }
+
+    /// Logs a delivery of the App's webhook that nightshift answered `status_code` (0: nothing, it was down)
+    /// without sending it: what GitHub's log shows after downtime. Returns its id.
+    pub fn log_delivery(&self, event: &str, guid: &str, payload: &[u8], status_code: u16) -> u64 {
+        let mut state = self.state();
+        let id = state.id();
+        let action = serde_json::from_slice::<Value>(payload)
+            .ok()
+            .and_then(|v| v["action"].as_str().map(str::to_owned));
+        state.hook_deliveries.push(HookDelivery {
+            id,
+            guid: guid.to_owned(),
+            event: event.to_owned(),
+            action,
+            payload: payload.to_vec(),
+            status_code,
+            delivered_at: now(),
+            redelivery: false,
+        });
+        id
+    }
+
+    /// Delivers the App's webhook to nightshift, signed, as GitHub would, and logs it with the answer.
+    pub async fn deliver(&self, event: &str, guid: &str, payload: &[u8]) -> u16 {
+        let (url, secret) = self.state().webhook.clone().expect("set_webhook first");
+        let status = post_webhook(&url, &secret, event, guid, payload).await;
+        self.log_delivery(event, guid, payload, status);
+        status
+    }
+
+    /// Every attempt in the App's delivery log, oldest first (redeliveries with the status they met).
+    pub fn hook_deliveries(&self) -> Vec<HookDelivery> {
+        let state = self.state();
+        let statuses = state.attempt_status.lock().unwrap().clone();
+        state
+            .hook_deliveries
+            .iter()
+            .map(|d| HookDelivery {
+                status_code: statuses.get(&d.id).copied().unwrap_or(d.status_code),
+                ..d.clone()
+            })
+            .collect()
+    }
+
+    /// The GUIDs nightshift asked to be delivered again, in the order it asked.
+    pub fn redelivered(&self) -> Vec<String> {
+        self.state()
+            .hook_deliveries
+            .iter()
+            .filter(|d| d.redelivery)
+            .map(|d| d.guid.clone())
+            .collect()
+    }
+
     /// Takes in what a webhook payload says exists on GitHub: its issue or pull request (head, base, state,
     /// author), added or brought up to date, and the installation's id.
     pub fn learn(&self, payload: &Value) {
@@ -1216,7 +1326,10 @@ async fn handle(
             ExpectedAuth::App { app_id },
             "apps/create-installation-access-token"
             | "apps/get-authenticated"
-            | "apps/get-repo-installation",
+            | "apps/get-repo-installation"
+            | "apps/list-installations"
+            | "apps/list-webhook-deliveries"
+            | "apps/redeliver-webhook-delivery",
         ) => presented.as_deref().and_then(jwt_issuer) == Some(app_id.to_string()),
         (ExpectedAuth::App { .. }, _) => presented
             .as_ref()
@@ -1308,6 +1421,9 @@ async fn handle(
         }
     }
 
+    let mut params = params;
+    // The installation a token belongs to, for the operations that answer per installation.
+    params.insert("token".into(), presented.clone().unwrap_or_default());
     let answer = ops::apply(inner, op.id.as_str(), &params, uri, &body);
     let (response, applied) = match answer {
         ops::Answer::Done(status, value, applied) => {
@@ -1363,4 +1479,24 @@ pub(crate) fn rewrite_urls(value: &mut Value, from: &str, to: &str) {
         Value::Object(map) => map.values_mut().for_each(|v| rewrite_urls(v, from, to)),
         _ => {}
     }
+}
+
+/// POSTs a webhook delivery signed with `secret`, as GitHub does; the status nightshift answered (0: none).
+pub(crate) async fn post_webhook(
+    url: &str,
+    secret: &str,
+    event: &str,
+    guid: &str,
+    payload: &[u8],
+) -> u16 {
+    let sent = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", guid)
+        .header("x-hub-signature-256", super::sign(secret, payload))
+        .body(payload.to_vec())
+        .send()
+        .await;
+    sent.map(|r| r.status().as_u16()).unwrap_or(0)
 }

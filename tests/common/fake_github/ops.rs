@@ -430,9 +430,183 @@ pub(super) fn apply(
             v["name"] = json!("nightshift test");
             Answer::Done(StatusCode::OK, v, false)
         }
+        "apps/list-installations" => {
+            let items = state
+                .installations
+                .iter()
+                .map(|(id, (account, _))| {
+                    let mut v = example("base-installation-items");
+                    v["id"] = json!(id);
+                    v["account"]["login"] = json!(account);
+                    v["app_slug"] = json!("nightshift-test");
+                    v["suspended_at"] = Value::Null;
+                    v
+                })
+                .collect();
+            drop(state);
+            page(inner, uri, items, None)
+        }
+        "apps/list-repos-accessible-to-installation" => {
+            // Tokens are `ghs_fake{installation}_{n}`; a token minted for one repository sees that one.
+            let token = params.get("token").cloned().unwrap_or_default();
+            let Some(id) = token
+                .strip_prefix("ghs_fake")
+                .and_then(|t| t.split('_').next())
+                .and_then(|id| id.parse::<u64>().ok())
+            else {
+                return Answer::Unexpected(
+                    StatusCode::FORBIDDEN,
+                    "listing an installation's repositories needs an installation token".into(),
+                );
+            };
+            let scoped: Option<Vec<String>> = state
+                .mints
+                .iter()
+                .find(|m| m.token == token)
+                .and_then(|m| m.body["repositories"].as_array().cloned())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect()
+                });
+            let repos = state
+                .installations
+                .get(&id)
+                .map(|(_, repos)| repos.clone())
+                .unwrap_or_default();
+            let items = repos
+                .iter()
+                .filter(|r| {
+                    scoped.as_ref().is_none_or(|names| {
+                        names
+                            .iter()
+                            .any(|n| r.split('/').nth(1) == Some(n.as_str()))
+                    })
+                })
+                .map(|r| {
+                    let mut v =
+                        super::SPEC.examples["repository-paginated-2"]["value"]["repositories"][0]
+                            .clone();
+                    rewrite_urls(&mut v, "octocat/Hello-World", r);
+                    v["full_name"] = json!(r);
+                    v["name"] = json!(r.split('/').nth(1).unwrap_or_default());
+                    v["owner"]["login"] = json!(r.split('/').next().unwrap_or_default());
+                    v
+                })
+                .collect();
+            drop(state);
+            page(inner, uri, items, Some("repositories"))
+        }
+        "apps/list-webhook-deliveries" => {
+            let statuses = state.attempt_status.lock().unwrap().clone();
+            let per_page = query
+                .get("per_page")
+                .and_then(|p| p.parse::<usize>().ok())
+                .unwrap_or(30)
+                .clamp(1, 100);
+            let before = query.get("cursor").and_then(|c| c.parse::<u64>().ok());
+            let newest_first: Vec<&super::HookDelivery> = state
+                .hook_deliveries
+                .iter()
+                .rev()
+                .filter(|d| before.is_none_or(|b| d.id < b))
+                .collect();
+            let more = newest_first.len() > per_page;
+            let items: Vec<Value> = newest_first
+                .iter()
+                .take(per_page)
+                .map(|d| {
+                    let status = statuses.get(&d.id).copied().unwrap_or(d.status_code);
+                    let mut v = example("hook-delivery-items");
+                    v["id"] = json!(d.id);
+                    v["guid"] = json!(d.guid);
+                    v["event"] = json!(d.event);
+                    v["action"] = json!(d.action);
+                    v["status_code"] = json!(status);
+                    v["status"] = json!(if (200..300).contains(&status) {
+                        "OK"
+                    } else {
+                        "failed"
+                    });
+                    v["delivered_at"] = json!(d.delivered_at);
+                    v["redelivery"] = json!(d.redelivery);
+                    v
+                })
+                .collect();
+            let last = newest_first[..newest_first.len().min(per_page)]
+                .last()
+                .map(|d| d.id);
+            drop(state);
+            let mut response = axum::Json(Value::Array(items)).into_response();
+            if let (true, Some(last)) = (more, last) {
+                let link = format!(
+                    "<{}/app/hook/deliveries?per_page={per_page}&cursor={last}>; rel=\"next\"",
+                    inner.url
+                );
+                response
+                    .headers_mut()
+                    .insert("link", HeaderValue::from_str(&link).unwrap());
+            }
+            Answer::Page(response)
+        }
+        "apps/redeliver-webhook-delivery" => {
+            let wanted = params
+                .get("delivery_id")
+                .and_then(|id| id.parse::<u64>().ok());
+            let Some(original) = state
+                .hook_deliveries
+                .iter()
+                .find(|d| Some(d.id) == wanted)
+                .cloned()
+            else {
+                return Answer::Refused(StatusCode::NOT_FOUND, "Not Found".into(), Value::Null);
+            };
+            let Some((url, secret)) = state.webhook.clone() else {
+                return Answer::Unexpected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "the fake has no webhook to redeliver to (set_webhook)".into(),
+                );
+            };
+            let id = state.id();
+            state.hook_deliveries.push(super::HookDelivery {
+                id,
+                delivered_at: now(),
+                redelivery: true,
+                status_code: 0,
+                ..original.clone()
+            });
+            // GitHub answers at once and delivers in the background.
+            let statuses = state.attempt_status.clone();
+            tokio::spawn(async move {
+                let status = super::post_webhook(
+                    &url,
+                    &secret,
+                    &original.event,
+                    &original.guid,
+                    &original.payload,
+                )
+                .await;
+                statuses.lock().unwrap().insert(id, status);
+            });
+            Answer::Done(StatusCode::ACCEPTED, json!({}), true)
+        }
         "apps/get-repo-installation" => {
+            let installed = state
+                .installations
+                .iter()
+                .find(|(_, (_, repos))| repos.iter().any(|r| r.eq_ignore_ascii_case(&repo)))
+                .map(|(id, (account, _))| (*id, account.clone()));
+            if !state.installations.is_empty() && installed.is_none() {
+                return Answer::Refused(StatusCode::NOT_FOUND, "Not Found".into(), Value::Null);
+            }
             let mut v = example("installation");
-            v["id"] = json!(state.installation_id.unwrap_or(1));
+            v["id"] = json!(
+                installed
+                    .as_ref()
+                    .map(|(id, _)| *id)
+                    .or(state.installation_id)
+                    .unwrap_or(1)
+            );
             v["app_slug"] = json!("nightshift-test");
             v["account"]["login"] = json!(repo.split('/').next().unwrap_or_default());
             Answer::Done(StatusCode::OK, v, false)
@@ -457,6 +631,9 @@ pub(super) fn apply(
             v["name"] = json!(params["repo"]);
             v["owner"]["login"] = json!(params["owner"]);
             v["default_branch"] = json!("main");
+            if let Some(url) = state.clone_urls.get(&repo) {
+                v["clone_url"] = json!(url);
+            }
             Answer::Done(StatusCode::OK, v, false)
         }
         "repos/get-collaborator-permission-level" => {
