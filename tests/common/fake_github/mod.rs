@@ -11,6 +11,7 @@
 //! outages. Answers GitHub would give by its rules (not faults) are kept in [`FakeGitHub::refusals`].
 
 pub mod diff;
+pub mod manifest;
 mod ops;
 
 pub use diff::diff_lines;
@@ -159,7 +160,12 @@ pub struct Mint {
 #[derive(Clone, Debug)]
 pub enum ExpectedAuth {
     Token(String),
-    App { app_id: u64 },
+    App {
+        app_id: u64,
+    },
+    /// No App yet: one is made through the manifest flow ([`manifest`]); from then on nightshift must
+    /// authenticate as it, with JWTs signed by its key.
+    Manifest,
 }
 
 /// Something created with a POST the fake keeps as it came: a review, an issue, a check run.
@@ -283,6 +289,14 @@ struct FakeState {
     /// Permissions of users on repositories, (repo, lower-case login) → `admin`/`write`/`read`/`none`;
     /// anyone not listed has `read` (as on a public repository), but the owner of the repository `admin`.
     permissions: HashMap<(String, String), String>,
+    /// Every manifest POSTed to the "create App" page.
+    manifests: Vec<Value>,
+    /// Manifests shown with their confirm button, by the form's id.
+    pending: HashMap<String, manifest::Pending>,
+    /// Codes handed out by the confirm button, not yet exchanged.
+    codes: HashMap<String, manifest::Pending>,
+    /// The App the manifest flow made.
+    manifest_app: Option<manifest::ManifestApp>,
 }
 
 impl FakeState {
@@ -600,6 +614,16 @@ impl FakeGitHub {
     /// Faults injected, with the call each hit.
     pub fn faults(&self) -> Vec<(String, Fault)> {
         self.state().injected.clone()
+    }
+
+    /// Every manifest POSTed to the "create App" page.
+    pub fn manifests(&self) -> Vec<Value> {
+        self.state().manifests.clone()
+    }
+
+    /// The App the manifest flow made, once its code was exchanged.
+    pub fn manifest_app(&self) -> Option<manifest::ManifestApp> {
+        self.state().manifest_app.clone()
     }
 
     pub fn installation_tokens(&self) -> Vec<String> {
@@ -1127,6 +1151,9 @@ async fn serve(
     let body = axum::body::to_bytes(Body::new(body), 64 << 20)
         .await
         .map_err(|_| Dropped)?;
+    if let Some(page) = manifest::page(&inner, &parts.method, &parts.uri, &body) {
+        return Ok(page);
+    }
     let call = format!("{} {}", parts.method, parts.uri);
     let write = parts.method != Method::GET && parts.method != Method::HEAD;
     let (response, outcome) = handle(
@@ -1222,6 +1249,23 @@ async fn handle(
             .as_ref()
             .is_some_and(|t| inner.state.lock().unwrap().token_is_live(t)),
         (ExpectedAuth::Token(token), _) => presented.as_deref() == Some(token.as_str()),
+        // Exchanging the code needs no credentials.
+        (ExpectedAuth::Manifest, "apps/create-from-manifest") => true,
+        (
+            ExpectedAuth::Manifest,
+            "apps/create-installation-access-token"
+            | "apps/get-authenticated"
+            | "apps/get-repo-installation",
+        ) => {
+            let app = inner.state.lock().unwrap().manifest_app.clone();
+            match (app, presented.as_deref()) {
+                (Some(app), Some(jwt)) => manifest::valid_app_jwt(jwt, &app),
+                _ => false,
+            }
+        }
+        (ExpectedAuth::Manifest, _) => presented
+            .as_ref()
+            .is_some_and(|t| inner.state.lock().unwrap().token_is_live(t)),
     };
     if !authorized {
         unexpected(format!("bad credentials ({presented:?})"));
@@ -1343,7 +1387,7 @@ impl Inner {
     fn own_login(&self) -> String {
         match self.auth {
             ExpectedAuth::Token(_) => TOKEN_LOGIN.to_owned(),
-            ExpectedAuth::App { .. } => APP_LOGIN.to_owned(),
+            ExpectedAuth::App { .. } | ExpectedAuth::Manifest => APP_LOGIN.to_owned(),
         }
     }
 }
