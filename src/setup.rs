@@ -760,7 +760,11 @@ mod tests {
         .unwrap();
         assert!(!github.has_credentials());
         assert!(github.learned_login().is_none());
-        let key = include_str!("../tests/fixtures/test-app-key.pem");
+        let key = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/test-app-key.pem"
+        ))
+        .unwrap();
         assert!(
             github
                 .use_app(9, "ns", SecretString::from("not a key"))
