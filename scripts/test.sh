@@ -14,6 +14,9 @@ need curl || missing+=(curl)
 need pgrep || missing+=(procps)
 # The store's tests run against a real Postgres too (src/store/tests.rs starts one per test).
 need initdb || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# The browser tests (tests/setup.rs) drive a real headless Chromium through chromedriver.
+need chromium || missing+=(chromium)
+need chromedriver || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null

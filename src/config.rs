@@ -242,6 +242,9 @@ impl Default for RetryPolicy {
 struct GithubFile {
     /// REST API base URL (GitHub Enterprise Server: `https://HOST/api/v3`).
     api_url: Option<String>,
+    /// GitHub's web address, where the App setup page sends the browser to create the App (GitHub
+    /// Enterprise Server: `https://HOST`). Default `https://github.com`.
+    web_url: Option<String>,
     /// GitHub App id; with `private_key`, nightshift authenticates as the App and mints installation tokens.
     app_id: Option<u64>,
     /// Path to the App's private key (PEM).
@@ -514,6 +517,7 @@ fn default_max_attempts() -> u32 {
 }
 
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
+pub const DEFAULT_WEB_URL: &str = "https://github.com";
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
@@ -545,6 +549,8 @@ pub enum GithubAuth {
 #[derive(Clone, Debug)]
 pub struct GithubConfig {
     pub api_url: String,
+    /// GitHub's web address (`https://github.com`), without a trailing slash.
+    pub web_url: String,
     /// The longest one call may take.
     pub timeout: Duration,
     pub bot_login: Option<String>,
@@ -789,6 +795,10 @@ fn resolve(
     let api_url = env("NIGHTSHIFT_GITHUB_API_URL")
         .or(github.api_url)
         .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+    let web_url = env("NIGHTSHIFT_GITHUB_WEB_URL")
+        .or(github.web_url)
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| DEFAULT_WEB_URL.to_owned());
     let webhook_secrets: Vec<SecretString> = match env("NIGHTSHIFT_WEBHOOK_SECRET") {
         Some(v) => v
             .lines()
@@ -973,6 +983,7 @@ fn resolve(
         max_job_log: file.max_job_log.unwrap_or(DEFAULT_MAX_JOB_LOG),
         github: GithubConfig {
             api_url,
+            web_url,
             timeout: github_timeout,
             bot_login: github_bot_login,
             auth,

@@ -18,6 +18,7 @@ pub mod repo;
 pub mod safe_fs;
 pub mod sandbox;
 pub mod server;
+pub mod setup;
 pub mod sink;
 pub mod skill;
 pub mod source;

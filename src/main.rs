@@ -430,7 +430,7 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
         Command::Serve => {
             // Before the runtime starts any thread: the environment may only change while there is one.
             let env = harden(&config)?;
-            config.require_webhook_secrets()?;
+            nightshift::setup::require_secrets_or_setup(&config)?;
             let loaded = load::load(std::slice::from_ref(&config.triggers), Some(&agents));
             if !loaded.diagnostics.is_empty() {
                 anyhow::bail!(

@@ -73,7 +73,11 @@ pub async fn serve(
     env: std::collections::HashMap<String, String>,
 ) -> Result<()> {
     let started = Instant::now();
-    let secrets = config.require_webhook_secrets()?.to_vec();
+    let mut config = config;
+    // An App set up in the browser earlier (config values win; see `setup::adopt_stored`).
+    crate::setup::adopt_stored(&mut config)?;
+    crate::setup::require_secrets_or_setup(&config)?;
+    let secrets = config.github.webhook_secrets.clone();
     let store = store::open(&config.store).await?;
     // Read before any delivery arrives: where looking for missed deliveries stops.
     let backfill_from = crate::source::backfill::first_bound(&*store).await?;
@@ -84,7 +88,6 @@ pub async fn serve(
              (set NIGHTSHIFT_GITHUB_TOKEN, or a GitHub App id and private key)"
         );
     }
-    let mut config = config;
     if config.github.bot_login.is_none() {
         match github.app_bot_login().await {
             Ok(Some(login)) => config.github.bot_login = Some(login),
@@ -188,15 +191,42 @@ pub async fn serve(
         ));
     }
 
-    let app = Router::new()
-        .merge(
-            webhook::routes(Arc::new(WebhookState::start(
-                intake.clone(),
-                pipeline.config.ingest.clone(),
-                secrets,
-            )))
+    let webhook_state = Arc::new(WebhookState::start(
+        intake.clone(),
+        pipeline.config.ingest.clone(),
+        secrets,
+    ));
+    let mut app = Router::new().merge(
+        webhook::routes(webhook_state.clone())
             .layer(axum::middleware::from_fn(crate::metrics::count_deliveries)),
-        )
+    );
+    // No credentials at all: the App can be set up in a browser, at a URL printed once.
+    if !pipeline.github.has_credentials() {
+        let public_url = match &pipeline.config.public_url {
+            Some(url) => url.clone(),
+            None => {
+                warn!(
+                    "public_url is not set: the App set up in the browser would get webhooks at http://{address}, \
+                     which GitHub cannot reach from outside this machine"
+                );
+                format!("http://{address}")
+            }
+        };
+        let setup = crate::setup::Setup::new(
+            &pipeline.config,
+            &public_url,
+            pipeline.github.clone(),
+            webhook_state.clone(),
+        );
+        // Printed once, to the terminal, not through the log (the URL holds the setup token).
+        eprintln!(
+            "\nnightshift has no GitHub App yet. Set one up in a browser (this URL works once, until it is \
+             done):\n\n    {}\n",
+            setup.url()
+        );
+        app = app.merge(crate::setup::routes(setup));
+    }
+    let app = app
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", {
             let pipeline = pipeline.clone();

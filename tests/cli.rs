@@ -109,13 +109,17 @@ fn serve_refuses_to_start_on_invalid_triggers() {
     );
 }
 
+/// (Without any credentials either, serve starts and offers the App's setup in a browser: tests/setup.rs.)
 #[test]
-fn serve_without_a_webhook_secret_is_a_clear_error() {
+fn serve_with_a_token_but_without_a_webhook_secret_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = nightshift(
         dir.path(),
         &["serve"],
-        &[("NIGHTSHIFT_LISTEN", "127.0.0.1:0")],
+        &[
+            ("NIGHTSHIFT_LISTEN", "127.0.0.1:0"),
+            ("NIGHTSHIFT_GITHUB_TOKEN", "ghp_not_used"),
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);

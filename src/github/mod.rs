@@ -288,8 +288,12 @@ type Installation = (Octocrab, Mutex<()>);
 
 /// Hands out [`RepoClient`]s.
 pub struct GitHub {
-    auth: Auth,
+    /// How nightshift authenticates, swapped once when the App is set up in the browser
+    /// ([`GitHub::use_app`]): clients already handed out keep the credentials they were made with.
+    auth: std::sync::RwLock<Arc<Auth>>,
     settings: Arc<CallSettings>,
+    /// The App's login (`SLUG[bot]`) learned when it was set up in the browser.
+    learned_login: std::sync::OnceLock<String>,
 }
 
 // One value per process: the size of its variants does not matter.
@@ -304,23 +308,19 @@ enum Auth {
     None,
 }
 
-impl GitHub {
-    pub fn new(config: &GithubConfig) -> Result<Arc<GitHub>> {
-        let settings = Arc::new(CallSettings {
-            api_url: config.api_url.clone(),
-            timeout: config.timeout,
-            max_wait: CallSettings::default().max_wait,
-        });
+impl Auth {
+    fn build(auth: &GithubAuth, settings: &Arc<CallSettings>) -> Result<Auth> {
         // Connect and read timeouts on every call; octocrab retries nothing (its `retry` feature is off):
         // the one retry layer is `call`.
+        let timeout = settings.timeout;
         let builder = || {
             Octocrab::builder()
-                .set_connect_timeout(Some(config.timeout.min(std::time::Duration::from_secs(10))))
-                .set_read_timeout(Some(config.timeout))
-                .set_write_timeout(Some(config.timeout))
-                .base_uri(config.api_url.as_str())
+                .set_connect_timeout(Some(timeout.min(std::time::Duration::from_secs(10))))
+                .set_read_timeout(Some(timeout))
+                .set_write_timeout(Some(timeout))
+                .base_uri(settings.api_url.as_str())
         };
-        let auth = match &config.auth {
+        Ok(match auth {
             GithubAuth::App {
                 app_id,
                 private_key_pem,
@@ -348,13 +348,55 @@ impl GitHub {
                 settings.clone(),
             )),
             GithubAuth::None => Auth::None,
-        };
-        Ok(Arc::new(GitHub { auth, settings }))
+        })
+    }
+}
+
+impl GitHub {
+    pub fn new(config: &GithubConfig) -> Result<Arc<GitHub>> {
+        let settings = Arc::new(CallSettings {
+            api_url: config.api_url.clone(),
+            timeout: config.timeout,
+            max_wait: CallSettings::default().max_wait,
+        });
+        let auth = Auth::build(&config.auth, &settings)?;
+        Ok(Arc::new(GitHub {
+            auth: std::sync::RwLock::new(Arc::new(auth)),
+            settings,
+            learned_login: std::sync::OnceLock::new(),
+        }))
+    }
+
+    fn auth(&self) -> Arc<Auth> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The App's login learned when it was set up in the browser (`SLUG[bot]`), if it was.
+    pub fn learned_login(&self) -> Option<&str> {
+        self.learned_login.get().map(String::as_str)
+    }
+
+    /// From now on, authenticates as the GitHub App `app_id` with `private_key_pem` (the App set up in the
+    /// browser, `crate::setup`): the next client handed out is the App's. The key is registered for
+    /// redaction first.
+    pub fn use_app(&self, app_id: u64, slug: &str, private_key_pem: SecretString) -> Result<()> {
+        crate::redact::global().add(private_key_pem.expose_secret());
+        let auth = Auth::build(
+            &GithubAuth::App {
+                app_id,
+                private_key_pem,
+            },
+            &self.settings,
+        )?;
+        *self.auth.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(auth);
+        let _ = self.learned_login.set(format!("{slug}[bot]"));
+        Ok(())
     }
 
     /// nightshift's own login on GitHub when it runs as an App (`SLUG[bot]`), asked of GitHub.
     pub async fn app_bot_login(&self) -> Result<Option<String>> {
-        let Auth::App { app, .. } = &self.auth else {
+        let auth = self.auth();
+        let Auth::App { app, .. } = &*auth else {
             return Ok(None);
         };
         let me = call::request(
@@ -371,7 +413,7 @@ impl GitHub {
 
     /// True when nightshift can deliver results (false: dry run).
     pub fn has_credentials(&self) -> bool {
-        !matches!(self.auth, Auth::None)
+        !matches!(*self.auth(), Auth::None)
     }
 
     /// [`GitHub::client`], or None in a dry run (no credentials): what sinks take.
@@ -395,7 +437,7 @@ impl GitHub {
         repo: &RepoName,
         permissions: Permissions,
     ) -> Result<Option<(RepoClient, String)>> {
-        match &self.auth {
+        match &*self.auth() {
             Auth::None => Ok(None),
             Auth::Token(client) => Ok(Some((
                 client.clone(),
@@ -432,7 +474,7 @@ impl GitHub {
 
     /// A client for the installation an event came from (App auth) or the configured token.
     pub async fn client(&self, installation: Option<InstallationId>) -> Result<RepoClient> {
-        match &self.auth {
+        match &*self.auth() {
             Auth::Token(client) => Ok(client.clone()),
             Auth::App { app, installations } => {
                 let Some(id) = installation else {
@@ -508,12 +550,14 @@ const MAX_LISTED: usize = 100_000;
 impl GitHub {
     /// True when nightshift runs as a GitHub App.
     pub fn is_app(&self) -> bool {
-        matches!(self.auth, Auth::App { .. })
+        matches!(*self.auth(), Auth::App { .. })
     }
 
-    fn app(&self) -> Option<&Octocrab> {
-        match &self.auth {
-            Auth::App { app, .. } => Some(app),
+    /// The App's client (authenticated with its JWT), as the credentials are now (they change once, when
+    /// the App is set up in the browser).
+    fn app(&self) -> Option<Octocrab> {
+        match &*self.auth() {
+            Auth::App { app, .. } => Some(app.clone()),
             _ => None,
         }
     }
@@ -524,7 +568,7 @@ impl GitHub {
             return Ok(None);
         };
         let listed = call::get_all(
-            app,
+            &app,
             &self.settings,
             "listing the App's installations",
             "/app/installations",
@@ -587,7 +631,7 @@ impl GitHub {
         };
         let what = format!("asking GitHub which installation covers {repo}");
         let route = format!("/repos/{repo}/installation");
-        match call::request(app, &self.settings, &what, call::Verb::Get, &route, None).await {
+        match call::request(&app, &self.settings, &what, call::Verb::Get, &route, None).await {
             Ok(i) => Ok(i["id"].as_i64().map(|id| AppInstallation {
                 id,
                 account: i["account"]["login"]
@@ -612,7 +656,7 @@ impl GitHub {
         };
         let route = next.unwrap_or("/app/hook/deliveries?per_page=100");
         let (page, link) = call::get_page(
-            app,
+            &app,
             &self.settings,
             "listing the App's webhook deliveries",
             route,
@@ -630,7 +674,7 @@ impl GitHub {
             bail!("redelivering webhooks needs a GitHub App");
         };
         call::request(
-            app,
+            &app,
             &self.settings,
             &format!("asking GitHub to redeliver webhook delivery {id}"),
             call::Verb::PostRepeatable,

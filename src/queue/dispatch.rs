@@ -161,7 +161,7 @@ fn lane(delivery: &StoredDelivery) -> String {
 /// a trigger filters on paths (from the API: GitHub puts no file list in pull request payloads).
 async fn match_input(pipeline: &Pipeline, event: &Event, sets: &[Arc<TriggerSet>]) -> MatchInput {
     let mut input = MatchInput {
-        bot_login: pipeline.config.github.bot_login.clone(),
+        bot_login: pipeline.bot_login().map(str::to_owned),
         max_depth: Some(pipeline.config.max_depth),
         verify: pipeline.config.verify.clone(),
         ..Default::default()
@@ -247,7 +247,7 @@ const MAX_MARKERS: usize = 16;
 /// found). When nightshift does not know its account, the marker in the event's own text is all it has
 /// (as for trust, see `is_from_nightshift`).
 async fn lineage_depth(pipeline: &Pipeline, event: &Event) -> u32 {
-    let bot = pipeline.config.github.bot_login.as_deref();
+    let bot = pipeline.bot_login();
     if !crate::trigger::is_from_nightshift(event, bot) {
         return 0;
     }

@@ -20,6 +20,11 @@ use crate::trigger::TriggerSet;
 pub use crate::trigger::job::JobSpec;
 
 impl Pipeline {
+    /// nightshift's own login: configured or learned at start, or the App's set up in the browser since.
+    pub fn bot_login(&self) -> Option<&str> {
+        (self.config.github.bot_login.as_deref()).or_else(|| self.github.learned_login())
+    }
+
     /// The triggers in force now.
     pub fn triggers(&self) -> Arc<TriggerSet> {
         self.triggers.get()

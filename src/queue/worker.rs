@@ -611,7 +611,7 @@ fn sink_context<'a>(
         spec,
         store: &pipeline.store,
         client,
-        own_login: pipeline.config.github.bot_login.as_deref(),
+        own_login: pipeline.bot_login(),
         owner,
         lease: pipeline.config.job_lease,
         public_url: pipeline.config.public_url.as_deref(),

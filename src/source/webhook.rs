@@ -27,7 +27,7 @@ const DRAINED_WHEN_REFUSED: usize = 1024 * 1024;
 pub const MAX_PAYLOAD: usize = 25 * 1024 * 1024;
 
 pub struct WebhookState {
-    pub secrets: Vec<SecretString>,
+    pub secrets: std::sync::RwLock<Vec<SecretString>>,
     /// The endpoint's limits.
     pub ingest: IngestConfig,
     /// Stores deliveries in batches (group commit).
@@ -43,7 +43,7 @@ impl WebhookState {
             writer: Writer::start(intake, &ingest),
             budget: BodyBudget::new(ingest.body_budget),
             ingest,
-            secrets,
+            secrets: std::sync::RwLock::new(secrets),
         }
     }
 }
@@ -165,7 +165,7 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
             return refuse(StatusCode::BAD_REQUEST, &format!("reading the body: {e}"));
         }
     };
-    if !verify_signature(&state.secrets, &body, signature) {
+    if !verify_signature(&state.secrets.read().unwrap(), &body, signature) {
         warn!("webhook with a wrong signature refused");
         return reply(StatusCode::UNAUTHORIZED, "signature does not match");
     }

@@ -97,6 +97,8 @@ pub fn commit_all(dir: &Path, message: &str) {
 pub enum Auth {
     Token,
     App,
+    /// No GitHub credentials and no webhook secret: the App is set up in the browser (the manifest flow).
+    Manifest,
 }
 
 /// Adds lines (indented by two spaces) to the service config's `ingest:` block.
@@ -213,6 +215,7 @@ impl Spine {
         let github = FakeGitHub::start(match auth {
             Auth::Token => ExpectedAuth::Token(TOKEN.into()),
             Auth::App => ExpectedAuth::App { app_id: APP_ID },
+            Auth::Manifest => ExpectedAuth::Manifest,
         })
         .await;
         let credentials = match auth {
@@ -223,6 +226,11 @@ impl Spine {
                     .join("tests/fixtures/test-app-key.pem")
                     .display()
             ),
+            Auth::Manifest => String::new(),
+        };
+        let webhook_secrets = match auth {
+            Auth::Manifest => String::new(),
+            _ => format!("  webhook_secrets: [\"rotated-away\", \"{SECRET}\"]\n"),
         };
         let agents = manifest_dir().join("tests/agents");
         // Tests send one example body under many delivery ids: replay protection is off here, and on in
@@ -233,7 +241,7 @@ impl Spine {
             format!(
                 "listen: 127.0.0.1:0\nstore: sqlite://{root}/state/nightshift.db\ndata_dir: {root}/data\n\
                  triggers: {root}/triggers\nworkers: 2\njob_lease: 2s\nretry:\n  backoff: 200ms\ngit:\n  file_roots: [{root}]\n  http_hosts: [127.0.0.1]\n\
-                 github:\n  api_url: {api}\n  timeout: 5s\n{credentials}  webhook_secrets: [\"rotated-away\", \"{SECRET}\"]\n\
+                 github:\n  api_url: {api}\n  timeout: 5s\n  web_url: {api}\n{credentials}{webhook_secrets}\
                  agents:\n\
                  \x20 reply: {{command: [{agents}/reply.sh], timeout: 30s}}\n\
                  \x20 edit: {{command: [{agents}/edit.sh], timeout: 30s}}\n\

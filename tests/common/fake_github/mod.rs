@@ -11,6 +11,7 @@
 //! outages. Answers GitHub would give by its rules (not faults) are kept in [`FakeGitHub::refusals`].
 
 pub mod diff;
+pub mod manifest;
 mod ops;
 
 pub use diff::diff_lines;
@@ -159,7 +160,12 @@ pub struct Mint {
 #[derive(Clone, Debug)]
 pub enum ExpectedAuth {
     Token(String),
-    App { app_id: u64 },
+    App {
+        app_id: u64,
+    },
+    /// No App yet: one is made through the manifest flow ([`manifest`]); from then on nightshift must
+    /// authenticate as it, with JWTs signed by its key.
+    Manifest,
 }
 
 /// Something created with a POST the fake keeps as it came: a review, an issue, a check run.
@@ -294,6 +300,14 @@ struct FakeState {
     attempt_status: Arc<Mutex<HashMap<u64, u16>>>,
     /// The clone URL repos/get answers for a repository ([`FakeGitHub::set_clone_url`]).
     clone_urls: HashMap<String, String>,
+    /// Every manifest POSTed to the "create App" page.
+    manifests: Vec<Value>,
+    /// Manifests shown with their confirm button, by the form's id.
+    pending: HashMap<String, manifest::Pending>,
+    /// Codes handed out by the confirm button, not yet exchanged.
+    codes: HashMap<String, manifest::Pending>,
+    /// The App the manifest flow made.
+    manifest_app: Option<manifest::ManifestApp>,
 }
 
 /// One attempt at delivering the App's webhook, as GitHub logs it (`GET /app/hook/deliveries`).
@@ -625,6 +639,16 @@ impl FakeGitHub {
     /// Faults injected, with the call each hit.
     pub fn faults(&self) -> Vec<(String, Fault)> {
         self.state().injected.clone()
+    }
+
+    /// Every manifest POSTed to the "create App" page.
+    pub fn manifests(&self) -> Vec<Value> {
+        self.state().manifests.clone()
+    }
+
+    /// The App the manifest flow made, once its code was exchanged.
+    pub fn manifest_app(&self) -> Option<manifest::ManifestApp> {
+        self.state().manifest_app.clone()
     }
 
     pub fn installation_tokens(&self) -> Vec<String> {
@@ -1237,6 +1261,9 @@ async fn serve(
     let body = axum::body::to_bytes(Body::new(body), 64 << 20)
         .await
         .map_err(|_| Dropped)?;
+    if let Some(page) = manifest::page(&inner, &parts.method, &parts.uri, &body) {
+        return Ok(page);
+    }
     let call = format!("{} {}", parts.method, parts.uri);
     let write = parts.method != Method::GET && parts.method != Method::HEAD;
     let (response, outcome) = handle(
@@ -1335,6 +1362,23 @@ async fn handle(
             .as_ref()
             .is_some_and(|t| inner.state.lock().unwrap().token_is_live(t)),
         (ExpectedAuth::Token(token), _) => presented.as_deref() == Some(token.as_str()),
+        // Exchanging the code needs no credentials.
+        (ExpectedAuth::Manifest, "apps/create-from-manifest") => true,
+        (
+            ExpectedAuth::Manifest,
+            "apps/create-installation-access-token"
+            | "apps/get-authenticated"
+            | "apps/get-repo-installation",
+        ) => {
+            let app = inner.state.lock().unwrap().manifest_app.clone();
+            match (app, presented.as_deref()) {
+                (Some(app), Some(jwt)) => manifest::valid_app_jwt(jwt, &app),
+                _ => false,
+            }
+        }
+        (ExpectedAuth::Manifest, _) => presented
+            .as_ref()
+            .is_some_and(|t| inner.state.lock().unwrap().token_is_live(t)),
     };
     if !authorized {
         unexpected(format!("bad credentials ({presented:?})"));
@@ -1459,7 +1503,7 @@ impl Inner {
     fn own_login(&self) -> String {
         match self.auth {
             ExpectedAuth::Token(_) => TOKEN_LOGIN.to_owned(),
-            ExpectedAuth::App { .. } => APP_LOGIN.to_owned(),
+            ExpectedAuth::App { .. } | ExpectedAuth::Manifest => APP_LOGIN.to_owned(),
         }
     }
 }

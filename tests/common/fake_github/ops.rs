@@ -424,6 +424,13 @@ pub(super) fn apply(
             v["expires_at"] = json!(humantime::format_rfc3339_millis(at + life).to_string());
             Answer::Done(StatusCode::CREATED, v, true)
         }
+        "apps/create-from-manifest" => match params
+            .get("code")
+            .and_then(|code| super::manifest::convert(&mut state, code))
+        {
+            Some((_, v)) => Answer::Done(StatusCode::CREATED, v, true),
+            None => Answer::Refused(StatusCode::NOT_FOUND, "Not Found".into(), Value::Null),
+        },
         "apps/get-authenticated" => {
             let mut v = example("integration");
             v["slug"] = json!("nightshift-test");
@@ -612,7 +619,7 @@ pub(super) fn apply(
             Answer::Done(StatusCode::OK, v, false)
         }
         "users/get-authenticated" => {
-            if matches!(inner.auth, super::ExpectedAuth::App { .. }) {
+            if !matches!(inner.auth, super::ExpectedAuth::Token(_)) {
                 return Answer::Unexpected(
                     StatusCode::FORBIDDEN,
                     "Resource not accessible by integration (GET /user with an installation token)"
