@@ -14,6 +14,9 @@ const STAGES: &[(&str, u8)] = &[
     ("agent", 4),
     ("sink", 5),
     ("server", 9),
+    // The App's setup in the browser is wired by the server, beside it: it hands the new webhook secret to
+    // the webhook source.
+    ("setup", 9),
 ];
 
 /// The documented exceptions: (file or folder under src/, imported module).

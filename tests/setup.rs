@@ -133,6 +133,23 @@ async fn the_app_is_set_up_in_a_real_browser_and_jobs_then_run_as_it() {
     assert_eq!(comments.len(), 1);
     assert_eq!(comments[0].author, common::fake_github::APP_LOGIN);
 
+    // The App's own sources start without a restart: its missed deliveries are looked for as the App.
+    let mut looked = false;
+    for _ in 0..300 {
+        if spine
+            .server
+            .as_ref()
+            .unwrap()
+            .log()
+            .contains("missed deliveries looked for")
+        {
+            looked = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(looked, "{}", spine.server.as_ref().unwrap().log());
+
     // The setup routes are gone, token or not.
     let client = http();
     assert_eq!(client.get(&url).send().await.unwrap().status(), 404);

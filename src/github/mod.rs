@@ -416,6 +416,22 @@ impl GitHub {
         !matches!(*self.auth(), Auth::None)
     }
 
+    /// Whether nightshift runs as an App, waiting for it while there are no credentials yet (the App may be
+    /// set up in the browser at any moment, without a restart): `Some(waited)` once it is an App, `None`
+    /// under a token, which never becomes one.
+    pub async fn app_ready(&self) -> Option<bool> {
+        let mut waited = false;
+        loop {
+            match &*self.auth() {
+                Auth::App { .. } => return Some(waited),
+                Auth::None => {}
+                _ => return None,
+            }
+            waited = true;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     /// [`GitHub::client`], or None in a dry run (no credentials): what sinks take.
     pub async fn client_if_any(
         &self,

@@ -167,7 +167,7 @@ fn refused_on_purpose(status: Option<i64>) -> bool {
 /// Runs a pass at start (back to `bound`, from [`first_bound`]) and every [`EVERY`] (back to the previous
 /// pass). App auth only.
 pub async fn run(store: Arc<dyn Store>, github: Arc<GitHub>, bound: i64) {
-    if !github.is_app() {
+    if github.app_ready().await.is_none() {
         info!(
             "missed deliveries are not asked for again: that needs a GitHub App (GitHub keeps the App's delivery \
              log); with a token, deliveries sent while nightshift is down are lost"

@@ -159,13 +159,16 @@ static FIRST_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 /// Lists the installations again every [`RELIST_EVERY`] after the first listing ([`first_sync`], which the
 /// schedules run before their first tick); a failed listing is tried again a minute later. App auth only.
 pub async fn run(store: Arc<dyn Store>, github: Arc<GitHub>) {
-    if !github.is_app() {
+    let Some(set_up_since) = github.app_ready().await else {
         return;
-    }
+    };
     let mut wait = RELIST_EVERY;
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    if !FIRST_FAILED.load(std::sync::atomic::Ordering::Relaxed) {
-        tokio::time::sleep(RELIST_EVERY - Duration::from_secs(60)).await;
+    // An App set up in the browser since the start had no first listing: it gets one now.
+    if !set_up_since {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if !FIRST_FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(RELIST_EVERY - Duration::from_secs(60)).await;
+        }
     }
     loop {
         match sync(&*store, &github).await {

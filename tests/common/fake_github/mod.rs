@@ -1368,7 +1368,10 @@ async fn handle(
             ExpectedAuth::Manifest,
             "apps/create-installation-access-token"
             | "apps/get-authenticated"
-            | "apps/get-repo-installation",
+            | "apps/get-repo-installation"
+            | "apps/list-installations"
+            | "apps/list-webhook-deliveries"
+            | "apps/redeliver-webhook-delivery",
         ) => {
             let app = inner.state.lock().unwrap().manifest_app.clone();
             match (app, presented.as_deref()) {
