@@ -55,7 +55,7 @@ YML
   local addr=$(grep -o 'address=[^ ]*' "$dir/log" | head -1 | cut -d= -f2)
   local idle_kb=$(ps -o rss= -p $pid)
   local out=$(WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$addr")
-  local codes=$(grep -c 'delivery stored' "$dir/log" || true)
+  local codes=$(grep -c "delivery stored" "$dir/log" || true)
   echo "nightshift $2: start-to-ready ${ready_ms} ms (startup_ms $(grep -o 'startup_ms=[0-9]*' "$dir/log" | cut -d= -f2)), idle RSS ${idle_kb} KB, stored $codes"
   echo "$out" | grep -E 'Requests/sec|50%|99%|Non-2xx' | sed 's/^/  /'
   kill $pid; wait $pid 2>/dev/null || true
