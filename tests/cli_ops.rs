@@ -10,7 +10,6 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::postgres::PgServer;
 use common::{Auth, Spine};
 use nightshift::store::{JobRecord, JobState, Store};
 
@@ -41,36 +40,6 @@ fn assert_terminal_safe(text: &str) {
             "{c:?} reached the terminal in:\n{text}"
         );
     }
-}
-
-/// Points the spine's config at a Postgres the test starts (or keeps its SQLite); the store to look at.
-async fn use_store(spine: &Spine, postgres: bool) -> (Option<PgServer>, std::sync::Arc<dyn Store>) {
-    let (server, url) = if postgres {
-        let server = PgServer::start();
-        let url = server.url();
-        (Some(server), url)
-    } else {
-        let url = format!(
-            "sqlite://{}/state/nightshift.db",
-            spine.dir.path().display()
-        );
-        (None, url)
-    };
-    let text = std::fs::read_to_string(&spine.config).unwrap();
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("store:") {
-                format!("store: \"{url}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&spine.config, text + "\n").unwrap();
-    let store = nightshift::store::open(&url).await.unwrap();
-    (server, store)
 }
 
 async fn wait_for(
@@ -242,7 +211,8 @@ async fn following_a_running_job_prints_its_lines_and_exits_with_its_outcome(pos
          \x20 talkfail: {{command: [{talk}, {gate}, \"3\"], timeout: 60s, shared: {{writable: [{gate}]}}}}\n",
         talk = talk.display()
     ));
-    let (_server, store) = use_store(&spine, postgres).await;
+    let db = spine.use_store(postgres).await;
+    let store = db.store.clone();
     spine.start().await;
     spine
         .deliver_example("issues", "follow-1", "issues/opened.json")

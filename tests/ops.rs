@@ -6,10 +6,9 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use common::postgres::PgServer;
 use common::{Auth, Spine};
 use nightshift::ids::JobId;
-use nightshift::store::{JobRecord, JobState, Store};
+use nightshift::store::{JobRecord, JobState};
 
 const WAITING: (&str, &str) = (
     "triage.yml",
@@ -35,45 +34,11 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The store `serve` uses: SQLite (the spine's), or a Postgres the test starts.
-struct Db {
-    _server: Option<PgServer>,
-    store: std::sync::Arc<dyn Store>,
-}
-
-async fn use_store(spine: &Spine, postgres: bool) -> Db {
-    let (server, url) = if postgres {
-        let server = PgServer::start();
-        let url = server.url();
-        (Some(server), url)
-    } else {
-        let url = format!(
-            "sqlite://{}/state/nightshift.db",
-            spine.dir.path().display()
-        );
-        (None, url)
-    };
-    let text = std::fs::read_to_string(&spine.config).unwrap();
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("store:") {
-                format!("store: \"{url}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&spine.config, text + "\n").unwrap();
-    let store = nightshift::store::open(&url).await.unwrap();
-    Db {
-        _server: server,
-        store,
-    }
-}
-
-async fn wait_for(db: &Db, what: &str, done: impl Fn(&[JobRecord]) -> bool) -> Vec<JobRecord> {
+async fn wait_for(
+    db: &common::Db,
+    what: &str,
+    done: impl Fn(&[JobRecord]) -> bool,
+) -> Vec<JobRecord> {
     for _ in 0..600 {
         let jobs = db.store.jobs().await.unwrap();
         if done(&jobs) {
@@ -99,7 +64,7 @@ async fn wait_for_file(path: &std::path::Path) {
 /// spec, naming the one it retries. What makes no sense is refused with a clear error.
 async fn a_running_job_is_cancelled_and_retried_from_the_command_line(postgres: bool) {
     let mut spine = Spine::new(Auth::Token, &[WAITING]).await;
-    let db = use_store(&spine, postgres).await;
+    let db = spine.use_store(postgres).await;
     spine.start().await;
     spine
         .deliver_example("issues", "ops-1", "issues/opened.json")
@@ -202,7 +167,7 @@ async fn a_queued_job_is_cancelled_at_once_and_never_runs() {
     let mut spine = Spine::new(Auth::Token, &[WAITING]).await;
     let text = std::fs::read_to_string(&spine.config).unwrap();
     std::fs::write(&spine.config, text.replace("workers: 2", "workers: 1")).unwrap();
-    let db = use_store(&spine, false).await;
+    let db = spine.use_store(false).await;
     spine.start().await;
     spine
         .deliver_example("issues", "q-1", "issues/opened.json")
@@ -243,7 +208,7 @@ async fn prune_removes_old_finished_jobs_and_their_folders() {
     );
     let mut spine = Spine::new(Auth::Token, &[reply]).await;
     common::append_config(&spine, "prune:\n  jobs: 1h\n  logs: 1h\n  payloads: 1h\n");
-    let db = use_store(&spine, false).await;
+    let db = spine.use_store(false).await;
     spine.start().await;
     spine
         .deliver_example("issues", "p-1", "issues/opened.json")

@@ -234,14 +234,18 @@ async fn bad_deliveries_are_refused_and_nothing_is_stored() {
         ("X-Hub-Signature-256", &sign(common::SECRET, &text)),
     ];
     assert_eq!(spine.post(&text, &text_headers).await, 400);
-    // Above GitHub's 25 MB maximum: 413.
+    // Above GitHub's 25 MB maximum: 413, answered unread (tests/ingest.rs sends the headers alone), and the
+    // connection closed: a client still writing the body may see the close before the answer.
     let huge = vec![b' '; 25 * 1024 * 1024 + 1];
     let huge_headers = [
         ("X-GitHub-Event", "issues"),
         ("X-GitHub-Delivery", "f"),
         ("X-Hub-Signature-256", &sign(common::SECRET, &huge)),
     ];
-    assert_eq!(spine.post(&huge, &huge_headers).await, 413);
+    match spine.try_post(&huge, &huge_headers).await {
+        Ok(status) => assert_eq!(status, 413),
+        Err(e) => assert!(e.is_request(), "{e:?}"),
+    }
 
     assert_eq!(spine.store().await.delivery_count().await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;

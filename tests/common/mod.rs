@@ -420,6 +420,16 @@ impl Spine {
     }
 
     pub async fn post(&self, body: &[u8], headers: &[(&str, &str)]) -> reqwest::StatusCode {
+        self.try_post(body, headers).await.unwrap()
+    }
+
+    /// [`Spine::post`], or the error of a request whose connection the server closed (a body refused
+    /// unread: the client may still be writing it when the answer and the close come).
+    pub async fn try_post(
+        &self,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> reqwest::Result<reqwest::StatusCode> {
         nightshift::install_tls_provider();
         let mut request = reqwest::Client::new()
             .post(format!("{}/webhooks/github", self.url()))
@@ -428,7 +438,7 @@ impl Spine {
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        request.send().await.unwrap().status()
+        request.send().await.map(|r| r.status())
     }
 
     pub async fn store(&mut self) -> &SqliteStore {
@@ -512,4 +522,43 @@ pub fn agent_processes(gate: &Path) -> usize {
         })
         .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(gate))
         .count()
+}
+
+/// The store `serve` uses in a test: the spine's SQLite, or a Postgres the test started (kept running while
+/// this lives).
+pub struct Db {
+    _server: Option<postgres::PgServer>,
+    pub store: std::sync::Arc<dyn nightshift::store::Store>,
+}
+
+impl Spine {
+    /// Points the spine's config at a Postgres started here (or keeps its SQLite); the store to look at.
+    pub async fn use_store(&self, postgres: bool) -> Db {
+        let (server, url) = if postgres {
+            let server = postgres::PgServer::start();
+            let url = server.url();
+            (Some(server), url)
+        } else {
+            let url = format!("sqlite://{}/state/nightshift.db", self.dir.path().display());
+            (None, url)
+        };
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("store:") {
+                    format!("store: \"{url}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&self.config, text + "\n").unwrap();
+        let store = nightshift::store::open(&url).await.unwrap();
+        Db {
+            _server: server,
+            store,
+        }
+    }
 }
