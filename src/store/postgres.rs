@@ -1478,16 +1478,7 @@ impl Store for PostgresStore {
 
     async fn add_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for repo in repos {
-            sqlx::query(
-                "INSERT INTO installation_repositories (installation_id, full_name) VALUES ($1, $2)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(installation)
-            .bind(text(repo))
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_installed_repos(&mut tx, installation, repos).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1514,16 +1505,7 @@ impl Store for PostgresStore {
             .bind(installation)
             .execute(&mut *tx)
             .await?;
-        for repo in repos {
-            sqlx::query(
-                "INSERT INTO installation_repositories (installation_id, full_name) VALUES ($1, $2)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(installation)
-            .bind(text(repo))
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_installed_repos(&mut tx, installation, repos).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1668,6 +1650,25 @@ impl PostgresStore {
         }
         Ok(records)
     }
+}
+
+/// Adds `repos` to an installation's list (those listed already stay), inside the caller's transaction.
+async fn insert_installed_repos(
+    conn: &mut sqlx::PgConnection,
+    installation: i64,
+    repos: &[String],
+) -> Result<()> {
+    for repo in repos {
+        sqlx::query(
+            "INSERT INTO installation_repositories (installation_id, full_name) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(installation)
+        .bind(text(repo))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Rows one retention batch removes (one short transaction each).

@@ -1235,16 +1235,7 @@ impl Store for SqliteStore {
 
     async fn add_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for repo in repos {
-            sqlx::query(
-                "INSERT INTO installation_repositories (installation_id, full_name) VALUES (?, ?)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(installation)
-            .bind(repo)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_installed_repos(&mut tx, installation, repos).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1271,16 +1262,7 @@ impl Store for SqliteStore {
             .bind(installation)
             .execute(&mut *tx)
             .await?;
-        for repo in repos {
-            sqlx::query(
-                "INSERT INTO installation_repositories (installation_id, full_name) VALUES (?, ?)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(installation)
-            .bind(repo)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_installed_repos(&mut tx, installation, repos).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1512,6 +1494,25 @@ async fn write_deliveries(
     }
     tx.commit().await?;
     Ok(answers.into_answers())
+}
+
+/// Adds `repos` to an installation's list (those listed already stay), inside the caller's transaction.
+async fn insert_installed_repos(
+    conn: &mut sqlx::SqliteConnection,
+    installation: i64,
+    repos: &[String],
+) -> Result<()> {
+    for repo in repos {
+        sqlx::query(
+            "INSERT INTO installation_repositories (installation_id, full_name) VALUES (?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(installation)
+        .bind(repo)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Rows one retention batch removes (one short write transaction each).
