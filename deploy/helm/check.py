@@ -31,11 +31,14 @@ RESOURCES = {
     "/apis/apps/v1": [("statefulsets", "StatefulSet", True)],
     "/apis/networking.k8s.io/v1": [("ingresses", "Ingress", True)],
 }
+# The Prometheus Operator's CRD, served only when a render says the cluster has it.
+OPERATOR = {"/apis/monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor", True)]}
 
 
 class FakeApi(BaseHTTPRequestHandler):
     created = []  # (kind, body) of every object Helm created
     secrets = {}
+    resources = RESOURCES
 
     def log_message(self, *args):
         pass
@@ -59,20 +62,20 @@ class FakeApi(BaseHTTPRequestHandler):
             return self.reply(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
         if path == "/apis":
             groups = []
-            for prefix in RESOURCES:
+            for prefix in self.resources:
                 if prefix.startswith("/apis/"):
                     group, version = prefix[len("/apis/"):].split("/")
                     gv = {"groupVersion": f"{group}/{version}", "version": version}
                     groups.append({"name": group, "versions": [gv], "preferredVersion": gv})
             return self.reply(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-        if path in RESOURCES:
+        if path in self.resources:
             gv = path[len("/api/"):] if path.startswith("/api/") else path[len("/apis/"):]
             return self.reply(200, {
                 "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
                 "resources": [
                     {"name": n, "singularName": k.lower(), "namespaced": ns, "kind": k,
                      "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
-                    for n, k, ns in RESOURCES[path]
+                    for n, k, ns in self.resources[path]
                 ],
             })
         if path.endswith("/secrets"):
@@ -105,8 +108,9 @@ class FakeApi(BaseHTTPRequestHandler):
     do_PATCH = do_PUT
 
 
-def render(chart, values):
+def render(chart, values, operator=False):
     FakeApi.created, FakeApi.secrets = [], {}
+    FakeApi.resources = {**RESOURCES, **OPERATOR} if operator else RESOURCES
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as kubeconfig:
@@ -134,6 +138,8 @@ VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 
 
 def validate(objects, label):
+    # The operator's kinds have no Kubernetes schema: main() checks them field by field.
+    objects = [o for o in objects if not o["apiVersion"].startswith("monitoring.coreos.com/")]
     for obj in objects:
         for version in VERSIONS:
             # Strict: a field the schema does not have (a typo, a field of a newer version) is an error.
@@ -213,6 +219,33 @@ def main(chart):
         else:
             raise AssertionError(f"{values} rendered; it must fail with: {why}")
     print("refused: sqlite with 2 replicas, postgres without a URL secret, sqlite without a volume")
+
+    # Prometheus: a ServiceMonitor on the traffic Service only (each pod scraped once), with the metrics token.
+    monitored = render(chart, {"metrics": {"tokenKey": "metrics-token",
+                                           "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}}},
+                       operator=True)
+    validate(monitored, "servicemonitor")
+    [monitor] = by_kind(monitored, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    services = [s for s in by_kind(monitored, "Service")
+                if all(s["metadata"]["labels"].get(k) == v for k, v in selector.items())]
+    assert [s["spec"].get("clusterIP") for s in services] == [None], services  # not the headless one
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert endpoint["authorization"] == {"type": "Bearer",
+                                         "credentials": {"name": "nightshift", "key": "metrics-token"}}
+    [sts] = by_kind(monitored, "StatefulSet")
+    env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["NIGHTSHIFT_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "nightshift",
+                                                                           "key": "metrics-token"}
+    try:
+        render(chart, {"metrics": {"serviceMonitor": {"enabled": True}}})
+    except Exception as e:  # noqa: BLE001
+        assert "Prometheus Operator" in str(e), e
+    else:
+        raise AssertionError("a ServiceMonitor rendered for a cluster without the operator's CRDs")
+    print("servicemonitor: the traffic Service only, bearer token from the Secret; refused without the CRDs")
 
 
 if __name__ == "__main__":
