@@ -565,9 +565,9 @@ fn admin_post(
     dash: &Dashboard,
     headers: &HeaderMap,
     form: &CsrfForm,
-) -> Result<auth::Identity, Response> {
+) -> Result<auth::Identity, Box<Response>> {
     let Some(who) = dash.identify(headers) else {
-        return Err(dash.sign_in_page(StatusCode::UNAUTHORIZED, None));
+        return Err(Box::new(dash.sign_in_page(StatusCode::UNAUTHORIZED, None)));
     };
     if !auth::post_allowed(
         &who,
@@ -575,20 +575,20 @@ fn admin_post(
         form.csrf.as_deref(),
         &dash.expected_origin(headers),
     ) {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::FORBIDDEN,
             "Refused",
             Some(&viewer(&who)),
             "<p>That form did not come from this dashboard (or the page is older than your session): go back, reload, and try again.</p>",
-        ));
+        )));
     }
     if !who.admin {
-        return Err(page(
+        return Err(Box::new(page(
             StatusCode::FORBIDDEN,
             "Refused",
             Some(&viewer(&who)),
             "<p>Only the dashboard's admins may cancel and re-run jobs.</p>",
-        ));
+        )));
     }
     Ok(who)
 }
@@ -606,7 +606,7 @@ pub async fn cancel(
 ) -> Response {
     let who = match admin_post(&dash, &headers, &form) {
         Ok(who) => who,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(id) = job_id(&id) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -641,7 +641,7 @@ pub async fn retry(
 ) -> Response {
     let who = match admin_post(&dash, &headers, &form) {
         Ok(who) => who,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(id) = job_id(&id) else {
         return StatusCode::NOT_FOUND.into_response();
