@@ -97,6 +97,76 @@ struct ConfigFile {
     /// `/metrics` (Prometheus): who may read it.
     #[serde(default)]
     metrics: MetricsFile,
+    /// The dashboard at `/`: who may sign in, and who may cancel and re-run jobs.
+    #[serde(default)]
+    dashboard: DashboardFile,
+}
+
+/// `dashboard:`. Nothing set: the dashboard shows how to turn it on, and no data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DashboardFile {
+    /// GitHub logins who may sign in with GitHub (the App's OAuth client) and read.
+    #[serde(default)]
+    users: Vec<String>,
+    /// Organizations whose active members may sign in with GitHub and read (the App needs the
+    /// organization permission `members: read`).
+    #[serde(default)]
+    orgs: Vec<String>,
+    /// Logins who may also cancel and re-run jobs (they must be able to sign in: in `users` or `orgs`).
+    #[serde(default)]
+    admins: Vec<String>,
+    /// A static token for headless setups (`Authorization: Bearer TOKEN`, or the sign-in form); it signs in
+    /// as an admin. `NIGHTSHIFT_DASHBOARD_TOKEN` keeps it out of the file.
+    token: Option<String>,
+    /// The OAuth client of a GitHub App created by hand (an App set up in the browser has its own, stored in
+    /// the data dir). `NIGHTSHIFT_GITHUB_CLIENT_ID`, `NIGHTSHIFT_GITHUB_CLIENT_SECRET`.
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// Who may use the dashboard (`dashboard:`). Logins and organizations are kept lower-case (GitHub's are
+/// case-insensitive).
+#[derive(Clone, Debug, Default)]
+pub struct DashboardConfig {
+    pub users: Vec<String>,
+    pub orgs: Vec<String>,
+    pub admins: Vec<String>,
+    pub token: Option<SecretString>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+}
+
+impl DashboardConfig {
+    /// Whether anyone at all may sign in.
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || !self.users.is_empty() || !self.orgs.is_empty()
+    }
+
+    fn resolve(file: DashboardFile, env: &dyn Fn(&str) -> Option<String>) -> DashboardConfig {
+        let lower = |v: Vec<String>| -> Vec<String> {
+            v.into_iter()
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let secret = |v: Option<String>| {
+            v.map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from)
+        };
+        DashboardConfig {
+            users: lower(file.users),
+            orgs: lower(file.orgs),
+            admins: lower(file.admins),
+            token: secret(env("NIGHTSHIFT_DASHBOARD_TOKEN").or(file.token)),
+            client_id: env("NIGHTSHIFT_GITHUB_CLIENT_ID")
+                .or(file.client_id)
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+            client_secret: secret(env("NIGHTSHIFT_GITHUB_CLIENT_SECRET").or(file.client_secret)),
+        }
+    }
 }
 
 /// `log_format:`.
@@ -608,6 +678,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The bearer token `/metrics` asks for; `None`: open.
     pub metrics_token: Option<SecretString>,
+    /// Who may use the dashboard.
+    pub dashboard: DashboardConfig,
 }
 
 /// Where the configuration comes from: a file (optional when it is the default path) and the environment.
@@ -653,6 +725,8 @@ impl Config {
             .webhook_secrets
             .iter()
             .chain(&config.metrics_token)
+            .chain(&config.dashboard.token)
+            .chain(&config.dashboard.client_secret)
         {
             secrets.add(s.expose_secret());
         }
@@ -1018,6 +1092,7 @@ fn resolve(
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .map(SecretString::from),
+        dashboard: DashboardConfig::resolve(file.dashboard, env),
     })
 }
 

@@ -24,6 +24,7 @@ pub mod skill;
 pub mod source;
 pub mod store;
 pub mod trigger;
+pub mod web;
 pub mod yaml;
 
 /// Current time as Unix milliseconds, the unit every timestamp in the store uses.

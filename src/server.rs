@@ -226,6 +226,11 @@ pub async fn serve(
         );
         app = app.merge(crate::setup::routes(setup));
     }
+    // The dashboard at `/` (its routes are its own: none is the webhook's, a probe's or setup's).
+    app = app.merge(crate::web::routes(crate::web::Dashboard::new(
+        &pipeline.config,
+        pipeline.store.clone(),
+    )));
     let app = app
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", {

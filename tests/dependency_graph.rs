@@ -17,6 +17,7 @@ const STAGES: &[(&str, u8)] = &[
     // The App's setup in the browser is wired by the server, beside it: it hands the new webhook secret to
     // the webhook source.
     ("setup", 9),
+    ("web", 9),
 ];
 
 /// The documented exceptions: (file or folder under src/, imported module).

@@ -104,6 +104,10 @@ fn the_manifest_asks_for_exactly_the_permissions_the_code_uses() {
             need(name, "read");
         }
     }
+    // The dashboard's sign-in (organization membership).
+    for (name, level) in nightshift::web::auth::APP_PERMISSIONS {
+        need(name, level);
+    }
     assert_eq!(asked, needed);
     assert!(
         !asked.contains_key("workflows") && !asked.contains_key("administration"),

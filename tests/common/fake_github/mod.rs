@@ -12,6 +12,7 @@
 
 pub mod diff;
 pub mod manifest;
+mod oauth;
 mod ops;
 
 pub use diff::diff_lines;
@@ -308,6 +309,8 @@ struct FakeState {
     codes: HashMap<String, manifest::Pending>,
     /// The App the manifest flow made.
     manifest_app: Option<manifest::ManifestApp>,
+    /// Sign-in with GitHub (the dashboard): OAuth clients, the browser's user, codes, user tokens.
+    oauth: oauth::OAuth,
 }
 
 /// One attempt at delivering the App's webhook, as GitHub logs it (`GET /app/hook/deliveries`).
@@ -1264,6 +1267,9 @@ async fn serve(
     if let Some(page) = manifest::page(&inner, &parts.method, &parts.uri, &body) {
         return Ok(page);
     }
+    if let Some(page) = oauth::page(&inner, &parts.method, &parts.uri, &parts.headers, &body) {
+        return Ok(page);
+    }
     let call = format!("{} {}", parts.method, parts.uri);
     let write = parts.method != Method::GET && parts.method != Method::HEAD;
     let (response, outcome) = handle(
@@ -1348,7 +1354,12 @@ async fn handle(
 
     // Credentials first, as GitHub: the App's JWT for the App's own endpoints, a valid token for the rest.
     let presented = bearer(headers);
+    // A user's token (signed in with GitHub) is good for asking who they are, and nothing else.
+    let user_token = presented
+        .as_ref()
+        .is_some_and(|t| inner.state.lock().unwrap().oauth.tokens.contains_key(t));
     let authorized = match (&inner.auth, op.id.as_str()) {
+        _ if user_token => oauth::USER_TOKEN_OPERATIONS.contains(&op.id.as_str()),
         (
             ExpectedAuth::App { app_id },
             "apps/create-installation-access-token"

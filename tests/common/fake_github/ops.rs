@@ -618,6 +618,38 @@ pub(super) fn apply(
             v["account"]["login"] = json!(repo.split('/').next().unwrap_or_default());
             Answer::Done(StatusCode::OK, v, false)
         }
+        "users/get-authenticated" if state.oauth.tokens.contains_key(&params["token"]) => {
+            let login = state.oauth.tokens[&params["token"]].clone();
+            let mut v =
+                example("private-user-response-with-public-and-private-profile-information");
+            v["login"] = json!(login);
+            Answer::Done(StatusCode::OK, v, false)
+        }
+        "orgs/get-membership-for-authenticated-user" => {
+            let Some(login) = state.oauth.tokens.get(&params["token"]).cloned() else {
+                return Answer::Unexpected(
+                    StatusCode::FORBIDDEN,
+                    "Resource not accessible by integration (membership asked without a user's token)"
+                        .into(),
+                );
+            };
+            let org = params["org"].to_lowercase();
+            match state
+                .oauth
+                .memberships
+                .get(&(org.clone(), login.to_lowercase()))
+            {
+                Some(membership) => {
+                    let mut v = example("org-membership");
+                    v["state"] = json!(membership);
+                    v["role"] = json!("member");
+                    v["organization"]["login"] = json!(params["org"]);
+                    v["user"]["login"] = json!(login);
+                    Answer::Done(StatusCode::OK, v, false)
+                }
+                None => not_found(),
+            }
+        }
         "users/get-authenticated" => {
             if !matches!(inner.auth, super::ExpectedAuth::Token(_)) {
                 return Answer::Unexpected(

@@ -1,0 +1,624 @@
+//! The dashboard: the real `nightshift serve`, the fake GitHub's "Sign in with GitHub", a real headless
+//! Chromium (the first test), and plain HTTP for what a browser hides (cookies' flags, CSP, CSRF, streams).
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Auth, Spine, append_config};
+use nightshift::ids::JobId;
+use nightshift::store::JobState;
+
+/// A trigger whose agent prints (on stderr, which streams into the job log; stdout is its message) a hostile
+/// first line, then one more line when the test asks
+/// (`GATE/say`), then waits for `GATE/release`.
+const TALK: (&str, &str) = (
+    "talk.yml",
+    "on:\n  issues:\n    types: [opened]\nagent: talker\nprompt: \"Triage </textarea><script>alert(1)</script> #{{ event.issue.number }}\"\noutput: comment\n",
+);
+
+const CLIENT_ID: &str = "Iv1.dashboardclient";
+const CLIENT_SECRET: &str = "dashboard-client-secret";
+const TOKEN: &str = "dashboard-static-token-0123456789";
+
+/// The talking agent: a shell script in the test's folder.
+fn talker(spine: &Spine) -> PathBuf {
+    let script = spine.dir.path().join("talker.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         gate=$1\n\
+         n=$(ls \"$gate\" | grep -c '^started' || true)\n\
+         n=$((n + 1))\n\
+         touch \"$gate/started-$n\"\n\
+         printf 'first <script>alert(1)</script></textarea> \\033[31mred\\033[0m\\n' >&2\n\
+         i=0\n\
+         while [ ! -e \"$gate/say\" ] && [ ! -e \"$gate/release\" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n\
+         echo 'second line, printed while the page was open' >&2\n\
+         while [ ! -e \"$gate/release\" ] && [ $i -lt 900 ]; do sleep 0.1; i=$((i + 1)); done\n\
+         echo done\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+async fn spine_with(dashboard: &str) -> Spine {
+    let spine = Spine::new(Auth::App, &[TALK]).await;
+    let script = talker(&spine);
+    spine.add_agents(&format!(
+        "  talker: {{command: [{script}, {gate}], timeout: 120s, shared: {{writable: [{gate}]}}}}\n",
+        script = script.display(),
+        gate = spine.gate.display(),
+    ));
+    append_config(&spine, dashboard);
+    spine
+}
+
+/// A form body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    nightshift::web::auth::form_encode(pairs)
+}
+
+fn http() -> reqwest::Client {
+    nightshift::install_tls_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn wait_for<F: FnMut() -> bool>(what: &str, mut f: F) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} never happened");
+}
+
+async fn wait_for_job_state(spine: &mut Spine, job: i64, state: JobState) {
+    for _ in 0..600 {
+        if spine
+            .jobs()
+            .await
+            .iter()
+            .any(|j| j.id == JobId(job) && j.state == state)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "job {job} never became {state:?}: {:#?}",
+        spine.jobs().await
+    );
+}
+
+fn started(gate: &Path, n: usize) -> bool {
+    gate.join(format!("started-{n}")).exists()
+}
+
+/// The text of the element `css` selects, now.
+async fn text_of(browser: &browser::Browser, css: &str) -> String {
+    browser
+        .client
+        .find(browser::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until the element `css` selects says `needle`.
+async fn wait_for_text(browser: &browser::Browser, css: &str, needle: &str) -> String {
+    for _ in 0..300 {
+        if let Ok(element) = browser.client.find(browser::Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+            && text.contains(needle)
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "`{css}` never said `{needle}`: {}",
+        browser.client.source().await.unwrap_or_default()
+    );
+}
+
+/// Signs in with GitHub as whoever the fake's browser user is; the page it lands on.
+async fn sign_in_with_github(browser: &browser::Browser, url: &str) {
+    browser.client.goto(url).await.unwrap();
+    browser.wait_for("#sign-in-github").await;
+    browser.click("#sign-in-github").await;
+    browser.wait_for("#authorize-github").await;
+    browser.click("#authorize-github").await;
+}
+
+#[tokio::test]
+async fn the_dashboard_in_a_real_browser_signs_in_streams_cancels_and_reruns() {
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  orgs: [octo-org]\n  admins: [Octo-Admin]\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n"
+    ))
+    .await;
+    spine.start().await;
+    let url = spine.url();
+    spine
+        .github
+        .add_oauth_client(CLIENT_ID, CLIENT_SECRET, &format!("{url}/auth/callback"));
+    spine.github.add_member("octo-org", "octo-reader", "active");
+    spine
+        .github
+        .add_member("octo-org", "octo-invited", "pending");
+
+    let browser = browser::Browser::start().await;
+    // Signed out: the sign-in page, for the jobs and for a job.
+    browser.client.goto(&format!("{url}/jobs/1")).await.unwrap();
+    browser.wait_for("#sign-in-github").await;
+    assert!(
+        browser
+            .client
+            .find(browser::Locator::Css("#jobs"))
+            .await
+            .is_err()
+    );
+
+    // An admin signs in with GitHub and lands on the jobs table, which is empty.
+    spine.github.sign_in_as("octo-admin");
+    sign_in_with_github(&browser, &url).await;
+    let who = browser.wait_for("#who").await;
+    assert!(who.contains("octo-admin (admin)"), "{who}");
+    assert!(text_of(&browser, "#jobs").await.contains("No jobs"));
+
+    // A job appears while it runs, without a reload.
+    spine
+        .deliver_example("issues", "dash-1", "issues/opened.json")
+        .await;
+    let gate = spine.gate.clone();
+    wait_for("the agent to start", || started(&gate, 1)).await;
+    let row = wait_for_text(&browser, "#job-1", "running").await;
+    assert!(
+        row.contains("talk") && row.contains("Codertocat/Hello-World") && row.contains("talker"),
+        "{row}"
+    );
+    browser.screenshot("dashboard-jobs").await;
+
+    // Its page: the prompt and the log, hostile text shown as text; a line printed now streams in.
+    browser.click("#job-1 a").await;
+    let log = wait_for_text(&browser, "#log", "first").await;
+    assert!(
+        log.contains("<script>alert(1)</script></textarea>"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\\u{1b}[31mred"),
+        "the ANSI escape is shown, not obeyed: {log}"
+    );
+    let prompt = text_of(&browser, "#prompt").await;
+    assert!(
+        prompt.contains("</textarea><script>alert(1)</script> #"),
+        "{prompt}"
+    );
+    let injected = browser
+        .client
+        .execute(
+            "return document.querySelectorAll('main script, #log *:not(span)').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        injected,
+        serde_json::json!(0),
+        "markup from the job reached the page"
+    );
+    std::fs::write(gate.join("say"), "").unwrap();
+    wait_for_text(
+        &browser,
+        "#log",
+        "second line, printed while the page was open",
+    )
+    .await;
+    assert!(
+        browser.url().await.ends_with("/jobs/1"),
+        "no reload, no navigation"
+    );
+    browser.screenshot("dashboard-job").await;
+
+    // Cancel stops the agent: its process is gone and the job is cancelled.
+    browser.click("#cancel").await;
+    wait_for_job_state(&mut spine, 1, JobState::Cancelled).await;
+    wait_for("the agent's processes to end", || {
+        common::agent_processes(&gate) == 0
+    })
+    .await;
+    assert!(!gate.join("release").exists());
+    // The page reloads itself when the job ends; then it can be run again.
+    let state = wait_for_text(&browser, "#state", "cancelled").await;
+    assert_eq!(state, "cancelled");
+    browser.click("#retry").await;
+    wait_for_text(&browser, "h1", "Job 2").await;
+    wait_for("the re-run's agent to start", || started(&gate, 2)).await;
+    std::fs::write(gate.join("release"), "").unwrap();
+    wait_for_job_state(&mut spine, 2, JobState::Succeeded).await;
+
+    // A reader (an active member of the organization) sees the jobs but no buttons.
+    browser.click("#sign-out").await;
+    browser.wait_for("#sign-in-github").await;
+    spine.github.sign_in_as("octo-reader");
+    sign_in_with_github(&browser, &url).await;
+    let who = browser.wait_for("#who").await;
+    assert!(
+        who.contains("octo-reader") && !who.contains("admin"),
+        "{who}"
+    );
+    browser.client.goto(&format!("{url}/jobs/1")).await.unwrap();
+    wait_for_text(&browser, "#state", "cancelled").await;
+    assert!(
+        browser
+            .client
+            .find(browser::Locator::Css("#retry"))
+            .await
+            .is_err()
+    );
+    assert!(
+        browser
+            .client
+            .find(browser::Locator::Css("#cancel"))
+            .await
+            .is_err()
+    );
+    // A forged re-run from the reader's own session (with its CSRF token and this origin) is refused.
+    let forged = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];\
+             const csrf = document.querySelector('#sign-out').form.csrf.value;\
+             fetch('/jobs/1/retry', {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=' + csrf}).then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(forged, serde_json::json!(403));
+    assert_eq!(spine.jobs().await.len(), 2, "nothing was run again");
+
+    // Outside the users and organizations (or only invited): refused.
+    browser.click("#sign-out").await;
+    browser.wait_for("#sign-in-github").await;
+    for outsider in ["stranger", "octo-invited"] {
+        spine.github.sign_in_as(outsider);
+        sign_in_with_github(&browser, &url).await;
+        let note = browser.wait_for("#note").await;
+        assert!(
+            note.contains(&format!("{outsider} may not use this dashboard")),
+            "{note}"
+        );
+        browser.client.goto(&url).await.unwrap();
+        browser.wait_for("#sign-in-github").await;
+    }
+    browser.close().await;
+
+    // The user's tokens were only used to ask who they are.
+    let tokens = spine.github.user_tokens();
+    assert_eq!(tokens.len(), 4, "one per sign-in: {tokens:?}");
+    let log = spine.server.as_ref().unwrap().log();
+    for (token, _) in &tokens {
+        assert!(!log.contains(token.as_str()), "a user's token was logged");
+    }
+    assert!(!log.contains(CLIENT_SECRET));
+    spine.assert_no_unexpected_calls();
+}
+
+fn session_of(response: &reqwest::Response) -> (String, String) {
+    let cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("nightshift_session="))
+        .expect("a session cookie");
+    let id = cookie
+        .trim_start_matches("nightshift_session=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    (id, cookie)
+}
+
+/// Reads an event stream until it says `needle`; what it read.
+async fn read_until(stream: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("the stream never said `{needle}`: {text}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before `{needle}`: {text}"));
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+/// The id of the event whose data says `needle`.
+fn event_id_of(events: &str, needle: &str) -> i64 {
+    events
+        .split("\n\n")
+        .find(|e| e.contains(needle))
+        .and_then(|e| e.lines().find_map(|l| l.strip_prefix("id: ")))
+        .unwrap_or_else(|| panic!("no event with `{needle}` and an id: {events}"))
+        .parse()
+        .unwrap()
+}
+
+/// The CSRF token in a page (the sign-out form's).
+fn csrf_in(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    page[at..at + 64].to_owned()
+}
+
+#[tokio::test]
+async fn signed_out_visitors_get_nothing_and_forms_need_the_session_s_csrf_token_and_origin() {
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  token: {TOKEN}\n"
+    ))
+    .await;
+    spine.start().await;
+    let url = spine.url();
+    let client = http();
+    spine
+        .deliver_example("issues", "dash-http-1", "issues/opened.json")
+        .await;
+    let gate = spine.gate.clone();
+    wait_for("the agent to start", || started(&gate, 1)).await;
+
+    // Signed out: the sign-in page (no data) for pages, 401 for streams; the same for a wrong bearer.
+    for path in ["/", "/jobs/1", "/?state=running"] {
+        let response = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let csp = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        let page = response.text().await.unwrap();
+        assert!(page.contains("id=\"token-sign-in\""), "{page}");
+        assert!(
+            !page.contains("Hello-World") && !page.contains("talker"),
+            "{page}"
+        );
+    }
+    for path in ["/events/jobs", "/jobs/1/log"] {
+        let response = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let response = client
+            .get(format!("{url}{path}"))
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    // The probes and the webhook are still theirs.
+    assert_eq!(
+        client
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The token's sign-in form: a wrong token is refused; the right one makes a session cookie.
+    let refused = client
+        .post(format!("{url}/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", "guess")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.headers().get("set-cookie").is_none());
+    let signed_in = client
+        .post(format!("{url}/auth/token"))
+        .header("origin", &url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", TOKEN)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let (session, cookie) = session_of(&signed_in);
+    assert_eq!(session.len(), 64, "256 random bits: {cookie}");
+    assert!(session.bytes().all(|b| b.is_ascii_hexdigit()));
+    for flag in ["HttpOnly", "SameSite=Lax", "Path=/;"] {
+        assert!(cookie.contains(flag), "{cookie} lacks {flag}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http here: {cookie}");
+    let with_cookie = format!("nightshift_session={session}");
+
+    // Signed in: the job's page, its hostile log line as text.
+    let page = client
+        .get(format!("{url}/jobs/1"))
+        .header("cookie", &with_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("id=\"cancel\""), "the token is an admin");
+    // The log line may not be stored yet when the page is read; the prompt is.
+    assert!(
+        page.contains("&lt;/textarea&gt;&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert"), "{page}");
+    let csrf = csrf_in(&page);
+
+    // The log stream, resumed after the agent's first line (as a browser reconnecting sends Last-Event-ID).
+    spine.wait_for_log_line(JobId(1), "first").await;
+    let mut stream = client
+        .get(format!("{url}/jobs/1/log"))
+        .header("cookie", &with_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let events = read_until(&mut stream, "first").await;
+    assert!(
+        events.contains("\\\\u{1b}[31mred"),
+        "escapes shown as text: {events}"
+    );
+    let first_id = event_id_of(&events, "first");
+    drop(stream);
+    std::fs::write(gate.join("say"), "").unwrap();
+    spine.wait_for_log_line(JobId(1), "second").await;
+    let mut resumed = client
+        .get(format!("{url}/jobs/1/log"))
+        .bearer_auth(TOKEN)
+        .header("last-event-id", first_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let events = read_until(&mut resumed, "second line").await;
+    assert!(!events.contains("first"), "{events}");
+    assert!(event_id_of(&events, "second line") > first_id);
+    drop(resumed);
+
+    // The jobs stream sends the rows.
+    let mut rows = client
+        .get(format!("{url}/events/jobs?state=running"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rows.status(), 200);
+    let chunk = read_until(&mut rows, "job-1").await;
+    assert!(chunk.contains("event: rows"), "{chunk}");
+    drop(rows);
+
+    // Cancel: without the CSRF token, with another site's Origin, or with none: refused; the job runs on.
+    let cancel = |csrf: Option<&str>, origin: Option<&str>| {
+        let mut request = client
+            .post(format!("{url}/jobs/1/cancel"))
+            .header("cookie", &with_cookie);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("csrf", csrf.unwrap_or(""))]))
+            .send()
+    };
+    let evil = "http://evil.example";
+    for (csrf, origin) in [
+        (None, Some(url.as_str())),
+        (Some("0".repeat(64).as_str()), Some(url.as_str())),
+        (Some(csrf.as_str()), Some(evil)),
+        (Some(csrf.as_str()), None),
+    ] {
+        let refused = cancel(csrf, origin).await.unwrap();
+        assert_eq!(refused.status(), 403, "csrf {csrf:?}, origin {origin:?}");
+    }
+    wait_for_job_state(&mut spine, 1, JobState::Running).await;
+    let cancelled = cancel(Some(&csrf), Some(&url)).await.unwrap();
+    assert_eq!(cancelled.status(), 303);
+    assert_eq!(cancelled.headers()["location"], "/jobs/1");
+    wait_for_job_state(&mut spine, 1, JobState::Cancelled).await;
+    wait_for("the agent's processes to end", || {
+        common::agent_processes(&gate) == 0
+    })
+    .await;
+
+    // Signing out ends the session.
+    let out = client
+        .post(format!("{url}/auth/logout"))
+        .header("cookie", &with_cookie)
+        .header("origin", &url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let after = client
+        .get(format!("{url}/"))
+        .header("cookie", &with_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn with_nobody_configured_the_dashboard_says_how_to_turn_it_on_and_shows_nothing() {
+    let mut spine = spine_with("").await;
+    spine.start().await;
+    let url = spine.url();
+    let client = http();
+    spine
+        .deliver_example("issues", "dash-off-1", "issues/opened.json")
+        .await;
+    let page = client.get(format!("{url}/")).send().await.unwrap();
+    assert_eq!(page.status(), 401);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("The dashboard is off") && page.contains("dashboard:"),
+        "{page}"
+    );
+    assert!(!page.contains("Hello-World"));
+    // No token works, whatever it is.
+    for bearer in ["", "token", TOKEN] {
+        let response = client
+            .get(format!("{url}/events/jobs"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    let signed = client
+        .post(format!("{url}/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", "")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 403);
+    std::fs::write(spine.gate.join("release"), "").unwrap();
+    spine.wait_for_finished_jobs(1).await;
+}
