@@ -23,7 +23,9 @@ pub mod sink;
 pub mod skill;
 pub mod source;
 pub mod store;
+pub mod text;
 pub mod trigger;
+pub mod web;
 pub mod yaml;
 
 /// Current time as Unix milliseconds, the unit every timestamp in the store uses.
