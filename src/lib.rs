@@ -23,6 +23,7 @@ pub mod sink;
 pub mod skill;
 pub mod source;
 pub mod store;
+pub mod text;
 pub mod trigger;
 pub mod web;
 pub mod yaml;

@@ -521,6 +521,7 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                             event,
                             action,
                             limit,
+                            ..Default::default()
                         };
                         cli::list_deliveries(&config, filter, json).await
                     }

@@ -230,6 +230,7 @@ pub async fn serve(
     app = app.merge(crate::web::routes(crate::web::Dashboard::new(
         &pipeline.config,
         pipeline.store.clone(),
+        pipeline.triggers.clone(),
     )));
     let app = app
         .route("/healthz", get(|| async { "ok" }))

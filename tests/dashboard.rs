@@ -289,6 +289,29 @@ async fn the_dashboard_in_a_real_browser_signs_in_streams_cancels_and_reruns() {
     assert_eq!(forged, serde_json::json!(403));
     assert_eq!(spine.jobs().await.len(), 2, "nothing was run again");
 
+    // A delivery that fired nothing: its page says, for `talk`, the filter that stopped it.
+    spine
+        .deliver_example("issues", "dash-browser-nothing", "issues/labeled.json")
+        .await;
+    let mut verdict = String::new();
+    for _ in 0..300 {
+        browser
+            .client
+            .goto(&format!("{url}/deliveries/dash-browser-nothing"))
+            .await
+            .unwrap();
+        verdict = text_of(&browser, "main").await;
+        if verdict.contains("talk") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        verdict.contains("talk") && verdict.contains("labeled") && verdict.contains("opened"),
+        "the filter that stopped `talk`: {verdict}"
+    );
+    browser.screenshot("dashboard-delivery").await;
+
     // Outside the users and organizations (or only invited): refused.
     browser.click("#sign-out").await;
     browser.wait_for("#sign-in-github").await;
@@ -621,4 +644,87 @@ async fn with_nobody_configured_the_dashboard_says_how_to_turn_it_on_and_shows_n
     assert_eq!(signed.status(), 403);
     std::fs::write(spine.gate.join("release"), "").unwrap();
     spine.wait_for_finished_jobs(1).await;
+}
+
+/// `path`'s page read with the static token, once it contains `needle` (the dispatcher matches deliveries
+/// after they are stored: wait for it, bounded).
+async fn page_with(client: &reqwest::Client, url: &str, path: &str, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = client
+            .get(format!("{url}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let page = response.text().await.unwrap();
+        if page.contains(needle) {
+            return page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never showed {needle:?}:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn deliveries_triggers_and_budgets_show_each_triggers_verdict_to_the_signed_in_only() {
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  token: {TOKEN}\n"
+    ))
+    .await;
+    spine.start().await;
+    let url = spine.url();
+    let client = http();
+    // One delivery fires `talk`, one fires nothing (talk listens to `opened` only).
+    spine
+        .deliver_example("issues", "dash-pages-fired", "issues/opened.json")
+        .await;
+    spine
+        .deliver_example("issues", "dash-pages-nothing", "issues/labeled.json")
+        .await;
+
+    for path in [
+        "/deliveries",
+        "/deliveries/dash-pages-nothing",
+        "/triggers",
+        "/budgets",
+    ] {
+        let response = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let page = response.text().await.unwrap();
+        assert!(
+            !page.contains("dash-pages") && !page.contains("talk"),
+            "{path} showed data signed out: {page}"
+        );
+    }
+
+    let list = page_with(&client, &url, "/deliveries", "dash-pages-nothing").await;
+    assert!(list.contains("dash-pages-fired"), "{list}");
+    let one = page_with(&client, &url, "/deliveries/dash-pages-nothing", "talk").await;
+    assert!(
+        one.contains("labeled") && one.contains("opened"),
+        "the verdict names the filter that stopped `talk`: {one}"
+    );
+    let fired = page_with(&client, &url, "/deliveries/dash-pages-fired", "/jobs/").await;
+    assert!(fired.contains("talk"), "{fired}");
+    let missing = client
+        .get(format!("{url}/deliveries/no-such-delivery"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let triggers = page_with(&client, &url, "/triggers", "talk").await;
+    assert!(
+        triggers.contains("talker"),
+        "the trigger's agent: {triggers}"
+    );
+    let budgets = page_with(&client, &url, "/budgets", "<main>").await;
+    assert!(budgets.contains("class=\"budgets\""), "{budgets}");
+    std::fs::write(spine.gate.join("release"), "").unwrap();
 }

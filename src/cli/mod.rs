@@ -342,10 +342,10 @@ pub async fn list_deliveries(
         .map(|d| {
             vec![
                 utc(d.received_at),
-                event_name(d),
+                d.event_name(),
                 d.repo.clone().unwrap_or_else(|| "-".into()),
                 d.delivery_id.0.clone(),
-                delivery_state(d).to_owned(),
+                d.state().to_owned(),
                 fired(d),
             ]
         })
@@ -383,21 +383,6 @@ pub async fn list_deliveries(
     Ok(ExitCode::SUCCESS)
 }
 
-fn event_name(d: &DeliveryRecord) -> String {
-    match &d.action {
-        Some(action) => format!("{}.{action}", d.event),
-        None => d.event.clone(),
-    }
-}
-
-fn delivery_state(d: &DeliveryRecord) -> &'static str {
-    if d.matched_at.is_none() {
-        "waiting"
-    } else {
-        "matched"
-    }
-}
-
 /// The jobs a delivery fired: `trigger #ID`, comma-separated; `-` for none.
 fn fired(d: &DeliveryRecord) -> String {
     if d.jobs.is_empty() {
@@ -426,7 +411,7 @@ pub async fn show_delivery(config: &Config, id: &str, json: bool) -> Result<Exit
         return Ok(ExitCode::SUCCESS);
     }
     println!("delivery {}", safe(&d.delivery_id.0, false));
-    println!("event:    {}", safe(&event_name(&d), false));
+    println!("event:    {}", safe(&d.event_name(), false));
     println!(
         "repo:     {}",
         safe(d.repo.as_deref().unwrap_or("(none)"), false)

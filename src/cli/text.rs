@@ -3,33 +3,9 @@
 //! shown as visible escapes, never sent; and columns are cut to a width so one long value cannot push a
 //! table apart.
 
-use std::borrow::Cow;
-
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
-/// Characters that reorder or hide text on a terminal without being control characters (Unicode's bidi
-/// embeddings, overrides and isolates, zero-width marks): an attacker's U+202E makes `exe.txt` read `txt.exe`.
-fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// `s` with every control character (escape, bell, carriage return, newline, C1 controls; tab too unless
-/// `keep_tab`) and every invisible format character shown as `\u{…}`, so nothing in it acts on the terminal.
-pub fn safe(s: &str, keep_tab: bool) -> Cow<'_, str> {
-    let bad = |c: char| (c.is_control() && !(keep_tab && c == '\t')) || is_invisible_format(c);
-    if !s.chars().any(bad) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if bad(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+pub use nightshift::text::safe;
 
 /// A table cell's text: made safe, then cut to `width` terminal columns (ending with `…` when cut).
 pub fn cut(s: &str, width: usize) -> String {
@@ -132,6 +108,8 @@ pub fn table(columns: &[Column], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
 
     #[test]

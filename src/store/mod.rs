@@ -589,7 +589,30 @@ pub trait Store: Send + Sync + 'static {
     /// Takes or extends the lease `name` for `owner` until `until` (unix ms): true when `owner` holds it
     /// (it was free, expired before `now`, or already `owner`'s).
     async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
+
+    /// What jobs started since `since` (unix ms) spent, per repository and UTC day (the day a job last
+    /// started, as [`Store::spend_since`] and the daily budget count it), oldest day first, then by
+    /// repository.
+    async fn spend_by_day(&self, since: i64) -> Result<Vec<DaySpend>>;
 }
+
+/// One repository's spend on one UTC day (see [`Store::spend_by_day`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct DaySpend {
+    /// The day's start: UTC midnight, unix milliseconds.
+    pub day: i64,
+    pub repo: String,
+    /// Jobs started that day.
+    pub jobs: u64,
+    /// Dollars, from the jobs' recorded usage (jobs whose backend reported no cost count nothing).
+    pub cost_usd: f64,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// A day in unix milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
 
 /// How long [`Store::claim_redelivery`] remembers a redelivery it recorded (GitHub keeps its delivery log
 /// for about three days).
@@ -829,6 +852,34 @@ pub struct DeliveryFilter {
     /// The payload's `action`.
     pub action: Option<String>,
     pub limit: u32,
+    /// Only deliveries older than this row id ([`DeliveryRecord::id`]): the next page.
+    pub before: Option<i64>,
+    /// Only deliveries that were matched and fired no trigger.
+    pub fired_nothing: bool,
+}
+
+impl DeliveryRecord {
+    /// `event.action`, or the event alone when it has no action.
+    pub fn event_name(&self) -> String {
+        match &self.action {
+            Some(action) => format!("{}.{action}", self.event),
+            None => self.event.clone(),
+        }
+    }
+
+    /// `waiting` until the dispatcher matched it, `matched` after.
+    pub fn state(&self) -> &'static str {
+        if self.matched_at.is_none() {
+            "waiting"
+        } else {
+            "matched"
+        }
+    }
+
+    /// Matched, and no trigger fired.
+    pub fn fired_nothing(&self) -> bool {
+        self.matched_at.is_some() && self.jobs.is_empty()
+    }
 }
 
 /// Which jobs [`Store::filtered_jobs`] returns.

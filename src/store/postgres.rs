@@ -1389,13 +1389,17 @@ impl Store for PostgresStore {
     async fn recent_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "{DELIVERY_RECORD} WHERE ($1::text IS NULL OR lower(repo) = lower($1)) AND ($2::text IS NULL OR event = $2)
-               AND ($3::text IS NULL OR action = $3)
+               AND ($3::text IS NULL OR action = $3) AND id < COALESCE($5::bigint, 9223372036854775807)
+               AND (NOT $6 OR (matched_at IS NOT NULL
+                               AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.delivery_id = deliveries.id)))
              ORDER BY id DESC LIMIT $4"
         )))
         .bind(opt_text(&filter.repo))
         .bind(opt_text(&filter.event))
         .bind(opt_text(&filter.action))
         .bind(i64::from(filter.limit))
+        .bind(filter.before)
+        .bind(filter.fired_nothing)
         .fetch_all(&self.pool)
         .await?;
         self.delivery_records(rows).await
@@ -1597,6 +1601,35 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn spend_by_day(&self, since: i64) -> Result<Vec<DaySpend>> {
+        // `usage` is written by `record_usage` only (serde_json of `Usage`: numbers or absent). SUM of
+        // bigints is a numeric: cast back.
+        let rows = sqlx::query(
+            "SELECT (started_at / 86400000) * 86400000 AS day, repo, COUNT(*) AS jobs,
+                    COALESCE(SUM((usage::jsonb ->> 'cost_usd')::float8), 0)::float8 AS cost,
+                    COALESCE(SUM((usage::jsonb ->> 'input_tokens')::bigint), 0)::bigint AS input,
+                    COALESCE(SUM((usage::jsonb ->> 'cached_input_tokens')::bigint), 0)::bigint AS cached,
+                    COALESCE(SUM((usage::jsonb ->> 'output_tokens')::bigint), 0)::bigint AS output
+             FROM jobs WHERE started_at >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DaySpend {
+                    day: row.try_get("day")?,
+                    repo: row.try_get("repo")?,
+                    jobs: row.try_get::<i64, _>("jobs")?.max(0) as u64,
+                    cost_usd: row.try_get("cost")?,
+                    input_tokens: row.try_get::<i64, _>("input")?.max(0) as u64,
+                    cached_input_tokens: row.try_get::<i64, _>("cached")?.max(0) as u64,
+                    output_tokens: row.try_get::<i64, _>("output")?.max(0) as u64,
+                })
+            })
+            .collect()
     }
 }
 

@@ -1146,13 +1146,17 @@ impl Store for SqliteStore {
     async fn recent_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "{DELIVERY_RECORD} WHERE (?1 IS NULL OR lower(repo) = lower(?1)) AND (?2 IS NULL OR event = ?2)
-               AND (?3 IS NULL OR action = ?3)
+               AND (?3 IS NULL OR action = ?3) AND id < COALESCE(?5, 9223372036854775807)
+               AND (NOT ?6 OR (matched_at IS NOT NULL
+                               AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.delivery_id = deliveries.id)))
              ORDER BY id DESC LIMIT ?4"
         )))
         .bind(&filter.repo)
         .bind(&filter.event)
         .bind(&filter.action)
         .bind(filter.limit)
+        .bind(filter.before)
+        .bind(filter.fired_nothing)
         .fetch_all(&self.pool)
         .await?;
         self.delivery_records(rows).await
@@ -1354,6 +1358,34 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn spend_by_day(&self, since: i64) -> Result<Vec<DaySpend>> {
+        // TOTAL is a float even over no value; token sums are cast back to integers.
+        let rows = sqlx::query(
+            "SELECT (started_at / 86400000) * 86400000 AS day, repo, COUNT(*) AS jobs,
+                    TOTAL(json_extract(usage, '$.cost_usd')) AS cost,
+                    CAST(TOTAL(json_extract(usage, '$.input_tokens')) AS INTEGER) AS input,
+                    CAST(TOTAL(json_extract(usage, '$.cached_input_tokens')) AS INTEGER) AS cached,
+                    CAST(TOTAL(json_extract(usage, '$.output_tokens')) AS INTEGER) AS output
+             FROM jobs WHERE started_at >= ? GROUP BY day, repo ORDER BY day, repo",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DaySpend {
+                    day: row.try_get("day")?,
+                    repo: row.try_get("repo")?,
+                    jobs: row.try_get::<i64, _>("jobs")?.max(0) as u64,
+                    cost_usd: row.try_get("cost")?,
+                    input_tokens: row.try_get::<i64, _>("input")?.max(0) as u64,
+                    cached_input_tokens: row.try_get::<i64, _>("cached")?.max(0) as u64,
+                    output_tokens: row.try_get::<i64, _>("output")?.max(0) as u64,
+                })
+            })
+            .collect()
     }
 }
 

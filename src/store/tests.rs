@@ -1558,6 +1558,166 @@ async fn installations_their_repositories_and_backfill_records(db: &TestDb) {
     );
 }
 
+/// The dashboard's spend per repository and UTC day: a job's spend counts on the day it started, either
+/// side of midnight to the millisecond; repositories apart; a job that reported no usage counts as a job
+/// that spent nothing; a job not started, or started before `since`, not at all. The same sums as
+/// `spend_since`, which the daily budget is enforced with.
+async fn spend_is_summed_per_repository_and_utc_day(db: &TestDb) {
+    let store = db.store();
+    for (n, repo) in ["o/a", "o/a", "o/a", "o/b", "o/b", "o/b", "o/a"]
+        .into_iter()
+        .enumerate()
+    {
+        queue(&store, &format!("d{n}"), repo, &[job_of("t", repo, "a")]).await;
+    }
+    let mut ids: Vec<JobId> = store.jobs().await.unwrap().iter().map(|j| j.id).collect();
+    ids.sort_by_key(|id| id.0);
+    assert_eq!(ids.len(), 7);
+    // Day 20000 since the epoch starts at 1_728_000_000_000 ms (2024-10-04T00:00:00Z).
+    let midnight: i64 = 20_000 * DAY_MS;
+    assert_eq!(midnight, 1_728_000_000_000);
+    db.exec(
+        "UPDATE jobs SET started_at = CASE id - (SELECT MIN(id) FROM jobs)
+            WHEN 0 THEN 1727999999999
+            WHEN 1 THEN 1728000000000
+            WHEN 2 THEN 1728086399999
+            WHEN 3 THEN 1728000000005
+            WHEN 4 THEN 1728050000000
+            WHEN 5 THEN NULL
+            ELSE 1727900000000 END",
+    )
+    .await;
+    let usage = |cost: f64, input: u64, cached: u64, output: u64| Usage {
+        cost_usd: Some(cost),
+        input_tokens: Some(input),
+        cached_input_tokens: Some(cached),
+        output_tokens: Some(output),
+        ..Usage::default()
+    };
+    store
+        .record_usage(ids[0], &usage(0.5, 100, 0, 10))
+        .await
+        .unwrap();
+    store
+        .record_usage(ids[1], &usage(0.25, 200, 50, 20))
+        .await
+        .unwrap();
+    store
+        .record_usage(ids[2], &usage(1.0, 1000, 0, 100))
+        .await
+        .unwrap();
+    store
+        .record_usage(ids[3], &usage(2.0, 7, 0, 3))
+        .await
+        .unwrap();
+    // ids[4] reported nothing (a command agent); ids[5] never started; ids[6] started before `since`.
+    store
+        .record_usage(ids[5], &usage(4.0, 1, 1, 1))
+        .await
+        .unwrap();
+    store
+        .record_usage(ids[6], &usage(8.0, 1, 1, 1))
+        .await
+        .unwrap();
+
+    let days = store.spend_by_day(midnight - DAY_MS).await.unwrap();
+    let day =
+        |day, repo: &str, jobs, cost_usd, input_tokens, cached_input_tokens, output_tokens| {
+            DaySpend {
+                day,
+                repo: repo.into(),
+                jobs,
+                cost_usd,
+                input_tokens,
+                cached_input_tokens,
+                output_tokens,
+            }
+        };
+    assert_eq!(
+        days,
+        [
+            day(midnight - DAY_MS, "o/a", 1, 0.5, 100, 0, 10),
+            day(midnight, "o/a", 2, 1.25, 1200, 50, 120),
+            day(midnight, "o/b", 2, 2.0, 7, 0, 3),
+        ]
+    );
+    assert_eq!(store.spend_since("o/a", midnight).await.unwrap(), 1.25);
+    assert!(
+        store
+            .spend_by_day(midnight + DAY_MS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The dashboard's deliveries list: pages by row id (`before`), and "fired nothing" keeps the deliveries
+/// that were matched and fired no trigger (not those that fired, nor those still waiting), with the other
+/// filters.
+async fn deliveries_are_paged_and_filtered_to_those_that_fired_nothing(db: &TestDb) {
+    let store = db.store();
+    let fired = queue(&store, "fired", "o/a", &[job("t")]).await;
+    let nothing = queue(&store, "nothing", "o/a", &[]).await;
+    let other = queue(&store, "other", "o/b", &[]).await;
+    let mut waiting = delivery("waiting");
+    waiting.repo = Some("o/a".into());
+    store.insert_delivery(&waiting).await.unwrap();
+    let list = |filter: DeliveryFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .recent_deliveries(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.delivery_id.0)
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = DeliveryFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        list(all.clone()).await,
+        ["waiting", "other", "nothing", "fired"]
+    );
+    let page = DeliveryFilter {
+        limit: 2,
+        before: Some(other + 1),
+        ..Default::default()
+    };
+    assert_eq!(list(page).await, ["other", "nothing"]);
+    let page = DeliveryFilter {
+        before: Some(nothing),
+        ..all.clone()
+    };
+    assert_eq!(list(page).await, ["fired"]);
+    let page = DeliveryFilter {
+        before: Some(fired),
+        ..all.clone()
+    };
+    assert!(list(page).await.is_empty());
+    let quiet = DeliveryFilter {
+        fired_nothing: true,
+        ..all.clone()
+    };
+    assert_eq!(list(quiet.clone()).await, ["other", "nothing"]);
+    let quiet_a = DeliveryFilter {
+        repo: Some("O/A".into()),
+        ..quiet
+    };
+    assert_eq!(list(quiet_a).await, ["nothing"]);
+    let records = store.recent_deliveries(&all).await.unwrap();
+    let by = |id: &str| records.iter().find(|d| d.delivery_id.0 == id).unwrap();
+    assert!(by("nothing").fired_nothing() && !by("fired").fired_nothing());
+    assert!(!by("waiting").fired_nothing());
+    assert_eq!(
+        (by("waiting").state(), by("fired").state()),
+        ("waiting", "matched")
+    );
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1608,6 +1768,8 @@ on_both_stores!(
     deliveries_are_listed_with_their_jobs_and_why_other_triggers_did_not_fire,
     jobs_are_filtered_and_their_log_read_on_from_a_line,
     installations_their_repositories_and_backfill_records,
+    spend_is_summed_per_repository_and_utc_day,
+    deliveries_are_paged_and_filtered_to_those_that_fired_nothing,
 );
 
 #[test]
@@ -1780,6 +1942,7 @@ async fn deliveries_are_listed_with_their_jobs_and_why_other_triggers_did_not_fi
             event: event.map(Into::into),
             action: action.map(Into::into),
             limit,
+            ..Default::default()
         };
     let ids = |list: Vec<DeliveryRecord>| {
         list.into_iter()

@@ -16,12 +16,13 @@ use super::{Trigger, TriggerSet};
 use crate::yaml::Diagnostic;
 
 /// The triggers in force, shared by whoever matches events (the dispatcher, the schedule source) and
-/// replaced whole by [`watch`] when trigger files change.
-pub struct Live(RwLock<Arc<TriggerSet>>);
+/// replaced whole by [`watch`] when trigger files change; with the problems the last reload found (the
+/// dashboard shows them: the broken files' last good versions stay in force meanwhile).
+pub struct Live(RwLock<Arc<TriggerSet>>, RwLock<Arc<Vec<Diagnostic>>>);
 
 impl Live {
     pub fn new(set: TriggerSet) -> Self {
-        Live(RwLock::new(Arc::new(set)))
+        Live(RwLock::new(Arc::new(set)), RwLock::default())
     }
 
     /// The triggers in force now.
@@ -31,6 +32,18 @@ impl Live {
 
     pub fn set(&self, set: TriggerSet) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+    }
+
+    /// What the last reload found wrong in the trigger files (none at start: `serve` refuses to start
+    /// with problems).
+    pub fn problems(&self) -> Arc<Vec<Diagnostic>> {
+        self.1.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a reloaded set in force, with the problems found reloading it.
+    pub fn set_reloaded(&self, set: TriggerSet, problems: Vec<Diagnostic>) {
+        self.set(set);
+        *self.1.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(problems);
     }
 }
 
@@ -113,7 +126,7 @@ pub async fn watch(live: Arc<Live>, paths: Vec<PathBuf>, agents: AgentKinds) {
             problems = problems.len(),
             "trigger files reloaded"
         );
-        live.set(set);
+        live.set_reloaded(set, problems);
     }
 }
 

@@ -25,8 +25,8 @@ pub fn escape(text: &str) -> String {
 pub fn visible(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        let hidden = (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}');
+        let hidden =
+            (c.is_control() && c != '\n' && c != '\t') || crate::text::is_invisible_format(c);
         if hidden {
             out.push_str(&format!("\\u{{{:x}}}", c as u32));
         } else {

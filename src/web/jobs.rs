@@ -143,7 +143,7 @@ async fn rows(dash: &Dashboard, jobs: &[JobRecord]) -> String {
     out
 }
 
-fn viewer(who: &auth::Identity) -> Viewer<'_> {
+pub(super) fn viewer(who: &auth::Identity) -> Viewer<'_> {
     Viewer {
         login: &who.login,
         admin: who.admin,
@@ -151,7 +151,7 @@ fn viewer(who: &auth::Identity) -> Viewer<'_> {
     }
 }
 
-fn unavailable(who: &auth::Identity, e: anyhow::Error) -> Response {
+pub(super) fn unavailable(who: &auth::Identity, e: anyhow::Error) -> Response {
     tracing::warn!("dashboard: reading the store failed: {e:#}");
     page(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -1,5 +1,6 @@
 //! The dashboard at `/`, on the webhook's port: jobs as they run, a job's page with its log streaming live,
-//! cancel and re-run for admins. Server-rendered pages that work without JavaScript; one small script
+//! cancel and re-run for admins; deliveries with each trigger's verdict, the triggers and skills loaded with
+//! their problems, and spend against the budgets ([`pages`]). Server-rendered pages that work without JavaScript; one small script
 //! (served from the binary) only makes them live over server-sent events.
 //!
 //! Signed-out visitors see the sign-in page and nothing else: every data route and event stream asks for a
@@ -7,8 +8,13 @@
 //! [`html::text`]. See [`auth`] for sign-in, sessions and CSRF.
 
 pub mod auth;
+pub mod budgets;
+pub mod catalog;
+pub mod deliveries;
+pub mod fragment;
 pub mod html;
 pub mod jobs;
+pub mod pages;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +46,9 @@ const STYLE: &str = include_str!("dashboard.css");
 /// The dashboard's state.
 pub struct Dashboard {
     pub store: Arc<dyn Store>,
+    /// The service's configuration (budgets, skills) and its live trigger set, for the catalog pages.
+    pub config: Config,
+    pub triggers: Arc<crate::trigger::Live>,
     pub access: DashboardConfig,
     /// Where people reach nightshift; none: the address the browser used (its `Host`).
     public_url: Option<String>,
@@ -54,7 +63,11 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
-    pub fn new(config: &Config, store: Arc<dyn Store>) -> Arc<Dashboard> {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        triggers: Arc<crate::trigger::Live>,
+    ) -> Arc<Dashboard> {
         crate::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(config.github.timeout)
@@ -63,6 +76,8 @@ impl Dashboard {
             .expect("an HTTP client with no options that can fail");
         Arc::new(Dashboard {
             store,
+            config: config.clone(),
+            triggers,
             access: config.dashboard.clone(),
             public_url: config.public_url.clone(),
             web_url: config.github.web_url.trim_end_matches('/').to_owned(),
@@ -214,6 +229,10 @@ pub fn routes(dashboard: Arc<Dashboard>) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/retry", post(jobs::retry))
         .route("/events/jobs", get(jobs::list_events))
+        .route("/deliveries", get(pages::deliveries))
+        .route("/deliveries/{id}", get(pages::delivery))
+        .route("/triggers", get(pages::triggers))
+        .route("/budgets", get(pages::budgets))
         .route("/auth/login", get(login))
         .route("/auth/callback", get(callback))
         .route("/auth/token", post(token_sign_in))
