@@ -49,6 +49,9 @@ data_dir: $work/$name/data
 store: sqlite://$work/$name/data/nightshift.db
 triggers: $work/triggers
 workers: 4
+# One signed body is sent under many delivery ids: replay protection (on by default) would store it once.
+ingest:
+  replay_window: 0s
 git:
   file_roots: [$work]
 agents:

@@ -549,8 +549,39 @@ fn default_agent_timeout() -> Duration {
     Duration::from_secs(10 * 60)
 }
 
-/// The agent profiles triggers may name, with their backend (`command`, `codex`, `claude`, `openai`).
-pub type AgentKinds = BTreeMap<String, &'static str>;
+/// What a trigger is checked against: the agent profiles it may name, with their backend (`command`,
+/// `codex`, `claude`, `openai`; read through `Deref` as the map), and what the service's GitHub
+/// credentials can post.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentKinds {
+    kinds: BTreeMap<String, &'static str>,
+    /// The service runs with a personal token, which GitHub does not let create check runs (only an App
+    /// can): a trigger whose output is `check_run` is refused up front, not at delivery.
+    pub token_auth: bool,
+}
+
+impl std::ops::Deref for AgentKinds {
+    type Target = BTreeMap<String, &'static str>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.kinds
+    }
+}
+
+impl std::ops::DerefMut for AgentKinds {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.kinds
+    }
+}
+
+impl<const N: usize> From<[(String, &'static str); N]> for AgentKinds {
+    fn from(kinds: [(String, &'static str); N]) -> AgentKinds {
+        AgentKinds {
+            kinds: kinds.into(),
+            token_auth: false,
+        }
+    }
+}
 
 /// The default budget of one job's agent output in the log (`max_job_log`).
 pub const DEFAULT_MAX_JOB_LOG: usize = 10 * 1024 * 1024;
@@ -758,10 +789,14 @@ impl Config {
 
     /// The agent profiles' names and backends, for checking triggers.
     pub fn agent_kinds(&self) -> AgentKinds {
-        self.agents
-            .iter()
-            .map(|(name, profile)| (name.clone(), profile.backend.kind()))
-            .collect()
+        AgentKinds {
+            kinds: self
+                .agents
+                .iter()
+                .map(|(name, profile)| (name.clone(), profile.backend.kind()))
+                .collect(),
+            token_auth: matches!(self.github.auth, GithubAuth::Token(_)),
+        }
     }
 
     /// How workers claim jobs: the lease, the hourly cap, and the concurrency limits per repository and per

@@ -717,3 +717,55 @@ fn prompt_shows_the_verify_steps_in_force_and_the_follow_up_prompt() {
         sections[2]
     );
 }
+
+#[test]
+fn a_check_run_output_is_refused_up_front_when_the_service_runs_with_a_token() {
+    // GitHub lets only an App create check runs: with a personal token, a trigger posting one would fail
+    // at every delivery. check and serve say so at once, with the output's place.
+    let dir = tempfile::tempdir().unwrap();
+    let triggers = dir.path().join("triggers");
+    std::fs::create_dir(&triggers).unwrap();
+    std::fs::write(
+        dir.path().join("nightshift.yml"),
+        "agents:\n  reply: {command: [cat]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("lint.yml"),
+        "on: pull_request\nagent: reply\nprompt: x\noutput: {type: check_run, name: lint}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        triggers.join("reply.yml"),
+        "on: issues\nagent: reply\nprompt: x\noutput: comment\n",
+    )
+    .unwrap();
+    let token = [("NIGHTSHIFT_GITHUB_TOKEN", "ghp_not_used")];
+
+    let out = nightshift(dir.path(), &["check"], &token);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let expected = "\
+triggers/lint.yml:4:9: error: output `check_run` needs a GitHub App: GitHub does not let a personal token create check runs
+  hint: run nightshift as a GitHub App (github.app_id and private_key), or use output: comment, review or issue
+";
+    assert_eq!(text(&out.stdout), expected);
+    assert!(text(&out.stderr).contains("1 problem(s) found"));
+
+    let mut serve_env = token.to_vec();
+    serve_env.extend([
+        ("NIGHTSHIFT_WEBHOOK_SECRET", "s"),
+        ("NIGHTSHIFT_LISTEN", "127.0.0.1:0"),
+    ]);
+    let out = nightshift(dir.path(), &["serve"], &serve_env);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+    assert!(
+        stderr.contains("triggers/lint.yml:4:9: error: output `check_run` needs a GitHub App"),
+        "{stderr}"
+    );
+
+    // Without a token (an App, or no credentials yet: a dry run), the same files are fine.
+    let out = nightshift(dir.path(), &["check"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}

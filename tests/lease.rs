@@ -157,3 +157,47 @@ async fn a_job_asked_to_stop_while_its_worker_was_dead_is_cancelled_not_run_agai
     assert!(!data.join("worktrees/job-1-1").exists());
     assert!(!data.join("jobs/1-1").exists());
 }
+
+#[tokio::test]
+async fn agents_in_a_box_or_without_one_die_with_a_service_killed_9() {
+    // A service killed -9 runs no cleanup: its agents must not live on, unwatched, in their worktrees.
+    let loose: (&str, &str) = (
+        "loose.yml",
+        "on:\n  issues:\n    types: [opened]\nagent: loose\nprompt: hi\nprogress: false\n",
+    );
+    let spine = Spine::new(Auth::Token, &[WAITING, loose]).await;
+    let gate = spine.gate.clone();
+    // `wait` runs in its box (the default); `loose` is the same agent with `sandbox: none`. Both name a
+    // folder under the gate on their command line, so agent_processes(gate) counts both.
+    let loose_gate = gate.join("loose");
+    std::fs::create_dir_all(&loose_gate).unwrap();
+    spine.add_agents(&format!(
+        "  loose: {{command: [{}, {}], timeout: 90s, sandbox: none}}\n",
+        common::manifest_dir()
+            .join("tests/agents/wait.sh")
+            .display(),
+        loose_gate.display()
+    ));
+    let mut spine = spine;
+    spine.start().await;
+    spine
+        .deliver_example("issues", "orphan-1", "issues/opened.json")
+        .await;
+    wait_until("the boxed agent started", || {
+        gate.join("started-1").exists()
+    })
+    .await;
+    wait_until("the unboxed agent started", || {
+        loose_gate.join("started-1").exists()
+    })
+    .await;
+    assert!(agent_processes(&gate) >= 2);
+    spine.kill();
+    wait_until("every agent died with the service", || {
+        agent_processes(&gate) == 0
+    })
+    .await;
+    // Neither ran on to its end.
+    assert!(!gate.join("finished-1").exists());
+    assert!(!loose_gate.join("finished-1").exists());
+}

@@ -76,7 +76,8 @@ async fn a_check_run_output_reports_on_the_pushed_commit() {
         "audit.yml",
         "on:\n  push:\n    branches: [main]\nagent: reply\nprompt: audit\noutput:\n  type: check_run\n  name: nightshift audit\n",
     );
-    let mut spine = Spine::new(Auth::Token, &[check]).await;
+    // Only an App can create check runs (with a token, the trigger is refused at start).
+    let mut spine = Spine::new(Auth::App, &[check]).await;
     spine.start().await;
     let head = git(&spine.remote, &["rev-parse", "main"]);
     let mut v: Value = serde_json::from_slice(&spine.payload("push/with-new-branch.json")).unwrap();

@@ -100,10 +100,24 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let limits = launch.limits;
-    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), which is
-    // async-signal-safe; it allocates nothing and touches no lock.
+    let service = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), prctl(2) and
+    // getppid(2), which are async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
-        cmd.pre_exec(move || limits.apply());
+        cmd.pre_exec(move || {
+            limits.apply()?;
+            // The agent dies with the service, even killed -9 (no cleanup runs then): it never lives on
+            // unwatched, holding its worktree. In a box, bubblewrap's `--die-with-parent` takes the whole
+            // box down with it; without one, this reaches the agent's own process. The service may have
+            // died between the fork and here: then the signal would never come, so refuse to start.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if u32::try_from(libc::getppid()).ok() != Some(service) {
+                return Err(std::io::Error::other("the service is gone"));
+            }
+            Ok(())
+        });
     }
     for name in BASE_ENV
         .iter()

@@ -301,8 +301,25 @@ impl Workspaces {
                 sha.to_owned()
             }
             Checkout::Branch(branch) => {
-                self.refresh(repo, &mirror, clone_url, auth, asked).await?;
-                let tip = branch_tip(git, repo, &mirror, branch).await?;
+                // The remote's tip is asked for first (one `ls-remote`): when the mirror's branch is there
+                // already, no fetch (which costs git four processes even when nothing changed). A branch
+                // that moved, or one the remote or the mirror cannot say, is fetched as before. Jobs that
+                // arrive together still share one fetch.
+                let fetched = self.seen(repo, |s| s.fetch_began.is_some_and(|b| b >= asked));
+                let unmoved = if mirror.join("HEAD").exists() && !fetched {
+                    check_mirror(repo, &mirror).await?;
+                    self.unmoved_tip(repo, &mirror, clone_url, branch, auth)
+                        .await
+                } else {
+                    None
+                };
+                let tip = match unmoved {
+                    Some(tip) => tip,
+                    None => {
+                        self.refresh(repo, &mirror, clone_url, auth, asked).await?;
+                        branch_tip(git, repo, &mirror, branch).await?
+                    }
+                };
                 self.seen(repo, |s| s.tip = Some((branch.to_owned(), tip.clone())));
                 tip
             }
@@ -321,19 +338,7 @@ impl Workspaces {
         // Only the bookkeeping happens under the lock; the checkout itself (the slow part on a large
         // repository) runs after it is released, so jobs on one repository wait for each other only for
         // the fetch.
-        git.cmd(Repo::Bare(&mirror))
-            .args([
-                "worktree",
-                "add",
-                "--detach",
-                "--force",
-                "--no-checkout",
-                "--quiet",
-                "--end-of-options",
-                path_str(&path)?,
-                &commit,
-            ])
-            .run()
+        add_worktree(&mirror, &path, &commit)
             .await
             .with_context(|| format!("adding a worktree at {commit} of {repo}"))?;
         let default_branch = default_branch(git, &mirror).await;
@@ -357,6 +362,9 @@ impl Workspaces {
                 git_dir: &worktree.git_dir,
                 work_tree: &worktree.path,
             })
+            // Files written by a few processes at once (git's parallel checkout, for trees of 100 files
+            // or more): the checkout is most of the wait between an event and its agent.
+            .config(format!("checkout.workers={}", checkout_workers()))
             .args(["reset", "--hard", "--quiet"])
             .run()
             .await
@@ -380,6 +388,12 @@ impl Workspaces {
         }
         Ok(worktree)
     }
+}
+
+/// How many processes write a checkout's files: the machine's cores, at most four (past that, starting
+/// them costs more than they save on a repository's tree).
+fn checkout_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// Copies an index file with its modification time: git trusts an entry's stat data only when the file
@@ -430,6 +444,38 @@ async fn default_branch(git: &Git, mirror: &Path) -> String {
         .await
         .map(|b| b.trim().to_owned())
         .unwrap_or_default()
+}
+
+/// Adds a worktree at `path` (which must not exist) detached at `commit`, without checking it out: the
+/// files `git worktree add --detach --no-checkout` writes (the worktree's git folder `worktrees/NAME` in
+/// the mirror with its `HEAD`, `commondir` and `gitdir`; the worktree's `.git` file), written here to
+/// spare a git process per job. The caller holds the repository's lock and removed what a run that died
+/// left under the same name.
+async fn add_worktree(mirror: &Path, path: &Path, commit: &str) -> Result<()> {
+    if !is_object_id(commit) {
+        bail!("`{}` is not a commit id", commit.escape_debug());
+    }
+    let name = path.file_name().context("the worktree path has no name")?;
+    let admin = mirror.join("worktrees").join(name);
+    let files = [
+        (admin.join("commondir"), "../..\n".to_owned()),
+        (admin.join("gitdir"), format!("{}/.git\n", path_str(path)?)),
+        (admin.join("HEAD"), format!("{commit}\n")),
+        (
+            path.join(".git"),
+            format!("gitdir: {}\n", path_str(&admin)?),
+        ),
+    ];
+    let (path, refs) = (path.to_owned(), admin.join("refs"));
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        std::fs::create_dir_all(&refs).with_context(|| format!("creating {}", refs.display()))?;
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        for (file, text) in files {
+            std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(())
+    })
+    .await?
 }
 
 /// Reads the `.git` file `git worktree add` just wrote and checks that it names a folder of the mirror's.
@@ -872,6 +918,34 @@ impl Workspaces {
         })
     }
 
+    /// The tip of `branch` (the mirror's default branch when empty) when the remote and the mirror agree
+    /// on it: the commit, which the mirror then holds. None when the branch moved, is missing on either
+    /// side, or either cannot be read (then a fetch decides). The caller holds the repository's lock and
+    /// has checked the mirror.
+    async fn unmoved_tip(
+        &self,
+        repo: &RepoName,
+        mirror: &Path,
+        clone_url: &str,
+        branch: &str,
+        auth: &GitAuth,
+    ) -> Option<String> {
+        let name = if branch.is_empty() {
+            default_branch(&self.git, mirror).await
+        } else {
+            branch.to_owned()
+        };
+        let local = local_branch(mirror, &name).await?;
+        match self.remote_tip(repo, clone_url, &name, auth).await {
+            Ok(Some(remote)) if remote.eq_ignore_ascii_case(&local) => Some(local),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(%repo, "asking for the tip of {name} failed ({e:#}); fetching");
+                None
+            }
+        }
+    }
+
     /// The commit at the tip of `branch` on the remote, or None when the branch does not exist.
     pub async fn remote_tip(
         &self,
@@ -1285,6 +1359,46 @@ fn check_branch_name(branch: &str) -> Result<()> {
         bail!("`{}` is not a branch name", branch.escape_debug());
     }
     Ok(())
+}
+
+/// The commit the mirror's `refs/heads/BRANCH` names, read from its files (a loose ref, else
+/// `packed-refs`) without a git process. None when the name is not a plain branch name, the ref is not
+/// a regular file, or it is not there (another ref format, say): the caller then asks git. A ref in the
+/// mirror names a commit it holds whole: git writes a fetched ref only after its objects.
+async fn local_branch(mirror: &Path, branch: &str) -> Option<String> {
+    let plain = check_branch_name(branch).is_ok()
+        && branch.split('/').all(|c| {
+            !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock") && !c.contains('@')
+        });
+    if !plain {
+        return None;
+    }
+    let name = format!("refs/heads/{branch}");
+    let loose = mirror.join(&name);
+    match tokio::fs::symlink_metadata(&loose).await {
+        Ok(meta) if meta.is_file() => {
+            let text = tokio::fs::read_to_string(&loose).await.ok()?;
+            let sha = text.strip_suffix('\n').unwrap_or(&text);
+            return is_object_id(sha).then(|| sha.to_owned());
+        }
+        Ok(_) => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => return None,
+    }
+    let packed = mirror.join("packed-refs");
+    if !tokio::fs::symlink_metadata(&packed)
+        .await
+        .is_ok_and(|m| m.is_file())
+    {
+        return None;
+    }
+    let text = tokio::fs::read_to_string(&packed).await.ok()?;
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('^'))
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, n)| *n == name)
+        .map(|(sha, _)| sha.to_owned())
+        .filter(|sha| is_object_id(sha))
 }
 
 /// A full commit id (SHA-1 or SHA-256, hex).
@@ -1959,6 +2073,114 @@ mod tests {
             "two\n"
         );
         wt.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_branch_the_mirror_holds_at_the_remotes_tip_needs_no_fetch_and_a_moved_one_is_fetched()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, work) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let mirror = dir.path().join("data/mirrors/o/r.git");
+        let job = |n: i64, branch: &'static str| {
+            let (spaces, repo) = (&spaces, &repo);
+            async move {
+                let wt = spaces
+                    .prepare(
+                        repo,
+                        url,
+                        Checkout::Branch(branch),
+                        JobId(n),
+                        1,
+                        &GitAuth::none(),
+                    )
+                    .await
+                    .unwrap();
+                let seen = (
+                    wt.commit.clone(),
+                    std::fs::read_to_string(wt.path.join("README.md")).unwrap(),
+                );
+                // The worktree nightshift wrote is one git knows, clean and at its commit, as the agent's
+                // own git sees it.
+                assert_eq!(sh(&wt.path, &["rev-parse", "HEAD"]), wt.commit);
+                assert_eq!(sh(&wt.path, &["status", "--porcelain"]), "");
+                let mirror = wt.mirror.to_str().unwrap().to_owned();
+                let listed = sh(
+                    &wt.path,
+                    &["--git-dir", &mirror, "worktree", "list", "--porcelain"],
+                );
+                assert!(
+                    listed.contains(&format!(
+                        "worktree {}\nHEAD {}\ndetached",
+                        wt.path.display(),
+                        wt.commit
+                    )),
+                    "{listed}"
+                );
+                wt.remove().await.unwrap();
+                seen
+            }
+        };
+        let one = sh(&work, &["rev-parse", "HEAD"]);
+        assert_eq!(job(1, "main").await, (one.clone(), "one\n".to_owned()));
+
+        // A new branch elsewhere, main unchanged: main is checked out without a fetch (the mirror never
+        // learns of the other branch), by its name or as the default branch.
+        sh(
+            &work,
+            &["push", "--quiet", "origin", "HEAD:refs/heads/other"],
+        );
+        assert_eq!(job(2, "main").await, (one.clone(), "one\n".to_owned()));
+        assert_eq!(job(3, "").await, (one.clone(), "one\n".to_owned()));
+        let has_other = || {
+            sh(
+                dir.path(),
+                &["--git-dir", mirror.to_str().unwrap(), "for-each-ref"],
+            )
+            .contains("refs/heads/other")
+        };
+        assert!(
+            !has_other(),
+            "main had not moved, yet the mirror was fetched"
+        );
+
+        // main moves, and a branch whose name ends like main's ref points at the commit the mirror still
+        // has: only main's own ref counts, so it is fetched and the job gets the new commit.
+        sh(
+            &work,
+            &[
+                "push",
+                "--quiet",
+                "origin",
+                "HEAD:refs/heads/x/refs/heads/main",
+            ],
+        );
+        let two = push_file(&work, "README.md", "two\n");
+        assert_eq!(job(4, "main").await, (two.clone(), "two\n".to_owned()));
+        assert!(has_other());
+
+        // Packed refs are read the same way: still no fetch while main stays where it is.
+        sh(
+            dir.path(),
+            &["--git-dir", mirror.to_str().unwrap(), "pack-refs", "--all"],
+        );
+        sh(
+            &work,
+            &["push", "--quiet", "origin", "HEAD:refs/heads/third"],
+        );
+        assert_eq!(job(5, "main").await, (two, "two\n".to_owned()));
+        let refs = sh(
+            dir.path(),
+            &["--git-dir", mirror.to_str().unwrap(), "for-each-ref"],
+        );
+        assert!(!refs.contains("refs/heads/third"), "{refs}");
+
+        // A branch name that is no plain name is never read as a path of the mirror.
+        for bad in ["../../HEAD", "/etc/passwd", "main/../main", "-main"] {
+            assert_eq!(local_branch(&mirror, bad).await, None, "{bad}");
+        }
     }
 
     #[tokio::test]

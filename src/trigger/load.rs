@@ -376,6 +376,13 @@ pub fn load_one(
             Some("use a command, codex or claude agent, or output: comment, review, issue or check_run".into()),
         );
     }
+    if agents.is_some_and(|a| a.token_auth) && output.kind == OutputKind::CheckRun {
+        c.error(
+            output_at,
+            "output `check_run` needs a GitHub App: GitHub does not let a personal token create check runs",
+            Some("run nightshift as a GitHub App (github.app_id and private_key), or use output: comment, review or issue".into()),
+        );
+    }
     if let Some(agents) = agents
         && !agents.contains_key(&file.agent.value)
     {
@@ -834,6 +841,33 @@ mod tests {
         load_one(Path::new("triggers/t.yml"), text, Some(&agents()))
             .map(|_| Vec::new())
             .unwrap_or_else(|ds| ds.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn with_a_token_a_check_run_output_is_refused_and_other_outputs_are_not() {
+        let mut token = agents();
+        token.token_auth = true;
+        let check = "on: push\nagent: default\nprompt: x\noutput: {type: check_run, name: lint}\n";
+        let ds = load_one(Path::new("triggers/t.yml"), check, Some(&token)).unwrap_err();
+        let ds: Vec<String> = ds.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ds,
+            [
+                "triggers/t.yml:4:9: error: output `check_run` needs a GitHub App: GitHub does not let a \
+              personal token create check runs\n  hint: run nightshift as a GitHub App (github.app_id \
+              and private_key), or use output: comment, review or issue"
+            ]
+        );
+        // As an App (or with no config at hand), the same file loads.
+        assert!(errors(check).is_empty());
+        assert!(load_one(Path::new("triggers/t.yml"), check, None).is_ok());
+        for output in ["comment", "review", "issue", "pull_request"] {
+            let text = format!("on: pull_request\nagent: default\nprompt: x\noutput: {output}\n");
+            assert!(
+                load_one(Path::new("triggers/t.yml"), &text, Some(&token)).is_ok(),
+                "{output}"
+            );
+        }
     }
 
     #[test]
