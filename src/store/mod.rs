@@ -589,6 +589,16 @@ pub trait Store: Send + Sync + 'static {
     /// Takes or extends the lease `name` for `owner` until `until` (unix ms): true when `owner` holds it
     /// (it was free, expired before `now`, or already `owner`'s).
     async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
+
+    /// [`Store::insert_deliveries`] of a batch the caller gives away (a store may hand it to a thread of
+    /// its own without copying the payloads).
+    async fn insert_delivery_batch(
+        &self,
+        batch: Vec<NewDelivery>,
+        replay_window: Duration,
+    ) -> Result<Vec<Inserted>> {
+        self.insert_deliveries(&batch, replay_window).await
+    }
 }
 
 /// How long [`Store::claim_redelivery`] remembers a redelivery it recorded (GitHub keeps its delivery log
