@@ -5,6 +5,9 @@
 # Usage: bench/ingest.sh [seconds]   (needs cargo, wrk, npm, python3, openssl; Postgres's initdb for the
 # Postgres row: /usr/lib/postgresql/*/bin or PATH). Every request carries the same body under a new id, so
 # replay protection is off for the run (ingest.replay_window: 0s): each 202 is a row written and fsynced.
+# BASE=/path/to/an/older/nightshift adds its SQLite row to the same run (ratios against it). POSTGRES=0
+# leaves Postgres out. Each nightshift row also says its memory once ready and idle (1 s after `ready`):
+# VmRSS, and of it the anonymous memory (heap, stacks) and the file-backed (the binary's pages).
 set -euo pipefail
 SECS=${1:-15}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,8 +34,8 @@ for _ in range(n): os.write(fd,b); os.fdatasync(fd)
 print(round(n/(time.perf_counter()-t)))")
 echo "disk: 22 KB write+fdatasync: $DSYNC_RATE/s (dd oflag=dsync: $DSYNC)"
 
-run_nightshift() { # $1 = store URL, $2 = label
-  local dir="$D/$2"; mkdir -p "$dir/triggers"
+run_nightshift() { # $1 = store URL, $2 = label, $3 = binary (default: this tree's)
+  local dir="$D/$2" bin=${3:-$BIN}; mkdir -p "$dir/triggers"
   cat > "$dir/nightshift.yml" <<YML
 listen: 127.0.0.1:0
 store: $1
@@ -48,23 +51,26 @@ ingest:
 repo_triggers: ${REPO_TRIGGERS:-false}
 YML
   local started=$(date +%s%N)
-  env -u NIGHTSHIFT_GITHUB_TOKEN RUST_LOG=info "$BIN" --config "$dir/nightshift.yml" serve 2>"$dir/log" &
+  env -u NIGHTSHIFT_GITHUB_TOKEN RUST_LOG=info "$bin" --config "$dir/nightshift.yml" serve 2>"$dir/log" &
   local pid=$!
   until grep -q ' ready ' "$dir/log"; do sleep 0.01; done
   local ready_ms=$(( ($(date +%s%N) - started) / 1000000 ))
   local addr=$(grep -o 'address=[^ ]*' "$dir/log" | head -1 | cut -d= -f2)
+  sleep 1
   local idle_kb=$(ps -o rss= -p $pid)
+  local idle_split=$(awk '/^Anonymous:/ {a=$2} /^Rss:/ {r=$2} END {print "anonymous", a, "KB, file", r-a, "KB"}' /proc/$pid/smaps_rollup)
   local out=$(WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$addr")
   local codes=$(grep -c "delivery stored" "$dir/log" || true)
-  echo "nightshift $2: start-to-ready ${ready_ms} ms (startup_ms $(grep -o 'startup_ms=[0-9]*' "$dir/log" | cut -d= -f2)), idle RSS ${idle_kb} KB, stored $codes"
+  echo "nightshift $2: start-to-ready ${ready_ms} ms (startup_ms $(grep -o 'startup_ms=[0-9]*' "$dir/log" | cut -d= -f2)), idle RSS ${idle_kb} KB ($idle_split), stored $codes"
   echo "$out" | grep -E 'Requests/sec|50%|99%|Non-2xx' | sed 's/^/  /'
   kill $pid; wait $pid 2>/dev/null || true
   echo "$out" > "$dir/wrk"
 }
 
 run_nightshift "sqlite://$D/sqlite/state/nightshift.db" sqlite
+[ -n "${BASE:-}" ] && run_nightshift "sqlite://$D/base/state/nightshift.db" base "$BASE"
 PGBIN=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
-if [ -x "$PGBIN/initdb" ]; then
+if [ "${POSTGRES:-1}" != 0 ] && [ -x "$PGBIN/initdb" ]; then
   PGDATA_DIR="$D/pg/data"; mkdir -p "$D/pg"; RUNAS=()
   if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$D/pg"; RUNAS=(runuser -u postgres --); fi
   "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --no-instructions >/dev/null
@@ -75,8 +81,11 @@ if [ -x "$PGBIN/initdb" ]; then
 fi
 
 PR=$(echo "$PROBOT" | rate)
-for s in sqlite postgres; do
+for s in sqlite base postgres; do
   [ -f "$D/$s/wrk" ] || continue
   R=$(rate < "$D/$s/wrk")
   python3 -c "print('$s: %.2fx Probot (%s vs %s req/s), %.2f of the disk\'s fdatasync rate, p99 %s' % ($R/$PR, '$R', '$PR', $R/$DSYNC_RATE, '$(p99 < "$D/$s/wrk")'))"
 done
+if [ -f "$D/base/wrk" ]; then
+  python3 -c "print('sqlite vs base: %.2fx the requests/s' % ($(rate < "$D/sqlite/wrk")/$(rate < "$D/base/wrk")))"
+fi

@@ -438,11 +438,10 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                     Diagnostics(loaded.diagnostics)
                 );
             }
-            // gitleaks' rules compile once per process: now, beside startup, so the first job does not
-            // wait for them (one that comes sooner waits for the rules it needs).
-            std::thread::Builder::new()
-                .name("secrets-warm".into())
-                .spawn(nightshift::sink::secrets::warm)?;
+            // gitleaks' rules are not compiled here: all of them held 15 MB of automata for as long as the
+            // process lives (most of an idle server's memory) and took a core beside startup. Each rule
+            // compiles on first use instead, only when a text's keywords select it; a job, minutes long,
+            // waits milliseconds for the few it needs.
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(nightshift::server::serve(
                 config,

@@ -77,9 +77,10 @@ async fn run(
             .drain(..)
             .map(|r| (r.delivery, (r.answer, r._budget)))
             .unzip();
+        let count = deliveries.len();
         match crate::metrics::time_store(
             "ingest_commit",
-            intake.store.insert_deliveries(&deliveries, window),
+            intake.store.insert_delivery_batch(deliveries, window),
         )
         .await
         {
@@ -95,7 +96,7 @@ async fn run(
             Err(e) => {
                 let why = format!("{e:#}");
                 warn!(
-                    deliveries = deliveries.len(),
+                    deliveries = count,
                     "storing deliveries failed; each was answered 503 so its sender tries again: {why}"
                 );
                 intake

@@ -594,6 +594,15 @@ pub trait Store: Send + Sync + 'static {
     /// started, as [`Store::spend_since`] and the daily budget count it), oldest day first, then by
     /// repository.
     async fn spend_by_day(&self, since: i64) -> Result<Vec<DaySpend>>;
+    /// [`Store::insert_deliveries`] of a batch the caller gives away (a store may hand it to a thread of
+    /// its own without copying the payloads).
+    async fn insert_delivery_batch(
+        &self,
+        batch: Vec<NewDelivery>,
+        replay_window: Duration,
+    ) -> Result<Vec<Inserted>> {
+        self.insert_deliveries(&batch, replay_window).await
+    }
 }
 
 /// One repository's spend on one UTC day (see [`Store::spend_by_day`]).

@@ -17,6 +17,8 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 use super::*;
 use crate::now_ms;
 
+mod writer;
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -128,6 +130,8 @@ pub struct SqliteStore {
     /// nothing: the write is in the OS's page cache.)
     relaxed: SqlitePool,
     _checkpoints: Option<Checkpoints>,
+    /// Writes the webhook deliveries' batches on a connection and thread of its own (none in memory).
+    deliveries: Option<writer::DeliveryWriter>,
 }
 
 /// The task that checkpoints the WAL every [`Checkpoints::EVERY`], on a connection of its own; stopped when
@@ -165,13 +169,16 @@ impl Drop for Checkpoints {
     }
 }
 
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         // Checkpoints (copying the WAL into the database file, with an fsync of its own) run on a
         // connection of their own (`Checkpoints`), never inside the commit of the writer that crossed the
@@ -218,6 +225,7 @@ impl SqliteStore {
                 relaxed: pool.clone(),
                 pool,
                 _checkpoints: None,
+                deliveries: None,
             });
         }
         let relaxed = SqlitePoolOptions::new()
@@ -225,11 +233,13 @@ impl SqliteStore {
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(relaxed_options)
             .await?;
+        let deliveries = writer::DeliveryWriter::start(file, BUSY_TIMEOUT)?;
         let checkpoints = Checkpoints::start(options).await?;
         Ok(SqliteStore {
             pool,
             relaxed,
             _checkpoints: Some(checkpoints),
+            deliveries: Some(deliveries),
         })
     }
 }
@@ -1114,8 +1124,13 @@ impl Store for SqliteStore {
         batch: &[NewDelivery],
         replay_window: Duration,
     ) -> Result<Vec<Inserted>> {
-        let mut conn = self.pool.acquire().await?;
-        write_deliveries(&mut conn, batch, replay_window).await
+        match &self.deliveries {
+            Some(writer) => writer.write(batch.to_vec(), replay_window).await,
+            None => {
+                let mut conn = self.pool.acquire().await?;
+                write_deliveries(&mut conn, batch, replay_window).await
+            }
+        }
     }
 
     async fn counts(&self) -> Result<Counts> {
@@ -1386,6 +1401,17 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_delivery_batch(
+        &self,
+        batch: Vec<NewDelivery>,
+        replay_window: Duration,
+    ) -> Result<Vec<Inserted>> {
+        match &self.deliveries {
+            Some(writer) => writer.write(batch, replay_window).await,
+            None => self.insert_deliveries(&batch, replay_window).await,
+        }
     }
 }
 

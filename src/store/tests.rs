@@ -1716,6 +1716,99 @@ async fn deliveries_are_paged_and_filtered_to_those_that_fired_nothing(db: &Test
         (by("waiting").state(), by("fired").state()),
         ("waiting", "matched")
     );
+/// A batch handed over whole (`insert_delivery_batch`, the webhook writer's call; SQLite writes it on a
+/// connection of its own) stores every field as sent: hostile ids and texts are values, never SQL; absent
+/// fields stay absent; payload bytes (NULs, invalid UTF-8, a megabyte) come back exactly. Batches sent at
+/// once from many tasks are each answered with their own rows.
+async fn a_batch_handed_over_stores_every_field_as_sent(db: &TestDb) {
+    let store = db.store();
+    let hostile = "x'); DROP TABLE deliveries; --";
+    let mut big = vec![0u8; 1 << 20];
+    big.iter_mut()
+        .enumerate()
+        .for_each(|(n, b)| *b = (n * 7 % 256) as u8);
+    let batch = vec![
+        NewDelivery {
+            delivery_id: DeliveryId(hostile.into()),
+            event: "issue_comment\"".into(),
+            action: Some("créé ✓".into()),
+            repo: Some("O/R".into()),
+            installation_id: Some(i64::MAX),
+            payload: b"{\"a\":\"\0\xff\xfe\"}".to_vec(),
+        },
+        NewDelivery {
+            delivery_id: DeliveryId("bare".into()),
+            event: "ping".into(),
+            action: None,
+            repo: None,
+            installation_id: None,
+            payload: big.clone(),
+        },
+        NewDelivery {
+            payload: Vec::new(),
+            ..delivery("empty")
+        },
+    ];
+    let answers = store
+        .insert_delivery_batch(batch, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let rows: Vec<i64> = answers
+        .iter()
+        .map(|a| match a {
+            Inserted::New(row) => *row,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        store.delivery_payload(rows[0]).await.unwrap(),
+        b"{\"a\":\"\0\xff\xfe\"}"
+    );
+    assert_eq!(store.delivery_payload(rows[1]).await.unwrap(), big);
+    assert!(store.delivery_payload(rows[2]).await.unwrap().is_empty());
+    let first = store.delivery_record(hostile).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            first.event.as_str(),
+            first.action.as_deref(),
+            first.repo.as_deref()
+        ),
+        ("issue_comment\"", Some("créé ✓"), Some("O/R"))
+    );
+    let bare = store.delivery_record("bare").await.unwrap().unwrap();
+    assert_eq!((bare.action, bare.repo), (None, None));
+    assert_eq!(store.delivery_count().await.unwrap(), 3);
+
+    // Many batches at once: each answer is its own delivery's row.
+    let sent = (0..16).map(|task| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let batch: Vec<NewDelivery> = (0..8)
+                .map(|n| NewDelivery {
+                    payload: format!("{{\"task\":{task},\"n\":{n}}}").into_bytes(),
+                    ..delivery(&format!("t{task}-{n}"))
+                })
+                .collect();
+            let answers = store
+                .insert_delivery_batch(batch, Duration::from_secs(3600))
+                .await
+                .unwrap();
+            (task, answers)
+        })
+    });
+    for handle in sent.collect::<Vec<_>>() {
+        let (task, answers) = handle.await.unwrap();
+        for (n, answer) in answers.into_iter().enumerate() {
+            let Inserted::New(row) = answer else {
+                panic!("{answer:?}")
+            };
+            assert_eq!(
+                store.delivery_payload(row).await.unwrap(),
+                format!("{{\"task\":{task},\"n\":{n}}}").into_bytes()
+            );
+        }
+    }
+    assert_eq!(store.delivery_count().await.unwrap(), 3 + 16 * 8);
 }
 
 macro_rules! on_both_stores {
@@ -1770,6 +1863,7 @@ on_both_stores!(
     installations_their_repositories_and_backfill_records,
     spend_is_summed_per_repository_and_utc_day,
     deliveries_are_paged_and_filtered_to_those_that_fired_nothing,
+    a_batch_handed_over_stores_every_field_as_sent,
 );
 
 #[test]
