@@ -1,26 +1,40 @@
-//! Claims per second, store level: two stores (two connection pools, as two replicas have) × 8 tasks
-//! claim pre-queued jobs and finish each at once (a no-op agent), until none is left; every job must be
-//! claimed exactly once. Postgres (a server of its own on a temporary directory, Unix socket, fsync off
-//! like the tests' server) and SQLite (a file on a temporary directory, as the service opens it), one after
-//! the other in the same run.
+//! Claims per second, store level, with a no-op agent: workers claim pre-queued jobs and finish each at
+//! once, until none is left; every job must be claimed exactly once (each ends `succeeded` after one start,
+//! and the workers' claims add up to the jobs). Postgres (a server of its own on a temporary directory, Unix
+//! socket, fsync off like the tests' server) in two shapes, one after the other on fresh servers:
 //!
-//! `cargo bench --bench claims` (`CLAIMS_JOBS=N` for another job count; default 10000).
+//! - `processes`: 2 processes (this binary started again as a child) × 8 tasks each, as two replicas of
+//!   `nightshift serve` claim (issue 11's target: ≥ 5,000 claims/s);
+//! - `pools`: 2 connection pools × 8 tasks in this process (the shape earlier versions of this bench
+//!   measured, for a ratio against them);
+//!
+//! and SQLite (a file on a temporary directory, as the service opens it) in the `pools` shape.
+//!
+//! `cargo bench --bench claims` (`CLAIMS_JOBS=N` for another job count; default 10000). `bench/claims.sh`
+//! runs it beside another build's binary for ratios measured in one run.
 
 #[path = "../tests/common/postgres.rs"]
 mod postgres_server;
 
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nightshift::store::{
-    ClaimPolicy, Ending, Inserted, NewDelivery, NewJob, PostgresStore, SqliteStore, Store,
+    ClaimPolicy, Ending, Inserted, JobState, NewDelivery, NewJob, PostgresStore, SqliteStore, Store,
 };
 
 const REPLICAS: usize = 2;
 const WORKERS: usize = 8;
+/// Set in a child: the store URL it claims from.
+const CHILD: &str = "NIGHTSHIFT_CLAIMS_CHILD";
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    if let Ok(url) = std::env::var(CHILD) {
+        return child(&url).await;
+    }
     // `cargo bench` passes `--bench`; nothing else is read.
     let jobs: usize = std::env::var("CLAIMS_JOBS")
         .ok()
@@ -28,29 +42,51 @@ async fn main() {
         .unwrap_or(10_000);
 
     let server = postgres_server::PgServer::start();
-    let mut postgres = Vec::new();
-    for _ in 0..REPLICAS {
-        let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&server.url()).await.unwrap());
-        postgres.push(store);
-    }
-    let pg = run("postgres", &postgres, jobs).await;
+    let store = connect(&server.url()).await;
+    queue("postgres", &store, jobs).await;
+    let elapsed = processes(&server.url()).await;
+    let processes = report("postgres", "processes", &store, jobs, elapsed).await;
+    drop(server);
+
+    let server = postgres_server::PgServer::start();
+    let stores = pools(&server.url()).await;
+    queue("postgres", &stores[0], jobs).await;
+    let elapsed = claim_in_tasks(&stores).await;
+    let pg = report("postgres", "pools", &stores[0], jobs, elapsed).await;
+    drop(server);
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/claims.db", dir.path().display());
-    let mut sqlite = Vec::new();
-    for _ in 0..REPLICAS {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url).await.unwrap());
-        sqlite.push(store);
-    }
-    let lite = run("sqlite", &sqlite, jobs).await;
-    println!("postgres/sqlite: {:.2}x", pg / lite);
+    let stores = pools(&url).await;
+    queue("sqlite", &stores[0], jobs).await;
+    let elapsed = claim_in_tasks(&stores).await;
+    let lite = report("sqlite", "pools", &stores[0], jobs, elapsed).await;
+    println!(
+        "postgres/sqlite (pools): {:.2}x; postgres processes/pools: {:.2}x",
+        pg / lite,
+        processes / pg
+    );
 }
 
-/// Queues `jobs` jobs (over enough repositories that the default hourly cap of 100 holds none back), then
-/// claims and finishes them all; returns claims per second.
-async fn run(name: &str, stores: &[Arc<dyn Store>], jobs: usize) -> f64 {
+async fn connect(url: &str) -> Arc<dyn Store> {
+    if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::connect(url).await.unwrap())
+    } else {
+        Arc::new(PostgresStore::connect(url).await.unwrap())
+    }
+}
+
+async fn pools(url: &str) -> Vec<Arc<dyn Store>> {
+    let mut stores = Vec::new();
+    for _ in 0..REPLICAS {
+        stores.push(connect(url).await);
+    }
+    stores
+}
+
+/// Queues `jobs` jobs, over enough repositories that the default hourly cap of 100 holds none back.
+async fn queue(name: &str, store: &Arc<dyn Store>, jobs: usize) {
     let queued = Instant::now();
-    let store = &stores[0];
     for i in 0..jobs {
         let repo = format!("o/r{}", i / 50);
         let delivery = NewDelivery {
@@ -74,17 +110,22 @@ async fn run(name: &str, stores: &[Arc<dyn Store>], jobs: usize) -> f64 {
         };
         store.record_match(id, &[job]).await.unwrap();
     }
-    let queued = queued.elapsed();
+    println!(
+        "{name}: queued {jobs} jobs in {:.2} s",
+        queued.elapsed().as_secs_f64()
+    );
+}
+
+/// Claims and finishes jobs with WORKERS tasks on `store` until none is left; the jobs each task claimed.
+async fn workers(store: Arc<dyn Store>, name: &str) -> Vec<tokio::task::JoinHandle<usize>> {
     let policy = ClaimPolicy::new(Duration::from_secs(600), 100);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (r, store) in stores.iter().enumerate() {
-        for w in 0..WORKERS {
+    (0..WORKERS)
+        .map(|w| {
             let store = store.clone();
             let policy = policy.clone();
-            tasks.push(tokio::spawn(async move {
-                let owner = format!("r{r}-w{w}");
-                let mut claimed = Vec::new();
+            let owner = format!("{name}-w{w}");
+            tokio::spawn(async move {
+                let mut claimed = 0;
                 while let Some(job) = store.claim_job(&owner, policy.clone()).await.unwrap() {
                     assert!(
                         store
@@ -92,30 +133,99 @@ async fn run(name: &str, stores: &[Arc<dyn Store>], jobs: usize) -> f64 {
                             .await
                             .unwrap()
                     );
-                    claimed.push(job.id.0);
+                    claimed += 1;
                 }
                 claimed
-            }));
-        }
+            })
+        })
+        .collect()
+}
+
+async fn claim_in_tasks(stores: &[Arc<dyn Store>]) -> Duration {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (r, store) in stores.iter().enumerate() {
+        tasks.extend(workers(store.clone(), &format!("r{r}")).await);
     }
-    let mut all = Vec::new();
     for task in tasks {
-        all.extend(task.await.unwrap());
+        task.await.unwrap();
     }
+    start.elapsed()
+}
+
+/// A child: connects, says `ready`, waits for a line on stdin, claims until none is left, prints how many.
+async fn child(url: &str) {
+    let store = connect(url).await;
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go).unwrap();
+    let mut claimed = 0;
+    for task in workers(store, &format!("p{}", std::process::id())).await {
+        claimed += task.await.unwrap();
+    }
+    println!("{claimed}");
+}
+
+/// Starts REPLICAS children on `url`, times them from the moment all are connected until all are done.
+async fn processes(url: &str) -> Duration {
+    let mut children = Vec::new();
+    for _ in 0..REPLICAS {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "a child connects first");
+        children.push((child, out));
+    }
+    let start = Instant::now();
+    for (child, _) in &mut children {
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let children = tokio::task::spawn_blocking(move || {
+        let mut counts = Vec::new();
+        for (mut child, mut out) in children {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert!(child.wait().unwrap().success());
+            counts.push(line.trim().parse::<usize>().unwrap());
+        }
+        counts
+    })
+    .await
+    .unwrap();
     let elapsed = start.elapsed();
-    let claims = all.len();
-    all.sort_unstable();
-    all.dedup();
-    assert_eq!(
-        (claims, all.len()),
-        (jobs, jobs),
-        "{name}: every job claimed exactly once"
-    );
+    println!("claims per process: {children:?}");
+    elapsed
+}
+
+/// Checks that every job ran once and ended, prints the rate and returns it.
+async fn report(
+    name: &str,
+    shape: &str,
+    store: &Arc<dyn Store>,
+    jobs: usize,
+    elapsed: Duration,
+) -> f64 {
+    let records = store.jobs().await.unwrap();
+    assert_eq!(records.len(), jobs, "{name}: every job is there");
+    for record in &records {
+        assert_eq!(
+            (record.state, record.attempts),
+            (JobState::Succeeded, 1),
+            "{name}: job {} claimed exactly once",
+            record.id.0
+        );
+    }
     let rate = jobs as f64 / elapsed.as_secs_f64();
     println!(
-        "{name}: {jobs} jobs claimed and finished by {REPLICAS} pools x {WORKERS} tasks in {:.2} s: {rate:.0} claims/s, none twice (queueing them took {:.2} s)",
-        elapsed.as_secs_f64(),
-        queued.as_secs_f64()
+        "{name} ({shape}): {jobs} jobs claimed and finished by {REPLICAS} {shape} x {WORKERS} tasks in {:.2} s: {rate:.0} claims/s, none twice",
+        elapsed.as_secs_f64()
     );
     rate
 }

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "match verdicts",
         include_str!("../../migrations/postgres/0006_match_verdicts.sql"),
     ),
+    (
+        7,
+        "claim lanes",
+        include_str!("../../migrations/postgres/0007_claim_lanes.sql"),
+    ),
 ];
 
 /// The channels the migration's triggers NOTIFY.
@@ -115,14 +120,9 @@ fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
-/// Advisory-lock keys of concurrency groups live in their own space (the first key of the two-key form).
-const GROUP_LOCK_SPACE: i32 = 0x6e73; // "ns"
-/// Advisory-lock keys of repositories (their hourly cap and `max_concurrent_per_repo`) and agent profiles
-/// (`max_concurrent`) live in spaces of their own. A claim takes them in one order: repository (the cap),
-/// group, repository (the limit; the same lock again), profile, so two claims never wait on each other in
-/// a circle.
-const REPO_LOCK_SPACE: i32 = 0x6e72; // "nr"
-const PROFILE_LOCK_SPACE: i32 = 0x6e70; // "np"
+// Advisory-lock keys of concurrency groups (28275), repositories (28274: their hourly cap and
+// `max_concurrent_per_repo`) and agent profiles (28272: `max_concurrent`) live in spaces of their own (the
+// first key of the two-key form); the claim takes them in `nightshift_claim` (migration 0007).
 
 pub struct PostgresStore {
     pub(super) pool: PgPool,
@@ -345,171 +345,46 @@ impl PostgresStore {
         Ok(PostgresStore { pool, options })
     }
 
-    /// Whether `repo` started `cap` jobs in the last hour; when it did, its queued jobs wait (with the
-    /// reason) until the oldest start of the hour is an hour old. Run in the claim's transaction, under the
-    /// repository's advisory lock: the count sees every start another replica committed before.
-    async fn capped(tx: &mut sqlx::PgConnection, repo: &str, now: i64, cap: u32) -> Result<bool> {
-        let hour: i64 = 3_600_000;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(REPO_LOCK_SPACE)
-            .bind(repo)
-            .execute(&mut *tx)
-            .await?;
-        // Counting stops at the cap: a busy repository costs no more than a quiet one.
-        let started: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE repo = $1 AND started_at >= $2 LIMIT $3) AS s",
-        )
-        .bind(repo)
-        .bind(now - hour)
-        .bind(i64::from(cap))
-        .fetch_one(&mut *tx)
-        .await?;
-        if started < i64::from(cap) {
-            return Ok(false);
-        }
-        // Rows another claim holds are left for its own pass (SKIP LOCKED: nobody waits).
-        sqlx::query(
-            "WITH capped AS (
-                 SELECT id FROM jobs
-                 WHERE repo = $1 AND state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-                 ORDER BY id
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE jobs
-             SET next_attempt_at = (SELECT MIN(s.started_at) FROM jobs s
-                                    WHERE s.repo = $1 AND s.started_at >= $2 - $3) + $3,
-                 wait_reason = $4
-             FROM capped WHERE jobs.id = capped.id",
-        )
-        .bind(repo)
-        .bind(now)
-        .bind(hour)
-        .bind(format!(
-            "the repository started {cap} jobs in the last hour (max_jobs_per_hour)"
-        ))
-        .execute(&mut *tx)
-        .await?;
-        Ok(true)
-    }
-    /// Locks one claim candidate (skipping it when another claim holds it), checks again under
-    /// transaction-scoped advisory locks that its group, repository and profile limits let it start (the
-    /// locks order claims of the same group, repository or profile across replicas; always taken in that
-    /// order, so two claims never wait on each other in a circle), and leases it.
+    /// Claims one candidate in one statement (`nightshift_claim`, migration 0007: the job locked, skipped
+    /// when another claim holds it, checked again under advisory locks against the repository's hourly cap,
+    /// its concurrency group and the repository's and profile's running limits, then leased). `None` when
+    /// another claim holds it or a limit keeps it waiting (a repository past its hourly cap has its queued
+    /// jobs wait, with the reason).
     async fn claim_candidate(
         &self,
         owner: &str,
         policy: &ClaimPolicy,
+        limits: &str,
         now: i64,
         id: i64,
     ) -> Result<Option<ClaimedJob>> {
-        let mut tx = self.pool.begin().await?;
-        let candidate = sqlx::query(
-            "SELECT j.concurrency_group, j.state, j.repo, j.agent, j.cancel_requested FROM jobs j
-             WHERE j.id = $2
-               AND ((j.state = 'queued' AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1))
-                    OR (j.state = 'running' AND j.lease_expires_at < $1)
-                    OR (j.state = 'delivering'
-                        AND (j.lease_owner IS NULL OR j.lease_expires_at < $1)
-                        AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)))
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(now)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(candidate) = candidate else {
-            return Ok(None);
-        };
-        if candidate.try_get::<String, _>("state")? == "queued" {
-            let group: Option<String> = candidate.try_get("concurrency_group")?;
-            let repo: String = candidate.try_get("repo")?;
-            let agent: Option<String> = candidate.try_get("agent")?;
-            let cancelling: bool = candidate.try_get("cancel_requested")?;
-            // A start: counted against the repository's hourly cap, exactly, whoever claims at once (a job
-            // being cancelled only ends, so it is not a start).
-            if !cancelling && Self::capped(&mut tx, &repo, now, policy.jobs_per_hour).await? {
-                // The waits `capped` set on the repository's queued jobs are kept.
-                tx.commit().await?;
-                return Ok(None);
-            }
-            let mut checks: Vec<(i32, String, &'static str, i64)> = Vec::new();
-            if let Some(group) = group {
-                checks.push((
-                    GROUP_LOCK_SPACE,
-                    group,
-                    "SELECT COUNT(*) FROM jobs WHERE concurrency_group = $1 AND state IN ('running', 'delivering')",
-                    1,
-                ));
-            }
-            if !cancelling {
-                if let Some(cap) = policy.max_concurrent_per_repo {
-                    checks.push((
-                        REPO_LOCK_SPACE,
-                        repo,
-                        "SELECT COUNT(*) FROM jobs WHERE repo = $1 AND state IN ('running', 'delivering')",
-                        i64::from(cap),
-                    ));
-                }
-                if let Some((agent, cap)) =
-                    agent.and_then(|a| policy.max_concurrent.get(&a).map(|c| (a, *c)))
-                {
-                    checks.push((
-                        PROFILE_LOCK_SPACE,
-                        agent,
-                        "SELECT COUNT(*) FROM jobs WHERE agent = $1 AND state IN ('running', 'delivering')",
-                        i64::from(cap),
-                    ));
-                }
-            }
-            for (space, key, count, cap) in checks {
-                // The count below runs after the lock, on a new snapshot: it sees what an earlier claim of the
-                // same key committed.
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(space)
-                    .bind(text(&key))
-                    .execute(&mut *tx)
-                    .await?;
-                let running: i64 = sqlx::query_scalar(count)
-                    .bind(text(&key))
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if running >= cap {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-            }
-        }
-        let row = sqlx::query(
-            "UPDATE jobs
-             SET state = CASE WHEN result IS NULL THEN 'running' ELSE 'delivering' END,
-                 attempts = attempts + CASE WHEN result IS NULL THEN 1 ELSE 0 END,
-                 started_at = CASE WHEN result IS NULL THEN $3 ELSE started_at END,
-                 lease_owner = $1, lease_expires_at = $2, next_attempt_at = NULL, wait_reason = NULL
-             WHERE id = $4
-             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested, created_at, started_at,
-                       (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
-        )
-        .bind(text(owner))
-        .bind(now + ms(policy.lease))
-        .bind(now)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let claimed = ClaimedJob {
-            id: JobId(row.try_get("id")?),
-            delivery: row.try_get("delivery_id")?,
-            delivery_id: DeliveryId(row.try_get("guid")?),
-            trigger: row.try_get("trigger_name")?,
-            repo: row.try_get("repo")?,
-            spec: row.try_get("spec")?,
-            attempt: row.try_get::<i64, _>("attempts")? as u32,
-            retries: row.try_get::<i64, _>("retries")? as u32,
-            result: row.try_get("result")?,
-            cancel_requested: row.try_get("cancel_requested")?,
-            queued_at: row.try_get("created_at")?,
-            started_at: row.try_get("started_at")?,
-        };
-        tx.commit().await?;
-        Ok(Some(claimed))
+        let row = sqlx::query("SELECT * FROM nightshift_claim($1, $2, $3, $4, $5, $6, $7::jsonb)")
+            .bind(id)
+            .bind(now)
+            .bind(text(owner))
+            .bind(now + ms(policy.lease))
+            .bind(i64::from(policy.jobs_per_hour))
+            .bind(policy.max_concurrent_per_repo.map(i64::from))
+            .bind(limits)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(ClaimedJob {
+                id: JobId(row.try_get("o_id")?),
+                delivery: row.try_get("o_delivery")?,
+                delivery_id: DeliveryId(row.try_get("o_guid")?),
+                trigger: row.try_get("o_trigger")?,
+                repo: row.try_get("o_repo")?,
+                spec: row.try_get("o_spec")?,
+                attempt: row.try_get::<i64, _>("o_attempts")? as u32,
+                retries: row.try_get::<i64, _>("o_retries")? as u32,
+                result: row.try_get("o_result")?,
+                cancel_requested: row.try_get("o_cancel_requested")?,
+                queued_at: row.try_get("o_created_at")?,
+                started_at: row.try_get("o_started_at")?,
+            })
+        })
+        .transpose()
     }
 }
 
@@ -647,44 +522,58 @@ impl Store for PostgresStore {
         loop {
             // Fair, as in the SQLite store: of each repository's oldest queued job its limits let start (and
             // of the jobs whose worker died, or whose delivery's wait is over), the one of the installation and
-            // the repository with the fewest running jobs, then of the repository served least recently. Read
-            // without locks; each candidate is then locked and checked again.
+            // the repository with the fewest running jobs, then of the repository served least recently, then
+            // the oldest. Read without locks; each candidate is then locked and checked again. The lanes
+            // (one per repository with a queued job, migration 0007) are read in that order and only the
+            // first are looked into, by index: a claim reads the repositories with queued jobs, not the
+            // jobs. (A lane is ordered by its oldest queued job, which may be one waiting for its retry
+            // time: such a lane sorts as early as that job, among lanes equal otherwise.)
             let candidates: Vec<i64> = sqlx::query_scalar(
                 "WITH running AS (
                      SELECT r.repo, r.agent, d.installation_id AS inst
                      FROM jobs r JOIN deliveries d ON d.id = r.delivery_id
                      WHERE r.state IN ('running', 'delivering')),
-                 eligible AS (
-                     SELECT j.id, j.repo, d.installation_id AS inst
-                     FROM jobs j JOIN deliveries d ON d.id = j.delivery_id
-                     WHERE j.state = 'queued'
-                       AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)
-                       AND (j.concurrency_group IS NULL
-                            OR NOT EXISTS (SELECT 1 FROM jobs g
-                                           WHERE g.concurrency_group = j.concurrency_group
-                                             AND g.state IN ('running', 'delivering')))
-                       AND (j.cancel_requested
-                            OR ((SELECT COUNT(*) FROM running WHERE running.repo = j.repo) < $3
-                                AND NOT EXISTS (SELECT 1 FROM jsonb_each_text($2::jsonb) l
-                                                WHERE l.key = j.agent
-                                                  AND (SELECT COUNT(*) FROM running
-                                                       WHERE running.agent = j.agent) >= l.value::bigint)))
-                       AND j.id <> ALL($4)),
+                 lanes AS (
+                     SELECT l.repo, l.running, l.last_started, l.head,
+                            (SELECT COUNT(*) FROM running WHERE running.inst IS NOT DISTINCT FROM l.installation_id)
+                                AS inst_running
+                     FROM claim_lanes l
+                     WHERE l.queued > 0),
+                 heads AS (
+                     SELECT h.id, l.inst_running, l.running, l.last_started
+                     FROM (SELECT * FROM lanes ORDER BY inst_running, running, last_started, head) AS l
+                     CROSS JOIN LATERAL (
+                         SELECT j.id FROM jobs j
+                         WHERE j.repo = l.repo AND j.state = 'queued'
+                           AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)
+                           AND (j.concurrency_group IS NULL
+                                OR NOT EXISTS (SELECT 1 FROM jobs g
+                                               WHERE g.concurrency_group = j.concurrency_group
+                                                 AND g.state IN ('running', 'delivering')))
+                           AND (j.cancel_requested
+                                OR (l.running < $3
+                                    AND (($2::jsonb ->> j.agent) IS NULL
+                                         OR (SELECT COUNT(*) FROM running WHERE running.agent = j.agent)
+                                            < ($2::jsonb ->> j.agent)::bigint)))
+                           AND j.id <> ALL($4)
+                         ORDER BY j.id
+                         LIMIT 1) AS h
+                     LIMIT 16),
                  candidates AS (
-                     SELECT * FROM (SELECT DISTINCT ON (repo) id, repo, inst FROM eligible ORDER BY repo, id) AS heads
+                     SELECT * FROM heads
                      UNION ALL
-                     SELECT j.id, j.repo, d.installation_id
+                     SELECT j.id,
+                            (SELECT COUNT(*) FROM running WHERE running.inst IS NOT DISTINCT FROM d.installation_id),
+                            (SELECT COUNT(*) FROM running WHERE running.repo = j.repo),
+                            COALESCE((SELECT MAX(s.started_at) FROM jobs s WHERE s.repo = j.repo), 0)
                      FROM jobs j JOIN deliveries d ON d.id = j.delivery_id
                      WHERE ((j.state = 'running' AND j.lease_expires_at < $1)
                             OR (j.state = 'delivering'
                                 AND (j.lease_owner IS NULL OR j.lease_expires_at < $1)
                                 AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)))
                        AND j.id <> ALL($4))
-                 SELECT c.id FROM candidates c
-                 ORDER BY (SELECT COUNT(*) FROM running WHERE running.inst IS NOT DISTINCT FROM c.inst),
-                          (SELECT COUNT(*) FROM running WHERE running.repo = c.repo),
-                          COALESCE((SELECT MAX(s.started_at) FROM jobs s WHERE s.repo = c.repo), 0),
-                          c.id
+                 SELECT id FROM candidates
+                 ORDER BY inst_running, running, last_started, id
                  LIMIT 16",
             )
             .bind(now)
@@ -697,7 +586,10 @@ impl Store for PostgresStore {
                 return Ok(None);
             }
             for id in candidates {
-                if let Some(claimed) = self.claim_candidate(owner, &policy, now, id).await? {
+                if let Some(claimed) = self
+                    .claim_candidate(owner, &policy, &limits, now, id)
+                    .await?
+                {
                     return Ok(Some(claimed));
                 }
                 passed.push(id);
@@ -1116,14 +1008,21 @@ impl Store for PostgresStore {
         };
         let state = JobState::parse(row.try_get("state")?)?;
         let spec: String = row.try_get("spec")?;
-        if !matches!(state, JobState::Failed | JobState::Cancelled) {
-            return Ok(Retry::Refused(state));
-        }
-        if !has_spec(&spec) {
-            return Ok(Retry::NoSpec);
-        }
-        if row.try_get::<i32, _>("payload_len")? == 0 {
-            return Ok(Retry::PayloadPruned);
+        let refused = if !matches!(state, JobState::Failed | JobState::Cancelled) {
+            Some(Retry::Refused(state))
+        } else if !has_spec(&spec) {
+            Some(Retry::NoSpec)
+        } else if row.try_get::<i32, _>("payload_len")? == 0 {
+            Some(Retry::PayloadPruned)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            // Released before answering: a transaction only dropped is rolled back when its connection is
+            // next used, and until then the row lock holds the job (a queued one: a claim would skip it
+            // and take a younger job first).
+            tx.rollback().await?;
+            return Ok(refused);
         }
         let guid: String = row.try_get("guid")?;
         let delivery: i64 = row.try_get("delivery_id")?;

@@ -1044,6 +1044,35 @@ async fn jobs_are_cancelled_and_retried_for_an_operator(db: &TestDb) {
     assert_eq!(store.retry_job(broken).await.unwrap(), Retry::NoSpec);
 }
 
+/// A retry the store refuses (the job is still queued) leaves the job as it was: the next claim takes it,
+/// the oldest, not a younger job behind it. (A refusal that kept the job's row locked until its connection
+/// was next used made claims skip the job meanwhile.)
+async fn a_refused_retry_holds_no_job_back(db: &TestDb) {
+    let store = db.store();
+    let lease = Duration::from_secs(60);
+    for n in 0..20 {
+        queue(
+            &store,
+            &format!("d{n}"),
+            "o/r",
+            &[job_of("first", "o/r", "x"), job_of("second", "o/r", "x")],
+        )
+        .await;
+        let jobs = store.jobs().await.unwrap();
+        let first = jobs[jobs.len() - 2].id;
+        assert_eq!(
+            store.retry_job(first).await.unwrap(),
+            Retry::Refused(JobState::Queued)
+        );
+        let claimed = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+        assert_eq!((claimed.id, n), (first, n), "the oldest queued job first");
+        let second = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+        for job in [claimed.id, second.id] {
+            assert!(store.finish_job(job, "w", Ending::Succeeded).await.unwrap());
+        }
+    }
+}
+
 /// Retention removes finished jobs (with logs and outputs), older logs and payloads, and never what a
 /// queued job or an unmatched delivery needs; a dry run says the same and removes nothing; a second run
 /// removes nothing more.
@@ -1856,6 +1885,7 @@ on_both_stores!(
     a_flood_from_one_repository_does_not_starve_another,
     concurrency_limits_hold_per_profile_and_repository,
     jobs_are_cancelled_and_retried_for_an_operator,
+    a_refused_retry_holds_no_job_back,
     prune_removes_what_ended_long_ago_and_nothing_a_job_needs,
     counts_by_state_and_claim_times_for_metrics,
     deliveries_are_listed_with_their_jobs_and_why_other_triggers_did_not_fire,
@@ -2183,4 +2213,143 @@ fn verdicts_are_stored_compactly_and_bounded() {
     assert!(stored.len() < 20_000, "{}", stored.len());
     assert_eq!(Verdicts::from_stored(&stored).unwrap(), v);
     assert!(Verdicts::from_stored(r#"{"r":[],"s":[["t",3]]}"#).is_err());
+}
+
+/// The claim lanes (Postgres, migration 0007: one row per repository with a job queued or running, which
+/// claims read instead of every queued job) agree with the jobs after every kind of change: queueing,
+/// claims, a finish, a deferral, a stored result, a release, a cancel, a retry, a concurrency group's
+/// replacement, retention; a repository with nothing left has no lane. A lane that drifted would hide a
+/// repository's jobs from claims, or order repositories unfairly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claim_lanes_agree_with_the_jobs_after_every_change() {
+    type Lane = (String, i64, i64, i64, Option<i64>);
+    let db = TestDb::postgres().await;
+    let Backend::Postgres(_, pool) = &db.backend else {
+        unreachable!()
+    };
+    let store = db.store();
+    let check = async |when: &str| {
+        let lanes: Vec<Lane> = sqlx::query_as(
+            "SELECT repo, queued, running, last_started, head FROM claim_lanes ORDER BY repo",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let jobs: Vec<Lane> = sqlx::query_as(
+            "SELECT repo, COUNT(*) FILTER (WHERE state = 'queued'),
+                    COUNT(*) FILTER (WHERE state IN ('running', 'delivering')),
+                    COALESCE((SELECT MAX(s.started_at) FROM jobs s WHERE s.repo = j.repo), 0),
+                    MIN(id) FILTER (WHERE state = 'queued')
+             FROM jobs j WHERE state IN ('queued', 'running', 'delivering')
+             GROUP BY repo ORDER BY repo",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert_eq!(lanes, jobs, "after {when}");
+        lanes.len()
+    };
+    let lease = Duration::from_secs(60);
+    let quoted = "o/it's";
+    queue(
+        &store,
+        "a",
+        "o/a",
+        &[
+            job_of("1", "o/a", "x"),
+            job_of("2", "o/a", "x"),
+            job_of("3", "o/a", "x"),
+        ],
+    )
+    .await;
+    let grouped = |trigger: &str, cancel_in_progress| NewJob {
+        concurrency_group: Some("g".into()),
+        cancel_in_progress,
+        ..job_of(trigger, quoted, "x")
+    };
+    queue(
+        &store,
+        "b",
+        quoted,
+        &[grouped("1", false), grouped("2", false)],
+    )
+    .await;
+    assert_eq!(check("queueing").await, 2);
+
+    let first = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    let second = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    check("two claims").await;
+    assert!(
+        store
+            .finish_job(first.id, "w", Ending::Succeeded)
+            .await
+            .unwrap()
+    );
+    check("a finish").await;
+    assert!(
+        store
+            .defer_job(second.id, "w", crate::now_ms() + 60_000, "later")
+            .await
+            .unwrap()
+    );
+    check("a deferral").await;
+
+    let third = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+    assert!(store.store_result(third.id, "w", "{}").await.unwrap());
+    check("a stored result").await;
+    assert!(store.release_job(third.id, "w").await.unwrap());
+    check("a release").await;
+
+    let queued = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.state == JobState::Queued && j.next_attempt_at.is_none())
+        .unwrap()
+        .id;
+    assert_eq!(
+        store.cancel_job(queued, "by hand").await.unwrap(),
+        Cancel::Cancelled
+    );
+    check("a cancel").await;
+    assert!(matches!(
+        store.retry_job(queued).await.unwrap(),
+        Retry::Queued(_)
+    ));
+    check("a retry").await;
+    queue(&store, "c", quoted, &[grouped("3", true)]).await;
+    check("a concurrency group's replacement").await;
+
+    // Everything claimable runs and ends; deferred jobs wait and keep their lanes.
+    while let Some(job) = store.claim_job("w", policy(lease)).await.unwrap() {
+        assert!(
+            store
+                .finish_job(job.id, "w", Ending::Failed("boom"))
+                .await
+                .unwrap()
+        );
+        check("a failure").await;
+    }
+    db.exec("UPDATE jobs SET next_attempt_at = NULL WHERE state = 'queued'")
+        .await;
+    while let Some(job) = store.claim_job("w", policy(lease)).await.unwrap() {
+        assert!(
+            store
+                .finish_job(job.id, "w", Ending::Succeeded)
+                .await
+                .unwrap()
+        );
+    }
+    assert_eq!(check("every job ended").await, 0, "no lane is left");
+    let keep = PrunePolicy {
+        payloads: Duration::ZERO,
+        logs: Duration::ZERO,
+        jobs: Duration::ZERO,
+    };
+    store.prune(keep, false).await.unwrap();
+    assert_eq!(check("retention").await, 0);
+    // A new job opens its repository's lane again, with the repository's last start.
+    queue(&store, "d", "o/a", &[job_of("4", "o/a", "x")]).await;
+    assert_eq!(check("a new job").await, 1);
 }
