@@ -1745,6 +1745,8 @@ async fn deliveries_are_paged_and_filtered_to_those_that_fired_nothing(db: &Test
         (by("waiting").state(), by("fired").state()),
         ("waiting", "matched")
     );
+}
+
 /// A batch handed over whole (`insert_delivery_batch`, the webhook writer's call; SQLite writes it on a
 /// connection of its own) stores every field as sent: hostile ids and texts are values, never SQL; absent
 /// fields stay absent; payload bytes (NULs, invalid UTF-8, a megabyte) come back exactly. Batches sent at
