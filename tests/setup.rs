@@ -65,8 +65,8 @@ async fn the_app_is_set_up_in_a_real_browser_and_jobs_then_run_as_it() {
         url.starts_with(&format!("{}/setup?token=", spine.url())),
         "{url}"
     );
-    // Until the App exists, no webhook is accepted, however it is signed.
-    assert_eq!(deliver_signed(&spine, "anything", "before").await, 401);
+    // Until the App exists, no webhook is accepted, however it is signed: 503 (not set up), not 401.
+    assert_eq!(deliver_signed(&spine, "anything", "before").await, 503);
 
     let browser = browser::Browser::start().await;
     browser.client.goto(&url).await.unwrap();

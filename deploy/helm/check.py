@@ -194,6 +194,13 @@ def main(chart):
     assert pod["automountServiceAccountToken"] is False
     [ingress] = by_kind(sqlite, "Ingress")
     assert [p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]] == ["/webhooks/github"]
+    # With the dashboard: its paths and setup's, never the probes' or /metrics (an Exact `/`, no `/` prefix).
+    dash = render(chart, {"ingress": {"enabled": True, "dashboard": True}})
+    validate(dash, "dashboard")
+    [ingress] = by_kind(dash, "Ingress")
+    paths = {p["path"]: p["pathType"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
+    assert paths["/"] == "Exact" and paths["/jobs"] == "Prefix" and paths["/auth"] == "Prefix", paths
+    assert not any(p.startswith(("/metrics", "/healthz", "/readyz")) for p in paths), paths
     for obj in sqlite:  # no secret's value ever lives in the chart
         assert obj["kind"] != "Secret", obj
 

@@ -114,7 +114,7 @@ pub async fn run(
                 return Err(std::io::Error::last_os_error());
             }
             if u32::try_from(libc::getppid()).ok() != Some(service) {
-                return Err(std::io::Error::other("the service is gone"));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

@@ -99,7 +99,18 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
     let headers = &parts.headers;
     // Everything that can be refused without the body is refused before reading it (a small body is
     // drained first, so its sender sees the answer rather than a reset connection).
-    let refused_headers = if header(headers, "x-hub-signature-256").is_none() {
+    // No secret yet (the App is being set up in the browser): nothing can be verified, so nothing is read.
+    // 503, not 401: the sender did nothing wrong, and GitHub marks the delivery failed, to be sent again.
+    let unset = state.secrets.read().unwrap().is_empty();
+    let refused_headers = if unset {
+        warn!(
+            "webhook refused unread: no webhook secret yet (set the App up at the setup URL printed at start)"
+        );
+        Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "nightshift has no webhook secret yet: the GitHub App is not set up",
+        ))
+    } else if header(headers, "x-hub-signature-256").is_none() {
         warn!("webhook without X-Hub-Signature-256 refused");
         Some((StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256"))
     } else if header(headers, "x-github-event").is_none() {

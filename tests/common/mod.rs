@@ -327,8 +327,10 @@ impl Spine {
         let sink = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
+            // Lines read as bytes: one that is not UTF-8 is shown lossily, never the end of the log.
+            for line in BufReader::new(stderr).split(b'\n') {
                 let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).into_owned();
                 {
                     let mut log = sink.lock().unwrap();
                     log.push_str(&line);
@@ -341,7 +343,11 @@ impl Spine {
                         .nth(1)
                         .and_then(|s| s.split_whitespace().next())
                         .or_else(|| line.split(r#""address":""#).nth(1)?.split('"').next());
-                    if let (Some(tx), Some(addr)) = (tx.take(), addr) {
+                    // Only the server's own line carries the address ("worktree ready at …" of a job
+                    // claimed during start-up does not): the channel is kept until it comes.
+                    if let Some(addr) = addr
+                        && let Some(tx) = tx.take()
+                    {
                         let _ = tx.send(addr.to_owned());
                     }
                 }
@@ -353,9 +359,14 @@ impl Spine {
         let addr = match addr {
             Ok(addr) => addr,
             Err(_) => {
+                // How it ended, when it did (a signal says more than a log that stops).
+                let ended = child.try_wait();
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("nightshift did not become ready:\n{}", log.lock().unwrap());
+                panic!(
+                    "nightshift did not become ready ({ended:?}):\n{}",
+                    log.lock().unwrap()
+                );
             }
         };
         self.server = Some(Server {
