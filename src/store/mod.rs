@@ -589,6 +589,49 @@ pub trait Store: Send + Sync + 'static {
     /// Takes or extends the lease `name` for `owner` until `until` (unix ms): true when `owner` holds it
     /// (it was free, expired before `now`, or already `owner`'s).
     async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
+
+    /// Stores a dashboard session under `id_hash` (the SHA-256 of its id, hex: never the id), made at `now`
+    /// (unix ms). Deletes every session expired by `now` and, past `per_login` sessions of its login, that
+    /// login's oldest.
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &DashboardSession,
+        now: i64,
+        per_login: u32,
+    ) -> Result<()>;
+
+    /// The dashboard session stored under `id_hash`, unless it expired by `now`.
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<DashboardSession>>;
+
+    /// Ends the dashboard session stored under `id_hash` (nothing if there is none).
+    async fn delete_session(&self, id_hash: &str) -> Result<()>;
+
+    /// Stores a sign-in with GitHub under way: the SHA-256 of its OAuth `state` and of the browser's binding
+    /// cookie (hex), good until `expires_at`. Deletes those expired by `now` and, past `max`, the oldest.
+    async fn create_signin(
+        &self,
+        state_hash: &str,
+        browser_hash: &str,
+        expires_at: i64,
+        now: i64,
+        max: u32,
+    ) -> Result<()>;
+
+    /// Takes (deletes, whatever follows) the sign-in stored under `state_hash`: its browser hash, unless it
+    /// expired by `now`. Atomic: of two takes of one state, at most one gets it.
+    async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>>;
+}
+
+/// A dashboard session as the store keeps it (see [`Store::create_session`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardSession {
+    pub login: String,
+    pub admin: bool,
+    /// The token every form of the session carries.
+    pub csrf: String,
+    /// Unix ms.
+    pub expires_at: i64,
 }
 
 /// How long [`Store::claim_redelivery`] remembers a redelivery it recorded (GitHub keeps its delivery log
