@@ -728,3 +728,167 @@ async fn deliveries_triggers_and_budgets_show_each_triggers_verdict_to_the_signe
     assert!(budgets.contains("class=\"budgets\""), "{budgets}");
     std::fs::write(spine.gate.join("release"), "").unwrap();
 }
+
+/// Two `serve` replicas on one Postgres behind a load balancer without sticky sessions (each its own data
+/// directory, as on its own machine): a sign-in with GitHub started on one finishes on the other, once; the
+/// session works on both, survives a restart, and signing out on one ends it on the other at once.
+#[tokio::test]
+async fn replicas_on_one_postgres_share_sign_ins_and_sessions() {
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n"
+    ))
+    .await;
+    let db = spine.use_store(true).await;
+    let root = spine.dir.path().to_owned();
+    let config = std::fs::read_to_string(&spine.config).unwrap();
+    let data = format!("data_dir: {}/data\n", root.display());
+    assert!(config.contains(&data), "{config}");
+    let configs = [root.join("replica-a.yml"), root.join("replica-b.yml")];
+    for (file, dir) in configs.iter().zip(["/data-a", "/data-b"]) {
+        std::fs::write(file, config.replace(&data, &data.replace("/data", dir))).unwrap();
+    }
+    let mut servers = Vec::new();
+    for config in &configs {
+        spine.config = config.clone();
+        spine.start().await;
+        servers.push(spine.server.take().unwrap());
+    }
+    let (a, b) = (servers[0].url.clone(), servers[1].url.clone());
+    // The public address is A's: GitHub knows its callback there, and the balancer keeps the `Host`.
+    let public_host = a.trim_start_matches("http://").to_owned();
+    spine
+        .github
+        .add_oauth_client(CLIENT_ID, CLIENT_SECRET, &format!("{a}/auth/callback"));
+    spine.github.sign_in_as("octo-admin");
+    let client = http();
+
+    // The sign-in starts on A: a state bound to this browser's cookie, and GitHub's authorize page.
+    let login = client.get(format!("{a}/auth/login")).send().await.unwrap();
+    assert_eq!(login.status(), 303);
+    let binding = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("nightshift_signin="))
+        .expect("the sign-in's binding cookie");
+    let binding = binding.split(';').next().unwrap().to_owned();
+    let authorize = reqwest::Url::parse(login.headers()["location"].to_str().unwrap()).unwrap();
+    let query: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let page = client.get(authorize.clone()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("authorize-github"));
+    let mut confirm = authorize.clone();
+    confirm.set_path("/login/oauth/authorize/confirm");
+    confirm.set_query(None);
+    let approved = client
+        .post(confirm)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("client_id", &get("client_id")),
+            ("redirect_uri", &get("redirect_uri")),
+            ("state", &get("state")),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 302);
+    let callback = approved.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        callback.starts_with(&format!("{a}/auth/callback?")),
+        "{callback}"
+    );
+
+    // GitHub's answer lands on B, which never saw the sign-in start.
+    let on_b = callback.replacen(&a, &b, 1);
+    let finish = |url: String, binding: String| {
+        let client = client.clone();
+        let host = public_host.clone();
+        async move {
+            client
+                .get(url)
+                .header("host", host)
+                .header("cookie", binding)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let signed_in = finish(on_b.clone(), binding.clone()).await;
+    assert_eq!(signed_in.status(), 303, "{}", servers[1].log());
+    let (session, _) = session_of(&signed_in);
+    // The same answer again, on either replica: the state was taken once, on B.
+    for url in [on_b.clone(), callback.clone()] {
+        let replay = finish(url, binding.clone()).await;
+        assert_eq!(replay.status(), 403);
+        assert!(replay.headers().get("set-cookie").is_none());
+    }
+
+    // The session works on both.
+    let with_cookie = format!("nightshift_session={session}");
+    let mut csrf = String::new();
+    for url in [&a, &b] {
+        let page = client
+            .get(format!("{url}/"))
+            .header("cookie", &with_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{url}");
+        let page = page.text().await.unwrap();
+        assert!(page.contains("octo-admin"), "{page}");
+        let here = csrf_in(&page);
+        assert!(
+            csrf.is_empty() || csrf == here,
+            "one session, one CSRF token"
+        );
+        csrf = here;
+    }
+    // The store knows its hash only: the id itself finds nothing there.
+    let now = nightshift::now_ms();
+    assert!(db.store.session(&session, now).await.unwrap().is_none());
+    let hash = nightshift::web::auth::digest(&session);
+    assert!(db.store.session(&hash, now).await.unwrap().is_some());
+
+    // A restarts: no one is signed out.
+    drop(servers.remove(0));
+    spine.config = configs[0].clone();
+    spine.start().await;
+    let a = spine.url();
+    let page = client
+        .get(format!("{a}/"))
+        .header("cookie", &with_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+
+    // Signing out on B ends the session on A at once.
+    let out = client
+        .post(format!("{b}/auth/logout"))
+        .header("cookie", &with_cookie)
+        .header("origin", &b)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    for url in [&a, &b] {
+        let after = client
+            .get(format!("{url}/"))
+            .header("cookie", &with_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(after.status(), 401, "{url}");
+    }
+    spine.assert_no_unexpected_calls();
+}

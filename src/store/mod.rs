@@ -603,6 +603,48 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Inserted>> {
         self.insert_deliveries(&batch, replay_window).await
     }
+    /// Stores a dashboard session under `id_hash` (the SHA-256 of its id, hex: never the id), made at `now`
+    /// (unix ms). Deletes every session expired by `now` and, past `per_login` sessions of its login, that
+    /// login's oldest.
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &DashboardSession,
+        now: i64,
+        per_login: u32,
+    ) -> Result<()>;
+
+    /// The dashboard session stored under `id_hash`, unless it expired by `now`.
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<DashboardSession>>;
+
+    /// Ends the dashboard session stored under `id_hash` (nothing if there is none).
+    async fn delete_session(&self, id_hash: &str) -> Result<()>;
+
+    /// Stores a sign-in with GitHub under way: the SHA-256 of its OAuth `state` and of the browser's binding
+    /// cookie (hex), good until `expires_at`. Deletes those expired by `now` and, past `max`, the oldest.
+    async fn create_signin(
+        &self,
+        state_hash: &str,
+        browser_hash: &str,
+        expires_at: i64,
+        now: i64,
+        max: u32,
+    ) -> Result<()>;
+
+    /// Takes (deletes, whatever follows) the sign-in stored under `state_hash`: its browser hash, unless it
+    /// expired by `now`. Atomic: of two takes of one state, at most one gets it.
+    async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>>;
+}
+
+/// A dashboard session as the store keeps it (see [`Store::create_session`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardSession {
+    pub login: String,
+    pub admin: bool,
+    /// The token every form of the session carries.
+    pub csrf: String,
+    /// Unix ms.
+    pub expires_at: i64,
 }
 
 /// One repository's spend on one UTC day (see [`Store::spend_by_day`]).
@@ -900,4 +942,47 @@ pub struct JobFilter {
     /// A trigger's name, exactly.
     pub trigger: Option<String>,
     pub limit: u32,
+}
+
+#[cfg(test)]
+mod migration_files {
+    /// Every file under `migrations/{kind}/` is one the store runs, numbered as its name says, in order
+    /// and without a gap: a migration written but never registered would never be run.
+    fn registered_as_on_disk(kind: &str, migrations: &[(i64, &str, &str)]) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(kind);
+        let mut files: Vec<(i64, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name[..4].parse().expect("NNNN_name.sql"), text)
+            })
+            .collect();
+        files.sort();
+        let numbers: Vec<i64> = migrations.iter().map(|m| m.0).collect();
+        assert_eq!(
+            numbers,
+            (1..=files.len() as i64).collect::<Vec<_>>(),
+            "{kind}: migrations numbered 1.. without a gap"
+        );
+        assert_eq!(
+            files.iter().map(|f| f.0).collect::<Vec<_>>(),
+            numbers,
+            "{kind}: every file in {} is registered",
+            dir.display()
+        );
+        for ((n, text), (_, _, sql)) in files.iter().zip(migrations) {
+            assert_eq!(text, sql, "{kind}: migration {n} is its file");
+        }
+    }
+
+    #[test]
+    fn every_migration_file_is_registered_in_order() {
+        registered_as_on_disk("sqlite", super::sqlite::MIGRATIONS);
+        registered_as_on_disk("postgres", super::postgres::MIGRATIONS);
+    }
 }

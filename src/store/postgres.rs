@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 use super::*;
 use crate::now_ms;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "init",
@@ -56,6 +56,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "claim lanes",
         include_str!("../../migrations/postgres/0007_claim_lanes.sql"),
+    ),
+    (
+        8,
+        "spend by day",
+        include_str!("../../migrations/postgres/0008_spend_by_day.sql"),
+    ),
+    (
+        9,
+        "dashboard sessions",
+        include_str!("../../migrations/postgres/0009_dashboard_sessions.sql"),
     ),
 ];
 
@@ -1529,6 +1539,113 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &DashboardSession,
+        now: i64,
+        per_login: u32,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO dashboard_sessions (id_hash, login, admin, csrf, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(text(id_hash))
+        .bind(text(&session.login))
+        .bind(session.admin)
+        .bind(text(&session.csrf))
+        .bind(now)
+        .bind(session.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM dashboard_sessions WHERE login = $1 AND id_hash NOT IN
+               (SELECT id_hash FROM dashboard_sessions WHERE login = $1
+                ORDER BY created_at DESC, id_hash LIMIT $2)",
+        )
+        .bind(text(&session.login))
+        .bind(i64::from(per_login))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<DashboardSession>> {
+        let row = sqlx::query(
+            "SELECT login, admin, csrf, expires_at FROM dashboard_sessions
+             WHERE id_hash = $1 AND expires_at > $2",
+        )
+        .bind(text(id_hash))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(DashboardSession {
+                login: row.try_get("login")?,
+                admin: row.try_get("admin")?,
+                csrf: row.try_get("csrf")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = $1")
+            .bind(text(id_hash))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_signin(
+        &self,
+        state_hash: &str,
+        browser_hash: &str,
+        expires_at: i64,
+        now: i64,
+        max: u32,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO dashboard_signins (state_hash, browser_hash, expires_at) VALUES ($1, $2, $3)")
+            .bind(text(state_hash))
+            .bind(text(browser_hash))
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM dashboard_signins WHERE expires_at <= $1 OR state_hash NOT IN
+               (SELECT state_hash FROM dashboard_signins ORDER BY expires_at DESC, state_hash LIMIT $2)",
+        )
+        .bind(now)
+        .bind(i64::from(max))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "DELETE FROM dashboard_signins WHERE state_hash = $1 RETURNING browser_hash, expires_at",
+        )
+        .bind(text(state_hash))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) if row.try_get::<i64, _>("expires_at")? > now => {
+                Ok(Some(row.try_get("browser_hash")?))
+            }
+            _ => Ok(None),
+        }
     }
 }
 

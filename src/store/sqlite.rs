@@ -19,7 +19,7 @@ use crate::now_ms;
 
 mod writer;
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "init",
@@ -54,6 +54,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "match verdicts",
         include_str!("../../migrations/sqlite/0007_match_verdicts.sql"),
+    ),
+    (
+        8,
+        "spend by day",
+        include_str!("../../migrations/sqlite/0008_spend_by_day.sql"),
+    ),
+    (
+        9,
+        "dashboard sessions",
+        include_str!("../../migrations/sqlite/0009_dashboard_sessions.sql"),
     ),
 ];
 
@@ -1411,6 +1421,115 @@ impl Store for SqliteStore {
         match &self.deliveries {
             Some(writer) => writer.write(batch, replay_window).await,
             None => self.insert_deliveries(&batch, replay_window).await,
+        }
+    }
+
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        session: &DashboardSession,
+        now: i64,
+        per_login: u32,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO dashboard_sessions (id_hash, login, admin, csrf, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id_hash)
+        .bind(&session.login)
+        .bind(session.admin)
+        .bind(&session.csrf)
+        .bind(now)
+        .bind(session.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM dashboard_sessions WHERE login = ?1 AND id_hash NOT IN
+               (SELECT id_hash FROM dashboard_sessions WHERE login = ?1
+                ORDER BY created_at DESC, id_hash LIMIT ?2)",
+        )
+        .bind(&session.login)
+        .bind(i64::from(per_login))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<DashboardSession>> {
+        let row = sqlx::query(
+            "SELECT login, admin, csrf, expires_at FROM dashboard_sessions
+             WHERE id_hash = ? AND expires_at > ?",
+        )
+        .bind(id_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(DashboardSession {
+                login: row.try_get("login")?,
+                admin: row.try_get("admin")?,
+                csrf: row.try_get("csrf")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = ?")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_signin(
+        &self,
+        state_hash: &str,
+        browser_hash: &str,
+        expires_at: i64,
+        now: i64,
+        max: u32,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO dashboard_signins (state_hash, browser_hash, expires_at) VALUES (?, ?, ?)",
+        )
+        .bind(state_hash)
+        .bind(browser_hash)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM dashboard_signins WHERE expires_at <= ?1 OR state_hash NOT IN
+               (SELECT state_hash FROM dashboard_signins ORDER BY expires_at DESC, state_hash LIMIT ?2)",
+        )
+        .bind(now)
+        .bind(i64::from(max))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "DELETE FROM dashboard_signins WHERE state_hash = ? RETURNING browser_hash, expires_at",
+        )
+        .bind(state_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) if row.try_get::<i64, _>("expires_at")? > now => {
+                Ok(Some(row.try_get("browser_hash")?))
+            }
+            _ => Ok(None),
         }
     }
 }

@@ -1842,6 +1842,154 @@ async fn a_batch_handed_over_stores_every_field_as_sent(db: &TestDb) {
     assert_eq!(store.delivery_count().await.unwrap(), 3 + 16 * 8);
 }
 
+/// Dashboard sessions and sign-ins under way: by hash, expiring, bounded per login, a sign-in taken once
+/// even by replicas racing for it.
+async fn dashboard_sessions_and_sign_ins_are_shared_expire_and_are_taken_once(db: &TestDb) {
+    let store = db.store();
+    let other = db.replica().await;
+    let session = |login: &str, expires_at: i64| DashboardSession {
+        login: login.into(),
+        admin: login == "admin",
+        csrf: format!("csrf-{login}"),
+        expires_at,
+    };
+    store
+        .create_session("h-admin", &session("admin", 10_000), 1_000, 3)
+        .await
+        .unwrap();
+    store
+        .create_session("h-reader", &session("reader", 2_000), 1_000, 3)
+        .await
+        .unwrap();
+    // Made on one replica, known on the other; by its whole hash only.
+    assert_eq!(
+        other.session("h-admin", 1_500).await.unwrap(),
+        Some(session("admin", 10_000))
+    );
+    assert!(other.session("h-admi", 1_500).await.unwrap().is_none());
+    assert!(
+        !other
+            .session("h-reader", 1_500)
+            .await
+            .unwrap()
+            .unwrap()
+            .admin
+    );
+    // Expired: ignored, then deleted when another session is made.
+    assert!(store.session("h-reader", 2_000).await.unwrap().is_none());
+    store
+        .create_session("h-admin-2", &session("admin", 10_000), 3_000, 3)
+        .await
+        .unwrap();
+    assert!(
+        store.session("h-reader", 0).await.unwrap().is_none(),
+        "pruned"
+    );
+    // Past 3 sessions of one login, its oldest go (a signed-in user hammering sign-in grows nothing).
+    for n in 3..10 {
+        store
+            .create_session(
+                &format!("h-admin-{n}"),
+                &session("admin", 10_000),
+                3_000 + n,
+                3,
+            )
+            .await
+            .unwrap();
+    }
+    let mut alive = Vec::new();
+    for hash in [
+        "h-admin",
+        "h-admin-2",
+        "h-admin-7",
+        "h-admin-8",
+        "h-admin-9",
+    ] {
+        if store.session(hash, 4_000).await.unwrap().is_some() {
+            alive.push(hash);
+        }
+    }
+    assert_eq!(alive, ["h-admin-7", "h-admin-8", "h-admin-9"]);
+    // Signing out on one replica ends the session on the other at once.
+    other.delete_session("h-admin-9").await.unwrap();
+    assert!(store.session("h-admin-9", 4_000).await.unwrap().is_none());
+    other.delete_session("h-admin-9").await.unwrap();
+
+    // A sign-in: taken once, with its browser's hash; expired, taken but refused.
+    store
+        .create_signin("s1", "b1", 5_000, 1_000, 100)
+        .await
+        .unwrap();
+    store
+        .create_signin("s2", "b2", 5_000, 1_000, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.take_signin("s1", 1_100).await.unwrap().as_deref(),
+        Some("b1")
+    );
+    assert!(
+        store.take_signin("s1", 1_100).await.unwrap().is_none(),
+        "once"
+    );
+    assert!(
+        store.take_signin("s2", 5_000).await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(
+        store.take_signin("s2", 1_100).await.unwrap().is_none(),
+        "and gone"
+    );
+    // At most `max` outstanding: the oldest go first.
+    for n in 0..5 {
+        store
+            .create_signin(&format!("m{n}"), "b", 6_000 + n, 1_000, 3)
+            .await
+            .unwrap();
+    }
+    let mut left = Vec::new();
+    for n in 0..5 {
+        if store
+            .take_signin(&format!("m{n}"), 1_100)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push(n);
+        }
+    }
+    assert_eq!(left, [2, 3, 4]);
+
+    // Replicas racing for one state (a replayed callback): exactly one wins, each round.
+    let mut replicas = Vec::new();
+    for _ in 0..6 {
+        replicas.push(db.replica().await);
+    }
+    for round in 0..10 {
+        let state = format!("race-{round}");
+        store
+            .create_signin(&state, "b", 9_000, 1_000, 100)
+            .await
+            .unwrap();
+        let start = Arc::new(tokio::sync::Barrier::new(replicas.len()));
+        let mut tasks = Vec::new();
+        for replica in &replicas {
+            let (replica, start, state) = (replica.clone(), start.clone(), state.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                replica.take_signin(&state, 1_100).await
+            }));
+        }
+        let mut won = 0;
+        for task in tasks {
+            if task.await.unwrap().unwrap().is_some() {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+    }
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1866,6 +2014,7 @@ macro_rules! on_both_stores {
 }
 
 on_both_stores!(
+    dashboard_sessions_and_sign_ins_are_shared_expire_and_are_taken_once,
     a_repeated_delivery_is_stored_once,
     matching_is_recorded_once_and_jobs_are_claimed_in_order,
     an_expired_lease_is_taken_over_and_each_start_counted,

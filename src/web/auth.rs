@@ -9,15 +9,21 @@
 //! request, or the sign-in form, which makes a session. Either way the token signs in as an admin.
 //!
 //! A session is a random 256-bit id in an `HttpOnly; SameSite=Lax; Path=/` cookie (`Secure` behind https),
-//! kept here, in memory, for 12 hours (a restart signs everyone out). Each has its own CSRF token, which
-//! every form that changes something carries and which is checked with the request's `Origin`.
+//! good for 12 hours. Each has its own CSRF token, which every form that changes something carries and which
+//! is checked with the request's `Origin`. Sessions and sign-ins under way live in the store, so every
+//! replica behind a load balancer knows them and a restart signs no one out; the store keeps only the SHA-256
+//! of a session id or `state` (a leaked backup signs no one in), and each request reads its session there
+//! (no cache: signing out on one replica is signing out on all of them at once).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Result;
 use axum::http::{HeaderMap, header};
 use octocrab::secrecy::ExposeSecret;
+use tracing::warn;
+
+use crate::store::{DashboardSession, Store};
 
 /// How long a session lasts.
 pub const SESSION_LIFE: Duration = Duration::from_secs(12 * 60 * 60);
@@ -25,9 +31,13 @@ pub const SESSION_LIFE: Duration = Duration::from_secs(12 * 60 * 60);
 /// How long a sign-in with GitHub may take, from `/auth/login` to the callback.
 const STATE_LIFE: Duration = Duration::from_secs(10 * 60);
 
-/// At most this many sessions are kept (the oldest go first), and this many sign-ins outstanding.
-const MAX_SESSIONS: usize = 10_000;
-const MAX_STATES: usize = 256;
+/// At most this many sessions of one login are kept (the oldest go first): signing in again and again
+/// grows nothing.
+pub const SESSIONS_PER_LOGIN: u32 = 16;
+
+/// At most this many sign-ins with GitHub outstanding, over every visitor (the oldest go first): anyone may
+/// start one.
+pub const MAX_SIGN_INS: u32 = 1024;
 
 /// The session cookie.
 pub const COOKIE: &str = "nightshift_session";
@@ -55,23 +65,27 @@ impl Identity {
     }
 }
 
-struct Session {
-    login: String,
-    admin: bool,
-    csrf: String,
-    expires: Instant,
-}
-
-struct Pending {
-    browser: String,
-    at: Instant,
-}
-
-/// The sessions and the sign-ins under way.
-#[derive(Default)]
+/// The sessions and the sign-ins under way, in the store.
 pub struct Sessions {
-    sessions: Mutex<HashMap<String, Session>>,
-    pending: Mutex<HashMap<String, Pending>>,
+    store: Arc<dyn Store>,
+}
+
+/// The SHA-256 of a secret, hex: how the store knows a session id, a `state` or a browser binding.
+pub fn digest(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether `value` looks like a value [`random_hex`] made of `bytes` bytes (what else comes is no one's).
+fn is_random_hex(value: &str, bytes: usize) -> bool {
+    value.len() == bytes * 2
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A random value, hex.
@@ -108,94 +122,81 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 impl Sessions {
-    /// A new session; returns its id.
-    pub fn create(&self, login: &str, admin: bool) -> String {
+    pub fn new(store: Arc<dyn Store>) -> Sessions {
+        Sessions { store }
+    }
+
+    /// A new session; returns its id (the store keeps only its hash).
+    pub async fn create(&self, login: &str, admin: bool) -> Result<String> {
         let id = random_hex(32);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        while sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => sessions.remove(&k),
-                None => break,
-            };
-        }
-        sessions.insert(
-            id.clone(),
-            Session {
-                login: login.to_owned(),
-                admin,
-                csrf: random_hex(32),
-                expires: now + SESSION_LIFE,
-            },
-        );
-        id
+        let now = crate::now_ms();
+        let session = DashboardSession {
+            login: login.to_owned(),
+            admin,
+            csrf: random_hex(32),
+            expires_at: now + ms(SESSION_LIFE),
+        };
+        self.store
+            .create_session(&digest(&id), &session, now, SESSIONS_PER_LOGIN)
+            .await?;
+        Ok(id)
     }
 
     /// The session `id` names, if it is still good.
-    pub fn get(&self, id: &str) -> Option<Identity> {
-        if id.len() != 64 {
-            return None;
+    pub async fn get(&self, id: &str) -> Result<Option<Identity>> {
+        if !is_random_hex(id, 32) {
+            return Ok(None);
         }
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, session) = sessions.iter().find(|(k, _)| same(k, id))?;
-        (session.expires > Instant::now()).then(|| Identity {
-            login: session.login.clone(),
-            admin: session.admin,
-            session: Some((key.clone(), session.csrf.clone())),
-        })
+        let now = crate::now_ms();
+        Ok(self
+            .store
+            .session(&digest(id), now)
+            .await?
+            .map(|session| Identity {
+                login: session.login,
+                admin: session.admin,
+                session: Some((id.to_owned(), session.csrf)),
+            }))
     }
 
-    /// Ends a session.
-    pub fn remove(&self, id: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+    /// Ends a session, on every replica.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        self.store.delete_session(&digest(id)).await
     }
 
     /// A new `state` for a sign-in started by `browser` (the value of its [`STATE_COOKIE`]).
-    pub fn new_state(&self, browser: &str) -> String {
+    pub async fn new_state(&self, browser: &str) -> Result<String> {
         let state = random_hex(20);
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.retain(|_, p| p.at.elapsed() < STATE_LIFE);
-        while pending.len() >= MAX_STATES {
-            let oldest = pending
-                .iter()
-                .min_by_key(|(_, p)| p.at)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => pending.remove(&k),
-                None => break,
-            };
-        }
-        pending.insert(
-            state.clone(),
-            Pending {
-                browser: browser.to_owned(),
-                at: Instant::now(),
-            },
-        );
-        state
+        let now = crate::now_ms();
+        self.store
+            .create_signin(
+                &digest(&state),
+                &digest(browser),
+                now + ms(STATE_LIFE),
+                now,
+                MAX_SIGN_INS,
+            )
+            .await?;
+        Ok(state)
     }
 
-    /// Takes `state` (once, whatever the outcome) if `browser` started it and it is still good.
-    pub fn take_state(&self, state: &str, browser: Option<&str>) -> bool {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(key) = pending.keys().find(|k| same(k, state)).cloned() else {
-            return false;
+    /// Takes `state` (once, whatever the outcome, on whichever replica) if `browser` started it and it is
+    /// still good.
+    pub async fn take_state(&self, state: &str, browser: Option<&str>) -> Result<bool> {
+        if !is_random_hex(state, 20) {
+            return Ok(false);
+        }
+        let now = crate::now_ms();
+        let Some(bound) = self.store.take_signin(&digest(state), now).await? else {
+            return Ok(false);
         };
-        let taken = pending.remove(&key).expect("found above");
-        browser.is_some_and(|b| same(b, &taken.browser)) && taken.at.elapsed() < STATE_LIFE
+        Ok(browser.is_some_and(|b| same(&digest(b), &bound)))
     }
 }
 
-/// Who the request comes from: the static token as a bearer, or a good session cookie.
-pub fn identify(
+/// Who the request comes from: the static token as a bearer, or a good session cookie. A store that fails
+/// signs no one in (logged).
+pub async fn identify(
     sessions: &Sessions,
     token: Option<&octocrab::secrecy::SecretString>,
     headers: &HeaderMap,
@@ -214,7 +215,13 @@ pub fn identify(
                 session: None,
             });
     }
-    sessions.get(&cookie(headers, COOKIE)?)
+    match sessions.get(&cookie(headers, COOKIE)?).await {
+        Ok(who) => who,
+        Err(e) => {
+            warn!("dashboard: reading a session from the store failed: {e:#}");
+            None
+        }
+    }
 }
 
 /// Whether a POST that changes something may go ahead for `who`: a bearer always (its header cannot be
@@ -373,39 +380,80 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    #[test]
-    fn a_state_is_good_once_and_only_for_its_browser() {
-        let sessions = Sessions::default();
-        let state = sessions.new_state("browser-a");
-        assert!(!sessions.take_state(&state, Some("browser-b")));
-        // Taken by the wrong browser: gone for the right one too.
-        assert!(!sessions.take_state(&state, Some("browser-a")));
-        let state = sessions.new_state("browser-a");
-        assert!(!sessions.take_state(&state, None));
-        let state = sessions.new_state("browser-a");
-        assert!(sessions.take_state(&state, Some("browser-a")));
-        assert!(!sessions.take_state(&state, Some("browser-a")));
+    /// Sessions on a SQLite store of their own (the store's tests run the calls on Postgres too).
+    async fn sessions() -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = crate::store::SqliteStore::connect(&url).await.unwrap();
+        (dir, Sessions::new(Arc::new(store)))
     }
 
-    #[test]
-    fn sessions_are_found_by_their_whole_id_only() {
-        let sessions = Sessions::default();
-        let id = sessions.create("octocat", false);
+    #[tokio::test]
+    async fn a_state_is_good_once_and_only_for_its_browser() {
+        let (_dir, sessions) = sessions().await;
+        let state = sessions.new_state("browser-a").await.unwrap();
+        assert!(
+            !sessions
+                .take_state(&state, Some("browser-b"))
+                .await
+                .unwrap()
+        );
+        // Taken by the wrong browser: gone for the right one too.
+        assert!(
+            !sessions
+                .take_state(&state, Some("browser-a"))
+                .await
+                .unwrap()
+        );
+        let state = sessions.new_state("browser-a").await.unwrap();
+        assert!(!sessions.take_state(&state, None).await.unwrap());
+        let state = sessions.new_state("browser-a").await.unwrap();
+        assert!(
+            sessions
+                .take_state(&state, Some("browser-a"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !sessions
+                .take_state(&state, Some("browser-a"))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_are_found_by_their_whole_id_only() {
+        let (_dir, sessions) = sessions().await;
+        let id = sessions.create("octocat", false).await.unwrap();
         assert_eq!(id.len(), 64, "256 bits");
-        let who = sessions.get(&id).unwrap();
+        let who = sessions.get(&id).await.unwrap().unwrap();
         assert_eq!(who.login, "octocat");
         assert!(!who.admin);
-        assert!(sessions.get(&id[..63]).is_none());
-        assert!(sessions.get("").is_none());
-        sessions.remove(&id);
-        assert!(sessions.get(&id).is_none());
+        assert!(sessions.get(&id[..63]).await.unwrap().is_none());
+        assert!(sessions.get("").await.unwrap().is_none());
+        // The store knows the id's hash only: the id itself (as a leaked backup would give it) finds nothing.
+        let now = crate::now_ms();
+        assert!(sessions.store.session(&id, now).await.unwrap().is_none());
+        assert!(
+            sessions
+                .store
+                .session(&digest(&id), now)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // An id in capitals (the same hex, another string) is not the session.
+        assert!(sessions.get(&id.to_uppercase()).await.unwrap().is_none());
+        sessions.remove(&id).await.unwrap();
+        assert!(sessions.get(&id).await.unwrap().is_none());
     }
 
-    #[test]
-    fn a_post_needs_the_csrf_token_and_this_origin() {
-        let sessions = Sessions::default();
-        let id = sessions.create("octocat", true);
-        let who = sessions.get(&id).unwrap();
+    #[tokio::test]
+    async fn a_post_needs_the_csrf_token_and_this_origin() {
+        let (_dir, sessions) = sessions().await;
+        let id = sessions.create("octocat", true).await.unwrap();
+        let who = sessions.get(&id).await.unwrap().unwrap();
         let csrf = who.csrf().unwrap().to_owned();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -450,10 +498,10 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_wrong_bearer_is_no_one_even_with_a_good_cookie() {
-        let sessions = Sessions::default();
-        let id = sessions.create("octocat", false);
+    #[tokio::test]
+    async fn a_wrong_bearer_is_no_one_even_with_a_good_cookie() {
+        let (_dir, sessions) = sessions().await;
+        let id = sessions.create("octocat", false).await.unwrap();
         let token = octocrab::secrecy::SecretString::from("s3cret".to_owned());
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -461,19 +509,27 @@ mod tests {
             HeaderValue::from_str(&format!("{COOKIE}={id}")).unwrap(),
         );
         assert_eq!(
-            identify(&sessions, Some(&token), &headers).unwrap().login,
+            identify(&sessions, Some(&token), &headers)
+                .await
+                .unwrap()
+                .login,
             "octocat"
         );
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer guess"),
         );
-        assert!(identify(&sessions, Some(&token), &headers).is_none());
+        assert!(identify(&sessions, Some(&token), &headers).await.is_none());
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer s3cret"),
         );
-        assert!(identify(&sessions, Some(&token), &headers).unwrap().admin);
-        assert!(identify(&sessions, None, &headers).is_none());
+        assert!(
+            identify(&sessions, Some(&token), &headers)
+                .await
+                .unwrap()
+                .admin
+        );
+        assert!(identify(&sessions, None, &headers).await.is_none());
     }
 }

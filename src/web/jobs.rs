@@ -167,7 +167,7 @@ pub async fn list(
     Query(filter): Query<Filter>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return dash.sign_in_page(StatusCode::UNAUTHORIZED, None);
     };
     let jobs = match dash.store.filtered_jobs(&filter.to_store()).await {
@@ -247,9 +247,9 @@ where
 }
 
 /// Whether the visitor behind `who` is still signed in (a stream ends when they sign out).
-fn still_signed_in(dash: &Dashboard, who: &auth::Identity) -> bool {
+async fn still_signed_in(dash: &Dashboard, who: &auth::Identity) -> bool {
     match &who.session {
-        Some((id, _)) => dash.sessions.get(id).is_some(),
+        Some((id, _)) => matches!(dash.sessions.get(id).await, Ok(Some(_))),
         None => true,
     }
 }
@@ -261,7 +261,7 @@ pub async fn list_events(
     Query(filter): Query<Filter>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return (StatusCode::UNAUTHORIZED, "sign in first").into_response();
     };
     let filter = filter.to_store();
@@ -269,7 +269,7 @@ pub async fn list_events(
     stream(&dash, move |tx| async move {
         let mut last = None;
         loop {
-            if !still_signed_in(&feeder, &who) {
+            if !still_signed_in(&feeder, &who).await {
                 return;
             }
             if let Ok(jobs) = feeder.store.filtered_jobs(&filter).await {
@@ -316,7 +316,7 @@ pub async fn show(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return dash.sign_in_page(StatusCode::UNAUTHORIZED, None);
     };
     let not_found = |who: &auth::Identity| {
@@ -499,7 +499,7 @@ pub async fn log_events(
     Query(after): Query<After>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return (StatusCode::UNAUTHORIZED, "sign in first").into_response();
     };
     let Ok(id) = id.parse::<i64>().map(JobId) else {
@@ -513,7 +513,7 @@ pub async fn log_events(
     let feeder = dash.clone();
     stream(&dash, move |tx| async move {
         loop {
-            if !still_signed_in(&feeder, &who) {
+            if !still_signed_in(&feeder, &who).await {
                 return;
             }
             // The state first: a job that has ended wrote its last line before.
@@ -561,12 +561,12 @@ pub async fn log_events(
 }
 
 /// The checks every admin POST passes: signed in, the form from this dashboard, an admin.
-fn admin_post(
+async fn admin_post(
     dash: &Dashboard,
     headers: &HeaderMap,
     form: &CsrfForm,
 ) -> Result<auth::Identity, Box<Response>> {
-    let Some(who) = dash.identify(headers) else {
+    let Some(who) = dash.identify(headers).await else {
         return Err(Box::new(dash.sign_in_page(StatusCode::UNAUTHORIZED, None)));
     };
     if !auth::post_allowed(
@@ -604,7 +604,7 @@ pub async fn cancel(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let who = match admin_post(&dash, &headers, &form) {
+    let who = match admin_post(&dash, &headers, &form).await {
         Ok(who) => who,
         Err(refused) => return *refused,
     };
@@ -639,7 +639,7 @@ pub async fn retry(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let who = match admin_post(&dash, &headers, &form) {
+    let who = match admin_post(&dash, &headers, &form).await {
         Ok(who) => who,
         Err(refused) => return *refused,
     };

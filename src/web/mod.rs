@@ -75,6 +75,7 @@ impl Dashboard {
             .build()
             .expect("an HTTP client with no options that can fail");
         Arc::new(Dashboard {
+            sessions: Sessions::new(store.clone()),
             store,
             config: config.clone(),
             triggers,
@@ -83,7 +84,6 @@ impl Dashboard {
             web_url: config.github.web_url.trim_end_matches('/').to_owned(),
             api_url: config.github.api_url.trim_end_matches('/').to_owned(),
             data_dir: config.data_dir.clone(),
-            sessions: Sessions::default(),
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
             http,
             agents: Default::default(),
@@ -91,11 +91,11 @@ impl Dashboard {
     }
 
     /// Who the request comes from, if anyone may.
-    pub fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
+    pub async fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
         if !self.access.enabled() {
             return None;
         }
-        auth::identify(&self.sessions, self.access.token.as_ref(), headers)
+        auth::identify(&self.sessions, self.access.token.as_ref(), headers).await
     }
 
     /// This service's address as the browser sees it: `public_url`, or `http://{Host}`.
@@ -171,6 +171,15 @@ impl Dashboard {
         }
         agents.insert(job.0, agent.clone());
         agent
+    }
+
+    /// The answer when a sign-in was good but its session could not be stored.
+    fn no_session(&self, e: anyhow::Error) -> Response {
+        warn!("dashboard sign-in: storing the session failed: {e:#}");
+        self.sign_in_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("Signing in is not possible right now (see the service's log): try again."),
+        )
     }
 
     /// The page a signed-out visitor gets for any data route: how to sign in, or how to turn the
@@ -287,7 +296,16 @@ async fn login(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Respon
         return dash.sign_in_page(StatusCode::SERVICE_UNAVAILABLE, None);
     };
     let browser = auth::random_hex(20);
-    let state = dash.sessions.new_state(&browser);
+    let state = match dash.sessions.new_state(&browser).await {
+        Ok(state) => state,
+        Err(e) => {
+            warn!("dashboard sign-in: storing a sign-in failed: {e:#}");
+            return dash.sign_in_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("Signing in is not possible right now (see the service's log): try again."),
+            );
+        }
+    };
     let redirect_uri = format!("{}/auth/callback", dash.base_url(&headers));
     let location = format!(
         "{}/login/oauth/authorize?{}",
@@ -336,7 +354,21 @@ async fn callback(
         );
     };
     let browser = auth::cookie(&headers, auth::STATE_COOKIE);
-    if !valid_code(&code) || !dash.sessions.take_state(&state, browser.as_deref()) {
+    // The state is taken (once, on whichever replica) before the code is looked at: a replayed callback or
+    // two racing with one state sign in at most once.
+    let taken = match dash.sessions.take_state(&state, browser.as_deref()).await {
+        Ok(taken) => taken,
+        Err(e) => {
+            warn!("dashboard sign-in: taking a sign-in from the store failed: {e:#}");
+            return dash.sign_in_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(
+                    "Signing in is not possible right now (see the service's log): sign in again.",
+                ),
+            );
+        }
+    };
+    if !taken || !valid_code(&code) {
         warn!("dashboard sign-in: a callback with a state this browser was not given was refused");
         return dash.sign_in_page(
             StatusCode::FORBIDDEN,
@@ -365,14 +397,16 @@ async fn callback(
         Ok(login) => {
             let admin = dash.access.admins.contains(&login.to_lowercase());
             info!(%login, admin, "signed in to the dashboard with GitHub");
-            let id = dash.sessions.create(&login, admin);
-            see_other(
-                "/",
-                &[
-                    dash.session_cookie(&id, auth::SESSION_LIFE.as_secs()),
-                    clear,
-                ],
-            )
+            match dash.sessions.create(&login, admin).await {
+                Ok(id) => see_other(
+                    "/",
+                    &[
+                        dash.session_cookie(&id, auth::SESSION_LIFE.as_secs()),
+                        clear,
+                    ],
+                ),
+                Err(e) => dash.no_session(e),
+            }
         }
         Err(auth::Refused::NotAllowed(login)) => {
             warn!(%login, "dashboard sign-in refused: not in dashboard.users or a member of dashboard.orgs");
@@ -421,11 +455,13 @@ async fn token_sign_in(
             Some("That is not the dashboard's token."),
         );
     }
-    let id = dash.sessions.create("token", true);
-    see_other(
-        "/",
-        &[dash.session_cookie(&id, auth::SESSION_LIFE.as_secs())],
-    )
+    match dash.sessions.create("token", true).await {
+        Ok(id) => see_other(
+            "/",
+            &[dash.session_cookie(&id, auth::SESSION_LIFE.as_secs())],
+        ),
+        Err(e) => dash.no_session(e),
+    }
 }
 
 #[derive(Deserialize)]
@@ -439,7 +475,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return see_other("/", &[]);
     };
     if !auth::post_allowed(
@@ -455,8 +491,17 @@ async fn logout(
             "<p>That form did not come from this dashboard.</p>",
         );
     }
-    if let Some((id, _)) = &who.session {
-        dash.sessions.remove(id);
+    if let Some((id, _)) = &who.session
+        && let Err(e) = dash.sessions.remove(id).await
+    {
+        // Still signed in: say so rather than pretend.
+        warn!("dashboard sign-out: deleting the session failed: {e:#}");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not signed out",
+            None,
+            "<p>Signing out failed (see the service's log): try again.</p>",
+        );
     }
     see_other("/", &[dash.session_cookie("", 0)])
 }

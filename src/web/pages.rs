@@ -26,7 +26,7 @@ pub async fn deliveries(
     Query(query): Query<deliveries::DeliveriesQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return dash.sign_in_page(StatusCode::UNAUTHORIZED, None);
     };
     let content = deliveries::deliveries(&*dash.store, &query).await;
@@ -39,7 +39,7 @@ pub async fn delivery(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return dash.sign_in_page(StatusCode::UNAUTHORIZED, None);
     };
     match deliveries::delivery(&*dash.store, &id).await {
@@ -61,7 +61,7 @@ pub async fn triggers(
     Query(query): Query<catalog::TriggersQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return dash.sign_in_page(StatusCode::UNAUTHORIZED, None);
     };
     let content = catalog::triggers(&*dash.store, &dash.triggers, &dash.config, &query).await;
@@ -74,7 +74,7 @@ pub async fn budgets(
     Query(query): Query<budgets::BudgetsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(who) = dash.identify(&headers) else {
+    let Some(who) = dash.identify(&headers).await else {
         return dash.sign_in_page(StatusCode::UNAUTHORIZED, None);
     };
     let now = jiff::Timestamp::now().as_millisecond();
