@@ -499,20 +499,7 @@ fn secure_headers(headers: &mut HeaderMap, web_origin: &str) {
 }
 
 /// Text for HTML, in an element or a quoted attribute.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::text::escape_html as escape;
 
 /// The setup routes: `GET /setup`, `POST /setup/organization`, `GET /setup/callback`.
 pub fn routes(setup: Arc<Setup>) -> Router {

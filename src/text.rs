@@ -27,3 +27,19 @@ pub fn safe(s: &str, keep_tab: bool) -> Cow<'_, str> {
     }
     Cow::Owned(out)
 }
+
+/// `text` for HTML, in an element's content or a quoted attribute: `& < > " '` escaped.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
