@@ -420,3 +420,56 @@ fn the_units_hardening_leaves_the_agents_box_what_it_needs() {
         "as root the kernel applies no process limit to an agent"
     );
 }
+
+/// The chart's ingress with `dashboard: true` routes every page of the dashboard and of the App's setup,
+/// and nothing else: no route a person needs is left out, and `/metrics` and the probes never go public.
+#[test]
+fn the_ingress_routes_every_dashboard_and_setup_page_and_never_the_probes_or_metrics() {
+    let ingress = read("deploy/helm/nightshift/templates/ingress.yaml");
+    let listed = ingress
+        .lines()
+        .find(|l| l.contains("range list"))
+        .expect("the dashboard's paths, as a `range list`");
+    let prefixes: BTreeSet<String> = listed
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        ingress.contains("- path: /\n            pathType: Exact"),
+        "the jobs page at `/`, exactly (a `/` prefix would route /metrics)"
+    );
+    let mut routes = BTreeSet::new();
+    for file in ["src/web/mod.rs", "src/setup.rs"] {
+        for piece in read(file).split(".route(\"").skip(1) {
+            routes.insert(piece.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert!(routes.len() > 10, "{routes:?}");
+    for route in &routes {
+        if route == "/" {
+            continue;
+        }
+        let first = format!(
+            "/{}",
+            route.trim_start_matches('/').split('/').next().unwrap()
+        );
+        assert!(
+            prefixes.contains(&first),
+            "{route} is a dashboard or setup page the ingress does not route ({prefixes:?})"
+        );
+    }
+    for private in ["/metrics", "/healthz", "/readyz", "/webhooks"] {
+        assert!(
+            !prefixes.contains(private),
+            "{private} must not be routed as a page"
+        );
+    }
+    let used: BTreeSet<String> = routes
+        .iter()
+        .filter(|r| *r != "/")
+        .map(|r| format!("/{}", r.trim_start_matches('/').split('/').next().unwrap()))
+        .collect();
+    assert_eq!(used, prefixes, "the ingress routes only pages that exist");
+}
