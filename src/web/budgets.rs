@@ -149,46 +149,9 @@ pub async fn budgets(
     )
 }
 
-/// Classes: `budgets` (the section), `filters`, `spend-totals`, `spend-days`, `over` (a day at or past
-/// its budget, a repository with such days), `limits`, `num` (number cells), `empty`.
-pub(crate) const TEMPLATE: &str = r#"<section class="budgets">
-<h1>Budgets and spend</h1>
-<p>{% if daily %}Daily budget per repository: <strong>{{ daily }}</strong> (UTC days; the model gateway refuses a job's requests once its repository's spend today reaches it).{% else %}No daily budget per repository is configured (<code>budgets.per_repository_daily_usd</code>).{% endif %}</p>
-<form class="filters" method="get" action="/budgets">
-<label>Repository <input name="repo" value="{{ repo }}" placeholder="owner/name"></label>
-<button type="submit">Filter</button>{% if all_href %} <a href="{{ all_href }}">All repositories</a>{% endif %}
-</form>
-<h2>{{ from }} to {{ to }}, by repository</h2>
-{% if totals %}
-<table class="spend-totals">
-<thead><tr><th>Repository</th><th>Jobs</th><th>Spent</th><th>Input tokens</th><th>Cached input tokens</th><th>Output tokens</th>{% if daily %}<th>Days at budget</th>{% endif %}</tr></thead>
-<tbody>
-{% for t in totals %}<tr{% if t.days_over %} class="over"{% endif %}><td><a href="{{ t.repo_href }}">{{ t.repo }}</a></td><td class="num">{{ t.jobs }}</td><td class="num">{{ t.spent }}</td><td class="num">{{ t.input_tokens }}</td><td class="num">{{ t.cached_input_tokens }}</td><td class="num">{{ t.output_tokens }}</td>{% if daily %}<td class="num">{{ t.days_over }}</td>{% endif %}</tr>
-{% endfor %}</tbody>
-</table>
-<h2>By day (UTC)</h2>
-<table class="spend-days">
-<thead><tr><th>Day</th><th>Repository</th><th>Jobs</th><th>Spent</th>{% if daily %}<th>Of budget</th>{% endif %}<th>Input tokens</th><th>Cached input tokens</th><th>Output tokens</th></tr></thead>
-<tbody>
-{% for r in rows %}<tr{% if r.over %} class="over"{% endif %}><td>{{ r.day }}</td><td><a href="{{ r.repo_href }}">{{ r.repo }}</a></td><td class="num">{{ r.jobs }}</td><td class="num">{{ r.spent }}</td>{% if daily %}<td class="num">{{ r.share }}%</td>{% endif %}<td class="num">{{ r.input_tokens }}</td><td class="num">{{ r.cached_input_tokens }}</td><td class="num">{{ r.output_tokens }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% else %}
-<p class="empty">No jobs started in these days{% if repo %} for this repository{% endif %}.</p>
-{% endif %}
-<h2>Per-job limits by agent profile</h2>
-{% if profiles %}
-<table class="limits">
-<thead><tr><th>Agent</th><th>Most dollars a job</th><th>Most tokens a job</th></tr></thead>
-<tbody>
-{% for p in profiles %}<tr><td>{{ p.name }}</td><td class="num">{{ p.max_cost_usd or "none" }}</td><td class="num">{{ p.max_tokens or "none" }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% else %}
-<p class="empty">No agent profiles are configured.</p>
-{% endif %}
-</section>
-"#;
+// Classes: `budgets` (the section), `filters`, `spend-totals`, `spend-days`, `over` (a day at or past
+// its budget, a repository with such days), `limits`, `num` (number cells), `empty`.
+// The template: templates/budgets.html (compiled once, in `fragment`).
 
 #[cfg(test)]
 mod tests {

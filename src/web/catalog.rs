@@ -257,60 +257,10 @@ pub async fn triggers(
     )
 }
 
-/// Classes: `triggers` (the section), `filters`, `problems` with `problem`, `where`, `message`, `hint`;
-/// `trigger` (one `<article>` each, with `stale` when its file has problems), `fields`, `events`,
-/// `repos`, `skills`, `missing`, `warnings`; `skills-loaded` with `skill`; `empty`.
-pub(crate) const TEMPLATE: &str = r#"<section class="triggers">
-<h1>Triggers</h1>
-<form class="filters" method="get" action="/triggers">
-<label>Repository <input name="repo" value="{{ repo }}" placeholder="owner/name"></label>
-<button type="submit">Filter</button>{% if all_href %} <a href="{{ all_href }}">All triggers</a>{% endif %}
-</form>
-{% if problems %}
-<h2>Problems in the trigger files</h2>
-<p>The last reload found these; a file with problems keeps its last good version in force, if it had one.</p>
-<ul class="problems">
-{% for p in problems %}<li class="problem"><code class="where">{{ p.file }}:{{ p.line }}:{{ p.column }}</code>: <span class="message">{{ p.message }}</span>{% if p.hint %}<br><span class="hint">hint: {{ p.hint }}</span>{% endif %}</li>
-{% endfor %}</ul>
-{% endif %}
-{% for t in triggers %}
-<article class="trigger{% if t.stale %} stale{% endif %}">
-<h2>{{ t.name }}</h2>
-{% if t.description %}<p>{{ t.description }}</p>{% endif %}
-<dl class="fields">
-<dt>File</dt><dd><code>{{ t.file }}</code>{% if t.stale %} (has problems now: its last good version is in force){% endif %}</dd>
-<dt>On</dt><dd><ul class="events">{% for e in t.events %}<li>{{ e }}</li>{% endfor %}</ul></dd>
-{% if t.condition %}<dt>If</dt><dd><code>{{ t.condition }}</code></dd>{% endif %}
-<dt>From</dt><dd>{{ t.from }}</dd>
-<dt>Agent</dt><dd>{{ t.agent }}</dd>
-<dt>Output</dt><dd>{{ t.output }}</dd>
-<dt>Repositories</dt><dd>{% if t.repo_patterns %}<code>{{ t.repo_patterns|join(", ") }}</code>{% else %}every repository{% endif %}
-{% if t.repos %}<ul class="repos">{% for r in t.repos %}<li>{{ r }}</li>{% endfor %}{% if t.repos_more %}<li>… and {{ t.repos_more }} more</li>{% endif %}</ul>{% else %}<br>(none of the repositories nightshift knows){% endif %}</dd>
-<dt>Skills</dt><dd>{% if t.skills %}{% if t.skills_auto %}all (auto): {% endif %}<ul class="skills">{% for s in t.skills %}<li>{{ s.name }}{% if s.source %} ({{ s.source }}): {{ s.description }}{% else %} <span class="missing">not among the service's skills: a repository's own must provide it</span>{% endif %}</li>{% endfor %}</ul>{% elif t.skills_auto %}all (auto): none loaded{% else %}none{% endif %}</dd>
-</dl>
-{% if t.warnings %}<ul class="warnings">{% for w in t.warnings %}<li>{{ w }}</li>{% endfor %}</ul>{% endif %}
-</article>
-{% else %}
-<p class="empty">No triggers{% if repo %} apply to this repository{% endif %}.</p>
-{% endfor %}
-<h1>Skills</h1>
-{% if skill_problems %}
-<ul class="problems">
-{% for p in skill_problems %}<li class="problem"><code class="where">{{ p.file }}:{{ p.line }}:{{ p.column }}</code>: <span class="message">{{ p.message }}</span>{% if p.hint %}<br><span class="hint">hint: {{ p.hint }}</span>{% endif %}</li>
-{% endfor %}</ul>
-{% endif %}
-{% if skills %}
-<table class="skills-loaded">
-<thead><tr><th>Skill</th><th>Description</th><th>Loaded from</th><th>Used by</th></tr></thead>
-<tbody>
-{% for s in skills %}<tr class="skill"><td>{{ s.name }}</td><td>{{ s.description }}</td><td><code>{{ s.dir }}</code> ({{ s.source }})</td><td>{{ s.used_by|join(", ") }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% else %}
-<p class="empty">The service has no skills.</p>
-{% endif %}
-</section>
-"#;
+// Classes: `triggers` (the section), `filters`, `problems` with `problem`, `where`, `message`, `hint`;
+// `trigger` (one `<article>` each, with `stale` when its file has problems), `fields`, `events`,
+// `repos`, `skills`, `missing`, `warnings`; `skills-loaded` with `skill`; `empty`.
+// The template: templates/triggers.html (compiled once, in `fragment`).
 
 #[cfg(test)]
 mod tests {

@@ -182,79 +182,14 @@ pub async fn delivery(store: &dyn Store, delivery_id: &str) -> Result<Option<Str
     render("delivery", minijinja::context! { d => data(&d) }).map(Some)
 }
 
-/// The list. Classes: `deliveries` (the section and the table), `filters`, `delivery` with `fired`,
-/// `nothing` or `waiting`, `verdicts`, `fired-jobs`, `skipped`, `trigger`, `reason`, `state`, `note`,
-/// `pager`, `empty`.
-pub(crate) const LIST: &str = r#"<section class="deliveries">
-<h1>Deliveries</h1>
-<form class="filters" method="get" action="/deliveries">
-<label>Event <input name="event" value="{{ event }}" placeholder="issues.opened"></label>
-<label>Repository <input name="repo" value="{{ repo }}" placeholder="owner/name"></label>
-<label><input type="checkbox" name="nothing" value="true"{% if nothing %} checked{% endif %}> fired nothing</label>
-<button type="submit">Filter</button>
-</form>
-{% if deliveries %}
-<table class="deliveries">
-<thead><tr><th>Received (UTC)</th><th>Event</th><th>Repository</th><th>Delivery</th><th>Result</th></tr></thead>
-<tbody>
-{% for d in deliveries %}
-<tr class="delivery {{ d.result }}">
-<td><time datetime="{{ d.received_at }}">{{ d.received }}</time></td>
-<td><a href="{{ d.event_href }}">{{ d.event }}</a></td>
-<td>{% if d.repo %}<a href="{{ d.repo_href }}">{{ d.repo }}</a>{% else %}-{% endif %}</td>
-<td>{% if d.href %}<a href="{{ d.href }}"><code>{{ d.delivery_id }}</code></a>{% else %}<code>{{ d.delivery_id }}</code>{% endif %}</td>
-<td>{% if d.result == "waiting" %}waiting to be matched{% elif d.result == "nothing" %}fired nothing{% else %}fired {{ d.jobs|length }}{% endif %}</td>
-</tr>
-{% if d.jobs or d.skipped or d.more or d.omitted or d.note %}
-<tr class="verdicts"><td colspan="5">
-{% if d.jobs %}<ul class="fired-jobs">
-{% for j in d.jobs %}<li><a href="{{ j.href }}">{{ j.trigger }} #{{ j.id }}</a> <span class="state {{ j.state }}">{{ j.state }}</span>{% if j.error %}: {{ j.error }}{% endif %}</li>
-{% endfor %}</ul>{% endif %}
-{% if d.skipped %}<ul class="skipped">
-{% for s in d.skipped %}<li>not fired: <span class="trigger">{{ s.trigger }}</span>: <span class="reason">{{ s.reason }}</span></li>
-{% endfor %}</ul>{% endif %}
-{% if d.more + d.omitted %}<p class="more">{% if d.href %}<a href="{{ d.href }}">… and {{ d.more + d.omitted }} more not fired</a>{% else %}… and {{ d.more + d.omitted }} more not fired{% endif %}</p>{% endif %}
-{% if d.note %}<p class="note">{{ d.note }}</p>{% endif %}
-</td></tr>
-{% endif %}
-{% endfor %}
-</tbody>
-</table>
-{% else %}
-<p class="empty">No deliveries{% if filtered %} match{% endif %}.</p>
-{% endif %}
-{% if older or newest %}<nav class="pager">{% if newest %}<a href="{{ newest }}">Newest</a> {% endif %}{% if older %}<a href="{{ older }}" rel="next">Older</a>{% endif %}</nav>{% endif %}
-</section>
-"#;
+// The list. Classes: `deliveries` (the section and the table), `filters`, `delivery` with `fired`,
+// `nothing` or `waiting`, `verdicts`, `fired-jobs`, `skipped`, `trigger`, `reason`, `state`, `note`,
+// `pager`, `empty`.
+// The template: templates/deliveries.html (compiled once, in `fragment`).
 
-/// One delivery. Classes: `delivery` with its result, `fields`, `fired-jobs`, `skipped`, `trigger`,
-/// `reason`, `state`, `note`.
-pub(crate) const ONE: &str = r#"<section class="delivery {{ d.result }}">
-<h1>Delivery <code>{{ d.delivery_id }}</code></h1>
-<dl class="fields">
-<dt>Event</dt><dd><a href="{{ d.event_href }}">{{ d.event }}</a></dd>
-<dt>Repository</dt><dd>{% if d.repo %}<a href="{{ d.repo_href }}">{{ d.repo }}</a>{% else %}(none){% endif %}</dd>
-<dt>Received</dt><dd><time datetime="{{ d.received_at }}">{{ d.received }}</time> UTC</dd>
-<dt>Matched</dt><dd>{% if d.matched %}{{ d.matched }} UTC{% else %}not yet (it waits for the dispatcher){% endif %}</dd>
-</dl>
-<h2>Fired</h2>
-{% if d.jobs %}<ul class="fired-jobs">
-{% for j in d.jobs %}<li><a href="{{ j.href }}">{{ j.trigger }} → job {{ j.id }}</a> <span class="state {{ j.state }}">{{ j.state }}</span>{% if j.error %}: {{ j.error }}{% endif %}</li>
-{% endfor %}</ul>
-{% elif d.result == "waiting" %}<p>Nothing yet: it has not been matched.</p>
-{% else %}<p>Nothing.</p>{% endif %}
-{% if d.skipped or d.omitted or d.others or d.note or d.unrecorded %}
-<h2>Not fired</h2>
-{% if d.skipped %}<ul class="skipped">
-{% for s in d.skipped %}<li><span class="trigger">{{ s.trigger }}</span>: <span class="reason">{{ s.reason }}</span></li>
-{% endfor %}</ul>{% endif %}
-{% if d.omitted %}<p>{{ d.omitted }} more trigger(s) did not fire, not recorded by name.</p>{% endif %}
-{% if d.others %}<p>{{ d.others }} other trigger(s) do not listen to <code>{{ d.event }}</code> events in this repository.</p>{% endif %}
-{% if d.note %}<p class="note">{{ d.note }}</p>{% endif %}
-{% if d.unrecorded %}<p class="note">Why other triggers did not fire is not recorded for this delivery: it was matched by an older nightshift, or it is a retry's copy of its event.</p>{% endif %}
-{% endif %}
-</section>
-"#;
+// One delivery. Classes: `delivery` with its result, `fields`, `fired-jobs`, `skipped`, `trigger`,
+// `reason`, `state`, `note`.
+// The template: templates/delivery.html (compiled once, in `fragment`).
 
 #[cfg(test)]
 mod tests {

@@ -12,10 +12,10 @@ use serde::Serialize;
 
 /// The pages' templates, by name.
 const TEMPLATES: [(&str, &str); 4] = [
-    ("deliveries", super::deliveries::LIST),
-    ("delivery", super::deliveries::ONE),
-    ("triggers", super::catalog::TEMPLATE),
-    ("budgets", super::budgets::TEMPLATE),
+    ("deliveries", include_str!("templates/deliveries.html")),
+    ("delivery", include_str!("templates/delivery.html")),
+    ("triggers", include_str!("templates/triggers.html")),
+    ("budgets", include_str!("templates/budgets.html")),
 ];
 
 fn environment() -> &'static Environment<'static> {
