@@ -95,7 +95,7 @@ async fn queue(name: &str, store: &Arc<dyn Store>, jobs: usize) {
             action: Some("opened".into()),
             repo: Some(repo.clone()),
             installation_id: None,
-            payload: b"{}".to_vec(),
+            payload: b"{}".to_vec().into(),
         };
         let Inserted::New(id) = store.insert_delivery(&delivery).await.unwrap() else {
             panic!("a fresh store")

@@ -132,6 +132,7 @@ pub async fn serve(
         env: Box::new(move |name| env.get(name).cloned()),
         gateway,
         health: Default::default(),
+        fresh: Arc::new(crate::source::ingest::FreshPayloads::new(FRESH_PAYLOADS)),
         config,
     });
 
@@ -148,6 +149,7 @@ pub async fn serve(
         store: pipeline.store.clone(),
         deliveries_waiting: pipeline.deliveries_waiting.clone(),
         health: pipeline.health.clone(),
+        fresh: pipeline.fresh.clone(),
     };
     tokio::spawn(crate::source::schedule::run(
         intake.clone(),
@@ -389,6 +391,10 @@ impl Signals {
 
 /// How long workers told to stop now may take to give their jobs back before the process exits anyway
 /// (their leases then run out).
+/// Payloads just stored, kept in memory for the dispatcher (see `FreshPayloads`): a few hundred typical
+/// deliveries, the backlog a burst leaves.
+const FRESH_PAYLOADS: usize = 8 * 1024 * 1024;
+
 const RELEASE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The graceful stop, ended when the HTTP server may stop too. On the first SIGTERM or SIGINT: `/readyz`

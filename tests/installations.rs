@@ -278,7 +278,7 @@ async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
             action: Some("opened".into()),
             repo: Some("Codertocat/Hello-World".into()),
             installation_id: Some(INSTALLATION as i64),
-            payload: payload.clone(),
+            payload: payload.clone().into(),
         })
         .await
         .unwrap();

@@ -487,7 +487,11 @@ fn unmatchable(event: &Event) -> Option<String> {
 
 async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
     // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
-    let payload = pipeline.store.delivery_payload(delivery.id).await?;
+    // A delivery this process just stored is matched from memory (the bytes it committed).
+    let payload = match pipeline.fresh.take(delivery.id) {
+        Some(payload) => payload,
+        None => pipeline.store.delivery_payload(delivery.id).await?.into(),
+    };
     crate::source::installations::on_event(&*pipeline.store, &delivery.event, &payload).await?;
     // The event whose comment carried a slash command that queued a job.
     let mut command_event = None;

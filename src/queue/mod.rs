@@ -55,6 +55,8 @@ pub struct Pipeline {
     pub gateway: Arc<crate::gateway::Gateway>,
     /// What `/readyz` answers: draining, the store's last write error, workers alive.
     pub health: Arc<crate::health::Health>,
+    /// Payloads the webhook just stored, taken by the dispatcher instead of reading them back.
+    pub fresh: Arc<crate::source::ingest::FreshPayloads>,
 }
 
 /// Rings the pipeline's wakeups when the store says another replica wrote (see

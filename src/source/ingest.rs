@@ -78,6 +78,7 @@ async fn run(
             .map(|r| (r.delivery, (r.answer, r._budget)))
             .unzip();
         let count = deliveries.len();
+        let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload.clone()).collect();
         match crate::metrics::time_store(
             "ingest_commit",
             intake.store.insert_delivery_batch(deliveries, window),
@@ -86,6 +87,11 @@ async fn run(
         {
             Ok(inserted) => {
                 intake.health.store_ok();
+                for (inserted, payload) in inserted.iter().zip(payloads) {
+                    if let Inserted::New(row) = inserted {
+                        intake.fresh.put(*row, payload);
+                    }
+                }
                 if inserted.iter().any(|i| matches!(i, Inserted::New(_))) {
                     intake.deliveries_waiting.notify_waiters();
                 }
@@ -107,6 +113,73 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Payloads of deliveries just stored, by row id, kept for the dispatcher so that matching a delivery does
+/// not read back from the store what was written to it a moment before. Bounded in bytes: past the bound the
+/// oldest are dropped (and read from the store when their turn comes). What is here is what was committed,
+/// byte for byte: a payload is put only after its batch committed, under the row id the store gave it.
+pub struct FreshPayloads {
+    limit: usize,
+    held: std::sync::Mutex<Fresh>,
+}
+
+#[derive(Default)]
+struct Fresh {
+    by_row: std::collections::HashMap<i64, bytes::Bytes>,
+    order: std::collections::VecDeque<i64>,
+    bytes: usize,
+}
+
+impl FreshPayloads {
+    /// At most `limit` bytes of payloads at once.
+    pub fn new(limit: usize) -> FreshPayloads {
+        FreshPayloads {
+            limit,
+            held: Default::default(),
+        }
+    }
+
+    /// Keeps the payload of the delivery stored as `row`, dropping the oldest kept past the bound.
+    pub fn put(&self, row: i64, payload: bytes::Bytes) {
+        if payload.len() > self.limit {
+            return;
+        }
+        let mut fresh = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        fresh.bytes += payload.len();
+        if let Some(old) = fresh.by_row.insert(row, payload) {
+            fresh.bytes -= old.len();
+        } else {
+            fresh.order.push_back(row);
+        }
+        while fresh.bytes > self.limit {
+            let Some(oldest) = fresh.order.pop_front() else {
+                break;
+            };
+            if let Some(dropped) = fresh.by_row.remove(&oldest) {
+                fresh.bytes -= dropped.len();
+            }
+        }
+    }
+
+    /// The payload of the delivery stored as `row`, if it is still kept (it is then no longer kept).
+    pub fn take(&self, row: i64) -> Option<bytes::Bytes> {
+        let mut fresh = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let payload = fresh.by_row.remove(&row)?;
+        fresh.bytes -= payload.len();
+        // Its place in the order is left behind and skipped when reached; the order is trimmed when it
+        // holds many more rows than are kept.
+        if fresh.order.len() > 2 * fresh.by_row.len() + 64 {
+            let Fresh { by_row, order, .. } = &mut *fresh;
+            order.retain(|row| by_row.contains_key(row));
+        }
+        Some(payload)
+    }
+
+    /// Bytes kept now.
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 }
 
@@ -246,6 +319,34 @@ pub async fn discard_small_body(mut body: axum::body::Body, max: usize, timeout:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_payloads_are_taken_once_and_bounded_in_bytes() {
+        let fresh = FreshPayloads::new(100);
+        fresh.put(1, bytes::Bytes::from(vec![1u8; 40]));
+        fresh.put(2, bytes::Bytes::from(vec![2u8; 40]));
+        assert_eq!(fresh.take(1).as_deref(), Some(&[1u8; 40][..]));
+        assert_eq!(fresh.take(1), None, "taken once");
+        assert_eq!(fresh.held(), 40);
+        // Past the bound the oldest kept go.
+        fresh.put(3, bytes::Bytes::from(vec![3u8; 40]));
+        fresh.put(4, bytes::Bytes::from(vec![4u8; 40]));
+        assert_eq!(fresh.take(2), None);
+        assert_eq!(fresh.held(), 80);
+        assert!(fresh.take(3).is_some() && fresh.take(4).is_some());
+        // A payload larger than the whole bound is not kept, and takes nothing else out.
+        fresh.put(5, bytes::Bytes::from(vec![5u8; 10]));
+        fresh.put(6, bytes::Bytes::from(vec![6u8; 101]));
+        assert_eq!(fresh.take(6), None);
+        assert!(fresh.take(5).is_some());
+        // Many puts and takes keep the order's bookkeeping small.
+        for row in 10..10_000 {
+            fresh.put(row, bytes::Bytes::from_static(b"x"));
+            assert!(fresh.take(row).is_some());
+        }
+        assert_eq!(fresh.held(), 0);
+        assert!(fresh.held.lock().unwrap().order.len() < 200);
+    }
 
     #[test]
     fn the_budget_refuses_what_does_not_fit_and_returns_what_is_dropped() {

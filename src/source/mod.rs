@@ -27,4 +27,6 @@ pub struct Intake {
     /// Rung when a delivery is stored.
     pub deliveries_waiting: Arc<Notify>,
     pub health: Arc<Health>,
+    /// Payloads just stored, for the dispatcher to match without reading them back.
+    pub fresh: Arc<ingest::FreshPayloads>,
 }

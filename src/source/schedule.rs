@@ -193,7 +193,7 @@ async fn store_tick(
         action: None,
         repo: Some(repo.full_name.clone()),
         installation_id: repo.installation_id,
-        payload: serde_json::to_vec(&body)?,
+        payload: serde_json::to_vec(&body)?.into(),
     };
     // One winner per tick across replicas; the others (and a replica whose clock lags) store nothing.
     let fired = intake

@@ -195,7 +195,7 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
         action: indexed.action.clone(),
         repo: indexed.repo.clone(),
         installation_id: indexed.installation_id,
-        payload: body,
+        payload: body.into(),
     };
     match state.writer.insert(new, reservation).await {
         Ok(Inserted::New(_)) => {

@@ -106,7 +106,7 @@ mod tests {
             action: None,
             repo: None,
             installation_id: None,
-            payload: body.as_bytes().to_vec(),
+            payload: body.as_bytes().to_vec().into(),
         }
     }
 

@@ -29,7 +29,8 @@ pub struct NewDelivery {
     pub action: Option<String>,
     pub repo: Option<String>,
     pub installation_id: Option<i64>,
-    pub payload: Vec<u8>,
+    /// The body exactly as signed; shared, not copied, by the writer and the dispatcher.
+    pub payload: bytes::Bytes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -153,7 +153,7 @@ async fn insert_delivery(conn: &mut sqlx::PgConnection, d: &NewDelivery) -> Resu
     .bind(opt_text(&d.action))
     .bind(opt_text(&d.repo))
     .bind(d.installation_id)
-    .bind(&d.payload)
+    .bind(&d.payload[..])
     .bind(now_ms())
     .fetch_optional(&mut *conn)
     .await?;

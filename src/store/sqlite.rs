@@ -65,6 +65,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "dashboard sessions",
         include_str!("../../migrations/sqlite/0009_dashboard_sessions.sql"),
     ),
+    (
+        10,
+        "delivery payloads",
+        include_str!("../../migrations/sqlite/0010_delivery_payloads.sql"),
+    ),
 ];
 
 /// Migrations that open their own transaction (to run with foreign keys off).
@@ -112,8 +117,8 @@ fn output_row(row: &sqlx::sqlite::SqliteRow) -> Result<Output> {
 /// Stores a delivery on `conn` (alone, or in the caller's transaction).
 async fn insert_delivery(conn: &mut sqlx::SqliteConnection, d: &NewDelivery) -> Result<Inserted> {
     let row = sqlx::query(
-        "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
+        "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, received_at)
+         VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT (delivery_id) DO NOTHING
          RETURNING id",
     )
@@ -122,14 +127,26 @@ async fn insert_delivery(conn: &mut sqlx::SqliteConnection, d: &NewDelivery) -> 
     .bind(&d.action)
     .bind(&d.repo)
     .bind(d.installation_id)
-    .bind(&d.payload)
     .bind(now_ms())
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(match row {
-        Some(row) => Inserted::New(row.try_get("id")?),
-        None => Inserted::Duplicate,
-    })
+    let Some(row) = row else {
+        return Ok(Inserted::Duplicate);
+    };
+    let id: i64 = row.try_get("id")?;
+    insert_payload(conn, id, &d.payload).await?;
+    Ok(Inserted::New(id))
+}
+
+/// Stores the payload of the delivery `id` just inserted (migration 0010: payloads have a table of their
+/// own, so marking a delivery matched does not rewrite its payload).
+async fn insert_payload(conn: &mut sqlx::SqliteConnection, id: i64, payload: &[u8]) -> Result<()> {
+    sqlx::query("INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?, ?)")
+        .bind(id)
+        .bind(payload)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 pub struct SqliteStore {
@@ -616,11 +633,17 @@ impl Store for SqliteStore {
     }
 
     async fn delivery_payload(&self, delivery: i64) -> Result<Vec<u8>> {
-        let row = sqlx::query("SELECT payload FROM deliveries WHERE id = ?")
-            .bind(delivery)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("payload")?)
+        // A delivery whose payload retention pruned has none: empty.
+        let row = sqlx::query(
+            "SELECT p.payload FROM deliveries d LEFT JOIN delivery_payloads p ON p.delivery_id = d.id
+             WHERE d.id = ?",
+        )
+        .bind(delivery)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row
+            .try_get::<Option<Vec<u8>>, _>("payload")?
+            .unwrap_or_default())
     }
 
     async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>> {
@@ -902,7 +925,9 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT j.state, j.spec, j.trigger_name, j.repo, j.concurrency_group, j.delivery_id,
-                    d.delivery_id AS guid, length(d.payload) AS payload_len,
+                    d.delivery_id AS guid,
+                    COALESCE((SELECT length(p.payload) FROM delivery_payloads p WHERE p.delivery_id = d.id), 0)
+                        AS payload_len,
                     (SELECT COUNT(*) FROM jobs r WHERE r.retried_from = j.id) AS retries_before
              FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
         )
@@ -930,8 +955,8 @@ impl Store for SqliteStore {
         // The retry's own delivery: the same event (a copy of its payload, which the job reads), matched
         // already (its spec is frozen), under an id of its own (jobs are one per delivery and trigger).
         let copy: i64 = sqlx::query_scalar(
-            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at, matched_at)
-             SELECT ?, event, action, repo, installation_id, payload, ?, ? FROM deliveries WHERE id = ?
+            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, received_at, matched_at)
+             SELECT ?, event, action, repo, installation_id, ?, ? FROM deliveries WHERE id = ?
              RETURNING id",
         )
         .bind(retry_delivery_id(&guid, job, n))
@@ -939,6 +964,14 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(delivery)
         .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO delivery_payloads (delivery_id, payload)
+             SELECT ?, payload FROM delivery_payloads WHERE delivery_id = ?",
+        )
+        .bind(copy)
+        .bind(delivery)
+        .execute(&mut *tx)
         .await?;
         let new: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (delivery_id, trigger_name, repo, spec, state, concurrency_group, created_at, retried_from)
@@ -995,8 +1028,8 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await? as u64;
             let (whole, emptied): (i64, i64) = sqlx::query_as(
-                "SELECT COALESCE(SUM(kept = 0), 0), COALESCE(SUM(kept > 0 AND unfinished = 0 AND length(payload) > 0), 0)
-                 FROM (SELECT d.payload,
+                "SELECT COALESCE(SUM(kept = 0), 0), COALESCE(SUM(kept > 0 AND unfinished = 0 AND has_payload), 0)
+                 FROM (SELECT EXISTS (SELECT 1 FROM delivery_payloads p WHERE p.delivery_id = d.id) AS has_payload,
                               (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id
                                  AND NOT (j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < ?1)) AS kept,
                               (SELECT COUNT(*) FROM jobs j WHERE j.delivery_id = d.id
@@ -1055,9 +1088,9 @@ impl Store for SqliteStore {
         .await?;
         pruned.payloads = batched(
             &self.pool,
-            "UPDATE deliveries SET payload = x'' WHERE id IN (
-                 SELECT d.id FROM deliveries d
-                 WHERE d.received_at < ? AND d.matched_at IS NOT NULL AND length(d.payload) > 0
+            "DELETE FROM delivery_payloads WHERE delivery_id IN (
+                 SELECT d.id FROM deliveries d JOIN delivery_payloads p ON p.delivery_id = d.id
+                 WHERE d.received_at < ? AND d.matched_at IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id
                                    AND j.state IN ('queued', 'running', 'delivering')) LIMIT ?)",
             cut_payloads,
@@ -1597,14 +1630,14 @@ async fn write_deliveries(
     use super::batch::{Answers, ROWS_PER_STATEMENT};
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let now = now_ms();
-    let mut inserted = Vec::with_capacity(batch.len());
+    let mut inserted: Vec<(String, i64)> = Vec::with_capacity(batch.len());
     for chunk in batch.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, received_at)
+            "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, received_at)
              VALUES {}
              ON CONFLICT (delivery_id) DO NOTHING
              RETURNING delivery_id, id",
-            vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for d in chunk {
@@ -1614,12 +1647,27 @@ async fn write_deliveries(
                 .bind(&d.action)
                 .bind(&d.repo)
                 .bind(d.installation_id)
-                .bind(&d.payload)
                 .bind(now);
         }
         for row in query.fetch_all(&mut *tx).await? {
             inserted.push((row.try_get(0)?, row.try_get(1)?));
         }
+    }
+    // Each new row's payload (of the first of the batch's deliveries with its id: the one inserted).
+    let mut first = std::collections::HashMap::new();
+    for d in batch.iter().rev() {
+        first.insert(d.delivery_id.0.as_str(), &d.payload);
+    }
+    for chunk in inserted.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO delivery_payloads (delivery_id, payload) VALUES {}",
+            vec!["(?, ?)"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (guid, id) in chunk {
+            query = query.bind(*id).bind(&first[guid.as_str()][..]);
+        }
+        query.execute(&mut *tx).await?;
     }
     let mut answers =
         Answers::from_inserted(batch.iter().map(|d| d.delivery_id.0.as_str()), inserted);
@@ -1724,6 +1772,90 @@ mod tests {
         (dir, store)
     }
 
+    /// A store written before payloads had a table of their own (migration 0010) keeps every payload byte
+    /// for byte, a pruned one stays pruned, and a retry of an old job still copies its event.
+    #[tokio::test]
+    async fn payloads_stored_before_migration_10_survive_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        {
+            let options = SqliteConnectOptions::from_str(&url)
+                .unwrap()
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap();
+            let before: Vec<_> = MIGRATIONS
+                .iter()
+                .filter(|(version, ..)| *version < 10)
+                .map(|(version, name, sql)| {
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*name),
+                        MigrationType::Simple,
+                        AssertSqlSafe(*sql).into_sql_str(),
+                        WITHOUT_TRANSACTION.contains(version),
+                    )
+                })
+                .collect();
+            Migrator::with_migrations(before).run(&pool).await.unwrap();
+            let body: &[u8] = b"{\"a\":\"\0\xff\"}";
+            for (guid, payload) in [("kept", body), ("pruned", &b""[..])] {
+                sqlx::query(
+                    "INSERT INTO deliveries (delivery_id, event, repo, payload, received_at, matched_at)
+                     VALUES (?, 'issues', 'o/r', ?, 1, 1)",
+                )
+                .bind(guid)
+                .bind(payload)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            sqlx::query(
+                "INSERT INTO jobs (delivery_id, trigger_name, repo, spec, state, created_at, finished_at)
+                 VALUES (1, 't', 'o/r', '{\"x\":1}', 'failed', 1, 1)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::connect(&url).await.unwrap();
+        assert_eq!(
+            store.delivery_payload(1).await.unwrap(),
+            b"{\"a\":\"\0\xff\"}"
+        );
+        assert!(store.delivery_payload(2).await.unwrap().is_empty());
+        let Retry::Queued(retry) = store.retry_job(JobId(1)).await.unwrap() else {
+            panic!("the old job's retry was refused");
+        };
+        let copy: i64 = sqlx::query_scalar("SELECT delivery_id FROM jobs WHERE id = ?")
+            .bind(retry.0)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.delivery_payload(copy).await.unwrap(),
+            b"{\"a\":\"\0\xff\"}"
+        );
+        // Removing a delivery removes its payload.
+        sqlx::query("DELETE FROM jobs")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM deliveries")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_payloads")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
     #[tokio::test]
     async fn the_store_and_its_folder_are_private_to_the_service() {
         use std::os::unix::fs::PermissionsExt;
@@ -1752,7 +1884,7 @@ mod tests {
             action: Some("opened".into()),
             repo: Some("o/r".into()),
             installation_id: Some(7),
-            payload: b"{}".to_vec(),
+            payload: bytes::Bytes::from_static(b"{}"),
         }
     }
 

@@ -83,7 +83,7 @@ fn delivery(id: &str) -> NewDelivery {
         action: Some("opened".into()),
         repo: Some("o/r".into()),
         installation_id: Some(7),
-        payload: b"{}".to_vec(),
+        payload: bytes::Bytes::from_static(b"{}"),
     }
 }
 
@@ -1104,7 +1104,7 @@ async fn prune_removes_what_ended_long_ago_and_nothing_a_job_needs(db: &TestDb) 
     }
     queue(&store, "waiting", "o/r", &[job_of("waiting", "o/r", "x")]).await;
     let mut unmatched = delivery("unmatched");
-    unmatched.payload = b"{\"keep\":1}".to_vec();
+    unmatched.payload = bytes::Bytes::from_static(b"{\"keep\":1}");
     store.insert_delivery(&unmatched).await.unwrap();
     // Everything arrived 100 days ago; `old` ended 100 days ago, `mid` 40.
     db.exec("UPDATE deliveries SET received_at = received_at - 8640000000")
@@ -1166,7 +1166,7 @@ fn tick_delivery(tick: i64) -> NewDelivery {
         action: None,
         repo: Some("o/r".into()),
         installation_id: None,
-        payload: b"{}".to_vec(),
+        payload: bytes::Bytes::from_static(b"{}"),
     }
 }
 
@@ -1329,7 +1329,7 @@ async fn a_released_job_runs_again_without_counting_its_start(db: &TestDb) {
 async fn a_batch_is_stored_once_with_duplicates_and_replays_answered(db: &TestDb) {
     let store = db.store();
     let with_body = |id: &str, body: &[u8]| NewDelivery {
-        payload: body.to_vec(),
+        payload: body.to_vec().into(),
         ..delivery(id)
     };
     let window = Duration::from_secs(3600);
@@ -1765,7 +1765,7 @@ async fn a_batch_handed_over_stores_every_field_as_sent(db: &TestDb) {
             action: Some("créé ✓".into()),
             repo: Some("O/R".into()),
             installation_id: Some(i64::MAX),
-            payload: b"{\"a\":\"\0\xff\xfe\"}".to_vec(),
+            payload: b"{\"a\":\"\0\xff\xfe\"}".to_vec().into(),
         },
         NewDelivery {
             delivery_id: DeliveryId("bare".into()),
@@ -1773,10 +1773,10 @@ async fn a_batch_handed_over_stores_every_field_as_sent(db: &TestDb) {
             action: None,
             repo: None,
             installation_id: None,
-            payload: big.clone(),
+            payload: big.clone().into(),
         },
         NewDelivery {
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
             ..delivery("empty")
         },
     ];
@@ -1816,7 +1816,7 @@ async fn a_batch_handed_over_stores_every_field_as_sent(db: &TestDb) {
         tokio::spawn(async move {
             let batch: Vec<NewDelivery> = (0..8)
                 .map(|n| NewDelivery {
-                    payload: format!("{{\"task\":{task},\"n\":{n}}}").into_bytes(),
+                    payload: format!("{{\"task\":{task},\"n\":{n}}}").into_bytes().into(),
                     ..delivery(&format!("t{task}-{n}"))
                 })
                 .collect();

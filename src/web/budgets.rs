@@ -194,7 +194,7 @@ mod tests {
                 action: None,
                 repo: Some((*repo).into()),
                 installation_id: None,
-                payload: b"{}".to_vec(),
+                payload: bytes::Bytes::from_static(b"{}"),
             };
             let Inserted::New(row) = store.insert_delivery(&delivery).await.unwrap() else {
                 panic!()

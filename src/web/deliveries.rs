@@ -215,7 +215,7 @@ mod tests {
             action: Some(action.into()),
             repo: Some(repo.into()),
             installation_id: None,
-            payload: b"{}".to_vec(),
+            payload: bytes::Bytes::from_static(b"{}"),
         };
         let Inserted::New(row) = store.insert_delivery(&delivery).await.unwrap() else {
             panic!("{id} was stored before")

@@ -127,6 +127,7 @@ struct Statements<'c> {
     commit: Statement<'c>,
     rollback: Statement<'c>,
     insert: Statement<'c>,
+    insert_payload: Statement<'c>,
     forget_digests: Statement<'c>,
     insert_digest: Statement<'c>,
     first_with_digest: Statement<'c>,
@@ -140,11 +141,13 @@ impl<'c> Statements<'c> {
             commit: conn.prepare("COMMIT")?,
             rollback: conn.prepare("ROLLBACK")?,
             insert: conn.prepare(
-                "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, payload, \
-                 received_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO deliveries (delivery_id, event, action, repo, installation_id, received_at) \
+                 VALUES (?, ?, ?, ?, ?, ?)
                  ON CONFLICT (delivery_id) DO NOTHING
                  RETURNING id",
             )?,
+            insert_payload: conn
+                .prepare("INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?, ?)")?,
             forget_digests: conn.prepare("DELETE FROM delivery_digests WHERE received_at < ?")?,
             insert_digest: conn.prepare(
                 "INSERT INTO delivery_digests (body_sha256, delivery_id, received_at) VALUES (?, ?, ?)
@@ -197,12 +200,13 @@ fn write_in_transaction(
                 d.action.as_deref().map_or(Null, Text),
                 d.repo.as_deref().map_or(Null, Text),
                 installation,
-                Blob(&d.payload),
                 Int(now),
             ],
             |row| row.int(0),
         )?;
         if let Some(row) = row {
+            s.insert_payload
+                .run(&[Int(row), Blob(&d.payload)], |_| ())?;
             inserted.push((d.delivery_id.0.clone(), row));
         }
     }
