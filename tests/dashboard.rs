@@ -892,3 +892,171 @@ async fn replicas_on_one_postgres_share_sign_ins_and_sessions() {
     }
     spine.assert_no_unexpected_calls();
 }
+
+/// A client whose connections come from `local` (any 127.0.0.0/8 address reaches the service on loopback).
+fn http_from(local: &str) -> reqwest::Client {
+    nightshift::install_tls_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The sign-ins with GitHub outstanding in the service's SQLite store.
+async fn sign_ins_stored(spine: &Spine) -> i64 {
+    let url = format!(
+        "sqlite://{}/state/nightshift.db?mode=ro",
+        spine.dir.path().display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM dashboard_signins")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sign_in_is_rate_limited_per_client_address_and_sign_ins_outstanding_are_capped() {
+    use nightshift::web::{auth::MAX_SIGN_INS, limit::PER_ADDRESS_BURST};
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n  \
+         token: {TOKEN}\n  trusted_proxies: [127.0.0.9]\n"
+    ))
+    .await;
+    spine.start().await;
+    let url = spine.url();
+    let login = |client: reqwest::Client, forwarded: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut request = client.get(format!("{url}/auth/login"));
+            if let Some(f) = forwarded {
+                request = request.header("x-forwarded-for", f);
+            }
+            request.send().await.unwrap()
+        }
+    };
+
+    // One address: its burst of sign-ins, then 429 with when to come back.
+    let one = http_from("127.0.0.1");
+    for n in 0..PER_ADDRESS_BURST {
+        assert_eq!(login(one.clone(), None).await.status(), 303, "login {n}");
+    }
+    let refused = login(one.clone(), None).await;
+    assert_eq!(refused.status(), 429);
+    assert!(retry_after(&refused) >= 1);
+    assert!(refused.text().await.unwrap().contains("id=\"too-many\""));
+    // Its token form too (even with the right token: the attempt is not looked at).
+    let form_refused = one
+        .post(format!("{url}/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", TOKEN)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form_refused.status(), 429);
+    assert!(form_refused.headers().get("set-cookie").is_none());
+
+    // Another address still signs in, with the token's form.
+    let other = http_from("127.0.0.2");
+    assert_eq!(login(other.clone(), None).await.status(), 303);
+    let signed_in = other
+        .post(format!("{url}/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", TOKEN)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let (session, _) = session_of(&signed_in);
+    assert!(!session.is_empty());
+
+    // Guessing the token as a bearer is counted; the token itself never is.
+    let guesser = http_from("127.0.0.3");
+    for n in 0..PER_ADDRESS_BURST {
+        let guess = guesser
+            .get(format!("{url}/"))
+            .bearer_auth(format!("guess-{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(guess.status(), 401, "guess {n}");
+    }
+    let guess = guesser
+        .get(format!("{url}/"))
+        .bearer_auth("one-more-guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guess.status(), 429);
+    let right = guesser
+        .get(format!("{url}/"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+
+    // X-Forwarded-For is the client's own words unless the peer is a trusted proxy.
+    let liar = http_from("127.0.0.5");
+    let mut last = 0;
+    for n in 0..=PER_ADDRESS_BURST {
+        last = login(liar.clone(), Some(format!("203.0.113.{n}")))
+            .await
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429, "a made-up X-Forwarded-For gave a fresh address");
+    // Behind the trusted proxy, each client is its own address (read from the right).
+    let proxy = http_from("127.0.0.9");
+    for _ in 0..PER_ADDRESS_BURST {
+        let r = login(proxy.clone(), Some("6.6.6.6, 198.51.100.1".into())).await;
+        assert_eq!(r.status(), 303);
+    }
+    assert_eq!(
+        login(proxy.clone(), Some("7.7.7.7, 198.51.100.1".into()))
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        login(proxy.clone(), Some("198.51.100.2".into()))
+            .await
+            .status(),
+        303
+    );
+
+    // Many addresses (through the proxy): sign-ins started over all of them stop at the cap, and the store
+    // never holds more than it.
+    let mut refused_at = None;
+    'outer: for a in 0..=255u32 {
+        for _ in 0..PER_ADDRESS_BURST {
+            let r = login(proxy.clone(), Some(format!("10.{}.{}.1", a / 256, a % 256))).await;
+            match r.status().as_u16() {
+                303 => {}
+                429 => {
+                    refused_at = Some(a);
+                    break 'outer;
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
+    let refused_at = refused_at.expect("the global cap refused a sign-in");
+    assert!(
+        refused_at < 200,
+        "the cap stopped sign-ins late ({refused_at})"
+    );
+    assert!(sign_ins_stored(&spine).await <= i64::from(MAX_SIGN_INS));
+    spine.assert_no_unexpected_calls();
+}

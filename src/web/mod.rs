@@ -14,6 +14,7 @@ pub mod deliveries;
 pub mod fragment;
 pub mod html;
 pub mod jobs;
+pub mod limit;
 pub mod pages;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ pub struct Dashboard {
     http: reqwest::Client,
     /// Each job's agent (from its frozen spec, which never changes), for the jobs table.
     agents: std::sync::Mutex<std::collections::HashMap<i64, String>>,
+    /// Sign-in attempts per client address and over all of them ([`limit`]).
+    pub limiter: limit::Limiter,
 }
 
 impl Dashboard {
@@ -87,6 +90,7 @@ impl Dashboard {
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
             http,
             agents: Default::default(),
+            limiter: Default::default(),
         })
     }
 
@@ -248,6 +252,11 @@ pub fn routes(dashboard: Arc<Dashboard>) -> Router {
         .route("/auth/logout", post(logout))
         .route("/static/dashboard.js", get(script))
         .route("/static/dashboard.css", get(style))
+        // Signing in is rate-limited per client address (and starting one over every address).
+        .layer(axum::middleware::from_fn_with_state(
+            dashboard.clone(),
+            limit::limit,
+        ))
         .with_state(dashboard)
 }
 
