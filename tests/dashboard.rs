@@ -553,10 +553,11 @@ async fn signed_out_visitors_get_nothing_and_forms_need_the_session_s_csrf_token
     assert!(chunk.contains("event: rows"), "{chunk}");
     drop(rows);
 
-    // Cancel: without the CSRF token, with another site's Origin, or with none: refused; the job runs on.
-    let cancel = |csrf: Option<&str>, origin: Option<&str>| {
+    // Cancel and re-run: without the CSRF token, with another site's Origin, or with none: refused; the job
+    // runs on.
+    let post = |action: &str, csrf: Option<&str>, origin: Option<&str>| {
         let mut request = client
-            .post(format!("{url}/jobs/1/cancel"))
+            .post(format!("{url}/jobs/1/{action}"))
             .header("cookie", &with_cookie);
         if let Some(origin) = origin {
             request = request.header("origin", origin);
@@ -567,20 +568,47 @@ async fn signed_out_visitors_get_nothing_and_forms_need_the_session_s_csrf_token
             .send()
     };
     let evil = "http://evil.example";
-    for (csrf, origin) in [
-        (None, Some(url.as_str())),
-        (Some("0".repeat(64).as_str()), Some(url.as_str())),
-        (Some(csrf.as_str()), Some(evil)),
-        (Some(csrf.as_str()), None),
-    ] {
-        let refused = cancel(csrf, origin).await.unwrap();
-        assert_eq!(refused.status(), 403, "csrf {csrf:?}, origin {origin:?}");
+    for action in ["cancel", "retry"] {
+        for (csrf, origin) in [
+            (None, Some(url.as_str())),
+            (Some("0".repeat(64).as_str()), Some(url.as_str())),
+            (Some(csrf.as_str()), Some(evil)),
+            (Some(csrf.as_str()), None),
+        ] {
+            let refused = post(action, csrf, origin).await.unwrap();
+            assert_eq!(
+                refused.status(),
+                403,
+                "{action}: csrf {csrf:?}, origin {origin:?}"
+            );
+        }
     }
     wait_for_job_state(&mut spine, 1, JobState::Running).await;
-    let cancelled = cancel(Some(&csrf), Some(&url)).await.unwrap();
+    assert_eq!(spine.jobs().await.len(), 1, "a refused re-run made a job");
+    // A running job is not run again.
+    let not_yet = post("retry", Some(&csrf), Some(&url)).await.unwrap();
+    assert_eq!(not_yet.status(), 409);
+    assert!(
+        not_yet
+            .text()
+            .await
+            .unwrap()
+            .contains("only a failed or cancelled job")
+    );
+    let cancelled = post("cancel", Some(&csrf), Some(&url)).await.unwrap();
     assert_eq!(cancelled.status(), 303);
     assert_eq!(cancelled.headers()["location"], "/jobs/1");
     wait_for_job_state(&mut spine, 1, JobState::Cancelled).await;
+    // Cancelled once: not again.
+    let again = post("cancel", Some(&csrf), Some(&url)).await.unwrap();
+    assert_eq!(again.status(), 409);
+    assert!(
+        again
+            .text()
+            .await
+            .unwrap()
+            .contains("it cannot be cancelled")
+    );
     wait_for("the agent's processes to end", || {
         common::agent_processes(&gate) == 0
     })
