@@ -231,6 +231,7 @@ pub async fn serve(
         &pipeline.config,
         pipeline.store.clone(),
         pipeline.triggers.clone(),
+        pipeline.repo_triggers.clone(),
     )));
     let app = app
         .route("/healthz", get(|| async { "ok" }))

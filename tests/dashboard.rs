@@ -1088,3 +1088,75 @@ async fn sign_in_is_rate_limited_per_client_address_and_sign_ins_outstanding_are
     assert!(sign_ins_stored(&spine).await <= i64::from(MAX_SIGN_INS));
     spine.assert_no_unexpected_calls();
 }
+
+#[tokio::test]
+async fn the_triggers_page_shows_each_repositorys_own_triggers_and_their_problems_escaped() {
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  token: {TOKEN}\n"
+    ))
+    .await;
+    // The repository's default branch: a good trigger with a hostile description, and a broken file whose
+    // very name is markup (a file name is anyone's who can push).
+    spine.commit(
+        "main",
+        "main",
+        ".nightshift/triggers/own.yml",
+        "description: \"<script>alert('own')</script>\"\non:\n  issues:\n    types: [opened]\nfrom: anyone\nagent: reply\nprompt: own\n",
+    );
+    spine.commit(
+        "main",
+        "main",
+        ".nightshift/triggers/<img src=x onerror=alert(1)>.yml",
+        "on: issues\nagent: reply\nprompt: x\n",
+    );
+    spine.commit(
+        "main",
+        "main",
+        ".nightshift/triggers/typo.yml",
+        "on: issues\nagent: reply\npromt: x\n",
+    );
+    spine.start().await;
+    let url = spine.url();
+    let client = http();
+    // Before any event of it: the repository's triggers were never read, and the page says nothing of them.
+    let before = page_with(&client, &url, "/triggers", "talk").await;
+    assert!(!before.contains("its own triggers"), "{before}");
+
+    spine
+        .deliver_example("issues", "repo-own-1", "issues/opened.json")
+        .await;
+    let page = page_with(&client, &url, "/triggers", "its own triggers").await;
+    assert!(
+        page.contains("<h1 class=\"repo-triggers\">Codertocat/Hello-World: its own triggers</h1>"),
+        "{page}"
+    );
+    assert!(page.contains("<h2>Hello-World.own</h2>"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(&#39;own&#39;)&lt;/script&gt;"),
+        "{page}"
+    );
+    // The broken files, with where (file:line:col) and what.
+    assert!(
+        page.contains(".nightshift/triggers/typo.yml:3:1</code>"),
+        "{page}"
+    );
+    assert!(page.contains("unknown field `promt`"), "{page}");
+    assert!(
+        page.contains(".nightshift/triggers/&lt;img src=x onerror=alert(1)&gt;.yml:1:1"),
+        "{page}"
+    );
+    for raw in ["<script>alert", "<img src=x"] {
+        assert!(!page.contains(raw), "{raw} unescaped in:\n{page}");
+    }
+    // Filtered to another repository: not shown.
+    let other = page_with(&client, &url, "/triggers?repo=someone%2Felse", "Triggers").await;
+    assert!(!other.contains("its own triggers"), "{other}");
+    // Both the service's trigger and the repository's own fired.
+    std::fs::write(spine.gate.join("release"), "").unwrap();
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert!(
+        jobs.iter().any(|j| j.trigger == "Hello-World.own"),
+        "{jobs:#?}"
+    );
+    spine.assert_no_unexpected_calls();
+}

@@ -50,6 +50,8 @@ pub struct Dashboard {
     /// The service's configuration (budgets, skills) and its live trigger set, for the catalog pages.
     pub config: Config,
     pub triggers: Arc<crate::trigger::Live>,
+    /// Repositories' own triggers as the dispatcher last read them (read-only here).
+    pub repo_triggers: Arc<crate::trigger::repo::RepoTriggers>,
     pub access: DashboardConfig,
     /// Where people reach nightshift; none: the address the browser used (its `Host`).
     public_url: Option<String>,
@@ -70,6 +72,7 @@ impl Dashboard {
         config: &Config,
         store: Arc<dyn Store>,
         triggers: Arc<crate::trigger::Live>,
+        repo_triggers: Arc<crate::trigger::repo::RepoTriggers>,
     ) -> Arc<Dashboard> {
         crate::install_tls_provider();
         let http = reqwest::Client::builder()
@@ -82,6 +85,7 @@ impl Dashboard {
             store,
             config: config.clone(),
             triggers,
+            repo_triggers,
             access: config.dashboard.clone(),
             public_url: config.public_url.clone(),
             web_url: config.github.web_url.trim_end_matches('/').to_owned(),
