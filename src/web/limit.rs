@@ -475,4 +475,30 @@ mod tests {
         assert!(parse_proxies(&["10.0.0.0/33".into()]).is_err());
         assert!(parse_proxies(&["proxy.local".into()]).is_err());
     }
+
+    #[test]
+    fn a_config_with_a_proxy_that_is_no_address_is_refused_at_start() {
+        use crate::config::{Config, ConfigSource};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nightshift.yml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::load(&ConfigSource {
+                path: &path,
+                required: true,
+                env: &|_| None,
+            })
+        };
+        let refused =
+            load("dashboard:\n  trusted_proxies: [10.0.0.0/8, proxy.local]\n").unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("`proxy.local` is not an address"),
+            "{refused}"
+        );
+        let config = load("dashboard:\n  trusted_proxies: [10.0.0.0/8, \"::1\"]\n").unwrap();
+        assert_eq!(config.dashboard.trusted_proxies.len(), 2);
+        assert!(config.dashboard.trusted_proxies[1].contains(&ip("::1")));
+    }
 }
