@@ -123,6 +123,10 @@ struct DashboardFile {
     /// the data dir). `NIGHTSHIFT_GITHUB_CLIENT_ID`, `NIGHTSHIFT_GITHUB_CLIENT_SECRET`.
     client_id: Option<String>,
     client_secret: Option<String>,
+    /// The reverse proxies in front of nightshift (addresses or networks, e.g. `10.0.0.0/8`): from them,
+    /// and only from them, `X-Forwarded-For` says who the client is (sign-in is rate-limited per client).
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 /// Who may use the dashboard (`dashboard:`). Logins and organizations are kept lower-case (GitHub's are
@@ -135,6 +139,7 @@ pub struct DashboardConfig {
     pub token: Option<SecretString>,
     pub client_id: Option<String>,
     pub client_secret: Option<SecretString>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl DashboardConfig {
@@ -143,7 +148,10 @@ impl DashboardConfig {
         self.token.is_some() || !self.users.is_empty() || !self.orgs.is_empty()
     }
 
-    fn resolve(file: DashboardFile, env: &dyn Fn(&str) -> Option<String>) -> DashboardConfig {
+    fn resolve(
+        file: DashboardFile,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<DashboardConfig, String> {
         let lower = |v: Vec<String>| -> Vec<String> {
             v.into_iter()
                 .map(|s| s.trim().to_lowercase())
@@ -155,7 +163,8 @@ impl DashboardConfig {
                 .filter(|t| !t.is_empty())
                 .map(SecretString::from)
         };
-        DashboardConfig {
+        Ok(DashboardConfig {
+            trusted_proxies: crate::web::limit::parse_proxies(&file.trusted_proxies)?,
             users: lower(file.users),
             orgs: lower(file.orgs),
             admins: lower(file.admins),
@@ -165,7 +174,7 @@ impl DashboardConfig {
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty()),
             client_secret: secret(env("NIGHTSHIFT_GITHUB_CLIENT_SECRET").or(file.client_secret)),
-        }
+        })
     }
 }
 
@@ -1070,6 +1079,11 @@ fn resolve(
         }
     }
 
+    let dashboard = DashboardConfig::resolve(file.dashboard, env).unwrap_or_else(|message| {
+        errors.push(Diagnostic::new(path, 1, 1, message));
+        DashboardConfig::default()
+    });
+
     if !errors.is_empty() {
         return Err(Diagnostics(errors));
     }
@@ -1127,7 +1141,7 @@ fn resolve(
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .map(SecretString::from),
-        dashboard: DashboardConfig::resolve(file.dashboard, env),
+        dashboard,
     })
 }
 

@@ -233,6 +233,7 @@ pub async fn serve(
         &pipeline.config,
         pipeline.store.clone(),
         pipeline.triggers.clone(),
+        pipeline.repo_triggers.clone(),
     )));
     let app = app
         .route("/healthz", get(|| async { "ok" }))
@@ -280,7 +281,6 @@ pub async fn serve_http(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
     let limit = connection_limit(ingest.max_connections, open_file_limit());
     let slots = Arc::new(tokio::sync::Semaphore::new(limit));
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -295,7 +295,7 @@ pub async fn serve_http(
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors or memory for a moment: wait, never stop serving.
                     warn!("accepting a connection failed: {e}");
@@ -305,9 +305,17 @@ pub async fn serve_http(
             },
             () = &mut shutdown => break,
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let connection =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        // Each request knows the connection's peer (`ConnectInfo`): the dashboard limits sign-ins by it.
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            tower_service::Service::call(&mut app.clone(), request)
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), service);
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -553,10 +553,11 @@ async fn signed_out_visitors_get_nothing_and_forms_need_the_session_s_csrf_token
     assert!(chunk.contains("event: rows"), "{chunk}");
     drop(rows);
 
-    // Cancel: without the CSRF token, with another site's Origin, or with none: refused; the job runs on.
-    let cancel = |csrf: Option<&str>, origin: Option<&str>| {
+    // Cancel and re-run: without the CSRF token, with another site's Origin, or with none: refused; the job
+    // runs on.
+    let post = |action: &str, csrf: Option<&str>, origin: Option<&str>| {
         let mut request = client
-            .post(format!("{url}/jobs/1/cancel"))
+            .post(format!("{url}/jobs/1/{action}"))
             .header("cookie", &with_cookie);
         if let Some(origin) = origin {
             request = request.header("origin", origin);
@@ -567,20 +568,47 @@ async fn signed_out_visitors_get_nothing_and_forms_need_the_session_s_csrf_token
             .send()
     };
     let evil = "http://evil.example";
-    for (csrf, origin) in [
-        (None, Some(url.as_str())),
-        (Some("0".repeat(64).as_str()), Some(url.as_str())),
-        (Some(csrf.as_str()), Some(evil)),
-        (Some(csrf.as_str()), None),
-    ] {
-        let refused = cancel(csrf, origin).await.unwrap();
-        assert_eq!(refused.status(), 403, "csrf {csrf:?}, origin {origin:?}");
+    for action in ["cancel", "retry"] {
+        for (csrf, origin) in [
+            (None, Some(url.as_str())),
+            (Some("0".repeat(64).as_str()), Some(url.as_str())),
+            (Some(csrf.as_str()), Some(evil)),
+            (Some(csrf.as_str()), None),
+        ] {
+            let refused = post(action, csrf, origin).await.unwrap();
+            assert_eq!(
+                refused.status(),
+                403,
+                "{action}: csrf {csrf:?}, origin {origin:?}"
+            );
+        }
     }
     wait_for_job_state(&mut spine, 1, JobState::Running).await;
-    let cancelled = cancel(Some(&csrf), Some(&url)).await.unwrap();
+    assert_eq!(spine.jobs().await.len(), 1, "a refused re-run made a job");
+    // A running job is not run again.
+    let not_yet = post("retry", Some(&csrf), Some(&url)).await.unwrap();
+    assert_eq!(not_yet.status(), 409);
+    assert!(
+        not_yet
+            .text()
+            .await
+            .unwrap()
+            .contains("only a failed or cancelled job")
+    );
+    let cancelled = post("cancel", Some(&csrf), Some(&url)).await.unwrap();
     assert_eq!(cancelled.status(), 303);
     assert_eq!(cancelled.headers()["location"], "/jobs/1");
     wait_for_job_state(&mut spine, 1, JobState::Cancelled).await;
+    // Cancelled once: not again.
+    let again = post("cancel", Some(&csrf), Some(&url)).await.unwrap();
+    assert_eq!(again.status(), 409);
+    assert!(
+        again
+            .text()
+            .await
+            .unwrap()
+            .contains("it cannot be cancelled")
+    );
     wait_for("the agent's processes to end", || {
         common::agent_processes(&gate) == 0
     })
@@ -890,5 +918,245 @@ async fn replicas_on_one_postgres_share_sign_ins_and_sessions() {
             .unwrap();
         assert_eq!(after.status(), 401, "{url}");
     }
+    spine.assert_no_unexpected_calls();
+}
+
+/// A client whose connections come from `local` (any 127.0.0.0/8 address reaches the service on loopback).
+fn http_from(local: &str) -> reqwest::Client {
+    nightshift::install_tls_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// The sign-ins with GitHub outstanding in the service's SQLite store.
+async fn sign_ins_stored(spine: &Spine) -> i64 {
+    let url = format!(
+        "sqlite://{}/state/nightshift.db?mode=ro",
+        spine.dir.path().display()
+    );
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM dashboard_signins")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sign_in_is_rate_limited_per_client_address_and_sign_ins_outstanding_are_capped() {
+    use nightshift::web::{auth::MAX_SIGN_INS, limit::PER_ADDRESS_BURST};
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n  \
+         token: {TOKEN}\n  trusted_proxies: [127.0.0.9]\n"
+    ))
+    .await;
+    spine.start().await;
+    let url = spine.url();
+    let login = |client: reqwest::Client, forwarded: Option<String>| {
+        let url = url.clone();
+        async move {
+            let mut request = client.get(format!("{url}/auth/login"));
+            if let Some(f) = forwarded {
+                request = request.header("x-forwarded-for", f);
+            }
+            request.send().await.unwrap()
+        }
+    };
+
+    // One address: its burst of sign-ins, then 429 with when to come back.
+    let one = http_from("127.0.0.1");
+    for n in 0..PER_ADDRESS_BURST {
+        assert_eq!(login(one.clone(), None).await.status(), 303, "login {n}");
+    }
+    let refused = login(one.clone(), None).await;
+    assert_eq!(refused.status(), 429);
+    assert!(retry_after(&refused) >= 1);
+    assert!(refused.text().await.unwrap().contains("id=\"too-many\""));
+    // Its token form too (even with the right token: the attempt is not looked at).
+    let form_refused = one
+        .post(format!("{url}/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", TOKEN)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form_refused.status(), 429);
+    assert!(form_refused.headers().get("set-cookie").is_none());
+
+    // Another address still signs in, with the token's form.
+    let other = http_from("127.0.0.2");
+    assert_eq!(login(other.clone(), None).await.status(), 303);
+    let signed_in = other
+        .post(format!("{url}/auth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", TOKEN)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let (session, _) = session_of(&signed_in);
+    assert!(!session.is_empty());
+
+    // Guessing the token as a bearer is counted; the token itself never is.
+    let guesser = http_from("127.0.0.3");
+    for n in 0..PER_ADDRESS_BURST {
+        let guess = guesser
+            .get(format!("{url}/"))
+            .bearer_auth(format!("guess-{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(guess.status(), 401, "guess {n}");
+    }
+    let guess = guesser
+        .get(format!("{url}/"))
+        .bearer_auth("one-more-guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guess.status(), 429);
+    let right = guesser
+        .get(format!("{url}/"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+
+    // X-Forwarded-For is the client's own words unless the peer is a trusted proxy.
+    let liar = http_from("127.0.0.5");
+    let mut last = 0;
+    for n in 0..=PER_ADDRESS_BURST {
+        last = login(liar.clone(), Some(format!("203.0.113.{n}")))
+            .await
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429, "a made-up X-Forwarded-For gave a fresh address");
+    // Behind the trusted proxy, each client is its own address (read from the right).
+    let proxy = http_from("127.0.0.9");
+    for _ in 0..PER_ADDRESS_BURST {
+        let r = login(proxy.clone(), Some("6.6.6.6, 198.51.100.1".into())).await;
+        assert_eq!(r.status(), 303);
+    }
+    assert_eq!(
+        login(proxy.clone(), Some("7.7.7.7, 198.51.100.1".into()))
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        login(proxy.clone(), Some("198.51.100.2".into()))
+            .await
+            .status(),
+        303
+    );
+
+    // Many addresses (through the proxy): sign-ins started over all of them stop at the cap, and the store
+    // never holds more than it.
+    let mut refused_at = None;
+    'outer: for a in 0..=255u32 {
+        for _ in 0..PER_ADDRESS_BURST {
+            let r = login(proxy.clone(), Some(format!("10.{}.{}.1", a / 256, a % 256))).await;
+            match r.status().as_u16() {
+                303 => {}
+                429 => {
+                    refused_at = Some(a);
+                    break 'outer;
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
+    let refused_at = refused_at.expect("the global cap refused a sign-in");
+    assert!(
+        refused_at < 200,
+        "the cap stopped sign-ins late ({refused_at})"
+    );
+    assert!(sign_ins_stored(&spine).await <= i64::from(MAX_SIGN_INS));
+    spine.assert_no_unexpected_calls();
+}
+
+#[tokio::test]
+async fn the_triggers_page_shows_each_repositorys_own_triggers_and_their_problems_escaped() {
+    let mut spine = spine_with(&format!(
+        "dashboard:\n  users: [octo-admin]\n  token: {TOKEN}\n"
+    ))
+    .await;
+    // The repository's default branch: a good trigger with a hostile description, and a broken file whose
+    // very name is markup (a file name is anyone's who can push).
+    spine.commit(
+        "main",
+        "main",
+        ".nightshift/triggers/own.yml",
+        "description: \"<script>alert('own')</script>\"\non:\n  issues:\n    types: [opened]\nfrom: anyone\nagent: reply\nprompt: own\n",
+    );
+    spine.commit(
+        "main",
+        "main",
+        ".nightshift/triggers/<img src=x onerror=alert(1)>.yml",
+        "on: issues\nagent: reply\nprompt: x\n",
+    );
+    spine.commit(
+        "main",
+        "main",
+        ".nightshift/triggers/typo.yml",
+        "on: issues\nagent: reply\npromt: x\n",
+    );
+    spine.start().await;
+    let url = spine.url();
+    let client = http();
+    // Before any event of it: the repository's triggers were never read, and the page says nothing of them.
+    let before = page_with(&client, &url, "/triggers", "talk").await;
+    assert!(!before.contains("its own triggers"), "{before}");
+
+    spine
+        .deliver_example("issues", "repo-own-1", "issues/opened.json")
+        .await;
+    let page = page_with(&client, &url, "/triggers", "its own triggers").await;
+    assert!(
+        page.contains("<h1 class=\"repo-triggers\">Codertocat/Hello-World: its own triggers</h1>"),
+        "{page}"
+    );
+    assert!(page.contains("<h2>Hello-World.own</h2>"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(&#39;own&#39;)&lt;/script&gt;"),
+        "{page}"
+    );
+    // The broken files, with where (file:line:col) and what.
+    assert!(
+        page.contains(".nightshift/triggers/typo.yml:3:1</code>"),
+        "{page}"
+    );
+    assert!(page.contains("unknown field `promt`"), "{page}");
+    assert!(
+        page.contains(".nightshift/triggers/&lt;img src=x onerror=alert(1)&gt;.yml:1:1"),
+        "{page}"
+    );
+    for raw in ["<script>alert", "<img src=x"] {
+        assert!(!page.contains(raw), "{raw} unescaped in:\n{page}");
+    }
+    // Filtered to another repository: not shown.
+    let other = page_with(&client, &url, "/triggers?repo=someone%2Felse", "Triggers").await;
+    assert!(!other.contains("its own triggers"), "{other}");
+    // Both the service's trigger and the repository's own fired.
+    std::fs::write(spine.gate.join("release"), "").unwrap();
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert!(
+        jobs.iter().any(|j| j.trigger == "Hello-World.own"),
+        "{jobs:#?}"
+    );
     spine.assert_no_unexpected_calls();
 }

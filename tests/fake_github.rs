@@ -24,6 +24,23 @@ async fn fake() -> FakeGitHub {
     FakeGitHub::start(ExpectedAuth::Token(TOKEN.into())).await
 }
 
+/// A fake in App mode, with an installation token minted (which [`try_call`] then presents): what writing
+/// check runs needs (GitHub refuses a personal token there).
+async fn app_fake() -> FakeGitHub {
+    nightshift::install_tls_provider();
+    let fake = FakeGitHub::start(ExpectedAuth::App { app_id: 1 }).await;
+    let jwt = format!("e30.{}.sig", base64_url(r#"{"iss":"1"}"#));
+    let minted = reqwest::Client::new()
+        .post(format!("{}/app/installations/5/access_tokens", fake.url))
+        .header("authorization", format!("Bearer {jwt}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 201);
+    assert_eq!(fake.installation_tokens().len(), 1);
+    fake
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
@@ -42,7 +59,7 @@ async fn try_call(
     };
     let mut request = client
         .request(method.parse().unwrap(), url)
-        .header("authorization", format!("token {TOKEN}"))
+        .header("authorization", format!("token {}", token_of(fake)))
         .header("accept", "application/vnd.github+json");
     if let Some(body) = body {
         request = request.json(&body);
@@ -56,6 +73,13 @@ async fn try_call(
         body,
         headers,
     })
+}
+
+/// What a call presents: the fake's last installation token (App mode), or the personal token.
+fn token_of(fake: &FakeGitHub) -> String {
+    fake.installation_tokens()
+        .pop()
+        .unwrap_or_else(|| TOKEN.to_owned())
 }
 
 async fn call(fake: &FakeGitHub, method: &str, path: &str, body: Option<Value>) -> Answer {
@@ -74,7 +98,7 @@ const PATCH: &str =
 
 #[tokio::test]
 async fn a_body_github_would_refuse_is_422_and_recorded_unexpected() {
-    let fake = fake().await;
+    let fake = app_fake().await;
     let issue = fake.add_issue_by(REPO, "alice", "Bug", "It breaks", &[]);
     let comment = fake.add_comment_by(REPO, issue, "alice", "/fix");
     let run = call(
@@ -627,8 +651,55 @@ async fn the_diff_lines_of_a_patch_are_what_github_lets_comments_on() {
 }
 
 #[tokio::test]
-async fn check_runs_keep_each_update_and_are_listed_by_ref() {
+async fn a_check_run_written_with_a_personal_token_is_refused_as_github_refuses_it() {
     let fake = fake().await;
+    let created = call(
+        &fake,
+        "POST",
+        &repo_path("/check-runs"),
+        Some(json!({ "name": "nightshift", "head_sha": SHA, "status": "in_progress" })),
+    )
+    .await;
+    assert_eq!(created.status, 403);
+    assert_eq!(
+        created.body["message"],
+        "You must authenticate via a GitHub App."
+    );
+    assert_eq!(
+        created.body["documentation_url"],
+        "https://docs.github.com/rest/checks/runs#create-a-check-run"
+    );
+    // Refused before the body is looked at: a body GitHub would also refuse gets the same answer.
+    let bad_body = call(
+        &fake,
+        "POST",
+        &repo_path("/check-runs"),
+        Some(json!({ "name": 5 })),
+    )
+    .await;
+    assert_eq!(bad_body.status, 403);
+    let update = call(
+        &fake,
+        "PATCH",
+        &repo_path("/check-runs/1"),
+        Some(json!({ "status": "completed", "conclusion": "success" })),
+    )
+    .await;
+    assert_eq!(update.status, 403);
+    assert!(fake.check_runs().is_empty());
+    let unexpected = fake.unexpected();
+    assert_eq!(unexpected.len(), 3, "{unexpected:#?}");
+    assert!(
+        unexpected
+            .iter()
+            .all(|u| format!("{u:?}").contains("personal token")),
+        "{unexpected:#?}"
+    );
+}
+
+#[tokio::test]
+async fn check_runs_keep_each_update_and_are_listed_by_ref() {
+    let fake = app_fake().await;
     let created = call(&fake, "POST", &repo_path("/check-runs"),
         Some(json!({ "name": "nightshift", "head_sha": SHA, "status": "in_progress", "external_id": "job-7" }))).await;
     assert_eq!(created.status, 201);
@@ -815,7 +886,7 @@ async fn a_dropped_connection_is_an_error_for_the_client_but_the_write_is_applie
 
 #[tokio::test]
 async fn a_hang_after_the_write_outlasts_the_client_timeout() {
-    let fake = fake().await;
+    let fake = app_fake().await;
     fake.set_hang(Duration::from_secs(600));
     fake.fail_next("checks/create", &[Fault::HangAfter]);
     let client = reqwest::Client::builder()
@@ -837,8 +908,14 @@ async fn a_hang_after_the_write_outlasts_the_client_timeout() {
         f.check_runs().len() == 1
     })
     .await;
-    assert_eq!(fake.writes().len(), 1);
-    assert!(fake.writes()[0].applied);
+    // (Besides minting the installation token.)
+    let writes: Vec<_> = fake
+        .writes()
+        .into_iter()
+        .filter(|w| w.operation == "checks/create")
+        .collect();
+    assert_eq!(writes.len(), 1);
+    assert!(writes[0].applied);
     // The fake still answers other calls meanwhile.
     assert_eq!(
         call(
@@ -1047,7 +1124,7 @@ async fn a_forks_branch_of_the_same_name_is_neither_found_nor_a_duplicate() {
 
 #[tokio::test]
 async fn every_list_endpoint_is_paginated() {
-    let fake = fake().await;
+    let fake = app_fake().await;
     let issue = fake.add_issue_by(REPO, "alice", "One", "", &["x"]);
     fake.add_issue_by(REPO, "alice", "Two", "", &["x"]);
     let pull = fake.add_pull(REPO, "alice", "a", SHA, "main");

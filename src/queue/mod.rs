@@ -38,7 +38,7 @@ pub struct Pipeline {
     /// Repositories as last written to the store, so an unchanged one is not written again.
     pub known_repos: std::sync::Mutex<std::collections::HashMap<String, crate::store::KnownRepo>>,
     /// Repositories' own triggers, read from their default branches.
-    pub repo_triggers: crate::trigger::repo::RepoTriggers,
+    pub repo_triggers: Arc<crate::trigger::repo::RepoTriggers>,
     /// The triggers in force; replaced whole when trigger files change.
     pub triggers: Arc<crate::trigger::Live>,
     pub github: Arc<GitHub>,

@@ -35,6 +35,23 @@ pub const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20)
 #[derive(Default)]
 pub struct RepoTriggers {
     cache: Mutex<HashMap<RepoName, Arc<TriggerSet>>>,
+    /// What the last read of each repository found (the dashboard's triggers page shows it).
+    loads: std::sync::Mutex<HashMap<RepoName, Arc<RepoLoad>>>,
+}
+
+/// The last read of one repository's own triggers.
+pub struct RepoLoad {
+    pub repo: RepoName,
+    /// When it was read (ms since the epoch).
+    pub at_ms: i64,
+    /// The default branch's commit the files were read at (none: reading failed before that).
+    pub commit: Option<String>,
+    /// The triggers in force for it now: what this read found, or, when it failed, the last good read's.
+    pub triggers: Arc<TriggerSet>,
+    /// The problems in its trigger files (file:line:col).
+    pub problems: Vec<Diagnostic>,
+    /// Why the read failed, if it did.
+    pub error: Option<String>,
 }
 
 impl RepoTriggers {
@@ -64,6 +81,62 @@ impl RepoTriggers {
         let Some(repo) = &event.repository else {
             return Ok(Arc::new(TriggerSet::new(Vec::new())));
         };
+        let mut commit = None;
+        let read = self
+            .read_uncached(event, workspaces, auth, agents, &mut commit)
+            .await;
+        let (triggers, problems, error) = match &read {
+            Ok((set, problems)) => (set.clone(), problems.clone(), None),
+            Err(e) => (
+                self.cache
+                    .lock()
+                    .await
+                    .get(&repo.full_name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(TriggerSet::new(Vec::new()))),
+                Vec::new(),
+                Some(format!("{e:#}")),
+            ),
+        };
+        self.loads.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            repo.full_name.clone(),
+            Arc::new(RepoLoad {
+                repo: repo.full_name.clone(),
+                at_ms: crate::now_ms(),
+                commit,
+                triggers,
+                problems,
+                error,
+            }),
+        );
+        read.map(|(set, _)| set)
+    }
+
+    /// The last read of every repository, by name.
+    pub fn loads(&self) -> Vec<Arc<RepoLoad>> {
+        let mut loads: Vec<Arc<RepoLoad>> = self
+            .loads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        loads.sort_by_key(|l| l.repo.to_string());
+        loads
+    }
+
+    /// [`read`](Self::read), with the problems found, and the commit read at in `commit`.
+    async fn read_uncached(
+        &self,
+        event: &Event,
+        workspaces: &Workspaces,
+        auth: &GitAuth,
+        agents: &AgentKinds,
+        commit: &mut Option<String>,
+    ) -> Result<(Arc<TriggerSet>, Vec<Diagnostic>)> {
+        let Some(repo) = &event.repository else {
+            return Ok((Arc::new(TriggerSet::new(Vec::new())), Vec::new()));
+        };
         let files = workspaces
             .read_files(
                 &repo.full_name,
@@ -74,6 +147,7 @@ impl RepoTriggers {
                 auth,
             )
             .await?;
+        *commit = Some(files.commit.clone());
         let (name, texts, kinds) = (repo.full_name.clone(), files.files, agents.clone());
         let checking = tokio::task::spawn_blocking(move || parse(&name, &texts, &kinds));
         let (set, problems) = match tokio::time::timeout(LOAD_TIMEOUT, checking).await {
@@ -96,7 +170,7 @@ impl RepoTriggers {
             .lock()
             .await
             .insert(repo.full_name.clone(), set.clone());
-        Ok(set)
+        Ok((set, problems))
     }
 }
 

@@ -29,7 +29,7 @@ use crate::store::{DashboardSession, Store};
 pub const SESSION_LIFE: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// How long a sign-in with GitHub may take, from `/auth/login` to the callback.
-const STATE_LIFE: Duration = Duration::from_secs(10 * 60);
+pub const STATE_LIFE: Duration = Duration::from_secs(10 * 60);
 
 /// At most this many sessions of one login are kept (the oldest go first): signing in again and again
 /// grows nothing.

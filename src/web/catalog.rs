@@ -4,14 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::fragment::{data, given, render, with_query};
+use super::fragment::{data, given, render, utc, with_query};
 use crate::config::Config;
 use crate::skill::Skill;
 use crate::store::Store;
+use crate::trigger::repo::RepoLoad;
 use crate::trigger::{Filter, Live, Skills, Trigger};
 use crate::yaml::Diagnostic;
 
@@ -186,6 +188,18 @@ fn trigger_view(
     }
 }
 
+/// One block of the page: the service's triggers, or one repository's own as last read.
+#[derive(Serialize)]
+struct Group {
+    /// `None`: the service's.
+    repo: Option<String>,
+    at: Option<String>,
+    commit: Option<String>,
+    error: Option<String>,
+    problems: Vec<Problem>,
+    triggers: Vec<TriggerView>,
+}
+
 /// Every repository nightshift knows (installed, or seen in a delivery), by name without case, sorted.
 async fn known_repos(store: &dyn Store) -> Result<Vec<String>> {
     let mut repos: BTreeMap<String, String> = BTreeMap::new();
@@ -202,12 +216,14 @@ async fn known_repos(store: &dyn Store) -> Result<Vec<String>> {
     Ok(repos.into_values().collect())
 }
 
-/// `/triggers`: the triggers `live` has in force and the problems its last reload found, the service's
-/// skills (read from `config.skills` now) and theirs; the repositories each trigger applies to among those
-/// the store knows.
+/// `/triggers`: the triggers `live` has in force and the problems its last reload found, each repository's
+/// own triggers as last read from its default branch (`repo_loads`, with that read's problems or failure),
+/// the service's skills (read from `config.skills` now) and theirs; the repositories each trigger applies to
+/// among those the store knows.
 pub async fn triggers(
     store: &dyn Store,
     live: &Live,
+    repo_loads: &[Arc<RepoLoad>],
     config: &Config,
     query: &TriggersQuery,
 ) -> Result<String> {
@@ -230,6 +246,35 @@ pub async fn triggers(
         .map(|t| trigger_view(t, &broken, &repos, &skills))
         .collect();
     triggers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut groups = vec![Group {
+        repo: None,
+        at: None,
+        commit: None,
+        error: None,
+        problems: problems.iter().map(Problem::from).collect(),
+        triggers,
+    }];
+    for load in repo_loads {
+        let name = load.repo.to_string();
+        if only.as_ref().is_some_and(|r| *r != name.to_lowercase()) {
+            continue;
+        }
+        let mut triggers: Vec<TriggerView> = load
+            .triggers
+            .triggers()
+            .iter()
+            .map(|t| trigger_view(t, &[], std::slice::from_ref(&name), &skills))
+            .collect();
+        triggers.sort_by(|a, b| a.name.cmp(&b.name));
+        groups.push(Group {
+            repo: Some(name),
+            at: Some(utc(load.at_ms).0 + " UTC"),
+            commit: load.commit.clone(),
+            error: load.error.clone(),
+            problems: load.problems.iter().map(Problem::from).collect(),
+            triggers,
+        });
+    }
     let skill_views: Vec<SkillView> = skills
         .values()
         .map(|s| SkillView {
@@ -237,8 +282,9 @@ pub async fn triggers(
             description: s.description.clone(),
             source: s.source.clone(),
             dir: s.dir.display().to_string(),
-            used_by: triggers
+            used_by: groups
                 .iter()
+                .flat_map(|g| &g.triggers)
                 .filter(|t| t.skills.iter().any(|k| k.name == s.name))
                 .map(|t| t.name.clone())
                 .collect(),
@@ -247,8 +293,8 @@ pub async fn triggers(
     render(
         "triggers",
         minijinja::context! {
-            triggers => data(&triggers),
-            problems => data(problems.iter().map(Problem::from).collect::<Vec<_>>()),
+            groups => data(&groups),
+            repo_dir => crate::trigger::repo::DIR,
             skills => data(&skill_views),
             skill_problems => data(skill_problems.iter().map(Problem::from).collect::<Vec<_>>()),
             repo => query.repo.as_deref().unwrap_or_default(),
@@ -391,6 +437,73 @@ mod tests {
         assert!(page.contains("<h2>nightly</h2>") && !page.contains("<h2>triage</h2>"));
     }
 
+    #[tokio::test]
+    async fn a_repositorys_own_triggers_show_escaped_with_their_problems_or_why_reading_failed() {
+        use crate::ids::RepoName;
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let agents = config.agent_kinds();
+        let repo = RepoName::parse("acme/api").unwrap();
+        let files = vec![
+            (
+                ".nightshift/triggers/review.yml".to_owned(),
+                "description: \"<script>alert(2)</script>\"\non: pull_request\nagent: a\nprompt: x\n"
+                    .to_owned(),
+            ),
+            (
+                ".nightshift/triggers/bad.yml".to_owned(),
+                "on: issues\nagent: zzz\nprompt: x\n".to_owned(),
+            ),
+        ];
+        let (set, problems) = crate::trigger::repo::parse(&repo, &files, &agents);
+        // A name no file could give (the loader refuses it): the page escapes whatever it is given.
+        let mut own = set.triggers().to_vec();
+        own[0].name = "<script>alert(1)</script>".into();
+        let good = Arc::new(RepoLoad {
+            repo: repo.clone(),
+            at_ms: 0,
+            commit: Some("0123abc".into()),
+            triggers: Arc::new(TriggerSet::new(own)),
+            problems,
+            error: None,
+        });
+        let failed = Arc::new(RepoLoad {
+            repo: RepoName::parse("acme/web").unwrap(),
+            at_ms: 0,
+            commit: None,
+            triggers: Arc::new(TriggerSet::new(Vec::new())),
+            problems: Vec::new(),
+            error: Some("fetching <b>main</b> failed".into()),
+        });
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = crate::store::open(&url).await.unwrap();
+        let live = Live::new(TriggerSet::new(Vec::new()));
+        let loads = [good, failed];
+        let page = triggers(&*store, &live, &loads, &config, &TriggersQuery::default())
+            .await
+            .unwrap();
+        assert_inert(&page);
+        assert!(
+            page.contains("<h2>&lt;script&gt;alert(1)&lt;/script&gt;</h2>"),
+            "{page}"
+        );
+        assert!(page.contains("<p>&lt;script&gt;alert(2)&lt;/script&gt;</p>"));
+        assert!(page.contains("commit <code>0123abc</code>"));
+        assert!(
+            page.contains("<code class=\"where\">acme/api/.nightshift/triggers/bad.yml:2:8</code>"),
+            "{page}"
+        );
+        assert!(page.contains("Reading them failed: <span class=\"message\">fetching &lt;b&gt;main&lt;/b&gt; failed</span>"), "{page}");
+        // Filtered to one repository: only its block.
+        let only = TriggersQuery {
+            repo: Some("ACME/web".into()),
+        };
+        let page = triggers(&*store, &live, &loads, &config, &only)
+            .await
+            .unwrap();
+        assert!(page.contains("acme/web: its own triggers") && !page.contains("acme/api: its own"));
+    }
+
     /// The `<article>` of one trigger.
     fn article<'a>(page: &'a str, name: &str) -> &'a str {
         let start = page
@@ -406,6 +519,6 @@ mod tests {
         config: &Config,
         query: &TriggersQuery,
     ) -> String {
-        triggers(store, live, config, query).await.unwrap()
+        triggers(store, live, &[], config, query).await.unwrap()
     }
 }

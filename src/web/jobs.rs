@@ -597,6 +597,99 @@ fn job_id(id: &str) -> Option<JobId> {
     id.parse::<i64>().ok().map(JobId)
 }
 
+/// What an admin may do to a job from its page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Cancel,
+    Retry,
+}
+
+/// What an [`Action`] came to.
+enum Outcome {
+    /// Done: to this job's page (the new job's, for a re-run).
+    Done(JobId),
+    NoSuchJob,
+    /// Refused by the job's state (or its spec), and why.
+    Refused(String),
+}
+
+impl Action {
+    /// What the log says, and the title of the page when the store refuses.
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Action::Cancel => ("job cancelled on the dashboard", "Not cancelled"),
+            Action::Retry => ("job re-run on the dashboard", "Not run again"),
+        }
+    }
+
+    async fn apply(self, dash: &Dashboard, id: JobId, login: &str) -> anyhow::Result<Outcome> {
+        Ok(match self {
+            Action::Cancel => {
+                let reason = format!("cancelled by {login} on the dashboard");
+                match dash.store.cancel_job(id, &reason).await? {
+                    Cancel::Cancelled | Cancel::Requested => Outcome::Done(id),
+                    Cancel::NoSuchJob => Outcome::NoSuchJob,
+                    Cancel::Refused(state) => Outcome::Refused(format!(
+                        "it is {}: it cannot be cancelled",
+                        state.as_str()
+                    )),
+                }
+            }
+            Action::Retry => match dash.store.retry_job(id).await? {
+                Retry::Queued(new) => Outcome::Done(new),
+                Retry::NoSuchJob => Outcome::NoSuchJob,
+                Retry::Refused(state) => Outcome::Refused(format!(
+                    "it is {}: only a failed or cancelled job can be run again",
+                    state.as_str()
+                )),
+                Retry::NoSpec => Outcome::Refused(
+                    "it could not even be prepared: there is no job spec to run again".into(),
+                ),
+                Retry::PayloadPruned => {
+                    Outcome::Refused("its event's payload was removed by retention".into())
+                }
+            },
+        })
+    }
+}
+
+/// `POST /jobs/{id}/cancel` and `POST /jobs/{id}/retry` (admins, from this dashboard's own form: see
+/// [`admin_post`]): the action, then to the job's page (a re-run: the new job's).
+async fn act(
+    dash: &Dashboard,
+    id: &str,
+    headers: &HeaderMap,
+    form: &CsrfForm,
+    action: Action,
+) -> Response {
+    let who = match admin_post(dash, headers, form).await {
+        Ok(who) => who,
+        Err(refused) => return *refused,
+    };
+    let Some(id) = job_id(id) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let (done, not_done) = action.words();
+    match action.apply(dash, id, &who.login).await {
+        Ok(Outcome::Done(to)) => {
+            info!(job = id.0, to = to.0, login = %who.login, "{done}");
+            see_other(&format!("/jobs/{}", to.0), &[])
+        }
+        Ok(Outcome::NoSuchJob) => StatusCode::NOT_FOUND.into_response(),
+        Ok(Outcome::Refused(why)) => page(
+            StatusCode::CONFLICT,
+            not_done,
+            Some(&viewer(&who)),
+            &format!(
+                "<p>Job {}: {}. <a href=\"/jobs/{0}\">Back</a></p>",
+                id.0,
+                escape(&why)
+            ),
+        ),
+        Err(e) => unavailable(&who, e),
+    }
+}
+
 /// `POST /jobs/{id}/cancel` (admins).
 pub async fn cancel(
     State(dash): State<Arc<Dashboard>>,
@@ -604,32 +697,7 @@ pub async fn cancel(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let who = match admin_post(&dash, &headers, &form).await {
-        Ok(who) => who,
-        Err(refused) => return *refused,
-    };
-    let Some(id) = job_id(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let reason = format!("cancelled by {} on the dashboard", who.login);
-    match dash.store.cancel_job(id, &reason).await {
-        Ok(Cancel::Cancelled | Cancel::Requested) => {
-            info!(job = id.0, login = %who.login, "job cancelled on the dashboard");
-            see_other(&format!("/jobs/{}", id.0), &[])
-        }
-        Ok(Cancel::NoSuchJob) => StatusCode::NOT_FOUND.into_response(),
-        Ok(Cancel::Refused(state)) => page(
-            StatusCode::CONFLICT,
-            "Not cancelled",
-            Some(&viewer(&who)),
-            &format!(
-                "<p>Job {} is {}: it cannot be cancelled. <a href=\"/jobs/{0}\">Back</a></p>",
-                id.0,
-                state.as_str()
-            ),
-        ),
-        Err(e) => unavailable(&who, e),
-    }
+    act(&dash, &id, &headers, &form, Action::Cancel).await
 }
 
 /// `POST /jobs/{id}/retry` (admins): a new job with the same frozen spec; to its page.
@@ -639,33 +707,5 @@ pub async fn retry(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let who = match admin_post(&dash, &headers, &form).await {
-        Ok(who) => who,
-        Err(refused) => return *refused,
-    };
-    let Some(id) = job_id(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let why = match dash.store.retry_job(id).await {
-        Ok(Retry::Queued(new)) => {
-            info!(job = id.0, new = new.0, login = %who.login, "job re-run on the dashboard");
-            return see_other(&format!("/jobs/{}", new.0), &[]);
-        }
-        Ok(Retry::NoSuchJob) => return StatusCode::NOT_FOUND.into_response(),
-        Ok(Retry::Refused(state)) => format!(
-            "it is {}: only a failed or cancelled job can be run again",
-            state.as_str()
-        ),
-        Ok(Retry::NoSpec) => {
-            "it could not even be prepared: there is no job spec to run again".into()
-        }
-        Ok(Retry::PayloadPruned) => "its event's payload was removed by retention".into(),
-        Err(e) => return unavailable(&who, e),
-    };
-    page(
-        StatusCode::CONFLICT,
-        "Not run again",
-        Some(&viewer(&who)),
-        &format!("<p>Job {}: {why}. <a href=\"/jobs/{0}\">Back</a></p>", id.0),
-    )
+    act(&dash, &id, &headers, &form, Action::Retry).await
 }

@@ -14,6 +14,7 @@ pub mod deliveries;
 pub mod fragment;
 pub mod html;
 pub mod jobs;
+pub mod limit;
 pub mod pages;
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub struct Dashboard {
     /// The service's configuration (budgets, skills) and its live trigger set, for the catalog pages.
     pub config: Config,
     pub triggers: Arc<crate::trigger::Live>,
+    /// Repositories' own triggers as the dispatcher last read them (read-only here).
+    pub repo_triggers: Arc<crate::trigger::repo::RepoTriggers>,
     pub access: DashboardConfig,
     /// Where people reach nightshift; none: the address the browser used (its `Host`).
     public_url: Option<String>,
@@ -60,6 +63,8 @@ pub struct Dashboard {
     http: reqwest::Client,
     /// Each job's agent (from its frozen spec, which never changes), for the jobs table.
     agents: std::sync::Mutex<std::collections::HashMap<i64, String>>,
+    /// Sign-in attempts per client address and over all of them ([`limit`]).
+    pub limiter: limit::Limiter,
 }
 
 impl Dashboard {
@@ -67,6 +72,7 @@ impl Dashboard {
         config: &Config,
         store: Arc<dyn Store>,
         triggers: Arc<crate::trigger::Live>,
+        repo_triggers: Arc<crate::trigger::repo::RepoTriggers>,
     ) -> Arc<Dashboard> {
         crate::install_tls_provider();
         let http = reqwest::Client::builder()
@@ -79,6 +85,7 @@ impl Dashboard {
             store,
             config: config.clone(),
             triggers,
+            repo_triggers,
             access: config.dashboard.clone(),
             public_url: config.public_url.clone(),
             web_url: config.github.web_url.trim_end_matches('/').to_owned(),
@@ -87,6 +94,7 @@ impl Dashboard {
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
             http,
             agents: Default::default(),
+            limiter: Default::default(),
         })
     }
 
@@ -248,6 +256,11 @@ pub fn routes(dashboard: Arc<Dashboard>) -> Router {
         .route("/auth/logout", post(logout))
         .route("/static/dashboard.js", get(script))
         .route("/static/dashboard.css", get(style))
+        // Signing in is rate-limited per client address (and starting one over every address).
+        .layer(axum::middleware::from_fn_with_state(
+            dashboard.clone(),
+            limit::limit,
+        ))
         .with_state(dashboard)
 }
 

@@ -64,7 +64,15 @@ pub async fn triggers(
     let Some(who) = dash.identify(&headers).await else {
         return dash.sign_in_page(StatusCode::UNAUTHORIZED, None);
     };
-    let content = catalog::triggers(&*dash.store, &dash.triggers, &dash.config, &query).await;
+    let repo_loads = dash.repo_triggers.loads();
+    let content = catalog::triggers(
+        &*dash.store,
+        &dash.triggers,
+        &repo_loads,
+        &dash.config,
+        &query,
+    )
+    .await;
     wrap(&who, "Triggers and skills", content)
 }
 

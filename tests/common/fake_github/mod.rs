@@ -1401,6 +1401,32 @@ async fn handle(
             Some(outcome),
         );
     }
+    // Check runs are written by GitHub Apps only: a personal token is refused before the body is read.
+    if matches!(op.id.as_str(), "checks/create" | "checks/update")
+        && matches!(inner.auth, ExpectedAuth::Token(_))
+    {
+        unexpected(format!(
+            "{} with a personal token: only a GitHub App may write check runs",
+            op.id
+        ));
+        let anchor = if op.id == "checks/create" {
+            "create-a-check-run"
+        } else {
+            "update-a-check-run"
+        };
+        return (
+            (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({
+                    "message": "You must authenticate via a GitHub App.",
+                    "documentation_url": format!("https://docs.github.com/rest/checks/runs#{anchor}"),
+                    "status": "403",
+                })),
+            )
+                .into_response(),
+            Some(outcome),
+        );
+    }
 
     // The request as GitHub's description says it must be.
     for (name, value) in query_pairs(uri) {
