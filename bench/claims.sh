@@ -13,10 +13,14 @@ BIN=$(ls -t "${CARGO_TARGET_DIR:-$ROOT/target}"/release/deps/claims-* | grep -v 
 rate() { awk -v shape="$1" '$0 ~ "^postgres" && (shape == "" || index($0, "(" shape ")")) && /claims\/s/ {for (i = 1; i <= NF; i++) if ($(i + 1) == "claims/s,") print $i}' | head -1; }
 if [ -n "$OTHER" ]; then
   echo "other build ($OTHER):"
-  OUT_OTHER=$("$OTHER" --bench); echo "$OUT_OTHER" | sed 's/^/  /'
+  # Its figures so far are kept if it fails later (main's SQLite shape has failed with "database is locked"
+  # on a loaded machine).
+  OUT_OTHER=$("$OTHER" --bench 2>/tmp/claims-other.err) || echo "  (the other build failed: $(grep -m1 panicked -A1 /tmp/claims-other.err | tail -1))"
+  echo "$OUT_OTHER" | sed 's/^/  /'
 fi
 echo "this tree ($BIN):"
-OUT=$("$BIN" --bench); echo "$OUT" | sed 's/^/  /'
+OUT=$("$BIN" --bench 2>/tmp/claims-this.err) || echo "  (this build failed: $(grep -m1 panicked -A1 /tmp/claims-this.err | tail -1))"
+echo "$OUT" | sed 's/^/  /'
 if [ -n "$OTHER" ]; then
   # The other build may predate the process shape: its first Postgres figure is 2 pools x 8 tasks.
   BASE=$(echo "$OUT_OTHER" | rate pools); [ -n "$BASE" ] || BASE=$(echo "$OUT_OTHER" | rate "")

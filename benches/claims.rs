@@ -10,7 +10,14 @@
 //!
 //! and SQLite (a file on a temporary directory, as the service opens it) in the `pools` shape.
 //!
-//! `cargo bench --bench claims` (`CLAIMS_JOBS=N` for another job count; default 10000). `bench/claims.sh`
+//! The jobs are spread as a busy deployment's are: over many repositories (20 jobs each, queued in turn) of
+//! a few installations (4), so the figure is the store's and not one repository's lock. The `processes`
+//! shape is measured again with every job in one repository (its hourly cap raised to the job count): the
+//! claims of one repository take its advisory lock one after the other.
+//!
+//! `cargo bench --bench claims` (`CLAIMS_JOBS=N` for another job count; default 10000). `CLAIMS_PG_URL=URL`
+//! measures only the `processes` shape, on that (empty) database: a server started with
+//! `pg_stat_statements`, say, to see where the time goes. `bench/claims.sh`
 //! runs it beside another build's binary for ratios measured in one run.
 
 #[path = "../tests/common/postgres.rs"]
@@ -29,11 +36,19 @@ const REPLICAS: usize = 2;
 const WORKERS: usize = 8;
 /// Set in a child: the store URL it claims from.
 const CHILD: &str = "NIGHTSHIFT_CLAIMS_CHILD";
+/// Set in a child: the hourly cap of its claims.
+const CHILD_CAP: &str = "NIGHTSHIFT_CLAIMS_PER_HOUR";
+/// Jobs per repository and installations in the spread shapes.
+const JOBS_PER_REPO: usize = 20;
+const INSTALLATIONS: usize = 4;
+/// The hourly cap of the spread shapes (the service's default): no job is held back by it.
+const PER_HOUR: u32 = 100;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if let Ok(url) = std::env::var(CHILD) {
-        return child(&url).await;
+        let cap = std::env::var(CHILD_CAP).unwrap().parse().unwrap();
+        return child(&url, cap).await;
     }
     // `cargo bench` passes `--bench`; nothing else is read.
     let jobs: usize = std::env::var("CLAIMS_JOBS")
@@ -41,30 +56,69 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
 
+    let spread = jobs.div_ceil(JOBS_PER_REPO);
+
+    if let Ok(url) = std::env::var("CLAIMS_PG_URL") {
+        let store = connect(&url).await;
+        queue("postgres", &store, jobs, spread).await;
+        let elapsed = processes(&url, PER_HOUR).await;
+        report("postgres", "processes", &store, jobs, elapsed).await;
+        return;
+    }
+
     let server = postgres_server::PgServer::start();
     let store = connect(&server.url()).await;
-    queue("postgres", &store, jobs).await;
-    let elapsed = processes(&server.url()).await;
-    let processes = report("postgres", "processes", &store, jobs, elapsed).await;
+    queue("postgres", &store, jobs, spread).await;
+    let elapsed = processes(&server.url(), PER_HOUR).await;
+    let processes_rate = report("postgres", "processes", &store, jobs, elapsed).await;
     drop(server);
 
     let server = postgres_server::PgServer::start();
     let stores = pools(&server.url()).await;
-    queue("postgres", &stores[0], jobs).await;
-    let elapsed = claim_in_tasks(&stores).await;
+    queue("postgres", &stores[0], jobs, spread).await;
+    let elapsed = claim_in_tasks(&stores, PER_HOUR).await;
     let pg = report("postgres", "pools", &stores[0], jobs, elapsed).await;
+    drop(server);
+
+    let server = postgres_server::PgServer::start();
+    let store = connect(&server.url()).await;
+    queue("postgres", &store, jobs, 1).await;
+    let elapsed = processes(&server.url(), jobs as u32).await;
+    report(
+        "postgres",
+        "processes, one repository",
+        &store,
+        jobs,
+        elapsed,
+    )
+    .await;
     drop(server);
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/claims.db", dir.path().display());
     let stores = pools(&url).await;
-    queue("sqlite", &stores[0], jobs).await;
-    let elapsed = claim_in_tasks(&stores).await;
+    queue("sqlite", &stores[0], jobs, spread).await;
+    let elapsed = claim_in_tasks(&stores, PER_HOUR).await;
     let lite = report("sqlite", "pools", &stores[0], jobs, elapsed).await;
+    let stores = vec![connect(&url).await];
+    let start = stores[0].jobs().await.unwrap().len();
+    queue_from("sqlite", &stores[0], start, jobs, spread).await;
+    let elapsed = claim_in_tasks(&stores, PER_HOUR).await;
+    let records = stores[0].jobs().await.unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| (r.state, r.attempts) == (JobState::Succeeded, 1))
+    );
+    println!(
+        "sqlite (one pool): {jobs} jobs claimed and finished by 1 pool x {WORKERS} tasks in {:.2} s: {:.0} claims/s, none twice",
+        elapsed.as_secs_f64(),
+        jobs as f64 / elapsed.as_secs_f64()
+    );
     println!(
         "postgres/sqlite (pools): {:.2}x; postgres processes/pools: {:.2}x",
         pg / lite,
-        processes / pg
+        processes_rate / pg
     );
 }
 
@@ -84,17 +138,24 @@ async fn pools(url: &str) -> Vec<Arc<dyn Store>> {
     stores
 }
 
-/// Queues `jobs` jobs, over enough repositories that the default hourly cap of 100 holds none back.
-async fn queue(name: &str, store: &Arc<dyn Store>, jobs: usize) {
+/// Queues `jobs` jobs over `repos` repositories in turn (of INSTALLATIONS installations).
+async fn queue(name: &str, store: &Arc<dyn Store>, jobs: usize, repos: usize) {
+    queue_from(name, store, 0, jobs, repos).await
+}
+
+/// Queues `jobs` jobs numbered from `first` (delivery ids are unique per store).
+async fn queue_from(name: &str, store: &Arc<dyn Store>, first: usize, jobs: usize, repos: usize) {
     let queued = Instant::now();
-    for i in 0..jobs {
-        let repo = format!("o/r{}", i / 50);
+    for i in first..first + jobs {
+        let r = i % repos;
+        let installation = (r % INSTALLATIONS) as i64 + 1;
+        let repo = format!("o{installation}/r{r}");
         let delivery = NewDelivery {
             delivery_id: nightshift::ids::DeliveryId(format!("{name}-{i}")),
             event: "issues".into(),
             action: Some("opened".into()),
             repo: Some(repo.clone()),
-            installation_id: None,
+            installation_id: Some(installation),
             payload: b"{}".to_vec().into(),
         };
         let Inserted::New(id) = store.insert_delivery(&delivery).await.unwrap() else {
@@ -117,8 +178,12 @@ async fn queue(name: &str, store: &Arc<dyn Store>, jobs: usize) {
 }
 
 /// Claims and finishes jobs with WORKERS tasks on `store` until none is left; the jobs each task claimed.
-async fn workers(store: Arc<dyn Store>, name: &str) -> Vec<tokio::task::JoinHandle<usize>> {
-    let policy = ClaimPolicy::new(Duration::from_secs(600), 100);
+async fn workers(
+    store: Arc<dyn Store>,
+    name: &str,
+    per_hour: u32,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    let policy = ClaimPolicy::new(Duration::from_secs(600), per_hour);
     (0..WORKERS)
         .map(|w| {
             let store = store.clone();
@@ -141,11 +206,11 @@ async fn workers(store: Arc<dyn Store>, name: &str) -> Vec<tokio::task::JoinHand
         .collect()
 }
 
-async fn claim_in_tasks(stores: &[Arc<dyn Store>]) -> Duration {
+async fn claim_in_tasks(stores: &[Arc<dyn Store>], per_hour: u32) -> Duration {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (r, store) in stores.iter().enumerate() {
-        tasks.extend(workers(store.clone(), &format!("r{r}")).await);
+        tasks.extend(workers(store.clone(), &format!("r{r}"), per_hour).await);
     }
     for task in tasks {
         task.await.unwrap();
@@ -154,25 +219,26 @@ async fn claim_in_tasks(stores: &[Arc<dyn Store>]) -> Duration {
 }
 
 /// A child: connects, says `ready`, waits for a line on stdin, claims until none is left, prints how many.
-async fn child(url: &str) {
+async fn child(url: &str, per_hour: u32) {
     let store = connect(url).await;
     println!("ready");
     std::io::stdout().flush().unwrap();
     let mut go = String::new();
     std::io::stdin().lock().read_line(&mut go).unwrap();
     let mut claimed = 0;
-    for task in workers(store, &format!("p{}", std::process::id())).await {
+    for task in workers(store, &format!("p{}", std::process::id()), per_hour).await {
         claimed += task.await.unwrap();
     }
     println!("{claimed}");
 }
 
 /// Starts REPLICAS children on `url`, times them from the moment all are connected until all are done.
-async fn processes(url: &str) -> Duration {
+async fn processes(url: &str, per_hour: u32) -> Duration {
     let mut children = Vec::new();
     for _ in 0..REPLICAS {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(CHILD, url)
+            .env(CHILD_CAP, per_hour.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -67,6 +67,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "dashboard sessions",
         include_str!("../../migrations/postgres/0009_dashboard_sessions.sql"),
     ),
+    (
+        10,
+        "claim next",
+        include_str!("../../migrations/postgres/0010_claim_next.sql"),
+    ),
 ];
 
 /// The channels the migration's triggers NOTIFY.
@@ -355,47 +360,59 @@ impl PostgresStore {
         Ok(PostgresStore { pool, options })
     }
 
-    /// Claims one candidate in one statement (`nightshift_claim`, migration 0007: the job locked, skipped
-    /// when another claim holds it, checked again under advisory locks against the repository's hourly cap,
-    /// its concurrency group and the repository's and profile's running limits, then leased). `None` when
-    /// another claim holds it or a limit keeps it waiting (a repository past its hourly cap has its queued
-    /// jobs wait, with the reason).
-    async fn claim_candidate(
+    /// One call of `nightshift_claim_next` (migration 0010): the candidates picked in fair order, locked
+    /// (skipped when another claim holds one), checked again under advisory locks against the repository's
+    /// hourly cap, its concurrency group and the repository's and profile's running limits, and the first
+    /// that may start leased, all in one statement (its own transaction). `Done(None)`: nothing to claim.
+    /// `Again(passed)`: a candidate was found over a limit after its locks were taken (a repository past its
+    /// hourly cap has its queued jobs wait, with the reason); the call ends there so that a claim never waits
+    /// for a lock while it holds another's, and the next call passes over `passed`.
+    async fn claim_next(
         &self,
         owner: &str,
         policy: &ClaimPolicy,
         limits: &str,
         now: i64,
-        id: i64,
-    ) -> Result<Option<ClaimedJob>> {
-        let row = sqlx::query("SELECT * FROM nightshift_claim($1, $2, $3, $4, $5, $6, $7::jsonb)")
-            .bind(id)
-            .bind(now)
-            .bind(text(owner))
-            .bind(now + ms(policy.lease))
-            .bind(i64::from(policy.jobs_per_hour))
-            .bind(policy.max_concurrent_per_repo.map(i64::from))
-            .bind(limits)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            Ok(ClaimedJob {
-                id: JobId(row.try_get("o_id")?),
-                delivery: row.try_get("o_delivery")?,
-                delivery_id: DeliveryId(row.try_get("o_guid")?),
-                trigger: row.try_get("o_trigger")?,
-                repo: row.try_get("o_repo")?,
-                spec: row.try_get("o_spec")?,
-                attempt: row.try_get::<i64, _>("o_attempts")? as u32,
-                retries: row.try_get::<i64, _>("o_retries")? as u32,
-                result: row.try_get("o_result")?,
-                cancel_requested: row.try_get("o_cancel_requested")?,
-                queued_at: row.try_get("o_created_at")?,
-                started_at: row.try_get("o_started_at")?,
-            })
-        })
-        .transpose()
+        passed: &[i64],
+    ) -> Result<ClaimNext> {
+        let row =
+            sqlx::query("SELECT * FROM nightshift_claim_next($1, $2, $3, $4, $5, $6::jsonb, $7)")
+                .bind(now)
+                .bind(text(owner))
+                .bind(now + ms(policy.lease))
+                .bind(i64::from(policy.jobs_per_hour))
+                .bind(policy.max_concurrent_per_repo.map(i64::from))
+                .bind(limits)
+                .bind(passed)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(ClaimNext::Done(None));
+        };
+        let Some(id) = row.try_get::<Option<i64>, _>("o_id")? else {
+            return Ok(ClaimNext::Again(row.try_get("o_passed")?));
+        };
+        Ok(ClaimNext::Done(Some(ClaimedJob {
+            id: JobId(id),
+            delivery: row.try_get("o_delivery")?,
+            delivery_id: DeliveryId(row.try_get("o_guid")?),
+            trigger: row.try_get("o_trigger")?,
+            repo: row.try_get("o_repo")?,
+            spec: row.try_get("o_spec")?,
+            attempt: row.try_get::<i64, _>("o_attempts")? as u32,
+            retries: row.try_get::<i64, _>("o_retries")? as u32,
+            result: row.try_get("o_result")?,
+            cancel_requested: row.try_get("o_cancel_requested")?,
+            queued_at: row.try_get("o_created_at")?,
+            started_at: row.try_get("o_started_at")?,
+        })))
     }
+}
+
+/// What one call of `nightshift_claim_next` did ([`PostgresStore::claim_next`]).
+enum ClaimNext {
+    Done(Option<ClaimedJob>),
+    Again(Vec<i64>),
 }
 
 /// A row of `id, delivery_id, event, repo` from `deliveries`.
@@ -527,82 +544,19 @@ impl Store for PostgresStore {
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
         let now = now_ms();
         let limits = policy.profile_limits_json();
-        // Candidates another claim took, or found over a limit, are passed over.
+        // Fair, as in the SQLite store: of each repository's oldest queued job its limits let start (and of
+        // the jobs whose worker died, or whose delivery's wait is over), the one of the installation and the
+        // repository with the fewest running jobs, then of the repository served least recently, then the
+        // oldest; picked, locked, checked and leased in the server in one round trip (migration 0010). A
+        // candidate found over a limit under its locks is passed over in a new call.
         let mut passed: Vec<i64> = Vec::new();
         loop {
-            // Fair, as in the SQLite store: of each repository's oldest queued job its limits let start (and
-            // of the jobs whose worker died, or whose delivery's wait is over), the one of the installation and
-            // the repository with the fewest running jobs, then of the repository served least recently, then
-            // the oldest. Read without locks; each candidate is then locked and checked again. The lanes
-            // (one per repository with a queued job, migration 0007) are read in that order and only the
-            // first are looked into, by index: a claim reads the repositories with queued jobs, not the
-            // jobs. (A lane is ordered by its oldest queued job, which may be one waiting for its retry
-            // time: such a lane sorts as early as that job, among lanes equal otherwise.)
-            let candidates: Vec<i64> = sqlx::query_scalar(
-                "WITH running AS (
-                     SELECT r.repo, r.agent, d.installation_id AS inst
-                     FROM jobs r JOIN deliveries d ON d.id = r.delivery_id
-                     WHERE r.state IN ('running', 'delivering')),
-                 lanes AS (
-                     SELECT l.repo, l.running, l.last_started, l.head,
-                            (SELECT COUNT(*) FROM running WHERE running.inst IS NOT DISTINCT FROM l.installation_id)
-                                AS inst_running
-                     FROM claim_lanes l
-                     WHERE l.queued > 0),
-                 heads AS (
-                     SELECT h.id, l.inst_running, l.running, l.last_started
-                     FROM (SELECT * FROM lanes ORDER BY inst_running, running, last_started, head) AS l
-                     CROSS JOIN LATERAL (
-                         SELECT j.id FROM jobs j
-                         WHERE j.repo = l.repo AND j.state = 'queued'
-                           AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)
-                           AND (j.concurrency_group IS NULL
-                                OR NOT EXISTS (SELECT 1 FROM jobs g
-                                               WHERE g.concurrency_group = j.concurrency_group
-                                                 AND g.state IN ('running', 'delivering')))
-                           AND (j.cancel_requested
-                                OR (l.running < $3
-                                    AND (($2::jsonb ->> j.agent) IS NULL
-                                         OR (SELECT COUNT(*) FROM running WHERE running.agent = j.agent)
-                                            < ($2::jsonb ->> j.agent)::bigint)))
-                           AND j.id <> ALL($4)
-                         ORDER BY j.id
-                         LIMIT 1) AS h
-                     LIMIT 16),
-                 candidates AS (
-                     SELECT * FROM heads
-                     UNION ALL
-                     SELECT j.id,
-                            (SELECT COUNT(*) FROM running WHERE running.inst IS NOT DISTINCT FROM d.installation_id),
-                            (SELECT COUNT(*) FROM running WHERE running.repo = j.repo),
-                            COALESCE((SELECT MAX(s.started_at) FROM jobs s WHERE s.repo = j.repo), 0)
-                     FROM jobs j JOIN deliveries d ON d.id = j.delivery_id
-                     WHERE ((j.state = 'running' AND j.lease_expires_at < $1)
-                            OR (j.state = 'delivering'
-                                AND (j.lease_owner IS NULL OR j.lease_expires_at < $1)
-                                AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)))
-                       AND j.id <> ALL($4))
-                 SELECT id FROM candidates
-                 ORDER BY inst_running, running, last_started, id
-                 LIMIT 16",
-            )
-            .bind(now)
-            .bind(&limits)
-            .bind(policy.repo_limit())
-            .bind(&passed)
-            .fetch_all(&self.pool)
-            .await?;
-            if candidates.is_empty() {
-                return Ok(None);
-            }
-            for id in candidates {
-                if let Some(claimed) = self
-                    .claim_candidate(owner, &policy, &limits, now, id)
-                    .await?
-                {
-                    return Ok(Some(claimed));
-                }
-                passed.push(id);
+            match self
+                .claim_next(owner, &policy, &limits, now, &passed)
+                .await?
+            {
+                ClaimNext::Done(claimed) => return Ok(claimed),
+                ClaimNext::Again(more) => passed = more,
             }
         }
     }

@@ -857,6 +857,111 @@ async fn a_flood_from_one_repository_does_not_starve_another(db: &TestDb) {
     assert_eq!(heads(10).await, ["u-a0", "u-none0", "u-c"]);
 }
 
+/// Fair across installations: a repository of an installation with a job running gives way to a repository
+/// of another installation with none, though it is older and its repository runs nothing; a job whose
+/// claim is refused by a limit under the claim's locks (here the hourly cap) holds no other back.
+async fn an_installation_running_jobs_gives_way_to_another(db: &TestDb) {
+    let store = db.store();
+    let of = |id: &str, repo: &str, installation: i64| {
+        let mut d = delivery(id);
+        d.repo = Some(repo.into());
+        d.installation_id = Some(installation);
+        d
+    };
+    for (id, repo, installation) in [
+        ("a1", "busy/one", 1),
+        ("a2", "busy/two", 1),
+        ("b1", "quiet/one", 2),
+    ] {
+        let Inserted::New(d) = store
+            .insert_delivery(&of(id, repo, installation))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        store
+            .record_match(d, &[job_of("t", repo, "x")])
+            .await
+            .unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let first = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(first.repo, "busy/one", "the oldest job first");
+    let second = store.claim_job("w2", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(
+        second.repo, "quiet/one",
+        "the installation with nothing running goes before the one with a job running"
+    );
+    let third = store.claim_job("w3", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(third.repo, "busy/two");
+    for (job, owner) in [(&first, "w1"), (&second, "w2"), (&third, "w3")] {
+        assert!(
+            store
+                .finish_job(job.id, owner, Ending::Succeeded)
+                .await
+                .unwrap()
+        );
+    }
+
+    // capped/r has started two jobs this hour, open/r one since: at a cap of 2, capped/r (served least
+    // recently) is looked at first, its job waits (with the reason), and the same claim goes on to open/r's.
+    let run_one = |id: &'static str, repo: &'static str| {
+        let store = store.clone();
+        async move {
+            let Inserted::New(d) = store.insert_delivery(&of(id, repo, 3)).await.unwrap() else {
+                panic!()
+            };
+            store
+                .record_match(d, &[job_of("t", repo, "x")])
+                .await
+                .unwrap();
+            let job = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+            assert_eq!(job.repo, repo);
+            assert!(
+                store
+                    .finish_job(job.id, "w", Ending::Succeeded)
+                    .await
+                    .unwrap()
+            );
+        }
+    };
+    run_one("c1", "capped/r").await;
+    run_one("c2", "capped/r").await;
+    run_one("o1", "open/r").await;
+    for (id, repo) in [("c3", "capped/r"), ("o2", "open/r")] {
+        let Inserted::New(d) = store.insert_delivery(&of(id, repo, 3)).await.unwrap() else {
+            panic!()
+        };
+        store
+            .record_match(d, &[job_of("t", repo, "x")])
+            .await
+            .unwrap();
+    }
+    let capped = ClaimPolicy::new(lease, 2);
+    let next = store
+        .claim_job("w4", capped.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next.repo, "open/r",
+        "the capped repository holds no other back"
+    );
+    assert!(store.claim_job("w5", capped).await.unwrap().is_none());
+    let waiting = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.repo == "capped/r" && j.state == JobState::Queued)
+        .unwrap();
+    assert!(
+        waiting.waiting.unwrap().contains("max_jobs_per_hour"),
+        "the capped job says why it waits"
+    );
+}
+
 /// Per-profile and per-repository limits: never more of a profile's (or a repository's) jobs running than
 /// its limit, across replicas claiming at once; the other jobs still run.
 async fn concurrency_limits_hold_per_profile_and_repository(db: &TestDb) {
@@ -2045,6 +2150,7 @@ on_both_stores!(
     spend_is_summed_per_repository_and_utc_day,
     deliveries_are_paged_and_filtered_to_those_that_fired_nothing,
     a_batch_handed_over_stores_every_field_as_sent,
+    an_installation_running_jobs_gives_way_to_another,
 );
 
 #[test]
