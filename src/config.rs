@@ -164,7 +164,7 @@ impl DashboardConfig {
                 .map(SecretString::from)
         };
         Ok(DashboardConfig {
-            trusted_proxies: crate::web::limit::parse_proxies(&file.trusted_proxies)?,
+            trusted_proxies: parse_proxies(&file.trusted_proxies)?,
             users: lower(file.users),
             orgs: lower(file.orgs),
             admins: lower(file.admins),
@@ -1446,6 +1446,23 @@ fn agent_profile(
 fn read_key(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read private key {}: {e}", path.display()))
+}
+
+/// Parses `dashboard.trusted_proxies`: addresses (`10.0.0.5`) or networks (`10.0.0.0/8`, `fd00::/8`).
+pub fn parse_proxies(items: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    items
+        .iter()
+        .map(|item| {
+            let item = item.trim();
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "dashboard.trusted_proxies: `{item}` is not an address or a network (write 10.0.0.5 or 10.0.0.0/8)"
+                    )
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -202,23 +202,6 @@ pub fn key(address: IpAddr) -> IpAddr {
     }
 }
 
-/// Parses `dashboard.trusted_proxies`: addresses (`10.0.0.5`) or networks (`10.0.0.0/8`, `fd00::/8`).
-pub fn parse_proxies(items: &[String]) -> Result<Vec<IpNet>, String> {
-    items
-        .iter()
-        .map(|item| {
-            let item = item.trim();
-            item.parse::<IpNet>()
-                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    format!(
-                        "dashboard.trusted_proxies: `{item}` is not an address or a network (write 10.0.0.5 or 10.0.0.0/8)"
-                    )
-                })
-        })
-        .collect()
-}
-
 /// The client's address: the peer, or, behind trusted proxies, the last address in `X-Forwarded-For` that
 /// is not one of them. `None`: no peer known (a router served without a connection, as in unit tests).
 pub fn client_address(
@@ -440,7 +423,8 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_a_trusted_proxy_and_read_from_the_right() {
-        let trusted = parse_proxies(&["10.0.0.0/8".into(), "127.0.0.1".into()]).unwrap();
+        let trusted =
+            crate::config::parse_proxies(&["10.0.0.0/8".into(), "127.0.0.1".into()]).unwrap();
         let mut headers = HeaderMap::new();
         headers.append(
             "x-forwarded-for",
@@ -472,8 +456,8 @@ mod tests {
             client_address(Some(ip("10.0.0.1")), &bad, &trusted),
             Some(ip("10.0.0.1"))
         );
-        assert!(parse_proxies(&["10.0.0.0/33".into()]).is_err());
-        assert!(parse_proxies(&["proxy.local".into()]).is_err());
+        assert!(crate::config::parse_proxies(&["10.0.0.0/33".into()]).is_err());
+        assert!(crate::config::parse_proxies(&["proxy.local".into()]).is_err());
     }
 
     #[test]
