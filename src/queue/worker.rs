@@ -742,6 +742,15 @@ async fn run_job(
     );
     info!("{ready}");
 
+    // The next job of this repository finds a worktree checked out ahead (crate::repo::workspace::Spare).
+    let refill = pipeline.clone();
+    let repo = spec.repo.clone();
+    tokio::spawn(async move {
+        if let Err(e) = refill.workspaces.refill_spare(&repo).await {
+            tracing::debug!(%repo, "{e:#}");
+        }
+    });
+
     let mut spec = spec;
     if spec.default_branch.is_empty() {
         spec.default_branch = worktree.default_branch.clone();
@@ -886,12 +895,15 @@ async fn run_in_worktree(
     ready: String,
 ) -> Result<Proposal> {
     let dirs = make_job_dirs(pipeline, job, spec).await?;
-    let (tx, logger) = stream_job_log(pipeline, job.id);
     let AgentInput {
         prompt,
         staged,
         timeout,
-    } = prepare_agent_input(pipeline, job, spec, profile, worktree, &dirs.root, ready).await?;
+        lines,
+    } = prepare_agent_input(pipeline, spec, profile, worktree, &dirs.root, ready).await?;
+    // What nightshift did is the logger's first write, while the agent starts: no store write (and its
+    // fsync) stands between the event and the agent.
+    let (tx, logger) = stream_job_log(pipeline, job.id, lines);
     let max_output = spec
         .max_output
         .map_or(profile.max_output, |m| m.min(profile.max_output));
@@ -1020,15 +1032,24 @@ async fn make_job_dirs(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) ->
 }
 
 /// The agent's output, written to the job log as it comes; the task ends when every sender is dropped.
+/// `first` (nightshift's own lines, outside the agent's budget) is written before anything the agent says.
 fn stream_job_log(
     pipeline: &Pipeline,
     job_id: JobId,
+    first: Vec<String>,
 ) -> (crate::agent::log::JobLog, tokio::task::JoinHandle<()>) {
     // The agent's output reaches the job log as it comes, in small batches, within the job's budget
     // (`max_job_log`): what waits for the store never exceeds it, whatever the agent writes.
     let (tx, mut rx) = crate::agent::log::JobLog::new(pipeline.config.max_job_log);
     let store = pipeline.store.clone();
     let logger = tokio::spawn(async move {
+        if !first.is_empty()
+            && let Err(e) = store
+                .append_log(job_id, LogStream::Nightshift, &first)
+                .await
+        {
+            warn!("writing the job log failed: {e:#}");
+        }
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
@@ -1053,11 +1074,12 @@ struct AgentInput {
     /// Skills nightshift put in the worktree, taken out again before the agent's changes are read.
     staged: Option<skill::Staged>,
     timeout: Duration,
+    /// For the job log: what was read, skipped and staged, and the agent's start.
+    lines: Vec<String>,
 }
 
 async fn prepare_agent_input(
     pipeline: &Pipeline,
-    job: &ClaimedJob,
     spec: &JobSpec,
     profile: &crate::config::AgentProfile,
     worktree: &crate::repo::workspace::Worktree,
@@ -1154,17 +1176,11 @@ async fn prepare_agent_input(
     );
     info!("{starting}");
     lines.push(starting);
-    if let Err(e) = pipeline
-        .store
-        .append_log(job.id, LogStream::Nightshift, &lines)
-        .await
-    {
-        warn!("writing the job log failed: {e:#}");
-    }
     Ok(AgentInput {
         prompt,
         staged,
         timeout,
+        lines,
     })
 }
 

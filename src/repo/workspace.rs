@@ -47,7 +47,35 @@ pub struct Workspaces {
     locks: std::sync::Mutex<HashMap<RepoName, Arc<Mutex<()>>>>,
     /// What each repository last fetched, and what its default branch says about itself at one commit.
     seen: std::sync::Mutex<HashMap<RepoName, Seen>>,
+    /// Each repository's spare worktree (see [`Spare`]), when one is ready or being made.
+    spares: std::sync::Mutex<HashMap<RepoName, Arc<Mutex<Option<Spare>>>>>,
+    /// Names this process's spares apart from a run before it (`PID-NANOS-N`).
+    spare_token: String,
+    spare_seq: std::sync::atomic::AtomicU64,
+    spares_swept: tokio::sync::OnceCell<()>,
 }
+
+/// A worktree nightshift checked out ahead of a repository's next job, at its default branch's tip, so that
+/// the job's wait is a `reset --hard` of the files that differ rather than a whole checkout. It lives in
+/// `git/spares/NAME/` (its files in `tree`, its git folder in `git`): in the data dir, which every box
+/// hides, and never in `worktrees/` or the mirror, which a job's box shows. It is nightshift's alone until
+/// one job takes it (out of the map, under its lock), and that job's worktree is removed at its end like any
+/// other: a worktree an agent used is never handed to another job.
+struct Spare {
+    dir: PathBuf,
+    commit: String,
+}
+
+/// What a spare's git folder may hold: the files nightshift wrote and the ones `reset --hard` writes.
+const SPARE_GIT_FILES: &[&str] = &[
+    "HEAD",
+    "commondir",
+    "gitdir",
+    "index",
+    "refs",
+    "ORIG_HEAD",
+    "logs",
+];
 
 /// What a repository's mirror is known to hold, kept between jobs to spare git processes. Nothing here
 /// outlives the commit it names: a commit id names immutable content.
@@ -186,6 +214,83 @@ impl Workspaces {
             root,
             locks: std::sync::Mutex::new(HashMap::new()),
             seen: std::sync::Mutex::new(HashMap::new()),
+            spares: std::sync::Mutex::new(HashMap::new()),
+            spare_token: format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
+            spare_seq: std::sync::atomic::AtomicU64::new(0),
+            spares_swept: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn spare_slot(&self, repo: &RepoName) -> Arc<Mutex<Option<Spare>>> {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        spares.entry(repo.clone()).or_default().clone()
+    }
+
+    fn spares_dir(&self) -> PathBuf {
+        self.root.join("git").join("spares")
+    }
+
+    /// Checks out a spare worktree for `repo`'s next job at its default branch's tip, unless one is ready
+    /// (or being made). Meant to run in the background after a job's worktree is ready; a job that comes
+    /// while it is being made checks out its own.
+    pub async fn refill_spare(&self, repo: &RepoName) -> Result<()> {
+        let slot = self.spare_slot(repo);
+        let mut slot = slot.lock().await;
+        if slot.is_some() {
+            return Ok(());
+        }
+        self.spares_swept
+            .get_or_init(|| sweep_spares(self.spares_dir(), self.spare_token.clone()))
+            .await;
+        let mirror = self.mirror_path(repo);
+        let commit = {
+            let lock = self.lock(repo);
+            let _guard = lock.lock().await;
+            if !mirror.join("HEAD").exists() {
+                return Ok(());
+            }
+            check_mirror(repo, &mirror).await?;
+            let branch = default_branch(&self.git, &mirror).await;
+            match local_branch(&mirror, &branch).await {
+                Some(commit) => commit,
+                None => return Ok(()),
+            }
+        };
+        let seq = self
+            .spare_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self
+            .spares_dir()
+            .join(format!("{}-{seq}", self.spare_token));
+        let made = make_spare(&self.git, &mirror, &dir, &commit).await;
+        if let Err(e) = made {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e.context(format!("checking out a spare worktree of {repo}")));
+        }
+        *slot = Some(Spare { dir, commit });
+        Ok(())
+    }
+
+    /// Takes `repo`'s spare when one is ready. One still being made is not waited for: on a busy machine
+    /// its checkout can take longer than the job's own.
+    fn take_spare(&self, repo: &RepoName) -> Option<Spare> {
+        self.spare_slot(repo).try_lock().ok()?.take()
+    }
+
+    /// Puts back a spare a job took but did not use (it failed before its worktree was made): untouched.
+    async fn give_back_spare(&self, repo: &RepoName, spare: Spare) {
+        let slot = self.spare_slot(repo);
+        let mut slot = slot.lock().await;
+        if slot.is_none() {
+            *slot = Some(spare);
+        } else {
+            let _ = tokio::fs::remove_dir_all(&spare.dir).await;
         }
     }
 
@@ -269,6 +374,29 @@ impl Workspaces {
         attempt: u32,
         auth: &GitAuth,
     ) -> Result<Worktree> {
+        let mut spare = self.take_spare(repo);
+        let prepared = self
+            .prepare_with(repo, clone_url, checkout, job, attempt, auth, &mut spare)
+            .await;
+        if let Some(spare) = spare {
+            self.give_back_spare(repo, spare).await;
+        }
+        prepared
+    }
+
+    /// [`Workspaces::prepare`], with the repository's spare worktree if it has one: taken out of `spare`
+    /// when used (a failed job before that leaves it there, untouched).
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare_with(
+        &self,
+        repo: &RepoName,
+        clone_url: &str,
+        checkout: Checkout<'_>,
+        job: JobId,
+        attempt: u32,
+        auth: &GitAuth,
+        spare: &mut Option<Spare>,
+    ) -> Result<Worktree> {
         let git = &self.git;
         let mirror = self.mirror_path(repo);
         let path = self.worktree_path(job, attempt);
@@ -338,9 +466,26 @@ impl Workspaces {
         // Only the bookkeeping happens under the lock; the checkout itself (the slow part on a large
         // repository) runs after it is released, so jobs on one repository wait for each other only for
         // the fetch.
-        add_worktree(&mirror, &path, &commit)
-            .await
-            .with_context(|| format!("adding a worktree at {commit} of {repo}"))?;
+        let adopted = match spare.take() {
+            Some(taken) => match adopt_spare(&taken, &mirror, &path, &commit).await {
+                Ok(()) => {
+                    tracing::debug!(%repo, "the spare worktree at {} moves to {commit}", taken.commit);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(%repo, "the spare worktree was not used: {e:#}");
+                    let _ = tokio::fs::remove_dir_all(&taken.dir).await;
+                    remove_worktree_files(&mirror, &path, None, &private).await;
+                    false
+                }
+            },
+            None => false,
+        };
+        if !adopted {
+            add_worktree(&mirror, &path, &commit)
+                .await
+                .with_context(|| format!("adding a worktree at {commit} of {repo}"))?;
+        }
         let default_branch = default_branch(git, &mirror).await;
         // The worktree's git folder, captured now, before any agent could touch the `.git` file.
         let git_dir = captured_git_dir(&mirror, &path).await?;
@@ -476,6 +621,111 @@ async fn add_worktree(mirror: &Path, path: &Path, commit: &str) -> Result<()> {
         Ok(())
     })
     .await?
+}
+
+/// Makes a spare worktree in `dir` at `commit`: its git folder (`dir/git`, whose `commondir` names the
+/// mirror), its files (`dir/tree`), checked out with one process (it runs beside jobs).
+async fn make_spare(git: &Git, mirror: &Path, dir: &Path, commit: &str) -> Result<()> {
+    if !is_object_id(commit) {
+        bail!("`{}` is not a commit id", commit.escape_debug());
+    }
+    let (tree, admin) = (dir.join("tree"), dir.join("git"));
+    let files = [
+        (admin.join("commondir"), format!("{}\n", path_str(mirror)?)),
+        (admin.join("gitdir"), format!("{}/.git\n", path_str(&tree)?)),
+        (admin.join("HEAD"), format!("{commit}\n")),
+        (
+            tree.join(".git"),
+            format!("gitdir: {}\n", path_str(&admin)?),
+        ),
+    ];
+    let (refs, made) = (admin.join("refs"), tree.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        std::fs::create_dir_all(&refs).with_context(|| format!("creating {}", refs.display()))?;
+        std::fs::create_dir(&made).with_context(|| format!("creating {}", made.display()))?;
+        for (file, text) in files {
+            std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(())
+    })
+    .await??;
+    git.cmd(Repo::Work {
+        git_dir: &admin,
+        work_tree: &tree,
+    })
+    .config("checkout.workers=1")
+    .args(["reset", "--hard", "--quiet"])
+    .run()
+    .await?;
+    Ok(())
+}
+
+/// Moves a spare worktree to a job's place: its files to `path`, its git folder into the mirror's
+/// `worktrees/`, with nightshift's own `HEAD` (the job's commit), `commondir`, `gitdir` and `.git` written
+/// afresh; the caller's `reset --hard` then brings the files to the job's commit. A spare whose git folder
+/// holds anything nightshift and git's `reset` do not write, or whose `.git` is not a plain file, is
+/// refused. The caller holds the repository's lock and removed what a dead run left at `path`.
+async fn adopt_spare(spare: &Spare, mirror: &Path, path: &Path, commit: &str) -> Result<()> {
+    if !is_object_id(commit) {
+        bail!("`{}` is not a commit id", commit.escape_debug());
+    }
+    let name = path.file_name().context("the worktree path has no name")?;
+    let admin = mirror.join("worktrees").join(name);
+    let (tree, git) = (spare.dir.join("tree"), spare.dir.join("git"));
+    let (path, dir) = (path.to_owned(), spare.dir.clone());
+    let commit = commit.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for entry in std::fs::read_dir(&git)? {
+            let name = entry?.file_name();
+            if !SPARE_GIT_FILES.iter().any(|f| name == *f) {
+                bail!("its git folder holds `{}`", name.to_string_lossy());
+            }
+        }
+        if !std::fs::symlink_metadata(tree.join(".git"))?.is_file() {
+            bail!("its .git is not a file");
+        }
+        std::fs::write(git.join("HEAD"), format!("{commit}\n"))?;
+        std::fs::write(git.join("commondir"), "../..\n")?;
+        std::fs::write(git.join("gitdir"), format!("{}/.git\n", path_str(&path)?))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::create_dir_all(
+            admin
+                .parent()
+                .context("the mirror has no worktrees folder")?,
+        )?;
+        std::fs::rename(&tree, &path)
+            .with_context(|| format!("moving {} to {}", tree.display(), path.display()))?;
+        std::fs::rename(&git, &admin)
+            .with_context(|| format!("moving {} to {}", git.display(), admin.display()))?;
+        let dot_git = path.join(".git");
+        std::fs::remove_file(&dot_git)?;
+        std::fs::write(&dot_git, format!("gitdir: {}\n", path_str(&admin)?))?;
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
+    })
+    .await?
+}
+
+/// Removes the spares a run before this one left (`git/spares/PID-NANOS-N`): every one not named with
+/// `token`, unless its process still runs under another id (another nightshift on this data dir).
+async fn sweep_spares(dir: PathBuf, token: String) {
+    let _ = tokio::task::spawn_blocking(move || {
+        let ours = std::process::id().to_string();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{token}-")) {
+                continue;
+            }
+            let pid = name.split('-').next().unwrap_or_default();
+            let alive = pid != ours && !pid.is_empty() && Path::new("/proc").join(pid).exists();
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    })
+    .await;
 }
 
 /// Reads the `.git` file `git worktree add` just wrote and checks that it names a folder of the mirror's.
@@ -2232,5 +2482,178 @@ mod tests {
             export(3).await,
             (two, vec!["AGENTS.md".to_owned()], "two\n".to_owned())
         );
+    }
+
+    /// The one spare worktree of `dir`'s data dir (its folder), if there is one.
+    fn the_spare(dir: &Path) -> Option<PathBuf> {
+        let spares: Vec<PathBuf> = std::fs::read_dir(dir.join("data/git/spares"))
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(spares.len() <= 1, "{spares:?}");
+        spares.into_iter().next()
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
+    #[tokio::test]
+    async fn a_job_takes_the_spare_checked_out_ahead_and_never_a_worktree_a_job_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, work) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let prepare = |n: i64| {
+            let (spaces, repo) = (&spaces, &repo);
+            async move {
+                spaces
+                    .prepare(
+                        repo,
+                        url,
+                        Checkout::Branch("main"),
+                        JobId(n),
+                        1,
+                        &GitAuth::none(),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        // Clean and at its commit, as the agent's own git sees it.
+        let clean = |wt: &Worktree| {
+            assert_eq!(sh(&wt.path, &["rev-parse", "HEAD"]), wt.commit);
+            assert_eq!(sh(&wt.path, &["status", "--porcelain", "--ignored"]), "");
+        };
+        let one = sh(&work, &["rev-parse", "HEAD"]);
+
+        let first = prepare(1).await;
+        assert!(the_spare(dir.path()).is_none(), "no spare before a refill");
+        spaces.refill_spare(&repo).await.unwrap();
+        let spare = the_spare(dir.path()).expect("a spare after the refill");
+        let spare_file = inode(&spare.join("tree/README.md"));
+        // The first job's agent writes its worktree; the worktree goes with the job.
+        std::fs::write(first.path.join("planted.txt"), "from the agent\n").unwrap();
+        std::fs::write(first.path.join("README.md"), "changed by the agent\n").unwrap();
+        first.remove().await.unwrap();
+
+        let second = prepare(2).await;
+        assert_eq!(second.commit, one);
+        assert_eq!(
+            inode(&second.path.join("README.md")),
+            spare_file,
+            "the second job got the spare"
+        );
+        assert!(!second.path.join("planted.txt").exists());
+        assert_eq!(
+            std::fs::read_to_string(second.path.join("README.md")).unwrap(),
+            "one\n"
+        );
+        clean(&second);
+        assert!(the_spare(dir.path()).is_none(), "a spare serves one job");
+        second.remove().await.unwrap();
+
+        // A spare whose tracked file changed is brought back to the commit.
+        spaces.refill_spare(&repo).await.unwrap();
+        let spare = the_spare(dir.path()).unwrap();
+        std::fs::write(spare.join("tree/README.md"), "tampered\n").unwrap();
+        let third = prepare(3).await;
+        assert_eq!(
+            std::fs::read_to_string(third.path.join("README.md")).unwrap(),
+            "one\n"
+        );
+        clean(&third);
+        third.remove().await.unwrap();
+
+        // The branch moved: the spare (at the old tip) is moved to the new commit.
+        spaces.refill_spare(&repo).await.unwrap();
+        let spare = the_spare(dir.path()).unwrap();
+        assert!(spare.join("tree/.git").is_file());
+        let two = push_file(&work, "README.md", "two\n");
+        let fourth = prepare(4).await;
+        assert_eq!(fourth.commit, two);
+        assert_eq!(
+            std::fs::read_to_string(fourth.path.join("README.md")).unwrap(),
+            "two\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(fourth.path.join(".git")).unwrap(),
+            format!("gitdir: {}\n", fourth.git_dir.display()),
+            ".git is written afresh"
+        );
+        clean(&fourth);
+        fourth.remove().await.unwrap();
+
+        // A spare whose git folder holds a file nightshift did not write is refused, and removed.
+        spaces.refill_spare(&repo).await.unwrap();
+        let spare = the_spare(dir.path()).unwrap();
+        std::fs::write(
+            spare.join("git/config.worktree"),
+            "[core]\n\thooksPath = /tmp/planted\n",
+        )
+        .unwrap();
+        let fifth = prepare(5).await;
+        assert!(!spare.exists());
+        assert!(!fifth.git_dir.join("config.worktree").exists());
+        clean(&fifth);
+        fifth.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn spares_a_dead_run_left_are_removed_and_a_job_that_fails_leaves_the_spare_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let url = bare.to_str().unwrap();
+        let left = dir.path().join("data/git/spares/999999999-1-0");
+        std::fs::create_dir_all(left.join("tree")).unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Branch("main"),
+                JobId(1),
+                1,
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        wt.remove().await.unwrap();
+        spaces.refill_spare(&repo).await.unwrap();
+        assert!(!left.exists(), "a dead run's spare is removed");
+        let spare = the_spare(dir.path()).unwrap();
+        // A job for a commit the repository does not have fails; the spare stays for the next job.
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        assert!(
+            spaces
+                .prepare(
+                    &repo,
+                    url,
+                    Checkout::Commit(missing),
+                    JobId(2),
+                    1,
+                    &GitAuth::none()
+                )
+                .await
+                .is_err()
+        );
+        assert_eq!(the_spare(dir.path()), Some(spare.clone()));
+        let wt = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Branch("main"),
+                JobId(3),
+                1,
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert!(!spare.exists(), "the next job took it");
+        wt.remove().await.unwrap();
     }
 }
