@@ -230,19 +230,7 @@ impl SqliteStore {
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options.clone())
             .await?;
-        let migrations = MIGRATIONS
-            .iter()
-            .map(|(version, name, sql)| {
-                Migration::new(
-                    *version,
-                    Cow::Borrowed(*name),
-                    MigrationType::Simple,
-                    AssertSqlSafe(*sql).into_sql_str(),
-                    WITHOUT_TRANSACTION.contains(version),
-                )
-            })
-            .collect();
-        Migrator::with_migrations(migrations)
+        Migrator::with_migrations(migrations(i64::MAX))
             .run(&pool)
             .await
             .context("applying migrations")?;
@@ -269,6 +257,23 @@ impl SqliteStore {
             deliveries: Some(deliveries),
         })
     }
+}
+
+/// The store's migrations up to `last` (a version), as sqlx applies them.
+fn migrations(last: i64) -> Vec<Migration> {
+    MIGRATIONS
+        .iter()
+        .filter(|(version, ..)| *version <= last)
+        .map(|(version, name, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*name),
+                MigrationType::Simple,
+                AssertSqlSafe(*sql).into_sql_str(),
+                WITHOUT_TRANSACTION.contains(version),
+            )
+        })
+        .collect()
 }
 
 /// Creates the store's folder readable by the service's user only (a folder that exists keeps its mode).
@@ -1787,20 +1792,10 @@ mod tests {
                 .connect_with(options)
                 .await
                 .unwrap();
-            let before: Vec<_> = MIGRATIONS
-                .iter()
-                .filter(|(version, ..)| *version < 10)
-                .map(|(version, name, sql)| {
-                    Migration::new(
-                        *version,
-                        Cow::Borrowed(*name),
-                        MigrationType::Simple,
-                        AssertSqlSafe(*sql).into_sql_str(),
-                        WITHOUT_TRANSACTION.contains(version),
-                    )
-                })
-                .collect();
-            Migrator::with_migrations(before).run(&pool).await.unwrap();
+            Migrator::with_migrations(migrations(9))
+                .run(&pool)
+                .await
+                .unwrap();
             let body: &[u8] = b"{\"a\":\"\0\xff\"}";
             for (guid, payload) in [("kept", body), ("pruned", &b""[..])] {
                 sqlx::query(
