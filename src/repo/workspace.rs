@@ -125,6 +125,9 @@ pub struct Worktree {
     /// The repository's lock: git's worktree bookkeeping in the mirror is not safe to change concurrently
     /// (removing the last worktree deletes the folder another `worktree add` is writing into).
     lock: Arc<Mutex<()>>,
+    /// Where [`Worktree::remove`] moves the worktree before deleting it (named as the spares are, so a
+    /// run that died leaves nothing the next one does not sweep).
+    trash: PathBuf,
 }
 
 /// The commit a job is for is not in the repository after a fetch: a pull request's head GitHub has not
@@ -236,6 +239,15 @@ impl Workspaces {
         self.root.join("git").join("spares")
     }
 
+    /// A new folder name among the spares, this run's own (`PID-NANOS-N`).
+    fn spare_dir(&self) -> PathBuf {
+        let seq = self
+            .spare_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.spares_dir()
+            .join(format!("{}-{seq}", self.spare_token))
+    }
+
     /// Checks out a spare worktree for `repo`'s next job at its default branch's tip, unless one is ready
     /// (or being made). Meant to run in the background after a job's worktree is ready; a job that comes
     /// while it is being made checks out its own.
@@ -262,12 +274,7 @@ impl Workspaces {
                 None => return Ok(()),
             }
         };
-        let seq = self
-            .spare_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = self
-            .spares_dir()
-            .join(format!("{}-{seq}", self.spare_token));
+        let dir = self.spare_dir();
         let made = make_spare(&self.git, &mirror, &dir, &commit).await;
         if let Err(e) = made {
             let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -501,6 +508,7 @@ impl Workspaces {
             job,
             git: self.git.clone(),
             lock,
+            trash: self.spare_dir(),
         };
         if let Err(e) = git
             .cmd(Repo::Work {
@@ -657,6 +665,48 @@ async fn make_spare(git: &Git, mirror: &Path, dir: &Path, commit: &str) -> Resul
     .args(["reset", "--hard", "--quiet"])
     .run()
     .await?;
+    // Settled: git trusts an index entry's stat data only when the file is older than the index (in
+    // whole seconds), so the files just checked out, as new as their index, would be read and hashed
+    // again by the job's `reset --hard`: most of its wait. Their times are set a few seconds back and the
+    // index refreshed once, here, beside jobs rather than in one's way.
+    let files = tree.clone();
+    tokio::task::spawn_blocking(move || backdate_files(&files, SETTLED_AGE))
+        .await?
+        .with_context(|| format!("settling the spare in {}", tree.display()))?;
+    git.cmd(Repo::Work {
+        git_dir: &admin,
+        work_tree: &tree,
+    })
+    .args(["update-index", "-q", "--refresh"])
+    .run()
+    .await?;
+    Ok(())
+}
+
+/// How far back a spare's files are set (see [`make_spare`]): past git's whole-second racy window.
+const SETTLED_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Sets the modification time of every regular file under `root` (the worktree's `.git` file and what
+/// links point at excepted: links are never followed) to `age` ago.
+fn backdate_files(root: &Path, age: std::time::Duration) -> std::io::Result<()> {
+    let when = std::time::SystemTime::now() - age;
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() && !(dir == root && entry.file_name() == ".git") {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::File::options()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(entry.path())?
+                    .set_modified(when)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1577,7 +1627,25 @@ impl Worktree {
     }
 
     pub async fn remove(self) -> Result<()> {
-        let _guard = self.lock.lock().await;
+        let guard = self.lock.lock().await;
+        // Under the lock, the worktree and its git folder only move out of the way (two renames, into a
+        // folder the next run sweeps if this one dies); the next job of the repository need not wait
+        // for their files to be deleted, nor for `worktree prune` (git no longer lists the worktree).
+        let moved = tokio::fs::create_dir_all(&self.trash).await.is_ok()
+            && tokio::fs::rename(&self.path, self.trash.join("tree"))
+                .await
+                .is_ok()
+            && tokio::fs::rename(&self.git_dir, self.trash.join("git"))
+                .await
+                .is_ok();
+        if moved {
+            drop(guard);
+            let _ = tokio::fs::remove_dir_all(&self.private).await;
+            return tokio::fs::remove_dir_all(&self.trash)
+                .await
+                .with_context(|| format!("removing {}", self.trash.display()));
+        }
+        let _ = tokio::fs::remove_dir_all(&self.trash).await;
         remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), &self.private).await;
         if self.path.exists() {
             bail!("{} could not be removed", self.path.display());
@@ -2495,6 +2563,33 @@ mod tests {
         spares.into_iter().next()
     }
 
+    /// The spare's index trusts its files' stat data (no entry as new as the index, none smudged), so
+    /// the job's `reset --hard` reads no file it need not.
+    fn assert_settled(spare: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let index = std::fs::metadata(spare.join("git/index")).unwrap().mtime();
+        let out = StdCommand::new("git")
+            .args(["ls-files", "--debug"])
+            .env("GIT_DIR", spare.join("git"))
+            .env("GIT_WORK_TREE", spare.join("tree"))
+            .output()
+            .unwrap();
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let (mut entries, mut sizes) = (0, 0);
+        for line in listing.lines().map(str::trim) {
+            if let Some(mtime) = line.strip_prefix("mtime: ") {
+                entries += 1;
+                let secs: i64 = mtime.split(':').next().unwrap().parse().unwrap();
+                assert!(secs < index, "an entry as new as the index:\n{listing}");
+            } else if let Some(size) = line.strip_prefix("size: ") {
+                let size: u64 = size.split_whitespace().next().unwrap().parse().unwrap();
+                assert!(size > 0, "a smudged entry:\n{listing}");
+                sizes += 1;
+            }
+        }
+        assert!(entries > 0 && entries == sizes, "{listing}");
+    }
+
     fn inode(path: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).unwrap().ino()
@@ -2535,6 +2630,7 @@ mod tests {
         spaces.refill_spare(&repo).await.unwrap();
         let spare = the_spare(dir.path()).expect("a spare after the refill");
         let spare_file = inode(&spare.join("tree/README.md"));
+        assert_settled(&spare);
         // The first job's agent writes its worktree; the worktree goes with the job.
         std::fs::write(first.path.join("planted.txt"), "from the agent\n").unwrap();
         std::fs::write(first.path.join("README.md"), "changed by the agent\n").unwrap();
@@ -2556,10 +2652,11 @@ mod tests {
         assert!(the_spare(dir.path()).is_none(), "a spare serves one job");
         second.remove().await.unwrap();
 
-        // A spare whose tracked file changed is brought back to the commit.
+        // A spare whose tracked file changed (its size kept) is brought back to the commit: the settled
+        // index still sees the new modification time.
         spaces.refill_spare(&repo).await.unwrap();
         let spare = the_spare(dir.path()).unwrap();
-        std::fs::write(spare.join("tree/README.md"), "tampered\n").unwrap();
+        std::fs::write(spare.join("tree/README.md"), "ONE\n").unwrap();
         let third = prepare(3).await;
         assert_eq!(
             std::fs::read_to_string(third.path.join("README.md")).unwrap(),
