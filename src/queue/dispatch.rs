@@ -586,7 +586,11 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
         "matched"
     );
     if queued > 0 {
-        pipeline.jobs_waiting.notify_waiters();
+        // One idle worker per job queued, not all of them: the others would only race it for the store's
+        // write lock and find nothing.
+        for _ in 0..queued {
+            pipeline.jobs_waiting.notify_one();
+        }
         // Only the match that queued the jobs reacts: a delivery matched again after a crash queues none.
         if let Some(event) = &command_event {
             react(pipeline, event).await;
