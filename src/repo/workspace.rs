@@ -411,6 +411,20 @@ impl Workspaces {
         let lock = self.lock(repo);
         let asked = std::time::Instant::now();
         let guard = lock.lock().await;
+        // A worktree left behind by a run that died is replaced (and git forgets it); otherwise there is
+        // nothing for `worktree prune` to do (every job's end removes its worktree's git folder).
+        let leftover = tokio::fs::symlink_metadata(&path).await.is_ok();
+        remove_worktree_files(&mirror, &path, None, &private).await;
+        if leftover {
+            git.cmd(Repo::Bare(&mirror))
+                .args(["worktree", "prune"])
+                .run()
+                .await?;
+        }
+        // For a branch the mirror holds, the remote is asked for its tip (one `ls-remote`) while the
+        // worktree is brought to the mirror's: usually they agree, and neither waited for the other. A
+        // branch that moved, or one the remote cannot say, is fetched then, and the worktree moved on.
+        let mut ask_remote = None;
         let commit = match checkout {
             Checkout::Commit(sha) => {
                 if !is_object_id(sha) {
@@ -436,39 +450,33 @@ impl Workspaces {
                 sha.to_owned()
             }
             Checkout::Branch(branch) => {
-                // The remote's tip is asked for first (one `ls-remote`): when the mirror's branch is there
-                // already, no fetch (which costs git four processes even when nothing changed). A branch
-                // that moved, or one the remote or the mirror cannot say, is fetched as before. Jobs that
-                // arrive together still share one fetch.
+                // Jobs that arrive together share one fetch.
                 let fetched = self.seen(repo, |s| s.fetch_began.is_some_and(|b| b >= asked));
-                let unmoved = if mirror.join("HEAD").exists() && !fetched {
+                let local = if mirror.join("HEAD").exists() && !fetched {
                     check_mirror(repo, &mirror).await?;
-                    self.unmoved_tip(repo, &mirror, clone_url, branch, auth)
-                        .await
+                    let name = if branch.is_empty() {
+                        default_branch(git, &mirror).await
+                    } else {
+                        branch.to_owned()
+                    };
+                    local_branch(&mirror, &name).await.map(|tip| (name, tip))
                 } else {
                     None
                 };
-                let tip = match unmoved {
-                    Some(tip) => tip,
+                match local {
+                    Some((name, tip)) => {
+                        ask_remote = Some(name);
+                        tip
+                    }
                     None => {
                         self.refresh(repo, &mirror, clone_url, auth, asked).await?;
-                        branch_tip(git, repo, &mirror, branch).await?
+                        let tip = branch_tip(git, repo, &mirror, branch).await?;
+                        self.seen(repo, |s| s.tip = Some((branch.to_owned(), tip.clone())));
+                        tip
                     }
-                };
-                self.seen(repo, |s| s.tip = Some((branch.to_owned(), tip.clone())));
-                tip
+                }
             }
         };
-        // A worktree left behind by a run that died is replaced (and git forgets it); otherwise there is
-        // nothing for `worktree prune` to do (every job's end prunes).
-        let leftover = tokio::fs::symlink_metadata(&path).await.is_ok();
-        remove_worktree_files(&mirror, &path, None, &private).await;
-        if leftover {
-            git.cmd(Repo::Bare(&mirror))
-                .args(["worktree", "prune"])
-                .run()
-                .await?;
-        }
         tokio::fs::create_dir_all(path.parent().context("worktree path has no parent")?).await?;
         // Only the bookkeeping happens under the lock; the checkout itself (the slow part on a large
         // repository) runs after it is released, so jobs on one repository wait for each other only for
@@ -497,7 +505,7 @@ impl Workspaces {
         // The worktree's git folder, captured now, before any agent could touch the `.git` file.
         let git_dir = captured_git_dir(&mirror, &path).await?;
         drop(guard);
-        let worktree = Worktree {
+        let mut worktree = Worktree {
             path,
             commit,
             default_branch,
@@ -510,21 +518,42 @@ impl Workspaces {
             lock,
             trash: self.spare_dir(),
         };
-        if let Err(e) = git
-            .cmd(Repo::Work {
-                git_dir: &worktree.git_dir,
-                work_tree: &worktree.path,
-            })
-            // Files written by a few processes at once (git's parallel checkout, for trees of 100 files
-            // or more): the checkout is most of the wait between an event and its agent.
-            .config(format!("checkout.workers={}", checkout_workers()))
-            .args(["reset", "--hard", "--quiet"])
-            .run()
-            .await
-        {
+        let remote_tip = async {
+            match &ask_remote {
+                Some(name) => Some(self.remote_tip(repo, clone_url, name, auth).await),
+                None => None,
+            }
+        };
+        let (checked_out, remote_tip) = tokio::join!(check_out(&worktree), remote_tip);
+        if let Err(e) = checked_out {
             let commit = worktree.commit.clone();
             let _ = worktree.remove().await;
             return Err(e.context(format!("checking out {commit} of {repo}")));
+        }
+        if let (Some(name), Some(remote_tip)) = (&ask_remote, remote_tip) {
+            let branch = match checkout {
+                Checkout::Branch(branch) => branch,
+                Checkout::Commit(_) => unreachable!("only a branch asks the remote"),
+            };
+            let unmoved = match remote_tip {
+                Ok(Some(remote)) => remote.eq_ignore_ascii_case(&worktree.commit),
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::debug!(%repo, "asking for the tip of {name} failed ({e:#}); fetching");
+                    false
+                }
+            };
+            if !unmoved
+                && let Err(e) = self
+                    .move_on(&mut worktree, clone_url, branch, auth, asked)
+                    .await
+            {
+                let _ = worktree.remove().await;
+                return Err(e);
+            }
+            self.seen(repo, |s| {
+                s.tip = Some((branch.to_owned(), worktree.commit.clone()))
+            });
         }
         // The index as the checkout left it (with the files' stat data), kept where the agent cannot
         // reach: adding the agent's changes then reads only the files it touched, not the whole tree.
@@ -541,6 +570,54 @@ impl Workspaces {
         }
         Ok(worktree)
     }
+
+    /// The branch a worktree was checked out for moved on the remote (or the remote could not say): the
+    /// mirror is fetched (under the repository's lock, shared with the jobs asking with it) and the
+    /// worktree brought to the branch's new tip.
+    async fn move_on(
+        &self,
+        worktree: &mut Worktree,
+        clone_url: &str,
+        branch: &str,
+        auth: &GitAuth,
+        asked: std::time::Instant,
+    ) -> Result<()> {
+        let repo = worktree.repo.clone();
+        let tip = {
+            let _guard = worktree.lock.lock().await;
+            self.refresh(&repo, &worktree.mirror, clone_url, auth, asked)
+                .await?;
+            branch_tip(&self.git, &repo, &worktree.mirror, branch).await?
+        };
+        if tip == worktree.commit {
+            return Ok(());
+        }
+        tokio::fs::write(worktree.git_dir.join("HEAD"), format!("{tip}\n"))
+            .await
+            .with_context(|| format!("writing {}/HEAD", worktree.git_dir.display()))?;
+        worktree.commit = tip;
+        check_out(worktree)
+            .await
+            .with_context(|| format!("checking out {} of {repo}", worktree.commit))
+    }
+}
+
+/// Brings a worktree's files and index to its `HEAD` (the commit nightshift wrote there): `reset --hard`,
+/// which writes only the files that differ.
+async fn check_out(worktree: &Worktree) -> Result<()> {
+    worktree
+        .git
+        .cmd(Repo::Work {
+            git_dir: &worktree.git_dir,
+            work_tree: &worktree.path,
+        })
+        // Files written by a few processes at once (git's parallel checkout, for trees of 100 files
+        // or more): the checkout is most of the wait between an event and its agent.
+        .config(format!("checkout.workers={}", checkout_workers()))
+        .args(["reset", "--hard", "--quiet"])
+        .run()
+        .await
+        .map(drop)
 }
 
 /// How many processes write a checkout's files: the machine's cores, at most four (past that, starting
@@ -1216,34 +1293,6 @@ impl Workspaces {
             agents_md,
             skipped,
         })
-    }
-
-    /// The tip of `branch` (the mirror's default branch when empty) when the remote and the mirror agree
-    /// on it: the commit, which the mirror then holds. None when the branch moved, is missing on either
-    /// side, or either cannot be read (then a fetch decides). The caller holds the repository's lock and
-    /// has checked the mirror.
-    async fn unmoved_tip(
-        &self,
-        repo: &RepoName,
-        mirror: &Path,
-        clone_url: &str,
-        branch: &str,
-        auth: &GitAuth,
-    ) -> Option<String> {
-        let name = if branch.is_empty() {
-            default_branch(&self.git, mirror).await
-        } else {
-            branch.to_owned()
-        };
-        let local = local_branch(mirror, &name).await?;
-        match self.remote_tip(repo, clone_url, &name, auth).await {
-            Ok(Some(remote)) if remote.eq_ignore_ascii_case(&local) => Some(local),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(%repo, "asking for the tip of {name} failed ({e:#}); fetching");
-                None
-            }
-        }
     }
 
     /// The commit at the tip of `branch` on the remote, or None when the branch does not exist.
@@ -2488,12 +2537,36 @@ mod tests {
             &work,
             &["push", "--quiet", "origin", "HEAD:refs/heads/third"],
         );
-        assert_eq!(job(5, "main").await, (two, "two\n".to_owned()));
+        assert_eq!(job(5, "main").await, (two.clone(), "two\n".to_owned()));
         let refs = sh(
             dir.path(),
             &["--git-dir", mirror.to_str().unwrap(), "for-each-ref"],
         );
         assert!(!refs.contains("refs/heads/third"), "{refs}");
+
+        // A branch the mirror holds but the remote deleted: the worktree checked out at the mirror's tip
+        // while the remote was asked is removed again, and the job gets a clear error.
+        sh(
+            &work,
+            &["push", "--quiet", "origin", "HEAD:refs/heads/gone"],
+        );
+        assert_eq!(job(6, "gone").await.0, two);
+        sh(&work, &["push", "--quiet", "origin", "--delete", "gone"]);
+        let refused = spaces
+            .prepare(
+                &repo,
+                url,
+                Checkout::Branch("gone"),
+                JobId(7),
+                1,
+                &GitAuth::none(),
+            )
+            .await
+            .map(|wt| wt.commit)
+            .unwrap_err();
+        assert!(format!("{refused:#}").contains("gone"), "{refused:#}");
+        assert!(!dir.path().join("data/worktrees/job-7-1").exists());
+        assert!(!mirror.join("worktrees/job-7-1").exists());
 
         // A branch name that is no plain name is never read as a path of the mirror.
         for bad in ["../../HEAD", "/etc/passwd", "main/../main", "-main"] {
