@@ -104,8 +104,7 @@ async fn a_burst_of_concurrent_deliveries_is_all_acknowledged_and_all_stored() {
     a_burst_is_all_acknowledged_and_all_stored(false).await;
 }
 
-/// On Postgres two batches are in flight at once (`Store::batches_in_flight`): each request is still
-/// answered after its own batch committed, and none is lost.
+/// Group commit on Postgres: every request answered after its batch committed, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_concurrent_deliveries_is_all_acknowledged_and_all_stored_on_postgres() {
     a_burst_is_all_acknowledged_and_all_stored(true).await;
@@ -113,8 +112,8 @@ async fn a_burst_of_concurrent_deliveries_is_all_acknowledged_and_all_stored_on_
 
 /// A Postgres commit that fails (here a constraint the test adds refuses some deliveries: a stand-in for a
 /// full disk or a server going away) answers 503 to every request of its batch, never 202; `/readyz` says
-/// the store fails until a later batch commits. With two batches in flight, a batch that commits answers
-/// 202 only for its own deliveries: every 202 is a stored row.
+/// the store fails until a later batch commits. A batch that commits answers 202 only for its own
+/// deliveries: every 202 is a stored row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_postgres_commit_answers_503_never_2xx_without_the_row_and_recovers() {
     let mut spine = Spine::new(Auth::Token, &[]).await;

@@ -3,9 +3,8 @@
 //!
 //! **Group commit.** One task owns delivery inserts. Handlers send it a delivery and wait; it takes every
 //! delivery waiting (up to `ingest.max_batch`), writes them in one transaction (one fsync), then answers
-//! each. While it commits, the next batch gathers; on Postgres two batches are in flight at once (the
-//! commit of one, waiting for its WAL flush, overlaps the insert of the next: `Store::batches_in_flight`).
-//! A request is acknowledged only after its own batch committed; a failed commit (disk full, I/O error)
+//! each. While it commits, the next batch gathers; a store may keep more than one batch in flight
+//! (`Store::batches_in_flight`: the commit of one overlapping the insert of the next). A request is acknowledged only after its own batch committed; a failed commit (disk full, I/O error)
 //! answers every request of the batch with an error (503), marks the store failed in `/readyz` until a
 //! later batch commits, and says why in the log.
 //!
