@@ -5,8 +5,10 @@
 # Usage: bench/ingest.sh [seconds]   (needs cargo, wrk, npm, python3, openssl; Postgres's initdb for the
 # Postgres row: /usr/lib/postgresql/*/bin or PATH). Every request carries the same body under a new id, so
 # replay protection is off for the run (ingest.replay_window: 0s): each 202 is a row written and fsynced.
-# BASE=/path/to/an/older/nightshift adds its SQLite row to the same run (ratios against it). POSTGRES=0
-# leaves Postgres out. Each nightshift row also says its memory once ready and idle (1 s after `ready`):
+# BASE=/path/to/an/older/nightshift adds its SQLite and Postgres rows to the same run (ratios against it).
+# POSTGRES=0 leaves Postgres out. Each row also says, from /metrics, how the group commit went: batches
+# written, deliveries per batch, and the batch insert+commit's mean and (bucketed) p99 time: where the
+# requests' time went. Each nightshift row also says its memory once ready and idle (1 s after `ready`):
 # VmRSS, and of it the anonymous memory (heap, stacks) and the file-backed (the binary's pages).
 set -euo pipefail
 SECS=${1:-15}
@@ -61,8 +63,23 @@ YML
   local idle_split=$(awk '/^Anonymous:/ {a=$2} /^Rss:/ {r=$2} END {print "anonymous", a, "KB, file", r-a, "KB"}' /proc/$pid/smaps_rollup)
   local out=$(WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$addr")
   local codes=$(grep -c "delivery stored" "$dir/log" || true)
+  local commits=$(curl -s "http://$addr/metrics" | python3 -c "
+import sys, re
+b = {}; n = s = 0
+for l in sys.stdin:
+    if 'op=\"ingest_commit\"' not in l: continue
+    m = re.match(r'nightshift_store_seconds_(bucket|count|sum)\{[^}]*?(?:le=\"([^\"]+)\")?[^}]*\} (\S+)', l)
+    if not m: continue
+    kind, le, v = m.groups()
+    if kind == 'count': n = float(v)
+    elif kind == 'sum': s = float(v)
+    else: b[float(le)] = float(v)
+p99 = next((le for le in sorted(b) if b[le] >= 0.99 * n), float('inf')) if n else 0
+print('%d batches, %.1f deliveries each, commit mean %.2f ms, p99 <= %s ms' % (n, $codes / n if n else 0, 1000 * s / n if n else 0, '%g' % (1000 * p99)))
+" 2>/dev/null || echo "no /metrics")
   echo "nightshift $2: start-to-ready ${ready_ms} ms (startup_ms $(grep -o 'startup_ms=[0-9]*' "$dir/log" | cut -d= -f2)), idle RSS ${idle_kb} KB ($idle_split), stored $codes"
   echo "$out" | grep -E 'Requests/sec|50%|99%|Non-2xx' | sed 's/^/  /'
+  echo "  group commit: $commits (uptime:$(uptime | sed 's/.*load average//'))"
   kill $pid; wait $pid 2>/dev/null || true
   echo "$out" > "$dir/wrk"
 }
@@ -70,22 +87,29 @@ YML
 run_nightshift "sqlite://$D/sqlite/state/nightshift.db" sqlite
 [ -n "${BASE:-}" ] && run_nightshift "sqlite://$D/base/state/nightshift.db" base "$BASE"
 PGBIN=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
-if [ "${POSTGRES:-1}" != 0 ] && [ -x "$PGBIN/initdb" ]; then
-  PGDATA_DIR="$D/pg/data"; mkdir -p "$D/pg"; RUNAS=()
-  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$D/pg"; RUNAS=(runuser -u postgres --); fi
+pg_run() { # $1 = label, $2 = binary: on a Postgres server of its own, fresh
+  PGDATA_DIR="$D/$1-pg/data"; mkdir -p "$D/$1-pg"; RUNAS=()
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$D/$1-pg"; RUNAS=(runuser -u postgres --); fi
   "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --no-instructions >/dev/null
   # Durable: fsync and synchronous_commit stay on (the defaults).
-  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$D/pg/log" -o "-c listen_addresses='' -k $D/pg -p 5499" -w start >/dev/null
-  run_nightshift "postgres://postgres@localhost/postgres?host=$D/pg&port=5499" postgres
+  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$D/$1-pg/log" -o "-c listen_addresses='' -k $D/$1-pg -p 5499" -w start >/dev/null
+  run_nightshift "postgres://postgres@localhost/postgres?host=$D/$1-pg&port=5499" "$1" "${2:-}"
   "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m fast >/dev/null; PGDATA_DIR=
+}
+if [ "${POSTGRES:-1}" != 0 ] && [ -x "$PGBIN/initdb" ]; then
+  pg_run postgres
+  if [ -n "${BASE:-}" ]; then pg_run pgbase "$BASE"; fi
 fi
 
 PR=$(echo "$PROBOT" | rate)
-for s in sqlite base postgres; do
+for s in sqlite base postgres pgbase; do
   [ -f "$D/$s/wrk" ] || continue
   R=$(rate < "$D/$s/wrk")
   python3 -c "print('$s: %.2fx Probot (%s vs %s req/s), %.2f of the disk\'s fdatasync rate, p99 %s' % ($R/$PR, '$R', '$PR', $R/$DSYNC_RATE, '$(p99 < "$D/$s/wrk")'))"
 done
 if [ -f "$D/base/wrk" ]; then
   python3 -c "print('sqlite vs base: %.2fx the requests/s' % ($(rate < "$D/sqlite/wrk")/$(rate < "$D/base/wrk")))"
+fi
+if [ -f "$D/pgbase/wrk" ]; then
+  python3 -c "print('postgres vs base: %.2fx the requests/s' % ($(rate < "$D/postgres/wrk")/$(rate < "$D/pgbase/wrk")))"
 fi

@@ -56,37 +56,120 @@ async fn readyz(spine: &Spine) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_burst_of_concurrent_deliveries_is_all_acknowledged_and_all_stored() {
-    let mut spine = Spine::new(Auth::Token, &[]).await;
-    spine.start().await;
+/// Signs and sends `n` unique bodies (`issues/opened.json` with a field `n` added) at once, under the
+/// delivery ids `id(n)`; their answers' status codes, in order.
+async fn burst(spine: &Spine, ids: &[String]) -> Vec<u16> {
     let body = spine.payload("issues/opened.json");
     nightshift::install_tls_provider();
     // One client (a pool of connections), as GitHub's senders are.
     let client = reqwest::Client::new();
     let url = format!("{}/webhooks/github", spine.url());
     let mut sent = Vec::new();
-    for n in 0..200 {
+    for (n, id) in ids.iter().enumerate() {
         // Unique bodies, so none is a replay of another.
         let mut value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         value["n"] = n.into();
+        value["id"] = id.as_str().into();
         let body = serde_json::to_vec(&value).unwrap();
         let request = client
             .post(&url)
             .header("X-GitHub-Event", "issues")
-            .header("X-GitHub-Delivery", format!("burst-{n}"))
+            .header("X-GitHub-Delivery", id)
             .header("X-Hub-Signature-256", common::sign(common::SECRET, &body))
             .body(body);
         sent.push(tokio::spawn(async move {
-            request.send().await.unwrap().status()
+            request.send().await.unwrap().status().as_u16()
         }));
     }
+    let mut codes = Vec::new();
     for status in sent {
-        assert_eq!(status.await.unwrap(), 202);
+        codes.push(status.await.unwrap());
     }
-    assert_eq!(spine.store().await.delivery_count().await.unwrap(), 200);
+    codes
+}
+
+async fn a_burst_is_all_acknowledged_and_all_stored(postgres: bool) {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let db = spine.use_store(postgres).await;
+    spine.start().await;
+    let ids: Vec<String> = (0..200).map(|n| format!("burst-{n}")).collect();
+    assert!(burst(&spine, &ids).await.iter().all(|&code| code == 202));
+    assert_eq!(db.store.delivery_count().await.unwrap(), 200);
     let log = spine.server.as_ref().unwrap().log();
     assert_eq!(log.matches("delivery stored").count(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_concurrent_deliveries_is_all_acknowledged_and_all_stored() {
+    a_burst_is_all_acknowledged_and_all_stored(false).await;
+}
+
+/// Group commit on Postgres: every request answered after its batch committed, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_concurrent_deliveries_is_all_acknowledged_and_all_stored_on_postgres() {
+    a_burst_is_all_acknowledged_and_all_stored(true).await;
+}
+
+/// A Postgres commit that fails (here a constraint the test adds refuses some deliveries: a stand-in for a
+/// full disk or a server going away) answers 503 to every request of its batch, never 202; `/readyz` says
+/// the store fails until a later batch commits. A batch that commits answers 202 only for its own
+/// deliveries: every 202 is a stored row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_postgres_commit_answers_503_never_2xx_without_the_row_and_recovers() {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let db = spine.use_store(true).await;
+    spine.start().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "ALTER TABLE deliveries ADD CONSTRAINT refuse_for_test CHECK (delivery_id NOT LIKE 'refused-%') NOT VALID",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(burst(&spine, &["refused-alone".into()]).await, [503]);
+    let (status, why) = readyz(&spine).await;
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("storing deliveries failed"), "{why}");
+    let log = spine.server.as_ref().unwrap().log();
+    assert!(log.contains("storing deliveries failed"), "{log}");
+
+    // Refused and accepted deliveries at once, in batches that fail and batches that commit.
+    let ids: Vec<String> = (0..120)
+        .map(|n| {
+            if n % 10 == 3 {
+                format!("refused-{n}")
+            } else {
+                format!("kept-{n}")
+            }
+        })
+        .collect();
+    let codes = burst(&spine, &ids).await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM deliveries")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for (id, code) in ids.iter().zip(&codes) {
+        match code {
+            202 => assert!(
+                stored.contains(id),
+                "{id} was acknowledged and is not stored"
+            ),
+            // Its batch rolled back whole.
+            503 => assert!(!stored.contains(id), "{id} was refused and is stored"),
+            other => panic!("{id}: unexpected {other}"),
+        }
+        if id.starts_with("refused-") {
+            assert_eq!(*code, 503, "{id} cannot be stored");
+        }
+    }
+
+    // The constraint goes: ingest recovers, and so does /readyz.
+    sqlx::query("ALTER TABLE deliveries DROP CONSTRAINT refuse_for_test")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(burst(&spine, &["after".into()]).await, [202]);
+    assert_eq!(readyz(&spine).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,10 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 use super::*;
 use crate::now_ms;
 
+mod write_queue;
 mod writer;
+
+pub(crate) use write_queue::WriteQueue;
 
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -159,6 +162,9 @@ pub struct SqliteStore {
     _checkpoints: Option<Checkpoints>,
     /// Writes the webhook deliveries' batches on a connection and thread of its own (none in memory).
     deliveries: Option<writer::DeliveryWriter>,
+    /// Every write transaction takes its turn here before it begins (`write_queue`): shared by every store
+    /// of this process on the same file, and by the delivery writer.
+    writes: WriteQueue,
 }
 
 /// The task that checkpoints the WAL every [`Checkpoints::EVERY`], on a connection of its own; stopped when
@@ -196,16 +202,25 @@ impl Drop for Checkpoints {
     }
 }
 
-/// How long a statement waits for another connection's write lock.
+/// How long a statement waits for another process's write lock (this process's writes queue: `WriteQueue`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_busy_timeout(url, BUSY_TIMEOUT).await
+    }
+
+    /// [`SqliteStore::connect`], with how long a write waits for another process's write lock (the tests
+    /// use none: a write of this process that met another's would fail).
+    pub(crate) async fn connect_with_busy_timeout(
+        url: &str,
+        busy_timeout: Duration,
+    ) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(busy_timeout)
             .foreign_keys(true);
         // Checkpoints (copying the WAL into the database file, with an fsync of its own) run on a
         // connection of their own (`Checkpoints`), never inside the commit of the writer that crossed the
@@ -223,6 +238,11 @@ impl SqliteStore {
             create_private_file(file)?;
         }
         let in_memory = file == Path::new(":memory:") || file.as_os_str().is_empty();
+        let writes = if in_memory {
+            WriteQueue::private()
+        } else {
+            WriteQueue::of_file(file)?
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // A COMMIT that failed (disk full, I/O error) can leave a connection inside a transaction as
@@ -230,10 +250,13 @@ impl SqliteStore {
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options.clone())
             .await?;
-        Migrator::with_migrations(migrations(i64::MAX))
-            .run(&pool)
-            .await
-            .context("applying migrations")?;
+        {
+            let _turn = writes.turn().await;
+            Migrator::with_migrations(migrations(i64::MAX))
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
+        }
         // An in-memory database is one per connection pool: it shares the durable pool, and has no WAL.
         if in_memory {
             return Ok(SqliteStore {
@@ -241,6 +264,7 @@ impl SqliteStore {
                 pool,
                 _checkpoints: None,
                 deliveries: None,
+                writes,
             });
         }
         let relaxed = SqlitePoolOptions::new()
@@ -248,13 +272,14 @@ impl SqliteStore {
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(relaxed_options)
             .await?;
-        let deliveries = writer::DeliveryWriter::start(file, BUSY_TIMEOUT)?;
+        let deliveries = writer::DeliveryWriter::start(file, busy_timeout, writes.clone())?;
         let checkpoints = Checkpoints::start(options).await?;
         Ok(SqliteStore {
             pool,
             relaxed,
             _checkpoints: Some(checkpoints),
             deliveries: Some(deliveries),
+            writes,
         })
     }
 }
@@ -314,8 +339,10 @@ fn create_private_file(file: &Path) -> Result<()> {
     Ok(())
 }
 
-// Write transactions start with BEGIN IMMEDIATE: a deferred one that reads first and then writes fails at
-// once with SQLITE_BUSY (no waiting) when another connection wrote in between.
+// Every write takes its turn in the process's write queue first (`self.writes.turn()`, `write_queue`), then
+// begins, and ends its transaction (commit or rollback) before its turn ends: a transaction dropped is rolled
+// back a moment later, after the next writer may have begun. (An error dropping one is the busy timeout's.) Write transactions start with BEGIN IMMEDIATE: a deferred one that reads first and then writes
+// fails at once with SQLITE_BUSY (no waiting) when another process's connection wrote in between.
 
 fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
@@ -334,6 +361,7 @@ fn stored_delivery(row: &sqlx::sqlite::SqliteRow) -> Result<StoredDelivery> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<Inserted> {
+        let _turn = self.writes.turn().await;
         let mut conn = self.pool.acquire().await?;
         insert_delivery(&mut conn, d).await
     }
@@ -358,6 +386,7 @@ impl Store for SqliteStore {
         jobs: &[NewJob],
         verdicts: Option<&Verdicts>,
     ) -> Result<usize> {
+        let _turn = self.writes.turn().await;
         if jobs.is_empty() {
             // Most deliveries fire nothing: lost to a power failure, such a mark is redone by matching the
             // delivery again, which fires nothing again. Not fsynced, so a flood of them does not hold the
@@ -436,6 +465,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
+        let _turn = self.writes.turn().await;
         let now = now_ms();
         let hour = 3_600_000;
         // A repository past its jobs an hour: its queued jobs wait until the oldest start of the hour is an
@@ -534,6 +564,7 @@ impl Store for SqliteStore {
     }
 
     async fn store_result(&self, job: JobId, owner: &str, result: &str) -> Result<bool> {
+        let _turn = self.writes.turn().await;
         let done = sqlx::query(
             "UPDATE jobs SET state = 'delivering', result = ?
              WHERE id = ? AND lease_owner = ? AND state IN ('running', 'delivering')",
@@ -547,6 +578,7 @@ impl Store for SqliteStore {
     }
 
     async fn defer_job(&self, job: JobId, owner: &str, until: i64, reason: &str) -> Result<bool> {
+        let _turn = self.writes.turn().await;
         let done = sqlx::query(
             "UPDATE jobs
              SET state = CASE WHEN result IS NULL THEN 'queued' ELSE 'delivering' END,
@@ -565,6 +597,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<Lease> {
+        let _turn = self.writes.turn().await;
         let row = sqlx::query(
             "UPDATE jobs SET lease_expires_at = ?
              WHERE id = ? AND lease_owner = ? AND state IN ('running', 'delivering')
@@ -583,6 +616,7 @@ impl Store for SqliteStore {
     }
 
     async fn finish_job(&self, job: JobId, owner: &str, ending: Ending<'_>) -> Result<bool> {
+        let _turn = self.writes.turn().await;
         let (state, error) = match ending {
             Ending::Succeeded => ("succeeded", None),
             Ending::Failed(e) => ("failed", Some(e)),
@@ -604,6 +638,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_log(&self, job: JobId, stream: LogStream, lines: &[String]) -> Result<()> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         for line in lines {
@@ -663,6 +698,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_output(&self, job: JobId, output: &Output) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query(
             "INSERT INTO outputs (job_id, kind, key, url, github_id, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (job_id, key) DO UPDATE
@@ -690,6 +726,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_push(&self, repo: &str, branch: &str, sha: &str, job: JobId) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query(
             "INSERT INTO pushes (repo, branch, sha, job_id, pushed_at) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (repo, branch) DO UPDATE
@@ -706,6 +743,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_output(&self, job: JobId, key: &str) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query("DELETE FROM outputs WHERE job_id = ? AND key = ?")
             .bind(job.0)
             .bind(key)
@@ -757,6 +795,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_usage(&self, job: JobId, usage: &Usage) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query("UPDATE jobs SET usage = ? WHERE id = ?")
             .bind(serde_json::to_string(usage)?)
             .bind(job.0)
@@ -778,6 +817,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_repository(&self, repo: &KnownRepo) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query(
             "INSERT INTO repositories (full_name, installation_id, clone_url, default_branch, updated_at)
              VALUES (?, ?, ?, ?, ?)
@@ -826,6 +866,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_last_tick(&self, schedule: &str, repo: &str, tick: i64) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query(
             "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES (?, ?, ?)
              ON CONFLICT (schedule, repo) DO UPDATE SET last_tick = MAX(last_tick, excluded.last_tick)",
@@ -868,6 +909,7 @@ impl Store for SqliteStore {
     }
 
     async fn cancel_job(&self, job: JobId, reason: &str) -> Result<Cancel> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT state, (SELECT COUNT(*) FROM outputs o WHERE o.job_id = jobs.id) AS outputs
@@ -877,6 +919,8 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
+            // Ended here, in this writer's turn (a transaction dropped would end a moment after it).
+            tx.rollback().await?;
             return Ok(Cancel::NoSuchJob);
         };
         let state = JobState::parse(row.try_get("state")?)?;
@@ -927,6 +971,7 @@ impl Store for SqliteStore {
     }
 
     async fn retry_job(&self, job: JobId) -> Result<Retry> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT j.state, j.spec, j.trigger_name, j.repo, j.concurrency_group, j.delivery_id,
@@ -940,17 +985,21 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
+            tx.rollback().await?;
             return Ok(Retry::NoSuchJob);
         };
         let state = JobState::parse(row.try_get("state")?)?;
         let spec: String = row.try_get("spec")?;
         if !matches!(state, JobState::Failed | JobState::Cancelled) {
+            tx.rollback().await?;
             return Ok(Retry::Refused(state));
         }
         if !has_spec(&spec) {
+            tx.rollback().await?;
             return Ok(Retry::NoSpec);
         }
         if row.try_get::<i64, _>("payload_len")? == 0 {
+            tx.rollback().await?;
             return Ok(Retry::PayloadPruned);
         }
         let guid: String = row.try_get("guid")?;
@@ -1051,6 +1100,7 @@ impl Store for SqliteStore {
         }
         // In batches, each its own short transaction: the webhook's writes wait for one batch at most.
         loop {
+            let _turn = self.writes.turn().await;
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let batch: Vec<(i64, String)> = old_jobs(PRUNE_BATCH)
                 .fetch_all(&mut *tx)
@@ -1059,6 +1109,7 @@ impl Store for SqliteStore {
                 .map(|row| Ok((row.try_get("id")?, row.try_get("repo")?)))
                 .collect::<Result<_>>()?;
             if batch.is_empty() {
+                tx.rollback().await?;
                 break;
             }
             let ids = serde_json::to_string(&batch.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
@@ -1076,6 +1127,7 @@ impl Store for SqliteStore {
         }
         pruned.log_lines = batched(
             &self.pool,
+            &self.writes,
             "DELETE FROM job_logs WHERE id IN (
                  SELECT l.id FROM job_logs l JOIN jobs j ON j.id = l.job_id
                  WHERE j.state IN ('succeeded', 'failed', 'cancelled') AND j.finished_at < ? LIMIT ?)",
@@ -1084,6 +1136,7 @@ impl Store for SqliteStore {
         .await?;
         pruned.deliveries = batched(
             &self.pool,
+            &self.writes,
             "DELETE FROM deliveries WHERE id IN (
                  SELECT d.id FROM deliveries d
                  WHERE d.received_at < ? AND d.matched_at IS NOT NULL
@@ -1093,6 +1146,7 @@ impl Store for SqliteStore {
         .await?;
         pruned.payloads = batched(
             &self.pool,
+            &self.writes,
             "DELETE FROM delivery_payloads WHERE delivery_id IN (
                  SELECT d.id FROM deliveries d JOIN delivery_payloads p ON p.delivery_id = d.id
                  WHERE d.received_at < ? AND d.matched_at IS NOT NULL
@@ -1105,6 +1159,7 @@ impl Store for SqliteStore {
     }
 
     async fn start_ticks(&self, schedule: &str, repo: &str, now: i64) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query(
             "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES (?, ?, ?)
              ON CONFLICT (schedule, repo) DO NOTHING",
@@ -1124,8 +1179,8 @@ impl Store for SqliteStore {
         tick: i64,
         delivery: &NewDelivery,
     ) -> Result<bool> {
-        // The write comes first, so the transaction holds SQLite's write lock from its first statement.
-        let mut tx = self.pool.begin().await?;
+        let _turn = self.writes.turn().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let claimed = sqlx::query(
             "INSERT INTO schedule_ticks (schedule, repo, last_tick) VALUES (?1, ?2, ?3)
              ON CONFLICT (schedule, repo) DO UPDATE SET last_tick = excluded.last_tick
@@ -1153,6 +1208,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_job(&self, job: JobId, owner: &str) -> Result<bool> {
+        let _turn = self.writes.turn().await;
         let done = sqlx::query(
             "UPDATE jobs
              SET state = CASE WHEN result IS NULL THEN 'queued' ELSE 'delivering' END,
@@ -1175,6 +1231,7 @@ impl Store for SqliteStore {
         match &self.deliveries {
             Some(writer) => writer.write(batch.to_vec(), replay_window).await,
             None => {
+                let _turn = self.writes.turn().await;
                 let mut conn = self.pool.acquire().await?;
                 write_deliveries(&mut conn, batch, replay_window).await
             }
@@ -1278,6 +1335,7 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_installation(&self, i: &Installation) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query(
             "INSERT INTO installations (id, account, suspended, updated_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET account = excluded.account, suspended = excluded.suspended,
@@ -1293,6 +1351,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_installation(&self, id: i64) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query("DELETE FROM installations WHERE id = ?")
             .bind(id)
             .execute(&self.pool)
@@ -1301,6 +1360,7 @@ impl Store for SqliteStore {
     }
 
     async fn add_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         insert_installed_repos(&mut tx, installation, repos).await?;
         tx.commit().await?;
@@ -1308,6 +1368,7 @@ impl Store for SqliteStore {
     }
 
     async fn remove_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for repo in repos {
             sqlx::query(
@@ -1324,6 +1385,7 @@ impl Store for SqliteStore {
     }
 
     async fn replace_installed_repos(&self, installation: i64, repos: &[String]) -> Result<()> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM installation_repositories WHERE installation_id = ?")
             .bind(installation)
@@ -1389,6 +1451,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_redelivery(&self, delivery_id: &str, now: i64, window: i64) -> Result<bool> {
+        let _turn = self.writes.turn().await;
         // What was asked for a week ago is long out of GitHub's delivery log: forgotten, so the table stays
         // small.
         sqlx::query("DELETE FROM redeliveries WHERE asked_at < ?")
@@ -1409,6 +1472,7 @@ impl Store for SqliteStore {
     }
 
     async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool> {
+        let _turn = self.writes.turn().await;
         let done = sqlx::query(
             "INSERT INTO task_leases (name, owner, expires_at) VALUES (?, ?, ?)
              ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
@@ -1469,6 +1533,7 @@ impl Store for SqliteStore {
         now: i64,
         per_login: u32,
     ) -> Result<()> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= ?")
             .bind(now)
@@ -1520,6 +1585,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_session(&self, id_hash: &str) -> Result<()> {
+        let _turn = self.writes.turn().await;
         sqlx::query("DELETE FROM dashboard_sessions WHERE id_hash = ?")
             .bind(id_hash)
             .execute(&self.pool)
@@ -1535,6 +1601,7 @@ impl Store for SqliteStore {
         now: i64,
         max: u32,
     ) -> Result<()> {
+        let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO dashboard_signins (state_hash, browser_hash, expires_at) VALUES (?, ?, ?)",
@@ -1557,6 +1624,7 @@ impl Store for SqliteStore {
     }
 
     async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>> {
+        let _turn = self.writes.turn().await;
         let row = sqlx::query(
             "DELETE FROM dashboard_signins WHERE state_hash = ? RETURNING browser_hash, expires_at",
         )
@@ -1750,9 +1818,15 @@ const PRUNE_BATCH: i64 = 500;
 
 /// Runs a removal (`sql`, bound to a cut-off and a batch size) in batches until one removes nothing;
 /// returns how many rows it removed.
-async fn batched(pool: &SqlitePool, sql: &'static str, cut: i64) -> Result<u64> {
+async fn batched(
+    pool: &SqlitePool,
+    writes: &WriteQueue,
+    sql: &'static str,
+    cut: i64,
+) -> Result<u64> {
     let mut total = 0;
     loop {
+        let _turn = writes.turn().await;
         let done = sqlx::query(sql)
             .bind(cut)
             .bind(PRUNE_BATCH)
@@ -1769,6 +1843,28 @@ async fn batched(pool: &SqlitePool, sql: &'static str, cut: i64) -> Result<u64> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two stores on one file whose writes never wait for SQLite's lock (no busy timeout): every kind of
+    /// write at once through both succeeds, because each takes its turn in the file's queue before it
+    /// begins; none meets another's lock, none is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_writes_queue_instead_of_waiting_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let a = SqliteStore::connect_with_busy_timeout(&url, Duration::ZERO)
+            .await
+            .unwrap();
+        // The same file by another path.
+        let url = format!("sqlite://{}/./n.db", dir.path().display());
+        let b = SqliteStore::connect_with_busy_timeout(&url, Duration::ZERO)
+            .await
+            .unwrap();
+        crate::store::tests::every_write_at_once_through_two_stores_succeeds_and_none_is_lost(
+            std::sync::Arc::new(a),
+            std::sync::Arc::new(b),
+        )
+        .await;
+    }
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::now_ms;
 
 // The same server the integration tests start, from one file.
 #[path = "../../tests/common/postgres.rs"]
@@ -19,7 +20,7 @@ pub(crate) struct TestDb {
 }
 
 enum Backend {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir, sqlx::SqlitePool),
+    Sqlite(tempfile::TempDir, sqlx::SqlitePool),
     Postgres(PgServer, sqlx::PgPool),
 }
 
@@ -52,7 +53,12 @@ impl TestDb {
     /// Another connection pool on the same database: a second replica, for Postgres.
     pub(crate) async fn replica(&self) -> Arc<dyn Store> {
         match &self.backend {
-            Backend::Sqlite(..) => self.store.clone(),
+            // A second store (its own pools and delivery writer) on the same file.
+            Backend::Sqlite(dir, _) => Arc::new(
+                SqliteStore::connect(&format!("sqlite://{}/sub/n.db", dir.path().display()))
+                    .await
+                    .unwrap(),
+            ),
             Backend::Postgres(server, _) => {
                 Arc::new(PostgresStore::connect(&server.url()).await.unwrap())
             }
@@ -470,6 +476,177 @@ async fn concurrent_writers_wait_for_each_other_instead_of_failing(db: &TestDb) 
         task.await.unwrap().unwrap();
     }
     assert_eq!(store.delivery_count().await.unwrap(), 160);
+}
+
+/// Every kind of write at once, through two stores on one database (two pools of one process on SQLite's
+/// file, two replicas on Postgres): each succeeds (on SQLite none fails with "database is locked", and, run
+/// by `sqlite_writes_queue_instead_of_waiting_for_the_lock` on stores that never wait for the lock, none
+/// even meets another's), and none is lost.
+pub(crate) async fn every_write_at_once_through_two_stores_succeeds_and_none_is_lost(
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+) {
+    const TASKS: usize = 8;
+    const ROUNDS: usize = 6;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let lease = Duration::from_secs(60);
+            for i in 0..ROUNDS {
+                let id = format!("{t}-{i}");
+                let owner = format!("w{t}");
+                // Ingest: one delivery alone, a batch of two (the group-commit path), one that fires nothing.
+                let Inserted::New(d) = store.insert_delivery(&delivery(&id)).await? else {
+                    anyhow::bail!("{id} stored twice")
+                };
+                let batch = [delivery(&format!("{id}-b1")), delivery(&format!("{id}-b2"))];
+                let stored = store.insert_deliveries(&batch, Duration::ZERO).await?;
+                anyhow::ensure!(
+                    stored.iter().all(|s| matches!(s, Inserted::New(_))),
+                    "{stored:?}"
+                );
+                let Inserted::New(quiet) = stored[0] else {
+                    unreachable!()
+                };
+                store.record_match(quiet, &[]).await?;
+                store.record_match(d, &[job("a"), job("b")]).await?;
+                // A worker's writes, through to a success and a failure.
+                for ending in [Ending::Succeeded, Ending::Failed("boom")] {
+                    let Some(j) = store.claim_job(&owner, policy(lease)).await? else {
+                        continue;
+                    };
+                    store.renew_lease(j.id, &owner, lease).await?;
+                    store
+                        .append_log(j.id, LogStream::Nightshift, &[format!("{id} line")])
+                        .await?;
+                    let output = Output {
+                        kind: "comment".into(),
+                        key: format!("k{id}"),
+                        url: None,
+                        github_id: None,
+                        pending: true,
+                    };
+                    store.record_output(j.id, &output).await?;
+                    store.record_usage(j.id, &Usage::default()).await?;
+                    store.store_result(j.id, &owner, "{}").await?;
+                    store
+                        .record_push(&format!("o/{id}"), "main", "abc", j.id)
+                        .await?;
+                    anyhow::ensure!(
+                        store.finish_job(j.id, &owner, ending).await?,
+                        "{id}: the job was taken from its worker"
+                    );
+                    if matches!(ending, Ending::Failed(_)) {
+                        store.retry_job(j.id).await?;
+                    }
+                }
+                // The scheduler's, the installations', the dashboard's and the operators' writes.
+                store
+                    .upsert_repository(&KnownRepo {
+                        full_name: format!("o/{id}"),
+                        installation_id: Some(7),
+                        clone_url: "https://github.com/o/r.git".into(),
+                        default_branch: "main".into(),
+                    })
+                    .await?;
+                store.set_last_tick("s", &id, 1).await?;
+                store.try_lease("pruner", &owner, 0, 1).await?;
+                store.claim_redelivery(&id, now_ms(), 1).await?;
+                store
+                    .upsert_installation(&Installation {
+                        id: t as i64,
+                        account: "o".into(),
+                        suspended: false,
+                    })
+                    .await?;
+                store
+                    .add_installed_repos(t as i64, std::slice::from_ref(&id))
+                    .await?;
+                let session = DashboardSession {
+                    login: format!("u{t}"),
+                    admin: false,
+                    csrf: "c".into(),
+                    expires_at: now_ms() + 60_000,
+                };
+                store
+                    .create_session(&format!("h{id}"), &session, now_ms(), 100)
+                    .await?;
+                store
+                    .create_signin(&format!("s{id}"), "b", now_ms() + 60_000, now_ms(), 1000)
+                    .await?;
+                anyhow::ensure!(
+                    store
+                        .take_signin(&format!("s{id}"), now_ms())
+                        .await?
+                        .is_some()
+                );
+                store.cancel_job(JobId(1_000_000), "nothing").await?;
+                store
+                    .prune(
+                        PrunePolicy {
+                            payloads: Duration::from_secs(3600),
+                            logs: Duration::from_secs(3600),
+                            jobs: Duration::from_secs(3600),
+                        },
+                        false,
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    // Nothing lost: every delivery (3 a round, and a retry's copy for each failed job), every log line,
+    // every repository, installation and session.
+    let rounds = TASKS * ROUNDS;
+    let jobs = a.jobs().await.unwrap();
+    let retries = jobs
+        .iter()
+        .filter(|j| j.delivery_id.0.contains("retry"))
+        .count();
+    assert_eq!(
+        a.delivery_count().await.unwrap() as usize,
+        3 * rounds + retries,
+        "{jobs:?}"
+    );
+    assert_eq!(
+        b.repositories().await.unwrap().len(),
+        rounds,
+        "every repository"
+    );
+    assert_eq!(b.installations().await.unwrap().len(), TASKS);
+    assert_eq!(b.installed_repos().await.unwrap().len(), rounds);
+    let logged: usize = {
+        let mut n = 0;
+        for j in &jobs {
+            n += a.job_log(j.id).await.unwrap().len();
+        }
+        n
+    };
+    let ran = jobs.iter().filter(|j| j.started_at.is_some()).count();
+    assert_eq!(logged, ran, "one log line for each job run");
+    for t in 0..TASKS {
+        for i in 0..ROUNDS {
+            assert!(
+                b.session(&format!("h{t}-{i}"), now_ms())
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "the session of {t}-{i}"
+            );
+        }
+    }
+}
+
+async fn every_write_at_once_through_two_stores(db: &TestDb) {
+    every_write_at_once_through_two_stores_succeeds_and_none_is_lost(
+        db.store(),
+        db.replica().await,
+    )
+    .await;
 }
 
 async fn a_job_that_could_not_be_prepared_is_stored_failed(db: &TestDb) {
@@ -2128,6 +2305,7 @@ on_both_stores!(
     a_repository_past_its_jobs_an_hour_waits_and_says_why,
     a_concurrency_group_runs_one_job_at_a_time_and_can_cancel_the_rest,
     concurrent_writers_wait_for_each_other_instead_of_failing,
+    every_write_at_once_through_two_stores,
     a_job_that_could_not_be_prepared_is_stored_failed,
     logs_and_outputs_round_trip,
     replicas_claiming_at_once_take_each_job_once,

@@ -540,6 +540,8 @@ pub fn agent_processes(gate: &Path) -> usize {
 pub struct Db {
     _server: Option<postgres::PgServer>,
     pub store: std::sync::Arc<dyn nightshift::store::Store>,
+    /// The store's URL.
+    pub url: String,
 }
 
 impl Spine {
@@ -570,6 +572,7 @@ impl Spine {
         Db {
             _server: server,
             store,
+            url,
         }
     }
 }

@@ -23,6 +23,8 @@ use crate::now_ms;
 use crate::store::batch::Answers;
 use crate::store::{Inserted, NewDelivery};
 
+use super::WriteQueue;
+
 /// A batch for the writer thread, and where its answer goes.
 struct Job {
     batch: Vec<NewDelivery>,
@@ -38,13 +40,18 @@ pub(crate) struct DeliveryWriter {
 impl DeliveryWriter {
     /// Opens the writer's connection to the database at `path` (an error here is the store's error at
     /// start) and starts its thread.
-    pub fn start(path: &Path, busy_timeout: Duration) -> Result<DeliveryWriter> {
+    /// Each batch takes its turn in `writes`, the queue of every write of the process to that file.
+    pub fn start(
+        path: &Path,
+        busy_timeout: Duration,
+        writes: WriteQueue,
+    ) -> Result<DeliveryWriter> {
         let path = path.to_owned();
         let conn = Connection::open(&path, busy_timeout)?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, &path, busy_timeout, queue))
+            .spawn(move || run(conn, &path, busy_timeout, &writes, queue))
             .context("starting the store's writer thread")?;
         Ok(DeliveryWriter { jobs })
     }
@@ -69,9 +76,10 @@ fn run(
     mut conn: Connection,
     path: &Path,
     busy_timeout: Duration,
+    writes: &WriteQueue,
     queue: std::sync::mpsc::Receiver<Job>,
 ) {
-    while serve(&conn, &queue) {
+    while serve(&conn, writes, &queue) {
         drop(conn);
         conn = match reopen(path, busy_timeout, &queue) {
             Some(conn) => conn,
@@ -81,7 +89,7 @@ fn run(
 }
 
 /// Writes batches on `conn` until every handle is gone (false) or the connection is unusable (true).
-fn serve(conn: &Connection, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
+fn serve(conn: &Connection, writes: &WriteQueue, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
     let mut statements = match Statements::prepare(conn) {
         Ok(statements) => statements,
         Err(e) => {
@@ -92,10 +100,12 @@ fn serve(conn: &Connection, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
         }
     };
     while let Ok(job) = queue.recv() {
+        let turn = writes.blocking_turn();
         let written = write(conn, &mut statements, &job.batch, job.window);
         // A failed COMMIT whose ROLLBACK failed too leaves the connection inside a transaction: it is
         // closed, and the next batch gets a new one.
         let broken = written.is_err() && !conn.autocommit();
+        drop(turn);
         let _ = job.answer.send(written);
         if broken {
             return true;
@@ -367,8 +377,9 @@ thread_local! {
     static WAITING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// SQLite's busy handler for the writer: while another connection holds the write lock (the dispatcher
-/// marking a delivery matched, a claim), try again after 50 µs, doubling to 800 µs, until the busy timeout
+/// SQLite's busy handler for the writer: in-process writers take their turn first (`WriteQueue`), so this
+/// waits only for another process's write (a CLI command beside the service). While another connection
+/// holds the write lock, try again after 50 µs, doubling to 800 µs, until the busy timeout
 /// (`limit_ms`, carried in the pointer) has passed. SQLite's own handler sleeps 1, 2, 5, 10 ms and more
 /// between tries: every request of the batch waited that long for a lock held for microseconds.
 unsafe extern "C" fn wait_for_lock(limit_ms: *mut c_void, tries: c_int) -> c_int {
