@@ -3,10 +3,9 @@
 //!
 //! **Group commit.** One task owns delivery inserts. Handlers send it a delivery and wait; it takes every
 //! delivery waiting (up to `ingest.max_batch`), writes them in one transaction (one fsync), then answers
-//! each. While it commits, the next batch gathers; a store may keep more than one batch in flight
-//! (`Store::batches_in_flight`: the commit of one overlapping the insert of the next). A request is acknowledged only after its own batch committed; a failed commit (disk full, I/O error)
-//! answers every request of the batch with an error (503), marks the store failed in `/readyz` until a
-//! later batch commits, and says why in the log.
+//! each. While it commits, the next batch gathers. A request is acknowledged only after its batch committed;
+//! a failed commit (disk full, I/O error) answers every request of the batch with an error (503), marks the
+//! store failed in `/readyz` until a later batch commits, and says why in the log.
 //!
 //! **Body budget.** Every request body is counted against one budget of bytes before it is read (its
 //! Content-Length) and as it streams (a body without one, or longer than it said): past the budget the
@@ -72,65 +71,46 @@ async fn run(
     max_batch: usize,
     window: Duration,
 ) {
-    // A slot is taken before the next batch is gathered: while every slot is busy committing, requests
-    // gather for the next batch. Batches in flight at once commit in any order; each request is answered
-    // after its own batch committed.
-    let slots = Arc::new(Semaphore::new(intake.store.batches_in_flight().max(1)));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut waiting = Vec::with_capacity(max_batch);
-        if queue.recv_many(&mut waiting, max_batch).await == 0 {
-            return;
-        }
-        let intake = intake.clone();
-        tokio::spawn(async move {
-            write_batch(&intake, waiting, window).await;
-            drop(slot);
-        });
-    }
-}
-
-/// Writes one batch and answers each of its requests.
-async fn write_batch(intake: &Intake, waiting: Vec<Request>, window: Duration) {
-    let (deliveries, answers): (Vec<_>, Vec<_>) = waiting
-        .into_iter()
-        .map(|r| (r.delivery, (r.answer, r._budget)))
-        .unzip();
-    let count = deliveries.len();
-    let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload.clone()).collect();
-    match crate::metrics::time_store(
-        "ingest_commit",
-        intake.store.insert_delivery_batch(deliveries, window),
-    )
-    .await
-    {
-        Ok(inserted) => {
-            intake.health.store_ok();
-            for (inserted, payload) in inserted.iter().zip(payloads) {
-                if let Inserted::New(row) = inserted {
-                    intake.fresh.put(*row, payload);
+    let mut waiting = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut waiting, max_batch).await > 0 {
+        let (deliveries, answers): (Vec<_>, Vec<_>) = waiting
+            .drain(..)
+            .map(|r| (r.delivery, (r.answer, r._budget)))
+            .unzip();
+        let count = deliveries.len();
+        let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload.clone()).collect();
+        match crate::metrics::time_store(
+            "ingest_commit",
+            intake.store.insert_delivery_batch(deliveries, window),
+        )
+        .await
+        {
+            Ok(inserted) => {
+                intake.health.store_ok();
+                for (inserted, payload) in inserted.iter().zip(payloads) {
+                    if let Inserted::New(row) = inserted {
+                        intake.fresh.put(*row, payload);
+                    }
+                }
+                if inserted.iter().any(|i| matches!(i, Inserted::New(_))) {
+                    intake.deliveries_waiting.notify_waiters();
+                }
+                for ((answer, _budget), inserted) in answers.into_iter().zip(inserted) {
+                    let _ = answer.send(Ok(inserted));
                 }
             }
-            if inserted.iter().any(|i| matches!(i, Inserted::New(_))) {
-                intake.deliveries_waiting.notify_waiters();
-            }
-            for ((answer, _budget), inserted) in answers.into_iter().zip(inserted) {
-                let _ = answer.send(Ok(inserted));
-            }
-        }
-        Err(e) => {
-            let why = format!("{e:#}");
-            warn!(
-                deliveries = count,
-                "storing deliveries failed; each was answered 503 so its sender tries again: {why}"
-            );
-            intake
-                .health
-                .store_failed(format!("storing deliveries failed: {why}"));
-            for (answer, _budget) in answers {
-                let _ = answer.send(Err(why.clone()));
+            Err(e) => {
+                let why = format!("{e:#}");
+                warn!(
+                    deliveries = count,
+                    "storing deliveries failed; each was answered 503 so its sender tries again: {why}"
+                );
+                intake
+                    .health
+                    .store_failed(format!("storing deliveries failed: {why}"));
+                for (answer, _budget) in answers {
+                    let _ = answer.send(Err(why.clone()));
+                }
             }
         }
     }

@@ -635,13 +635,6 @@ pub trait Store: Send + Sync + 'static {
     /// Takes (deletes, whatever follows) the sign-in stored under `state_hash`: its browser hash, unless it
     /// expired by `now`. Atomic: of two takes of one state, at most one gets it.
     async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>>;
-
-    /// How many group-commit batches ([`Store::insert_delivery_batch`]) the webhook's writer keeps in
-    /// flight at once: one while a store writes one batch at a time anyway (SQLite: one writer), more where
-    /// a batch's commit (waiting for its WAL flush) can overlap the next batch's insert (Postgres).
-    fn batches_in_flight(&self) -> usize {
-        1
-    }
 }
 
 /// A dashboard session as the store keeps it (see [`Store::create_session`]).

@@ -1601,17 +1601,7 @@ impl Store for PostgresStore {
             _ => Ok(None),
         }
     }
-
-    fn batches_in_flight(&self) -> usize {
-        INGEST_BATCHES_IN_FLIGHT
-    }
 }
-
-/// Group-commit batches in flight at once (`Store::batches_in_flight`). One: measured with two
-/// (`bench/ingest.sh`, side by side with one, twice), requests/s rose ~1.1x but p99 got worse (109 vs 84 ms,
-/// 186 vs 36 ms): batches halved (4.5 deliveries each against 8) while each commit's WAL flush took as
-/// long (mean 7-9 ms), so the flushes, not the wait for the batch ahead, make the tail.
-const INGEST_BATCHES_IN_FLIGHT: usize = 1;
 
 /// The columns of a [`DeliveryRecord`] (its jobs apart); `delivery_records` reads rows of it.
 const DELIVERY_RECORD: &str = "SELECT id, delivery_id, event, action, repo, received_at, matched_at, verdicts \
