@@ -155,9 +155,12 @@ async fn insert_payload(conn: &mut sqlx::SqliteConnection, id: i64, payload: &[u
 pub struct SqliteStore {
     pub(super) pool: SqlitePool,
     /// One connection whose commits are not fsynced (`synchronous=NORMAL`), for writes that may be lost
-    /// to a power failure without harm because they are redone: marking a delivery matched that fired
-    /// nothing. WAL keeps the order, and the next durable commit syncs them too. (A process crash loses
-    /// nothing: the write is in the OS's page cache.)
+    /// to a power failure without harm because they are redone: a delivery's match (matched again, it
+    /// queues the same jobs, or none), a job's claim (the job is claimed again). WAL keeps the order, and
+    /// the next durable commit syncs them too: nothing leaves the service before one (a GitHub output is
+    /// recorded as pending in a durable commit first, `sink/once.rs`), so nothing outside ever saw what a
+    /// power failure takes back. (A process crash loses nothing: the write is in the OS's page cache.)
+    /// Two fsyncs fewer between an event and its agent.
     relaxed: SqlitePool,
     _checkpoints: Option<Checkpoints>,
     /// Writes the webhook deliveries' batches on a connection and thread of its own (none in memory).
@@ -399,7 +402,8 @@ impl Store for SqliteStore {
                 .await?;
             return Ok(0);
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Not fsynced either (see `relaxed`): the jobs' claims and outputs come after durable commits.
+        let mut tx = self.relaxed.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
         let mut queued = 0;
         for job in jobs {
@@ -466,6 +470,8 @@ impl Store for SqliteStore {
 
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
         let _turn = self.writes.turn().await;
+        // On the connection that does not fsync (see `relaxed`): a claim lost to a power failure is a job
+        // claimed again, and the job's first output waits for a durable commit.
         let now = now_ms();
         let hour = 3_600_000;
         // A repository past its jobs an hour: its queued jobs wait until the oldest start of the hour is an
@@ -481,7 +487,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(policy.jobs_per_hour)
         .bind(hour)
-        .execute(&self.pool)
+        .execute(&self.relaxed)
         .await?;
         // Fair: of each repository's oldest queued job that its limits let start (and of the jobs whose worker
         // died, or whose delivery's wait is over), the one of the installation and then the repository with the
@@ -542,7 +548,7 @@ impl Store for SqliteStore {
         .bind(policy.repo_limit())
         .bind(hour)
         .bind(policy.jobs_per_hour)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.relaxed)
         .await?;
         row.map(|row| {
             Ok(ClaimedJob {
