@@ -1,12 +1,11 @@
 //! The SQLite store's delivery writer: one connection of its own, driven by one thread of its own, writes
-//! every group-commit batch (`Store::insert_deliveries`) with direct calls into SQLite.
+//! every group-commit batch (`Store::insert_deliveries`) through rusqlite (synchronous calls into SQLite).
 //!
 //! Through sqlx, each statement of a batch (BEGIN, the inserts, each row they return, COMMIT) was a message
 //! to the connection's worker thread and a wakeup back: most of the CPU of a delivery went to those hops.
 //! Here a batch is one message to this thread and one answer; the statements are prepared once and kept.
-//! The connection is rusqlite's, opened and used only on this thread (its busy handler reads the busy
-//! timeout from the thread).
-//! The connection is the durable one (`synchronous = FULL`: the commit is one fsync of the WAL); it never
+//! The connection is opened and used on this thread only (its busy handler reads the busy timeout from
+//! the thread). It is the durable one (`synchronous = FULL`: the commit is one fsync of the WAL); it never
 //! checkpoints (`wal_autocheckpoint = 0`, the store's checkpoint task does).
 
 use std::cell::Cell;
@@ -214,6 +213,7 @@ fn write_in_transaction(
             |row| row.get::<_, i64>(0),
         )?;
         if let Some(row) = row {
+            // Bound as a borrowed slice: rusqlite has SQLite copy it once (SQLITE_TRANSIENT), no copy here.
             exec(&mut s.insert_payload, (row, &d.payload[..]), |_| Ok(()))?;
             inserted.push((d.delivery_id.0.clone(), row));
         }
