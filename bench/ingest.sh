@@ -16,7 +16,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 D=$(mktemp -d); export D
 # Postgres runs as its own user when the script runs as root: it must reach its folder under $D.
 chmod 755 "$D"
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${PGDATA_DIR:-}" ] && $PGBIN/pg_ctl -D "$PGDATA_DIR" stop -m fast >/dev/null 2>&1 || true' EXIT
+# Everything the run wrote (databases of several GB after a long run) goes with it.
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${PGDATA_DIR:-}" ] && $PGBIN/pg_ctl -D "$PGDATA_DIR" stop -m fast >/dev/null 2>&1; wait 2>/dev/null; rm -rf "$D"' EXIT
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 (cd "$ROOT" && cargo build --release --quiet)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/nightshift

@@ -21,8 +21,6 @@ use crate::now_ms;
 use crate::store::batch::Answers;
 use crate::store::{Inserted, NewDelivery};
 
-use super::WriteQueue;
-
 /// A batch for the writer thread, and where its answer goes.
 struct Job {
     batch: Vec<NewDelivery>,
@@ -37,13 +35,8 @@ pub(crate) struct DeliveryWriter {
 
 impl DeliveryWriter {
     /// Opens the writer's connection to the database at `path` (an error here is the store's error at
-    /// start) and starts its thread, which opens it: the connection is used on that thread only. Each
-    /// batch takes its turn in `writes`, the queue of every write of the process to that file.
-    pub fn start(
-        path: &Path,
-        busy_timeout: Duration,
-        writes: WriteQueue,
-    ) -> Result<DeliveryWriter> {
+    /// start) and starts its thread, which opens it: the connection is used on that thread only.
+    pub fn start(path: &Path, busy_timeout: Duration) -> Result<DeliveryWriter> {
         let path = path.to_owned();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let (opened, open) = std::sync::mpsc::sync_channel::<Result<()>>(1);
@@ -54,7 +47,7 @@ impl DeliveryWriter {
                 match open_connection(&path) {
                     Ok(conn) => {
                         let _ = opened.send(Ok(()));
-                        run(conn, &path, &writes, queue);
+                        run(conn, &path, queue);
                     }
                     Err(e) => {
                         let _ = opened.send(Err(e));
@@ -83,13 +76,8 @@ impl DeliveryWriter {
     }
 }
 
-fn run(
-    mut conn: Connection,
-    path: &Path,
-    writes: &WriteQueue,
-    queue: std::sync::mpsc::Receiver<Job>,
-) {
-    while serve(&conn, writes, &queue) {
+fn run(mut conn: Connection, path: &Path, queue: std::sync::mpsc::Receiver<Job>) {
+    while serve(&conn, &queue) {
         drop(conn);
         conn = match reopen(path, &queue) {
             Some(conn) => conn,
@@ -99,7 +87,7 @@ fn run(
 }
 
 /// Writes batches on `conn` until every handle is gone (false) or the connection is unusable (true).
-fn serve(conn: &Connection, writes: &WriteQueue, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
+fn serve(conn: &Connection, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
     let mut statements = match Statements::prepare(conn) {
         Ok(statements) => statements,
         Err(e) => {
@@ -110,12 +98,10 @@ fn serve(conn: &Connection, writes: &WriteQueue, queue: &std::sync::mpsc::Receiv
         }
     };
     while let Ok(job) = queue.recv() {
-        let turn = writes.blocking_turn();
         let written = write(conn, &mut statements, &job.batch, job.window);
         // A failed COMMIT whose ROLLBACK failed too leaves the connection inside a transaction: it is
         // closed, and the next batch gets a new one.
         let broken = written.is_err() && !conn.is_autocommit();
-        drop(turn);
         let _ = job.answer.send(written);
         if broken {
             return true;
@@ -336,10 +322,10 @@ thread_local! {
     static WAITING_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
-/// SQLite's busy handler for the writer: in-process writers take their turn first (`WriteQueue`), so this
-/// waits only for another process's write (a CLI command beside the service). While another connection
-/// holds the write lock, try again after 50 µs, doubling to 800 µs, until the busy timeout (the thread's
-/// `BUSY_TIMEOUT`) has passed. SQLite's own handler sleeps 1, 2, 5, 10 ms and more between tries: every
+/// SQLite's busy handler for the writer, which takes no turn in the store's write queue (`WriteQueue`):
+/// webhook deliveries never line up behind the dispatcher's matches and the workers' writes; they wait
+/// only for the one write holding SQLite's lock. While another connection holds it, try again after 50 µs,
+/// doubling to 800 µs, until the busy timeout (the thread's `BUSY_TIMEOUT`) has passed. SQLite's own handler sleeps 1, 2, 5, 10 ms and more between tries: every
 /// request of the batch waited that long for a lock held for microseconds.
 fn wait_for_lock(tries: i32) -> bool {
     let limit = BUSY_TIMEOUT.try_with(Cell::get).unwrap_or_default();
