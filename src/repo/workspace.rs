@@ -424,7 +424,7 @@ impl Workspaces {
         // For a branch the mirror holds, the remote is asked for its tip (one `ls-remote`) while the
         // worktree is brought to the mirror's: usually they agree, and neither waited for the other. A
         // branch that moved, or one the remote cannot say, is fetched then, and the worktree moved on.
-        let mut ask_remote = None;
+        let mut ask_remote: Option<(&str, String)> = None;
         let commit = match checkout {
             Checkout::Commit(sha) => {
                 if !is_object_id(sha) {
@@ -465,7 +465,7 @@ impl Workspaces {
                 };
                 match local {
                     Some((name, tip)) => {
-                        ask_remote = Some(name);
+                        ask_remote = Some((branch, name));
                         tip
                     }
                     None => {
@@ -520,7 +520,7 @@ impl Workspaces {
         };
         let remote_tip = async {
             match &ask_remote {
-                Some(name) => Some(self.remote_tip(repo, clone_url, name, auth).await),
+                Some((_, name)) => Some(self.remote_tip(repo, clone_url, name, auth).await),
                 None => None,
             }
         };
@@ -530,11 +530,7 @@ impl Workspaces {
             let _ = worktree.remove().await;
             return Err(e.context(format!("checking out {commit} of {repo}")));
         }
-        if let (Some(name), Some(remote_tip)) = (&ask_remote, remote_tip) {
-            let branch = match checkout {
-                Checkout::Branch(branch) => branch,
-                Checkout::Commit(_) => unreachable!("only a branch asks the remote"),
-            };
+        if let (Some((branch, name)), Some(remote_tip)) = (ask_remote, remote_tip) {
             let unmoved = match remote_tip {
                 Ok(Some(remote)) => remote.eq_ignore_ascii_case(&worktree.commit),
                 Ok(None) => false,
@@ -2636,8 +2632,8 @@ mod tests {
         spares.into_iter().next()
     }
 
-    /// The spare's index trusts its files' stat data (no entry as new as the index, none smudged), so
-    /// the job's `reset --hard` reads no file it need not.
+    /// The spare's index trusts its regular files' stat data (no entry as new as the index, none
+    /// smudged), so the job's `reset --hard` reads no file it need not.
     fn assert_settled(spare: &Path) {
         use std::os::unix::fs::MetadataExt;
         let index = std::fs::metadata(spare.join("git/index")).unwrap().mtime();
@@ -2649,8 +2645,14 @@ mod tests {
             .unwrap();
         let listing = String::from_utf8(out.stdout).unwrap();
         let (mut entries, mut sizes) = (0, 0);
-        for line in listing.lines().map(str::trim) {
-            if let Some(mtime) = line.strip_prefix("mtime: ") {
+        // Links are never touched (their targets could be anyone's): git reads a link again cheaply.
+        let mut link = false;
+        for raw in listing.lines() {
+            let line = raw.trim();
+            if !raw.starts_with(' ') {
+                link = spare.join("tree").join(line).is_symlink();
+            } else if link {
+            } else if let Some(mtime) = line.strip_prefix("mtime: ") {
                 entries += 1;
                 let secs: i64 = mtime.split(':').next().unwrap().parse().unwrap();
                 assert!(secs < index, "an entry as new as the index:\n{listing}");
@@ -2696,6 +2698,26 @@ mod tests {
             assert_eq!(sh(&wt.path, &["rev-parse", "HEAD"]), wt.commit);
             assert_eq!(sh(&wt.path, &["status", "--porcelain", "--ignored"]), "");
         };
+        // A hostile repository holds a link to a file of the service's.
+        let outside = dir.path().join("service-file");
+        std::fs::write(&outside, "the service's\n").unwrap();
+        let outside_time = std::fs::metadata(&outside).unwrap().modified().unwrap();
+        std::os::unix::fs::symlink(&outside, work.join("link")).unwrap();
+        sh(&work, &["add", "link"]);
+        sh(
+            &work,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "--quiet",
+                "-m",
+                "link",
+            ],
+        );
+        sh(&work, &["push", "--quiet", "origin", "HEAD:main"]);
         let one = sh(&work, &["rev-parse", "HEAD"]);
 
         let first = prepare(1).await;
@@ -2704,6 +2726,11 @@ mod tests {
         let spare = the_spare(dir.path()).expect("a spare after the refill");
         let spare_file = inode(&spare.join("tree/README.md"));
         assert_settled(&spare);
+        // The repository's link to a file outside it is settled as a link: what it points at keeps its time.
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().modified().unwrap(),
+            outside_time
+        );
         // The first job's agent writes its worktree; the worktree goes with the job.
         std::fs::write(first.path.join("planted.txt"), "from the agent\n").unwrap();
         std::fs::write(first.path.join("README.md"), "changed by the agent\n").unwrap();
