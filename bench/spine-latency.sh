@@ -59,7 +59,7 @@ agents:
 C
   local t0 t1
   t0=$(date +%s%N)
-  NIGHTSHIFT_WEBHOOK_SECRET=bench RUST_LOG=warn "$binary" --config "$work/$name/nightshift.yml" serve \
+  NIGHTSHIFT_WEBHOOK_SECRET=bench RUST_LOG=warn,nightshift::source::webhook=info,nightshift::queue=info "$binary" --config "$work/$name/nightshift.yml" serve \
     2>"$work/$name/log" &
   pids+=($!)
   until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.001; done
@@ -96,6 +96,35 @@ report() {
   echo "$name: 202 -> agent start, first delivery (clones the mirror): $(( first / 1000 )) ms"
   echo "$name: 202 -> agent start, next $count deliveries: median $(( median / 1000 )) ms, p90 $(( p90 / 1000 )) ms"
   grep -E "WARN|ERROR" "$work/$name/log" | sort | uniq -c | sort -rn | head -5 >&2 || true
+  phases "$name"
+}
+
+# phases NAME: where the time goes, from the server's log lines and the agent's own stamp (medians over
+# the deliveries after the first, ms): stored (the 202's commit) -> matched -> worktree ready -> agent
+# process spawned -> the agent's first instruction inside its box.
+phases() {
+  local name=$1
+  for f in "$work/starts/"*".$name"; do
+    i=$(basename "$f" ".$name"); echo "agent bench-$i $(cat "$f")"
+  done | cat - "$work/$name/log" | awk '
+    function secs(ts) { split(substr(ts, 12, 15), t, ":"); return t[1] * 3600 + t[2] * 60 + t[3] }
+    function id(line) { if (match(line, /bench-[0-9]+/)) return substr(line, RSTART, RLENGTH); return "" }
+    $1 == "agent" { a[$2] = ($3 / 1e9) % 86400; next }
+    /delivery stored/ { s[id($0)] = secs($1) }
+    /matched triggers/ { m[id($0)] = secs($1) }
+    /worktree ready at/ { r[id($0)] = secs($1) }
+    /starting agent/ { g[id($0)] = secs($1) }
+    function median(arr,   n, k, v, i, j, t) {
+      n = 0; for (k in arr) v[++n] = arr[k]
+      for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j > 0 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+      return n ? v[int((n + 1) / 2)] : 0
+    }
+    END {
+      for (k in s) if (k != "bench-1" && (k in m) && (k in r) && (k in g) && (k in a)) {
+        p1[k] = (m[k] - s[k]) * 1000; p2[k] = (r[k] - m[k]) * 1000; p3[k] = (g[k] - r[k]) * 1000; p4[k] = (a[k] - g[k]) * 1000
+      }
+      printf "'"$name"': medians, ms: stored -> matched %.1f, matched -> worktree ready %.1f, ready -> agent spawned %.1f, spawned -> agent running in its box %.1f\n", median(p1), median(p2), median(p3), median(p4)
+    }'
 }
 
 names=(new)
