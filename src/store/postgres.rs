@@ -72,6 +72,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim next",
         include_str!("../../migrations/postgres/0010_claim_next.sql"),
     ),
+    (
+        11,
+        "claim pick",
+        include_str!("../../migrations/postgres/0011_claim_pick.sql"),
+    ),
 ];
 
 /// The channels the migration's triggers NOTIFY.
@@ -360,10 +365,10 @@ impl PostgresStore {
         Ok(PostgresStore { pool, options })
     }
 
-    /// One call of `nightshift_claim_next` (migration 0010): the candidates picked in fair order, locked
-    /// (skipped when another claim holds one), checked again under advisory locks against the repository's
-    /// hourly cap, its concurrency group and the repository's and profile's running limits, and the first
-    /// that may start leased, all in one statement (its own transaction). `Done(None)`: nothing to claim.
+    /// One call of `nightshift_claim_next` (migration 0010; its pick by index since 0011): the candidates
+    /// picked in fair order, locked (skipped when another claim holds one), checked again under advisory
+    /// locks against the repository's hourly cap, its concurrency group and the repository's and profile's
+    /// running limits, and the first that may start leased, all in one statement (its own transaction). `Done(None)`: nothing to claim.
     /// `Again(passed)`: a candidate was found over a limit after its locks were taken (a repository past its
     /// hourly cap has its queued jobs wait, with the reason); the call ends there so that a claim never waits
     /// for a lock while it holds another's, and the next call passes over `passed`.
@@ -547,8 +552,8 @@ impl Store for PostgresStore {
         // Fair, as in the SQLite store: of each repository's oldest queued job its limits let start (and of
         // the jobs whose worker died, or whose delivery's wait is over), the one of the installation and the
         // repository with the fewest running jobs, then of the repository served least recently, then the
-        // oldest; picked, locked, checked and leased in the server in one round trip (migration 0010). A
-        // candidate found over a limit under its locks is passed over in a new call.
+        // oldest; picked, locked, checked and leased in the server in one round trip (migrations 0010,
+        // 0011). A candidate found over a limit under its locks is passed over in a new call.
         let mut passed: Vec<i64> = Vec::new();
         loop {
             match self

@@ -2788,3 +2788,170 @@ async fn claim_lanes_agree_with_the_jobs_after_every_change() {
     queue(&store, "d", "o/a", &[job_of("4", "o/a", "x")]).await;
     assert_eq!(check("a new job").await, 1);
 }
+
+/// The fair order of 0010 (the installation's running jobs summed over every lane, every lane sorted, the
+/// first 16 looked into), kept here as the reference the claim's pick by index (migration 0011) must agree
+/// with: its first candidate, or none.
+const FULL_SORT_PICK: &str = "
+    WITH lanes AS (
+        SELECT l.repo, l.running, l.last_started, l.head, l.queued,
+               SUM(l.running) OVER (PARTITION BY l.installation_id) AS inst_running
+        FROM claim_lanes l),
+    heads AS (
+        SELECT h.id, l.inst_running, l.running, l.last_started
+        FROM (SELECT * FROM lanes WHERE lanes.queued > 0
+              ORDER BY inst_running, running, last_started, head) AS l
+        CROSS JOIN LATERAL (
+            SELECT j.id FROM jobs j
+            WHERE j.repo = l.repo AND j.state = 'queued'
+              AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)
+              AND (j.concurrency_group IS NULL
+                   OR NOT EXISTS (SELECT 1 FROM jobs g
+                                  WHERE g.concurrency_group = j.concurrency_group
+                                    AND g.state IN ('running', 'delivering')))
+              AND (j.cancel_requested
+                   OR CASE WHEN ($2::jsonb ->> j.agent) IS NULL THEN TRUE
+                           ELSE (SELECT COUNT(*) FROM jobs a
+                                 WHERE a.agent = j.agent AND a.state IN ('running', 'delivering'))
+                                < ($2::jsonb ->> j.agent)::bigint END)
+            ORDER BY j.id
+            LIMIT 1) AS h
+        LIMIT 16),
+    expired AS (
+        SELECT j.id, COALESCE(l.inst_running, 0) AS inst_running, COALESCE(l.running, 0) AS running,
+               COALESCE(l.last_started, 0) AS last_started
+        FROM jobs j LEFT JOIN lanes l ON l.repo = j.repo
+        WHERE (j.state = 'running' AND j.lease_expires_at < $1)
+           OR (j.state = 'delivering' AND (j.lease_owner IS NULL OR j.lease_expires_at < $1)
+               AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= $1)))
+    SELECT x.id FROM (SELECT * FROM heads UNION ALL SELECT * FROM expired) AS x
+    ORDER BY x.inst_running, x.running, x.last_started, x.id
+    LIMIT 1";
+
+/// Claims over many lanes (more than the 16 the pick reads of each installation) of several installations
+/// (and deliveries of none), tied on every count at first, follow the full fair order exactly, claim after
+/// claim: lanes whose jobs all wait come first and are walked past, a profile at its limit leaves its jobs
+/// for other profiles' jobs of the same repositories, a busy concurrency group holds its other jobs back,
+/// a job whose worker died is taken over in its place, and jobs left running change the order as they
+/// pile up. A pick that read fewer lanes than it must would start a job out of turn, or none while one may
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_follow_the_fair_order_across_many_lanes_and_installations() {
+    let db = TestDb::postgres().await;
+    let Backend::Postgres(_, pool) = &db.backend else {
+        unreachable!()
+    };
+    let store = db.store();
+    let installations = [Some(1), Some(2), Some(3), None];
+    // 20 repositories whose jobs all wait (queued first: the oldest heads), then 72 others.
+    let mut n = 0;
+    for r in 0..92 {
+        let repo = if r < 20 {
+            format!("wait/r{r}")
+        } else {
+            format!("o{}/r{r}", r % 4)
+        };
+        let mut d = delivery(&format!("d{r}"));
+        d.repo = Some(repo.clone());
+        d.installation_id = installations[r % 4];
+        let Inserted::New(d) = store.insert_delivery(&d).await.unwrap() else {
+            panic!()
+        };
+        let jobs: Vec<NewJob> = (0..1 + r % 3)
+            .map(|k| {
+                n += 1;
+                let agent = if (r + k) % 3 == 0 { "y" } else { "x" };
+                NewJob {
+                    concurrency_group: (r % 10 == 5 && k == 0).then(|| "g".to_owned()),
+                    ..job_of(&format!("t{k}"), &repo, agent)
+                }
+            })
+            .collect();
+        store.record_match(d, &jobs).await.unwrap();
+    }
+    db.exec(
+        "UPDATE jobs SET next_attempt_at = (EXTRACT(EPOCH FROM now()) * 1000)::bigint + 3600000,
+                         wait_reason = 'later'
+         WHERE repo LIKE 'wait/%'",
+    )
+    .await;
+    let mut policy = policy(Duration::from_secs(600));
+    policy.max_concurrent = Arc::new([("y".to_owned(), 3)].into_iter().collect());
+    let limits = policy.profile_limits_json();
+    let mut claimed = 0;
+    let mut running: Vec<ClaimedJob> = Vec::new();
+    loop {
+        let expected: Option<i64> = sqlx::query_scalar(FULL_SORT_PICK)
+            .bind(now_ms())
+            .bind(&limits)
+            .fetch_optional(pool)
+            .await
+            .unwrap();
+        let job = store.claim_job("w", policy.clone()).await.unwrap();
+        assert_eq!(
+            job.as_ref().map(|j| j.id.0),
+            expected,
+            "claim {claimed}: the job the full fair order starts"
+        );
+        let Some(job) = job else {
+            if running.is_empty() {
+                break;
+            }
+            // What is left may wait for the jobs left running (their profile, their group).
+            for job in running.drain(..) {
+                assert!(
+                    store
+                        .finish_job(job.id, "w", Ending::Succeeded)
+                        .await
+                        .unwrap()
+                );
+            }
+            continue;
+        };
+        claimed += 1;
+        match claimed % 4 {
+            // Left running: its installation and repository count it (a y job holds its profile's room).
+            0 => running.push(job),
+            // Its worker died: the lease ran out, and the next claim takes it over in its place.
+            1 if claimed % 12 == 1 => {
+                sqlx::query("UPDATE jobs SET lease_expires_at = 1 WHERE id = $1")
+                    .bind(job.id.0)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            _ => assert!(
+                store
+                    .finish_job(job.id, "w", Ending::Succeeded)
+                    .await
+                    .unwrap()
+            ),
+        }
+        // The y jobs left running end now and then, so y's other jobs start again.
+        if claimed % 10 == 0 {
+            for job in running.drain(..) {
+                assert!(
+                    store
+                        .finish_job(job.id, "w", Ending::Succeeded)
+                        .await
+                        .unwrap()
+                );
+            }
+        }
+    }
+    let (started, waiting): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE started_at IS NOT NULL),
+                COUNT(*) FILTER (WHERE state = 'queued' AND repo LIKE 'wait/%')
+         FROM jobs",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(claimed > 100, "{claimed} claims");
+    assert_eq!(
+        started + waiting,
+        n as i64,
+        "every job started but the waiting repositories' ({waiting} of {n})"
+    );
+    assert!(waiting > 30);
+}
