@@ -108,8 +108,8 @@ pg_run() { # $1 = label, $2 = binary: on a Postgres server of its own, fresh
     SELECT relname, 'inserted', n_tup_ins, 'updated', n_tup_upd, 'hot', n_tup_hot_upd,
            'autovacuums', autovacuum_count, 'autoanalyzes', autoanalyze_count
     FROM pg_stat_user_tables WHERE relname IN ('deliveries', 'delivery_payloads', 'delivery_digests', 'jobs');" \
-    | sed 's/^/  postgres: /'
-  grep -E 'checkpoint (starting|complete)|automatic (vacuum|analyze)' "$D/$1-pg/log" | sed 's/^/  postgres log: /' | cut -c1-220 | head -12
+    | sed 's/^/  postgres: /' || true
+  grep -E 'checkpoint (starting|complete)|automatic (vacuum|analyze)' "$D/$1-pg/log" | sed 's/^/  postgres log: /' | cut -c1-220 | head -12 || true
   "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m fast >/dev/null; PGDATA_DIR=
 }
 if [ "${POSTGRES:-1}" != 0 ] && [ -x "$PGBIN/initdb" ]; then
