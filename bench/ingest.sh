@@ -6,7 +6,7 @@
 # Postgres row: /usr/lib/postgresql/*/bin or PATH). Every request carries the same body under a new id, so
 # replay protection is off for the run (ingest.replay_window: 0s): each 202 is a row written and fsynced.
 # BASE=/path/to/an/older/nightshift adds its SQLite and Postgres rows to the same run (ratios against it).
-# POSTGRES=0 leaves Postgres out. Each row also says, from /metrics, how the group commit went: batches
+# POSTGRES=0 leaves Postgres out, SQLITE=0 SQLite. Each row also says, from /metrics, how the group commit went: batches
 # written, deliveries per batch, and the batch insert+commit's mean and (bucketed) p99 time: where the
 # requests' time went. Each nightshift row also says its memory once ready and idle (1 s after `ready`):
 # VmRSS, and of it the anonymous memory (heap, stacks) and the file-backed (the binary's pages).
@@ -19,8 +19,9 @@ chmod 755 "$D"
 # Everything the run wrote (databases of several GB after a long run) goes with it.
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${PGDATA_DIR:-}" ] && $PGBIN/pg_ctl -D "$PGDATA_DIR" stop -m fast >/dev/null 2>&1; wait 2>/dev/null; rm -rf "$D"' EXIT
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
-(cd "$ROOT" && cargo build --release --quiet)
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/nightshift
+# THIS=/path/to/nightshift runs that binary as this tree's (no build).
+if [ -z "${THIS:-}" ]; then (cd "$ROOT" && cargo build --release --quiet); fi
+BIN=${THIS:-${CARGO_TARGET_DIR:-$ROOT/target}/release/nightshift}
 
 # Probot first: it also installs the payload (payload.json) and the wrk script (post.lua) into $D.
 PROBOT=$(D=$D "$ROOT/bench/probot-baseline.sh" "$SECS")
@@ -85,16 +86,30 @@ print('%d batches, %.1f deliveries each, commit mean %.2f ms, p99 <= %s ms' % (n
   echo "$out" > "$dir/wrk"
 }
 
-run_nightshift "sqlite://$D/sqlite/state/nightshift.db" sqlite
-[ -n "${BASE:-}" ] && run_nightshift "sqlite://$D/base/state/nightshift.db" base "$BASE"
+if [ "${SQLITE:-1}" != 0 ]; then
+  run_nightshift "sqlite://$D/sqlite/state/nightshift.db" sqlite
+  [ -n "${BASE:-}" ] && run_nightshift "sqlite://$D/base/state/nightshift.db" base "$BASE"
+fi
 PGBIN=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
 pg_run() { # $1 = label, $2 = binary: on a Postgres server of its own, fresh
   PGDATA_DIR="$D/$1-pg/data"; mkdir -p "$D/$1-pg"; RUNAS=()
   if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$D/$1-pg"; RUNAS=(runuser -u postgres --); fi
   "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --no-instructions >/dev/null
-  # Durable: fsync and synchronous_commit stay on (the defaults).
-  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$D/$1-pg/log" -o "-c listen_addresses='' -k $D/$1-pg -p 5499" -w start >/dev/null
+  # Durable: fsync and synchronous_commit stay on (the defaults). What the server did during the run is
+  # logged and counted (checkpoints, autovacuum, WAL writes and their fsync time); PG_OPTS adds settings
+  # ("-c name=value ...") to try.
+  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$D/$1-pg/log" -o "-c listen_addresses='' -k $D/$1-pg -p 5499 -c log_checkpoints=on -c log_autovacuum_min_duration=0 -c track_wal_io_timing=on ${PG_OPTS:-}" -w start >/dev/null
   run_nightshift "postgres://postgres@localhost/postgres?host=$D/$1-pg&port=5499" "$1" "${2:-}"
+  "${RUNAS[@]}" "$PGBIN/psql" -h "$D/$1-pg" -p 5499 -U postgres -AtF ' ' -c "
+    SELECT 'checkpoints', checkpoints_timed + checkpoints_req, 'written', buffers_checkpoint FROM pg_stat_bgwriter;
+    SELECT 'wal MB', round(wal_bytes / 1e6), 'records', wal_records, 'full-page images', wal_fpi,
+           'fsyncs', wal_sync, 'fsync ms mean', round((wal_sync_time / NULLIF(wal_sync, 0))::numeric, 2),
+           'wal_buffers_full', wal_buffers_full FROM pg_stat_wal;
+    SELECT relname, 'inserted', n_tup_ins, 'updated', n_tup_upd, 'hot', n_tup_hot_upd,
+           'autovacuums', autovacuum_count, 'autoanalyzes', autoanalyze_count
+    FROM pg_stat_user_tables WHERE relname IN ('deliveries', 'delivery_payloads', 'delivery_digests', 'jobs');" \
+    | sed 's/^/  postgres: /' || true
+  grep -E 'checkpoint (starting|complete)|automatic (vacuum|analyze)' "$D/$1-pg/log" | sed 's/^/  postgres log: /' | cut -c1-220 | head -12 || true
   "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m fast >/dev/null; PGDATA_DIR=
 }
 if [ "${POSTGRES:-1}" != 0 ] && [ -x "$PGBIN/initdb" ]; then

@@ -73,6 +73,16 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery payloads",
         include_str!("../../migrations/sqlite/0010_delivery_payloads.sql"),
     ),
+    (
+        11,
+        "none",
+        include_str!("../../migrations/sqlite/0011_none.sql"),
+    ),
+    (
+        12,
+        "claim lanes",
+        include_str!("../../migrations/sqlite/0012_claim_lanes.sql"),
+    ),
 ];
 
 /// Migrations that open their own transaction (to run with foreign keys off).
@@ -204,6 +214,91 @@ impl Drop for Checkpoints {
         self.0.abort();
     }
 }
+
+/// The candidates of a claim, best first: of each repository's lane (`claim_lanes`, migration 0012), its
+/// oldest queued job that its limits let start (its concurrency group idle, the repository under its running
+/// limit and the job's profile under its own, unless the job is being cancelled: it only ends), and the jobs
+/// whose worker died or whose delivery's wait is over. Fair: the installation and then the repository with
+/// the fewest running jobs first, then the repository served least recently, then the oldest job. A flood
+/// from one repository takes its turn with every other repository's single job. A lane costs a few index
+/// lookups, whatever the depth of its queue (the hourly cap is checked on the candidate taken: see
+/// `CLAIM_TAKE`). Parameters: now, the profile limits (JSON), the repository limit, how many to read.
+const CLAIM_CANDIDATES: &str = "
+    WITH by_installation AS MATERIALIZED (
+        SELECT l.installation_id AS inst, SUM(l.running) AS running FROM claim_lanes AS l
+        WHERE l.running > 0 GROUP BY l.installation_id),
+    full_profiles AS MATERIALIZED (
+        SELECT p.key AS agent FROM json_each(?2) AS p
+        WHERE (SELECT COUNT(*) FROM jobs AS r INDEXED BY jobs_running_by_agent
+               WHERE r.agent = p.key AND r.state IN ('running', 'delivering')) >= p.value),
+    heads AS MATERIALIZED (
+        SELECT l.repo, l.installation_id AS inst, l.running, l.last_started,
+               CASE WHEN l.running < ?3 THEN
+                   (SELECT q.id FROM jobs AS q INDEXED BY jobs_queued_by_repo
+                    WHERE q.state = 'queued' AND q.repo = l.repo
+                      AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= ?1)
+                      AND (q.concurrency_group IS NULL
+                           OR NOT EXISTS (SELECT 1 FROM jobs AS g
+                                          WHERE g.concurrency_group = q.concurrency_group
+                                            AND g.state IN ('running', 'delivering')))
+                      AND (q.cancel_requested <> 0
+                           OR NOT EXISTS (SELECT 1 FROM full_profiles AS f WHERE f.agent = q.agent))
+                    ORDER BY q.id LIMIT 1)
+               ELSE
+                   -- At its running limit: only a job being cancelled starts (to end).
+                   (SELECT q.id FROM jobs AS q INDEXED BY jobs_queued_cancelling
+                    WHERE q.state = 'queued' AND q.cancel_requested <> 0 AND q.repo = l.repo
+                      AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= ?1)
+                      AND (q.concurrency_group IS NULL
+                           OR NOT EXISTS (SELECT 1 FROM jobs AS g
+                                          WHERE g.concurrency_group = q.concurrency_group
+                                            AND g.state IN ('running', 'delivering')))
+                    ORDER BY q.id LIMIT 1)
+               END AS id
+        FROM claim_lanes AS l
+        WHERE l.head IS NOT NULL),
+    candidates AS (
+        SELECT h.id, h.repo, h.inst, h.running, h.last_started FROM heads AS h WHERE h.id IS NOT NULL
+        UNION ALL
+        SELECT j.id, j.repo, l.installation_id, l.running, l.last_started
+        FROM jobs AS j JOIN claim_lanes AS l ON l.repo = j.repo
+        WHERE (j.state = 'running' AND j.lease_expires_at < ?1)
+           OR (j.state = 'delivering'
+               AND (j.lease_owner IS NULL OR j.lease_expires_at < ?1)
+               AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?1)))
+    SELECT c.id, c.repo FROM candidates AS c LEFT JOIN by_installation AS b ON b.inst IS c.inst
+    ORDER BY COALESCE(b.running, 0), c.running, c.last_started, c.id
+    LIMIT ?4";
+
+/// How many candidates a claim reads at once: the first is taken unless its repository is at its hourly cap.
+const CLAIM_CANDIDATES_READ: i64 = 8;
+
+/// Leases a candidate (`CLAIM_CANDIDATES`), unless it is a start and its repository started its jobs of the
+/// hour (counted up to the cap only): then nothing. Parameters: owner, lease end, now, the job, the cap.
+const CLAIM_TAKE: &str = "
+    UPDATE jobs
+    SET state = CASE WHEN result IS NULL THEN 'running' ELSE 'delivering' END,
+        attempts = attempts + CASE WHEN result IS NULL THEN 1 ELSE 0 END,
+        started_at = CASE WHEN result IS NULL THEN ?3 ELSE started_at END,
+        lease_owner = ?1, lease_expires_at = ?2, next_attempt_at = NULL, wait_reason = NULL
+    WHERE id = ?4
+      AND (state <> 'queued'
+           OR (SELECT COUNT(*) FROM (SELECT 1 FROM jobs AS s INDEXED BY jobs_by_repo_start
+                                     WHERE s.repo = jobs.repo AND s.started_at >= ?3 - 3600000
+                                     LIMIT ?5)) < ?5)
+    RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested, created_at,
+              started_at, (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid";
+
+/// A repository past its jobs an hour: its queued jobs wait until the oldest start of the hour is an hour
+/// old (a millisecond at least: they are not candidates again in this claim), and say why. Parameters: now,
+/// the cap, the repository.
+const CLAIM_HOLD: &str = "
+    UPDATE jobs
+    SET next_attempt_at = MAX(?1 + 1,
+                              (SELECT MIN(s.started_at) FROM jobs AS s INDEXED BY jobs_by_repo_start
+                               WHERE s.repo = jobs.repo AND s.started_at >= ?1 - 3600000) + 3600000),
+        wait_reason = 'the repository started ' || ?2 || ' jobs in the last hour (max_jobs_per_hour)'
+    WHERE state = 'queued' AND repo = ?3 AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)";
 
 /// How long a statement waits for another process's write lock (this process's writes queue: `WriteQueue`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -471,85 +566,52 @@ impl Store for SqliteStore {
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
         let _turn = self.writes.turn().await;
         // On the connection that does not fsync (see `relaxed`): a claim lost to a power failure is a job
-        // claimed again, and the job's first output waits for a durable commit.
+        // claimed again, and the job's first output waits for a durable commit. One transaction: the
+        // candidates read are the ones taken.
         let now = now_ms();
-        let hour = 3_600_000;
-        // A repository past its jobs an hour: its queued jobs wait until the oldest start of the hour is an
-        // hour old, and say why.
-        sqlx::query(
-            "UPDATE jobs
-             SET next_attempt_at = (SELECT MIN(s.started_at) FROM jobs AS s
-                                    WHERE s.repo = jobs.repo AND s.started_at >= ?1 - ?3) + ?3,
-                 wait_reason = 'the repository started ' || ?2 || ' jobs in the last hour (max_jobs_per_hour)'
-             WHERE state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
-               AND (SELECT COUNT(*) FROM jobs AS s WHERE s.repo = jobs.repo AND s.started_at >= ?1 - ?3) >= ?2",
-        )
-        .bind(now)
-        .bind(policy.jobs_per_hour)
-        .bind(hour)
-        .execute(&self.relaxed)
-        .await?;
-        // Fair: of each repository's oldest queued job that its limits let start (and of the jobs whose worker
-        // died, or whose delivery's wait is over), the one of the installation and then the repository with the
-        // fewest running jobs, then of the repository served least recently, then the oldest. A flood from one
-        // repository takes its turn with every other repository's single job.
-        let row = sqlx::query(
-            "UPDATE jobs
-             SET state = CASE WHEN result IS NULL THEN 'running' ELSE 'delivering' END,
-                 attempts = attempts + CASE WHEN result IS NULL THEN 1 ELSE 0 END,
-                 started_at = CASE WHEN result IS NULL THEN ?3 ELSE started_at END,
-                 lease_owner = ?1, lease_expires_at = ?2, next_attempt_at = NULL, wait_reason = NULL
-             WHERE id = (
-                 WITH running AS (
-                     SELECT r.repo, r.agent, d.installation_id AS inst
-                     FROM jobs AS r JOIN deliveries AS d ON d.id = r.delivery_id
-                     WHERE r.state IN ('running', 'delivering')),
-                 eligible AS (
-                     SELECT j.id, j.repo, d.installation_id AS inst
-                     FROM jobs AS j JOIN deliveries AS d ON d.id = j.delivery_id
-                     WHERE j.state = 'queued'
-                       AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3)
-                       -- The hourly cap again, in the claim itself: a writer between the pass above and
-                       -- here (another worker) cannot take the repository past it.
-                       AND (SELECT COUNT(*) FROM jobs AS s
-                            WHERE s.repo = j.repo AND s.started_at >= ?3 - ?6) < ?7
-                       AND (j.concurrency_group IS NULL
-                            OR NOT EXISTS (SELECT 1 FROM jobs AS g
-                                           WHERE g.concurrency_group = j.concurrency_group
-                                             AND g.state IN ('running', 'delivering')))
-                       AND (j.cancel_requested <> 0
-                            OR ((SELECT COUNT(*) FROM running WHERE running.repo = j.repo) < ?5
-                                AND NOT EXISTS (SELECT 1 FROM json_each(?4) AS l
-                                                WHERE l.key = j.agent
-                                                  AND (SELECT COUNT(*) FROM running
-                                                       WHERE running.agent = j.agent) >= l.value)))),
-                 candidates AS (
-                     SELECT MIN(id) AS id, repo, inst FROM eligible GROUP BY repo
-                     UNION ALL
-                     SELECT j.id, j.repo, d.installation_id
-                     FROM jobs AS j JOIN deliveries AS d ON d.id = j.delivery_id
-                     WHERE (j.state = 'running' AND j.lease_expires_at < ?3)
-                        OR (j.state = 'delivering'
-                            AND (j.lease_owner IS NULL OR j.lease_expires_at < ?3)
-                            AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= ?3)))
-                 SELECT c.id FROM candidates AS c
-                 ORDER BY (SELECT COUNT(*) FROM running WHERE running.inst IS c.inst),
-                          (SELECT COUNT(*) FROM running WHERE running.repo = c.repo),
-                          COALESCE((SELECT MAX(s.started_at) FROM jobs AS s WHERE s.repo = c.repo), 0),
-                          c.id
-                 LIMIT 1)
-             RETURNING id, delivery_id, trigger_name, repo, spec, attempts, retries, result, cancel_requested, created_at, started_at,
-                       (SELECT d.delivery_id FROM deliveries d WHERE d.id = jobs.delivery_id) AS guid",
-        )
-        .bind(owner)
-        .bind(now + ms(policy.lease))
-        .bind(now)
-        .bind(policy.profile_limits_json())
-        .bind(policy.repo_limit())
-        .bind(hour)
-        .bind(policy.jobs_per_hour)
-        .fetch_optional(&self.relaxed)
-        .await?;
+        let limits = policy.profile_limits_json();
+        let mut tx = self.relaxed.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tried = std::collections::HashSet::new();
+        let row = 'claim: loop {
+            let candidates = sqlx::query(CLAIM_CANDIDATES)
+                .bind(now)
+                .bind(&limits)
+                .bind(policy.repo_limit())
+                .bind(CLAIM_CANDIDATES_READ)
+                .fetch_all(&mut *tx)
+                .await?;
+            let read = candidates.len();
+            for candidate in candidates {
+                let id: i64 = candidate.try_get("id")?;
+                if !tried.insert(id) {
+                    // Held back already in this claim (its repository's cap): nothing new to try.
+                    break 'claim None;
+                }
+                let taken = sqlx::query(CLAIM_TAKE)
+                    .bind(owner)
+                    .bind(now + ms(policy.lease))
+                    .bind(now)
+                    .bind(id)
+                    .bind(policy.jobs_per_hour)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_some() {
+                    break 'claim taken;
+                }
+                // Its repository started its jobs of the hour: its queued jobs wait, and say why.
+                let repo: String = candidate.try_get("repo")?;
+                sqlx::query(CLAIM_HOLD)
+                    .bind(now)
+                    .bind(policy.jobs_per_hour)
+                    .bind(&repo)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if read < CLAIM_CANDIDATES_READ as usize {
+                break None;
+            }
+        };
+        tx.commit().await?;
         row.map(|row| {
             Ok(ClaimedJob {
                 id: JobId(row.try_get("id")?),

@@ -2272,6 +2272,156 @@ async fn dashboard_sessions_and_sign_ins_are_shared_expire_and_are_taken_once(db
     }
 }
 
+/// A repository's oldest queued job that cannot start (its concurrency group busy elsewhere, its profile
+/// at its limit) does not hold the repository's next job back, and a deep queue in one repository does not
+/// hide another repository's one job. A claim that looked at each repository's oldest job only would start
+/// nothing here.
+async fn a_repository_whose_oldest_job_cannot_start_starts_its_next(db: &TestDb) {
+    let store = db.store();
+    let lease = Duration::from_secs(60);
+    let grouped = |trigger: &str, repo: &str| NewJob {
+        concurrency_group: Some("deploy".into()),
+        ..job_of(trigger, repo, "codex")
+    };
+    queue(&store, "busy", "o/busy", &[grouped("holder", "o/busy")]).await;
+    let holder = store.claim_job("w0", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(holder.trigger, "holder");
+    // o/deep: its oldest job waits for the group, then a claude job (the profile will be at its limit),
+    // then a codex job; behind them, 40 more.
+    queue(
+        &store,
+        "deep",
+        "o/deep",
+        &[
+            grouped("grouped", "o/deep"),
+            job_of("claude", "o/deep", "claude"),
+            job_of("codex", "o/deep", "codex"),
+        ],
+    )
+    .await;
+    for n in 0..40 {
+        let trigger = format!("more-{n}");
+        queue(
+            &store,
+            &format!("deep-{n}"),
+            "o/deep",
+            &[job_of(&trigger, "o/deep", "codex")],
+        )
+        .await;
+    }
+    queue(
+        &store,
+        "claude",
+        "o/other",
+        &[job_of("busy-claude", "o/other", "claude")],
+    )
+    .await;
+    queue(
+        &store,
+        "single",
+        "o/single",
+        &[job_of("single", "o/single", "codex")],
+    )
+    .await;
+    let mut limited = policy(lease);
+    limited.max_concurrent = Arc::new([("claude".to_owned(), 1)].into_iter().collect());
+    // o/deep's claude job first (past its group's; the oldest startable): claude is then full, and
+    // o/other's only job waits for it.
+    let mut claimed = Vec::new();
+    for owner in ["w1", "w2", "w3"] {
+        let job = store
+            .claim_job(owner, limited.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        claimed.push((job.repo, job.trigger));
+    }
+    let repo_of = |trigger: &str| claimed.iter().find(|c| c.1 == trigger).map(|c| c.0.clone());
+    assert_eq!(
+        repo_of("codex").as_deref(),
+        Some("o/deep"),
+        "o/deep's third job starts past its first two: {claimed:?}"
+    );
+    assert_eq!(
+        repo_of("single").as_deref(),
+        Some("o/single"),
+        "the deep queue hides no other repository: {claimed:?}"
+    );
+    assert!(
+        repo_of("grouped").is_none()
+            && claimed.iter().filter(|c| c.1.contains("claude")).count() == 1,
+        "the group's job and a second claude job wait: {claimed:?}"
+    );
+    // The group's holder ends: o/deep's oldest job starts before its later ones.
+    assert!(
+        store
+            .finish_job(holder.id, "w0", Ending::Succeeded)
+            .await
+            .unwrap()
+    );
+    let next = store
+        .claim_job("w4", limited.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.trigger, "grouped");
+}
+
+/// More repositories at their hourly cap than a claim reads at once, all served before another: the claim
+/// walks past every one of them to the repository that may start, and each capped repository's queued jobs
+/// say why they wait. A claim that gave up after its first candidates would start nothing.
+async fn repositories_at_their_hourly_cap_are_walked_past_and_each_says_why(db: &TestDb) {
+    let store = db.store();
+    let lease = Duration::from_secs(60);
+    let mut repos: Vec<String> = (0..12).map(|r| format!("capped/r{r:02}")).collect();
+    repos.push("open/r".into());
+    // In this order (the open repository served last, so most recently), each capped repository starts
+    // two jobs and the open one one.
+    for (n, repo) in repos.iter().enumerate() {
+        let starts = if repo.starts_with("capped") { 2 } else { 1 };
+        for k in 0..starts {
+            queue(
+                &store,
+                &format!("s{n}-{k}"),
+                repo,
+                &[job_of("t", repo, "x")],
+            )
+            .await;
+            let job = store.claim_job("w", policy(lease)).await.unwrap().unwrap();
+            assert_eq!(&job.repo, repo);
+            assert!(
+                store
+                    .finish_job(job.id, "w", Ending::Succeeded)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+    for (n, repo) in repos.iter().enumerate() {
+        queue(&store, &format!("q{n}"), repo, &[job_of("t", repo, "x")]).await;
+    }
+    let capped = ClaimPolicy::new(lease, 2);
+    let next = store.claim_job("w", capped.clone()).await.unwrap();
+    assert_eq!(next.map(|j| j.repo).as_deref(), Some("open/r"));
+    assert!(store.claim_job("w", capped).await.unwrap().is_none());
+    let waiting: Vec<_> = store
+        .jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.state == JobState::Queued)
+        .collect();
+    assert_eq!(waiting.len(), 12, "{waiting:?}");
+    for job in waiting {
+        assert!(
+            job.waiting
+                .as_deref()
+                .is_some_and(|w| w.contains("max_jobs_per_hour")),
+            "{job:?}"
+        );
+    }
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -2329,6 +2479,9 @@ on_both_stores!(
     deliveries_are_paged_and_filtered_to_those_that_fired_nothing,
     a_batch_handed_over_stores_every_field_as_sent,
     an_installation_running_jobs_gives_way_to_another,
+    claim_lanes_agree_with_the_jobs_after_every_change,
+    a_repository_whose_oldest_job_cannot_start_starts_its_next,
+    repositories_at_their_hourly_cap_are_walked_past_and_each_says_why,
 );
 
 #[test]
@@ -2655,32 +2808,29 @@ fn verdicts_are_stored_compactly_and_bounded() {
 /// claims, a finish, a deferral, a stored result, a release, a cancel, a retry, a concurrency group's
 /// replacement, retention; a repository with nothing left has no lane. A lane that drifted would hide a
 /// repository's jobs from claims, or order repositories unfairly.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn claim_lanes_agree_with_the_jobs_after_every_change() {
+async fn claim_lanes_agree_with_the_jobs_after_every_change(db: &TestDb) {
     type Lane = (String, i64, i64, i64, Option<i64>);
-    let db = TestDb::postgres().await;
-    let Backend::Postgres(_, pool) = &db.backend else {
-        unreachable!()
-    };
+    const LANES: &str =
+        "SELECT repo, queued, running, last_started, head FROM claim_lanes ORDER BY repo";
+    const OF_THE_JOBS: &str = "
+        SELECT repo, COUNT(*) FILTER (WHERE state = 'queued'),
+               COUNT(*) FILTER (WHERE state IN ('running', 'delivering')),
+               COALESCE((SELECT MAX(s.started_at) FROM jobs s WHERE s.repo = j.repo), 0),
+               MIN(id) FILTER (WHERE state = 'queued')
+        FROM jobs j WHERE state IN ('queued', 'running', 'delivering')
+        GROUP BY repo ORDER BY repo";
     let store = db.store();
     let check = async |when: &str| {
-        let lanes: Vec<Lane> = sqlx::query_as(
-            "SELECT repo, queued, running, last_started, head FROM claim_lanes ORDER BY repo",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap();
-        let jobs: Vec<Lane> = sqlx::query_as(
-            "SELECT repo, COUNT(*) FILTER (WHERE state = 'queued'),
-                    COUNT(*) FILTER (WHERE state IN ('running', 'delivering')),
-                    COALESCE((SELECT MAX(s.started_at) FROM jobs s WHERE s.repo = j.repo), 0),
-                    MIN(id) FILTER (WHERE state = 'queued')
-             FROM jobs j WHERE state IN ('queued', 'running', 'delivering')
-             GROUP BY repo ORDER BY repo",
-        )
-        .fetch_all(pool)
-        .await
-        .unwrap();
+        let (lanes, jobs): (Vec<Lane>, Vec<Lane>) = match &db.backend {
+            Backend::Sqlite(_, pool) => (
+                sqlx::query_as(LANES).fetch_all(pool).await.unwrap(),
+                sqlx::query_as(OF_THE_JOBS).fetch_all(pool).await.unwrap(),
+            ),
+            Backend::Postgres(_, pool) => (
+                sqlx::query_as(LANES).fetch_all(pool).await.unwrap(),
+                sqlx::query_as(OF_THE_JOBS).fetch_all(pool).await.unwrap(),
+            ),
+        };
         assert_eq!(lanes, jobs, "after {when}");
         lanes.len()
     };
