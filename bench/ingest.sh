@@ -90,7 +90,8 @@ if [ "${SQLITE:-1}" != 0 ]; then
   run_nightshift "sqlite://$D/sqlite/state/nightshift.db" sqlite
   [ -n "${BASE:-}" ] && run_nightshift "sqlite://$D/base/state/nightshift.db" base "$BASE"
 fi
-PGBIN=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+# Where initdb really lives (Debian links it into /usr/local/bin, without psql beside it).
+PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
 pg_run() { # $1 = label, $2 = binary: on a Postgres server of its own, fresh
   PGDATA_DIR="$D/$1-pg/data"; mkdir -p "$D/$1-pg"; RUNAS=()
   if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$D/$1-pg"; RUNAS=(runuser -u postgres --); fi
