@@ -284,24 +284,10 @@ impl Workspaces {
         Ok(())
     }
 
-    /// Takes `repo`'s spare: one that is ready, or the one being made, once it is. The spare's checkout
-    /// began before this job came, so what is left of it is less than a checkout of the job's own, and a
-    /// second checkout beside it would only share the disk and the cores with it (back-to-back jobs of one
-    /// repository found the spare still being made, and each checked out its own: 420-690 ms against a
-    /// spare's 10-30). The making's git calls have their timeouts; one that fails leaves no spare, and the
-    /// job checks out its own.
-    async fn take_spare(&self, repo: &RepoName) -> Option<Spare> {
-        let slot = self.spare_slot(repo);
-        let mut slot = match slot.try_lock() {
-            Ok(ready) => ready,
-            Err(_) => {
-                let asked = std::time::Instant::now();
-                let made = slot.lock().await;
-                tracing::debug!(%repo, "waited {} ms for the spare being made", asked.elapsed().as_millis());
-                made
-            }
-        };
-        slot.take()
+    /// Takes `repo`'s spare when one is ready. One still being made is not waited for: on a busy machine
+    /// its checkout can take longer than the job's own.
+    fn take_spare(&self, repo: &RepoName) -> Option<Spare> {
+        self.spare_slot(repo).try_lock().ok()?.take()
     }
 
     /// Puts back a spare a job took but did not use (it failed before its worktree was made): untouched.
@@ -395,7 +381,7 @@ impl Workspaces {
         attempt: u32,
         auth: &GitAuth,
     ) -> Result<Worktree> {
-        let mut spare = self.take_spare(repo).await;
+        let mut spare = self.take_spare(repo);
         let prepared = self
             .prepare_with(repo, clone_url, checkout, job, attempt, auth, &mut spare)
             .await;
@@ -2811,47 +2797,6 @@ mod tests {
         assert!(!fifth.git_dir.join("config.worktree").exists());
         clean(&fifth);
         fifth.remove().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_job_that_comes_while_the_spare_is_made_waits_for_it_rather_than_check_out_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let (bare, _) = remote(dir.path());
-        let spaces = spaces_in(dir.path());
-        let repo = RepoName::parse("o/r").unwrap();
-        let url = bare.to_str().unwrap();
-        let auth = GitAuth::none();
-        let prepare =
-            |n: i64| spaces.prepare(&repo, url, Checkout::Branch("main"), JobId(n), 1, &auth);
-        prepare(1).await.unwrap().remove().await.unwrap();
-        // The refill is held at the repository's lock, its spare not made yet, when the second job comes.
-        let lock = spaces.lock(&repo);
-        let held = lock.lock().await;
-        let slot = spaces.spare_slot(&repo);
-        let (refilled, second) = tokio::join!(spaces.refill_spare(&repo), async {
-            while slot.try_lock().is_ok() {
-                tokio::task::yield_now().await;
-            }
-            drop(held);
-            prepare(2).await
-        });
-        refilled.unwrap();
-        let second = second.unwrap();
-        assert!(
-            the_spare(dir.path()).is_none(),
-            "the job took the spare that was being made, not a checkout of its own"
-        );
-        assert_eq!(
-            std::fs::read_to_string(second.path.join("README.md")).unwrap(),
-            "one\n"
-        );
-        // Clean and at its commit, as the agent's own git sees it.
-        assert_eq!(sh(&second.path, &["rev-parse", "HEAD"]), second.commit);
-        assert_eq!(
-            sh(&second.path, &["status", "--porcelain", "--ignored"]),
-            ""
-        );
-        second.remove().await.unwrap();
     }
 
     #[tokio::test]
