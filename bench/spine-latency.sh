@@ -4,6 +4,8 @@
 #   2. 202 → agent: from the moment the webhook's 202 is received to the moment the agent process starts
 #      (the agent records its own start time, inside its box: bubblewrap), for N sequential deliveries
 #      against one local repository.
+# The servers' data dirs are made under $TMPDIR (default /tmp): TMPDIR=/dev/shm measures the service without
+# the disk's file creation (see docs/architecture.md, "Event to agent").
 # Usage: bench/spine-latency.sh [N] [BASE_BINARY]
 #   With BASE_BINARY (e.g. a release build of main), both binaries run side by side in this one run, each
 #   delivery going to one and then the other, and the medians are compared as a ratio.
@@ -21,9 +23,14 @@ trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/
 git clone --quiet --bare "$root" "$work/remote.git"
 branch=$(git -C "$work/remote.git" symbolic-ref --short HEAD)
 mkdir -p "$work/triggers" "$work/starts"
+# The agent's first instruction takes the time, then says it on a pipe the bench waits on (no polling: a
+# loop of `sleep`s would take the CPU the service needs on a small machine).
+mkfifo "$work/starts/stamps"
+exec 3<>"$work/starts/stamps"
 cat > "$work/agent.sh" <<AGENT
 #!/bin/sh
-date +%s%N > "$work/starts/\$NIGHTSHIFT_JOB_ID.\$(cat $work/starts/who)"
+t=\$(date +%s%N)
+echo "\$NIGHTSHIFT_JOB_ID \$t" > "$work/starts/stamps"
 cat > /dev/null
 echo ok
 AGENT
@@ -70,19 +77,18 @@ C
 
 # deliver NAME I: one delivery, and the wait for its agent; appends the latency (µs) to $work/NAME.lat.
 deliver() {
-  local name=$1 i=$2 port ack waited=0
+  local name=$1 i=$2 port ack job stamp
   port=$(eval "echo \$port_$name")
-  echo "$name" > "$work/starts/who"
   curl -sf -o /dev/null -H "X-GitHub-Event: issues" -H "X-GitHub-Delivery: bench-$i" \
     -H "X-Hub-Signature-256: $sig" -H "Content-Type: application/json" \
     --data-binary "@$work/payload.json" "http://127.0.0.1:$port/webhooks/github"
   ack=$(date +%s%N)
-  while [ ! -s "$work/starts/$i.$name" ]; do
-    sleep 0.001
-    waited=$((waited + 1))
-    if [ $waited -gt 20000 ]; then echo "$name: delivery $i never started its agent:"; tail -5 "$work/$name/log"; exit 1; fi
-  done
-  echo $(( ($(cat "$work/starts/$i.$name") - ack) / 1000 )) >> "$work/$name.lat"
+  # Each server numbers its jobs from 1, one per delivery.
+  if ! read -r -t 20 job stamp <&3 || [ "$job" != "$i" ]; then
+    echo "$name: delivery $i never started its agent (${job:-nothing} started):"; tail -5 "$work/$name/log"; exit 1
+  fi
+  echo "$stamp" > "$work/starts/$i.$name"
+  echo $(( (stamp - ack) / 1000 )) >> "$work/$name.lat"
 }
 
 # report NAME: the first delivery (which clones the mirror) alone, then the median and p90 of the rest.

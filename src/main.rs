@@ -393,10 +393,12 @@ fn print_verify(trigger: &nightshift::trigger::Trigger, spec: &nightshift::trigg
 }
 
 /// `serve`'s start: non-dumpable, secrets out of the environment (the returned snapshot is what agents may
-/// be given), and the box checked: without a working bubblewrap, serve refuses unless every profile that runs
+/// be given), inherited descriptors closed on exec, and the box checked: without a working bubblewrap, serve refuses unless every profile that runs
 /// a program chose `sandbox: none`.
 fn harden(config: &Config) -> Result<std::collections::HashMap<String, String>> {
     sandbox::harden::non_dumpable().context("marking the process non-dumpable")?;
+    sandbox::harden::close_inherited_on_exec()
+        .context("keeping inherited file descriptors from child processes")?;
     // SAFETY: called from main before the tokio runtime (or any other thread) exists.
     let env = unsafe { sandbox::harden::take_secrets(&sandbox::harden::secret_names(config)) };
     if let Some(warning) = sandbox::harden::unboxed_warning(&sandbox::harden::unboxed(config)) {

@@ -174,6 +174,61 @@ echo checked
 }
 
 #[tokio::test]
+async fn no_agent_inherits_a_descriptor_the_service_was_started_with() {
+    let boxed = trigger("boxed");
+    let unboxed = trigger("unboxed");
+    let mut spine = Spine::new(Auth::App, &[(&boxed.0, &boxed.1), (&unboxed.0, &unboxed.1)]).await;
+    // The service's parent left a secret file open as descriptor 9, without close-on-exec.
+    let secret = spine.dir.path().join("parent-secret");
+    std::fs::write(&secret, "inherited-secret\n").unwrap();
+    let file = std::fs::File::open(&secret).unwrap();
+    let script = r#"cat > /dev/null
+open=$(ls /proc/self/fd | tr '\n' ' ')
+(head -c 100 <&9) 2>/dev/null | grep -q inherited-secret && echo "LEAK fd 9"
+echo "$AGENT_NAME open: $open"
+"#;
+    attacker(&spine, "boxed", &script.replace("$AGENT_NAME", "boxed"), "");
+    attacker(
+        &spine,
+        "unboxed",
+        &script.replace("$AGENT_NAME", "unboxed"),
+        ", sandbox: none",
+    );
+    spine.start_with(&[], Some(&file)).await;
+    spine
+        .deliver_example("issues", "inherit-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{jobs:?}"
+    );
+    let bodies: Vec<String> = spine
+        .github
+        .comments()
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
+    for agent in ["boxed", "unboxed"] {
+        let line = bodies
+            .iter()
+            .flat_map(|b| b.lines())
+            .find(|l| l.starts_with(&format!("{agent} open: ")))
+            .unwrap_or_else(|| panic!("no report from {agent}: {bodies:?}"));
+        // stdin, stdout, stderr, and `ls`'s own listing of the folder: nothing the service inherited.
+        let open: Vec<&str> = line
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(open, ["0", "1", "2", "3"], "{agent}: {line}");
+    }
+    assert!(bodies.iter().all(|b| !b.contains("LEAK")), "{bodies:?}");
+    healthy(&spine).await;
+}
+
+#[tokio::test]
 async fn daemons_and_double_forks_end_with_their_job_and_at_its_timeout() {
     let t = trigger("lingerer");
     let t2 = (

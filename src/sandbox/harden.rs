@@ -1,7 +1,8 @@
 //! Start-up hardening of `nightshift serve`: the process becomes non-dumpable (no process of the same user
-//! can read its memory or `/proc/<pid>/environ`, nor ptrace it), and the secrets it was given in its
-//! environment are read once into memory and removed from the environment, so no child it starts (git,
-//! bubblewrap, an agent with `sandbox: none`) inherits them.
+//! can read its memory or `/proc/<pid>/environ`, nor ptrace it), the secrets it was given in its
+//! environment are read once into memory and removed from the environment, and the file descriptors it
+//! inherited are closed on exec, so no child it starts (git, bubblewrap, an agent with `sandbox: none`)
+//! inherits either.
 
 use std::collections::HashMap;
 
@@ -26,6 +27,45 @@ pub fn non_dumpable() -> std::io::Result<()> {
     // SAFETY: prctl with PR_SET_DUMPABLE takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every file descriptor past stderr close-on-exec. Whoever started the service may have left some
+/// open without that flag (a shell's `exec 3<secrets`, a supervisor's log or control socket): every child
+/// would inherit them, and bubblewrap passes what it inherits on to the agent, past the box's mounts.
+/// nightshift's own descriptors are opened close-on-exec already.
+pub fn close_inherited_on_exec() -> std::io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on this process's descriptors.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if set == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(err);
+    }
+    // Kernels before 5.11: one by one.
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in open {
+        // SAFETY: fcntl on a descriptor number changes its flags or fails with EBADF (the directory
+        // listing's own, closed by now).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
     }
     Ok(())
 }

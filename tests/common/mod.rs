@@ -310,7 +310,27 @@ impl Spine {
     }
 
     pub async fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        self.start_with(env, None).await;
+    }
+
+    /// Starts the service as [`Spine::start_with_env`] does, with `inherited` open in it as descriptor 9
+    /// without close-on-exec, as a careless parent (a shell's `exec 9<file`) leaves one.
+    pub async fn start_with(&mut self, env: &[(&str, &str)], inherited: Option<&std::fs::File>) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nightshift"));
+        if let Some(file) = inherited {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = file.as_raw_fd();
+            // SAFETY: dup2 is async-signal-safe; the new descriptor has no close-on-exec flag.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 9) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(["--config", self.config.to_str().unwrap(), "serve"])
             .env_remove("NIGHTSHIFT_WEBHOOK_SECRET")
             .env_remove("NIGHTSHIFT_GITHUB_TOKEN")
