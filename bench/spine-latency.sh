@@ -67,7 +67,7 @@ C
   local t0 t1
   t0=$(date +%s%N)
   NIGHTSHIFT_WEBHOOK_SECRET=bench RUST_LOG=warn,nightshift::source::webhook=info,nightshift::queue=info "$binary" --config "$work/$name/nightshift.yml" serve \
-    2>"$work/$name/log" &
+    2>"$work/$name/log" 3>&- &
   pids+=($!)
   until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.001; done
   t1=$(date +%s%N)

@@ -457,23 +457,24 @@ impl Store for PostgresStore {
         jobs: &[NewJob],
         verdicts: Option<&Verdicts>,
     ) -> Result<usize> {
-        let mut tx = self.pool.begin().await?;
         if jobs.is_empty() {
             // Most deliveries fire nothing: lost to a crash of the database's machine, such a mark is redone
             // by matching the delivery again, which fires nothing again. So its commit does not wait for the
-            // WAL flush (the flush follows within wal_writer_delay; order is kept).
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE deliveries SET matched_at = $1, verdicts = $2 WHERE id = $3")
-                .bind(now_ms())
-                .bind(verdicts.map(|v| text(&v.to_stored()).into_owned()))
-                .bind(delivery)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            // WAL flush (the flush follows within wal_writer_delay; order is kept). One statement, its own
+            // transaction, in one round trip: `set_config(.., true)` is `SET LOCAL`, in force at its commit.
+            sqlx::query(
+                "UPDATE deliveries SET matched_at = $1, verdicts = $2
+                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed
+                 WHERE id = $3",
+            )
+            .bind(now_ms())
+            .bind(verdicts.map(|v| text(&v.to_stored()).into_owned()))
+            .bind(delivery)
+            .execute(&self.pool)
+            .await?;
             return Ok(0);
         }
+        let mut tx = self.pool.begin().await?;
         // Two dispatchers matching the same delivery: the second waits here, then finds it matched.
         sqlx::query("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE")
             .bind(delivery)

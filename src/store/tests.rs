@@ -2985,6 +2985,57 @@ const FULL_SORT_PICK: &str = "
 /// a job whose worker died is taken over in its place, and jobs left running change the order as they
 /// pile up. A pick that read fewer lanes than it must would start a job out of turn, or none while one may
 /// start.
+/// A delivery that fires nothing is marked matched with a commit that does not wait for the WAL flush; that
+/// setting ends with its own statement: every other commit on the same connections (a job queued, a webhook
+/// acknowledged) still waits for its flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marking_a_delivery_that_fired_nothing_leaves_every_connection_durable() {
+    let db = TestDb::postgres().await;
+    let Backend::Postgres(server, _) = &db.backend else {
+        unreachable!()
+    };
+    // The test server's default is `off` (for speed); these sessions start `on`, as a durable server's do.
+    let durable = PostgresStore::connect(&format!(
+        "{}&options=-c%20synchronous_commit%3Don",
+        server.url()
+    ))
+    .await
+    .unwrap();
+    let pool = durable.pool.clone();
+    let store: Arc<dyn Store> = Arc::new(durable);
+    let mut marks = Vec::new();
+    for i in 0..40 {
+        let Inserted::New(d) = store
+            .insert_delivery(&delivery(&format!("quiet{i}")))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let store = store.clone();
+        marks.push(tokio::spawn(async move {
+            store.record_match_explained(d, &[], None).await.unwrap()
+        }));
+    }
+    for mark in marks {
+        assert_eq!(mark.await.unwrap(), 0);
+    }
+    assert!(store.unmatched_heads(100).await.unwrap().is_empty());
+    // Every connection the marks used, held at once so none is handed out twice.
+    let mut held = Vec::new();
+    for _ in 0..pool.size() {
+        held.push(pool.acquire().await.unwrap());
+    }
+    assert!(held.len() > 1, "the marks ran on several connections");
+    for conn in &mut held {
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(setting, "on");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn claims_follow_the_fair_order_across_many_lanes_and_installations() {
     let db = TestDb::postgres().await;
