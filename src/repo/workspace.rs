@@ -64,6 +64,49 @@ pub struct Workspaces {
 struct Spare {
     dir: PathBuf,
     commit: String,
+    /// Its files as they were once settled ([`fingerprint`]). A spare found otherwise when a job takes it
+    /// is not used; one found so, at the job's commit, needs no `reset` (its index already matches them).
+    settled: Vec<Stamp>,
+}
+
+/// One entry of a folder's [`fingerprint`]: its path under the folder and what `lstat` says of it. The
+/// change time is set by the kernel on every write, rename, link and attribute change, and no process can
+/// set it back.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    path: PathBuf,
+    ino: u64,
+    mode: u32,
+    size: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+/// Every entry under `root` and `root` itself (links not followed), in path order.
+fn fingerprint(root: &Path) -> std::io::Result<Vec<Stamp>> {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |path: &Path, m: &std::fs::Metadata| Stamp {
+        path: path.strip_prefix(root).unwrap_or(path).to_owned(),
+        ino: m.ino(),
+        mode: m.mode(),
+        size: m.size(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        mtime: (m.mtime(), m.mtime_nsec()),
+    };
+    let mut stamps = vec![stamp(root, &std::fs::symlink_metadata(root)?)];
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+            stamps.push(stamp(&entry.path(), &meta));
+        }
+    }
+    stamps.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(stamps)
 }
 
 /// What a spare's git folder may hold: the files nightshift wrote and the ones `reset --hard` writes.
@@ -275,12 +318,18 @@ impl Workspaces {
             }
         };
         let dir = self.spare_dir();
-        let made = make_spare(&self.git, &mirror, &dir, &commit).await;
-        if let Err(e) = made {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(e.context(format!("checking out a spare worktree of {repo}")));
-        }
-        *slot = Some(Spare { dir, commit });
+        let settled = match make_spare(&self.git, &mirror, &dir, &commit).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e.context(format!("checking out a spare worktree of {repo}")));
+            }
+        };
+        *slot = Some(Spare {
+            dir,
+            commit,
+            settled,
+        });
         Ok(())
     }
 
@@ -481,20 +530,21 @@ impl Workspaces {
         // Only the bookkeeping happens under the lock; the checkout itself (the slow part on a large
         // repository) runs after it is released, so jobs on one repository wait for each other only for
         // the fetch.
-        let adopted = match spare.take() {
-            Some(taken) => match adopt_spare(&taken, &mirror, &path, &commit).await {
-                Ok(()) => {
-                    tracing::debug!(%repo, "the spare worktree at {} moves to {commit}", taken.commit);
-                    true
+        // A spare at the job's commit is ready as it is: its files and index are as its own `reset` and
+        // refresh left them (its fingerprint says so), and a second `reset` would only read them again.
+        let (adopted, ready) = match spare.take() {
+            Some(taken) => match adopt_spare(taken, &mirror, &path, &commit).await {
+                Ok((from, ready)) => {
+                    tracing::debug!(%repo, "the spare worktree at {from} moves to {commit}");
+                    (true, ready)
                 }
                 Err(e) => {
                     tracing::warn!(%repo, "the spare worktree was not used: {e:#}");
-                    let _ = tokio::fs::remove_dir_all(&taken.dir).await;
                     remove_worktree_files(&mirror, &path, None, &private).await;
-                    false
+                    (false, false)
                 }
             },
-            None => false,
+            None => (false, false),
         };
         if !adopted {
             add_worktree(&mirror, &path, &commit)
@@ -524,7 +574,14 @@ impl Workspaces {
                 None => None,
             }
         };
-        let (checked_out, remote_tip) = tokio::join!(check_out(&worktree), remote_tip);
+        let checked_out = async {
+            if ready {
+                Ok(())
+            } else {
+                check_out(&worktree).await
+            }
+        };
+        let (checked_out, remote_tip) = tokio::join!(checked_out, remote_tip);
         if let Err(e) = checked_out {
             let commit = worktree.commit.clone();
             let _ = worktree.remove().await;
@@ -706,7 +763,7 @@ async fn add_worktree(mirror: &Path, path: &Path, commit: &str) -> Result<()> {
 
 /// Makes a spare worktree in `dir` at `commit`: its git folder (`dir/git`, whose `commondir` names the
 /// mirror), its files (`dir/tree`), checked out with one process (it runs beside jobs).
-async fn make_spare(git: &Git, mirror: &Path, dir: &Path, commit: &str) -> Result<()> {
+async fn make_spare(git: &Git, mirror: &Path, dir: &Path, commit: &str) -> Result<Vec<Stamp>> {
     if !is_object_id(commit) {
         bail!("`{}` is not a commit id", commit.escape_debug());
     }
@@ -753,7 +810,10 @@ async fn make_spare(git: &Git, mirror: &Path, dir: &Path, commit: &str) -> Resul
     .args(["update-index", "-q", "--refresh"])
     .run()
     .await?;
-    Ok(())
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || fingerprint(&dir))
+        .await?
+        .context("reading the settled spare")
 }
 
 /// How far back a spare's files are set (see [`make_spare`]): past git's whole-second racy window.
@@ -785,19 +845,50 @@ fn backdate_files(root: &Path, age: std::time::Duration) -> std::io::Result<()> 
 
 /// Moves a spare worktree to a job's place: its files to `path`, its git folder into the mirror's
 /// `worktrees/`, with nightshift's own `HEAD` (the job's commit), `commondir`, `gitdir` and `.git` written
-/// afresh; the caller's `reset --hard` then brings the files to the job's commit. A spare whose git folder
-/// holds anything nightshift and git's `reset` do not write, or whose `.git` is not a plain file, is
-/// refused. The caller holds the repository's lock and removed what a dead run left at `path`.
-async fn adopt_spare(spare: &Spare, mirror: &Path, path: &Path, commit: &str) -> Result<()> {
+/// afresh. Returns the commit the spare was made at, and whether it is ready as it is (made at `commit`);
+/// otherwise the caller's `reset --hard` brings its files to the job's commit. A spare whose files or git
+/// folder changed after it was settled (its [`fingerprint`]) is refused and removed, as is one whose git
+/// folder holds anything nightshift and git's `reset` do not write, or whose `.git` is not a plain file.
+/// The caller holds the repository's lock and removed what a dead run left at `path`.
+async fn adopt_spare(
+    spare: Spare,
+    mirror: &Path,
+    path: &Path,
+    commit: &str,
+) -> Result<(String, bool)> {
+    let Spare {
+        dir,
+        commit: from,
+        settled,
+    } = spare;
+    let adopted = adopt_spare_files(&dir, settled, &from, mirror, path, commit).await;
+    if adopted.is_err() {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+    adopted.map(|ready| (from, ready))
+}
+
+async fn adopt_spare_files(
+    dir: &Path,
+    settled: Vec<Stamp>,
+    from: &str,
+    mirror: &Path,
+    path: &Path,
+    commit: &str,
+) -> Result<bool> {
     if !is_object_id(commit) {
         bail!("`{}` is not a commit id", commit.escape_debug());
     }
     let name = path.file_name().context("the worktree path has no name")?;
     let admin = mirror.join("worktrees").join(name);
-    let (tree, git) = (spare.dir.join("tree"), spare.dir.join("git"));
-    let (path, dir) = (path.to_owned(), spare.dir.clone());
+    let (tree, git) = (dir.join("tree"), dir.join("git"));
+    let (path, dir) = (path.to_owned(), dir.to_owned());
+    let ready = from == commit;
     let commit = commit.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<bool> {
+        if fingerprint(&dir)? != settled {
+            bail!("its files changed after it was made");
+        }
         for entry in std::fs::read_dir(&git)? {
             let name = entry?.file_name();
             if !SPARE_GIT_FILES.iter().any(|f| name == *f) {
@@ -826,7 +917,7 @@ async fn adopt_spare(spare: &Spare, mirror: &Path, path: &Path, commit: &str) ->
         std::fs::remove_file(&dot_git)?;
         std::fs::write(&dot_git, format!("gitdir: {}\n", path_str(&admin)?))?;
         let _ = std::fs::remove_dir(&dir);
-        Ok(())
+        Ok(ready)
     })
     .await?
 }
@@ -2725,6 +2816,7 @@ mod tests {
         spaces.refill_spare(&repo).await.unwrap();
         let spare = the_spare(dir.path()).expect("a spare after the refill");
         let spare_file = inode(&spare.join("tree/README.md"));
+        let spare_index = inode(&spare.join("git/index"));
         assert_settled(&spare);
         // The repository's link to a file outside it is settled as a link: what it points at keeps its time.
         assert_eq!(
@@ -2743,6 +2835,8 @@ mod tests {
             spare_file,
             "the second job got the spare"
         );
+        // At the job's commit and untouched, it is used as it is: no `reset` wrote its index again.
+        assert_eq!(inode(&second.git_dir.join("index")), spare_index);
         assert!(!second.path.join("planted.txt").exists());
         assert_eq!(
             std::fs::read_to_string(second.path.join("README.md")).unwrap(),
@@ -2752,16 +2846,27 @@ mod tests {
         assert!(the_spare(dir.path()).is_none(), "a spare serves one job");
         second.remove().await.unwrap();
 
-        // A spare whose tracked file changed (its size kept) is brought back to the commit: the settled
-        // index still sees the new modification time.
+        // A spare changed after it was made (a tracked file rewritten at its size with its time set back, a
+        // file planted beside it) is not used: the job gets a worktree of its own, and the spare is removed.
         spaces.refill_spare(&repo).await.unwrap();
         let spare = the_spare(dir.path()).unwrap();
-        std::fs::write(spare.join("tree/README.md"), "ONE\n").unwrap();
+        let readme = spare.join("tree/README.md");
+        let settled_time = std::fs::metadata(&readme).unwrap().modified().unwrap();
+        std::fs::write(&readme, "ONE\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&readme)
+            .unwrap()
+            .set_modified(settled_time)
+            .unwrap();
+        std::fs::write(spare.join("tree/planted.txt"), "left in the spare\n").unwrap();
         let third = prepare(3).await;
+        assert!(!spare.exists(), "a changed spare is removed");
         assert_eq!(
             std::fs::read_to_string(third.path.join("README.md")).unwrap(),
             "one\n"
         );
+        assert!(!third.path.join("planted.txt").exists());
         clean(&third);
         third.remove().await.unwrap();
 
