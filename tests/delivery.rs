@@ -474,6 +474,38 @@ async fn a_github_outage_makes_the_job_wait_visibly_and_then_deliver_once() {
     spine.assert_no_unexpected_calls();
 }
 
+/// The progress comment is posted while the worktree is prepared: an agent starts while GitHub has not yet
+/// answered the comment's post.
+#[tokio::test]
+async fn the_agent_starts_while_the_progress_comment_is_still_being_posted() {
+    let mut spine = Spine::new(Auth::Token, &[FIX]).await;
+    spine.start().await;
+    spine.github.set_hang(Duration::from_secs(600));
+    spine
+        .github
+        .fail_next("issues/create-comment", &[Fault::HangAfter]);
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let log = spine
+        .wait_for_log_line(nightshift::ids::JobId(1), "starting agent")
+        .await;
+    let comments = comments_on(&spine, 1);
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(
+        comments[0].body.contains("Working on it"),
+        "{}",
+        comments[0].body
+    );
+    // GitHub's client gives up on the hung post after seconds, and says so in the log: not before the agent.
+    assert!(
+        !log.iter()
+            .any(|l| l.line.starts_with("posting the job's comment")),
+        "{log:#?}"
+    );
+}
+
 /// Kill -9 while the pull request's create hangs after GitHub applied it (between the post and its record):
 /// after the restart the job only delivers (the agent is not run again) and finds the pull request.
 #[tokio::test]

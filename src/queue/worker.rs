@@ -667,26 +667,30 @@ async fn run_job(
     };
     *minted.lock().unwrap_or_else(|e| e.into_inner()) = client.clone();
     let ctx = sink_context(pipeline, job.id, &spec, owner, client.as_ref());
-    // The progress comment, first thing: whoever handed the work off sees it was taken.
-    if spec.progress && spec.number.is_some() {
-        let body = crate::sink::texts::progress_working(
-            &spec.trigger,
-            &spec.agent,
-            job.id,
-            ctx.job_url().as_deref(),
-        );
-        if let Err(e) = sink::comment::say(&ctx, &body).await {
-            if e.chain().any(|c| c.is::<LostLease>()) {
-                return Err(e);
-            }
-            note(
-                pipeline,
+    // The progress comment, first thing: whoever handed the work off sees it was taken. It is posted while
+    // the worktree is prepared: neither waits for the other's round trips to GitHub.
+    let progress = async {
+        if spec.progress && spec.number.is_some() {
+            let body = crate::sink::texts::progress_working(
+                &spec.trigger,
+                &spec.agent,
                 job.id,
-                format!("the progress comment could not be posted: {e:#}"),
-            )
-            .await;
+                ctx.job_url().as_deref(),
+            );
+            if let Err(e) = sink::comment::say(&ctx, &body).await {
+                if e.chain().any(|c| c.is::<LostLease>()) {
+                    return Err(e);
+                }
+                note(
+                    pipeline,
+                    job.id,
+                    format!("the progress comment could not be posted: {e:#}"),
+                )
+                .await;
+            }
         }
-    }
+        Ok(())
+    };
     let auth = client
         .as_ref()
         .map(crate::github::RepoClient::git_auth)
@@ -696,71 +700,90 @@ async fn run_job(
         None => Checkout::Branch(&spec.default_branch),
     };
     let started = Instant::now();
-    claim_attempt_files(pipeline, job, owner, &spec.repo)
-        .await
-        .context(Failure::Prepare)?;
-    let worktree = match pipeline
-        .workspaces
-        .prepare(
-            &spec.repo,
-            &spec.clone_url,
-            checkout,
-            job.id,
-            job.attempt,
-            &auth,
-        )
-        .await
-    {
-        Ok(worktree) => worktree,
-        Err(e) => {
-            remove_job_files(pipeline, job.id, job.attempt).await;
-            return Err(anyhow::Error::new(Transient(e))).context(Failure::Prepare);
+    let prepare = async {
+        claim_attempt_files(pipeline, job, owner, &spec.repo)
+            .await
+            .context(Failure::Prepare)?;
+        match pipeline
+            .workspaces
+            .prepare(
+                &spec.repo,
+                &spec.clone_url,
+                checkout,
+                job.id,
+                job.attempt,
+                &auth,
+            )
+            .await
+        {
+            Ok(worktree) => Ok(worktree),
+            Err(e) => {
+                remove_job_files(pipeline, job.id, job.attempt).await;
+                Err(anyhow::Error::new(Transient(e))).context(Failure::Prepare)
+            }
         }
     };
-    if spec.output == OutputKind::CheckRun
-        && let Err(e) = sink::check_run::start(&ctx, &worktree.commit).await
-    {
-        if e.chain().any(|c| c.is::<LostLease>()) {
-            let _ = worktree.remove().await;
-            remove_job_files(pipeline, job.id, job.attempt).await;
-            return Err(e);
+    // The run goes on while the progress comment is posted: the agent does not wait for GitHub's answer.
+    let work = async {
+        let worktree = prepare.await?;
+        if spec.output == OutputKind::CheckRun
+            && let Err(e) = sink::check_run::start(&ctx, &worktree.commit).await
+        {
+            if e.chain().any(|c| c.is::<LostLease>()) {
+                let _ = worktree.remove().await;
+                remove_job_files(pipeline, job.id, job.attempt).await;
+                return Err(e);
+            }
+            note(
+                pipeline,
+                job.id,
+                format!("the check run could not be started: {e:#}"),
+            )
+            .await;
         }
-        note(
-            pipeline,
-            job.id,
-            format!("the check run could not be started: {e:#}"),
-        )
-        .await;
-    }
-    // Said in one write with the agent's start (below): every store write before the agent starts is an
-    // fsync on its way.
-    let ready = format!(
-        "worktree ready at {} ({} ms){}",
-        worktree.commit,
-        started.elapsed().as_millis(),
-        access.map(|a| format!("; {a}")).unwrap_or_default()
-    );
-    info!("{ready}");
+        // Said in one write with the agent's start (below): every store write before the agent starts is
+        // an fsync on its way.
+        let ready = format!(
+            "worktree ready at {} ({} ms){}",
+            worktree.commit,
+            started.elapsed().as_millis(),
+            access
+                .as_ref()
+                .map(|a| format!("; {a}"))
+                .unwrap_or_default()
+        );
+        info!("{ready}");
 
-    // The next job of this repository finds a worktree checked out ahead (crate::repo::workspace::Spare).
-    let refill = pipeline.clone();
-    let repo = spec.repo.clone();
-    tokio::spawn(async move {
-        if let Err(e) = refill.workspaces.refill_spare(&repo).await {
-            tracing::debug!(%repo, "{e:#}");
+        // The next job of this repository finds a worktree checked out ahead (crate::repo::workspace::Spare).
+        let refill = pipeline.clone();
+        let repo = spec.repo.clone();
+        tokio::spawn(async move {
+            if let Err(e) = refill.workspaces.refill_spare(&repo).await {
+                tracing::debug!(%repo, "{e:#}");
+            }
+        });
+
+        let filled;
+        let spec = if spec.default_branch.is_empty() {
+            let mut with_branch = spec.clone();
+            with_branch.default_branch = worktree.default_branch.clone();
+            filled = with_branch;
+            &filled
+        } else {
+            &spec
+        };
+        let result = run_in_worktree(pipeline, job, spec, profile, &worktree, ready).await;
+        if let Err(e) = worktree.remove().await {
+            warn!("removing the worktree failed: {e:#}");
         }
-    });
-
-    let mut spec = spec;
-    if spec.default_branch.is_empty() {
-        spec.default_branch = worktree.default_branch.clone();
-    }
-    let result = run_in_worktree(pipeline, job, &spec, profile, &worktree, ready).await;
-    if let Err(e) = worktree.remove().await {
-        warn!("removing the worktree failed: {e:#}");
-    }
-    // The job's home, output and copies, whether it succeeded or not (the proposal holds what is posted).
-    remove_job_files(pipeline, job.id, job.attempt).await;
+        // The job's home, output and copies, whether it succeeded or not (the proposal holds what is
+        // posted).
+        remove_job_files(pipeline, job.id, job.attempt).await;
+        result
+    };
+    let (progressed, result) = tokio::join!(progress, work);
+    // The lease was lost while the comment was posted: this run is not the job's any more.
+    progressed?;
     result
 }
 
