@@ -64,34 +64,32 @@ pub struct Workspaces {
 struct Spare {
     dir: PathBuf,
     commit: String,
-    /// Its files as they were once settled ([`fingerprint`]). A spare found otherwise when a job takes it
-    /// is not used; one found so, at the job's commit, needs no `reset` (its index already matches them).
-    settled: Vec<Stamp>,
+    /// Its files as they were once settled ([`fingerprint`], keyed by `key`). A spare found otherwise when
+    /// a job takes it is not used; one found so, at the job's commit, needs no `reset` (its index already
+    /// matches them).
+    settled: u64,
+    key: std::hash::RandomState,
 }
 
-/// One entry of a folder's [`fingerprint`]: its path under the folder and what `lstat` says of it. The
-/// change time is set by the kernel on every write, rename, link and attribute change, and no process can
-/// set it back.
-#[derive(Debug, PartialEq, Eq)]
-struct Stamp {
-    path: PathBuf,
-    ino: u64,
-    mode: u32,
-    size: u64,
-    ctime: (i64, i64),
-    mtime: (i64, i64),
-}
-
-/// Every entry under `root` and `root` itself (links not followed), in path order.
-fn fingerprint(root: &Path) -> std::io::Result<Vec<Stamp>> {
+/// What `lstat` says of every entry under `root` and of `root` itself (links not followed), with its path,
+/// hashed in path order with `key` (a secret random key: no one can make two folders hash alike on
+/// purpose). The change time is set by the kernel on every write, rename, link and attribute change, and no
+/// process can set it back.
+fn fingerprint(root: &Path, key: &std::hash::RandomState) -> std::io::Result<u64> {
+    use std::hash::{BuildHasher, Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
-    let stamp = |path: &Path, m: &std::fs::Metadata| Stamp {
-        path: path.strip_prefix(root).unwrap_or(path).to_owned(),
-        ino: m.ino(),
-        mode: m.mode(),
-        size: m.size(),
-        ctime: (m.ctime(), m.ctime_nsec()),
-        mtime: (m.mtime(), m.mtime_nsec()),
+    type Stamp = (PathBuf, u64, u32, u64, i64, i64, i64, i64);
+    let stamp = |path: &Path, m: &std::fs::Metadata| -> Stamp {
+        (
+            path.strip_prefix(root).unwrap_or(path).to_owned(),
+            m.ino(),
+            m.mode(),
+            m.size(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.mtime(),
+            m.mtime_nsec(),
+        )
     };
     let mut stamps = vec![stamp(root, &std::fs::symlink_metadata(root)?)];
     let mut dirs = vec![root.to_owned()];
@@ -105,8 +103,10 @@ fn fingerprint(root: &Path) -> std::io::Result<Vec<Stamp>> {
             stamps.push(stamp(&entry.path(), &meta));
         }
     }
-    stamps.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(stamps)
+    stamps.sort_unstable();
+    let mut hasher = key.build_hasher();
+    stamps.hash(&mut hasher);
+    Ok(hasher.finish())
 }
 
 /// What a spare's git folder may hold: the files nightshift wrote and the ones `reset --hard` writes.
@@ -318,7 +318,8 @@ impl Workspaces {
             }
         };
         let dir = self.spare_dir();
-        let settled = match make_spare(&self.git, &mirror, &dir, &commit).await {
+        let key = std::hash::RandomState::new();
+        let settled = match make_spare(&self.git, &mirror, &dir, &commit, &key).await {
             Ok(settled) => settled,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -329,6 +330,7 @@ impl Workspaces {
             dir,
             commit,
             settled,
+            key,
         });
         Ok(())
     }
@@ -763,7 +765,13 @@ async fn add_worktree(mirror: &Path, path: &Path, commit: &str) -> Result<()> {
 
 /// Makes a spare worktree in `dir` at `commit`: its git folder (`dir/git`, whose `commondir` names the
 /// mirror), its files (`dir/tree`), checked out with one process (it runs beside jobs).
-async fn make_spare(git: &Git, mirror: &Path, dir: &Path, commit: &str) -> Result<Vec<Stamp>> {
+async fn make_spare(
+    git: &Git,
+    mirror: &Path,
+    dir: &Path,
+    commit: &str,
+    key: &std::hash::RandomState,
+) -> Result<u64> {
     if !is_object_id(commit) {
         bail!("`{}` is not a commit id", commit.escape_debug());
     }
@@ -810,8 +818,8 @@ async fn make_spare(git: &Git, mirror: &Path, dir: &Path, commit: &str) -> Resul
     .args(["update-index", "-q", "--refresh"])
     .run()
     .await?;
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || fingerprint(&dir))
+    let (dir, key) = (dir.to_owned(), key.clone());
+    tokio::task::spawn_blocking(move || fingerprint(&dir, &key))
         .await?
         .context("reading the settled spare")
 }
@@ -860,8 +868,9 @@ async fn adopt_spare(
         dir,
         commit: from,
         settled,
+        key,
     } = spare;
-    let adopted = adopt_spare_files(&dir, settled, &from, mirror, path, commit).await;
+    let adopted = adopt_spare_files(&dir, (settled, key), &from, mirror, path, commit).await;
     if adopted.is_err() {
         let _ = tokio::fs::remove_dir_all(&dir).await;
     }
@@ -870,7 +879,7 @@ async fn adopt_spare(
 
 async fn adopt_spare_files(
     dir: &Path,
-    settled: Vec<Stamp>,
+    (settled, key): (u64, std::hash::RandomState),
     from: &str,
     mirror: &Path,
     path: &Path,
@@ -886,7 +895,7 @@ async fn adopt_spare_files(
     let ready = from == commit;
     let commit = commit.to_owned();
     tokio::task::spawn_blocking(move || -> Result<bool> {
-        if fingerprint(&dir)? != settled {
+        if fingerprint(&dir, &key)? != settled {
             bail!("its files changed after it was made");
         }
         for entry in std::fs::read_dir(&git)? {
