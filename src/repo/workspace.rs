@@ -76,7 +76,7 @@ struct Spare {
 /// purpose). The change time is set by the kernel on every write, rename, link and attribute change, and no
 /// process can set it back.
 fn fingerprint(root: &Path, key: &std::hash::RandomState) -> std::io::Result<u64> {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     use std::os::unix::fs::MetadataExt;
     type Stamp = (PathBuf, u64, u32, u64, i64, i64, i64, i64);
     let stamp = |path: &Path, m: &std::fs::Metadata| -> Stamp {
@@ -104,9 +104,7 @@ fn fingerprint(root: &Path, key: &std::hash::RandomState) -> std::io::Result<u64
         }
     }
     stamps.sort_unstable();
-    let mut hasher = key.build_hasher();
-    stamps.hash(&mut hasher);
-    Ok(hasher.finish())
+    Ok(key.hash_one(&stamps))
 }
 
 /// What a spare's git folder may hold: the files nightshift wrote and the ones `reset --hard` writes.
