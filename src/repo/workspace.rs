@@ -459,6 +459,25 @@ impl Workspaces {
         let private = self.private_path(job, attempt);
         let lock = self.lock(repo);
         let asked = std::time::Instant::now();
+        // For a branch, the remote is asked for its tip at once (one `ls-remote`, a round trip to GitHub):
+        // nothing before the checkout needs the answer. Not awaited (a fetch instead): dropped, stopped.
+        let mut early_tip = tokio::task::JoinSet::new();
+        let early_name = match checkout {
+            Checkout::Branch(branch) if mirror.join("HEAD").exists() => {
+                let name = if branch.is_empty() {
+                    default_branch(git, &mirror).await
+                } else {
+                    branch.to_owned()
+                };
+                let (git, repo, mirror) = (self.git.clone(), repo.clone(), mirror.clone());
+                let (url, asked_name, auth) = (clone_url.to_owned(), name.clone(), auth.clone());
+                early_tip.spawn(async move {
+                    remote_tip_of(&git, &repo, &mirror, &url, &asked_name, &auth).await
+                });
+                Some(name)
+            }
+            _ => None,
+        };
         let guard = lock.lock().await;
         // A worktree left behind by a run that died is replaced (and git forgets it); otherwise there is
         // nothing for `worktree prune` to do (every job's end removes its worktree's git folder).
@@ -569,10 +588,13 @@ impl Workspaces {
             trash: self.spare_dir(),
         };
         let remote_tip = async {
-            match &ask_remote {
-                Some((_, name)) => Some(self.remote_tip(repo, clone_url, name, auth).await),
-                None => None,
+            let (_, name) = ask_remote.as_ref()?;
+            if early_name.as_ref() == Some(name)
+                && let Some(joined) = early_tip.join_next().await
+            {
+                return Some(joined.map_err(anyhow::Error::from).and_then(|tip| tip));
             }
+            Some(self.remote_tip(repo, clone_url, name, auth).await)
         };
         let checked_out = async {
             if ready {
@@ -1397,29 +1419,15 @@ impl Workspaces {
         branch: &str,
         auth: &GitAuth,
     ) -> Result<Option<String>> {
-        let url = self.git.remote(clone_url)?;
-        check_branch_name(branch)?;
-        let mirror = self.mirror_path(repo);
-        let out = self
-            .git
-            .cmd(Repo::Bare(&mirror))
-            .args([
-                "ls-remote",
-                "--heads",
-                "--end-of-options",
-                &url,
-                &format!("refs/heads/{branch}"),
-            ])
-            .auth(auth)
-            .run()
-            .await
-            .with_context(|| format!("reading {repo}'s branch {branch}"))?;
-        Ok(out
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .find(|(_, name)| *name == format!("refs/heads/{branch}"))
-            .map(|(sha, _)| sha.to_owned())
-            .filter(|sha| is_object_id(sha)))
+        remote_tip_of(
+            &self.git,
+            repo,
+            &self.mirror_path(repo),
+            clone_url,
+            branch,
+            auth,
+        )
+        .await
     }
 
     /// Pushes job `job`'s commit `commit` (made by [`Worktree::commit_changes`], kept under the job's own ref
@@ -1820,6 +1828,38 @@ fn check_branch_name(branch: &str) -> Result<()> {
         bail!("`{}` is not a branch name", branch.escape_debug());
     }
     Ok(())
+}
+
+/// The commit `branch` is at on the remote (`ls-remote`, run in `mirror`), None when it has no such branch.
+async fn remote_tip_of(
+    git: &Git,
+    repo: &RepoName,
+    mirror: &Path,
+    clone_url: &str,
+    branch: &str,
+    auth: &GitAuth,
+) -> Result<Option<String>> {
+    let url = git.remote(clone_url)?;
+    check_branch_name(branch)?;
+    let out = git
+        .cmd(Repo::Bare(mirror))
+        .args([
+            "ls-remote",
+            "--heads",
+            "--end-of-options",
+            &url,
+            &format!("refs/heads/{branch}"),
+        ])
+        .auth(auth)
+        .run()
+        .await
+        .with_context(|| format!("reading {repo}'s branch {branch}"))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(_, name)| *name == format!("refs/heads/{branch}"))
+        .map(|(sha, _)| sha.to_owned())
+        .filter(|sha| is_object_id(sha)))
 }
 
 /// The commit the mirror's `refs/heads/BRANCH` names, read from its files (a loose ref, else
