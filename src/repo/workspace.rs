@@ -92,17 +92,10 @@ fn fingerprint(root: &Path, key: &std::hash::RandomState) -> std::io::Result<u64
         )
     };
     let mut stamps = vec![stamp(root, &std::fs::symlink_metadata(root)?)];
-    let mut dirs = vec![root.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            }
-            stamps.push(stamp(&entry.path(), &meta));
-        }
-    }
+    for_each_entry(root, |_, entry| {
+        stamps.push(stamp(&entry.path(), &entry.metadata()?));
+        Ok(())
+    })?;
     stamps.sort_unstable();
     Ok(key.hash_one(&stamps))
 }
@@ -844,6 +837,24 @@ async fn make_spare(
         .context("reading the settled spare")
 }
 
+/// Calls `each` with every entry under `root` and the folder it is in; links are never followed.
+fn for_each_entry(
+    root: &Path,
+    mut each: impl FnMut(&Path, &std::fs::DirEntry) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+            each(&dir, &entry)?;
+        }
+    }
+    Ok(())
+}
+
 /// How far back a spare's files are set (see [`make_spare`]): past git's whole-second racy window.
 const SETTLED_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -851,23 +862,17 @@ const SETTLED_AGE: std::time::Duration = std::time::Duration::from_secs(3);
 /// links point at excepted: links are never followed) to `age` ago.
 fn backdate_files(root: &Path, age: std::time::Duration) -> std::io::Result<()> {
     let when = std::time::SystemTime::now() - age;
-    let mut dirs = vec![root.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else if kind.is_file() && !(dir == root && entry.file_name() == ".git") {
-                use std::os::unix::fs::OpenOptionsExt;
-                std::fs::File::options()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(entry.path())?
-                    .set_modified(when)?;
-            }
+    for_each_entry(root, |dir, entry| {
+        if entry.file_type()?.is_file() && !(dir == root && entry.file_name() == ".git") {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(entry.path())?
+                .set_modified(when)?;
         }
-    }
+        Ok(())
+    })?;
     Ok(())
 }
 
