@@ -408,9 +408,10 @@ fn harden(config: &Config) -> Result<std::collections::HashMap<String, String>> 
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } == 0 && !boxed.is_empty() {
         tracing::warn!(
-            "nightshift runs as root: the kernel does not apply an agent's process limit \
-             (limits.processes, RLIMIT_NPROC) to root, so a fork bomb is stopped only by the box's end; run \
-             nightshift as a dedicated user"
+            "nightshift runs as root: a boxed agent is root to the kernel too, so it can read every file of \
+             the machine's that root can and the box does not hide (/etc/shadow, SSH host keys), and the \
+             kernel does not apply its process limit (limits.processes, RLIMIT_NPROC), so a fork bomb is \
+             stopped only by the box's end; run nightshift as a dedicated user"
         );
     }
     if !boxed.is_empty()
