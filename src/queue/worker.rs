@@ -668,7 +668,7 @@ async fn run_job(
     *minted.lock().unwrap_or_else(|e| e.into_inner()) = client.clone();
     let ctx = sink_context(pipeline, job.id, &spec, owner, client.as_ref());
     // The progress comment, first thing: whoever handed the work off sees it was taken. It is posted while
-    // the worktree is prepared: neither waits for the other's round trips to GitHub.
+    // the run goes on (the worktree, the agent): the agent never waits for GitHub's answer.
     let progress = async {
         if spec.progress && spec.number.is_some() {
             let body = crate::sink::texts::progress_working(
