@@ -889,23 +889,15 @@ async fn adopt_spare(
     path: &Path,
     commit: &str,
 ) -> Result<(String, bool)> {
-    let Spare {
-        dir,
-        commit: from,
-        settled,
-        key,
-    } = spare;
-    let adopted = adopt_spare_files(&dir, (settled, key), &from, mirror, path, commit).await;
+    let adopted = adopt_spare_files(&spare, mirror, path, commit).await;
     if adopted.is_err() {
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let _ = tokio::fs::remove_dir_all(&spare.dir).await;
     }
-    adopted.map(|ready| (from, ready))
+    adopted.map(|ready| (spare.commit, ready))
 }
 
 async fn adopt_spare_files(
-    dir: &Path,
-    (settled, key): (u64, std::hash::RandomState),
-    from: &str,
+    spare: &Spare,
     mirror: &Path,
     path: &Path,
     commit: &str,
@@ -915,9 +907,10 @@ async fn adopt_spare_files(
     }
     let name = path.file_name().context("the worktree path has no name")?;
     let admin = mirror.join("worktrees").join(name);
-    let (tree, git) = (dir.join("tree"), dir.join("git"));
-    let (path, dir) = (path.to_owned(), dir.to_owned());
-    let ready = from == commit;
+    let (tree, git) = (spare.dir.join("tree"), spare.dir.join("git"));
+    let (path, dir) = (path.to_owned(), spare.dir.clone());
+    let (settled, key) = (spare.settled, spare.key.clone());
+    let ready = spare.commit == commit;
     let commit = commit.to_owned();
     tokio::task::spawn_blocking(move || -> Result<bool> {
         if fingerprint(&dir, &key)? != settled {
