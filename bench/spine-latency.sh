@@ -69,7 +69,11 @@ C
   NIGHTSHIFT_WEBHOOK_SECRET=bench RUST_LOG=warn,nightshift::source::webhook=info,nightshift::queue=info "$binary" --config "$work/$name/nightshift.yml" serve \
     2>"$work/$name/log" 3>&- &
   pids+=($!)
-  until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.001; done
+  until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do
+    # A server that could not start (its port taken, a bad config) ends the bench with its log.
+    if ! kill -0 "${pids[-1]}" 2>/dev/null; then echo "$name: the server stopped:"; tail -5 "$work/$name/log"; exit 1; fi
+    sleep 0.001
+  done
   t1=$(date +%s%N)
   echo "$name: cold start to ready: $(( (t1 - t0) / 1000000 )) ms"
   eval "port_$name=$port"
