@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Claims per second on Postgres with 2 processes × 8 workers and a no-op agent (issue 11's target: ≥ 5,000,
-# no job claimed twice), beside another build's claims bench in the same run for a ratio.
+# no job claimed twice), beside another build's claims bench in the same run for a ratio, and the textbook
+# SKIP LOCKED queue on a server of the same settings for a ceiling (pgbench; see the end).
 # Usage: bench/claims.sh [OTHER_CLAIMS_BINARY]   (CLAIMS_JOBS=N for another job count; default 10000)
 # OTHER_CLAIMS_BINARY: a `claims` bench binary built from another commit (for instance main's, copied out of
 # target/release/deps after `cargo bench --bench claims --no-run`); it is run first, then this tree's.
@@ -26,4 +27,31 @@ if [ -n "$OTHER" ]; then
   BASE=$(echo "$OUT_OTHER" | rate pools); [ -n "$BASE" ] || BASE=$(echo "$OUT_OTHER" | rate "")
   POOLS=$(echo "$OUT" | rate pools); PROCS=$(echo "$OUT" | rate processes)
   python3 -c "print('postgres claims/s: 2 processes x 8: %s (%.1fx the other build\'s 2 pools x 8, %s); 2 pools x 8: %s (%.1fx)' % ('$PROCS', $PROCS/$BASE, '$BASE', '$POOLS', $POOLS/$BASE))"
+fi
+
+# The textbook queue on the same machine and server settings, for a ceiling: one table, a claim that takes
+# the oldest queued row with FOR UPDATE SKIP LOCKED, and a finish, each its own statement; 16 clients, as
+# many as the bench's workers. No fairness, limits, leases or wake-ups: what Postgres itself does here.
+# TEXTBOOK=0 leaves it out.
+if [ "${TEXTBOOK:-1}" != 0 ]; then
+  PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
+  Q=$(mktemp -d); chmod 755 "$Q"; RUNAS=()
+  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$Q"; RUNAS=(runuser -u postgres --); fi
+  trap '"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$Q/data" stop -m fast >/dev/null 2>&1; rm -rf "$Q"' EXIT
+  "${RUNAS[@]}" "$PGBIN/initdb" -D "$Q/data" -U postgres --auth=trust --no-instructions >/dev/null
+  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$Q/data" -l "$Q/log" -w start \
+    -o "-c listen_addresses='' -k $Q -p 5496 -c fsync=off -c synchronous_commit=off" >/dev/null
+  "$PGBIN/psql" -h "$Q" -p 5496 -U postgres -q -c "
+    CREATE TABLE q (id bigserial PRIMARY KEY, repo text, state text NOT NULL, owner text, lease bigint);
+    CREATE INDEX q_queued ON q (id) WHERE state = 'queued';
+    INSERT INTO q (repo, state) SELECT 'r' || (g / 20), 'queued' FROM generate_series(1, 200000) g;"
+  cat > "$Q/claim.sql" <<'SQL'
+UPDATE q SET state = 'running', owner = 'w', lease = 1
+WHERE id = (SELECT id FROM q WHERE state = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id \gset
+UPDATE q SET state = 'done' WHERE id = :id;
+SQL
+  TPS=$("$PGBIN/pgbench" -h "$Q" -p 5496 -U postgres -n -c 16 -j 2 -T 10 -f "$Q/claim.sql" postgres 2>/dev/null \
+    | awk '/^tps/ {print int($3)}')
+  PROCS=$(echo "$OUT" | rate processes)
+  python3 -c "print('textbook queue (pgbench, 16 clients, claim + finish): %s/s; this tree\'s 2 processes x 8: %s (%.2f of it)' % ('$TPS', '$PROCS', $PROCS/$TPS))"
 fi
