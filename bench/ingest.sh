@@ -3,8 +3,10 @@
 # `pull_request.opened`, `wrk -t1 -c16 -d${SECS}s --latency`, unique X-GitHub-Delivery per request, and the
 # disk's fdatasync limit for 22 KB writes measured on the same disk. Prints ratios.
 # Usage: bench/ingest.sh [seconds]   (needs cargo, wrk, npm, python3, openssl; Postgres's initdb for the
-# Postgres row: /usr/lib/postgresql/*/bin or PATH). Every request carries the same body under a new id, so
-# replay protection is off for the run (ingest.replay_window: 0s): each 202 is a row written and fsynced.
+# Postgres row: /usr/lib/postgresql/*/bin or PATH). A ceiling row runs the same load against the same HTTP
+# stack with the signature checked and nothing stored (examples/ingest_ceiling.rs). Every request carries
+# the same body under a new id, so replay protection is off for the run (ingest.replay_window: 0s): each
+# 202 is a row written and fsynced.
 # BASE=/path/to/an/older/nightshift adds its SQLite and Postgres rows to the same run (ratios against it).
 # POSTGRES=0 leaves Postgres out, SQLITE=0 SQLite. Each row also says, from /metrics, how the group commit went: batches
 # written, deliveries per batch, and the batch insert+commit's mean and (bucketed) p99 time: where the
@@ -28,6 +30,18 @@ PROBOT=$(D=$D "$ROOT/bench/probot-baseline.sh" "$SECS")
 echo "probot:"; echo "$PROBOT" | sed 's/^/  /'
 rate() { awk '/Requests\/sec/ {print $2}'; }
 p99() { awk '$1=="99%" {print $2}'; }
+
+# The CPU's limit for this stack: the same HTTP server (axum, hyper), the signature checked, nothing stored
+# (examples/ingest_ceiling.rs), under the same load. CEILING=0 leaves it out.
+if [ "${CEILING:-1}" != 0 ]; then
+  (cd "$ROOT" && cargo build --release --quiet --example ingest_ceiling)
+  "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/ingest_ceiling" 127.0.0.1:0 > "$D/ceiling.out" &
+  CEILING_PID=$!
+  until grep -q '^listening ' "$D/ceiling.out"; do sleep 0.01; done
+  WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$(awk '{print $2}' "$D/ceiling.out")" > "$D/ceiling.wrk"
+  kill $CEILING_PID; wait $CEILING_PID 2>/dev/null || true
+  echo "ceiling (HTTP + signature, nothing stored):"; grep -E 'Requests/sec|50%|99%|Non-2xx' "$D/ceiling.wrk" | sed 's/^/  /'
+fi
 
 # The disk's limit: 22 KB writes, each fdatasync'ed, on the disk the store lives on.
 DSYNC=$(dd if=/dev/zero of="$D/dsync" bs=22k count=2000 oflag=dsync 2>&1 | awk '/copied/ {print $(NF-3), $(NF-1)}')
@@ -124,6 +138,13 @@ for s in sqlite base postgres pgbase; do
   R=$(rate < "$D/$s/wrk")
   python3 -c "print('$s: %.2fx Probot (%s vs %s req/s), %.2f of the disk\'s fdatasync rate, p99 %s' % ($R/$PR, '$R', '$PR', $R/$DSYNC_RATE, '$(p99 < "$D/$s/wrk")'))"
 done
+if [ -f "$D/ceiling.wrk" ]; then
+  C=$(rate < "$D/ceiling.wrk")
+  python3 -c "print('ceiling: %.2fx Probot (%s req/s)' % ($C/$PR, '$C'))"
+  for s in sqlite base postgres pgbase; do
+    [ -f "$D/$s/wrk" ] && python3 -c "print('$s: %.2f of the ceiling' % ($(rate < "$D/$s/wrk")/$C))"
+  done
+fi
 if [ -f "$D/base/wrk" ]; then
   python3 -c "print('sqlite vs base: %.2fx the requests/s' % ($(rate < "$D/sqlite/wrk")/$(rate < "$D/base/wrk")))"
 fi
