@@ -7,6 +7,7 @@
 # target/release/deps after `cargo bench --bench claims --no-run`); it is run first, then this tree's.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 OTHER=${1:-}
 cd "$ROOT"
 cargo bench --bench claims --no-run --quiet 2>/dev/null
@@ -34,13 +35,9 @@ fi
 # many as the bench's workers. No fairness, limits, leases or wake-ups: what Postgres itself does here.
 # TEXTBOOK=0 leaves it out.
 if [ "${TEXTBOOK:-1}" != 0 ]; then
-  PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
-  Q=$(mktemp -d); chmod 755 "$Q"; RUNAS=()
-  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$Q"; RUNAS=(runuser -u postgres --); fi
+  Q=$(mktemp -d); chmod 755 "$Q"
   trap '"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$Q/data" stop -m fast >/dev/null 2>&1; rm -rf "$Q"' EXIT
-  "${RUNAS[@]}" "$PGBIN/initdb" -D "$Q/data" -U postgres --auth=trust --no-instructions >/dev/null
-  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$Q/data" -l "$Q/log" -w start \
-    -o "-c listen_addresses='' -k $Q -p 5496 -c fsync=off -c synchronous_commit=off" >/dev/null
+  pg_start "$Q" 5496 "-c fsync=off -c synchronous_commit=off"
   "$PGBIN/psql" -h "$Q" -p 5496 -U postgres -q -c "
     CREATE TABLE q (id bigserial PRIMARY KEY, repo text, state text NOT NULL, owner text, lease bigint);
     CREATE INDEX q_queued ON q (id) WHERE state = 'queued';

@@ -15,6 +15,7 @@
 set -euo pipefail
 SECS=${1:-15}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 D=$(mktemp -d); export D
 # Postgres runs as its own user when the script runs as root: it must reach its folder under $D.
 chmod 755 "$D"
@@ -37,7 +38,7 @@ if [ "${CEILING:-1}" != 0 ]; then
   (cd "$ROOT" && cargo build --release --quiet --example ingest_ceiling)
   "${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/ingest_ceiling" 127.0.0.1:0 > "$D/ceiling.out" &
   CEILING_PID=$!
-  until grep -q '^listening ' "$D/ceiling.out"; do sleep 0.01; done
+  wait_for $CEILING_PID "$D/ceiling.out" '^listening '
   WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$(awk '{print $2}' "$D/ceiling.out")" > "$D/ceiling.wrk"
   kill $CEILING_PID; wait $CEILING_PID 2>/dev/null || true
   echo "ceiling (HTTP + signature, nothing stored):"; grep -E 'Requests/sec|50%|99%|Non-2xx' "$D/ceiling.wrk" | sed 's/^/  /'
@@ -71,7 +72,7 @@ YML
   local started=$(date +%s%N)
   env -u NIGHTSHIFT_GITHUB_TOKEN RUST_LOG=info "$bin" --config "$dir/nightshift.yml" serve 2>"$dir/log" &
   local pid=$!
-  until grep -q ' ready ' "$dir/log"; do sleep 0.01; done
+  wait_for $pid "$dir/log" ' ready '
   local ready_ms=$(( ($(date +%s%N) - started) / 1000000 ))
   local addr=$(grep -o 'address=[^ ]*' "$dir/log" | head -1 | cut -d= -f2)
   sleep 1
@@ -104,16 +105,12 @@ if [ "${SQLITE:-1}" != 0 ]; then
   run_nightshift "sqlite://$D/sqlite/state/nightshift.db" sqlite
   [ -n "${BASE:-}" ] && run_nightshift "sqlite://$D/base/state/nightshift.db" base "$BASE"
 fi
-# Where initdb really lives (Debian links it into /usr/local/bin, without psql beside it).
-PGBIN=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")")
 pg_run() { # $1 = label, $2 = binary: on a Postgres server of its own, fresh
-  PGDATA_DIR="$D/$1-pg/data"; mkdir -p "$D/$1-pg"; RUNAS=()
-  if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$D/$1-pg"; RUNAS=(runuser -u postgres --); fi
-  "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust --no-instructions >/dev/null
+  PGDATA_DIR="$D/$1-pg/data"
   # Durable: fsync and synchronous_commit stay on (the defaults). What the server did during the run is
   # logged and counted (checkpoints, autovacuum, WAL writes and their fsync time); PG_OPTS adds settings
   # ("-c name=value ...") to try.
-  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$D/$1-pg/log" -o "-c listen_addresses='' -k $D/$1-pg -p 5499 -c log_checkpoints=on -c log_autovacuum_min_duration=0 -c track_wal_io_timing=on ${PG_OPTS:-}" -w start >/dev/null
+  pg_start "$D/$1-pg" 5499 "-c log_checkpoints=on -c log_autovacuum_min_duration=0 -c track_wal_io_timing=on ${PG_OPTS:-}"
   run_nightshift "postgres://postgres@localhost/postgres?host=$D/$1-pg&port=5499" "$1" "${2:-}"
   "${RUNAS[@]}" "$PGBIN/psql" -h "$D/$1-pg" -p 5499 -U postgres -AtF ' ' -c "
     SELECT 'checkpoints', checkpoints_timed + checkpoints_req, 'written', buffers_checkpoint FROM pg_stat_bgwriter;

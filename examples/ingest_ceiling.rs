@@ -1,28 +1,27 @@
-//! The ingest bench's ceiling (`bench/ingest.sh`): the HTTP stack nightshift uses (axum on hyper, tokio)
-//! answering GitHub webhooks with their signature checked (HMAC-SHA256, secret "secret") and nothing stored.
-//! Whatever nightshift's rate falls short of this one, measured in the same run, the store takes.
+//! The ingest bench's ceiling (`bench/ingest.sh`): nightshift's own HTTP server (`server::serve_http`, with
+//! the default `ingest:` limits) and its own signature check (`source::webhook::verify_signature`, secret
+//! "secret"), answering 202 and storing nothing. Whatever nightshift's rate falls short of this one,
+//! measured in the same run, the store takes.
 //! `cargo run --release --example ingest_ceiling -- 127.0.0.1:PORT`; prints `listening ADDRESS` when ready.
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use hmac::{Hmac, Mac};
+use nightshift::config::IngestConfig;
+use nightshift::source::webhook::verify_signature;
+use octocrab::secrecy::SecretString;
 
 async fn webhook(headers: HeaderMap, body: Bytes) -> StatusCode {
+    let secrets = [SecretString::from("secret")];
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("sha256="))
-        .and_then(|v| hex::decode(v).ok());
-    let Some(signature) = signature else {
-        return StatusCode::UNAUTHORIZED;
-    };
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"secret").expect("any key length");
-    mac.update(&body);
-    match mac.verify_slice(&signature) {
-        Ok(()) => StatusCode::ACCEPTED,
-        Err(_) => StatusCode::UNAUTHORIZED,
+        .unwrap_or_default();
+    if verify_signature(&secrets, &body, signature) {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::UNAUTHORIZED
     }
 }
 
@@ -34,5 +33,12 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(&address).await?;
     println!("listening {}", listener.local_addr()?);
     let app = Router::new().route("/webhooks/github", post(webhook));
-    axum::serve(listener, app).await
+    nightshift::server::serve_http(
+        listener,
+        app,
+        &IngestConfig::default(),
+        std::future::pending(),
+    )
+    .await;
+    Ok(())
 }
