@@ -28,6 +28,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nightshift::queue::claims::Claims;
 use nightshift::store::{
     ClaimPolicy, Ending, Inserted, JobState, NewDelivery, NewJob, PostgresStore, SqliteStore, Store,
 };
@@ -180,20 +181,31 @@ async fn queue_from(name: &str, store: &Arc<dyn Store>, first: usize, jobs: usiz
 }
 
 /// Claims and finishes jobs with WORKERS tasks on `store` until none is left; the jobs each task claimed.
+/// The tasks claim together, as one process's workers do (`queue::claims`).
 async fn workers(
     store: Arc<dyn Store>,
     name: &str,
     per_hour: u32,
 ) -> Vec<tokio::task::JoinHandle<usize>> {
     let policy = ClaimPolicy::new(Duration::from_secs(600), per_hour);
+    let claims = Arc::new(Claims::new(store.clone(), policy));
     (0..WORKERS)
         .map(|w| {
             let store = store.clone();
-            let policy = policy.clone();
+            let claims = claims.clone();
             let owner = format!("{name}-w{w}");
             tokio::spawn(async move {
                 let mut claimed = 0;
-                while let Some(job) = store.claim_job(&owner, policy.clone()).await.unwrap() {
+                loop {
+                    let Some(job) = claims.next(&owner).await.unwrap() else {
+                        // None may start now: the others hold the rest, or there is no rest. A service's
+                        // worker would wait for a wake-up; here, the task ends when nothing is queued.
+                        if queued(&store).await == 0 {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
                     assert!(
                         store
                             .finish_job(job.id, &owner, Ending::Succeeded)
@@ -206,6 +218,17 @@ async fn workers(
             })
         })
         .collect()
+}
+
+/// Jobs queued in `store` now.
+async fn queued(store: &Arc<dyn Store>) -> i64 {
+    let counts = store.counts().await.unwrap();
+    counts
+        .jobs
+        .iter()
+        .filter(|(state, _)| *state == JobState::Queued)
+        .map(|(_, n)| n)
+        .sum()
 }
 
 async fn claim_in_tasks(stores: &[Arc<dyn Store>], per_hour: u32) -> Duration {

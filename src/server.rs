@@ -185,9 +185,14 @@ pub async fn serve(
     pipeline.health.expect_workers(pipeline.config.workers);
     let (stop, stopping) = tokio::sync::watch::channel(worker::Stop::Run);
     let mut workers = tokio::task::JoinSet::new();
+    let claims = Arc::new(crate::queue::claims::Claims::new(
+        pipeline.store.clone(),
+        pipeline.config.claim_policy(),
+    ));
     for n in 0..pipeline.config.workers {
         workers.spawn(worker::run(
             pipeline.clone(),
+            claims.clone(),
             format!("{instance}-w{n}"),
             stopping.clone(),
         ));

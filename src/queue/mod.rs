@@ -1,7 +1,9 @@
 //! The durable queue between the webhook and the agents. [`dispatch`] matches stored deliveries against the
-//! triggers and queues jobs; [`worker`] claims jobs with a lease and runs them. Both wake at once when there
+//! triggers and queues jobs; [`worker`] claims jobs with a lease (the workers of a process together,
+//! [`claims`]) and runs them. Both wake at once when there
 //! is work (in-process notification) and also sweep on a timer, which picks up work left by a crash.
 
+pub mod claims;
 pub mod dispatch;
 pub mod retention;
 pub mod worker;

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::claims::Claims;
 use super::{JobSpec, Pipeline};
 use crate::agent::prompt::{self, RepoContext};
 use crate::agent::{self, AgentJob, result};
@@ -44,7 +45,13 @@ pub enum Stop {
 
 /// Claims jobs until the service stops (`stop` leaves [`Stop::Run`]); returns when its last job has ended
 /// or was given back.
-pub async fn run(pipeline: Arc<Pipeline>, name: String, mut stop: watch::Receiver<Stop>) {
+/// `claims` are shared with the process's other workers.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    claims: Arc<Claims>,
+    name: String,
+    mut stop: watch::Receiver<Stop>,
+) {
     let _alive = pipeline.health.worker_alive();
     // Expired leases and waits that ended are found by this sweep; new jobs wake the worker at once.
     let sweep = pipeline
@@ -52,7 +59,6 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String, mut stop: watch::Receive
         .job_lease
         .min(Duration::from_secs(5))
         .max(Duration::from_millis(200));
-    let policy = pipeline.config.claim_policy();
     loop {
         if *stop.borrow() != Stop::Run {
             return;
@@ -60,9 +66,7 @@ pub async fn run(pipeline: Arc<Pipeline>, name: String, mut stop: watch::Receive
         let notified = pipeline.jobs_waiting.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match crate::metrics::time_store("claim", pipeline.store.claim_job(&name, policy.clone()))
-            .await
-        {
+        match claims.next(&name).await {
             Ok(Some(job)) => {
                 let span = info_span!("job", id = %job.id, trigger = %job.trigger, repo = %job.repo, delivery = %job.delivery_id, attempt = job.attempt);
                 run_leased(&pipeline, &name, job, stop.clone())

@@ -8,7 +8,7 @@ mod batch;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub struct ClaimedJob {
     pub started_at: Option<i64>,
 }
 
-/// How [`Store::claim_job`] leases jobs.
+/// How [`Store::claim_job`] and [`Store::claim_jobs`] lease jobs.
 #[derive(Clone, Debug)]
 pub struct ClaimPolicy {
     pub lease: Duration,
@@ -393,6 +393,21 @@ pub trait Store: Send + Sync + 'static {
     /// `jobs_per_hour` jobs in the last hour has its queued jobs wait, with the reason. The attempt count
     /// (agent starts) is for the worker to judge: a job past its attempts is returned like any other.
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>>;
+
+    /// Claims for several idle workers at once ([`claim_job`](Store::claim_job)'s rules for each): leases up
+    /// to one job to each of `owners`, in their order (the i-th job returned is leased to `owners[i]`); fewer
+    /// when fewer may start now. The workers of one process share their claims this way
+    /// (`queue::claims`), so the store reads its fair order once for them all.
+    async fn claim_jobs(&self, owners: &[String], policy: ClaimPolicy) -> Result<Vec<ClaimedJob>> {
+        let mut jobs = Vec::new();
+        for owner in owners {
+            match self.claim_job(owner, policy.clone()).await? {
+                Some(job) => jobs.push(job),
+                None => break,
+            }
+        }
+        Ok(jobs)
+    }
 
     /// Extends the lease, and says whether the job was asked to stop.
     async fn renew_lease(&self, job: JobId, owner: &str, lease: Duration) -> Result<Lease>;

@@ -77,6 +77,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim pick",
         include_str!("../../migrations/postgres/0011_claim_pick.sql"),
     ),
+    (
+        12,
+        "claim batch",
+        include_str!("../../migrations/postgres/0012_claim_batch.sql"),
+    ),
 ];
 
 /// The channels the migration's triggers NOTIFY.
@@ -365,58 +370,68 @@ impl PostgresStore {
         Ok(PostgresStore { pool, options })
     }
 
-    /// One call of `nightshift_claim_next` (migration 0010; its pick by index since 0011): the candidates
+    /// One call of `nightshift_claim_batch` (migration 0012; the pick by index of 0011): the candidates
     /// picked in fair order, locked (skipped when another claim holds one), checked again under advisory
     /// locks against the repository's hourly cap, its concurrency group and the repository's and profile's
-    /// running limits, and the first that may start leased, all in one statement (its own transaction). `Done(None)`: nothing to claim.
-    /// `Again(passed)`: a candidate was found over a limit after its locks were taken (a repository past its
-    /// hourly cap has its queued jobs wait, with the reason); the call ends there so that a claim never waits
-    /// for a lock while it holds another's, and the next call passes over `passed`.
-    async fn claim_next(
+    /// running limits, and leased one to each of `owners` in that order, all in one statement (its own
+    /// transaction). `Done(jobs)`: the jobs leased, in the order of `owners` (none: nothing to claim).
+    /// `Again(passed)`: the first candidate was found over a limit after its locks were taken, and nothing was
+    /// leased (a repository past its hourly cap has its queued jobs wait, with the reason); the call ends
+    /// there so that a claim never waits for a lock while it holds another's, and the next call passes over
+    /// `passed`.
+    async fn claim_batch(
         &self,
-        owner: &str,
+        owners: &[String],
         policy: &ClaimPolicy,
         limits: &str,
         now: i64,
         passed: &[i64],
-    ) -> Result<ClaimNext> {
-        let row =
-            sqlx::query("SELECT * FROM nightshift_claim_next($1, $2, $3, $4, $5, $6::jsonb, $7)")
+    ) -> Result<ClaimBatch> {
+        let rows =
+            sqlx::query("SELECT * FROM nightshift_claim_batch($1, $2, $3, $4, $5, $6::jsonb, $7)")
                 .bind(now)
-                .bind(text(owner))
+                .bind(owners.iter().map(|o| text(o)).collect::<Vec<_>>())
                 .bind(now + ms(policy.lease))
                 .bind(i64::from(policy.jobs_per_hour))
                 .bind(policy.max_concurrent_per_repo.map(i64::from))
                 .bind(limits)
                 .bind(passed)
-                .fetch_optional(&self.pool)
+                .fetch_all(&self.pool)
                 .await?;
-        let Some(row) = row else {
-            return Ok(ClaimNext::Done(None));
-        };
-        let Some(id) = row.try_get::<Option<i64>, _>("o_id")? else {
-            return Ok(ClaimNext::Again(row.try_get("o_passed")?));
-        };
-        Ok(ClaimNext::Done(Some(ClaimedJob {
-            id: JobId(id),
-            delivery: row.try_get("o_delivery")?,
-            delivery_id: DeliveryId(row.try_get("o_guid")?),
-            trigger: row.try_get("o_trigger")?,
-            repo: row.try_get("o_repo")?,
-            spec: row.try_get("o_spec")?,
-            attempt: row.try_get::<i64, _>("o_attempts")? as u32,
-            retries: row.try_get::<i64, _>("o_retries")? as u32,
-            result: row.try_get("o_result")?,
-            cancel_requested: row.try_get("o_cancel_requested")?,
-            queued_at: row.try_get("o_created_at")?,
-            started_at: row.try_get("o_started_at")?,
-        })))
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(id) = row.try_get::<Option<i64>, _>("o_id")? else {
+                return Ok(ClaimBatch::Again(row.try_get("o_passed")?));
+            };
+            let owner: String = row.try_get("o_owner")?;
+            // The function leases in the order of `owners`; a job leased to another owner than its place
+            // says would be run under a name whose lease is not its own.
+            anyhow::ensure!(
+                owners.get(jobs.len()).map(|o| text(o)).as_deref() == Some(owner.as_str()),
+                "job {id} was leased to {owner:?}, out of the order of the owners asked for"
+            );
+            jobs.push(ClaimedJob {
+                id: JobId(id),
+                delivery: row.try_get("o_delivery")?,
+                delivery_id: DeliveryId(row.try_get("o_guid")?),
+                trigger: row.try_get("o_trigger")?,
+                repo: row.try_get("o_repo")?,
+                spec: row.try_get("o_spec")?,
+                attempt: row.try_get::<i64, _>("o_attempts")? as u32,
+                retries: row.try_get::<i64, _>("o_retries")? as u32,
+                result: row.try_get("o_result")?,
+                cancel_requested: row.try_get("o_cancel_requested")?,
+                queued_at: row.try_get("o_created_at")?,
+                started_at: row.try_get("o_started_at")?,
+            });
+        }
+        Ok(ClaimBatch::Done(jobs))
     }
 }
 
-/// What one call of `nightshift_claim_next` did ([`PostgresStore::claim_next`]).
-enum ClaimNext {
-    Done(Option<ClaimedJob>),
+/// What one call of `nightshift_claim_batch` did ([`PostgresStore::claim_batch`]).
+enum ClaimBatch {
+    Done(Vec<ClaimedJob>),
     Again(Vec<i64>),
 }
 
@@ -548,21 +563,27 @@ impl Store for PostgresStore {
     }
 
     async fn claim_job(&self, owner: &str, policy: ClaimPolicy) -> Result<Option<ClaimedJob>> {
+        let mut jobs = self.claim_jobs(&[owner.to_owned()], policy).await?;
+        Ok(jobs.pop())
+    }
+
+    async fn claim_jobs(&self, owners: &[String], policy: ClaimPolicy) -> Result<Vec<ClaimedJob>> {
         let now = now_ms();
         let limits = policy.profile_limits_json();
         // Fair, as in the SQLite store: of each repository's oldest queued job its limits let start (and of
         // the jobs whose worker died, or whose delivery's wait is over), the one of the installation and the
         // repository with the fewest running jobs, then of the repository served least recently, then the
-        // oldest; picked, locked, checked and leased in the server in one round trip (migrations 0010,
-        // 0011). A candidate found over a limit under its locks is passed over in a new call.
+        // oldest; picked, locked, checked and leased in the server in one round trip for all the owners
+        // (migrations 0010 to 0012). A first candidate found over a limit under its locks is passed over in a
+        // new call.
         let mut passed: Vec<i64> = Vec::new();
         loop {
             match self
-                .claim_next(owner, &policy, &limits, now, &passed)
+                .claim_batch(owners, &policy, &limits, now, &passed)
                 .await?
             {
-                ClaimNext::Done(claimed) => return Ok(claimed),
-                ClaimNext::Again(more) => passed = more,
+                ClaimBatch::Done(jobs) => return Ok(jobs),
+                ClaimBatch::Again(more) => passed = more,
             }
         }
     }

@@ -65,6 +65,14 @@ impl TestDb {
         }
     }
 
+    /// The Postgres server's pool, for a test that holds a lock the store's calls take.
+    pub(crate) fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.backend {
+            Backend::Postgres(_, pool) => Some(pool),
+            Backend::Sqlite(..) => None,
+        }
+    }
+
     /// Runs SQL the store has no call for (moving time forward for a test).
     pub(crate) async fn exec(&self, sql: &'static str) {
         match &self.backend {
@@ -78,7 +86,7 @@ impl TestDb {
     }
 }
 
-fn policy(lease: Duration) -> ClaimPolicy {
+pub(crate) fn policy(lease: Duration) -> ClaimPolicy {
     ClaimPolicy::new(lease, 1000)
 }
 
@@ -936,7 +944,7 @@ async fn usage_repositories_ticks_and_pushes_round_trip(db: &TestDb) {
 }
 
 /// A job of `repo` running agent profile `agent`, with a spec a worker could run.
-fn job_of(trigger: &str, repo: &str, agent: &str) -> NewJob {
+pub(crate) fn job_of(trigger: &str, repo: &str, agent: &str) -> NewJob {
     NewJob {
         repo: repo.into(),
         // Hostile text in the spec (an escaped NUL) must not keep the job from being stored or claimed.
@@ -946,7 +954,7 @@ fn job_of(trigger: &str, repo: &str, agent: &str) -> NewJob {
 }
 
 /// Stores a delivery of `repo` and queues `jobs` for it.
-async fn queue(store: &Arc<dyn Store>, id: &str, repo: &str, jobs: &[NewJob]) -> i64 {
+pub(crate) async fn queue(store: &Arc<dyn Store>, id: &str, repo: &str, jobs: &[NewJob]) -> i64 {
     let mut d = delivery(id);
     d.repo = Some(repo.into());
     let Inserted::New(d) = store.insert_delivery(&d).await.unwrap() else {
@@ -954,6 +962,108 @@ async fn queue(store: &Arc<dyn Store>, id: &str, repo: &str, jobs: &[NewJob]) ->
     };
     store.record_match(d, jobs).await.unwrap();
     d
+}
+
+/// One claim for several workers leases each at most one job, each to its own worker, in the order asked,
+/// and holds every limit across the batch as separate claims would: one job of a concurrency group, one of
+/// a profile at its limit; a repository's second job only once every other repository's first is taken.
+async fn a_claim_for_several_workers_leases_each_its_own_job_within_the_limits(db: &TestDb) {
+    let store = db.store();
+    let a = queue(
+        &store,
+        "a",
+        "o/a",
+        &[job_of("t1", "o/a", "x"), job_of("t2", "o/a", "x")],
+    )
+    .await;
+    let grouped = |trigger: &str, repo: &str| NewJob {
+        concurrency_group: Some("g".into()),
+        ..job_of(trigger, repo, "x")
+    };
+    queue(&store, "b", "o/b", &[grouped("t", "o/b")]).await;
+    queue(&store, "c", "o/c", &[grouped("t", "o/c")]).await;
+    queue(&store, "d", "o/d", &[job_of("t", "o/d", "y")]).await;
+    queue(&store, "e", "o/e", &[job_of("t", "o/e", "y")]).await;
+    let mut policy = policy(Duration::from_secs(600));
+    policy.max_concurrent = Arc::new([("y".to_owned(), 1)].into_iter().collect());
+    let owners: Vec<String> = (0..6).map(|n| format!("w{n}")).collect();
+
+    let jobs = store.claim_jobs(&owners, policy.clone()).await.unwrap();
+    let repos: Vec<&str> = jobs.iter().map(|j| j.repo.as_str()).collect();
+    // a's first job, one of b and c (their group), one of d and e (profile y at 1), then a's second.
+    assert_eq!(jobs.len(), 4, "{repos:?}");
+    assert_eq!(
+        repos.iter().filter(|r| **r == "o/a").count(),
+        2,
+        "{repos:?}"
+    );
+    assert_eq!(
+        repos.iter().filter(|r| ["o/b", "o/c"].contains(r)).count(),
+        1,
+        "{repos:?}"
+    );
+    assert_eq!(
+        repos.iter().filter(|r| ["o/d", "o/e"].contains(r)).count(),
+        1,
+        "{repos:?}"
+    );
+    assert_eq!(
+        repos.iter().rposition(|r| *r == "o/a"),
+        Some(3),
+        "a's second job comes after every other repository's first: {repos:?}"
+    );
+    assert_eq!(jobs[0].delivery, a, "the oldest job first");
+    let mut ids: Vec<i64> = jobs.iter().map(|j| j.id.0).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "no job twice");
+    // Each job is leased to the owner at its place, and to no other.
+    for (job, owner) in jobs.iter().zip(&owners) {
+        assert_eq!(
+            store
+                .renew_lease(job.id, owner, Duration::from_secs(600))
+                .await
+                .unwrap(),
+            Lease::Held,
+            "job {} is {owner}'s",
+            job.id.0
+        );
+        assert_eq!(job.attempt, 1);
+        for other in owners.iter().filter(|o| *o != owner) {
+            assert!(
+                !store
+                    .finish_job(job.id, other, Ending::Succeeded)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+    // Nothing else may start while they run; once they end, the other of each limited pair does.
+    assert!(
+        store
+            .claim_jobs(&owners, policy.clone())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for (job, owner) in jobs.iter().zip(&owners) {
+        assert!(
+            store
+                .finish_job(job.id, owner, Ending::Succeeded)
+                .await
+                .unwrap()
+        );
+    }
+    let rest = store.claim_jobs(&owners, policy.clone()).await.unwrap();
+    let mut repos: Vec<&str> = rest.iter().map(|j| j.repo.as_str()).collect();
+    repos.sort();
+    assert_eq!(repos.len(), 2, "{repos:?}");
+    assert!(
+        ["o/b", "o/c"].contains(&repos[0]) && ["o/d", "o/e"].contains(&repos[1]),
+        "{repos:?}"
+    );
+    // No owner asked for, no claim.
+    assert!(store.claim_jobs(&[], policy).await.unwrap().is_empty());
 }
 
 /// A flood of jobs from one repository, queued first, does not starve another repository's one job: the
@@ -2447,6 +2557,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     dashboard_sessions_and_sign_ins_are_shared_expire_and_are_taken_once,
+    a_claim_for_several_workers_leases_each_its_own_job_within_the_limits,
     a_repeated_delivery_is_stored_once,
     matching_is_recorded_once_and_jobs_are_claimed_in_order,
     an_expired_lease_is_taken_over_and_each_start_counted,
