@@ -153,14 +153,14 @@ async fn queue_from(name: &str, store: &Arc<dyn Store>, first: usize, jobs: usiz
         let r = i % repos;
         let installation = (r % INSTALLATIONS) as i64 + 1;
         let repo = format!("o{installation}/r{r}");
-        let delivery = NewDelivery {
-            delivery_id: nightshift::ids::DeliveryId(format!("{name}-{i}")),
-            event: "issues".into(),
-            action: Some("opened".into()),
-            repo: Some(repo.clone()),
-            installation_id: Some(installation),
-            payload: b"{}".to_vec().into(),
-        };
+        let delivery = NewDelivery::new(
+            nightshift::ids::DeliveryId(format!("{name}-{i}")),
+            "issues".into(),
+            Some("opened".into()),
+            Some(repo.clone()),
+            Some(installation),
+            b"{}".to_vec().into(),
+        );
         let Inserted::New(id) = store.insert_delivery(&delivery).await.unwrap() else {
             panic!("a fresh store")
         };

@@ -272,14 +272,14 @@ async fn missed_and_failed_deliveries_are_delivered_again_and_stored_once() {
     spine
         .store()
         .await
-        .insert_delivery(&nightshift::store::NewDelivery {
-            delivery_id: nightshift::ids::DeliveryId("stored-before".into()),
-            event: "issues".into(),
-            action: Some("opened".into()),
-            repo: Some("Codertocat/Hello-World".into()),
-            installation_id: Some(INSTALLATION as i64),
-            payload: payload.clone().into(),
-        })
+        .insert_delivery(&nightshift::store::NewDelivery::new(
+            nightshift::ids::DeliveryId("stored-before".into()),
+            "issues".into(),
+            Some("opened".into()),
+            Some("Codertocat/Hello-World".into()),
+            Some(INSTALLATION as i64),
+            payload.clone().into(),
+        ))
         .await
         .unwrap();
     // GitHub's log: that one (delivered, and once more failed), one sent while nightshift was down, and one

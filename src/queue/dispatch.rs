@@ -11,7 +11,7 @@ use super::Pipeline;
 
 use crate::repo::git::GitAuth;
 use crate::source::event::Event;
-use crate::store::{KnownRepo, NewJob, StoredDelivery, Verdicts};
+use crate::store::{KnownRepo, Matched, NewJob, StoredDelivery, Verdicts};
 use crate::trigger::{Decision, MAX_CHANGED_FILES, MatchInput, Skip, Standing, TriggerSet};
 
 /// How often stored-but-unmatched deliveries are looked for without a wake-up (after a crash, or when
@@ -24,6 +24,14 @@ const LANES: usize = 8;
 /// How many repositories' oldest waiting deliveries one look reads (busy lanes among them are skipped; at
 /// most [`LANES`] are).
 const HEADS: u32 = 64;
+
+/// The most deliveries of one repository a lane matches in one go (its backlog, oldest first); the matches
+/// are recorded together, in one write, instead of one write each.
+const LANE_BATCH: u32 = 32;
+
+/// How long a matched delivery that fired nothing may wait to be recorded with the lane's next ones. One
+/// that fired a job is recorded at once: its job never waits for the matching of the deliveries after it.
+const RECORD_WITHIN: Duration = Duration::from_millis(20);
 
 /// How long an actor's looked-up permission is trusted before it is asked again.
 const STANDING_TTL: Duration = Duration::from_secs(300);
@@ -132,18 +140,14 @@ async fn start_matching(pipeline: &Arc<Pipeline>, lanes: &Arc<Lanes>) -> Result<
         };
         started += 1;
         let pipeline = pipeline.clone();
-        let span = info_span!("delivery", id = %delivery.delivery_id, event = %delivery.event, repo = tracing::field::Empty);
-        tokio::spawn(
-            async move {
-                if let Err(e) = match_one(&pipeline, &delivery).await {
-                    // It stays unmatched and is tried again, after a pause.
-                    warn!("matching failed: {e:#}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                drop(guard);
+        tokio::spawn(async move {
+            if let Err(e) = match_lane(&pipeline, delivery).await {
+                // It stays unmatched and is tried again, after a pause.
+                warn!("matching failed: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            .instrument(span),
-        );
+            drop(guard);
+        });
     }
     Ok(started)
 }
@@ -417,7 +421,20 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
 async fn fire(sets: Vec<Arc<TriggerSet>>, event: Event, input: MatchInput) -> (Fired, Verdicts) {
     let mut fired = Vec::new();
     let mut verdicts = Verdicts::default();
+    let kind = crate::trigger::EventKind::from_name(&event.name);
+    let repo = event.repository.as_ref().map(|r| r.full_name.to_string());
     for set in sets {
+        // No trigger of the set looks at this event: nothing to decide, and no thread to hand it to.
+        let looked_at = match (kind, &repo) {
+            (Some(kind), Some(repo)) => set.candidates(kind, repo).next().is_some(),
+            _ => false,
+        };
+        if !looked_at {
+            verdicts.others = verdicts
+                .others
+                .saturating_add(u32::try_from(set.triggers().len()).unwrap_or(u32::MAX));
+            continue;
+        }
         let (set2, event2, input2) = (set.clone(), event.clone(), input.clone());
         let matching = tokio::task::spawn_blocking(move || {
             let kind = crate::trigger::EventKind::from_name(&event2.name);
@@ -485,7 +502,86 @@ fn unmatchable(event: &Event) -> Option<String> {
         .then(|| "the event is about no repository".to_owned())
 }
 
-async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()> {
+/// Matches the backlog of `head`'s repository from `head` on (at most [`LANE_BATCH`]), in order, and
+/// records the matches together: at once after a match that fired a job, else within [`RECORD_WITHIN`]
+/// or at the end. A delivery whose matching failed stays unmatched (the error is returned); the ones
+/// before it are recorded, the ones after it wait for the lane's next turn.
+async fn match_lane(pipeline: &Pipeline, head: StoredDelivery) -> Result<()> {
+    let backlog = pipeline.store.unmatched_in_lane(&head, LANE_BATCH).await?;
+    let mut pending = Pending::default();
+    let mut since = None;
+    for delivery in &backlog {
+        let span = info_span!("delivery", id = %delivery.delivery_id, event = %delivery.event, repo = tracing::field::Empty);
+        let outcome = match_one(pipeline, delivery).instrument(span.clone()).await;
+        let fired = match outcome {
+            Ok((matched, command_event)) => {
+                let fired = !matched.jobs.is_empty();
+                pending.matches.push(matched);
+                pending.then.push((command_event, span));
+                fired
+            }
+            Err(e) => {
+                record(pipeline, &mut pending).await?;
+                return Err(e.context(format!("delivery {}", delivery.delivery_id)));
+            }
+        };
+        let first = *since.get_or_insert_with(tokio::time::Instant::now);
+        if fired || first.elapsed() >= RECORD_WITHIN {
+            record(pipeline, &mut pending).await?;
+            since = None;
+        }
+    }
+    record(pipeline, &mut pending).await
+}
+
+/// Deliveries matched and not recorded yet: the matches, and for each the event whose slash command fired
+/// a job (to react to) and the delivery's span.
+#[derive(Default)]
+struct Pending {
+    matches: Vec<Matched>,
+    then: Vec<(Option<Event>, tracing::Span)>,
+}
+
+/// Records the `pending` matches in one write, then wakes a worker per job queued and reacts to the slash
+/// commands that queued one. `pending` is left empty.
+async fn record(pipeline: &Pipeline, pending: &mut Pending) -> Result<()> {
+    if pending.matches.is_empty() {
+        return Ok(());
+    }
+    let queued = pipeline.store.record_matches(&pending.matches).await?;
+    let matches = std::mem::take(&mut pending.matches);
+    for ((matched, (command_event, span)), queued) in
+        matches.into_iter().zip(pending.then.drain(..)).zip(queued)
+    {
+        let _in = span.enter();
+        info!(
+            triggers = matched.jobs.len(),
+            queued,
+            skipped = matched.verdicts.skipped.len(),
+            "matched"
+        );
+        drop(_in);
+        if queued > 0 {
+            // One idle worker per job queued, not all of them: the others would only race it for the
+            // store's write lock and find nothing.
+            for _ in 0..queued {
+                pipeline.jobs_waiting.notify_one();
+            }
+            // Only the match that queued the jobs reacts: a delivery matched again after a crash queues none.
+            if let Some(event) = &command_event {
+                react(pipeline, event).instrument(span).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Matches one delivery against the triggers: the jobs it fires and why the others did not, with the
+/// event when a slash command of it fired a job. Nothing is recorded here.
+async fn match_one(
+    pipeline: &Pipeline,
+    delivery: &StoredDelivery,
+) -> Result<(Matched, Option<Event>)> {
     // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
     // A delivery this process just stored is matched from memory (the bytes it committed).
     let payload = match pipeline.fresh.take(delivery.id) {
@@ -575,26 +671,12 @@ async fn match_one(pipeline: &Pipeline, delivery: &StoredDelivery) -> Result<()>
             Vec::new()
         }
     };
-    let queued = pipeline
-        .store
-        .record_match_explained(delivery.id, &jobs, Some(&verdicts))
-        .await?;
-    info!(
-        triggers = jobs.len(),
-        queued,
-        skipped = verdicts.skipped.len(),
-        "matched"
-    );
-    if queued > 0 {
-        // One idle worker per job queued, not all of them: the others would only race it for the store's
-        // write lock and find nothing.
-        for _ in 0..queued {
-            pipeline.jobs_waiting.notify_one();
-        }
-        // Only the match that queued the jobs reacts: a delivery matched again after a crash queues none.
-        if let Some(event) = &command_event {
-            react(pipeline, event).await;
-        }
-    }
-    Ok(())
+    Ok((
+        Matched {
+            delivery: delivery.id,
+            jobs,
+            verdicts,
+        },
+        command_event,
+    ))
 }

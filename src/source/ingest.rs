@@ -32,6 +32,10 @@ struct Request {
 #[derive(Clone)]
 pub struct Writer {
     requests: mpsc::Sender<Request>,
+    /// The store, for what its writer needs of a delivery worked out here (`NewDelivery::prepare`).
+    store: Arc<dyn crate::store::Store>,
+    /// Whether a replay window is on (bodies' digests are needed).
+    digests: bool,
 }
 
 impl Writer {
@@ -39,17 +43,24 @@ impl Writer {
     pub fn start(intake: Intake, ingest: &IngestConfig) -> Writer {
         let max_batch = ingest.max_batch;
         let (requests, queue) = mpsc::channel(max_batch * 4);
+        let store = intake.store.clone();
         tokio::spawn(run(intake, queue, max_batch, ingest.replay_window));
-        Writer { requests }
+        Writer {
+            requests,
+            store,
+            digests: !ingest.replay_window.is_zero(),
+        }
     }
 
     /// Stores `delivery` with the next batch; returns once that batch committed, or why it did not.
-    /// `budget` (the body's share of the memory budget) is held until then.
+    /// `budget` (the body's share of the memory budget) is held until then. What the store's single writer
+    /// needs of the delivery (its digest, its packed body) is worked out first, here, on the request's task.
     pub async fn insert(
         &self,
         delivery: NewDelivery,
         budget: Reservation,
     ) -> Result<Inserted, String> {
+        delivery.prepare(&*self.store, self.digests);
         let (answer, answered) = oneshot::channel();
         let request = Request {
             delivery,
@@ -78,7 +89,7 @@ async fn run(
             .map(|r| (r.delivery, (r.answer, r._budget)))
             .unzip();
         let count = deliveries.len();
-        let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload.clone()).collect();
+        let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload().clone()).collect();
         match crate::metrics::time_store(
             "ingest_commit",
             intake.store.insert_delivery_batch(deliveries, window),

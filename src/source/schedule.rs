@@ -187,14 +187,14 @@ async fn store_tick(
 ) -> Result<bool> {
     let body =
         crate::source::event::schedule_payload(&schedule.cron, &schedule.timezone, repo, None);
-    let delivery = NewDelivery {
-        delivery_id: DeliveryId(format!("schedule:{}:{}:{}", name, key(schedule), tick)),
-        event: "schedule".to_owned(),
-        action: None,
-        repo: Some(repo.full_name.clone()),
-        installation_id: repo.installation_id,
-        payload: serde_json::to_vec(&body)?.into(),
-    };
+    let delivery = NewDelivery::new(
+        DeliveryId(format!("schedule:{}:{}:{}", name, key(schedule), tick)),
+        "schedule".to_owned(),
+        None,
+        Some(repo.full_name.clone()),
+        repo.installation_id,
+        serde_json::to_vec(&body)?.into(),
+    );
     // One winner per tick across replicas; the others (and a replica whose clock lags) store nothing.
     let fired = intake
         .store

@@ -189,14 +189,14 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
             );
         }
     };
-    let new = NewDelivery {
-        delivery_id: DeliveryId(delivery.to_owned()),
-        event: event.to_owned(),
-        action: indexed.action.clone(),
-        repo: indexed.repo.clone(),
-        installation_id: indexed.installation_id,
-        payload: body.into(),
-    };
+    let new = NewDelivery::new(
+        DeliveryId(delivery.to_owned()),
+        event.to_owned(),
+        indexed.action.clone(),
+        indexed.repo.clone(),
+        indexed.installation_id,
+        body.into(),
+    );
     match state.writer.insert(new, reservation).await {
         Ok(Inserted::New(_)) => {
             info!(

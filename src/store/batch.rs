@@ -5,8 +5,6 @@
 
 use std::collections::HashMap;
 
-use sha2::Digest;
-
 use super::{Inserted, NewDelivery};
 use crate::ids::DeliveryId;
 
@@ -59,7 +57,7 @@ impl Answers {
             let Inserted::New(row) = self.answers[index] else {
                 continue;
             };
-            let digest: [u8; 32] = sha2::Sha256::digest(&d.payload).into();
+            let digest = *d.digest();
             match first.get(&digest) {
                 Some(&earlier) => {
                     removed.push(row);
@@ -100,14 +98,14 @@ mod tests {
     use super::*;
 
     fn delivery(id: &str, body: &str) -> NewDelivery {
-        NewDelivery {
-            delivery_id: DeliveryId(id.into()),
-            event: "issues".into(),
-            action: None,
-            repo: None,
-            installation_id: None,
-            payload: body.as_bytes().to_vec().into(),
-        }
+        NewDelivery::new(
+            DeliveryId(id.into()),
+            "issues".into(),
+            None,
+            None,
+            None,
+            body.as_bytes().to_vec().into(),
+        )
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! be atomic (claiming a job, recording a match) is one call here, never a read-then-write in the caller.
 
 mod batch;
+mod payload;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -30,7 +31,63 @@ pub struct NewDelivery {
     pub repo: Option<String>,
     pub installation_id: Option<i64>,
     /// The body exactly as signed; shared, not copied, by the writer and the dispatcher.
-    pub payload: bytes::Bytes,
+    payload: bytes::Bytes,
+    /// The body's SHA-256 (replay protection), worked out once.
+    digest: std::sync::OnceLock<[u8; 32]>,
+    /// The body packed as the SQLite store keeps it ([`payload::pack`]), worked out once.
+    packed: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl NewDelivery {
+    pub fn new(
+        delivery_id: DeliveryId,
+        event: String,
+        action: Option<String>,
+        repo: Option<String>,
+        installation_id: Option<i64>,
+        payload: bytes::Bytes,
+    ) -> NewDelivery {
+        NewDelivery {
+            delivery_id,
+            event,
+            action,
+            repo,
+            installation_id,
+            payload,
+            digest: Default::default(),
+            packed: Default::default(),
+        }
+    }
+
+    /// The body exactly as signed.
+    pub fn payload(&self) -> &bytes::Bytes {
+        &self.payload
+    }
+
+    /// The body's SHA-256.
+    pub fn digest(&self) -> &[u8; 32] {
+        use sha2::Digest;
+        self.digest
+            .get_or_init(|| sha2::Sha256::digest(&self.payload).into())
+    }
+
+    /// The body packed ([`payload::pack`]).
+    pub(crate) fn packed(&self) -> &[u8] {
+        self.packed.get_or_init(|| payload::pack(&self.payload))
+    }
+
+    /// Works out now, on the caller's task, what the store's single writer will need of this delivery: its
+    /// digest when `digest` (a replay window is on), its packed body when `store` packs payloads. The
+    /// webhook handler calls this before handing the delivery over, so that this work runs in parallel
+    /// across requests instead of one after another in the writer.
+    pub fn prepare(&self, store: &dyn Store, digest: bool) {
+        if digest {
+            self.digest();
+        }
+        if store.packs_payloads() {
+            self.packed();
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +109,14 @@ pub struct StoredDelivery {
     pub event: String,
     /// The repository's full name, when the event has one.
     pub repo: Option<String>,
+}
+
+/// A delivery matched: the jobs it fired and why the other triggers did not ([`Store::record_matches`]).
+#[derive(Clone, Debug)]
+pub struct Matched {
+    pub delivery: i64,
+    pub jobs: Vec<NewJob>,
+    pub verdicts: Verdicts,
 }
 
 /// A job produced by matching a delivery.
@@ -480,6 +545,14 @@ pub trait Store: Send + Sync + 'static {
     /// oldest first: one repository's backlog never hides another's.
     async fn unmatched_heads(&self, limit: u32) -> Result<Vec<StoredDelivery>>;
 
+    /// The unmatched deliveries of `head`'s repository (of none, when it is about none) from `head` on,
+    /// oldest first, at most `limit`: what the dispatcher matches in one go in that repository's lane.
+    async fn unmatched_in_lane(
+        &self,
+        head: &StoredDelivery,
+        limit: u32,
+    ) -> Result<Vec<StoredDelivery>>;
+
     /// Cancels a job for an operator (`reason` is what the job says): a queued one at once, a running one
     /// by asking its worker to stop.
     async fn cancel_job(&self, job: JobId, reason: &str) -> Result<Cancel>;
@@ -551,6 +624,20 @@ pub trait Store: Send + Sync + 'static {
         verdicts: Option<&Verdicts>,
     ) -> Result<usize>;
 
+    /// [`Store::record_match_explained`] of several deliveries, in their order; how many jobs each queued.
+    /// Each match is recorded whole; a store records them in fewer writes than one each where it can
+    /// (SQLite: one transaction for all; Postgres: one statement for those that fired nothing).
+    async fn record_matches(&self, matches: &[Matched]) -> Result<Vec<usize>> {
+        let mut queued = Vec::with_capacity(matches.len());
+        for m in matches {
+            queued.push(
+                self.record_match_explained(m.delivery, &m.jobs, Some(&m.verdicts))
+                    .await?,
+            );
+        }
+        Ok(queued)
+    }
+
     /// The newest deliveries `filter` selects, newest first, each with its jobs and verdicts (never its
     /// payload).
     async fn recent_deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<DeliveryRecord>>;
@@ -619,6 +706,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Inserted>> {
         self.insert_deliveries(&batch, replay_window).await
     }
+
+    /// Whether this store keeps payloads packed ([`NewDelivery::packed`]); the webhook handler packs them
+    /// before the writer when it does.
+    fn packs_payloads(&self) -> bool {
+        false
+    }
+
     /// Stores a dashboard session under `id_hash` (the SHA-256 of its id, hex: never the id), made at `now`
     /// (unix ms). Deletes every session expired by `now` and, past `per_login` sessions of its login, that
     /// login's oldest.

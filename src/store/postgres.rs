@@ -168,7 +168,7 @@ async fn insert_delivery(conn: &mut sqlx::PgConnection, d: &NewDelivery) -> Resu
     .bind(opt_text(&d.action))
     .bind(opt_text(&d.repo))
     .bind(d.installation_id)
-    .bind(&d.payload[..])
+    .bind(&d.payload()[..])
     .bind(now_ms())
     .fetch_optional(&mut *conn)
     .await?;
@@ -283,7 +283,7 @@ async fn write_deliveries(
     .bind(batch.iter().map(|d| opt_text(&d.action)).collect::<Vec<_>>())
     .bind(batch.iter().map(|d| opt_text(&d.repo)).collect::<Vec<_>>())
     .bind(batch.iter().map(|d| d.installation_id).collect::<Vec<_>>())
-    .bind(batch.iter().map(|d| &d.payload[..]).collect::<Vec<_>>())
+    .bind(batch.iter().map(|d| &d.payload()[..]).collect::<Vec<_>>())
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
@@ -559,6 +559,40 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(queued)
+    }
+
+    async fn record_matches(&self, matches: &[Matched]) -> Result<Vec<usize>> {
+        // The matches that fired nothing (most) are marked in one statement, not waiting for the WAL flush
+        // (as in `record_match_explained`); each that fired jobs is recorded after them, in order, in a
+        // transaction of its own. Marks stand for themselves: no job depends on them.
+        let (ids, verdicts): (Vec<i64>, Vec<String>) = matches
+            .iter()
+            .filter(|m| m.jobs.is_empty())
+            .map(|m| (m.delivery, text(&m.verdicts.to_stored()).into_owned()))
+            .unzip();
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET matched_at = $1, verdicts = v.verdicts
+                 FROM unnest($2::BIGINT[], $3::TEXT[]) AS v (id, verdicts),
+                      (SELECT set_config('synchronous_commit', 'off', true)) AS unflushed
+                 WHERE deliveries.id = v.id",
+            )
+            .bind(now_ms())
+            .bind(&ids)
+            .bind(&verdicts)
+            .execute(&self.pool)
+            .await?;
+        }
+        let mut queued = Vec::with_capacity(matches.len());
+        for m in matches {
+            queued.push(if m.jobs.is_empty() {
+                0
+            } else {
+                self.record_match_explained(m.delivery, &m.jobs, Some(&m.verdicts))
+                    .await?
+            });
+        }
         Ok(queued)
     }
 
@@ -920,6 +954,30 @@ impl Store for PostgresStore {
                  SELECT MIN(id) FROM deliveries WHERE matched_at IS NULL AND repo IS NULL)
              ORDER BY id LIMIT $1",
         )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_delivery).collect()
+    }
+
+    async fn unmatched_in_lane(
+        &self,
+        head: &StoredDelivery,
+        limit: u32,
+    ) -> Result<Vec<StoredDelivery>> {
+        // The unmatched-by-repository index, in order from the head (a NULL repository is a lane too; `=`
+        // and `IS NULL` apart, since `IS NOT DISTINCT FROM` uses no index).
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, delivery_id, event, repo FROM deliveries
+             WHERE matched_at IS NULL AND {} AND id >= $2 ORDER BY id LIMIT $3",
+            if head.repo.is_some() {
+                "repo = $1"
+            } else {
+                "repo IS NULL AND $1::text IS NULL"
+            }
+        )))
+        .bind(&head.repo)
+        .bind(head.id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -91,14 +91,18 @@ pub(crate) fn policy(lease: Duration) -> ClaimPolicy {
 }
 
 fn delivery(id: &str) -> NewDelivery {
-    NewDelivery {
-        delivery_id: DeliveryId(id.to_owned()),
-        event: "issues".into(),
-        action: Some("opened".into()),
-        repo: Some("o/r".into()),
-        installation_id: Some(7),
-        payload: bytes::Bytes::from_static(b"{}"),
-    }
+    delivery_with_body(id, bytes::Bytes::from_static(b"{}"))
+}
+
+fn delivery_with_body(id: &str, body: impl Into<bytes::Bytes>) -> NewDelivery {
+    NewDelivery::new(
+        DeliveryId(id.to_owned()),
+        "issues".into(),
+        Some("opened".into()),
+        Some("o/r".into()),
+        Some(7),
+        body.into(),
+    )
 }
 
 fn job(trigger: &str) -> NewJob {
@@ -1551,15 +1555,112 @@ async fn prune_removes_what_ended_long_ago_and_nothing_a_job_needs(db: &TestDb) 
     assert_eq!(store.prune(keep, false).await.unwrap(), Pruned::default());
 }
 
-fn tick_delivery(tick: i64) -> NewDelivery {
-    NewDelivery {
-        delivery_id: DeliveryId(format!("schedule:o/r:* * * * *@UTC:{tick}")),
-        event: "schedule".into(),
-        action: None,
-        repo: Some("o/r".into()),
-        installation_id: None,
-        payload: bytes::Bytes::from_static(b"{}"),
+/// The dispatcher's lane: a repository's unmatched deliveries from the head on, oldest first, at most the
+/// limit, none of another repository's (events about none are a lane of their own). A lane's matches are
+/// recorded together and in order: a later `cancel_in_progress` job replaces an earlier one of the same
+/// batch, every delivery is marked, and recording them again adds nothing.
+async fn a_lanes_backlog_is_read_in_order_and_its_matches_recorded_together(db: &TestDb) {
+    let store = db.store();
+    let mut ids = Vec::new();
+    let repos = [
+        Some("o/r"),
+        Some("o/other"),
+        Some("o/r"),
+        None,
+        Some("o/r"),
+        Some("o/r"),
+    ];
+    for (i, repo) in repos.iter().enumerate() {
+        let d = NewDelivery::new(
+            DeliveryId(format!("lane-{i}")),
+            "issues".into(),
+            Some("opened".into()),
+            repo.map(str::to_owned),
+            None,
+            bytes::Bytes::from_static(b"{}"),
+        );
+        let Inserted::New(id) = store.insert_delivery(&d).await.unwrap() else {
+            panic!("not stored")
+        };
+        ids.push(id);
     }
+    let heads = store.unmatched_heads(10).await.unwrap();
+    let head = heads
+        .iter()
+        .find(|h| h.repo.as_deref() == Some("o/r"))
+        .unwrap();
+    assert_eq!(head.id, ids[0]);
+    let lane = |v: Vec<StoredDelivery>| v.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(
+        lane(store.unmatched_in_lane(head, 10).await.unwrap()),
+        [ids[0], ids[2], ids[4], ids[5]]
+    );
+    assert_eq!(
+        lane(store.unmatched_in_lane(head, 2).await.unwrap()),
+        [ids[0], ids[2]]
+    );
+    let about_none = heads.iter().find(|h| h.repo.is_none()).unwrap();
+    assert_eq!(
+        lane(store.unmatched_in_lane(about_none, 10).await.unwrap()),
+        [ids[3]]
+    );
+
+    let grouped = |trigger: &str| NewJob {
+        concurrency_group: Some("g".into()),
+        cancel_in_progress: true,
+        ..job(trigger)
+    };
+    let matched = |delivery: i64, jobs: Vec<NewJob>| Matched {
+        delivery,
+        jobs,
+        verdicts: Verdicts::default(),
+    };
+    let queued = store
+        .record_matches(&[
+            matched(ids[0], vec![]),
+            matched(ids[2], vec![grouped("first")]),
+            matched(ids[4], vec![grouped("second")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(queued, [0, 1, 1]);
+    assert_eq!(
+        lane(store.unmatched_in_lane(head, 10).await.unwrap()),
+        [ids[5]],
+        "the lane's matched deliveries are marked"
+    );
+    let lease = Duration::from_secs(60);
+    let claimed = store.claim_job("w1", policy(lease)).await.unwrap().unwrap();
+    assert_eq!(
+        claimed.trigger, "second",
+        "the later job of the group replaced the earlier one"
+    );
+    assert!(
+        store
+            .claim_job("w2", policy(lease))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .record_matches(&[matched(ids[2], vec![grouped("first")])])
+            .await
+            .unwrap(),
+        [0],
+        "matched again (after a crash), a delivery adds no job"
+    );
+}
+
+fn tick_delivery(tick: i64) -> NewDelivery {
+    NewDelivery::new(
+        DeliveryId(format!("schedule:o/r:* * * * *@UTC:{tick}")),
+        "schedule".into(),
+        None,
+        Some("o/r".into()),
+        None,
+        bytes::Bytes::from_static(b"{}"),
+    )
 }
 
 /// Replicas that see a schedule's tick at once fire it once: one claims it and stores its delivery, the
@@ -1720,10 +1821,7 @@ async fn a_released_job_runs_again_without_counting_its_start(db: &TestDb) {
 /// the same body under a new id within the replay window is a replay; past the window it is stored.
 async fn a_batch_is_stored_once_with_duplicates_and_replays_answered(db: &TestDb) {
     let store = db.store();
-    let with_body = |id: &str, body: &[u8]| NewDelivery {
-        payload: body.to_vec().into(),
-        ..delivery(id)
-    };
+    let with_body = |id: &str, body: &[u8]| delivery_with_body(id, body.to_vec());
     let window = Duration::from_secs(3600);
     let answers = store
         .insert_deliveries(
@@ -2151,26 +2249,23 @@ async fn a_batch_handed_over_stores_every_field_as_sent(db: &TestDb) {
         .enumerate()
         .for_each(|(n, b)| *b = (n * 7 % 256) as u8);
     let batch = vec![
-        NewDelivery {
-            delivery_id: DeliveryId(hostile.into()),
-            event: "issue_comment\"".into(),
-            action: Some("créé ✓".into()),
-            repo: Some("O/R".into()),
-            installation_id: Some(i64::MAX),
-            payload: b"{\"a\":\"\0\xff\xfe\"}".to_vec().into(),
-        },
-        NewDelivery {
-            delivery_id: DeliveryId("bare".into()),
-            event: "ping".into(),
-            action: None,
-            repo: None,
-            installation_id: None,
-            payload: big.clone().into(),
-        },
-        NewDelivery {
-            payload: bytes::Bytes::new(),
-            ..delivery("empty")
-        },
+        NewDelivery::new(
+            DeliveryId(hostile.into()),
+            "issue_comment\"".into(),
+            Some("créé ✓".into()),
+            Some("O/R".into()),
+            Some(i64::MAX),
+            b"{\"a\":\"\0\xff\xfe\"}".to_vec().into(),
+        ),
+        NewDelivery::new(
+            DeliveryId("bare".into()),
+            "ping".into(),
+            None,
+            None,
+            None,
+            big.clone().into(),
+        ),
+        delivery_with_body("empty", bytes::Bytes::new()),
     ];
     let answers = store
         .insert_delivery_batch(batch, Duration::from_secs(3600))
@@ -2207,9 +2302,11 @@ async fn a_batch_handed_over_stores_every_field_as_sent(db: &TestDb) {
         let store = store.clone();
         tokio::spawn(async move {
             let batch: Vec<NewDelivery> = (0..8)
-                .map(|n| NewDelivery {
-                    payload: format!("{{\"task\":{task},\"n\":{n}}}").into_bytes().into(),
-                    ..delivery(&format!("t{task}-{n}"))
+                .map(|n| {
+                    delivery_with_body(
+                        &format!("t{task}-{n}"),
+                        format!("{{\"task\":{task},\"n\":{n}}}").into_bytes(),
+                    )
                 })
                 .collect();
             let answers = store
@@ -2593,6 +2690,7 @@ on_both_stores!(
     claim_lanes_agree_with_the_jobs_after_every_change,
     a_repository_whose_oldest_job_cannot_start_starts_its_next,
     repositories_at_their_hourly_cap_are_walked_past_and_each_says_why,
+    a_lanes_backlog_is_read_in_order_and_its_matches_recorded_together,
 );
 
 #[test]

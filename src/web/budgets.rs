@@ -188,14 +188,14 @@ mod tests {
         let store = crate::store::open(&url).await.unwrap();
         let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
         for (n, (repo, start, cost)) in jobs.iter().enumerate() {
-            let delivery = NewDelivery {
-                delivery_id: DeliveryId(format!("d{n}")),
-                event: "issues".into(),
-                action: None,
-                repo: Some((*repo).into()),
-                installation_id: None,
-                payload: bytes::Bytes::from_static(b"{}"),
-            };
+            let delivery = NewDelivery::new(
+                DeliveryId(format!("d{n}")),
+                "issues".into(),
+                None,
+                Some((*repo).into()),
+                None,
+                bytes::Bytes::from_static(b"{}"),
+            );
             let Inserted::New(row) = store.insert_delivery(&delivery).await.unwrap() else {
                 panic!()
             };

@@ -209,14 +209,14 @@ mod tests {
     }
 
     async fn insert(store: &dyn Store, id: &str, action: &str, repo: &str) -> i64 {
-        let delivery = NewDelivery {
-            delivery_id: DeliveryId(id.into()),
-            event: "issues".into(),
-            action: Some(action.into()),
-            repo: Some(repo.into()),
-            installation_id: None,
-            payload: bytes::Bytes::from_static(b"{}"),
-        };
+        let delivery = NewDelivery::new(
+            DeliveryId(id.into()),
+            "issues".into(),
+            Some(action.into()),
+            Some(repo.into()),
+            None,
+            bytes::Bytes::from_static(b"{}"),
+        );
         let Inserted::New(row) = store.insert_delivery(&delivery).await.unwrap() else {
             panic!("{id} was stored before")
         };

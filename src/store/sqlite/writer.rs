@@ -6,7 +6,9 @@
 //! Here a batch is one message to this thread and one answer; the statements are prepared once and kept.
 //! The connection is opened and used on this thread only (its busy handler reads the busy timeout from
 //! the thread). It is the durable one (`synchronous = FULL`: the commit is one fsync of the WAL); it never
-//! checkpoints (`wal_autocheckpoint = 0`, the store's checkpoint task does).
+//! checkpoints (`wal_autocheckpoint = 0`, the store's checkpoint task does). Each batch holds the file's
+//! write lock as the process shares it (`WriteQueue::lock_for_writer`), in turn with the one write at the
+//! head of the process's line; SQLite's busy handler (`wait_for_lock`) is left for other processes.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -20,6 +22,8 @@ use crate::ids::DeliveryId;
 use crate::now_ms;
 use crate::store::batch::Answers;
 use crate::store::{Inserted, NewDelivery};
+
+use super::WriteQueue;
 
 /// A batch for the writer thread, and where its answer goes.
 struct Job {
@@ -36,7 +40,11 @@ pub(crate) struct DeliveryWriter {
 impl DeliveryWriter {
     /// Opens the writer's connection to the database at `path` (an error here is the store's error at
     /// start) and starts its thread, which opens it: the connection is used on that thread only.
-    pub fn start(path: &Path, busy_timeout: Duration) -> Result<DeliveryWriter> {
+    pub fn start(
+        path: &Path,
+        busy_timeout: Duration,
+        writes: WriteQueue,
+    ) -> Result<DeliveryWriter> {
         let path = path.to_owned();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let (opened, open) = std::sync::mpsc::sync_channel::<Result<()>>(1);
@@ -47,7 +55,7 @@ impl DeliveryWriter {
                 match open_connection(&path) {
                     Ok(conn) => {
                         let _ = opened.send(Ok(()));
-                        run(conn, &path, queue);
+                        run(conn, &path, &writes, queue);
                     }
                     Err(e) => {
                         let _ = opened.send(Err(e));
@@ -76,8 +84,13 @@ impl DeliveryWriter {
     }
 }
 
-fn run(mut conn: Connection, path: &Path, queue: std::sync::mpsc::Receiver<Job>) {
-    while serve(&conn, &queue) {
+fn run(
+    mut conn: Connection,
+    path: &Path,
+    writes: &WriteQueue,
+    queue: std::sync::mpsc::Receiver<Job>,
+) {
+    while serve(&conn, writes, &queue) {
         drop(conn);
         conn = match reopen(path, &queue) {
             Some(conn) => conn,
@@ -87,7 +100,7 @@ fn run(mut conn: Connection, path: &Path, queue: std::sync::mpsc::Receiver<Job>)
 }
 
 /// Writes batches on `conn` until every handle is gone (false) or the connection is unusable (true).
-fn serve(conn: &Connection, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
+fn serve(conn: &Connection, writes: &WriteQueue, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
     let mut statements = match Statements::prepare(conn) {
         Ok(statements) => statements,
         Err(e) => {
@@ -98,7 +111,10 @@ fn serve(conn: &Connection, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
         }
     };
     while let Ok(job) = queue.recv() {
+        // The file's write lock, taken in turn with the write at the head of the process's line.
+        let lock = writes.lock_for_writer();
         let written = write(conn, &mut statements, &job.batch, job.window);
+        drop(lock);
         // A failed COMMIT whose ROLLBACK failed too leaves the connection inside a transaction: it is
         // closed, and the next batch gets a new one.
         let broken = written.is_err() && !conn.is_autocommit();
@@ -154,7 +170,7 @@ impl<'c> Statements<'c> {
                  RETURNING id",
             )?,
             insert_payload: prepare(
-                "INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?, ?)",
+                "INSERT INTO delivery_payloads (delivery_id, payload, encoding) VALUES (?, ?, ?)",
             )?,
             forget_digests: prepare("DELETE FROM delivery_digests WHERE received_at < ?")?,
             insert_digest: prepare(
@@ -213,8 +229,13 @@ fn write_in_transaction(
             |row| row.get::<_, i64>(0),
         )?;
         if let Some(row) = row {
-            // Bound as a borrowed slice: rusqlite has SQLite copy it once (SQLITE_TRANSIENT), no copy here.
-            exec(&mut s.insert_payload, (row, &d.payload[..]), |_| Ok(()))?;
+            // Packed on the request's task as a rule (`NewDelivery::prepare`). Bound as a borrowed slice:
+            // rusqlite has SQLite copy it once (SQLITE_TRANSIENT), no copy here.
+            exec(
+                &mut s.insert_payload,
+                (row, d.packed(), crate::store::payload::LZ4),
+                |_| Ok(()),
+            )?;
             inserted.push((d.delivery_id.0.clone(), row));
         }
     }
