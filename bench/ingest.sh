@@ -11,7 +11,8 @@
 # POSTGRES=0 leaves Postgres out, SQLITE=0 SQLite. Each row also says, from /metrics, how the group commit went: batches
 # written, deliveries per batch, and the batch insert+commit's mean and (bucketed) p99 time: where the
 # requests' time went. Each nightshift row also says its memory once ready and idle (1 s after `ready`):
-# VmRSS, and of it the anonymous memory (heap, stacks) and the file-backed (the binary's pages).
+# VmRSS, and of it the anonymous memory (heap, stacks) and the file-backed (the binary's pages), and how
+# many of the deliveries stored the dispatcher had matched when the load stopped (it shares the CPU).
 set -euo pipefail
 SECS=${1:-15}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -80,6 +81,8 @@ YML
   local idle_split=$(awk '/^Anonymous:/ {a=$2} /^Rss:/ {r=$2} END {print "anonymous", a, "KB, file", r-a, "KB"}' /proc/$pid/smaps_rollup)
   local out=$(WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$addr")
   local codes=$(grep -c "delivery stored" "$dir/log" || true)
+  # How far the dispatcher kept up: deliveries still waiting to be matched when the load stopped.
+  local unmatched=$(curl -s "http://$addr/metrics" | awk '$1 == "nightshift_deliveries_unmatched" {print $2}')
   local commits=$(curl -s "http://$addr/metrics" | python3 -c "
 import sys, re
 b = {}; n = s = 0
@@ -97,6 +100,7 @@ print('%d batches, %.1f deliveries each, commit mean %.2f ms, p99 <= %s ms' % (n
   echo "nightshift $2: start-to-ready ${ready_ms} ms (startup_ms $(grep -o 'startup_ms=[0-9]*' "$dir/log" | cut -d= -f2)), idle RSS ${idle_kb} KB ($idle_split), stored $codes"
   echo "$out" | grep -E 'Requests/sec|50%|99%|Non-2xx' | sed 's/^/  /'
   echo "  group commit: $commits (uptime:$(uptime | sed 's/.*load average//'))"
+  echo "  matching: $((codes - ${unmatched:-0})) of $codes stored were matched against the triggers by the end of the load"
   kill $pid; wait $pid 2>/dev/null || true
   echo "$out" > "$dir/wrk"
 }

@@ -436,7 +436,7 @@ async fn fire(sets: Vec<Arc<TriggerSet>>, event: Event, input: MatchInput) -> (F
             continue;
         }
         let (set2, event2, input2) = (set.clone(), event.clone(), input.clone());
-        let matching = tokio::task::spawn_blocking(move || {
+        let matching = super::background::run(move || {
             let kind = crate::trigger::EventKind::from_name(&event2.name);
             let decided = set2.decide_candidates(&event2, &input2);
             let others = set2.triggers().len() - decided.len();
@@ -592,7 +592,13 @@ async fn match_one(
     // The event whose comment carried a slash command that queued a job.
     let mut command_event = None;
     let mut verdicts = Verdicts::default();
-    let jobs = match Event::parse(&delivery.event, &payload) {
+    // Parsed on the dispatcher's lower-priority threads (`background`): under a flood, acknowledging
+    // webhooks comes first.
+    let parsed = {
+        let (name, payload) = (delivery.event.clone(), payload.clone());
+        super::background::run(move || Event::parse(&name, &payload)).await?
+    };
+    let jobs = match parsed {
         Ok(event) => {
             if let Some(r) = &event.repository {
                 tracing::Span::current().record("repo", tracing::field::display(&r.full_name));

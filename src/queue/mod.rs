@@ -3,6 +3,7 @@
 //! [`claims`]) and runs them. Both wake at once when there
 //! is work (in-process notification) and also sweep on a timer, which picks up work left by a crash.
 
+pub mod background;
 pub mod claims;
 pub mod dispatch;
 pub mod retention;

@@ -1975,6 +1975,7 @@ async fn batched(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::delivery;
 
     /// Two stores on one file whose writes may wait for SQLite's lock for a short busy timeout only (far
     /// shorter than the service's): every kind of write at once through both succeeds, because each takes
@@ -2242,17 +2243,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode(&loose), 0o600);
-    }
-
-    fn delivery(id: &str) -> NewDelivery {
-        NewDelivery::new(
-            DeliveryId(id.to_owned()),
-            "issues".into(),
-            Some("opened".into()),
-            Some("o/r".into()),
-            Some(7),
-            bytes::Bytes::from_static(b"{}"),
-        )
     }
 
     // The store's behaviour (claims, leases, the outbox, ...) is tested against SQLite and Postgres alike

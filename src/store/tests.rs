@@ -90,7 +90,7 @@ pub(crate) fn policy(lease: Duration) -> ClaimPolicy {
     ClaimPolicy::new(lease, 1000)
 }
 
-fn delivery(id: &str) -> NewDelivery {
+pub(crate) fn delivery(id: &str) -> NewDelivery {
     delivery_with_body(id, bytes::Bytes::from_static(b"{}"))
 }
 
