@@ -418,7 +418,12 @@ async fn repo_triggers(pipeline: &Pipeline, event: &Event) -> Option<Arc<Trigger
 /// among them) are rendered off the async threads, each on a fuel budget, and the whole within
 /// [`MATCH_TIMEOUT`]: a trigger set that takes longer fails every trigger of it with a clear error instead
 /// of holding up the service.
-async fn fire(sets: Vec<Arc<TriggerSet>>, event: Event, input: MatchInput) -> (Fired, Verdicts) {
+async fn fire(
+    sets: Vec<Arc<TriggerSet>>,
+    event: Event,
+    input: MatchInput,
+    urgent: bool,
+) -> (Fired, Verdicts) {
     let mut fired = Vec::new();
     let mut verdicts = Verdicts::default();
     let kind = crate::trigger::EventKind::from_name(&event.name);
@@ -436,7 +441,7 @@ async fn fire(sets: Vec<Arc<TriggerSet>>, event: Event, input: MatchInput) -> (F
             continue;
         }
         let (set2, event2, input2) = (set.clone(), event.clone(), input.clone());
-        let matching = super::background::run(move || {
+        let matching = offload(urgent, move || {
             let kind = crate::trigger::EventKind::from_name(&event2.name);
             let decided = set2.decide_candidates(&event2, &input2);
             let others = set2.triggers().len() - decided.len();
@@ -487,6 +492,19 @@ async fn fire(sets: Vec<Arc<TriggerSet>>, event: Event, input: MatchInput) -> (F
     (fired, verdicts)
 }
 
+/// Runs `work` off the async threads: on tokio's blocking threads when `urgent` (a lane's head, which may
+/// be an event alone, waited for), else on the dispatcher's lower-priority ones ([`super::background`]).
+async fn offload<T: Send + 'static>(
+    urgent: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    if urgent {
+        Ok(tokio::task::spawn_blocking(work).await?)
+    } else {
+        super::background::run(work).await
+    }
+}
+
 /// What fired: each trigger's name, its job (or why it could not be prepared), and whether a slash command
 /// fired it.
 type Fired = Vec<(String, Result<Box<crate::queue::JobSpec>, String>, bool)>;
@@ -502,17 +520,21 @@ fn unmatchable(event: &Event) -> Option<String> {
         .then(|| "the event is about no repository".to_owned())
 }
 
-/// Matches the backlog of `head`'s repository from `head` on (at most [`LANE_BATCH`]), in order, and
-/// records the matches together: at once after a match that fired a job, else within [`RECORD_WITHIN`]
-/// or at the end. A delivery whose matching failed stays unmatched (the error is returned); the ones
-/// before it are recorded, the ones after it wait for the lane's next turn.
+/// Matches `head`, then the backlog of its repository after it (at most [`LANE_BATCH`] in all), in order,
+/// and records the matches together: at once after a match that fired a job, else within
+/// [`RECORD_WITHIN`] or at the end. The head is matched at the service's priority and before the backlog is
+/// read, so an event that comes alone is matched as fast as ever; the backlog's CPU work runs on the
+/// dispatcher's lower-priority threads ([`super::background`]). A delivery whose matching failed stays
+/// unmatched (the error is returned); the ones before it are recorded, the ones after it wait for the
+/// lane's next turn.
 async fn match_lane(pipeline: &Pipeline, head: StoredDelivery) -> Result<()> {
-    let backlog = pipeline.store.unmatched_in_lane(&head, LANE_BATCH).await?;
     let mut pending = Pending::default();
     let mut since = None;
-    for delivery in &backlog {
+    let mut step = async |delivery: &StoredDelivery, urgent: bool| -> Result<()> {
         let span = info_span!("delivery", id = %delivery.delivery_id, event = %delivery.event, repo = tracing::field::Empty);
-        let outcome = match_one(pipeline, delivery).instrument(span.clone()).await;
+        let outcome = match_one(pipeline, delivery, urgent)
+            .instrument(span.clone())
+            .await;
         let fired = match outcome {
             Ok((matched, command_event)) => {
                 let fired = !matched.jobs.is_empty();
@@ -530,8 +552,29 @@ async fn match_lane(pipeline: &Pipeline, head: StoredDelivery) -> Result<()> {
             record(pipeline, &mut pending).await?;
             since = None;
         }
-    }
-    record(pipeline, &mut pending).await
+        Ok(())
+    };
+    step(&head, true).await?;
+    let backlog = pipeline
+        .store
+        .unmatched_in_lane(&head, LANE_BATCH - 1)
+        .await;
+    let outcome = match backlog {
+        Ok(backlog) => {
+            let mut outcome = Ok(());
+            for delivery in &backlog {
+                outcome = step(delivery, false).await;
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            outcome
+        }
+        Err(e) => Err(e),
+    };
+    // What was matched is recorded, whatever came after it.
+    record(pipeline, &mut pending).await?;
+    outcome
 }
 
 /// Deliveries matched and not recorded yet: the matches, and for each the event whose slash command fired
@@ -581,6 +624,7 @@ async fn record(pipeline: &Pipeline, pending: &mut Pending) -> Result<()> {
 async fn match_one(
     pipeline: &Pipeline,
     delivery: &StoredDelivery,
+    urgent: bool,
 ) -> Result<(Matched, Option<Event>)> {
     // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
     // A delivery this process just stored is matched from memory (the bytes it committed).
@@ -592,9 +636,11 @@ async fn match_one(
     // The event whose comment carried a slash command that queued a job.
     let mut command_event = None;
     let mut verdicts = Verdicts::default();
-    // Parsed on the dispatcher's lower-priority threads (`background`): under a flood, acknowledging
-    // webhooks comes first.
-    let parsed = {
+    // A lane's backlog is parsed on the dispatcher's lower-priority threads (`background`): under a flood,
+    // acknowledging webhooks comes first.
+    let parsed = if urgent {
+        Event::parse(&delivery.event, &payload)
+    } else {
         let (name, payload) = (delivery.event.clone(), payload.clone());
         super::background::run(move || Event::parse(&name, &payload)).await?
     };
@@ -628,7 +674,7 @@ async fn match_one(
             }
             let input = match_input(pipeline, &event, &sets).await;
             let fired;
-            (fired, verdicts) = fire(sets, event.clone(), input).await;
+            (fired, verdicts) = fire(sets, event.clone(), input, urgent).await;
             if let Some(why) = unmatchable(&event) {
                 verdicts.note(&why);
             }

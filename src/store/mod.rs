@@ -545,8 +545,8 @@ pub trait Store: Send + Sync + 'static {
     /// oldest first: one repository's backlog never hides another's.
     async fn unmatched_heads(&self, limit: u32) -> Result<Vec<StoredDelivery>>;
 
-    /// The unmatched deliveries of `head`'s repository (of none, when it is about none) from `head` on,
-    /// oldest first, at most `limit`: what the dispatcher matches in one go in that repository's lane.
+    /// The unmatched deliveries of `head`'s repository (of none, when it is about none) after `head`, oldest
+    /// first, at most `limit`: what the dispatcher matches after `head` in that repository's lane.
     async fn unmatched_in_lane(
         &self,
         head: &StoredDelivery,

@@ -965,11 +965,11 @@ impl Store for PostgresStore {
         head: &StoredDelivery,
         limit: u32,
     ) -> Result<Vec<StoredDelivery>> {
-        // The unmatched-by-repository index, in order from the head (a NULL repository is a lane too; `=`
+        // The unmatched-by-repository index, in order after the head (a NULL repository is a lane too; `=
         // and `IS NULL` apart, since `IS NOT DISTINCT FROM` uses no index).
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT id, delivery_id, event, repo FROM deliveries
-             WHERE matched_at IS NULL AND {} AND id >= $2 ORDER BY id LIMIT $3",
+             WHERE matched_at IS NULL AND {} AND id > $2 ORDER BY id LIMIT $3",
             if head.repo.is_some() {
                 "repo = $1"
             } else {

@@ -1020,10 +1020,10 @@ impl Store for SqliteStore {
         head: &StoredDelivery,
         limit: u32,
     ) -> Result<Vec<StoredDelivery>> {
-        // The unmatched-by-repository index, in order from the head (`IS`: a NULL repository is a lane too).
+        // The unmatched-by-repository index, in order after the head (`IS`: a NULL repository is a lane too).
         let rows = sqlx::query(
             "SELECT id, delivery_id, event, repo FROM deliveries
-             WHERE matched_at IS NULL AND repo IS ? AND id >= ? ORDER BY id LIMIT ?",
+             WHERE matched_at IS NULL AND repo IS ? AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(&head.repo)
         .bind(head.id)
