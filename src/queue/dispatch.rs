@@ -530,9 +530,12 @@ fn unmatchable(event: &Event) -> Option<String> {
 async fn match_lane(pipeline: &Pipeline, head: StoredDelivery) -> Result<()> {
     let mut pending = Pending::default();
     let mut since = None;
-    let mut step = async |delivery: &StoredDelivery, urgent: bool| -> Result<()> {
+    let mut step = async |delivery: &StoredDelivery,
+                          urgent: bool,
+                          payload: Option<bytes::Bytes>|
+           -> Result<()> {
         let span = info_span!("delivery", id = %delivery.delivery_id, event = %delivery.event, repo = tracing::field::Empty);
-        let outcome = match_one(pipeline, delivery, urgent)
+        let outcome = match_one(pipeline, delivery, urgent, payload)
             .instrument(span.clone())
             .await;
         let fired = match outcome {
@@ -554,27 +557,52 @@ async fn match_lane(pipeline: &Pipeline, head: StoredDelivery) -> Result<()> {
         }
         Ok(())
     };
-    step(&head, true).await?;
-    let backlog = pipeline
-        .store
-        .unmatched_in_lane(&head, LANE_BATCH - 1)
-        .await;
-    let outcome = match backlog {
-        Ok(backlog) => {
-            let mut outcome = Ok(());
-            for delivery in &backlog {
-                outcome = step(delivery, false).await;
-                if outcome.is_err() {
-                    break;
-                }
-            }
-            outcome
+    step(&head, true, None).await?;
+    let outcome = async {
+        let backlog = pipeline
+            .store
+            .unmatched_in_lane(&head, LANE_BATCH - 1)
+            .await?;
+        let payloads = lane_payloads(pipeline, &backlog).await?;
+        for (delivery, payload) in backlog.iter().zip(payloads) {
+            step(delivery, false, Some(payload)).await?;
         }
-        Err(e) => Err(e),
-    };
+        Ok(())
+    }
+    .await;
     // What was matched is recorded, whatever came after it.
     record(pipeline, &mut pending).await?;
     outcome
+}
+
+/// The payloads of a lane's `backlog`, in its order: those this process just stored from memory, the rest
+/// in one read.
+async fn lane_payloads(
+    pipeline: &Pipeline,
+    backlog: &[StoredDelivery],
+) -> Result<Vec<bytes::Bytes>> {
+    let mut payloads: Vec<Option<bytes::Bytes>> =
+        backlog.iter().map(|d| pipeline.fresh.take(d.id)).collect();
+    let missing: Vec<i64> = backlog
+        .iter()
+        .zip(&payloads)
+        .filter(|(_, payload)| payload.is_none())
+        .map(|(d, _)| d.id)
+        .collect();
+    if !missing.is_empty() {
+        let mut read = pipeline
+            .store
+            .delivery_payloads(&missing)
+            .await?
+            .into_iter();
+        for payload in payloads.iter_mut().filter(|p| p.is_none()) {
+            *payload = read.next().map(bytes::Bytes::from);
+        }
+    }
+    Ok(payloads
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect())
 }
 
 /// Deliveries matched and not recorded yet: the matches, and for each the event whose slash command fired
@@ -625,10 +653,12 @@ async fn match_one(
     pipeline: &Pipeline,
     delivery: &StoredDelivery,
     urgent: bool,
+    payload: Option<bytes::Bytes>,
 ) -> Result<(Matched, Option<Event>)> {
-    // Read here, once, in the delivery's lane: the dispatcher's look for waiting deliveries stays small.
-    // A delivery this process just stored is matched from memory (the bytes it committed).
-    let payload = match pipeline.fresh.take(delivery.id) {
+    // Read in the delivery's lane (a backlog's together, `lane_payloads`), once: the dispatcher's look for
+    // waiting deliveries stays small. A delivery this process just stored is matched from memory (the
+    // bytes it committed).
+    let payload = match payload.or_else(|| pipeline.fresh.take(delivery.id)) {
         Some(payload) => payload,
         None => pipeline.store.delivery_payload(delivery.id).await?.into(),
     };

@@ -495,6 +495,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn delivery_payload(&self, delivery: i64) -> Result<Vec<u8>>;
 
+    /// [`Store::delivery_payload`] of several deliveries at once (a lane's backlog), in their order: one
+    /// read instead of one each.
+    async fn delivery_payloads(&self, deliveries: &[i64]) -> Result<Vec<Vec<u8>>> {
+        let mut payloads = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            payloads.push(self.delivery_payload(*delivery).await?);
+        }
+        Ok(payloads)
+    }
+
     async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>>;
 
     /// Records an output (`pending` before the call that creates it, done after), replacing what was

@@ -740,6 +740,27 @@ impl Store for PostgresStore {
         Ok(row.try_get("payload")?)
     }
 
+    async fn delivery_payloads(&self, deliveries: &[i64]) -> Result<Vec<Vec<u8>>> {
+        let rows = sqlx::query("SELECT id, payload FROM deliveries WHERE id = ANY($1)")
+            .bind(deliveries)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut read = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            read.insert(
+                row.try_get::<i64, _>("id")?,
+                row.try_get::<Vec<u8>, _>("payload")?,
+            );
+        }
+        deliveries
+            .iter()
+            .map(|id| {
+                read.remove(id)
+                    .with_context(|| format!("no delivery {id} in the store"))
+            })
+            .collect()
+    }
+
     async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>> {
         let row = sqlx::query(
             "SELECT kind, key, url, github_id, state FROM outputs WHERE job_id = $1 AND key = $2",

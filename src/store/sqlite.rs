@@ -793,6 +793,34 @@ impl Store for SqliteStore {
             .with_context(|| format!("reading the payload of delivery {delivery}"))
     }
 
+    async fn delivery_payloads(&self, deliveries: &[i64]) -> Result<Vec<Vec<u8>>> {
+        let rows = sqlx::query(
+            "SELECT d.id, p.payload, p.encoding FROM deliveries d
+             LEFT JOIN delivery_payloads p ON p.delivery_id = d.id
+             WHERE d.id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(deliveries)?)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut read = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let payload = match row.try_get::<Option<Vec<u8>>, _>("payload")? {
+                Some(stored) => payload::unpack(row.try_get("encoding")?, stored)
+                    .with_context(|| format!("reading the payload of delivery {id}"))?,
+                None => Vec::new(),
+            };
+            read.insert(id, payload);
+        }
+        deliveries
+            .iter()
+            .map(|id| {
+                read.remove(id)
+                    .with_context(|| format!("no delivery {id} in the store"))
+            })
+            .collect()
+    }
+
     async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>> {
         let row = sqlx::query(
             "SELECT kind, key, url, github_id, state FROM outputs WHERE job_id = ? AND key = ?",

@@ -1656,6 +1656,35 @@ async fn a_lanes_backlog_is_read_in_order_and_its_matches_recorded_together(db: 
     );
 }
 
+/// A lane's payloads are read together, each delivery's own, in the order asked; a delivery that is not
+/// there is an error, never another's payload.
+async fn payloads_are_read_together_in_the_order_asked(db: &TestDb) {
+    let store = db.store();
+    let mut ids = Vec::new();
+    for body in ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"] {
+        let Inserted::New(id) = store
+            .insert_delivery(&delivery_with_body(body, body.as_bytes().to_vec()))
+            .await
+            .unwrap()
+        else {
+            panic!("not stored")
+        };
+        ids.push(id);
+    }
+    assert_eq!(
+        store
+            .delivery_payloads(&[ids[2], ids[0], ids[1]])
+            .await
+            .unwrap(),
+        [&b"{\"n\":3}"[..], b"{\"n\":1}", b"{\"n\":2}"]
+    );
+    let e = store
+        .delivery_payloads(&[ids[0], ids[2] + 100])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no delivery"), "{e}");
+}
+
 fn tick_delivery(tick: i64) -> NewDelivery {
     NewDelivery::new(
         DeliveryId(format!("schedule:o/r:* * * * *@UTC:{tick}")),
@@ -2695,6 +2724,7 @@ on_both_stores!(
     a_repository_whose_oldest_job_cannot_start_starts_its_next,
     repositories_at_their_hourly_cap_are_walked_past_and_each_says_why,
     a_lanes_backlog_is_read_in_order_and_its_matches_recorded_together,
+    payloads_are_read_together_in_the_order_asked,
 );
 
 #[test]
