@@ -199,6 +199,36 @@ async fn a_signed_body_replayed_under_a_new_delivery_id_is_stored_once() {
     assert!(log.contains("a replay, not stored again"), "{log}");
 }
 
+/// A large signed body (its digest and packing worked out off the runtime's threads) is stored byte for
+/// byte, and the same body under a new delivery id is still caught as a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_signed_body_is_stored_byte_for_byte_and_its_replay_caught() {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let text = std::fs::read_to_string(&spine.config).unwrap();
+    std::fs::write(
+        &spine.config,
+        text.replace("replay_window: 0s", "replay_window: 24h"),
+    )
+    .unwrap();
+    spine.start().await;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issues/opened.json")).unwrap();
+    value["padding"] = serde_json::Value::String(
+        (0..3_000_000u32)
+            .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+            .collect(),
+    );
+    let body = serde_json::to_vec(&value).unwrap();
+    assert_eq!(spine.deliver("issues", "big", &body).await, 202);
+    assert_eq!(spine.deliver("issues", "big-again", &body).await, 200);
+    let store = spine.store().await;
+    assert_eq!(store.delivery_count().await.unwrap(), 1);
+    assert!(
+        store.delivery_payload(1).await.unwrap() == body,
+        "the stored body differs from the one signed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_over_budget_bodies_are_refused_before_they_are_read() {
     let mut spine = Spine::new(Auth::Token, &[]).await;
