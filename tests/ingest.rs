@@ -41,6 +41,19 @@ async fn raw(spine: &Spine, head: String, body: &[u8]) -> Option<u16> {
     text.split_whitespace().nth(1).and_then(|s| s.parse().ok())
 }
 
+/// A spine whose replay window is on, as by default (the harness turns it off for the other tests), started.
+async fn started_with_replay_window() -> Spine {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let text = std::fs::read_to_string(&spine.config).unwrap();
+    std::fs::write(
+        &spine.config,
+        text.replace("replay_window: 0s", "replay_window: 24h"),
+    )
+    .unwrap();
+    spine.start().await;
+    spine
+}
+
 fn head(delivery: &str, length: usize, signature: &str) -> String {
     format!(
         "POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
@@ -174,15 +187,7 @@ async fn a_failed_postgres_commit_answers_503_never_2xx_without_the_row_and_reco
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_body_replayed_under_a_new_delivery_id_is_stored_once() {
-    let mut spine = Spine::new(Auth::Token, &[]).await;
-    // On, as by default (the harness turns it off for the other tests).
-    let text = std::fs::read_to_string(&spine.config).unwrap();
-    std::fs::write(
-        &spine.config,
-        text.replace("replay_window: 0s", "replay_window: 24h"),
-    )
-    .unwrap();
-    spine.start().await;
+    let mut spine = started_with_replay_window().await;
     let body = spine.payload("issues/opened.json");
     assert_eq!(spine.deliver("issues", "first", &body).await, 202);
     // GitHub's own redelivery repeats the id: already received.
@@ -203,14 +208,7 @@ async fn a_signed_body_replayed_under_a_new_delivery_id_is_stored_once() {
 /// byte, and the same body under a new delivery id is still caught as a replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_signed_body_is_stored_byte_for_byte_and_its_replay_caught() {
-    let mut spine = Spine::new(Auth::Token, &[]).await;
-    let text = std::fs::read_to_string(&spine.config).unwrap();
-    std::fs::write(
-        &spine.config,
-        text.replace("replay_window: 0s", "replay_window: 24h"),
-    )
-    .unwrap();
-    spine.start().await;
+    let mut spine = started_with_replay_window().await;
     let mut value: serde_json::Value =
         serde_json::from_slice(&spine.payload("issues/opened.json")).unwrap();
     value["padding"] = serde_json::Value::String(

@@ -111,6 +111,18 @@ pub struct StoredDelivery {
     pub repo: Option<String>,
 }
 
+/// The values of `by_id` in the order of `ids` (a batch read back in the order asked); an id that has none
+/// is an error, never another's value.
+fn in_order<T>(ids: &[i64], mut by_id: std::collections::HashMap<i64, T>) -> Result<Vec<T>> {
+    ids.iter()
+        .map(|id| {
+            by_id
+                .remove(id)
+                .with_context(|| format!("no delivery {id} in the store"))
+        })
+        .collect()
+}
+
 /// A delivery matched: the jobs it fired and why the other triggers did not ([`Store::record_matches`]).
 #[derive(Clone, Debug)]
 pub struct Matched {

@@ -812,13 +812,7 @@ impl Store for SqliteStore {
             };
             read.insert(id, payload);
         }
-        deliveries
-            .iter()
-            .map(|id| {
-                read.remove(id)
-                    .with_context(|| format!("no delivery {id} in the store"))
-            })
-            .collect()
+        in_order(deliveries, read)
     }
 
     async fn find_output(&self, job: JobId, key: &str) -> Result<Option<Output>> {
