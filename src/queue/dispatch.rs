@@ -624,14 +624,14 @@ async fn record(pipeline: &Pipeline, pending: &mut Pending) -> Result<()> {
     for ((matched, (command_event, span)), queued) in
         matches.into_iter().zip(pending.then.drain(..)).zip(queued)
     {
-        let _in = span.enter();
-        info!(
-            triggers = matched.jobs.len(),
-            queued,
-            skipped = matched.verdicts.skipped.len(),
-            "matched"
-        );
-        drop(_in);
+        span.in_scope(|| {
+            info!(
+                triggers = matched.jobs.len(),
+                queued,
+                skipped = matched.verdicts.skipped.len(),
+                "matched"
+            )
+        });
         if queued > 0 {
             // One idle worker per job queued, not all of them: the others would only race it for the
             // store's write lock and find nothing.
