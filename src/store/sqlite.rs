@@ -591,10 +591,32 @@ impl Store for SqliteStore {
         // One transaction, not fsynced (see `relaxed`): a lane's backlog is marked in one write.
         let mut tx = self.relaxed.begin_with("BEGIN IMMEDIATE").await?;
         let now = now_ms();
+        // The matches that fired nothing (most) are marked in one statement: one hop to the connection's
+        // thread, not one each, and the file's write lock is held that much shorter. Each that fired jobs
+        // is recorded after them, in order (a later job of a concurrency group replaces an earlier one).
+        let marks: Vec<(i64, String)> = matches
+            .iter()
+            .filter(|m| m.jobs.is_empty())
+            .map(|m| (m.delivery, m.verdicts.to_stored()))
+            .collect();
+        if !marks.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries SET matched_at = ?1, verdicts = json_extract(m.value, '$[1]')
+                 FROM json_each(?2) AS m WHERE deliveries.id = json_extract(m.value, '$[0]')",
+            )
+            .bind(now)
+            .bind(serde_json::to_string(&marks)?)
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut queued = Vec::with_capacity(matches.len());
         for m in matches {
-            queued
-                .push(record_match_in(&mut tx, m.delivery, &m.jobs, Some(&m.verdicts), now).await?);
+            queued.push(match m.jobs.is_empty() {
+                true => 0,
+                false => {
+                    record_match_in(&mut tx, m.delivery, &m.jobs, Some(&m.verdicts), now).await?
+                }
+            });
         }
         tx.commit().await?;
         Ok(queued)

@@ -1616,15 +1616,43 @@ async fn a_lanes_backlog_is_read_in_order_and_its_matches_recorded_together(db: 
         jobs,
         verdicts: Verdicts::default(),
     };
+    let skipped = |delivery: i64, why: &str| {
+        let mut verdicts = Verdicts::default();
+        verdicts.skip("a trigger", why);
+        Matched {
+            delivery,
+            jobs: vec![],
+            verdicts,
+        }
+    };
     let queued = store
         .record_matches(&[
-            matched(ids[0], vec![]),
+            skipped(ids[0], "not 'closed'"),
             matched(ids[2], vec![grouped("first")]),
+            skipped(ids[1], "not 'o/other'"),
             matched(ids[4], vec![grouped("second")]),
         ])
         .await
         .unwrap();
-    assert_eq!(queued, [0, 1, 1]);
+    assert_eq!(queued, [0, 1, 0, 1]);
+    for (i, why) in [(0, "not 'closed'"), (1, "not 'o/other'")] {
+        let record = store
+            .delivery_record(&format!("lane-{i}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(record.matched_at.is_some());
+        let verdicts = record.verdicts.expect("its verdicts are stored");
+        assert_eq!(
+            verdicts
+                .skipped
+                .iter()
+                .map(|s| s.reason.as_str())
+                .collect::<Vec<_>>(),
+            [why],
+            "each delivery marked together keeps its own verdicts"
+        );
+    }
     assert_eq!(
         lane(store.unmatched_heads(10).await.unwrap())
             .into_iter()
