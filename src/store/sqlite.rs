@@ -256,6 +256,12 @@ pub struct SqliteStore {
     writes: WriteQueue,
 }
 
+/// How much of the WAL file is kept when the WAL starts over (`journal_size_limit`, on every connection).
+/// Under a flood of webhooks the checkpoints do not catch up with the writer, and the WAL grows (about
+/// 70 MB a second at this machine's ingest rate); once the flood is over and the WAL was copied whole, the
+/// next commit starts it over and cuts the file back to this. Without it, the file kept its largest size.
+pub(super) const WAL_KEPT_BYTES: u64 = 64 << 20;
+
 /// The task that checkpoints the WAL every [`Checkpoints::EVERY`], on a connection of its own; stopped when
 /// the store is dropped. A PASSIVE checkpoint waits for no reader or writer: it copies what it can.
 struct Checkpoints(tokio::task::JoinHandle<()>);
@@ -399,7 +405,9 @@ impl SqliteStore {
         // Checkpoints (copying the WAL into the database file, with an fsync of its own) run on a
         // connection of their own (`Checkpoints`), never inside the commit of the writer that crossed the
         // WAL's threshold, where they held every request of a batch for milliseconds.
-        let options = options.pragma("wal_autocheckpoint", "0");
+        let options = options
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", WAL_KEPT_BYTES.to_string());
         let relaxed_options = options.clone().synchronous(SqliteSynchronous::Normal);
         let file = options.get_filename();
         if let Some(dir) = file
@@ -2126,6 +2134,62 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(left, 0);
+    }
+
+    /// A WAL grown past `WAL_KEPT_BYTES` (a flood the checkpoints could not keep up with) is cut back to it
+    /// once it was copied whole and starts over: the disk it took is given back.
+    #[tokio::test]
+    async fn a_grown_wal_is_cut_back_when_it_starts_over() {
+        let (dir, store) = store().await;
+        let wal = dir.path().join("sub/n.db-wal");
+        let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        // 4 MiB that packing cannot shrink (LZ4 looks back 64 KiB), 24 times in one batch: a WAL of
+        // about 100 MB.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let body: Vec<u8> = (0..4 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let body = bytes::Bytes::from(body);
+        let new = |id: String, body: bytes::Bytes| {
+            NewDelivery::new(DeliveryId(id), "push".into(), None, None, None, body)
+        };
+        let batch = (0..24)
+            .map(|i| new(format!("big-{i}"), body.clone()))
+            .collect();
+        store
+            .insert_delivery_batch(batch, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(wal_size() > WAL_KEPT_BYTES + (16 << 20), "{}", wal_size());
+        // The checkpoint task copies it (every 250 ms); the next commit after that starts it over.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut small = 0;
+        while wal_size() > WAL_KEPT_BYTES + (1 << 20) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL stayed at {} bytes",
+                wal_size()
+            );
+            small += 1;
+            store
+                .insert_delivery(&new(
+                    format!("small-{small}"),
+                    bytes::Bytes::from_static(b"{}"),
+                ))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            store.delivery_payload(1).await.unwrap().len(),
+            body.len(),
+            "what the WAL held is in the database file"
+        );
     }
 
     /// Payloads are written packed, by the group-commit writer and by a single insert alike, take a fraction

@@ -284,10 +284,11 @@ fn open_connection(path: &Path) -> Result<Connection> {
         .with_context(|| format!("setting up the writer's connection to {}", path.display()))?;
     // Durable commits (one fsync of the WAL each); the store's checkpoint task checkpoints. A small
     // page cache: this connection only appends.
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -512",
-    )
+         PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -512; PRAGMA journal_size_limit = {}",
+        super::WAL_KEPT_BYTES
+    ))
     .map_err(sqlite_error)
     .with_context(|| format!("setting up the writer's connection to {}", path.display()))?;
     Ok(conn)
