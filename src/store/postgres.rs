@@ -82,6 +82,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim batch",
         include_str!("../../migrations/postgres/0012_claim_batch.sql"),
     ),
+    (
+        13,
+        "wakeup sender",
+        include_str!("../../migrations/postgres/0013_wakeup_sender.sql"),
+    ),
 ];
 
 /// The channels the migration's triggers NOTIFY.
@@ -178,10 +183,26 @@ async fn insert_delivery(conn: &mut sqlx::PgConnection, d: &NewDelivery) -> Resu
     })
 }
 
+/// This store's `application_name`, which its deliveries' wake-ups carry (migration 0013): the URL's (or "nightshift"),
+/// with a random tag of its own, so that its listener tells its own deliveries from other replicas'.
+fn own_name(options: &PgConnectOptions) -> Result<String> {
+    let mut tag = [0u8; 6];
+    getrandom::getrandom(&mut tag).context("drawing the store's name")?;
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    // Postgres keeps 63 bytes of it.
+    let given = options.get_application_name().unwrap_or("nightshift");
+    let given = &given[..given.floor_char_boundary(48)];
+    Ok(format!("{given} {tag}"))
+}
+
 /// LISTENs on a connection of its own and passes what it hears to `wake`, until `wake`'s receiver is
 /// dropped. A lost connection is made again (with a pause while the database cannot be reached); every
 /// time it is (re)made, both wakeups ring, for what was written while nobody listened.
 async fn listen(options: PgConnectOptions, wake: tokio::sync::mpsc::Sender<Wakeup>) {
+    let own = options
+        .get_application_name()
+        .unwrap_or_default()
+        .to_owned();
     let ring = |what| {
         // A full channel already holds a wakeup the relay has not passed on: this one adds nothing.
         let _ = wake.try_send(what);
@@ -223,6 +244,13 @@ async fn listen(options: PgConnectOptions, wake: tokio::sync::mpsc::Sender<Wakeu
                 heard = listener.try_recv() => heard,
             };
             match heard {
+                // A delivery this store stored: the process rang for it already (the ingest, a schedule).
+                Ok(Some(notification))
+                    if notification.channel() == DELIVERIES_CHANNEL
+                        && notification.payload() == own =>
+                {
+                    pause = Duration::from_millis(100);
+                }
                 Ok(Some(notification)) => {
                     pause = Duration::from_millis(100);
                     match notification.channel() {
@@ -344,6 +372,7 @@ impl PostgresStore {
     /// lock, so replicas starting together migrate once).
     pub async fn connect(url: &str) -> Result<Self> {
         let options: PgConnectOptions = url.parse()?;
+        let options = options.clone().application_name(&own_name(&options)?);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             // A COMMIT that failed (disk full, I/O error) can leave a connection inside a transaction as

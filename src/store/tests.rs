@@ -2794,8 +2794,9 @@ async fn a_postgres_url_that_cannot_be_reached_names_no_password() {
     );
 }
 
-/// A write on one replica wakes the others: a stored delivery rings `Deliveries`, a queued job and a freed
-/// concurrency group ring `Jobs`; SQLite (one process) has nothing to listen to.
+/// A write on one replica wakes the others: a stored delivery rings `Deliveries` (not on the replica that
+/// stored it), a queued job and a freed concurrency group ring `Jobs`; SQLite (one process) has nothing to
+/// listen to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_replicas_writes_wake_this_one() {
     assert!(TestDb::sqlite().await.store().wakeups().is_none());
@@ -2809,6 +2810,9 @@ async fn another_replicas_writes_wake_this_one() {
     first.sort_by_key(|w| *w as u8);
     assert_eq!(first, [Wakeup::Deliveries, Wakeup::Jobs]);
 
+    // A delivery this store stored rings nothing here (its process rang already); the other replica's
+    // does. Heard, this store's own would come first, and the next one below would not be `Jobs`.
+    here.insert_delivery(&delivery("mine")).await.unwrap();
     let Inserted::New(d) = there.insert_delivery(&delivery("d1")).await.unwrap() else {
         panic!()
     };
