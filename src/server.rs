@@ -127,7 +127,7 @@ pub async fn serve(
         standing: Default::default(),
         store,
         github,
-        deliveries_waiting: Arc::new(Notify::new()),
+        deliveries_waiting: Default::default(),
         jobs_waiting: Notify::new(),
         env: Box::new(move |name| env.get(name).cloned()),
         gateway,

@@ -77,6 +77,12 @@ struct Lanes {
 }
 
 impl Lanes {
+    /// Whether `news` names lanes only, each of them busy (nothing rang, a sweep's timeout: false).
+    fn all_busy(&self, news: &crate::source::News) -> bool {
+        let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        !news.unnamed && !news.lanes.is_empty() && news.lanes.iter().all(|l| busy.contains(l))
+    }
+
     /// Takes the lane when it is free (and fewer than [`LANES`] are busy); the guard frees it when dropped,
     /// also when matching panicked.
     fn take(self: &Arc<Self>, lane: &str, pipeline: &Arc<Pipeline>) -> Option<LaneGuard> {
@@ -103,7 +109,7 @@ impl Drop for LaneGuard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.lane);
-        self.pipeline.deliveries_waiting.notify_waiters();
+        self.pipeline.deliveries_waiting.ring();
     }
 }
 
@@ -114,6 +120,11 @@ pub async fn run(pipeline: Arc<Pipeline>) {
         let notified = pipeline.deliveries_waiting.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // News only of lanes being matched: their tasks read their backlogs, and ring when done.
+        if lanes.all_busy(&pipeline.deliveries_waiting.take_news()) {
+            let _ = tokio::time::timeout(SWEEP, notified).await;
+            continue;
+        }
         match start_matching(&pipeline, &lanes).await {
             Ok(0) => {
                 let _ = tokio::time::timeout(SWEEP, notified).await;
@@ -154,11 +165,7 @@ async fn start_matching(pipeline: &Arc<Pipeline>, lanes: &Arc<Lanes>) -> Result<
 
 /// The lane of a delivery: its repository's full name, lower-cased ("" when it is about none).
 fn lane(delivery: &StoredDelivery) -> String {
-    delivery
-        .repo
-        .as_deref()
-        .map(str::to_lowercase)
-        .unwrap_or_default()
+    crate::source::lane_of(delivery.repo.as_deref())
 }
 
 /// What matching needs besides the payload: nightshift's own login, and a pull request's changed files when
@@ -761,4 +768,32 @@ async fn match_one(
         },
         command_event,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::News;
+
+    /// The dispatcher passes over a ring only when it named lanes and each is being matched: a ring that
+    /// named none (a lane done, another replica's delivery, a schedule), a lane not busy, or no ring at all
+    /// (the sweep) makes it look.
+    #[test]
+    fn only_news_of_busy_lanes_is_passed_over() {
+        let lanes = Lanes::default();
+        lanes
+            .busy
+            .lock()
+            .unwrap()
+            .extend(["o/busy".to_owned(), String::new()]);
+        let news = |unnamed: bool, named: &[&str]| News {
+            unnamed,
+            lanes: named.iter().map(|l| l.to_string()).collect(),
+        };
+        assert!(lanes.all_busy(&news(false, &["o/busy"])));
+        assert!(lanes.all_busy(&news(false, &["o/busy", ""])));
+        assert!(!lanes.all_busy(&news(false, &["o/busy", "o/idle"])));
+        assert!(!lanes.all_busy(&news(true, &["o/busy"])));
+        assert!(!lanes.all_busy(&news(false, &[])));
+    }
 }

@@ -47,7 +47,7 @@ pub struct Pipeline {
     pub github: Arc<GitHub>,
     pub workspaces: Workspaces,
     /// Rung when a delivery is stored (shared with the sources' [`crate::source::Intake`]).
-    pub deliveries_waiting: Arc<Notify>,
+    pub deliveries_waiting: Arc<crate::source::DeliveryBell>,
     /// Rung when a job is queued.
     pub jobs_waiting: Notify,
     /// Actors' permissions on repositories, as GitHub answered (for events without an author association).
@@ -70,7 +70,7 @@ pub async fn relay_wakeups(
 ) {
     while let Some(wakeup) = wakeups.recv().await {
         match wakeup {
-            crate::store::Wakeup::Deliveries => pipeline.deliveries_waiting.notify_waiters(),
+            crate::store::Wakeup::Deliveries => pipeline.deliveries_waiting.ring(),
             crate::store::Wakeup::Jobs => pipeline.jobs_waiting.notify_waiters(),
         }
     }

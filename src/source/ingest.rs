@@ -106,7 +106,10 @@ async fn run(
             .map(|r| (r.delivery, (r.answer, r._budget)))
             .unzip();
         let count = deliveries.len();
-        let payloads: Vec<bytes::Bytes> = deliveries.iter().map(|d| d.payload().clone()).collect();
+        let (payloads, lanes): (Vec<bytes::Bytes>, Vec<String>) = deliveries
+            .iter()
+            .map(|d| (d.payload().clone(), super::lane_of(d.repo.as_deref())))
+            .unzip();
         match crate::metrics::time_store(
             "ingest_commit",
             intake.store.insert_delivery_batch(deliveries, window),
@@ -115,13 +118,15 @@ async fn run(
         {
             Ok(inserted) => {
                 intake.health.store_ok();
-                for (inserted, payload) in inserted.iter().zip(payloads) {
+                let mut news = Vec::new();
+                for ((inserted, payload), lane) in inserted.iter().zip(payloads).zip(lanes) {
                     if let Inserted::New(row) = inserted {
                         intake.fresh.put(*row, payload);
+                        news.push(lane);
                     }
                 }
-                if inserted.iter().any(|i| matches!(i, Inserted::New(_))) {
-                    intake.deliveries_waiting.notify_waiters();
+                if !news.is_empty() {
+                    intake.deliveries_waiting.ring_lanes(news);
                 }
                 for ((answer, _budget), inserted) in answers.into_iter().zip(inserted) {
                     let _ = answer.send(Ok(inserted));

@@ -148,7 +148,7 @@ pub async fn tick(
         }
     }
     if stored {
-        intake.deliveries_waiting.notify_waiters();
+        intake.deliveries_waiting.ring();
     }
     Ok(next)
 }
