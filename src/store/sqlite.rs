@@ -619,11 +619,10 @@ impl Store for SqliteStore {
         }
         let mut queued = Vec::with_capacity(matches.len());
         for m in matches {
-            queued.push(match m.jobs.is_empty() {
-                true => 0,
-                false => {
-                    record_match_in(&mut tx, m.delivery, &m.jobs, Some(&m.verdicts), now).await?
-                }
+            queued.push(if m.jobs.is_empty() {
+                0
+            } else {
+                record_match_in(&mut tx, m.delivery, &m.jobs, Some(&m.verdicts), now).await?
             });
         }
         tx.commit().await?;
