@@ -87,6 +87,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "wakeup sender",
         include_str!("../../migrations/postgres/0013_wakeup_sender.sql"),
     ),
+    (
+        14,
+        "claim leases",
+        include_str!("../../migrations/postgres/0014_claim_leases.sql"),
+    ),
 ];
 
 /// The channels the migration's triggers NOTIFY.
