@@ -185,6 +185,77 @@ async fn a_failed_postgres_commit_answers_503_never_2xx_without_the_row_and_reco
     assert_eq!(readyz(&spine).await.0, 200);
 }
 
+/// On Postgres, batches are written side by side: a batch held up in the server (here its row waits for
+/// another transaction's uncommitted row with the same delivery id) does not hold up the deliveries that
+/// come after it, and is answered, stored, once it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_batch_held_up_in_the_server_does_not_hold_up_the_next() {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    let db = spine.use_store(true).await;
+    spine.start().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (delivery_id, event, payload, received_at) VALUES ('held', 'issues', '', 0)",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let held = {
+        let spine_url = spine.url();
+        let body = spine.payload("issues/opened.json");
+        tokio::spawn(async move {
+            nightshift::install_tls_provider();
+            reqwest::Client::new()
+                .post(format!("{spine_url}/webhooks/github"))
+                .header("X-GitHub-Event", "issues")
+                .header("X-GitHub-Delivery", "held")
+                .header("X-Hub-Signature-256", common::sign(common::SECRET, &body))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // The service's insert waits for the holder's row: seen as a lock wait in the server.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO deliveries%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held delivery's insert never waited"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Later deliveries are stored and acknowledged while it waits.
+    let ids: Vec<String> = (0..20).map(|n| format!("after-{n}")).collect();
+    let codes = tokio::time::timeout(Duration::from_secs(60), burst(&spine, &ids))
+        .await
+        .expect("the deliveries after a held-up batch waited for it");
+    assert!(codes.iter().all(|&code| code == 202), "{codes:?}");
+    assert!(!held.is_finished(), "the held delivery was answered early");
+    // The holder gives up its row: the held delivery is stored, and acknowledged.
+    holder.rollback().await.unwrap();
+    assert_eq!(held.await.unwrap(), 202);
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT delivery_id FROM deliveries WHERE delivery_id = 'held'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, ["held"]);
+    assert_eq!(db.store.delivery_count().await.unwrap(), 21);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_body_replayed_under_a_new_delivery_id_is_stored_once() {
     let mut spine = started_with_replay_window().await;

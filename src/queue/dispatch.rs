@@ -26,8 +26,14 @@ const LANES: usize = 8;
 const HEADS: u32 = 64;
 
 /// The most deliveries of one repository a lane matches in one go (its backlog, oldest first); the matches
-/// are recorded together, in one write, instead of one write each.
+/// are recorded together, in one write, instead of one write each. A lane goes on with its next ones while
+/// fewer than [`LANES`] are busy, and ends after this many when all are.
 const LANE_BATCH: u32 = 32;
+
+/// The most batches a lane matches before it ends and the dispatcher looks at every repository's oldest
+/// waiting delivery again (this one's too: a delivery of it stored under a lower id after the lane read
+/// past that id, by a batch or a replica that committed later, is its oldest then).
+const LANE_ROUNDS: usize = 8;
 
 /// How long a matched delivery that fired nothing may wait to be recorded with the lane's next ones. One
 /// that fired a job is recorded at once: its job never waits for the matching of the deliveries after it.
@@ -81,6 +87,11 @@ impl Lanes {
     fn all_busy(&self, news: &crate::source::News) -> bool {
         let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         !news.unnamed && !news.lanes.is_empty() && news.lanes.iter().all(|l| busy.contains(l))
+    }
+
+    /// Whether fewer than [`LANES`] are busy: a lane may start without another ending first.
+    fn room(&self) -> bool {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner()).len() < LANES
     }
 
     /// Takes the lane when it is free (and fewer than [`LANES`] are busy); the guard frees it when dropped,
@@ -151,11 +162,25 @@ async fn start_matching(pipeline: &Arc<Pipeline>, lanes: &Arc<Lanes>) -> Result<
         };
         started += 1;
         let pipeline = pipeline.clone();
+        let lanes = lanes.clone();
         tokio::spawn(async move {
-            if let Err(e) = match_lane(&pipeline, delivery).await {
-                // It stays unmatched and is tried again, after a pause.
-                warn!("matching failed: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut from = From::Head(delivery);
+            for round in 1.. {
+                match match_lane(&pipeline, from).await {
+                    // The lane's next deliveries, read past its last one by index, while another lane can
+                    // start beside it, for LANE_ROUNDS batches; then it ends, and the dispatcher looks for
+                    // every repository's oldest (this one's too) in order.
+                    Ok(Some(last)) if round < LANE_ROUNDS && lanes.room() => {
+                        from = From::After(last)
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        // It stays unmatched and is tried again, after a pause.
+                        warn!("matching failed: {e:#}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
             }
             drop(guard);
         });
@@ -534,7 +559,16 @@ fn unmatchable(event: &Event) -> Option<String> {
 /// dispatcher's lower-priority threads ([`super::background`]). A delivery whose matching failed stays
 /// unmatched (the error is returned); the ones before it are recorded, the ones after it wait for the
 /// lane's next turn.
-async fn match_lane(pipeline: &Pipeline, head: StoredDelivery) -> Result<()> {
+/// Where a lane's matching starts: its oldest waiting delivery, matched first and at once (found by the
+/// dispatcher), or past the last delivery the lane matched (its next ones, while it goes on).
+enum From {
+    Head(StoredDelivery),
+    After(StoredDelivery),
+}
+
+/// Matches a lane's deliveries from `from` on, at most [`LANE_BATCH`], in order, and records them; the last
+/// one matched (none: nothing was waiting past `From::After`).
+async fn match_lane(pipeline: &Pipeline, from: From) -> Result<Option<StoredDelivery>> {
     let mut pending = Pending::default();
     let mut since = None;
     let mut step = async |delivery: &StoredDelivery,
@@ -564,22 +598,27 @@ async fn match_lane(pipeline: &Pipeline, head: StoredDelivery) -> Result<()> {
         }
         Ok(())
     };
-    step(&head, true, None).await?;
+    let (after, limit) = match from {
+        From::Head(head) => {
+            step(&head, true, None).await?;
+            (head, LANE_BATCH - 1)
+        }
+        From::After(last) => (last, LANE_BATCH),
+    };
     let outcome = async {
-        let backlog = pipeline
-            .store
-            .unmatched_in_lane(&head, LANE_BATCH - 1)
-            .await?;
+        let backlog = pipeline.store.unmatched_in_lane(&after, limit).await?;
         let payloads = lane_payloads(pipeline, &backlog).await?;
         for (delivery, payload) in backlog.iter().zip(payloads) {
             step(delivery, false, Some(payload)).await?;
         }
-        Ok(())
+        anyhow::Ok(backlog.into_iter().last())
     }
     .await;
     // What was matched is recorded, whatever came after it.
     record(pipeline, &mut pending).await?;
-    outcome
+    // A head with no backlog was matched all the same.
+    let headed = limit < LANE_BATCH;
+    Ok(outcome?.or(headed.then_some(after)))
 }
 
 /// The payloads of a lane's `backlog`, in its order: those this process just stored from memory, the rest

@@ -3,7 +3,9 @@
 //!
 //! **Group commit.** One task owns delivery inserts. Handlers send it a delivery and wait; it takes every
 //! delivery waiting (up to `ingest.max_batch`), writes them in one transaction (one fsync), then answers
-//! each. While it commits, the next batch gathers. A request is acknowledged only after its batch committed;
+//! each. While it commits, the next batch gathers; a store whose transactions share their log flushes
+//! (Postgres: `Store::concurrent_batches`) has the next batch written meanwhile, up to that many at once.
+//! A request is acknowledged only after its batch committed;
 //! a failed commit (disk full, I/O error) answers every request of the batch with an error (503), marks the
 //! store failed in `/readyz` until a later batch commits, and says why in the log.
 //!
@@ -99,51 +101,76 @@ async fn run(
     max_batch: usize,
     window: Duration,
 ) {
+    let intake = Arc::new(intake);
+    let concurrent = intake.store.concurrent_batches().max(1);
+    // A batch is taken only when it can be written at once: the deliveries that come meanwhile gather.
+    let writing = Arc::new(Semaphore::new(concurrent));
     let mut waiting = Vec::with_capacity(max_batch);
-    while queue.recv_many(&mut waiting, max_batch).await > 0 {
-        let (deliveries, answers): (Vec<_>, Vec<_>) = waiting
-            .drain(..)
-            .map(|r| (r.delivery, (r.answer, r._budget)))
-            .unzip();
-        let count = deliveries.len();
-        let (payloads, lanes): (Vec<bytes::Bytes>, Vec<String>) = deliveries
-            .iter()
-            .map(|d| (d.payload().clone(), super::lane_of(d.repo.as_deref())))
-            .unzip();
-        match crate::metrics::time_store(
-            "ingest_commit",
-            intake.store.insert_delivery_batch(deliveries, window),
-        )
-        .await
-        {
-            Ok(inserted) => {
-                intake.health.store_ok();
-                let mut news = Vec::new();
-                for ((inserted, payload), lane) in inserted.iter().zip(payloads).zip(lanes) {
-                    if let Inserted::New(row) = inserted {
-                        intake.fresh.put(*row, payload);
-                        news.push(lane);
-                    }
-                }
-                if !news.is_empty() {
-                    intake.deliveries_waiting.ring_lanes(news);
-                }
-                for ((answer, _budget), inserted) in answers.into_iter().zip(inserted) {
-                    let _ = answer.send(Ok(inserted));
+    loop {
+        let Ok(permit) = writing.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut waiting, max_batch).await == 0 {
+            return;
+        }
+        let batch = std::mem::replace(&mut waiting, Vec::with_capacity(max_batch));
+        if concurrent == 1 {
+            // A single writer: one batch after another, here.
+            write_batch(&intake, batch, window).await;
+        } else {
+            let intake = intake.clone();
+            tokio::spawn(async move {
+                write_batch(&intake, batch, window).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Writes one batch, then answers each of its requests (503 for all when the commit failed).
+async fn write_batch(intake: &Intake, batch: Vec<Request>, window: Duration) {
+    let (deliveries, answers): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|r| (r.delivery, (r.answer, r._budget)))
+        .unzip();
+    let count = deliveries.len();
+    let (payloads, lanes): (Vec<bytes::Bytes>, Vec<String>) = deliveries
+        .iter()
+        .map(|d| (d.payload().clone(), super::lane_of(d.repo.as_deref())))
+        .unzip();
+    match crate::metrics::time_store(
+        "ingest_commit",
+        intake.store.insert_delivery_batch(deliveries, window),
+    )
+    .await
+    {
+        Ok(inserted) => {
+            intake.health.store_ok();
+            let mut news = Vec::new();
+            for ((inserted, payload), lane) in inserted.iter().zip(payloads).zip(lanes) {
+                if let Inserted::New(row) = inserted {
+                    intake.fresh.put(*row, payload);
+                    news.push(lane);
                 }
             }
-            Err(e) => {
-                let why = format!("{e:#}");
-                warn!(
-                    deliveries = count,
-                    "storing deliveries failed; each was answered 503 so its sender tries again: {why}"
-                );
-                intake
-                    .health
-                    .store_failed(format!("storing deliveries failed: {why}"));
-                for (answer, _budget) in answers {
-                    let _ = answer.send(Err(why.clone()));
-                }
+            if !news.is_empty() {
+                intake.deliveries_waiting.ring_lanes(news);
+            }
+            for ((answer, _budget), inserted) in answers.into_iter().zip(inserted) {
+                let _ = answer.send(Ok(inserted));
+            }
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            warn!(
+                deliveries = count,
+                "storing deliveries failed; each was answered 503 so its sender tries again: {why}"
+            );
+            intake
+                .health
+                .store_failed(format!("storing deliveries failed: {why}"));
+            for (answer, _budget) in answers {
+                let _ = answer.send(Err(why.clone()));
             }
         }
     }

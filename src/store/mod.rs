@@ -735,6 +735,13 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// How many group-commit batches ([`Store::insert_delivery_batch`]) may be written at once: one for a
+    /// store with a single writer; more where concurrent transactions share their log flushes, so that the
+    /// next batch is written while one waits for its flush.
+    fn concurrent_batches(&self) -> usize {
+        1
+    }
+
     /// Stores a dashboard session under `id_hash` (the SHA-256 of its id, hex: never the id), made at `now`
     /// (unix ms). Deletes every session expired by `now` and, past `per_login` sessions of its login, that
     /// login's oldest.

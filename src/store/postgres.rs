@@ -372,6 +372,14 @@ async fn write_deliveries(
     Ok(answers.into_answers())
 }
 
+/// Connections of a store's pool.
+const POOL: u32 = 8;
+
+/// Group-commit batches written at once ([`Store::concurrent_batches`]): while one waits for its WAL flush,
+/// the next is written, and Postgres flushes the commits that wait together once. The rest of the pool is
+/// left to the dispatcher, the workers and the dashboard.
+const CONCURRENT_BATCHES: usize = 3;
+
 impl PostgresStore {
     /// Connects to `postgres://...` or `postgresql://...` and applies the migrations (sqlx takes an advisory
     /// lock, so replicas starting together migrate once).
@@ -379,7 +387,7 @@ impl PostgresStore {
         let options: PgConnectOptions = url.parse()?;
         let options = options.clone().application_name(&own_name(&options)?);
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL)
             // A COMMIT that failed (disk full, I/O error) can leave a connection inside a transaction as
             // sqlx counts it, and its rollback fails too; such a connection is closed, never handed out.
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
@@ -1356,6 +1364,10 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Inserted>> {
         let mut conn = self.pool.acquire().await?;
         write_deliveries(&mut conn, batch, replay_window).await
+    }
+
+    fn concurrent_batches(&self) -> usize {
+        CONCURRENT_BATCHES
     }
 
     async fn counts(&self) -> Result<Counts> {
