@@ -552,13 +552,6 @@ fn unmatchable(event: &Event) -> Option<String> {
         .then(|| "the event is about no repository".to_owned())
 }
 
-/// Matches `head`, then the backlog of its repository after it (at most [`LANE_BATCH`] in all), in order,
-/// and records the matches together: at once after a match that fired a job, else within
-/// [`RECORD_WITHIN`] or at the end. The head is matched at the service's priority and before the backlog is
-/// read, so an event that comes alone is matched as fast as ever; the backlog's CPU work runs on the
-/// dispatcher's lower-priority threads ([`super::background`]). A delivery whose matching failed stays
-/// unmatched (the error is returned); the ones before it are recorded, the ones after it wait for the
-/// lane's next turn.
 /// Where a lane's matching starts: its oldest waiting delivery, matched first and at once (found by the
 /// dispatcher), or past the last delivery the lane matched (its next ones, while it goes on).
 enum From {
@@ -566,8 +559,14 @@ enum From {
     After(StoredDelivery),
 }
 
-/// Matches a lane's deliveries from `from` on, at most [`LANE_BATCH`], in order, and records them; the last
-/// one matched (none: nothing was waiting past `From::After`).
+/// Matches a lane's deliveries from `from` on: a head, then the backlog of its repository after it (at most
+/// [`LANE_BATCH`] in all), in order, and records the matches together: at once after a match that fired a
+/// job, else within [`RECORD_WITHIN`] or at the end. The head is matched at the service's priority and
+/// before the backlog is read, so an event that comes alone is matched as fast as ever; the backlog's CPU
+/// work runs on the dispatcher's lower-priority threads ([`super::background`]). Returns the last delivery
+/// matched (none: nothing was waiting past `From::After`). A delivery whose matching failed stays unmatched
+/// (the error is returned); the ones before it are recorded, the ones after it wait for the lane's next
+/// turn.
 async fn match_lane(pipeline: &Pipeline, from: From) -> Result<Option<StoredDelivery>> {
     let mut pending = Pending::default();
     let mut since = None;
@@ -598,12 +597,12 @@ async fn match_lane(pipeline: &Pipeline, from: From) -> Result<Option<StoredDeli
         }
         Ok(())
     };
-    let (after, limit) = match from {
+    let (after, limit, headed) = match from {
         From::Head(head) => {
             step(&head, true, None).await?;
-            (head, LANE_BATCH - 1)
+            (head, LANE_BATCH - 1, true)
         }
-        From::After(last) => (last, LANE_BATCH),
+        From::After(last) => (last, LANE_BATCH, false),
     };
     let outcome = async {
         let backlog = pipeline.store.unmatched_in_lane(&after, limit).await?;
@@ -617,7 +616,6 @@ async fn match_lane(pipeline: &Pipeline, from: From) -> Result<Option<StoredDeli
     // What was matched is recorded, whatever came after it.
     record(pipeline, &mut pending).await?;
     // A head with no backlog was matched all the same.
-    let headed = limit < LANE_BATCH;
     Ok(outcome?.or(headed.then_some(after)))
 }
 

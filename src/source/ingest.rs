@@ -102,9 +102,9 @@ async fn run(
     window: Duration,
 ) {
     let intake = Arc::new(intake);
-    let concurrent = intake.store.concurrent_batches().max(1);
-    // A batch is taken only when it can be written at once: the deliveries that come meanwhile gather.
-    let writing = Arc::new(Semaphore::new(concurrent));
+    // A batch is taken only when it can be written at once (a single writer: when the last one is written):
+    // the deliveries that come meanwhile gather.
+    let writing = Arc::new(Semaphore::new(intake.store.concurrent_batches().max(1)));
     let mut waiting = Vec::with_capacity(max_batch);
     loop {
         let Ok(permit) = writing.clone().acquire_owned().await else {
@@ -114,16 +114,11 @@ async fn run(
             return;
         }
         let batch = std::mem::replace(&mut waiting, Vec::with_capacity(max_batch));
-        if concurrent == 1 {
-            // A single writer: one batch after another, here.
+        let intake = intake.clone();
+        tokio::spawn(async move {
             write_batch(&intake, batch, window).await;
-        } else {
-            let intake = intake.clone();
-            tokio::spawn(async move {
-                write_batch(&intake, batch, window).await;
-                drop(permit);
-            });
-        }
+            drop(permit);
+        });
     }
 }
 
