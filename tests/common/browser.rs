@@ -143,15 +143,23 @@ impl Browser {
         self.client.current_url().await.unwrap().to_string()
     }
 
-    /// Clicks the element `css` selects.
+    /// Clicks the element `css` selects. A page that reloads itself (a job page when its job ends) can
+    /// replace the element between finding and clicking it: then the new page's is found and clicked.
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
-            .click()
-            .await
-            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"));
+            match element.click().await {
+                Ok(()) => return,
+                Err(e)
+                    if e.is_stale_element_reference() && std::time::Instant::now() < deadline => {}
+                Err(e) => panic!("clicking `{css}`: {e}"),
+            }
+        }
     }
 
     /// Waits until the element `css` selects is on the page; returns its text.
@@ -163,7 +171,12 @@ impl Browser {
             .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("`{css}` never appeared: {e}"));
-        element.text().await.unwrap()
+        match element.text().await {
+            Ok(text) => text,
+            // The page reloaded itself meanwhile: the new page's element.
+            Err(e) if e.is_stale_element_reference() => Box::pin(self.wait_for(css)).await,
+            Err(e) => panic!("reading `{css}`: {e}"),
+        }
     }
 
     /// Ends the session (Chromium quits) and stops chromedriver.
