@@ -8,7 +8,7 @@
 # the same body under a new id, so replay protection is off for the run (ingest.replay_window: 0s): each
 # 202 is a row written and fsynced.
 # BASE=/path/to/an/older/nightshift adds its SQLite and Postgres rows to the same run (ratios against it).
-# POSTGRES=0 leaves Postgres out, SQLITE=0 SQLite. Each row also says, from /metrics, how the group commit went: batches
+# POSTGRES=0 leaves Postgres out, SQLITE=0 SQLite, KEEP_LOGS=PREFIX keeps the servers' logs. Each row also says, from /metrics, how the group commit went: batches
 # written, deliveries per batch, and the batch insert+commit's mean and (bucketed) p99 time: where the
 # requests' time went. Each nightshift row also says its memory once ready and idle (1 s after `ready`):
 # VmRSS, and of it the anonymous memory (heap, stacks) and the file-backed (the binary's pages), and how
@@ -82,6 +82,13 @@ YML
   sleep 1
   local idle_kb=$(ps -o rss= -p $pid)
   local idle_split=$(awk '/^Anonymous:/ {a=$2} /^Rss:/ {r=$2} END {print "anonymous", a, "KB, file", r-a, "KB"}' /proc/$pid/smaps_rollup)
+  # SQLite: the WAL file's largest size during the load (sampled every 100 ms), against its bound.
+  local wal=""
+  if [[ $1 == sqlite://* ]]; then
+    wal="${1#sqlite://}-wal"
+    (m=0; while kill -0 $pid 2>/dev/null; do s=$(stat -c %s "$wal" 2>/dev/null || echo 0)
+       if [ "$s" -gt "$m" ]; then m=$s; echo "$m" > "$dir/walmax"; fi; sleep 0.1; done) &
+  fi
   local out=$(WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$addr")
   local codes=$(grep -c "delivery stored" "$dir/log" || true)
   # How far the dispatcher kept up: deliveries still waiting to be matched when the load stopped.
@@ -104,8 +111,13 @@ print('%d batches, %.1f deliveries each, commit mean %.2f ms, p99 <= %s ms' % (n
   echo "$out" | grep -E 'Requests/sec|50%|99%|Non-2xx' | sed 's/^/  /'
   echo "  group commit: $commits (uptime:$(uptime | sed 's/.*load average//'))"
   echo "  matching: $((codes - ${unmatched:-0})) of $codes stored were matched against the triggers by the end of the load"
+  if [ -n "$wal" ]; then
+    echo "  WAL: largest $(( $(cat "$dir/walmax" 2>/dev/null || echo 0) / 1000000 )) MB; copied whole at its bound $(grep -c 'reached its bound' "$dir/log" || true) times"
+  fi
   kill $pid; wait $pid 2>/dev/null || true
   echo "$out" > "$dir/wrk"
+  # KEEP_LOGS=PREFIX keeps each server's log as PREFIX-LABEL.log.
+  if [ -n "${KEEP_LOGS:-}" ]; then cp "$dir/log" "$KEEP_LOGS-$2.log"; fi
   # Its database goes now: the kernel drops a deleted file's pages instead of writing them back later.
   rm -rf "$dir/state" "$dir/data"
 }

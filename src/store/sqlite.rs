@@ -17,8 +17,11 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 use super::*;
 use crate::now_ms;
 
+mod wal;
 mod write_queue;
 mod writer;
+
+use wal::{Checkpoints, WalLimits, WalWatch};
 
 pub(crate) use write_queue::WriteQueue;
 
@@ -256,47 +259,6 @@ pub struct SqliteStore {
     writes: WriteQueue,
 }
 
-/// How much of the WAL file is kept when the WAL starts over (`journal_size_limit`, on every connection).
-/// Under a flood of webhooks the checkpoints do not catch up with the writer, and the WAL grows (about
-/// 70 MB a second at this machine's ingest rate); once the flood is over and the WAL was copied whole, the
-/// next commit starts it over and cuts the file back to this. Without it, the file kept its largest size.
-pub(super) const WAL_KEPT_BYTES: u64 = 64 << 20;
-
-/// The task that checkpoints the WAL every [`Checkpoints::EVERY`], on a connection of its own; stopped when
-/// the store is dropped. A PASSIVE checkpoint waits for no reader or writer: it copies what it can.
-struct Checkpoints(tokio::task::JoinHandle<()>);
-
-impl Checkpoints {
-    const EVERY: Duration = Duration::from_millis(250);
-
-    async fn start(options: SqliteConnectOptions) -> Result<Checkpoints> {
-        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
-        Ok(Checkpoints(tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::time::sleep(Self::EVERY).await;
-                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .execute(&mut conn)
-                    .await
-                {
-                    Ok(_) => failing = false,
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!("checkpointing the store's WAL failed (tried again): {e}");
-                    }
-                    Err(_) => {}
-                }
-            }
-        })))
-    }
-}
-
-impl Drop for Checkpoints {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The candidates of a claim, best first: of each repository's lane (`claim_lanes`, migration 0012), its
 /// oldest queued job that its limits let start (its concurrency group idle, the repository under its running
 /// limit and the job's profile under its own, unless the job is being cancelled: it only ends), and the jobs
@@ -387,14 +349,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_with_busy_timeout(url, BUSY_TIMEOUT).await
+        Self::connect_with(url, BUSY_TIMEOUT, WalLimits::DEFAULT).await
     }
 
     /// [`SqliteStore::connect`], with how long a write waits for another process's write lock (the tests
-    /// use none: a write of this process that met another's would fail).
-    pub(crate) async fn connect_with_busy_timeout(
+    /// use none: a write of this process that met another's would fail) and the WAL's limits (`wal.rs`).
+    pub(crate) async fn connect_with(
         url: &str,
         busy_timeout: Duration,
+        wal: WalLimits,
     ) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -402,12 +365,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(busy_timeout)
             .foreign_keys(true);
-        // Checkpoints (copying the WAL into the database file, with an fsync of its own) run on a
-        // connection of their own (`Checkpoints`), never inside the commit of the writer that crossed the
-        // WAL's threshold, where they held every request of a batch for milliseconds.
+        // Checkpoints run on a connection of their own (`wal::Checkpoints`), never inside a commit.
         let options = options
             .pragma("wal_autocheckpoint", "0")
-            .pragma("journal_size_limit", WAL_KEPT_BYTES.to_string());
+            .pragma("journal_size_limit", wal.bound.to_string());
         let relaxed_options = options.clone().synchronous(SqliteSynchronous::Normal);
         let file = options.get_filename();
         if let Some(dir) = file
@@ -454,8 +415,10 @@ impl SqliteStore {
             .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(relaxed_options)
             .await?;
-        let deliveries = writer::DeliveryWriter::start(file, busy_timeout, writes.clone())?;
-        let checkpoints = Checkpoints::start(options).await?;
+        let watch = WalWatch::new(file, wal);
+        let deliveries =
+            writer::DeliveryWriter::start(file, busy_timeout, writes.clone(), watch.clone())?;
+        let checkpoints = Checkpoints::start(options, writes.clone(), watch).await?;
         Ok(SqliteStore {
             pool,
             relaxed,
@@ -2039,12 +2002,12 @@ mod tests {
         const SHORT_BUSY: Duration = Duration::from_millis(500);
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/n.db", dir.path().display());
-        let a = SqliteStore::connect_with_busy_timeout(&url, SHORT_BUSY)
+        let a = SqliteStore::connect_with(&url, SHORT_BUSY, WalLimits::DEFAULT)
             .await
             .unwrap();
         // The same file by another path.
         let url = format!("sqlite://{}/./n.db", dir.path().display());
-        let b = SqliteStore::connect_with_busy_timeout(&url, SHORT_BUSY)
+        let b = SqliteStore::connect_with(&url, SHORT_BUSY, WalLimits::DEFAULT)
             .await
             .unwrap();
         crate::store::tests::every_write_at_once_through_two_stores_succeeds_and_none_is_lost(
@@ -2135,60 +2098,162 @@ mod tests {
         assert_eq!(left, 0);
     }
 
-    /// A WAL grown past `WAL_KEPT_BYTES` (a flood the checkpoints could not keep up with) is cut back to it
-    /// once it was copied whole and starts over: the disk it took is given back.
-    #[tokio::test]
-    async fn a_grown_wal_is_cut_back_when_it_starts_over() {
-        let (dir, store) = store().await;
-        let wal = dir.path().join("sub/n.db-wal");
-        let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        // 4 MiB that packing cannot shrink (LZ4 looks back 64 KiB), 24 times in one batch: a WAL of
-        // about 100 MB.
+    /// `len` bytes that packing cannot shrink (LZ4 looks back 64 KiB).
+    fn noise(len: usize) -> bytes::Bytes {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let body: Vec<u8> = (0..4 << 20)
+        (0..len)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
                 state as u8
             })
-            .collect();
-        let body = bytes::Bytes::from(body);
-        let new = |id: String, body: bytes::Bytes| {
-            NewDelivery::new(DeliveryId(id), "push".into(), None, None, None, body)
-        };
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn push_delivery(id: String, body: bytes::Bytes) -> NewDelivery {
+        NewDelivery::new(DeliveryId(id), "push".into(), None, None, None, body)
+    }
+
+    /// A WAL grown past what is kept of it (a flood the checkpoints could not keep up with) is cut back once
+    /// the writes paused and it was copied whole: the disk it took is given back, and what it held is in the
+    /// database file.
+    #[tokio::test]
+    async fn a_grown_wal_is_cut_back_when_the_writes_pause() {
+        let kept = WalLimits::DEFAULT.kept;
+        let (dir, store) = store().await;
+        let wal = dir.path().join("sub/n.db-wal");
+        let wal_size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        // 4 MiB of noise, 24 times in one batch: a WAL of about 100 MB.
+        let body = noise(4 << 20);
         let batch = (0..24)
-            .map(|i| new(format!("big-{i}"), body.clone()))
+            .map(|i| push_delivery(format!("big-{i}"), body.clone()))
             .collect();
         store
             .insert_delivery_batch(batch, Duration::ZERO)
             .await
             .unwrap();
-        assert!(wal_size() > WAL_KEPT_BYTES + (16 << 20), "{}", wal_size());
-        // The checkpoint task copies it (every 250 ms); the next commit after that starts it over.
+        assert!(wal_size() > kept + (16 << 20), "{}", wal_size());
+        // The checkpoint task copies it (every 250 ms), finds no write came since, and cuts it.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut small = 0;
-        while wal_size() > WAL_KEPT_BYTES + (1 << 20) {
+        while wal_size() > kept {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the WAL stayed at {} bytes",
                 wal_size()
             );
-            small += 1;
-            store
-                .insert_delivery(&new(
-                    format!("small-{small}"),
-                    bytes::Bytes::from_static(b"{}"),
-                ))
-                .await
-                .unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        store
+            .insert_delivery(&push_delivery(
+                "small".into(),
+                bytes::Bytes::from_static(b"{}"),
+            ))
+            .await
+            .unwrap();
         assert_eq!(
             store.delivery_payload(1).await.unwrap().len(),
             body.len(),
             "what the WAL held is in the database file"
         );
+    }
+
+    /// Writes that never pause (a flood of webhooks, back to back) do not grow the WAL without end: at its
+    /// bound, the checkpoint task copies it whole while writes wait, and it starts over. Without the bound
+    /// the WAL held every byte written (128 MiB here), since a PASSIVE checkpoint never finished before the
+    /// next write. Every delivery written is read back whole afterwards.
+    #[tokio::test]
+    async fn writes_that_never_pause_keep_the_wal_near_its_bound() {
+        let limits = WalLimits {
+            kept: 2 << 20,
+            bound: 8 << 20,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = SqliteStore::connect_with(&url, BUSY_TIMEOUT, limits)
+            .await
+            .unwrap();
+        let wal = dir.path().join("n.db-wal");
+        let body = noise(1 << 20);
+        let mut largest = 0;
+        // 64 batches of 2 MiB, each sent when the one before was answered.
+        for b in 0..64 {
+            let batch = (0..2)
+                .map(|i| push_delivery(format!("d-{b}-{i}"), body.clone()))
+                .collect();
+            store
+                .insert_delivery_batch(batch, Duration::ZERO)
+                .await
+                .unwrap();
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        assert!(
+            largest < 4 * limits.bound,
+            "the WAL grew to {largest} bytes under writes that never paused (bound {})",
+            limits.bound
+        );
+        for id in 1..=128 {
+            assert_eq!(store.delivery_payload(id).await.unwrap(), body);
+        }
+    }
+
+    /// A reader that holds an old snapshot through a flood keeps the WAL from starting over: the writes all
+    /// go on (a restart waits for readers only a moment, and is not tried again until the WAL grew another
+    /// bound), and once the reader ends the WAL starts over and is cut back.
+    #[tokio::test]
+    async fn a_reader_holding_an_old_snapshot_holds_up_no_write_and_the_wal_starts_over_after_it() {
+        let limits = WalLimits {
+            kept: 2 << 20,
+            bound: 8 << 20,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/n.db", dir.path().display());
+        let store = SqliteStore::connect_with(&url, BUSY_TIMEOUT, limits)
+            .await
+            .unwrap();
+        let wal = dir.path().join("n.db-wal");
+        let wal_size = || std::fs::metadata(&wal).unwrap().len();
+        let body = noise(1 << 20);
+        let write = |from: usize| {
+            let (store, body) = (&store, body.clone());
+            async move {
+                for b in from..from + 32 {
+                    let batch = (0..2)
+                        .map(|i| push_delivery(format!("d-{b}-{i}"), body.clone()))
+                        .collect();
+                    store
+                        .insert_delivery_batch(batch, Duration::ZERO)
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        write(0).await;
+        let mut reader = store.pool.acquire().await.unwrap();
+        sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&mut *reader)
+            .await
+            .unwrap();
+        assert_eq!(seen, 64);
+        write(32).await;
+        assert!(
+            wal_size() > 4 * limits.bound,
+            "the reader's snapshot kept the WAL from starting over ({} bytes)",
+            wal_size()
+        );
+        sqlx::query("COMMIT").execute(&mut *reader).await.unwrap();
+        drop(reader);
+        write(64).await;
+        assert!(
+            wal_size() < 4 * limits.bound,
+            "the WAL started over and was cut back once the reader ended ({} bytes)",
+            wal_size()
+        );
+        for id in 1..=192 {
+            assert_eq!(store.delivery_payload(id).await.unwrap(), body);
+        }
     }
 
     /// Payloads are written packed, by the group-commit writer and by a single insert alike, take a fraction

@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -24,6 +25,7 @@ use crate::store::batch::Answers;
 use crate::store::{Inserted, NewDelivery};
 
 use super::WriteQueue;
+use super::wal::WalWatch;
 
 /// A batch for the writer thread, and where its answer goes.
 struct Job {
@@ -44,6 +46,7 @@ impl DeliveryWriter {
         path: &Path,
         busy_timeout: Duration,
         writes: WriteQueue,
+        watch: Arc<WalWatch>,
     ) -> Result<DeliveryWriter> {
         let path = path.to_owned();
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
@@ -52,10 +55,10 @@ impl DeliveryWriter {
             .name("store-writer".into())
             .spawn(move || {
                 BUSY_TIMEOUT.set(busy_timeout);
-                match open_connection(&path) {
+                match open_connection(&path, &watch) {
                     Ok(conn) => {
                         let _ = opened.send(Ok(()));
-                        run(conn, &path, &writes, queue);
+                        run(conn, &path, &writes, &watch, queue);
                     }
                     Err(e) => {
                         let _ = opened.send(Err(e));
@@ -88,11 +91,12 @@ fn run(
     mut conn: Connection,
     path: &Path,
     writes: &WriteQueue,
+    watch: &WalWatch,
     queue: std::sync::mpsc::Receiver<Job>,
 ) {
-    while serve(&conn, writes, &queue) {
+    while serve(&conn, writes, watch, &queue) {
         drop(conn);
-        conn = match reopen(path, &queue) {
+        conn = match reopen(path, watch, &queue) {
             Some(conn) => conn,
             None => return,
         };
@@ -100,7 +104,12 @@ fn run(
 }
 
 /// Writes batches on `conn` until every handle is gone (false) or the connection is unusable (true).
-fn serve(conn: &Connection, writes: &WriteQueue, queue: &std::sync::mpsc::Receiver<Job>) -> bool {
+fn serve(
+    conn: &Connection,
+    writes: &WriteQueue,
+    watch: &WalWatch,
+    queue: &std::sync::mpsc::Receiver<Job>,
+) -> bool {
     let mut statements = match Statements::prepare(conn) {
         Ok(statements) => statements,
         Err(e) => {
@@ -119,6 +128,7 @@ fn serve(conn: &Connection, writes: &WriteQueue, queue: &std::sync::mpsc::Receiv
         // closed, and the next batch gets a new one.
         let broken = written.is_err() && !conn.is_autocommit();
         let _ = job.answer.send(written);
+        watch.written();
         if broken {
             return true;
         }
@@ -127,9 +137,13 @@ fn serve(conn: &Connection, writes: &WriteQueue, queue: &std::sync::mpsc::Receiv
 }
 
 /// A new connection for the next batch; each batch that comes while none opens is answered with why.
-fn reopen(path: &Path, queue: &std::sync::mpsc::Receiver<Job>) -> Option<Connection> {
+fn reopen(
+    path: &Path,
+    watch: &WalWatch,
+    queue: &std::sync::mpsc::Receiver<Job>,
+) -> Option<Connection> {
     loop {
-        match open_connection(path) {
+        match open_connection(path, watch) {
             Ok(conn) => return Some(conn),
             Err(e) => {
                 let job = queue.recv().ok()?;
@@ -271,7 +285,7 @@ fn write_in_transaction(
 }
 
 /// Opens the writer's connection (on the writer thread: its busy handler is the thread's).
-fn open_connection(path: &Path) -> Result<Connection> {
+fn open_connection(path: &Path, watch: &WalWatch) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -287,7 +301,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
          PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -512; PRAGMA journal_size_limit = {}",
-        super::WAL_KEPT_BYTES
+        watch.size_limit()
     ))
     .map_err(sqlite_error)
     .with_context(|| format!("setting up the writer's connection to {}", path.display()))?;
