@@ -2188,8 +2188,10 @@ mod tests {
                 .unwrap();
             largest = largest.max(std::fs::metadata(&wal).unwrap().len());
         }
+        // Unbounded, it reaches 16 bounds; how far past the bound it gets before the restart depends on how
+        // fast the disk copies (the PASSIVEs run while writes go on).
         assert!(
-            largest < 4 * limits.bound,
+            largest < 8 * limits.bound,
             "the WAL grew to {largest} bytes under writes that never paused (bound {})",
             limits.bound
         );
@@ -2199,8 +2201,9 @@ mod tests {
     }
 
     /// A reader that holds an old snapshot through a flood keeps the WAL from starting over: the writes all
-    /// go on (a restart waits for readers only a moment, and is not tried again until the WAL grew another
-    /// bound), and once the reader ends the WAL starts over and is cut back.
+    /// go on (no restart is forced while readers keep the checkpoints from copying, and none is tried
+    /// again until the WAL grew another bound), and once the reader ends the WAL starts over and is cut
+    /// back.
     #[tokio::test]
     async fn a_reader_holding_an_old_snapshot_holds_up_no_write_and_the_wal_starts_over_after_it() {
         let limits = WalLimits {
@@ -2247,7 +2250,7 @@ mod tests {
         drop(reader);
         write(64).await;
         assert!(
-            wal_size() < 4 * limits.bound,
+            wal_size() < 8 * limits.bound,
             "the WAL started over and was cut back once the reader ended ({} bytes)",
             wal_size()
         );
