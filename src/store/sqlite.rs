@@ -2159,26 +2159,32 @@ mod tests {
         );
     }
 
-    /// Writes that never pause (a flood of webhooks, back to back) do not grow the WAL without end: at its
-    /// bound, the checkpoint task copies it whole while writes wait, and it starts over. Without the bound
-    /// the WAL held every byte written (128 MiB here), since a PASSIVE checkpoint never finished before the
-    /// next write. Every delivery written is read back whole afterwards.
-    #[tokio::test]
-    async fn writes_that_never_pause_keep_the_wal_near_its_bound() {
-        let limits = WalLimits {
-            kept: 2 << 20,
-            bound: 8 << 20,
-        };
+    /// WAL limits small enough for a test to write past them many times.
+    const SMALL_WAL: WalLimits = WalLimits {
+        kept: 2 << 20,
+        bound: 8 << 20,
+    };
+
+    /// A store on a file with [`SMALL_WAL`], and its WAL file's path.
+    async fn store_with_a_small_wal() -> (tempfile::TempDir, SqliteStore, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = SqliteStore::connect_with(&url, BUSY_TIMEOUT, limits)
+        let store = SqliteStore::connect_with(&url, BUSY_TIMEOUT, SMALL_WAL)
             .await
             .unwrap();
         let wal = dir.path().join("n.db-wal");
-        let body = noise(1 << 20);
-        let mut largest = 0;
-        // 64 batches of 2 MiB, each sent when the one before was answered.
-        for b in 0..64 {
+        (dir, store, wal)
+    }
+
+    /// Writes `batches` batches of two deliveries of `body` back to back (each sent when the one before was
+    /// answered), calling `after` after each.
+    async fn flood(
+        store: &SqliteStore,
+        batches: std::ops::Range<usize>,
+        body: &bytes::Bytes,
+        mut after: impl FnMut(),
+    ) {
+        for b in batches {
             let batch = (0..2)
                 .map(|i| push_delivery(format!("d-{b}-{i}"), body.clone()))
                 .collect();
@@ -2186,14 +2192,29 @@ mod tests {
                 .insert_delivery_batch(batch, Duration::ZERO)
                 .await
                 .unwrap();
-            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+            after();
         }
+    }
+
+    /// Writes that never pause (a flood of webhooks, back to back) do not grow the WAL without end: at its
+    /// bound, the checkpoint task copies it whole while writes wait, and it starts over. Without the bound
+    /// the WAL held every byte written (128 MiB here), since a PASSIVE checkpoint never finished before the
+    /// next write. Every delivery written is read back whole afterwards.
+    #[tokio::test]
+    async fn writes_that_never_pause_keep_the_wal_near_its_bound() {
+        let (_dir, store, wal) = store_with_a_small_wal().await;
+        let body = noise(1 << 20);
+        let mut largest = 0;
+        flood(&store, 0..64, &body, || {
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        })
+        .await;
         // Unbounded, it reaches 16 bounds; how far past the bound it gets before the restart depends on how
         // fast the disk copies (the PASSIVEs run while writes go on).
         assert!(
-            largest < 8 * limits.bound,
+            largest < 8 * SMALL_WAL.bound,
             "the WAL grew to {largest} bytes under writes that never paused (bound {})",
-            limits.bound
+            SMALL_WAL.bound
         );
         for id in 1..=128 {
             assert_eq!(store.delivery_payload(id).await.unwrap(), body);
@@ -2206,32 +2227,10 @@ mod tests {
     /// back.
     #[tokio::test]
     async fn a_reader_holding_an_old_snapshot_holds_up_no_write_and_the_wal_starts_over_after_it() {
-        let limits = WalLimits {
-            kept: 2 << 20,
-            bound: 8 << 20,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/n.db", dir.path().display());
-        let store = SqliteStore::connect_with(&url, BUSY_TIMEOUT, limits)
-            .await
-            .unwrap();
-        let wal = dir.path().join("n.db-wal");
+        let (_dir, store, wal) = store_with_a_small_wal().await;
         let wal_size = || std::fs::metadata(&wal).unwrap().len();
         let body = noise(1 << 20);
-        let write = |from: usize| {
-            let (store, body) = (&store, body.clone());
-            async move {
-                for b in from..from + 32 {
-                    let batch = (0..2)
-                        .map(|i| push_delivery(format!("d-{b}-{i}"), body.clone()))
-                        .collect();
-                    store
-                        .insert_delivery_batch(batch, Duration::ZERO)
-                        .await
-                        .unwrap();
-                }
-            }
-        };
+        let write = |from: usize| flood(&store, from..from + 32, &body, || {});
         write(0).await;
         let mut reader = store.pool.acquire().await.unwrap();
         sqlx::query("BEGIN").execute(&mut *reader).await.unwrap();
@@ -2242,7 +2241,7 @@ mod tests {
         assert_eq!(seen, 64);
         write(32).await;
         assert!(
-            wal_size() > 4 * limits.bound,
+            wal_size() > 4 * SMALL_WAL.bound,
             "the reader's snapshot kept the WAL from starting over ({} bytes)",
             wal_size()
         );
@@ -2250,7 +2249,7 @@ mod tests {
         drop(reader);
         write(64).await;
         assert!(
-            wal_size() < 8 * limits.bound,
+            wal_size() < 8 * SMALL_WAL.bound,
             "the WAL started over and was cut back once the reader ended ({} bytes)",
             wal_size()
         );
