@@ -47,8 +47,12 @@ UPDATE q SET state = 'running', owner = 'w', lease = 1
 WHERE id = (SELECT id FROM q WHERE state = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id \gset
 UPDATE q SET state = 'done' WHERE id = :id;
 SQL
-  TPS=$("$PGBIN/pgbench" -h "$Q" -p 5496 -U postgres -n -c 16 -j 2 -T 10 -f "$Q/claim.sql" postgres 2>/dev/null \
-    | awk '/^tps/ {print int($3)}')
+  PM=$(head -1 "$Q/data/postmaster.pid")
+  CPU0=$(python3 "$ROOT/bench/cpu.py" server "$PM")
+  PGB=$("$PGBIN/pgbench" -h "$Q" -p 5496 -U postgres -n -c 16 -j 2 -T 10 -f "$Q/claim.sql" postgres 2>/dev/null)
+  CPU1=$(python3 "$ROOT/bench/cpu.py" server "$PM")
+  TPS=$(echo "$PGB" | awk '/^tps/ {print int($3)}')
+  DONE=$(echo "$PGB" | awk '/actually processed/ {print $NF}')
   PROCS=$(echo "$OUT" | rate processes)
-  python3 -c "print('textbook queue (pgbench, 16 clients, claim + finish): %s/s; this tree\'s 2 processes x 8: %s (%.2f of it)' % ('$TPS', '$PROCS', $PROCS/$TPS))"
+  python3 -c "print('textbook queue (pgbench, 16 clients, claim + finish): %s/s, Postgres server CPU %.0f us per job; this tree\'s 2 processes x 8: %s (%.2f of it)' % ('$TPS', ($CPU1 - $CPU0) / $DONE * 1e6, '$PROCS', $PROCS/$TPS))"
 fi

@@ -13,6 +13,9 @@
 # requests' time went. Each nightshift row also says its memory once ready and idle (1 s after `ready`):
 # VmRSS, and of it the anonymous memory (heap, stacks) and the file-backed (the binary's pages), and how
 # many of the deliveries stored the dispatcher had matched when the load stopped (it shares the CPU).
+# And where the CPU went per delivery stored during the load (bench/cpu.py): by the service's threads (the
+# runtime's workers: HTTP, signature, the event's fields, compression; the store's writer: the insert and its
+# commit; the dispatcher's matching threads; the store's connections) and, for Postgres, by the server.
 set -euo pipefail
 SECS=${1:-15}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -89,7 +92,11 @@ YML
     (m=0; while kill -0 $pid 2>/dev/null; do s=$(stat -c %s "$wal" 2>/dev/null || echo 0)
        if [ "$s" -gt "$m" ]; then m=$s; echo "$m" > "$dir/walmax"; fi; sleep 0.1; done) &
   fi
+  # Where the CPU goes per request (bench/cpu.py): the service's threads, and a Postgres server's processes.
+  local pgpid=""; [ -n "${PGDATA_DIR:-}" ] && pgpid=$(head -1 "$PGDATA_DIR/postmaster.pid")
+  python3 "$ROOT/bench/cpu.py" snap "$dir/cpu0" $pid $pgpid
   local out=$(WPATH=/webhooks/github wrk -t1 -c16 -d${SECS}s --latency -s "$D/post.lua" "http://$addr")
+  python3 "$ROOT/bench/cpu.py" snap "$dir/cpu1" $pid $pgpid
   local codes=$(grep -c "delivery stored" "$dir/log" || true)
   # How far the dispatcher kept up: deliveries still waiting to be matched when the load stopped.
   local unmatched=$(curl -s "http://$addr/metrics" | awk '$1 == "nightshift_deliveries_unmatched" {print $2}')
@@ -111,6 +118,7 @@ print('%d batches, %.1f deliveries each, commit mean %.2f ms, p99 <= %s ms' % (n
   echo "$out" | grep -E 'Requests/sec|50%|99%|Non-2xx' | sed 's/^/  /'
   echo "  group commit: $commits (uptime:$(uptime | sed 's/.*load average//'))"
   echo "  matching: $((codes - ${unmatched:-0})) of $codes stored were matched against the triggers by the end of the load"
+  echo "  $(python3 "$ROOT/bench/cpu.py" diff "$dir/cpu0" "$dir/cpu1" "$codes" | sed 's/per unit/per delivery stored/')"
   if [ -n "$wal" ]; then
     echo "  WAL: largest $(( $(cat "$dir/walmax" 2>/dev/null || echo 0) / 1000000 )) MB; copied whole at its bound $(grep -c 'reached its bound' "$dir/log" || true) times"
   fi
