@@ -155,8 +155,7 @@ impl Browser {
                 .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"));
             match element.click().await {
                 Ok(()) => return,
-                Err(e)
-                    if e.is_stale_element_reference() && std::time::Instant::now() < deadline => {}
+                Err(e) if replaced(&e) && std::time::Instant::now() < deadline => {}
                 Err(e) => panic!("clicking `{css}`: {e}"),
             }
         }
@@ -174,7 +173,7 @@ impl Browser {
         match element.text().await {
             Ok(text) => text,
             // The page reloaded itself meanwhile: the new page's element.
-            Err(e) if e.is_stale_element_reference() => Box::pin(self.wait_for(css)).await,
+            Err(e) if replaced(&e) => Box::pin(self.wait_for(css)).await,
             Err(e) => panic!("reading `{css}`: {e}"),
         }
     }
@@ -183,6 +182,18 @@ impl Browser {
     pub async fn close(self) {
         let _ = self.client.clone().close().await;
     }
+}
+
+/// Whether `e` says the element was replaced (the page reloaded itself) between finding and using it.
+/// Chromium says so as a stale element reference, or, when the node went during the command itself, as an
+/// "unknown error" of its inspector ("Node with given id does not belong to the document", seen in CI).
+fn replaced(e: &fantoccini::error::CmdError) -> bool {
+    if e.is_stale_element_reference() {
+        return true;
+    }
+    let message = e.to_string();
+    message.contains("does not belong to the document")
+        || message.contains("is detached from document")
 }
 
 impl Drop for Browser {
