@@ -240,7 +240,7 @@ pub async fn serve(
         pipeline.triggers.clone(),
         pipeline.repo_triggers.clone(),
     )));
-    let app = app
+    let mut app = app
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", {
             let pipeline = pipeline.clone();
@@ -255,6 +255,16 @@ pub async fn serve(
                 crate::metrics::scrape(&access, &*pipeline.store, &headers).await
             })
         });
+    // Every other request's body (a dashboard or setup form, a probe, a path that is none of these) is read
+    // whole before its handler runs, within the webhook's time limit and memory budget, and small: a client
+    // that sends its headers and never its body gives up its connection after `ingest.body_timeout`.
+    app = app.layer(axum::middleware::from_fn_with_state(
+        SmallBodies {
+            budget: webhook_state.budget.clone(),
+            timeout: pipeline.config.ingest.body_timeout,
+        },
+        small_bodies,
+    ));
     info!(
         %address,
         triggers = pipeline.triggers().triggers().len(),
@@ -338,6 +348,76 @@ pub async fn serve_http(
     let _ = stop.send(true);
     // Every connection holds a slot until it ends.
     let _ = slots.acquire_many(limit as u32).await;
+}
+
+/// What bounds the body of a request that is not a webhook delivery.
+#[derive(Clone)]
+struct SmallBodies {
+    /// The webhook's memory budget for bodies in flight, shared.
+    budget: crate::source::ingest::BodyBudget,
+    /// `ingest.body_timeout`.
+    timeout: std::time::Duration,
+}
+
+/// The most a request other than a webhook delivery may carry: the dashboard's and setup's forms are a few
+/// hundred bytes.
+const SMALL_BODY: usize = 64 * 1024;
+
+/// Reads the body of every request but a webhook delivery (which reads its own, after checking its headers)
+/// before the handler runs: at most [`SMALL_BODY`] bytes (413), within `ingest.body_timeout` (408), counted
+/// against the memory budget for bodies in flight until the answer is made (503 past it). Without it, a
+/// form's extractor waited for a body forever, and connections that sent headers and no body held every
+/// connection slot: webhooks waited in the kernel's queue for as long as the sender liked.
+async fn small_bodies(
+    axum::extract::State(limits): axum::extract::State<SmallBodies>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use crate::source::ingest::{BodyError, read_body};
+    use axum::body::HttpBody;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    if request.uri().path() == webhook::PATH || request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let refuse = |status: StatusCode, message: &'static str| (status, message).into_response();
+    let said = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    if said > SMALL_BODY {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
+    }
+    let Some(mut reservation) = limits.budget.reserve(said) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies in flight; try again",
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, &mut reservation, SMALL_BODY, limits.timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
+        }
+        Err(BodyError::OverBudget) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies in flight; try again",
+            );
+        }
+        Err(BodyError::TimedOut) => {
+            warn!(path = %parts.uri.path(), "a request's body was not received in time; refused");
+            return refuse(StatusCode::REQUEST_TIMEOUT, "the body took too long");
+        }
+        Err(BodyError::Broken(_)) => return refuse(StatusCode::BAD_REQUEST, "the body is broken"),
+    };
+    let response = next
+        .run(axum::extract::Request::from_parts(parts, body.into()))
+        .await;
+    drop(reservation);
+    response
 }
 
 /// The soft limit on open files (RLIMIT_NOFILE).

@@ -408,6 +408,60 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     assert_eq!(spine.deliver("issues", "after", &body).await, 202);
 }
 
+/// Reads what the server answers on `stream` until it closes the connection; the status code.
+async fn answer_of(mut stream: TcpStream) -> Option<u16> {
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_never_send_their_body_give_their_connections_back_and_webhooks_get_through()
+{
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    ingest_config(&spine, "  max_connections: 3\n  body_timeout: 1s\n");
+    spine.start().await;
+    // Every connection the service serves at once, taken by forms (the dashboard's sign-out, a job's
+    // cancel, a path that is nothing) whose headers came and whose bodies never will.
+    let mut stalled = Vec::new();
+    for path in ["/auth/logout", "/jobs/1/cancel", "/nothing-here"] {
+        let mut stream = TcpStream::connect(address(&spine)).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 1000\r\n\r\ncsrf="
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(tokio::spawn(answer_of(stream)));
+    }
+    // A webhook waits for a connection slot, and gets one once the body timeout frees them; before, it waited
+    // for as long as the stalled clients kept their connections open.
+    let body = spine.payload("issues/opened.json");
+    let delivered = tokio::time::timeout(
+        Duration::from_secs(30),
+        spine.deliver("issues", "behind-stalled", &body),
+    )
+    .await
+    .expect("the webhook never got a connection: stalled bodies hold every slot");
+    assert_eq!(delivered, 202);
+    for answer in stalled {
+        assert_eq!(answer.await.unwrap(), Some(408));
+    }
+    // A form larger than any the service takes is refused unread.
+    let big = format!(
+        "POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    assert_eq!(raw(&spine, big, b"").await, Some(413));
+    // A small form still reaches its handler: signing out without a session's CSRF token is refused by it.
+    let form = "POST /auth/logout HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                Content-Length: 6\r\nConnection: close\r\n\r\ncsrf=x"
+        .to_owned();
+    let status = raw(&spine, form, b"").await.unwrap();
+    assert!(status != 408 && status != 413, "{status}");
+}
+
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Mount(std::path::PathBuf);
 

@@ -48,10 +48,11 @@ impl WebhookState {
     }
 }
 
+/// The path GitHub delivers webhooks to.
+pub const PATH: &str = "/webhooks/github";
+
 pub fn routes(state: Arc<WebhookState>) -> Router {
-    Router::new()
-        .route("/webhooks/github", post(receive))
-        .with_state(state)
+    Router::new().route(PATH, post(receive)).with_state(state)
 }
 
 /// Whether `signature` (an `X-Hub-Signature-256` value) is the HMAC-SHA256 of `body` under any of `secrets`.
