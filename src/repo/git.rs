@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 /// Credentials for git over HTTPS, passed as an `Authorization` header through git's environment config,
@@ -150,7 +150,34 @@ pub struct GitCmd<'a> {
     env: Vec<(&'static str, String)>,
     auth: Option<&'a GitAuth>,
     stdin: Option<Vec<u8>>,
+    max_output: usize,
 }
+
+/// What a git command may print unless its caller says otherwise ([`GitCmd::max_output`]): every output is
+/// bounded, as some list what a repository or an agent made.
+const MAX_OUTPUT: usize = 256 << 20;
+
+/// What git may print on its standard error that is kept (for the error message); the rest is read and
+/// dropped.
+const MAX_STDERR: u64 = 64 << 10;
+
+/// A git command printed more than its caller reads ([`GitCmd::max_output`]); it was stopped.
+#[derive(Debug)]
+pub struct OutputTooLarge {
+    pub limit: usize,
+}
+
+impl std::fmt::Display for OutputTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "git printed more than {} bytes and was stopped",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for OutputTooLarge {}
 
 impl Git {
     /// `home` is created if missing; it must be a folder only nightshift writes.
@@ -171,6 +198,7 @@ impl Git {
             env: Vec::new(),
             auth: None,
             stdin: None,
+            max_output: MAX_OUTPUT,
         }
     }
 
@@ -257,6 +285,13 @@ impl<'a> GitCmd<'a> {
 
     pub fn stdin(mut self, input: Vec<u8>) -> Self {
         self.stdin = Some(input);
+        self
+    }
+
+    /// At most `bytes` of standard output are read: past them git is stopped and the command fails with
+    /// [`OutputTooLarge`] (its output may be the size of what an agent wrote).
+    pub fn max_output(mut self, bytes: usize) -> Self {
+        self.max_output = bytes;
         self
     }
 
@@ -351,32 +386,62 @@ impl<'a> GitCmd<'a> {
                 let _ = stdin.write_all(&input).await;
             });
         }
-        let output = match tokio::time::timeout(git.policy.timeout, child.wait_with_output()).await
-        {
-            Ok(Ok(output)) => output,
+        let kill_group = || {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) on the process group git leads; no memory is involved.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        };
+        let max = self.max_output;
+        let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take())
+        else {
+            bail!("running `git {shown}` failed: its output is not piped");
+        };
+        // Standard output up to one byte past the bound (so that going past it is seen), the start of
+        // standard error (the rest read and dropped, so that git never blocks on it).
+        // (Standard error on a task of its own: it ends when git does, which git would not while its
+        // standard output, past the bound, is no longer read.)
+        let err = tokio::spawn(async move {
+            let mut err = Vec::new();
+            (&mut stderr).take(MAX_STDERR).read_to_end(&mut err).await?;
+            tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await?;
+            Ok::<_, std::io::Error>(err)
+        });
+        let read = async {
+            let mut out = Vec::new();
+            (&mut stdout)
+                .take(max as u64 + 1)
+                .read_to_end(&mut out)
+                .await?;
+            if out.len() > max {
+                return Ok(None);
+            }
+            let err = err.await.map_err(std::io::Error::other)??;
+            Ok::<_, std::io::Error>(Some((child.wait().await?, out, err)))
+        };
+        let (status, out, err) = match tokio::time::timeout(git.policy.timeout, read).await {
+            Ok(Ok(Some(output))) => output,
+            Ok(Ok(None)) => {
+                kill_group();
+                return Err(anyhow::Error::new(OutputTooLarge { limit: max })
+                    .context(format!("`git {shown}` printed too much")));
+            }
             Ok(Err(e)) => bail!("running `git {shown}` failed: {e}"),
             Err(_) => {
-                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                    // SAFETY: kill(2) on the process group git leads; no memory is involved.
-                    unsafe {
-                        libc::kill(-pid, libc::SIGKILL);
-                    }
-                }
+                kill_group();
                 bail!(
                     "`git {shown}` took longer than {} and was stopped",
                     humantime::format_duration(git.policy.timeout)
                 );
             }
         };
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            bail!(
-                "`git {shown}` failed ({}): {}",
-                output.status,
-                stderr.trim()
-            );
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(&err);
+            bail!("`git {shown}` failed ({status}): {}", stderr.trim());
         }
-        Ok(output.stdout)
+        Ok(out)
     }
 }
 
@@ -425,7 +490,19 @@ impl ChangedPath {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitChanges {
     pub files: Vec<ChangedPath>,
+    /// The commit is larger than nightshift reads to check it: more files or lines than the bounds
+    /// [`measure_commit`] was given (`files` has them all, without their added lines), or a summary or
+    /// patch longer than it reads (see [`MAX_PATCH`]). Such a commit is never proposed.
+    pub too_large: bool,
 }
+
+/// The most of a commit's summary (`--raw --numstat`: a line or two per path) and of its `-U0` patch that
+/// is read to check it; and the most added lines kept for the secret check, however high a trigger sets
+/// `limits.max_lines`. A commit past any of them is `too_large`: an agent that writes a file of hundreds of
+/// MB cannot make the service hold it in memory, line by line.
+pub const MAX_SUMMARY: usize = 16 << 20;
+pub const MAX_PATCH: usize = 32 << 20;
+pub const MAX_CHECKED_LINES: u64 = 1_000_000;
 
 impl CommitChanges {
     /// Lines added plus removed, over every file.
@@ -441,8 +518,20 @@ fn mode(octal: &str) -> Result<u32> {
 /// Measures `commit` (a commit in the repository at `git_dir`, which nightshift built) against its first
 /// parent: per path, lines added and removed, whether binary, modes before and after, and the added lines
 /// (for the secret check). Runs nightshift's hardened git on the git dir, never a worktree's; the commit is
-/// an object id, passed after `--end-of-options`.
-pub async fn measure_commit(git: &Git, git_dir: &Path, commit: &str) -> Result<CommitChanges> {
+/// an object id, passed after `--end-of-options`. The counts come first: a commit with more than
+/// `max_files` paths or `max_lines` lines changed (or past [`MAX_SUMMARY`], [`MAX_PATCH`] or
+/// [`MAX_CHECKED_LINES`]) is `too_large`, and its patch is not read.
+pub async fn measure_commit(
+    git: &Git,
+    git_dir: &Path,
+    commit: &str,
+    max_files: u64,
+    max_lines: u64,
+) -> Result<CommitChanges> {
+    let too_large = |files| CommitChanges {
+        files,
+        too_large: true,
+    };
     if !(commit.len() == 40 || commit.len() == 64) || !commit.bytes().all(|b| b.is_ascii_hexdigit())
     {
         bail!("`{}` is not a commit id", commit.escape_debug());
@@ -468,9 +557,13 @@ pub async fn measure_commit(git: &Git, git_dir: &Path, commit: &str) -> Result<C
             &parent,
             commit,
         ])
+        .max_output(MAX_SUMMARY)
         .output()
-        .await
-        .context("measuring the commit")?;
+        .await;
+    let raw = match raw {
+        Err(e) if e.is::<OutputTooLarge>() => return Ok(too_large(Vec::new())),
+        raw => raw.context("measuring the commit")?,
+    };
     let mut files: Vec<ChangedPath> = Vec::new();
     let mut fields = raw.split(|b| *b == 0).peekable();
     let mut numstat = 0;
@@ -518,6 +611,12 @@ pub async fn measure_commit(git: &Git, git_dir: &Path, commit: &str) -> Result<C
         );
     }
 
+    let lines: u64 = files.iter().map(|f| f.added + f.removed).sum();
+    let added: u64 = files.iter().map(|f| f.added).sum();
+    if files.len() as u64 > max_files || lines > max_lines || added > MAX_CHECKED_LINES {
+        return Ok(too_large(files));
+    }
+
     // The added lines: `-U0` patches come in the same order, one `diff --git` header per path. A line of a
     // hunk always starts with ` `, `+`, `-` or `\`, so a header cannot be forged by a file's content.
     let patch = git
@@ -525,9 +624,13 @@ pub async fn measure_commit(git: &Git, git_dir: &Path, commit: &str) -> Result<C
         .arg("diff-tree")
         .args(common)
         .args(["-p", "-U0", "--end-of-options", &parent, commit])
+        .max_output(MAX_PATCH)
         .output()
-        .await
-        .context("reading the commit's added lines")?;
+        .await;
+    let patch = match patch {
+        Err(e) if e.is::<OutputTooLarge>() => return Ok(too_large(files)),
+        patch => patch.context("reading the commit's added lines")?,
+    };
     let mut current: Option<usize> = None;
     let mut in_hunk = false;
     let mut next_line = 0u64;
@@ -568,7 +671,10 @@ pub async fn measure_commit(git: &Git, git_dir: &Path, commit: &str) -> Result<C
             files.len()
         );
     }
-    Ok(CommitChanges { files })
+    Ok(CommitChanges {
+        files,
+        too_large: false,
+    })
 }
 
 #[cfg(test)]
@@ -805,9 +911,10 @@ mod tests {
         let commit = setup_git(&work, &["rev-parse", "HEAD"]);
 
         let git = git_for(Vec::new(), &dir.path().join("home"));
-        let changes = measure_commit(&git, &work.join(".git"), &commit)
+        let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
             .await
             .unwrap();
+        assert!(!changes.too_large);
         let by_path = |p: &str| {
             changes
                 .files
@@ -873,7 +980,80 @@ mod tests {
         assert!(v.to_string().contains("symlink scripts/link"), "{v}");
 
         for bad in ["--output=/tmp/pwned", "HEAD", &commit[..12]] {
-            assert!(measure_commit(&git, &work.join(".git"), bad).await.is_err());
+            assert!(
+                measure_commit(&git, &work.join(".git"), bad, 1_000, 100_000)
+                    .await
+                    .is_err()
+            );
         }
+    }
+
+    /// A commit of files the agent made hundreds of MB long: before, its whole `-U0` patch was read and
+    /// every added line kept as a string of its own (~12 GB for a 400 MB file of short lines), and the
+    /// service ran out of memory at each delivery attempt. Now the counts come first and the patch is read
+    /// up to a bound: the commit is too large, and the policy refuses it.
+    #[tokio::test]
+    async fn a_commit_too_large_to_check_is_measured_by_its_counts_and_refused_without_its_patch() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        setup_git(&work, &["init", "-q"]);
+        std::fs::write(work.join("README.md"), "one\n").unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "base"]);
+        let git = git_for(Vec::new(), &dir.path().join("home"));
+        let limits = crate::trigger::Limits {
+            paths: Some(vec!["**".into()]),
+            ..Default::default()
+        };
+
+        // Many short lines: past `max_lines`, counted, and not one of them read.
+        std::fs::write(work.join("many.txt"), "a\n".repeat(300_000)).unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "many lines"]);
+        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+        let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
+            .await
+            .unwrap();
+        assert!(changes.too_large);
+        assert_eq!(changes.files.len(), 1);
+        assert_eq!(changes.files[0].added, 300_000);
+        assert!(changes.files[0].added_lines.is_empty());
+        let proposal = crate::sink::policy::Proposal {
+            changes: Some(&changes),
+            ..Default::default()
+        };
+        let v = crate::sink::policy::check(&limits, &proposal).unwrap_err();
+        assert_eq!(
+            v.to_string(),
+            "the pull request changes 300000 lines, more than limits.max_lines allows (100000)"
+        );
+        // A trigger that allows that many lines still does not get them all kept: past the most that is
+        // checked, the commit is too large.
+        let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, u64::MAX)
+            .await
+            .unwrap();
+        assert!(!changes.too_large && changes.files[0].added_lines.len() == 300_000);
+
+        // One line longer than the patch that is read: within every count, and too large.
+        std::fs::write(work.join("long.txt"), "b".repeat(MAX_PATCH + (1 << 20))).unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "one long line"]);
+        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+        let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
+            .await
+            .unwrap();
+        assert!(changes.too_large, "{:?}", changes.files);
+        assert_eq!(changes.files.len(), 1);
+        let proposal = crate::sink::policy::Proposal {
+            changes: Some(&changes),
+            ..Default::default()
+        };
+        let v = crate::sink::policy::check(&limits, &proposal).unwrap_err();
+        assert!(
+            v.to_string()
+                .contains("larger than nightshift reads to check a change"),
+            "{v}"
+        );
     }
 }

@@ -406,10 +406,12 @@ impl Workspaces {
         &self,
         repo: &RepoName,
         commit: &str,
+        max_files: u64,
+        max_lines: u64,
     ) -> Result<crate::repo::git::CommitChanges> {
         let mirror = self.mirror_path(repo);
         check_mirror(repo, &mirror).await?;
-        crate::repo::git::measure_commit(&self.git, &mirror, commit).await
+        crate::repo::git::measure_commit(&self.git, &mirror, commit, max_files, max_lines).await
     }
 
     /// Brings the mirror up to date and adds a worktree for attempt `attempt` at `job` at the commit
@@ -2458,7 +2460,10 @@ mod tests {
             .unwrap();
         wt.remove().await.unwrap();
 
-        let changes = spaces.measure_commit(&repo, &commit).await.unwrap();
+        let changes = spaces
+            .measure_commit(&repo, &commit, 1_000, 100_000)
+            .await
+            .unwrap();
         let paths: Vec<_> = changes.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, [".github/workflows/x.yml", "README.md"]);
         assert_eq!(changes.lines(), 2);

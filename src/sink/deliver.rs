@@ -99,7 +99,16 @@ async fn check_policy(
                 bodies.push(("the pull request's body".into(), body.clone()));
             }
             if let Some(commit) = &proposal.commit {
-                changes = Some(ctx.workspaces.measure_commit(&spec.repo, commit).await?);
+                changes = Some(
+                    ctx.workspaces
+                        .measure_commit(
+                            &spec.repo,
+                            commit,
+                            limits.max_files.unwrap_or(policy::DEFAULT_MAX_FILES),
+                            limits.max_lines.unwrap_or(policy::DEFAULT_MAX_LINES),
+                        )
+                        .await?,
+                );
             }
         }
         OutputKind::Comment => {}

@@ -184,6 +184,17 @@ fn check_changes(limits: &Limits, changes: &CommitChanges) -> Result<(), Violati
             ),
         ));
     }
+    if changes.too_large {
+        return Err(violation(
+            "limits.max_lines",
+            format!(
+                "the pull request is larger than nightshift reads to check a change ({} MiB of patch, {} \
+                 added lines at most), so it is not proposed",
+                crate::repo::git::MAX_PATCH >> 20,
+                crate::repo::git::MAX_CHECKED_LINES
+            ),
+        ));
+    }
     let paths = PathRules::new(limits.paths.as_deref())?;
     for file in &changes.files {
         // A symlink or a submodule can stand for a folder: `.github/workflows` itself as a link is refused
@@ -354,7 +365,10 @@ mod tests {
     }
 
     fn commit(files: Vec<ChangedPath>) -> CommitChanges {
-        CommitChanges { files }
+        CommitChanges {
+            files,
+            too_large: false,
+        }
     }
 
     fn with_changes(changes: &CommitChanges) -> Proposal<'_> {
