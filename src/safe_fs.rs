@@ -171,6 +171,75 @@ pub fn read_beneath(base: &Path, rel: &str, cap: usize) -> Result<Option<Limited
     Ok(Some(Limited { bytes, truncated }))
 }
 
+/// Removes `path` and everything below it, following no link (a link is removed, never what it points at),
+/// like `std::fs::remove_dir_all`, but in constant stack and with short paths however deep the tree: each
+/// folder's subfolders are first moved up into `path` itself, then the folder, emptied, is removed. The
+/// standard one goes down one call (and one open folder) per level: a job's folders hold what its agent
+/// made, and a tree 15,000 folders deep overflowed a runtime thread's stack and aborted the service, again
+/// at each start that cleared the job's folder. A folder whose permissions forbid listing or emptying it is
+/// given them (the agent's own files, made by the service's user). `NotFound` when `path` does not exist.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use std::io::ErrorKind;
+    if !std::fs::symlink_metadata(path)?.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    let mut pending = vec![path.to_owned()];
+    let mut moved = 0u64;
+    while let Some(dir) = pending.pop() {
+        let entries = read_dir_owned(&dir)?;
+        for entry in entries {
+            let entry = entry?;
+            let child = entry.path();
+            if !entry.file_type()?.is_dir() {
+                with_access(&dir, || std::fs::remove_file(&child))?;
+            } else if dir == path {
+                pending.push(child);
+            } else {
+                // Up into `path`, under a name nothing there has.
+                let up = loop {
+                    moved += 1;
+                    let up = path.join(format!(".removing-{moved}"));
+                    match std::fs::symlink_metadata(&up) {
+                        Err(e) if e.kind() == ErrorKind::NotFound => break up,
+                        _ => continue,
+                    }
+                };
+                with_access(&dir, || std::fs::rename(&child, &up))?;
+                pending.push(up);
+            }
+        }
+        if dir != path {
+            with_access(path, || std::fs::remove_dir(&dir))?;
+        }
+    }
+    std::fs::remove_dir(path)
+}
+
+/// [`remove_tree`] on a blocking thread.
+pub async fn remove_tree_async(path: &Path) -> std::io::Result<()> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || remove_tree(&path))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The entries of `dir`, making it listable first if it is not.
+fn read_dir_owned(dir: &Path) -> std::io::Result<std::fs::ReadDir> {
+    with_access(dir, || std::fs::read_dir(dir))
+}
+
+/// `op`, done again once `dir` is made readable, writable and searchable by its owner if it was refused.
+fn with_access<T>(dir: &Path, op: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+    use std::os::unix::fs::PermissionsExt;
+    match op() {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            op()
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +340,90 @@ mod tests {
         let got = read_beneath(dir.path(), "big", 1024).unwrap().unwrap();
         assert_eq!((got.bytes.len(), got.truncated), (1024, true));
         assert!(got.bytes.capacity() < 1 << 21);
+    }
+
+    /// A folder chain `depth` deep under `base`, made with `mkdirat` from the folder above (a path that
+    /// long is past PATH_MAX), with a file at the bottom.
+    fn deep_tree(base: &Path, depth: usize) {
+        let name = CString::new("d").unwrap();
+        let mut fd = File::open(base).unwrap();
+        for _ in 0..depth {
+            // SAFETY: mkdirat and openat on an open folder and a NUL-terminated name.
+            unsafe {
+                assert_eq!(libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o755), 0);
+                let next = libc::openat(
+                    fd.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                assert!(next >= 0);
+                fd = File::from_raw_fd(next);
+            }
+        }
+        let file = CString::new("bottom").unwrap();
+        // SAFETY: as above.
+        unsafe {
+            let f = libc::openat(
+                fd.as_raw_fd(),
+                file.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                0o644,
+            );
+            assert!(f >= 0);
+            libc::close(f);
+        }
+    }
+
+    #[test]
+    fn a_tree_deeper_than_a_thread_stack_allows_recursion_into_is_removed_on_a_small_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        deep_tree(&home, 20_000);
+        std::fs::write(home.join("top.txt"), "x").unwrap();
+        // A runtime thread's stack (2 MiB): `std::fs::remove_dir_all` aborted the process on it at 15,000.
+        let removed = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn({
+                let home = home.clone();
+                move || remove_tree(&home)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        removed.unwrap();
+        assert!(!home.exists());
+        assert_eq!(
+            remove_tree(&home).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn removing_a_tree_follows_no_link_and_opens_closed_folders() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep.txt"), "keep").unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+        std::fs::write(tree.join("a/b/c/f"), "x").unwrap();
+        // Names like the ones the removal moves folders up under.
+        std::fs::create_dir_all(tree.join(".removing-1/x")).unwrap();
+        std::fs::write(tree.join(".removing-2"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/b/c/link")).unwrap();
+        std::fs::set_permissions(tree.join("a/b"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(
+            std::fs::read_to_string(outside.join("keep.txt")).unwrap(),
+            "keep"
+        );
+        // A link itself is removed, not what it points at; a file is removed.
+        std::os::unix::fs::symlink(&outside, dir.path().join("link")).unwrap();
+        remove_tree(&dir.path().join("link")).unwrap();
+        assert!(outside.join("keep.txt").exists());
     }
 }

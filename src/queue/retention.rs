@@ -46,9 +46,9 @@ pub async fn prune(
                 continue;
             }
             let path = entry.path();
-            // Never follows a link: `remove_dir_all` removes links, not what they point at.
+            // Never follows a link: `remove_tree` removes links, not what they point at.
             let removed = match entry.file_type() {
-                Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(&path).await,
+                Ok(t) if t.is_dir() => crate::safe_fs::remove_tree_async(&path).await,
                 _ => tokio::fs::remove_file(&path).await,
             };
             if let Err(e) = removed

@@ -832,7 +832,7 @@ async fn claim_attempt_files(
 /// Removes the attempt's folder, then the note of who ran it.
 async fn remove_job_files(pipeline: &Pipeline, job: JobId, attempt: u32) {
     let dir = job_dir(pipeline, job, attempt);
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+    if let Err(e) = crate::safe_fs::remove_tree_async(&dir).await
         && e.kind() != std::io::ErrorKind::NotFound
     {
         warn!("removing {} failed: {e}", dir.display());
@@ -1010,7 +1010,7 @@ struct JobDirs {
 async fn make_job_dirs(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> Result<JobDirs> {
     let job_dir = job_dir(pipeline, job.id, job.attempt);
     // This attempt starts from nothing, like its worktree.
-    match tokio::fs::remove_dir_all(&job_dir).await {
+    match crate::safe_fs::remove_tree_async(&job_dir).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e)
                 .with_context(|| format!("clearing {}", job_dir.display()))

@@ -313,7 +313,7 @@ impl Workspaces {
         let settled = match make_spare(&self.git, &mirror, &dir, &commit, &key).await {
             Ok(settled) => settled,
             Err(e) => {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
+                let _ = crate::safe_fs::remove_tree_async(&dir).await;
                 return Err(e.context(format!("checking out a spare worktree of {repo}")));
             }
         };
@@ -339,7 +339,7 @@ impl Workspaces {
         if slot.is_none() {
             *slot = Some(spare);
         } else {
-            let _ = tokio::fs::remove_dir_all(&spare.dir).await;
+            let _ = crate::safe_fs::remove_tree_async(&spare.dir).await;
         }
     }
 
@@ -893,7 +893,7 @@ async fn adopt_spare(
 ) -> Result<(String, bool)> {
     let adopted = adopt_spare_files(&spare, mirror, path, commit).await;
     if adopted.is_err() {
-        let _ = tokio::fs::remove_dir_all(&spare.dir).await;
+        let _ = crate::safe_fs::remove_tree_async(&spare.dir).await;
     }
     adopted.map(|ready| (spare.commit, ready))
 }
@@ -964,7 +964,7 @@ async fn sweep_spares(dir: PathBuf, token: String) {
             let pid = name.split('-').next().unwrap_or_default();
             let alive = pid != ours && !pid.is_empty() && Path::new("/proc").join(pid).exists();
             if !alive {
-                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = crate::safe_fs::remove_tree(&entry.path());
             }
         }
     })
@@ -1006,7 +1006,7 @@ async fn secure_mirror(mirror: &Path) -> Result<Vec<String>> {
         tokio::fs::write(&fresh, MIRROR_CONFIG)
             .await
             .with_context(|| format!("writing {}", fresh.display()))?;
-        let _ = tokio::fs::remove_dir_all(&config).await;
+        let _ = crate::safe_fs::remove_tree_async(&config).await;
         tokio::fs::rename(&fresh, &config)
             .await
             .with_context(|| format!("restoring {}", config.display()))?;
@@ -1018,7 +1018,7 @@ async fn secure_mirror(mirror: &Path) -> Result<Vec<String>> {
         let path = mirror.join(planted);
         if let Ok(meta) = tokio::fs::symlink_metadata(&path).await {
             if meta.is_dir() {
-                tokio::fs::remove_dir_all(&path).await
+                crate::safe_fs::remove_tree_async(&path).await
             } else {
                 tokio::fs::remove_file(&path).await
             }
@@ -1083,7 +1083,7 @@ async fn update_mirror(
         .await
         .with_context(|| format!("creating {}", parent.display()))?;
     let partial = mirror.with_extension("partial");
-    let _ = tokio::fs::remove_dir_all(&partial).await;
+    let _ = crate::safe_fs::remove_tree_async(&partial).await;
     git.cmd(Repo::None)
         .args([
             "clone",
@@ -1568,7 +1568,7 @@ impl Workspaces {
         let _guard = lock.lock().await;
         remove_worktree_files(&mirror, &path, None, &self.private_path(job, attempt)).await;
         if path.exists() {
-            tokio::fs::remove_dir_all(&path)
+            crate::safe_fs::remove_tree_async(&path)
                 .await
                 .with_context(|| format!("removing {}", path.display()))?;
         }
@@ -1585,16 +1585,16 @@ impl Workspaces {
 
 /// Deletes a worktree's files, its git folder in the mirror and nightshift's private folder for it,
 /// without asking git (which would read the worktree's `.git` and git folder, both the agent's to
-/// change). `remove_dir_all` removes links, never what they point at.
+/// change). `remove_tree` removes links, never what they point at.
 async fn remove_worktree_files(mirror: &Path, path: &Path, git_dir: Option<&Path>, private: &Path) {
-    let _ = tokio::fs::remove_dir_all(path).await;
+    let _ = crate::safe_fs::remove_tree_async(path).await;
     let named = path
         .file_name()
         .map(|name| mirror.join("worktrees").join(name));
     for dir in git_dir.into_iter().map(Path::to_owned).chain(named) {
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let _ = crate::safe_fs::remove_tree_async(&dir).await;
     }
-    let _ = tokio::fs::remove_dir_all(private).await;
+    let _ = crate::safe_fs::remove_tree_async(private).await;
 }
 
 /// The (relative) folders below `root` that hold a `.git` of their own: repositories an agent made or
@@ -1791,12 +1791,12 @@ impl Worktree {
                 .is_ok();
         if moved {
             drop(guard);
-            let _ = tokio::fs::remove_dir_all(&self.private).await;
-            return tokio::fs::remove_dir_all(&self.trash)
+            let _ = crate::safe_fs::remove_tree_async(&self.private).await;
+            return crate::safe_fs::remove_tree_async(&self.trash)
                 .await
                 .with_context(|| format!("removing {}", self.trash.display()));
         }
-        let _ = tokio::fs::remove_dir_all(&self.trash).await;
+        let _ = crate::safe_fs::remove_tree_async(&self.trash).await;
         remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), &self.private).await;
         if self.path.exists() {
             bail!("{} could not be removed", self.path.display());

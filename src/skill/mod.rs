@@ -358,7 +358,7 @@ pub fn stage(skills: &[Skill], worktree: &Path, stash: &Path) -> std::io::Result
             let aside = stash.join(i.to_string());
             // Left by an attempt that died mid-job (its worktree is gone; this is stale).
             if present(&aside)? {
-                std::fs::remove_dir_all(&aside)?;
+                crate::safe_fs::remove_tree(&aside)?;
             }
             std::fs::rename(&path, &aside)?;
             staged.moved.push((path, aside));
@@ -399,8 +399,8 @@ impl Staged {
                 None => {
                     let path = self.worktree.join(folder);
                     match std::fs::symlink_metadata(&path) {
-                        // No component above `path` is a link, and `remove_dir_all` follows none below.
-                        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,
+                        // No component above `path` is a link, and `remove_tree` follows none below.
+                        Ok(m) if m.is_dir() => crate::safe_fs::remove_tree(&path)?,
                         // A file the agent put in the folder's place.
                         Ok(_) => std::fs::remove_file(&path)?,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
