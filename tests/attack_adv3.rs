@@ -88,3 +88,45 @@ PY
         "{left:?}"
     );
 }
+
+/// A secret the agent was given (an `env:` pass-through) put in a check run's annotation, and in its
+/// summary. The check run was started when the job began, so its completion is an update, and that update
+/// was sent without the redaction every other body gets; and an annotation's mentions were made inert
+/// before the redaction, so a secret with `!@x` in it no longer matched and was posted whole.
+#[tokio::test]
+async fn a_secret_in_a_check_runs_annotations_is_redacted() {
+    const KEY: &str = "dk-live!@x0123456789abcdef";
+    let trigger = (
+        "check.yml",
+        "on:\n  issues:\n    types: [opened]\nfrom: anyone\nagent: leaker\nprompt: x\nprogress: false\noutput:\n  type: check_run\n  name: leak\n",
+    );
+    let mut spine = Spine::new(Auth::App, &[trigger]).await;
+    let script = r#"cat > /dev/null
+python3 - <<'PY'
+import json, os
+key = os.environ["DEPLOY_API_TOKEN"]
+review = {"summary": "summary " + key, "conclusion": "neutral",
+          "comments": [{"path": "README.md", "line": 1, "body": "annotation " + key, "severity": "notice"}]}
+json.dump(review, open(os.path.join(os.environ["NIGHTSHIFT_OUTPUT_DIR"], "review.json"), "w"))
+PY
+echo "message $DEPLOY_API_TOKEN"
+"#;
+    attacker(&spine, "leaker", script, ", env: [DEPLOY_API_TOKEN]");
+    spine.start_with_env(&[("DEPLOY_API_TOKEN", KEY)]).await;
+    spine
+        .deliver_example("issues", "leak-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{:?}", jobs[0].error);
+    let runs = spine.github.check_runs();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = &runs[0];
+    assert_eq!(run.annotations.len(), 1, "{run:#?}");
+    // Every body the fake received for the check run: the create and each update.
+    let sent = serde_json::to_string(&run.history).unwrap();
+    let without_joiners = sent.replace('\u{200D}', "").replace("\\u200d", "");
+    assert!(!without_joiners.contains("0123456789abcdef"), "{sent}");
+    let annotation = run.annotations[0]["message"].as_str().unwrap();
+    assert!(annotation.contains("[redacted]"), "{annotation}");
+    spine.assert_no_unexpected_calls();
+}

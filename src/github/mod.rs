@@ -110,7 +110,23 @@ impl RepoClient {
         route: &str,
         body: Option<&Value>,
     ) -> Result<Value, GhError> {
-        call::request(&self.api(), &self.settings, what, verb, route, body).await
+        // Whatever a body carries, no secret nightshift knows leaves in it: the sinks redact what they
+        // post (`sink/texts.rs`), and this is the last place a body passes before GitHub, for any path
+        // that missed it (the check run's update with annotations did).
+        let scrubbed = body.map(|b| {
+            let mut b = b.clone();
+            crate::redact::global().redact_json(&mut b);
+            b
+        });
+        call::request(
+            &self.api(),
+            &self.settings,
+            what,
+            verb,
+            route,
+            scrubbed.as_ref(),
+        )
+        .await
     }
 
     /// `GET route` (tried again on transient failures; see [`call`]).

@@ -99,12 +99,13 @@ pub async fn finish(
                 .await?;
         }
         ctx.fence().await?;
-        let body = json!({
+        let mut body = json!({
             "status": "completed",
             "conclusion": done.conclusion,
             "completed_at": jiff::Timestamp::now().to_string(),
             "output": output,
         });
+        texts::scrub_json(&mut body);
         let route = format!("/repos/{}/check-runs/{id}", ctx.spec.repo);
         let answer = if annotate {
             client

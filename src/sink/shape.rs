@@ -128,7 +128,7 @@ pub fn shape_review(review: &Review, files: &[(String, Option<String>)]) -> Shap
             .is_some_and(|d| d.contains(c.side, c.line));
         if on_diff {
             let mut kept = c.clone();
-            kept.body = texts::neutralize_mentions(&kept.body).into_owned();
+            kept.body = texts::inert(&kept.body).into_owned();
             shaped.comments.push(kept);
         } else {
             folded.push(c);
@@ -145,7 +145,7 @@ pub fn review_comment_json(c: &InlineComment) -> Value {
         "path": c.path,
         "line": c.line,
         "side": match c.side { Side::Right => "RIGHT", Side::Left => "LEFT" },
-        "body": texts::neutralize_mentions(&c.body),
+        "body": texts::inert(&c.body),
     })
 }
 
@@ -168,7 +168,7 @@ pub fn annotations(review: &Review) -> Vec<Value> {
                 Severity::Warning => "warning",
                 Severity::Notice => "notice",
             };
-            let message = texts::neutralize_mentions(c.body.trim());
+            let message = texts::inert(c.body.trim());
             let message = match message.char_indices().nth(ANNOTATION_MAX_CHARS) {
                 Some((end, _)) => format!("{}…", &message[..end]),
                 None => message.into_owned(),

@@ -11,16 +11,23 @@ pub const MESSAGE_MAX_CHARS: usize = 60_000;
 /// every known secret redacted ([`crate::redact`]). Every agent-written text nightshift posts goes through
 /// here (and every whole body through [`scrub`] or [`scrub_json`] once more, for the texts around it).
 pub fn fit(message: &str) -> std::borrow::Cow<'_, str> {
-    let message = match crate::redact::redact(message) {
-        std::borrow::Cow::Borrowed(m) => neutralize_mentions(m),
-        std::borrow::Cow::Owned(m) => std::borrow::Cow::Owned(neutralize_mentions(&m).into_owned()),
-    };
+    let message = inert(message);
     match message.char_indices().nth(MESSAGE_MAX_CHARS) {
         None => message,
         Some((end, _)) => std::borrow::Cow::Owned(format!(
             "{}\n\n_(The message was longer than GitHub allows and was cut here.)_",
             &message[..end]
         )),
+    }
+}
+
+/// An agent-written text as it may be posted: every known secret redacted, then every mention made inert
+/// ([`neutralize_mentions`]). In that order: a joiner put after an `@` inside a secret would hide it from
+/// the redaction.
+pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
+    match crate::redact::redact(text) {
+        std::borrow::Cow::Borrowed(t) => neutralize_mentions(t),
+        std::borrow::Cow::Owned(t) => std::borrow::Cow::Owned(neutralize_mentions(&t).into_owned()),
     }
 }
 
