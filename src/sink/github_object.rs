@@ -169,7 +169,7 @@ pub async fn issue(ctx: &SinkContext<'_>, proposal: &Proposal) -> Result<Output>
         if let Some(existing) = open.iter().find(|i| {
             i["body"]
                 .as_str()
-                .is_some_and(|b| b.contains(marker.as_str()))
+                .is_some_and(|b| texts::has_dedupe_marker(b, marker))
         }) {
             let found = Found::from_json(existing);
             let number = found.id.context("GitHub's issue has no number")?;

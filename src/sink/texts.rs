@@ -25,10 +25,51 @@ pub fn fit(message: &str) -> std::borrow::Cow<'_, str> {
 /// ([`neutralize_mentions`]). In that order: a joiner put after an `@` inside a secret would hide it from
 /// the redaction.
 pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
-    match crate::redact::redact(text) {
+    let text = match crate::redact::redact(text) {
         std::borrow::Cow::Borrowed(t) => neutralize_mentions(t),
         std::borrow::Cow::Owned(t) => std::borrow::Cow::Owned(neutralize_mentions(&t).into_owned()),
+    };
+    match break_markers(&text) {
+        Some(broken) => std::borrow::Cow::Owned(broken),
+        None => text,
     }
+}
+
+/// `text` with every hidden comment that begins like one of nightshift's markers (`<!-- nightshift:`, in
+/// any case and spacing) broken with a joiner, so that it shows and marks nothing; `None` when it has none.
+/// An agent that pasted another trigger's dedupe marker into its issue took that trigger's reports over.
+fn break_markers(text: &str) -> Option<String> {
+    let starts_marker = |rest: &str| {
+        let after = rest[4..].trim_start();
+        after
+            .get(..10)
+            .is_some_and(|w| w.eq_ignore_ascii_case("nightshift"))
+    };
+    if !text
+        .match_indices("<!--")
+        .any(|(i, _)| starts_marker(&text[i..]))
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut copied = 0;
+    for (i, _) in text.match_indices("<!--") {
+        if starts_marker(&text[i..]) {
+            out.push_str(&text[copied..i]);
+            out.push_str("<!-\u{200D}-");
+            copied = i + 4;
+        }
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// Whether an issue's `body` carries the dedupe `marker` where nightshift puts it: the line before its last
+/// (the job's marker). A marker anywhere else was pasted there.
+pub fn has_dedupe_marker(body: &str, marker: &str) -> bool {
+    let mut lines = body.trim_end().lines().rev();
+    lines.next();
+    lines.next().is_some_and(|l| l.trim() == marker)
 }
 
 /// What is put after an `@` so that GitHub does not take it for a mention: a zero-width joiner.
@@ -834,6 +875,11 @@ mod tests {
         assert!(body.contains("<!-- nightshift:dedupe:"), "{body}");
         assert_ne!(dedupe_marker("audit", "a"), dedupe_marker("audit", "b"));
         assert_ne!(dedupe_marker("a", "b"), dedupe_marker("b", "a"));
+        // Found only where nightshift puts it, before the job's marker.
+        let marker = dedupe_marker("audit", "weekly");
+        assert!(has_dedupe_marker(&body, &marker), "{body}");
+        let pasted = issue_body("other", JobId(3), &format!("{marker}\nhi"), None);
+        assert!(!has_dedupe_marker(&pasted, &marker), "{pasted}");
     }
 
     fn untag(text: &str) -> String {
