@@ -9,6 +9,7 @@
 //! be large: every check is linear in its size. Patterns compile to `regex-automata` automata, which never
 //! backtrack.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::repo::git::{CommitChanges, MODE_SUBMODULE};
@@ -143,6 +144,22 @@ pub fn check(limits: &Limits, proposal: &Proposal<'_>) -> Result<(), Violation> 
         }
         if let Some(changes) = proposal.changes {
             for file in &changes.files {
+                // A value nightshift knows is secret (a token, an `env:` pass-through), whatever its shape:
+                // gitleaks' rules find only the shapes they know, and a commit is pushed as it is.
+                if let Some((line, _)) = file
+                    .added_lines
+                    .iter()
+                    .find(|(_, text)| matches!(crate::redact::redact(text), Cow::Owned(_)))
+                {
+                    return Err(violation(
+                        "limits.secrets",
+                        format!(
+                            "the pull request adds a secret nightshift was given at {}:{line}, which \
+                             limits.secrets refuses",
+                            printable(&file.path)
+                        ),
+                    ));
+                }
                 if let Some(found) = secrets::find_in_file(&file.path, &file.added_lines) {
                     let place = if found.line == 0 {
                         printable(&file.path)
@@ -687,8 +704,31 @@ mod tests {
         let c = commit(vec![f]);
         assert_eq!(
             refused(&Limits::default(), &with_changes(&c)).to_string(),
-            "the pull request adds a secret at deploy.env:3 (gitleaks rule generic-api-key), which limits.secrets refuses"
+            "the pull request adds a secret nightshift was given at deploy.env:3, which limits.secrets refuses"
         );
+    }
+
+    #[test]
+    fn a_known_secret_of_no_recognisable_shape_is_refused_in_a_commit() {
+        // A password passed through to the agent: no gitleaks rule finds `hunter2`-like text on its own.
+        let value = "correct-horse-battery-staple-42";
+        let mut f = file("notes.txt", 1, 0);
+        f.added_lines = vec![
+            (1, "nothing here".into()),
+            (2, format!("the password is {value}")),
+        ];
+        let c = commit(vec![f]);
+        assert_eq!(check(&Limits::default(), &with_changes(&c)), Ok(()));
+        crate::redact::global().add(value);
+        assert_eq!(
+            refused(&Limits::default(), &with_changes(&c)).to_string(),
+            "the pull request adds a secret nightshift was given at notes.txt:2, which limits.secrets refuses"
+        );
+        let allow = Limits {
+            secrets: Some(Secrets::Allow),
+            ..Limits::default()
+        };
+        assert_eq!(check(&allow, &with_changes(&c)), Ok(()));
     }
 
     #[test]
