@@ -65,6 +65,46 @@ impl Identity {
     }
 }
 
+/// The login a session made with the static token is stored under: `token#` and the start of the token's
+/// SHA-256 (no GitHub login has a `#`). Such a session is good only while the token is the one it was made
+/// with: changing or removing the token ends every session it made.
+pub fn token_login(token: &str) -> String {
+    format!("token#{}", &digest(token)[..16])
+}
+
+/// Who a stored session is now, under the dashboard's config as it is (it may have changed since the session
+/// was made, and sessions outlive restarts): a token session only while the token is the one it was made
+/// with; a GitHub login only while `users` names it or `orgs` could have let it in (membership is checked
+/// again at the next sign-in: sessions last 12 hours), and an admin only while `admins` names it.
+pub fn still_allowed(who: Identity, access: &crate::config::DashboardConfig) -> Option<Identity> {
+    if who.session.is_none() {
+        // The bearer token itself, checked on this request.
+        return Some(who);
+    }
+    if let Some(rest) = who.login.strip_prefix("token#") {
+        let current = access.token.as_ref()?;
+        return (token_login(current.expose_secret()) == format!("token#{rest}")).then(|| {
+            Identity {
+                login: "token".into(),
+                admin: true,
+                session: who.session,
+            }
+        });
+    }
+    if who.login == "token" {
+        // Made with the static token by a version that did not bind it: signed in again.
+        return None;
+    }
+    let login = who.login.to_lowercase();
+    if !access.users.contains(&login) && access.orgs.is_empty() {
+        return None;
+    }
+    Some(Identity {
+        admin: who.admin && access.admins.contains(&login),
+        ..who
+    })
+}
+
 /// The sessions and the sign-ins under way, in the store.
 pub struct Sessions {
     store: Arc<dyn Store>,
@@ -531,5 +571,74 @@ mod tests {
                 .admin
         );
         assert!(identify(&sessions, None, &headers).await.is_none());
+    }
+
+    /// A session outlives restarts: what it may do follows the config as it is now. A leaked static token,
+    /// changed by the operator, signed whoever used it in for 12 more hours as an admin; so did an admin
+    /// dropped from `admins`, or a user dropped from `users`.
+    #[tokio::test]
+    async fn a_session_ends_or_loses_its_rights_when_the_config_takes_them_away() {
+        let (_dir, sessions) = sessions().await;
+        let secret = |t: &str| Some(octocrab::secrecy::SecretString::from(t.to_owned()));
+        let config = |token: &str, users: &[&str], orgs: &[&str], admins: &[&str]| {
+            crate::config::DashboardConfig {
+                token: secret(token),
+                users: users.iter().map(|u| u.to_string()).collect(),
+                orgs: orgs.iter().map(|u| u.to_string()).collect(),
+                admins: admins.iter().map(|u| u.to_string()).collect(),
+                ..Default::default()
+            }
+        };
+        let who = |id: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::COOKIE,
+                HeaderValue::from_str(&format!("{COOKIE}={id}")).unwrap(),
+            );
+            headers
+        };
+        let now = |access: &crate::config::DashboardConfig, id: &str| {
+            let headers = who(id);
+            let sessions = &sessions;
+            let access = access.clone();
+            async move {
+                let found = identify(sessions, access.token.as_ref(), &headers).await?;
+                still_allowed(found, &access)
+            }
+        };
+        // Signed in with the token "old".
+        let by_token = sessions.create(&token_login("old"), true).await.unwrap();
+        let before = config("old", &[], &[], &[]);
+        let signed = now(&before, &by_token).await.unwrap();
+        assert_eq!((signed.login.as_str(), signed.admin), ("token", true));
+        assert!(
+            now(&config("new", &[], &[], &[]), &by_token)
+                .await
+                .is_none()
+        );
+        assert!(
+            now(&crate::config::DashboardConfig::default(), &by_token)
+                .await
+                .is_none()
+        );
+        // A session of the static token made before sessions were bound to it.
+        let unbound = sessions.create("token", true).await.unwrap();
+        assert!(now(&before, &unbound).await.is_none());
+
+        // An admin listed in `users`.
+        let octocat = sessions.create("octocat", true).await.unwrap();
+        let listed = config("old", &["octocat"], &[], &["octocat"]);
+        assert!(now(&listed, &octocat).await.unwrap().admin);
+        let demoted = config("old", &["octocat"], &[], &[]);
+        let kept = now(&demoted, &octocat).await.unwrap();
+        assert_eq!((kept.login.as_str(), kept.admin), ("octocat", false));
+        assert!(
+            now(&config("old", &["hubot"], &[], &[]), &octocat)
+                .await
+                .is_none()
+        );
+        // Let in by an organization: kept until the next sign-in checks the membership again.
+        let by_org = config("old", &[], &["acme"], &["octocat"]);
+        assert!(now(&by_org, &octocat).await.unwrap().admin);
     }
 }

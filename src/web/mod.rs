@@ -103,7 +103,8 @@ impl Dashboard {
         if !self.access.enabled() {
             return None;
         }
-        auth::identify(&self.sessions, self.access.token.as_ref(), headers).await
+        let who = auth::identify(&self.sessions, self.access.token.as_ref(), headers).await?;
+        auth::still_allowed(who, &self.access)
     }
 
     /// This service's address as the browser sees it: `public_url`, or `http://{Host}`.
@@ -468,7 +469,13 @@ async fn token_sign_in(
             Some("That is not the dashboard's token."),
         );
     }
-    match dash.sessions.create("token", true).await {
+    let login = dash
+        .access
+        .token
+        .as_ref()
+        .map(|t| auth::token_login(t.expose_secret()))
+        .unwrap_or_default();
+    match dash.sessions.create(&login, true).await {
         Ok(id) => see_other(
             "/",
             &[dash.session_cookie(&id, auth::SESSION_LIFE.as_secs())],
