@@ -365,7 +365,7 @@ const SMALL_BODY: usize = 64 * 1024;
 
 /// Reads the body of every request but a webhook delivery (which reads its own, after checking its headers)
 /// before the handler runs: at most [`SMALL_BODY`] bytes (413), within `ingest.body_timeout` (408), counted
-/// against the memory budget for bodies in flight until the answer is made (503 past it). Without it, a
+/// as they arrive against the memory budget for bodies in flight until the answer is made (503 past it). Without it, a
 /// form's extractor waited for a body forever, and connections that sent headers and no body held every
 /// connection slot: webhooks waited in the kernel's queue for as long as the sender liked.
 async fn small_bodies(
@@ -389,7 +389,12 @@ async fn small_bodies(
     if said > SMALL_BODY {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
     }
-    let Some(mut reservation) = limits.budget.reserve(said) else {
+    let Some(mut reservation) = limits
+        .budget
+        .has_room(said)
+        .then(|| limits.budget.reserve(0))
+        .flatten()
+    else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many request bodies in flight; try again",

@@ -462,6 +462,36 @@ async fn requests_that_never_send_their_body_give_their_connections_back_and_web
     assert!(status != 408 && status != 413, "{status}");
 }
 
+/// Bodies are counted against the memory budget as their bytes arrive, not as their headers announce
+/// them: three connections that said 25 MB and sent nothing held the whole 64 MiB budget for the body
+/// timeout, and every real delivery meanwhile was answered 503 unread (and again, for as long as the
+/// attacker kept sending such headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_announcing_large_bodies_that_never_come_hold_no_budget() {
+    let mut spine = Spine::new(Auth::Token, &[]).await;
+    ingest_config(&spine, "  body_budget: 1M\n");
+    spine.start().await;
+    // Headers that announce nearly the whole budget, and no body; `Expect: 100-continue` makes the server
+    // say when the handler starts reading the body (after the budget was looked at).
+    let mut held = TcpStream::connect(address(&spine)).await.unwrap();
+    let announce = head("hold", (1 << 20) - 512, "sha256=00").replacen(
+        "\r\n\r\n",
+        "\r\nExpect: 100-continue\r\n\r\n",
+        1,
+    );
+    held.write_all(announce.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("100 Continue") {
+        let mut buf = [0u8; 256];
+        let n = held.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let body = spine.payload("issues/opened.json");
+    assert_eq!(spine.deliver("issues", "real", &body).await, 202);
+    drop(held);
+}
+
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Mount(std::path::PathBuf);
 

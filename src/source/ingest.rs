@@ -273,6 +273,12 @@ impl BodyBudget {
     pub fn in_use(&self) -> usize {
         self.total - self.bytes.available_permits()
     }
+
+    /// Whether `bytes` more could be reserved right now (nothing is reserved: a body's bytes are counted
+    /// as they arrive, never from what its headers say).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        bytes <= self.bytes.available_permits()
+    }
 }
 
 impl Reservation {
@@ -315,9 +321,10 @@ pub enum BodyError {
     Broken(String),
 }
 
-/// Reads `body` whole, counting every byte against `reservation` (growing it past what was reserved from
-/// the Content-Length: a body may be chunked, or say less than it sends) and refusing more than `max`
-/// bytes or a body slower than `timeout`.
+/// Reads `body` whole, counting the memory that holds it against `reservation` as its bytes arrive (what
+/// its headers say is never reserved up front: a client that sends the headers of a 25 MB body and then
+/// nothing held 25 MB of the budget for the whole body timeout, and three of them kept every webhook out),
+/// and refusing more than `max` bytes or a body slower than `timeout`.
 pub async fn read_body(
     mut body: axum::body::Body,
     reservation: &mut Reservation,
@@ -327,7 +334,7 @@ pub async fn read_body(
     use axum::body::HttpBody;
     use std::pin::Pin;
     let read = async {
-        let mut bytes = Vec::with_capacity(reservation.held().min(max));
+        let mut bytes: Vec<u8> = Vec::new();
         while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         {
             let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
@@ -338,9 +345,16 @@ pub async fn read_body(
             if len > max {
                 return Err(BodyError::TooLarge);
             }
-            if len > reservation.held() && !reservation.grow(len - reservation.held()) {
+            // What the buffer will hold once it has these bytes (it doubles as it grows), counted first.
+            let needed = if len > bytes.capacity() {
+                len.max(bytes.capacity() * 2).min(max)
+            } else {
+                bytes.capacity()
+            };
+            if needed > reservation.held() && !reservation.grow(needed - reservation.held()) {
                 return Err(BodyError::OverBudget);
             }
+            bytes.reserve_exact(needed - bytes.len());
             bytes.extend_from_slice(&data);
         }
         Ok(bytes)

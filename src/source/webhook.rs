@@ -140,7 +140,14 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is above 25 MB");
         }
     };
-    let Some(mut reservation) = state.budget.reserve(length) else {
+    // Refused unread when the budget has no room for what the body says it is; nothing is reserved for
+    // it until its bytes come.
+    let Some(mut reservation) = state
+        .budget
+        .has_room(length)
+        .then(|| state.budget.reserve(0))
+        .flatten()
+    else {
         warn!(
             delivery,
             length,
