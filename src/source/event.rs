@@ -5,6 +5,10 @@ use serde::Deserialize;
 
 use crate::ids::{InstallationId, RepoName};
 
+/// GitHub considers only the first 300 changed files of a push or pull request for path filters; a push's
+/// are kept up to there.
+pub const MAX_CHANGED_FILES: usize = 300;
+
 /// One webhook event: its `X-GitHub-Event` name and payload.
 #[derive(Clone, Debug)]
 pub struct Event {
@@ -405,15 +409,22 @@ impl Event {
         });
         let push = match (name, raw.git_ref, raw.after) {
             ("push", Some(git_ref), Some(after)) => {
+                // The first MAX_CHANGED_FILES distinct paths, in order, each looked up once: a push of
+                // 100 commits of 3,000 paths each was a linear scan per path (10^10 comparisons, minutes of
+                // a runtime thread), for paths no filter ever reads past the first 300.
                 let mut changed_files: Vec<String> = Vec::new();
-                for commit in raw.commits.unwrap_or_default() {
+                let mut seen = std::collections::HashSet::new();
+                'commits: for commit in raw.commits.unwrap_or_default() {
                     for file in commit
                         .added
                         .into_iter()
                         .chain(commit.removed)
                         .chain(commit.modified)
                     {
-                        if !changed_files.contains(&file) {
+                        if changed_files.len() == MAX_CHANGED_FILES {
+                            break 'commits;
+                        }
+                        if seen.insert(file.clone()) {
                             changed_files.push(file);
                         }
                     }
@@ -760,6 +771,36 @@ mod tests {
         ))
         .unwrap();
         Event::parse(path.split('/').next().unwrap(), &text).unwrap()
+    }
+
+    /// A push of 100 commits of 3,000 paths each (GitHub allows 2,048 and 3,000): its changed files are the
+    /// first 300 distinct paths, in order, a repeat counted once. Before, every path was looked for in the
+    /// list so far: 10^10 comparisons on a runtime thread for one delivery anyone who can push could send.
+    #[test]
+    fn a_huge_push_keeps_its_first_distinct_changed_files() {
+        let mut payload: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!(
+                "{}/tests/fixtures/webhooks/push/default.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let commits: Vec<serde_json::Value> = (0..100)
+            .map(|c| {
+                let mut added: Vec<String> = (0..3000).map(|f| format!("dir/{c}/{f}.txt")).collect();
+                added[0] = "shared.txt".into();
+                serde_json::json!({"id": format!("{c:040x}"), "added": added, "removed": [], "modified": []})
+            })
+            .collect();
+        payload["commits"] = serde_json::Value::Array(commits);
+        let event = Event::parse("push", &serde_json::to_vec(&payload).unwrap()).unwrap();
+        let files = &event.push.unwrap().changed_files;
+        assert_eq!(files.len(), MAX_CHANGED_FILES);
+        assert_eq!(files[0], "shared.txt");
+        assert_eq!(files[1], "dir/0/1.txt");
+        assert_eq!(files.iter().filter(|f| *f == "shared.txt").count(), 1);
+        assert_eq!(files[299], "dir/0/299.txt");
     }
 
     #[test]

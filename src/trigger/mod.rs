@@ -188,8 +188,7 @@ impl Standing {
     }
 }
 
-/// GitHub considers only the first 300 changed files for path filters.
-pub const MAX_CHANGED_FILES: usize = 300;
+pub use crate::source::event::MAX_CHANGED_FILES;
 
 /// All loaded triggers, indexed by event and by repository.
 pub struct TriggerSet {
