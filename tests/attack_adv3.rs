@@ -193,3 +193,47 @@ PY
     );
     spine.assert_no_unexpected_calls();
 }
+
+/// A trigger whose concurrency group renders an issue's body (anyone's text), on Postgres: a group of 10 KB
+/// that does not compress was past Postgres's largest index entry, so every insert of the delivery's job
+/// failed, and the delivery was retried for ever, holding one of the dispatcher's lanes (eight such
+/// repositories held them all). A long group is now kept as its start and its hash.
+#[tokio::test]
+async fn a_concurrency_group_rendered_from_a_huge_issue_body_still_queues_its_job_on_postgres() {
+    let trigger = (
+        "grouped.yml",
+        "on:\n  issues:\n    types: [opened]\nfrom: anyone\nagent: reply\nprompt: hi\nconcurrency:\n  group: '{{ event.issue.body }}'\n",
+    );
+    let mut spine = Spine::new(Auth::Token, &[trigger]).await;
+    let db = spine.use_store(true).await;
+    spine.start().await;
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&spine.payload("issues/opened.json")).unwrap();
+    // 10,000 hex digits of a hash chain: nothing in it repeats, so nothing compresses it.
+    let mut body = String::new();
+    let mut link = [0u8; 32];
+    while body.len() < 10_000 {
+        use sha2::Digest;
+        link = sha2::Sha256::digest(link).into();
+        body.push_str(&hex::encode(link));
+    }
+    payload["issue"]["body"] = serde_json::Value::String(body);
+    let status = spine
+        .deliver(
+            "issues",
+            "huge-group",
+            &serde_json::to_vec(&payload).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    for _ in 0..600 {
+        let jobs = db.store.jobs().await.unwrap();
+        if jobs.iter().any(|j| j.state == JobState::Succeeded) {
+            assert_eq!(jobs.len(), 1);
+            assert!(spine.github.comments()[0].body.contains("job 1"));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the job never ran: {:?}", db.store.jobs().await.unwrap());
+}

@@ -575,7 +575,7 @@ impl TriggerSet {
             .as_ref()
             .ok_or("the event has no repository")?;
         let group = match &trigger.concurrency {
-            Some(c) => Some(render("concurrency group", &c.group)?),
+            Some(c) => Some(bounded_group(render("concurrency group", &c.group)?)),
             None => default_group(trigger, event, repository),
         };
         let mut spec = JobSpec::new(trigger, event, repository, prompt, title, group);
@@ -593,6 +593,30 @@ impl TriggerSet {
         );
         Ok(spec)
     }
+}
+
+/// The longest concurrency group kept as it renders; a longer one is kept as its start and its SHA-256.
+pub const MAX_GROUP_BYTES: usize = 200;
+
+/// A rendered concurrency group, at most [`MAX_GROUP_BYTES`] (plus a hash): the same text is the same group
+/// however long it is. A group is indexed in the store, and Postgres refuses an index entry above ~2.7 KB:
+/// a group rendered from an issue's body (a repository's trigger file is its pushers', the issue anyone's)
+/// failed every insert of the delivery's jobs, and the delivery was retried, holding a matching lane, for
+/// ever.
+fn bounded_group(group: String) -> String {
+    if group.len() <= MAX_GROUP_BYTES {
+        return group;
+    }
+    use sha2::Digest;
+    let mut end = MAX_GROUP_BYTES / 2;
+    while !group.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}…sha256:{}",
+        &group[..end],
+        hex::encode(sha2::Sha256::digest(group.as_bytes()))
+    )
 }
 
 /// The concurrency group of a trigger that writes a pull request and names none: one per trigger,
