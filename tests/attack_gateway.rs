@@ -441,6 +441,38 @@ async fn a_job_past_its_token_limit_is_refused_in_the_providers_shape() {
     assert_eq!(status, 200);
 }
 
+/// An agent reads the text it wants and closes the connection before the answer's last event, the one that
+/// carries the usage. The provider generated and billed all of it; before, the gateway stopped reading and
+/// counted nothing, so every limit and budget could be spent past without end. The answer is now read to
+/// its end and metered.
+#[tokio::test]
+async fn an_answer_the_agent_stops_reading_is_still_metered() {
+    let up = Upstream::default();
+    *up.gated.lock().unwrap() = true;
+    // Enough text after the agent left that writing it to the closed connection fails before the end.
+    *up.deltas.lock().unwrap() = 5_000;
+    let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let access = open(&gateway, &config, "coder", 1).await;
+    let mut response = client()
+        .post(url(&gateway, "/v1/responses"))
+        .bearer_auth(access.token())
+        .json(&json!({"model": "gpt-5.5", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(response);
+    // The rest comes upstream after the agent left.
+    up.release.add_permits(1);
+    let usage = access.settle().await;
+    assert_eq!(
+        (usage.turns, usage.input_tokens, usage.output_tokens),
+        (Some(1), Some(1000), Some(50)),
+        "the abandoned answer is counted"
+    );
+}
+
 /// The providers run some tools on their own servers: OpenAI's `mcp` tool and web search, Anthropic's MCP
 /// connector and web fetch. An agent that asks for one has the provider's servers connect to a URL of its
 /// choosing, carrying what it read, whatever the job's network rules: a way out of the box. And OpenAI's

@@ -986,12 +986,16 @@ async fn forward(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
         let mut meter = Meter::new(&content_type);
+        // An agent that stops reading (it has the text it wanted, and closes before the answer's last event,
+        // which carries the usage) does not stop the provider generating and billing: the answer is read to
+        // its end all the same, still counted as open, and metered.
+        let mut agent_gone = false;
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     meter.feed(&chunk);
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        break;
+                    if !agent_gone && tx.send(Ok(chunk)).await.is_err() {
+                        agent_gone = true;
                     }
                 }
                 Ok(None) => break,
