@@ -421,6 +421,8 @@ async fn a_flood_of_failed_deliveries_is_asked_for_a_bounded_number_at_a_time() 
         line.contains("listed=130") && line.contains("missing=130") && line.contains("asked=100"),
         "{line}"
     );
+    // The next pass looks back to the oldest of the thirty left, however long ago they came.
+    assert!(line.contains("resume_from="), "{line}");
     let asked = spine.github.redelivered();
     assert_eq!(asked.len(), 100);
     let distinct: std::collections::HashSet<&String> = asked.iter().collect();

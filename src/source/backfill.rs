@@ -36,7 +36,8 @@ pub const LOOKBACK: Duration = Duration::from_secs(3 * 24 * 60 * 60);
 const MARGIN: Duration = Duration::from_secs(10 * 60);
 /// A delivery nightshift asked for is not asked for again before this.
 pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60 * 60);
-/// The most redeliveries one pass asks for (GitHub limits them; the next pass asks for the rest).
+/// The most redeliveries one pass asks for (GitHub limits them; the next pass looks back to the oldest it
+/// left, and asks for the rest).
 pub const MAX_PER_PASS: usize = 100;
 /// The most pages (of 100) one pass reads.
 const MAX_PAGES: usize = 100;
@@ -62,6 +63,20 @@ pub struct Pass {
     pub asked: usize,
     /// False when another replica holds the lease (nothing was done).
     pub ran: bool,
+    /// Where the next pass must look back to, when this one left some undone: the oldest missing delivery
+    /// it did not ask for (past [`MAX_PER_PASS`]), or its own bound when it stopped at [`MAX_PAGES`] before
+    /// reaching it. None: everything back to the bound was seen to.
+    pub resume_from: Option<i64>,
+}
+
+/// Where the pass after `done` (which started at `started`, unix ms) looks back to: the previous pass's
+/// start less a margin, or further where it left deliveries undone (before, those older than that were never
+/// listed again, and all but 100 of a long outage's deliveries were lost); never past [`LOOKBACK`].
+pub fn next_bound(done: &Pass, started: i64, now: i64) -> i64 {
+    let usual = started - ms(MARGIN);
+    done.resume_from
+        .map_or(usual, |from| from.min(usual))
+        .max(now - ms(LOOKBACK))
 }
 
 /// Where the first pass stops looking: the newest delivery the store had from before nightshift started,
@@ -92,8 +107,9 @@ pub async fn pass(store: &dyn Store, github: &GitHub, owner: &str, bound: i64) -
 
 async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Result<Pass> {
     // Per GUID: the newest attempt's id (any attempt redelivers the delivery) and nightshift's answer to it.
-    let mut seen: BTreeMap<String, (i64, Option<i64>)> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (i64, Option<i64>, i64)> = BTreeMap::new();
     let mut next: Option<String> = None;
+    let mut reached = false;
     for _ in 0..MAX_PAGES {
         let Some((page, link)) = github.hook_deliveries(next.as_deref()).await? else {
             return Ok(Pass::default());
@@ -109,11 +125,14 @@ async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Resul
                 older = true;
                 continue;
             }
-            seen.entry(d.guid).or_insert((d.id, d.status_code));
+            seen.entry(d.guid).or_insert((d.id, d.status_code, at));
         }
         match link {
             Some(link) if !older => next = Some(link),
-            _ => break,
+            _ => {
+                reached = true;
+                break;
+            }
         }
     }
     let guids: Vec<String> = seen.keys().cloned().collect();
@@ -124,9 +143,10 @@ async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Resul
     let mut done = Pass {
         listed: seen.len(),
         ran: true,
+        resume_from: (!reached).then_some(bound),
         ..Pass::default()
     };
-    for (guid, (id, status)) in &seen {
+    for (guid, (id, status, at)) in &seen {
         if have.contains(guid) {
             continue;
         }
@@ -136,6 +156,7 @@ async fn look(store: &dyn Store, github: &GitHub, bound: i64, now: i64) -> Resul
             continue;
         }
         if done.asked >= MAX_PER_PASS {
+            done.resume_from = Some(done.resume_from.map_or(*at, |from| from.min(*at)));
             continue;
         }
         if !store
@@ -186,9 +207,10 @@ pub async fn run(store: Arc<dyn Store>, github: Arc<GitHub>, bound: i64) {
                         missing = done.missing,
                         refused = done.refused,
                         asked = done.asked,
+                        resume_from = done.resume_from,
                         "missed deliveries looked for"
                     );
-                    bound = (started - ms(MARGIN)).max(now_ms() - ms(LOOKBACK));
+                    bound = next_bound(&done, started, now_ms());
                 }
             }
             Err(e) => warn!("looking for missed deliveries failed (tried again later): {e:#}"),
@@ -199,7 +221,32 @@ pub async fn run(store: Arc<dyn Store>, github: Arc<GitHub>, bound: i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::refused_on_purpose;
+    use super::{LOOKBACK, MARGIN, Pass, ms, next_bound, refused_on_purpose};
+
+    #[test]
+    fn the_next_pass_looks_back_to_what_this_one_left_undone() {
+        let started = 10 * ms(LOOKBACK);
+        let now = started + 60_000;
+        let all_done = Pass {
+            ran: true,
+            ..Pass::default()
+        };
+        assert_eq!(next_bound(&all_done, started, now), started - ms(MARGIN));
+        // Deliveries of an outage an hour before this pass were left past the hundred asked for.
+        let left = Pass {
+            ran: true,
+            resume_from: Some(started - 3_600_000),
+            ..Pass::default()
+        };
+        assert_eq!(next_bound(&left, started, now), started - 3_600_000);
+        // Never past what GitHub keeps.
+        let ancient = Pass {
+            ran: true,
+            resume_from: Some(0),
+            ..Pass::default()
+        };
+        assert_eq!(next_bound(&ancient, started, now), now - ms(LOOKBACK));
+    }
 
     #[test]
     fn only_deliveries_that_could_succeed_are_asked_for_again() {
