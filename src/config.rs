@@ -567,6 +567,9 @@ pub struct AgentKinds {
     /// The service runs with a personal token, which GitHub does not let create check runs (only an App
     /// can): a trigger whose output is `check_run` is refused up front, not at delivery.
     pub token_auth: bool,
+    /// The profiles that run outside any box (`sandbox: none`): a repository's trigger may not give them
+    /// `verify:` steps, which would run its pushers' shell on the service's machine.
+    pub unboxed: std::collections::BTreeSet<String>,
 }
 
 impl std::ops::Deref for AgentKinds {
@@ -588,6 +591,7 @@ impl<const N: usize> From<[(String, &'static str); N]> for AgentKinds {
         AgentKinds {
             kinds: kinds.into(),
             token_auth: false,
+            unboxed: Default::default(),
         }
     }
 }
@@ -805,6 +809,12 @@ impl Config {
                 .map(|(name, profile)| (name.clone(), profile.backend.kind()))
                 .collect(),
             token_auth: matches!(self.github.auth, GithubAuth::Token(_)),
+            unboxed: self
+                .agents
+                .iter()
+                .filter(|(_, profile)| profile.sandbox == SandboxKind::None)
+                .map(|(name, _)| name.clone())
+                .collect(),
         }
     }
 

@@ -189,6 +189,24 @@ pub fn parse(
         match load_one(&shown, text, Some(agents)) {
             Err(mut ds) => problems.append(&mut ds),
             Ok(mut trigger) => {
+                if trigger.verify.is_some() && agents.unboxed.contains(&trigger.agent) {
+                    problems.push(
+                        Diagnostic::new(
+                            &shown,
+                            1,
+                            1,
+                            format!(
+                                "a repository's own trigger cannot give verify steps to agent `{}`, which runs \
+                                 outside a box (sandbox: none): they would run on the service's machine",
+                                trigger.agent
+                            ),
+                        )
+                        .with_hint(
+                            "use a boxed profile, or put the trigger in the service's triggers folder",
+                        ),
+                    );
+                    continue;
+                }
                 if !trigger.schedules.is_empty() {
                     problems.push(
                         Diagnostic::new(
@@ -286,6 +304,39 @@ mod tests {
         assert_eq!(
             (t.verify_rounds, t.verify_fail),
             (Some(1), crate::trigger::VerifyFail::Draft)
+        );
+    }
+
+    /// Whoever can push a repository's default branch writes its triggers; verify steps run in the agent's
+    /// box, and a profile without one (`sandbox: none`) would run them on the service's machine, as the
+    /// service's user (its App key, its store), whatever tools the profile otherwise allows.
+    #[test]
+    fn a_repository_trigger_cannot_give_verify_steps_to_an_unboxed_profile() {
+        let repo = RepoName::parse("acme/api").unwrap();
+        let mut agents: AgentKinds = [
+            ("boxed".to_owned(), "command"),
+            ("bare".to_owned(), "claude"),
+        ]
+        .into();
+        agents.unboxed.insert("bare".to_owned());
+        let file = |agent: &str| {
+            (
+                format!(".nightshift/triggers/{agent}.yml"),
+                format!(
+                    "on: issues\nagent: {agent}\nprompt: x\nverify:\n  - {{name: t, run: 'cat /etc/shadow'}}\n"
+                ),
+            )
+        };
+        let (set, problems) = parse(&repo, &[file("boxed"), file("bare")], &agents);
+        assert_eq!(set.triggers().len(), 1);
+        assert_eq!(set.triggers()[0].agent, "boxed");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("cannot give verify steps to agent `bare`, which runs outside a box"),
+            "{}",
+            problems[0]
         );
     }
 }
