@@ -339,4 +339,34 @@ mod tests {
             problems[0]
         );
     }
+
+    /// A repository's trigger whose prompt nests lists of references: reading it printed gigabytes and the
+    /// service ran out of memory; now it is a problem with its file and line, and nothing renders it.
+    #[test]
+    fn a_repository_trigger_whose_template_builds_nested_lists_is_refused_when_read() {
+        let repo = RepoName::parse("acme/api").unwrap();
+        let agents: AgentKinds = [("a".to_owned(), "command")].into();
+        let mut prompt =
+            String::from("{% set s = \"xxxxxxxxxx\" %}{% set a = [s,s,s,s,s,s,s,s,s,s] %}");
+        for (from, to) in ["abcdefg".chars().zip("bcdefgh".chars())]
+            .into_iter()
+            .flatten()
+        {
+            prompt.push_str(&format!("{{% set {to} = [{from},{from},{from},{from},{from},{from},{from},{from},{from},{from}] %}}"));
+        }
+        prompt.push_str("{{ h }}");
+        let files = vec![(
+            ".nightshift/triggers/bomb.yml".to_owned(),
+            format!("on: issues\nagent: a\nprompt: '{prompt}'\n"),
+        )];
+        let (set, problems) = parse(&repo, &files, &agents);
+        assert!(set.triggers().is_empty());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let problem = problems[0].to_string();
+        assert!(
+            problem.starts_with("acme/api/.nightshift/triggers/bomb.yml:3:")
+                && problem.contains("may not build values"),
+            "{problem}"
+        );
+    }
 }

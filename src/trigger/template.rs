@@ -217,14 +217,141 @@ pub fn with_command(ctx: &Value, command: &Command) -> Value {
 pub fn check(env: &Environment<'static>, source: &str) -> Result<(), (usize, String)> {
     env.template_from_str(source)
         .map(|_| ())
-        .map_err(|e| (e.line().unwrap_or(1), describe(&e)))
+        .map_err(|e| (e.line().unwrap_or(1), describe(&e)))?;
+    bounded(source, false)
 }
 
 /// Checks that `source` compiles as an expression.
 pub fn check_expression(env: &Environment<'static>, source: &str) -> Result<(), String> {
     env.compile_expression(source)
         .map(|_| ())
-        .map_err(|e| describe(&e))
+        .map_err(|e| describe(&e))?;
+    bounded(source, true).map_err(|(_, e)| e)
+}
+
+/// Refuses the constructs with which a template builds values larger than its event: a list, tuple or map
+/// written with other values in it (`[a, a]`, `(a, a)`, `{"k": a}`, `dict(k=a)`, `namespace(k=a)`) and
+/// repetition (`*`, `**`). Nested eight deep, or repeated, a few hundred bytes of template reach gigabytes
+/// when printed or joined (`~`), and minijinja's fuel charges what is printed only after printing it: a
+/// repository's trigger file crashed the service when its triggers were read. Without these, every value a
+/// template holds is a part of its event, a constant it wrote, or text its fuel paid for. Lists and tuples of
+/// constants (`["bug", "fix"]`), subscripts (`labels[0]`) and calls (`range(3)`, `f(a, b)`) are allowed.
+fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
+    use minijinja::machinery::{Token, tokenize};
+    /// An open bracket or parenthesis.
+    struct Group {
+        /// A list or a tuple being written (not a subscript, a call or a plain grouping).
+        literal: bool,
+        grouping: bool,
+        comma: bool,
+        names: bool,
+    }
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "not",
+        "in",
+        "is",
+        "if",
+        "else",
+        "elif",
+        "for",
+        "set",
+        "with",
+        "do",
+        "as",
+        "import",
+        "from",
+        "macro",
+        "call",
+        "filter",
+        "recursive",
+        "print",
+    ];
+    let refuse = |line: u16, what: &str| {
+        Err((
+            usize::from(line).max(1),
+            format!(
+                "{what}: a template may not build values from other values or repeat them (nightshift \
+                 could not bound what it prints)"
+            ),
+        ))
+    };
+    let mut groups: Vec<Group> = Vec::new();
+    // Whether the token before ends a value (so a `[` after it is a subscript, a `(` a call), and whether
+    // it was `dict` or `namespace`.
+    let mut after_value = false;
+    let mut after_builder = false;
+    for token in tokenize(source, in_expr, minijinja::syntax::SyntaxConfig::default()) {
+        // A template that does not lex was refused by the compiler already.
+        let Ok((token, span)) = token else {
+            return Ok(());
+        };
+        let line = span.start_line;
+        let (value_end, builder) = match token {
+            Token::Mul | Token::Pow => return refuse(line, "`*` and `**` are not allowed"),
+            Token::BraceOpen => return refuse(line, "a map written in a template is not allowed"),
+            Token::VariableStart | Token::VariableEnd | Token::BlockStart | Token::BlockEnd => {
+                groups.clear();
+                (false, false)
+            }
+            Token::BracketOpen | Token::ParenOpen => {
+                if after_builder {
+                    return refuse(line, "`dict(...)` and `namespace(...)` are not allowed");
+                }
+                let literal = !after_value;
+                groups.push(Group {
+                    literal: literal && matches!(token, Token::BracketOpen),
+                    grouping: literal && matches!(token, Token::ParenOpen),
+                    comma: false,
+                    names: false,
+                });
+                (false, false)
+            }
+            Token::BracketClose | Token::ParenClose => {
+                if let Some(group) = groups.pop() {
+                    let built = group.literal || (group.grouping && group.comma);
+                    if built && group.names {
+                        return refuse(
+                            line,
+                            "a list or tuple written with other values in it is not allowed",
+                        );
+                    }
+                    if let Some(outer) = groups.last_mut() {
+                        outer.names |= group.names;
+                    }
+                }
+                (true, false)
+            }
+            Token::Comma => {
+                if let Some(group) = groups.last_mut() {
+                    group.comma = true;
+                }
+                (false, false)
+            }
+            Token::Ident(name) => {
+                let keyword = KEYWORDS.contains(&name);
+                let constant =
+                    matches!(name, "true" | "false" | "none" | "True" | "False" | "None");
+                if !keyword
+                    && !constant
+                    && let Some(group) = groups.last_mut()
+                {
+                    group.names = true;
+                }
+                (!keyword, matches!(name, "dict" | "namespace"))
+            }
+            Token::Str(_)
+            | Token::String(_)
+            | Token::Int(_)
+            | Token::Int128(_)
+            | Token::Float(_) => (true, false),
+            _ => (false, false),
+        };
+        after_value = value_end;
+        after_builder = builder;
+    }
+    Ok(())
 }
 
 /// Renders `source` against `ctx`; on error returns (line within the template, message).
@@ -473,6 +600,51 @@ pub fn untrusted(value: Value) -> Value {
 /// `{{ event.pull_request.head.ref | trusted }}`: the value as it is, not fenced.
 pub fn trusted(value: Value) -> Value {
     Value::from_safe_string(text_of(&value))
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    use super::{check, check_expression, environment};
+
+    /// A repository's trigger file can hold any template its pushers write: one that nests lists of
+    /// references eight deep (or repeats them) printed gigabytes before the fuel ran out.
+    #[test]
+    fn templates_that_build_or_repeat_values_are_refused_and_ordinary_ones_pass() {
+        let env = environment();
+        let nested = "{% set s = \"xxxxxxxxxx\" %}{% set a = [s,s,s,s,s,s,s,s,s,s] %}{% set b = [a,a,a,a,a,a,a,a,a,a] %}{{ b }}";
+        for hostile in [
+            nested,
+            "{{ [event] * 1000 }}",
+            "{{ ([event.issue] * 1000) ~ '' }}",
+            "{{ 'x' ** 3 }}",
+            "{% set t = (event, event) %}{{ t }}",
+            "{{ {'a': event} }}",
+            "{{ dict(a=event, b=event) }}",
+            "{% set n = namespace(a=event) %}{{ n }}",
+            "{% for x in [event.issue, event.issue] %}{{ x }}{% endfor %}",
+            "{{ [[event.issue.labels|list]] }}",
+        ] {
+            let (_, message) = check(&env, hostile).expect_err(hostile);
+            assert!(
+                message.contains("may not build values"),
+                "{hostile}: {message}"
+            );
+        }
+        for ordinary in [
+            "Fix #{{ event.issue.number }}: {{ event.issue.title }}",
+            "{% for l in event.issue.labels %}{{ l.name }}{% endfor %}",
+            "{{ event.issue.labels[0].name }} {{ event['action'] }} {{ (event.issue.number + 1) }}",
+            "{% if event.action in ['opened', 'edited'] %}x{% endif %}",
+            "{{ event.issue.title | replace('a', 'b') | truncate(10) }} {{ range(3) | list }}",
+            "{{ repo ~ '/' ~ event.issue.number }} {{ 10 / 2 }} {{ 7 // 2 }} {{ 7 % 2 }}",
+            "{% raw %}{{ [a] * 9 }}{% endraw %} text with * and [brackets]",
+        ] {
+            check(&env, ordinary).unwrap_or_else(|e| panic!("{ordinary}: {e:?}"));
+        }
+        assert!(check_expression(&env, "event.action in ['opened']").is_ok());
+        assert!(check_expression(&env, "[event, event] | length > 1").is_err());
+        assert!(check_expression(&env, "(event.issue ~ '') * 2").is_err());
+    }
 }
 
 #[cfg(test)]
