@@ -3,35 +3,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{Auth, Spine};
+use common::{Auth, Spine, attacker, healthy};
 use nightshift::store::JobState;
-
-/// Writes an executable agent script into the world's own folder and adds it as profile `name` with
-/// `extra` YAML keys.
-fn attacker(spine: &Spine, name: &str, script: &str, extra: &str) -> PathBuf {
-    let dir = spine.dir.path().join("attackers");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.sh"));
-    std::fs::write(&path, format!("#!/bin/bash\n{script}")).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    spine.add_agents(&format!(
-        "  {name}: {{command: [{}], timeout: 60s{extra}}}\n",
-        path.display(),
-    ));
-    path
-}
-
-async fn healthy(spine: &Spine) {
-    let body = reqwest::get(format!("{}/healthz", spine.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "ok");
-}
 
 /// An agent leaves folder trees 20,000 deep in its home and in its worktree. `std::fs::remove_dir_all`
 /// goes down one call per level: removing the job's folder overflowed the stack of the runtime thread
@@ -57,7 +30,7 @@ for top in (os.environ["HOME"], os.getcwd()):
 print("nested 20000 deep in the home and the worktree")
 PY
 "#;
-    attacker(&spine, "deep", script, "");
+    attacker(&spine, "deep", script, ", timeout: 120s");
     spine.start().await;
     spine
         .deliver_example("issues", "deep-1", "issues/opened.json")

@@ -6,46 +6,15 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Auth, Spine};
+use common::{Auth, Spine, attacker, healthy};
 use nightshift::sandbox::{self, BoxSpec, Limits, Network};
 use nightshift::store::JobState;
-
-/// Writes an executable agent script into the world's own folder (a hidden place: the box binds the
-/// program's folder back read-only) and adds it as profile `name` with `extra` YAML keys.
-fn attacker(spine: &Spine, name: &str, script: &str, extra: &str) -> PathBuf {
-    let dir = spine.dir.path().join("attackers");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.sh"));
-    std::fs::write(&path, format!("#!/bin/bash\n{script}")).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let timeout = if extra.contains("timeout") {
-        ""
-    } else {
-        ", timeout: 30s"
-    };
-    spine.add_agents(&format!(
-        "  {name}: {{command: [{}, {}]{timeout}{extra}}}\n",
-        path.display(),
-        spine.dir.path().display()
-    ));
-    path
-}
 
 fn trigger(agent: &str) -> (String, String) {
     (
         format!("{agent}.yml"),
         format!("on:\n  issues:\n    types: [opened]\nagent: {agent}\nprompt: hi\n"),
     )
-}
-
-async fn healthy(spine: &Spine) {
-    let body = reqwest::get(format!("{}/healthz", spine.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "ok");
 }
 
 /// Processes on this machine whose command line contains `marker`.

@@ -175,6 +175,17 @@ async fn post(gateway: &Gateway, path: &str, token: Option<&str>) -> (u16, Value
     )
 }
 
+/// A streamed model request as an agent sends it, its answer not read yet.
+async fn stream(gateway: &Gateway, token: &str) -> reqwest::Response {
+    client()
+        .post(url(gateway, "/v1/responses"))
+        .bearer_auth(token)
+        .json(&json!({"model": "gpt-5.5", "stream": true}))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_wrong_missing_or_revoked_token_is_refused_and_nothing_reaches_the_model() {
     let up = Upstream::default();
@@ -362,13 +373,7 @@ async fn a_streamed_answer_passes_through_as_it_comes_and_is_metered_when_it_end
     *up.gated.lock().unwrap() = true;
     let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
     let access = open(&gateway, &config, "coder", 1).await;
-    let mut response = client()
-        .post(url(&gateway, "/v1/responses"))
-        .bearer_auth(access.token())
-        .json(&json!({"model": "gpt-5.5", "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let mut response = stream(&gateway, access.token()).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     // The first event arrives while the upstream holds back the rest: nothing is buffered.
     let mut received = Vec::new();
@@ -453,13 +458,7 @@ async fn an_answer_the_agent_stops_reading_is_still_metered() {
     *up.deltas.lock().unwrap() = 5_000;
     let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
     let access = open(&gateway, &config, "coder", 1).await;
-    let mut response = client()
-        .post(url(&gateway, "/v1/responses"))
-        .bearer_auth(access.token())
-        .json(&json!({"model": "gpt-5.5", "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let mut response = stream(&gateway, access.token()).await;
     let first = response.chunk().await.unwrap().unwrap();
     assert!(!first.is_empty());
     drop(response);

@@ -596,3 +596,35 @@ impl Spine {
         }
     }
 }
+
+/// Writes an executable agent script into the world's own folder (a hidden place: the box binds the
+/// program's folder back read-only) and adds it as profile `name` with `extra` YAML keys.
+pub fn attacker(spine: &Spine, name: &str, script: &str, extra: &str) -> PathBuf {
+    let dir = spine.dir.path().join("attackers");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, format!("#!/bin/bash\n{script}")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let timeout = if extra.contains("timeout") {
+        ""
+    } else {
+        ", timeout: 30s"
+    };
+    spine.add_agents(&format!(
+        "  {name}: {{command: [{}, {}]{timeout}{extra}}}\n",
+        path.display(),
+        spine.dir.path().display()
+    ));
+    path
+}
+
+/// Whether the service still answers its liveness probe.
+pub async fn healthy(spine: &Spine) {
+    let body = reqwest::get(format!("{}/healthz", spine.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "ok");
+}
