@@ -436,6 +436,10 @@ async fn a_job_past_its_token_limit_is_refused_in_the_providers_shape() {
         Some("this job's limit of 2000 tokens is spent (2100 so far)")
     );
     assert_eq!(
+        access.failure().as_deref(),
+        Some("budget reached: this job's limit of 2000 tokens is spent (2100 so far)")
+    );
+    assert_eq!(
         up.seen.lock().unwrap().len(),
         2,
         "the refused request went nowhere"
@@ -547,8 +551,11 @@ async fn the_providers_server_side_tools_and_background_runs_are_refused() {
         assert_eq!(status, 400, "{body}: {text}");
         assert!(text.contains("not allowed"), "{text}");
         assert!(
-            access.refusal().is_some(),
-            "the job fails with the reason: {body}"
+            access
+                .failure()
+                .is_some_and(|f| f.starts_with("the model gateway refused a request: ")),
+            "the job fails with the reason: {body}: {:?}",
+            access.failure()
         );
     }
     assert!(

@@ -99,6 +99,8 @@ struct Spent {
     unpriced: BTreeSet<String>,
     /// Why a request was refused, the first time one was.
     refused: Option<String>,
+    /// That refusal was a limit or budget spent (402), not a request the gateway does not pass.
+    refused_spent: bool,
 }
 
 impl Grant {
@@ -542,6 +544,18 @@ impl JobAccess {
     pub fn refusal(&self) -> Option<String> {
         self.grant.spent.lock().expect("spent lock").refused.clone()
     }
+
+    /// Why the job fails, when a request of it was refused: `budget reached: ...` for a limit or budget
+    /// spent, `the model gateway refused a request: ...` for a request it does not pass.
+    pub fn failure(&self) -> Option<String> {
+        let spent = self.grant.spent.lock().expect("spent lock");
+        let reason = spent.refused.as_ref()?;
+        Some(if spent.refused_spent {
+            format!("budget reached: {reason}")
+        } else {
+            format!("the model gateway refused a request: {reason}")
+        })
+    }
 }
 
 impl Drop for JobAccess {
@@ -765,7 +779,10 @@ async fn refuse_and_record(
     let first = {
         let mut spent = grant.spent.lock().expect("spent lock");
         let first = spent.refused.is_none();
-        spent.refused.get_or_insert_with(|| reason.clone());
+        if first {
+            spent.refused = Some(reason.clone());
+            spent.refused_spent = status == StatusCode::PAYMENT_REQUIRED;
+        }
         first
     };
     if first {
@@ -872,7 +889,11 @@ fn prepare(path: &str, body: Bytes) -> Result<(Bytes, Option<String>), String> {
         return Err(format!(
             "the model provider's own tools (`{}`) are not allowed: they reach hosts from the provider's \
              servers, outside the job's network rules",
-            kind.escape_debug()
+            // The agent wrote it, and the reason may be posted: a name's plain characters, cut.
+            kind.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .take(40)
+                .collect::<String>()
         ));
     }
     if head.mcp_servers.is_some() {

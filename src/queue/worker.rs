@@ -1351,8 +1351,7 @@ async fn run_agent(run: AgentRun<'_>) -> Result<(agent::AgentOutcome, Verified)>
                 ),
             )
             .await;
-            if let Some(reason) = access_ref.and_then(|a| a.refusal()) {
-                let why = format!("budget reached: {reason}");
+            if let Some(why) = access_ref.and_then(|a| a.failure()) {
                 return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
             }
             if let Some(failure) = &outcome.failure {
