@@ -282,12 +282,22 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
     // it was `dict` or `namespace`.
     let mut after_value = false;
     let mut after_builder = false;
+    // A name just seen, and how many groups were open then: a reference to a value, unless `=` follows it
+    // (a keyword argument's name, `namespace(s='x')`).
+    let mut pending: Option<usize> = None;
     for token in tokenize(source, in_expr, minijinja::syntax::SyntaxConfig::default()) {
         // A template that does not lex was refused by the compiler already.
         let Ok((token, span)) = token else {
             return Ok(());
         };
         let line = span.start_line;
+        if let Some(depth) = pending.take()
+            && !matches!(token, Token::Assign)
+            && depth > 0
+            && let Some(group) = groups.get_mut(depth - 1)
+        {
+            group.names = true;
+        }
         let (value_end, builder) = match token {
             Token::Mul | Token::Pow => return refuse(line, "`*` and `**` are not allowed"),
             Token::BraceOpen => return refuse(line, "a map written in a template is not allowed"),
@@ -296,12 +306,10 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
                 (false, false)
             }
             Token::BracketOpen | Token::ParenOpen => {
-                if after_builder {
-                    return refuse(line, "`dict(...)` and `namespace(...)` are not allowed");
-                }
                 let literal = !after_value;
                 groups.push(Group {
-                    literal: literal && matches!(token, Token::BracketOpen),
+                    // `dict(...)` and `namespace(...)` build a map, like a list written out.
+                    literal: (literal && matches!(token, Token::BracketOpen)) || after_builder,
                     grouping: literal && matches!(token, Token::ParenOpen),
                     comma: false,
                     names: false,
@@ -314,7 +322,7 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
                     if built && group.names {
                         return refuse(
                             line,
-                            "a list or tuple written with other values in it is not allowed",
+                            "a list, tuple or map built with other values in it is not allowed",
                         );
                     }
                     if let Some(outer) = groups.last_mut() {
@@ -333,11 +341,8 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
                 let keyword = KEYWORDS.contains(&name);
                 let constant =
                     matches!(name, "true" | "false" | "none" | "True" | "False" | "None");
-                if !keyword
-                    && !constant
-                    && let Some(group) = groups.last_mut()
-                {
-                    group.names = true;
+                if !keyword && !constant {
+                    pending = Some(groups.len());
                 }
                 (!keyword, matches!(name, "dict" | "namespace"))
             }
@@ -623,6 +628,7 @@ mod bounded_tests {
             "{% set n = namespace(a=event) %}{{ n }}",
             "{% for x in [event.issue, event.issue] %}{{ x }}{% endfor %}",
             "{{ [[event.issue.labels|list]] }}",
+            "{{ [(event.issue)] }}",
         ] {
             let (_, message) = check(&env, hostile).expect_err(hostile);
             assert!(
@@ -638,6 +644,8 @@ mod bounded_tests {
             "{{ event.issue.title | replace('a', 'b') | truncate(10) }} {{ range(3) | list }}",
             "{{ repo ~ '/' ~ event.issue.number }} {{ 10 / 2 }} {{ 7 // 2 }} {{ 7 % 2 }}",
             "{% raw %}{{ [a] * 9 }}{% endraw %} text with * and [brackets]",
+            "{% set ns = namespace(s='x', n=1) %}{% set ns.s = ns.s ~ ns.s %}{{ ns.s }}",
+            "{{ dict(a=1, b='two') }} {{ event.issue.title | replace(old='a', new='b') }}",
         ] {
             check(&env, ordinary).unwrap_or_else(|e| panic!("{ordinary}: {e:?}"));
         }
