@@ -389,12 +389,7 @@ async fn small_bodies(
     if said > SMALL_BODY {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large");
     }
-    let Some(mut reservation) = limits
-        .budget
-        .has_room(said)
-        .then(|| limits.budget.reserve(0))
-        .flatten()
-    else {
+    let Some(mut reservation) = limits.budget.for_body(said) else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many request bodies in flight; try again",

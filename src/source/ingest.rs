@@ -274,10 +274,14 @@ impl BodyBudget {
         self.total - self.bytes.available_permits()
     }
 
-    /// Whether `bytes` more could be reserved right now (nothing is reserved: a body's bytes are counted
-    /// as they arrive, never from what its headers say).
-    pub fn has_room(&self, bytes: usize) -> bool {
-        bytes <= self.bytes.available_permits()
+    /// A reservation of nothing yet for a body whose headers announce `announced` bytes, or `None` when
+    /// they would not fit in what is free now (the request is refused unread). Nothing is reserved for what
+    /// headers announce: [`read_body`] counts the bytes as they arrive.
+    pub fn for_body(&self, announced: usize) -> Option<Reservation> {
+        (announced <= self.bytes.available_permits()).then(|| Reservation {
+            budget: self.clone(),
+            held: None,
+        })
     }
 }
 

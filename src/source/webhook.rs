@@ -142,12 +142,7 @@ async fn receive(State(state): State<Arc<WebhookState>>, request: Request) -> Re
     };
     // Refused unread when the budget has no room for what the body says it is; nothing is reserved for
     // it until its bytes come.
-    let Some(mut reservation) = state
-        .budget
-        .has_room(length)
-        .then(|| state.budget.reserve(0))
-        .flatten()
-    else {
+    let Some(mut reservation) = state.budget.for_body(length) else {
         warn!(
             delivery,
             length,
