@@ -759,20 +759,16 @@ pub trait Store: Send + Sync + 'static {
     /// Ends the dashboard session stored under `id_hash` (nothing if there is none).
     async fn delete_session(&self, id_hash: &str) -> Result<()>;
 
-    /// Stores a sign-in with GitHub under way: the SHA-256 of its OAuth `state` and of the browser's binding
-    /// cookie (hex), good until `expires_at`. Deletes those expired by `now` and, past `max`, the oldest.
-    async fn create_signin(
+    /// Marks the sign-in `state` whose SHA-256 (hex) is `state_hash` spent until `expires_at`: true the first
+    /// time, false if it was spent before (atomic: of two spends of one state, on any replica, one gets true).
+    /// Deletes those expired by `now` and, past `max`, the oldest.
+    async fn spend_signin(
         &self,
         state_hash: &str,
-        browser_hash: &str,
         expires_at: i64,
         now: i64,
         max: u32,
-    ) -> Result<()>;
-
-    /// Takes (deletes, whatever follows) the sign-in stored under `state_hash`: its browser hash, unless it
-    /// expired by `now`. Atomic: of two takes of one state, at most one gets it.
-    async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>>;
+    ) -> Result<bool>;
 }
 
 /// A dashboard session as the store keeps it (see [`Store::create_session`]).

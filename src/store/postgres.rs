@@ -92,6 +92,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "claim leases",
         include_str!("../../migrations/postgres/0014_claim_leases.sql"),
     ),
+    (
+        15,
+        "sign-in states spent",
+        include_str!("../../migrations/postgres/0015_signins_spent.sql"),
+    ),
 ];
 
 /// The channels the migration's triggers NOTIFY.
@@ -1706,46 +1711,34 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn create_signin(
+    async fn spend_signin(
         &self,
         state_hash: &str,
-        browser_hash: &str,
         expires_at: i64,
         now: i64,
         max: u32,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO dashboard_signins (state_hash, browser_hash, expires_at) VALUES ($1, $2, $3)")
-            .bind(text(state_hash))
-            .bind(text(browser_hash))
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await?;
+        let first = sqlx::query(
+            "INSERT INTO dashboard_signins_spent (state_hash, expires_at) VALUES ($1, $2)
+               ON CONFLICT (state_hash) DO NOTHING",
+        )
+        .bind(text(state_hash))
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
         sqlx::query(
-            "DELETE FROM dashboard_signins WHERE expires_at <= $1 OR state_hash NOT IN
-               (SELECT state_hash FROM dashboard_signins ORDER BY expires_at DESC, state_hash LIMIT $2)",
+            "DELETE FROM dashboard_signins_spent WHERE expires_at <= $1 OR state_hash NOT IN
+               (SELECT state_hash FROM dashboard_signins_spent ORDER BY expires_at DESC, state_hash LIMIT $2)",
         )
         .bind(now)
         .bind(i64::from(max))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "DELETE FROM dashboard_signins WHERE state_hash = $1 RETURNING browser_hash, expires_at",
-        )
-        .bind(text(state_hash))
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) if row.try_get::<i64, _>("expires_at")? > now => {
-                Ok(Some(row.try_get("browser_hash")?))
-            }
-            _ => Ok(None),
-        }
+        Ok(first)
     }
 }
 

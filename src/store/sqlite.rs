@@ -91,6 +91,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "packed payloads",
         include_str!("../../migrations/sqlite/0013_packed_payloads.sql"),
     ),
+    (
+        14,
+        "sign-in states spent",
+        include_str!("../../migrations/sqlite/0014_signins_spent.sql"),
+    ),
 ];
 
 /// Migrations that open their own transaction (to run with foreign keys off).
@@ -1736,50 +1741,35 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn create_signin(
+    async fn spend_signin(
         &self,
         state_hash: &str,
-        browser_hash: &str,
         expires_at: i64,
         now: i64,
         max: u32,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let _turn = self.writes.turn().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT INTO dashboard_signins (state_hash, browser_hash, expires_at) VALUES (?, ?, ?)",
+        let first = sqlx::query(
+            "INSERT INTO dashboard_signins_spent (state_hash, expires_at) VALUES (?, ?)
+               ON CONFLICT (state_hash) DO NOTHING",
         )
         .bind(state_hash)
-        .bind(browser_hash)
         .bind(expires_at)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
         sqlx::query(
-            "DELETE FROM dashboard_signins WHERE expires_at <= ?1 OR state_hash NOT IN
-               (SELECT state_hash FROM dashboard_signins ORDER BY expires_at DESC, state_hash LIMIT ?2)",
+            "DELETE FROM dashboard_signins_spent WHERE expires_at <= ?1 OR state_hash NOT IN
+               (SELECT state_hash FROM dashboard_signins_spent ORDER BY expires_at DESC, state_hash LIMIT ?2)",
         )
         .bind(now)
         .bind(i64::from(max))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn take_signin(&self, state_hash: &str, now: i64) -> Result<Option<String>> {
-        let _turn = self.writes.turn().await;
-        let row = sqlx::query(
-            "DELETE FROM dashboard_signins WHERE state_hash = ? RETURNING browser_hash, expires_at",
-        )
-        .bind(state_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) if row.try_get::<i64, _>("expires_at")? > now => {
-                Ok(Some(row.try_get("browser_hash")?))
-            }
-            _ => Ok(None),
-        }
+        Ok(first)
     }
 }
 

@@ -584,14 +584,10 @@ pub(crate) async fn every_write_at_once_through_two_stores_succeeds_and_none_is_
                 store
                     .create_session(&format!("h{id}"), &session, now_ms(), 100)
                     .await?;
-                store
-                    .create_signin(&format!("s{id}"), "b", now_ms() + 60_000, now_ms(), 1000)
-                    .await?;
                 anyhow::ensure!(
                     store
-                        .take_signin(&format!("s{id}"), now_ms())
+                        .spend_signin(&format!("s{id}"), now_ms() + 60_000, now_ms(), 1000)
                         .await?
-                        .is_some()
                 );
                 store.cancel_job(JobId(1_000_000), "nothing").await?;
                 store
@@ -2465,50 +2461,42 @@ async fn dashboard_sessions_and_sign_ins_are_shared_expire_and_are_taken_once(db
     assert!(store.session("h-admin-9", 4_000).await.unwrap().is_none());
     other.delete_session("h-admin-9").await.unwrap();
 
-    // A sign-in: taken once, with its browser's hash; expired, taken but refused.
-    store
-        .create_signin("s1", "b1", 5_000, 1_000, 100)
-        .await
-        .unwrap();
-    store
-        .create_signin("s2", "b2", 5_000, 1_000, 100)
-        .await
-        .unwrap();
-    assert_eq!(
-        other.take_signin("s1", 1_100).await.unwrap().as_deref(),
-        Some("b1")
-    );
+    // A sign-in's state: spent once, on whichever replica.
+    assert!(other.spend_signin("s1", 5_000, 1_000, 100).await.unwrap());
     assert!(
-        store.take_signin("s1", 1_100).await.unwrap().is_none(),
+        !store.spend_signin("s1", 5_000, 1_100, 100).await.unwrap(),
         "once"
     );
     assert!(
-        store.take_signin("s2", 5_000).await.unwrap().is_none(),
-        "expired"
+        !other.spend_signin("s1", 5_000, 1_200, 100).await.unwrap(),
+        "once"
     );
+    // Expired ones are forgotten (a state that old is refused before the store is asked).
+    assert!(store.spend_signin("s2", 6_000, 5_000, 100).await.unwrap());
     assert!(
-        store.take_signin("s2", 1_100).await.unwrap().is_none(),
-        "and gone"
+        store.spend_signin("s1", 5_000, 5_000, 100).await.unwrap(),
+        "forgotten"
     );
-    // At most `max` outstanding: the oldest go first.
+    // At most `max` remembered: the oldest go first.
     for n in 0..5 {
-        store
-            .create_signin(&format!("m{n}"), "b", 6_000 + n, 1_000, 3)
-            .await
-            .unwrap();
+        assert!(
+            store
+                .spend_signin(&format!("m{n}"), 7_000 + n, 1_000, 3)
+                .await
+                .unwrap()
+        );
     }
-    let mut left = Vec::new();
-    for n in 0..5 {
-        if store
-            .take_signin(&format!("m{n}"), 1_100)
+    let mut remembered = Vec::new();
+    for n in (0..5).rev() {
+        if !store
+            .spend_signin(&format!("m{n}"), 7_000 + n, 1_000, 3)
             .await
             .unwrap()
-            .is_some()
         {
-            left.push(n);
+            remembered.push(n);
         }
     }
-    assert_eq!(left, [2, 3, 4]);
+    assert_eq!(remembered, [4, 3, 2]);
 
     // Replicas racing for one state (a replayed callback): exactly one wins, each round.
     let mut replicas = Vec::new();
@@ -2517,22 +2505,18 @@ async fn dashboard_sessions_and_sign_ins_are_shared_expire_and_are_taken_once(db
     }
     for round in 0..10 {
         let state = format!("race-{round}");
-        store
-            .create_signin(&state, "b", 9_000, 1_000, 100)
-            .await
-            .unwrap();
         let start = Arc::new(tokio::sync::Barrier::new(replicas.len()));
         let mut tasks = Vec::new();
         for replica in &replicas {
             let (replica, start, state) = (replica.clone(), start.clone(), state.clone());
             tasks.push(tokio::spawn(async move {
                 start.wait().await;
-                replica.take_signin(&state, 1_100).await
+                replica.spend_signin(&state, 9_000, 1_100, 100).await
             }));
         }
         let mut won = 0;
         for task in tasks {
-            if task.await.unwrap().unwrap().is_some() {
+            if task.await.unwrap().unwrap() {
                 won += 1;
             }
         }

@@ -1,7 +1,7 @@
 //! Who is signed in to the dashboard, and how they got there.
 //!
 //! **With GitHub**, through the App's OAuth client: `/auth/login` sends the browser to GitHub's authorize
-//! page with a fresh `state` bound to a cookie of this browser (one use, ten minutes); `/auth/callback`
+//! page with a `state` bound to a fresh random cookie of this browser (one use, ten minutes); `/auth/callback`
 //! takes it back, exchanges the code for the user's token, asks who the user is (`GET /user`) and, unless
 //! the login is listed in `dashboard.users`, whether they are an active member of one of `dashboard.orgs`
 //! (`GET /user/memberships/orgs/{org}`, which needs the App's `members: read`). The token is then dropped:
@@ -12,14 +12,22 @@
 //! good for 12 hours. Each has its own CSRF token, which every form that changes something carries and which
 //! is checked with the request's `Origin`. Sessions and sign-ins under way live in the store, so every
 //! replica behind a load balancer knows them and a restart signs no one out; the store keeps only the SHA-256
-//! of a session id or `state` (a leaked backup signs no one in), and each request reads its session there
-//! (no cache: signing out on one replica is signing out on all of them at once).
+//! of a session id (a leaked backup signs no one in), and each request reads its session there (no cache:
+//! signing out on one replica is signing out on all of them at once).
+//!
+//! A sign-in's `state` is not stored when it starts: it is its expiry and an HMAC-SHA256 of the browser's
+//! cookie and that expiry, under a key derived from the OAuth client's secret (which every replica has). So
+//! starting a sign-in costs the store nothing, and no number of visitors can crowd out a real user's sign-in.
+//! The callback checks the HMAC, the cookie and the expiry, then marks the `state` spent in the store (its
+//! hash, until it expires): a replayed or raced callback signs in at most once, on any replica. Only a
+//! callback that passed those checks writes, and it comes from a browser that was sent to GitHub.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use axum::http::{HeaderMap, header};
+use hmac::{Hmac, Mac};
 use octocrab::secrecy::ExposeSecret;
 use tracing::warn;
 
@@ -35,9 +43,9 @@ pub const STATE_LIFE: Duration = Duration::from_secs(10 * 60);
 /// grows nothing.
 pub const SESSIONS_PER_LOGIN: u32 = 16;
 
-/// At most this many sign-ins with GitHub outstanding, over every visitor (the oldest go first): anyone may
-/// start one.
-pub const MAX_SIGN_INS: u32 = 1024;
+/// At most this many spent `state`s are remembered (the oldest go first). Past it, a replay of a forgotten one
+/// still gets nowhere: GitHub takes each code once.
+pub const MAX_SIGN_INS: u32 = 4096;
 
 /// The session cookie.
 pub const COOKIE: &str = "nightshift_session";
@@ -204,34 +212,62 @@ impl Sessions {
         self.store.delete_session(&digest(id)).await
     }
 
-    /// A new `state` for a sign-in started by `browser` (the value of its [`STATE_COOKIE`]).
-    pub async fn new_state(&self, browser: &str) -> Result<String> {
-        let state = random_hex(20);
+    /// Takes `state` (once, on whichever replica) if it was made under `secret` for `browser` (the value of
+    /// its [`STATE_COOKIE`]) and is still good: false for any other, and for one taken before.
+    pub async fn take_state(
+        &self,
+        secret: &str,
+        state: &str,
+        browser: Option<&str>,
+    ) -> Result<bool> {
         let now = crate::now_ms();
-        self.store
-            .create_signin(
-                &digest(&state),
-                &digest(browser),
-                now + ms(STATE_LIFE),
-                now,
-                MAX_SIGN_INS,
-            )
-            .await?;
-        Ok(state)
-    }
-
-    /// Takes `state` (once, whatever the outcome, on whichever replica) if `browser` started it and it is
-    /// still good.
-    pub async fn take_state(&self, state: &str, browser: Option<&str>) -> Result<bool> {
-        if !is_random_hex(state, 20) {
-            return Ok(false);
-        }
-        let now = crate::now_ms();
-        let Some(bound) = self.store.take_signin(&digest(state), now).await? else {
+        let Some(expires_at) = browser.and_then(|b| check_state(secret, state, b, now)) else {
             return Ok(false);
         };
-        Ok(browser.is_some_and(|b| same(&digest(b), &bound)))
+        self.store
+            .spend_signin(&digest(state), expires_at, now, MAX_SIGN_INS)
+            .await
     }
+}
+
+/// The key a sign-in's `state` is signed with: derived from the OAuth client's secret, so that it is the same
+/// on every replica and used for nothing else.
+fn state_key(secret: &str) -> Hmac<sha2::Sha256> {
+    let mut derive = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    derive.update(b"nightshift dashboard sign-in state v1");
+    <Hmac<sha2::Sha256> as Mac>::new_from_slice(&derive.finalize().into_bytes())
+        .expect("HMAC takes a key of any length")
+}
+
+/// The HMAC of a `state`, hex.
+fn state_mac(secret: &str, browser: &str, expires_at: i64) -> String {
+    let mut mac = state_key(secret);
+    mac.update(browser.as_bytes());
+    mac.update(b".");
+    mac.update(expires_at.to_string().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A `state` for a sign-in started at `now` (ms) by `browser` (the value of its [`STATE_COOKIE`], from
+/// [`random_hex`]): `{expiry ms}-{HMAC hex}`, good for [`STATE_LIFE`].
+pub fn new_state(secret: &str, browser: &str, now: i64) -> String {
+    let expires_at = now + ms(STATE_LIFE);
+    format!("{expires_at}-{}", state_mac(secret, browser, expires_at))
+}
+
+/// When `state` expires, if [`new_state`] made it under `secret` for `browser` and it is still good at `now`.
+pub fn check_state(secret: &str, state: &str, browser: &str, now: i64) -> Option<i64> {
+    if !is_random_hex(browser, 20) || state.len() > 90 {
+        return None;
+    }
+    let (expires, mac) = state.split_once('-')?;
+    if expires.is_empty() || expires.len() > 15 || !expires.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let expires_at: i64 = expires.parse().ok()?;
+    let good = same(mac, &state_mac(secret, browser, expires_at));
+    (good && expires_at > now && expires_at <= now + ms(STATE_LIFE)).then_some(expires_at)
 }
 
 /// Who the request comes from: the static token as a bearer, or a good session cookie. A store that fails
@@ -429,37 +465,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_state_is_good_once_and_only_for_its_browser() {
+    async fn a_state_is_good_once_only_for_its_browser_under_its_secret_and_until_it_expires() {
         let (_dir, sessions) = sessions().await;
-        let state = sessions.new_state("browser-a").await.unwrap();
+        let (a, b) = (random_hex(20), random_hex(20));
+        let now = crate::now_ms();
+        let state = new_state("secret", &a, now);
+        assert_eq!(
+            check_state("secret", &state, &a, now),
+            Some(now + ms(STATE_LIFE))
+        );
+        // Another browser, another secret, no browser, a changed expiry or MAC, too late: none is good.
         assert!(
             !sessions
-                .take_state(&state, Some("browser-b"))
+                .take_state("secret", &state, Some(&b))
                 .await
                 .unwrap()
         );
-        // Taken by the wrong browser: gone for the right one too.
         assert!(
             !sessions
-                .take_state(&state, Some("browser-a"))
+                .take_state("other", &state, Some(&a))
                 .await
                 .unwrap()
         );
-        let state = sessions.new_state("browser-a").await.unwrap();
-        assert!(!sessions.take_state(&state, None).await.unwrap());
-        let state = sessions.new_state("browser-a").await.unwrap();
+        assert!(!sessions.take_state("secret", &state, None).await.unwrap());
+        let (expiry, mac) = state.split_once('-').unwrap();
+        let later = format!("{}-{mac}", expiry.parse::<i64>().unwrap() + 1);
+        assert_eq!(check_state("secret", &later, &a, now), None);
+        let flipped = format!(
+            "{expiry}-{}{}",
+            &mac[..63],
+            if mac.ends_with('0') { '1' } else { '0' }
+        );
+        assert_eq!(check_state("secret", &flipped, &a, now), None);
+        assert_eq!(
+            check_state("secret", &state, &a, now + ms(STATE_LIFE)),
+            None
+        );
+        // One made far ahead of now (a clock that jumped back, or a forged expiry) is not good either.
+        let ahead = new_state("secret", &a, now + 3_600_000);
+        assert_eq!(check_state("secret", &ahead, &a, now), None);
+        // The right browser takes it once; not twice.
         assert!(
             sessions
-                .take_state(&state, Some("browser-a"))
+                .take_state("secret", &state, Some(&a))
                 .await
                 .unwrap()
         );
         assert!(
             !sessions
-                .take_state(&state, Some("browser-a"))
+                .take_state("secret", &state, Some(&a))
                 .await
                 .unwrap()
         );
+        // A cookie that is not one of ours is no browser.
+        let odd = new_state("secret", "browser-a", now);
+        assert_eq!(check_state("secret", &odd, "browser-a", now), None);
     }
 
     #[tokio::test]

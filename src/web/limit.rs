@@ -1,12 +1,11 @@
-//! Rate limits on signing in. Anyone on the internet reaches `/auth/login` (each call stores a sign-in
-//! `state`), the OAuth callback (each call takes a `state` from the store) and the static token's form and
+//! Rate limits on signing in. Anyone on the internet reaches `/auth/login`, the OAuth callback (each good
+//! one asks GitHub for a token and marks its `state` spent in the store) and the static token's form and
 //! `Authorization: Bearer` (each is a guess at the token). So, per client address, at most
-//! [`PER_ADDRESS_BURST`] attempts at once and one more every [`PER_ADDRESS_REFILL`]; and over every address,
-//! at most [`GLOBAL_BURST`] sign-ins started at once and one more every [`GLOBAL_REFILL`], which is what keeps
-//! the sign-ins outstanding in the store under [`auth::MAX_SIGN_INS`](super::auth::MAX_SIGN_INS) without
-//! pushing out anyone's good one (the store drops expired ones, and its oldest past the cap on a store several
-//! replicas share). Past a limit the answer is 429 with `Retry-After`. A bearer that is the token, and every
-//! other page, are never counted.
+//! [`PER_ADDRESS_BURST`] attempts at once and one more every [`PER_ADDRESS_REFILL`]. Past it the answer is 429
+//! with `Retry-After`. A bearer that is the token, and every other page, are never counted. There is no
+//! budget over every address: starting a sign-in stores nothing (its `state` is signed, see
+//! [`auth::new_state`](super::auth::new_state)), so many addresses together can spend nothing a real user
+//! needs.
 //!
 //! The client address is the connection's peer, or, when the peer is one of `dashboard.trusted_proxies`, the
 //! address the proxies appended to `X-Forwarded-For` (read right to left, skipping trusted proxies: a client
@@ -40,25 +39,8 @@ pub const PER_ADDRESS_BURST: u32 = 10;
 /// How often an address gets one more attempt (so at most ten a minute, after the burst).
 pub const PER_ADDRESS_REFILL: Duration = Duration::from_secs(6);
 
-/// Sign-ins with GitHub that may be started at once, over every address.
-pub const GLOBAL_BURST: u32 = auth::MAX_SIGN_INS;
-
-/// How often one more sign-in may start, over every address: [`auth::MAX_SIGN_INS`] per ten minutes (how
-/// long a `state` lives), so one replica never has more outstanding than the cap.
-pub const GLOBAL_REFILL: Duration =
-    Duration::from_millis(auth::STATE_LIFE.as_millis() as u64 / auth::MAX_SIGN_INS as u64);
-
 /// Addresses tracked at once; past it newcomers share one bucket.
 pub const MAX_ADDRESSES: usize = 4096;
-
-/// What an attempt costs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attempt {
-    /// Starts a sign-in with GitHub (stores a `state`): the address's bucket and the global one.
-    Start,
-    /// Anything else that signs in: the callback, the token's form, a wrong bearer.
-    Other,
-}
 
 /// A token bucket.
 #[derive(Clone, Copy, Debug)]
@@ -94,14 +76,8 @@ impl Bucket {
 /// The limits, with what they are (tests use small ones).
 pub struct Limiter {
     per_address: (u32, Duration),
-    global: (u32, Duration),
     max_addresses: usize,
-    state: Mutex<Buckets>,
-}
-
-struct Buckets {
-    addresses: HashMap<IpAddr, Bucket>,
-    global: Bucket,
+    addresses: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
 /// The key of addresses past [`MAX_ADDRESSES`] (and of a request with no peer at all).
@@ -109,55 +85,39 @@ const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 impl Default for Limiter {
     fn default() -> Self {
-        Limiter::new(
-            (PER_ADDRESS_BURST, PER_ADDRESS_REFILL),
-            (GLOBAL_BURST, GLOBAL_REFILL),
-            MAX_ADDRESSES,
-        )
+        Limiter::new((PER_ADDRESS_BURST, PER_ADDRESS_REFILL), MAX_ADDRESSES)
     }
 }
 
 impl Limiter {
-    pub fn new(
-        per_address: (u32, Duration),
-        global: (u32, Duration),
-        max_addresses: usize,
-    ) -> Limiter {
+    pub fn new(per_address: (u32, Duration), max_addresses: usize) -> Limiter {
         Limiter {
             per_address,
-            global,
             max_addresses,
-            state: Mutex::new(Buckets {
-                addresses: HashMap::new(),
-                global: Bucket::full(global.0, Instant::now()),
-            }),
+            addresses: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one attempt for `client` (its key: see [`key`]), or says how long to wait. Nothing is taken
-    /// from either bucket when one of them refuses.
-    pub fn attempt(&self, client: IpAddr, kind: Attempt) -> Result<(), Duration> {
-        self.attempt_at(client, kind, Instant::now())
+    /// Takes one attempt for `client` (its key: see [`key`]), or says how long to wait.
+    pub fn attempt(&self, client: IpAddr) -> Result<(), Duration> {
+        self.attempt_at(client, Instant::now())
     }
 
-    fn attempt_at(&self, client: IpAddr, kind: Attempt, now: Instant) -> Result<(), Duration> {
+    fn attempt_at(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let (burst, every) = self.per_address;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut addresses = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
         let mut client = key(client);
-        if !state.addresses.contains_key(&client) && state.addresses.len() >= self.max_addresses {
+        if !addresses.contains_key(&client) && addresses.len() >= self.max_addresses {
             // Forget the addresses whose buckets are full again (the same as never seen).
-            state.addresses.retain(|_, b| {
+            addresses.retain(|_, b| {
                 b.refill(burst, every, now);
                 b.tokens < f64::from(burst)
             });
-            if state.addresses.len() >= self.max_addresses {
+            if addresses.len() >= self.max_addresses {
                 client = OVERFLOW;
             }
         }
-        let global = self.global;
-        state.global.refill(global.0, global.1, now);
-        let bucket = state
-            .addresses
+        let bucket = addresses
             .entry(client)
             .or_insert_with(|| Bucket::full(burst, now));
         bucket.refill(burst, every, now);
@@ -165,25 +125,15 @@ impl Limiter {
         if !wait.is_zero() {
             return Err(wait);
         }
-        if kind == Attempt::Start {
-            let wait = state.global.wait(global.1);
-            if !wait.is_zero() {
-                return Err(wait);
-            }
-            state.global.tokens -= 1.0;
-        }
-        if let Some(bucket) = state.addresses.get_mut(&client) {
-            bucket.tokens -= 1.0;
-        }
+        bucket.tokens -= 1.0;
         Ok(())
     }
 
     /// Addresses tracked now (for tests: the map stays bounded).
     pub fn tracked(&self) -> usize {
-        self.state
+        self.addresses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .addresses
             .len()
     }
 }
@@ -243,42 +193,43 @@ fn canonical(a: IpAddr) -> IpAddr {
     }
 }
 
-/// What a request to the dashboard's routes costs, if anything.
-fn cost(dash: &Dashboard, path: &str, headers: &HeaderMap) -> Option<Attempt> {
-    match path {
-        "/auth/login" => return Some(Attempt::Start),
-        "/auth/callback" | "/auth/token" => return Some(Attempt::Other),
-        _ => {}
+/// Whether a request to the dashboard's routes is an attempt at signing in.
+fn counted(dash: &Dashboard, path: &str, headers: &HeaderMap) -> bool {
+    if matches!(path, "/auth/login" | "/auth/callback" | "/auth/token") {
+        return true;
     }
     // A bearer is a guess at the token unless it is the token.
-    let bearer = headers
+    let Some(bearer) = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())?
-        .strip_prefix("Bearer ")?;
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
     use octocrab::secrecy::ExposeSecret;
     let good = dash
         .access
         .token
         .as_ref()
         .is_some_and(|t| auth::same(bearer.trim(), t.expose_secret()));
-    (!good).then_some(Attempt::Other)
+    !good
 }
 
 /// The middleware in front of the dashboard's routes.
 pub async fn limit(State(dash): State<Arc<Dashboard>>, request: Request, next: Next) -> Response {
-    let Some(kind) = cost(&dash, request.uri().path(), request.headers()) else {
+    if !counted(&dash, request.uri().path(), request.headers()) {
         return next.run(request).await;
-    };
+    }
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let client =
         client_address(peer, request.headers(), &dash.access.trusted_proxies).unwrap_or(OVERFLOW);
-    match dash.limiter.attempt(client, kind) {
+    match dash.limiter.attempt(client) {
         Ok(()) => next.run(request).await,
         Err(wait) => {
-            warn!(%client, "dashboard: too many sign-in attempts from one address (or over all of them): refused with 429");
+            warn!(%client, "dashboard: too many sign-in attempts from one address: refused with 429");
             too_many(wait)
         }
     }
@@ -312,112 +263,45 @@ mod tests {
 
     #[test]
     fn an_address_gets_its_burst_then_waits_and_others_are_not_held_up() {
-        let limiter = Limiter::new(
-            (3, Duration::from_secs(6)),
-            (100, Duration::from_secs(1)),
-            16,
-        );
+        let limiter = Limiter::new((3, Duration::from_secs(6)), 16);
         let t0 = Instant::now();
         for _ in 0..3 {
-            limiter
-                .attempt_at(ip("203.0.113.7"), Attempt::Other, t0)
-                .unwrap();
+            limiter.attempt_at(ip("203.0.113.7"), t0).unwrap();
         }
-        let wait = limiter
-            .attempt_at(ip("203.0.113.7"), Attempt::Other, t0)
-            .unwrap_err();
+        let wait = limiter.attempt_at(ip("203.0.113.7"), t0).unwrap_err();
         assert_eq!(wait, Duration::from_secs(6));
-        limiter
-            .attempt_at(ip("203.0.113.8"), Attempt::Other, t0)
-            .unwrap();
+        limiter.attempt_at(ip("203.0.113.8"), t0).unwrap();
         // Six seconds later, one more.
         let later = t0 + Duration::from_secs(6);
-        limiter
-            .attempt_at(ip("203.0.113.7"), Attempt::Other, later)
-            .unwrap();
-        assert!(
-            limiter
-                .attempt_at(ip("203.0.113.7"), Attempt::Other, later)
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn sign_ins_started_over_every_address_stop_at_the_global_burst() {
-        let limiter = Limiter::new(
-            (2, Duration::from_secs(6)),
-            (5, Duration::from_secs(60)),
-            1000,
-        );
-        let t0 = Instant::now();
-        for n in 0..5 {
-            limiter
-                .attempt_at(ip(&format!("198.51.100.{n}")), Attempt::Start, t0)
-                .unwrap();
-        }
-        let fresh = ip("198.51.100.99");
-        assert_eq!(
-            limiter.attempt_at(fresh, Attempt::Start, t0).unwrap_err(),
-            Duration::from_secs(60)
-        );
-        // The refusal took nothing from the address: it may still use its token's form twice.
-        limiter.attempt_at(fresh, Attempt::Other, t0).unwrap();
-        limiter.attempt_at(fresh, Attempt::Other, t0).unwrap();
+        limiter.attempt_at(ip("203.0.113.7"), later).unwrap();
+        assert!(limiter.attempt_at(ip("203.0.113.7"), later).is_err());
     }
 
     #[test]
     fn the_addresses_tracked_stay_bounded_and_newcomers_past_it_share_a_bucket() {
-        let limiter = Limiter::new(
-            (2, Duration::from_secs(600)),
-            (10_000, Duration::from_millis(1)),
-            4,
-        );
+        let limiter = Limiter::new((2, Duration::from_secs(600)), 4);
         let t0 = Instant::now();
         for n in 0..4 {
-            limiter
-                .attempt_at(ip(&format!("192.0.2.{n}")), Attempt::Other, t0)
-                .unwrap();
+            limiter.attempt_at(ip(&format!("192.0.2.{n}")), t0).unwrap();
         }
         // Every newcomer now counts against one bucket: two, then refused.
-        limiter
-            .attempt_at(ip("192.0.2.100"), Attempt::Other, t0)
-            .unwrap();
-        limiter
-            .attempt_at(ip("192.0.2.101"), Attempt::Other, t0)
-            .unwrap();
-        assert!(
-            limiter
-                .attempt_at(ip("192.0.2.102"), Attempt::Other, t0)
-                .is_err()
-        );
+        limiter.attempt_at(ip("192.0.2.100"), t0).unwrap();
+        limiter.attempt_at(ip("192.0.2.101"), t0).unwrap();
+        assert!(limiter.attempt_at(ip("192.0.2.102"), t0).is_err());
         assert_eq!(limiter.tracked(), 5, "four addresses and the shared bucket");
         // Once the old buckets are full again they are forgotten, and a newcomer has its own.
         let later = t0 + Duration::from_secs(3600);
-        limiter
-            .attempt_at(ip("192.0.2.200"), Attempt::Other, later)
-            .unwrap();
+        limiter.attempt_at(ip("192.0.2.200"), later).unwrap();
         assert!(limiter.tracked() <= 4);
     }
 
     #[test]
     fn ipv6_is_counted_by_its_64_and_mapped_ipv4_as_ipv4() {
-        let limiter = Limiter::new(
-            (1, Duration::from_secs(60)),
-            (100, Duration::from_secs(1)),
-            16,
-        );
+        let limiter = Limiter::new((1, Duration::from_secs(60)), 16);
         let t0 = Instant::now();
-        limiter
-            .attempt_at(ip("2001:db8:1:2::1"), Attempt::Other, t0)
-            .unwrap();
-        assert!(
-            limiter
-                .attempt_at(ip("2001:db8:1:2:ffff::9"), Attempt::Other, t0)
-                .is_err()
-        );
-        limiter
-            .attempt_at(ip("2001:db8:1:3::1"), Attempt::Other, t0)
-            .unwrap();
+        limiter.attempt_at(ip("2001:db8:1:2::1"), t0).unwrap();
+        assert!(limiter.attempt_at(ip("2001:db8:1:2:ffff::9"), t0).is_err());
+        limiter.attempt_at(ip("2001:db8:1:3::1"), t0).unwrap();
         assert_eq!(key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 

@@ -257,7 +257,7 @@ pub fn routes(dashboard: Arc<Dashboard>) -> Router {
         .route("/auth/logout", post(logout))
         .route("/static/dashboard.js", get(script))
         .route("/static/dashboard.css", get(style))
-        // Signing in is rate-limited per client address (and starting one over every address).
+        // Signing in is rate-limited per client address.
         .layer(axum::middleware::from_fn_with_state(
             dashboard.clone(),
             limit::limit,
@@ -306,20 +306,11 @@ async fn login(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Respon
     if dash.access.users.is_empty() && dash.access.orgs.is_empty() {
         return dash.sign_in_page(StatusCode::NOT_FOUND, None);
     }
-    let Some((client_id, _)) = dash.oauth_client() else {
+    let Some((client_id, client_secret)) = dash.oauth_client() else {
         return dash.sign_in_page(StatusCode::SERVICE_UNAVAILABLE, None);
     };
     let browser = auth::random_hex(20);
-    let state = match dash.sessions.new_state(&browser).await {
-        Ok(state) => state,
-        Err(e) => {
-            warn!("dashboard sign-in: storing a sign-in failed: {e:#}");
-            return dash.sign_in_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("Signing in is not possible right now (see the service's log): try again."),
-            );
-        }
-    };
+    let state = auth::new_state(&client_secret, &browser, crate::now_ms());
     let redirect_uri = format!("{}/auth/callback", dash.base_url(&headers));
     let location = format!(
         "{}/login/oauth/authorize?{}",
@@ -367,13 +358,20 @@ async fn callback(
             Some("GitHub's answer is incomplete: sign in again."),
         );
     };
+    let Some((client_id, client_secret)) = dash.oauth_client() else {
+        return dash.sign_in_page(StatusCode::SERVICE_UNAVAILABLE, None);
+    };
     let browser = auth::cookie(&headers, auth::STATE_COOKIE);
     // The state is taken (once, on whichever replica) before the code is looked at: a replayed callback or
     // two racing with one state sign in at most once.
-    let taken = match dash.sessions.take_state(&state, browser.as_deref()).await {
+    let taken = match dash
+        .sessions
+        .take_state(&client_secret, &state, browser.as_deref())
+        .await
+    {
         Ok(taken) => taken,
         Err(e) => {
-            warn!("dashboard sign-in: taking a sign-in from the store failed: {e:#}");
+            warn!("dashboard sign-in: marking a sign-in spent in the store failed: {e:#}");
             return dash.sign_in_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(
@@ -389,9 +387,6 @@ async fn callback(
             Some("This answer from GitHub does not belong to a sign-in started in this browser (or it was used, or is older than ten minutes): sign in again."),
         );
     }
-    let Some((client_id, client_secret)) = dash.oauth_client() else {
-        return dash.sign_in_page(StatusCode::SERVICE_UNAVAILABLE, None);
-    };
     let redirect_uri = format!("{}/auth/callback", dash.base_url(&headers));
     let github = auth::GitHubSignIn {
         http: &dash.http,
