@@ -279,6 +279,39 @@ async fn a_repository_trigger_whose_template_loops_is_refused_and_the_service_st
     spine.assert_no_unexpected_calls();
 }
 
+/// Two templates the construct check let through (docs/security-adv4.md): a list doubled with `+` (minijinja
+/// joins lists lazily, for free, then copies thirty-three levels at once: billions of items) and a namespace
+/// put inside itself (printing it recursed until the stack overflowed and aborted the service). Both wait
+/// for the event that sets them off; both are refused when the repository's triggers are read.
+#[tokio::test]
+async fn a_repository_trigger_that_doubles_a_list_or_nests_a_namespace_in_itself_is_refused() {
+    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
+    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
+    let double = "on: issues\nagent: reply\nprompt: \"{% if event.issue.title == 'boom' %}{% set n = namespace() %}{% set n.a = ['x'] %}{% for i in range(34) %}{% set n.a = n.a + n.a %}{% endfor %}{{ n.a }}{% endif %}ok\"\n";
+    let cycle = "on: issues\nagent: reply\nprompt: \"{% if event.issue.title == 'boom' %}{% set n = namespace() %}{% set n.a = n %}{{ n.a }}{% endif %}ok\"\n";
+    spine.commit("main", "main", ".nightshift/triggers/double.yml", double);
+    spine.commit("main", "main", ".nightshift/triggers/cycle.yml", cycle);
+    spine.start().await;
+
+    let mut boom = payload(&spine, "issues/opened.json");
+    boom["issue"]["title"] = "boom".into();
+    deliver_and_match(&spine, "issues", "boom-1", &boom).await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let triggers: Vec<&str> = jobs.iter().map(|j| j.trigger.as_str()).collect();
+    assert_eq!(triggers, ["service"], "neither template loaded");
+    let log = spine.server.as_ref().unwrap().log();
+    assert!(
+        log.contains("double.yml") && log.contains("`+` needs a number"),
+        "{log}"
+    );
+    assert!(
+        log.contains("cycle.yml") && log.contains("the namespace `n` is used only as"),
+        "{log}"
+    );
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
 #[tokio::test]
 async fn a_repository_cannot_cancel_another_repositorys_jobs() {
     // The repository's own trigger names a group another repository's (or the service's) jobs use.

@@ -230,14 +230,93 @@ pub fn check_expression(env: &Environment<'static>, source: &str) -> Result<(), 
 }
 
 /// Refuses the constructs with which a template builds values larger than its event: a list, tuple or map
-/// written with other values in it (`[a, a]`, `(a, a)`, `{"k": a}`, `dict(k=a)`, `namespace(k=a)`) and
-/// repetition (`*`, `**`). Nested eight deep, or repeated, a few hundred bytes of template reach gigabytes
-/// when printed or joined (`~`), and minijinja's fuel charges what is printed only after printing it: a
-/// repository's trigger file crashed the service when its triggers were read. Without these, every value a
-/// template holds is a part of its event, a constant it wrote, or text its fuel paid for. Lists and tuples of
-/// constants (`["bug", "fix"]`), subscripts (`labels[0]`) and calls (`range(3)`, `f(a, b)`) are allowed.
+/// written with other values in it (`[a, a]`, `(a, a)`, `{"k": a}`, `dict(k=a)`, `namespace(k=a)`),
+/// repetition (`*`, `**`), `+` with no number written on either side (`a + a` joins two lists lazily, for
+/// free, and doubling it thirty times made billions of items), and a namespace used as a value (`{% set
+/// n.a = n %}` makes a cycle that printing follows until the stack overflows): a namespace is made only as
+/// `{% set n = namespace(...) %}` and used only as `n.attr` or `n[...]`. Nested eight deep, or repeated, a
+/// few hundred bytes of template reach gigabytes when printed or joined (`~`), and minijinja's fuel charges
+/// what is printed only after printing it: a repository's trigger file crashed the service when its
+/// triggers were read. Without these, every value a template holds is a part of its event, a constant it
+/// wrote, or text its fuel paid for. Lists and tuples of constants (`["bug", "fix"]`), subscripts
+/// (`labels[0]`), calls (`range(3)`, `f(a, b)`), `n + 1` and `~` are allowed.
 fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
     use minijinja::machinery::{Token, tokenize};
+    let mut tokens = Vec::new();
+    for token in tokenize(source, in_expr, minijinja::syntax::SyntaxConfig::default()) {
+        // A template that does not lex was refused by the compiler already.
+        let Ok((token, span)) = token else {
+            return Ok(());
+        };
+        tokens.push((token, span.start_line));
+    }
+    let number = |t: Option<&(Token, u16)>| {
+        matches!(
+            t,
+            Some((Token::Int(_) | Token::Int128(_) | Token::Float(_), _))
+        )
+    };
+    // The namespaces: made only as `{% set NAME = namespace(` (so never inside another value).
+    let mut namespaces = Vec::new();
+    for (at, (token, line)) in tokens.iter().enumerate() {
+        if matches!(token, Token::Ident("namespace")) {
+            let made = at >= 4
+                && matches!(
+                    (
+                        &tokens[at - 4].0,
+                        &tokens[at - 3].0,
+                        &tokens[at - 2].0,
+                        &tokens[at - 1].0
+                    ),
+                    (
+                        Token::BlockStart,
+                        Token::Ident("set"),
+                        Token::Ident(_),
+                        Token::Assign
+                    )
+                )
+                && matches!(tokens.get(at + 1), Some((Token::ParenOpen, _)));
+            if !made {
+                return Err((
+                    usize::from(*line).max(1),
+                    "a namespace is made only as `{% set name = namespace(...) %}`: a template may not \
+                     build values from other values (nightshift could not bound what it prints)"
+                        .into(),
+                ));
+            }
+            if let Token::Ident(name) = tokens[at - 2].0 {
+                namespaces.push(name);
+            }
+        }
+    }
+    for (at, (token, line)) in tokens.iter().enumerate() {
+        let next = tokens.get(at + 1).map(|(t, _)| t);
+        let after_dot = at > 0 && matches!(tokens[at - 1].0, Token::Dot);
+        if let Token::Ident(name) = token
+            && namespaces.contains(name)
+            && !after_dot
+            && !matches!(next, Some(Token::Dot | Token::BracketOpen | Token::Assign))
+        {
+            return Err((
+                usize::from(*line).max(1),
+                format!(
+                    "the namespace `{name}` is used only as `{name}.attr` or `{name}[...]`: a template may \
+                     not build values from other values (nightshift could not bound what it prints)"
+                ),
+            ));
+        }
+        if matches!(token, Token::Plus)
+            && !number(at.checked_sub(1).and_then(|b| tokens.get(b)))
+            && !number(tokens.get(at + 1))
+        {
+            return Err((
+                usize::from(*line).max(1),
+                "`+` needs a number written on one side (join text with `~`): a template may not build \
+                 values from other values (nightshift could not bound what it prints)"
+                    .into(),
+            ));
+        }
+    }
     /// An open bracket or parenthesis.
     struct Group {
         /// A list or a tuple being written (not a subscript, a call or a plain grouping).
@@ -285,12 +364,7 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
     // A name just seen, and how many groups were open then: a reference to a value, unless `=` follows it
     // (a keyword argument's name, `namespace(s='x')`).
     let mut pending: Option<usize> = None;
-    for token in tokenize(source, in_expr, minijinja::syntax::SyntaxConfig::default()) {
-        // A template that does not lex was refused by the compiler already.
-        let Ok((token, span)) = token else {
-            return Ok(());
-        };
-        let line = span.start_line;
+    for (token, line) in tokens {
         if let Some(depth) = pending.take()
             && !matches!(token, Token::Assign)
             && depth > 0
@@ -629,6 +703,17 @@ mod bounded_tests {
             "{% for x in [event.issue, event.issue] %}{{ x }}{% endfor %}",
             "{{ [[event.issue.labels|list]] }}",
             "{{ [(event.issue)] }}",
+            // Doubling a list with `+` (lazily, for free): thirty-three times is billions of items.
+            "{% set n = namespace() %}{% set n.a = ['x'] %}{% for i in range(34) %}{% set n.a = n.a + n.a %}{% endfor %}",
+            "{% set n = namespace(t=(1, 2)) %}{% for i in range(40) %}{% set n.t = (n.t + n.t) %}{% endfor %}",
+            "{{ event.issue.labels + event.issue.labels }}",
+            // A namespace inside itself, or in another: printing it never ends.
+            "{% set n = namespace() %}{% set n.a = n %}{{ n.a }}",
+            "{% set n = namespace() %}{% set m = namespace() %}{% set m.a = n %}{% set m.b = n %}",
+            "{% set n = namespace() %}{% set n.a = namespace() %}{% set m = n.a %}{% set m.x = n.a %}",
+            "{% set f = namespace %}{% set n = f() %}",
+            "{% set n = namespace() %}{% for x in event.issue.labels %}{% set n.l = x %}{% endfor %}{{ n|list }}",
+            "{% set n = namespace() %}{% with m = n %}{{ m }}{% endwith %}",
         ] {
             let (_, message) = check(&env, hostile).expect_err(hostile);
             assert!(
@@ -646,6 +731,8 @@ mod bounded_tests {
             "{% raw %}{{ [a] * 9 }}{% endraw %} text with * and [brackets]",
             "{% set ns = namespace(s='x', n=1) %}{% set ns.s = ns.s ~ ns.s %}{{ ns.s }}",
             "{{ dict(a=1, b='two') }} {{ event.issue.title | replace(old='a', new='b') }}",
+            "{% set n = namespace(count=0) %}{% for l in event.issue.labels %}{% set n.count = n.count + 1 %}{% set n.last = l.name %}{% endfor %}{{ n.count }} {{ n['last'] }}",
+            "{% set n = namespace(k=1) %}{{ 1 + event.issue.number }} {{ -1 + 2 }} {{ event.n }} {{ n.k + 1 }}",
         ] {
             check(&env, ordinary).unwrap_or_else(|e| panic!("{ordinary}: {e:?}"));
         }
