@@ -59,6 +59,8 @@ struct Upstream {
     gated: Arc<Mutex<bool>>,
     /// Text deltas sent between the first event and the last.
     deltas: Arc<Mutex<usize>>,
+    /// The answer ends after its deltas, without its last event (which carries the usage).
+    cut: Arc<Mutex<bool>>,
 }
 
 struct Chunks(mpsc::Receiver<Result<Bytes, std::io::Error>>);
@@ -89,6 +91,7 @@ impl Default for Upstream {
             release: Arc::new(Semaphore::new(0)),
             gated: Default::default(),
             deltas: Default::default(),
+            cut: Default::default(),
         }
     }
 }
@@ -105,6 +108,7 @@ async fn upstream_handler(State(up): State<Upstream>, request: Request) -> Respo
     });
     let gated = *up.gated.lock().unwrap();
     let deltas = *up.deltas.lock().unwrap();
+    let cut = *up.cut.lock().unwrap();
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         tx.send(Ok(Bytes::from_static(FIRST_EVENT.as_bytes())))
@@ -118,7 +122,9 @@ async fn upstream_handler(State(up): State<Upstream>, request: Request) -> Respo
                 .send(Ok(Bytes::from_static(DELTA_EVENT.as_bytes())))
                 .await;
         }
-        let _ = tx.send(Ok(Bytes::from(completed_event(1000, 50)))).await;
+        if !cut {
+            let _ = tx.send(Ok(Bytes::from(completed_event(1000, 50)))).await;
+        }
     });
     let mut response = Response::new(Body::from_stream(Chunks(rx)));
     let headers = response.headers_mut();
@@ -476,6 +482,63 @@ async fn an_answer_the_agent_stops_reading_is_still_metered() {
     );
 }
 
+/// An answer cut short before its last event (which carries the usage), or from a provider that never
+/// reports any, may still have been billed: it is charged its request's bytes as input and its output limit,
+/// so a job cannot spend past its limits by having its answers cut.
+#[tokio::test]
+async fn an_answer_that_reports_no_usage_is_charged_its_limit() {
+    let up = Upstream::default();
+    *up.cut.lock().unwrap() = true;
+    *up.deltas.lock().unwrap() = 3;
+    let (_dir, config, gateway) = gateway(&start_upstream(up.clone()).await).await;
+    let access = open(&gateway, &config, "free", 1).await;
+    let body = json!({"model": "gpt-5.5", "stream": true, "input": "hi", "max_output_tokens": 700});
+    let size = serde_json::to_vec(&body).unwrap().len() as u64;
+    let response = client()
+        .post(url(&gateway, "/v1/responses"))
+        .bearer_auth(access.token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("response.completed"), "{text}");
+    let usage = access.settle().await;
+    assert_eq!(
+        (usage.turns, usage.input_tokens, usage.output_tokens),
+        (Some(1), Some(size), Some(700))
+    );
+    // With no limit in the request, the default one.
+    let response = client()
+        .post(url(&gateway, "/v1/responses"))
+        .bearer_auth(access.token())
+        .json(&json!({"model": "gpt-5.5", "stream": true, "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    response.text().await.unwrap();
+    let usage = access.settle().await;
+    assert_eq!(
+        usage.output_tokens,
+        Some(700 + nightshift::gateway::UNREPORTED_OUTPUT)
+    );
+    // A job with a token limit is refused once the charges pass it.
+    let limited = open(&gateway, &config, "coder", 2).await;
+    for expected in [200, 402] {
+        let response = client()
+            .post(url(&gateway, "/v1/responses"))
+            .bearer_auth(limited.token())
+            .json(&json!({"model": "gpt-5.5", "stream": true, "input": "hi", "max_output_tokens": 5000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+        response.text().await.unwrap();
+        limited.settle().await;
+    }
+}
+
 /// The providers run some tools on their own servers: OpenAI's `mcp` tool and web search, Anthropic's MCP
 /// connector and web fetch. An agent that asks for one has the provider's servers connect to a URL of its
 /// choosing, carrying what it read, whatever the job's network rules: a way out of the box. And OpenAI's
@@ -544,6 +607,37 @@ async fn the_providers_server_side_tools_and_background_runs_are_refused() {
             json!({"model": "claude", "messages": [],
             "tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]}),
         ),
+        // Content the provider fetches by URL, or from its own file store (docs/security-adv4.md).
+        (
+            "coder",
+            "/v1/responses",
+            json!({"model": "gpt-5.5", "input": [{"role": "user", "content": [
+                {"type": "input_image", "image_url": exfil}]}]}),
+        ),
+        (
+            "coder",
+            "/v1/chat/completions",
+            json!({"model": "gpt-5.5", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": exfil}}]}]}),
+        ),
+        (
+            "writer",
+            "/v1/messages",
+            json!({"model": "claude", "messages": [{"role": "user", "content": [
+                {"type": "document", "source": {"type": "url", "url": exfil}}]}]}),
+        ),
+        (
+            "coder",
+            "/v1/responses",
+            json!({"model": "gpt-5.5", "input": [{"role": "user", "content": [
+                {"type": "input_file", "file_id": "file-of-another-team"}]}]}),
+        ),
+        // A model that searches the web on every request.
+        (
+            "coder",
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-search-preview", "messages": []}),
+        ),
     ];
     for (n, (profile, path, body)) in refused.into_iter().enumerate() {
         let access = open(&gateway, &config, profile, 10 + n as i64).await;
@@ -558,6 +652,19 @@ async fn the_providers_server_side_tools_and_background_runs_are_refused() {
             access.failure()
         );
     }
+    // Counting a request's tokens with the provider's MCP connector has it connect all the same: refused,
+    // though counting is no model turn (the job goes on).
+    let access = open(&gateway, &config, "writer", 29).await;
+    let (status, text) = send(
+        "/v1/messages/count_tokens",
+        access.token().to_owned(),
+        json!({"model": "claude", "messages": [],
+        "mcp_servers": [{"type": "url", "url": exfil, "name": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("not allowed"), "{text}");
+    assert!(access.failure().is_none());
     assert!(
         up.seen.lock().unwrap().is_empty(),
         "nothing went upstream: {:?}",
@@ -569,9 +676,11 @@ async fn the_providers_server_side_tools_and_background_runs_are_refused() {
     let (status, text) = send(
         "/v1/responses",
         access.token().to_owned(),
-        json!({"model": "gpt-5.5", "input": "hi", "tools": [
+        json!({"model": "gpt-5.5", "tools": [
             {"type": "function", "name": "exec_command"}, {"type": "custom", "name": "apply_patch"},
-            {"type": "tool_search"}, {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "g"}]}]}),
+            {"type": "tool_search"}, {"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "g"}]}],
+            "input": [{"role": "user", "content": [
+                {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]}),
     )
     .await;
     assert_eq!(status, 200, "{text}");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod egress;
 pub mod listen;
 pub mod meter;
+mod remote;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
@@ -752,19 +753,26 @@ async fn handle(State(gateway): State<Arc<Gateway>>, request: Request) -> Respon
             );
         }
     };
-    let (body, model) = match prepare(path, body.clone()) {
+    let prepared = match prepare(path, body) {
         Ok(prepared) => prepared,
         Err(reason) if metered => {
             return refuse_and_record(&gateway, &grant, wire, StatusCode::BAD_REQUEST, reason)
                 .await;
         }
-        // Not a model turn (counting tokens): passed as it came.
-        Err(_) => (body, None),
+        // Not a model turn (counting tokens): refused all the same (counting a request's tools or content
+        // has the provider reach them too), but the job goes on.
+        Err(reason) => {
+            return refuse(
+                wire,
+                StatusCode::BAD_REQUEST,
+                &format!("nightshift: {reason}"),
+            );
+        }
     };
-    if metered && let Some(reason) = gateway.unpriced(&grant, model.as_deref()) {
+    if metered && let Some(reason) = gateway.unpriced(&grant, prepared.model.as_deref()) {
         return refuse_and_record(&gateway, &grant, wire, StatusCode::BAD_REQUEST, reason).await;
     }
-    forward(gateway, grant, open, &parts, body, model, metered).await
+    forward(gateway, grant, open, &parts, prepared, metered).await
 }
 
 /// Refuses a model request for a reason the job fails with: the first such reason is kept for the job (and
@@ -837,6 +845,11 @@ struct Head {
     mcp_servers: Option<serde::de::IgnoredAny>,
     /// OpenAI's chat completions: a web search the provider's servers run.
     web_search_options: Option<serde::de::IgnoredAny>,
+    /// The most output the answer may have (Responses, Messages and chat completions name it differently):
+    /// what an answer that reports no usage is charged.
+    max_output_tokens: Option<u64>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -878,13 +891,74 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
+/// The output an answer that reports no usage is charged when its request set no limit.
+pub const UNREPORTED_OUTPUT: u64 = 32_000;
+
+/// A model request as it goes upstream.
+struct Prepared {
+    body: Bytes,
+    /// The model it names.
+    model: Option<String>,
+    /// What it is charged if its answer reports no usage (a provider that cut the answer, or never says):
+    /// its body's bytes as input tokens (more than it holds) and its output limit (or [`UNREPORTED_OUTPUT`]).
+    unreported: meter::Tokens,
+}
+
 /// Reads the model a request names and, for a streamed chat completion, asks for its usage in the last
-/// chunk (which OpenAI sends only when asked). Err: why a model request cannot be metered as it is (a body
-/// that is not a JSON object the gateway can read, a streamed chat completion that declines its usage).
-fn prepare(path: &str, body: Bytes) -> Result<(Bytes, Option<String>), String> {
+/// chunk (which OpenAI sends only when asked). Err: why a model request cannot be forwarded or metered as it
+/// is (a body that is not a JSON object the gateway can read, the provider's own tools, content the provider
+/// would fetch, a model that searches the web, a streamed chat completion that declines its usage).
+fn prepare(path: &str, body: Bytes) -> Result<Prepared, String> {
     let head = serde_json::from_slice::<Head>(&body).map_err(|e| {
         format!("the request body is not a JSON object the gateway can read (each field once): {e}")
     })?;
+    let unreported = meter::Tokens {
+        input: body.len() as u64,
+        cached_input: 0,
+        output: head
+            .max_output_tokens
+            .or(head.max_completion_tokens)
+            .or(head.max_tokens)
+            .unwrap_or(UNREPORTED_OUTPUT),
+        model: None,
+    };
+    let prepared = |body: Bytes, model: Option<String>| {
+        Ok(Prepared {
+            body,
+            model,
+            unreported: unreported.clone(),
+        })
+    };
+    match remote::find(&body) {
+        Err(e) => return Err(format!("the request body is not JSON: {e}")),
+        Ok(Some(what)) => {
+            return Err(format!(
+                "{what} is not allowed: the model provider's servers would fetch it, outside the job's \
+                 network rules"
+            ));
+        }
+        Ok(None) => {}
+    }
+    if let Some(model) = &head.model {
+        // OpenAI's `gpt-4o-search-preview`, `gpt-5-search-api`, `o3-deep-research` and the like search on
+        // every request, with no tool asked for.
+        let lower = model.to_ascii_lowercase();
+        let searches = lower
+            .split(['-', '_', '.', ':', '/'])
+            .any(|part| part == "search")
+            || lower.contains("deep-research");
+        if searches {
+            return Err(format!(
+                "model `{}` searches the web from the provider's servers, outside the job's network \
+                 rules: it is not allowed",
+                model
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+                    .take(60)
+                    .collect::<String>()
+            ));
+        }
+    }
     if let Some(kind) = head.tools.iter().flatten().find_map(ToolHead::server_side) {
         return Err(format!(
             "the model provider's own tools (`{}`) are not allowed: they reach hosts from the provider's \
@@ -918,10 +992,10 @@ fn prepare(path: &str, body: Bytes) -> Result<(Bytes, Option<String>), String> {
         );
     }
     if path != "/v1/chat/completions" || head.stream != Some(true) {
-        return Ok((body, head.model));
+        return prepared(body, head.model);
     }
     match head.stream_options.map(|o| o.include_usage) {
-        Some(Some(true)) => Ok((body, head.model)),
+        Some(Some(true)) => prepared(body, head.model),
         Some(_) => Err(
             "a streamed chat completion must leave out stream_options or set include_usage: true (its \
              usage is what the gateway meters)"
@@ -937,7 +1011,7 @@ fn prepare(path: &str, body: Bytes) -> Result<(Bytes, Option<String>), String> {
             let mut changed = Vec::with_capacity(body.len() + 48);
             changed.extend_from_slice(&body[..end]);
             changed.extend_from_slice(br#","stream_options":{"include_usage":true}}"#);
-            Ok((Bytes::from(changed), head.model))
+            prepared(Bytes::from(changed), head.model)
         }
     }
 }
@@ -947,10 +1021,14 @@ async fn forward(
     grant: Arc<Grant>,
     open: InFlight,
     parts: &axum::http::request::Parts,
-    body: Bytes,
-    model: Option<String>,
+    prepared: Prepared,
     metered: bool,
 ) -> Response {
+    let Prepared {
+        body,
+        model,
+        unreported,
+    } = prepared;
     let upstream = grant.upstream.as_ref().expect("checked by handle");
     let path = parts.uri.path();
     let tail = match upstream.wire {
@@ -1027,18 +1105,25 @@ async fn forward(
             }
         }
         // Counted before the agent sees the end of the answer, so its next request is checked against it.
-        let note = metered
-            .then(|| {
-                gateway.add(
-                    &grant,
-                    model.as_deref(),
-                    status.is_success(),
-                    meter.finish(),
-                )
-            })
-            .flatten();
+        // An answer that succeeded and reports no usage (cut short, or a provider that never says) may still
+        // have been billed: it is charged its request's size and output limit.
+        let mut notes = Vec::new();
+        if metered {
+            let tokens = match meter.finish() {
+                None if status.is_success() => {
+                    notes.push(format!(
+                        "gateway: an answer reported no usage: charged as {} input tokens (its request's \
+                         bytes) and {} output tokens (its limit)",
+                        unreported.input, unreported.output
+                    ));
+                    Some(unreported)
+                }
+                tokens => tokens,
+            };
+            notes.extend(gateway.add(&grant, model.as_deref(), status.is_success(), tokens));
+        }
         drop(tx);
-        if let Some(note) = note {
+        for note in notes {
             gateway.log(grant.job, note).await;
         }
         if metered {
@@ -1063,5 +1148,59 @@ impl futures_core::Stream for Chunks {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(body: serde_json::Value) -> Option<String> {
+        prepare(
+            "/v1/responses",
+            Bytes::from(serde_json::to_vec(&body).unwrap()),
+        )
+        .err()
+    }
+
+    #[test]
+    fn models_that_search_the_web_are_refused_by_name_and_others_pass() {
+        for model in [
+            "gpt-4o-search-preview",
+            "gpt-4o-mini-search-preview-2025-03-11",
+            "gpt-5-search-api",
+            "o3-deep-research",
+            "O4-Mini-Deep-Research",
+            "openai/gpt-4o-search-preview",
+        ] {
+            let why = refused(json!({"model": model})).expect(model);
+            assert!(why.contains("searches the web"), "{why}");
+        }
+        for model in [
+            "gpt-5.5",
+            "claude-sonnet-4-5",
+            "llama-research-8b",
+            "researcher",
+            "searchlight",
+        ] {
+            assert_eq!(refused(json!({"model": model})), None, "{model}");
+        }
+    }
+
+    #[test]
+    fn what_an_answer_without_usage_is_charged_comes_from_its_request() {
+        let body = json!({"model": "m", "max_tokens": 1234});
+        let size = serde_json::to_vec(&body).unwrap().len() as u64;
+        let prepared = prepare(
+            "/v1/messages",
+            Bytes::from(serde_json::to_vec(&body).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            (prepared.unreported.input, prepared.unreported.output),
+            (size, 1234)
+        );
+        let prepared = prepare("/v1/responses", Bytes::from_static(b"{\"model\":\"m\"}")).unwrap();
+        assert_eq!(prepared.unreported.output, UNREPORTED_OUTPUT);
     }
 }
