@@ -392,6 +392,8 @@ struct AgentFile {
     prompt_via: Option<Spanned<PromptVia>>,
     /// The most jobs of this profile running at once, across the process (and replicas on Postgres).
     max_concurrent: Option<Spanned<u32>>,
+    /// Whether a repository's own trigger files may use this profile (see [`AgentProfile::repo_triggers`]).
+    repo_triggers: Option<Spanned<bool>>,
 }
 
 /// `shared:` in an agent profile: folders given to the box, read-only or writable.
@@ -465,6 +467,11 @@ pub struct AgentProfile {
     pub max_cost_usd: Option<f64>,
     /// How a command agent gets its prompt.
     pub prompt_via: PromptVia,
+    /// Whether a repository's own trigger files (written by whoever can push its default branch, in any
+    /// installed repository) may use this profile. By default, only a profile that holds nothing more than
+    /// a job needs may: boxed, with no `env:` (secrets), no `egress:` and no `shared:` folders. A profile with
+    /// those may say `repo_triggers: true`; a profile with `sandbox: none` never may.
+    pub repo_triggers: bool,
 }
 
 /// How a command agent gets its prompt.
@@ -488,6 +495,27 @@ pub enum Backend {
     Codex(CliOptions),
     Claude(CliOptions),
     OpenAi(EndpointOptions),
+}
+
+impl AgentProfile {
+    /// What this profile holds beyond what any job needs (why repository triggers may not use it by
+    /// default): its parts, as a trigger's problem names them.
+    pub fn held(&self) -> Vec<&'static str> {
+        let mut held = Vec::new();
+        if self.sandbox == SandboxKind::None {
+            held.push("it runs outside a box (sandbox: none)");
+        }
+        if !self.env.is_empty() {
+            held.push("it is given the service's environment variables (env:)");
+        }
+        if !self.egress.is_empty() {
+            held.push("it reaches hosts beyond its model (egress:)");
+        }
+        if !self.shared.read_only.is_empty() || !self.shared.writable.is_empty() {
+            held.push("it sees folders of the service's machine (shared:)");
+        }
+        held
+    }
 }
 
 impl Backend {
@@ -567,9 +595,9 @@ pub struct AgentKinds {
     /// The service runs with a personal token, which GitHub does not let create check runs (only an App
     /// can): a trigger whose output is `check_run` is refused up front, not at delivery.
     pub token_auth: bool,
-    /// The profiles that run outside any box (`sandbox: none`): a repository's trigger may not give them
-    /// `verify:` steps, which would run its pushers' shell on the service's machine.
-    pub unboxed: std::collections::BTreeSet<String>,
+    /// The profiles a repository's own triggers may not use, with why (see
+    /// [`AgentProfile::repo_triggers`]).
+    pub not_for_repos: BTreeMap<String, String>,
 }
 
 impl std::ops::Deref for AgentKinds {
@@ -591,7 +619,7 @@ impl<const N: usize> From<[(String, &'static str); N]> for AgentKinds {
         AgentKinds {
             kinds: kinds.into(),
             token_auth: false,
-            unboxed: Default::default(),
+            not_for_repos: Default::default(),
         }
     }
 }
@@ -809,11 +837,11 @@ impl Config {
                 .map(|(name, profile)| (name.clone(), profile.backend.kind()))
                 .collect(),
             token_auth: matches!(self.github.auth, GithubAuth::Token(_)),
-            unboxed: self
+            not_for_repos: self
                 .agents
                 .iter()
-                .filter(|(_, profile)| profile.sandbox == SandboxKind::None)
-                .map(|(name, _)| name.clone())
+                .filter(|(_, profile)| !profile.repo_triggers)
+                .map(|(name, profile)| (name.clone(), profile.held().join(", ")))
                 .collect(),
         }
     }
@@ -1434,16 +1462,44 @@ fn agent_profile(
             .with_hint("leave it out for no limit of its own (`workers` still bounds it)"),
         );
     }
+    let sandbox = file.sandbox.map(|s| s.value).unwrap_or_default();
+    let repo_triggers = match &file.repo_triggers {
+        Some(given) if given.value && sandbox == SandboxKind::None => {
+            errors.push(
+                Diagnostic::at(
+                    path,
+                    given.referenced,
+                    format!(
+                        "agent `{name}`: a profile with `sandbox: none` cannot be used by repository triggers"
+                    ),
+                )
+                .with_hint(
+                    "whoever can push a repository's default branch writes its triggers: an unboxed agent \
+                     would run their prompt on the service's machine; leave repo_triggers out",
+                ),
+            );
+            false
+        }
+        Some(given) => given.value,
+        None => {
+            sandbox != SandboxKind::None
+                && file.env.is_empty()
+                && file.egress.is_empty()
+                && shared.read_only.is_empty()
+                && shared.writable.is_empty()
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(AgentProfile {
         shared,
+        repo_triggers,
         backend: backend.expect("checked above"),
         timeout: file.timeout.unwrap_or_else(default_agent_timeout),
         env: file.env,
         max_output: file.max_output.unwrap_or_else(default_max_output),
-        sandbox: file.sandbox.map(|s| s.value).unwrap_or_default(),
+        sandbox,
         limits: file.limits.map(|l| l.value.resolve()).unwrap_or_default(),
         egress: file.egress.into_iter().map(|h| h.value).collect(),
         max_turns: file.max_turns.map(|t| t.value),
@@ -1761,6 +1817,35 @@ mod tests {
         assert!(
             text.contains("`default` is not a permission mode nightshift can use"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn repository_triggers_may_use_only_profiles_that_hold_nothing_more_unless_they_say_so() {
+        let config = load(
+            "agents:\n  plain:\n    codex: {}\n  secrets:\n    command: [x]\n    env: [NPM_TOKEN]\n  \
+             hosts:\n    command: [x]\n    egress: [registry.npmjs.org]\n  cache:\n    command: [x]\n    \
+             shared: {writable: [/var/cache/x]}\n  bare:\n    claude: {}\n    sandbox: none\n  \
+             opted:\n    command: [x]\n    env: [DOCS_TOKEN]\n    repo_triggers: true\n  \
+             closed:\n    command: [x]\n    repo_triggers: false\n",
+            &[],
+        )
+        .unwrap();
+        let kinds = config.agent_kinds();
+        let refused: Vec<&str> = kinds.not_for_repos.keys().map(String::as_str).collect();
+        assert_eq!(refused, ["bare", "cache", "closed", "hosts", "secrets"]);
+        assert!(kinds.not_for_repos["secrets"].contains("env:"));
+        assert!(kinds.not_for_repos["bare"].contains("sandbox: none"));
+        assert!(kinds.not_for_repos["closed"].is_empty());
+        let errors = load(
+            "agents:\n  bare:\n    command: [x]\n    sandbox: none\n    repo_triggers: true\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errors.contains(":5:20: error: agent `bare`: a profile with `sandbox: none` cannot be used by repository triggers"),
+            "{errors}"
         );
     }
 

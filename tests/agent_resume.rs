@@ -75,6 +75,7 @@ fn profile(backend: Backend) -> AgentProfile {
         max_tokens: None,
         max_cost_usd: None,
         prompt_via: PromptVia::Stdin,
+        repo_triggers: false,
     }
 }
 

@@ -294,6 +294,7 @@ mod tests {
             max_tokens: None,
             max_cost_usd: None,
             prompt_via: via,
+            repo_triggers: false,
         };
         let env = |name: &str| (name == "PATH").then(|| std::env::var("PATH").unwrap());
         let (log, _rx) = log::JobLog::new(crate::config::DEFAULT_MAX_JOB_LOG);
@@ -362,6 +363,7 @@ mod tests {
             max_tokens: None,
             max_cost_usd: None,
             prompt_via: PromptVia::Stdin,
+            repo_triggers: false,
         };
         let env = |name: &str| (name == "PATH").then(|| "/usr/bin:/bin".to_owned());
         let (log, _rx) = log::JobLog::new(crate::config::DEFAULT_MAX_JOB_LOG);

@@ -189,21 +189,28 @@ pub fn parse(
         match load_one(&shown, text, Some(agents)) {
             Err(mut ds) => problems.append(&mut ds),
             Ok(mut trigger) => {
-                if trigger.verify.is_some() && agents.unboxed.contains(&trigger.agent) {
+                if let Some(why) = agents.not_for_repos.get(&trigger.agent) {
+                    let unboxed = why.contains("sandbox: none");
                     problems.push(
                         Diagnostic::new(
                             &shown,
                             1,
                             1,
                             format!(
-                                "a repository's own trigger cannot give verify steps to agent `{}`, which runs \
-                                 outside a box (sandbox: none): they would run on the service's machine",
-                                trigger.agent
+                                "a repository's own trigger cannot use agent `{}`: {}",
+                                trigger.agent,
+                                if why.is_empty() { "its profile says repo_triggers: false" } else { why }
                             ),
                         )
-                        .with_hint(
-                            "use a boxed profile, or put the trigger in the service's triggers folder",
-                        ),
+                        .with_hint(if unboxed {
+                            "whoever can push this repository's default branch wrote this trigger: use a boxed \
+                             profile, or put the trigger in the service's triggers folder"
+                        } else {
+                            "whoever can push this repository's default branch wrote this trigger: use a profile \
+                             that holds nothing more, put the trigger in the service's triggers folder, or, if \
+                             every installed repository's pushers may have what the profile holds, set \
+                             repo_triggers: true on it"
+                        }),
                     );
                     continue;
                 }
@@ -307,18 +314,27 @@ mod tests {
         );
     }
 
-    /// Whoever can push a repository's default branch writes its triggers; verify steps run in the agent's
-    /// box, and a profile without one (`sandbox: none`) would run them on the service's machine, as the
-    /// service's user (its App key, its store), whatever tools the profile otherwise allows.
+    /// Whoever can push a repository's default branch writes its triggers, in any installed repository. A
+    /// profile without a box (`sandbox: none`) would run their prompt (and verify steps) on the service's
+    /// machine, as the service's user; one with `env:` hands them the service's secrets meant for other
+    /// triggers. Neither is theirs to use, unless the profile says so (never for an unboxed one).
     #[test]
-    fn a_repository_trigger_cannot_give_verify_steps_to_an_unboxed_profile() {
+    fn a_repository_trigger_cannot_use_a_profile_that_holds_more_than_a_job_needs() {
         let repo = RepoName::parse("acme/api").unwrap();
         let mut agents: AgentKinds = [
             ("boxed".to_owned(), "command"),
             ("bare".to_owned(), "claude"),
+            ("release".to_owned(), "codex"),
         ]
         .into();
-        agents.unboxed.insert("bare".to_owned());
+        agents.not_for_repos.insert(
+            "bare".to_owned(),
+            "it runs outside a box (sandbox: none)".to_owned(),
+        );
+        agents.not_for_repos.insert(
+            "release".to_owned(),
+            "it is given the service's environment variables (env:)".to_owned(),
+        );
         let file = |agent: &str| {
             (
                 format!(".nightshift/triggers/{agent}.yml"),
@@ -327,16 +343,25 @@ mod tests {
                 ),
             )
         };
-        let (set, problems) = parse(&repo, &[file("boxed"), file("bare")], &agents);
+        let (set, problems) = parse(
+            &repo,
+            &[file("boxed"), file("bare"), file("release")],
+            &agents,
+        );
         assert_eq!(set.triggers().len(), 1);
         assert_eq!(set.triggers()[0].agent, "boxed");
-        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let all = problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(
-            problems[0]
-                .to_string()
-                .contains("cannot give verify steps to agent `bare`, which runs outside a box"),
-            "{}",
-            problems[0]
+            all.contains("cannot use agent `bare`: it runs outside a box (sandbox: none)")
+                && all.contains(
+                    "cannot use agent `release`: it is given the service's environment variables"
+                ),
+            "{all}"
         );
     }
 
