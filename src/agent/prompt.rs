@@ -55,11 +55,17 @@ impl RepoContext {
 
 impl RepoContext {
     /// What a local checkout says about itself (for `nightshift prompt`): its `AGENTS.md` files as git sees
-    /// them (tracked or new, not ignored), or only the root one outside a git repository.
+    /// them (tracked or new, not ignored), or only the root one outside a git repository. git runs with
+    /// nightshift's hardening on its command line, which outranks the checkout's own config: a checkout
+    /// that came with its `.git` (an archive, a shared folder) cannot make it run a program (`core.fsmonitor`
+    /// is read when the index is).
     pub fn from_checkout(dir: &Path) -> RepoContext {
-        let listed = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
+        let mut git = std::process::Command::new("git");
+        git.arg("-C").arg(dir);
+        for setting in crate::repo::git::HARDENING {
+            git.arg("-c").arg(setting);
+        }
+        let listed = git
             .args([
                 "ls-files",
                 "-z",
@@ -202,6 +208,41 @@ mod tests {
     use super::*;
     use crate::config::{CliOptions, EndpointOptions};
     use std::path::PathBuf;
+
+    /// `nightshift prompt` on a checkout that came with its own `.git` (an archive, a shared folder): its
+    /// config names a program for `core.fsmonitor`, which plain `git ls-files` runs when it reads the index.
+    #[test]
+    fn a_checkouts_own_git_config_runs_nothing_when_its_agents_files_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("checkout");
+        let marker = dir.path().join("ran");
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, format!("#!/bin/sh\ntouch '{}'\n", marker.display())).unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let git = |args: &[&str]| {
+            let status = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {args:?}");
+        };
+        std::fs::create_dir_all(repo.join("sub")).unwrap();
+        std::fs::write(repo.join("AGENTS.md"), "root rules").unwrap();
+        std::fs::write(repo.join("sub/AGENTS.md"), "sub rules").unwrap();
+        git(&["init", "-q"]);
+        git(&["add", "AGENTS.md"]);
+        git(&["config", "core.fsmonitor", hook.to_str().unwrap()]);
+        let context = RepoContext::from_checkout(&repo);
+        assert!(!marker.exists(), "the checkout's fsmonitor ran");
+        let files: Vec<&str> = context.agents_md.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(files, ["AGENTS.md", "sub/AGENTS.md"]);
+        // The same listing without the hardening runs it (so the check above can fail).
+        git(&["ls-files", "--cached"]);
+        assert!(marker.exists());
+    }
 
     fn skill(name: &str, body: &str) -> Skill {
         Skill {

@@ -71,7 +71,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// says about these can take effect. Each one names a setting that would make git run a program (or
 /// read files of the service's user); values are either off or programs that do nothing. Automatic
 /// housekeeping (gc) stays on but runs in the foreground, inside the time limit and the process group.
-const HARDENING: &[&str] = &[
+pub const HARDENING: &[&str] = &[
     "core.hooksPath=/dev/null",
     "core.fsmonitor=false",
     "core.untrackedCache=false",
