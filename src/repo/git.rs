@@ -459,7 +459,7 @@ pub struct ChangedPath {
     pub old_mode: u32,
     pub new_mode: u32,
     /// The lines the commit adds, with their line numbers in the new file (a symlink's one line is its
-    /// target).
+    /// target; a binary file's are its bytes split at newlines, not valid UTF-8 made U+FFFD).
     pub added_lines: Vec<(u64, String)>,
 }
 
@@ -619,11 +619,12 @@ pub async fn measure_commit(
 
     // The added lines: `-U0` patches come in the same order, one `diff --git` header per path. A line of a
     // hunk always starts with ` `, `+`, `-` or `\`, so a header cannot be forged by a file's content.
+    // `--text`: a binary file's lines too (a secret in a file with a NUL byte in it is still pushed).
     let patch = git
         .cmd(Repo::Bare(git_dir))
         .arg("diff-tree")
         .args(common)
-        .args(["-p", "-U0", "--end-of-options", &parent, commit])
+        .args(["-p", "-U0", "--text", "--end-of-options", &parent, commit])
         .max_output(MAX_PATCH)
         .output()
         .await;
@@ -937,7 +938,10 @@ mod tests {
         assert_eq!(link.link_target(), Some("../../etc/passwd"));
 
         let png = by_path("logo.png");
-        assert!(png.binary && png.added == 0 && png.added_lines.is_empty());
+        assert!(png.binary && png.added == 0);
+        // Its bytes, split at newlines, for the secret check.
+        assert_eq!(png.added_lines.len(), 3, "{:?}", png.added_lines);
+        assert_eq!(png.added_lines[2], (3, "\0\0\0".to_owned()));
 
         let readme = by_path("README.md");
         assert_eq!((readme.added, readme.removed), (2, 1));

@@ -145,12 +145,21 @@ pub fn check(limits: &Limits, proposal: &Proposal<'_>) -> Result<(), Violation> 
         if let Some(changes) = proposal.changes {
             for file in &changes.files {
                 // A value nightshift knows is secret (a token, an `env:` pass-through), whatever its shape:
-                // gitleaks' rules find only the shapes they know, and a commit is pushed as it is.
-                if let Some((line, _)) = file
-                    .added_lines
-                    .iter()
-                    .find(|(_, text)| matches!(crate::redact::redact(text), Cow::Owned(_)))
-                {
+                // gitleaks' rules find only the shapes they know, and a commit is pushed as it is. In a
+                // path too, and in a binary file's bytes, also as UTF-16 (its NULs dropped).
+                let held = |text: &str| matches!(crate::redact::redact(text), Cow::Owned(_));
+                if held(&file.path) {
+                    return Err(violation(
+                        "limits.secrets",
+                        "the pull request adds a path that holds a secret nightshift was given, which \
+                         limits.secrets refuses"
+                            .to_owned(),
+                    ));
+                }
+                if let Some((line, _)) = file.added_lines.iter().find(|(_, text)| {
+                    held(text)
+                        || (file.binary && text.contains('\0') && held(&text.replace('\0', "")))
+                }) {
                     return Err(violation(
                         "limits.secrets",
                         format!(
@@ -160,7 +169,10 @@ pub fn check(limits: &Limits, proposal: &Proposal<'_>) -> Result<(), Violation> 
                         ),
                     ));
                 }
-                if let Some(found) = secrets::find_in_file(&file.path, &file.added_lines) {
+                // gitleaks' rules read text: a binary file is looked at by its path only (its bytes would
+                // match rules of random-looking strings).
+                let text: &[(u64, String)] = if file.binary { &[] } else { &file.added_lines };
+                if let Some(found) = secrets::find_in_file(&file.path, text) {
                     let place = if found.line == 0 {
                         printable(&file.path)
                     } else {
@@ -729,6 +741,45 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(check(&allow, &with_changes(&c)), Ok(()));
+    }
+
+    #[test]
+    fn a_known_secret_in_a_binary_file_as_utf16_or_in_a_path_is_refused() {
+        let value = "binary-borne-secret-9QzX";
+        crate::redact::global().add(value);
+        let utf16: String = value.chars().flat_map(|c| [c, '\0']).collect();
+        for (path, binary, line) in [
+            ("app.bin", true, format!("\u{fffd}\0\0{value}\0\u{fffd}")),
+            ("notes-utf16.txt", true, format!("\u{fffd}\u{fffd}{utf16}")),
+        ] {
+            let mut f = file(path, 0, 0);
+            f.binary = binary;
+            f.added_lines = vec![(1, "\0\0".into()), (2, line)];
+            assert_eq!(
+                refused(&Limits::default(), &with_changes(&commit(vec![f]))).to_string(),
+                format!(
+                    "the pull request adds a secret nightshift was given at {path}:2, which limits.secrets refuses"
+                )
+            );
+        }
+        let f = file(&format!("leak/{value}.txt"), 1, 0);
+        assert_eq!(
+            refused(&Limits::default(), &with_changes(&commit(vec![f]))).to_string(),
+            "the pull request adds a path that holds a secret nightshift was given, which limits.secrets refuses"
+        );
+        // A binary file's bytes are not read by gitleaks' rules of random-looking strings.
+        let mut blob = file("blob.dat", 0, 0);
+        blob.binary = true;
+        blob.added_lines = vec![(1, format!("\u{fffd}AWS = \"AKIA{}\"", "QRSTUVWXYZABCDEF"))];
+        assert_eq!(
+            check(
+                &Limits::default(),
+                &with_changes(&commit(vec![blob.clone()]))
+            ),
+            Ok(())
+        );
+        blob.binary = false;
+        assert!(check(&Limits::default(), &with_changes(&commit(vec![blob]))).is_err());
     }
 
     #[test]
