@@ -636,6 +636,7 @@ pub async fn measure_commit(
     let mut in_hunk = false;
     let mut next_line = 0u64;
     let mut seen = 0;
+    let mut kept = 0u64;
     for line in patch.split(|b| *b == b'\n') {
         if line.starts_with(b"diff --git ") {
             current = Some(seen);
@@ -661,6 +662,11 @@ pub async fn measure_commit(
         if let (Some(added), Some(i)) = (line.strip_prefix(b"+"), current)
             && let Some(file) = files.get_mut(i)
         {
+            // A binary file's lines are not in the counts above: they are counted here.
+            kept += 1;
+            if kept > MAX_CHECKED_LINES {
+                return Ok(too_large(files));
+            }
             file.added_lines
                 .push((next_line, String::from_utf8_lossy(added).into_owned()));
             next_line += 1;
@@ -1059,5 +1065,19 @@ mod tests {
                 .contains("larger than nightshift reads to check a change"),
             "{v}"
         );
+
+        // A binary file of empty lines: git counts none of them, and its bytes are read as lines for the
+        // secret check, so they are counted there (kept, they were tens of bytes of memory each).
+        let mut bytes = vec![0u8];
+        bytes.extend(std::iter::repeat_n(b'\n', MAX_CHECKED_LINES as usize + 10));
+        std::fs::write(work.join("lines.bin"), bytes).unwrap();
+        setup_git(&work, &["add", "-A"]);
+        setup_git(&work, &["commit", "-qm", "a binary of newlines"]);
+        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+        let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
+            .await
+            .unwrap();
+        assert!(changes.files[0].binary && changes.files[0].added == 0);
+        assert!(changes.too_large);
     }
 }
