@@ -349,6 +349,50 @@ async fn a_repository_trigger_cannot_use_a_profile_with_secrets_or_without_a_box
     spine.assert_no_unexpected_calls();
 }
 
+/// GitHub calls every member of the owning organization MEMBER, and a read-only outside collaborator
+/// COLLABORATOR. Either could otherwise set off a trigger whose agent pushes to the repository, whose CI then
+/// runs what the agent pushed with the repository's secrets. Their permission is looked up: only write
+/// access or more is trusted.
+#[tokio::test]
+async fn a_member_or_collaborator_who_can_only_read_cannot_set_a_trigger_off() {
+    let answer = "on:\n  issue_comment:\n    types: [created]\nagent: reply\nprompt: answer\n";
+    let mut spine = Spine::new(Auth::Token, &[("answer.yml", answer)]).await;
+    spine.start().await;
+    spine.github.set_permission(REPO, "reader", "read");
+    spine.github.set_permission(REPO, "outsider", "read");
+    spine.github.set_permission(REPO, "writer", "write");
+    for (n, (login, association)) in [
+        ("reader", "MEMBER"),
+        ("outsider", "COLLABORATOR"),
+        ("writer", "MEMBER"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = payload(&spine, "issue_comment/created.json");
+        c["comment"]["user"] = user(login, "User");
+        c["comment"]["author_association"] = association.into();
+        c["sender"] = user(login, "User");
+        deliver_and_match(&spine, "issue_comment", &format!("member-{n}"), &c).await;
+        assert_eq!(
+            permission_lookups(&spine, login),
+            1,
+            "{login} was looked up"
+        );
+    }
+    let jobs = specs(&spine).await;
+    assert_eq!(jobs.len(), 1, "only the writer's comment: {jobs:?}");
+    let (delivery,): (String,) = sqlx::query_as(
+        "SELECT d.delivery_id FROM jobs j JOIN deliveries d ON d.id = j.delivery_id",
+    )
+    .fetch_one(&db(&spine).await)
+    .await
+    .unwrap();
+    assert_eq!(delivery, "member-2");
+    spine.wait_for_finished_jobs(1).await;
+    spine.assert_no_unexpected_calls();
+}
+
 #[tokio::test]
 async fn a_repository_cannot_cancel_another_repositorys_jobs() {
     // The repository's own trigger names a group another repository's (or the service's) jobs use.

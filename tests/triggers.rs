@@ -294,6 +294,58 @@ fn from_limits_who_can_set_a_trigger_off() {
     );
 }
 
+/// GitHub says MEMBER of every member of the organization that owns the repository and COLLABORATOR of an
+/// outside collaborator, whatever their access: a member who may only read could set off a trigger whose
+/// agent pushes a branch to the repository (and its CI, with the repository's secrets, runs what it pushed).
+/// Such a person is looked up, and less than write access counts as NONE.
+#[test]
+fn members_and_collaborators_are_trusted_only_with_write_access() {
+    let t = "on:\n  issue_comment:\nagent: a\nprompt: x\n";
+    for association in ["MEMBER", "COLLABORATOR"] {
+        let mut p = payload("issue_comment/created.json");
+        p["comment"]["author_association"] = association.into();
+        let event = Event::from_value("issue_comment", p.clone()).unwrap();
+        let set = TriggerSet::new(vec![load_one(Path::new("t.yml"), t, None).unwrap()]);
+        assert_eq!(set.logins_to_look_up(&event, None), ["codertocat"]);
+        assert_eq!(
+            decide(
+                t,
+                "issue_comment",
+                &p,
+                &looked_up("issue_comment", &p, "NONE")
+            )
+            .unwrap_err(),
+            format!(
+                "Codertocat is {association} but cannot write to the repository, so counts as NONE, not one of from [OWNER, MEMBER, COLLABORATOR]"
+            )
+        );
+        assert!(
+            decide(
+                t,
+                "issue_comment",
+                &p,
+                &looked_up("issue_comment", &p, "COLLABORATOR")
+            )
+            .is_ok()
+        );
+        let mut failed = MatchInput::default();
+        failed.standing.insert(
+            "codertocat".into(),
+            Standing::Unknown("GitHub answered 502".into()),
+        );
+        assert!(
+            decide(t, "issue_comment", &p, &failed)
+                .unwrap_err()
+                .contains("can write to the repository is unknown (GitHub answered 502)")
+        );
+    }
+    // An owner's word is the payload's: no lookup.
+    let p = payload("issue_comment/created.json");
+    let event = Event::from_value("issue_comment", p).unwrap();
+    let set = TriggerSet::new(vec![load_one(Path::new("t.yml"), t, None).unwrap()]);
+    assert!(set.logins_to_look_up(&event, None).is_empty());
+}
+
 #[test]
 fn events_without_an_association_are_trusted_only_once_looked_up() {
     let t = "on:\n  issues:\n    types: [labeled, closed]\nagent: a\nprompt: x\n";

@@ -252,7 +252,11 @@ impl TriggerSet {
         let mut logins: Vec<String> = event
             .principals()
             .into_iter()
-            .filter(|p| p.association.is_none() && !p.is_bot && !own(&p.login))
+            .filter(|p| {
+                (p.association.is_none() || p.association.as_deref().is_some_and(vouched_by_access))
+                    && !p.is_bot
+                    && !own(&p.login)
+            })
             .map(|p| p.login.to_lowercase())
             .collect();
         logins.dedup();
@@ -748,6 +752,25 @@ fn check_trust(trigger: &Trigger, event: &Event, input: &MatchInput) -> Result<(
     for p in principals.iter().filter(|p| !p.is_bot) {
         let looked_up = input.standing.get(&p.login.to_lowercase());
         let association = match (&p.association, looked_up) {
+            // GitHub says MEMBER of every member of the owning organization and COLLABORATOR of an outside
+            // collaborator, whatever their access: one who can only read counts as NONE.
+            (Some(a), Some(Standing::Known(k))) if vouched_by_access(a) => {
+                if k == "NONE" {
+                    return skip(format!(
+                        "{} is {a} but cannot write to the repository, so counts as NONE, not one of from [{}]",
+                        p.login,
+                        allowed.join(", ")
+                    ));
+                }
+                a.clone()
+            }
+            (Some(a), Some(Standing::Unknown(why))) if vouched_by_access(a) => {
+                return skip(format!(
+                    "whether {} ({a}) can write to the repository is unknown ({why}), so they are not trusted (from [{}])",
+                    p.login,
+                    allowed.join(", ")
+                ));
+            }
             (Some(a), _) => a.clone(),
             (None, Some(Standing::Known(a))) => a.clone(),
             (None, Some(Standing::Unknown(why))) => {
@@ -774,6 +797,13 @@ fn check_trust(trigger: &Trigger, event: &Event, input: &MatchInput) -> Result<(
         }
     }
     Ok(())
+}
+
+/// An association GitHub gives whatever the person's access to the repository (`MEMBER`: of the owning
+/// organization; `COLLABORATOR`: an outside collaborator, read access included): their permission is looked
+/// up, and less than write counts as `NONE`.
+fn vouched_by_access(association: &str) -> bool {
+    matches!(association, "MEMBER" | "COLLABORATOR")
 }
 
 /// Branch and tag filters, with GitHub's rule for pushes: with only branch filters a tag push does not fire,

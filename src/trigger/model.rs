@@ -32,7 +32,9 @@ pub struct TriggerFile {
     /// CONTRIBUTOR, FIRST_TIME_CONTRIBUTOR, FIRST_TIMER, MANNEQUIN, NONE), or `anyone`. Defaults to
     /// OWNER, MEMBER, COLLABORATOR. When the payload does not say (labels, closing, pushes, runs), the
     /// actor's permission is asked of GitHub: admin or write counts as COLLABORATOR (OWNER for the
-    /// repository's owner), anything else as NONE; an actor whose standing is unknown is not trusted.
+    /// repository's owner), anything else as NONE; an actor whose standing is unknown is not trusted. A
+    /// payload's MEMBER or COLLABORATOR (given whatever the access) is checked the same way: less than
+    /// write counts as NONE.
     #[schemars(with = "Option<Who>")]
     pub from: Option<Spanned<Who>>,
     /// Bots (logins such as `renovate[bot]`) whose events may fire this trigger. Events sent by any other
