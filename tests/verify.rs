@@ -244,3 +244,55 @@ async fn a_step_cannot_reach_the_network() {
         spine.github.calls()
     );
 }
+
+/// A prompt-injected agent writes the wrong answer, then makes the step that checks it pass without changing
+/// the step or the pushed work: a Python `usercustomize` in its home that ends every Python process with
+/// success. Steps run with a home, temporary and output folder of their own, empty, so the step sees the
+/// wrong answer, nothing is pushed, and the check fails.
+#[tokio::test]
+async fn what_the_agent_leaves_in_its_home_cannot_make_a_step_pass() {
+    let step = "verify:\n  - name: answer\n    run: python3 -c \"import sys; sys.exit(0 if open('answer.txt').read().strip() == '42' else 1)\"\n    timeout: 30s\n";
+    let fix = format!(
+        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: cheater\nprompt: write the answer\noutput: pull_request\nverify_rounds: 0\n{step}"
+    );
+    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
+    common::attacker(
+        &spine,
+        "cheater",
+        r#"echo 41 > answer.txt
+site=$(python3 -m site --user-site)
+mkdir -p "$site" "$HOME/.config"
+printf 'import os\nos._exit(0)\n' > "$site/usercustomize.py"
+# The same trick, checked here: with it, a Python process that should fail passes.
+python3 -c 'import sys; sys.exit(1)' && echo "planted: python exits 0" >&2
+echo "Wrote the answer."
+"#,
+        "",
+    );
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines.contains(&"planted: python exits 0"),
+        "the trick works in the agent's own home: {lines:#?}"
+    );
+    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
+    assert!(
+        jobs[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("failed verification")),
+        "{:?}",
+        jobs[0].error
+    );
+    assert!(spine.github.pulls().is_empty(), "nothing opened");
+    assert!(
+        git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
+        "nothing pushed"
+    );
+}

@@ -10,7 +10,7 @@
 //! Transient failures (GitHub down, a fetch that failed) put the job back to wait, with backoff and the
 //! reason (`waiting`); permanent ones fail it at once with a reason a user can act on.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -996,6 +996,81 @@ async fn run_in_worktree(
     .await
 }
 
+/// The folders a verify step is given instead of the agent's: `verify/{home,tmp,output}` in the job's
+/// folder, emptied for each step.
+struct FreshDirs {
+    home: PathBuf,
+    tmp: PathBuf,
+    output: PathBuf,
+}
+
+impl FreshDirs {
+    async fn make(dirs: &JobDirs) -> Result<FreshDirs> {
+        let root = dirs.root.join("verify");
+        match crate::safe_fs::remove_tree_async(&root).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e)
+                    .with_context(|| format!("clearing {}", root.display()))
+                    .context(Failure::Prepare);
+            }
+            _ => {}
+        }
+        let fresh = FreshDirs {
+            home: root.join("home"),
+            tmp: root.join("tmp"),
+            output: root.join("output"),
+        };
+        for dir in [&fresh.home, &fresh.tmp, &fresh.output] {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .with_context(|| format!("creating {}", dir.display()))
+                .context(Failure::Prepare)?;
+        }
+        Ok(fresh)
+    }
+
+    /// The agent's folder this one stands in for, if any.
+    fn instead_of<'a>(&'a self, dirs: &JobDirs, path: &Path) -> Option<&'a PathBuf> {
+        [
+            (&dirs.home, &self.home),
+            (&dirs.tmp, &self.tmp),
+            (&dirs.output, &self.output),
+        ]
+        .into_iter()
+        .find_map(|(agents, fresh)| (agents.as_path() == path).then_some(fresh))
+    }
+
+    /// The job's variables, with `HOME`, `TMPDIR` and `NIGHTSHIFT_OUTPUT_DIR` naming these folders.
+    fn vars(&self, dirs: &JobDirs) -> Vec<(String, String)> {
+        dirs.vars
+            .iter()
+            .map(|(k, v)| {
+                let fresh = self.instead_of(dirs, Path::new(v));
+                (
+                    k.clone(),
+                    fresh.map_or_else(|| v.clone(), |p| p.display().to_string()),
+                )
+            })
+            .collect()
+    }
+
+    /// The agent's box, writing these folders instead of the agent's.
+    fn boxed(
+        &self,
+        dirs: &JobDirs,
+        sandbox: &Option<crate::sandbox::BoxSpec>,
+    ) -> Option<crate::sandbox::BoxSpec> {
+        sandbox.clone().map(|mut spec| {
+            for path in &mut spec.writable {
+                if let Some(fresh) = self.instead_of(dirs, path) {
+                    *path = fresh.clone();
+                }
+            }
+            spec
+        })
+    }
+}
+
 /// This attempt's own folders: its home (so agents share no state and never see the service's), temporary
 /// and output folders, the event's payload, and the variables the agent is given about them.
 struct JobDirs {
@@ -1382,9 +1457,7 @@ async fn run_agent(run: AgentRun<'_>) -> Result<(agent::AgentOutcome, Verified)>
                 profile,
                 &worktree.path,
                 &sandbox,
-                &vars,
-                home,
-                output_dir,
+                dirs,
                 deadline,
             )
             .await?;
@@ -1599,9 +1672,7 @@ async fn run_verify_steps(
     profile: &crate::config::AgentProfile,
     worktree: &std::path::Path,
     sandbox: &Option<crate::sandbox::BoxSpec>,
-    vars: &[(String, String)],
-    home: &std::path::Path,
-    output_dir: &std::path::Path,
+    dirs: &JobDirs,
     deadline: Instant,
 ) -> Result<StepsRun> {
     let mut results = Vec::new();
@@ -1612,6 +1683,13 @@ async fn run_verify_steps(
             let why = "the job ran out of time before its verify steps ended".to_owned();
             return Err(anyhow!(why.clone()).context(Failure::Agent(why)));
         }
+        // Each step gets a home, temporary and output folder of its own, empty: what the agent left in its
+        // own (a `~/.cargo/config.toml` whose runner is `true`, an `~/.npmrc` whose script shell is
+        // `/bin/true`, a Python `usercustomize`) cannot make a step pass.
+        let fresh = FreshDirs::make(dirs).await?;
+        let (home, output_dir) = (&fresh.home, &fresh.output);
+        let vars = fresh.vars(dirs);
+        let sandbox = &fresh.boxed(dirs, sandbox);
         note(pipeline, job.id, format!("verify: running `{}`", step.name)).await;
         let mut step_profile = profile.clone();
         step_profile.backend = crate::config::Backend::Command(step.argv.clone());
