@@ -29,10 +29,50 @@ pub fn inert(text: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Borrowed(t) => neutralize_mentions(t),
         std::borrow::Cow::Owned(t) => std::borrow::Cow::Owned(neutralize_mentions(&t).into_owned()),
     };
-    match break_markers(&text) {
+    let text = match break_markers(&text) {
+        Some(broken) => std::borrow::Cow::Owned(broken),
+        None => text,
+    };
+    match break_closing_keywords(&text) {
         Some(broken) => std::borrow::Cow::Owned(broken),
         None => text,
     }
+}
+
+/// GitHub's closing keywords followed by an issue (`Fixes #12`, `closes: owner/repo#3`, `Resolved
+/// https://github.com/o/r/issues/4`): in a pull request's body or a commit that reaches the default branch,
+/// merging closes that issue. An agent (or the stranger whose issue title is a commit's) could have a
+/// maintainer's merge close issues nobody meant to. A match gets a zero-width joiner after the keyword's
+/// first letter: it reads the same and closes nothing. `regex-automata` matches in linear time.
+fn closing_keywords() -> &'static regex_automata::meta::Regex {
+    static KEYWORDS: std::sync::OnceLock<regex_automata::meta::Regex> = std::sync::OnceLock::new();
+    KEYWORDS.get_or_init(|| {
+        regex_automata::meta::Regex::new(concat!(
+            r"(?i)\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)",
+            r"[ \t]*:?[ \t]+",
+            r"(?:#[0-9]|[a-z0-9_.-]+/[a-z0-9_.-]+#[0-9]|https?://)",
+        ))
+        .expect("the closing keyword pattern compiles")
+    })
+}
+
+/// `text` with every closing keyword that names an issue broken ([`closing_keywords`]); `None` when it has
+/// none.
+pub fn break_closing_keywords(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut copied = 0;
+    for found in closing_keywords().find_iter(text) {
+        // The keyword starts with an ASCII letter: one byte.
+        let first = found.start() + 1;
+        out.push_str(&text[copied..first]);
+        out.push_str(UNMENTION);
+        copied = first;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
 }
 
 /// `text` with every hidden comment that begins like one of nightshift's markers (`<!-- nightshift:`, in
@@ -370,7 +410,10 @@ pub fn issue_body(trigger: &str, job: JobId, message: &str, number: Option<u64>)
     body
 }
 
+/// A commit's message: its title (the trigger's, rendered from the event: a stranger's words, its closing
+/// keywords broken) and what made it.
 pub fn commit_message(trigger: &str, title: &str, number: Option<u64>) -> String {
+    let title = break_closing_keywords(title).unwrap_or_else(|| title.to_owned());
     match number {
         Some(n) => format!("{title}\n\nMade by nightshift (trigger {trigger}) for #{n}."),
         None => format!("{title}\n\nMade by nightshift (trigger {trigger})."),
@@ -755,6 +798,49 @@ mod tests {
         // The context says what failed in the log, too.
         let e = anyhow::anyhow!("fatal: bad ref").context(Failure::Prepare);
         assert_eq!(format!("{e:#}"), "preparing the repository: fatal: bad ref");
+    }
+
+    #[test]
+    fn closing_keywords_an_agent_or_a_stranger_writes_close_nothing() {
+        for text in [
+            "Fixes #12",
+            "this closes: #3 too",
+            "RESOLVED octo-org/other-repo#7",
+            "fixed https://github.com/o/r/issues/4",
+            "Close\t#9",
+        ] {
+            let broken = break_closing_keywords(text).expect(text);
+            assert_eq!(broken.replace(UNMENTION, ""), text, "it reads the same");
+            assert!(
+                closing_keywords().find(&broken).is_none(),
+                "{text}: {broken:?}"
+            );
+        }
+        for text in [
+            "fix the bug in #12's test",
+            "prefixes #3",
+            "closes the file",
+            "fix: typo",
+        ] {
+            assert_eq!(break_closing_keywords(text), None, "{text}");
+        }
+        // In the pull request's body, the agent's are broken and nightshift's own `Closes #1.` is kept.
+        let body = pull_request_body(
+            "fix",
+            JobId(9),
+            Some("Resolves #5"),
+            "Fixes #12 and #13.",
+            Some(1),
+            true,
+        );
+        assert!(body.starts_with("Closes #1.\n"), "{body}");
+        assert!(
+            !body.contains("Fixes #12") && !body.contains("Resolves #5"),
+            "{body}"
+        );
+        // A commit's title is rendered from the event (a stranger's issue title).
+        let message = commit_message("fix", "closes #7 (#1)", Some(1));
+        assert!(!message.contains("closes #7"), "{message}");
     }
 
     #[test]
