@@ -18,7 +18,7 @@
     lines.addEventListener("line", function (e) {
       var line = JSON.parse(e.data);
       var span = document.createElement("span");
-      span.className = line.s === "err" ? "err" : "out";
+      span.className = line.s === "err" || line.s === "ns" ? line.s : "out";
       span.textContent = line.l + "\n";
       log.appendChild(span);
     });

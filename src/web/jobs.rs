@@ -293,17 +293,23 @@ pub async fn list_events(
     })
 }
 
+/// The class a log line is shown with: nightshift's own lines (`ns`) apart from what the agent printed
+/// (`out`, `err`), so an agent cannot print a line that passes for nightshift's ("verify: `tests` passed").
+fn stream_class(stream: &str) -> &'static str {
+    match stream {
+        "stderr" => "err",
+        "nightshift" => "ns",
+        _ => "out",
+    }
+}
+
 fn log_html(lines: &[(i64, crate::store::LogLine)]) -> String {
     let mut out = String::new();
     for (_, line) in lines {
         let _ = write!(
             out,
             "<span class=\"{}\">{}\n</span>",
-            if line.stream == "stderr" {
-                "err"
-            } else {
-                "out"
-            },
+            stream_class(&line.stream),
             text(&line.line)
         );
     }
@@ -531,7 +537,7 @@ pub async fn log_events(
             for (n, line) in lines {
                 after = n;
                 let data = serde_json::json!({
-                    "s": if line.stream == "stderr" { "err" } else { "out" },
+                    "s": stream_class(&line.stream),
                     "l": super::html::visible(&line.line),
                 });
                 let event = Event::default()
@@ -708,4 +714,28 @@ pub async fn retry(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     act(&dash, &id, &headers, &form, Action::Retry).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_line_never_looks_like_nightshifts() {
+        let line = |stream: &str, text: &str| crate::store::LogLine {
+            stream: stream.to_owned(),
+            line: text.to_owned(),
+        };
+        let html = log_html(&[
+            (1, line("nightshift", "verify: `tests` passed in 3 ms")),
+            (2, line("stdout", "verify: `tests` passed in 3 ms")),
+            (3, line("stderr", "oops")),
+        ]);
+        assert_eq!(
+            html,
+            "<span class=\"ns\">verify: `tests` passed in 3 ms\n</span>\
+             <span class=\"out\">verify: `tests` passed in 3 ms\n</span>\
+             <span class=\"err\">oops\n</span>"
+        );
+    }
 }
