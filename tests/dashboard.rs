@@ -1098,32 +1098,26 @@ async fn sign_in_is_rate_limited_per_client_address_and_many_addresses_cannot_cr
     spine.github.sign_in_as("octo-admin");
     let real = http_from("127.0.0.20");
     let (callback, binding) = approved_on_github(&real, &url, None).await;
-    // Its state, with another browser's cookie, or made up, is no sign-in (and spends nothing).
-    let other_browser = format!("nightshift_signin={}", "ab".repeat(20));
-    let wrong = real
-        .get(&callback)
-        .header("cookie", &other_browser)
-        .send()
-        .await
-        .unwrap();
+    // Its state, with another browser's cookie, is no sign-in (and spends nothing).
+    let come_back = |cookie: String| {
+        let (real, callback) = (real.clone(), callback.clone());
+        async move {
+            real.get(&callback)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let wrong = come_back(format!("nightshift_signin={}", "ab".repeat(20))).await;
     assert_eq!(wrong.status(), 403);
     assert_eq!(sign_ins_stored(&spine).await, 0);
-    let signed_in = real
-        .get(&callback)
-        .header("cookie", &binding)
-        .send()
-        .await
-        .unwrap();
+    let signed_in = come_back(binding.clone()).await;
     assert_eq!(signed_in.status(), 303);
     assert!(!session_of(&signed_in).0.is_empty());
     assert_eq!(sign_ins_stored(&spine).await, 1);
-    // The same answer again is refused before GitHub is asked (the fake records a second exchange).
-    let replay = real
-        .get(&callback)
-        .header("cookie", &binding)
-        .send()
-        .await
-        .unwrap();
+    // The same answer again is refused before GitHub is asked (the fake would record a second exchange).
+    let replay = come_back(binding).await;
     assert_eq!(replay.status(), 403);
     spine.assert_no_unexpected_calls();
 }

@@ -1007,26 +1007,8 @@ struct FreshDirs {
 impl FreshDirs {
     async fn make(dirs: &JobDirs) -> Result<FreshDirs> {
         let root = dirs.root.join("verify");
-        match crate::safe_fs::remove_tree_async(&root).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e)
-                    .with_context(|| format!("clearing {}", root.display()))
-                    .context(Failure::Prepare);
-            }
-            _ => {}
-        }
-        let fresh = FreshDirs {
-            home: root.join("home"),
-            tmp: root.join("tmp"),
-            output: root.join("output"),
-        };
-        for dir in [&fresh.home, &fresh.tmp, &fresh.output] {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .with_context(|| format!("creating {}", dir.display()))
-                .context(Failure::Prepare)?;
-        }
-        Ok(fresh)
+        let [home, tmp, output] = empty_folders(&root).await?;
+        Ok(FreshDirs { home, tmp, output })
     }
 
     /// The agent's folder this one stands in for, if any.
@@ -1081,27 +1063,32 @@ struct JobDirs {
     vars: Vec<(String, String)>,
 }
 
-/// Makes the attempt's folders (see [`JobDirs`]), from nothing.
-async fn make_job_dirs(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> Result<JobDirs> {
-    let job_dir = job_dir(pipeline, job.id, job.attempt);
-    // This attempt starts from nothing, like its worktree.
-    match crate::safe_fs::remove_tree_async(&job_dir).await {
+/// `root` emptied (whatever was in it removed, no link followed), with an empty `home`, `tmp` and `output`
+/// in it.
+async fn empty_folders(root: &Path) -> Result<[PathBuf; 3]> {
+    match crate::safe_fs::remove_tree_async(root).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(e)
-                .with_context(|| format!("clearing {}", job_dir.display()))
+                .with_context(|| format!("clearing {}", root.display()))
                 .context(Failure::Prepare);
         }
         _ => {}
     }
-    let home = job_dir.join("home");
-    let tmp = job_dir.join("tmp");
-    let output_dir = job_dir.join("output");
-    for dir in [&home, &tmp, &output_dir] {
+    let folders = ["home", "tmp", "output"].map(|name| root.join(name));
+    for dir in &folders {
         tokio::fs::create_dir_all(dir)
             .await
             .with_context(|| format!("creating {}", dir.display()))
             .context(Failure::Prepare)?;
     }
+    Ok(folders)
+}
+
+/// Makes the attempt's folders (see [`JobDirs`]), from nothing.
+async fn make_job_dirs(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> Result<JobDirs> {
+    let job_dir = job_dir(pipeline, job.id, job.attempt);
+    // This attempt starts from nothing, like its worktree.
+    let [home, tmp, output_dir] = empty_folders(&job_dir).await?;
     let event_path = job_dir.join("event.json");
     tokio::fs::write(
         &event_path,
