@@ -291,6 +291,9 @@ async fn a_repository_trigger_that_doubles_a_list_or_nests_a_namespace_in_itself
     let cycle = "on: issues\nagent: reply\nprompt: \"{% if event.issue.title == 'boom' %}{% set n = namespace() %}{% set n.a = n %}{{ n.a }}{% endif %}ok\"\n";
     spine.commit("main", "main", ".nightshift/triggers/double.yml", double);
     spine.commit("main", "main", ".nightshift/triggers/cycle.yml", cycle);
+    // The same doubling through the `chain` filter (docs/security-adv4.md, found after the `+` fix).
+    let chain = double.replace("n.a + n.a", "n.a|chain(n.a)");
+    spine.commit("main", "main", ".nightshift/triggers/chain.yml", &chain);
     spine.start().await;
 
     let mut boom = payload(&spine, "issues/opened.json");
@@ -306,6 +309,10 @@ async fn a_repository_trigger_that_doubles_a_list_or_nests_a_namespace_in_itself
     );
     assert!(
         log.contains("cycle.yml") && log.contains("the namespace `n` is used only as"),
+        "{log}"
+    );
+    assert!(
+        log.contains("chain.yml") && log.contains("the `chain` filter is not allowed"),
         "{log}"
     );
     healthz(&spine).await;

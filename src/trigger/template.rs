@@ -23,6 +23,10 @@ use crate::source::event::Event;
 /// megabytes). Real prompts use a few thousand.
 pub const FUEL: u64 = 200_000;
 
+/// minijinja's filters that join values lazily and charge no fuel for it: `a|chain(a)` doubled in a loop
+/// is `+` of two lists again (billions of items at 33 levels), and of maps a lookup that never ends.
+const UNBOUNDED_FILTERS: &[&str] = &["chain", "zip"];
+
 /// The environment titles, concurrency groups and `if:` expressions are evaluated with: values print as
 /// they are.
 pub fn environment() -> Environment<'static> {
@@ -34,6 +38,10 @@ pub fn environment() -> Environment<'static> {
         .expect("the default syntax with trailing newlines kept is valid");
     env.set_syntax(syntax);
     env.set_fuel(Some(FUEL));
+    // Lazy joins at no fuel, like `+` of two lists (see [`bounded`]): gone from both environments.
+    for joins in UNBOUNDED_FILTERS {
+        env.remove_filter(joins);
+    }
     env.add_filter("untrusted", untrusted);
     env.add_filter("trusted", trusted);
     env
@@ -302,6 +310,19 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
                 format!(
                     "the namespace `{name}` is used only as `{name}.attr` or `{name}[...]`: a template may \
                      not build values from other values (nightshift could not bound what it prints)"
+                ),
+            ));
+        }
+        if let Token::Ident(name) = token
+            && at > 0
+            && matches!(tokens[at - 1].0, Token::Pipe)
+            && UNBOUNDED_FILTERS.contains(name)
+        {
+            return Err((
+                usize::from(*line).max(1),
+                format!(
+                    "the `{name}` filter is not allowed: a template may not build values from other values \
+                     (nightshift could not bound what it prints)"
                 ),
             ));
         }
@@ -683,10 +704,24 @@ pub fn trusted(value: Value) -> Value {
 
 #[cfg(test)]
 mod bounded_tests {
-    use super::{check, check_expression, environment};
+    use super::{check, check_expression, environment, prompt_environment};
 
     /// A repository's trigger file can hold any template its pushers write: one that nests lists of
     /// references eight deep (or repeats them) printed gigabytes before the fuel ran out.
+    #[test]
+    fn the_filters_that_join_for_free_are_gone_from_both_environments() {
+        for env in [environment(), prompt_environment()] {
+            let err = env
+                .render_str("{{ [1]|chain([2])|list }}", minijinja::context! {})
+                .unwrap_err();
+            assert!(err.to_string().contains("unknown filter"), "{err}");
+            assert!(
+                env.render_str("{{ [1]|zip([2])|list }}", minijinja::context! {})
+                    .is_err()
+            );
+        }
+    }
+
     #[test]
     fn templates_that_build_or_repeat_values_are_refused_and_ordinary_ones_pass() {
         let env = environment();
@@ -714,6 +749,10 @@ mod bounded_tests {
             "{% set f = namespace %}{% set n = f() %}",
             "{% set n = namespace() %}{% for x in event.issue.labels %}{% set n.l = x %}{% endfor %}{{ n|list }}",
             "{% set n = namespace() %}{% with m = n %}{{ m }}{% endwith %}",
+            // `chain` and `zip` join lazily, for free, as `+` did.
+            "{% set n = namespace() %}{% set n.a = ['x'] %}{% for i in range(34) %}{% set n.a = n.a|chain(n.a) %}{% endfor %}",
+            "{% set n = namespace() %}{% set n.d = event %}{% for i in range(60) %}{% set n.d = n.d | chain(n.d) %}{% endfor %}{{ n.d.nokey is defined }}",
+            "{% set n = namespace() %}{% set n.a = ['x'] %}{% for i in range(34) %}{% set n.a = n.a|zip(n.a) %}{% endfor %}",
         ] {
             let (_, message) = check(&env, hostile).expect_err(hostile);
             assert!(
