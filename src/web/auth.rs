@@ -266,6 +266,10 @@ pub fn check_state(secret: &str, state: &str, browser: &str, now: i64) -> Option
         return None;
     }
     let expires_at: i64 = expires.parse().ok()?;
+    // One spelling only (`0` + expiry parses the same): each state is spent once under one name.
+    if expires != expires_at.to_string() {
+        return None;
+    }
     let good = same(mac, &state_mac(secret, browser, expires_at));
     (good && expires_at > now && expires_at <= now + ms(STATE_LIFE)).then_some(expires_at)
 }
@@ -491,6 +495,7 @@ mod tests {
         let (expiry, mac) = state.split_once('-').unwrap();
         let later = format!("{}-{mac}", expiry.parse::<i64>().unwrap() + 1);
         assert_eq!(check_state("secret", &later, &a, now), None);
+        assert_eq!(check_state("secret", &format!("0{state}"), &a, now), None);
         let flipped = format!(
             "{expiry}-{}{}",
             &mac[..63],
