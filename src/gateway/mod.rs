@@ -845,6 +845,8 @@ struct Head {
     mcp_servers: Option<serde::de::IgnoredAny>,
     /// OpenAI's chat completions: a web search the provider's servers run.
     web_search_options: Option<serde::de::IgnoredAny>,
+    /// OpenRouter's plugins: a web search, or files fetched and parsed, on its servers.
+    plugins: Option<serde::de::IgnoredAny>,
     /// The most output the answer may have (Responses, Messages and chat completions name it differently):
     /// what an answer that reports no usage is charged.
     max_output_tokens: Option<u64>,
@@ -915,11 +917,17 @@ fn prepare(path: &str, body: Bytes) -> Result<Prepared, String> {
     let unreported = meter::Tokens {
         input: body.len() as u64,
         cached_input: 0,
-        output: head
-            .max_output_tokens
-            .or(head.max_completion_tokens)
-            .or(head.max_tokens)
-            .unwrap_or(UNREPORTED_OUTPUT),
+        // The largest limit the request names: a server that reads another field than the one charged
+        // must not make the charge smaller.
+        output: [
+            head.max_output_tokens,
+            head.max_completion_tokens,
+            head.max_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(UNREPORTED_OUTPUT),
         model: None,
     };
     let prepared = |body: Bytes, model: Option<String>| {
@@ -943,9 +951,10 @@ fn prepare(path: &str, body: Bytes) -> Result<Prepared, String> {
         // OpenAI's `gpt-4o-search-preview`, `gpt-5-search-api`, `o3-deep-research` and the like search on
         // every request, with no tool asked for.
         let lower = model.to_ascii_lowercase();
+        // And OpenRouter's `:online` variants and Perplexity's `sonar` models.
         let searches = lower
             .split(['-', '_', '.', ':', '/'])
-            .any(|part| part == "search")
+            .any(|part| matches!(part, "search" | "online" | "sonar"))
             || lower.contains("deep-research");
         if searches {
             return Err(format!(
@@ -981,6 +990,13 @@ fn prepare(path: &str, body: Bytes) -> Result<Prepared, String> {
         return Err(
             "the model provider's web search (`web_search_options`) is not allowed: it reaches \
                     hosts from the provider's servers, outside the job's network rules"
+                .to_owned(),
+        );
+    }
+    if head.plugins.is_some() {
+        return Err(
+            "the model provider's plugins (`plugins`) are not allowed: they search the web or fetch files \
+                    from the provider's servers, outside the job's network rules"
                 .to_owned(),
         );
     }
@@ -1172,6 +1188,8 @@ mod tests {
             "o3-deep-research",
             "O4-Mini-Deep-Research",
             "openai/gpt-4o-search-preview",
+            "openai/gpt-5.5:online",
+            "perplexity/sonar-pro",
         ] {
             let why = refused(json!({"model": model})).expect(model);
             assert!(why.contains("searches the web"), "{why}");
@@ -1202,5 +1220,14 @@ mod tests {
         );
         let prepared = prepare("/v1/responses", Bytes::from_static(b"{\"model\":\"m\"}")).unwrap();
         assert_eq!(prepared.unreported.output, UNREPORTED_OUTPUT);
+        // The largest of the limits named, whichever field the server reads.
+        let body = json!({"model": "m", "max_completion_tokens": 9000, "max_output_tokens": 1});
+        let prepared = prepare(
+            "/v1/chat/completions",
+            Bytes::from(serde_json::to_vec(&body).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(prepared.unreported.output, 9000);
+        assert!(refused(json!({"model": "m", "plugins": [{"id": "web"}]})).is_some());
     }
 }

@@ -1,6 +1,8 @@
 //! What in a model request the provider would fetch for the model from outside the request: an image or a
 //! file given by URL (OpenAI's `input_image.image_url`, `input_file.file_url`, a chat completion's
-//! `image_url.url`; Anthropic's `source: {type: url}`), or a file stored with the provider (`file_id`). The
+//! `image_url.url`; Anthropic's `source: {type: url}`; and, for the OpenAI-compatible servers a profile may
+//! name, any `*_url` or `*_uri` field, such as vLLM's `video_url` and `audio_url` or Mistral's
+//! `document_url`, and a `file_data` that is a web address), or a file stored with the provider (`file_id`). The
 //! provider's servers fetch such a URL, so an agent could have them carry what it read to a host of its
 //! choosing, outside the job's network rules, as its server tools would. Content the request carries itself
 //! (`data:` URLs, base64 sources) stays allowed: the Codex CLI sends a local image that way.
@@ -24,9 +26,13 @@ pub fn find(body: &[u8]) -> Result<Option<String>, serde_json::Error> {
 
 /// A value, as much of it as the walk needs.
 enum Node {
-    /// A string: whether it is a `data:` URL (content carried in the request), and its text when short
-    /// (an object's `type`).
-    Text { data: bool, short: Option<String> },
+    /// A string: whether it is a `data:` URL (content carried in the request), whether it is a web
+    /// address (`http:`, `https:`, `//`), and its text when short (an object's `type`).
+    Text {
+        data: bool,
+        web: bool,
+        short: Option<String>,
+    },
     /// Anything else: whether it is an object with a `url` that is not a `data:` URL, and the first
     /// reference to outside content found in it.
     Other {
@@ -71,7 +77,7 @@ impl<'de> Deserialize<'de> for Key {
                 f.write_str("a key")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(Key((v.len() <= 16).then(|| v.to_owned())))
+                Ok(Key((v.len() <= 64).then(|| v.to_ascii_lowercase())))
             }
         }
         deserializer.deserialize_str(KeyVisitor)
@@ -81,10 +87,14 @@ impl<'de> Deserialize<'de> for Key {
 const SHORT: usize = 40;
 
 fn text(v: &str) -> Node {
+    let starts = |prefix: &str| {
+        v.trim_start()
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
     Node::Text {
-        data: v
-            .get(..5)
-            .is_some_and(|head| head.eq_ignore_ascii_case("data:")),
+        data: starts("data:"),
+        web: starts("http:") || starts("https:") || starts("//"),
         short: (v.len() <= SHORT).then(|| v.to_owned()),
     }
 }
@@ -155,18 +165,24 @@ impl<'de> Visitor<'de> for NodeVisitor {
                 }
                 "url" => {
                     has_url = true;
-                    remote_url = matches!(value, Node::Text { data: false, .. });
+                    // Any of them: a key given twice is read by one parser first and another last.
+                    remote_url |= matches!(value, Node::Text { data: false, .. });
                     None
                 }
-                "image_url" if value.names_a_remote_url() => {
-                    Some("an image given by URL (`image_url`)")
+                "file_id" => Some("a file stored with the provider (`file_id`)".to_owned()),
+                "file_data" if matches!(value, Node::Text { web: true, .. }) => {
+                    Some("a file given by URL (`file_data`)".to_owned())
                 }
-                "file_url" => Some("a file given by URL (`file_url`)"),
-                "file_id" => Some("a file stored with the provider (`file_id`)"),
+                other
+                    if (other.ends_with("_url") || other.ends_with("_uri") || other == "uri")
+                        && value.names_a_remote_url() =>
+                {
+                    Some(format!("content given by URL (`{other}`)"))
+                }
                 _ => None,
             };
             if found.is_none() {
-                found = here.map(str::to_owned);
+                found = here;
             }
         }
         if found.is_none() && has_url && kind.as_deref() == Some("url") {
@@ -211,9 +227,24 @@ mod tests {
                 {"type": "document", "source": {"type": "file", "file_id": "file_011"}}]}]}),
             // Case does not make an https URL a data one.
             json!({"input": [{"type": "input_image", "image_url": "HTTPS://evil.example/"}]}),
+            // What OpenAI-compatible servers fetch: vLLM's video and audio, Mistral's documents,
+            // OpenRouter's file data given as a web address.
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "video_url", "video_url": {"url": exfil}}]}]}),
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "audio_url", "audio_url": {"url": exfil}}]}]}),
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "document_url", "Document_URL": exfil}]}]}),
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": exfil}}]}]}),
         ] {
             assert!(found(body.clone()).is_some(), "{body}");
         }
+        // A `url` given twice, the remote one first: whichever one a parser keeps, it is refused.
+        let twice = format!(
+            r#"{{"messages": [{{"content": [{{"type": "image_url", "image_url": {{"url": "{exfil}", "url": "data:,x"}}}}]}}]}}"#
+        );
+        assert!(find(twice.as_bytes()).unwrap().is_some());
     }
 
     #[test]
@@ -232,6 +263,8 @@ mod tests {
             json!({"tools": [{"type": "function", "name": "fetch", "parameters": {"type": "object",
                 "properties": {"url": {"type": "string"}, "image_url": {"type": "string", "format": "uri"}}}}]}),
             json!({"input": "please read https://evil.example/ and file_id: x"}),
+            json!({"messages": [{"role": "user", "content": [
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}}]}]}),
             json!([1, "two", null, true, {"k": []}]),
         ] {
             assert_eq!(found(body.clone()), None, "{body}");
