@@ -49,8 +49,8 @@ fn closing_keywords() -> &'static regex_automata::meta::Regex {
     KEYWORDS.get_or_init(|| {
         regex_automata::meta::Regex::new(concat!(
             r"(?i)\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)",
-            r"[ \t]*:?[ \t]+",
-            r"(?:#[0-9]|[a-z0-9_.-]+/[a-z0-9_.-]+#[0-9]|https?://)",
+            r"[ \t]*:?[ \t]*",
+            r"(?:#[0-9]|gh-[0-9]|[a-z0-9_.-]+/[a-z0-9_.-]+#[0-9]|https?://)",
         ))
         .expect("the closing keyword pattern compiles")
     })
@@ -348,7 +348,12 @@ pub fn no_changes_comment(trigger: &str, job: JobId, message: &str) -> String {
 }
 
 pub fn pull_request_title(title: Option<&str>, number: Option<u64>) -> String {
-    let title = title.map(scrub);
+    // Rendered from the event (often a stranger's issue title), and copied by GitHub into the commit a
+    // squash or merge makes: its closing keywords are broken like a commit's.
+    let title = title.map(|t| {
+        let t = scrub(t);
+        break_closing_keywords(&t).unwrap_or(t)
+    });
     match (title.as_deref(), number) {
         (Some(title), Some(n)) if !title.trim().is_empty() => format!("{} (#{n})", title.trim()),
         (_, Some(n)) => format!("Changes for #{n}"),
@@ -808,6 +813,8 @@ mod tests {
             "RESOLVED octo-org/other-repo#7",
             "fixed https://github.com/o/r/issues/4",
             "Close\t#9",
+            "closes:#8",
+            "fixes GH-6",
         ] {
             let broken = break_closing_keywords(text).expect(text);
             assert_eq!(broken.replace(UNMENTION, ""), text, "it reads the same");
@@ -841,6 +848,12 @@ mod tests {
         // A commit's title is rendered from the event (a stranger's issue title).
         let message = commit_message("fix", "closes #7 (#1)", Some(1));
         assert!(!message.contains("closes #7"), "{message}");
+        // So is a pull request's title, which GitHub copies into the commit a squash makes.
+        let title = pull_request_title(Some("Fixes #7: the crash"), Some(1));
+        assert!(
+            !title.contains("Fixes #7") && title.ends_with("(#1)"),
+            "{title}"
+        );
     }
 
     #[test]
