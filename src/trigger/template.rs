@@ -28,8 +28,11 @@ pub const FUEL: u64 = 200_000;
 const UNBOUNDED_FILTERS: &[&str] = &["chain", "zip"];
 
 /// The filters a template may use: minijinja's own that were read for what they cost (each charges fuel
-/// for what it builds), and nightshift's. An allow-list: a filter a later minijinja adds is refused until
-/// someone reads it.
+/// for what it builds, and none nests or repeats a value), and nightshift's. An allow-list: a filter a
+/// later minijinja adds is refused until someone reads it. Not `batch`, `slice` or `groupby`: their fill
+/// repeats one value almost for free, and each pass nests a level (`[1]|batch(20000, [1]|batch(20000,
+/// 'x')|first)|first` printed gigabytes; 14,000 levels overflowed the stack when printed). Not `sum`: it
+/// joins lists as `+` does.
 const FILTERS: &[&str] = &[
     "safe",
     "escape",
@@ -63,22 +66,23 @@ const FILTERS: &[&str] = &[
     "list",
     "string",
     "bool",
-    "batch",
-    "slice",
-    "sum",
     "indent",
     "select",
     "reject",
     "selectattr",
     "rejectattr",
     "map",
-    "groupby",
     "unique",
     "pprint",
     "format",
     "untrusted",
     "trusted",
 ];
+
+/// The most tokens one `{{ ... }}` or `{% ... %}` may hold: minijinja's parser has no depth limit for a
+/// chain (`1~1~...~1` of 8,000 terms, `x|abs|abs|...`) and overflowed the stack reading it. Real tags hold
+/// a few dozen.
+const MAX_TAG_TOKENS: usize = 256;
 
 /// The environment titles, concurrency groups and `if:` expressions are evaluated with: values print as
 /// they are.
@@ -278,18 +282,19 @@ pub fn with_command(ctx: &Value, command: &Command) -> Value {
 
 /// Checks that `source` compiles as a template; on error returns (line within the template, message).
 pub fn check(env: &Environment<'static>, source: &str) -> Result<(), (usize, String)> {
+    // The construct check first: compiling a tag too long overflows the parser's stack.
+    bounded(source, false)?;
     env.template_from_str(source)
         .map(|_| ())
-        .map_err(|e| (e.line().unwrap_or(1), describe(&e)))?;
-    bounded(source, false)
+        .map_err(|e| (e.line().unwrap_or(1), describe(&e)))
 }
 
 /// Checks that `source` compiles as an expression.
 pub fn check_expression(env: &Environment<'static>, source: &str) -> Result<(), String> {
+    bounded(source, true).map_err(|(_, e)| e)?;
     env.compile_expression(source)
         .map(|_| ())
-        .map_err(|e| describe(&e))?;
-    bounded(source, true).map_err(|(_, e)| e)
+        .map_err(|e| describe(&e))
 }
 
 /// Refuses the constructs with which a template builds values larger than its event: a list, tuple or map
@@ -307,9 +312,9 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
     use minijinja::machinery::{Token, tokenize};
     let mut tokens = Vec::new();
     for token in tokenize(source, in_expr, minijinja::syntax::SyntaxConfig::default()) {
-        // A template that does not lex was refused by the compiler already.
+        // What comes before a token that does not lex is checked; the compiler refuses the rest.
         let Ok((token, span)) = token else {
-            return Ok(());
+            break;
         };
         tokens.push((token, span.start_line));
     }
@@ -352,8 +357,31 @@ fn bounded(source: &str, in_expr: bool) -> Result<(), (usize, String)> {
             }
         }
     }
+    let mut in_tag = 0usize;
     for (at, (token, line)) in tokens.iter().enumerate() {
         let next = tokens.get(at + 1).map(|(t, _)| t);
+        match token {
+            Token::VariableStart | Token::BlockStart => in_tag = 0,
+            _ => in_tag += 1,
+        }
+        if in_tag > MAX_TAG_TOKENS {
+            return Err((
+                usize::from(*line).max(1),
+                format!(
+                    "a `{{{{ ... }}}}` or `{{% ... %}}` holds more than {MAX_TAG_TOKENS} tokens: split it (nightshift \
+                     could not bound the work of reading it)"
+                ),
+            ));
+        }
+        // `map(attribute=..., default=A)` repeats A once per item, charged as one slot each.
+        if matches!(token, Token::Ident("default")) && matches!(next, Some(Token::Assign)) {
+            return Err((
+                usize::from(*line).max(1),
+                "`default=` is not allowed (it repeats a value for every item): a template may not build \
+                 values from other values (nightshift could not bound what it prints)"
+                    .to_owned(),
+            ));
+        }
         let after_dot = at > 0 && matches!(tokens[at - 1].0, Token::Dot);
         if let Token::Ident(name) = token
             && namespaces.contains(name)
@@ -786,6 +814,24 @@ mod bounded_tests {
         }
     }
 
+    /// minijinja's parser goes one call deeper per link of a chain: `1~1~...~1` of 8,000 terms (16 KB)
+    /// overflowed the stack of the thread reading a repository's triggers.
+    #[test]
+    fn a_tag_too_long_to_read_safely_is_refused() {
+        let env = environment();
+        let chain = format!("{{{{ {}1 }}}}", "1~".repeat(8_000));
+        let (_, message) = check(&env, &chain).unwrap_err();
+        assert!(message.contains("holds more than 256 tokens"), "{message}");
+        // Also when something after it does not lex (the parser would read the chain first).
+        let (_, message) = check(&env, &format!("{chain} {{{{ 'unclosed }}}}")).unwrap_err();
+        assert!(message.contains("holds more than 256 tokens"), "{message}");
+        let filters = format!("{{{{ 1{} }}}}", "|abs".repeat(20_000));
+        assert!(check(&env, &filters).is_err());
+        assert!(check_expression(&env, &format!("{}1", "1~".repeat(300))).is_err());
+        // Many short tags are fine.
+        assert!(check(&env, &"{{ 1~1 }}".repeat(2_000)).is_ok());
+    }
+
     #[test]
     fn templates_that_build_or_repeat_values_are_refused_and_ordinary_ones_pass() {
         let env = environment();
@@ -820,6 +866,13 @@ mod bounded_tests {
             "{% filter chain([1]) %}x{% endfilter %}",
             "{{ event|some_filter_a_later_minijinja_adds }}",
             "{{ event.issue.title | truncate(10) }}",
+            // A fill repeated almost for free, levels nested, lists summed (found by the fifth reviewer).
+            "{{ [1]|batch(20000, [1]|batch(20000, 'x')|first)|first }}",
+            "{{ [[]]|batch(400, [1]|batch(100000,'x')|first)|first|sum(start=[])|length }}",
+            "{% set n = namespace(a=1) %}{% for i in range(14000) %}{% set n.a = [1]|batch(2, n.a)|first %}{% endfor %}{{ n.a }}",
+            "{% set n = namespace(a=1) %}{% for i in range(9000) %}{% set n.a = n.a|groupby('x', default=1) %}{% endfor %}",
+            "{{ range(100000)|map(attribute='x', default=range(100000)|list)|list }}",
+            "{{ range(10)|slice(3, 'x') }}",
         ] {
             let (_, message) = check(&env, hostile).expect_err(hostile);
             assert!(
@@ -840,6 +893,7 @@ mod bounded_tests {
             "{{ dict(a=1, b='two') }} {{ event.issue.title | replace(old='a', new='b') }}",
             "{% set n = namespace(count=0) %}{% for l in event.issue.labels %}{% set n.count = n.count + 1 %}{% set n.last = l.name %}{% endfor %}{{ n.count }} {{ n['last'] }}",
             "{% set n = namespace(k=1) %}{{ 1 + event.issue.number }} {{ -1 + 2 }} {{ event.n }} {{ n.k + 1 }}",
+            "{{ event.issue.title|default('untitled') }} {{ event.issue.labels|map(attribute='name')|join(', ') }}",
         ] {
             check(&env, ordinary).unwrap_or_else(|e| panic!("{ordinary}: {e:?}"));
         }
