@@ -39,6 +39,10 @@ pub const SESSION_LIFE: Duration = Duration::from_secs(12 * 60 * 60);
 /// How long a sign-in with GitHub may take, from `/auth/login` to the callback.
 pub const STATE_LIFE: Duration = Duration::from_secs(10 * 60);
 
+/// How far ahead of this replica's clock another replica's may run: a sign-in started there and finished
+/// here is still good.
+const CLOCK_SKEW: Duration = Duration::from_secs(120);
+
 /// At most this many sessions of one login are kept (the oldest go first): signing in again and again
 /// grows nothing.
 pub const SESSIONS_PER_LOGIN: u32 = 16;
@@ -271,7 +275,9 @@ pub fn check_state(secret: &str, state: &str, browser: &str, now: i64) -> Option
         return None;
     }
     let good = same(mac, &state_mac(secret, browser, expires_at));
-    (good && expires_at > now && expires_at <= now + ms(STATE_LIFE)).then_some(expires_at)
+    // Made at most ten minutes ago, on this replica or another whose clock may run a little ahead.
+    let latest = now + ms(STATE_LIFE) + ms(CLOCK_SKEW);
+    (good && expires_at > now && expires_at <= latest).then_some(expires_at)
 }
 
 /// Who the request comes from: the static token as a bearer, or a good session cookie. A store that fails
@@ -506,7 +512,10 @@ mod tests {
             check_state("secret", &state, &a, now + ms(STATE_LIFE)),
             None
         );
-        // One made far ahead of now (a clock that jumped back, or a forged expiry) is not good either.
+        // One made on a replica whose clock runs a minute ahead is good here; one made far ahead of now (a
+        // clock that jumped back) is not.
+        let skewed = new_state("secret", &a, now + 60_000);
+        assert!(check_state("secret", &skewed, &a, now).is_some());
         let ahead = new_state("secret", &a, now + 3_600_000);
         assert_eq!(check_state("secret", &ahead, &a, now), None);
         // The right browser takes it once; not twice.
