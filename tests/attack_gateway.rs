@@ -181,6 +181,17 @@ async fn post(gateway: &Gateway, path: &str, token: Option<&str>) -> (u16, Value
     )
 }
 
+/// `body` sent to `/v1/responses` with `token`, its answer not read yet.
+async fn responses(gateway: &Gateway, token: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(url(gateway, "/v1/responses"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A streamed model request as an agent sends it, its answer not read yet.
 async fn stream(gateway: &Gateway, token: &str) -> reqwest::Response {
     client()
@@ -494,13 +505,7 @@ async fn an_answer_that_reports_no_usage_is_charged_its_limit() {
     let access = open(&gateway, &config, "free", 1).await;
     let body = json!({"model": "gpt-5.5", "stream": true, "input": "hi", "max_output_tokens": 700});
     let size = serde_json::to_vec(&body).unwrap().len() as u64;
-    let response = client()
-        .post(url(&gateway, "/v1/responses"))
-        .bearer_auth(access.token())
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = responses(&gateway, access.token(), &body).await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     assert!(!text.contains("response.completed"), "{text}");
@@ -510,13 +515,12 @@ async fn an_answer_that_reports_no_usage_is_charged_its_limit() {
         (Some(1), Some(size), Some(700))
     );
     // With no limit in the request, the default one.
-    let response = client()
-        .post(url(&gateway, "/v1/responses"))
-        .bearer_auth(access.token())
-        .json(&json!({"model": "gpt-5.5", "stream": true, "input": "hi"}))
-        .send()
-        .await
-        .unwrap();
+    let response = responses(
+        &gateway,
+        access.token(),
+        &json!({"model": "gpt-5.5", "stream": true, "input": "hi"}),
+    )
+    .await;
     response.text().await.unwrap();
     let usage = access.settle().await;
     assert_eq!(
@@ -526,13 +530,9 @@ async fn an_answer_that_reports_no_usage_is_charged_its_limit() {
     // A job with a token limit is refused once the charges pass it.
     let limited = open(&gateway, &config, "coder", 2).await;
     for expected in [200, 402] {
-        let response = client()
-            .post(url(&gateway, "/v1/responses"))
-            .bearer_auth(limited.token())
-            .json(&json!({"model": "gpt-5.5", "stream": true, "input": "hi", "max_output_tokens": 5000}))
-            .send()
-            .await
-            .unwrap();
+        let body =
+            json!({"model": "gpt-5.5", "stream": true, "input": "hi", "max_output_tokens": 5000});
+        let response = responses(&gateway, limited.token(), &body).await;
         assert_eq!(response.status(), expected);
         response.text().await.unwrap();
         limited.settle().await;
