@@ -120,6 +120,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The service's renderer of a repository's templates (src/trigger/isolate.rs): requests on stdin.
+    #[command(name = "render-helper", hide = true)]
+    RenderHelper,
     /// Inside an agent's box: forward loopback ports to unix sockets, run the agent, exit with its status.
     #[command(name = "box-init", hide = true)]
     BoxInit {
@@ -173,6 +176,9 @@ fn main() -> ExitCode {
     // In a box, before anything else: there is no config to read and nothing to log.
     if let Command::BoxInit { forward, argv } = cli.command {
         return nightshift::sandbox::init::main(forward, argv);
+    }
+    if let Command::RenderHelper = cli.command {
+        return nightshift::trigger::isolate::helper_main();
     }
     nightshift::install_tls_provider();
     match try_main(cli) {
@@ -433,6 +439,9 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
         Command::Serve => {
             // Before the runtime starts any thread: the environment may only change while there is one.
             let env = harden(&config)?;
+            // A repository's templates render in helpers started from this very binary, even when the
+            // file it was started from is replaced by a deploy.
+            nightshift::trigger::isolate::install("/proc/self/exe".into());
             nightshift::setup::require_secrets_or_setup(&config)?;
             let loaded = load::load(std::slice::from_ref(&config.triggers), Some(&agents));
             if !loaded.diagnostics.is_empty() {
@@ -541,7 +550,7 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::BoxInit { .. } => unreachable!("handled in main"),
+        Command::BoxInit { .. } | Command::RenderHelper => unreachable!("handled in main"),
         Command::Check { paths } => {
             if let Some(warning) =
                 sandbox::harden::unboxed_warning(&sandbox::harden::unboxed(&config))

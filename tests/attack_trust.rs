@@ -279,6 +279,92 @@ async fn a_repository_trigger_whose_template_loops_is_refused_and_the_service_st
     spine.assert_no_unexpected_calls();
 }
 
+/// A template whose work minijinja does not charge for what it costs (docs/security-adv4.md): each pass of the
+/// loop copies a large field of the payload twice and compares the copies, for a few units of fuel. Against
+/// a payload of megabytes that is minutes of CPU. A repository's templates render in a helper process with
+/// a CPU limit (src/trigger/isolate.rs): the kernel stops the helper after two seconds, that one job fails
+/// saying so, and the same trigger renders the next (small) event as usual, in a new helper.
+#[tokio::test]
+async fn a_repository_template_that_burns_cpu_is_stopped_by_the_kernel_and_the_next_event_renders()
+{
+    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
+    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
+    let burn = "on: issues\nagent: reply\nprompt: \"{% for i in range(8000) %}{% if event.issue.body == event.issue.body %}{% endif %}{% endfor %}rendered {{ event.issue.title }}\"\n";
+    spine.commit("main", "main", ".nightshift/triggers/burn.yml", burn);
+    spine.start().await;
+
+    let mut heavy = payload(&spine, "issues/opened.json");
+    heavy["issue"]["title"] = "heavy".into();
+    heavy["issue"]["body"] = "x".repeat(8 << 20).into();
+    deliver_and_match(&spine, "issues", "heavy-1", &heavy).await;
+    healthz(&spine).await;
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    let burned = jobs
+        .iter()
+        .find(|j| j.trigger == "Hello-World.burn")
+        .expect("the burning trigger's job is recorded");
+    let error = burned.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("the prompt of trigger `Hello-World.burn` did not render")
+            && error.contains("more than 2s of CPU"),
+        "{error}"
+    );
+    assert!(
+        jobs.iter()
+            .any(|j| j.trigger == "service" && j.error.is_none())
+    );
+
+    // The same trigger on an ordinary event: rendered, in a new helper.
+    let calm = payload(&spine, "issues/opened.json");
+    deliver_and_match(&spine, "issues", "calm-1", &calm).await;
+    spine.wait_for_finished_jobs(4).await;
+    let title = calm["issue"]["title"].as_str().unwrap().to_owned();
+    let rendered = specs(&spine)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "Hello-World.burn")
+        .filter_map(|(_, spec)| spec["prompt"].as_str().map(str::to_owned))
+        .collect::<Vec<_>>();
+    assert!(
+        rendered
+            .iter()
+            .any(|p| p.contains("rendered") && p.contains(&title)),
+        "{rendered:?}"
+    );
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
+/// The same class of template, caught when the repository's triggers are read: each pass compares two copies
+/// of the whole payload, sorted, for a few units of fuel. Checked against GitHub's sample payloads of every
+/// `issues` action, in this thread, it took over 30 seconds of CPU (a debug build). The check runs in a
+/// helper too, and all of a file's sample renders share one CPU budget: the file is refused with why.
+#[tokio::test]
+async fn a_repository_trigger_file_whose_check_burns_cpu_is_refused_within_one_budget() {
+    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
+    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
+    let burn = "on: issues\nagent: reply\nprompt: \"{% for i in range(1500) %}{% if event|dictsort == event|dictsort %}{% endif %}{% endfor %}ok\"\n";
+    spine.commit("main", "main", ".nightshift/triggers/burn.yml", burn);
+    spine.start().await;
+
+    deliver_and_match(
+        &spine,
+        "issues",
+        "calm-1",
+        &payload(&spine, "issues/opened.json"),
+    )
+    .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    assert_eq!(jobs[0].trigger, "service", "the burning file never loaded");
+    let log = spine.server.as_ref().unwrap().log();
+    assert!(
+        log.contains("burn.yml") && log.contains("more than 2s of CPU"),
+        "{log}"
+    );
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
 /// Two templates the construct check let through (docs/security-adv4.md): a list doubled with `+` (minijinja
 /// joins lists lazily, for free, then copies thirty-three levels at once: billions of items) and a namespace
 /// put inside itself (printing it recursed until the stack overflowed and aborted the service). Both wait

@@ -113,6 +113,9 @@ struct Checker<'a> {
     text: &'a str,
     errors: Vec<Diagnostic>,
     env: Environment<'static>,
+    /// A repository's trigger file, in the service: its templates are tried against the samples in a
+    /// helper process (`isolate.rs`).
+    apart: Option<&'static super::isolate::Pool>,
 }
 
 impl Checker<'_> {
@@ -195,12 +198,32 @@ pub fn load_one(
     text: &str,
     agents: Option<&AgentKinds>,
 ) -> Result<Trigger, Vec<Diagnostic>> {
+    load_checked(path, text, agents, None)
+}
+
+/// [`load_one`] for a repository's own trigger file: in the service, its templates are tried against the
+/// samples in a helper process with limits (`isolate.rs`), as they render for events.
+pub fn load_repository_file(
+    path: &Path,
+    text: &str,
+    agents: Option<&AgentKinds>,
+) -> Result<Trigger, Vec<Diagnostic>> {
+    load_checked(path, text, agents, super::isolate::pool())
+}
+
+fn load_checked(
+    path: &Path,
+    text: &str,
+    agents: Option<&AgentKinds>,
+    apart: Option<&'static super::isolate::Pool>,
+) -> Result<Trigger, Vec<Diagnostic>> {
     let file: TriggerFile = yaml::from_str(path, text).map_err(|d| vec![d])?;
     let mut c = Checker {
         path,
         text,
         errors: Vec::new(),
         env: template::environment(),
+        apart,
     };
 
     let name = path
@@ -741,6 +764,8 @@ fn check_against_samples(
     };
     let scheduled =
         (!trigger.schedules.is_empty()).then(|| (EventKind::Schedule, super::Filter::default()));
+    // One helper for every sample, when the file is a repository's.
+    let mut apart: Option<super::isolate::Session<'static>> = None;
     for (kind, filter) in trigger
         .events
         .iter()
@@ -758,13 +783,40 @@ fn check_against_samples(
             if !fires || !seen.insert(*action) {
                 continue;
             }
-            let ctx = template::context(parsed, filter.command.as_ref().map(|_| &command));
+            let sample_command = filter.command.as_ref().map(|_| &command);
             let shape = if action.is_empty() {
                 event.to_string()
             } else {
                 format!("{event}.{action}")
             };
-            let failure = match condition.map(|cond| template::is_true(&c.env, &cond.value, &ctx)) {
+            let session = c.apart.map(|pool| {
+                let repo = template::repo_of(parsed);
+                match &mut apart {
+                    Some(session) => session.switch(&parsed.payload, repo),
+                    None => apart = Some(super::isolate::Session::new(pool, &parsed.payload, repo)),
+                }
+                apart.as_mut().expect("set above")
+            });
+            // The prompt is rendered only when the `if` did not fail.
+            let renders = |if_true: &Option<Result<bool, String>>| !matches!(if_true, Some(Err(_)));
+            let (if_true, rendered) = match session {
+                Some(session) => {
+                    let if_true =
+                        condition.map(|cond| session.is_true(&cond.value, sample_command));
+                    let rendered = renders(&if_true)
+                        .then(|| session.render_at(false, &prompt.value, sample_command));
+                    (if_true, rendered)
+                }
+                None => {
+                    let ctx = template::context(parsed, sample_command);
+                    let if_true =
+                        condition.map(|cond| template::is_true(&c.env, &cond.value, &ctx));
+                    let rendered =
+                        renders(&if_true).then(|| template::render_at(&c.env, &prompt.value, &ctx));
+                    (if_true, rendered)
+                }
+            };
+            let failure = match if_true {
                 Some(Err(e)) => {
                     let cond = condition.expect("checked above");
                     Some(Diagnostic::at(
@@ -773,18 +825,29 @@ fn check_against_samples(
                         format!("`if` fails for event `{shape}`: {e}"),
                     ))
                 }
-                _ => template::render_at(&c.env, &prompt.value, &ctx)
-                    .err()
-                    .map(|(line, e)| {
-                        let (l, col) = template_position(c.text, prompt, line);
-                        Diagnostic::new(
-                            c.path,
-                            l,
-                            col,
-                            format!("the prompt fails for event `{shape}`: {e}"),
-                        )
-                    }),
+                _ => rendered.and_then(Result::err).map(|(line, e)| {
+                    let (l, col) = template_position(c.text, prompt, line);
+                    Diagnostic::new(
+                        c.path,
+                        l,
+                        col,
+                        format!("the prompt fails for event `{shape}`: {e}"),
+                    )
+                }),
             };
+            // A renderer stopped by its limits refuses the file, whatever the other samples did.
+            if let Some(why) = apart.as_ref().and_then(|s| s.stopped()) {
+                let (line, col) = template_position(c.text, prompt, 1);
+                c.errors.push(Diagnostic::new(
+                    c.path,
+                    line,
+                    col,
+                    format!(
+                        "checking the templates against GitHub's sample payloads failed: {why}"
+                    ),
+                ));
+                return;
+            }
             match failure {
                 None => passed = true,
                 Some(d) => {

@@ -2,6 +2,7 @@
 //! ([`TriggerSet::evaluate`]): each filter in GitHub's order, and for a trigger that does not fire, the
 //! first filter that stopped it.
 
+pub mod isolate;
 pub mod job;
 pub mod load;
 pub mod model;
@@ -13,7 +14,7 @@ pub mod schedule;
 pub mod template;
 pub mod verify;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -199,6 +200,77 @@ pub struct TriggerSet {
     by_event: HashMap<EventKind, Vec<usize>>,
     env: Environment<'static>,
     prompt_env: Environment<'static>,
+    /// A repository's own triggers: their templates render in a helper process with limits when the
+    /// service has helpers ([`isolate`]).
+    isolated: bool,
+}
+
+/// Where one event's templates render: in this thread, or (a repository's triggers, in the service) in a
+/// helper process ([`isolate`]).
+enum Renderer<'a> {
+    Here {
+        env: &'a Environment<'static>,
+        prompt_env: &'a Environment<'static>,
+        event: &'a Event,
+        ctx: OnceCell<Value>,
+    },
+    Apart(RefCell<isolate::Session<'a>>),
+}
+
+impl<'a> Renderer<'a> {
+    fn of(set: &'a TriggerSet, event: &'a Event) -> Renderer<'a> {
+        match isolate::pool().filter(|_| set.isolated) {
+            Some(pool) => Renderer::Apart(RefCell::new(isolate::Session::new(
+                pool,
+                &event.payload,
+                template::repo_of(event),
+            ))),
+            None => Renderer::Here {
+                env: &set.env,
+                prompt_env: &set.prompt_env,
+                event,
+                ctx: OnceCell::new(),
+            },
+        }
+    }
+
+    fn context(ctx: &OnceCell<Value>, event: &Event, command: Option<&template::Command>) -> Value {
+        let ctx = ctx.get_or_init(|| template::context(event, None));
+        match command {
+            Some(cmd) => template::with_command(ctx, cmd),
+            None => ctx.clone(),
+        }
+    }
+
+    fn is_true(&self, source: &str, command: Option<&template::Command>) -> Result<bool, String> {
+        match self {
+            Renderer::Here {
+                env, event, ctx, ..
+            } => template::is_true(env, source, &Self::context(ctx, event, command)),
+            Renderer::Apart(session) => session.borrow_mut().is_true(source, command),
+        }
+    }
+
+    /// Renders `source`: with the prompt environment when `prompt`.
+    fn render(
+        &self,
+        prompt: bool,
+        source: &str,
+        command: Option<&template::Command>,
+    ) -> Result<String, String> {
+        match self {
+            Renderer::Here {
+                env,
+                prompt_env,
+                event,
+                ctx,
+            } => {
+                let env = if prompt { prompt_env } else { env };
+                template::render(env, source, &Self::context(ctx, event, command))
+            }
+            Renderer::Apart(session) => session.borrow_mut().render(prompt, source, command),
+        }
+    }
 }
 
 impl TriggerSet {
@@ -232,7 +304,14 @@ impl TriggerSet {
             by_event,
             env: template::environment(),
             prompt_env: template::prompt_environment(),
+            isolated: false,
         }
+    }
+
+    /// The set as a repository's own triggers: their templates render apart ([`isolate`]).
+    pub fn isolated(mut self) -> TriggerSet {
+        self.isolated = true;
+        self
     }
 
     /// Actors of `event` whose standing the payload does not state and that a trigger which may fire
@@ -318,10 +397,10 @@ impl TriggerSet {
 
     /// Every trigger's decision for `event`: the ones that fire, and why each other one did not.
     pub fn decide<'a>(&'a self, event: &Event, input: &MatchInput) -> Vec<(&'a Trigger, Decision)> {
-        let ctx = OnceCell::new();
+        let renderer = Renderer::of(self, event);
         self.triggers
             .iter()
-            .map(|t| (t, self.evaluate_with(t, event, input, &ctx)))
+            .map(|t| (t, self.evaluate_with(t, event, input, &renderer)))
             .collect()
     }
 
@@ -352,15 +431,15 @@ impl TriggerSet {
         else {
             return Vec::new();
         };
-        let ctx = OnceCell::new();
+        let renderer = Renderer::of(self, event);
         self.candidates(kind, &repo.full_name.to_string())
-            .map(|t| (t, self.evaluate_with(t, event, input, &ctx)))
+            .map(|t| (t, self.evaluate_with(t, event, input, &renderer)))
             .collect()
     }
 
     /// What `trigger` makes of `event`.
     pub fn evaluate(&self, trigger: &Trigger, event: &Event, input: &MatchInput) -> Decision {
-        self.evaluate_with(trigger, event, input, &OnceCell::new())
+        self.evaluate_with(trigger, event, input, &Renderer::of(self, event))
     }
 
     fn evaluate_with(
@@ -368,18 +447,13 @@ impl TriggerSet {
         trigger: &Trigger,
         event: &Event,
         input: &MatchInput,
-        ctx: &OnceCell<Value>,
+        renderer: &Renderer<'_>,
     ) -> Decision {
         match self.check_filters(trigger, event, input) {
             Err(skip) => Decision::Skip(skip),
             Ok(command) => {
-                let ctx = ctx.get_or_init(|| template::context(event, None));
-                let ctx = match &command {
-                    Some(cmd) => template::with_command(ctx, cmd),
-                    None => ctx.clone(),
-                };
                 if let Some(condition) = &trigger.condition {
-                    match template::is_true(&self.env, condition, &ctx) {
+                    match renderer.is_true(condition, command.as_ref()) {
                         Ok(true) => {}
                         Ok(false) => {
                             return Decision::Skip(Skip(format!("`if: {condition}` is false")));
@@ -395,7 +469,10 @@ impl TriggerSet {
                 if let Some(error) = lineage(trigger, input) {
                     return Decision::Fire(Err(error));
                 }
-                Decision::Fire(self.prepare(trigger, event, input, &ctx).map(Box::new))
+                Decision::Fire(
+                    self.prepare(trigger, event, input, renderer, command.as_ref())
+                        .map(Box::new),
+                )
             }
         }
     }
@@ -529,7 +606,8 @@ impl TriggerSet {
         trigger: &Trigger,
         event: &Event,
         input: &MatchInput,
-        ctx: &Value,
+        renderer: &Renderer<'_>,
+        command: Option<&template::Command>,
     ) -> Result<JobSpec, String> {
         let pull = match pull_known(event, input) {
             PullKnown::Known(facts) => Some(facts),
@@ -541,19 +619,21 @@ impl TriggerSet {
             }
         };
         let render = |what: &str, source: &str| {
-            template::render(&self.env, source, ctx).map_err(|e| {
+            renderer.render(false, source, command).map_err(|e| {
                 format!(
                     "the {what} of trigger `{}` did not render: {e}",
                     trigger.name
                 )
             })
         };
-        let prompt = template::render(&self.prompt_env, &trigger.prompt, ctx).map_err(|e| {
-            format!(
-                "the prompt of trigger `{}` did not render: {e}",
-                trigger.name
-            )
-        })?;
+        let prompt = renderer
+            .render(true, &trigger.prompt, command)
+            .map_err(|e| {
+                format!(
+                    "the prompt of trigger `{}` did not render: {e}",
+                    trigger.name
+                )
+            })?;
         let title = trigger
             .output
             .options

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::TriggerSet;
-use super::load::{AgentKinds, load_one};
+use super::load::{AgentKinds, load_repository_file};
 use super::pattern::{Pattern, PatternList};
 use crate::ids::RepoName;
 use crate::repo::git::GitAuth;
@@ -186,7 +186,7 @@ pub fn parse(
     let display_path = |path: &str| Path::new(&repo.to_string()).join(path);
     for (path, text) in files {
         let shown = display_path(path);
-        match load_one(&shown, text, Some(agents)) {
+        match load_repository_file(&shown, text, Some(agents)) {
             Err(mut ds) => problems.append(&mut ds),
             Ok(mut trigger) => {
                 if let Some(why) = agents.not_for_repos.get(&trigger.agent) {
@@ -247,7 +247,7 @@ pub fn parse(
             }
         }
     }
-    (TriggerSet::new(triggers), problems)
+    (TriggerSet::new(triggers).isolated(), problems)
 }
 
 /// A repository name as a literal pattern.

@@ -137,7 +137,7 @@ fn fence_formatter(out: &mut Output, _state: &mut State, value: &Value) -> Resul
 }
 
 /// A slash command found at the start of a comment.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Command {
     /// The command as the trigger names it, e.g. `/review`.
     pub name: String,
@@ -171,18 +171,28 @@ pub fn parse_command(command: &str, body: &str) -> Option<Command> {
 /// The context a template sees. `repo` (a validated `owner/name`) is trusted; everything under `event`
 /// is not.
 pub fn context(event: &Event, command: Option<&Command>) -> Value {
-    let repo = event
-        .repository
-        .as_ref()
-        .map(|r| r.full_name.to_string())
-        .unwrap_or_default();
-    let ctx = minijinja::context! {
-        event => lazy_json(event.payload.clone()),
-        repo => Value::from_safe_string(repo),
-    };
+    let ctx = context_of(event.payload.clone(), repo_of(event));
     match command {
         Some(cmd) => with_command(&ctx, cmd),
         None => ctx,
+    }
+}
+
+/// The repository a template's `repo` names for `event` (empty: none).
+pub fn repo_of(event: &Event) -> String {
+    event
+        .repository
+        .as_ref()
+        .map(|r| r.full_name.to_string())
+        .unwrap_or_default()
+}
+
+/// The context of an event's `payload` in repository `repo` (as [`context`] makes it; a template helper
+/// process makes it from what the service sent, `isolate.rs`).
+pub fn context_of(payload: Arc<serde_json::Value>, repo: String) -> Value {
+    minijinja::context! {
+        event => lazy_json(payload),
+        repo => Value::from_safe_string(repo),
     }
 }
 

@@ -1,0 +1,629 @@
+//! A repository's templates rendered in a helper process of their own, under the kernel's limits.
+//!
+//! Whoever can push an installed repository's default branch writes its triggers, and so its templates.
+//! Fuel ([`super::template::FUEL`]) bounds the instructions a template runs, and the construct check
+//! (`template::bounded`) refuses the ways found to build large values; but some of minijinja's work is not
+//! charged by what it costs (`event.repository == event.repository` walks both subtrees for the price of
+//! one comparison), so a hostile template could hold a thread for seconds per event, and a way around the
+//! construct check not yet found could take the service's memory or stack with it.
+//!
+//! So the service renders a repository's templates (its `if:`, prompts, titles, bodies, dedupe keys and
+//! concurrency groups) in `nightshift render-helper`: this same binary (`/proc/self/exe`), started with an
+//! empty environment in `/`, reading requests on its stdin and answering on its stdout. Each helper limits
+//! itself before it reads anything: at most [`ADDRESS_SPACE`] of memory, no core dumps, a few file
+//! descriptors, a lower priority than the service's. A [`Session`] is what one event makes a repository's
+//! triggers render (or one trigger file's check against the sample payloads): it takes a helper, and all
+//! its requests share [`CPU_SECONDS`] of CPU (`RLIMIT_CPU`: the kernel kills the helper past that). The
+//! service waits at most [`WALL`] for an answer, then kills it. Once its helper died or was killed, every
+//! later request of the session fails with why (a new helper would be a new budget); the next session
+//! takes a new helper. A few helpers wait between sessions ([`IDLE_HELPERS`]); one serves one session
+//! at a time, and holds nothing of an earlier one (a session's event replaces the last).
+//!
+//! The protocol: frames of a 4-byte little-endian length and a JSON document, one answer per request.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, ExitCode, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::template::{self, Command};
+
+/// CPU seconds one session's requests may use between them in a helper (the kernel's resolution is a
+/// second): real templates use microseconds each.
+pub const CPU_SECONDS: u64 = 2;
+
+/// How long the service waits for one answer before it kills the helper (a helper short of CPU on a busy
+/// machine takes longer than its CPU seconds).
+pub const WALL: Duration = Duration::from_secs(15);
+
+/// The address space of a helper: the binary, the event's payload (GitHub's are 25 MB at most, parsed) and
+/// what the fuel lets a template build. Helpers work side by side (one per matching thread), so this is
+/// also what a way around the fuel could take of the machine's memory per helper.
+pub const ADDRESS_SPACE: u64 = 512 << 20;
+
+/// Helpers kept waiting between events.
+pub const IDLE_HELPERS: usize = 4;
+
+/// The largest frame either side reads: a payload of 25 MB with room to spare.
+const MAX_FRAME: usize = 64 << 20;
+
+/// The subcommand a helper is started with.
+pub const SUBCOMMAND: &str = "render-helper";
+
+/// A request, as the service writes it.
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request<'a> {
+    /// A session begins: the CPU seconds it may use between all its requests start now.
+    Begin,
+    /// The event every later request renders against, until the next `context`.
+    Context {
+        payload: &'a serde_json::Value,
+        repo: &'a str,
+    },
+    IsTrue {
+        source: &'a str,
+        command: Option<&'a Command>,
+    },
+    Render {
+        prompt: bool,
+        source: &'a str,
+        command: Option<&'a Command>,
+    },
+}
+
+/// A request, as a helper reads it.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Incoming {
+    Begin,
+    Context {
+        payload: serde_json::Value,
+        repo: String,
+    },
+    IsTrue {
+        source: String,
+        command: Option<Command>,
+    },
+    Render {
+        prompt: bool,
+        source: String,
+        command: Option<Command>,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Answer {
+    Done,
+    Bool(bool),
+    Text(String),
+    /// Why the template failed, and the line of the template it failed on.
+    Error {
+        message: String,
+        line: usize,
+    },
+}
+
+/// The helpers of this process, once the service has said where its binary is ([`install`]).
+pub struct Pool {
+    exe: PathBuf,
+    idle: Mutex<Vec<Helper>>,
+}
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+/// Renders repository templates in helpers started from `exe` from now on (`nightshift serve` calls it
+/// with `/proc/self/exe`). Without it (the local CLI, unit tests) they render in the calling thread.
+pub fn install(exe: PathBuf) {
+    let _ = POOL.set(Pool {
+        exe,
+        idle: Mutex::new(Vec::new()),
+    });
+}
+
+/// The helpers, when [`install`]ed.
+pub fn pool() -> Option<&'static Pool> {
+    POOL.get()
+}
+
+/// A running helper.
+struct Helper {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Pool {
+    fn take(&self) -> io::Result<Helper> {
+        if let Some(helper) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(helper);
+        }
+        let mut child = std::process::Command::new(&self.exe)
+            .arg(SUBCOMMAND)
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other("the helper's pipes were not made"));
+        };
+        Ok(Helper {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn give_back(&self, helper: Helper) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_HELPERS {
+            idle.push(helper);
+        }
+    }
+}
+
+/// One event's renders in a helper: the event is sent once, with the first render.
+pub struct Session<'e> {
+    pool: &'static Pool,
+    payload: &'e serde_json::Value,
+    repo: String,
+    /// The helper, once one was taken.
+    helper: Option<Helper>,
+    /// Whether the helper holds this event (`payload`, `repo`).
+    sent: bool,
+    /// Why the session's helper stopped, once it did: every later request fails with it (a new helper
+    /// would be a new budget).
+    spent: Option<String>,
+}
+
+impl<'e> Session<'e> {
+    pub fn new(pool: &'static Pool, payload: &'e serde_json::Value, repo: String) -> Session<'e> {
+        Session {
+            pool,
+            payload,
+            repo,
+            helper: None,
+            sent: false,
+            spent: None,
+        }
+    }
+
+    /// Why the session's helper stopped (its CPU budget spent, a crash), once it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.spent.as_deref()
+    }
+
+    /// Renders against another event from now on, in the same helper.
+    pub fn switch(&mut self, payload: &'e serde_json::Value, repo: String) {
+        (self.payload, self.repo, self.sent) = (payload, repo, false);
+    }
+
+    /// Evaluates an `if:` expression, as [`template::is_true`] does.
+    pub fn is_true(&mut self, source: &str, command: Option<&Command>) -> Result<bool, String> {
+        match self.call(&Request::IsTrue { source, command }) {
+            Ok(Answer::Bool(b)) => Ok(b),
+            Ok(Answer::Error { message, .. }) => Err(message),
+            Ok(_) => Err(self.lost("answered out of turn")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renders a template, as [`template::render`] does (`prompt`: with the prompt environment).
+    pub fn render(
+        &mut self,
+        prompt: bool,
+        source: &str,
+        command: Option<&Command>,
+    ) -> Result<String, String> {
+        self.render_at(prompt, source, command).map_err(|(_, e)| e)
+    }
+
+    /// [`render`](Self::render), with the line of the template an error is on (as
+    /// [`template::render_at`]; 1 when the renderer itself failed).
+    pub fn render_at(
+        &mut self,
+        prompt: bool,
+        source: &str,
+        command: Option<&Command>,
+    ) -> Result<String, (usize, String)> {
+        match self.call(&Request::Render {
+            prompt,
+            source,
+            command,
+        }) {
+            Ok(Answer::Text(t)) => Ok(t),
+            Ok(Answer::Error { message, line }) => Err((line, message)),
+            Ok(_) => Err((1, self.lost("answered out of turn"))),
+            Err(e) => Err((1, e)),
+        }
+    }
+
+    /// The helper is dropped (killed) and the error says why.
+    fn lost(&mut self, why: &str) -> String {
+        self.helper = None;
+        format!("the template renderer {why}")
+    }
+
+    fn call(&mut self, request: &Request<'_>) -> Result<Answer, String> {
+        if let Some(why) = &self.spent {
+            return Err(why.clone());
+        }
+        let mut helper = match self.helper.take() {
+            Some(helper) => helper,
+            None => {
+                let mut helper = self
+                    .pool
+                    .take()
+                    .map_err(|e| format!("the template renderer could not be started: {e}"))?;
+                match exchange(&mut helper, &Request::Begin) {
+                    Ok(Answer::Done) => {}
+                    Ok(_) => return Err("the template renderer answered out of turn".into()),
+                    Err(e) => return Err(self.spend(helper, e)),
+                }
+                self.sent = false;
+                helper
+            }
+        };
+        if !self.sent {
+            let context = Request::Context {
+                payload: self.payload,
+                repo: &self.repo,
+            };
+            match exchange(&mut helper, &context) {
+                Ok(Answer::Done) => self.sent = true,
+                Ok(Answer::Error { message, .. }) => return Err(message),
+                Ok(_) => return Err("the template renderer answered out of turn".into()),
+                Err(e) => return Err(self.spend(helper, e)),
+            }
+        }
+        match exchange(&mut helper, request) {
+            Ok(answer) => {
+                self.helper = Some(helper);
+                Ok(answer)
+            }
+            Err(e) => Err(self.spend(helper, e)),
+        }
+    }
+
+    /// The helper stopped answering: why, for this request and every later one of the session.
+    fn spend(&mut self, helper: Helper, error: io::Error) -> String {
+        let why = stopped(helper, error);
+        self.spent = Some(why.clone());
+        why
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(helper) = self.helper.take() {
+            self.pool.give_back(helper);
+        }
+    }
+}
+
+/// Why `helper` stopped answering, once it is gone: the limit it ran into when the kernel killed it.
+fn stopped(mut helper: Helper, error: io::Error) -> String {
+    let timed_out = error.kind() == io::ErrorKind::TimedOut;
+    let _ = helper.child.kill();
+    let status = helper.child.wait().ok();
+    describe_end(status, timed_out, &error)
+}
+
+fn describe_end(status: Option<ExitStatus>, timed_out: bool, error: &io::Error) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if timed_out {
+        return format!(
+            "the template did not finish within {}s and was stopped",
+            WALL.as_secs()
+        );
+    }
+    match status.and_then(|s| s.signal()) {
+        Some(libc::SIGXCPU) => format!(
+            "the templates used more than {CPU_SECONDS}s of CPU between them and were stopped (a \
+             repository's templates render in a process of their own, with limits)"
+        ),
+        Some(libc::SIGSEGV | libc::SIGABRT | libc::SIGBUS) => "the template crashed its renderer \
+             (out of memory or out of stack) and was stopped (a repository's templates render in a \
+             process of their own, with limits)"
+            .to_owned(),
+        Some(signal) => format!("the template renderer was killed (signal {signal})"),
+        None => format!("the template renderer stopped: {error}"),
+    }
+}
+
+/// Sends `request` to `helper` and reads its answer, within [`WALL`].
+fn exchange(helper: &mut Helper, request: &Request<'_>) -> io::Result<Answer> {
+    let body = serde_json::to_vec(request).map_err(io::Error::other)?;
+    write_frame(&mut helper.stdin, &body)?;
+    let deadline = Instant::now() + WALL;
+    let mut length = [0u8; 4];
+    read_exact_by(&mut helper.stdout, &mut length, deadline)?;
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_FRAME {
+        return Err(io::Error::other(
+            "an answer larger than any template renders",
+        ));
+    }
+    let mut answer = vec![0u8; length];
+    read_exact_by(&mut helper.stdout, &mut answer, deadline)?;
+    serde_json::from_slice(&answer).map_err(io::Error::other)
+}
+
+fn write_frame(out: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    let length = u32::try_from(body.len())
+        .ok()
+        .filter(|&l| l as usize <= MAX_FRAME)
+        .ok_or_else(|| io::Error::other("a frame too large to send"))?;
+    out.write_all(&length.to_le_bytes())?;
+    out.write_all(body)?;
+    out.flush()
+}
+
+/// Fills `buf` from the helper's stdout, or fails with `TimedOut` at `deadline`.
+fn read_exact_by(from: &mut ChildStdout, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"));
+        }
+        let mut ready = libc::pollfd {
+            fd: from.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let wait = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let polled = unsafe { libc::poll(&mut ready, 1, wait) };
+        if polled < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if polled == 0 {
+            continue;
+        }
+        match from.read(&mut buf[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `nightshift render-helper`: serves requests on stdin until it closes.
+pub fn helper_main() -> ExitCode {
+    // Behind the service's own work when the CPU is short.
+    // SAFETY: setpriority reads its three integers.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if let Err(e) = limit_self().and_then(|()| limit_cpu(CPU_SECONDS)) {
+        eprintln!("nightshift render-helper: {e}");
+        return ExitCode::FAILURE;
+    }
+    let env = template::environment();
+    let prompt_env = template::prompt_environment();
+    let mut context = None;
+    let (mut input, mut output) = (io::stdin().lock(), io::stdout().lock());
+    loop {
+        let frame = match read_frame(&mut input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nightshift render-helper: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let answer = match serde_json::from_slice::<Incoming>(&frame) {
+            Err(e) => failed(format!("a request the renderer cannot read: {e}")),
+            Ok(Incoming::Begin) => {
+                if let Err(e) = limit_cpu(CPU_SECONDS) {
+                    eprintln!("nightshift render-helper: {e}");
+                    return ExitCode::FAILURE;
+                }
+                context = None;
+                Answer::Done
+            }
+            Ok(Incoming::Context { payload, repo }) => {
+                context = Some(template::context_of(std::sync::Arc::new(payload), repo));
+                Answer::Done
+            }
+            Ok(Incoming::IsTrue { source, command }) => match &context {
+                None => failed("no event to render against".into()),
+                Some(ctx) => {
+                    let ctx = with(ctx, command.as_ref());
+                    match template::is_true(&env, &source, &ctx) {
+                        Ok(b) => Answer::Bool(b),
+                        Err(e) => failed(e),
+                    }
+                }
+            },
+            Ok(Incoming::Render {
+                prompt,
+                source,
+                command,
+            }) => match &context {
+                None => failed("no event to render against".into()),
+                Some(ctx) => {
+                    let ctx = with(ctx, command.as_ref());
+                    let env = if prompt { &prompt_env } else { &env };
+                    match template::render_at(env, &source, &ctx) {
+                        Ok(t) => Answer::Text(t),
+                        Err((line, message)) => Answer::Error { message, line },
+                    }
+                }
+            },
+        };
+        let sent = serde_json::to_vec(&answer)
+            .map_err(io::Error::other)
+            .and_then(|body| write_frame(&mut output, &body));
+        if sent.is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+}
+
+fn failed(message: String) -> Answer {
+    Answer::Error { message, line: 1 }
+}
+
+fn with(ctx: &minijinja::Value, command: Option<&Command>) -> minijinja::Value {
+    match command {
+        Some(cmd) => template::with_command(ctx, cmd),
+        None => ctx.clone(),
+    }
+}
+
+/// A frame from `input`; `None` at its end before a frame begins.
+fn read_frame(input: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut length = [0u8; 4];
+    match input.read_exact(&mut length) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_FRAME {
+        return Err(io::Error::other("a request larger than any event"));
+    }
+    let mut frame = vec![0u8; length];
+    input.read_exact(&mut frame)?;
+    Ok(Some(frame))
+}
+
+fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: a valid rlimit, read during the call.
+    if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The limits a helper holds for its whole life: memory, no core files (the kernel's SIGXCPU would write
+/// one), a few file descriptors.
+fn limit_self() -> io::Result<()> {
+    set_limit(libc::RLIMIT_CORE, 0, 0)?;
+    set_limit(libc::RLIMIT_AS, ADDRESS_SPACE, ADDRESS_SPACE)?;
+    set_limit(libc::RLIMIT_NOFILE, 16, 16)
+}
+
+/// At most `seconds` more of CPU from now: the kernel sends SIGXCPU (which ends the process) past it. The
+/// hard limit is left as it is, so the next request can be given its own seconds.
+fn limit_cpu(seconds: u64) -> io::Result<()> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: a zeroed rusage the call fills.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: filled by the call above (and zeroed before it).
+    let usage = unsafe { usage.assume_init() };
+    let used = (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec + 1).max(0) as u64;
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit the call fills.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CPU, &mut current) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let soft = (used + seconds).min(current.rlim_max);
+    set_limit(libc::RLIMIT_CPU, soft, current.rlim_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn a_frame_is_read_whole_and_the_end_of_input_is_not_an_error() {
+        let mut sent = Vec::new();
+        write_frame(&mut sent, b"{\"op\":\"begin\"}").unwrap();
+        write_frame(&mut sent, b"").unwrap();
+        let mut input = &sent[..];
+        assert_eq!(
+            read_frame(&mut input).unwrap().unwrap(),
+            b"{\"op\":\"begin\"}"
+        );
+        assert_eq!(read_frame(&mut input).unwrap().unwrap(), b"");
+        assert!(read_frame(&mut input).unwrap().is_none());
+        // A frame cut short is an error, not a short request.
+        let mut cut = &sent[..6];
+        assert!(read_frame(&mut cut).is_err());
+    }
+
+    #[test]
+    fn a_frame_larger_than_any_event_is_refused_before_it_is_allocated() {
+        let mut huge = &(u32::MAX).to_le_bytes()[..];
+        let e = read_frame(&mut huge).unwrap_err();
+        assert!(e.to_string().contains("larger than any event"), "{e}");
+        assert!(write_frame(&mut Vec::new(), &vec![0; MAX_FRAME + 1]).is_err());
+    }
+
+    #[test]
+    fn a_stopped_helper_is_explained_by_the_limit_it_ran_into() {
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        let killed = |signal| Some(ExitStatus::from_raw(signal));
+        let cpu = describe_end(killed(libc::SIGXCPU), false, &eof);
+        assert!(cpu.contains("more than 2s of CPU"), "{cpu}");
+        let stack = describe_end(killed(libc::SIGSEGV), false, &eof);
+        assert!(stack.contains("out of memory or out of stack"), "{stack}");
+        let wall = describe_end(None, true, &io::Error::from(io::ErrorKind::TimedOut));
+        assert!(wall.contains("within 15s"), "{wall}");
+    }
+
+    #[test]
+    fn requests_and_answers_keep_their_wire_names() {
+        let payload = serde_json::json!({"a": 1});
+        let command = Command {
+            name: "/fix".into(),
+            args: "now".into(),
+        };
+        let sent = serde_json::to_string(&Request::Render {
+            prompt: true,
+            source: "{{ a }}",
+            command: Some(&command),
+        })
+        .unwrap();
+        match serde_json::from_str::<Incoming>(&sent).unwrap() {
+            Incoming::Render {
+                prompt,
+                source,
+                command: Some(c),
+            } => assert!(prompt && source == "{{ a }}" && c == command),
+            _ => panic!("{sent}"),
+        }
+        let context = serde_json::to_string(&Request::Context {
+            payload: &payload,
+            repo: "o/r",
+        })
+        .unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Incoming>(&context).unwrap(),
+            Incoming::Context { repo, payload: p } if repo == "o/r" && p == payload
+        ));
+    }
+}
