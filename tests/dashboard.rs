@@ -767,6 +767,18 @@ async fn approved_on_github(
     url: &str,
     forwarded: Option<&str>,
 ) -> (String, String) {
+    approved_on_github_at(client, url, forwarded, url, "nightshift_signin=").await
+}
+
+/// [`approved_on_github`] for a service whose public address is `public` (its callback's), whose binding
+/// cookie is named `cookie` (with its `=`).
+async fn approved_on_github_at(
+    client: &reqwest::Client,
+    url: &str,
+    forwarded: Option<&str>,
+    public: &str,
+    cookie: &str,
+) -> (String, String) {
     let mut login = client.get(format!("{url}/auth/login"));
     if let Some(f) = forwarded {
         login = login.header("x-forwarded-for", f);
@@ -778,7 +790,7 @@ async fn approved_on_github(
         .get_all("set-cookie")
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
-        .find(|c| c.starts_with("nightshift_signin="))
+        .find(|c| c.starts_with(cookie))
         .expect("the sign-in's binding cookie");
     let binding = binding.split(';').next().unwrap().to_owned();
     let authorize = reqwest::Url::parse(login.headers()["location"].to_str().unwrap()).unwrap();
@@ -810,10 +822,95 @@ async fn approved_on_github(
     assert_eq!(approved.status(), 302);
     let callback = approved.headers()["location"].to_str().unwrap().to_owned();
     assert!(
-        callback.starts_with(&format!("{url}/auth/callback?")),
+        callback.starts_with(&format!("{public}/auth/callback?")),
         "{callback}"
     );
     (callback, binding)
+}
+
+/// Behind https (`public_url`), the sign-in's cookies carry the `__Host-` prefix, which a browser takes only
+/// from this very host over https with `Path=/` and no `Domain`: a sibling subdomain cannot plant one. A
+/// session id planted under the plain name (an attacker's own session, to sign the victim in as them) signs
+/// no one in; the prefixed one does.
+#[tokio::test]
+async fn behind_https_the_sign_in_cookies_carry_the_host_prefix_and_a_plain_one_signs_no_one_in() {
+    const PUBLIC: &str = "https://nightshift.example";
+    let mut spine = spine_with(&format!(
+        "public_url: {PUBLIC}\ndashboard:\n  users: [octo-admin]\n  client_id: {CLIENT_ID}\n  client_secret: {CLIENT_SECRET}\n"
+    ))
+    .await;
+    spine.start().await;
+    let url = spine.url();
+    spine
+        .github
+        .add_oauth_client(CLIENT_ID, CLIENT_SECRET, &format!("{PUBLIC}/auth/callback"));
+    spine.github.sign_in_as("octo-admin");
+    let client = http();
+    let (callback, binding) =
+        approved_on_github_at(&client, &url, None, PUBLIC, "__Host-nightshift_signin=").await;
+    // The browser comes back through the proxy; here, straight to the service.
+    let callback = callback.replacen(PUBLIC, &url, 1);
+    // The binding cookie under the plain name is no binding.
+    let plain_binding = binding.replacen("__Host-", "", 1);
+    let refused = client
+        .get(&callback)
+        .header("cookie", &plain_binding)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let signed_in = client
+        .get(&callback)
+        .header("cookie", &binding)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        signed_in.status(),
+        303,
+        "{}",
+        spine.server.as_ref().unwrap().log()
+    );
+    let cookies: Vec<String> = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let session_cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-nightshift_session="))
+        .unwrap_or_else(|| panic!("{cookies:?}"));
+    for c in &cookies {
+        assert!(
+            c.contains("; Secure") && c.contains("Path=/;") && !c.contains("Domain"),
+            "a __Host- cookie must be Secure, Path=/ and host-only: {c}"
+        );
+    }
+    let id = session_cookie
+        .trim_start_matches("__Host-nightshift_session=")
+        .split(';')
+        .next()
+        .unwrap();
+    let page = |cookie: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .get(format!("{url}/"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let planted = page(format!("nightshift_session={id}")).await;
+    assert!(!planted.contains("octo-admin"), "{planted}");
+    let signed = page(format!("__Host-nightshift_session={id}")).await;
+    assert!(signed.contains("octo-admin"), "{signed}");
+    spine.assert_no_unexpected_calls();
 }
 
 #[tokio::test]

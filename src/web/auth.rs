@@ -51,8 +51,29 @@ pub const SESSIONS_PER_LOGIN: u32 = 16;
 /// still gets nowhere: GitHub takes each code once.
 pub const MAX_SIGN_INS: u32 = 4096;
 
-/// The session cookie.
+/// The session cookie (behind http; see [`session_cookie_name`]).
 pub const COOKIE: &str = "nightshift_session";
+
+/// The session cookie's name: behind https, with the `__Host-` prefix. A browser takes a cookie so named
+/// only from this very host, over https, for every path and with no `Domain`, so a sibling subdomain (or a
+/// plain-http page on the same name) cannot plant one: no signing a victim in as the attacker. Behind plain
+/// http (a first local run) the prefix cannot be had, and the plain name is used.
+pub fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-nightshift_session"
+    } else {
+        COOKIE
+    }
+}
+
+/// The name of the cookie that binds a sign-in to its browser, as [`session_cookie_name`].
+pub fn state_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-nightshift_signin"
+    } else {
+        STATE_COOKIE
+    }
+}
 
 /// The cookie that binds a sign-in's `state` to the browser that started it.
 pub const STATE_COOKIE: &str = "nightshift_signin";
@@ -286,6 +307,7 @@ pub async fn identify(
     sessions: &Sessions,
     token: Option<&octocrab::secrecy::SecretString>,
     headers: &HeaderMap,
+    cookie_name: &str,
 ) -> Option<Identity> {
     if let Some(bearer) = headers
         .get(header::AUTHORIZATION)
@@ -301,7 +323,7 @@ pub async fn identify(
                 session: None,
             });
     }
-    match sessions.get(&cookie(headers, COOKIE)?).await {
+    match sessions.get(&cookie(headers, cookie_name)?).await {
         Ok(who) => who,
         Err(e) => {
             warn!("dashboard: reading a session from the store failed: {e:#}");
@@ -623,7 +645,7 @@ mod tests {
             HeaderValue::from_str(&format!("{COOKIE}={id}")).unwrap(),
         );
         assert_eq!(
-            identify(&sessions, Some(&token), &headers)
+            identify(&sessions, Some(&token), &headers, COOKIE)
                 .await
                 .unwrap()
                 .login,
@@ -633,18 +655,43 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer guess"),
         );
-        assert!(identify(&sessions, Some(&token), &headers).await.is_none());
+        assert!(
+            identify(&sessions, Some(&token), &headers, COOKIE)
+                .await
+                .is_none()
+        );
         headers.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer s3cret"),
         );
         assert!(
-            identify(&sessions, Some(&token), &headers)
+            identify(&sessions, Some(&token), &headers, COOKIE)
                 .await
                 .unwrap()
                 .admin
         );
-        assert!(identify(&sessions, None, &headers).await.is_none());
+        assert!(identify(&sessions, None, &headers, COOKIE).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn behind_https_only_the_host_prefixed_cookie_names_a_session() {
+        let (_dir, sessions) = sessions().await;
+        let id = sessions.create("octocat", false).await.unwrap();
+        let with = |cookie: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, HeaderValue::from_str(&cookie).unwrap());
+            headers
+        };
+        let secure = session_cookie_name(true);
+        assert_eq!(secure, "__Host-nightshift_session");
+        let plain = with(format!("{COOKIE}={id}"));
+        assert!(identify(&sessions, None, &plain, secure).await.is_none());
+        let prefixed = with(format!("{secure}={id}"));
+        let who = identify(&sessions, None, &prefixed, secure).await.unwrap();
+        assert_eq!(who.login, "octocat");
+        assert!(identify(&sessions, None, &prefixed, COOKIE).await.is_none());
+        assert_eq!(state_cookie_name(true), "__Host-nightshift_signin");
+        assert_eq!(state_cookie_name(false), STATE_COOKIE);
     }
 
     /// A session outlives restarts: what it may do follows the config as it is now. A leaked static token,
@@ -676,7 +723,7 @@ mod tests {
             let sessions = &sessions;
             let access = access.clone();
             async move {
-                let found = identify(sessions, access.token.as_ref(), &headers).await?;
+                let found = identify(sessions, access.token.as_ref(), &headers, COOKIE).await?;
                 still_allowed(found, &access)
             }
         };

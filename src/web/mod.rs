@@ -103,7 +103,13 @@ impl Dashboard {
         if !self.access.enabled() {
             return None;
         }
-        let who = auth::identify(&self.sessions, self.access.token.as_ref(), headers).await?;
+        let who = auth::identify(
+            &self.sessions,
+            self.access.token.as_ref(),
+            headers,
+            auth::session_cookie_name(self.secure()),
+        )
+        .await?;
         auth::still_allowed(who, &self.access)
     }
 
@@ -140,7 +146,21 @@ impl Dashboard {
         let secure = if self.secure() { "; Secure" } else { "" };
         format!(
             "{}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-            auth::COOKIE
+            auth::session_cookie_name(self.secure())
+        )
+    }
+
+    /// The cookie that binds a sign-in to this browser: sent back to `/auth` only, except behind https,
+    /// where the `__Host-` prefix needs `Path=/`.
+    fn state_cookie(&self, value: &str, max_age: u64) -> String {
+        let (path, secure) = if self.secure() {
+            ("/", "; Secure")
+        } else {
+            ("/auth", "")
+        };
+        format!(
+            "{}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+            auth::state_cookie_name(self.secure())
         )
     }
 
@@ -321,14 +341,7 @@ async fn login(State(dash): State<Arc<Dashboard>>, headers: HeaderMap) -> Respon
             ("redirect_uri", &redirect_uri),
         ])
     );
-    let secure = if dash.secure() { "; Secure" } else { "" };
-    see_other(
-        &location,
-        &[format!(
-            "{}={browser}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=600{secure}",
-            auth::STATE_COOKIE
-        )],
-    )
+    see_other(&location, &[dash.state_cookie(&browser, 600)])
 }
 
 #[derive(Deserialize)]
@@ -361,7 +374,7 @@ async fn callback(
     let Some((client_id, client_secret)) = dash.oauth_client() else {
         return dash.sign_in_page(StatusCode::SERVICE_UNAVAILABLE, None);
     };
-    let browser = auth::cookie(&headers, auth::STATE_COOKIE);
+    let browser = auth::cookie(&headers, auth::state_cookie_name(dash.secure()));
     // The state is taken (once, on whichever replica) before the code is looked at: a replayed callback or
     // two racing with one state sign in at most once.
     let taken = match dash
@@ -395,10 +408,7 @@ async fn callback(
         client_id: &client_id,
         client_secret: &client_secret,
     };
-    let clear = format!(
-        "{}=; Path=/auth; HttpOnly; SameSite=Lax; Max-Age=0",
-        auth::STATE_COOKIE
-    );
+    let clear = dash.state_cookie("", 0);
     match github
         .sign_in(&code, &redirect_uri, &dash.access.users, &dash.access.orgs)
         .await
