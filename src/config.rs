@@ -1531,6 +1531,12 @@ pub fn parse_proxies(items: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
         .collect()
 }
 
+/// Whether `url` is an https address (the scheme in any case).
+pub fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

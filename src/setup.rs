@@ -48,6 +48,15 @@ const MAX_STATES: usize = 64;
 
 const COOKIE: &str = "nightshift_setup";
 
+/// The setup session cookie's name: `__Host-` prefixed behind https.
+fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-nightshift_setup"
+    } else {
+        COOKIE
+    }
+}
+
 /// What GitHub's conversion answers, as stored.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct AppCredentials {
@@ -385,13 +394,22 @@ impl Setup {
         ))
     }
 
+    /// The setup session's cookie: behind https `__Host-` prefixed (so a sibling subdomain cannot plant
+    /// one), which needs `Path=/`; else sent back to `/setup` only.
     fn cookie(&self, session: &str) -> String {
-        let secure = if self.public_url.starts_with("https://") {
-            "; Secure"
+        let (path, secure) = if self.secure() {
+            ("/", "; Secure")
         } else {
-            ""
+            ("/setup", "")
         };
-        format!("{COOKIE}={session}; Path=/setup; HttpOnly; SameSite=Lax; Max-Age=3600{secure}")
+        format!(
+            "{}={session}; Path={path}; HttpOnly; SameSite=Lax; Max-Age=3600{secure}",
+            cookie_name(self.secure())
+        )
+    }
+
+    fn secure(&self) -> bool {
+        crate::config::is_https(&self.public_url)
     }
 
     /// Exchanges the code for the App, stores it, and switches the service to it.
@@ -518,15 +536,9 @@ fn not_found() -> Response {
     response
 }
 
-fn session_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_owned())
+/// The setup session this browser holds (the cookie's name follows [`cookie_name`]).
+fn session_of(setup: &Setup, headers: &HeaderMap) -> Option<String> {
+    crate::text::cookie(headers, cookie_name(setup.secure()))
 }
 
 #[derive(Deserialize)]
@@ -543,7 +555,7 @@ async fn start(
         return not_found();
     }
     // The browser's session: kept when it has one, so an organization form posted later still matches.
-    let (session, cookie) = match session_of(&headers) {
+    let (session, cookie) = match session_of(&setup, &headers) {
         Some(s) if s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()) => (s, None),
         _ => {
             let s = random_hex(20);
@@ -606,7 +618,7 @@ async fn organization(
     if setup.configured() || !setup.token_ok(form.token.as_deref()) {
         return not_found();
     }
-    let Some(session) = session_of(&headers) else {
+    let Some(session) = session_of(&setup, &headers) else {
         return setup.page(
             StatusCode::FORBIDDEN,
             "Start again",
@@ -668,7 +680,7 @@ async fn callback(
     let (Some(code), Some(state)) = (query.code, query.state) else {
         return not_found();
     };
-    if !valid_code(&code) || !setup.take_state(&state, session_of(&headers).as_deref()) {
+    if !valid_code(&code) || !setup.take_state(&state, session_of(&setup, &headers).as_deref()) {
         warn!("App setup: a callback with a state this browser was not given was refused");
         return setup.page(
             StatusCode::FORBIDDEN,
@@ -721,6 +733,15 @@ async fn callback(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn behind_https_the_setup_cookie_carries_the_host_prefix() {
+        assert_eq!(cookie_name(true), "__Host-nightshift_setup");
+        assert_eq!(cookie_name(false), COOKIE);
+        assert!(crate::config::is_https("HTTPS://ns.example.org"));
+        assert!(!crate::config::is_https("http://ns.example.org"));
+        assert!(!crate::config::is_https("https:/"));
+    }
 
     #[test]
     fn the_manifest_carries_this_service_s_addresses_and_the_file_s_permissions() {

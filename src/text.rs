@@ -43,3 +43,49 @@ pub fn escape_html(text: &str) -> String {
     }
     out
 }
+
+/// The value of cookie `name`; none when the browser sends two of that name (one was planted: a browser
+/// that takes a cookie with an empty name and a value of `__Host-name=x` sends it as `__Host-name=x`, beside
+/// the real one, and which comes first is not ours to trust).
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    let mut found = headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(n, _)| *n == name)
+        .map(|(_, value)| value.to_owned());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::COOKIE, HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_cookie_is_found_by_its_whole_name_and_one_sent_twice_is_none() {
+        let h = headers(&["a=1; __Host-s=2", "s=3"]);
+        assert_eq!(cookie(&h, "__Host-s").as_deref(), Some("2"));
+        assert_eq!(cookie(&h, "s").as_deref(), Some("3"));
+        assert_eq!(cookie(&h, "Host-s"), None);
+        // A planted second one (a nameless cookie whose value reads `__Host-s=9`), in either order.
+        for planted in [["__Host-s=9; __Host-s=2"], ["__Host-s=2; __Host-s=9"]] {
+            assert_eq!(cookie(&headers(&planted), "__Host-s"), None);
+        }
+        assert_eq!(
+            cookie(&headers(&["__Host-s=2", "__Host-s=9"]), "__Host-s"),
+            None
+        );
+    }
+}

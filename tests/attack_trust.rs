@@ -365,6 +365,60 @@ async fn a_repository_trigger_file_whose_check_burns_cpu_is_refused_within_one_b
     spine.assert_no_unexpected_calls();
 }
 
+/// Many files, each under the budget on its own (found by a reviewer of the helper): checked each on a budget
+/// of its own, eight files of about a second and a half each took twelve seconds of CPU per read, and a
+/// repository can hold hundreds. All of a repository's files are checked on one budget: the first files load,
+/// the rest are refused saying why, and the service's own trigger runs.
+#[tokio::test]
+async fn a_repositorys_trigger_files_are_checked_on_one_cpu_budget_between_them() {
+    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
+    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
+    let slow = "on: issues\nagent: reply\nprompt: \"{% for i in range(90) %}{% if event|dictsort == event|dictsort %}{% endif %}{% endfor %}ok\"\n";
+    for i in 0..8 {
+        spine.commit(
+            "main",
+            "main",
+            &format!(".nightshift/triggers/slow{i}.yml"),
+            slow,
+        );
+    }
+    spine.start().await;
+
+    deliver_and_match(
+        &spine,
+        "issues",
+        "calm-1",
+        &payload(&spine, "issues/opened.json"),
+    )
+    .await;
+    let log = spine.server.as_ref().unwrap().log();
+    let refused = (0..8)
+        .filter(|i| {
+            log.lines().any(|l| {
+                l.contains(&format!("slow{i}.yml"))
+                    && l.contains("more than 2s of CPU between them")
+            })
+        })
+        .count();
+    assert!(refused >= 1, "{log}");
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("repository triggers read"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !loaded.contains("triggers=8"),
+        "every file loaded, so each had a budget of its own: {loaded}"
+    );
+    let jobs = spine.wait_for_finished_jobs(9 - refused).await;
+    assert!(
+        jobs.iter()
+            .any(|j| j.trigger == "service" && j.error.is_none())
+    );
+    healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
 /// Two templates the construct check let through (docs/security-adv4.md): a list doubled with `+` (minijinja
 /// joins lists lazily, for free, then copies thirty-three levels at once: billions of items) and a namespace
 /// put inside itself (printing it recursed until the stack overflowed and aborted the service). Both wait

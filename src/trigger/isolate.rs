@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, ExitCode, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -40,13 +40,25 @@ pub const CPU_SECONDS: u64 = 2;
 /// machine takes longer than its CPU seconds).
 pub const WALL: Duration = Duration::from_secs(15);
 
-/// The address space of a helper: the binary, the event's payload (GitHub's are 25 MB at most, parsed) and
-/// what the fuel lets a template build. Helpers work side by side (one per matching thread), so this is
-/// also what a way around the fuel could take of the machine's memory per helper.
-pub const ADDRESS_SPACE: u64 = 512 << 20;
+/// The address space of a helper: the binary, the event's payload (GitHub's are 25 MB at most: a push's
+/// file lists of that size took about 310 MB parsed) and what the fuel lets a template build. At most
+/// [`MAX_HELPERS`] are alive, so this is also what a way around the fuel could take of the machine's memory
+/// per helper.
+pub const ADDRESS_SPACE: u64 = 1 << 30;
 
 /// Helpers kept waiting between events.
 pub const IDLE_HELPERS: usize = 4;
+
+/// The most helpers alive at once (in use or waiting): a render that finds them all in use waits for one,
+/// up to [`WALL`]. With [`ADDRESS_SPACE`], what the helpers may hold between them.
+pub const MAX_HELPERS: usize = 4;
+
+/// A helper that was sent an event larger than this is not kept after its session: it would hold the
+/// event's memory while it waits.
+const LARGE_EVENT: usize = 1 << 20;
+
+/// CPU seconds a helper may take to read one request (a 25 MB payload takes well under one).
+const EXCUSED_SECONDS: u64 = 30;
 
 /// The largest frame either side reads: a payload of 25 MB with room to spare.
 const MAX_FRAME: usize = 64 << 20;
@@ -54,9 +66,10 @@ const MAX_FRAME: usize = 64 << 20;
 /// The subcommand a helper is started with.
 pub const SUBCOMMAND: &str = "render-helper";
 
-/// A request, as the service writes it.
+/// A request, as the service writes it. Externally tagged: an internally tagged enum would have serde
+/// buffer the whole payload once more before reading it.
 #[derive(Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum Request<'a> {
     /// A session begins: the CPU seconds it may use between all its requests start now.
     Begin,
@@ -78,7 +91,7 @@ enum Request<'a> {
 
 /// A request, as a helper reads it.
 #[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum Incoming {
     Begin,
     Context {
@@ -113,6 +126,9 @@ enum Answer {
 pub struct Pool {
     exe: PathBuf,
     idle: Mutex<Vec<Helper>>,
+    /// Helpers alive (in use or idle); a helper's end lowers it and rings `freed`.
+    alive: Mutex<usize>,
+    freed: Condvar,
 }
 
 static POOL: OnceLock<Pool> = OnceLock::new();
@@ -123,6 +139,8 @@ pub fn install(exe: PathBuf) {
     let _ = POOL.set(Pool {
         exe,
         idle: Mutex::new(Vec::new()),
+        alive: Mutex::new(0),
+        freed: Condvar::new(),
     });
 }
 
@@ -136,20 +154,68 @@ struct Helper {
     child: Child,
     stdin: ChildStdin,
     stdout: ChildStdout,
+    pool: &'static Pool,
+    /// It was sent an event larger than [`LARGE_EVENT`].
+    large: bool,
 }
 
 impl Drop for Helper {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let mut alive = lock(&self.pool.alive);
+        *alive = alive.saturating_sub(1);
+        self.pool.freed.notify_all();
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Pool {
-    fn take(&self) -> io::Result<Helper> {
-        if let Some(helper) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(helper);
+    /// A helper: one waiting (that has not died meanwhile), or a new one when fewer than [`MAX_HELPERS`]
+    /// are alive, or the first to come free within [`WALL`]. Whether it was waiting in the pool.
+    fn take(&'static self) -> io::Result<(Helper, bool)> {
+        let deadline = Instant::now() + WALL;
+        let mut alive = lock(&self.alive);
+        loop {
+            let waiting = lock(&self.idle).pop();
+            if let Some(mut helper) = waiting {
+                if matches!(helper.child.try_wait(), Ok(None)) {
+                    return Ok((helper, true));
+                }
+                // Dead while it waited: its end takes the count's lock.
+                drop(alive);
+                drop(helper);
+                alive = lock(&self.alive);
+                continue;
+            }
+            if *alive < MAX_HELPERS {
+                *alive += 1;
+                drop(alive);
+                return self.spawn().map(|h| (h, false)).inspect_err(|_| {
+                    *lock(&self.alive) -= 1;
+                    self.freed.notify_all();
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::other(format!(
+                    "all {MAX_HELPERS} template renderers stayed busy for {}s",
+                    WALL.as_secs()
+                )));
+            }
+            alive = self
+                .freed
+                .wait_timeout(alive, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+    }
+
+    /// Starts a helper (counted by the caller).
+    fn spawn(&'static self) -> io::Result<Helper> {
         let mut child = std::process::Command::new(&self.exe)
             .arg(SUBCOMMAND)
             .env_clear()
@@ -167,14 +233,62 @@ impl Pool {
             child,
             stdin,
             stdout,
+            pool: self,
+            large: false,
         })
     }
 
+    /// Keeps `helper` for the next session, unless enough wait already or it holds a large event (it is
+    /// ended, outside the locks).
     fn give_back(&self, helper: Helper) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < IDLE_HELPERS {
-            idle.push(helper);
+        let surplus = {
+            let mut idle = lock(&self.idle);
+            if idle.len() < IDLE_HELPERS && !helper.large {
+                idle.push(helper);
+                None
+            } else {
+                Some(helper)
+            }
+        };
+        drop(surplus);
+        // Under the count's lock, so a render waiting for a helper cannot miss it.
+        let _alive = lock(&self.alive);
+        self.freed.notify_all();
+    }
+}
+
+/// The checks of one repository's trigger files against the sample payloads, all in one session: one CPU
+/// budget for every file of the repository.
+pub struct Checks {
+    pool: &'static Pool,
+    session: Option<Session<'static>>,
+}
+
+impl Checks {
+    /// When the service has helpers ([`install`]).
+    pub fn new() -> Option<Checks> {
+        pool().map(|pool| Checks {
+            pool,
+            session: None,
+        })
+    }
+
+    /// The session, rendering against `payload` (a sample's) from now on.
+    pub fn against(
+        &mut self,
+        payload: &'static serde_json::Value,
+        repo: String,
+    ) -> &mut Session<'static> {
+        match &mut self.session {
+            Some(session) => session.switch(payload, repo),
+            None => self.session = Some(Session::new(self.pool, payload, repo)),
         }
+        self.session.as_mut().expect("set above")
+    }
+
+    /// Why the session's helper stopped, once it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.session.as_ref().and_then(Session::stopped)
     }
 }
 
@@ -266,19 +380,7 @@ impl<'e> Session<'e> {
         }
         let mut helper = match self.helper.take() {
             Some(helper) => helper,
-            None => {
-                let mut helper = self
-                    .pool
-                    .take()
-                    .map_err(|e| format!("the template renderer could not be started: {e}"))?;
-                match exchange(&mut helper, &Request::Begin) {
-                    Ok(Answer::Done) => {}
-                    Ok(_) => return Err("the template renderer answered out of turn".into()),
-                    Err(e) => return Err(self.spend(helper, e)),
-                }
-                self.sent = false;
-                helper
-            }
+            None => self.begin()?,
         };
         if !self.sent {
             let context = Request::Context {
@@ -287,7 +389,11 @@ impl<'e> Session<'e> {
             };
             match exchange(&mut helper, &context) {
                 Ok(Answer::Done) => self.sent = true,
-                Ok(Answer::Error { message, .. }) => return Err(message),
+                // An event the helper cannot read: none of this session's renders can be done.
+                Ok(Answer::Error { message, .. }) => {
+                    self.spent = Some(message.clone());
+                    return Err(message);
+                }
                 Ok(_) => return Err("the template renderer answered out of turn".into()),
                 Err(e) => return Err(self.spend(helper, e)),
             }
@@ -298,6 +404,26 @@ impl<'e> Session<'e> {
                 Ok(answer)
             }
             Err(e) => Err(self.spend(helper, e)),
+        }
+    }
+
+    /// A helper for this session, its CPU budget started. One that died while it waited in the pool is
+    /// replaced by a new one; a new one that fails to begin ends the session.
+    fn begin(&mut self) -> Result<Helper, String> {
+        loop {
+            let (mut helper, pooled) = self
+                .pool
+                .take()
+                .map_err(|e| format!("the template renderer could not be started: {e}"))?;
+            match exchange(&mut helper, &Request::Begin) {
+                Ok(Answer::Done) => {
+                    self.sent = false;
+                    return Ok(helper);
+                }
+                Ok(_) => return Err("the template renderer answered out of turn".into()),
+                Err(_) if pooled => continue,
+                Err(e) => return Err(self.spend(helper, e)),
+            }
         }
     }
 
@@ -350,6 +476,7 @@ fn describe_end(status: Option<ExitStatus>, timed_out: bool, error: &io::Error) 
 /// Sends `request` to `helper` and reads its answer, within [`WALL`].
 fn exchange(helper: &mut Helper, request: &Request<'_>) -> io::Result<Answer> {
     let body = serde_json::to_vec(request).map_err(io::Error::other)?;
+    helper.large |= body.len() > LARGE_EVENT;
     write_frame(&mut helper.stdin, &body)?;
     let deadline = Instant::now() + WALL;
     let mut length = [0u8; 4];
@@ -413,13 +540,23 @@ fn read_exact_by(from: &mut ChildStdout, buf: &mut [u8], deadline: Instant) -> i
 
 /// `nightshift render-helper`: serves requests on stdin until it closes.
 pub fn helper_main() -> ExitCode {
-    // Behind the service's own work when the CPU is short.
-    // SAFETY: setpriority reads its three integers.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-    if let Err(e) = limit_self().and_then(|()| limit_cpu(CPU_SECONDS)) {
-        eprintln!("nightshift render-helper: {e}");
-        return ExitCode::FAILURE;
+    // Behind the service's own work when the CPU is short; not readable or writable through /proc by
+    // other processes of the service's user (an agent run without a box could otherwise answer for it).
+    // SAFETY: setpriority and prctl read the integers they are given.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     }
+    // What every prompt's first render would build, built before any budget starts.
+    template::warm_up();
+    let mut budget = match limit_self().and_then(|()| Budget::start(CPU_SECONDS)) {
+        Ok(budget) => budget,
+        Err(e) => {
+            eprintln!("nightshift render-helper: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let env = template::environment();
     let prompt_env = template::prompt_environment();
     let mut context = None;
@@ -433,14 +570,28 @@ pub fn helper_main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let answer = match serde_json::from_slice::<Incoming>(&frame) {
+        // Reading the request (an event's payload: up to 25 MB of JSON, linear work) is not the
+        // templates' to pay for: its CPU is added to the limit.
+        let incoming = match budget.excuse(|| serde_json::from_slice::<Incoming>(&frame)) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                eprintln!("nightshift render-helper: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        drop(frame);
+        let answer = match incoming {
             Err(e) => failed(format!("a request the renderer cannot read: {e}")),
             Ok(Incoming::Begin) => {
-                if let Err(e) = limit_cpu(CPU_SECONDS) {
-                    eprintln!("nightshift render-helper: {e}");
-                    return ExitCode::FAILURE;
-                }
+                // The last session's event goes before the new budget starts.
                 context = None;
+                match Budget::start(CPU_SECONDS) {
+                    Ok(new) => budget = new,
+                    Err(e) => {
+                        eprintln!("nightshift render-helper: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 Answer::Done
             }
             Ok(Incoming::Context { payload, repo }) => {
@@ -530,9 +681,8 @@ fn limit_self() -> io::Result<()> {
     set_limit(libc::RLIMIT_NOFILE, 16, 16)
 }
 
-/// At most `seconds` more of CPU from now: the kernel sends SIGXCPU (which ends the process) past it. The
-/// hard limit is left as it is, so the next request can be given its own seconds.
-fn limit_cpu(seconds: u64) -> io::Result<()> {
+/// The CPU this process has used, in seconds.
+fn cpu_used() -> io::Result<f64> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: a zeroed rusage the call fills.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
@@ -540,7 +690,12 @@ fn limit_cpu(seconds: u64) -> io::Result<()> {
     }
     // SAFETY: filled by the call above (and zeroed before it).
     let usage = unsafe { usage.assume_init() };
-    let used = (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec + 1).max(0) as u64;
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// The CPU limit as it is: (soft, hard).
+fn cpu_limit() -> io::Result<(u64, u64)> {
     let mut current = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -549,8 +704,44 @@ fn limit_cpu(seconds: u64) -> io::Result<()> {
     if unsafe { libc::getrlimit(libc::RLIMIT_CPU, &mut current) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let soft = (used + seconds).min(current.rlim_max);
-    set_limit(libc::RLIMIT_CPU, soft, current.rlim_max)
+    Ok((current.rlim_cur, current.rlim_max))
+}
+
+/// A session's CPU: the process's CPU time at which it ends. The kernel sends SIGXCPU (which ends the
+/// process) once the whole seconds used reach the soft limit, the end rounded up: a session gets its
+/// seconds, and less than one more.
+struct Budget {
+    end: f64,
+}
+
+impl Budget {
+    /// `seconds` from now. The hard limit is left as it is, so the next session can be given its own.
+    fn start(seconds: u64) -> io::Result<Budget> {
+        let budget = Budget {
+            end: cpu_used()? + seconds as f64,
+        };
+        budget.apply(0)?;
+        Ok(budget)
+    }
+
+    /// Sets the soft limit at the end, plus `more` seconds.
+    fn apply(&self, more: u64) -> io::Result<()> {
+        let (_, hard) = cpu_limit()?;
+        let soft = (self.end.max(0.0).ceil() as u64)
+            .saturating_add(more)
+            .min(hard);
+        set_limit(libc::RLIMIT_CPU, soft, hard)
+    }
+
+    /// Runs `work` with the CPU it uses added to the budget (it may use up to [`EXCUSED_SECONDS`]).
+    fn excuse<T>(&mut self, work: impl FnOnce() -> T) -> io::Result<T> {
+        self.apply(EXCUSED_SECONDS)?;
+        let before = cpu_used()?;
+        let done = work();
+        self.end += (cpu_used()? - before).max(0.0);
+        self.apply(0)?;
+        Ok(done)
+    }
 }
 
 #[cfg(test)]

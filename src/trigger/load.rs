@@ -114,8 +114,8 @@ struct Checker<'a> {
     errors: Vec<Diagnostic>,
     env: Environment<'static>,
     /// A repository's trigger file, in the service: its templates are tried against the samples in a
-    /// helper process (`isolate.rs`).
-    apart: Option<&'static super::isolate::Pool>,
+    /// helper process (`isolate.rs`), on the budget of all the repository's files.
+    apart: Option<&'a mut super::isolate::Checks>,
 }
 
 impl Checker<'_> {
@@ -201,21 +201,23 @@ pub fn load_one(
     load_checked(path, text, agents, None)
 }
 
-/// [`load_one`] for a repository's own trigger file: in the service, its templates are tried against the
-/// samples in a helper process with limits (`isolate.rs`), as they render for events.
+/// [`load_one`] for a repository's own trigger file: in the service (`checks`), its templates are tried
+/// against the samples in a helper process with limits (`isolate.rs`), as they render for events, on one
+/// budget for all the repository's files.
 pub fn load_repository_file(
     path: &Path,
     text: &str,
     agents: Option<&AgentKinds>,
+    checks: Option<&mut super::isolate::Checks>,
 ) -> Result<Trigger, Vec<Diagnostic>> {
-    load_checked(path, text, agents, super::isolate::pool())
+    load_checked(path, text, agents, checks)
 }
 
-fn load_checked(
-    path: &Path,
-    text: &str,
+fn load_checked<'a>(
+    path: &'a Path,
+    text: &'a str,
     agents: Option<&AgentKinds>,
-    apart: Option<&'static super::isolate::Pool>,
+    apart: Option<&'a mut super::isolate::Checks>,
 ) -> Result<Trigger, Vec<Diagnostic>> {
     let file: TriggerFile = yaml::from_str(path, text).map_err(|d| vec![d])?;
     let mut c = Checker {
@@ -764,8 +766,6 @@ fn check_against_samples(
     };
     let scheduled =
         (!trigger.schedules.is_empty()).then(|| (EventKind::Schedule, super::Filter::default()));
-    // One helper for every sample, when the file is a repository's.
-    let mut apart: Option<super::isolate::Session<'static>> = None;
     for (kind, filter) in trigger
         .events
         .iter()
@@ -789,14 +789,10 @@ fn check_against_samples(
             } else {
                 format!("{event}.{action}")
             };
-            let session = c.apart.map(|pool| {
-                let repo = template::repo_of(parsed);
-                match &mut apart {
-                    Some(session) => session.switch(&parsed.payload, repo),
-                    None => apart = Some(super::isolate::Session::new(pool, &parsed.payload, repo)),
-                }
-                apart.as_mut().expect("set above")
-            });
+            let session = c
+                .apart
+                .as_deref_mut()
+                .map(|checks| checks.against(&parsed.payload, template::repo_of(parsed)));
             // The prompt is rendered only when the `if` did not fail.
             let renders = |if_true: &Option<Result<bool, String>>| !matches!(if_true, Some(Err(_)));
             let (if_true, rendered) = match session {
@@ -836,7 +832,7 @@ fn check_against_samples(
                 }),
             };
             // A renderer stopped by its limits refuses the file, whatever the other samples did.
-            if let Some(why) = apart.as_ref().and_then(|s| s.stopped()) {
+            if let Some(why) = c.apart.as_deref().and_then(|s| s.stopped()) {
                 let (line, col) = template_position(c.text, prompt, 1);
                 c.errors.push(Diagnostic::new(
                     c.path,

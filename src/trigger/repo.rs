@@ -184,9 +184,11 @@ pub fn parse(
     let mut triggers = Vec::new();
     let mut problems = Vec::new();
     let display_path = |path: &str| Path::new(&repo.to_string()).join(path);
+    // Every file's check against the samples on one CPU budget (in the service).
+    let mut checks = super::isolate::Checks::new();
     for (path, text) in files {
         let shown = display_path(path);
-        match load_repository_file(&shown, text, Some(agents)) {
+        match load_repository_file(&shown, text, Some(agents), checks.as_mut()) {
             Err(mut ds) => problems.append(&mut ds),
             Ok(mut trigger) => {
                 if let Some(why) = agents.not_for_repos.get(&trigger.agent) {

@@ -582,6 +582,12 @@ fn describe(e: &minijinja::Error) -> String {
     }
 }
 
+/// Builds what the first prompt render would build (the patterns that strip hidden text), so a render
+/// helper has it before its CPU budget starts.
+pub fn warm_up() {
+    let _ = (link_definitions(), dropped_elements(), unseen_markup());
+}
+
 /// Characters that hide text from a human reader but not from a model: zero-width characters and joiners,
 /// the BOM, bidirectional controls, fillers, variation selectors and Unicode tag characters (which spell
 /// out invisible ASCII).

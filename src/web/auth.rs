@@ -182,17 +182,7 @@ pub fn valid_login(name: &str) -> bool {
         && !name.starts_with('-')
 }
 
-/// The value of cookie `name`.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, value)| value.to_owned())
-}
+pub use crate::text::cookie;
 
 impl Sessions {
     pub fn new(store: Arc<dyn Store>) -> Sessions {

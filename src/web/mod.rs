@@ -139,7 +139,7 @@ impl Dashboard {
     fn secure(&self) -> bool {
         self.public_url
             .as_deref()
-            .is_some_and(|u| u.starts_with("https://"))
+            .is_some_and(crate::config::is_https)
     }
 
     fn session_cookie(&self, id: &str, max_age: u64) -> String {
