@@ -49,6 +49,9 @@ pub const ADDRESS_SPACE: u64 = 1 << 30;
 /// Helpers kept waiting between events.
 pub const IDLE_HELPERS: usize = 4;
 
+/// Helpers started with the service, before any event needs one.
+pub const READY_HELPERS: usize = 2;
+
 /// The most helpers alive at once (in use or waiting): a render that finds them all in use waits for one,
 /// up to [`WALL`]. With [`ADDRESS_SPACE`], what the helpers may hold between them.
 pub const MAX_HELPERS: usize = 4;
@@ -135,13 +138,36 @@ static POOL: OnceLock<Pool> = OnceLock::new();
 
 /// Renders repository templates in helpers started from `exe` from now on (`nightshift serve` calls it
 /// with `/proc/self/exe`). Without it (the local CLI, unit tests) they render in the calling thread.
+/// [`READY_HELPERS`] are started at once, on a thread of their own: a helper takes about 0.1 s of CPU to
+/// start (the patterns that strip hidden text), which the first events would otherwise wait for.
 pub fn install(exe: PathBuf) {
-    let _ = POOL.set(Pool {
-        exe,
-        idle: Mutex::new(Vec::new()),
-        alive: Mutex::new(0),
-        freed: Condvar::new(),
-    });
+    let installed = POOL
+        .set(Pool {
+            exe,
+            idle: Mutex::new(Vec::new()),
+            alive: Mutex::new(0),
+            freed: Condvar::new(),
+        })
+        .is_ok();
+    if installed {
+        let _ = std::thread::Builder::new()
+            .name("render-helpers".into())
+            .spawn(|| {
+                let Some(pool) = pool() else { return };
+                let mut ready = Vec::new();
+                for _ in 0..READY_HELPERS {
+                    let Ok((mut helper, _)) = pool.take() else {
+                        break;
+                    };
+                    if matches!(exchange(&mut helper, &Request::Begin), Ok(Answer::Done)) {
+                        ready.push(helper);
+                    }
+                }
+                for helper in ready {
+                    pool.give_back(helper);
+                }
+            });
+    }
 }
 
 /// The helpers, when [`install`]ed.
@@ -290,6 +316,12 @@ impl Checks {
     pub fn stopped(&self) -> Option<&str> {
         self.session.as_ref().and_then(Session::stopped)
     }
+
+    /// Why no helper could be had for a check (none could be started, or all stayed busy): the check says
+    /// nothing of the files then.
+    pub fn unavailable(&self) -> Option<&str> {
+        self.session.as_ref().and_then(|s| s.unavailable.as_deref())
+    }
 }
 
 /// One event's renders in a helper: the event is sent once, with the first render.
@@ -304,6 +336,8 @@ pub struct Session<'e> {
     /// Why the session's helper stopped, once it did: every later request fails with it (a new helper
     /// would be a new budget).
     spent: Option<String>,
+    /// Why no helper could be had, when that happened.
+    unavailable: Option<String>,
 }
 
 impl<'e> Session<'e> {
@@ -315,6 +349,7 @@ impl<'e> Session<'e> {
             helper: None,
             sent: false,
             spent: None,
+            unavailable: None,
         }
     }
 
@@ -411,10 +446,11 @@ impl<'e> Session<'e> {
     /// replaced by a new one; a new one that fails to begin ends the session.
     fn begin(&mut self) -> Result<Helper, String> {
         loop {
-            let (mut helper, pooled) = self
-                .pool
-                .take()
-                .map_err(|e| format!("the template renderer could not be started: {e}"))?;
+            let (mut helper, pooled) = self.pool.take().map_err(|e| {
+                let why = format!("the template renderer could not be started: {e}");
+                self.unavailable = Some(why.clone());
+                why
+            })?;
             match exchange(&mut helper, &Request::Begin) {
                 Ok(Answer::Done) => {
                     self.sent = false;

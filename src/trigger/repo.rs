@@ -151,7 +151,9 @@ impl RepoTriggers {
         let (name, texts, kinds) = (repo.full_name.clone(), files.files, agents.clone());
         let checking = tokio::task::spawn_blocking(move || parse(&name, &texts, &kinds));
         let (set, problems) = match tokio::time::timeout(LOAD_TIMEOUT, checking).await {
-            Ok(Ok(parsed)) => parsed,
+            Ok(Ok(Ok(parsed))) => parsed,
+            // Not the files' fault: the last good read stays in force, and the next event reads again.
+            Ok(Ok(Err(why))) => anyhow::bail!("checking the repository's triggers failed: {why}"),
             Ok(Err(e)) => anyhow::bail!("checking the repository's triggers failed: {e}"),
             Err(_) => anyhow::bail!(
                 "checking the repository's triggers took longer than {}s; they are not used",
@@ -175,17 +177,24 @@ impl RepoTriggers {
 }
 
 /// Checks a repository's trigger files: each must be valid, may not schedule (schedules belong to the
-/// service, which knows the repositories) and may not name other repositories.
+/// service, which knows the repositories) and may not name other repositories. An error when the files
+/// could not be checked at all (no template renderer could be had): that says nothing of them.
 pub fn parse(
     repo: &RepoName,
     files: &[(String, String)],
     agents: &AgentKinds,
-) -> (TriggerSet, Vec<Diagnostic>) {
+) -> Result<(TriggerSet, Vec<Diagnostic>), String> {
     let mut triggers = Vec::new();
     let mut problems = Vec::new();
     let display_path = |path: &str| Path::new(&repo.to_string()).join(path);
     // Every file's check against the samples on one CPU budget (in the service).
     let mut checks = super::isolate::Checks::new();
+    let unavailable = |checks: &Option<super::isolate::Checks>| {
+        checks
+            .as_ref()
+            .and_then(|c| c.unavailable())
+            .map(str::to_owned)
+    };
     for (path, text) in files {
         let shown = display_path(path);
         match load_repository_file(&shown, text, Some(agents), checks.as_mut()) {
@@ -249,7 +258,10 @@ pub fn parse(
             }
         }
     }
-    (TriggerSet::new(triggers).isolated(), problems)
+    match unavailable(&checks) {
+        Some(why) => Err(why),
+        None => Ok((TriggerSet::new(triggers).isolated(), problems)),
+    }
 }
 
 /// A repository name as a literal pattern.
@@ -276,7 +288,7 @@ mod tests {
             (".nightshift/triggers/other.yml".to_owned(), "on: issues\nrepos: [acme/web]\nagent: a\nprompt: x\n".to_owned()),
             (".nightshift/triggers/bad.yml".to_owned(), "on: issues\nagent: zzz\nprompt: x\n".to_owned()),
         ];
-        let (set, problems) = parse(&repo, &files, &agents);
+        let (set, problems) = parse(&repo, &files, &agents).unwrap();
         assert_eq!(set.triggers().len(), 1);
         assert_eq!(set.triggers()[0].name, "api.review");
         assert_eq!(
@@ -303,7 +315,7 @@ mod tests {
             ".nightshift/triggers/fix.yml".to_owned(),
             "on: issues\nagent: a\nprompt: x\noutput: pull_request\nverify:\n  - {name: tests, run: make test}\nverify_rounds: 1\nverify_fail: draft\n".to_owned(),
         )];
-        let (set, problems) = parse(&repo, &files, &agents);
+        let (set, problems) = parse(&repo, &files, &agents).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         let t = &set.triggers()[0];
         assert_eq!(
@@ -349,7 +361,8 @@ mod tests {
             &repo,
             &[file("boxed"), file("bare"), file("release")],
             &agents,
-        );
+        )
+        .unwrap();
         assert_eq!(set.triggers().len(), 1);
         assert_eq!(set.triggers()[0].agent, "boxed");
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -386,7 +399,7 @@ mod tests {
             ".nightshift/triggers/bomb.yml".to_owned(),
             format!("on: issues\nagent: a\nprompt: '{prompt}'\n"),
         )];
-        let (set, problems) = parse(&repo, &files, &agents);
+        let (set, problems) = parse(&repo, &files, &agents).unwrap();
         assert!(set.triggers().is_empty());
         assert_eq!(problems.len(), 1, "{problems:?}");
         let problem = problems[0].to_string();

@@ -455,7 +455,7 @@ mod tests {
                 "on: issues\nagent: zzz\nprompt: x\n".to_owned(),
             ),
         ];
-        let (set, problems) = crate::trigger::repo::parse(&repo, &files, &agents);
+        let (set, problems) = crate::trigger::repo::parse(&repo, &files, &agents).unwrap();
         // A name no file could give (the loader refuses it): the page escapes whatever it is given.
         let mut own = set.triggers().to_vec();
         own[0].name = "<script>alert(1)</script>".into();
