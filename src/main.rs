@@ -440,8 +440,10 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             // Before the runtime starts any thread: the environment may only change while there is one.
             let env = harden(&config)?;
             // A repository's templates render in helpers started from this very binary, even when the
-            // file it was started from is replaced by a deploy.
-            nightshift::trigger::isolate::install("/proc/self/exe".into());
+            // file it was started from is replaced by a deploy (none when repositories' triggers are off).
+            if config.repo_triggers {
+                nightshift::trigger::isolate::install("/proc/self/exe".into());
+            }
             nightshift::setup::require_secrets_or_setup(&config)?;
             let loaded = load::load(std::slice::from_ref(&config.triggers), Some(&agents));
             if !loaded.diagnostics.is_empty() {

@@ -274,6 +274,8 @@ pub async fn serve(
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
     );
+    // After ready: starting them takes CPU that start-up needs more.
+    crate::trigger::isolate::prewarm();
     serve_http(
         listener,
         app,

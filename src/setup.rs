@@ -397,15 +397,9 @@ impl Setup {
     /// The setup session's cookie: behind https `__Host-` prefixed (so a sibling subdomain cannot plant
     /// one), which needs `Path=/`; else sent back to `/setup` only.
     fn cookie(&self, session: &str) -> String {
-        let (path, secure) = if self.secure() {
-            ("/", "; Secure")
-        } else {
-            ("/setup", "")
-        };
-        format!(
-            "{}={session}; Path={path}; HttpOnly; SameSite=Lax; Max-Age=3600{secure}",
-            cookie_name(self.secure())
-        )
+        let secure = self.secure();
+        let path = if secure { "/" } else { "/setup" };
+        crate::text::set_cookie(cookie_name(secure), session, path, 3600, secure)
     }
 
     fn secure(&self) -> bool {

@@ -44,6 +44,12 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, and `Secure` when `secure`.
+pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
 /// The value of cookie `name`; none when the browser sends two of that name (one was planted: a browser
 /// that takes a cookie with an empty name and a value of `__Host-name=x` sends it as `__Host-name=x`, beside
 /// the real one, and which comes first is not ours to trust).

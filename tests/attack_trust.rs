@@ -64,6 +64,34 @@ async fn healthz(spine: &Spine) {
     assert_eq!(answer.status(), 200, "the service still answers");
 }
 
+/// A started service with one trigger of its own (on opened issues) and `files` among the repository's own
+/// triggers (`.nightshift/triggers/NAME`).
+async fn with_repository_triggers(files: &[(&str, &str)]) -> Spine {
+    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
+    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
+    for (name, text) in files {
+        spine.commit(
+            "main",
+            "main",
+            &format!(".nightshift/triggers/{name}"),
+            text,
+        );
+    }
+    spine.start().await;
+    spine
+}
+
+/// Delivers the sample opened issue as `delivery` and waits until it is matched.
+async fn deliver_calm(spine: &Spine, delivery: &str) {
+    deliver_and_match(
+        spine,
+        "issues",
+        delivery,
+        &payload(spine, "issues/opened.json"),
+    )
+    .await;
+}
+
 fn payload(spine: &Spine, path: &str) -> Value {
     serde_json::from_slice(&spine.payload(path)).unwrap()
 }
@@ -287,11 +315,8 @@ async fn a_repository_trigger_whose_template_loops_is_refused_and_the_service_st
 #[tokio::test]
 async fn a_repository_template_that_burns_cpu_is_stopped_by_the_kernel_and_the_next_event_renders()
 {
-    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
-    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
     let burn = "on: issues\nagent: reply\nprompt: \"{% for i in range(8000) %}{% if event.issue.body == event.issue.body %}{% endif %}{% endfor %}rendered {{ event.issue.title }}\"\n";
-    spine.commit("main", "main", ".nightshift/triggers/burn.yml", burn);
-    spine.start().await;
+    let mut spine = with_repository_triggers(&[("burn.yml", burn)]).await;
 
     let mut heavy = payload(&spine, "issues/opened.json");
     heavy["issue"]["title"] = "heavy".into();
@@ -315,10 +340,12 @@ async fn a_repository_template_that_burns_cpu_is_stopped_by_the_kernel_and_the_n
     );
 
     // The same trigger on an ordinary event: rendered, in a new helper.
-    let calm = payload(&spine, "issues/opened.json");
-    deliver_and_match(&spine, "issues", "calm-1", &calm).await;
+    deliver_calm(&spine, "calm-1").await;
     spine.wait_for_finished_jobs(4).await;
-    let title = calm["issue"]["title"].as_str().unwrap().to_owned();
+    let title = payload(&spine, "issues/opened.json")["issue"]["title"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let rendered = specs(&spine)
         .await
         .into_iter()
@@ -341,19 +368,9 @@ async fn a_repository_template_that_burns_cpu_is_stopped_by_the_kernel_and_the_n
 /// helper too, and all of a file's sample renders share one CPU budget: the file is refused with why.
 #[tokio::test]
 async fn a_repository_trigger_file_whose_check_burns_cpu_is_refused_within_one_budget() {
-    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
-    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
     let burn = "on: issues\nagent: reply\nprompt: \"{% for i in range(1500) %}{% if event|dictsort == event|dictsort %}{% endif %}{% endfor %}ok\"\n";
-    spine.commit("main", "main", ".nightshift/triggers/burn.yml", burn);
-    spine.start().await;
-
-    deliver_and_match(
-        &spine,
-        "issues",
-        "calm-1",
-        &payload(&spine, "issues/opened.json"),
-    )
-    .await;
+    let mut spine = with_repository_triggers(&[("burn.yml", burn)]).await;
+    deliver_calm(&spine, "calm-1").await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].trigger, "service", "the burning file never loaded");
     let log = spine.server.as_ref().unwrap().log();
@@ -371,26 +388,11 @@ async fn a_repository_trigger_file_whose_check_burns_cpu_is_refused_within_one_b
 /// the rest are refused saying why, and the service's own trigger runs.
 #[tokio::test]
 async fn a_repositorys_trigger_files_are_checked_on_one_cpu_budget_between_them() {
-    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
-    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
     let slow = "on: issues\nagent: reply\nprompt: \"{% for i in range(90) %}{% if event|dictsort == event|dictsort %}{% endif %}{% endfor %}ok\"\n";
-    for i in 0..8 {
-        spine.commit(
-            "main",
-            "main",
-            &format!(".nightshift/triggers/slow{i}.yml"),
-            slow,
-        );
-    }
-    spine.start().await;
-
-    deliver_and_match(
-        &spine,
-        "issues",
-        "calm-1",
-        &payload(&spine, "issues/opened.json"),
-    )
-    .await;
+    let names: Vec<String> = (0..8).map(|i| format!("slow{i}.yml")).collect();
+    let files: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), slow)).collect();
+    let mut spine = with_repository_triggers(&files).await;
+    deliver_calm(&spine, "calm-1").await;
     let log = spine.server.as_ref().unwrap().log();
     let refused = (0..8)
         .filter(|i| {
@@ -416,6 +418,53 @@ async fn a_repositorys_trigger_files_are_checked_on_one_cpu_budget_between_them(
             .any(|j| j.trigger == "service" && j.error.is_none())
     );
     healthz(&spine).await;
+    spine.assert_no_unexpected_calls();
+}
+
+/// A read of a repository's triggers that fails (its fetch failed, or no template renderer could be had,
+/// which an attacker holding the renderers busy could arrange) does not leave the set read before in force
+/// until the next push: a pusher's fix to a trigger (a stricter `if:`) would silently not apply. The next
+/// event reads again.
+#[tokio::test]
+async fn after_a_failed_read_of_a_repositorys_triggers_the_next_event_reads_them_again() {
+    let first = "on: issues\nagent: reply\nprompt: first version\n";
+    let mut spine = with_repository_triggers(&[("t.yml", first)]).await;
+    deliver_calm(&spine, "calm-1").await;
+    spine.wait_for_finished_jobs(2).await;
+
+    // The fix lands, and its push is delivered while the repository cannot be read.
+    spine.commit(
+        "main",
+        "main",
+        ".nightshift/triggers/t.yml",
+        "on: issues\nagent: reply\nprompt: second version\n",
+    );
+    let away = spine.remote.with_extension("away");
+    std::fs::rename(&spine.remote, &away).unwrap();
+    let mut push = payload(&spine, "push/default.json");
+    push["ref"] = "refs/heads/main".into();
+    deliver_and_match(&spine, "push", "push-1", &push).await;
+    std::fs::rename(&away, &spine.remote).unwrap();
+    let log = spine.server.as_ref().unwrap().log();
+    assert!(
+        log.contains("the repository's own triggers could not be read"),
+        "{log}"
+    );
+
+    deliver_calm(&spine, "calm-2").await;
+    spine.wait_for_finished_jobs(4).await;
+    let prompts: Vec<String> = specs(&spine)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "Hello-World.t")
+        .filter_map(|(_, spec)| spec["prompt"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(prompts.len(), 2, "{prompts:?}");
+    assert!(prompts[0].contains("first version"), "{prompts:?}");
+    assert!(
+        prompts[1].contains("second version"),
+        "the failed read left the old trigger in force: {prompts:?}"
+    );
     spine.assert_no_unexpected_calls();
 }
 

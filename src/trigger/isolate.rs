@@ -138,36 +138,36 @@ static POOL: OnceLock<Pool> = OnceLock::new();
 
 /// Renders repository templates in helpers started from `exe` from now on (`nightshift serve` calls it
 /// with `/proc/self/exe`). Without it (the local CLI, unit tests) they render in the calling thread.
-/// [`READY_HELPERS`] are started at once, on a thread of their own: a helper takes about 0.1 s of CPU to
-/// start (the patterns that strip hidden text), which the first events would otherwise wait for.
 pub fn install(exe: PathBuf) {
-    let installed = POOL
-        .set(Pool {
-            exe,
-            idle: Mutex::new(Vec::new()),
-            alive: Mutex::new(0),
-            freed: Condvar::new(),
-        })
-        .is_ok();
-    if installed {
-        let _ = std::thread::Builder::new()
-            .name("render-helpers".into())
-            .spawn(|| {
-                let Some(pool) = pool() else { return };
-                let mut ready = Vec::new();
-                for _ in 0..READY_HELPERS {
-                    let Ok((mut helper, _)) = pool.take() else {
-                        break;
-                    };
-                    if matches!(exchange(&mut helper, &Request::Begin), Ok(Answer::Done)) {
-                        ready.push(helper);
-                    }
+    let _ = POOL.set(Pool {
+        exe,
+        idle: Mutex::new(Vec::new()),
+        alive: Mutex::new(0),
+        freed: Condvar::new(),
+    });
+}
+
+/// Starts [`READY_HELPERS`] on a thread of their own, when helpers are installed: a helper takes about
+/// 0.1 s of CPU to start (the patterns that strip hidden text), which the first events would otherwise
+/// wait for.
+pub fn prewarm() {
+    let Some(pool) = pool() else { return };
+    let _ = std::thread::Builder::new()
+        .name("render-helpers".into())
+        .spawn(move || {
+            let mut ready = Vec::new();
+            for _ in 0..READY_HELPERS {
+                let Ok((mut helper, _)) = pool.take() else {
+                    break;
+                };
+                if matches!(exchange(&mut helper, &Request::Begin), Ok(Answer::Done)) {
+                    ready.push(helper);
                 }
-                for helper in ready {
-                    pool.give_back(helper);
-                }
-            });
-    }
+            }
+            for helper in ready {
+                pool.give_back(helper);
+            }
+        });
 }
 
 /// The helpers, when [`install`]ed.
@@ -403,14 +403,18 @@ impl<'e> Session<'e> {
         }
     }
 
-    /// The helper is dropped (killed) and the error says why.
+    /// The helper is dropped (killed) and the error says why, for every later request too.
     fn lost(&mut self, why: &str) -> String {
         self.helper = None;
-        format!("the template renderer {why}")
+        let why = format!("the template renderer {why}");
+        self.spent = Some(why.clone());
+        why
     }
 
     fn call(&mut self, request: &Request<'_>) -> Result<Answer, String> {
-        if let Some(why) = &self.spent {
+        // Once stopped, or once no helper could be had (a new wait for each render would hold the
+        // thread for minutes), every request fails at once.
+        if let Some(why) = self.spent.as_ref().or(self.unavailable.as_ref()) {
             return Err(why.clone());
         }
         let mut helper = match self.helper.take() {
@@ -429,7 +433,7 @@ impl<'e> Session<'e> {
                     self.spent = Some(message.clone());
                     return Err(message);
                 }
-                Ok(_) => return Err("the template renderer answered out of turn".into()),
+                Ok(_) => return Err(self.lost("answered out of turn")),
                 Err(e) => return Err(self.spend(helper, e)),
             }
         }
@@ -456,7 +460,7 @@ impl<'e> Session<'e> {
                     self.sent = false;
                     return Ok(helper);
                 }
-                Ok(_) => return Err("the template renderer answered out of turn".into()),
+                Ok(_) => return Err(self.lost("answered out of turn")),
                 Err(_) if pooled => continue,
                 Err(e) => return Err(self.spend(helper, e)),
             }

@@ -37,6 +37,8 @@ pub struct RepoTriggers {
     cache: Mutex<HashMap<RepoName, Arc<TriggerSet>>>,
     /// What the last read of each repository found (the dashboard's triggers page shows it).
     loads: std::sync::Mutex<HashMap<RepoName, Arc<RepoLoad>>>,
+    /// Repositories whose last read failed: their next event reads again, whatever is cached.
+    stale: std::sync::Mutex<std::collections::HashSet<RepoName>>,
 }
 
 /// The last read of one repository's own triggers.
@@ -67,6 +69,14 @@ impl RepoTriggers {
         {
             return None;
         }
+        if self
+            .stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&repo.full_name)
+        {
+            return None;
+        }
         self.cache.lock().await.get(&repo.full_name).cloned()
     }
 
@@ -85,6 +95,13 @@ impl RepoTriggers {
         let read = self
             .read_uncached(event, workspaces, auth, agents, &mut commit)
             .await;
+        {
+            let mut stale = self.stale.lock().unwrap_or_else(|e| e.into_inner());
+            match &read {
+                Ok(_) => stale.remove(&repo.full_name),
+                Err(_) => stale.insert(repo.full_name.clone()),
+            };
+        }
         let (triggers, problems, error) = match &read {
             Ok((set, problems)) => (set.clone(), problems.clone(), None),
             Err(e) => (

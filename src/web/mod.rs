@@ -143,24 +143,21 @@ impl Dashboard {
     }
 
     fn session_cookie(&self, id: &str, max_age: u64) -> String {
-        let secure = if self.secure() { "; Secure" } else { "" };
-        format!(
-            "{}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-            auth::session_cookie_name(self.secure())
-        )
+        let secure = self.secure();
+        crate::text::set_cookie(auth::session_cookie_name(secure), id, "/", max_age, secure)
     }
 
     /// The cookie that binds a sign-in to this browser: sent back to `/auth` only, except behind https,
     /// where the `__Host-` prefix needs `Path=/`.
     fn state_cookie(&self, value: &str, max_age: u64) -> String {
-        let (path, secure) = if self.secure() {
-            ("/", "; Secure")
-        } else {
-            ("/auth", "")
-        };
-        format!(
-            "{}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
-            auth::state_cookie_name(self.secure())
+        let secure = self.secure();
+        let path = if secure { "/" } else { "/auth" };
+        crate::text::set_cookie(
+            auth::state_cookie_name(secure),
+            value,
+            path,
+            max_age,
+            secure,
         )
     }
 
