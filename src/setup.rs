@@ -49,12 +49,8 @@ const MAX_STATES: usize = 64;
 const COOKIE: &str = "nightshift_setup";
 
 /// The setup session cookie's name: `__Host-` prefixed behind https.
-fn cookie_name(secure: bool) -> &'static str {
-    if secure {
-        "__Host-nightshift_setup"
-    } else {
-        COOKIE
-    }
+fn cookie_name(secure: bool) -> std::borrow::Cow<'static, str> {
+    crate::text::host_cookie_name(COOKIE, secure)
 }
 
 /// What GitHub's conversion answers, as stored.
@@ -399,7 +395,7 @@ impl Setup {
     fn cookie(&self, session: &str) -> String {
         let secure = self.secure();
         let path = if secure { "/" } else { "/setup" };
-        crate::text::set_cookie(cookie_name(secure), session, path, 3600, secure)
+        crate::text::set_cookie(&cookie_name(secure), session, path, 3600, secure)
     }
 
     fn secure(&self) -> bool {
@@ -532,7 +528,7 @@ fn not_found() -> Response {
 
 /// The setup session this browser holds (the cookie's name follows [`cookie_name`]).
 fn session_of(setup: &Setup, headers: &HeaderMap) -> Option<String> {
-    crate::text::cookie(headers, cookie_name(setup.secure()))
+    crate::text::cookie(headers, &cookie_name(setup.secure()))
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,17 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// Cookie `name` as it is named behind https (`secure`): with the `__Host-` prefix, which a browser takes
+/// only from this very host, over https, for every path and with no `Domain`, so a sibling subdomain cannot
+/// plant one. Behind plain http the prefix cannot be had.
+pub fn host_cookie_name(name: &str, secure: bool) -> Cow<'_, str> {
+    if secure {
+        Cow::Owned(format!("__Host-{name}"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
 /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, and `Secure` when `secure`.
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };

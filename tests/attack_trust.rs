@@ -92,6 +92,15 @@ async fn deliver_calm(spine: &Spine, delivery: &str) {
     .await;
 }
 
+/// Asserts the service's log names `file` and says `why` (a repository trigger file's problem).
+fn assert_logged(spine: &Spine, file: &str, why: &str) {
+    let log = spine.server.as_ref().unwrap().log();
+    assert!(
+        log.contains(file) && log.contains(why),
+        "{file} and {why:?} are logged: {log}"
+    );
+}
+
 fn payload(spine: &Spine, path: &str) -> Value {
     serde_json::from_slice(&spine.payload(path)).unwrap()
 }
@@ -260,15 +269,12 @@ async fn a_pasted_marker_neither_silences_triggers_nor_passes_for_nightshift() {
 
 #[tokio::test]
 async fn a_repository_trigger_whose_template_loops_is_refused_and_the_service_stays_responsive() {
-    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
-    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
     // Loops on every payload: refused when the repository's triggers are read.
     let always = "on: issues\nagent: reply\nprompt: \"{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}\"\n";
     // Loops only on the payload it waits for: fails that event's job with a clear error.
     let lurking = "on: issues\nagent: reply\nprompt: \"{% if event.issue.title == 'boom' %}{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}{% endif %}ok\"\n";
-    spine.commit("main", "main", ".nightshift/triggers/always.yml", always);
-    spine.commit("main", "main", ".nightshift/triggers/lurking.yml", lurking);
-    spine.start().await;
+    let mut spine =
+        with_repository_triggers(&[("always.yml", always), ("lurking.yml", lurking)]).await;
 
     let mut boom = payload(&spine, "issues/opened.json");
     boom["issue"]["title"] = "boom".into();
@@ -292,11 +298,7 @@ async fn a_repository_trigger_whose_template_loops_is_refused_and_the_service_st
             && error.contains("fuel"),
         "{error}"
     );
-    let log = spine.server.as_ref().unwrap().log();
-    assert!(
-        log.contains("always.yml") && log.contains("fuel"),
-        "the looping trigger's problem is logged: {log}"
-    );
+    assert_logged(&spine, "always.yml", "fuel");
 
     // Other events are matched meanwhile, and the service answers.
     let calm = payload(&spine, "issues/opened.json");
@@ -373,11 +375,7 @@ async fn a_repository_trigger_file_whose_check_burns_cpu_is_refused_within_one_b
     deliver_calm(&spine, "calm-1").await;
     let jobs = spine.wait_for_finished_jobs(1).await;
     assert_eq!(jobs[0].trigger, "service", "the burning file never loaded");
-    let log = spine.server.as_ref().unwrap().log();
-    assert!(
-        log.contains("burn.yml") && log.contains("more than 2s of CPU"),
-        "{log}"
-    );
+    assert_logged(&spine, "burn.yml", "more than 2s of CPU");
     healthz(&spine).await;
     spine.assert_no_unexpected_calls();
 }
@@ -474,16 +472,16 @@ async fn after_a_failed_read_of_a_repositorys_triggers_the_next_event_reads_them
 /// for the event that sets them off; both are refused when the repository's triggers are read.
 #[tokio::test]
 async fn a_repository_trigger_that_doubles_a_list_or_nests_a_namespace_in_itself_is_refused() {
-    let service = "on:\n  issues:\n    types: [opened]\nagent: reply\nprompt: service trigger\n";
-    let mut spine = Spine::new(Auth::Token, &[("service.yml", service)]).await;
     let double = "on: issues\nagent: reply\nprompt: \"{% if event.issue.title == 'boom' %}{% set n = namespace() %}{% set n.a = ['x'] %}{% for i in range(34) %}{% set n.a = n.a + n.a %}{% endfor %}{{ n.a }}{% endif %}ok\"\n";
     let cycle = "on: issues\nagent: reply\nprompt: \"{% if event.issue.title == 'boom' %}{% set n = namespace() %}{% set n.a = n %}{{ n.a }}{% endif %}ok\"\n";
-    spine.commit("main", "main", ".nightshift/triggers/double.yml", double);
-    spine.commit("main", "main", ".nightshift/triggers/cycle.yml", cycle);
     // The same doubling through the `chain` filter (docs/security-adv4.md, found after the `+` fix).
     let chain = double.replace("n.a + n.a", "n.a|chain(n.a)");
-    spine.commit("main", "main", ".nightshift/triggers/chain.yml", &chain);
-    spine.start().await;
+    let mut spine = with_repository_triggers(&[
+        ("double.yml", double),
+        ("cycle.yml", cycle),
+        ("chain.yml", &chain),
+    ])
+    .await;
 
     let mut boom = payload(&spine, "issues/opened.json");
     boom["issue"]["title"] = "boom".into();
@@ -491,19 +489,9 @@ async fn a_repository_trigger_that_doubles_a_list_or_nests_a_namespace_in_itself
     let jobs = spine.wait_for_finished_jobs(1).await;
     let triggers: Vec<&str> = jobs.iter().map(|j| j.trigger.as_str()).collect();
     assert_eq!(triggers, ["service"], "neither template loaded");
-    let log = spine.server.as_ref().unwrap().log();
-    assert!(
-        log.contains("double.yml") && log.contains("`+` needs a number"),
-        "{log}"
-    );
-    assert!(
-        log.contains("cycle.yml") && log.contains("the namespace `n` is used only as"),
-        "{log}"
-    );
-    assert!(
-        log.contains("chain.yml") && log.contains("the `chain` filter is not allowed"),
-        "{log}"
-    );
+    assert_logged(&spine, "double.yml", "`+` needs a number");
+    assert_logged(&spine, "cycle.yml", "the namespace `n` is used only as");
+    assert_logged(&spine, "chain.yml", "the `chain` filter is not allowed");
     healthz(&spine).await;
     spine.assert_no_unexpected_calls();
 }

@@ -55,6 +55,16 @@ fn looked_up(event: &str, payload: &Value, association: &str) -> MatchInput {
     }
 }
 
+/// Codertocat's standing, when looking it up failed (GitHub answered 502).
+fn lookup_failed() -> MatchInput {
+    let mut failed = MatchInput::default();
+    failed.standing.insert(
+        "codertocat".into(),
+        Standing::Unknown("GitHub answered 502".into()),
+    );
+    failed
+}
+
 /// A prompt with its fences' random tags replaced by `T`.
 fn unfenced(prompt: &str) -> String {
     let mut out = String::new();
@@ -328,11 +338,7 @@ fn members_and_collaborators_are_trusted_only_with_write_access() {
             )
             .is_ok()
         );
-        let mut failed = MatchInput::default();
-        failed.standing.insert(
-            "codertocat".into(),
-            Standing::Unknown("GitHub answered 502".into()),
-        );
+        let failed = lookup_failed();
         assert!(
             decide(t, "issue_comment", &p, &failed)
                 .unwrap_err()
@@ -376,11 +382,7 @@ fn events_without_an_association_are_trusted_only_once_looked_up() {
         .unwrap_err(),
         "Codertocat is NONE, not one of from [OWNER, MEMBER, COLLABORATOR]"
     );
-    let mut failed = MatchInput::default();
-    failed.standing.insert(
-        "codertocat".into(),
-        Standing::Unknown("GitHub answered 502".into()),
-    );
+    let failed = lookup_failed();
     assert!(
         decide(t, "issues", &labeled, &failed)
             .unwrap_err()

@@ -878,6 +878,13 @@ mod tests {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// Commits everything in `work` with `message`; the commit's id.
+    fn commit_all(work: &Path, message: &str) -> String {
+        setup_git(work, &["add", "-A"]);
+        setup_git(work, &["commit", "-qm", message]);
+        setup_git(work, &["rev-parse", "HEAD"])
+    }
+
     #[tokio::test]
     async fn a_commit_is_measured_path_by_path_with_modes_binaries_and_added_lines() {
         use std::os::unix::fs::PermissionsExt;
@@ -913,9 +920,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(work.join("we\tird\nname.txt"), "z\n").unwrap();
-        setup_git(&work, &["add", "-A"]);
-        setup_git(&work, &["commit", "-qm", "agent"]);
-        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+        let commit = commit_all(&work, "agent");
 
         let git = git_for(Vec::new(), &dir.path().join("home"));
         let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
@@ -1019,9 +1024,7 @@ mod tests {
 
         // Many short lines: past `max_lines`, counted, and not one of them read.
         std::fs::write(work.join("many.txt"), "a\n".repeat(300_000)).unwrap();
-        setup_git(&work, &["add", "-A"]);
-        setup_git(&work, &["commit", "-qm", "many lines"]);
-        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+        let commit = commit_all(&work, "many lines");
         let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
             .await
             .unwrap();
@@ -1047,9 +1050,7 @@ mod tests {
 
         // One line longer than the patch that is read: within every count, and too large.
         std::fs::write(work.join("long.txt"), "b".repeat(MAX_PATCH + (1 << 20))).unwrap();
-        setup_git(&work, &["add", "-A"]);
-        setup_git(&work, &["commit", "-qm", "one long line"]);
-        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+        let commit = commit_all(&work, "one long line");
         let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
             .await
             .unwrap();
@@ -1071,9 +1072,7 @@ mod tests {
         let mut bytes = vec![0u8];
         bytes.extend(std::iter::repeat_n(b'\n', MAX_CHECKED_LINES as usize + 10));
         std::fs::write(work.join("lines.bin"), bytes).unwrap();
-        setup_git(&work, &["add", "-A"]);
-        setup_git(&work, &["commit", "-qm", "a binary of newlines"]);
-        let commit = setup_git(&work, &["rev-parse", "HEAD"]);
+        let commit = commit_all(&work, "a binary of newlines");
         let changes = measure_commit(&git, &work.join(".git"), &commit, 1_000, 100_000)
             .await
             .unwrap();

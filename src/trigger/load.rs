@@ -831,7 +831,6 @@ fn check_against_samples(
                     )
                 }),
             };
-            // A renderer stopped by its limits refuses the file, whatever the other samples did.
             // No helper could be had: nothing more can be checked (the read fails, `repo.rs`).
             if c.apart
                 .as_deref()
@@ -839,6 +838,7 @@ fn check_against_samples(
             {
                 return;
             }
+            // A renderer stopped by its limits refuses the file, whatever the other samples did.
             if let Some(why) = c.apart.as_deref().and_then(|s| s.stopped()) {
                 let (line, col) = template_position(c.text, prompt, 1);
                 c.errors.push(Diagnostic::new(

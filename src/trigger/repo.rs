@@ -169,7 +169,7 @@ impl RepoTriggers {
         let checking = tokio::task::spawn_blocking(move || parse(&name, &texts, &kinds));
         let (set, problems) = match tokio::time::timeout(LOAD_TIMEOUT, checking).await {
             Ok(Ok(Ok(parsed))) => parsed,
-            // Not the files' fault: the last good read stays in force, and the next event reads again.
+            // Not the files' fault: no verdict on them; this event goes without them, the next reads again.
             Ok(Ok(Err(why))) => anyhow::bail!("checking the repository's triggers failed: {why}"),
             Ok(Err(e)) => anyhow::bail!("checking the repository's triggers failed: {e}"),
             Err(_) => anyhow::bail!(
@@ -206,12 +206,6 @@ pub fn parse(
     let display_path = |path: &str| Path::new(&repo.to_string()).join(path);
     // Every file's check against the samples on one CPU budget (in the service).
     let mut checks = super::isolate::Checks::new();
-    let unavailable = |checks: &Option<super::isolate::Checks>| {
-        checks
-            .as_ref()
-            .and_then(|c| c.unavailable())
-            .map(str::to_owned)
-    };
     for (path, text) in files {
         let shown = display_path(path);
         match load_repository_file(&shown, text, Some(agents), checks.as_mut()) {
@@ -275,8 +269,8 @@ pub fn parse(
             }
         }
     }
-    match unavailable(&checks) {
-        Some(why) => Err(why),
+    match checks.as_ref().and_then(|c| c.unavailable()) {
+        Some(why) => Err(why.to_owned()),
         None => Ok((TriggerSet::new(triggers).isolated(), problems)),
     }
 }

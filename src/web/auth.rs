@@ -58,21 +58,13 @@ pub const COOKIE: &str = "nightshift_session";
 /// only from this very host, over https, for every path and with no `Domain`, so a sibling subdomain (or a
 /// plain-http page on the same name) cannot plant one: no signing a victim in as the attacker. Behind plain
 /// http (a first local run) the prefix cannot be had, and the plain name is used.
-pub fn session_cookie_name(secure: bool) -> &'static str {
-    if secure {
-        "__Host-nightshift_session"
-    } else {
-        COOKIE
-    }
+pub fn session_cookie_name(secure: bool) -> std::borrow::Cow<'static, str> {
+    crate::text::host_cookie_name(COOKIE, secure)
 }
 
 /// The name of the cookie that binds a sign-in to its browser, as [`session_cookie_name`].
-pub fn state_cookie_name(secure: bool) -> &'static str {
-    if secure {
-        "__Host-nightshift_signin"
-    } else {
-        STATE_COOKIE
-    }
+pub fn state_cookie_name(secure: bool) -> std::borrow::Cow<'static, str> {
+    crate::text::host_cookie_name(STATE_COOKIE, secure)
 }
 
 /// The cookie that binds a sign-in's `state` to the browser that started it.
@@ -675,9 +667,9 @@ mod tests {
         let secure = session_cookie_name(true);
         assert_eq!(secure, "__Host-nightshift_session");
         let plain = with(format!("{COOKIE}={id}"));
-        assert!(identify(&sessions, None, &plain, secure).await.is_none());
+        assert!(identify(&sessions, None, &plain, &secure).await.is_none());
         let prefixed = with(format!("{secure}={id}"));
-        let who = identify(&sessions, None, &prefixed, secure).await.unwrap();
+        let who = identify(&sessions, None, &prefixed, &secure).await.unwrap();
         assert_eq!(who.login, "octocat");
         assert!(identify(&sessions, None, &prefixed, COOKIE).await.is_none());
         assert_eq!(state_cookie_name(true), "__Host-nightshift_signin");

@@ -107,7 +107,7 @@ impl Dashboard {
             &self.sessions,
             self.access.token.as_ref(),
             headers,
-            auth::session_cookie_name(self.secure()),
+            &auth::session_cookie_name(self.secure()),
         )
         .await?;
         auth::still_allowed(who, &self.access)
@@ -144,7 +144,7 @@ impl Dashboard {
 
     fn session_cookie(&self, id: &str, max_age: u64) -> String {
         let secure = self.secure();
-        crate::text::set_cookie(auth::session_cookie_name(secure), id, "/", max_age, secure)
+        crate::text::set_cookie(&auth::session_cookie_name(secure), id, "/", max_age, secure)
     }
 
     /// The cookie that binds a sign-in to this browser: sent back to `/auth` only, except behind https,
@@ -153,7 +153,7 @@ impl Dashboard {
         let secure = self.secure();
         let path = if secure { "/" } else { "/auth" };
         crate::text::set_cookie(
-            auth::state_cookie_name(secure),
+            &auth::state_cookie_name(secure),
             value,
             path,
             max_age,
@@ -371,7 +371,7 @@ async fn callback(
     let Some((client_id, client_secret)) = dash.oauth_client() else {
         return dash.sign_in_page(StatusCode::SERVICE_UNAVAILABLE, None);
     };
-    let browser = auth::cookie(&headers, auth::state_cookie_name(dash.secure()));
+    let browser = auth::cookie(&headers, &auth::state_cookie_name(dash.secure()));
     // The state is taken (once, on whichever replica) before the code is looked at: a replayed callback or
     // two racing with one state sign in at most once.
     let taken = match dash
