@@ -296,3 +296,55 @@ echo "Wrote the answer."
         "nothing pushed"
     );
 }
+
+#[tokio::test]
+async fn what_git_leaves_out_of_the_commit_cannot_make_a_step_pass() {
+    // The answer the step checks is right in the worktree, but the agent's own `.gitignore` hides it:
+    // the pull request would carry no answer while its body said the step passed.
+    let fix = trigger("cheater", "pull_request", "verify_rounds: 0\n");
+    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
+    common::attacker(
+        &spine,
+        "cheater",
+        r#"printf 'answer.txt\nnode_modules/\n' > .gitignore
+echo 42 > answer.txt
+mkdir -p node_modules/.bin && printf '#!/bin/sh\nexit 0\n' > node_modules/.bin/check
+echo "Wrote the answer."
+"#,
+        "",
+    );
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("verify: removed what the commit leaves out")
+                && l.contains("answer.txt")
+                && l.contains("node_modules/")
+        ),
+        "{lines:#?}"
+    );
+    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
+    assert!(
+        jobs[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("failed verification")),
+        "{:?}",
+        jobs[0].error
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("expected 42, got")),
+        "the step did not find the hidden answer: {lines:#?}"
+    );
+    assert!(spine.github.pulls().is_empty(), "nothing opened");
+    assert!(
+        git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
+        "nothing pushed"
+    );
+}

@@ -1437,6 +1437,8 @@ async fn run_agent(run: AgentRun<'_>) -> Result<(agent::AgentOutcome, Verified)>
         let mut verified = Verified::default();
         let mut round = 0;
         while !spec.verify.is_empty() {
+            // The steps check what delivery pushes: what git leaves out of the commit goes first.
+            drop_uncommitted(pipeline, job.id, worktree).await?;
             let steps = run_verify_steps(
                 pipeline,
                 job,
@@ -1625,6 +1627,33 @@ async fn propose(
         usage: outcome.usage,
         verify_failed: draft_failing,
     })
+}
+
+/// Removes from the worktree what a commit of it leaves out (files git ignores, repositories inside it)
+/// before the verify steps run, and says in the job log what went, so that a step that needed it (a
+/// dependency folder the agent installed) is understood.
+async fn drop_uncommitted(
+    pipeline: &Pipeline,
+    job: JobId,
+    worktree: &crate::repo::workspace::Worktree,
+) -> Result<()> {
+    let dropped = worktree
+        .drop_uncommitted()
+        .await
+        .context("clearing the worktree for the verify steps")?;
+    if dropped.paths.is_empty() && !dropped.more {
+        return Ok(());
+    }
+    let mut line = format!(
+        "verify: removed what the commit leaves out (ignored by git, or a repository inside the worktree), \
+         so that the steps check what is pushed: {}",
+        dropped.paths.join(", ")
+    );
+    if dropped.more {
+        line.push_str(" and more");
+    }
+    note(pipeline, job, line).await;
+    Ok(())
 }
 
 /// What verification found: every step's result (name, time, passed) of the last run of the steps, and the

@@ -233,6 +233,26 @@ pub struct ExportedContext {
     pub skipped: Vec<Skipped>,
 }
 
+/// What [`Worktree::drop_uncommitted`] removed.
+#[derive(Debug, Default)]
+pub struct Uncommitted {
+    /// The paths removed, as git names them (a folder once, with a trailing `/`); at most
+    /// [`UNCOMMITTED_SHOWN`].
+    pub paths: Vec<String>,
+    /// More were removed than are named.
+    pub more: bool,
+}
+
+/// How many removed paths [`Uncommitted`] names.
+pub const UNCOMMITTED_SHOWN: usize = 20;
+
+/// A private index of the job's commit and the excludes a commit of the worktree uses.
+struct Snapshot {
+    index: PathBuf,
+    excludes: PathBuf,
+    nested: Vec<PathBuf>,
+}
+
 /// The agent's work, as nightshift committed it in the mirror.
 pub struct Changes {
     /// The commit (on top of the job's commit, authored by nightshift); `None` when nothing changed.
@@ -1662,34 +1682,11 @@ impl Worktree {
     /// and git folder are never read. Repositories the agent made inside the worktree are left out.
     pub async fn commit_changes(&self, message: &str, author: (&str, &str)) -> Result<Changes> {
         let git = &*self.git;
-        check_mirror(&self.repo, &self.mirror).await?;
-        tokio::fs::create_dir_all(&self.private)
-            .await
-            .with_context(|| format!("creating {}", self.private.display()))?;
-        let index = self.private.join("index");
-        let excludes = self.private.join("exclude");
-        let _ = tokio::fs::remove_file(&index).await;
-        let root = self.path.clone();
-        let nested = tokio::task::spawn_blocking(move || nested_repositories(&root))
-            .await?
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        let mut lines = Vec::new();
-        for rel in &nested {
-            lines.extend(exclude_line(rel)?);
-        }
-        tokio::fs::write(&excludes, lines).await?;
-
-        // Start from the job's commit: the index nightshift saved after the checkout, or the commit's tree.
-        if copy_index(self.private.join("index.base"), index.clone())
-            .await
-            .is_err()
-        {
-            git.cmd(Repo::Bare(&self.mirror))
-                .index(&index)
-                .args(["read-tree", "--end-of-options", &self.commit])
-                .run()
-                .await?;
-        }
+        let Snapshot {
+            index,
+            excludes,
+            nested,
+        } = self.snapshot().await?;
         git.cmd(self.tree())
             .index(&index)
             .config(format!("core.excludesFile={}", excludes.display()))
@@ -1775,6 +1772,85 @@ impl Worktree {
             stat,
             nested,
         })
+    }
+
+    /// What a commit of the worktree starts from, in nightshift's private folder: an index of the job's
+    /// commit (the one nightshift saved after the checkout, or the commit's tree), never the worktree's own;
+    /// and an excludes file naming the repositories the agent made inside the worktree, which a commit
+    /// leaves out whatever `.gitignore` says.
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let git = &*self.git;
+        check_mirror(&self.repo, &self.mirror).await?;
+        tokio::fs::create_dir_all(&self.private)
+            .await
+            .with_context(|| format!("creating {}", self.private.display()))?;
+        let index = self.private.join("index");
+        let excludes = self.private.join("exclude");
+        let _ = tokio::fs::remove_file(&index).await;
+        let root = self.path.clone();
+        let nested = tokio::task::spawn_blocking(move || nested_repositories(&root))
+            .await?
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let mut lines = Vec::new();
+        for rel in &nested {
+            lines.extend(exclude_line(rel)?);
+        }
+        tokio::fs::write(&excludes, lines).await?;
+        if copy_index(self.private.join("index.base"), index.clone())
+            .await
+            .is_err()
+        {
+            git.cmd(Repo::Bare(&self.mirror))
+                .index(&index)
+                .args(["read-tree", "--end-of-options", &self.commit])
+                .run()
+                .await?;
+        }
+        Ok(Snapshot {
+            index,
+            excludes,
+            nested,
+        })
+    }
+
+    /// Removes from the worktree what a commit of it leaves out ([`Worktree::commit_changes`]): the files
+    /// and folders git ignores there (`.gitignore` files, the mirror's excludes) that the job's commit does
+    /// not track, and the repositories the agent made inside it. Run before the verify steps, so that they
+    /// check what delivery pushes: a tool the agent planted where git does not look
+    /// (`node_modules/.bin/jest`, a file under `target/`, an answer its own `.gitignore` hides) can no
+    /// longer make a step pass. Links are removed, never followed. Returns what was removed, as git names
+    /// it (a folder once, with a trailing `/`), at most [`UNCOMMITTED_SHOWN`] paths; `more` is true when
+    /// there were more.
+    pub async fn drop_uncommitted(&self) -> Result<Uncommitted> {
+        let git = &*self.git;
+        let Snapshot {
+            index, excludes, ..
+        } = self.snapshot().await?;
+        let clean = |dry: bool| {
+            git.cmd(self.tree())
+                .index(&index)
+                .config(format!("core.excludesFile={}", excludes.display()))
+                // Twice forced: repositories inside the worktree go too.
+                .args(["clean", "-ffdX", if dry { "-n" } else { "-q" }])
+        };
+        // The list first, bounded (the agent chooses how many files there are), then the removal.
+        let (listed, more) = match clean(true).max_output(64 * 1024).run().await {
+            Ok(text) => (text, false),
+            Err(e) if e.is::<crate::repo::git::OutputTooLarge>() => (String::new(), true),
+            Err(e) => return Err(e.context("listing what the commit leaves out")),
+        };
+        clean(false)
+            .run()
+            .await
+            .context("removing what the commit leaves out")?;
+        let mut paths: Vec<String> = listed
+            .lines()
+            .filter_map(|l| l.strip_prefix("Would remove "))
+            .map(str::to_owned)
+            .collect();
+        let more = more || paths.len() > UNCOMMITTED_SHOWN;
+        paths.truncate(UNCOMMITTED_SHOWN);
+        Ok(Uncommitted { paths, more })
     }
 
     pub async fn remove(self) -> Result<()> {
@@ -2333,6 +2409,99 @@ mod tests {
             format!("{} nightshift the message", wt.commit)
         );
         assert!(changes.stat.contains("3 files changed"), "{}", changes.stat);
+        wt.remove().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn before_verify_the_worktree_keeps_only_what_its_commit_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bare, _) = remote(dir.path());
+        let spaces = spaces_in(dir.path());
+        let repo = RepoName::parse("o/r").unwrap();
+        let wt = spaces
+            .prepare(
+                &repo,
+                bare.to_str().unwrap(),
+                Checkout::Branch("main"),
+                JobId(8),
+                1,
+                &GitAuth::none(),
+            )
+            .await
+            .unwrap();
+        assert!(wt.drop_uncommitted().await.unwrap().paths.is_empty());
+        // What an agent leaves: a changed file, a new one, and what git does not look at: an answer its
+        // own `.gitignore` hides (and its own index claims tracked), a planted tool in an ignored folder, a
+        // repository of its own, and an ignored link to a folder outside.
+        let p = &wt.path;
+        std::fs::write(p.join("README.md"), "two\n").unwrap();
+        std::fs::write(p.join("kept.txt"), "kept\n").unwrap();
+        std::fs::write(
+            p.join(".gitignore"),
+            "answer.txt\nnode_modules/\nlinked\n*.log\n",
+        )
+        .unwrap();
+        std::fs::write(p.join("answer.txt"), "42\n").unwrap();
+        sh(p, &["add", "-f", "answer.txt"]);
+        std::fs::create_dir_all(p.join("node_modules/.bin")).unwrap();
+        std::fs::write(p.join("node_modules/.bin/jest"), "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::create_dir_all(p.join("vendor/lib")).unwrap();
+        sh(&p.join("vendor/lib"), &["init", "--quiet"]);
+        std::fs::write(p.join("vendor/lib/code.rs"), "fn x() {}\n").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("precious"), "keep me\n").unwrap();
+        std::os::unix::fs::symlink(&outside, p.join("linked")).unwrap();
+        for n in 0..25 {
+            std::fs::write(p.join(format!("f{n:02}.log")), "x").unwrap();
+        }
+
+        let dropped = wt.drop_uncommitted().await.unwrap();
+        assert_eq!(dropped.paths.len(), UNCOMMITTED_SHOWN, "{dropped:?}");
+        assert!(dropped.more, "29 paths went, 20 are named: {dropped:?}");
+        for gone in [
+            "answer.txt",
+            "node_modules",
+            "vendor/lib",
+            "linked",
+            "f00.log",
+        ] {
+            assert!(
+                std::fs::symlink_metadata(p.join(gone)).is_err(),
+                "{gone} is still there"
+            );
+        }
+        for kept in ["README.md", "kept.txt", ".gitignore"] {
+            assert!(p.join(kept).exists(), "{kept} went");
+        }
+        assert_eq!(
+            std::fs::read_to_string(p.join("README.md")).unwrap(),
+            "two\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("precious")).unwrap(),
+            "keep me\n",
+            "the link was followed"
+        );
+        // What is left is what the commit holds.
+        let commit = wt
+            .commit_changes("m", ("n", "n@n"))
+            .await
+            .unwrap()
+            .commit
+            .unwrap();
+        let files = sh(
+            dir.path(),
+            &[
+                "--git-dir",
+                wt.mirror.to_str().unwrap(),
+                "ls-tree",
+                "-r",
+                "--name-only",
+                &commit,
+            ],
+        );
+        assert_eq!(files, ".gitignore\nREADME.md\nkept.txt");
         wt.remove().await.unwrap();
     }
 
