@@ -322,11 +322,9 @@ echo "Wrote the answer."
     let log = spine.job_log(jobs[0].id).await;
     let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
     assert!(
-        lines.iter().any(
-            |l| l.starts_with("verify: removed what the commit leaves out")
-                && l.contains("answer.txt")
-                && l.contains("node_modules/")
-        ),
+        lines
+            .iter()
+            .any(|l| l.starts_with("verify: the steps run on a fresh checkout")),
         "{lines:#?}"
     );
     assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
@@ -347,4 +345,112 @@ echo "Wrote the answer."
         git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
         "nothing pushed"
     );
+}
+
+#[tokio::test]
+async fn a_step_that_changes_the_work_fails_and_the_agent_is_told_which_files() {
+    // The step runs code of the pull request (its check script, as tests are): the script passes and
+    // rewrites the answer, so what it checked is not what the commit would hold.
+    let step = "verify:\n  - name: answer\n    run: sh ./check.sh\n    timeout: 30s\n";
+    let fix = format!(
+        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: cheater\nprompt: write the answer\noutput: pull_request\nverify_rounds: 0\n{step}"
+    );
+    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
+    common::attacker(
+        &spine,
+        "cheater",
+        r#"echo 42 > answer.txt
+printf '[ "$(cat answer.txt)" = 42 ] && echo 41 > answer.txt\n' > check.sh
+echo "Wrote the answer."
+"#,
+        "",
+    );
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("verify: `answer` failed (it changed files the commit holds)")),
+        "{lines:#?}"
+    );
+    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
+    let comments = spine.github.comments();
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.body.contains("`answer.txt`") && c.body.contains("must check the work")),
+        "{comments:#?}"
+    );
+    assert!(spine.github.pulls().is_empty(), "nothing opened");
+}
+
+#[tokio::test]
+async fn steps_see_the_agents_new_files_as_git_does_and_may_write_reports() {
+    // A step that asks git which files there are (as pre-commit or `git ls-files | xargs` do) finds the
+    // agent's new file, and writing a report beside the work is no change of the work.
+    let step = "verify:\n  - name: answer\n    run: 'git ls-files | grep -qx answer.txt && git diff --cached --name-only HEAD | grep -qx answer.txt && echo ok > report.xml && [ \"$(cat answer.txt)\" = 42 ]'\n    timeout: 30s\n";
+    let fix = format!(
+        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: honest\nprompt: write the answer\noutput: pull_request\nverify_rounds: 0\n{step}"
+    );
+    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
+    common::attacker(
+        &spine,
+        "honest",
+        "echo 42 > answer.txt\necho \"Wrote the answer.\"\n",
+        "",
+    );
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{lines:#?}");
+    let pulls = spine.github.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    let branch = &pulls[0].head;
+    let files = git(&spine.remote, &["ls-tree", "-r", "--name-only", branch]);
+    assert!(files.lines().any(|f| f == "answer.txt"), "{files}");
+    assert!(
+        !files.contains("report.xml"),
+        "the step's report is not pushed: {files}"
+    );
+}
+
+#[tokio::test]
+async fn a_committed_link_into_the_agents_home_reads_nothing_in_a_step() {
+    // The pushed answer is a link to a file only the agent's home holds: the step must not find it there.
+    let fix = trigger("cheater", "pull_request", "verify_rounds: 0\n");
+    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
+    common::attacker(
+        &spine,
+        "cheater",
+        r#"echo 42 > "$HOME/answer"
+ln -s "$HOME/answer" answer.txt
+echo "Wrote the answer."
+"#,
+        "",
+    );
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("expected 42, got")),
+        "{lines:#?}"
+    );
+    assert!(spine.github.pulls().is_empty(), "nothing opened");
 }

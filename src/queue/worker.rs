@@ -1036,13 +1036,20 @@ impl FreshDirs {
             .collect()
     }
 
-    /// The agent's box, writing these folders instead of the agent's.
+    /// The agent's box, on `worktree` (the checkout the steps check), writing these folders instead of
+    /// the agent's.
     fn boxed(
         &self,
         dirs: &JobDirs,
         sandbox: &Option<crate::sandbox::BoxSpec>,
+        worktree: &Path,
     ) -> Option<crate::sandbox::BoxSpec> {
         sandbox.clone().map(|mut spec| {
+            spec.worktree = worktree.to_owned();
+            // The agent's own folders are not the steps' to read (a committed link to a file there would
+            // check what is not pushed).
+            spec.hidden
+                .extend([dirs.home.clone(), dirs.tmp.clone(), dirs.output.clone()]);
             for path in &mut spec.writable {
                 if let Some(fresh) = self.instead_of(dirs, path) {
                     *path = fresh.clone();
@@ -1437,20 +1444,49 @@ async fn run_agent(run: AgentRun<'_>) -> Result<(agent::AgentOutcome, Verified)>
         let mut verified = Verified::default();
         let mut round = 0;
         while !spec.verify.is_empty() {
-            // The steps check what delivery pushes: what git leaves out of the commit goes first.
-            drop_uncommitted(pipeline, job.id, worktree).await?;
+            // The steps check what delivery pushes: the tree a commit of the worktree holds now, checked
+            // out fresh beside it (nothing the agent left that a commit leaves out is there).
+            // What fails here fails on what the agent left (a file git cannot add, a folder it cannot
+            // read): said as the agent's result, with the details in the job log.
+            let unreadable = || {
+                Failure::Result(
+                    "nightshift could not check out the agent's work for the verify steps".to_owned(),
+                )
+            };
+            let tree = worktree
+                .tree_now(&skill::STAGED)
+                .await
+                .context("reading the agent's work for the verify steps")
+                .with_context(unreadable)?;
+            let checkout = worktree
+                .check_out_for_verify(&tree)
+                .await
+                .with_context(unreadable)?;
+            note(
+                pipeline,
+                job.id,
+                format!(
+                    "verify: the steps run on a fresh checkout of what the commit would hold (tree {}): \
+                     what git ignores (installed dependencies, build output) is not in it",
+                    &tree[..tree.len().min(12)]
+                ),
+            )
+            .await;
             let steps = run_verify_steps(
                 pipeline,
                 job,
                 &spec.verify,
                 profile,
-                &worktree.path,
+                &checkout,
                 &sandbox,
                 dirs,
                 deadline,
             )
-            .await?;
+            .await;
+            checkout.remove().await;
+            let steps = steps?;
             verified.steps = steps.results;
+            verified.tree = Some(tree);
             let Some(failed) = steps.failed else {
                 verified.failed = None;
                 break;
@@ -1587,7 +1623,12 @@ async fn propose(
         );
         let message = crate::sink::texts::commit_message(&spec.trigger, &title, spec.number);
         let changes = worktree
-            .commit_changes(&message, crate::sink::pull_request::AUTHOR)
+            .commit_changes(
+                &message,
+                crate::sink::pull_request::AUTHOR,
+                verified.tree.as_deref(),
+                &skill::STAGED,
+            )
             .await
             .context("committing the agent's changes")?;
         const SHOWN: usize = 20;
@@ -1629,39 +1670,14 @@ async fn propose(
     })
 }
 
-/// Removes from the worktree what a commit of it leaves out (files git ignores, repositories inside it)
-/// before the verify steps run, and says in the job log what went, so that a step that needed it (a
-/// dependency folder the agent installed) is understood.
-async fn drop_uncommitted(
-    pipeline: &Pipeline,
-    job: JobId,
-    worktree: &crate::repo::workspace::Worktree,
-) -> Result<()> {
-    let dropped = worktree
-        .drop_uncommitted()
-        .await
-        .context("clearing the worktree for the verify steps")?;
-    if dropped.paths.is_empty() && !dropped.more {
-        return Ok(());
-    }
-    let mut line = format!(
-        "verify: removed what the commit leaves out (ignored by git, or a repository inside the worktree), \
-         so that the steps check what is pushed: {}",
-        dropped.paths.join(", ")
-    );
-    if dropped.more {
-        line.push_str(" and more");
-    }
-    note(pipeline, job, line).await;
-    Ok(())
-}
-
 /// What verification found: every step's result (name, time, passed) of the last run of the steps, and the
 /// step that still fails, if one does.
 #[derive(Default)]
 struct Verified {
     steps: Vec<(String, u64, bool)>,
     failed: Option<FailedStep>,
+    /// The tree the last run of the steps checked: what is committed.
+    tree: Option<String>,
 }
 
 struct FailedStep {
@@ -1686,11 +1702,12 @@ async fn run_verify_steps(
     job: &ClaimedJob,
     steps: &[crate::trigger::VerifyStep],
     profile: &crate::config::AgentProfile,
-    worktree: &std::path::Path,
+    checkout: &crate::repo::workspace::VerifyTree,
     sandbox: &Option<crate::sandbox::BoxSpec>,
     dirs: &JobDirs,
     deadline: Instant,
 ) -> Result<StepsRun> {
+    let worktree = checkout.path.as_path();
     let mut results = Vec::new();
     for step in steps {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -1705,7 +1722,7 @@ async fn run_verify_steps(
         let fresh = FreshDirs::make(dirs).await?;
         let (home, output_dir) = (&fresh.home, &fresh.output);
         let vars = fresh.vars(dirs);
-        let sandbox = &fresh.boxed(dirs, sandbox);
+        let sandbox = &fresh.boxed(dirs, sandbox, worktree);
         note(pipeline, job.id, format!("verify: running `{}`", step.name)).await;
         let mut step_profile = profile.clone();
         step_profile.backend = crate::config::Backend::Command(step.argv.clone());
@@ -1767,7 +1784,30 @@ async fn run_verify_steps(
                 warn!("writing the job log failed: {e:#}");
             }
         }
-        let passed = outcome.failure.is_none();
+        let mut passed = outcome.failure.is_none();
+        let mut ended = outcome.ended.clone();
+        let mut changed_tail = None;
+        if passed {
+            // A step checks the work; one that changed files the commit holds (the agent's code, run by
+            // a test, rewriting itself) checked something else than what is pushed.
+            let changed = checkout
+                .changed()
+                .await
+                .context("reading what the verify step left")?;
+            if !changed.is_empty() {
+                passed = false;
+                ended = "it changed files the commit holds".to_owned();
+                changed_tail = Some(format!(
+                    "The step changed {}: a verify step must check the work, not change it.",
+                    changed
+                        .iter()
+                        .take(20)
+                        .map(|p| format!("`{}`", p.escape_debug()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
         note(
             pipeline,
             job.id,
@@ -1775,7 +1815,7 @@ async fn run_verify_steps(
                 "verify: `{}` {} ({}) in {ms} ms",
                 step.name,
                 if passed { "passed" } else { "failed" },
-                outcome.ended
+                ended
             ),
         )
         .await;
@@ -1788,6 +1828,9 @@ async fn run_verify_steps(
                 tail.push('\n');
             }
             tail.push_str(&logged);
+            if let Some(changed) = changed_tail {
+                tail.push_str(&format!("\n{changed}"));
+            }
             let cut = tail.len().saturating_sub(STEP_TAIL);
             let cut = (cut..=tail.len())
                 .find(|i| tail.is_char_boundary(*i))
@@ -1796,7 +1839,7 @@ async fn run_verify_steps(
                 results,
                 failed: Some(FailedStep {
                     name: step.name.clone(),
-                    status: outcome.ended,
+                    status: ended,
                     tail: tail[cut..].to_owned(),
                 }),
             });

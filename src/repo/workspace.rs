@@ -233,24 +233,21 @@ pub struct ExportedContext {
     pub skipped: Vec<Skipped>,
 }
 
-/// What [`Worktree::drop_uncommitted`] removed.
-#[derive(Debug, Default)]
-pub struct Uncommitted {
-    /// The paths removed, as git names them (a folder once, with a trailing `/`); at most
-    /// [`UNCOMMITTED_SHOWN`].
-    pub paths: Vec<String>,
-    /// More were removed than are named.
-    pub more: bool,
-}
-
-/// How many removed paths [`Uncommitted`] names.
-pub const UNCOMMITTED_SHOWN: usize = 20;
-
-/// A private index of the job's commit and the excludes a commit of the worktree uses.
-struct Snapshot {
-    index: PathBuf,
-    excludes: PathBuf,
-    nested: Vec<PathBuf>,
+/// A checkout of a tree for the verify steps ([`Worktree::check_out_for_verify`]); removed with
+/// [`VerifyTree::remove`] (or with its worktree).
+pub struct VerifyTree {
+    pub path: PathBuf,
+    /// Its git folder in the mirror.
+    git_dir: PathBuf,
+    /// nightshift's own folder for it.
+    private: PathBuf,
+    /// The tree checked out.
+    pub tree: String,
+    /// Each file of the tree as the checkout wrote it.
+    files: std::sync::Arc<Vec<(PathBuf, Stamp)>>,
+    mirror: PathBuf,
+    git: Arc<Git>,
+    lock: Arc<Mutex<()>>,
 }
 
 /// The agent's work, as nightshift committed it in the mirror.
@@ -1571,7 +1568,13 @@ impl Workspaces {
         .flatten()
         .filter_map(|entry| {
             let name = entry.ok()?.file_name();
-            name.to_str()?.strip_prefix(&prefix)?.parse().ok()
+            let attempt = name.to_str()?.strip_prefix(&prefix)?;
+            // A checkout for the verify steps (`job-ID-ATTEMPT-verify`) is the attempt's too.
+            attempt
+                .strip_suffix("-verify")
+                .unwrap_or(attempt)
+                .parse()
+                .ok()
         })
         .collect();
         attempts.sort_unstable();
@@ -1586,7 +1589,9 @@ impl Workspaces {
         let mirror = self.mirror_path(repo);
         let lock = self.lock(repo);
         let _guard = lock.lock().await;
-        remove_worktree_files(&mirror, &path, None, &self.private_path(job, attempt)).await;
+        let private = self.private_path(job, attempt);
+        remove_worktree_files(&mirror, &verify_path(&path), None, &private.join("verify")).await;
+        remove_worktree_files(&mirror, &path, None, &private).await;
         if path.exists() {
             crate::safe_fs::remove_tree_async(&path)
                 .await
@@ -1668,40 +1673,362 @@ fn exclude_line(rel: &Path) -> Result<Vec<u8>> {
     Ok(line)
 }
 
-impl Worktree {
-    fn tree(&self) -> Repo<'_> {
-        Repo::Work {
-            git_dir: &self.mirror,
-            work_tree: &self.path,
+/// Where the checkout for a worktree's verify steps goes: beside it, `…-verify`.
+fn verify_path(worktree: &Path) -> PathBuf {
+    let mut name = worktree.file_name().unwrap_or_default().to_owned();
+    name.push("-verify");
+    worktree.with_file_name(name)
+}
+
+/// The tree a commit of `work_tree`'s files holds, built in nightshift's folder `private` (never with the
+/// work tree's own `.git`, index or git folder): an index started from `start_index` (a copy of one
+/// nightshift saved, whose stat data spares reading unchanged files) or else from `base` (a commit or a
+/// tree), then `add --all`, with the repositories inside `work_tree` left out by an excludes file, then
+/// `write-tree`. The folders `held` (nightshift's for the length of a job: the skills it stages) stay as
+/// `base` has them. Every gitlink the add made or changed is put back as `base` has it (or taken out): a
+/// `.gitignore` negation (`!lib/`) outranks the excludes file, and a `.git` file inside names any
+/// repository, whose commit would otherwise be pushed as a submodule. Returns the tree and the
+/// repositories left out.
+async fn tree_of(
+    git: &Git,
+    mirror: &Path,
+    work_tree: &Path,
+    private: &Path,
+    start_index: &Path,
+    base: &str,
+    held: &[&str],
+) -> Result<(String, Vec<PathBuf>)> {
+    tokio::fs::create_dir_all(private)
+        .await
+        .with_context(|| format!("creating {}", private.display()))?;
+    let index = private.join("index");
+    let excludes = private.join("exclude");
+    let _ = tokio::fs::remove_file(&index).await;
+    let root = work_tree.to_owned();
+    let nested = tokio::task::spawn_blocking(move || nested_repositories(&root))
+        .await?
+        .with_context(|| format!("reading {}", work_tree.display()))?;
+    let mut lines = Vec::new();
+    for rel in &nested {
+        lines.extend(exclude_line(rel)?);
+    }
+    tokio::fs::write(&excludes, lines).await?;
+    if copy_index(start_index.to_owned(), index.clone())
+        .await
+        .is_err()
+    {
+        git.cmd(Repo::Bare(mirror))
+            .index(&index)
+            .args(["read-tree", "--end-of-options", base])
+            .run()
+            .await?;
+    }
+    let work = Repo::Work {
+        git_dir: mirror,
+        work_tree,
+    };
+    git.cmd(work)
+        .index(&index)
+        .config(format!("core.excludesFile={}", excludes.display()))
+        .args(["add", "--all"])
+        .run()
+        .await?;
+    if !held.is_empty() {
+        git.cmd(work)
+            .index(&index)
+            .args(["reset", "--quiet", "--end-of-options", base, "--"])
+            .args(held.iter().copied())
+            .run()
+            .await?;
+    }
+    let diff = git
+        .cmd(Repo::Bare(mirror))
+        .index(&index)
+        .args([
+            "diff-index",
+            "--cached",
+            "-z",
+            "--no-renames",
+            "--end-of-options",
+            base,
+        ])
+        .output()
+        .await?;
+    let restore = gitlinks_to_restore(&diff)?;
+    if !restore.is_empty() {
+        git.cmd(Repo::Bare(mirror))
+            .index(&index)
+            .args(["update-index", "-z", "--index-info"])
+            .stdin(restore)
+            .run()
+            .await?;
+    }
+    let tree = git
+        .cmd(Repo::Bare(mirror))
+        .index(&index)
+        .args(["write-tree"])
+        .run()
+        .await?
+        .trim()
+        .to_owned();
+    Ok((tree, nested))
+}
+
+/// From `diff-index -z` of an index against its base: `update-index -z --index-info` input that puts
+/// each gitlink the index has and the base does not have as it is back as the base has it (a new one
+/// goes: mode 0).
+fn gitlinks_to_restore(diff: &[u8]) -> Result<Vec<u8>> {
+    let mut restore = Vec::new();
+    let mut fields = diff.split(|b| *b == 0);
+    while let Some(meta) = fields.next() {
+        if meta.is_empty() {
+            continue;
         }
+        let path = fields
+            .next()
+            .filter(|path| !path.is_empty())
+            .context("git diff-index ended inside a record")?;
+        let meta =
+            std::str::from_utf8(meta).context("git diff-index gave a record that is not text")?;
+        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+        let [old_mode, new_mode, old_id, ..] = parts[..] else {
+            bail!("git diff-index gave a record it should not: {meta}");
+        };
+        if new_mode != "160000" {
+            continue;
+        }
+        if old_mode == "000000" {
+            restore.extend_from_slice(format!("0 {}\t", "0".repeat(old_id.len())).as_bytes());
+        } else {
+            restore.extend_from_slice(format!("{old_mode} {old_id}\t").as_bytes());
+        }
+        restore.extend_from_slice(path);
+        restore.push(0);
+    }
+    Ok(restore)
+}
+
+/// The paths whose entries differ between trees `from` and `to`.
+async fn changed_paths(git: &Git, mirror: &Path, from: &str, to: &str) -> Result<Vec<String>> {
+    let names = git
+        .cmd(Repo::Bare(mirror))
+        .args([
+            "diff-tree",
+            "-r",
+            "-z",
+            "--name-only",
+            "--no-renames",
+            "--end-of-options",
+            from,
+            to,
+        ])
+        .output()
+        .await?;
+    Ok(names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect())
+}
+
+impl VerifyTree {
+    /// Writes the tree's files (its index is the tree: what the commit holds is what is staged, and `git
+    /// diff HEAD` shows the agent's changes against the job's commit), then notes what each file is.
+    async fn fill(&mut self) -> Result<()> {
+        let git = &*self.git;
+        let work = || Repo::Work {
+            git_dir: &self.git_dir,
+            work_tree: &self.path,
+        };
+        git.cmd(work())
+            .args(["read-tree", "--end-of-options", &self.tree])
+            .run()
+            .await?;
+        git.cmd(work())
+            .config(format!("checkout.workers={}", checkout_workers()))
+            .args(["checkout-index", "--all", "--force", "--quiet", "-u"])
+            .run()
+            .await?;
+        let listed = git
+            .cmd(Repo::Bare(&self.mirror))
+            .args([
+                "ls-tree",
+                "-r",
+                "-z",
+                "--full-tree",
+                "--end-of-options",
+                &self.tree,
+            ])
+            .output()
+            .await?;
+        let root = self.path.clone();
+        self.files = tokio::task::spawn_blocking(move || -> Result<Vec<(PathBuf, Stamp)>> {
+            let mut files = Vec::new();
+            for entry in listed.split(|b| *b == 0).filter(|e| !e.is_empty()) {
+                let text = String::from_utf8_lossy(entry);
+                // `<mode> <type> <id>\t<path>`; a gitlink's folder is not the tree's to check.
+                let Some(tab) = entry.iter().position(|b| *b == b'\t') else {
+                    bail!("git ls-tree gave a line it should not: {text}");
+                };
+                if text.starts_with("160000 ") {
+                    continue;
+                }
+                use std::os::unix::ffi::OsStrExt;
+                let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&entry[tab + 1..]));
+                let stamp = Stamp::of(&root, &rel, None)?
+                    .with_context(|| format!("{} was not checked out", rel.display()))?;
+                files.push((rel, stamp));
+            }
+            Ok(files)
+        })
+        .await??
+        .into();
+        Ok(())
     }
 
+    /// The files of the tree checked out that are no longer as the checkout wrote them (changed, gone,
+    /// turned into something else, their executable bit flipped): what the steps so far changed of the
+    /// work (nothing, as a rule). A file a step added is not a change (the commit is the tree checked, and
+    /// build output and reports are what steps write), and neither is a file rewritten with the same bytes.
+    /// Read from the files themselves, never through git: the bytes as written, whatever `.gitattributes`
+    /// says, and nothing is stored in the mirror.
+    pub async fn changed(&self) -> Result<Vec<String>> {
+        let (root, files) = (self.path.clone(), self.files.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut changed = Vec::new();
+            for (rel, stamp) in files.iter() {
+                let now = Stamp::of(&root, rel, Some(stamp)).unwrap_or(None);
+                if !now.is_some_and(|now| now.same_as(stamp)) {
+                    changed.push(rel.to_string_lossy().into_owned());
+                }
+            }
+            changed
+        })
+        .await
+        .context("reading the checkout")
+    }
+
+    /// Deletes the checkout (no link followed) and then, under the repository's lock, its git folder.
+    pub async fn remove(self) {
+        let _ = crate::safe_fs::remove_tree_async(&self.path).await;
+        let _guard = self.lock.lock().await;
+        remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), &self.private).await;
+    }
+}
+
+/// What a file of a verify checkout was when it was written: its kind and executable bit, its stat data
+/// and a digest of its bytes (a link's: of its target).
+#[derive(Clone, Debug)]
+struct Stamp {
+    kind: u32,
+    executable: bool,
+    len: u64,
+    stat: (u64, i64, i64, i64, i64),
+    digest: [u8; 32],
+}
+
+impl Stamp {
+    /// The file at `rel` below `root` now, or None when it is not there or a folder on its way is not a
+    /// folder (a link a step made: nothing is read through it). When its stat data are those of `before`
+    /// (the change time cannot be set back), it is `before`, and its bytes are not read again.
+    fn of(root: &Path, rel: &Path, before: Option<&Stamp>) -> Result<Option<Stamp>> {
+        use sha2::Digest;
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let mut dir = root.to_owned();
+        if let Some(parent) = rel.parent() {
+            for part in parent.components() {
+                dir.push(part);
+                match std::fs::symlink_metadata(&dir) {
+                    Ok(meta) if meta.file_type().is_dir() => {}
+                    _ => return Ok(None),
+                }
+            }
+        }
+        let path = root.join(rel);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            return Ok(None);
+        };
+        let kind = meta.mode() & libc::S_IFMT;
+        let stat = (
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+        );
+        if let Some(before) = before
+            && before.kind == kind
+            && before.len == meta.len()
+            && before.stat == stat
+        {
+            return Ok(Some(before.clone()));
+        }
+        let mut hasher = sha2::Sha256::new();
+        if meta.file_type().is_symlink() {
+            use std::os::unix::ffi::OsStrExt;
+            hasher.update(std::fs::read_link(&path)?.as_os_str().as_bytes());
+        } else if meta.file_type().is_file() {
+            // Opened without following a link (one put there since the look above is refused), and read
+            // no further than the length it had: a file still growing is a change anyway.
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path);
+            let Ok(file) = file else { return Ok(None) };
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = file.take(meta.len() + 1);
+            loop {
+                let n = left.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        Ok(Some(Stamp {
+            kind,
+            executable: meta.mode() & 0o111 != 0,
+            len: meta.len(),
+            stat,
+            digest: hasher.finalize().into(),
+        }))
+    }
+
+    /// The same file as `before`: same kind and executable bit, and the same bytes.
+    fn same_as(&self, before: &Stamp) -> bool {
+        self.kind == before.kind
+            && self.executable == before.executable
+            && self.len == before.len
+            && self.digest == before.digest
+    }
+}
+
+impl Worktree {
     /// Commits what the agent left in the worktree, as nightshift, on top of the job's commit, in the
-    /// mirror. Files are added from the worktree into a private index (`add -A`: symlinks are committed
-    /// as symlinks, never their targets' content; `.gitignore` applies); the worktree's own `.git`, index
-    /// and git folder are never read. Repositories the agent made inside the worktree are left out.
-    pub async fn commit_changes(&self, message: &str, author: (&str, &str)) -> Result<Changes> {
+    /// mirror: the tree [`Worktree::tree_now`] builds (with `held`). With `verified`, the tree the verify steps checked,
+    /// which it must be (nothing changes the worktree after them; this says so if something did).
+    pub async fn commit_changes(
+        &self,
+        message: &str,
+        author: (&str, &str),
+        verified: Option<&str>,
+        held: &[&str],
+    ) -> Result<Changes> {
         let git = &*self.git;
-        let Snapshot {
-            index,
-            excludes,
-            nested,
-        } = self.snapshot().await?;
-        git.cmd(self.tree())
-            .index(&index)
-            .config(format!("core.excludesFile={}", excludes.display()))
-            .args(["add", "--all"])
-            .run()
-            .await
-            .context("adding the agent's changes")?;
-        let tree = git
-            .cmd(Repo::Bare(&self.mirror))
-            .index(&index)
-            .args(["write-tree"])
-            .run()
-            .await?
-            .trim()
-            .to_owned();
+        let (tree, nested) = self.build_tree(held).await?;
+        if let Some(verified) = verified
+            && verified != tree
+        {
+            let changed = changed_paths(git, &self.mirror, verified, &tree)
+                .await
+                .unwrap_or_default();
+            bail!(
+                "the worktree changed after the verify steps checked it: {}",
+                changed.join(", ")
+            );
+        }
         let base = git
             .cmd(Repo::Bare(&self.mirror))
             .args([
@@ -1774,87 +2101,86 @@ impl Worktree {
         })
     }
 
-    /// What a commit of the worktree starts from, in nightshift's private folder: an index of the job's
-    /// commit (the one nightshift saved after the checkout, or the commit's tree), never the worktree's own;
-    /// and an excludes file naming the repositories the agent made inside the worktree, which a commit
-    /// leaves out whatever `.gitignore` says.
-    async fn snapshot(&self) -> Result<Snapshot> {
-        let git = &*self.git;
-        check_mirror(&self.repo, &self.mirror).await?;
-        tokio::fs::create_dir_all(&self.private)
-            .await
-            .with_context(|| format!("creating {}", self.private.display()))?;
-        let index = self.private.join("index");
-        let excludes = self.private.join("exclude");
-        let _ = tokio::fs::remove_file(&index).await;
-        let root = self.path.clone();
-        let nested = tokio::task::spawn_blocking(move || nested_repositories(&root))
-            .await?
-            .with_context(|| format!("reading {}", self.path.display()))?;
-        let mut lines = Vec::new();
-        for rel in &nested {
-            lines.extend(exclude_line(rel)?);
-        }
-        tokio::fs::write(&excludes, lines).await?;
-        if copy_index(self.private.join("index.base"), index.clone())
-            .await
-            .is_err()
-        {
-            git.cmd(Repo::Bare(&self.mirror))
-                .index(&index)
-                .args(["read-tree", "--end-of-options", &self.commit])
-                .run()
-                .await?;
-        }
-        Ok(Snapshot {
-            index,
-            excludes,
-            nested,
-        })
+    /// The tree a commit of the worktree holds now: its files added into a private index of the job's
+    /// commit (`add -A`: symlinks as symlinks, never their targets' content; `.gitignore` applies); the
+    /// worktree's own `.git`, index and git folder are never read; repositories the agent made inside it
+    /// are left out ([`tree_of`]).
+    /// The folders `held` (those nightshift stages skills into for the length of the job, and puts back
+    /// before the commit) are as the job's commit has them.
+    pub async fn tree_now(&self, held: &[&str]) -> Result<String> {
+        Ok(self.build_tree(held).await?.0)
     }
 
-    /// Removes from the worktree what a commit of it leaves out ([`Worktree::commit_changes`]): the files
-    /// and folders git ignores there (`.gitignore` files, the mirror's excludes) that the job's commit does
-    /// not track, and the repositories the agent made inside it. Run before the verify steps, so that they
-    /// check what delivery pushes: a tool the agent planted where git does not look
-    /// (`node_modules/.bin/jest`, a file under `target/`, an answer its own `.gitignore` hides) can no
-    /// longer make a step pass. Links are removed, never followed. Returns what was removed, as git names
-    /// it (a folder once, with a trailing `/`), at most [`UNCOMMITTED_SHOWN`] paths; `more` is true when
-    /// there were more.
-    pub async fn drop_uncommitted(&self) -> Result<Uncommitted> {
-        let git = &*self.git;
-        let Snapshot {
-            index, excludes, ..
-        } = self.snapshot().await?;
-        let clean = |dry: bool| {
-            git.cmd(self.tree())
-                .index(&index)
-                .config(format!("core.excludesFile={}", excludes.display()))
-                // Twice forced: repositories inside the worktree go too.
-                .args(["clean", "-ffdX", if dry { "-n" } else { "-q" }])
+    async fn build_tree(&self, held: &[&str]) -> Result<(String, Vec<PathBuf>)> {
+        check_mirror(&self.repo, &self.mirror).await?;
+        tree_of(
+            &self.git,
+            &self.mirror,
+            &self.path,
+            &self.private,
+            &self.private.join("index.base"),
+            &self.commit,
+            held,
+        )
+        .await
+        .context("adding the agent's changes")
+    }
+
+    /// A checkout of `tree` (one [`Worktree::tree_now`] built) for the verify steps, beside the worktree
+    /// (`…-verify`): a worktree of the mirror of its own, whose files are `tree`'s, written fresh, and
+    /// whose `HEAD` and index are the job's commit, so the agent's changes show as changes (`git diff`)
+    /// as in its worktree. Nothing the agent left there that a commit leaves out (ignored files, its own
+    /// repositories, empty folders, its `.git`, a submodule's folder filled in) is in it: the steps check
+    /// what delivery pushes.
+    pub async fn check_out_for_verify(&self, tree: &str) -> Result<VerifyTree> {
+        let name = format!(
+            "{}-verify",
+            path_str(
+                self.path
+                    .file_name()
+                    .map(Path::new)
+                    .context("the worktree has no name")?
+            )?
+        );
+        let path = self.path.with_file_name(&name);
+        let private = self.private.join("verify");
+        let git_dir = self.mirror.join("worktrees").join(&name);
+        {
+            let _guard = self.lock.lock().await;
+            remove_worktree_files(&self.mirror, &path, None, &private).await;
+            add_worktree(&self.mirror, &path, &self.commit).await?;
+        }
+        let mut checkout = VerifyTree {
+            path,
+            git_dir,
+            private,
+            tree: tree.to_owned(),
+            files: Default::default(),
+            mirror: self.mirror.clone(),
+            git: self.git.clone(),
+            lock: self.lock.clone(),
         };
-        // The list first, bounded (the agent chooses how many files there are), then the removal.
-        let (listed, more) = match clean(true).max_output(64 * 1024).run().await {
-            Ok(text) => (text, false),
-            Err(e) if e.is::<crate::repo::git::OutputTooLarge>() => (String::new(), true),
-            Err(e) => return Err(e.context("listing what the commit leaves out")),
-        };
-        clean(false)
-            .run()
-            .await
-            .context("removing what the commit leaves out")?;
-        let mut paths: Vec<String> = listed
-            .lines()
-            .filter_map(|l| l.strip_prefix("Would remove "))
-            .map(str::to_owned)
-            .collect();
-        let more = more || paths.len() > UNCOMMITTED_SHOWN;
-        paths.truncate(UNCOMMITTED_SHOWN);
-        Ok(Uncommitted { paths, more })
+        match checkout.fill().await {
+            Ok(()) => Ok(checkout),
+            Err(e) => {
+                checkout.remove().await;
+                Err(e.context(format!("checking out the tree {tree} for the verify steps")))
+            }
+        }
     }
 
     pub async fn remove(self) -> Result<()> {
+        // A checkout for the verify steps left by a run that stopped in them: its files first, outside the
+        // lock (there may be many), then its git folder under it.
+        let verify = verify_path(&self.path);
+        let leftover = tokio::fs::symlink_metadata(&verify).await.is_ok();
+        if leftover {
+            let _ = crate::safe_fs::remove_tree_async(&verify).await;
+        }
         let guard = self.lock.lock().await;
+        if leftover {
+            remove_worktree_files(&self.mirror, &verify, None, &self.private.join("verify")).await;
+        }
         // Under the lock, the worktree and its git folder only move out of the way (two renames, into a
         // folder the next run sweeps if this one dies); the next job of the repository need not wait
         // for their files to be deleted, nor for `worktree prune` (git no longer lists the worktree).
@@ -2345,7 +2671,10 @@ mod tests {
             )
             .await
             .unwrap();
-        let none = wt.commit_changes("m", ("n", "n@n")).await.unwrap();
+        let none = wt
+            .commit_changes("m", ("n", "n@n"), None, &[])
+            .await
+            .unwrap();
         assert!(none.commit.is_none(), "nothing changed");
 
         // The agent commits on its own (moving the worktree's HEAD) and leaves more changes: all of it is
@@ -2371,7 +2700,7 @@ mod tests {
         std::fs::write(wt.mirror.join("commondir"), "/tmp\n").unwrap();
 
         let changes = wt
-            .commit_changes("the message", ("nightshift", "n@n"))
+            .commit_changes("the message", ("nightshift", "n@n"), None, &[])
             .await
             .unwrap();
         let commit = changes.commit.unwrap();
@@ -2412,8 +2741,46 @@ mod tests {
         wt.remove().await.unwrap();
     }
 
+    #[test]
+    fn gitlinks_made_or_changed_are_put_back_as_the_base_has_them() {
+        let diff = b":160000 160000 aaaa bbbb M\0sub\0:000000 160000 0000 cccc A\0new dir\0\
+                     :100644 100644 dddd eeee M\0file\0:160000 100644 ffff 1111 T\0was-sub\0";
+        assert_eq!(
+            gitlinks_to_restore(diff).unwrap(),
+            b"160000 aaaa\tsub\x000 0000\tnew dir\x00".to_vec()
+        );
+        assert!(gitlinks_to_restore(b":160000 160000 aaaa bbbb M\0").is_err());
+    }
+
+    /// The files below `root` (links as `-> target`), by path, leaving out the top `.git`.
+    fn files_below(root: &Path) -> std::collections::BTreeMap<String, String> {
+        let mut found = std::collections::BTreeMap::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            for entry in std::fs::read_dir(root.join(&rel)).unwrap() {
+                let entry = entry.unwrap();
+                let path = rel.join(entry.file_name());
+                if path == Path::new(".git") {
+                    continue;
+                }
+                let kind = entry.file_type().unwrap();
+                let name = path.to_string_lossy().into_owned();
+                if kind.is_symlink() {
+                    let target = std::fs::read_link(entry.path()).unwrap();
+                    found.insert(name, format!("-> {}", target.display()));
+                } else if kind.is_dir() {
+                    found.insert(format!("{name}/"), String::new());
+                    stack.push(path);
+                } else {
+                    found.insert(name, std::fs::read_to_string(entry.path()).unwrap());
+                }
+            }
+        }
+        found
+    }
+
     #[tokio::test]
-    async fn before_verify_the_worktree_keeps_only_what_its_commit_holds() {
+    async fn the_verify_steps_get_a_checkout_of_exactly_what_the_commit_holds() {
         let dir = tempfile::tempdir().unwrap();
         let (bare, _) = remote(dir.path());
         let spaces = spaces_in(dir.path());
@@ -2429,79 +2796,165 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(wt.drop_uncommitted().await.unwrap().paths.is_empty());
-        // What an agent leaves: a changed file, a new one, and what git does not look at: an answer its
-        // own `.gitignore` hides (and its own index claims tracked), a planted tool in an ignored folder, a
-        // repository of its own, and an ignored link to a folder outside.
         let p = &wt.path;
-        std::fs::write(p.join("README.md"), "two\n").unwrap();
+        // What an agent leaves: a new file, and what a commit leaves out: an answer its own `.gitignore`
+        // hides (and its own index claims tracked), a tool planted in an ignored folder, an ignored link to
+        // a folder outside, an empty folder, a tracked file turned into an ignored folder of the same name,
+        // a file a `.gitignore` re-includes from a folder another rule ignores, its own `.git` folder with
+        // a link into it, and a repository of its own re-included by a negation, whose `.git` file names
+        // another repository (whose commit would be pushed as a submodule).
         std::fs::write(p.join("kept.txt"), "kept\n").unwrap();
         std::fs::write(
             p.join(".gitignore"),
-            "answer.txt\nnode_modules/\nlinked\n*.log\n",
+            "answer.txt\nnode_modules/\nlinked\nREADME.md/\n/pkg/*\n!vendor/\n",
         )
         .unwrap();
         std::fs::write(p.join("answer.txt"), "42\n").unwrap();
         sh(p, &["add", "-f", "answer.txt"]);
         std::fs::create_dir_all(p.join("node_modules/.bin")).unwrap();
         std::fs::write(p.join("node_modules/.bin/jest"), "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::create_dir_all(p.join("vendor/lib")).unwrap();
-        sh(&p.join("vendor/lib"), &["init", "--quiet"]);
-        std::fs::write(p.join("vendor/lib/code.rs"), "fn x() {}\n").unwrap();
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("precious"), "keep me\n").unwrap();
         std::os::unix::fs::symlink(&outside, p.join("linked")).unwrap();
-        for n in 0..25 {
-            std::fs::write(p.join(format!("f{n:02}.log")), "x").unwrap();
-        }
+        std::fs::create_dir_all(p.join("plugins")).unwrap();
+        std::fs::remove_file(p.join("README.md")).unwrap();
+        std::fs::create_dir_all(p.join("README.md")).unwrap();
+        std::fs::write(p.join("README.md/__main__.py"), "print('ok')\n").unwrap();
+        std::fs::create_dir_all(p.join("pkg")).unwrap();
+        std::fs::write(p.join("pkg/.gitignore"), "!impl.py\n").unwrap();
+        std::fs::write(p.join("pkg/impl.py"), "x = 1\n").unwrap();
+        std::fs::remove_file(p.join(".git")).unwrap();
+        std::fs::create_dir_all(p.join(".git/hidden")).unwrap();
+        std::fs::write(p.join(".git/hidden/answer"), "42\n").unwrap();
+        std::os::unix::fs::symlink(".git/hidden/answer", p.join("answer2")).unwrap();
+        std::fs::create_dir_all(p.join("vendor")).unwrap();
+        std::fs::write(
+            p.join("vendor/.git"),
+            format!("gitdir: {}\n", bare.display()),
+        )
+        .unwrap();
+        std::fs::write(p.join("vendor/answer.py"), "ANSWER = 42\n").unwrap();
+        // And a folder nightshift holds for the job (its staged skills): as the job's commit has it.
+        std::fs::create_dir_all(p.join(".claude")).unwrap();
+        std::fs::write(p.join(".claude/settings.json"), "{}").unwrap();
+        let held = [".claude"];
 
-        let dropped = wt.drop_uncommitted().await.unwrap();
-        assert_eq!(dropped.paths.len(), UNCOMMITTED_SHOWN, "{dropped:?}");
-        assert!(dropped.more, "29 paths went, 20 are named: {dropped:?}");
-        for gone in [
-            "answer.txt",
-            "node_modules",
-            "vendor/lib",
-            "linked",
-            "f00.log",
-        ] {
-            assert!(
-                std::fs::symlink_metadata(p.join(gone)).is_err(),
-                "{gone} is still there"
-            );
-        }
-        for kept in ["README.md", "kept.txt", ".gitignore"] {
-            assert!(p.join(kept).exists(), "{kept} went");
-        }
-        assert_eq!(
-            std::fs::read_to_string(p.join("README.md")).unwrap(),
-            "two\n"
+        let tree = wt.tree_now(&held).await.unwrap();
+        let mirror = wt.mirror.to_str().unwrap().to_owned();
+        let listed = sh(
+            dir.path(),
+            &["--git-dir", &mirror, "ls-tree", "-r", "--full-tree", &tree],
         );
+        assert!(
+            !listed.contains(" commit "),
+            "no submodule is made: {listed}"
+        );
+        let names: Vec<&str> = listed
+            .lines()
+            .filter_map(|l| l.split('\t').nth(1))
+            .collect();
+        assert_eq!(
+            names,
+            [".gitignore", "answer2", "kept.txt", "pkg/impl.py"],
+            "{listed}"
+        );
+
+        let checkout = wt.check_out_for_verify(&tree).await.unwrap();
+        let c = checkout.path.clone();
+        assert_ne!(&c, p);
+        // The checkout's files are the tree's, byte for byte, and nothing else.
+        let expected: std::collections::BTreeMap<String, String> = [
+            (
+                ".gitignore",
+                std::fs::read_to_string(p.join(".gitignore")).unwrap(),
+            ),
+            ("answer2", "-> .git/hidden/answer".to_owned()),
+            ("kept.txt", "kept\n".to_owned()),
+            ("pkg/", String::new()),
+            ("pkg/impl.py", "x = 1\n".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(files_below(&c), expected);
+        assert!(
+            std::fs::read_to_string(c.join("answer2")).is_err(),
+            "the link into the agent's .git leads nowhere here"
+        );
+        // HEAD is the job's commit and the index the tree: the agent's changes are what is staged.
+        let status = sh(&c, &["status", "--porcelain", "-uall"]);
+        assert_eq!(
+            status, "A  .gitignore\nD  README.md\nA  answer2\nA  kept.txt\nA  pkg/impl.py",
+            "{status}"
+        );
+        assert_eq!(sh(&c, &["rev-parse", "HEAD"]), wt.commit);
+        // What a step adds (build output, reports, ignored or not) is no change, nor is a file rewritten
+        // with its bytes; a file of the tree changed, removed, made executable or replaced is one.
+        std::fs::create_dir_all(c.join("node_modules")).unwrap();
+        std::fs::write(c.join("node_modules/built"), "x").unwrap();
+        std::fs::write(c.join("coverage.xml"), "<x/>").unwrap();
+        std::fs::write(c.join("kept.txt"), "kept\n").unwrap();
+        assert!(checkout.changed().await.unwrap().is_empty());
+        std::fs::write(c.join("kept.txt"), "rewritten\n").unwrap();
+        std::fs::remove_file(c.join(".gitignore")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            c.join("pkg/impl.py"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::remove_file(c.join("answer2")).unwrap();
+        std::os::unix::fs::symlink("kept.txt", c.join("answer2")).unwrap();
+        let mut changed = checkout.changed().await.unwrap();
+        changed.sort();
+        assert_eq!(
+            changed,
+            [".gitignore", "answer2", "kept.txt", "pkg/impl.py"]
+        );
+        // A folder on the way replaced by a link: nothing is read through it, and it is a change.
+        std::fs::rename(c.join("pkg"), c.join("pkg-moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, c.join("pkg")).unwrap();
+        std::fs::write(outside.join("impl.py"), "x = 1\n").unwrap();
+        assert!(
+            checkout
+                .changed()
+                .await
+                .unwrap()
+                .contains(&"pkg/impl.py".to_owned())
+        );
+        let admin = wt.mirror.join("worktrees").join(c.file_name().unwrap());
+        assert!(admin.exists());
+        checkout.remove().await;
+        assert!(!c.exists() && !admin.exists());
         assert_eq!(
             std::fs::read_to_string(outside.join("precious")).unwrap(),
-            "keep me\n",
-            "the link was followed"
+            "keep me\n"
         );
-        // What is left is what the commit holds.
-        let commit = wt
-            .commit_changes("m", ("n", "n@n"))
+
+        // The commit is the tree that was checked, and refused if the worktree changed since.
+        let changes = wt
+            .commit_changes("m", ("n", "n@n"), Some(&tree), &held)
             .await
-            .unwrap()
-            .commit
             .unwrap();
-        let files = sh(
-            dir.path(),
-            &[
-                "--git-dir",
-                wt.mirror.to_str().unwrap(),
-                "ls-tree",
-                "-r",
-                "--name-only",
-                &commit,
-            ],
+        let commit = changes.commit.unwrap();
+        assert_eq!(
+            sh(
+                dir.path(),
+                &[
+                    "--git-dir",
+                    &mirror,
+                    "rev-parse",
+                    &format!("{commit}^{{tree}}")
+                ]
+            ),
+            tree
         );
-        assert_eq!(files, ".gitignore\nREADME.md\nkept.txt");
+        std::fs::write(p.join("kept.txt"), "later\n").unwrap();
+        let refused = wt
+            .commit_changes("m", ("n", "n@n"), Some(&tree), &held)
+            .await;
+        assert!(refused.is_err_and(|e| e.to_string().contains("changed after the verify steps")),);
         wt.remove().await.unwrap();
     }
 
@@ -2533,7 +2986,10 @@ mod tests {
         std::fs::write(wt.path.join("weid xdir/kept.txt"), "kept").unwrap();
         std::fs::create_dir_all(wt.path.join("axb")).unwrap();
         std::fs::write(wt.path.join("axb/kept.txt"), "kept").unwrap();
-        let changes = wt.commit_changes("m", ("n", "n@n")).await.unwrap();
+        let changes = wt
+            .commit_changes("m", ("n", "n@n"), None, &[])
+            .await
+            .unwrap();
         assert_eq!(
             changes.nested,
             vec!["!bang", "#hash", "a?b", "back\\slash", "we[ir]d *dir"]
@@ -2571,14 +3027,14 @@ mod tests {
         std::fs::write(old.path.join("README.md"), "stale\n").unwrap();
         std::fs::write(new.path.join("README.md"), "fresh\n").unwrap();
         let fresh = new
-            .commit_changes("m", ("n", "n@n"))
+            .commit_changes("m", ("n", "n@n"), None, &[])
             .await
             .unwrap()
             .commit
             .unwrap();
         // The old attempt commits after the new one did, then is stopped and cleared.
         let stale = old
-            .commit_changes("m", ("n", "n@n"))
+            .commit_changes("m", ("n", "n@n"), None, &[])
             .await
             .unwrap()
             .commit
@@ -2622,7 +3078,7 @@ mod tests {
         std::fs::write(wt.path.join(".github/workflows/x.yml"), "on: push\n").unwrap();
         std::fs::write(wt.path.join("README.md"), "one\ntwo\n").unwrap();
         let commit = wt
-            .commit_changes("m", ("n", "n@n"))
+            .commit_changes("m", ("n", "n@n"), None, &[])
             .await
             .unwrap()
             .commit

@@ -268,7 +268,8 @@ pub fn select(
 /// The worktree folders nightshift takes over for the length of a job: Codex's skills, and all of
 /// `.claude` (Claude Code's skills, but also its settings, hooks and commands, which a pull request could
 /// change to run anything).
-const STAGED: [&str; 2] = [".agents/skills", ".claude"];
+/// A commit of the worktree keeps them as the job's commit has them (`Worktree::tree_now`).
+pub const STAGED: [&str; 2] = [".agents/skills", ".claude"];
 
 /// A worktree whose skill folders hold exactly a job's skills; [`Staged::restore`] puts back what was there.
 #[derive(Debug)]
