@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Auth, Spine, git, manifest_dir};
-use nightshift::store::JobState;
+use nightshift::store::{JobRecord, JobState};
 use serde_json::Value;
 
 const REPO: &str = "Codertocat/Hello-World";
@@ -249,15 +249,50 @@ async fn a_step_cannot_reach_the_network() {
 /// the step or the pushed work: a Python `usercustomize` in its home that ends every Python process with
 /// success. Steps run with a home, temporary and output folder of their own, empty, so the step sees the
 /// wrong answer, nothing is pushed, and the check fails.
+/// One job of agent `agent` (the shell `script`) under a pull-request trigger whose verify section is
+/// `step`, with no second round: the spine, the job and its log's lines.
+async fn one_round(agent: &str, script: &str, step: &str) -> (Spine, JobRecord, Vec<String>) {
+    let fix = format!(
+        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: {agent}\nprompt: write the answer\noutput: pull_request\nverify_rounds: 0\n{step}"
+    );
+    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
+    common::attacker(&spine, agent, script, "");
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let job = spine.wait_for_finished_jobs(1).await.remove(0);
+    let lines = spine
+        .job_log(job.id)
+        .await
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    (spine, job, lines)
+}
+
+/// The job failed verification, and nothing was opened or pushed.
+fn assert_refused(spine: &Spine, job: &JobRecord, lines: &[String]) {
+    assert_eq!(job.state, JobState::Failed, "{lines:#?}");
+    assert!(
+        job.error
+            .as_deref()
+            .is_some_and(|e| e.contains("failed verification")),
+        "{:?}",
+        job.error
+    );
+    assert!(spine.github.pulls().is_empty(), "nothing opened");
+    assert!(
+        git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
+        "nothing pushed"
+    );
+}
+
 #[tokio::test]
 async fn what_the_agent_leaves_in_its_home_cannot_make_a_step_pass() {
     let step = "verify:\n  - name: answer\n    run: python3 -c \"import sys; sys.exit(0 if open('answer.txt').read().strip() == '42' else 1)\"\n    timeout: 30s\n";
-    let fix = format!(
-        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: cheater\nprompt: write the answer\noutput: pull_request\nverify_rounds: 0\n{step}"
-    );
-    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
-    common::attacker(
-        &spine,
+    let (spine, job, lines) = one_round(
         "cheater",
         r#"echo 41 > answer.txt
 site=$(python3 -m site --user-site)
@@ -267,119 +302,62 @@ printf 'import os\nos._exit(0)\n' > "$site/usercustomize.py"
 python3 -c 'import sys; sys.exit(1)' && echo "planted: python exits 0" >&2
 echo "Wrote the answer."
 "#,
-        "",
-    );
-    spine.start().await;
-    assert_eq!(
-        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
-        202
-    );
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.job_log(jobs[0].id).await;
-    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+        step,
+    )
+    .await;
     assert!(
-        lines.contains(&"planted: python exits 0"),
+        lines.iter().any(|l| l == "planted: python exits 0"),
         "the trick works in the agent's own home: {lines:#?}"
     );
-    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
-    assert!(
-        jobs[0]
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("failed verification")),
-        "{:?}",
-        jobs[0].error
-    );
-    assert!(spine.github.pulls().is_empty(), "nothing opened");
-    assert!(
-        git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
-        "nothing pushed"
-    );
+    assert_refused(&spine, &job, &lines);
 }
 
 #[tokio::test]
 async fn what_git_leaves_out_of_the_commit_cannot_make_a_step_pass() {
     // The answer the step checks is right in the worktree, but the agent's own `.gitignore` hides it:
     // the pull request would carry no answer while its body said the step passed.
-    let fix = trigger("cheater", "pull_request", "verify_rounds: 0\n");
-    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
-    common::attacker(
-        &spine,
+    let (spine, job, lines) = one_round(
         "cheater",
         r#"printf 'answer.txt\nnode_modules/\n' > .gitignore
 echo 42 > answer.txt
 mkdir -p node_modules/.bin && printf '#!/bin/sh\nexit 0\n' > node_modules/.bin/check
 echo "Wrote the answer."
 "#,
-        "",
-    );
-    spine.start().await;
-    assert_eq!(
-        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
-        202
-    );
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.job_log(jobs[0].id).await;
-    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+        STEP,
+    )
+    .await;
     assert!(
         lines
             .iter()
             .any(|l| l.starts_with("verify: the steps run on a fresh checkout")),
         "{lines:#?}"
     );
-    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
-    assert!(
-        jobs[0]
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("failed verification")),
-        "{:?}",
-        jobs[0].error
-    );
     assert!(
         lines.iter().any(|l| l.contains("expected 42, got")),
         "the step did not find the hidden answer: {lines:#?}"
     );
-    assert!(spine.github.pulls().is_empty(), "nothing opened");
-    assert!(
-        git(&spine.remote, &["branch", "--list", "nightshift/*"]).is_empty(),
-        "nothing pushed"
-    );
+    assert_refused(&spine, &job, &lines);
 }
 
 #[tokio::test]
 async fn a_step_that_changes_the_work_fails_and_the_agent_is_told_which_files() {
     // The step runs code of the pull request (its check script, as tests are): the script passes and
     // rewrites the answer, so what it checked is not what the commit would hold.
-    let step = "verify:\n  - name: answer\n    run: sh ./check.sh\n    timeout: 30s\n";
-    let fix = format!(
-        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: cheater\nprompt: write the answer\noutput: pull_request\nverify_rounds: 0\n{step}"
-    );
-    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
-    common::attacker(
-        &spine,
+    let (spine, job, lines) = one_round(
         "cheater",
         r#"echo 42 > answer.txt
 printf '[ "$(cat answer.txt)" = 42 ] && echo 41 > answer.txt\n' > check.sh
 echo "Wrote the answer."
 "#,
-        "",
-    );
-    spine.start().await;
-    assert_eq!(
-        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
-        202
-    );
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.job_log(jobs[0].id).await;
-    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
+        "verify:\n  - name: answer\n    run: sh ./check.sh\n    timeout: 30s\n",
+    )
+    .await;
     assert!(
         lines
             .iter()
             .any(|l| l.starts_with("verify: `answer` failed (it changed files the commit holds)")),
         "{lines:#?}"
     );
-    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
     let comments = spine.github.comments();
     assert!(
         comments
@@ -387,37 +365,26 @@ echo "Wrote the answer."
             .any(|c| c.body.contains("`answer.txt`") && c.body.contains("must check the work")),
         "{comments:#?}"
     );
-    assert!(spine.github.pulls().is_empty(), "nothing opened");
+    assert_refused(&spine, &job, &lines);
 }
 
 #[tokio::test]
 async fn steps_see_the_agents_new_files_as_git_does_and_may_write_reports() {
     // A step that asks git which files there are (as pre-commit or `git ls-files | xargs` do) finds the
     // agent's new file, and writing a report beside the work is no change of the work.
-    let step = "verify:\n  - name: answer\n    run: 'git ls-files | grep -qx answer.txt && git diff --cached --name-only HEAD | grep -qx answer.txt && echo ok > report.xml && [ \"$(cat answer.txt)\" = 42 ]'\n    timeout: 30s\n";
-    let fix = format!(
-        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: honest\nprompt: write the answer\noutput: pull_request\nverify_rounds: 0\n{step}"
-    );
-    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
-    common::attacker(
-        &spine,
+    let (spine, job, lines) = one_round(
         "honest",
         "echo 42 > answer.txt\necho \"Wrote the answer.\"\n",
-        "",
-    );
-    spine.start().await;
-    assert_eq!(
-        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
-        202
-    );
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.job_log(jobs[0].id).await;
-    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
-    assert_eq!(jobs[0].state, JobState::Succeeded, "{lines:#?}");
+        "verify:\n  - name: answer\n    run: 'git ls-files | grep -qx answer.txt && git diff --cached --name-only HEAD | grep -qx answer.txt && echo ok > report.xml && [ \"$(cat answer.txt)\" = 42 ]'\n    timeout: 30s\n",
+    )
+    .await;
+    assert_eq!(job.state, JobState::Succeeded, "{lines:#?}");
     let pulls = spine.github.pulls();
     assert_eq!(pulls.len(), 1, "{pulls:#?}");
-    let branch = &pulls[0].head;
-    let files = git(&spine.remote, &["ls-tree", "-r", "--name-only", branch]);
+    let files = git(
+        &spine.remote,
+        &["ls-tree", "-r", "--name-only", &pulls[0].head],
+    );
     assert!(files.lines().any(|f| f == "answer.txt"), "{files}");
     assert!(
         !files.contains("report.xml"),
@@ -428,29 +395,18 @@ async fn steps_see_the_agents_new_files_as_git_does_and_may_write_reports() {
 #[tokio::test]
 async fn a_committed_link_into_the_agents_home_reads_nothing_in_a_step() {
     // The pushed answer is a link to a file only the agent's home holds: the step must not find it there.
-    let fix = trigger("cheater", "pull_request", "verify_rounds: 0\n");
-    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
-    common::attacker(
-        &spine,
+    let (spine, job, lines) = one_round(
         "cheater",
         r#"echo 42 > "$HOME/answer"
 ln -s "$HOME/answer" answer.txt
 echo "Wrote the answer."
 "#,
-        "",
-    );
-    spine.start().await;
-    assert_eq!(
-        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
-        202
-    );
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.job_log(jobs[0].id).await;
-    let lines: Vec<&str> = log.iter().map(|l| l.line.as_str()).collect();
-    assert_eq!(jobs[0].state, JobState::Failed, "{lines:#?}");
+        STEP,
+    )
+    .await;
     assert!(
         lines.iter().any(|l| l.contains("expected 42, got")),
         "{lines:#?}"
     );
-    assert!(spine.github.pulls().is_empty(), "nothing opened");
+    assert_refused(&spine, &job, &lines);
 }

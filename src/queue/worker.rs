@@ -1445,9 +1445,9 @@ async fn run_agent(run: AgentRun<'_>) -> Result<(agent::AgentOutcome, Verified)>
         let mut round = 0;
         while !spec.verify.is_empty() {
             // The steps check what delivery pushes: the tree a commit of the worktree holds now, checked
-            // out fresh beside it (nothing the agent left that a commit leaves out is there).
-            // What fails here fails on what the agent left (a file git cannot add, a folder it cannot
-            // read): said as the agent's result, with the details in the job log.
+            // out fresh beside it (nothing the agent left that a commit leaves out is there). What fails
+            // here fails on what the agent left (a file git cannot add, a folder it cannot read): said as
+            // the agent's result, with the details in the job log.
             let unreadable = || {
                 Failure::Result(
                     "nightshift could not check out the agent's work for the verify steps".to_owned(),
