@@ -375,7 +375,9 @@ async fn steps_see_the_agents_new_files_as_git_does_and_may_write_reports() {
     let (spine, job, lines) = one_round(
         "honest",
         "echo 42 > answer.txt\necho \"Wrote the answer.\"\n",
-        "verify:\n  - name: answer\n    run: 'git ls-files | grep -qx answer.txt && git diff --cached --name-only HEAD | grep -qx answer.txt && echo ok > report.xml && [ \"$(cat answer.txt)\" = 42 ]'\n    timeout: 30s\n",
+        // A first step that runs the work's code could put a repository of its own in the checkout's
+        // `.git`: the next step's git still reads nightshift's.
+        "verify:\n  - name: clobber\n    run: 'rm -f .git && git init -q .'\n    timeout: 30s\n  - name: answer\n    run: 'git ls-files | grep -qx answer.txt && git diff --cached --name-only HEAD | grep -qx answer.txt && echo ok > report.xml && [ \"$(cat answer.txt)\" = 42 ]'\n    timeout: 30s\n",
     )
     .await;
     assert_eq!(job.state, JobState::Succeeded, "{lines:#?}");

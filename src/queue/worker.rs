@@ -1720,6 +1720,10 @@ async fn run_verify_steps(
         // own (a `~/.cargo/config.toml` whose runner is `true`, an `~/.npmrc` whose script shell is
         // `/bin/true`, a Python `usercustomize`) cannot make a step pass.
         let fresh = FreshDirs::make(dirs).await?;
+        checkout
+            .restore_git_file()
+            .await
+            .context("putting the checkout's .git back")?;
         let (home, output_dir) = (&fresh.home, &fresh.output);
         let vars = fresh.vars(dirs);
         let sandbox = &fresh.boxed(dirs, sandbox, worktree);
@@ -1798,7 +1802,9 @@ async fn run_verify_steps(
                 passed = false;
                 ended = "it changed files the commit holds".to_owned();
                 changed_tail = Some(format!(
-                    "The step changed {}: a verify step must check the work, not change it.",
+                    "The step changed {}: a verify step must check the work, not change it (an install \
+                     that rewrites a lock file: use `npm ci`, `yarn install --frozen-lockfile`, \
+                     `cargo test --locked`).",
                     changed
                         .iter()
                         .take(20)

@@ -1908,6 +1908,22 @@ impl VerifyTree {
         .context("reading the checkout")
     }
 
+    /// Puts the checkout's `.git` back as nightshift wrote it (whatever a step left in its place: a
+    /// repository of the work's own code would have later steps' git read it and run its config), before
+    /// each step.
+    pub async fn restore_git_file(&self) -> Result<()> {
+        let dot_git = self.path.join(".git");
+        match tokio::fs::symlink_metadata(&dot_git).await {
+            Ok(meta) if meta.is_dir() => crate::safe_fs::remove_tree_async(&dot_git).await?,
+            Ok(_) => tokio::fs::remove_file(&dot_git).await?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        tokio::fs::write(&dot_git, format!("gitdir: {}\n", path_str(&self.git_dir)?))
+            .await
+            .with_context(|| format!("writing {}", dot_git.display()))
+    }
+
     /// Deletes the checkout (no link followed) and then, under the repository's lock, its git folder.
     pub async fn remove(self) {
         let _ = crate::safe_fs::remove_tree_async(&self.path).await;
@@ -1924,13 +1940,17 @@ struct Stamp {
     executable: bool,
     len: u64,
     stat: (u64, i64, i64, i64, i64),
+    /// Its stat data cannot tell a rewrite from this file (whole-second times, stamped in the second
+    /// they show): its bytes are always read again.
+    racy: bool,
     digest: [u8; 32],
 }
 
 impl Stamp {
     /// The file at `rel` below `root` now, or None when it is not there or a folder on its way is not a
-    /// folder (a link a step made: nothing is read through it). When its stat data are those of `before`
-    /// (the change time cannot be set back), it is `before`, and its bytes are not read again.
+    /// folder (a link a step made: nothing is read through it), or when it is not of `before`'s kind,
+    /// executable bit and length (a change, seen without reading it). When its stat data are those of
+    /// `before` (the change time cannot be set back), it is `before`, and its bytes are not read again.
     fn of(root: &Path, rel: &Path, before: Option<&Stamp>) -> Result<Option<Stamp>> {
         use sha2::Digest;
         use std::io::Read;
@@ -1950,6 +1970,7 @@ impl Stamp {
             return Ok(None);
         };
         let kind = meta.mode() & libc::S_IFMT;
+        let executable = meta.mode() & 0o111 != 0;
         let stat = (
             meta.ino(),
             meta.mtime(),
@@ -1957,12 +1978,15 @@ impl Stamp {
             meta.ctime(),
             meta.ctime_nsec(),
         );
-        if let Some(before) = before
-            && before.kind == kind
-            && before.len == meta.len()
-            && before.stat == stat
-        {
-            return Ok(Some(before.clone()));
+        if let Some(before) = before {
+            // Another kind, mode or length is a change, said without reading a byte (a step that made
+            // every file a 1 GiB sparse one must not cost hours of hashing).
+            if before.kind != kind || before.executable != executable || before.len != meta.len() {
+                return Ok(None);
+            }
+            if before.stat == stat && !before.racy {
+                return Ok(Some(before.clone()));
+            }
         }
         let mut hasher = sha2::Sha256::new();
         if meta.file_type().is_symlink() {
@@ -1987,16 +2011,26 @@ impl Stamp {
                 hasher.update(&buf[..n]);
             }
         }
+        // On a filesystem that keeps whole seconds (no nanoseconds at all), a file rewritten in the second
+        // it was stamped keeps its stat data: its bytes are read again each time.
+        let racy = meta.mtime_nsec() == 0
+            && meta.ctime_nsec() == 0
+            && meta.ctime()
+                >= std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(i64::MAX, |d| d.as_secs() as i64)
+                    - 2;
         Ok(Some(Stamp {
             kind,
-            executable: meta.mode() & 0o111 != 0,
+            executable,
             len: meta.len(),
             stat,
+            racy: before.map_or(racy, |b| b.racy),
             digest: hasher.finalize().into(),
         }))
     }
 
-    /// The same file as `before`: same kind and executable bit, and the same bytes.
+    /// The same file as `before`: same kind, executable bit and length, and the same bytes.
     fn same_as(&self, before: &Stamp) -> bool {
         self.kind == before.kind
             && self.executable == before.executable
@@ -2923,6 +2957,11 @@ mod tests {
                 .unwrap()
                 .contains(&"pkg/impl.py".to_owned())
         );
+        // A step that put a repository of its own in place of the checkout's `.git`: put back.
+        std::fs::remove_file(c.join(".git")).unwrap();
+        sh(&c, &["init", "--quiet", "."]);
+        checkout.restore_git_file().await.unwrap();
+        assert_eq!(sh(&c, &["rev-parse", "HEAD"]), wt.commit);
         let admin = wt.mirror.join("worktrees").join(c.file_name().unwrap());
         assert!(admin.exists());
         checkout.remove().await;
