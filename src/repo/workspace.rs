@@ -239,8 +239,6 @@ pub struct VerifyTree {
     pub path: PathBuf,
     /// Its git folder in the mirror.
     git_dir: PathBuf,
-    /// nightshift's own folder for it.
-    private: PathBuf,
     /// The tree checked out.
     pub tree: String,
     /// Each file of the tree as the checkout wrote it.
@@ -494,7 +492,7 @@ impl Workspaces {
         // A worktree left behind by a run that died is replaced (and git forgets it); otherwise there is
         // nothing for `worktree prune` to do (every job's end removes its worktree's git folder).
         let leftover = tokio::fs::symlink_metadata(&path).await.is_ok();
-        remove_worktree_files(&mirror, &path, None, &private).await;
+        remove_worktree_files(&mirror, &path, None, Some(&private)).await;
         if leftover {
             git.cmd(Repo::Bare(&mirror))
                 .args(["worktree", "prune"])
@@ -571,7 +569,7 @@ impl Workspaces {
                 }
                 Err(e) => {
                     tracing::warn!(%repo, "the spare worktree was not used: {e:#}");
-                    remove_worktree_files(&mirror, &path, None, &private).await;
+                    remove_worktree_files(&mirror, &path, None, Some(&private)).await;
                     (false, false)
                 }
             },
@@ -1590,8 +1588,8 @@ impl Workspaces {
         let lock = self.lock(repo);
         let _guard = lock.lock().await;
         let private = self.private_path(job, attempt);
-        remove_worktree_files(&mirror, &verify_path(&path), None, &private.join("verify")).await;
-        remove_worktree_files(&mirror, &path, None, &private).await;
+        remove_worktree_files(&mirror, &verify_path(&path), None, None).await;
+        remove_worktree_files(&mirror, &path, None, Some(&private)).await;
         if path.exists() {
             crate::safe_fs::remove_tree_async(&path)
                 .await
@@ -1611,7 +1609,12 @@ impl Workspaces {
 /// Deletes a worktree's files, its git folder in the mirror and nightshift's private folder for it,
 /// without asking git (which would read the worktree's `.git` and git folder, both the agent's to
 /// change). `remove_tree` removes links, never what they point at.
-async fn remove_worktree_files(mirror: &Path, path: &Path, git_dir: Option<&Path>, private: &Path) {
+async fn remove_worktree_files(
+    mirror: &Path,
+    path: &Path,
+    git_dir: Option<&Path>,
+    private: Option<&Path>,
+) {
     let _ = crate::safe_fs::remove_tree_async(path).await;
     let named = path
         .file_name()
@@ -1619,7 +1622,9 @@ async fn remove_worktree_files(mirror: &Path, path: &Path, git_dir: Option<&Path
     for dir in git_dir.into_iter().map(Path::to_owned).chain(named) {
         let _ = crate::safe_fs::remove_tree_async(&dir).await;
     }
-    let _ = crate::safe_fs::remove_tree_async(private).await;
+    if let Some(private) = private {
+        let _ = crate::safe_fs::remove_tree_async(private).await;
+    }
 }
 
 /// The (relative) folders below `root` that hold a `.git` of their own: repositories an agent made or
@@ -1928,7 +1933,7 @@ impl VerifyTree {
     pub async fn remove(self) {
         let _ = crate::safe_fs::remove_tree_async(&self.path).await;
         let _guard = self.lock.lock().await;
-        remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), &self.private).await;
+        remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), None).await;
     }
 }
 
@@ -2167,27 +2172,19 @@ impl Worktree {
     /// repositories, empty folders, its `.git`, a submodule's folder filled in) is in it: the steps check
     /// what delivery pushes.
     pub async fn check_out_for_verify(&self, tree: &str) -> Result<VerifyTree> {
-        let name = format!(
-            "{}-verify",
-            path_str(
-                self.path
-                    .file_name()
-                    .map(Path::new)
-                    .context("the worktree has no name")?
-            )?
-        );
-        let path = self.path.with_file_name(&name);
-        let private = self.private.join("verify");
-        let git_dir = self.mirror.join("worktrees").join(&name);
+        let path = verify_path(&self.path);
+        let git_dir = self
+            .mirror
+            .join("worktrees")
+            .join(path.file_name().context("the worktree has no name")?);
         {
             let _guard = self.lock.lock().await;
-            remove_worktree_files(&self.mirror, &path, None, &private).await;
+            remove_worktree_files(&self.mirror, &path, None, None).await;
             add_worktree(&self.mirror, &path, &self.commit).await?;
         }
         let mut checkout = VerifyTree {
             path,
             git_dir,
-            private,
             tree: tree.to_owned(),
             files: Default::default(),
             mirror: self.mirror.clone(),
@@ -2213,7 +2210,7 @@ impl Worktree {
         }
         let guard = self.lock.lock().await;
         if leftover {
-            remove_worktree_files(&self.mirror, &verify, None, &self.private.join("verify")).await;
+            remove_worktree_files(&self.mirror, &verify, None, None).await;
         }
         // Under the lock, the worktree and its git folder only move out of the way (two renames, into a
         // folder the next run sweeps if this one dies); the next job of the repository need not wait
@@ -2233,7 +2230,13 @@ impl Worktree {
                 .with_context(|| format!("removing {}", self.trash.display()));
         }
         let _ = crate::safe_fs::remove_tree_async(&self.trash).await;
-        remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), &self.private).await;
+        remove_worktree_files(
+            &self.mirror,
+            &self.path,
+            Some(&self.git_dir),
+            Some(&self.private),
+        )
+        .await;
         if self.path.exists() {
             bail!("{} could not be removed", self.path.display());
         }
