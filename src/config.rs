@@ -52,6 +52,9 @@ struct ConfigFile {
     /// The most bytes of agent output one job's log keeps (default 10 MiB); past it, one line says the
     /// rest was cut.
     max_job_log: Option<usize>,
+    /// Free space the data dir's disk always keeps for the store and the mirrors: while less is free,
+    /// running jobs are stopped (default: 2% of the disk, at most 1 GiB). See `queue::worker::disk_watch`.
+    min_free_disk: Option<crate::sandbox::Size>,
     /// GitHub connection and credentials.
     #[serde(default)]
     github: GithubFile,
@@ -723,6 +726,8 @@ pub struct Config {
     pub report_failures: bool,
     /// The most bytes of agent output one job's log keeps.
     pub max_job_log: usize,
+    /// See the file's `min_free_disk`; `None`: 2% of the data dir's disk, at most 1 GiB.
+    pub min_free_disk: Option<u64>,
     pub github: GithubConfig,
     pub git: crate::repo::git::GitPolicy,
     pub agents: BTreeMap<String, AgentProfile>,
@@ -1142,6 +1147,7 @@ fn resolve(
         repo_triggers: file.repo_triggers.unwrap_or(true),
         report_failures: file.report_failures.unwrap_or(true),
         max_job_log: file.max_job_log.unwrap_or(DEFAULT_MAX_JOB_LOG),
+        min_free_disk: file.min_free_disk.map(|s| s.0),
         github: GithubConfig {
             api_url,
             web_url,
@@ -1873,7 +1879,8 @@ mod tests {
                 processes: 64,
                 memory: 512 << 20,
                 file_size: 1 << 30,
-                open_files: 100
+                open_files: 100,
+                ..Default::default()
             }
         );
         let errors = load(

@@ -215,6 +215,185 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(path)
 }
 
+/// What folders hold on disk: bytes allocated (a sparse file counts what it uses, not its length) and
+/// entries (files, folders, links: the disk's inodes), a file with several names once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+impl Usage {
+    /// Whether this is past `limit` in bytes or in entries.
+    pub fn over(&self, limit: Usage) -> bool {
+        self.bytes > limit.bytes || self.entries > limit.entries
+    }
+}
+
+/// Bytes of folder names the walk of [`usage`] may hold at once (folders found and not yet listed): a
+/// listing of a million folders with long names would otherwise be held in the service's memory.
+const WALK_NAMES: usize = 64 << 20;
+
+/// Adds up what the folders `roots` hold (a missing one holds nothing), while whoever owns them may still be
+/// writing, and stops as soon as the sum is past `limit`. The walk goes by descriptor: each folder is opened
+/// from its parent's descriptor (`openat`, `O_NOFOLLOW`), never by a path, so no link anywhere is followed
+/// and no depth is too deep to name; it holds one folder open at a time, and goes back up through `..`,
+/// checked to be the folder it came from. Every file is counted once however many names it has. An entry
+/// that went during the walk is skipped. A folder refused to its owner is made listable by its owner
+/// (`u+rx`, on the folder itself). Errors, never a smaller sum: a folder that cannot be listed, one moved
+/// away while below it (`ErrorKind::Interrupted`: measure again), or more folders waiting than
+/// [`WALK_NAMES`] allows.
+pub fn usage(roots: &[std::path::PathBuf], limit: Usage) -> std::io::Result<Usage> {
+    use std::io::{Error, ErrorKind};
+    let mut sum = Usage::default();
+    let mut seen = std::collections::HashSet::new();
+    for root in roots {
+        let path = CString::new(root.as_os_str().as_bytes()).map_err(Error::other)?;
+        // SAFETY: open(2) of a NUL-terminated path; the descriptor is owned at once.
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            let e = Error::last_os_error();
+            match e.raw_os_error() {
+                // Not there, or not a folder (a link, a file): it holds nothing of the job's.
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => continue,
+                _ => return Err(e),
+            }
+        }
+        // SAFETY: `raw` was just opened and is owned by nothing else.
+        let mut here = unsafe { OwnedFd::from_raw_fd(raw) };
+        let top = fstat(&here)?;
+        sum.bytes += top.st_blocks as u64 * 512;
+        sum.entries += 1;
+        // The folders from `root` down to the one open: who each is, and its subfolders not walked yet.
+        let mut path: Vec<(u64, u64, Vec<std::ffi::OsString>)> = Vec::new();
+        let mut waiting = 0usize;
+        let folders = list_counted(&here, &mut sum, &mut seen, &mut waiting)
+            .map_err(|e| named(e, root, 0))?;
+        path.push((top.st_dev, top.st_ino, folders));
+        if sum.over(limit) {
+            return Ok(sum);
+        }
+        while let Some((_, _, pending)) = path.last_mut() {
+            if let Some(name) = pending.pop() {
+                waiting -= name.len();
+                let Some(child) = open_below(&here, &name)? else {
+                    continue;
+                };
+                let st = fstat(&child)?;
+                let (dev, ino) = (st.st_dev, st.st_ino);
+                here = child;
+                if waiting > WALK_NAMES {
+                    return Err(Error::other(format!(
+                        "more than {} MiB of folder names waiting to be listed",
+                        WALK_NAMES >> 20
+                    )));
+                }
+                let folders = list_counted(&here, &mut sum, &mut seen, &mut waiting)
+                    .map_err(|e| named(e, root, path.len()))?;
+                path.push((dev, ino, folders));
+                if sum.over(limit) {
+                    return Ok(sum);
+                }
+            } else {
+                path.pop();
+                let Some(&(dev, ino, _)) = path.last() else {
+                    break;
+                };
+                let parent = open_below(&here, std::ffi::OsStr::new(".."))?
+                    .ok_or_else(|| Error::new(ErrorKind::Interrupted, "a folder was moved"))?;
+                let st = fstat(&parent)?;
+                if (st.st_dev, st.st_ino) != (dev, ino) {
+                    return Err(Error::new(
+                        ErrorKind::Interrupted,
+                        "a folder was moved while it was measured",
+                    ));
+                }
+                here = parent;
+            }
+        }
+    }
+    Ok(sum)
+}
+
+/// `e` from listing a folder `depth` levels below `root`, said without the server's path.
+fn named(e: std::io::Error, root: &Path, depth: usize) -> std::io::Error {
+    let name = root.file_name().unwrap_or_default().to_string_lossy();
+    std::io::Error::new(
+        e.kind(),
+        format!("listing a folder {depth} levels below {name}: {e}"),
+    )
+}
+
+/// Opens `name` in the folder `dir` as a descriptor of the folder itself (`O_PATH`), never following a
+/// link; `None` when it is gone or is no longer a folder.
+fn open_below(dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<Option<OwnedFd>> {
+    let name = CString::new(name.as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: openat(2) of a NUL-terminated name below an open descriptor; the result is owned at once.
+    let raw = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: `raw` was just opened and is owned by nothing else.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// Counts the entries of the folder `dir` into `sum` (a file with several names once, by `seen`), and
+/// returns its subfolders' names (their bytes added to `waiting`). Listed through the descriptor's name in
+/// `/proc`, which is the folder itself whatever its path; a folder its owner may not list or search is made
+/// so first.
+fn list_counted(
+    dir: &OwnedFd,
+    sum: &mut Usage,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+    waiting: &mut usize,
+) -> std::io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let held = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let st = fstat(dir)?;
+    // SAFETY: geteuid(2) has no preconditions.
+    if st.st_mode & 0o500 != 0o500 && unsafe { libc::geteuid() } == st.st_uid {
+        std::fs::set_permissions(
+            &held,
+            std::fs::Permissions::from_mode((st.st_mode & 0o7777) | 0o500),
+        )?;
+    }
+    let mut folders = Vec::new();
+    for entry in std::fs::read_dir(&held)? {
+        let entry = entry?;
+        // `DirEntry::metadata` does not follow a link.
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() {
+            let name = entry.file_name();
+            *waiting += name.len();
+            folders.push(name);
+        } else if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        sum.bytes += meta.blocks() * 512;
+        sum.entries += 1;
+    }
+    Ok(folders)
+}
+
 /// [`remove_tree`] on a blocking thread.
 pub async fn remove_tree_async(path: &Path) -> std::io::Result<()> {
     let path = path.to_owned();
@@ -244,6 +423,98 @@ fn with_access<T>(dir: &Path, op: impl Fn() -> std::io::Result<T>) -> std::io::R
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn usage_counts_what_the_disk_holds_once_and_nothing_hides_from_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(job.join("a/b")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let unlimited = Usage {
+            bytes: u64::MAX,
+            entries: u64::MAX,
+        };
+        let empty = usage(std::slice::from_ref(&job), unlimited).unwrap();
+        assert_eq!(empty.entries, 3);
+        // 4 MiB written, a second name for it, a 2 GiB sparse file, a link to 8 MiB outside.
+        std::fs::write(job.join("a/b/data"), vec![7u8; 4 << 20]).unwrap();
+        std::fs::hard_link(job.join("a/b/data"), job.join("a/again")).unwrap();
+        std::fs::File::create(job.join("sparse"))
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        std::fs::write(outside.join("big"), vec![1u8; 8 << 20]).unwrap();
+        symlink(outside.join("big"), job.join("link")).unwrap();
+        symlink(&outside, job.join("a/dir-link")).unwrap();
+        // A folder its owner may not list (as root, it can be listed all the same).
+        std::fs::create_dir(job.join("locked")).unwrap();
+        std::fs::write(job.join("locked/more"), vec![3u8; 1 << 20]).unwrap();
+        std::fs::set_permissions(job.join("locked"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        // A missing root holds nothing.
+        let roots = [job.clone(), dir.path().join("missing")];
+        let used = usage(&roots, unlimited).unwrap();
+        assert!(
+            used.bytes >= (5 << 20) && used.bytes < (6 << 20),
+            "{} bytes",
+            used.bytes
+        );
+        // data (its second name not again), sparse, the two links, locked and what it holds.
+        assert_eq!(used.entries, 3 + 6);
+        // Made listable by its owner, nothing more.
+        let mode = std::fs::metadata(job.join("locked"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert!(mode & 0o700 == 0o500 || mode & 0o700 == 0, "{mode:o}");
+        // The walk stops once past the limit.
+        let limit = Usage {
+            bytes: 1 << 20,
+            entries: u64::MAX,
+        };
+        assert!(
+            usage(std::slice::from_ref(&job), limit)
+                .unwrap()
+                .over(limit)
+        );
+        let limit = Usage {
+            bytes: u64::MAX,
+            entries: 4,
+        };
+        let stopped = usage(std::slice::from_ref(&job), limit).unwrap();
+        assert_eq!(stopped.entries, 5);
+        // A tree deeper than a path can name is walked all the same (by descriptor), and counted.
+        let before = usage(std::slice::from_ref(&job), unlimited).unwrap();
+        let deep = job.join("deep");
+        std::fs::create_dir(&deep).unwrap();
+        let name = CString::new("d").unwrap();
+        let start = CString::new(deep.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain open/mkdirat/openat/close on descriptors this test owns.
+        unsafe {
+            let mut fd = libc::open(start.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            for _ in 0..2100 {
+                assert_eq!(libc::mkdirat(fd, name.as_ptr(), 0o700), 0);
+                let next = libc::openat(fd, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                libc::close(fd);
+                fd = next;
+            }
+            let file = CString::new("bottom").unwrap();
+            let f = libc::openat(fd, file.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o600);
+            let bytes = vec![9u8; 1 << 20];
+            assert_eq!(libc::write(f, bytes.as_ptr().cast(), bytes.len()), 1 << 20);
+            libc::close(f);
+            libc::close(fd);
+        }
+        let after = usage(std::slice::from_ref(&job), unlimited).unwrap();
+        assert_eq!(after.entries, before.entries + 1 + 2100 + 1);
+        assert!(after.bytes >= before.bytes + (1 << 20), "{after:?}");
+        // The root itself a link: nothing of the job's is there.
+        let linked = dir.path().join("linked");
+        symlink(&outside, &linked).unwrap();
+        assert_eq!(usage(&[linked], unlimited).unwrap(), Usage::default());
+    }
 
     #[test]
     fn regular_files_are_read_up_to_the_cap() {

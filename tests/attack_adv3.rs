@@ -9,6 +9,7 @@ use nightshift::store::JobState;
 /// An agent leaves folder trees 20,000 deep in its home and in its worktree. `std::fs::remove_dir_all`
 /// goes down one call per level: removing the job's folder overflowed the stack of the runtime thread
 /// that did it and aborted the service, and again at each start, which clears the folders of dead attempts.
+/// The walk that keeps a job's folders within its disk limit goes through such a tree by descriptor.
 #[tokio::test]
 async fn folders_nested_deeper_than_a_stack_allows_are_removed_and_the_service_stays_up() {
     let trigger = (

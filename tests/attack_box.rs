@@ -811,3 +811,94 @@ exec sleep 600
     spine.kill();
     wait_gone(&marker).await;
 }
+
+#[tokio::test]
+async fn an_agent_filling_the_disk_is_stopped_at_its_limit_and_its_files_go() {
+    let t = trigger("filler");
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    // What a prompt-injected agent does to take the service down with it: write until the disk is full
+    // (bounded here at 400 MiB, so a broken limit cannot fill this machine's disk), in the worktree and
+    // in its temporary folder, each file under the one-file limit. A sparse file uses no disk, and is no
+    // reason to stop it.
+    let script = r#"cat > /dev/null
+truncate -s 900M sparse
+mkdir -p fill "$TMPDIR/fill"
+for i in $(seq 200); do
+  head -c 1048576 /dev/zero > "fill/$i"
+  head -c 1048576 /dev/zero > "$TMPDIR/fill/$i"
+done
+echo "filled" > "$NIGHTSHIFT_OUTPUT_DIR/message.md"
+sleep 600
+"#;
+    attacker(
+        &spine,
+        "filler",
+        script,
+        ", timeout: 120s, limits: {disk: 64M}",
+    );
+    spine.start().await;
+    spine
+        .deliver_example("issues", "filler-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    assert_eq!(jobs[0].state, JobState::Failed, "{log:?}");
+    let error = jobs[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("the job's folders held more than 64.0 MiB (`limits.disk` of its agent profile): its agent was stopped"),
+        "{error}"
+    );
+    // Stopped at its limit, not at its timeout nor after it wrote all it meant to.
+    assert!(!error.contains("timed out"), "{error}");
+    let body = &spine.github.comments()[0].body;
+    assert!(body.contains("limits.disk"), "{body}");
+    assert!(!body.contains("filled"), "{body}");
+    // Its processes and its folders are gone.
+    wait_gone("attackers/filler.sh").await;
+    let data = spine.dir.path().join("data");
+    for folder in ["worktrees", "jobs"] {
+        let left: Vec<_> = std::fs::read_dir(data.join(folder))
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{folder}: {left:?}");
+    }
+    healthy(&spine).await;
+}
+
+#[tokio::test]
+async fn a_nearly_full_disk_stops_running_jobs_so_the_store_keeps_room() {
+    // What no walk of a job's folders sees (a file deleted and held open, one moved out of the walk's way)
+    // still takes the disk's free space: below `min_free_disk` the running jobs stop. Here the floor is
+    // set above what any disk has free, so the job is stopped as soon as it runs.
+    let t = trigger("holder");
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    let script = r#"cat > /dev/null
+exec 3> held && rm held
+echo "held" > "$NIGHTSHIFT_OUTPUT_DIR/message.md"
+sleep 600
+"#;
+    attacker(&spine, "holder", script, ", timeout: 120s");
+    let text = std::fs::read_to_string(&spine.config).unwrap();
+    std::fs::write(&spine.config, format!("{text}\nmin_free_disk: 1000000T\n")).unwrap();
+    spine.start().await;
+    spine
+        .deliver_example("issues", "holder-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    assert_eq!(jobs[0].state, JobState::Failed, "{log:?}");
+    let error = jobs[0].error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("the disk of nightshift's data dir has ")
+            && error.contains(
+                "free, less than the 1000000.0 TiB it keeps free for its store (`min_free_disk`)"
+            ),
+        "{error}"
+    );
+    // GitHub is told the job stopped, not how full the service's disk is.
+    let body = &spine.github.comments()[0].body;
+    assert!(body.contains("the service's disk is nearly full"), "{body}");
+    assert!(!body.contains("TiB") && !body.contains("GiB"), "{body}");
+    wait_gone("attackers/holder.sh").await;
+    healthy(&spine).await;
+}

@@ -217,6 +217,12 @@ async fn run_leased(
                     let why = Interrupted::Stopping { delivering: false };
                     return interrupted(pipeline, owner, &job, &spec, why).await;
                 }
+                (error, public) = disk_watch(pipeline, &job, &spec) => {
+                    // The run's future is dropped here, which kills the agent's process group.
+                    clear_attempt(pipeline, &job, &spec.repo).await;
+                    warn!("{error}");
+                    Ran::Outcome(Outcome::Failed { public: Some(public), error })
+                }
             };
             let outcome = match ran {
                 Ran::Outcome(outcome) => outcome,
@@ -241,6 +247,142 @@ async fn run_leased(
             interrupted(pipeline, owner, &job, &spec, why).await;
         }
     }
+}
+
+/// The least time between two walks of a job's folders ([`disk_watch`]).
+const DISK_EVERY: Duration = Duration::from_secs(2);
+/// The most time between two walks of a job's folders: a tree slow to walk does not buy its agent much
+/// more time to write unmeasured.
+const DISK_WALK_MOST: Duration = Duration::from_secs(10);
+/// How often the data dir's free space is looked at (one `statvfs`).
+const DISK_TICK: Duration = Duration::from_secs(1);
+/// A walk that takes longer is an error: the folders cannot be measured.
+const DISK_WALK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Ends, saying why, when this attempt's folders (its worktree, the verify steps' checkout, its home,
+/// temporary and output folders) hold more than its profile's `limits.disk` bytes or `limits.disk_files`
+/// entries, or cannot be measured, or when the data dir's disk has less free than `min_free_disk`; never
+/// ends otherwise. An agent that fills the disk would take the store, the mirrors and every other job with
+/// it, and the kernel has no per-job limit on a shared filesystem without root (an rlimit bounds one
+/// file). So the folders are walked on a blocking thread ([`crate::safe_fs::usage`]: no link followed, each
+/// file once, stopping once past the limit), again after twenty times as long as the last walk took,
+/// between [`DISK_EVERY`] and [`DISK_WALK_MOST`] later (walking costs at most a twentieth of a core); a job
+/// may overshoot by what it writes in between. What a walk cannot see (a file deleted and held open, one
+/// moved out of the way of the walk as it passes, what `git add` stores in the mirror) is bounded by the
+/// free-space floor, looked at every [`DISK_TICK`]: below it every running job is stopped, and its files
+/// go, so the store always has room.
+async fn disk_watch(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> (String, String) {
+    use crate::safe_fs::Usage;
+    use crate::sandbox::size_text;
+    let limits = pipeline
+        .config
+        .agents
+        .get(&spec.agent)
+        .map(|profile| profile.limits)
+        .unwrap_or_default();
+    let limit = Usage {
+        bytes: limits.disk,
+        entries: limits.disk_files,
+    };
+    let mut roots = pipeline
+        .workspaces
+        .written_by_job(job.id, job.attempt)
+        .to_vec();
+    roots.push(job_dir(pipeline, job.id, job.attempt));
+    let roots = Arc::new(roots);
+    let mut next_walk = std::time::Instant::now();
+    let mut moved = 0;
+    loop {
+        if let Some(why) = under_disk_floor(&pipeline.config) {
+            // How much the service's disk holds is not GitHub's to know.
+            let public = "the service's disk is nearly full: the job was stopped (it can be re-run once \
+                          there is room)";
+            return (why, public.to_owned());
+        }
+        if std::time::Instant::now() >= next_walk {
+            let started = std::time::Instant::now();
+            let walk = roots.clone();
+            let measured = tokio::time::timeout(
+                DISK_WALK_TIMEOUT,
+                tokio::task::spawn_blocking(move || crate::safe_fs::usage(&walk, limit)),
+            )
+            .await;
+            let took = started.elapsed();
+            match measured {
+                Err(_) => {
+                    let why = format!(
+                        "measuring the job's folders took more than {} s: its agent was stopped",
+                        DISK_WALK_TIMEOUT.as_secs()
+                    );
+                    return (why.clone(), why);
+                }
+                Ok(Ok(Ok(usage))) if usage.over(limit) => {
+                    let over = if usage.bytes > limit.bytes {
+                        format!("more than {} (`limits.disk`", size_text(limit.bytes))
+                    } else {
+                        format!(
+                            "more than {} files and folders (`limits.disk_files`",
+                            limit.entries
+                        )
+                    };
+                    let why = format!(
+                        "the job's folders held {over} of its agent profile): its agent was stopped"
+                    );
+                    return (why.clone(), why);
+                }
+                Ok(Ok(Ok(_))) => moved = 0,
+                // A folder moved while it was walked: walked again at once, a few times.
+                Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::Interrupted && moved < 3 => {
+                    moved += 1;
+                    continue;
+                }
+                Ok(Ok(Err(e))) => {
+                    let why = format!(
+                        "nightshift could not measure the job's folders ({e}), and a folder it \
+                         cannot measure could hide what the job wrote: its agent was stopped"
+                    );
+                    return (why.clone(), why);
+                }
+                Ok(Err(e)) => warn!("measuring the job's folders failed: {e}"),
+            }
+            next_walk = std::time::Instant::now() + (took * 20).clamp(DISK_EVERY, DISK_WALK_MOST);
+        }
+        tokio::time::sleep(DISK_TICK).await;
+    }
+}
+
+/// Why jobs must stop, when the data dir's disk has less free space (or fewer free inodes) than it keeps
+/// for the store and the mirrors: `min_free_disk`, by default 2% of the disk and at most 1 GiB (inodes: 2%,
+/// at most 100,000).
+fn under_disk_floor(config: &crate::config::Config) -> Option<String> {
+    use crate::sandbox::size_text;
+    let path = std::ffi::CString::new(config.data_dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: an all-zero `statvfs` is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let unit = st.f_frsize as u64;
+    let (size, free) = (st.f_blocks as u64 * unit, st.f_bavail as u64 * unit);
+    let floor = config.min_free_disk.unwrap_or((size / 50).min(1 << 30));
+    if free < floor {
+        return Some(format!(
+            "the disk of nightshift's data dir has {} free, less than the {} it keeps free for its \
+             store (`min_free_disk`): running jobs were stopped",
+            size_text(free),
+            size_text(floor)
+        ));
+    }
+    let inodes = (st.f_files as u64 / 50).min(100_000);
+    if (st.f_favail as u64) < inodes {
+        return Some(format!(
+            "the disk of nightshift's data dir has {} free inodes, less than the {inodes} it keeps \
+             free for its store: running jobs were stopped",
+            st.f_favail
+        ));
+    }
+    None
 }
 
 /// The outbox's step: how the run ended, stored with the job as it moves to `delivering`. False when it

@@ -1554,6 +1554,13 @@ impl Workspaces {
             .await;
     }
 
+    /// The folders of attempt `attempt` at job `job` that its agent and its verify steps write in: the
+    /// worktree and the steps' checkout beside it (nightshift's private folder is not among them).
+    pub fn written_by_job(&self, job: JobId, attempt: u32) -> [PathBuf; 2] {
+        let worktree = self.worktree_path(job, attempt);
+        [verify_path(&worktree), worktree]
+    }
+
     /// The attempts at job `job` whose worktree or private folder is still on disk.
     pub fn attempts_left(&self, job: JobId) -> Vec<u32> {
         let prefix = format!("job-{job}-");

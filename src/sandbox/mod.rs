@@ -112,6 +112,12 @@ pub struct Limits {
     pub file_size: u64,
     /// RLIMIT_NOFILE: open file descriptors per process.
     pub open_files: u64,
+    /// Bytes of disk the job's folders (its worktree, the verify steps' checkout, its home, temporary and
+    /// output folders) may hold at once, checked every few seconds while it runs (not an rlimit: see
+    /// `queue::worker::disk_watch`).
+    pub disk: u64,
+    /// Files, folders and links those folders may hold at once (the disk's inodes), checked with `disk`.
+    pub disk_files: u64,
 }
 
 impl Default for Limits {
@@ -121,6 +127,8 @@ impl Default for Limits {
             memory: 4 << 30,
             file_size: 1 << 30,
             open_files: 4096,
+            disk: 16 << 30,
+            disk_files: 1_000_000,
         }
     }
 }
@@ -163,6 +171,8 @@ pub struct LimitsFile {
     pub memory: Option<Size>,
     pub file_size: Option<Size>,
     pub open_files: Option<u64>,
+    pub disk: Option<Size>,
+    pub disk_files: Option<u64>,
 }
 
 impl LimitsFile {
@@ -173,6 +183,8 @@ impl LimitsFile {
             memory: self.memory.map_or(d.memory, |s| s.0),
             file_size: self.file_size.map_or(d.file_size, |s| s.0),
             open_files: self.open_files.unwrap_or(d.open_files),
+            disk: self.disk.map_or(d.disk, |s| s.0),
+            disk_files: self.disk_files.unwrap_or(d.disk_files),
         }
     }
 }
@@ -217,6 +229,19 @@ pub fn parse_size(text: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(1u64 << shift)
+}
+
+/// `bytes` in the largest unit of [`parse_size`]'s it is at least one of, with one decimal (`1.5 GiB`).
+pub fn size_text(bytes: u64) -> String {
+    let (shift, unit) = match bytes {
+        b if b >= 1 << 40 => (40, "TiB"),
+        b if b >= 1 << 30 => (30, "GiB"),
+        b if b >= 1 << 20 => (20, "MiB"),
+        b if b >= 1 << 10 => (10, "KiB"),
+        b => return format!("{b} bytes"),
+    };
+    let tenths = (bytes as u128 * 10) >> shift;
+    format!("{}.{} {unit}", tenths / 10, tenths % 10)
 }
 
 /// The hidden paths of every box of a service: [`ALWAYS_HIDDEN`], the data dir, the service's home, the

@@ -72,6 +72,15 @@ fn world() -> World {
 }
 
 #[test]
+fn sizes_are_said_in_the_largest_unit_they_reach() {
+    assert_eq!(size_text(512), "512 bytes");
+    assert_eq!(size_text(64 << 20), "64.0 MiB");
+    assert_eq!(size_text((3 << 30) / 2), "1.5 GiB");
+    assert_eq!(size_text(16 << 30), "16.0 GiB");
+    assert_eq!(size_text(u64::MAX), "16777215.9 TiB");
+}
+
+#[test]
 fn the_box_shows_the_job_its_own_paths_and_hides_the_services() {
     let w = world();
     let r = w.root.display();
