@@ -902,3 +902,52 @@ sleep 600
     wait_gone("attackers/holder.sh").await;
     healthy(&spine).await;
 }
+
+#[tokio::test]
+async fn fallocate_and_io_uring_are_refused_so_nothing_takes_disk_faster_than_it_is_measured() {
+    // `fallocate` with FALLOC_FL_KEEP_SIZE on a deleted file took 256 MiB of disk in a millisecond, past
+    // the one-file limit and where no walk of the job's folders sees it; io_uring's operations are no
+    // system calls a filter sees. A plain write still works, within the limits.
+    let t = trigger("allocator");
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    let script = r#"cat > /dev/null
+out="$NIGHTSHIFT_OUTPUT_DIR/message.md"
+exec 3> held
+rm held
+fallocate --keep-size -l 256M /proc/self/fd/3 2>&1 | sed 's/^/keep-size: /' >> "$out"
+fallocate -l 64M plain 2>&1 | sed 's/^/plain: /' >> "$out"
+echo "plain is $(stat -c %s plain) bytes" >> "$out"
+python3 -c '
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+params = (ctypes.c_uint32 * 30)()
+fd = libc.syscall(425, 8, params)
+print("io_uring_setup:", fd, os.strerror(ctypes.get_errno()))
+' >> "$out"
+head -c 1000 /dev/zero > written && echo "written is $(stat -c %s written) bytes" >> "$out"
+"#;
+    attacker(&spine, "allocator", script, "");
+    spine.start().await;
+    spine
+        .deliver_example("issues", "allocator-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{log:?}");
+    let body = &spine.github.comments()[0].body;
+    assert!(
+        body.contains("keep-size: fallocate: fallocate failed: keep size mode is unsupported"),
+        "{body}"
+    );
+    assert!(
+        body.contains("plain: fallocate: fallocate failed: Operation not supported"),
+        "{body}"
+    );
+    assert!(body.contains("plain is 0 bytes"), "{body}");
+    assert!(
+        body.contains("io_uring_setup: -1 Function not implemented"),
+        "{body}"
+    );
+    assert!(body.contains("written is 1000 bytes"), "{body}");
+    healthy(&spine).await;
+}

@@ -100,12 +100,14 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let limits = launch.limits;
+    let filters = sandbox::syscall_filters()?;
     let service = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), prctl(2) and
-    // getppid(2), which are async-signal-safe; it allocates nothing and touches no lock.
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), prctl(2),
+    // seccomp(2) and getppid(2), which are async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
         cmd.pre_exec(move || {
             limits.apply()?;
+            sandbox::apply_syscall_filters(&filters)?;
             // The agent dies with the service, even killed -9 (no cleanup runs then): it never lives on
             // unwatched, holding its worktree. In a box, bubblewrap's `--die-with-parent` takes the whole
             // box down with it; without one, this reaches the agent's own process. The service may have

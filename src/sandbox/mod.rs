@@ -156,6 +156,58 @@ impl Limits {
     }
 }
 
+/// The seccomp filters every agent runs under, boxed or not (compiled before the fork: nothing may
+/// allocate between it and exec). Both refuse calls that would take disk space, or do file I/O, where no
+/// limit or walk sees it:
+/// - `fallocate` fails with `EOPNOTSUPP` (as on a filesystem without it; glibc's `posix_fallocate` then
+///   writes the blocks, within `file_size`): with `FALLOC_FL_KEEP_SIZE` on a deleted file it took 256 MiB of
+///   disk in a millisecond, past RLIMIT_FSIZE and past any walk of the job's folders, so the disk could be
+///   full before the service looked at its free space;
+/// - `io_uring_setup`, `io_uring_enter` and `io_uring_register` fail with `ENOSYS` (as on a kernel without
+///   it; libuv and others fall back to threads): io_uring's operations, its fallocate among them, are not
+///   system calls a filter sees.
+pub fn syscall_filters() -> anyhow::Result<Vec<seccompiler::BpfProgram>> {
+    use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| anyhow::anyhow!("no seccomp filter for this machine: {e}"))?;
+    let refuse = |calls: &[i64], errno: i32| -> anyhow::Result<seccompiler::BpfProgram> {
+        let rules = calls.iter().map(|&call| (call, Vec::new())).collect();
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch,
+        )
+        .map_err(|e| anyhow::anyhow!("building the agents' seccomp filter: {e}"))?;
+        filter
+            .try_into()
+            .map_err(|e| anyhow::anyhow!("compiling the agents' seccomp filter: {e}"))
+    };
+    Ok(vec![
+        refuse(&[libc::SYS_fallocate], libc::EOPNOTSUPP)?,
+        refuse(
+            &[
+                libc::SYS_io_uring_setup,
+                libc::SYS_io_uring_enter,
+                libc::SYS_io_uring_register,
+            ],
+            libc::ENOSYS,
+        )?,
+    ])
+}
+
+/// Installs `filters` ([`syscall_filters`]) on the calling thread, with no-new-privileges (which seccomp
+/// requires unprivileged); meant for the child between fork and exec (it allocates nothing).
+pub fn apply_syscall_filters(filters: &[seccompiler::BpfProgram]) -> std::io::Result<()> {
+    for filter in filters {
+        seccompiler::apply_filter(filter).map_err(|e| match e {
+            seccompiler::Error::Prctl(e) | seccompiler::Error::Seccomp(e) => e,
+            _ => std::io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
+    }
+    Ok(())
+}
+
 /// Folders of the machine a profile shows in its boxes even where they would be hidden (`shared:`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Shared {
