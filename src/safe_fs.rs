@@ -221,6 +221,9 @@ pub fn remove_tree(path: &Path) -> std::io::Result<()> {
 pub struct Usage {
     pub bytes: u64,
     pub entries: u64,
+    /// Entries of some folder kept vanishing between being listed and being read, through every listing
+    /// again: what was renamed away as it was read is not in the sum.
+    pub unsettled: bool,
 }
 
 impl Usage {
@@ -230,23 +233,45 @@ impl Usage {
     }
 }
 
-/// Bytes of folder names the walk of [`usage`] may hold at once (folders found and not yet listed): a
-/// listing of a million folders with long names would otherwise be held in the service's memory.
+/// Bytes of folder names the walk of [`usage`] may hold at once (folders found and not yet listed, each
+/// name counted with [`NAME_COST`] more for what holds it): a listing of a million folders with long names
+/// would otherwise be held in the service's memory.
 const WALK_NAMES: usize = 64 << 20;
+const NAME_COST: usize = 48;
+
+/// How many times [`usage`] lists a folder again when entries it listed were gone when read (renamed
+/// away, or removed): what was renamed is found under its new name.
+const RELISTS: u32 = 8;
+
+/// A folder on the way down from a root to the one open: who it is, and what its walk still needs.
+struct Level {
+    id: (u64, u64),
+    /// Subfolders not walked yet, with their inodes.
+    pending: Vec<(std::ffi::OsString, u64)>,
+    /// The inodes of its entries counted (or waiting) already, so that listing it again counts only
+    /// what is new.
+    counted: std::collections::HashSet<u64>,
+    /// Entries listed and gone when read, since it was last listed; and how often it was listed again.
+    misses: u32,
+    relists: u32,
+    /// Its mode before the walk made it listable, put back when the walk leaves it.
+    restore: Option<libc::mode_t>,
+}
 
 /// Adds up what the folders `roots` hold (a missing one holds nothing), while whoever owns them may still be
 /// writing, and stops as soon as the sum is past `limit`. The walk goes by descriptor: each folder is opened
 /// from its parent's descriptor (`openat`, `O_NOFOLLOW`), never by a path, so no link anywhere is followed
 /// and no depth is too deep to name; it holds one folder open at a time, and goes back up through `..`,
 /// checked to be the folder it came from. Every file is counted once however many names it has. An entry
-/// that went during the walk is skipped. A folder refused to its owner is made listable by its owner
-/// (`u+rx`, on the folder itself). Errors, never a smaller sum: a folder that cannot be listed, one moved
-/// away while below it (`ErrorKind::Interrupted`: measure again), or more folders waiting than
-/// [`WALK_NAMES`] allows.
+/// listed and gone when read has the folder listed again (up to [`RELISTS`] times), so one renamed away
+/// is found under its new name; past that the sum is `unsettled`. A folder refused to its owner is made
+/// listable by its owner (`u+rx`, on the folder itself) and given its mode back when the walk leaves it.
+/// Errors, never a smaller sum: a folder that cannot be listed, one moved away while below it
+/// (`ErrorKind::Interrupted`: measure again), or more folders waiting than [`WALK_NAMES`] allows.
 pub fn usage(roots: &[std::path::PathBuf], limit: Usage) -> std::io::Result<Usage> {
     use std::io::{Error, ErrorKind};
     let mut sum = Usage::default();
-    let mut seen = std::collections::HashSet::new();
+    let mut linked = std::collections::HashSet::new();
     for root in roots {
         let path = CString::new(root.as_os_str().as_bytes()).map_err(Error::other)?;
         // SAFETY: open(2) of a NUL-terminated path; the descriptor is owned at once.
@@ -269,52 +294,73 @@ pub fn usage(roots: &[std::path::PathBuf], limit: Usage) -> std::io::Result<Usag
         let top = fstat(&here)?;
         sum.bytes += top.st_blocks as u64 * 512;
         sum.entries += 1;
-        // The folders from `root` down to the one open: who each is, and its subfolders not walked yet.
-        let mut path: Vec<(u64, u64, Vec<std::ffi::OsString>)> = Vec::new();
         let mut waiting = 0usize;
-        let folders = list_counted(&here, &mut sum, &mut seen, &mut waiting)
-            .map_err(|e| named(e, root, 0))?;
-        path.push((top.st_dev, top.st_ino, folders));
-        if sum.over(limit) {
-            return Ok(sum);
-        }
-        while let Some((_, _, pending)) = path.last_mut() {
-            if let Some(name) = pending.pop() {
-                waiting -= name.len();
-                let Some(child) = open_below(&here, &name)? else {
-                    continue;
-                };
-                let st = fstat(&child)?;
-                let (dev, ino) = (st.st_dev, st.st_ino);
-                here = child;
-                if waiting > WALK_NAMES {
-                    return Err(Error::other(format!(
-                        "more than {} MiB of folder names waiting to be listed",
-                        WALK_NAMES >> 20
-                    )));
-                }
-                let folders = list_counted(&here, &mut sum, &mut seen, &mut waiting)
-                    .map_err(|e| named(e, root, path.len()))?;
-                path.push((dev, ino, folders));
+        let mut path = vec![Level {
+            id: (top.st_dev, top.st_ino),
+            pending: Vec::new(),
+            counted: Default::default(),
+            misses: 0,
+            relists: 0,
+            restore: None,
+        }];
+        let mut listed = true;
+        while let Some(level) = path.last_mut() {
+            if listed {
+                listed = false;
+                list_counted(&here, level, &mut sum, &mut linked, &mut waiting, limit)
+                    .map_err(|e| named(e, root, path.len() - 1))?;
                 if sum.over(limit) {
                     return Ok(sum);
                 }
-            } else {
-                path.pop();
-                let Some(&(dev, ino, _)) = path.last() else {
-                    break;
-                };
-                let parent = open_below(&here, std::ffi::OsStr::new(".."))?
-                    .ok_or_else(|| Error::new(ErrorKind::Interrupted, "a folder was moved"))?;
-                let st = fstat(&parent)?;
-                if (st.st_dev, st.st_ino) != (dev, ino) {
-                    return Err(Error::new(
-                        ErrorKind::Interrupted,
-                        "a folder was moved while it was measured",
-                    ));
-                }
-                here = parent;
+                continue;
             }
+            if let Some((name, ino)) = level.pending.pop() {
+                waiting -= name.len() + NAME_COST;
+                let Some(child) = open_below(&here, &name)? else {
+                    // Renamed away, perhaps: listed again, it is found under its new name.
+                    level.counted.remove(&ino);
+                    level.misses += 1;
+                    continue;
+                };
+                let st = fstat(&child)?;
+                here = child;
+                path.push(Level {
+                    id: (st.st_dev, st.st_ino),
+                    pending: Vec::new(),
+                    counted: Default::default(),
+                    misses: 0,
+                    relists: 0,
+                    restore: None,
+                });
+                listed = true;
+                continue;
+            }
+            if level.misses > 0 {
+                if level.relists < RELISTS {
+                    level.relists += 1;
+                    level.misses = 0;
+                    listed = true;
+                    continue;
+                }
+                sum.unsettled = true;
+            }
+            if let Some(mode) = level.restore {
+                let _ = set_mode(&here, mode);
+            }
+            path.pop();
+            let Some(parent) = path.last() else {
+                break;
+            };
+            let up = open_below(&here, std::ffi::OsStr::new(".."))?
+                .ok_or_else(|| Error::new(ErrorKind::Interrupted, "a folder was moved"))?;
+            let st = fstat(&up)?;
+            if (st.st_dev, st.st_ino) != parent.id {
+                return Err(Error::new(
+                    ErrorKind::Interrupted,
+                    "a folder was moved while it was measured",
+                ));
+            }
+            here = up;
         }
     }
     Ok(sum)
@@ -352,46 +398,72 @@ fn open_below(dir: &OwnedFd, name: &std::ffi::OsStr) -> std::io::Result<Option<O
     Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
 }
 
-/// Counts the entries of the folder `dir` into `sum` (a file with several names once, by `seen`), and
-/// returns its subfolders' names (their bytes added to `waiting`). Listed through the descriptor's name in
-/// `/proc`, which is the folder itself whatever its path; a folder its owner may not list or search is made
-/// so first.
+/// Sets the mode of the folder `dir` holds, through the descriptor's name in `/proc` (an `O_PATH`
+/// descriptor takes no `fchmod`): the folder itself, whatever its path now.
+fn set_mode(dir: &OwnedFd, mode: libc::mode_t) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", dir.as_raw_fd()),
+        std::fs::Permissions::from_mode(mode & 0o7777),
+    )
+}
+
+/// Lists the folder `dir` (again, when `level` counted some of it before) into `sum` and `level`: each
+/// entry not counted in it yet is counted (a file with several names once in the whole walk, by
+/// `linked`), each new subfolder is added to its pending ones (its name's bytes to `waiting`), each entry
+/// gone when read is a miss. Listed through the descriptor's name in `/proc`, which is the folder itself
+/// whatever its path; a folder its owner may not list or search is made so first. Stops once `sum` is
+/// past `limit`.
 fn list_counted(
     dir: &OwnedFd,
+    level: &mut Level,
     sum: &mut Usage,
-    seen: &mut std::collections::HashSet<(u64, u64)>,
+    linked: &mut std::collections::HashSet<(u64, u64)>,
     waiting: &mut usize,
-) -> std::io::Result<Vec<std::ffi::OsString>> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let held = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    limit: Usage,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
     let st = fstat(dir)?;
     // SAFETY: geteuid(2) has no preconditions.
     if st.st_mode & 0o500 != 0o500 && unsafe { libc::geteuid() } == st.st_uid {
-        std::fs::set_permissions(
-            &held,
-            std::fs::Permissions::from_mode((st.st_mode & 0o7777) | 0o500),
-        )?;
+        set_mode(dir, st.st_mode | 0o500)?;
+        level.restore.get_or_insert(st.st_mode);
     }
-    let mut folders = Vec::new();
-    for entry in std::fs::read_dir(&held)? {
+    for entry in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
         let entry = entry?;
+        if level.counted.contains(&entry.ino()) {
+            continue;
+        }
         // `DirEntry::metadata` does not follow a link.
         let meta = match entry.metadata() {
             Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                level.misses += 1;
+                continue;
+            }
             Err(e) => return Err(e),
         };
+        level.counted.insert(meta.ino());
         if meta.is_dir() {
             let name = entry.file_name();
-            *waiting += name.len();
-            folders.push(name);
-        } else if meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
+            *waiting += name.len() + NAME_COST;
+            if *waiting > WALK_NAMES {
+                return Err(std::io::Error::other(format!(
+                    "more than {} MiB of folder names waiting to be listed",
+                    WALK_NAMES >> 20
+                )));
+            }
+            level.pending.push((name, meta.ino()));
+        } else if meta.nlink() > 1 && !linked.insert((meta.dev(), meta.ino())) {
             continue;
         }
         sum.bytes += meta.blocks() * 512;
         sum.entries += 1;
+        if sum.over(limit) {
+            return Ok(());
+        }
     }
-    Ok(folders)
+    Ok(())
 }
 
 /// [`remove_tree`] on a blocking thread.
@@ -435,6 +507,7 @@ mod tests {
         let unlimited = Usage {
             bytes: u64::MAX,
             entries: u64::MAX,
+            unsettled: false,
         };
         let empty = usage(std::slice::from_ref(&job), unlimited).unwrap();
         assert_eq!(empty.entries, 3);
@@ -472,7 +545,7 @@ mod tests {
         // The walk stops once past the limit.
         let limit = Usage {
             bytes: 1 << 20,
-            entries: u64::MAX,
+            ..unlimited
         };
         assert!(
             usage(std::slice::from_ref(&job), limit)
@@ -480,8 +553,8 @@ mod tests {
                 .over(limit)
         );
         let limit = Usage {
-            bytes: u64::MAX,
             entries: 4,
+            ..unlimited
         };
         let stopped = usage(std::slice::from_ref(&job), limit).unwrap();
         assert_eq!(stopped.entries, 5);
@@ -514,6 +587,55 @@ mod tests {
         let linked = dir.path().join("linked");
         symlink(&outside, &linked).unwrap();
         assert_eq!(usage(&[linked], unlimited).unwrap(), Usage::default());
+    }
+
+    #[test]
+    fn a_folder_renamed_round_and_round_as_it_is_walked_is_found_or_the_sum_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        std::fs::create_dir_all(job.join("h0")).unwrap();
+        std::fs::write(job.join("h0/big"), vec![5u8; 4 << 20]).unwrap();
+        std::fs::write(job.join("file0"), vec![6u8; 4 << 20]).unwrap();
+        // An agent renaming a folder and a file as fast as it can, so that a name listed is gone when read.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let (job, stop) = (job.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::rename(job.join(format!("h{n}")), job.join(format!("h{}", n + 1)))
+                        .unwrap();
+                    std::fs::rename(
+                        job.join(format!("file{n}")),
+                        job.join(format!("file{}", n + 1)),
+                    )
+                    .unwrap();
+                    n += 1;
+                }
+            })
+        };
+        let unlimited = Usage {
+            bytes: u64::MAX,
+            entries: u64::MAX,
+            unsettled: false,
+        };
+        let mut unsettled = 0;
+        for _ in 0..50 {
+            let used = usage(std::slice::from_ref(&job), unlimited).unwrap();
+            if used.unsettled {
+                unsettled += 1;
+            } else {
+                assert!(used.bytes >= 8 << 20, "{used:?}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        renamer.join().unwrap();
+        // Once the renaming stops, the whole is counted and settled.
+        let used = usage(std::slice::from_ref(&job), unlimited).unwrap();
+        assert!(
+            !used.unsettled && used.bytes >= 8 << 20,
+            "{used:?} ({unsettled} unsettled)"
+        );
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub async fn serve(
         gateway,
         health: Default::default(),
         fresh: Arc::new(crate::source::ingest::FreshPayloads::new(FRESH_PAYLOADS)),
+        disk_use: Default::default(),
         config,
     });
 

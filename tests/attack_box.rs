@@ -951,3 +951,71 @@ head -c 1000 /dev/zero > written && echo "written is $(stat -c %s written) bytes
     assert!(body.contains("written is 1000 bytes"), "{body}");
     healthy(&spine).await;
 }
+
+/// Free bytes on the filesystem holding `path`, as an unprivileged process may use them.
+fn free_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path and a zeroed out-struct the call fills.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut st), 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+}
+
+#[tokio::test]
+async fn at_the_disk_floor_the_job_holding_the_most_is_stopped_and_the_others_go_on() {
+    let (big, small) = (trigger("big"), trigger("small"));
+    let mut spine = Spine::new(Auth::Token, &[(&big.0, &big.1), (&small.0, &small.1)]).await;
+    // A job writing until the disk runs low (in 1 MiB files, each well within every limit), and one
+    // writing nothing, running at the same time.
+    attacker(
+        &spine,
+        "big",
+        r#"cat > /dev/null
+sleep 1
+mkdir fill
+for i in $(seq 4000); do head -c 1048576 /dev/zero > "fill/$i"; done
+sleep 600
+"#,
+        ", timeout: 120s",
+    );
+    attacker(
+        &spine,
+        "small",
+        r#"cat > /dev/null
+sleep 6
+echo "small finished" > "$NIGHTSHIFT_OUTPUT_DIR/message.md"
+"#,
+        ", timeout: 120s",
+    );
+    // The floor 300 MiB under what is free now: the big job takes the disk below it within a second.
+    let floor = free_bytes(spine.dir.path()).saturating_sub(300 << 20);
+    let text = std::fs::read_to_string(&spine.config).unwrap();
+    std::fs::write(&spine.config, format!("{text}\nmin_free_disk: {floor}\n")).unwrap();
+    spine.start().await;
+    spine
+        .deliver_example("issues", "floor-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(2).await;
+    let by = |name: &str| jobs.iter().find(|j| j.trigger == name).unwrap().clone();
+    let (big, small) = (by("big"), by("small"));
+    let error = big.error.clone().unwrap_or_default();
+    assert_eq!(big.state, JobState::Failed, "{error}");
+    assert!(
+        error.contains("(`min_free_disk`): of the running jobs, this one's folders held the most"),
+        "{error}"
+    );
+    assert_eq!(small.state, JobState::Succeeded, "{:?}", small.error);
+    assert!(
+        spine
+            .github
+            .comments()
+            .iter()
+            .any(|c| c.body.contains("small finished"))
+    );
+    wait_gone("attackers/big.sh").await;
+    // The big job's files went with it: the disk has its room back.
+    assert!(free_bytes(spine.dir.path()) > floor);
+    healthy(&spine).await;
+}

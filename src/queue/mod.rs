@@ -60,6 +60,8 @@ pub struct Pipeline {
     pub health: Arc<crate::health::Health>,
     /// Payloads the webhook just stored, taken by the dispatcher instead of reading them back.
     pub fresh: Arc<crate::source::ingest::FreshPayloads>,
+    /// What the running attempts' folders hold, for whom to stop first when the disk runs low.
+    pub disk_use: worker::DiskUse,
 }
 
 /// Rings the pipeline's wakeups when the store says another replica wrote (see

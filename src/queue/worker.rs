@@ -200,6 +200,9 @@ async fn run_leased(
             }
         },
         None => {
+            // What this attempt's folders hold, among the running attempts' (`disk_watch`), until its
+            // files are gone.
+            let disk = pipeline.disk_use.enter((id, job.attempt));
             let ran = tokio::select! {
                 ran = run_phase(pipeline, owner, &job, &spec, &minted) => ran,
                 lease = heartbeat(pipeline, id, owner, true) => {
@@ -217,13 +220,14 @@ async fn run_leased(
                     let why = Interrupted::Stopping { delivering: false };
                     return interrupted(pipeline, owner, &job, &spec, why).await;
                 }
-                (error, public) = disk_watch(pipeline, &job, &spec) => {
+                (error, public) = disk_watch(pipeline, &job, &spec, &disk) => {
                     // The run's future is dropped here, which kills the agent's process group.
                     clear_attempt(pipeline, &job, &spec.repo).await;
                     warn!("{error}");
                     Ran::Outcome(Outcome::Failed { public: Some(public), error })
                 }
             };
+            drop(disk);
             let outcome = match ran {
                 Ran::Outcome(outcome) => outcome,
                 Ran::Defer(e) if waited_enough(pipeline, &job) => gave_up(&e, job.retries),
@@ -254,24 +258,76 @@ const DISK_EVERY: Duration = Duration::from_secs(2);
 /// The most time between two walks of a job's folders: a tree slow to walk does not buy its agent much
 /// more time to write unmeasured.
 const DISK_WALK_MOST: Duration = Duration::from_secs(10);
-/// How often the data dir's free space is looked at (one `statvfs`).
-const DISK_TICK: Duration = Duration::from_secs(1);
+/// How often the data dir's free space is looked at (one `statvfs`): a disk written at 1.3 GB/s loses
+/// about 330 MB in between.
+const DISK_TICK: Duration = Duration::from_millis(250);
 /// A walk that takes longer is an error: the folders cannot be measured.
 const DISK_WALK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Walks in a row whose sum was unsettled (entries renamed away as they were read, through every listing
+/// again) after which the job is stopped: about 10 to 50 seconds of it.
+const DISK_UNSETTLED: u32 = 5;
 
-/// Ends, saying why, when this attempt's folders (its worktree, the verify steps' checkout, its home,
-/// temporary and output folders) hold more than its profile's `limits.disk` bytes or `limits.disk_files`
-/// entries, or cannot be measured, or when the data dir's disk has less free than `min_free_disk`; never
-/// ends otherwise. An agent that fills the disk would take the store, the mirrors and every other job with
-/// it, and the kernel has no per-job limit on a shared filesystem without root (an rlimit bounds one
-/// file). So the folders are walked on a blocking thread ([`crate::safe_fs::usage`]: no link followed, each
-/// file once, stopping once past the limit), again after twenty times as long as the last walk took,
-/// between [`DISK_EVERY`] and [`DISK_WALK_MOST`] later (walking costs at most a twentieth of a core); a job
-/// may overshoot by what it writes in between. What a walk cannot see (a file deleted and held open, one
-/// moved out of the way of the walk as it passes, what `git add` stores in the mirror) is bounded by the
-/// free-space floor, looked at every [`DISK_TICK`]: below it every running job is stopped, and its files
-/// go, so the store always has room.
-async fn disk_watch(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> (String, String) {
+/// What each running attempt's folders held at their last walk ([`disk_watch`]), so that at the
+/// free-space floor the one holding the most is stopped first, not every running job.
+#[derive(Default)]
+pub struct DiskUse(std::sync::Mutex<std::collections::HashMap<(JobId, u32), u64>>);
+
+/// An attempt's place in [`DiskUse`], left when dropped.
+pub struct DiskShare<'a> {
+    all: &'a DiskUse,
+    attempt: (JobId, u32),
+}
+
+impl DiskUse {
+    pub fn enter(&self, attempt: (JobId, u32)) -> DiskShare<'_> {
+        self.held().insert(attempt, 0);
+        DiskShare { all: self, attempt }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(JobId, u32), u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl DiskShare<'_> {
+    fn measured(&self, bytes: u64) {
+        self.all.held().insert(self.attempt, bytes);
+    }
+
+    /// Whether no running attempt held more at its last walk.
+    fn holds_most(&self) -> bool {
+        let held = self.all.held();
+        let mine = held.get(&self.attempt).copied().unwrap_or_default();
+        held.values().all(|&other| other <= mine)
+    }
+}
+
+impl Drop for DiskShare<'_> {
+    fn drop(&mut self) {
+        self.all.held().remove(&self.attempt);
+    }
+}
+
+/// Ends, saying why (for the job, and for GitHub), when this attempt's folders (its worktree, the verify
+/// steps' checkout, its home, temporary and output folders) hold more than its profile's `limits.disk`
+/// bytes or `limits.disk_files` entries, or cannot be measured, or when the data dir's disk has less free
+/// than `min_free_disk` and no other running attempt holds more; never ends otherwise. An agent that
+/// fills the disk would take the store, the mirrors and every other job with it, and the kernel has no
+/// per-job limit on a shared filesystem without root (an rlimit bounds one file; `fallocate` is refused by
+/// the agents' seccomp filter). So the folders are walked on a blocking thread
+/// ([`crate::safe_fs::usage`]: by descriptor, no link followed, each file once, stopping once past the
+/// limit), again after twenty times as long as the last walk took, between [`DISK_EVERY`] and
+/// [`DISK_WALK_MOST`] later (walking costs at most a twentieth of a core); a job may overshoot by what it
+/// writes in between. What a walk cannot see (a file deleted and held open, one moved from a folder not
+/// walked yet into one walked already, what `git add` stores in the mirror) is bounded by the free-space
+/// floor, looked at every [`DISK_TICK`]: below it the attempt that held the most at its last walk is
+/// stopped (its files go), then, if the disk stays low, the next.
+async fn disk_watch(
+    pipeline: &Pipeline,
+    job: &ClaimedJob,
+    spec: &JobSpec,
+    share: &DiskShare<'_>,
+) -> (String, String) {
     use crate::safe_fs::Usage;
     use crate::sandbox::size_text;
     let limits = pipeline
@@ -283,6 +339,7 @@ async fn disk_watch(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> (S
     let limit = Usage {
         bytes: limits.disk,
         entries: limits.disk_files,
+        unsettled: false,
     };
     let mut roots = pipeline
         .workspaces
@@ -291,13 +348,25 @@ async fn disk_watch(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> (S
     roots.push(job_dir(pipeline, job.id, job.attempt));
     let roots = Arc::new(roots);
     let mut next_walk = std::time::Instant::now();
-    let mut moved = 0;
+    let (mut moved, mut unsettled) = (0, 0);
+    // Since the disk went under the floor: whether this attempt was walked since (it is first measured
+    // afresh, and the others have a tick to be, before who holds the most is decided).
+    let mut low: Option<bool> = None;
+    let stopped = |why: String| (why.clone(), why);
     loop {
-        if let Some(why) = under_disk_floor(&pipeline.config) {
-            // How much the service's disk holds is not GitHub's to know.
-            let public = "the service's disk is nearly full: the job was stopped (it can be re-run once \
-                          there is room)";
-            return (why, public.to_owned());
+        match (under_disk_floor(&pipeline.config), low) {
+            (None, _) => low = None,
+            (Some(_), None) => {
+                low = Some(false);
+                next_walk = std::time::Instant::now();
+            }
+            (Some(why), Some(true)) if share.holds_most() => {
+                // How much the service's disk holds is not GitHub's to know.
+                let public = "the service's disk is nearly full: the job was stopped (it can be \
+                              re-run once there is room)";
+                return (why, public.to_owned());
+            }
+            (Some(_), Some(_)) => {}
         }
         if std::time::Instant::now() >= next_walk {
             let started = std::time::Instant::now();
@@ -310,11 +379,10 @@ async fn disk_watch(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> (S
             let took = started.elapsed();
             match measured {
                 Err(_) => {
-                    let why = format!(
+                    return stopped(format!(
                         "measuring the job's folders took more than {} s: its agent was stopped",
                         DISK_WALK_TIMEOUT.as_secs()
-                    );
-                    return (why.clone(), why);
+                    ));
                 }
                 Ok(Ok(Ok(usage))) if usage.over(limit) => {
                     let over = if usage.bytes > limit.bytes {
@@ -325,25 +393,42 @@ async fn disk_watch(pipeline: &Pipeline, job: &ClaimedJob, spec: &JobSpec) -> (S
                             limit.entries
                         )
                     };
-                    let why = format!(
+                    return stopped(format!(
                         "the job's folders held {over} of its agent profile): its agent was stopped"
-                    );
-                    return (why.clone(), why);
+                    ));
                 }
-                Ok(Ok(Ok(_))) => moved = 0,
+                Ok(Ok(Ok(usage))) => {
+                    share.measured(usage.bytes);
+                    if low.is_some() {
+                        low = Some(true);
+                    }
+                    moved = 0;
+                    unsettled = if usage.unsettled { unsettled + 1 } else { 0 };
+                    if unsettled >= DISK_UNSETTLED {
+                        return stopped(
+                            "the job's folders kept changing as they were measured (entries renamed \
+                             away as they were read, walk after walk), so what they hold cannot be \
+                             known: its agent was stopped"
+                                .to_owned(),
+                        );
+                    }
+                }
                 // A folder moved while it was walked: walked again at once, a few times.
                 Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::Interrupted && moved < 3 => {
                     moved += 1;
                     continue;
                 }
                 Ok(Ok(Err(e))) => {
-                    let why = format!(
+                    return stopped(format!(
                         "nightshift could not measure the job's folders ({e}), and a folder it \
                          cannot measure could hide what the job wrote: its agent was stopped"
-                    );
-                    return (why.clone(), why);
+                    ));
                 }
-                Ok(Err(e)) => warn!("measuring the job's folders failed: {e}"),
+                Ok(Err(e)) => {
+                    return stopped(format!(
+                        "measuring the job's folders failed ({e}): its agent was stopped"
+                    ));
+                }
             }
             next_walk = std::time::Instant::now() + (took * 20).clamp(DISK_EVERY, DISK_WALK_MOST);
         }
@@ -369,7 +454,8 @@ fn under_disk_floor(config: &crate::config::Config) -> Option<String> {
     if free < floor {
         return Some(format!(
             "the disk of nightshift's data dir has {} free, less than the {} it keeps free for its \
-             store (`min_free_disk`): running jobs were stopped",
+             store (`min_free_disk`): of the running jobs, this one's folders held the most, and it was \
+             stopped",
             size_text(free),
             size_text(floor)
         ));
@@ -378,7 +464,8 @@ fn under_disk_floor(config: &crate::config::Config) -> Option<String> {
     if (st.f_favail as u64) < inodes {
         return Some(format!(
             "the disk of nightshift's data dir has {} free inodes, less than the {inodes} it keeps \
-             free for its store: running jobs were stopped",
+             free for its store: of the running jobs, this one's folders held the most, and it was \
+             stopped",
             st.f_favail
         ));
     }
