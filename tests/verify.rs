@@ -377,7 +377,9 @@ async fn steps_see_the_agents_new_files_as_git_does_and_may_write_reports() {
         "echo 42 > answer.txt\necho \"Wrote the answer.\"\n",
         // A first step that runs the work's code could put a repository of its own in the checkout's
         // `.git`: the next step's git still reads nightshift's.
-        "verify:\n  - name: clobber\n    run: 'rm -f .git && git init -q .'\n    timeout: 30s\n  - name: answer\n    run: 'git ls-files | grep -qx answer.txt && git diff --cached --name-only HEAD | grep -qx answer.txt && echo ok > report.xml && [ \"$(cat answer.txt)\" = 42 ]'\n    timeout: 30s\n",
+        // `git diff --cached` reads the new file's contents, which are not in the mirror (the steps'
+        // git is shown where they are).
+        "verify:\n  - name: clobber\n    run: 'rm -f .git && git init -q .'\n    timeout: 30s\n  - name: answer\n    run: 'git ls-files | grep -qx answer.txt && git diff --cached --name-only HEAD | grep -qx answer.txt && git diff --cached HEAD -- answer.txt | grep -qx +42 && echo ok > report.xml && [ \"$(cat answer.txt)\" = 42 ]'\n    timeout: 30s\n",
     )
     .await;
     assert_eq!(job.state, JobState::Succeeded, "{lines:#?}");
@@ -411,4 +413,60 @@ echo "Wrote the answer."
         "{lines:#?}"
     );
     assert_refused(&spine, &job, &lines);
+}
+
+#[tokio::test]
+async fn the_files_of_rounds_that_failed_never_reach_the_repositorys_mirror() {
+    // Each round, the agent writes a megabyte it never wrote before; the step always fails. What a
+    // round's checkout held is not stored in the mirror, where every round's files would pile up (one
+    // agent's sixteen gigabytes, six rounds) until a `gc` weeks later, past any limit of the job.
+    let script = r#"head -c 1048576 /dev/urandom > noise.bin
+echo 41 > answer.txt
+echo "blob $(git hash-object noise.bin)" >&2
+echo "Wrote the answer."
+"#;
+    let fix = format!(
+        "on:\n  issues:\n    types: [labeled]\nfrom: anyone\nagent: noisy\nprompt: write the answer\noutput: pull_request\nverify_rounds: 2\n{STEP}"
+    );
+    let mut spine = Spine::new(Auth::App, &[("fix.yml", fix.as_str())]).await;
+    common::attacker(&spine, "noisy", script, "");
+    spine.start().await;
+    assert_eq!(
+        spine.deliver("issues", "l-1", &labeled(&spine, 1)).await,
+        202
+    );
+    let job = spine.wait_for_finished_jobs(1).await.remove(0);
+    let lines: Vec<String> = spine
+        .job_log(job.id)
+        .await
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_refused(&spine, &job, &lines);
+    let blobs: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("blob "))
+        .collect();
+    assert_eq!(blobs.len(), 3, "three rounds: {lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("verify: `answer` failed (exit status: 1) in"))
+            .count(),
+        3,
+        "each round's checkout held its noise and was checked: {lines:#?}"
+    );
+    let mirror = spine
+        .dir
+        .path()
+        .join("data/mirrors/Codertocat/Hello-World.git");
+    assert!(mirror.join("objects").is_dir(), "{}", mirror.display());
+    for blob in blobs {
+        let found = std::process::Command::new("git")
+            .arg(format!("--git-dir={}", mirror.display()))
+            .args(["cat-file", "-e", blob])
+            .status()
+            .unwrap();
+        assert!(!found.success(), "{blob} is in the mirror");
+    }
 }

@@ -1955,7 +1955,12 @@ async fn run_verify_steps(
             .context("putting the checkout's .git back")?;
         let (home, output_dir) = (&fresh.home, &fresh.output);
         let vars = fresh.vars(dirs);
-        let sandbox = &fresh.boxed(dirs, sandbox, worktree);
+        // The checkout's git folder (with the tree's new objects, which are not in the mirror) is shown
+        // read-only: the steps' git reads it (`git diff --cached`) and cannot change it.
+        let sandbox = &fresh.boxed(dirs, sandbox, worktree).map(|mut spec| {
+            spec.read_only.push(checkout.git_dir.clone());
+            spec
+        });
         note(pipeline, job.id, format!("verify: running `{}`", step.name)).await;
         let mut step_profile = profile.clone();
         step_profile.backend = crate::config::Backend::Command(step.argv.clone());

@@ -278,6 +278,30 @@ impl<'a> GitCmd<'a> {
         self
     }
 
+    /// Git objects written to `dir` (a quarantine: `GIT_OBJECT_DIRECTORY`), read from there and from
+    /// `alternates` (`GIT_ALTERNATE_OBJECT_DIRECTORIES`); no path may hold `:` or `"`, which that variable
+    /// would read as separators or quoting.
+    pub fn objects(mut self, dir: &Path, alternates: &[&Path]) -> Result<Self> {
+        let text = |path: &Path| -> Result<String> {
+            let text = path
+                .to_str()
+                .with_context(|| format!("{} is not UTF-8", path.display()))?;
+            if text.contains([':', '"']) {
+                bail!("{text} holds a `:` or `\"`, which git's object paths cannot");
+            }
+            Ok(text.to_owned())
+        };
+        let alternates = alternates
+            .iter()
+            .map(|p| text(p))
+            .collect::<Result<Vec<_>>>()?
+            .join(":");
+        self.env.push(("GIT_OBJECT_DIRECTORY", text(dir)?));
+        self.env
+            .push(("GIT_ALTERNATE_OBJECT_DIRECTORIES", alternates));
+        Ok(self)
+    }
+
     pub fn auth(mut self, auth: &'a GitAuth) -> Self {
         self.auth = Some(auth);
         self

@@ -237,15 +237,17 @@ pub struct ExportedContext {
 /// [`VerifyTree::remove`] (or with its worktree).
 pub struct VerifyTree {
     pub path: PathBuf,
-    /// Its git folder in the mirror.
-    git_dir: PathBuf,
+    /// Its git folder, a repository of its own in nightshift's private folder for the attempt (never one
+    /// of the mirror's worktrees: the mirror's `gc` reads every worktree's index, and this one's names
+    /// objects the mirror does not have): `HEAD` the job's commit, the mirror's branches and tags, its
+    /// objects the quarantine [`Worktree::trial_objects`] with the mirror's as an alternate. The steps'
+    /// box shows it read-only.
+    pub git_dir: PathBuf,
     /// The tree checked out.
     pub tree: String,
     /// Each file of the tree as the checkout wrote it.
     files: std::sync::Arc<Vec<(PathBuf, Stamp)>>,
-    mirror: PathBuf,
     git: Arc<Git>,
-    lock: Arc<Mutex<()>>,
 }
 
 /// The agent's work, as nightshift committed it in the mirror.
@@ -1699,13 +1701,16 @@ fn verify_path(worktree: &Path) -> PathBuf {
 /// `write-tree`. The folders `held` (nightshift's for the length of a job: the skills it stages) stay as
 /// `base` has them. Every gitlink the add made or changed is put back as `base` has it (or taken out): a
 /// `.gitignore` negation (`!lib/`) outranks the excludes file, and a `.git` file inside names any
-/// repository, whose commit would otherwise be pushed as a submodule. Returns the tree and the
-/// repositories left out.
+/// repository, whose commit would otherwise be pushed as a submodule. The objects the add and the tree
+/// make are written to `objects`, a quarantine emptied first (the mirror's objects are read, never
+/// written). Returns the tree and the repositories left out.
+#[allow(clippy::too_many_arguments)]
 async fn tree_of(
     git: &Git,
     mirror: &Path,
     work_tree: &Path,
     private: &Path,
+    objects: &Path,
     start_index: &Path,
     base: &str,
     held: &[&str],
@@ -1713,6 +1718,16 @@ async fn tree_of(
     tokio::fs::create_dir_all(private)
         .await
         .with_context(|| format!("creating {}", private.display()))?;
+    if tokio::fs::symlink_metadata(objects).await.is_ok() {
+        crate::safe_fs::remove_tree_async(objects)
+            .await
+            .with_context(|| format!("emptying {}", objects.display()))?;
+    }
+    tokio::fs::create_dir_all(objects.join("pack"))
+        .await
+        .with_context(|| format!("creating {}", objects.display()))?;
+    let mirror_objects = mirror.join("objects");
+    let git_cmd = |repo| git.cmd(repo).objects(objects, &[&mirror_objects]);
     let index = private.join("index");
     let excludes = private.join("exclude");
     let _ = tokio::fs::remove_file(&index).await;
@@ -1729,7 +1744,7 @@ async fn tree_of(
         .await
         .is_err()
     {
-        git.cmd(Repo::Bare(mirror))
+        git_cmd(Repo::Bare(mirror))?
             .index(&index)
             .args(["read-tree", "--end-of-options", base])
             .run()
@@ -1739,22 +1754,21 @@ async fn tree_of(
         git_dir: mirror,
         work_tree,
     };
-    git.cmd(work)
+    git_cmd(work)?
         .index(&index)
         .config(format!("core.excludesFile={}", excludes.display()))
         .args(["add", "--all"])
         .run()
         .await?;
     if !held.is_empty() {
-        git.cmd(work)
+        git_cmd(work)?
             .index(&index)
             .args(["reset", "--quiet", "--end-of-options", base, "--"])
             .args(held.iter().copied())
             .run()
             .await?;
     }
-    let diff = git
-        .cmd(Repo::Bare(mirror))
+    let diff = git_cmd(Repo::Bare(mirror))?
         .index(&index)
         .args([
             "diff-index",
@@ -1768,15 +1782,14 @@ async fn tree_of(
         .await?;
     let restore = gitlinks_to_restore(&diff)?;
     if !restore.is_empty() {
-        git.cmd(Repo::Bare(mirror))
+        git_cmd(Repo::Bare(mirror))?
             .index(&index)
             .args(["update-index", "-z", "--index-info"])
             .stdin(restore)
             .run()
             .await?;
     }
-    let tree = git
-        .cmd(Repo::Bare(mirror))
+    let tree = git_cmd(Repo::Bare(mirror))?
         .index(&index)
         .args(["write-tree"])
         .run()
@@ -1820,10 +1833,18 @@ fn gitlinks_to_restore(diff: &[u8]) -> Result<Vec<u8>> {
     Ok(restore)
 }
 
-/// The paths whose entries differ between trees `from` and `to`.
-async fn changed_paths(git: &Git, mirror: &Path, from: &str, to: &str) -> Result<Vec<String>> {
+/// The paths whose entries differ between trees `from` and `to`, whose objects are in `objects` (a
+/// quarantine, then its alternates).
+async fn changed_paths(
+    git: &Git,
+    mirror: &Path,
+    objects: (&Path, &[&Path]),
+    from: &str,
+    to: &str,
+) -> Result<Vec<String>> {
     let names = git
         .cmd(Repo::Bare(mirror))
+        .objects(objects.0, objects.1)?
         .args([
             "diff-tree",
             "-r",
@@ -1862,7 +1883,7 @@ impl VerifyTree {
             .run()
             .await?;
         let listed = git
-            .cmd(Repo::Bare(&self.mirror))
+            .cmd(Repo::Bare(&self.git_dir))
             .args([
                 "ls-tree",
                 "-r",
@@ -1936,11 +1957,11 @@ impl VerifyTree {
             .with_context(|| format!("writing {}", dot_git.display()))
     }
 
-    /// Deletes the checkout (no link followed) and then, under the repository's lock, its git folder.
+    /// Deletes the checkout (no link followed) and its git folder's index; the tree's objects stay until
+    /// the next round's tree or the commit (which compares its tree with the one checked).
     pub async fn remove(self) {
         let _ = crate::safe_fs::remove_tree_async(&self.path).await;
-        let _guard = self.lock.lock().await;
-        remove_worktree_files(&self.mirror, &self.path, Some(&self.git_dir), None).await;
+        let _ = tokio::fs::remove_file(self.git_dir.join("index")).await;
     }
 }
 
@@ -2063,17 +2084,27 @@ impl Worktree {
         held: &[&str],
     ) -> Result<Changes> {
         let git = &*self.git;
-        let (tree, nested) = self.build_tree(held).await?;
+        // Built into a quarantine of its own, whose objects (the work's new files, and the commit) move
+        // into the mirror once the commit is made: only what is committed is ever stored there.
+        let objects = self.private.join("objects-commit");
+        let (tree, nested) = self.build_tree(held, &objects).await?;
+        let mirror_objects = self.mirror.join("objects");
         if let Some(verified) = verified
             && verified != tree
         {
-            let changed = changed_paths(git, &self.mirror, verified, &tree)
+            let both = [mirror_objects.as_path(), &self.trial_objects()];
+            let changed = changed_paths(git, &self.mirror, (&objects, &both), verified, &tree)
                 .await
                 .unwrap_or_default();
             bail!(
                 "the worktree changed after the verify steps checked it: {}",
                 changed.join(", ")
             );
+        }
+        // The last round's tree is no longer needed: two copies of the new files are one too many.
+        let trial = self.trial_objects();
+        if tokio::fs::symlink_metadata(&trial).await.is_ok() {
+            let _ = crate::safe_fs::remove_tree_async(&trial).await;
         }
         let base = git
             .cmd(Repo::Bare(&self.mirror))
@@ -2100,6 +2131,7 @@ impl Worktree {
         }
         let commit = git
             .cmd(Repo::Bare(&self.mirror))
+            .objects(&objects, &[&mirror_objects])?
             .config(format!("user.name={}", author.0))
             .config(format!("user.email={}", author.1))
             .args([
@@ -2115,6 +2147,10 @@ impl Worktree {
             .await?
             .trim()
             .to_owned();
+        let (from, to) = (objects.clone(), mirror_objects.clone());
+        tokio::task::spawn_blocking(move || migrate_objects(&from, &to))
+            .await?
+            .context("moving the commit's objects into the mirror")?;
         // Kept under nightshift's own ref until the job ends: its delivery may come after a restart.
         git.cmd(Repo::Bare(&self.mirror))
             .args([
@@ -2153,17 +2189,27 @@ impl Worktree {
     /// are left out ([`tree_of`]).
     /// The folders `held` (those nightshift stages skills into for the length of the job, and puts back
     /// before the commit) are as the job's commit has them.
+    /// Its objects are in the worktree's quarantine ([`Worktree::trial_objects`]), emptied at each call:
+    /// a verify round's tree never reaches the mirror (one agent's rounds of new files would pile up there
+    /// until a `gc` two weeks later), and goes with the attempt.
     pub async fn tree_now(&self, held: &[&str]) -> Result<String> {
-        Ok(self.build_tree(held).await?.0)
+        Ok(self.build_tree(held, &self.trial_objects()).await?.0)
     }
 
-    async fn build_tree(&self, held: &[&str]) -> Result<(String, Vec<PathBuf>)> {
+    /// Where the objects of [`Worktree::tree_now`]'s trees are: in nightshift's private folder for the
+    /// attempt, which no box sees unless it is shown (the verify steps' git reads it).
+    pub fn trial_objects(&self) -> PathBuf {
+        self.private.join("verify-git").join("objects")
+    }
+
+    async fn build_tree(&self, held: &[&str], objects: &Path) -> Result<(String, Vec<PathBuf>)> {
         check_mirror(&self.repo, &self.mirror).await?;
         tree_of(
             &self.git,
             &self.mirror,
             &self.path,
             &self.private,
+            objects,
             &self.private.join("index.base"),
             &self.commit,
             held,
@@ -2180,23 +2226,71 @@ impl Worktree {
     /// what delivery pushes.
     pub async fn check_out_for_verify(&self, tree: &str) -> Result<VerifyTree> {
         let path = verify_path(&self.path);
-        let git_dir = self
-            .mirror
-            .join("worktrees")
-            .join(path.file_name().context("the worktree has no name")?);
-        {
-            let _guard = self.lock.lock().await;
-            remove_worktree_files(&self.mirror, &path, None, None).await;
-            add_worktree(&self.mirror, &path, &self.commit).await?;
+        if tokio::fs::symlink_metadata(&path).await.is_ok() {
+            crate::safe_fs::remove_tree_async(&path)
+                .await
+                .with_context(|| format!("removing {}", path.display()))?;
         }
+        let objects = self.trial_objects();
+        let git_dir = objects
+            .parent()
+            .context("the quarantine has no parent")?
+            .to_owned();
+        let refs = self
+            .git
+            .cmd(Repo::Bare(&self.mirror))
+            .args([
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+                "refs/heads",
+                "refs/tags",
+            ])
+            .output()
+            .await?;
+        let files = [
+            (git_dir.join("HEAD"), format!("{}\n", self.commit)),
+            (
+                git_dir.join("config"),
+                "[core]\n\trepositoryformatversion = 0\n\tbare = false\n".to_owned(),
+            ),
+            (
+                objects.join("info").join("alternates"),
+                format!("{}\n", path_str(&self.mirror.join("objects"))?),
+            ),
+            (
+                path.join(".git"),
+                format!("gitdir: {}\n", path_str(&git_dir)?),
+            ),
+        ];
+        let (checkout_dir, gd) = (path.clone(), git_dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for dir in [
+                gd.join("refs/heads"),
+                gd.join("refs/tags"),
+                gd.join("objects/info"),
+            ] {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::create_dir(&checkout_dir)
+                .with_context(|| format!("creating {}", checkout_dir.display()))?;
+            let _ = std::fs::remove_file(gd.join("index"));
+            for (file, text) in files {
+                std::fs::write(&file, text)
+                    .with_context(|| format!("writing {}", file.display()))?;
+            }
+            let mut packed = b"# pack-refs with: sorted\n".to_vec();
+            packed.extend_from_slice(&refs);
+            std::fs::write(gd.join("packed-refs"), packed)
+                .with_context(|| format!("writing {}", gd.join("packed-refs").display()))
+        })
+        .await??;
         let mut checkout = VerifyTree {
             path,
             git_dir,
             tree: tree.to_owned(),
             files: Default::default(),
-            mirror: self.mirror.clone(),
             git: self.git.clone(),
-            lock: self.lock.clone(),
         };
         match checkout.fill().await {
             Ok(()) => Ok(checkout),
@@ -2209,7 +2303,7 @@ impl Worktree {
 
     pub async fn remove(self) -> Result<()> {
         // A checkout for the verify steps left by a run that stopped in them: its files first, outside the
-        // lock (there may be many), then its git folder under it.
+        // lock (there may be many), then its git folder under it (where an earlier version registered it).
         let verify = verify_path(&self.path);
         let leftover = tokio::fs::symlink_metadata(&verify).await.is_ok();
         if leftover {
@@ -2254,6 +2348,85 @@ impl Worktree {
             .await?;
         Ok(())
     }
+}
+
+/// Moves the objects git wrote into the quarantine `from` into the object folder `to` (a mirror's), as git
+/// does after a push: loose objects by rename (one `to` has already stays as it is), then each pack with
+/// its `.idx` last, so that no reader finds an index without its pack. `from` is nightshift's own (no box
+/// sees it), so its names are git's; anything else in it is left where it is.
+fn migrate_objects(from: &Path, to: &Path) -> std::io::Result<()> {
+    fn hex(name: &str) -> bool {
+        name.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+    let put = |source: &Path, dest: &Path| -> std::io::Result<()> {
+        match std::fs::symlink_metadata(dest) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::rename(source, dest) {
+                    // Another filesystem: copied under a temporary name, then renamed into place.
+                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        let mut part = dest.as_os_str().to_owned();
+                        part.push(".part");
+                        std::fs::copy(source, &part)?;
+                        std::fs::File::open(&part)?.sync_all()?;
+                        std::fs::rename(&part, dest)
+                    }
+                    other => other,
+                }
+            }
+            Err(e) => Err(e),
+        }
+    };
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.len() != 2 || !hex(name) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let dest = to.join(name);
+        match std::fs::create_dir(&dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        for object in std::fs::read_dir(entry.path())? {
+            let object = object?;
+            let file = object.file_name();
+            if file.to_str().is_some_and(|f| f.len() >= 38 && hex(f))
+                && object.file_type()?.is_file()
+            {
+                put(&object.path(), &dest.join(&file))?;
+            }
+        }
+    }
+    let packs = from.join("pack");
+    let mut names = match std::fs::read_dir(&packs) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("pack-"))
+            .collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    let rank = |name: &str| match name.rsplit('.').next() {
+        Some("pack") => 0,
+        Some("idx") => 2,
+        _ => 1,
+    };
+    names.sort_by_key(|n| rank(n));
+    std::fs::create_dir_all(to.join("pack"))?;
+    for name in names {
+        let file = std::fs::symlink_metadata(packs.join(&name))?
+            .file_type()
+            .is_file();
+        if file && ["pack", "rev", "idx"].contains(&name.rsplit('.').next().unwrap_or_default()) {
+            put(&packs.join(&name), &to.join("pack").join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 /// The ref a job's commit is kept under in the mirror until the job ends: one per commit, so an attempt
@@ -2886,10 +3059,21 @@ mod tests {
 
         let tree = wt.tree_now(&held).await.unwrap();
         let mirror = wt.mirror.to_str().unwrap().to_owned();
-        let listed = sh(
-            dir.path(),
-            &["--git-dir", &mirror, "ls-tree", "-r", "--full-tree", &tree],
+        // The tree is not stored in the mirror: a round's files never pile up there.
+        assert!(
+            std::process::Command::new("git")
+                .args(["--git-dir", &mirror, "cat-file", "-e", &tree])
+                .status()
+                .is_ok_and(|s| !s.success()),
+            "the tree is in the mirror"
         );
+        let quarantine = wt.trial_objects();
+        let listed = std::process::Command::new("git")
+            .args(["--git-dir", &mirror, "ls-tree", "-r", "--full-tree", &tree])
+            .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", &quarantine)
+            .output()
+            .unwrap();
+        let listed = String::from_utf8(listed.stdout).unwrap().trim().to_owned();
         assert!(
             !listed.contains(" commit "),
             "no submodule is made: {listed}"
@@ -2933,6 +3117,10 @@ mod tests {
             "{status}"
         );
         assert_eq!(sh(&c, &["rev-parse", "HEAD"]), wt.commit);
+        // The steps' git reads the agent's new files (they are in the checkout's own objects)...
+        assert_eq!(sh(&c, &["show", ":kept.txt"]), "kept");
+        // ...and the mirror's gc, which reads every worktree's index, is not handed objects it lacks.
+        sh(dir.path(), &["--git-dir", &mirror, "gc", "--quiet"]);
         // What a step adds (build output, reports, ignored or not) is no change, nor is a file rewritten
         // with its bytes; a file of the tree changed, removed, made executable or replaced is one.
         std::fs::create_dir_all(c.join("node_modules")).unwrap();
@@ -2972,10 +3160,17 @@ mod tests {
         sh(&c, &["init", "--quiet", "."]);
         checkout.restore_git_file().await.unwrap();
         assert_eq!(sh(&c, &["rev-parse", "HEAD"]), wt.commit);
-        let admin = wt.mirror.join("worktrees").join(c.file_name().unwrap());
-        assert!(admin.exists());
+        // Its git folder is its own, not one of the mirror's worktrees.
+        assert!(
+            !wt.mirror
+                .join("worktrees")
+                .join(c.file_name().unwrap())
+                .exists()
+        );
+        let index = checkout.git_dir.join("index");
+        assert!(index.exists());
         checkout.remove().await;
-        assert!(!c.exists() && !admin.exists());
+        assert!(!c.exists() && !index.exists());
         assert_eq!(
             std::fs::read_to_string(outside.join("precious")).unwrap(),
             "keep me\n"
@@ -2998,6 +3193,20 @@ mod tests {
                 ]
             ),
             tree
+        );
+        // The commit's objects moved into the mirror: its new file can be pushed from there.
+        assert_eq!(
+            sh(
+                dir.path(),
+                &[
+                    "--git-dir",
+                    &mirror,
+                    "cat-file",
+                    "-p",
+                    &format!("{commit}:kept.txt")
+                ]
+            ),
+            "kept"
         );
         std::fs::write(p.join("kept.txt"), "later\n").unwrap();
         let refused = wt
