@@ -952,6 +952,37 @@ head -c 1000 /dev/zero > written && echo "written is $(stat -c %s written) bytes
     healthy(&spine).await;
 }
 
+#[tokio::test]
+async fn no_user_namespace_can_be_made_in_the_box_so_no_tmpfs_takes_memory_past_the_limits() {
+    // In a user namespace of its own (`unshare -Ur`), an unprivileged process may mount a tmpfs (and its
+    // pages are no rlimit's): many of them take the machine's memory, the service's with it.
+    let t = trigger("nester");
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    let script = r#"cat > /dev/null
+out="$NIGHTSHIFT_OUTPUT_DIR/message.md"
+r=$(unshare -U true 2>&1) && echo "user: made" >> "$out" || echo "user: $r" >> "$out"
+r=$(unshare -Urm sh -c 'mount -t tmpfs none /tmp && echo mounted' 2>&1); echo "tmpfs: $r" >> "$out"
+echo done >> "$out"
+"#;
+    attacker(&spine, "nester", script, "");
+    spine.start().await;
+    spine
+        .deliver_example("issues", "nester-1", "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{log:?}");
+    let body = &spine.github.comments()[0].body;
+    assert!(body.contains("done"), "{body}");
+    assert!(
+        body.contains("user: unshare: unshare failed: No space left on device"),
+        "{body}"
+    );
+    assert!(!body.contains("user: made"), "{body}");
+    assert!(!body.contains("mounted"), "{body}");
+    healthy(&spine).await;
+}
+
 /// Free bytes on the filesystem holding `path`, as an unprivileged process may use them.
 fn free_bytes(path: &Path) -> u64 {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();

@@ -358,6 +358,11 @@ enum Mount {
 /// The argv that runs `agent` in the box `spec` describes.
 pub fn command_line(spec: &BoxSpec, agent: &[String]) -> Vec<String> {
     let mut argv: Vec<String> = ["bwrap", "--unshare-all"].map(str::to_owned).to_vec();
+    if blocks_nested_userns() {
+        // No user namespace inside the box: in one of its own, a process has every capability over
+        // what it mounts, and a tmpfs takes the machine's memory past every limit of the job's.
+        argv.extend(["--unshare-user", "--disable-userns"].map(str::to_owned));
+    }
     if spec.network == Network::Host {
         argv.push("--share-net".into());
     }
@@ -527,6 +532,27 @@ pub fn program_folders(program: &Path) -> Vec<PathBuf> {
 
 /// Runs a trivial program in a minimal box: Ok when bubblewrap can create its namespaces here, else the
 /// reason and what to do about it.
+/// Whether this machine's bubblewrap can keep the box from making user namespaces (`--disable-userns`,
+/// bubblewrap 0.8.0 and later), asked once (`bwrap --help`). Without it, a process in the box can make a
+/// user and mount namespace of its own and mount tmpfs in it, which takes memory no limit of the job's
+/// counts (`serve` warns at start).
+pub fn blocks_nested_userns() -> bool {
+    static BLOCKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BLOCKS.get_or_init(|| {
+        std::process::Command::new("bwrap")
+            .arg("--help")
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--disable-userns"))
+    })
+}
+
 pub fn probe() -> Result<(), String> {
     let spec = BoxSpec {
         worktree: PathBuf::from("/"),
