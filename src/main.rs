@@ -430,7 +430,9 @@ fn harden(config: &Config) -> Result<std::collections::HashMap<String, String>> 
     }
     if !boxed.is_empty() && !sandbox::blocks_nested_userns() {
         tracing::warn!(
-            "this bubblewrap is older than 0.8.0 and cannot keep boxed agents from making user namespaces              (`--disable-userns`): an agent can mount a tmpfs in one of its own and take memory past its              limits; install bubblewrap 0.8.0 or later"
+            "bubblewrap cannot keep boxed agents from making user namespaces here (`--disable-userns` \
+             needs bubblewrap 0.8.0 or later): an agent can then mount a tmpfs in one of its own, whose \
+             memory no limit counts, and reach more of the kernel; install bubblewrap 0.8.0 or later"
         );
     }
     Ok(env)

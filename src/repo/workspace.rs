@@ -1702,15 +1702,15 @@ fn verify_path(worktree: &Path) -> PathBuf {
 /// `base` has them. Every gitlink the add made or changed is put back as `base` has it (or taken out): a
 /// `.gitignore` negation (`!lib/`) outranks the excludes file, and a `.git` file inside names any
 /// repository, whose commit would otherwise be pushed as a submodule. The objects the add and the tree
-/// make are written to `objects`, a quarantine emptied first (the mirror's objects are read, never
-/// written). Returns the tree and the repositories left out.
+/// make are written to `objects`, a quarantine emptied first; those in `alternates` (the mirror's objects
+/// and maybe another quarantine) are read, never written. Returns the tree and the repositories left out.
 #[allow(clippy::too_many_arguments)]
 async fn tree_of(
     git: &Git,
     mirror: &Path,
     work_tree: &Path,
     private: &Path,
-    objects: &Path,
+    (objects, alternates): (&Path, &[&Path]),
     start_index: &Path,
     base: &str,
     held: &[&str],
@@ -1726,8 +1726,7 @@ async fn tree_of(
     tokio::fs::create_dir_all(objects.join("pack"))
         .await
         .with_context(|| format!("creating {}", objects.display()))?;
-    let mirror_objects = mirror.join("objects");
-    let git_cmd = |repo| git.cmd(repo).objects(objects, &[&mirror_objects]);
+    let git_cmd = |repo| git.cmd(repo).objects(objects, alternates);
     let index = private.join("index");
     let excludes = private.join("exclude");
     let _ = tokio::fs::remove_file(&index).await;
@@ -2085,26 +2084,27 @@ impl Worktree {
     ) -> Result<Changes> {
         let git = &*self.git;
         // Built into a quarantine of its own, whose objects (the work's new files, and the commit) move
-        // into the mirror once the commit is made: only what is committed is ever stored there.
+        // into the mirror once the commit is made: only what is committed is ever stored there. After
+        // verify steps, the tree checked is in their quarantine, read as an alternate (so its objects
+        // are not written a second time) and moved into the mirror too.
         let objects = self.private.join("objects-commit");
-        let (tree, nested) = self.build_tree(held, &objects).await?;
-        let mirror_objects = self.mirror.join("objects");
+        let (mirror_objects, trial) = (self.mirror.join("objects"), self.trial_objects());
+        let mut alternates = vec![mirror_objects.as_path()];
+        if verified.is_some() {
+            alternates.push(&trial);
+        }
+        let (tree, nested) = self.build_tree(held, (&objects, &alternates)).await?;
         if let Some(verified) = verified
             && verified != tree
         {
-            let both = [mirror_objects.as_path(), &self.trial_objects()];
-            let changed = changed_paths(git, &self.mirror, (&objects, &both), verified, &tree)
-                .await
-                .unwrap_or_default();
+            let changed =
+                changed_paths(git, &self.mirror, (&objects, &alternates), verified, &tree)
+                    .await
+                    .unwrap_or_default();
             bail!(
                 "the worktree changed after the verify steps checked it: {}",
                 changed.join(", ")
             );
-        }
-        // The last round's tree is no longer needed: two copies of the new files are one too many.
-        let trial = self.trial_objects();
-        if tokio::fs::symlink_metadata(&trial).await.is_ok() {
-            let _ = crate::safe_fs::remove_tree_async(&trial).await;
         }
         let base = git
             .cmd(Repo::Bare(&self.mirror))
@@ -2131,7 +2131,7 @@ impl Worktree {
         }
         let commit = git
             .cmd(Repo::Bare(&self.mirror))
-            .objects(&objects, &[&mirror_objects])?
+            .objects(&objects, &alternates)?
             .config(format!("user.name={}", author.0))
             .config(format!("user.email={}", author.1))
             .args([
@@ -2147,10 +2147,16 @@ impl Worktree {
             .await?
             .trim()
             .to_owned();
-        let (from, to) = (objects.clone(), mirror_objects.clone());
-        tokio::task::spawn_blocking(move || migrate_objects(&from, &to))
-            .await?
-            .context("moving the commit's objects into the mirror")?;
+        let mut from = vec![objects.clone()];
+        if verified.is_some() {
+            from.insert(0, trial.clone());
+        }
+        let to = mirror_objects.clone();
+        tokio::task::spawn_blocking(move || {
+            from.iter().try_for_each(|from| migrate_objects(from, &to))
+        })
+        .await?
+        .context("moving the commit's objects into the mirror")?;
         // Kept under nightshift's own ref until the job ends: its delivery may come after a restart.
         git.cmd(Repo::Bare(&self.mirror))
             .args([
@@ -2193,7 +2199,9 @@ impl Worktree {
     /// a verify round's tree never reaches the mirror (one agent's rounds of new files would pile up there
     /// until a `gc` two weeks later), and goes with the attempt.
     pub async fn tree_now(&self, held: &[&str]) -> Result<String> {
-        Ok(self.build_tree(held, &self.trial_objects()).await?.0)
+        let mirror_objects = self.mirror.join("objects");
+        let objects = (self.trial_objects(), [mirror_objects.as_path()]);
+        Ok(self.build_tree(held, (&objects.0, &objects.1)).await?.0)
     }
 
     /// Where the objects of [`Worktree::tree_now`]'s trees are: in nightshift's private folder for the
@@ -2202,7 +2210,11 @@ impl Worktree {
         self.private.join("verify-git").join("objects")
     }
 
-    async fn build_tree(&self, held: &[&str], objects: &Path) -> Result<(String, Vec<PathBuf>)> {
+    async fn build_tree(
+        &self,
+        held: &[&str],
+        objects: (&Path, &[&Path]),
+    ) -> Result<(String, Vec<PathBuf>)> {
         check_mirror(&self.repo, &self.mirror).await?;
         tree_of(
             &self.git,
@@ -2236,17 +2248,47 @@ impl Worktree {
             .parent()
             .context("the quarantine has no parent")?
             .to_owned();
-        let refs = self
-            .git
-            .cmd(Repo::Bare(&self.mirror))
-            .args([
-                "for-each-ref",
-                "--format=%(objectname) %(refname)",
+        // The mirror's branches, also as `origin/…` (as a clone names them: `git diff origin/main...`),
+        // and its tags.
+        let list = |pattern: &'static str, format: &'static str| {
+            self.git
+                .cmd(Repo::Bare(&self.mirror))
+                .args(["for-each-ref", "--format", format, pattern])
+                .output()
+        };
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        for (pattern, format) in [
+            ("refs/heads", "%(objectname) %(refname)"),
+            (
                 "refs/heads",
-                "refs/tags",
-            ])
-            .output()
-            .await?;
+                "%(objectname) refs/remotes/origin/%(refname:lstrip=2)",
+            ),
+            ("refs/tags", "%(objectname) %(refname)"),
+        ] {
+            let out = list(pattern, format).await?;
+            lines.extend(
+                out.split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(<[u8]>::to_vec),
+            );
+        }
+        // `packed-refs` is sorted by name.
+        lines.sort_by(|a, b| {
+            let name = |l: &[u8]| {
+                l.splitn(2, |c| *c == b' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_vec()
+            };
+            name(a).cmp(&name(b))
+        });
+        let refs: Vec<u8> = lines
+            .into_iter()
+            .flat_map(|mut l| {
+                l.push(b'\n');
+                l
+            })
+            .collect();
         let files = [
             (git_dir.join("HEAD"), format!("{}\n", self.commit)),
             (
@@ -2365,8 +2407,11 @@ fn migrate_objects(from: &Path, to: &Path) -> std::io::Result<()> {
                 match std::fs::rename(source, dest) {
                     // Another filesystem: copied under a temporary name, then renamed into place.
                     Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                        static PARTS: std::sync::atomic::AtomicU64 =
+                            std::sync::atomic::AtomicU64::new(0);
+                        let n = PARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let mut part = dest.as_os_str().to_owned();
-                        part.push(".part");
+                        part.push(format!(".{}-{n}.part", std::process::id()));
                         std::fs::copy(source, &part)?;
                         std::fs::File::open(&part)?.sync_all()?;
                         std::fs::rename(&part, dest)
@@ -3119,6 +3164,10 @@ mod tests {
         assert_eq!(sh(&c, &["rev-parse", "HEAD"]), wt.commit);
         // The steps' git reads the agent's new files (they are in the checkout's own objects)...
         assert_eq!(sh(&c, &["show", ":kept.txt"]), "kept");
+        // ...and names the repository's branches as a clone does (`git diff origin/main...`).
+        let base = format!("origin/{}", wt.default_branch);
+        assert_eq!(sh(&c, &["rev-parse", &base]), wt.commit);
+        assert!(sh(&c, &["diff", "--name-only", &format!("{base}...HEAD")]).is_empty());
         // ...and the mirror's gc, which reads every worktree's index, is not handed objects it lacks.
         sh(dir.path(), &["--git-dir", &mirror, "gc", "--quiet"]);
         // What a step adds (build output, reports, ignored or not) is no change, nor is a file rewritten

@@ -530,29 +530,42 @@ pub fn program_folders(program: &Path) -> Vec<PathBuf> {
     folders
 }
 
-/// Runs a trivial program in a minimal box: Ok when bubblewrap can create its namespaces here, else the
-/// reason and what to do about it.
-/// Whether this machine's bubblewrap can keep the box from making user namespaces (`--disable-userns`,
-/// bubblewrap 0.8.0 and later), asked once (`bwrap --help`). Without it, a process in the box can make a
-/// user and mount namespace of its own and mount tmpfs in it, which takes memory no limit of the job's
-/// counts (`serve` warns at start).
+/// Whether the box can be kept from making user namespaces here (`--unshare-user --disable-userns`:
+/// bubblewrap 0.8.0 and later, and a machine where the box's own user namespace can be made), found out
+/// once by running `true` so. In a user namespace of its own, a process in the box would have every
+/// capability over what it mounts (a tmpfs: memory no rlimit counts) and the kernel's code for namespaces
+/// to attack, which is where most of its privilege-escalation bugs have been. Without it the box is made
+/// as before (`--unshare-all` makes a user namespace where it can) and `serve` warns at start.
 pub fn blocks_nested_userns() -> bool {
     static BLOCKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *BLOCKS.get_or_init(|| {
         std::process::Command::new("bwrap")
-            .arg("--help")
+            .args([
+                "--unshare-all",
+                "--unshare-user",
+                "--disable-userns",
+                "--die-with-parent",
+                "--ro-bind",
+                "/",
+                "/",
+                "--",
+                "true",
+            ])
             .env_clear()
             .env(
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
             )
             .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .output()
-            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--disable-userns"))
+            .status()
+            .is_ok_and(|status| status.success())
     })
 }
 
+/// Runs a trivial program in a minimal box: Ok when bubblewrap can create its namespaces here, else the
+/// reason and what to do about it.
 pub fn probe() -> Result<(), String> {
     let spec = BoxSpec {
         worktree: PathBuf::from("/"),
