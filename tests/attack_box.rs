@@ -903,13 +903,28 @@ sleep 600
     healthy(&spine).await;
 }
 
+/// Runs the agent `name` (the shell `script`) for one opened issue, to its end: the job must succeed, and
+/// the comment it posted is returned (what the script wrote to its message).
+async fn one_succeeded_job(name: &str, script: &str) -> (Spine, String) {
+    let t = trigger(name);
+    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
+    attacker(&spine, name, script, "");
+    spine.start().await;
+    spine
+        .deliver_example("issues", &format!("{name}-1"), "issues/opened.json")
+        .await;
+    let jobs = spine.wait_for_finished_jobs(1).await;
+    let log = spine.job_log(jobs[0].id).await;
+    assert_eq!(jobs[0].state, JobState::Succeeded, "{log:?}");
+    let body = spine.github.comments()[0].body.clone();
+    (spine, body)
+}
+
 #[tokio::test]
 async fn fallocate_and_io_uring_are_refused_so_nothing_takes_disk_faster_than_it_is_measured() {
     // `fallocate` with FALLOC_FL_KEEP_SIZE on a deleted file took 256 MiB of disk in a millisecond, past
     // the one-file limit and where no walk of the job's folders sees it; io_uring's operations are no
     // system calls a filter sees. A plain write still works, within the limits.
-    let t = trigger("allocator");
-    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
     let script = r#"cat > /dev/null
 out="$NIGHTSHIFT_OUTPUT_DIR/message.md"
 exec 3> held
@@ -926,15 +941,7 @@ print("io_uring_setup:", fd, os.strerror(ctypes.get_errno()))
 ' >> "$out"
 head -c 1000 /dev/zero > written && echo "written is $(stat -c %s written) bytes" >> "$out"
 "#;
-    attacker(&spine, "allocator", script, "");
-    spine.start().await;
-    spine
-        .deliver_example("issues", "allocator-1", "issues/opened.json")
-        .await;
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.job_log(jobs[0].id).await;
-    assert_eq!(jobs[0].state, JobState::Succeeded, "{log:?}");
-    let body = &spine.github.comments()[0].body;
+    let (spine, body) = one_succeeded_job("allocator", script).await;
     assert!(
         body.contains("keep-size: fallocate: fallocate failed: keep size mode is unsupported"),
         "{body}"
@@ -956,23 +963,13 @@ head -c 1000 /dev/zero > written && echo "written is $(stat -c %s written) bytes
 async fn no_user_namespace_can_be_made_in_the_box_so_no_tmpfs_takes_memory_past_the_limits() {
     // In a user namespace of its own (`unshare -Ur`), an unprivileged process may mount a tmpfs (and its
     // pages are no rlimit's): many of them take the machine's memory, the service's with it.
-    let t = trigger("nester");
-    let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
     let script = r#"cat > /dev/null
 out="$NIGHTSHIFT_OUTPUT_DIR/message.md"
 r=$(unshare -U true 2>&1) && echo "user: made" >> "$out" || echo "user: $r" >> "$out"
 r=$(unshare -Urm sh -c 'mount -t tmpfs none /tmp && echo mounted' 2>&1); echo "tmpfs: $r" >> "$out"
 echo done >> "$out"
 "#;
-    attacker(&spine, "nester", script, "");
-    spine.start().await;
-    spine
-        .deliver_example("issues", "nester-1", "issues/opened.json")
-        .await;
-    let jobs = spine.wait_for_finished_jobs(1).await;
-    let log = spine.job_log(jobs[0].id).await;
-    assert_eq!(jobs[0].state, JobState::Succeeded, "{log:?}");
-    let body = &spine.github.comments()[0].body;
+    let (spine, body) = one_succeeded_job("nester", script).await;
     assert!(body.contains("done"), "{body}");
     assert!(
         body.contains("user: unshare: unshare failed: No space left on device"),

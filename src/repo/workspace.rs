@@ -3231,30 +3231,18 @@ mod tests {
             .await
             .unwrap();
         let commit = changes.commit.unwrap();
+        let in_mirror = |args: &[&str]| {
+            let mut all = vec!["--git-dir", mirror.as_str()];
+            all.extend_from_slice(args);
+            sh(dir.path(), &all)
+        };
         assert_eq!(
-            sh(
-                dir.path(),
-                &[
-                    "--git-dir",
-                    &mirror,
-                    "rev-parse",
-                    &format!("{commit}^{{tree}}")
-                ]
-            ),
+            in_mirror(&["rev-parse", &format!("{commit}^{{tree}}")]),
             tree
         );
         // The commit's objects moved into the mirror: its new file can be pushed from there.
         assert_eq!(
-            sh(
-                dir.path(),
-                &[
-                    "--git-dir",
-                    &mirror,
-                    "cat-file",
-                    "-p",
-                    &format!("{commit}:kept.txt")
-                ]
-            ),
+            in_mirror(&["cat-file", "-p", &format!("{commit}:kept.txt")]),
             "kept"
         );
         std::fs::write(p.join("kept.txt"), "later\n").unwrap();
