@@ -868,8 +868,9 @@ sleep 600
 #[tokio::test]
 async fn a_nearly_full_disk_stops_running_jobs_so_the_store_keeps_room() {
     // What no walk of a job's folders sees (a file deleted and held open, one moved out of the walk's way)
-    // still takes the disk's free space: below `min_free_disk` the running jobs stop. Here the floor is
-    // set above what any disk has free, so the job is stopped as soon as it runs.
+    // still takes the disk's free space: below `min_free_disk` the running job holding the most (here the
+    // only one) stops. Here the floor is set above what any disk has free, so the job is stopped as soon
+    // as it runs.
     let t = trigger("holder");
     let mut spine = Spine::new(Auth::Token, &[(&t.0, &t.1)]).await;
     let script = r#"cat > /dev/null
