@@ -167,33 +167,39 @@ impl Limits {
 ///   it; libuv and others fall back to threads): io_uring's operations, its fallocate among them, are not
 ///   system calls a filter sees.
 pub fn syscall_filters() -> anyhow::Result<Vec<seccompiler::BpfProgram>> {
-    use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|e| anyhow::anyhow!("no seccomp filter for this machine: {e}"))?;
-    let refuse = |calls: &[i64], errno: i32| -> anyhow::Result<seccompiler::BpfProgram> {
-        let rules = calls.iter().map(|&call| (call, Vec::new())).collect();
-        let filter = SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(errno as u32),
-            arch,
-        )
-        .map_err(|e| anyhow::anyhow!("building the agents' seccomp filter: {e}"))?;
-        filter
-            .try_into()
-            .map_err(|e| anyhow::anyhow!("compiling the agents' seccomp filter: {e}"))
-    };
+    let always = |call: i64| (call, Vec::new());
     Ok(vec![
-        refuse(&[libc::SYS_fallocate], libc::EOPNOTSUPP)?,
-        refuse(
-            &[
-                libc::SYS_io_uring_setup,
-                libc::SYS_io_uring_enter,
-                libc::SYS_io_uring_register,
+        refusing(vec![always(libc::SYS_fallocate)], libc::EOPNOTSUPP)?,
+        refusing(
+            vec![
+                always(libc::SYS_io_uring_setup),
+                always(libc::SYS_io_uring_enter),
+                always(libc::SYS_io_uring_register),
             ],
             libc::ENOSYS,
         )?,
     ])
+}
+
+/// A seccomp filter for this machine that fails the system calls `calls` names with `errno` (each call
+/// always, or when one of its rules' conditions on its arguments hold) and allows every other.
+pub fn refusing(
+    calls: Vec<(i64, Vec<seccompiler::SeccompRule>)>,
+    errno: i32,
+) -> anyhow::Result<seccompiler::BpfProgram> {
+    use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| anyhow::anyhow!("no seccomp filter for this machine: {e}"))?;
+    let filter = SeccompFilter::new(
+        calls.into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno as u32),
+        arch,
+    )
+    .map_err(|e| anyhow::anyhow!("building a seccomp filter: {e}"))?;
+    filter
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("compiling a seccomp filter: {e}"))
 }
 
 /// Installs `filters` ([`syscall_filters`]) on the calling thread, with no-new-privileges (which seccomp

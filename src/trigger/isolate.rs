@@ -590,7 +590,10 @@ pub fn helper_main() -> ExitCode {
     }
     // What every prompt's first render would build, built before any budget starts.
     template::warm_up();
-    let mut budget = match limit_self().and_then(|()| Budget::start(CPU_SECONDS)) {
+    let mut budget = match limit_self()
+        .and_then(|()| Budget::start(CPU_SECONDS))
+        .and_then(|budget| refuse_what_a_renderer_never_does().map(|()| budget))
+    {
         Ok(budget) => budget,
         Err(e) => {
             eprintln!("nightshift render-helper: {e}");
@@ -721,6 +724,97 @@ fn limit_self() -> io::Result<()> {
     set_limit(libc::RLIMIT_NOFILE, 16, 16)
 }
 
+/// The system calls a helper never makes once it has limited itself, each failing with `EPERM` from then
+/// on (a seccomp filter; the helper is no-new-privileges): what a template turned into code by a bug of the
+/// engine's would need to reach anything beyond its two pipes. No file is opened, made, renamed, removed or
+/// given new modes; no socket; no program run, no process or thread made; no other process signalled,
+/// traced or read (a signal to itself stays allowed: `abort` raises one); no namespace, mount, BPF,
+/// perf, keyring, userfaultfd or io_uring.
+fn refuse_what_a_renderer_never_does() -> io::Result<()> {
+    let filter = renderer_filter(std::process::id()).map_err(io::Error::other)?;
+    crate::sandbox::apply_syscall_filters(&[filter])
+}
+
+fn renderer_filter(pid: u32) -> anyhow::Result<seccompiler::BpfProgram> {
+    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    let always = |call: i64| (call, Vec::new());
+    // tgkill(2) to a thread group other than its own.
+    let not_self = SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Ne,
+        u64::from(pid),
+    )?])?;
+    let mut calls: Vec<_> = [
+        libc::SYS_openat,
+        libc::SYS_openat2,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_name_to_handle_at,
+        libc::SYS_mkdirat,
+        libc::SYS_mknodat,
+        libc::SYS_unlinkat,
+        libc::SYS_renameat2,
+        libc::SYS_symlinkat,
+        libc::SYS_linkat,
+        libc::SYS_fchmodat,
+        libc::SYS_fchownat,
+        libc::SYS_truncate,
+        libc::SYS_socket,
+        libc::SYS_execve,
+        libc::SYS_execveat,
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_kill,
+        libc::SYS_tkill,
+        libc::SYS_ptrace,
+        libc::SYS_process_vm_readv,
+        libc::SYS_process_vm_writev,
+        libc::SYS_pidfd_open,
+        libc::SYS_pidfd_getfd,
+        libc::SYS_pidfd_send_signal,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+        libc::SYS_mount,
+        libc::SYS_bpf,
+        libc::SYS_perf_event_open,
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_userfaultfd,
+        libc::SYS_io_uring_setup,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+    ]
+    .into_iter()
+    .map(always)
+    .collect();
+    // The older calls that name paths, on the machines that still have them.
+    #[cfg(target_arch = "x86_64")]
+    calls.extend(
+        [
+            libc::SYS_open,
+            libc::SYS_creat,
+            libc::SYS_mkdir,
+            libc::SYS_mknod,
+            libc::SYS_unlink,
+            libc::SYS_rmdir,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_symlink,
+            libc::SYS_link,
+            libc::SYS_chmod,
+            libc::SYS_chown,
+            libc::SYS_lchown,
+            libc::SYS_fork,
+            libc::SYS_vfork,
+        ]
+        .into_iter()
+        .map(always),
+    );
+    calls.push((libc::SYS_tgkill, vec![not_self]));
+    crate::sandbox::refusing(calls, libc::EPERM)
+}
+
 /// The CPU this process has used, in seconds.
 fn cpu_used() -> io::Result<f64> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -786,6 +880,70 @@ impl Budget {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn under_its_filter_a_helper_opens_no_file_socket_or_program_and_signals_only_itself() {
+        // In a child of this test's process (the filter is for life), so that what it refuses is seen.
+        // SAFETY: the child makes system calls and allocates (glibc makes malloc usable in a forked child)
+        // and ends with `_exit`, never returning into the test harness.
+        let parent = std::process::id();
+        let child_pid = unsafe { libc::fork() };
+        assert!(child_pid >= 0);
+        if child_pid == 0 {
+            let code = (|| -> i32 {
+                // SAFETY: getpid has no preconditions.
+                let me = unsafe { libc::getpid() } as u32;
+                let Ok(filter) = super::renderer_filter(me) else {
+                    return 10;
+                };
+                if crate::sandbox::apply_syscall_filters(&[filter]).is_err() {
+                    return 11;
+                }
+                let errno = || std::io::Error::last_os_error().raw_os_error();
+                // SAFETY: plain system calls on constant arguments.
+                unsafe {
+                    let path = c"/etc/hostname".as_ptr();
+                    if libc::open(path, libc::O_RDONLY) != -1 || errno() != Some(libc::EPERM) {
+                        return 12;
+                    }
+                    if libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) != -1 {
+                        return 13;
+                    }
+                    if libc::kill(parent as i32, 0) != -1 {
+                        return 14;
+                    }
+                    if libc::syscall(libc::SYS_tgkill, parent, parent, 0) != -1 {
+                        return 15;
+                    }
+                    // Its own signals, its memory and its pipes still work.
+                    if libc::syscall(libc::SYS_tgkill, me, me, 0) != 0 {
+                        return 16;
+                    }
+                    let memory = vec![7u8; 8 << 20];
+                    if memory.iter().map(|b| *b as u64).sum::<u64>() != 7 * (8 << 20) {
+                        return 17;
+                    }
+                    let mut fds = [0; 2];
+                    if libc::pipe(fds.as_mut_ptr()) != 0
+                        || libc::write(fds[1], b"x".as_ptr().cast(), 1) != 1
+                    {
+                        return 18;
+                    }
+                }
+                0
+            })();
+            // SAFETY: ends the child without running the test harness's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(
+            unsafe { libc::waitpid(child_pid, &mut status, 0) },
+            child_pid
+        );
+        assert!(libc::WIFEXITED(status), "{status}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the check that failed");
+    }
+
     use super::*;
     use std::os::unix::process::ExitStatusExt;
 
