@@ -724,95 +724,81 @@ fn limit_self() -> io::Result<()> {
     set_limit(libc::RLIMIT_NOFILE, 16, 16)
 }
 
-/// The system calls a helper never makes once it has limited itself, each failing with `EPERM` from then
-/// on (a seccomp filter; the helper is no-new-privileges): what a template turned into code by a bug of the
-/// engine's would need to reach anything beyond its two pipes. No file is opened, made, renamed, removed or
-/// given new modes; no socket; no program run, no process or thread made; no other process signalled,
-/// traced or read (a signal to itself stays allowed: `abort` raises one); no namespace, mount, BPF,
-/// perf, keyring, userfaultfd or io_uring.
+/// Once a helper has limited itself, it may make only the system calls a renderer makes (read from its
+/// pipe, write to it, get and free memory, read and set its own CPU limit and usage, and end), each other
+/// one failing with `EPERM` (a seccomp filter; the helper is no-new-privileges): a template turned into
+/// code by a bug of the engine's reaches nothing beyond its pipes. An allowlist, not a list of what harm
+/// needs: the kernel has many ways to a file or to another process (signals queued or sent through a
+/// descriptor's owner, another process's rlimits, priority or CPUs, a file's ACL), it keeps adding calls,
+/// and on x86_64 every call has a second (x32) number. The set was read from the real helper's calls
+/// under `strace` through the suites that render repository templates.
 fn refuse_what_a_renderer_never_does() -> io::Result<()> {
     let filter = renderer_filter(std::process::id()).map_err(io::Error::other)?;
     crate::sandbox::apply_syscall_filters(&[filter])
 }
 
 fn renderer_filter(pid: u32) -> anyhow::Result<seccompiler::BpfProgram> {
-    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
     let always = |call: i64| (call, Vec::new());
-    // tgkill(2) to a thread group other than its own.
-    let not_self = SeccompRule::new(vec![SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Ne,
-        u64::from(pid),
-    )?])?;
+    // A call whose first argument (a process) is 0 (itself) or its own pid.
+    let on_itself = |call: i64| -> anyhow::Result<(i64, Vec<SeccompRule>)> {
+        let first_is = |value: u64| -> anyhow::Result<SeccompRule> {
+            Ok(SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                value,
+            )?])?)
+        };
+        Ok((call, vec![first_is(0)?, first_is(u64::from(pid))?]))
+    };
     let mut calls: Vec<_> = [
-        libc::SYS_openat,
-        libc::SYS_openat2,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_name_to_handle_at,
-        libc::SYS_mkdirat,
-        libc::SYS_mknodat,
-        libc::SYS_unlinkat,
-        libc::SYS_renameat2,
-        libc::SYS_symlinkat,
-        libc::SYS_linkat,
-        libc::SYS_fchmodat,
-        libc::SYS_fchownat,
-        libc::SYS_truncate,
-        libc::SYS_socket,
-        libc::SYS_execve,
-        libc::SYS_execveat,
-        libc::SYS_clone,
-        libc::SYS_clone3,
-        libc::SYS_kill,
-        libc::SYS_tkill,
-        libc::SYS_ptrace,
-        libc::SYS_process_vm_readv,
-        libc::SYS_process_vm_writev,
-        libc::SYS_pidfd_open,
-        libc::SYS_pidfd_getfd,
-        libc::SYS_pidfd_send_signal,
-        libc::SYS_unshare,
-        libc::SYS_setns,
-        libc::SYS_mount,
-        libc::SYS_bpf,
-        libc::SYS_perf_event_open,
-        libc::SYS_keyctl,
-        libc::SYS_add_key,
-        libc::SYS_request_key,
-        libc::SYS_userfaultfd,
-        libc::SYS_io_uring_setup,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
+        libc::SYS_read,
+        libc::SYS_readv,
+        libc::SYS_write,
+        libc::SYS_writev,
+        libc::SYS_close,
+        libc::SYS_brk,
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_mprotect,
+        libc::SYS_madvise,
+        libc::SYS_futex,
+        libc::SYS_getrandom,
+        libc::SYS_getrusage,
+        libc::SYS_getrlimit,
+        libc::SYS_setrlimit,
+        libc::SYS_clock_gettime,
+        libc::SYS_sched_yield,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_sigaltstack,
+        libc::SYS_rt_sigaction,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
     ]
     .into_iter()
     .map(always)
     .collect();
-    // The older calls that name paths, on the machines that still have them.
-    #[cfg(target_arch = "x86_64")]
-    calls.extend(
-        [
-            libc::SYS_open,
-            libc::SYS_creat,
-            libc::SYS_mkdir,
-            libc::SYS_mknod,
-            libc::SYS_unlink,
-            libc::SYS_rmdir,
-            libc::SYS_rename,
-            libc::SYS_renameat,
-            libc::SYS_symlink,
-            libc::SYS_link,
-            libc::SYS_chmod,
-            libc::SYS_chown,
-            libc::SYS_lchown,
-            libc::SYS_fork,
-            libc::SYS_vfork,
-        ]
-        .into_iter()
-        .map(always),
-    );
-    calls.push((libc::SYS_tgkill, vec![not_self]));
-    crate::sandbox::refusing(calls, libc::EPERM)
+    calls.push(on_itself(libc::SYS_prlimit64)?);
+    // `abort` raises its signal with tgkill(2), to itself.
+    calls.push(on_itself(libc::SYS_tgkill)?);
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| anyhow::anyhow!("no seccomp filter for this machine: {e}"))?;
+    SeccompFilter::new(
+        calls.into_iter().collect(),
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        arch,
+    )?
+    .try_into()
+    .map_err(|e| anyhow::anyhow!("compiling the render helper's seccomp filter: {e}"))
 }
 
 /// The CPU this process has used, in seconds.
@@ -886,6 +872,9 @@ mod tests {
         // SAFETY: the child makes system calls and allocates (glibc makes malloc usable in a forked child)
         // and ends with `_exit`, never returning into the test harness.
         let parent = std::process::id();
+        let mut fds = [0; 2];
+        // SAFETY: a pipe into an array of two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let child_pid = unsafe { libc::fork() };
         assert!(child_pid >= 0);
         if child_pid == 0 {
@@ -898,35 +887,57 @@ mod tests {
                 if crate::sandbox::apply_syscall_filters(&[filter]).is_err() {
                     return 11;
                 }
-                let errno = || std::io::Error::last_os_error().raw_os_error();
-                // SAFETY: plain system calls on constant arguments.
+                let refused = |result: i64| {
+                    result == -1
+                        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+                };
+                let cpu = libc::rlimit {
+                    rlim_cur: 1,
+                    rlim_max: 1,
+                };
+                // SAFETY: plain system calls on constant arguments (the parent's limits and signals
+                // are what the filter must refuse).
                 unsafe {
-                    let path = c"/etc/hostname".as_ptr();
-                    if libc::open(path, libc::O_RDONLY) != -1 || errno() != Some(libc::EPERM) {
+                    let checks = [
+                        libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) as i64,
+                        libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) as i64,
+                        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, [0; 2].as_mut_ptr())
+                            as i64,
+                        libc::kill(parent as i32, 0) as i64,
+                        libc::syscall(libc::SYS_tgkill, parent, parent, 0),
+                        libc::syscall(libc::SYS_rt_sigqueueinfo, parent, 0, std::ptr::null::<u8>()),
+                        libc::prlimit(parent as i32, libc::RLIMIT_CPU, &cpu, std::ptr::null_mut())
+                            as i64,
+                        libc::fcntl(fds[1], libc::F_SETOWN, parent as i32) as i64,
+                        libc::setpriority(libc::PRIO_PROCESS, parent, 19) as i64,
+                        libc::syscall(libc::SYS_fchmodat, libc::AT_FDCWD, c"/tmp".as_ptr(), 0o777),
+                        libc::syscall(
+                            libc::SYS_openat | 0x4000_0000,
+                            libc::AT_FDCWD,
+                            c"/etc/hostname".as_ptr(),
+                            0,
+                        ),
+                    ];
+                    if let Some(i) = checks.iter().position(|r| !refused(*r)) {
+                        return 20 + i as i32;
+                    }
+                    // Its own signals, limits, memory and pipe still work.
+                    if libc::syscall(libc::SYS_tgkill, me, me, 0) != 0 {
                         return 12;
                     }
-                    if libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) != -1 {
+                    let own = libc::rlimit {
+                        rlim_cur: 100,
+                        rlim_max: libc::RLIM_INFINITY,
+                    };
+                    if libc::prlimit(0, libc::RLIMIT_CPU, &own, std::ptr::null_mut()) != 0 {
                         return 13;
-                    }
-                    if libc::kill(parent as i32, 0) != -1 {
-                        return 14;
-                    }
-                    if libc::syscall(libc::SYS_tgkill, parent, parent, 0) != -1 {
-                        return 15;
-                    }
-                    // Its own signals, its memory and its pipes still work.
-                    if libc::syscall(libc::SYS_tgkill, me, me, 0) != 0 {
-                        return 16;
                     }
                     let memory = vec![7u8; 8 << 20];
                     if memory.iter().map(|b| *b as u64).sum::<u64>() != 7 * (8 << 20) {
-                        return 17;
+                        return 14;
                     }
-                    let mut fds = [0; 2];
-                    if libc::pipe(fds.as_mut_ptr()) != 0
-                        || libc::write(fds[1], b"x".as_ptr().cast(), 1) != 1
-                    {
-                        return 18;
+                    if libc::write(fds[1], b"x".as_ptr().cast(), 1) != 1 {
+                        return 15;
                     }
                 }
                 0
