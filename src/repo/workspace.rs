@@ -2207,7 +2207,12 @@ impl Worktree {
     /// Where the objects of [`Worktree::tree_now`]'s trees are: in nightshift's private folder for the
     /// attempt, which no box sees unless it is shown (the verify steps' git reads it).
     pub fn trial_objects(&self) -> PathBuf {
-        self.private.join("verify-git").join("objects")
+        self.verify_git_dir().join("objects")
+    }
+
+    /// The git folder of the verify steps' checkout ([`VerifyTree::git_dir`]).
+    fn verify_git_dir(&self) -> PathBuf {
+        self.private.join("verify-git")
     }
 
     async fn build_tree(
@@ -2243,51 +2248,36 @@ impl Worktree {
                 .await
                 .with_context(|| format!("removing {}", path.display()))?;
         }
+        let git_dir = self.verify_git_dir();
         let objects = self.trial_objects();
-        let git_dir = objects
-            .parent()
-            .context("the quarantine has no parent")?
-            .to_owned();
         // The mirror's branches, also as `origin/…` (as a clone names them: `git diff origin/main...`),
         // and its tags.
-        let list = |pattern: &'static str, format: &'static str| {
-            self.git
-                .cmd(Repo::Bare(&self.mirror))
-                .args(["for-each-ref", "--format", format, pattern])
-                .output()
-        };
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        for (pattern, format) in [
-            ("refs/heads", "%(objectname) %(refname)"),
-            (
+        let listed = self
+            .git
+            .cmd(Repo::Bare(&self.mirror))
+            .args([
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
                 "refs/heads",
-                "%(objectname) refs/remotes/origin/%(refname:lstrip=2)",
-            ),
-            ("refs/tags", "%(objectname) %(refname)"),
-        ] {
-            let out = list(pattern, format).await?;
-            lines.extend(
-                out.split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(<[u8]>::to_vec),
-            );
-        }
-        // `packed-refs` is sorted by name.
-        lines.sort_by(|a, b| {
-            let name = |l: &[u8]| {
-                l.splitn(2, |c| *c == b' ')
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_vec()
+                "refs/tags",
+            ])
+            .output()
+            .await?;
+        // `packed-refs` lines, sorted by name.
+        let mut refs = std::collections::BTreeMap::new();
+        for line in listed.split(|b| *b == b'\n') {
+            let Some(space) = line.iter().position(|b| *b == b' ') else {
+                continue;
             };
-            name(a).cmp(&name(b))
-        });
-        let refs: Vec<u8> = lines
+            let (id, name) = (&line[..space], &line[space + 1..]);
+            if let Some(branch) = name.strip_prefix(b"refs/heads/") {
+                refs.insert([b"refs/remotes/origin/", branch].concat(), id);
+            }
+            refs.insert(name.to_vec(), id);
+        }
+        let refs: Vec<u8> = refs
             .into_iter()
-            .flat_map(|mut l| {
-                l.push(b'\n');
-                l
-            })
+            .flat_map(|(name, id)| [id, b" ", &name, b"\n"].concat())
             .collect();
         let files = [
             (git_dir.join("HEAD"), format!("{}\n", self.commit)),
